@@ -1,0 +1,111 @@
+//! Command line: `edgehook run`, `edgehook check-config`, `edgehook demo`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edgehook",
+    version,
+    about = "MQTT device events to durable, signed webhooks"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Run {
+        /// TOML configuration file (see edgehook.example.toml).
+        #[arg(
+            short,
+            long,
+            env = "EDGEHOOK_CONFIG",
+            default_value = "/etc/edgehook/edgehook.toml"
+        )]
+        config: PathBuf,
+        /// Where the sled outbox lives (overrides `state_dir` in the file).
+        #[arg(long, env = "EDGEHOOK_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Validate a configuration file and exit (0 = valid). For `ExecStartPre=`.
+    CheckConfig {
+        /// TOML configuration file.
+        file: PathBuf,
+    },
+    /// Everything in one process, no setup: an embedded MQTT broker, simulated devices, the
+    /// bridge and a local receiver that verifies signatures and prints events. Ctrl-C stops it.
+    #[cfg(feature = "demo")]
+    Demo(crate::demo::DemoArgs),
+}
+
+/// Parse arguments and run; the binary's `main` is only this.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init_logging();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(c) => {
+                println!(
+                    "{}: ok (gateway {}, {} subscription(s), {} workspace(s), webhook {})",
+                    file.display(),
+                    c.gateway_id,
+                    c.mqtt.subscriptions.len(),
+                    c.workspaces.len(),
+                    c.webhook.url
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config, state_dir } => {
+            let mut loaded = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(dir) = state_dir {
+                loaded.state_dir = dir;
+            }
+            block_on(async {
+                let cancel = crate::shutdown_on_signals();
+                crate::run(loaded, cancel).await
+            })
+        }
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => block_on(crate::demo::run(args)),
+    }
+}
+
+fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

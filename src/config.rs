@@ -1,0 +1,608 @@
+//! Configuration: built-in defaults → TOML file → `EDGEHOOK_*` environment overrides.
+//!
+//! Every key is documented in `edgehook.example.toml` at the repository root. A bad
+//! configuration fails at start with the file (or environment variable), the key and what is
+//! wrong; nothing falls back silently to a default. Secrets live in [`Secret`], whose `Debug`
+//! and `Display` never show the value, and errors about secret keys never echo what was found.
+//!
+//! Environment overrides use `__` between path segments:
+//! `EDGEHOOK_WEBHOOK__SECRET=...` sets `webhook.secret`, `EDGEHOOK_MQTT__PORT=8883` sets
+//! `mqtt.port`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Environment variables with the `EDGEHOOK_` prefix that are not configuration keys.
+const NON_CONFIG_ENV: &[&str] = &["LOG", "CONFIG", "STATE_DIR"];
+
+/// A configuration error, always naming where the bad value came from and which key it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{source_name}: key `{key}`: {message}")]
+    Invalid {
+        /// The file path or environment variable that supplied the value.
+        source_name: String,
+        key: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A value that must never be printed: passwords, webhook secrets.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself, for the one place that needs it (signing, authenticating).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This gateway's id, carried in every event envelope as `gateway`.
+    pub gateway_id: String,
+    /// Where the sled store lives. `--state-dir` on the command line wins over this.
+    pub state_dir: PathBuf,
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub workspaces: Vec<WorkspaceConfig>,
+    pub webhook: WebhookConfig,
+    pub outbox: OutboxConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    /// Client id; must be stable, because the broker keeps our session (and the QoS 1 messages
+    /// we have not acknowledged yet) under it. Empty means `edgehook-<gateway_id>`.
+    pub client_id: String,
+    pub username: String,
+    pub password: Secret,
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Keep the broker-side session across reconnects and restarts so that nothing published
+    /// while edgehook was away is lost. Only turn off for brokers that cannot persist sessions.
+    pub persistent_session: bool,
+    /// Payloads larger than this are counted and skipped.
+    pub max_payload_bytes: usize,
+    /// Largest MQTT packet the client accepts at all. A packet over this limit breaks the
+    /// connection, so keep it well above `max_payload_bytes` (and the broker's own limit below it).
+    pub max_packet_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    pub tls: TlsConfig,
+    pub subscriptions: Vec<Subscription>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub enabled: bool,
+    /// PEM file of extra CA certificates (a private broker CA). The bundled web PKI roots are
+    /// always trusted as well. Certificates are always verified.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain and key, for brokers that authenticate clients by certificate.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+/// What the payloads on a subscription mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadKind {
+    /// A JSON object of fields: one reading of the device.
+    Reading,
+    /// A device's birth / last-will: `online` / `offline`, bare or as `{"status": "..."}`.
+    Status,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    /// Topic pattern with exactly one `{device}` segment capturing the device id, e.g.
+    /// `sensors/{device}/reading`. `+` and a trailing `#` are allowed elsewhere.
+    pub topic: String,
+    pub kind: PayloadKind,
+    /// Fields carried in events but ignored for change detection (sequence numbers, timestamps).
+    #[serde(default)]
+    pub metadata_fields: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceConfig {
+    pub id: String,
+    /// Occupancy sensors bound to this workspace (device ids).
+    pub sensors: Vec<String>,
+    /// The reading field that says whether someone is present.
+    #[serde(default = "default_presence_field")]
+    pub presence_field: String,
+}
+
+fn default_presence_field() -> String {
+    "presence".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The receiver's URL. `https://` is verified with the bundled web PKI roots.
+    pub url: String,
+    /// HMAC-SHA256 key. Required and non-empty.
+    pub secret: Secret,
+    pub signature_header: String,
+    pub idempotency_header: String,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Requests in flight at once (each device's events still go one at a time, in order).
+    pub max_concurrency: usize,
+    /// Events held in memory for delivery; the rest wait in the outbox on disk.
+    pub window: usize,
+    pub retry: RetryConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    #[serde(with = "humantime_serde")]
+    pub initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+    pub multiplier: f64,
+    /// Fraction of each delay that is randomised (0.0 – 1.0), so that many gateways do not
+    /// retry in lock-step.
+    pub jitter: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Most inbound messages committed in one durable write (one fsync).
+    pub batch_max: usize,
+    /// sled page cache, bytes. Small by default: a gateway has little RAM.
+    pub cache_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `GET /healthz` and `GET /metrics`. Must be a loopback address; empty disables.
+    pub listen: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            gateway_id: String::new(),
+            state_dir: PathBuf::from("/var/lib/edgehook"),
+            mqtt: MqttConfig {
+                host: "127.0.0.1".into(),
+                port: 1883,
+                client_id: String::new(),
+                username: String::new(),
+                password: Secret::default(),
+                keep_alive: Duration::from_secs(30),
+                persistent_session: true,
+                max_payload_bytes: 64 * 1024,
+                max_packet_bytes: 4 * 1024 * 1024,
+                reconnect_min: Duration::from_millis(500),
+                reconnect_max: Duration::from_secs(30),
+                tls: TlsConfig::default(),
+                subscriptions: Vec::new(),
+            },
+            workspaces: Vec::new(),
+            webhook: WebhookConfig {
+                url: String::new(),
+                secret: Secret::default(),
+                signature_header: "X-Webhook-Signature".into(),
+                idempotency_header: "Idempotency-Key".into(),
+                timeout: Duration::from_secs(30),
+                max_concurrency: 16,
+                window: 4096,
+                retry: RetryConfig {
+                    initial: Duration::from_secs(1),
+                    max: Duration::from_secs(300),
+                    multiplier: 2.0,
+                    jitter: 0.2,
+                },
+            },
+            outbox: OutboxConfig {
+                batch_max: 512,
+                cache_bytes: 4 * 1024 * 1024,
+            },
+            telemetry: TelemetryConfig {
+                listen: "127.0.0.1:9187".into(),
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Load defaults, then `file`, then the process environment.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        if !file.exists() {
+            return Err(ConfigError::Other(format!(
+                "{}: no such file",
+                file.display()
+            )));
+        }
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::file(file)),
+            Some(file),
+        )
+    }
+
+    /// Defaults, then the TOML text given, then the environment (tests and the demo).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
+            None,
+        )
+    }
+
+    fn from_figment(figment: Figment, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let figment = figment.merge(
+            Env::prefixed("EDGEHOOK_")
+                .filter(|k| {
+                    !NON_CONFIG_ENV
+                        .iter()
+                        .any(|n| k.as_str().eq_ignore_ascii_case(n))
+                })
+                .split("__"),
+        );
+        let source_of = |key: &str| -> String {
+            match figment.find_metadata(key) {
+                Some(meta) => match &meta.source {
+                    Some(figment::Source::File(p)) => p.display().to_string(),
+                    Some(other) => format!("{} {}", meta.name, other),
+                    None => meta.name.to_string(),
+                },
+                None => file
+                    .map(|f| f.display().to_string())
+                    .unwrap_or_else(|| "configuration".into()),
+            }
+        };
+        let config: Config = figment.extract().map_err(|e| {
+            let e = e.into_iter().next().expect("figment errors are non-empty");
+            let key = e.path.join(".");
+            let source_name = match &e.metadata {
+                Some(meta) => match &meta.source {
+                    Some(figment::Source::File(p)) => p.display().to_string(),
+                    Some(other) => format!("{} {}", meta.name, other),
+                    None => meta.name.to_string(),
+                },
+                None => source_of(&key),
+            };
+            ConfigError::Invalid {
+                source_name,
+                key: key.clone(),
+                message: describe_figment_error(&e.kind, is_secret_key(&key)),
+            }
+        })?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                source_name: source_of(&key),
+                key,
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// Checks that deserialising cannot express. Returns the offending key and what is wrong.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, msg: String| Err((key.to_string(), msg));
+        if self.gateway_id.trim().is_empty() {
+            return bad(
+                "gateway_id",
+                "must be set (this gateway's id in every event)".into(),
+            );
+        }
+        if self.mqtt.host.trim().is_empty() {
+            return bad("mqtt.host", "must not be empty".into());
+        }
+        if self.mqtt.port == 0 {
+            return bad("mqtt.port", "must be 1-65535".into());
+        }
+        if self.mqtt.keep_alive < Duration::from_secs(5) {
+            return bad("mqtt.keep_alive", "must be at least 5s".into());
+        }
+        if self.mqtt.max_payload_bytes == 0
+            || self.mqtt.max_payload_bytes >= self.mqtt.max_packet_bytes
+        {
+            return bad(
+                "mqtt.max_payload_bytes",
+                format!(
+                    "must be above 0 and below mqtt.max_packet_bytes ({})",
+                    self.mqtt.max_packet_bytes
+                ),
+            );
+        }
+        if self.mqtt.reconnect_min.is_zero() || self.mqtt.reconnect_min > self.mqtt.reconnect_max {
+            return bad(
+                "mqtt.reconnect_min",
+                "must be above 0 and at most mqtt.reconnect_max".into(),
+            );
+        }
+        if self.mqtt.tls.client_cert.is_some() != self.mqtt.tls.client_key.is_some() {
+            return bad(
+                "mqtt.tls.client_key",
+                "client_cert and client_key must be given together".into(),
+            );
+        }
+        if self.mqtt.subscriptions.is_empty() {
+            return bad(
+                "mqtt.subscriptions",
+                "at least one subscription is needed, e.g. topic = \"sensors/{device}/reading\", kind = \"reading\"".into(),
+            );
+        }
+        for (i, sub) in self.mqtt.subscriptions.iter().enumerate() {
+            if let Err(e) = crate::source::mqtt::TopicPattern::parse(&sub.topic) {
+                return bad(&format!("mqtt.subscriptions[{i}].topic"), e);
+            }
+        }
+        for (i, ws) in self.workspaces.iter().enumerate() {
+            if ws.id.trim().is_empty() {
+                return bad(&format!("workspaces[{i}].id"), "must not be empty".into());
+            }
+            if ws.sensors.is_empty() {
+                return bad(
+                    &format!("workspaces[{i}].sensors"),
+                    "must list at least one occupancy sensor".into(),
+                );
+            }
+            if self.workspaces[..i].iter().any(|w| w.id == ws.id) {
+                return bad(
+                    &format!("workspaces[{i}].id"),
+                    format!("duplicate workspace `{}`", ws.id),
+                );
+            }
+        }
+        let w = &self.webhook;
+        match reqwest::Url::parse(&w.url) {
+            Err(e) => return bad("webhook.url", format!("not a URL ({e})")),
+            Ok(u) if u.scheme() != "https" && u.scheme() != "http" => {
+                return bad("webhook.url", "must be http:// or https://".into())
+            }
+            Ok(_) => {}
+        }
+        if w.secret.is_empty() {
+            return bad(
+                "webhook.secret",
+                "must be set (or given as EDGEHOOK_WEBHOOK__SECRET)".into(),
+            );
+        }
+        for (key, value) in [
+            ("webhook.signature_header", &w.signature_header),
+            ("webhook.idempotency_header", &w.idempotency_header),
+        ] {
+            if reqwest::header::HeaderName::from_bytes(value.as_bytes()).is_err() {
+                return bad(key, format!("`{value}` is not a valid HTTP header name"));
+            }
+        }
+        if w.timeout.is_zero() {
+            return bad("webhook.timeout", "must be above 0".into());
+        }
+        if w.max_concurrency == 0 {
+            return bad("webhook.max_concurrency", "must be at least 1".into());
+        }
+        if w.window < w.max_concurrency {
+            return bad(
+                "webhook.window",
+                "must be at least webhook.max_concurrency".into(),
+            );
+        }
+        if w.retry.initial.is_zero() || w.retry.initial > w.retry.max {
+            return bad(
+                "webhook.retry.initial",
+                "must be above 0 and at most webhook.retry.max".into(),
+            );
+        }
+        if !(w.retry.multiplier >= 1.0 && w.retry.multiplier <= 10.0) {
+            return bad(
+                "webhook.retry.multiplier",
+                "must be between 1 and 10".into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&w.retry.jitter) {
+            return bad("webhook.retry.jitter", "must be between 0 and 1".into());
+        }
+        if self.outbox.batch_max == 0 {
+            return bad("outbox.batch_max", "must be at least 1".into());
+        }
+        if !self.telemetry.listen.is_empty() {
+            match self.telemetry.listen.parse::<SocketAddr>() {
+                Err(e) => {
+                    return bad(
+                        "telemetry.listen",
+                        format!("not an address like 127.0.0.1:9187 ({e})"),
+                    )
+                }
+                Ok(a) if !a.ip().is_loopback() => {
+                    return bad(
+                        "telemetry.listen",
+                        "must be a loopback address (health and metrics stay on this host)".into(),
+                    )
+                }
+                Ok(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The MQTT client id actually used.
+    pub fn mqtt_client_id(&self) -> String {
+        if self.mqtt.client_id.is_empty() {
+            format!("edgehook-{}", self.gateway_id)
+        } else {
+            self.mqtt.client_id.clone()
+        }
+    }
+}
+
+fn is_secret_key(key: &str) -> bool {
+    key.ends_with("secret") || key.ends_with("password")
+}
+
+/// figment's own message, except that for secret keys the offending value is never echoed.
+fn describe_figment_error(kind: &figment::error::Kind, secret: bool) -> String {
+    use figment::error::Kind;
+    match kind {
+        Kind::InvalidType(actual, expected) if secret => {
+            let what = match actual {
+                figment::error::Actual::Str(_) => "a string".to_string(),
+                figment::error::Actual::Signed(_) | figment::error::Actual::Unsigned(_) => {
+                    "an integer".to_string()
+                }
+                figment::error::Actual::Float(_) => "a float".to_string(),
+                figment::error::Actual::Bool(_) => "a boolean".to_string(),
+                other => other.to_string(),
+            };
+            format!("invalid type: found {what}, expected {expected}")
+        }
+        Kind::InvalidValue(_, expected) if secret => format!("invalid value, expected {expected}"),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        gateway_id = "gw-1"
+        [mqtt]
+        subscriptions = [{ topic = "sensors/{device}/reading", kind = "reading" }]
+        [webhook]
+        url = "http://127.0.0.1:8080/hook"
+        secret = "s3cret-value"
+    "#;
+
+    fn err_of(text: &str) -> String {
+        Config::from_toml_str(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(c.mqtt.port, 1883);
+        assert_eq!(c.webhook.timeout, Duration::from_secs(30));
+        assert_eq!(c.webhook.signature_header, "X-Webhook-Signature");
+        assert_eq!(c.mqtt_client_id(), "edgehook-gw-1");
+        assert!(c.mqtt.persistent_session);
+    }
+
+    #[test]
+    fn durations_are_human() {
+        let c = Config::from_toml_str(&format!("{MINIMAL}\n[outbox]\nbatch_max = 7\n")).unwrap();
+        assert_eq!(c.outbox.batch_max, 7);
+        let text = MINIMAL.replace(
+            "secret = \"s3cret-value\"",
+            "secret = \"s3cret-value\"\ntimeout = \"1m 30s\"",
+        );
+        assert_eq!(
+            Config::from_toml_str(&text).unwrap().webhook.timeout,
+            Duration::from_secs(90)
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let text = MINIMAL.replace("[mqtt]", "[mqtt]\nport = \"eighteen\"");
+        let e = err_of(&text);
+        assert!(e.contains("mqtt.port"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_not_ignored() {
+        let text = MINIMAL.replace("[mqtt]", "[mqtt]\nhots = \"typo\"");
+        let e = err_of(&text);
+        assert!(e.contains("hots"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let text = MINIMAL.replace("[mqtt]", "[mqtt]\nkeep_alive = \"soon\"");
+        let e = err_of(&text);
+        assert!(e.contains("mqtt.keep_alive"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let e = err_of(&MINIMAL.replace("{device}", "all"));
+        assert!(e.contains("mqtt.subscriptions[0].topic"), "{e}");
+        let e = err_of(&MINIMAL.replace("http://127.0.0.1:8080/hook", "ftp://x"));
+        assert!(e.contains("webhook.url"), "{e}");
+        let e = err_of(&MINIMAL.replace("secret = \"s3cret-value\"", ""));
+        assert!(e.contains("webhook.secret"), "{e}");
+        let e = err_of(&format!(
+            "{MINIMAL}\n[telemetry]\nlisten = \"0.0.0.0:9187\"\n"
+        ));
+        assert!(
+            e.contains("telemetry.listen") && e.contains("loopback"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn secrets_never_appear_in_errors_or_debug() {
+        let text = MINIMAL.replace("secret = \"s3cret-value\"", "secret = 918273645");
+        let e = err_of(&text);
+        assert!(e.contains("webhook.secret"), "{e}");
+        assert!(!e.contains("918273645"), "{e}");
+        let c = Config::from_toml_str(MINIMAL).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cret-value"), "{dbg}");
+    }
+
+    #[test]
+    fn file_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edgehook.toml");
+        std::fs::write(&path, MINIMAL.replace("[mqtt]", "[mqtt]\nport = 70000")).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("edgehook.toml") && e.contains("mqtt.port"),
+            "{e}"
+        );
+        let e = Config::load(&dir.path().join("missing.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.toml"), "{e}");
+    }
+}

@@ -1,0 +1,514 @@
+//! Delivery: sign each outbox record, POST it, and retry until the receiver answers 2xx.
+//!
+//! - [`Signer`]: hex HMAC-SHA256 of the exact body bytes.
+//! - [`RetryPolicy`] and [`classify`]: the retry schedule and what counts as done, as plain
+//!   functions over plain data.
+//! - [`Dispatcher`]: the task's state. Records are loaded from the outbox into a bounded window
+//!   and queued per *lane* (one device, or one workspace). A lane sends one record at a time, so a
+//!   device's events arrive in order; up to `max_concurrency` lanes send at once, so one slow or
+//!   failing device never holds the others back and bursts are not sent one request at a time.
+//!   A failed record waits out its backoff at the head of its lane; nothing is ever dropped.
+//!
+//! Retry schedule: delay(n) = min(initial · multiplier^(n-1), max), with ±jitter/2 spread, where n
+//! is the number of failed attempts so far; a `Retry-After` from the receiver (seconds or HTTP
+//! date, capped at one hour) replaces the computed delay when it is longer. Attempts are unlimited.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use hmac::{Hmac, Mac};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use sha2::Sha256;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::DelayQueue;
+
+use crate::config::{RetryConfig, Secret, WebhookConfig};
+use crate::outbox::{Outbox, OutboxRecord};
+use crate::telemetry::Metrics;
+
+/// Longest `Retry-After` we honour.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Signs bodies with the endpoint's secret.
+#[derive(Clone)]
+pub struct Signer {
+    mac: Hmac<Sha256>,
+}
+
+impl Signer {
+    pub fn new(secret: &Secret) -> Signer {
+        Signer {
+            mac: Hmac::new_from_slice(secret.expose().as_bytes())
+                .expect("HMAC takes keys of any length"),
+        }
+    }
+
+    /// Lower-case hex HMAC-SHA256 of `body`.
+    pub fn sign(&self, body: &[u8]) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(body);
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// Constant-time check of a hex signature (for receivers: the demo, the docs).
+    pub fn verify(&self, body: &[u8], signature_hex: &str) -> bool {
+        let Ok(sig) = hex::decode(signature_hex.trim()) else {
+            return false;
+        };
+        let mut mac = self.mac.clone();
+        mac.update(body);
+        mac.verify_slice(&sig).is_ok()
+    }
+}
+
+/// The retry schedule, as data.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+    pub multiplier: f64,
+    pub jitter: f64,
+}
+
+impl From<&RetryConfig> for RetryPolicy {
+    fn from(c: &RetryConfig) -> Self {
+        RetryPolicy {
+            initial: c.initial,
+            max: c.max,
+            multiplier: c.multiplier,
+            jitter: c.jitter,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay before the next attempt after `failures` failed attempts (≥ 1). `unit` is a random
+    /// number in [0, 1) that spreads the delay by ±jitter/2.
+    pub fn delay(&self, failures: u32, retry_after: Option<Duration>, unit: f64) -> Duration {
+        let exp = self
+            .multiplier
+            .powi(failures.saturating_sub(1).min(64) as i32);
+        let base = (self.initial.as_secs_f64() * exp).min(self.max.as_secs_f64());
+        let spread = 1.0 + self.jitter * (unit - 0.5);
+        let computed = Duration::from_secs_f64((base * spread).max(0.0));
+        match retry_after {
+            Some(ra) => computed.max(ra.min(MAX_RETRY_AFTER)),
+            None => computed,
+        }
+    }
+}
+
+/// What one attempt's result means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    Retry {
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        reason: String,
+    },
+}
+
+/// 2xx is delivered; every other answer is retried (the receiver may be mid-deploy, or
+/// misconfigured and about to be fixed: we never drop an event on its say-so).
+pub fn classify(status: u16, retry_after: Option<&str>, now: SystemTime) -> Outcome {
+    if (200..300).contains(&status) {
+        return Outcome::Delivered;
+    }
+    Outcome::Retry {
+        status: Some(status),
+        retry_after: retry_after.and_then(|v| parse_retry_after(v, now)),
+        reason: format!("HTTP {status}"),
+    }
+}
+
+/// `Retry-After: 120` or `Retry-After: Wed, 21 Oct 2015 07:28:00 GMT`.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    httpdate::parse_http_date(value)
+        .ok()
+        .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The creation time carried in a UUIDv7 event id (milliseconds since the epoch).
+fn created_at(id: &str) -> Option<SystemTime> {
+    let uuid = uuid::Uuid::parse_str(id).ok()?;
+    let (secs, nanos) = uuid.get_timestamp()?.to_unix();
+    Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
+/// One lane's queue: records in outbox order; only the head is ever in flight.
+#[derive(Default)]
+struct Lane {
+    queue: VecDeque<OutboxRecord>,
+    busy: bool,
+    failures: u32,
+}
+
+/// Result of one HTTP attempt, reported back to the dispatcher.
+struct Attempt {
+    lane: String,
+    outcome: Outcome,
+}
+
+/// The delivery task's state; see the module docs.
+pub struct Dispatcher {
+    outbox: Outbox,
+    client: reqwest::Client,
+    url: reqwest::Url,
+    headers: HeaderMap,
+    signature_header: HeaderName,
+    idempotency_header: HeaderName,
+    signer: Signer,
+    policy: RetryPolicy,
+    max_concurrency: usize,
+    window: usize,
+    metrics: Arc<Metrics>,
+    lanes: HashMap<String, Lane>,
+    /// Lanes whose head may be sent now, oldest first.
+    ready: VecDeque<String>,
+    /// Lanes waiting out a backoff.
+    backoff: DelayQueue<String>,
+    in_flight: JoinSet<Attempt>,
+    /// Records held in `lanes`.
+    loaded: usize,
+    /// Highest sequence number loaded so far.
+    cursor: Option<u64>,
+    /// Whether the outbox may hold records above `cursor` that are not loaded yet.
+    more_on_disk: bool,
+    /// Consecutive failed attempts across all lanes, for one loud log line per outage.
+    failing_since: Option<Instant>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        config: &WebhookConfig,
+        outbox: Outbox,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Dispatcher> {
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(crate::tls::client_config(None)?)
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            .pool_max_idle_per_host(config.max_concurrency)
+            .user_agent(concat!("edgehook/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        Ok(Dispatcher {
+            outbox,
+            client,
+            url: reqwest::Url::parse(&config.url)?,
+            headers,
+            signature_header: HeaderName::from_bytes(config.signature_header.as_bytes())?,
+            idempotency_header: HeaderName::from_bytes(config.idempotency_header.as_bytes())?,
+            signer: Signer::new(&config.secret),
+            policy: RetryPolicy::from(&config.retry),
+            max_concurrency: config.max_concurrency,
+            window: config.window,
+            metrics,
+            lanes: HashMap::new(),
+            ready: VecDeque::new(),
+            backoff: DelayQueue::new(),
+            in_flight: JoinSet::new(),
+            loaded: 0,
+            cursor: None,
+            more_on_disk: true,
+            failing_since: None,
+        })
+    }
+
+    /// Run until cancelled; then let in-flight attempts finish (each is bounded by the request
+    /// timeout) so their outcomes are recorded, and return.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        loop {
+            if let Err(e) = self.load() {
+                tracing::error!(error = %e, "cannot read the outbox; retrying in 1s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            self.start_ready();
+            let outbox = self.outbox.clone();
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                Some(done) = self.in_flight.join_next() => self.finish(done),
+                Some(expired) = std::future::poll_fn(|cx| self.backoff.poll_expired(cx)) => {
+                    self.ready.push_back(expired.into_inner());
+                }
+                _ = outbox.appended(), if !self.more_on_disk => self.more_on_disk = true,
+            }
+        }
+        let pending = self.in_flight.len();
+        if pending > 0 {
+            tracing::info!(pending, "shutting down: waiting for in-flight deliveries");
+        }
+        while let Some(done) = self.in_flight.join_next().await {
+            self.finish(done);
+        }
+    }
+
+    /// Fill the window from the outbox.
+    fn load(&mut self) -> Result<(), crate::outbox::OutboxError> {
+        if !self.more_on_disk || self.loaded >= self.window {
+            return Ok(());
+        }
+        let want = self.window - self.loaded;
+        let records = self.outbox.pending_after(self.cursor, want)?;
+        self.more_on_disk = records.len() == want;
+        for record in records {
+            self.cursor = Some(record.seq);
+            self.loaded += 1;
+            let lane = self.lanes.entry(record.lane.clone()).or_default();
+            if lane.queue.is_empty() && !lane.busy && lane.failures == 0 {
+                self.ready.push_back(record.lane.clone());
+            }
+            lane.queue.push_back(record);
+        }
+        Ok(())
+    }
+
+    /// Start attempts for ready lanes while there is room.
+    fn start_ready(&mut self) {
+        while self.in_flight.len() < self.max_concurrency {
+            let Some(name) = self.ready.pop_front() else {
+                return;
+            };
+            let Some(lane) = self.lanes.get_mut(&name) else {
+                continue;
+            };
+            let Some(record) = lane.queue.front() else {
+                continue;
+            };
+            if lane.busy {
+                continue;
+            }
+            lane.busy = true;
+            let request = self
+                .client
+                .post(self.url.clone())
+                .headers(self.headers.clone())
+                .header(
+                    self.signature_header.clone(),
+                    self.signer.sign(&record.body),
+                )
+                .header(self.idempotency_header.clone(), record.id.as_str())
+                .body(record.body.clone());
+            self.in_flight.spawn(async move {
+                let outcome = match request.send().await {
+                    Ok(resp) => {
+                        let retry_after = resp
+                            .headers()
+                            .get(reqwest::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        classify(
+                            resp.status().as_u16(),
+                            retry_after.as_deref(),
+                            SystemTime::now(),
+                        )
+                    }
+                    Err(e) => Outcome::Retry {
+                        status: None,
+                        retry_after: None,
+                        reason: describe_reqwest_error(&e),
+                    },
+                };
+                Attempt {
+                    lane: name,
+                    outcome,
+                }
+            });
+        }
+    }
+
+    /// Record one attempt's outcome.
+    fn finish(&mut self, done: Result<Attempt, tokio::task::JoinError>) {
+        let attempt = match done {
+            Ok(a) => a,
+            Err(e) => {
+                // A panicking request task would be a bug; the lane stays busy-free below via
+                // the next load. Log it loudly rather than crash the daemon.
+                tracing::error!(error = %e, "delivery task failed");
+                return;
+            }
+        };
+        let Some(lane) = self.lanes.get_mut(&attempt.lane) else {
+            return;
+        };
+        lane.busy = false;
+        match attempt.outcome {
+            Outcome::Delivered => {
+                let record = lane.queue.pop_front().expect("in-flight lane has a head");
+                lane.failures = 0;
+                self.loaded -= 1;
+                if let Err(e) = self.outbox.remove(record.seq) {
+                    // Not removing means a duplicate later, never a loss.
+                    tracing::warn!(error = %e, event_id = %record.id, "delivered event not removed from outbox; it may be sent again");
+                }
+                let latency = created_at(&record.id)
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .unwrap_or_default();
+                self.metrics.delivered(&record.kind, latency);
+                if let Some(since) = self.failing_since.take() {
+                    tracing::info!(
+                        outage = %humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
+                        "receiver accepting events again"
+                    );
+                }
+                if lane.queue.is_empty() {
+                    self.lanes.remove(&attempt.lane);
+                } else {
+                    self.ready.push_back(attempt.lane);
+                }
+            }
+            Outcome::Retry {
+                status,
+                retry_after,
+                reason,
+            } => {
+                lane.failures += 1;
+                self.metrics.attempt_failed(status);
+                let delay = self
+                    .policy
+                    .delay(lane.failures, retry_after, fastrand::f64());
+                let head = lane.queue.front().expect("in-flight lane has a head");
+                if self.failing_since.is_none() {
+                    self.failing_since = Some(Instant::now());
+                    tracing::warn!(
+                        url = %self.url.as_str(),
+                        reason = %reason,
+                        event_id = %head.id,
+                        "delivery failing; events stay in the outbox and are retried"
+                    );
+                } else {
+                    tracing::debug!(lane = %attempt.lane, reason = %reason, failures = lane.failures, retry_in = ?delay, "delivery attempt failed");
+                }
+                self.backoff.insert(attempt.lane, delay);
+            }
+        }
+    }
+}
+
+/// A one-line reason without the URL's query (which could carry a token).
+fn describe_reqwest_error(e: &reqwest::Error) -> String {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_request() {
+        "request failed"
+    } else if e.is_body() || e.is_decode() {
+        "bad response body"
+    } else {
+        "error"
+    };
+    let mut source = std::error::Error::source(e);
+    let mut detail = String::new();
+    while let Some(s) = source {
+        detail = s.to_string();
+        source = s.source();
+    }
+    if detail.is_empty() {
+        what.to_string()
+    } else {
+        format!("{what}: {detail}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_a_known_vector() {
+        // printf '%s' '{"a":1}' | openssl dgst -sha256 -hmac 'whsec-test'
+        let signer = Signer::new(&Secret::new("whsec-test"));
+        let sig = signer.sign(br#"{"a":1}"#);
+        assert_eq!(
+            sig,
+            "a40e86f8db5b22c03b9272899c227b359d6580eb7969a4f90f643a3d90fdc1cc"
+        );
+        assert!(signer.verify(br#"{"a":1}"#, &sig));
+        assert!(!signer.verify(br#"{"a":2}"#, &sig));
+        assert!(!signer.verify(br#"{"a":1}"#, "zz"));
+    }
+
+    #[test]
+    fn retry_schedule_grows_caps_and_jitters() {
+        let p = RetryPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            multiplier: 2.0,
+            jitter: 0.2,
+        };
+        let mid = |n| p.delay(n, None, 0.5);
+        assert_eq!(mid(1), Duration::from_secs(1));
+        assert_eq!(mid(2), Duration::from_secs(2));
+        assert_eq!(mid(3), Duration::from_secs(4));
+        assert_eq!(mid(7), Duration::from_secs(60));
+        assert_eq!(mid(1000), Duration::from_secs(60));
+        assert_eq!(p.delay(1, None, 0.0), Duration::from_millis(900));
+        assert!(p.delay(1, None, 0.999_999) <= Duration::from_millis(1100));
+        // Retry-After wins when longer, is capped at an hour, and never shortens our delay
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(30)), 0.5),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            p.delay(7, Some(Duration::from_secs(5)), 0.5),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(86_400)), 0.5),
+            MAX_RETRY_AFTER
+        );
+    }
+
+    #[test]
+    fn classification_table() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480); // 2015-10-21 07:28:00Z
+        let cases: &[(u16, Option<&str>, bool, Option<u64>)] = &[
+            (200, None, true, None),
+            (204, None, true, None),
+            (299, None, true, None),
+            (301, None, false, None),
+            (400, None, false, None),
+            (408, None, false, None),
+            (429, Some("7"), false, Some(7)),
+            (500, None, false, None),
+            (503, Some("Wed, 21 Oct 2015 07:28:30 GMT"), false, Some(30)),
+            (503, Some("in a bit"), false, None),
+        ];
+        for (status, ra, delivered, secs) in cases {
+            match classify(*status, *ra, now) {
+                Outcome::Delivered => assert!(delivered, "{status}"),
+                Outcome::Retry {
+                    retry_after,
+                    status: s,
+                    ..
+                } => {
+                    assert!(!delivered, "{status}");
+                    assert_eq!(s, Some(*status));
+                    assert_eq!(
+                        retry_after,
+                        secs.map(Duration::from_secs),
+                        "{status} {ra:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn event_ids_carry_their_creation_time() {
+        let before = SystemTime::now() - Duration::from_millis(1);
+        let id = uuid::Uuid::now_v7().to_string();
+        let t = created_at(&id).unwrap();
+        assert!(t >= before && t <= SystemTime::now() + Duration::from_millis(1));
+        assert!(created_at("not-a-uuid").is_none());
+    }
+}

@@ -1,0 +1,133 @@
+//! edgehook: a gateway daemon that turns device messages into durable, signed webhooks.
+//!
+//! # Layout
+//! The daemon is a pipeline. Each stage is one task that owns its state and talks to the next
+//! over a bounded channel, so a slow stage pushes back on the one before it — ultimately on the
+//! MQTT broker, which stops sending once its in-flight window is full.
+//!
+//! ```text
+//!  source::mqtt ──Inbound──▶ device ──Commit──▶ outbox ═══sled═══▶ deliver ──HTTPS──▶ receiver
+//!  (decode, defer PUBACK)   (registry,         (batch, one txn,     (lanes per device,
+//!                            change detection,  fsync, then PUBACK)  sign, retry, remove on 2xx)
+//!                            workspace status,
+//!                            event::Envelope)
+//! ```
+//!
+//! - [`source`]: transports. [`source::mqtt`] subscribes at QoS 1 with manual acks.
+//! - [`device`]: what each device last said; decides which messages are events.
+//! - [`event`]: the event types and the JSON envelope (`id`, `type`, `timestamp`, `gateway`, `data`).
+//! - [`outbox`]: the sled store; its module doc states the key layout and durability invariants.
+//! - [`deliver`]: signing, HTTP, the retry schedule.
+//! - [`config`], [`telemetry`] (logs, `/healthz`, `/metrics`), [`tls`], [`cli`].
+//!
+//! # Shutdown
+//! One [`CancellationToken`]. The source stops reading and drops its sender; the device stage
+//! and the outbox writer drain what is already in their channels, the writer flushes, and delivery
+//! lets in-flight requests finish. Anything not yet acknowledged to the broker is redelivered on
+//! the next start.
+
+pub mod cli;
+pub mod config;
+pub mod deliver;
+#[cfg(feature = "demo")]
+pub mod demo;
+pub mod device;
+pub mod event;
+pub mod outbox;
+pub mod source;
+pub mod telemetry;
+pub mod tls;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use config::Config;
+use outbox::Outbox;
+use telemetry::Metrics;
+
+/// Capacity of each channel between stages.
+const STAGE_CHANNEL: usize = 1024;
+
+/// Run the daemon until `cancel` fires, then drain and flush.
+pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
+    let outbox = Outbox::open(&config.state_dir, config.outbox.cache_bytes).with_context(|| {
+        format!(
+            "opening the outbox in {} (if it is corrupt, see README: Recovering the state directory)",
+            config.state_dir.display()
+        )
+    })?;
+    let known = outbox.devices().context("reading device state")?;
+    let pending = outbox.len();
+    metrics.set_outbox_depth(pending as u64);
+    tracing::info!(
+        gateway = %config.gateway_id,
+        state_dir = %config.state_dir.display(),
+        devices = known.len(),
+        pending,
+        url = %config.webhook.url,
+        "edgehook starting"
+    );
+    let registry = device::Registry::new(config.workspaces.clone(), known);
+    let source = source::mqtt::MqttSource::new(&config, metrics.clone())?;
+    let dispatcher = deliver::Dispatcher::new(&config.webhook, outbox.clone(), metrics.clone())?;
+
+    let tracker = TaskTracker::new();
+    let (inbound_tx, inbound_rx) = mpsc::channel(STAGE_CHANNEL);
+    let (commit_tx, commit_rx) = mpsc::channel(STAGE_CHANNEL);
+    tracker.spawn(source.run(inbound_tx, cancel.clone()));
+    tracker.spawn(device::run(
+        registry,
+        Arc::from(config.gateway_id.as_str()),
+        inbound_rx,
+        commit_tx,
+    ));
+    tracker.spawn(outbox::run_writer(
+        outbox.clone(),
+        commit_rx,
+        config.outbox.batch_max,
+        metrics.clone(),
+    ));
+    tracker.spawn(dispatcher.run(cancel.clone()));
+    if !config.telemetry.listen.is_empty() {
+        let listen = config
+            .telemetry
+            .listen
+            .parse()
+            .expect("validated by config");
+        tracker.spawn(telemetry::serve(
+            listen,
+            metrics.clone(),
+            outbox.clone(),
+            cancel.clone(),
+        ));
+    }
+    tracker.close();
+    tracker.wait().await;
+    outbox.flush().await.context("final outbox flush")?;
+    tracing::info!(pending = outbox.len(), "edgehook stopped; outbox flushed");
+    Ok(())
+}
+
+/// A token that fires on SIGINT or SIGTERM.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown requested; draining");
+        token.cancel();
+    });
+    cancel
+}

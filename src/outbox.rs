@@ -1,0 +1,414 @@
+//! Outbox: the durable queue between the device stage and delivery (sled).
+//!
+//! # Layout
+//! One sled database in the state directory, with two trees:
+//!
+//! - `outbox`: key = 8-byte big-endian sequence number (monotonic, from sled's crash-safe id
+//!   generator, so key order is creation order); value = an [`OutboxRecord`] encoded as
+//!   `[version=1][u8 type][u16 lane len][lane][u8 id len][id][body]`. `body` is the exact envelope
+//!   bytes that are signed and sent.
+//! - `devices`: key = device id (UTF-8); value = [`DeviceState`] as JSON.
+//!
+//! # Invariants
+//! 1. A batch of commits (events and the device states they came from) is written in **one sled
+//!    transaction** across both trees, then flushed (one fsync per batch, not per event), and
+//!    **only then** are the batch's transport acks sent. So an acknowledged MQTT message always has
+//!    its events on disk, and a device state on disk always has its events on disk.
+//! 2. A record is removed only after the receiver answered 2xx for it.
+//! 3. A write that fails (disk full, I/O error) is retried with backoff, holding the batch and its
+//!    acks: nothing is acknowledged and nothing is dropped. Upstream stages block on their bounded
+//!    channels, and the broker stops sending once its in-flight window is full (back-pressure).
+//!
+//! # After a crash
+//! Unflushed work is lost as a whole transaction: its MQTT messages were not acknowledged and the
+//! broker redelivers them, which recreates the same events with new ids. A record whose delivery
+//! succeeded but whose removal was not yet flushed is delivered again: a duplicate with the same
+//! id, which the receiver drops by its idempotency key.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use tokio::sync::{mpsc, Notify};
+
+use crate::device::DeviceState;
+use crate::event::Envelope;
+#[cfg(test)]
+use crate::event::EventType;
+use crate::source::Ack;
+use crate::telemetry::Metrics;
+
+const RECORD_VERSION: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("outbox storage: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("outbox record {seq} is corrupt: {why}")]
+    Corrupt { seq: u64, why: &'static str },
+    #[error("device state for `{device}` is corrupt: {why}")]
+    CorruptDevice { device: String, why: String },
+}
+
+/// What the device stage hands the outbox for one inbound message.
+#[derive(Debug)]
+pub struct Commit {
+    pub envelopes: Vec<Envelope>,
+    /// The device's new state, when it changed.
+    pub device: Option<(String, DeviceState)>,
+    pub ack: Option<Ack>,
+}
+
+/// One stored event awaiting delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRecord {
+    pub seq: u64,
+    pub id: String,
+    pub kind: String,
+    pub lane: String,
+    pub body: Vec<u8>,
+}
+
+/// A handle on the store; cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    db: sled::Db,
+    events: sled::Tree,
+    devices: sled::Tree,
+    /// Wakes delivery when new records are durable.
+    appended: Arc<Notify>,
+    /// False while writes are failing; `/healthz` reports it.
+    writable: Arc<AtomicBool>,
+}
+
+impl Outbox {
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Outbox, OutboxError> {
+        let db = sled::Config::new()
+            .path(dir.join("outbox.sled"))
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(Some(1000))
+            .open()?;
+        let events = db.open_tree("outbox")?;
+        let devices = db.open_tree("devices")?;
+        Ok(Outbox {
+            db,
+            events,
+            devices,
+            appended: Arc::new(Notify::new()),
+            writable: Arc::new(AtomicBool::new(true)),
+        })
+    }
+
+    /// Every persisted device state (read once at start).
+    pub fn devices(&self) -> Result<Vec<(String, DeviceState)>, OutboxError> {
+        self.devices
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let device = String::from_utf8_lossy(&k).into_owned();
+                let state = serde_json::from_slice(&v).map_err(|e| OutboxError::CorruptDevice {
+                    device: device.clone(),
+                    why: e.to_string(),
+                })?;
+                Ok((device, state))
+            })
+            .collect()
+    }
+
+    /// Write a batch atomically (not yet flushed). Returns how many records were added.
+    pub fn write(&self, batch: &[Commit]) -> Result<usize, OutboxError> {
+        let mut records = Vec::new();
+        for commit in batch {
+            for env in &commit.envelopes {
+                records.push((self.db.generate_id()?, encode(env)));
+            }
+        }
+        let devices: Vec<(&str, Vec<u8>)> = batch
+            .iter()
+            .filter_map(|c| c.device.as_ref())
+            .map(|(id, s)| {
+                (
+                    id.as_str(),
+                    serde_json::to_vec(s).expect("device state serialises"),
+                )
+            })
+            .collect();
+        if records.is_empty() && devices.is_empty() {
+            return Ok(0);
+        }
+        (&self.events, &self.devices)
+            .transaction(|(ev, dev)| {
+                for (seq, bytes) in &records {
+                    ev.insert(&seq.to_be_bytes(), bytes.as_slice())?;
+                }
+                for (id, bytes) in &devices {
+                    dev.insert(id.as_bytes(), bytes.as_slice())?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => OutboxError::Storage(e),
+                TransactionError::Abort(()) => unreachable!("the transaction never aborts"),
+            })?;
+        Ok(records.len())
+    }
+
+    /// Make everything written so far durable.
+    pub async fn flush(&self) -> Result<(), OutboxError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Up to `limit` records with a sequence number above `after`, in order.
+    pub fn pending_after(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<OutboxRecord>, OutboxError> {
+        let iter = match after {
+            Some(seq) => self.events.range((seq + 1).to_be_bytes()..),
+            None => self.events.iter(),
+        };
+        iter.take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                let seq = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
+                    OutboxError::Corrupt {
+                        seq: 0,
+                        why: "key is not 8 bytes",
+                    }
+                })?);
+                decode(seq, &v)
+            })
+            .collect()
+    }
+
+    /// Forget a delivered record.
+    pub fn remove(&self, seq: u64) -> Result<(), OutboxError> {
+        self.events.remove(seq.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Records waiting for delivery.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.writable.load(Ordering::Relaxed)
+    }
+
+    /// Resolves after the next durable append.
+    pub async fn appended(&self) {
+        self.appended.notified().await
+    }
+}
+
+fn encode(env: &Envelope) -> Vec<u8> {
+    let kind = env.kind.as_str().as_bytes();
+    let mut out =
+        Vec::with_capacity(4 + kind.len() + env.lane.len() + env.id.len() + env.body.len());
+    out.push(RECORD_VERSION);
+    out.push(kind.len() as u8);
+    out.extend_from_slice(kind);
+    let lane = env.lane.as_bytes();
+    let lane_len = lane.len().min(u16::MAX as usize);
+    out.extend_from_slice(&(lane_len as u16).to_be_bytes());
+    out.extend_from_slice(&lane[..lane_len]);
+    out.push(env.id.len() as u8);
+    out.extend_from_slice(env.id.as_bytes());
+    out.extend_from_slice(&env.body);
+    out
+}
+
+fn decode(seq: u64, bytes: &[u8]) -> Result<OutboxRecord, OutboxError> {
+    let corrupt = |why| OutboxError::Corrupt { seq, why };
+    let mut rest = bytes;
+    let mut take = |n: usize| -> Result<&[u8], OutboxError> {
+        if rest.len() < n {
+            return Err(corrupt("truncated"));
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Ok(head)
+    };
+    if take(1)?[0] != RECORD_VERSION {
+        return Err(corrupt("unknown record version"));
+    }
+    let kind_len = take(1)?[0] as usize;
+    let kind = std::str::from_utf8(take(kind_len)?)
+        .map_err(|_| corrupt("type is not UTF-8"))?
+        .to_string();
+    let lane_len = u16::from_be_bytes(take(2)?.try_into().expect("2 bytes")) as usize;
+    let lane = std::str::from_utf8(take(lane_len)?)
+        .map_err(|_| corrupt("lane is not UTF-8"))?
+        .to_string();
+    let id_len = take(1)?[0] as usize;
+    let id = std::str::from_utf8(take(id_len)?)
+        .map_err(|_| corrupt("id is not UTF-8"))?
+        .to_string();
+    Ok(OutboxRecord {
+        seq,
+        id,
+        kind,
+        lane,
+        body: rest.to_vec(),
+    })
+}
+
+/// The outbox writer task: group incoming commits into batches, write each batch in one
+/// transaction, flush, then send the batch's acks. Ends when the device stage has gone, after
+/// writing and flushing everything it sent.
+pub async fn run_writer(
+    outbox: Outbox,
+    mut commits: mpsc::Receiver<Commit>,
+    batch_max: usize,
+    metrics: Arc<Metrics>,
+) {
+    let mut batch: Vec<Commit> = Vec::with_capacity(batch_max);
+    while let Some(first) = commits.recv().await {
+        batch.push(first);
+        while batch.len() < batch_max {
+            match commits.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let added = persist(&outbox, &batch, &metrics).await;
+        for commit in batch.drain(..) {
+            for env in &commit.envelopes {
+                metrics.event_created(env.kind);
+            }
+            if let Some(ack) = commit.ack {
+                ack.send();
+            }
+        }
+        if added > 0 {
+            outbox.appended.notify_one();
+        }
+        metrics.set_outbox_depth(outbox.len() as u64);
+    }
+    if let Err(e) = outbox.flush().await {
+        tracing::error!(error = %e, "final outbox flush failed");
+    }
+    tracing::debug!("outbox writer drained");
+}
+
+/// Write and flush one batch, retrying until it is durable. Returns the records added.
+async fn persist(outbox: &Outbox, batch: &[Commit], metrics: &Metrics) -> usize {
+    let mut delay = Duration::from_millis(100);
+    let mut failures = 0u64;
+    loop {
+        let result = match outbox.write(batch) {
+            Ok(0) => Ok(0),
+            Ok(n) => outbox.flush().await.map(|()| n),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(n) => {
+                if failures > 0 {
+                    tracing::info!(failures, "outbox writable again; resuming");
+                    outbox.writable.store(true, Ordering::Relaxed);
+                }
+                return n;
+            }
+            Err(e) => {
+                failures += 1;
+                metrics.outbox_write_failed();
+                outbox.writable.store(false, Ordering::Relaxed);
+                if failures == 1 || failures.is_power_of_two() {
+                    tracing::error!(
+                        error = %e,
+                        failures,
+                        "cannot write the outbox; holding {} messages unacknowledged and retrying (back-pressure, nothing is dropped)",
+                        batch.len()
+                    );
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+    use std::time::SystemTime;
+
+    fn envelope(device: &str) -> Envelope {
+        Envelope::seal(
+            &Event::device(EventType::DeviceOnline, device, Default::default()),
+            "gw",
+            SystemTime::now(),
+        )
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let env = envelope("occ-1");
+        let rec = decode(7, &encode(&env)).unwrap();
+        assert_eq!(rec.seq, 7);
+        assert_eq!(rec.id, env.id);
+        assert_eq!(rec.kind, "device.online");
+        assert_eq!(rec.lane, "device:occ-1");
+        assert_eq!(rec.body, env.body);
+    }
+
+    #[test]
+    fn corrupt_records_are_errors_not_panics() {
+        let bytes = encode(&envelope("d"));
+        for cut in 0..20 {
+            assert!(decode(1, &bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut wrong = bytes.clone();
+        wrong[0] = 9;
+        assert!(matches!(
+            decode(1, &wrong),
+            Err(OutboxError::Corrupt { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn batches_survive_reopen_in_order_and_removal_sticks() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String>;
+        {
+            let ob = Outbox::open(dir.path(), 1 << 20).unwrap();
+            let commits: Vec<Commit> = (0..5)
+                .map(|i| Commit {
+                    envelopes: vec![envelope(&format!("d{i}"))],
+                    device: Some((
+                        format!("d{i}"),
+                        DeviceState {
+                            online: true,
+                            ..Default::default()
+                        },
+                    )),
+                    ack: None,
+                })
+                .collect();
+            ids = commits.iter().map(|c| c.envelopes[0].id.clone()).collect();
+            assert_eq!(ob.write(&commits).unwrap(), 5);
+            ob.flush().await.unwrap();
+            let first = ob.pending_after(None, 1).unwrap();
+            ob.remove(first[0].seq).unwrap();
+            ob.flush().await.unwrap();
+        }
+        let ob = Outbox::open(dir.path(), 1 << 20).unwrap();
+        let pending = ob.pending_after(None, 100).unwrap();
+        let got: Vec<String> = pending.iter().map(|r| r.id.clone()).collect();
+        assert_eq!(got, ids[1..], "removed record gone, others in order");
+        let after = ob.pending_after(Some(pending[1].seq), 100).unwrap();
+        assert_eq!(after.len(), 2);
+        assert_eq!(ob.devices().unwrap().len(), 5);
+    }
+}

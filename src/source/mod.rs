@@ -1,0 +1,181 @@
+//! Sources: where device messages come from. Each source decodes its transport into
+//! [`Inbound`] messages for the device stage, and hands along an [`Ack`] that the outbox runs
+//! once everything the message produced is durable.
+
+pub mod mqtt;
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+/// One decoded device message.
+#[derive(Debug)]
+pub struct Inbound {
+    pub device_id: String,
+    pub body: InboundBody,
+    /// Acknowledges the transport message; run only after the outbox has flushed.
+    pub ack: Option<Ack>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum InboundBody {
+    /// A reading: a JSON object of fields.
+    Reading {
+        fields: Map<String, Value>,
+        /// Fields ignored for change detection (still carried in the event).
+        metadata: Arc<[String]>,
+    },
+    /// A birth (`online = true`) or last-will / status `offline` message.
+    Status { online: bool },
+}
+
+/// A deferred transport acknowledgement (an MQTT PUBACK).
+pub struct Ack(Box<dyn FnOnce() + Send + Sync>);
+
+impl Ack {
+    pub fn new(f: impl FnOnce() + Send + Sync + 'static) -> Ack {
+        Ack(Box::new(f))
+    }
+    pub fn send(self) {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for Ack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Ack")
+    }
+}
+
+/// Why a message could not be decoded. Counted per kind; the message is skipped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("payload of {size} bytes is over the {limit}-byte limit")]
+    Oversize { size: usize, limit: usize },
+    #[error("payload is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("payload is JSON but not an object of fields")]
+    NotAnObject,
+    #[error("status payload is neither online nor offline")]
+    BadStatus,
+    #[error("device id `{0}` is empty, too long or has control characters")]
+    BadDeviceId(String),
+}
+
+impl DecodeError {
+    /// A short stable name, used as a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::Oversize { .. } => "oversize",
+            DecodeError::NotJson(_) => "not_json",
+            DecodeError::NotAnObject => "not_object",
+            DecodeError::BadStatus => "bad_status",
+            DecodeError::BadDeviceId(_) => "bad_device_id",
+        }
+    }
+}
+
+/// Device ids become sled keys, URL-less JSON strings and log fields: keep them sane.
+pub fn check_device_id(id: &str) -> Result<(), DecodeError> {
+    if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
+        let shown: String = id.chars().take(64).filter(|c| !c.is_control()).collect();
+        return Err(DecodeError::BadDeviceId(shown));
+    }
+    Ok(())
+}
+
+/// Decode a reading payload: a JSON object of fields.
+pub fn decode_reading(payload: &[u8], limit: usize) -> Result<Map<String, Value>, DecodeError> {
+    if payload.len() > limit {
+        return Err(DecodeError::Oversize {
+            size: payload.len(),
+            limit,
+        });
+    }
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Object(fields)) => Ok(fields),
+        Ok(_) => Err(DecodeError::NotAnObject),
+        Err(e) => Err(DecodeError::NotJson(e.to_string())),
+    }
+}
+
+/// Decode a status payload: `online` / `offline`, bare or as `{"status": "online"}`.
+pub fn decode_status(payload: &[u8], limit: usize) -> Result<bool, DecodeError> {
+    if payload.len() > limit {
+        return Err(DecodeError::Oversize {
+            size: payload.len(),
+            limit,
+        });
+    }
+    let word = |s: &str| match s.trim().to_ascii_lowercase().as_str() {
+        "online" | "on" | "connected" | "1" | "true" => Some(true),
+        "offline" | "off" | "disconnected" | "0" | "false" => Some(false),
+        _ => None,
+    };
+    let text = std::str::from_utf8(payload).map_err(|_| DecodeError::BadStatus)?;
+    if let Some(online) = word(text) {
+        return Ok(online);
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(o)) => match (o.get("status"), o.get("online")) {
+            (Some(Value::String(s)), _) => word(s).ok_or(DecodeError::BadStatus),
+            (_, Some(Value::Bool(b))) => Ok(*b),
+            _ => Err(DecodeError::BadStatus),
+        },
+        Ok(Value::String(s)) => word(&s).ok_or(DecodeError::BadStatus),
+        _ => Err(DecodeError::BadStatus),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readings_must_be_json_objects_within_the_limit() {
+        assert!(decode_reading(br#"{"t": 1}"#, 100).is_ok());
+        assert_eq!(
+            decode_reading(b"[1,2]", 100).unwrap_err(),
+            DecodeError::NotAnObject
+        );
+        assert_eq!(decode_reading(b"42", 100).unwrap_err().kind(), "not_object");
+        assert_eq!(
+            decode_reading(b"{oops", 100).unwrap_err().kind(),
+            "not_json"
+        );
+        assert_eq!(
+            decode_reading(&[0xff, 0xfe], 100).unwrap_err().kind(),
+            "not_json"
+        );
+        assert_eq!(
+            decode_reading(&[b' '; 101], 100).unwrap_err(),
+            DecodeError::Oversize {
+                size: 101,
+                limit: 100
+            }
+        );
+    }
+
+    #[test]
+    fn status_accepts_bare_words_and_objects() {
+        assert_eq!(decode_status(b"online", 64), Ok(true));
+        assert_eq!(decode_status(b" OFFLINE\n", 64), Ok(false));
+        assert_eq!(decode_status(br#"{"status":"offline"}"#, 64), Ok(false));
+        assert_eq!(decode_status(br#"{"online":true}"#, 64), Ok(true));
+        assert_eq!(decode_status(br#""online""#, 64), Ok(true));
+        assert_eq!(decode_status(b"maybe", 64), Err(DecodeError::BadStatus));
+        assert_eq!(
+            decode_status(&[0xc3, 0x28], 64),
+            Err(DecodeError::BadStatus)
+        );
+    }
+
+    #[test]
+    fn device_ids_are_checked() {
+        assert!(check_device_id("occ-12").is_ok());
+        assert!(check_device_id("").is_err());
+        assert!(check_device_id("a\nb").is_err());
+        assert!(check_device_id(&"x".repeat(129)).is_err());
+    }
+}

@@ -1,0 +1,437 @@
+//! MQTT source (rumqttc): subscribe to the configured topic patterns at QoS 1, decode each
+//! message, and pass it to the device stage with a deferred PUBACK.
+//!
+//! Acknowledgement is manual: the PUBACK for a message is sent only by the outbox writer, after
+//! the events the message produced are flushed to disk. The session is persistent (clean session
+//! off, stable client id), so a message that was not acknowledged — because edgehook crashed, was
+//! killed, or lost the connection — is redelivered by the broker.
+//!
+//! Acks carry the connection *generation* they were received on and are dropped if the
+//! connection has been re-established since: after a reconnect the broker redelivers every
+//! unacknowledged message with its original packet id, and an ack from the old connection could
+//! otherwise acknowledge a different message that reused the id. rumqttc itself drops acks still
+//! queued when a connection breaks.
+//!
+//! Undecodable messages (not JSON, not an object, over `max_payload_bytes`, a bad status, a bad
+//! device id) are counted, logged at most once a minute per topic and kind, and acknowledged:
+//! redelivering them would not make them better.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter, Transport};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    check_device_id, decode_reading, decode_status, Ack, DecodeError, Inbound, InboundBody,
+};
+use crate::config::{Config, PayloadKind};
+use crate::telemetry::{FaultLog, Metrics};
+
+/// Capacity of rumqttc's request channel. Acks go through it without waiting, so it must hold
+/// more than the broker's in-flight window (at most 65535 by the protocol, typically 20–1000).
+const REQUEST_CHANNEL: usize = 16 * 1024;
+
+/// One segment of a topic pattern.
+#[derive(Debug, Clone, PartialEq)]
+enum Segment {
+    Literal(String),
+    /// `{device}`: matches one level and captures it as the device id.
+    Device,
+    /// `+`
+    Any,
+    /// `#` (last segment only)
+    Rest,
+}
+
+/// A subscription topic with a `{device}` capture, e.g. `sensors/{device}/reading`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicPattern {
+    segments: Vec<Segment>,
+}
+
+impl TopicPattern {
+    pub fn parse(pattern: &str) -> Result<TopicPattern, String> {
+        if pattern.is_empty() {
+            return Err("topic pattern is empty".into());
+        }
+        let parts: Vec<&str> = pattern.split('/').collect();
+        let mut segments = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            segments.push(match *part {
+                "{device}" => Segment::Device,
+                "+" => Segment::Any,
+                "#" if i == parts.len() - 1 => Segment::Rest,
+                "#" => return Err(format!("`{pattern}`: `#` is only allowed as the last level")),
+                p if p.contains(['+', '#', '{', '}']) => {
+                    return Err(format!(
+                        "`{pattern}`: level `{p}` mixes wildcards or braces with text; use `{{device}}`, `+` or `#` as a whole level"
+                    ))
+                }
+                p => Segment::Literal(p.to_string()),
+            });
+        }
+        match segments.iter().filter(|s| **s == Segment::Device).count() {
+            1 => Ok(TopicPattern { segments }),
+            0 => Err(format!(
+                "`{pattern}` has no `{{device}}` level to take the device id from"
+            )),
+            _ => Err(format!("`{pattern}` has more than one `{{device}}` level")),
+        }
+    }
+
+    /// The MQTT subscription filter (`{device}` becomes `+`).
+    pub fn filter(&self) -> String {
+        self.segments
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(l) => l.as_str(),
+                Segment::Device | Segment::Any => "+",
+                Segment::Rest => "#",
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    /// The device id, if `topic` matches.
+    pub fn capture<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        let mut device = None;
+        let mut levels = topic.split('/');
+        for seg in &self.segments {
+            match seg {
+                Segment::Rest => return device,
+                _ => {
+                    let level = levels.next()?;
+                    match seg {
+                        Segment::Literal(l) if l != level => return None,
+                        Segment::Device => device = Some(level),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if levels.next().is_some() {
+            return None;
+        }
+        device
+    }
+}
+
+/// A subscription, compiled.
+struct Route {
+    pattern: TopicPattern,
+    kind: PayloadKind,
+    metadata: Arc<[String]>,
+}
+
+/// Topic patterns and payload rules: turns (topic, payload) into a device message.
+pub struct Decoder {
+    routes: Vec<Route>,
+    max_payload: usize,
+}
+
+impl Decoder {
+    pub fn new(config: &Config) -> Result<Decoder, String> {
+        let routes = config
+            .mqtt
+            .subscriptions
+            .iter()
+            .map(|s| {
+                Ok(Route {
+                    pattern: TopicPattern::parse(&s.topic)?,
+                    kind: s.kind,
+                    metadata: s.metadata_fields.clone().into(),
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Decoder {
+            routes,
+            max_payload: config.mqtt.max_payload_bytes,
+        })
+    }
+
+    pub fn filters(&self) -> Vec<String> {
+        self.routes.iter().map(|r| r.pattern.filter()).collect()
+    }
+
+    /// Decode one message. `Ok(None)` means no subscription matches the topic.
+    pub fn decode(
+        &self,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<Option<(String, InboundBody)>, DecodeError> {
+        let Some((route, device)) = self
+            .routes
+            .iter()
+            .find_map(|r| r.pattern.capture(topic).map(|d| (r, d)))
+        else {
+            return Ok(None);
+        };
+        check_device_id(device)?;
+        let body = match route.kind {
+            PayloadKind::Reading => InboundBody::Reading {
+                fields: decode_reading(payload, self.max_payload)?,
+                metadata: route.metadata.clone(),
+            },
+            PayloadKind::Status => InboundBody::Status {
+                online: decode_status(payload, self.max_payload)?,
+            },
+        };
+        Ok(Some((device.to_string(), body)))
+    }
+}
+
+/// The MQTT source task's state.
+pub struct MqttSource {
+    options: MqttOptions,
+    decoder: Decoder,
+    reconnect_min: Duration,
+    reconnect_max: Duration,
+    metrics: Arc<Metrics>,
+    faults: FaultLog,
+    host: String,
+}
+
+impl MqttSource {
+    /// Build the client options; fails on unreadable TLS files, before anything connects.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<MqttSource> {
+        let m = &config.mqtt;
+        let mut options = MqttOptions::new(config.mqtt_client_id(), m.host.clone(), m.port);
+        options
+            .set_keep_alive(m.keep_alive)
+            .set_clean_session(!m.persistent_session)
+            .set_manual_acks(true)
+            .set_max_packet_size(m.max_packet_bytes, 64 * 1024)
+            .set_request_channel_capacity(REQUEST_CHANNEL);
+        if !m.username.is_empty() {
+            options.set_credentials(m.username.clone(), m.password.expose());
+        }
+        if m.tls.enabled {
+            let client = m
+                .tls
+                .client_cert
+                .as_deref()
+                .zip(m.tls.client_key.as_deref());
+            let tls = crate::tls::client_config_with(m.tls.ca_file.as_deref(), client)?;
+            options.set_transport(Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
+            ));
+        }
+        Ok(MqttSource {
+            options,
+            decoder: Decoder::new(config).map_err(anyhow::Error::msg)?,
+            reconnect_min: m.reconnect_min,
+            reconnect_max: m.reconnect_max,
+            metrics,
+            faults: FaultLog::new(Duration::from_secs(60)),
+            host: format!("{}:{}", m.host, m.port),
+        })
+    }
+
+    /// Run until cancelled. Reconnects with exponential backoff and resubscribes on every
+    /// connection (a restarted broker may have lost our session).
+    pub async fn run(mut self, out: mpsc::Sender<Inbound>, cancel: CancellationToken) {
+        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CHANNEL);
+        let generation = Arc::new(AtomicU64::new(0));
+        let filters: Vec<SubscribeFilter> = self
+            .decoder
+            .filters()
+            .into_iter()
+            .map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce))
+            .collect();
+        let mut backoff = self.reconnect_min;
+        let mut failures = 0u32;
+        loop {
+            let event = tokio::select! {
+                _ = cancel.cancelled() => break,
+                event = eventloop.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    generation.fetch_add(1, Ordering::SeqCst);
+                    self.metrics.set_mqtt_connected(true);
+                    tracing::info!(broker = %self.host, session_present = ack.session_present, "connected to MQTT broker");
+                    backoff = self.reconnect_min;
+                    failures = 0;
+                    if let Err(e) = client.try_subscribe_many(filters.clone()) {
+                        tracing::error!(error = %e, "cannot queue subscriptions");
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    for (code, filter) in ack.return_codes.iter().zip(&filters) {
+                        if matches!(code, rumqttc::SubscribeReasonCode::Failure) {
+                            tracing::error!(topic = %filter.path, "broker refused the subscription (check its ACL)");
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    self.metrics.message_received();
+                    let ack = make_ack(&client, &generation, &publish);
+                    if let Some(inbound) = self.decode(&publish, ack) {
+                        tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            sent = out.send(inbound) => if sent.is_err() { break },
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if self.metrics.mqtt_connected() || failures == 0 {
+                        tracing::warn!(broker = %self.host, error = %e, "MQTT connection lost or refused; reconnecting with backoff");
+                    } else {
+                        tracing::debug!(broker = %self.host, error = %e, failures, "MQTT reconnect failed");
+                    }
+                    self.metrics.set_mqtt_connected(false);
+                    failures += 1;
+                    let delay = backoff.mul_f64(0.75 + fastrand::f64() * 0.5);
+                    backoff = (backoff * 2).min(self.reconnect_max);
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        self.metrics.set_mqtt_connected(false);
+        // A clean DISCONNECT; unacknowledged messages stay with the broker for next time.
+        if client.try_disconnect().is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while let Ok(ev) = eventloop.poll().await {
+                    if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        tracing::debug!("MQTT source stopped");
+    }
+
+    /// Decode a publish; on failure count it, log it (rate-limited) and acknowledge it.
+    fn decode(&mut self, publish: &Publish, ack: Option<Ack>) -> Option<Inbound> {
+        let topic = publish.topic.as_str();
+        match self.decoder.decode(&topic, &publish.payload) {
+            Ok(Some((device_id, body))) => Some(Inbound {
+                device_id,
+                body,
+                ack,
+            }),
+            Ok(None) => {
+                tracing::debug!(%topic, "message on a topic no subscription matches; skipped");
+                ack.map(Ack::send);
+                None
+            }
+            Err(e) => {
+                self.metrics.decode_error(e.kind());
+                if let Some(suppressed) = self.faults.admit(e.kind(), &topic, Instant::now()) {
+                    tracing::warn!(%topic, error = %e, bytes = publish.payload.len(), suppressed, "skipping undecodable message");
+                }
+                ack.map(Ack::send);
+                None
+            }
+        }
+    }
+}
+
+/// The deferred PUBACK for `publish` (none for QoS 0).
+fn make_ack(client: &AsyncClient, generation: &Arc<AtomicU64>, publish: &Publish) -> Option<Ack> {
+    if publish.qos == QoS::AtMostOnce {
+        return None;
+    }
+    let client = client.clone();
+    let generation = generation.clone();
+    let received_on = generation.load(Ordering::SeqCst);
+    // The ack needs only the packet id and QoS; do not keep the payload alive.
+    let mut stub = Publish::new("", publish.qos, Vec::new());
+    stub.pkid = publish.pkid;
+    Some(Ack::new(move || {
+        if generation.load(Ordering::SeqCst) != received_on {
+            return; // the broker will redeliver it on the new connection
+        }
+        if let Err(e) = client.try_ack(&stub) {
+            tracing::debug!(error = %e, "could not queue PUBACK; the broker will redeliver");
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_parse_filter_and_capture() {
+        let p = TopicPattern::parse("sensors/{device}/reading").unwrap();
+        assert_eq!(p.filter(), "sensors/+/reading");
+        assert_eq!(p.capture("sensors/occ-1/reading"), Some("occ-1"));
+        assert_eq!(p.capture("sensors/occ-1/other"), None);
+        assert_eq!(p.capture("sensors/occ-1/reading/extra"), None);
+        assert_eq!(p.capture("sensors/occ-1"), None);
+
+        let p = TopicPattern::parse("+/rooms/{device}/#").unwrap();
+        assert_eq!(p.filter(), "+/rooms/+/#");
+        assert_eq!(p.capture("site-a/rooms/r1/display/status"), Some("r1"));
+        assert_eq!(p.capture("site-a/rooms/r1"), Some("r1"));
+        assert_eq!(p.capture("site-a/desks/r1/x"), None);
+    }
+
+    #[test]
+    fn bad_patterns_say_why() {
+        for (pattern, needle) in [
+            ("sensors/all", "no `{device}`"),
+            ("{device}/{device}", "more than one"),
+            ("a/#/{device}", "last level"),
+            ("a/dev{device}", "as a whole level"),
+            ("", "empty"),
+        ] {
+            let e = TopicPattern::parse(pattern).unwrap_err();
+            assert!(e.contains(needle), "{pattern}: {e}");
+        }
+    }
+
+    #[test]
+    fn decoder_routes_by_topic_and_kind() {
+        let config = crate::config::Config::from_toml_str(
+            r#"
+            gateway_id = "gw"
+            [mqtt]
+            max_payload_bytes = 64
+            subscriptions = [
+              { topic = "s/{device}/reading", kind = "reading", metadata_fields = ["seq"] },
+              { topic = "s/{device}/status", kind = "status" },
+            ]
+            [webhook]
+            url = "http://127.0.0.1:1/"
+            secret = "x"
+            "#,
+        )
+        .unwrap();
+        let d = Decoder::new(&config).unwrap();
+        let (dev, body) = d
+            .decode("s/a1/reading", br#"{"t":1,"seq":2}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(dev, "a1");
+        match body {
+            InboundBody::Reading { fields, metadata } => {
+                assert_eq!(fields.len(), 2);
+                assert_eq!(&*metadata, ["seq".to_string()]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            d.decode("s/a1/status", b"offline").unwrap().unwrap().1,
+            InboundBody::Status { online: false }
+        );
+        assert!(d.decode("x/a1/reading", b"{}").unwrap().is_none());
+        assert_eq!(
+            d.decode("s/a1/reading", b"nope").unwrap_err().kind(),
+            "not_json"
+        );
+        assert_eq!(
+            d.decode("s/a1/reading", &[b'1'; 65]).unwrap_err().kind(),
+            "oversize"
+        );
+    }
+}

@@ -1,0 +1,409 @@
+//! Telemetry: logs, counters, and the localhost `/healthz` + `/metrics` endpoint.
+//!
+//! Logs go to stderr, one line per fact with structured fields. Under systemd (`JOURNAL_STREAM`
+//! set) lines carry no timestamp or colour, since journald adds its own. Per-message faults
+//! (malformed payloads) are rate-limited through [`FaultLog`] so a misbehaving device cannot
+//! flood the journal.
+//!
+//! Metrics are plain atomics rendered as Prometheus text; there is no registry to configure.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use tokio_util::sync::CancellationToken;
+
+use crate::event::EventType;
+use crate::outbox::Outbox;
+
+/// Set up the global tracing subscriber. `EDGEHOOK_LOG` (or `RUST_LOG`) selects levels.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("EDGEHOOK_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let filter = EnvFilter::try_new(format!("rumqttd=warn,sled=warn,{filter}"))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}
+
+const EVENT_TYPES: [EventType; 4] = [
+    EventType::DeviceOnline,
+    EventType::DeviceOffline,
+    EventType::SensorReadingUpdated,
+    EventType::WorkspaceStatusUpdated,
+];
+
+/// Decode-error kinds, see [`crate::source::DecodeError::kind`].
+const DECODE_ERRORS: [&str; 5] = [
+    "oversize",
+    "not_json",
+    "not_object",
+    "bad_status",
+    "bad_device_id",
+];
+
+/// Delivery-latency histogram bucket bounds, seconds (event creation → 2xx).
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 600.0,
+];
+
+/// Every counter the daemon keeps.
+#[derive(Default)]
+pub struct Metrics {
+    mqtt_connected: AtomicBool,
+    mqtt_connects: AtomicU64,
+    messages_received: AtomicU64,
+    decode_errors: [AtomicU64; 5],
+    events_created: [AtomicU64; 4],
+    events_delivered: [AtomicU64; 4],
+    attempts_ok: AtomicU64,
+    attempts_http_error: AtomicU64,
+    attempts_network_error: AtomicU64,
+    outbox_depth: AtomicU64,
+    outbox_write_failures: AtomicU64,
+    latency_buckets: [AtomicU64; 12],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
+}
+
+fn type_index(kind: &str) -> Option<usize> {
+    EVENT_TYPES.iter().position(|t| t.as_str() == kind)
+}
+
+impl Metrics {
+    pub fn set_mqtt_connected(&self, up: bool) {
+        if up {
+            self.mqtt_connects.fetch_add(1, Ordering::Relaxed);
+        }
+        self.mqtt_connected.store(up, Ordering::Relaxed);
+    }
+    pub fn mqtt_connected(&self) -> bool {
+        self.mqtt_connected.load(Ordering::Relaxed)
+    }
+    pub fn message_received(&self) {
+        self.messages_received.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn decode_error(&self, kind: &str) {
+        if let Some(i) = DECODE_ERRORS.iter().position(|k| *k == kind) {
+            self.decode_errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    pub fn event_created(&self, kind: EventType) {
+        if let Some(i) = type_index(kind.as_str()) {
+            self.events_created[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    pub fn delivered(&self, kind: &str, latency: Duration) {
+        if let Some(i) = type_index(kind) {
+            self.events_delivered[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.attempts_ok.fetch_add(1, Ordering::Relaxed);
+        let secs = latency.as_secs_f64();
+        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
+            if secs <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_micros
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+    pub fn attempt_failed(&self, http_status: Option<u16>) {
+        match http_status {
+            Some(_) => &self.attempts_http_error,
+            None => &self.attempts_network_error,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn set_outbox_depth(&self, depth: u64) {
+        self.outbox_depth.store(depth, Ordering::Relaxed);
+    }
+    pub fn outbox_write_failed(&self) {
+        self.outbox_write_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            let _ = writeln!(
+                out,
+                "# HELP edgehook_{name} {help}\n# TYPE edgehook_{name} {kind}"
+            );
+            for (labels, v) in samples {
+                let _ = writeln!(out, "edgehook_{name}{labels} {v}");
+            }
+        };
+        let plain = |v: u64| vec![(String::new(), v)];
+        metric(
+            "mqtt_connected",
+            "gauge",
+            "1 while connected to the broker.",
+            &plain(self.mqtt_connected() as u64),
+        );
+        metric(
+            "mqtt_connects_total",
+            "counter",
+            "Successful broker connections (first one included).",
+            &plain(get(&self.mqtt_connects)),
+        );
+        metric(
+            "messages_received_total",
+            "counter",
+            "Device messages received from all sources.",
+            &plain(get(&self.messages_received)),
+        );
+        let by = |label: &str, names: &[&str], values: &[AtomicU64]| -> Vec<(String, u64)> {
+            names
+                .iter()
+                .zip(values)
+                .map(|(n, v)| (format!("{{{label}=\"{n}\"}}"), get(v)))
+                .collect()
+        };
+        let types: Vec<&str> = EVENT_TYPES.iter().map(|t| t.as_str()).collect();
+        metric(
+            "decode_errors_total",
+            "counter",
+            "Messages skipped because they could not be decoded.",
+            &by("kind", &DECODE_ERRORS, &self.decode_errors),
+        );
+        metric(
+            "events_created_total",
+            "counter",
+            "Events durably written to the outbox.",
+            &by("type", &types, &self.events_created),
+        );
+        metric(
+            "events_delivered_total",
+            "counter",
+            "Events the receiver accepted (2xx).",
+            &by("type", &types, &self.events_delivered),
+        );
+        metric(
+            "delivery_attempts_total",
+            "counter",
+            "Delivery attempts by result.",
+            &[
+                ("{result=\"success\"}".into(), get(&self.attempts_ok)),
+                (
+                    "{result=\"http_error\"}".into(),
+                    get(&self.attempts_http_error),
+                ),
+                (
+                    "{result=\"network_error\"}".into(),
+                    get(&self.attempts_network_error),
+                ),
+            ],
+        );
+        metric(
+            "outbox_depth",
+            "gauge",
+            "Events waiting in the outbox.",
+            &plain(get(&self.outbox_depth)),
+        );
+        metric(
+            "outbox_write_failures_total",
+            "counter",
+            "Failed outbox writes (each retried).",
+            &plain(get(&self.outbox_write_failures)),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP edgehook_delivery_latency_seconds Event creation to receiver 2xx.\n# TYPE edgehook_delivery_latency_seconds histogram"
+        );
+        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
+            let _ = writeln!(
+                out,
+                "edgehook_delivery_latency_seconds_bucket{{le=\"{bound}\"}} {}",
+                get(bucket)
+            );
+        }
+        let count = get(&self.latency_count);
+        let _ = writeln!(
+            out,
+            "edgehook_delivery_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "edgehook_delivery_latency_seconds_sum {}",
+            get(&self.latency_sum_micros) as f64 / 1e6
+        );
+        let _ = writeln!(out, "edgehook_delivery_latency_seconds_count {count}");
+        out
+    }
+}
+
+/// Rate limiter for per-message fault logs: the first fault of a kind from a source is logged,
+/// repeats within `window` are only counted and summarised with the next logged one.
+pub struct FaultLog {
+    window: Duration,
+    seen: HashMap<(&'static str, String), (Instant, u64)>,
+}
+
+impl FaultLog {
+    pub fn new(window: Duration) -> FaultLog {
+        FaultLog {
+            window,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// `Some(suppressed)` when this fault should be logged now (with how many were suppressed
+    /// since the last line), `None` when it should only be counted.
+    pub fn admit(&mut self, kind: &'static str, source: &str, now: Instant) -> Option<u64> {
+        if self.seen.len() > 1024 {
+            let window = self.window;
+            self.seen
+                .retain(|_, (at, _)| now.duration_since(*at) < window);
+        }
+        match self.seen.get_mut(&(kind, source.to_string())) {
+            Some((at, suppressed)) if now.duration_since(*at) < self.window => {
+                *suppressed += 1;
+                None
+            }
+            Some((at, suppressed)) => {
+                let n = *suppressed;
+                *at = now;
+                *suppressed = 0;
+                Some(n)
+            }
+            None => {
+                self.seen.insert((kind, source.to_string()), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// Serve `GET /healthz` and `GET /metrics` on `listen` (loopback, checked by config) until
+/// cancelled. `/healthz` is 200 only while the broker is connected and the outbox writable.
+pub async fn serve(
+    listen: SocketAddr,
+    metrics: Arc<Metrics>,
+    outbox: Outbox,
+    cancel: CancellationToken,
+) {
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%listen, error = %e, "cannot listen for /healthz and /metrics; continuing without them");
+            return;
+        }
+    };
+    tracing::info!(%listen, "health and metrics listening");
+    loop {
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        let metrics = metrics.clone();
+        let outbox = outbox.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let response = answer(req.uri().path(), &metrics, &outbox);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn answer(path: &str, metrics: &Metrics, outbox: &Outbox) -> Response<Full<Bytes>> {
+    let (status, body) = match path {
+        "/metrics" => {
+            metrics.set_outbox_depth(outbox.len() as u64);
+            (StatusCode::OK, metrics.render())
+        }
+        "/healthz" => match (metrics.mqtt_connected(), outbox.is_writable()) {
+            (true, true) => (StatusCode::OK, "ok\n".to_string()),
+            (false, _) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "mqtt broker not connected\n".into(),
+            ),
+            (_, false) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outbox not writable\n".into(),
+            ),
+        },
+        _ => (StatusCode::NOT_FOUND, "try /healthz or /metrics\n".into()),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; version=0.0.4")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_log_admits_first_then_summarises() {
+        let mut log = FaultLog::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(log.admit("not_json", "topic/a", t0), Some(0));
+        assert_eq!(
+            log.admit("not_json", "topic/a", t0 + Duration::from_secs(1)),
+            None
+        );
+        assert_eq!(
+            log.admit("not_json", "topic/a", t0 + Duration::from_secs(2)),
+            None
+        );
+        assert_eq!(
+            log.admit("oversize", "topic/a", t0),
+            Some(0),
+            "other kinds are separate"
+        );
+        assert_eq!(
+            log.admit("not_json", "topic/b", t0),
+            Some(0),
+            "other sources are separate"
+        );
+        assert_eq!(
+            log.admit("not_json", "topic/a", t0 + Duration::from_secs(61)),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn metrics_render_as_prometheus_text() {
+        let m = Metrics::default();
+        m.decode_error("not_json");
+        m.delivered("device.online", Duration::from_millis(20));
+        let text = m.render();
+        assert!(
+            text.contains("edgehook_decode_errors_total{kind=\"not_json\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("edgehook_events_delivered_total{type=\"device.online\"} 1"));
+        assert!(text.contains("edgehook_delivery_latency_seconds_bucket{le=\"0.01\"} 0"));
+        assert!(text.contains("edgehook_delivery_latency_seconds_bucket{le=\"0.025\"} 1"));
+        assert!(text.contains("edgehook_delivery_latency_seconds_count 1"));
+    }
+}
