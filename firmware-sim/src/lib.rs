@@ -1,1 +1,436 @@
+//! Simulated room hardware for edgehook: occupancy sensors and room displays that speak MQTT
+//! the way real ones do.
+//!
+//! Each simulated device is its own MQTT client with a last-will (`offline`, retained) on its
+//! status topic and a birth message (`online`, retained) after connecting. It publishes readings
+//! (JSON objects) at QoS 1 on a schedule; a configurable share of them change a tracked field, the
+//! rest only move the `seq` and `ts` metadata. Everything a device publishes follows from the seed,
+//! so a run can be repeated exactly (except `ts`, which is the wall-clock publish time in
+//! milliseconds, used downstream to measure latency).
+//!
+//! Default topics (the ones `edgehook demo` and the example config use):
+//! - `sensors/{device}/reading` — occupancy sensors: `{"presence":bool,"temperature":f64,"seq":n,"ts":ms}`
+//! - `rooms/{device}/display` — room displays: `{"state":"available"|"in_use","booked":bool,"seq":n,"ts":ms}`
+//! - `devices/{device}/status` — `online` / `offline` (birth and last-will)
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+
+/// What kind of hardware a simulated device is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceClass {
+    OccupancySensor,
+    RoomDisplay,
+}
+
+/// Topic templates; `{device}` is replaced by the device id.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub sensor_reading: String,
+    pub display_reading: String,
+    pub status: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            sensor_reading: "sensors/{device}/reading".into(),
+            display_reading: "rooms/{device}/display".into(),
+            status: "devices/{device}/status".into(),
+        }
+    }
+}
+
+impl Topics {
+    fn reading(&self, class: DeviceClass, id: &str) -> String {
+        match class {
+            DeviceClass::OccupancySensor => self.sensor_reading.replace("{device}", id),
+            DeviceClass::RoomDisplay => self.display_reading.replace("{device}", id),
+        }
+    }
+    fn status(&self, id: &str) -> String {
+        self.status.replace("{device}", id)
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The deterministic part of a device: its tracked values and how they evolve.
+#[derive(Debug, Clone)]
+pub struct Firmware {
+    pub id: String,
+    pub class: DeviceClass,
+    rng: fastrand::Rng,
+    seq: u64,
+    presence: bool,
+    /// Tenths of a degree, so values compare exactly.
+    temperature_dc: i64,
+    in_use: bool,
+    booked: bool,
+    /// Whether any reading has been produced yet (the first one is always a change).
+    started: bool,
+}
+
+impl Firmware {
+    pub fn new(id: impl Into<String>, class: DeviceClass, seed: u64) -> Firmware {
+        let id = id.into();
+        let mut rng = fastrand::Rng::with_seed(seed ^ fnv1a(id.as_bytes()));
+        Firmware {
+            class,
+            seq: 0,
+            presence: rng.bool(),
+            temperature_dc: rng.i64(190..=240),
+            in_use: rng.bool(),
+            booked: rng.bool(),
+            rng,
+            id,
+            started: false,
+        }
+    }
+
+    /// The next reading. With probability `change_ratio` a tracked field changes; the first
+    /// reading always counts as a change. Returns the payload and whether it is a change.
+    pub fn next_reading(&mut self, change_ratio: f64, ts_ms: u64) -> (Value, bool) {
+        let changed = !self.started || self.rng.f64() < change_ratio;
+        if self.started && changed {
+            match self.class {
+                DeviceClass::OccupancySensor => {
+                    if self.rng.bool() {
+                        self.presence = !self.presence;
+                    } else {
+                        let step = self.rng.i64(1..=5) * if self.rng.bool() { 1 } else { -1 };
+                        let next = (self.temperature_dc + step).clamp(150, 300);
+                        // at a bound, step the other way so a change is always a change
+                        self.temperature_dc = if next == self.temperature_dc {
+                            next - step
+                        } else {
+                            next
+                        };
+                    }
+                }
+                DeviceClass::RoomDisplay => {
+                    if self.rng.bool() {
+                        self.in_use = !self.in_use;
+                    } else {
+                        self.booked = !self.booked;
+                    }
+                }
+            }
+        }
+        self.started = true;
+        self.seq += 1;
+        let payload = match self.class {
+            DeviceClass::OccupancySensor => json!({
+                "presence": self.presence,
+                "temperature": self.temperature_dc as f64 / 10.0,
+                "seq": self.seq,
+                "ts": ts_ms,
+            }),
+            DeviceClass::RoomDisplay => json!({
+                "state": if self.in_use { "in_use" } else { "available" },
+                "booked": self.booked,
+                "seq": self.seq,
+                "ts": ts_ms,
+            }),
+        };
+        (payload, changed)
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A simulated device connected to a broker.
+pub struct SimDevice {
+    pub firmware: Firmware,
+    client: AsyncClient,
+    topics: Topics,
+    poller: JoinHandle<()>,
+    acked: tokio::sync::watch::Receiver<u64>,
+    published: u64,
+}
+
+impl SimDevice {
+    /// Connect with a retained `offline` last-will, then publish a retained `online` birth.
+    pub async fn connect(
+        host: &str,
+        port: u16,
+        firmware: Firmware,
+        topics: Topics,
+    ) -> anyhow::Result<SimDevice> {
+        let status = topics.status(&firmware.id);
+        let mut options = MqttOptions::new(format!("sim-{}", firmware.id), host, port);
+        options
+            .set_keep_alive(Duration::from_secs(5))
+            .set_clean_session(true)
+            .set_inflight(200)
+            .set_max_packet_size(4 << 20, 4 << 20)
+            .set_last_will(LastWill::new(&status, "offline", QoS::AtLeastOnce, true));
+        let (client, eventloop) = AsyncClient::new(options, 1024);
+        let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
+        let (acked_tx, acked) = tokio::sync::watch::channel(0u64);
+        let poller = tokio::spawn(poll(eventloop, connected_tx, acked_tx));
+        tokio::time::timeout(Duration::from_secs(10), connected_rx)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "{}: broker {host}:{port} did not answer within 10s",
+                    firmware.id
+                )
+            })?
+            .map_err(|_| anyhow::anyhow!("{}: connection to {host}:{port} failed", firmware.id))?;
+        client
+            .publish(status, QoS::AtLeastOnce, true, "online")
+            .await?;
+        Ok(SimDevice {
+            firmware,
+            client,
+            topics,
+            poller,
+            acked,
+            published: 1,
+        })
+    }
+
+    /// Publish the next reading (QoS 1); returns it and whether it changed a tracked field.
+    pub async fn publish_next(&mut self, change_ratio: f64) -> anyhow::Result<(Value, bool)> {
+        let (payload, changed) = self.firmware.next_reading(change_ratio, now_ms());
+        self.publish_raw(payload.to_string().into_bytes()).await?;
+        Ok((payload, changed))
+    }
+
+    /// Publish arbitrary bytes on this device's reading topic (for corrupt-payload tests).
+    pub async fn publish_raw(&mut self, payload: Vec<u8>) -> anyhow::Result<()> {
+        let topic = self.topics.reading(self.firmware.class, &self.firmware.id);
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await?;
+        self.published += 1;
+        Ok(())
+    }
+
+    /// Wait until the broker has acknowledged everything published so far.
+    pub async fn flushed(&mut self) -> anyhow::Result<()> {
+        let want = self.published;
+        self.acked.wait_for(|n| *n >= want).await.map_err(|_| {
+            anyhow::anyhow!(
+                "{}: connection closed before all publishes were acknowledged",
+                self.firmware.id
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Announce `offline` and disconnect cleanly.
+    pub async fn shut_down(mut self) -> anyhow::Result<()> {
+        let status = self.topics.status(&self.firmware.id);
+        self.client
+            .publish(status, QoS::AtLeastOnce, true, "offline")
+            .await?;
+        self.published += 1;
+        self.flushed().await?;
+        self.client.disconnect().await?;
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.poller).await;
+        Ok(())
+    }
+
+    /// Lose power: drop the connection without DISCONNECT, so the broker publishes the last-will.
+    pub fn pull_plug(self) {
+        self.poller.abort();
+    }
+}
+
+async fn poll(
+    mut eventloop: EventLoop,
+    connected: tokio::sync::oneshot::Sender<()>,
+    acked: tokio::sync::watch::Sender<u64>,
+) {
+    let mut connected = Some(connected);
+    let mut failures = 0u32;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                failures = 0;
+                if let Some(tx) = connected.take() {
+                    let _ = tx.send(());
+                }
+            }
+            Ok(Event::Incoming(Packet::PubAck(_))) => acked.send_modify(|n| *n += 1),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(_) => {
+                failures += 1;
+                if connected.is_some() && failures > 20 {
+                    return; // never connected: `connect` reports it
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// A fleet run: how many devices, how they publish.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    pub host: String,
+    pub port: u16,
+    pub sensors: usize,
+    pub displays: usize,
+    pub seed: u64,
+    /// Pause between a device's readings; zero publishes as fast as the broker accepts.
+    pub interval: Duration,
+    /// Readings per device; `None` runs until stopped.
+    pub readings: Option<u64>,
+    pub change_ratio: f64,
+    pub prefix: String,
+    pub topics: Topics,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            sensors: 4,
+            displays: 1,
+            seed: 42,
+            interval: Duration::from_secs(2),
+            readings: None,
+            change_ratio: 0.3,
+            prefix: "sim".into(),
+            topics: Topics::default(),
+        }
+    }
+}
+
+/// What a fleet run published.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FleetStats {
+    pub readings: u64,
+    /// Readings that changed a tracked field (including each device's first).
+    pub changes: u64,
+}
+
+impl std::ops::AddAssign for FleetStats {
+    fn add_assign(&mut self, o: FleetStats) {
+        self.readings += o.readings;
+        self.changes += o.changes;
+    }
+}
+
+impl FleetConfig {
+    /// The device ids and classes of this fleet: `<prefix>-occ-N` then `<prefix>-disp-N`.
+    pub fn devices(&self) -> Vec<(String, DeviceClass)> {
+        (0..self.sensors)
+            .map(|i| {
+                (
+                    format!("{}-occ-{}", self.prefix, i + 1),
+                    DeviceClass::OccupancySensor,
+                )
+            })
+            .chain((0..self.displays).map(|i| {
+                (
+                    format!("{}-disp-{}", self.prefix, i + 1),
+                    DeviceClass::RoomDisplay,
+                )
+            }))
+            .collect()
+    }
+}
+
+/// Run every device of the fleet until each has published its readings (all acknowledged by
+/// the broker) or `stop` resolves. Devices disconnect cleanly at the end, announcing `offline`.
+pub async fn run_fleet(
+    config: FleetConfig,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<FleetStats> {
+    let stop = tokio_stop(stop);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (id, class) in config.devices() {
+        let config = config.clone();
+        let mut stop = stop.clone();
+        tasks.spawn(async move {
+            let firmware = Firmware::new(id, class, config.seed);
+            let mut device =
+                SimDevice::connect(&config.host, config.port, firmware, config.topics.clone())
+                    .await?;
+            let mut stats = FleetStats::default();
+            while config.readings.is_none_or(|n| stats.readings < n) && !*stop.borrow() {
+                let (_, changed) = device.publish_next(config.change_ratio).await?;
+                stats.readings += 1;
+                stats.changes += changed as u64;
+                if !config.interval.is_zero() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(config.interval) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+            }
+            device.flushed().await?;
+            device.shut_down().await?;
+            anyhow::Ok(stats)
+        });
+    }
+    let mut total = FleetStats::default();
+    while let Some(res) = tasks.join_next().await {
+        total += res??;
+    }
+    Ok(total)
+}
+
+fn tokio_stop(
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop => { let _ = tx.send(true); }
+            _ = tx.closed() => {}
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn firmware_is_deterministic_from_the_seed() {
+        let run = |seed| {
+            let mut fw = Firmware::new("occ-1", DeviceClass::OccupancySensor, seed);
+            (0..50).map(|_| fw.next_reading(0.3, 0)).collect::<Vec<_>>()
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn change_flag_matches_the_tracked_fields() {
+        let mut fw = Firmware::new("disp-1", DeviceClass::RoomDisplay, 1);
+        let tracked = |v: &Value| (v["state"].clone(), v["booked"].clone());
+        let (first, changed) = fw.next_reading(0.3, 0);
+        assert!(changed, "the first reading is a change");
+        let mut prev = tracked(&first);
+        let mut changes = 0;
+        for _ in 0..1000 {
+            let (v, changed) = fw.next_reading(0.3, 0);
+            assert_eq!(changed, tracked(&v) != prev, "{v}");
+            changes += changed as u32;
+            prev = tracked(&v);
+        }
+        assert!((200..400).contains(&changes), "about 30% change: {changes}");
+    }
+}

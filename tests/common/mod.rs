@@ -1,0 +1,441 @@
+//! Real parts for integration tests: a mosquitto broker on a free port, the `edgehook` binary
+//! as a child process, and an HTTP receiver that verifies every signature with its own HMAC
+//! code (not edgehook's `Signer`), records events and can be told to fail.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use serde_json::Value;
+use sha2::Sha256;
+
+pub const SECRET: &str = "test-secret-7f3a";
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_listening(port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listening on {port} after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A real mosquitto, with persistence so it can be restarted with our session intact.
+pub struct Mosquitto {
+    pub port: u16,
+    conf: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start(dir: &Path) -> Mosquitto {
+        let port = free_port();
+        let data = dir.join("mosquitto");
+        std::fs::create_dir_all(&data).unwrap();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+                 max_queued_messages 0\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        let mut m = Mosquitto {
+            port,
+            conf,
+            child: None,
+        };
+        m.restart();
+        m
+    }
+
+    fn binary() -> &'static str {
+        [
+            "/usr/sbin/mosquitto",
+            "/usr/local/sbin/mosquitto",
+            "/usr/bin/mosquitto",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("mosquitto is not installed (apt-get install -y mosquitto)")
+    }
+
+    /// Start again on the same port and persistence directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new(Self::binary())
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting mosquitto");
+        self.child = Some(child);
+        wait_listening(self.port, Duration::from_secs(10));
+    }
+
+    /// SIGKILL: no chance to save sessions.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What the receiver has seen.
+#[derive(Default, Debug)]
+pub struct Seen {
+    /// First receipt of each event id, in arrival order.
+    pub events: Vec<Value>,
+    pub ids: HashSet<String>,
+    pub duplicates: u64,
+    pub bad_signatures: u64,
+    pub failures_served: u64,
+    pub requests: u64,
+}
+
+impl Seen {
+    pub fn of_type(&self, kind: &str) -> Vec<&Value> {
+        self.events.iter().filter(|e| e["type"] == kind).collect()
+    }
+}
+
+struct Inner {
+    seen: Mutex<Seen>,
+    fail_with: AtomicU16,
+    served: AtomicU64,
+}
+
+/// A webhook receiver on 127.0.0.1:<free port>.
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    inner: Arc<Inner>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let inner = Arc::new(Inner {
+            seen: Mutex::new(Seen::default()),
+            fail_with: AtomicU16::new(0),
+            served: AtomicU64::new(0),
+        });
+        let state = inner.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Receiver {
+            url: format!("http://{addr}/hook"),
+            inner,
+        }
+    }
+
+    /// Answer every request with `status` (0 = accept normally).
+    pub fn fail_with(&self, status: u16) {
+        self.inner.fail_with.store(status, Ordering::SeqCst);
+    }
+
+    pub fn seen<T>(&self, f: impl FnOnce(&Seen) -> T) -> T {
+        f(&self.inner.seen.lock().unwrap())
+    }
+
+    /// Poll until `pred` holds; panics with `what` and the state after `within`.
+    pub async fn wait_until(&self, within: Duration, what: &str, pred: impl Fn(&Seen) -> bool) {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.seen(&pred) {
+                return;
+            }
+            if Instant::now() > deadline {
+                self.seen(|s| {
+                    panic!(
+                        "timed out after {within:?} waiting for {what}: {} events, {} duplicates, {} bad signatures, {} failures served",
+                        s.events.len(),
+                        s.duplicates,
+                        s.bad_signatures,
+                        s.failures_served
+                    )
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+async fn handle(
+    state: Arc<Inner>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let reply = |status: StatusCode| {
+        Ok(Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::new()))
+            .unwrap())
+    };
+    let signature = req
+        .headers()
+        .get("x-webhook-signature")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let idempotency = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let content_type_ok = req
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v == "application/json");
+    let Ok(body) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
+        return reply(StatusCode::BAD_REQUEST);
+    };
+    state.served.fetch_add(1, Ordering::Relaxed);
+    let mut seen = state.seen.lock().unwrap();
+    seen.requests += 1;
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(&body);
+    let expected = hex::encode(mac.finalize().into_bytes());
+    if signature.as_deref() != Some(expected.as_str()) || !content_type_ok {
+        seen.bad_signatures += 1;
+        return reply(StatusCode::UNAUTHORIZED);
+    }
+    let fail = state.fail_with.load(Ordering::SeqCst);
+    if fail != 0 {
+        seen.failures_served += 1;
+        return reply(StatusCode::from_u16(fail).unwrap());
+    }
+    let Ok(event) = serde_json::from_slice::<Value>(&body) else {
+        return reply(StatusCode::BAD_REQUEST);
+    };
+    let id = event["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        idempotency.as_deref(),
+        Some(id.as_str()),
+        "idempotency header must be the event id"
+    );
+    if seen.ids.insert(id) {
+        seen.events.push(event);
+    } else {
+        seen.duplicates += 1;
+    }
+    reply(StatusCode::OK)
+}
+
+/// The daemon under test, as a child process.
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub metrics_port: u16,
+    config: PathBuf,
+    stderr: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+}
+
+/// A config for the test: fast retries, the default demo topics.
+pub fn config_text(
+    broker_port: u16,
+    receiver_url: &str,
+    metrics_port: u16,
+    state_dir: &Path,
+    extra: &str,
+) -> String {
+    format!(
+        r#"
+gateway_id = "gw-test"
+state_dir = "{state}"
+[mqtt]
+host = "127.0.0.1"
+port = {broker_port}
+client_id = "edgehook-under-test"
+max_payload_bytes = 65536
+reconnect_min = "100ms"
+reconnect_max = "500ms"
+subscriptions = [
+  {{ topic = "sensors/{{device}}/reading", kind = "reading", metadata_fields = ["seq", "ts"] }},
+  {{ topic = "rooms/{{device}}/display", kind = "reading", metadata_fields = ["seq", "ts"] }},
+  {{ topic = "devices/{{device}}/status", kind = "status" }},
+]
+[webhook]
+url = "{receiver_url}"
+secret = "{SECRET}"
+timeout = "2s"
+[webhook.retry]
+initial = "50ms"
+max = "500ms"
+[telemetry]
+listen = "127.0.0.1:{metrics_port}"
+{extra}
+"#,
+        state = state_dir.display()
+    )
+}
+
+impl Daemon {
+    pub fn new(dir: &Path, broker_port: u16, receiver_url: &str, extra: &str) -> Daemon {
+        let metrics_port = free_port();
+        let state = dir.join("state");
+        let config = dir.join("edgehook.toml");
+        std::fs::write(
+            &config,
+            config_text(broker_port, receiver_url, metrics_port, &state, extra),
+        )
+        .unwrap();
+        Daemon {
+            dir: dir.to_path_buf(),
+            metrics_port,
+            config,
+            stderr: dir.join("edgehook.stderr"),
+            child: None,
+            starts: 0,
+        }
+    }
+
+    /// Start the daemon and wait until it is connected to the broker.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none());
+        self.starts += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_edgehook"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("EDGEHOOK_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning edgehook");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.metric("edgehook_mqtt_connected") != Some(1) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("edgehook exited early ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "edgehook did not connect:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// SIGKILL, like a power cut for the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        unsafe_kill(c.id(), 15);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "edgehook did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Scrape one sample from /metrics (exact name with labels).
+    pub fn metric(&self, name: &str) -> Option<u64> {
+        let text = http_get(self.metrics_port, "/metrics")?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: i32) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A minimal blocking HTTP GET on localhost.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_string())
+}
+
+/// The key that identifies one published reading in the events: (device id, seq).
+pub fn reading_key(event: &Value) -> (String, u64) {
+    (
+        event["data"]["device_id"].as_str().unwrap().to_string(),
+        event["data"]["fields"]["seq"].as_u64().unwrap(),
+    )
+}

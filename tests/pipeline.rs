@@ -1,0 +1,335 @@
+//! End to end through real parts: mosquitto → edgehook (child process) → a receiver that
+//! verifies signatures. Devices are firmware-sim devices on their own MQTT connections.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use common::{reading_key, Daemon, Mosquitto, Receiver};
+use firmware_sim::{DeviceClass, Firmware, SimDevice, Topics};
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(60);
+
+async fn device(port: u16, id: &str, class: DeviceClass) -> SimDevice {
+    SimDevice::connect(
+        "127.0.0.1",
+        port,
+        Firmware::new(id, class, 7),
+        Topics::default(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Publish `n` readings; return the payloads of those that changed a tracked field.
+async fn publish(dev: &mut SimDevice, n: usize, change_ratio: f64) -> Vec<Value> {
+    let mut changes = Vec::new();
+    for _ in 0..n {
+        let (payload, changed) = dev.publish_next(change_ratio).await.unwrap();
+        if changed {
+            changes.push(payload);
+        }
+    }
+    dev.flushed().await.unwrap();
+    changes
+}
+
+fn readings_of(seen: &common::Seen, device: &str) -> Vec<Value> {
+    seen.of_type("sensor.reading.updated")
+        .into_iter()
+        .filter(|e| e["data"]["device_id"] == device)
+        .map(|e| e["data"]["fields"].clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_is_delivered_exactly_as_sent_and_repeats_produce_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+
+    let mut sensor = device(broker.port, "t1-occ-1", DeviceClass::OccupancySensor).await;
+    let mut display = device(broker.port, "t1-disp-1", DeviceClass::RoomDisplay).await;
+    let mut want_sensor = publish(&mut sensor, 60, 0.3).await;
+    let mut want_display = publish(&mut display, 40, 0.3).await;
+    // A final certain change per device: once it arrives, everything before it has (per-device order).
+    want_sensor.extend(publish(&mut sensor, 1, 1.0).await);
+    want_display.extend(publish(&mut display, 1, 1.0).await);
+    assert!(
+        want_sensor.len() < 61 && want_display.len() < 41,
+        "some readings must be unchanged repeats"
+    );
+
+    let (last_s, last_d) = (
+        want_sensor.last().unwrap().clone(),
+        want_display.last().unwrap().clone(),
+    );
+    receiver
+        .wait_until(LONG, "the final reading of both devices", |s| {
+            readings_of(s, "t1-occ-1").last() == Some(&last_s)
+                && readings_of(s, "t1-disp-1").last() == Some(&last_d)
+        })
+        .await;
+
+    receiver.seen(|s| {
+        assert_eq!(
+            readings_of(s, "t1-occ-1"),
+            want_sensor,
+            "sensor changes, exactly and in order"
+        );
+        assert_eq!(
+            readings_of(s, "t1-disp-1"),
+            want_display,
+            "display changes, exactly and in order"
+        );
+        let online: Vec<_> = s
+            .of_type("device.online")
+            .iter()
+            .map(|e| e["data"]["device_id"].clone())
+            .collect();
+        assert_eq!(
+            online.len(),
+            2,
+            "one device.online per device (birth message): {online:?}"
+        );
+        for e in &s.events {
+            assert_eq!(e["gateway"], "gw-test");
+            assert!(e["timestamp"].as_str().unwrap().ends_with('Z'));
+            assert_eq!(e["id"].as_str().unwrap().len(), 36);
+        }
+        assert_eq!(s.bad_signatures, 0);
+    });
+
+    // A clean shutdown announces offline first: the last-will path is covered by the fault tests.
+    sensor.shut_down().await.unwrap();
+    receiver
+        .wait_until(LONG, "device.offline", |s| {
+            !s.of_type("device.offline").is_empty()
+        })
+        .await;
+    assert_eq!(
+        daemon.terminate(),
+        Some(0),
+        "SIGTERM exits cleanly:\n{}",
+        daemon.log()
+    );
+    assert!(daemon.log().contains("outbox flushed"), "{}", daemon.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_outage_then_recovery_delivers_everything_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    receiver.fail_with(503);
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+
+    let mut want: HashMap<String, Vec<Value>> = HashMap::new();
+    for i in 0..3 {
+        let id = format!("t2-occ-{i}");
+        let mut dev = device(broker.port, &id, DeviceClass::OccupancySensor).await;
+        want.insert(id, publish(&mut dev, 20, 1.0).await);
+    }
+    receiver
+        .wait_until(LONG, "several refused attempts", |s| {
+            s.failures_served >= 20
+        })
+        .await;
+    assert!(receiver.seen(|s| s.events.is_empty()));
+    assert!(
+        daemon.metric("edgehook_outbox_depth").unwrap() >= 60,
+        "events wait in the outbox"
+    );
+
+    receiver.fail_with(0);
+    receiver
+        .wait_until(LONG, "all 60 readings after recovery", |s| {
+            s.of_type("sensor.reading.updated").len() >= 60
+        })
+        .await;
+    receiver.seen(|s| {
+        for (id, payloads) in &want {
+            assert_eq!(&readings_of(s, id), payloads, "{id}: all changes, in order");
+        }
+    });
+    assert!(
+        daemon
+            .metric("edgehook_delivery_attempts_total{result=\"http_error\"}")
+            .unwrap()
+            >= 20
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_mid_burst_then_restart_delivers_every_acknowledged_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+
+    const DEVICES: usize = 8;
+    const EACH: usize = 250;
+    let port = broker.port;
+    let publisher = tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..DEVICES {
+            tasks.spawn(async move {
+                let id = format!("t3-occ-{i}");
+                let mut dev = device(port, &id, DeviceClass::OccupancySensor).await;
+                let mut keys = Vec::new();
+                for _ in 0..EACH {
+                    let (payload, changed) = dev.publish_next(1.0).await.unwrap();
+                    assert!(changed);
+                    keys.push((id.clone(), payload["seq"].as_u64().unwrap()));
+                }
+                dev.flushed().await.unwrap(); // every one of them acknowledged by the broker
+                keys
+            });
+        }
+        let mut all = BTreeSet::new();
+        while let Some(keys) = tasks.join_next().await {
+            all.extend(keys.unwrap());
+        }
+        all
+    });
+
+    // Kill at three different depths of the burst, restarting each time.
+    for threshold in [150usize, 700, 1300] {
+        receiver
+            .wait_until(LONG, "burst progress", |s| {
+                s.of_type("sensor.reading.updated").len() >= threshold
+            })
+            .await;
+        daemon.kill9();
+        daemon.start();
+    }
+    let published = publisher.await.unwrap();
+    assert_eq!(published.len(), DEVICES * EACH);
+    receiver
+        .wait_until(LONG, "every acknowledged change", |s| {
+            let got: BTreeSet<_> = s
+                .of_type("sensor.reading.updated")
+                .into_iter()
+                .map(reading_key)
+                .collect();
+            published.is_subset(&got)
+        })
+        .await;
+    receiver.seen(|s| {
+        let online = s.of_type("device.online").len();
+        assert_eq!(
+            online, DEVICES,
+            "restarts must not re-announce healthy devices"
+        );
+        eprintln!(
+            "kill -9 x3: {} changes published, {} events delivered, {} duplicate deliveries",
+            published.len(),
+            s.events.len(),
+            s.duplicates
+        );
+        assert_eq!(s.bad_signatures, 0);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_resumes_subscriptions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+
+    let mut before = device(broker.port, "t4-occ-a", DeviceClass::OccupancySensor).await;
+    let want = publish(&mut before, 5, 1.0).await;
+    receiver
+        .wait_until(LONG, "readings before the restart", |s| {
+            readings_of(s, "t4-occ-a") == want
+        })
+        .await;
+
+    // SIGKILL: the broker saves nothing, so our session is gone and only resubscribing helps.
+    broker.kill();
+    before.pull_plug();
+    broker.restart();
+    let deadline = std::time::Instant::now() + LONG;
+    while daemon.metric("edgehook_mqtt_connects_total").unwrap_or(0) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reconnect:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut after = device(broker.port, "t4-occ-b", DeviceClass::OccupancySensor).await;
+    let mut sent = Vec::new();
+    // The SUBSCRIBE may still be in flight: keep publishing until the first one comes through.
+    while receiver.seen(|s| readings_of(s, "t4-occ-b").is_empty()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing after the broker restart:\n{}",
+            daemon.log()
+        );
+        sent.extend(publish(&mut after, 1, 1.0).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let more = publish(&mut after, 5, 1.0).await;
+    receiver
+        .wait_until(LONG, "readings after the restart", |s| {
+            readings_of(s, "t4-occ-b").ends_with(&more)
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_payloads_are_counted_logged_once_and_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+
+    let mut dev = device(broker.port, "t5-occ-1", DeviceClass::OccupancySensor).await;
+    for _ in 0..2 {
+        dev.publish_raw(b"not json at all".to_vec()).await.unwrap();
+        dev.publish_raw(b"[1, 2, 3]".to_vec()).await.unwrap();
+        dev.publish_raw(vec![b'x'; 1_000_000]).await.unwrap();
+        dev.publish_raw(vec![0xff, 0xfe, 0x00]).await.unwrap();
+    }
+    let good = publish(&mut dev, 1, 1.0).await;
+    receiver
+        .wait_until(LONG, "the good reading after the junk", |s| {
+            readings_of(s, "t5-occ-1") == good
+        })
+        .await;
+
+    assert_eq!(
+        daemon.metric("edgehook_decode_errors_total{kind=\"not_json\"}"),
+        Some(4)
+    );
+    assert_eq!(
+        daemon.metric("edgehook_decode_errors_total{kind=\"not_object\"}"),
+        Some(2)
+    );
+    assert_eq!(
+        daemon.metric("edgehook_decode_errors_total{kind=\"oversize\"}"),
+        Some(2)
+    );
+    let log = daemon.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("skipping undecodable message"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        3,
+        "one line per kind of fault, repeats suppressed:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(receiver.seen(|s| s.of_type("sensor.reading.updated").len()) == 1);
+}
