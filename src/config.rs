@@ -285,27 +285,21 @@ impl Config {
                 })
                 .split("__"),
         );
+        let default_source = || {
+            file.map(|f| f.display().to_string())
+                .unwrap_or_else(|| "configuration".into())
+        };
         let source_of = |key: &str| -> String {
             match figment.find_metadata(key) {
-                Some(meta) => match &meta.source {
-                    Some(figment::Source::File(p)) => p.display().to_string(),
-                    Some(other) => format!("{} {}", meta.name, other),
-                    None => meta.name.to_string(),
-                },
-                None => file
-                    .map(|f| f.display().to_string())
-                    .unwrap_or_else(|| "configuration".into()),
+                Some(meta) => describe_source(meta, key),
+                None => default_source(),
             }
         };
         let config: Config = figment.extract().map_err(|e| {
             let e = e.into_iter().next().expect("figment errors are non-empty");
             let key = e.path.join(".");
             let source_name = match &e.metadata {
-                Some(meta) => match &meta.source {
-                    Some(figment::Source::File(p)) => p.display().to_string(),
-                    Some(other) => format!("{} {}", meta.name, other),
-                    None => meta.name.to_string(),
-                },
+                Some(meta) => describe_source(meta, &key),
                 None => source_of(&key),
             };
             ConfigError::Invalid {
@@ -472,6 +466,24 @@ impl Config {
         } else {
             self.mqtt.client_id.clone()
         }
+    }
+}
+
+/// Where a value came from: the file path, the exact environment variable, or the defaults.
+fn describe_source(meta: &figment::Metadata, key: &str) -> String {
+    match &meta.source {
+        Some(figment::Source::File(p)) => p.display().to_string(),
+        _ if meta.name.contains("environment") => {
+            // figment lower-cases variable names; find the one the user actually set.
+            let wanted = format!("EDGEHOOK_{}", key.replace('.', "__"));
+            std::env::vars_os()
+                .filter_map(|(k, _)| k.into_string().ok())
+                .find(|k| k.eq_ignore_ascii_case(&wanted))
+                .map(|k| format!("environment variable {k}"))
+                .unwrap_or_else(|| format!("environment variable {}", wanted.to_uppercase()))
+        }
+        Some(other) => format!("{} {}", meta.name, other),
+        None => meta.name.to_string(),
     }
 }
 

@@ -29,7 +29,7 @@ pub fn init_logging() {
     let filter = std::env::var("EDGEHOOK_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".into());
-    let filter = EnvFilter::try_new(format!("rumqttd=warn,sled=warn,{filter}"))
+    let filter = EnvFilter::try_new(format!("rumqttd=off,sled=warn,{filter}"))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

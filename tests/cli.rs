@@ -1,0 +1,128 @@
+//! The command line as an installer uses it: check-config, config errors, the demo.
+
+use std::process::{Command, Output};
+
+fn edgehook(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgehook"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running edgehook")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/edgehook.example.toml");
+
+#[test]
+fn the_example_config_is_valid() {
+    let out = edgehook(&["check-config", EXAMPLE], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ok"), "{}", text(&out.stdout));
+    assert!(
+        !text(&out.stdout).contains("change-me"),
+        "the secret is never printed"
+    );
+}
+
+#[test]
+fn a_bad_key_names_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.toml");
+    let example = std::fs::read_to_string(EXAMPLE).unwrap();
+    std::fs::write(
+        &file,
+        example.replace("keep_alive = \"30s\"", "keep_alive = \"often\""),
+    )
+    .unwrap();
+    let out = edgehook(&["check-config", file.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("broken.toml") && err.contains("mqtt.keep_alive"),
+        "{err}"
+    );
+
+    // `run` refuses the same file before doing anything.
+    let out = edgehook(
+        &[
+            "run",
+            "--config",
+            file.to_str().unwrap(),
+            "--state-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("mqtt.keep_alive"));
+}
+
+#[test]
+fn environment_overrides_win_and_are_named_in_errors() {
+    let out = edgehook(
+        &["check-config", EXAMPLE],
+        &[("EDGEHOOK_MQTT__PORT", "not-a-port")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("EDGEHOOK_MQTT__PORT") && err.contains("mqtt.port"),
+        "{err}"
+    );
+
+    let out = edgehook(
+        &["check-config", EXAMPLE],
+        &[("EDGEHOOK_GATEWAY_ID", "gw-from-env")],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("gw-from-env"));
+
+    let out = edgehook(
+        &["check-config", EXAMPLE],
+        &[("EDGEHOOK_WEBHOOK__URL", "ftp://nope")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("EDGEHOOK_WEBHOOK__URL") && err.contains("webhook.url"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let out = edgehook(&["check-config", "/nonexistent/edgehook.toml"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("/nonexistent/edgehook.toml"));
+}
+
+#[test]
+fn the_demo_runs_and_every_webhook_verifies() {
+    let out = edgehook(&["demo", "--duration", "4s", "--interval", "300ms"], &[]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("✓ device.online"), "{stdout}");
+    assert!(stdout.contains("✓ sensor.reading.updated"), "{stdout}");
+    assert!(
+        stdout.contains("✓ device.offline"),
+        "devices announce offline on stop: {stdout}"
+    );
+    assert!(!stdout.contains("✗"), "no signature failures: {stdout}");
+    let verified: u64 = stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("receiver verified ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("a verified count");
+    let lines = stdout.lines().filter(|l| l.starts_with('✓')).count() as u64;
+    assert_eq!(verified, lines);
+    assert!(verified >= 8, "{stdout}");
+}
