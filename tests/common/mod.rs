@@ -117,6 +117,8 @@ impl Drop for Mosquitto {
 pub struct Seen {
     /// First receipt of each event id, in arrival order.
     pub events: Vec<Value>,
+    /// When each of `events` arrived, milliseconds since the Unix epoch.
+    pub arrived_ms: Vec<u64>,
     pub ids: HashSet<String>,
     pub duplicates: u64,
     pub bad_signatures: u64,
@@ -258,6 +260,7 @@ async fn handle(
     );
     if seen.ids.insert(id) {
         seen.events.push(event);
+        seen.arrived_ms.push(firmware_sim::now_ms());
     } else {
         seen.duplicates += 1;
     }
@@ -388,6 +391,10 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     pub fn log(&self) -> String {
