@@ -26,7 +26,7 @@
 //! id, which the receiver drops by its idempotency key.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,6 +82,9 @@ pub struct Outbox {
     appended: Arc<Notify>,
     /// False while writes are failing; `/healthz` reports it.
     writable: Arc<AtomicBool>,
+    /// Records in `events`. sled's `Tree::len` is a full scan, so the count is kept here:
+    /// counted once at open, then adjusted on every write and removal.
+    depth: Arc<AtomicU64>,
 }
 
 impl Outbox {
@@ -93,12 +96,14 @@ impl Outbox {
             .open()?;
         let events = db.open_tree("outbox")?;
         let devices = db.open_tree("devices")?;
+        let depth = Arc::new(AtomicU64::new(events.len() as u64));
         Ok(Outbox {
             db,
             events,
             devices,
             appended: Arc::new(Notify::new()),
             writable: Arc::new(AtomicBool::new(true)),
+            depth,
         })
     }
 
@@ -153,6 +158,8 @@ impl Outbox {
                 TransactionError::Storage(e) => OutboxError::Storage(e),
                 TransactionError::Abort(()) => unreachable!("the transaction never aborts"),
             })?;
+        self.depth
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
         Ok(records.len())
     }
 
@@ -188,17 +195,19 @@ impl Outbox {
 
     /// Forget a delivered record.
     pub fn remove(&self, seq: u64) -> Result<(), OutboxError> {
-        self.events.remove(seq.to_be_bytes())?;
+        if self.events.remove(seq.to_be_bytes())?.is_some() {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
     /// Records waiting for delivery.
     pub fn len(&self) -> usize {
-        self.events.len()
+        self.depth.load(Ordering::Relaxed) as usize
     }
 
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
+        self.len() == 0
     }
 
     pub fn is_writable(&self) -> bool {
@@ -399,11 +408,15 @@ mod tests {
             ids = commits.iter().map(|c| c.envelopes[0].id.clone()).collect();
             assert_eq!(ob.write(&commits).unwrap(), 5);
             ob.flush().await.unwrap();
+            assert_eq!(ob.len(), 5);
             let first = ob.pending_after(None, 1).unwrap();
             ob.remove(first[0].seq).unwrap();
+            ob.remove(first[0].seq).unwrap(); // removing twice counts once
+            assert_eq!(ob.len(), 4);
             ob.flush().await.unwrap();
         }
         let ob = Outbox::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(ob.len(), 4, "depth is recounted at open");
         let pending = ob.pending_after(None, 100).unwrap();
         let got: Vec<String> = pending.iter().map(|r| r.id.clone()).collect();
         assert_eq!(got, ids[1..], "removed record gone, others in order");

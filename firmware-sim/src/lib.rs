@@ -289,7 +289,8 @@ pub struct FleetConfig {
     pub sensors: usize,
     pub displays: usize,
     pub seed: u64,
-    /// Pause between a device's readings; zero publishes as fast as the broker accepts.
+    /// Pause between a device's readings; zero publishes as fast as the broker accepts them
+    /// (each reading waits for the previous one's PUBACK, as real firmware does).
     pub interval: Duration,
     /// Readings per device; `None` runs until stopped.
     pub readings: Option<u64>,
@@ -371,7 +372,10 @@ pub async fn run_fleet(
                 let (_, changed) = device.publish_next(config.change_ratio).await?;
                 stats.readings += 1;
                 stats.changes += changed as u64;
-                if !config.interval.is_zero() {
+                if config.interval.is_zero() {
+                    // As fast as the broker accepts: like real firmware, wait for the PUBACK.
+                    device.flushed().await?;
+                } else {
                     tokio::select! {
                         _ = tokio::time::sleep(config.interval) => {}
                         _ = stop.changed() => {}

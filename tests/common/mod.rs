@@ -58,7 +58,7 @@ impl Mosquitto {
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
-                 max_queued_messages 0\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\n",
+                 max_queued_messages 0\nmax_inflight_messages 1000\nlog_dest stderr\nlog_type error\n",
                 data.display()
             ),
         )
