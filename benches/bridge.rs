@@ -6,6 +6,7 @@
 //!   device waits for its previous PUBACK). This saturates the 2 cores: publishers, broker and
 //!   daemon share them, so latency here is mostly queueing.
 //! - "paced": each device every 200 ms, 1,000 readings/s in all, for 15 s.
+//!
 //! Figures: events delivered per second (first publish → last receipt), publish-to-receipt
 //! latency of reading events (p50/p99/max), the daemon's peak RSS (VmHWM), its CPU seconds per
 //! 10,000 events, and bytes it wrote to disk per event (/proc/<pid>/io write_bytes).

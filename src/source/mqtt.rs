@@ -312,7 +312,7 @@ impl MqttSource {
     /// Decode a publish; on failure count it, log it (rate-limited) and acknowledge it.
     fn decode(&mut self, publish: &Publish, ack: Option<Ack>) -> Option<Inbound> {
         let topic = publish.topic.as_str();
-        match self.decoder.decode(&topic, &publish.payload) {
+        match self.decoder.decode(topic, &publish.payload) {
             Ok(Some((device_id, body))) => Some(Inbound {
                 device_id,
                 body,
@@ -320,15 +320,19 @@ impl MqttSource {
             }),
             Ok(None) => {
                 tracing::debug!(%topic, "message on a topic no subscription matches; skipped");
-                ack.map(Ack::send);
+                if let Some(ack) = ack {
+                    ack.send();
+                }
                 None
             }
             Err(e) => {
                 self.metrics.decode_error(e.kind());
-                if let Some(suppressed) = self.faults.admit(e.kind(), &topic, Instant::now()) {
+                if let Some(suppressed) = self.faults.admit(e.kind(), topic, Instant::now()) {
                     tracing::warn!(%topic, error = %e, bytes = publish.payload.len(), suppressed, "skipping undecodable message");
                 }
-                ack.map(Ack::send);
+                if let Some(ack) = ack {
+                    ack.send();
+                }
                 None
             }
         }
