@@ -58,7 +58,7 @@ pub fn main() -> ExitCode {
                     c.gateway_id,
                     c.mqtt.subscriptions.len(),
                     c.workspaces.len(),
-                    c.webhook.url
+                    c.webhook_url_for_logs()
                 );
                 ExitCode::SUCCESS
             }

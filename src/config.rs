@@ -459,6 +459,12 @@ impl Config {
         Ok(())
     }
 
+    /// The webhook URL as it may be logged: no user info, no query string (either may carry
+    /// a credential).
+    pub fn webhook_url_for_logs(&self) -> String {
+        redact_url(&self.webhook.url)
+    }
+
     /// The MQTT client id actually used.
     pub fn mqtt_client_id(&self) -> String {
         if self.mqtt.client_id.is_empty() {
@@ -484,6 +490,23 @@ fn describe_source(meta: &figment::Metadata, key: &str) -> String {
         }
         Some(other) => format!("{} {}", meta.name, other),
         None => meta.name.to_string(),
+    }
+}
+
+/// `scheme://host:port/path`, dropping user info and the query; unparseable URLs are hidden.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let query = if u.query().is_some() { "?…" } else { "" };
+            format!(
+                "{}://{}{port}{}{query}",
+                u.scheme(),
+                u.host_str().unwrap_or(""),
+                u.path()
+            )
+        }
+        Err(_) => "(invalid URL)".into(),
     }
 }
 
@@ -600,6 +623,15 @@ mod tests {
         let c = Config::from_toml_str(MINIMAL).unwrap();
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("s3cret-value"), "{dbg}");
+    }
+
+    #[test]
+    fn urls_are_redacted_for_logs() {
+        assert_eq!(
+            redact_url("https://user:pw@hooks.example.com:8443/in?token=abc"),
+            "https://hooks.example.com:8443/in?…"
+        );
+        assert_eq!(redact_url("http://127.0.0.1/hook"), "http://127.0.0.1/hook");
     }
 
     #[test]

@@ -161,6 +161,8 @@ pub struct Dispatcher {
     outbox: Outbox,
     client: reqwest::Client,
     url: reqwest::Url,
+    /// `url` without credentials, for logs.
+    url_for_logs: String,
     headers: HeaderMap,
     signature_header: HeaderName,
     idempotency_header: HeaderName,
@@ -204,6 +206,7 @@ impl Dispatcher {
             outbox,
             client,
             url: reqwest::Url::parse(&config.url)?,
+            url_for_logs: crate::config::redact_url(&config.url),
             headers,
             signature_header: HeaderName::from_bytes(config.signature_header.as_bytes())?,
             idempotency_header: HeaderName::from_bytes(config.idempotency_header.as_bytes())?,
@@ -379,7 +382,7 @@ impl Dispatcher {
                 if self.failing_since.is_none() {
                     self.failing_since = Some(Instant::now());
                     tracing::warn!(
-                        url = %self.url.as_str(),
+                        url = %self.url_for_logs,
                         reason = %reason,
                         event_id = %head.id,
                         "delivery failing; events stay in the outbox and are retried"

@@ -71,7 +71,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         state_dir = %config.state_dir.display(),
         devices = known.len(),
         pending,
-        url = %config.webhook.url,
+        url = %config.webhook_url_for_logs(),
         "edgehook starting"
     );
     let registry = device::Registry::new(config.workspaces.clone(), known);

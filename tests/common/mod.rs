@@ -50,6 +50,11 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start(dir: &Path) -> Mosquitto {
+        Self::start_with(dir, "")
+    }
+
+    /// Start with extra configuration lines (more listeners, TLS).
+    pub fn start_with(dir: &Path, extra: &str) -> Mosquitto {
         let port = free_port();
         let data = dir.join("mosquitto");
         std::fs::create_dir_all(&data).unwrap();
@@ -58,7 +63,7 @@ impl Mosquitto {
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
-                 max_queued_messages 0\nmax_inflight_messages 1000\nlog_dest stderr\nlog_type error\n",
+                 max_queued_messages 0\nmax_inflight_messages 1000\nlog_dest stderr\nlog_type error\n{extra}\n",
                 data.display()
             ),
         )
@@ -338,6 +343,23 @@ impl Daemon {
 
     /// Start the daemon and wait until it is connected to the broker.
     pub fn start(&mut self) {
+        self.spawn();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.metric("edgehook_mqtt_connected") != Some(1) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("edgehook exited early ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "edgehook did not connect:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Start the daemon without waiting for anything.
+    pub fn spawn(&mut self) {
         assert!(self.child.is_none());
         self.starts += 1;
         let log = std::fs::OpenOptions::new()
@@ -354,18 +376,6 @@ impl Daemon {
             .spawn()
             .expect("spawning edgehook");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.metric("edgehook_mqtt_connected") != Some(1) {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("edgehook exited early ({status}):\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "edgehook did not connect:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
     }
 
     /// SIGKILL, like a power cut for the process.
