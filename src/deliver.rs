@@ -150,12 +150,6 @@ struct Lane {
     failures: u32,
 }
 
-/// Result of one HTTP attempt, reported back to the dispatcher.
-struct Attempt {
-    lane: String,
-    outcome: Outcome,
-}
-
 /// The delivery task's state; see the module docs.
 pub struct Dispatcher {
     outbox: Outbox,
@@ -176,7 +170,10 @@ pub struct Dispatcher {
     ready: VecDeque<String>,
     /// Lanes waiting out a backoff.
     backoff: DelayQueue<String>,
-    in_flight: JoinSet<Attempt>,
+    in_flight: JoinSet<Outcome>,
+    /// The lane each in-flight task serves, so that even a task that fails to report (a panic)
+    /// frees its lane.
+    in_flight_lanes: HashMap<tokio::task::Id, String>,
     /// Records held in `lanes`.
     loaded: usize,
     /// Highest sequence number loaded so far.
@@ -219,6 +216,7 @@ impl Dispatcher {
             ready: VecDeque::new(),
             backoff: DelayQueue::new(),
             in_flight: JoinSet::new(),
+            in_flight_lanes: HashMap::new(),
             loaded: 0,
             cursor: None,
             more_on_disk: true,
@@ -238,7 +236,7 @@ impl Dispatcher {
             let outbox = self.outbox.clone();
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                Some(done) = self.in_flight.join_next() => self.finish(done),
+                Some(done) = self.in_flight.join_next_with_id() => self.finish(done),
                 Some(expired) = std::future::poll_fn(|cx| self.backoff.poll_expired(cx)) => {
                     self.ready.push_back(expired.into_inner());
                 }
@@ -249,7 +247,7 @@ impl Dispatcher {
         if pending > 0 {
             tracing::info!(pending, "shutting down: waiting for in-flight deliveries");
         }
-        while let Some(done) = self.in_flight.join_next().await {
+        while let Some(done) = self.in_flight.join_next_with_id().await {
             self.finish(done);
         }
     }
@@ -300,8 +298,8 @@ impl Dispatcher {
                 )
                 .header(self.idempotency_header.clone(), record.id.as_str())
                 .body(record.body.clone());
-            self.in_flight.spawn(async move {
-                let outcome = match request.send().await {
+            let task = self.in_flight.spawn(async move {
+                match request.send().await {
                     Ok(resp) => {
                         let retry_after = resp
                             .headers()
@@ -319,31 +317,38 @@ impl Dispatcher {
                         retry_after: None,
                         reason: describe_reqwest_error(&e),
                     },
-                };
-                Attempt {
-                    lane: name,
-                    outcome,
                 }
             });
+            self.in_flight_lanes.insert(task.id(), name);
         }
     }
 
     /// Record one attempt's outcome.
-    fn finish(&mut self, done: Result<Attempt, tokio::task::JoinError>) {
-        let attempt = match done {
-            Ok(a) => a,
+    fn finish(&mut self, done: Result<(tokio::task::Id, Outcome), tokio::task::JoinError>) {
+        let (task, outcome) = match done {
+            Ok(done) => done,
             Err(e) => {
-                // A panicking request task would be a bug; the lane stays busy-free below via
-                // the next load. Log it loudly rather than crash the daemon.
+                // A bug, not the receiver's doing: log it loudly and retry like any failure.
                 tracing::error!(error = %e, "delivery task failed");
-                return;
+                let reason = format!("delivery task failed: {e}");
+                (
+                    e.id(),
+                    Outcome::Retry {
+                        status: None,
+                        retry_after: None,
+                        reason,
+                    },
+                )
             }
         };
-        let Some(lane) = self.lanes.get_mut(&attempt.lane) else {
+        let Some(name) = self.in_flight_lanes.remove(&task) else {
+            return;
+        };
+        let Some(lane) = self.lanes.get_mut(&name) else {
             return;
         };
         lane.busy = false;
-        match attempt.outcome {
+        match outcome {
             Outcome::Delivered => {
                 let record = lane.queue.pop_front().expect("in-flight lane has a head");
                 lane.failures = 0;
@@ -363,9 +368,9 @@ impl Dispatcher {
                     );
                 }
                 if lane.queue.is_empty() {
-                    self.lanes.remove(&attempt.lane);
+                    self.lanes.remove(&name);
                 } else {
-                    self.ready.push_back(attempt.lane);
+                    self.ready.push_back(name);
                 }
             }
             Outcome::Retry {
@@ -388,9 +393,9 @@ impl Dispatcher {
                         "delivery failing; events stay in the outbox and are retried"
                     );
                 } else {
-                    tracing::debug!(lane = %attempt.lane, reason = %reason, failures = lane.failures, retry_in = ?delay, "delivery attempt failed");
+                    tracing::debug!(lane = %name, reason = %reason, failures = lane.failures, retry_in = ?delay, "delivery attempt failed");
                 }
-                self.backoff.insert(attempt.lane, delay);
+                self.backoff.insert(name, delay);
             }
         }
     }

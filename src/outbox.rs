@@ -14,8 +14,12 @@
 //!    transaction** across both trees, then flushed (one fsync per batch, not per event), and
 //!    **only then** are the batch's transport acks sent. So an acknowledged MQTT message always has
 //!    its events on disk, and a device state on disk always has its events on disk.
-//! 2. A record is removed only after the receiver answered 2xx for it.
-//! 3. A write that fails (disk full, I/O error) is retried with backoff, holding the batch and its
+//! 2. Delivery only sees records at or below the *durable watermark* (the highest sequence number
+//!    known flushed). An event is never sent before it is on disk: otherwise a crash could lose
+//!    the record after sending it, and the broker's redelivery would recreate the event under a
+//!    new id, a duplicate the receiver could not recognise.
+//! 3. A record is removed only after the receiver answered 2xx for it.
+//! 4. A write that fails (disk full, I/O error) is retried with backoff, holding the batch and its
 //!    acks: nothing is acknowledged and nothing is dropped. Upstream stages block on their bounded
 //!    channels, and the broker stops sending once its in-flight window is full (back-pressure).
 //!
@@ -85,6 +89,10 @@ pub struct Outbox {
     /// Records in `events`. sled's `Tree::len` is a full scan, so the count is kept here:
     /// counted once at open, then adjusted on every write and removal.
     depth: Arc<AtomicU64>,
+    /// One past the highest sequence number written (flushed or not).
+    written: Arc<AtomicU64>,
+    /// Every sequence number below this is known to be flushed (see invariant 2).
+    durable: Arc<AtomicU64>,
 }
 
 impl Outbox {
@@ -97,6 +105,11 @@ impl Outbox {
         let events = db.open_tree("outbox")?;
         let devices = db.open_tree("devices")?;
         let depth = Arc::new(AtomicU64::new(events.len() as u64));
+        // Whatever sled recovered at open is on disk.
+        let end = match events.last()? {
+            Some((k, _)) => seq_of(&k)? + 1,
+            None => 0,
+        };
         Ok(Outbox {
             db,
             events,
@@ -104,6 +117,8 @@ impl Outbox {
             appended: Arc::new(Notify::new()),
             writable: Arc::new(AtomicBool::new(true)),
             depth,
+            written: Arc::new(AtomicU64::new(end)),
+            durable: Arc::new(AtomicU64::new(end)),
         })
     }
 
@@ -160,35 +175,37 @@ impl Outbox {
             })?;
         self.depth
             .fetch_add(records.len() as u64, Ordering::Relaxed);
+        if let Some((last, _)) = records.last() {
+            self.written.fetch_max(*last + 1, Ordering::SeqCst);
+        }
         Ok(records.len())
     }
 
-    /// Make everything written so far durable.
+    /// Make everything written so far durable, and visible to delivery.
     pub async fn flush(&self) -> Result<(), OutboxError> {
+        let written = self.written.load(Ordering::SeqCst);
         self.db.flush_async().await?;
+        self.durable.fetch_max(written, Ordering::SeqCst);
         Ok(())
     }
 
-    /// Up to `limit` records with a sequence number above `after`, in order.
+    /// Up to `limit` durable records with a sequence number above `after`, in order.
     pub fn pending_after(
         &self,
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<OutboxRecord>, OutboxError> {
-        let iter = match after {
-            Some(seq) => self.events.range((seq + 1).to_be_bytes()..),
-            None => self.events.iter(),
-        };
-        iter.take(limit)
+        let durable = self.durable.load(Ordering::SeqCst);
+        let from = after.map_or(0, |seq| seq + 1);
+        if from >= durable {
+            return Ok(Vec::new());
+        }
+        self.events
+            .range(from.to_be_bytes()..durable.to_be_bytes())
+            .take(limit)
             .map(|kv| {
                 let (k, v) = kv?;
-                let seq = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
-                    OutboxError::Corrupt {
-                        seq: 0,
-                        why: "key is not 8 bytes",
-                    }
-                })?);
-                decode(seq, &v)
+                decode(seq_of(&k)?, &v)
             })
             .collect()
     }
@@ -218,6 +235,15 @@ impl Outbox {
     pub async fn appended(&self) {
         self.appended.notified().await
     }
+}
+
+fn seq_of(key: &[u8]) -> Result<u64, OutboxError> {
+    key.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| OutboxError::Corrupt {
+            seq: 0,
+            why: "key is not 8 bytes",
+        })
 }
 
 fn encode(env: &Envelope) -> Vec<u8> {
@@ -384,6 +410,30 @@ mod tests {
             decode(1, &wrong),
             Err(OutboxError::Corrupt { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn delivery_sees_only_flushed_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path(), 1 << 20).unwrap();
+        let commit = || Commit {
+            envelopes: vec![envelope("d")],
+            device: None,
+            ack: None,
+        };
+        ob.write(&[commit()]).unwrap();
+        assert!(
+            ob.pending_after(None, 10).unwrap().is_empty(),
+            "written, not flushed: invisible"
+        );
+        ob.flush().await.unwrap();
+        let first = ob.pending_after(None, 10).unwrap();
+        assert_eq!(first.len(), 1);
+        ob.write(&[commit()]).unwrap();
+        assert!(ob.pending_after(Some(first[0].seq), 10).unwrap().is_empty());
+        ob.flush().await.unwrap();
+        assert_eq!(ob.pending_after(Some(first[0].seq), 10).unwrap().len(), 1);
+        assert_eq!(ob.pending_after(None, 10).unwrap().len(), 2);
     }
 
     #[tokio::test]
