@@ -3,7 +3,7 @@
 //! code (not edgehook's `Signer`), records events and can be told to fail.
 #![allow(dead_code)]
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -129,6 +129,8 @@ pub struct Seen {
     pub bad_signatures: u64,
     pub failures_served: u64,
     pub requests: u64,
+    /// Every attempt per event id (accepted or refused), with its arrival time.
+    pub attempts: HashMap<String, Vec<Instant>>,
 }
 
 impl Seen {
@@ -141,6 +143,12 @@ struct Inner {
     seen: Mutex<Seen>,
     fail_with: AtomicU16,
     served: AtomicU64,
+    /// Refuse only this device's events (with `fail_with`, or 503).
+    fail_device: Mutex<Option<String>>,
+    /// `Retry-After` value to send with refusals.
+    retry_after: Mutex<Option<String>>,
+    /// Hold every answer this long (to trigger client timeouts).
+    delay_ms: AtomicU64,
 }
 
 /// A webhook receiver on 127.0.0.1:<free port>.
@@ -158,6 +166,9 @@ impl Receiver {
             seen: Mutex::new(Seen::default()),
             fail_with: AtomicU16::new(0),
             served: AtomicU64::new(0),
+            fail_device: Mutex::new(None),
+            retry_after: Mutex::new(None),
+            delay_ms: AtomicU64::new(0),
         });
         let state = inner.clone();
         tokio::spawn(async move {
@@ -183,6 +194,23 @@ impl Receiver {
     /// Answer every request with `status` (0 = accept normally).
     pub fn fail_with(&self, status: u16) {
         self.inner.fail_with.store(status, Ordering::SeqCst);
+    }
+
+    /// Refuse (503) only the events of `device`; `None` stops it.
+    pub fn fail_device(&self, device: Option<&str>) {
+        *self.inner.fail_device.lock().unwrap() = device.map(str::to_owned);
+    }
+
+    /// Send this `Retry-After` with every refusal.
+    pub fn retry_after(&self, value: Option<&str>) {
+        *self.inner.retry_after.lock().unwrap() = value.map(str::to_owned);
+    }
+
+    /// Hold each answer this long before sending it.
+    pub fn delay(&self, d: Duration) {
+        self.inner
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn seen<T>(&self, f: impl FnOnce(&Seen) -> T) -> T {
@@ -240,21 +268,21 @@ async fn handle(
         return reply(StatusCode::BAD_REQUEST);
     };
     state.served.fetch_add(1, Ordering::Relaxed);
-    let mut seen = state.seen.lock().unwrap();
-    seen.requests += 1;
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
     mac.update(&body);
     let expected = hex::encode(mac.finalize().into_bytes());
+    let event = serde_json::from_slice::<Value>(&body).ok();
+    let mut seen = state.seen.lock().unwrap();
+    seen.requests += 1;
     if signature.as_deref() != Some(expected.as_str()) || !content_type_ok {
         seen.bad_signatures += 1;
         return reply(StatusCode::UNAUTHORIZED);
     }
-    let fail = state.fail_with.load(Ordering::SeqCst);
-    if fail != 0 {
-        seen.failures_served += 1;
-        return reply(StatusCode::from_u16(fail).unwrap());
-    }
-    let Ok(event) = serde_json::from_slice::<Value>(&body) else {
+    let Some(event) = event else {
         return reply(StatusCode::BAD_REQUEST);
     };
     let id = event["id"].as_str().unwrap_or_default().to_string();
@@ -263,6 +291,26 @@ async fn handle(
         Some(id.as_str()),
         "idempotency header must be the event id"
     );
+    seen.attempts
+        .entry(id.clone())
+        .or_default()
+        .push(Instant::now());
+    let fail = state.fail_with.load(Ordering::SeqCst);
+    let device_refused = state
+        .fail_device
+        .lock()
+        .unwrap()
+        .as_deref()
+        .is_some_and(|d| event["data"]["device_id"] == d);
+    if fail != 0 || device_refused {
+        seen.failures_served += 1;
+        let status = StatusCode::from_u16(if fail != 0 { fail } else { 503 }).unwrap();
+        let mut resp = Response::builder().status(status);
+        if let Some(ra) = state.retry_after.lock().unwrap().as_deref() {
+            resp = resp.header("retry-after", ra);
+        }
+        return Ok(resp.body(Full::new(Bytes::new())).unwrap());
+    }
     if seen.ids.insert(id) {
         seen.events.push(event);
         seen.arrived_ms.push(firmware_sim::now_ms());
