@@ -79,6 +79,11 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     let dispatcher = deliver::Dispatcher::new(&config.webhook, outbox.clone(), metrics.clone())?;
 
     let tracker = TaskTracker::new();
+    tracker.spawn(telemetry::notify_systemd(
+        metrics.clone(),
+        outbox.clone(),
+        cancel.clone(),
+    ));
     let (inbound_tx, inbound_rx) = mpsc::channel(STAGE_CHANNEL);
     let (commit_tx, commit_rx) = mpsc::channel(STAGE_CHANNEL);
     tracker.spawn(source.run(inbound_tx, cancel.clone()));

@@ -294,6 +294,48 @@ impl FaultLog {
     }
 }
 
+/// systemd integration (a no-op outside systemd, i.e. without `NOTIFY_SOCKET`): `READY=1` once
+/// the broker is connected and the outbox writable, then `WATCHDOG=1` at half of `WatchdogSec`
+/// for as long as the runtime runs, and `STOPPING=1` when shutdown begins.
+pub async fn notify_systemd(metrics: Arc<Metrics>, outbox: Outbox, cancel: CancellationToken) {
+    use sd_notify::NotifyState;
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let send = |state: &[NotifyState]| {
+        if let Err(e) = sd_notify::notify(state) {
+            tracing::warn!(error = %e, "cannot notify systemd");
+        }
+    };
+    let watchdog = sd_notify::watchdog_enabled().map(|w| w / 2);
+    let mut ready = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut last_ping = Instant::now();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if !ready && metrics.mqtt_connected() && outbox.is_writable() {
+            ready = true;
+            send(&[
+                NotifyState::Ready,
+                NotifyState::Status("connected; delivering"),
+            ]);
+        }
+        if let Some(every) = watchdog {
+            if last_ping.elapsed() >= every {
+                send(&[NotifyState::Watchdog]);
+                last_ping = Instant::now();
+            }
+        }
+    }
+    send(&[
+        NotifyState::Stopping,
+        NotifyState::Status("draining and flushing the outbox"),
+    ]);
+}
+
 /// Serve `GET /healthz` and `GET /metrics` on `listen` (loopback, checked by config) until
 /// cancelled. `/healthz` is 200 only while the broker is connected and the outbox writable.
 pub async fn serve(

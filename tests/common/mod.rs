@@ -328,6 +328,8 @@ pub struct Daemon {
     stderr: PathBuf,
     child: Option<Child>,
     starts: u32,
+    /// Extra environment for the daemon process.
+    pub env: Vec<(String, String)>,
 }
 
 /// A config for the test: fast retries, the default demo topics.
@@ -386,6 +388,7 @@ impl Daemon {
             stderr: dir.join("edgehook.stderr"),
             child: None,
             starts: 0,
+            env: Vec::new(),
         }
     }
 
@@ -419,6 +422,7 @@ impl Daemon {
             .args(["run", "--config"])
             .arg(&self.config)
             .env("EDGEHOOK_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
