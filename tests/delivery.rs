@@ -5,35 +5,20 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Mosquitto, Receiver};
-use firmware_sim::{DeviceClass, Firmware, SimDevice, Topics};
+use common::{device, publish, Daemon, Mosquitto, Receiver};
+use firmware_sim::DeviceClass;
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(60);
 
+/// `n` readings from a new sensor `id`, every one a change.
 async fn changes(port: u16, id: &str, n: usize) -> Vec<Value> {
-    let mut dev = SimDevice::connect(
-        "127.0.0.1",
-        port,
-        Firmware::new(id, DeviceClass::OccupancySensor, 11),
-        Topics::default(),
+    publish(
+        &mut device(port, id, DeviceClass::OccupancySensor).await,
+        n,
+        1.0,
     )
     .await
-    .unwrap();
-    let mut out = Vec::new();
-    for _ in 0..n {
-        out.push(dev.publish_next(1.0).await.unwrap().0);
-    }
-    dev.flushed().await.unwrap();
-    out
-}
-
-fn readings_of(s: &common::Seen, device: &str) -> Vec<Value> {
-    s.of_type("sensor.reading.updated")
-        .into_iter()
-        .filter(|e| e["data"]["device_id"] == device)
-        .map(|e| e["data"]["fields"].clone())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,18 +34,18 @@ async fn one_failing_device_does_not_hold_up_the_others() {
     let good = changes(broker.port, "t6-good", 5).await;
     receiver
         .wait_until(LONG, "the healthy device's readings", |s| {
-            readings_of(s, "t6-good") == good
+            s.readings_of("t6-good") == good
         })
         .await;
     receiver.seen(|s| {
-        assert!(readings_of(s, "t6-bad").is_empty());
+        assert!(s.readings_of("t6-bad").is_empty());
         assert!(s.failures_served >= 1);
     });
 
     receiver.fail_device(None);
     receiver
         .wait_until(LONG, "the failing device's readings, in order", |s| {
-            readings_of(s, "t6-bad") == bad
+            s.readings_of("t6-bad") == bad
         })
         .await;
 }
@@ -95,7 +80,7 @@ async fn retry_after_is_honoured() {
     receiver.retry_after(None);
     receiver
         .wait_until(LONG, "delivery once accepted", |s| {
-            readings_of(s, "t7-occ") == sent
+            s.readings_of("t7-occ") == sent
         })
         .await;
 }
@@ -128,7 +113,7 @@ async fn a_receiver_that_hangs_is_timed_out_and_retried() {
     receiver.delay(Duration::ZERO);
     receiver
         .wait_until(LONG, "delivery once the receiver answers", |s| {
-            readings_of(s, "t8-occ") == sent
+            s.readings_of("t8-occ") == sent
         })
         .await;
     while daemon.metric("edgehook_outbox_depth") != Some(0) {

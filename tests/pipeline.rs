@@ -6,43 +6,11 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use common::{reading_key, Daemon, Mosquitto, Receiver};
-use firmware_sim::{DeviceClass, Firmware, SimDevice, Topics};
+use common::{device, publish, reading_key, Daemon, Mosquitto, Receiver};
+use firmware_sim::DeviceClass;
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(60);
-
-async fn device(port: u16, id: &str, class: DeviceClass) -> SimDevice {
-    SimDevice::connect(
-        "127.0.0.1",
-        port,
-        Firmware::new(id, class, 7),
-        Topics::default(),
-    )
-    .await
-    .unwrap()
-}
-
-/// Publish `n` readings; return the payloads of those that changed a tracked field.
-async fn publish(dev: &mut SimDevice, n: usize, change_ratio: f64) -> Vec<Value> {
-    let mut changes = Vec::new();
-    for _ in 0..n {
-        let (payload, changed) = dev.publish_next(change_ratio).await.unwrap();
-        if changed {
-            changes.push(payload);
-        }
-    }
-    dev.flushed().await.unwrap();
-    changes
-}
-
-fn readings_of(seen: &common::Seen, device: &str) -> Vec<Value> {
-    seen.of_type("sensor.reading.updated")
-        .into_iter()
-        .filter(|e| e["data"]["device_id"] == device)
-        .map(|e| e["data"]["fields"].clone())
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_is_delivered_exactly_as_sent_and_repeats_produce_nothing() {
@@ -70,19 +38,19 @@ async fn every_change_is_delivered_exactly_as_sent_and_repeats_produce_nothing()
     );
     receiver
         .wait_until(LONG, "the final reading of both devices", |s| {
-            readings_of(s, "t1-occ-1").last() == Some(&last_s)
-                && readings_of(s, "t1-disp-1").last() == Some(&last_d)
+            s.readings_of("t1-occ-1").last() == Some(&last_s)
+                && s.readings_of("t1-disp-1").last() == Some(&last_d)
         })
         .await;
 
     receiver.seen(|s| {
         assert_eq!(
-            readings_of(s, "t1-occ-1"),
+            s.readings_of("t1-occ-1"),
             want_sensor,
             "sensor changes, exactly and in order"
         );
         assert_eq!(
-            readings_of(s, "t1-disp-1"),
+            s.readings_of("t1-disp-1"),
             want_display,
             "display changes, exactly and in order"
         );
@@ -154,7 +122,7 @@ async fn receiver_outage_then_recovery_delivers_everything_in_order() {
         .await;
     receiver.seen(|s| {
         for (id, payloads) in &want {
-            assert_eq!(&readings_of(s, id), payloads, "{id}: all changes, in order");
+            assert_eq!(&s.readings_of(id), payloads, "{id}: all changes, in order");
         }
     });
     assert!(
@@ -249,7 +217,7 @@ async fn broker_restart_resumes_subscriptions() {
     let want = publish(&mut before, 5, 1.0).await;
     receiver
         .wait_until(LONG, "readings before the restart", |s| {
-            readings_of(s, "t4-occ-a") == want
+            s.readings_of("t4-occ-a") == want
         })
         .await;
 
@@ -269,7 +237,7 @@ async fn broker_restart_resumes_subscriptions() {
     let mut after = device(broker.port, "t4-occ-b", DeviceClass::OccupancySensor).await;
     let mut sent = Vec::new();
     // The SUBSCRIBE may still be in flight: keep publishing until the first one comes through.
-    while receiver.seen(|s| readings_of(s, "t4-occ-b").is_empty()) {
+    while receiver.seen(|s| s.readings_of("t4-occ-b").is_empty()) {
         assert!(
             std::time::Instant::now() < deadline,
             "nothing after the broker restart:\n{}",
@@ -281,7 +249,7 @@ async fn broker_restart_resumes_subscriptions() {
     let more = publish(&mut after, 5, 1.0).await;
     receiver
         .wait_until(LONG, "readings after the restart", |s| {
-            readings_of(s, "t4-occ-b").ends_with(&more)
+            s.readings_of("t4-occ-b").ends_with(&more)
         })
         .await;
 }
@@ -304,7 +272,7 @@ async fn malformed_payloads_are_counted_logged_once_and_skipped() {
     let good = publish(&mut dev, 1, 1.0).await;
     receiver
         .wait_until(LONG, "the good reading after the junk", |s| {
-            readings_of(s, "t5-occ-1") == good
+            s.readings_of("t5-occ-1") == good
         })
         .await;
 

@@ -137,6 +137,41 @@ impl Seen {
     pub fn of_type(&self, kind: &str) -> Vec<&Value> {
         self.events.iter().filter(|e| e["type"] == kind).collect()
     }
+
+    /// The `fields` of each `sensor.reading.updated` of `device`, in arrival order.
+    pub fn readings_of(&self, device: &str) -> Vec<Value> {
+        self.of_type("sensor.reading.updated")
+            .into_iter()
+            .filter(|e| e["data"]["device_id"] == device)
+            .map(|e| e["data"]["fields"].clone())
+            .collect()
+    }
+}
+
+/// A simulated device connected to the broker on `port` (seed 7).
+pub async fn device(
+    port: u16,
+    id: &str,
+    class: firmware_sim::DeviceClass,
+) -> firmware_sim::SimDevice {
+    let firmware = firmware_sim::Firmware::new(id, class, 7);
+    firmware_sim::SimDevice::connect("127.0.0.1", port, firmware, firmware_sim::Topics::default())
+        .await
+        .unwrap()
+}
+
+/// Publish `n` readings, wait for the broker's acks, and return the payloads of those that
+/// changed a tracked field.
+pub async fn publish(dev: &mut firmware_sim::SimDevice, n: usize, change_ratio: f64) -> Vec<Value> {
+    let mut changes = Vec::new();
+    for _ in 0..n {
+        let (payload, changed) = dev.publish_next(change_ratio).await.unwrap();
+        if changed {
+            changes.push(payload);
+        }
+    }
+    dev.flushed().await.unwrap();
+    changes
 }
 
 struct Inner {
