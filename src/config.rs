@@ -24,7 +24,7 @@ const NON_CONFIG_ENV: &[&str] = &["LOG", "CONFIG", "STATE_DIR"];
 /// A configuration error, always naming where the bad value came from and which key it is.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{source_name}: key `{key}`: {message}")]
+    #[error("{source_name}: {}{message}", key_label(.key))]
     Invalid {
         /// The file path or environment variable that supplied the value.
         source_name: String,
@@ -33,6 +33,15 @@ pub enum ConfigError {
     },
     #[error("{0}")]
     Other(String),
+}
+
+/// "key `a.b`: ", or nothing for errors that are about no key in particular (TOML syntax).
+fn key_label(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("key `{key}`: ")
+    }
 }
 
 /// A value that must never be printed: passwords, webhook secrets.
@@ -623,6 +632,12 @@ mod tests {
         let c = Config::from_toml_str(MINIMAL).unwrap();
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("s3cret-value"), "{dbg}");
+    }
+
+    #[test]
+    fn syntax_errors_point_at_the_line() {
+        let e = err_of("gateway_id = \"x\"\n[mqtt\nport = 1\n");
+        assert!(e.contains("line 2") && !e.contains("key ``"), "{e}");
     }
 
     #[test]

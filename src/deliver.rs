@@ -227,13 +227,13 @@ impl Dispatcher {
     /// Run until cancelled; then let in-flight attempts finish (each is bounded by the request
     /// timeout) so their outcomes are recorded, and return.
     pub async fn run(mut self, cancel: CancellationToken) {
+        let outbox = self.outbox.clone();
         loop {
             if let Err(e) = self.load() {
                 tracing::error!(error = %e, "cannot read the outbox; retrying in 1s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             self.start_ready();
-            let outbox = self.outbox.clone();
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 Some(done) = self.in_flight.join_next_with_id() => self.finish(done),
