@@ -9,6 +9,7 @@
 //! `EDGEHOOK_WEBHOOK__SECRET=...` sets `webhook.secret`, `EDGEHOOK_MQTT__PORT=8883` sets
 //! `mqtt.port`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -83,6 +84,10 @@ pub struct Config {
     /// Where the sled store lives. `--state-dir` on the command line wins over this.
     pub state_dir: PathBuf,
     pub mqtt: MqttConfig,
+    /// Health and reporting rules per kind of device; the first class whose `match` fits a
+    /// device id applies. Devices no class matches get [`DeviceClassConfig::default`].
+    #[serde(default)]
+    pub device_classes: Vec<DeviceClassConfig>,
     #[serde(default)]
     pub workspaces: Vec<WorkspaceConfig>,
     pub webhook: WebhookConfig,
@@ -152,6 +157,78 @@ pub struct Subscription {
     pub metadata_fields: Vec<String>,
 }
 
+/// How one kind of device is watched and reported: health (heartbeat, lost communication,
+/// debounce) and readings (deadband, coalescing, re-reporting, staleness).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceClassConfig {
+    pub name: String,
+    /// Device id patterns: `*` matches any run of characters, `?` one character.
+    #[serde(rename = "match")]
+    pub matches: Vec<String>,
+    /// How often the device reports when all is well (any message counts). Unset: the device
+    /// is never declared lost.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub heartbeat: Option<Duration>,
+    /// Silence of `lost_after` heartbeats makes the device `device.lost_communication`.
+    #[serde(default = "default_lost_after")]
+    pub lost_after: f64,
+    /// An offline report is held this long; if the device is back within it, nothing is sent.
+    #[serde(default = "default_debounce", with = "humantime_serde")]
+    pub debounce: Duration,
+    /// Readings stopping this long makes `sensor.reading.stale`. Unset: never stale.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stale_after: Option<Duration>,
+    /// At most one `sensor.reading.updated` per device per interval; changes in between are
+    /// coalesced and sent, with the latest values, when it has passed.
+    #[serde(default, with = "humantime_serde")]
+    pub min_interval: Duration,
+    /// A reading this long after the last report is sent even if nothing changed (a heartbeat
+    /// upstream). Unset: only changes are sent.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_interval: Option<Duration>,
+    /// Per numeric field, the smallest move (absolute) that counts as a change.
+    #[serde(default)]
+    pub deadband: BTreeMap<String, f64>,
+}
+
+fn default_lost_after() -> f64 {
+    3.0
+}
+
+fn default_debounce() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for DeviceClassConfig {
+    /// The rules for devices no configured class matches.
+    fn default() -> Self {
+        DeviceClassConfig {
+            name: "default".into(),
+            matches: vec!["*".into()],
+            heartbeat: None,
+            lost_after: default_lost_after(),
+            debounce: default_debounce(),
+            stale_after: None,
+            min_interval: Duration::ZERO,
+            max_interval: None,
+            deadband: BTreeMap::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceConfig {
@@ -161,10 +238,27 @@ pub struct WorkspaceConfig {
     /// The reading field that says whether someone is present.
     #[serde(default = "default_presence_field")]
     pub presence_field: String,
+    /// A room display whose bookings make a free workspace `Booked`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<String>,
+    /// The display's reading field that says whether the workspace is booked now.
+    #[serde(default = "default_booking_field")]
+    pub booking_field: String,
+    /// Occupied becomes Free (or Booked) only after every sensor has reported absence this long.
+    #[serde(default = "default_hold", with = "humantime_serde")]
+    pub hold: Duration,
 }
 
 fn default_presence_field() -> String {
     "presence".into()
+}
+
+fn default_booking_field() -> String {
+    "booked".into()
+}
+
+fn default_hold() -> Duration {
+    Duration::from_secs(300)
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -234,6 +328,7 @@ impl Default for Config {
                 tls: TlsConfig::default(),
                 subscriptions: Vec::new(),
             },
+            device_classes: Vec::new(),
             workspaces: Vec::new(),
             webhook: WebhookConfig {
                 url: String::new(),
@@ -306,7 +401,7 @@ impl Config {
         };
         let config: Config = figment.extract().map_err(|e| {
             let e = e.into_iter().next().expect("figment errors are non-empty");
-            let key = e.path.join(".");
+            let key = key_path(&e.path);
             let source_name = match &e.metadata {
                 Some(meta) => describe_source(meta, &key),
                 None => source_of(&key),
@@ -379,6 +474,51 @@ impl Config {
                 return bad(&format!("mqtt.subscriptions[{i}].topic"), e);
             }
         }
+        for (i, class) in self.device_classes.iter().enumerate() {
+            let key = |k: &str| format!("device_classes[{i}].{k}");
+            if class.name.trim().is_empty() {
+                return bad(&key("name"), "must not be empty".into());
+            }
+            if self.device_classes[..i]
+                .iter()
+                .any(|c| c.name == class.name)
+            {
+                return bad(&key("name"), format!("duplicate class `{}`", class.name));
+            }
+            if class.matches.is_empty() || class.matches.iter().any(|m| m.is_empty()) {
+                return bad(
+                    &key("match"),
+                    "must list device id patterns, e.g. [\"occ-*\"]".into(),
+                );
+            }
+            if class.heartbeat.is_some_and(|h| h.is_zero()) {
+                return bad(&key("heartbeat"), "must be above 0 (or left out)".into());
+            }
+            if !(class.lost_after >= 1.0 && class.lost_after <= 1000.0) {
+                return bad(&key("lost_after"), "must be between 1 and 1000".into());
+            }
+            if class.stale_after.is_some_and(|s| s.is_zero()) {
+                return bad(&key("stale_after"), "must be above 0 (or left out)".into());
+            }
+            if let Some(max) = class.max_interval {
+                if max.is_zero() || max < class.min_interval {
+                    return bad(
+                        &key("max_interval"),
+                        "must be above 0 and at least min_interval".into(),
+                    );
+                }
+            }
+            if let Some((field, _)) = class
+                .deadband
+                .iter()
+                .find(|(_, d)| !(d.is_finite() && **d >= 0.0))
+            {
+                return bad(
+                    &key(&format!("deadband.{field}")),
+                    "must be a number of 0 or more".into(),
+                );
+            }
+        }
         for (i, ws) in self.workspaces.iter().enumerate() {
             if ws.id.trim().is_empty() {
                 return bad(&format!("workspaces[{i}].id"), "must not be empty".into());
@@ -387,6 +527,12 @@ impl Config {
                 return bad(
                     &format!("workspaces[{i}].sensors"),
                     "must list at least one occupancy sensor".into(),
+                );
+            }
+            if ws.display.as_deref().is_some_and(|d| d.trim().is_empty()) {
+                return bad(
+                    &format!("workspaces[{i}].display"),
+                    "must be a device id (or left out)".into(),
                 );
             }
             if self.workspaces[..i].iter().any(|w| w.id == ws.id) {
@@ -482,6 +628,22 @@ impl Config {
             self.mqtt.client_id.clone()
         }
     }
+}
+
+/// A key path as the validation messages and the docs write it: `workspaces[0].hold`.
+fn key_path(path: &[String]) -> String {
+    let mut key = String::new();
+    for segment in path {
+        if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+            key.push_str(&format!("[{segment}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(segment);
+        }
+    }
+    key
 }
 
 /// Where a value came from: the file path, the exact environment variable, or the defaults.
@@ -621,6 +783,51 @@ mod tests {
             e.contains("telemetry.listen") && e.contains("loopback"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn device_classes_and_workspaces_parse_with_defaults() {
+        let text = format!(
+            r#"{MINIMAL}
+[[device_classes]]
+name = "occupancy"
+match = ["occ-*", "desk-?"]
+heartbeat = "1m"
+stale_after = "10m"
+min_interval = "2s"
+max_interval = "15m"
+deadband = {{ temperature = 0.1 }}
+
+[[workspaces]]
+id = "room-1"
+sensors = ["occ-1"]
+display = "disp-1"
+hold = "90s"
+"#
+        );
+        let c = Config::from_toml_str(&text).unwrap();
+        let class = &c.device_classes[0];
+        assert_eq!(class.heartbeat, Some(Duration::from_secs(60)));
+        assert_eq!(class.lost_after, 3.0);
+        assert_eq!(class.debounce, Duration::from_secs(5));
+        assert_eq!(class.deadband["temperature"], 0.1);
+        let ws = &c.workspaces[0];
+        assert_eq!(ws.hold, Duration::from_secs(90));
+        assert_eq!(ws.booking_field, "booked");
+        assert_eq!(ws.presence_field, "presence");
+
+        let bad = text.replace("heartbeat = \"1m\"", "heartbeat = \"1m\"\nlost_after = 0.5");
+        let e = err_of(&bad);
+        assert!(e.contains("device_classes[0].lost_after"), "{e}");
+        let bad = text.replace("0.1 }", "-1.0 }");
+        let e = err_of(&bad);
+        assert!(e.contains("device_classes[0].deadband.temperature"), "{e}");
+        let bad = text.replace("max_interval = \"15m\"", "max_interval = \"1s\"");
+        let e = err_of(&bad);
+        assert!(e.contains("device_classes[0].max_interval"), "{e}");
+        let bad = text.replace("hold = \"90s\"", "hold = \"a while\"");
+        let e = err_of(&bad);
+        assert!(e.contains("key `workspaces[0].hold`"), "{e}");
     }
 
     #[test]

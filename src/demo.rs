@@ -42,6 +42,9 @@ pub struct DemoArgs {
 
 const DEMO_SECRET: &str = "demo-secret-change-me";
 
+/// The demo devices' offline debounce: short, so that stopping shows `device.offline` soon.
+const DEMO_DEBOUNCE_MS: u64 = 1000;
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -72,9 +75,22 @@ subscriptions = [
   {{ topic = "rooms/{{device}}/display", kind = "reading", metadata_fields = ["seq", "ts"] }},
   {{ topic = "devices/{{device}}/status", kind = "status" }},
 ]
+[[device_classes]]
+name = "occupancy"
+match = ["demo-occ-*"]
+heartbeat = "{interval}"
+debounce = "{DEMO_DEBOUNCE_MS}ms"
+deadband = {{ temperature = 0.2 }}
+[[device_classes]]
+name = "display"
+match = ["demo-disp-*"]
+heartbeat = "{interval}"
+debounce = "{DEMO_DEBOUNCE_MS}ms"
 [[workspaces]]
 id = "meeting-room-1"
 sensors = [{workspace_sensors}]
+display = "demo-disp-1"
+hold = "10s"
 [webhook]
 url = "{receiver_url}"
 secret = "{DEMO_SECRET}"
@@ -82,13 +98,14 @@ secret = "{DEMO_SECRET}"
 listen = ""
 "#,
         state = state_dir.display(),
+        interval = humantime::format_duration(args.interval.max(Duration::from_millis(100))),
     ))
     .context("demo configuration")?;
 
     println!("edgehook demo");
     println!("  broker    mqtt://127.0.0.1:{broker_port} (embedded rumqttd)");
     println!("  receiver  {receiver_url} (verifies X-Webhook-Signature, HMAC-SHA256)");
-    println!("  devices   {} occupancy sensor(s), {} room display(s); workspace meeting-room-1 = [{workspace_sensors}]", args.sensors, args.displays);
+    println!("  devices   {} occupancy sensor(s), {} room display(s); workspace meeting-room-1 = [{workspace_sensors}] + demo-disp-1", args.sensors, args.displays);
     println!("  outbox    {}", state_dir.display());
     println!("Ctrl-C to stop.\n");
 
@@ -127,7 +144,8 @@ listen = ""
         Ok(Err(e)) => eprintln!("simulated devices failed: {e:#}"),
         Err(e) => eprintln!("simulated devices task failed: {e}"),
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Let the debounced offline reports out before the daemon stops.
+    tokio::time::sleep(Duration::from_millis(DEMO_DEBOUNCE_MS + 700)).await;
     daemon_cancel.cancel();
     let result = daemon.await.context("daemon task")?;
     println!(
@@ -270,15 +288,19 @@ fn describe(body: &[u8]) -> String {
             format!("{fields} changed {}{latency}", data["changed"])
         }
         "workspace.status.updated" => format!(
-            "{} (was {}; after {})",
+            "{} (was {}; {})",
             data["status"].as_str().unwrap_or_default(),
-            data["previous_status"].as_str().unwrap_or("unknown"),
-            data["device_id"].as_str().unwrap_or_default(),
+            data["previous_status"].as_str().unwrap_or("nothing"),
+            data["device_id"]
+                .as_str()
+                .map_or("hold time over".to_string(), |d| format!("after {d}")),
         ),
+        "device.lost_communication" => format!("last seen {}", data["last_seen"]),
+        "sensor.reading.stale" => format!("last reading {}", data["last_reading"]),
         _ => String::new(),
     };
     format!(
-        "{:<26} {:<14} {detail}",
+        "{:<27} {:<14} {detail}",
         ev["type"].as_str().unwrap_or_default(),
         subject
     )

@@ -22,18 +22,34 @@ pub enum EventType {
     DeviceOnline,
     #[serde(rename = "device.offline")]
     DeviceOffline,
+    #[serde(rename = "device.lost_communication")]
+    DeviceLostCommunication,
     #[serde(rename = "sensor.reading.updated")]
     SensorReadingUpdated,
+    #[serde(rename = "sensor.reading.stale")]
+    SensorReadingStale,
     #[serde(rename = "workspace.status.updated")]
     WorkspaceStatusUpdated,
 }
 
 impl EventType {
+    /// Every event type, in the order metrics list them.
+    pub const ALL: [EventType; 6] = [
+        EventType::DeviceOnline,
+        EventType::DeviceOffline,
+        EventType::DeviceLostCommunication,
+        EventType::SensorReadingUpdated,
+        EventType::SensorReadingStale,
+        EventType::WorkspaceStatusUpdated,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventType::DeviceOnline => "device.online",
             EventType::DeviceOffline => "device.offline",
+            EventType::DeviceLostCommunication => "device.lost_communication",
             EventType::SensorReadingUpdated => "sensor.reading.updated",
+            EventType::SensorReadingStale => "sensor.reading.stale",
             EventType::WorkspaceStatusUpdated => "workspace.status.updated",
         }
     }

@@ -14,7 +14,8 @@
 //! ```
 //!
 //! - [`source`]: transports. [`source::mqtt`] subscribes at QoS 1 with manual acks.
-//! - [`device`]: what each device last said; decides which messages are events.
+//! - [`device`]: what each device last said, its health and its workspaces; decides which
+//!   messages (and which silences, on its own clock) are events.
 //! - [`event`]: the event types and the JSON envelope (`id`, `type`, `timestamp`, `gateway`, `data`).
 //! - [`outbox`]: the sled store; its module doc states the key layout and durability invariants.
 //! - [`deliver`]: signing, HTTP, the retry schedule.
@@ -64,6 +65,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         )
     })?;
     let known = outbox.devices().context("reading device state")?;
+    let known_workspaces = outbox.workspaces().context("reading workspace state")?;
     let pending = outbox.len();
     metrics.set_outbox_depth(pending as u64);
     tracing::info!(
@@ -74,7 +76,14 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         url = %config.webhook_url_for_logs(),
         "edgehook starting"
     );
-    let registry = device::Registry::new(config.workspaces.clone(), known);
+    let clock = device::Clock::start();
+    let registry = device::Registry::new(
+        &config.device_classes,
+        &config.workspaces,
+        known,
+        known_workspaces,
+        clock.now(),
+    );
     let source = source::mqtt::MqttSource::new(&config, metrics.clone())?;
     let dispatcher = deliver::Dispatcher::new(&config.webhook, outbox.clone(), metrics.clone())?;
 
@@ -89,6 +98,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     tracker.spawn(source.run(inbound_tx, cancel.clone()));
     tracker.spawn(device::run(
         registry,
+        clock,
         Arc::from(config.gateway_id.as_str()),
         inbound_rx,
         commit_tx,

@@ -8,12 +8,13 @@
 //!   `[version=1][u8 type][u16 lane len][lane][u8 id len][id][body]`. `body` is the exact envelope
 //!   bytes that are signed and sent.
 //! - `devices`: key = device id (UTF-8); value = [`DeviceState`] as JSON.
+//! - `workspaces`: key = workspace id (UTF-8); value = [`WorkspaceState`] as JSON.
 //!
 //! # Invariants
-//! 1. A batch of commits (events and the device states they came from) is written in **one sled
-//!    transaction** across both trees, then flushed (one fsync per batch, not per event), and
-//!    **only then** are the batch's transport acks sent. So an acknowledged MQTT message always has
-//!    its events on disk, and a device state on disk always has its events on disk.
+//! 1. A batch of commits (events and the device and workspace states they came from) is written
+//!    in **one sled transaction** across the three trees, then flushed (one fsync per batch, not
+//!    per event), and **only then** are the batch's transport acks sent. So an acknowledged MQTT
+//!    message always has its events on disk, and a state on disk always has its events on disk.
 //! 2. Delivery only sees records at or below the *durable watermark* (the highest sequence number
 //!    known flushed). An event is never sent before it is on disk: otherwise a crash could lose
 //!    the record after sending it, and the broker's redelivery would recreate the event under a
@@ -38,7 +39,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use tokio::sync::{mpsc, Notify};
 
-use crate::device::DeviceState;
+use crate::device::{DeviceState, WorkspaceState};
 use crate::event::Envelope;
 #[cfg(test)]
 use crate::event::EventType;
@@ -53,16 +54,22 @@ pub enum OutboxError {
     Storage(#[from] sled::Error),
     #[error("outbox record {seq} is corrupt: {why}")]
     Corrupt { seq: u64, why: &'static str },
-    #[error("device state for `{device}` is corrupt: {why}")]
-    CorruptDevice { device: String, why: String },
+    #[error("{tree} state for `{key}` is corrupt: {why}")]
+    CorruptState {
+        tree: &'static str,
+        key: String,
+        why: String,
+    },
 }
 
-/// What the device stage hands the outbox for one inbound message.
-#[derive(Debug)]
+/// What the device stage hands the outbox for one inbound message (or one tick of its clock).
+#[derive(Debug, Default)]
 pub struct Commit {
     pub envelopes: Vec<Envelope>,
-    /// The device's new state, when it changed.
-    pub device: Option<(String, DeviceState)>,
+    /// Device states that changed.
+    pub devices: Vec<(String, DeviceState)>,
+    /// Workspace states that changed.
+    pub workspaces: Vec<(String, WorkspaceState)>,
     pub ack: Option<Ack>,
 }
 
@@ -82,6 +89,7 @@ pub struct Outbox {
     db: sled::Db,
     events: sled::Tree,
     devices: sled::Tree,
+    workspaces: sled::Tree,
     /// Wakes delivery when new records are durable.
     appended: Arc<Notify>,
     /// False while writes are failing; `/healthz` reports it.
@@ -104,6 +112,7 @@ impl Outbox {
             .open()?;
         let events = db.open_tree("outbox")?;
         let devices = db.open_tree("devices")?;
+        let workspaces = db.open_tree("workspaces")?;
         let depth = Arc::new(AtomicU64::new(events.len() as u64));
         // Whatever sled recovered at open is on disk.
         let end = match events.last()? {
@@ -114,6 +123,7 @@ impl Outbox {
             db,
             events,
             devices,
+            workspaces,
             appended: Arc::new(Notify::new()),
             writable: Arc::new(AtomicBool::new(true)),
             depth,
@@ -124,18 +134,12 @@ impl Outbox {
 
     /// Every persisted device state (read once at start).
     pub fn devices(&self) -> Result<Vec<(String, DeviceState)>, OutboxError> {
-        self.devices
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                let device = String::from_utf8_lossy(&k).into_owned();
-                let state = serde_json::from_slice(&v).map_err(|e| OutboxError::CorruptDevice {
-                    device: device.clone(),
-                    why: e.to_string(),
-                })?;
-                Ok((device, state))
-            })
-            .collect()
+        load_states(&self.devices, "device")
+    }
+
+    /// Every persisted workspace state (read once at start).
+    pub fn workspaces(&self) -> Result<Vec<(String, WorkspaceState)>, OutboxError> {
+        load_states(&self.workspaces, "workspace")
     }
 
     /// Write a batch atomically (not yet flushed). Returns how many records were added.
@@ -146,26 +150,21 @@ impl Outbox {
                 records.push((self.db.generate_id()?, encode(env)));
             }
         }
-        let devices: Vec<(&str, Vec<u8>)> = batch
-            .iter()
-            .filter_map(|c| c.device.as_ref())
-            .map(|(id, s)| {
-                (
-                    id.as_str(),
-                    serde_json::to_vec(s).expect("device state serialises"),
-                )
-            })
-            .collect();
-        if records.is_empty() && devices.is_empty() {
+        let devices = encode_states(batch.iter().flat_map(|c| &c.devices));
+        let workspaces = encode_states(batch.iter().flat_map(|c| &c.workspaces));
+        if records.is_empty() && devices.is_empty() && workspaces.is_empty() {
             return Ok(0);
         }
-        (&self.events, &self.devices)
-            .transaction(|(ev, dev)| {
+        (&self.events, &self.devices, &self.workspaces)
+            .transaction(|(ev, dev, ws)| {
                 for (seq, bytes) in &records {
                     ev.insert(&seq.to_be_bytes(), bytes.as_slice())?;
                 }
                 for (id, bytes) in &devices {
                     dev.insert(id.as_bytes(), bytes.as_slice())?;
+                }
+                for (id, bytes) in &workspaces {
+                    ws.insert(id.as_bytes(), bytes.as_slice())?;
                 }
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
@@ -235,6 +234,38 @@ impl Outbox {
     pub async fn appended(&self) {
         self.appended.notified().await
     }
+}
+
+/// JSON-encode states for writing; a later state of the same key replaces an earlier one.
+fn encode_states<'a, T: serde::Serialize + 'a>(
+    states: impl Iterator<Item = &'a (String, T)>,
+) -> Vec<(&'a str, Vec<u8>)> {
+    states
+        .map(|(id, s)| {
+            (
+                id.as_str(),
+                serde_json::to_vec(s).expect("plain state serialises"),
+            )
+        })
+        .collect()
+}
+
+fn load_states<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    what: &'static str,
+) -> Result<Vec<(String, T)>, OutboxError> {
+    tree.iter()
+        .map(|kv| {
+            let (k, v) = kv?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let state = serde_json::from_slice(&v).map_err(|e| OutboxError::CorruptState {
+                tree: what,
+                key: key.clone(),
+                why: e.to_string(),
+            })?;
+            Ok((key, state))
+        })
+        .collect()
 }
 
 fn seq_of(key: &[u8]) -> Result<u64, OutboxError> {
@@ -418,8 +449,7 @@ mod tests {
         let ob = Outbox::open(dir.path(), 1 << 20).unwrap();
         let commit = || Commit {
             envelopes: vec![envelope("d")],
-            device: None,
-            ack: None,
+            ..Default::default()
         };
         ob.write(&[commit()]).unwrap();
         assert!(
@@ -445,13 +475,14 @@ mod tests {
             let commits: Vec<Commit> = (0..5)
                 .map(|i| Commit {
                     envelopes: vec![envelope(&format!("d{i}"))],
-                    device: Some((
+                    devices: vec![(
                         format!("d{i}"),
                         DeviceState {
-                            online: true,
+                            health: crate::device::Health::Online,
                             ..Default::default()
                         },
-                    )),
+                    )],
+                    workspaces: vec![(format!("w{}", i % 2), WorkspaceState::default())],
                     ack: None,
                 })
                 .collect();
@@ -473,5 +504,6 @@ mod tests {
         let after = ob.pending_after(Some(pending[1].seq), 100).unwrap();
         assert_eq!(after.len(), 2);
         assert_eq!(ob.devices().unwrap().len(), 5);
+        assert_eq!(ob.workspaces().unwrap().len(), 2);
     }
 }

@@ -44,12 +44,7 @@ pub fn init_logging() {
     }
 }
 
-const EVENT_TYPES: [EventType; 4] = [
-    EventType::DeviceOnline,
-    EventType::DeviceOffline,
-    EventType::SensorReadingUpdated,
-    EventType::WorkspaceStatusUpdated,
-];
+const EVENT_TYPES: [EventType; EventType::ALL.len()] = EventType::ALL;
 
 /// Decode-error kinds, see [`crate::source::DecodeError::kind`].
 const DECODE_ERRORS: [&str; 5] = [
@@ -72,8 +67,8 @@ pub struct Metrics {
     mqtt_connects: AtomicU64,
     messages_received: AtomicU64,
     decode_errors: [AtomicU64; 5],
-    events_created: [AtomicU64; 4],
-    events_delivered: [AtomicU64; 4],
+    events_created: [AtomicU64; EVENT_TYPES.len()],
+    events_delivered: [AtomicU64; EVENT_TYPES.len()],
     attempts_ok: AtomicU64,
     attempts_http_error: AtomicU64,
     attempts_network_error: AtomicU64,

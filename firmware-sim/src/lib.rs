@@ -155,6 +155,8 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// A simulated device connected to a broker.
 pub struct SimDevice {
     pub firmware: Firmware,
+    host: String,
+    port: u16,
     client: AsyncClient,
     topics: Topics,
     poller: JoinHandle<()>,
@@ -196,6 +198,8 @@ impl SimDevice {
             .await?;
         Ok(SimDevice {
             firmware,
+            host: host.to_string(),
+            port,
             client,
             topics,
             poller,
@@ -249,6 +253,20 @@ impl SimDevice {
     /// Lose power: drop the connection without DISCONNECT, so the broker publishes the last-will.
     pub fn pull_plug(self) {
         self.poller.abort();
+    }
+
+    /// Reboot: lose power, stay down for `down_for`, then come back (birth message) with the
+    /// firmware's state intact — what a flaky power supply or a watchdog reset looks like.
+    pub async fn bounce(self, down_for: Duration) -> anyhow::Result<SimDevice> {
+        let (host, port, firmware, topics) = (
+            self.host.clone(),
+            self.port,
+            self.firmware.clone(),
+            self.topics.clone(),
+        );
+        self.pull_plug();
+        tokio::time::sleep(down_for).await;
+        SimDevice::connect(&host, port, firmware, topics).await
     }
 }
 

@@ -1,0 +1,920 @@
+//! Device stage: the registry of devices and workspaces. It decides which messages are events
+//! (report by exception), tracks each device's health, and derives workspace status.
+//!
+//! The rules live in three pure modules, each a set of functions over plain state with an
+//! explicit clock (`now`, milliseconds), tested as tables:
+//! - [`health`]: online / offline (debounced) / lost communication.
+//! - [`reading`]: changes with deadbands, `min_interval` coalescing, `max_interval` re-reports,
+//!   staleness.
+//! - [`workspace`]: Free / Occupied / Booked / Unknown, with a hold time.
+//!
+//! [`Registry`] owns all state and the timers: [`Registry::apply`] takes one inbound message,
+//! [`Registry::tick`] whatever the clock has made due, and both return the events produced and
+//! the device and workspace states to persist. Those states are written in the same sled
+//! transaction as the events they produced, so after a crash the two always agree: a message
+//! whose events were lost is also not remembered, and its redelivery produces them again.
+//!
+//! The task around it ([`run`]) only moves messages from the sources to the outbox writer and
+//! sleeps until the next deadline. Its clock ([`Clock`]) is the wall time at start plus
+//! monotonic time since, so a wall-clock jump (NTP on a Pi without a real-time clock) cannot
+//! make every device look lost at once; wall time is still what is persisted, since deadlines
+//! outlive restarts.
+
+pub mod health;
+pub mod reading;
+pub mod workspace;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use wildmatch::WildMatch;
+
+use crate::config::{DeviceClassConfig, WorkspaceConfig};
+use crate::event::{Envelope, Event, EventType};
+use crate::outbox::Commit;
+use crate::source::{Inbound, InboundBody};
+pub use health::Health;
+use health::{HealthPolicy, Transition};
+use reading::{ReadingPolicy, Report, Timed};
+use workspace::Vote;
+pub use workspace::{WorkspaceState, WorkspaceStatus};
+
+/// The device stage's clock: milliseconds since the Unix epoch.
+pub type Millis = u64;
+
+/// How far a device's `last_seen` may run ahead of its persisted copy. Seen-times are written
+/// at most this often per device (and only for classes that watch silence), so that unchanged
+/// readings cost no disk writes; after a restart the lost and stale deadlines are never earlier
+/// than one period after the start, which covers the lag.
+const SEEN_RESOLUTION: Millis = 30_000;
+
+/// What edgehook remembers of one device, persisted in the outbox's `devices` tree.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeviceState {
+    pub health: Health,
+    /// Last reported value of every field (metadata included): what upstream knows.
+    pub values: Map<String, Value>,
+    /// A due report waiting out `min_interval`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<reading::Held>,
+    /// When anything was last heard from the device (coarse on disk, see [`SEEN_RESOLUTION`]).
+    pub last_seen: Millis,
+    /// When the last reading arrived (as coarse as `last_seen`).
+    pub last_reading: Millis,
+    /// When the last `sensor.reading.updated` was sent.
+    pub last_report: Millis,
+    /// An offline report still inside its debounce window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offline_since: Option<Millis>,
+    /// `sensor.reading.stale` was sent and no reading has come since.
+    pub stale: bool,
+}
+
+impl DeviceState {
+    /// The newest value of `field`, held or reported.
+    fn latest(&self, field: &str) -> Option<&Value> {
+        self.held
+            .as_ref()
+            .and_then(|h| h.fields.get(field))
+            .or_else(|| self.values.get(field))
+    }
+}
+
+/// A device class compiled from its configuration.
+#[derive(Debug)]
+pub struct DeviceClass {
+    pub name: String,
+    patterns: Vec<WildMatch>,
+    health: HealthPolicy,
+    reading: ReadingPolicy,
+}
+
+fn millis(d: Duration) -> Millis {
+    d.as_millis().min(u64::MAX as u128) as Millis
+}
+
+impl DeviceClass {
+    pub fn new(config: &DeviceClassConfig) -> DeviceClass {
+        DeviceClass {
+            name: config.name.clone(),
+            patterns: config.matches.iter().map(|m| WildMatch::new(m)).collect(),
+            health: HealthPolicy {
+                heartbeat: config.heartbeat.map(millis),
+                lost_after: config.lost_after,
+                debounce: millis(config.debounce),
+            },
+            reading: ReadingPolicy {
+                deadband: config.deadband.clone(),
+                min_interval: millis(config.min_interval),
+                max_interval: config.max_interval.map(millis),
+                stale_after: config.stale_after.map(millis),
+            },
+        }
+    }
+
+    fn matches(&self, device_id: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(device_id))
+    }
+
+    /// Whether silence matters for this class (so seen-times are worth persisting).
+    fn watches_silence(&self) -> bool {
+        self.health.heartbeat.is_some() || self.reading.stale_after.is_some()
+    }
+
+    /// The earliest a silence may be reported after a start at `started`: one period, so the
+    /// broker can first deliver what the device sent while edgehook was down.
+    fn settle(&self, started: Millis) -> Millis {
+        started
+            + self
+                .health
+                .heartbeat
+                .or(self.reading.stale_after)
+                .unwrap_or(0)
+    }
+}
+
+struct Device {
+    state: DeviceState,
+    /// Index into `Registry::classes`.
+    class: usize,
+    /// When the state was last handed out for persisting.
+    saved_at: Millis,
+}
+
+struct Workspace {
+    config: WorkspaceConfig,
+    hold: Millis,
+    state: WorkspaceState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Timer {
+    Device(String),
+    Workspace(usize),
+}
+
+/// The outcome of one message or one tick.
+#[derive(Debug, Default, PartialEq)]
+pub struct Applied {
+    pub events: Vec<Event>,
+    /// Device states that changed and must be persisted with the events.
+    pub devices: Vec<(String, DeviceState)>,
+    /// Workspace states likewise.
+    pub workspaces: Vec<(String, WorkspaceState)>,
+}
+
+impl Applied {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.devices.is_empty() && self.workspaces.is_empty()
+    }
+}
+
+/// All devices and workspaces this gateway knows about, and their timers.
+pub struct Registry {
+    devices: HashMap<String, Device>,
+    /// Configured classes, then the default class (which matches everything).
+    classes: Vec<DeviceClass>,
+    workspaces: Vec<Workspace>,
+    /// Device id (sensor or display) → indexes into `workspaces`.
+    workspaces_of: HashMap<String, Vec<usize>>,
+    /// Deadlines, earliest first. A timer may fire early (a deadline only ever moves later
+    /// between firings); firing recomputes it.
+    timers: BTreeSet<(Millis, Timer)>,
+    scheduled: HashMap<Timer, Millis>,
+    /// When this run started (see [`DeviceClass::settle`]).
+    started: Millis,
+}
+
+impl Registry {
+    pub fn new(
+        classes: &[DeviceClassConfig],
+        workspaces: &[WorkspaceConfig],
+        known_devices: impl IntoIterator<Item = (String, DeviceState)>,
+        known_workspaces: impl IntoIterator<Item = (String, WorkspaceState)>,
+        started: Millis,
+    ) -> Registry {
+        let mut classes: Vec<DeviceClass> = classes.iter().map(DeviceClass::new).collect();
+        classes.push(DeviceClass::new(&DeviceClassConfig::default()));
+        let mut known_workspaces: HashMap<String, WorkspaceState> =
+            known_workspaces.into_iter().collect();
+        let mut workspaces_of: HashMap<String, Vec<usize>> = HashMap::new();
+        let workspaces: Vec<Workspace> = workspaces
+            .iter()
+            .enumerate()
+            .map(|(i, ws)| {
+                for device in ws.sensors.iter().chain(&ws.display) {
+                    workspaces_of.entry(device.clone()).or_default().push(i);
+                }
+                Workspace {
+                    config: ws.clone(),
+                    hold: millis(ws.hold),
+                    state: known_workspaces.remove(&ws.id).unwrap_or_default(),
+                }
+            })
+            .collect();
+        let mut registry = Registry {
+            devices: HashMap::new(),
+            classes,
+            workspaces,
+            workspaces_of,
+            timers: BTreeSet::new(),
+            scheduled: HashMap::new(),
+            started,
+        };
+        for (id, state) in known_devices {
+            let class = registry.class_of(&id);
+            registry.devices.insert(
+                id.clone(),
+                Device {
+                    state,
+                    class,
+                    saved_at: started,
+                },
+            );
+            registry.schedule_device(&id);
+        }
+        for i in 0..registry.workspaces.len() {
+            registry.schedule_workspace(i);
+        }
+        registry
+    }
+
+    fn class_of(&self, device_id: &str) -> usize {
+        self.classes
+            .iter()
+            .position(|c| c.matches(device_id))
+            .expect("the default class matches everything")
+    }
+
+    pub fn device(&self, id: &str) -> Option<&DeviceState> {
+        self.devices.get(id).map(|d| &d.state)
+    }
+
+    /// The class that applies to `id`.
+    pub fn class_name(&self, id: &str) -> &str {
+        &self.classes[self.class_of(id)].name
+    }
+
+    pub fn workspace_status(&self, id: &str) -> Option<WorkspaceStatus> {
+        self.workspaces
+            .iter()
+            .find(|w| w.config.id == id)
+            .and_then(|w| w.state.status)
+    }
+
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// The next time [`Registry::tick`] has work, if any.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// Apply one message from `device_id` received at `now` (after anything already due).
+    pub fn apply(&mut self, device_id: &str, body: &InboundBody, now: Millis) -> Applied {
+        let mut out = self.tick(now);
+        if !self.devices.contains_key(device_id) {
+            let class = self.class_of(device_id);
+            self.devices.insert(
+                device_id.to_string(),
+                Device {
+                    state: DeviceState::default(),
+                    class,
+                    saved_at: 0,
+                },
+            );
+        }
+        let dev = self.devices.get_mut(device_id).expect("inserted above");
+        let class = &self.classes[dev.class];
+        let mut dirty = false;
+        let transition = match body {
+            InboundBody::Status { online: true } => health::heard(&mut dev.state, now, &mut dirty),
+            InboundBody::Status { online: false } => {
+                health::offline_reported(&mut dev.state, &class.health, now, &mut dirty)
+            }
+            InboundBody::Reading { .. } => health::heard(&mut dev.state, now, &mut dirty),
+        };
+        if let Some(t) = transition {
+            out.events.push(health_event(device_id, t));
+        }
+        if let InboundBody::Reading { fields, metadata } = body {
+            let report = reading::received(
+                &mut dev.state,
+                &class.reading,
+                fields,
+                metadata,
+                now,
+                &mut dirty,
+            );
+            if let Some(report) = report {
+                out.events.push(reading_event(device_id, report));
+            }
+        }
+        if dirty || (class.watches_silence() && now >= dev.saved_at + SEEN_RESOLUTION) {
+            dev.saved_at = now;
+            out.devices.push((device_id.to_string(), dev.state.clone()));
+        }
+        self.schedule_device(device_id);
+        self.evaluate_workspaces_of(device_id, now, &mut out);
+        out
+    }
+
+    /// Everything the clock has made due by `now`: debounced offlines, lost communication,
+    /// held reports, staleness, workspace holds ending.
+    pub fn tick(&mut self, now: Millis) -> Applied {
+        let mut out = Applied::default();
+        while let Some((at, _)) = self.timers.first() {
+            if *at > now {
+                break;
+            }
+            let (_, timer) = self.timers.pop_first().expect("checked");
+            self.scheduled.remove(&timer);
+            match timer {
+                Timer::Device(id) => self.device_due(&id, now, &mut out),
+                Timer::Workspace(i) => self.evaluate_workspace(i, now, None, &mut out),
+            }
+        }
+        out
+    }
+
+    fn device_due(&mut self, id: &str, now: Millis, out: &mut Applied) {
+        let Some(dev) = self.devices.get_mut(id) else {
+            return;
+        };
+        let class = &self.classes[dev.class];
+        let mut dirty = false;
+        let transition = health::due(&mut dev.state, &class.health, self.started, now);
+        if let Some(t) = transition {
+            out.events.push(health_event(id, t));
+            dirty = true;
+        }
+        let online = dev.state.health == Health::Online;
+        for timed in reading::due(
+            &mut dev.state,
+            &class.reading,
+            online,
+            class.settle(self.started),
+            now,
+        ) {
+            dirty = true;
+            out.events.push(match timed {
+                Timed::Report(report) => reading_event(id, report),
+                Timed::Stale { last_reading } => Event::device(
+                    EventType::SensorReadingStale,
+                    id,
+                    one_field("last_reading", rfc3339(last_reading)),
+                ),
+            });
+        }
+        if dirty {
+            dev.saved_at = now;
+            out.devices.push((id.to_string(), dev.state.clone()));
+        }
+        self.schedule_device(id);
+        if transition.is_some() {
+            self.evaluate_workspaces_of(id, now, out);
+        }
+    }
+
+    fn evaluate_workspaces_of(&mut self, device_id: &str, now: Millis, out: &mut Applied) {
+        if let Some(indexes) = self.workspaces_of.get(device_id) {
+            for i in indexes.clone() {
+                self.evaluate_workspace(i, now, Some(device_id), out);
+            }
+        }
+    }
+
+    fn evaluate_workspace(
+        &mut self,
+        i: usize,
+        now: Millis,
+        cause: Option<&str>,
+        out: &mut Applied,
+    ) {
+        let ws = &self.workspaces[i];
+        let votes: Vec<Vote> = ws
+            .config
+            .sensors
+            .iter()
+            .map(|s| {
+                vote(
+                    self.devices.get(s).map(|d| &d.state),
+                    &ws.config.presence_field,
+                )
+            })
+            .collect();
+        let booked = ws
+            .config
+            .display
+            .as_ref()
+            .and_then(|d| self.devices.get(d))
+            .filter(|d| d.state.health == Health::Online)
+            .and_then(|d| d.state.latest(&ws.config.booking_field))
+            .and_then(truthy)
+            .unwrap_or(false);
+        let next = workspace::evaluate(&ws.state, &votes, booked, ws.hold, now);
+        let ws = &mut self.workspaces[i];
+        if next != ws.state {
+            if next.status != ws.state.status {
+                if let Some(status) = next.status {
+                    out.events.push(workspace_event(
+                        &ws.config.id,
+                        status,
+                        ws.state.status,
+                        cause,
+                    ));
+                }
+            }
+            out.workspaces.push((ws.config.id.clone(), next.clone()));
+            ws.state = next;
+        }
+        self.schedule_workspace(i);
+    }
+
+    fn schedule_device(&mut self, id: &str) {
+        let Some(dev) = self.devices.get(id) else {
+            return;
+        };
+        let class = &self.classes[dev.class];
+        let online = dev.state.health == Health::Online;
+        let at = health::deadline(&dev.state, &class.health, self.started)
+            .into_iter()
+            .chain(reading::deadline(
+                &dev.state,
+                &class.reading,
+                online,
+                class.settle(self.started),
+            ))
+            .min();
+        self.schedule(Timer::Device(id.to_string()), at);
+    }
+
+    fn schedule_workspace(&mut self, i: usize) {
+        let ws = &self.workspaces[i];
+        let at = workspace::deadline(&ws.state, ws.hold);
+        self.schedule(Timer::Workspace(i), at);
+    }
+
+    /// Make sure `timer` fires no later than `at`. An earlier firing stays: it recomputes.
+    fn schedule(&mut self, timer: Timer, at: Option<Millis>) {
+        let Some(at) = at else {
+            return;
+        };
+        match self.scheduled.get(&timer) {
+            Some(&current) if current <= at => {}
+            current => {
+                if let Some(current) = current {
+                    self.timers.remove(&(*current, timer.clone()));
+                }
+                self.timers.insert((at, timer.clone()));
+                self.scheduled.insert(timer, at);
+            }
+        }
+    }
+}
+
+/// How a bound sensor votes on its workspace's status.
+fn vote(device: Option<&DeviceState>, presence_field: &str) -> Vote {
+    let Some(d) = device else {
+        return Vote::Silent;
+    };
+    match d.health {
+        Health::Lost | Health::Offline => Vote::Unavailable,
+        Health::Online | Health::Unknown => match d.latest(presence_field).and_then(truthy) {
+            Some(true) => Vote::Present,
+            Some(false) => Vote::Absent,
+            None => Vote::Silent,
+        },
+    }
+}
+
+/// Interpret a presence or booking field: booleans, numbers (non-zero is true) and the common
+/// words.
+fn truthy(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::Number(n) => n.as_f64().map(|x| x != 0.0),
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" | "occupied" | "present" | "detected" | "booked"
+            | "reserved" => Some(true),
+            "0" | "false" | "no" | "off" | "free" | "vacant" | "absent" | "clear" | "available" => {
+                Some(false)
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn rfc3339(at: Millis) -> Value {
+    Value::String(
+        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(at)).to_string(),
+    )
+}
+
+fn one_field(key: &str, value: Value) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert(key.into(), value);
+    m
+}
+
+fn health_event(device_id: &str, t: Transition) -> Event {
+    match t {
+        Transition::Online => Event::device(EventType::DeviceOnline, device_id, Map::new()),
+        Transition::Offline { since } => Event::device(
+            EventType::DeviceOffline,
+            device_id,
+            one_field("since", rfc3339(since)),
+        ),
+        Transition::Lost { last_seen } => Event::device(
+            EventType::DeviceLostCommunication,
+            device_id,
+            one_field("last_seen", rfc3339(last_seen)),
+        ),
+    }
+}
+
+fn reading_event(device_id: &str, report: Report) -> Event {
+    let mut data = Map::new();
+    data.insert("fields".into(), Value::Object(report.fields));
+    data.insert(
+        "changed".into(),
+        Value::Array(report.changed.into_iter().map(Value::String).collect()),
+    );
+    Event::device(EventType::SensorReadingUpdated, device_id, data)
+}
+
+fn workspace_event(
+    workspace_id: &str,
+    status: WorkspaceStatus,
+    previous: Option<WorkspaceStatus>,
+    cause: Option<&str>,
+) -> Event {
+    let mut data = Map::new();
+    data.insert("workspace_id".into(), workspace_id.into());
+    data.insert("status".into(), status.as_str().into());
+    data.insert(
+        "previous_status".into(),
+        previous.map_or(Value::Null, |p| p.as_str().into()),
+    );
+    data.insert("device_id".into(), cause.map_or(Value::Null, |d| d.into()));
+    Event::workspace(workspace_id, data)
+}
+
+/// Wall time at start plus monotonic time since; see the module docs.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    wall_at_start: Millis,
+    mono_at_start: tokio::time::Instant,
+}
+
+impl Clock {
+    pub fn start() -> Clock {
+        Clock {
+            wall_at_start: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(millis)
+                .unwrap_or(0),
+            mono_at_start: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> Millis {
+        self.wall_at_start + millis(self.mono_at_start.elapsed())
+    }
+
+    /// The monotonic instant of a deadline.
+    pub fn instant_at(&self, at: Millis) -> tokio::time::Instant {
+        self.mono_at_start + Duration::from_millis(at.saturating_sub(self.wall_at_start))
+    }
+}
+
+/// The device stage task: apply each inbound message and each due deadline, seal the events
+/// produced and pass them, with the states to persist and the message's ack, to the outbox
+/// writer. Ends when the sources have all gone (their senders dropped), after passing on
+/// everything received; timers still pending are persisted and resume on the next start.
+pub async fn run(
+    mut registry: Registry,
+    clock: Clock,
+    gateway_id: Arc<str>,
+    mut inbound: mpsc::Receiver<Inbound>,
+    commits: mpsc::Sender<Commit>,
+) {
+    loop {
+        let wake = registry.next_deadline().map(|at| clock.instant_at(at));
+        let (applied, ack) = tokio::select! {
+            msg = inbound.recv() => match msg {
+                Some(msg) => (registry.apply(&msg.device_id, &msg.body, clock.now()), msg.ack),
+                None => break,
+            },
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
+                (registry.tick(clock.now()), None)
+            }
+        };
+        if applied.is_empty() && ack.is_none() {
+            continue;
+        }
+        let now = SystemTime::now();
+        let commit = Commit {
+            envelopes: applied
+                .events
+                .iter()
+                .map(|e| Envelope::seal(e, &gateway_id, now))
+                .collect(),
+            devices: applied.devices,
+            workspaces: applied.workspaces,
+            ack,
+        };
+        if commits.send(commit).await.is_err() {
+            tracing::error!("outbox writer has stopped; device stage stopping");
+            return;
+        }
+    }
+    tracing::debug!(devices = registry.len(), "device stage drained");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn reading(v: Value) -> InboundBody {
+        InboundBody::Reading {
+            fields: v.as_object().unwrap().clone(),
+            metadata: Arc::from(vec!["seq".to_string(), "ts".to_string()]),
+        }
+    }
+
+    const ONLINE: InboundBody = InboundBody::Status { online: true };
+    const OFFLINE: InboundBody = InboundBody::Status { online: false };
+
+    fn kinds(a: &Applied) -> Vec<&'static str> {
+        a.events.iter().map(|e| e.kind.as_str()).collect()
+    }
+
+    fn ws(id: &str, sensors: &[&str], display: Option<&str>) -> WorkspaceConfig {
+        WorkspaceConfig {
+            id: id.into(),
+            sensors: sensors.iter().map(|s| s.to_string()).collect(),
+            presence_field: "presence".into(),
+            display: display.map(str::to_owned),
+            booking_field: "booked".into(),
+            hold: Duration::from_secs(60),
+        }
+    }
+
+    fn class(name: &str, matches: &str) -> DeviceClassConfig {
+        DeviceClassConfig {
+            name: name.into(),
+            matches: vec![matches.into()],
+            heartbeat: Some(Duration::from_secs(10)),
+            lost_after: 3.0,
+            debounce: Duration::ZERO,
+            ..Default::default()
+        }
+    }
+
+    /// (workspace status, previous) of each workspace event.
+    fn statuses(a: &Applied) -> Vec<(Value, Value)> {
+        a.events
+            .iter()
+            .filter(|e| e.kind == EventType::WorkspaceStatusUpdated)
+            .map(|e| (e.data["status"].clone(), e.data["previous_status"].clone()))
+            .collect()
+    }
+
+    #[test]
+    fn first_reading_is_a_change_and_brings_the_device_online() {
+        let mut r = Registry::new(&[], &[], [], [], 0);
+        let a = r.apply("t1", &reading(json!({"temp": 21.5, "seq": 1})), 1);
+        assert_eq!(kinds(&a), ["device.online", "sensor.reading.updated"]);
+        assert_eq!(a.events[1].data["changed"], json!(["temp"]));
+        assert_eq!(a.events[1].data["fields"], json!({"temp": 21.5, "seq": 1}));
+        assert_eq!(a.devices[0].1.health, Health::Online);
+        // unchanged, in a class that does not watch silence: nothing to write at all
+        assert!(r
+            .apply("t1", &reading(json!({"temp": 21.5, "seq": 2})), 100_000)
+            .is_empty());
+    }
+
+    #[test]
+    fn classes_match_by_pattern_first_wins_and_default_catches_the_rest() {
+        let r = Registry::new(
+            &[class("occ", "occ-*"), class("any-1", "*-1")],
+            &[],
+            [],
+            [],
+            0,
+        );
+        assert_eq!(r.class_name("occ-1"), "occ");
+        assert_eq!(r.class_name("disp-1"), "any-1");
+        assert_eq!(r.class_name("disp-2"), "default");
+    }
+
+    #[test]
+    fn default_class_debounces_offline() {
+        let mut r = Registry::new(&[], &[], [], [], 0);
+        assert_eq!(kinds(&r.apply("d", &ONLINE, 0)), ["device.online"]);
+        assert!(r.apply("d", &OFFLINE, 1_000).events.is_empty());
+        assert_eq!(r.next_deadline(), Some(6_000), "5 s default debounce");
+        assert!(r.tick(5_999).events.is_empty());
+        let a = r.tick(6_000);
+        assert_eq!(kinds(&a), ["device.offline"]);
+        assert_eq!(a.events[0].data["since"], "1970-01-01T00:00:01.000Z");
+        assert_eq!(
+            kinds(&r.apply("d", &reading(json!({"x": 1})), 7_000)),
+            ["device.online", "sensor.reading.updated"]
+        );
+    }
+
+    #[test]
+    fn lost_communication_and_recovery_with_messages_in_between() {
+        let mut r = Registry::new(&[class("occ", "occ-*")], &[], [], [], 0);
+        r.apply("occ-1", &ONLINE, 0);
+        for t in [10_000, 20_000, 30_000] {
+            assert!(
+                r.apply("occ-1", &reading(json!({"presence": false})), t)
+                    .events
+                    .len()
+                    <= 1
+            );
+        }
+        assert!(r.tick(59_999).events.is_empty());
+        let a = r.tick(60_000);
+        assert_eq!(kinds(&a), ["device.lost_communication"]);
+        assert_eq!(a.events[0].data["last_seen"], "1970-01-01T00:00:30.000Z");
+        assert_eq!(r.device("occ-1").unwrap().health, Health::Lost);
+        assert_eq!(r.next_deadline(), None);
+        assert_eq!(kinds(&r.apply("occ-1", &ONLINE, 70_000)), ["device.online"]);
+    }
+
+    #[test]
+    fn seen_times_are_persisted_coarsely_for_watched_classes() {
+        let mut r = Registry::new(&[class("occ", "occ-*")], &[], [], [], 0);
+        assert_eq!(
+            r.apply("occ-1", &reading(json!({"t": 1})), 1_000)
+                .devices
+                .len(),
+            1
+        );
+        assert!(r
+            .apply("occ-1", &reading(json!({"t": 1})), 2_000)
+            .devices
+            .is_empty());
+        assert!(r
+            .apply("occ-1", &reading(json!({"t": 1})), 30_999)
+            .devices
+            .is_empty());
+        let a = r.apply("occ-1", &reading(json!({"t": 1})), 31_000);
+        assert!(a.events.is_empty());
+        assert_eq!(a.devices[0].1.last_seen, 31_000);
+    }
+
+    #[test]
+    fn restart_neither_reannounces_nor_forgets_silence() {
+        let mut before = Registry::new(&[class("occ", "occ-*")], &[], [], [], 0);
+        let mut saved: HashMap<String, DeviceState> = HashMap::new();
+        for id in ["occ-1", "occ-2"] {
+            for (k, s) in before
+                .apply(id, &reading(json!({"presence": true})), 1_000)
+                .devices
+            {
+                saved.insert(k, s);
+            }
+        }
+        // restarted at t=100 s: occ-1 still talks, occ-2 went silent while we were down
+        let mut r = Registry::new(&[class("occ", "occ-*")], &[], saved, [], 100_000);
+        assert!(
+            r.apply("occ-1", &ONLINE, 100_500).events.is_empty(),
+            "no online burst"
+        );
+        assert!(r
+            .apply("occ-1", &reading(json!({"presence": true})), 101_000)
+            .events
+            .is_empty());
+        assert!(
+            r.tick(109_999).events.is_empty(),
+            "one heartbeat of grace after the start"
+        );
+        let a = r.tick(110_000);
+        assert_eq!(kinds(&a), ["device.lost_communication"]);
+        assert_eq!(a.events[0].data["device_id"], "occ-2");
+    }
+
+    #[test]
+    fn held_reports_survive_a_restart() {
+        let mut c = class("occ", "occ-*");
+        c.min_interval = Duration::from_secs(10);
+        let mut r = Registry::new(std::slice::from_ref(&c), &[], [], [], 0);
+        r.apply("occ-1", &reading(json!({"t": 1})), 1_000);
+        let a = r.apply("occ-1", &reading(json!({"t": 2})), 2_000);
+        assert!(a.events.is_empty());
+        let saved = a.devices; // persisted with the message's ack
+        let mut r = Registry::new(std::slice::from_ref(&c), &[], saved, [], 5_000);
+        let a = r.tick(11_000);
+        assert_eq!(kinds(&a), ["sensor.reading.updated"]);
+        assert_eq!(a.events[0].data["fields"], json!({"t": 2}));
+    }
+
+    #[test]
+    fn workspace_follows_sensors_display_hold_and_health() {
+        let classes = [class("occ", "occ-*"), class("disp", "disp-*")];
+        let mut r = Registry::new(
+            &classes,
+            &[ws("room", &["occ-a", "occ-b"], Some("disp-1"))],
+            [],
+            [],
+            0,
+        );
+        // one sensor absent, the other never heard: Free (only usable sensors vote)
+        assert_eq!(
+            statuses(&r.apply("occ-a", &reading(json!({"presence": false})), 1_000)),
+            [(json!("Free"), Value::Null)]
+        );
+        // the display reports a booking: Booked
+        let a = r.apply("disp-1", &reading(json!({"booked": true})), 2_000);
+        assert_eq!(statuses(&a), [(json!("Booked"), json!("Free"))]);
+        assert_eq!(a.events.last().unwrap().data["device_id"], "disp-1");
+        // presence anywhere: Occupied at once
+        assert_eq!(
+            statuses(&r.apply("occ-b", &reading(json!({"presence": "occupied"})), 3_000)),
+            [(json!("Occupied"), json!("Booked"))]
+        );
+        // presence ends: held for 60 s
+        assert!(
+            statuses(&r.apply("occ-b", &reading(json!({"presence": false})), 4_000)).is_empty()
+        );
+        assert_eq!(
+            r.next_deadline(),
+            Some(31_000),
+            "occ-a's lost deadline comes first"
+        );
+        for t in [30_000, 55_000] {
+            r.apply("occ-a", &reading(json!({"presence": false})), t);
+            r.apply("occ-b", &reading(json!({"presence": false})), t);
+            r.apply("disp-1", &reading(json!({"booked": true})), t);
+        }
+        assert!(statuses(&r.tick(63_999)).is_empty());
+        let a = r.tick(64_000);
+        assert_eq!(statuses(&a), [(json!("Booked"), json!("Occupied"))]);
+        assert_eq!(
+            a.events[0].data["device_id"],
+            Value::Null,
+            "the hold ended, no device"
+        );
+        assert_eq!(r.workspace_status("room"), Some(WorkspaceStatus::Booked));
+        // everything goes silent. The display first (timers of one instant run in id order):
+        // no booking without it, so Free; then both sensors: Unknown.
+        let a = r.tick(90_000);
+        assert_eq!(
+            kinds(&a),
+            [
+                "device.lost_communication",
+                "workspace.status.updated",
+                "device.lost_communication",
+                "device.lost_communication",
+                "workspace.status.updated"
+            ]
+        );
+        assert_eq!(
+            statuses(&a),
+            [
+                (json!("Free"), json!("Booked")),
+                (json!("Unknown"), json!("Free"))
+            ]
+        );
+        // a sensor comes back absent: Free (the display is lost, so no booking)
+        let a = r.apply("occ-a", &reading(json!({"presence": false})), 95_000);
+        assert_eq!(statuses(&a), [(json!("Free"), json!("Unknown"))]);
+        assert_eq!(a.workspaces.last().unwrap().0, "room");
+    }
+
+    #[test]
+    fn workspace_state_survives_a_restart_mid_hold() {
+        let w = [ws("desk", &["occ-a"], None)];
+        let mut r = Registry::new(&[], &w, [], [], 0);
+        r.apply("occ-a", &reading(json!({"presence": true})), 1_000);
+        let a = r.apply("occ-a", &reading(json!({"presence": false})), 2_000);
+        let (devices, workspaces) = (a.devices, a.workspaces);
+        assert_eq!(workspaces[0].1.vacated_at, Some(2_000));
+        let mut r = Registry::new(&[], &w, devices, workspaces, 10_000);
+        assert!(r
+            .apply("occ-a", &reading(json!({"presence": false})), 20_000)
+            .events
+            .is_empty());
+        assert_eq!(
+            statuses(&r.tick(62_000)),
+            [(json!("Free"), json!("Occupied"))]
+        );
+    }
+}
