@@ -84,6 +84,9 @@ pub struct Config {
     /// Where the sled store lives. `--state-dir` on the command line wins over this.
     pub state_dir: PathBuf,
     pub mqtt: MqttConfig,
+    /// Serial ports with sensors or displays on them (USB-serial adapters, the UART).
+    #[serde(default)]
+    pub serial_ports: Vec<SerialPortConfig>,
     /// Health and reporting rules per kind of device; the first class whose `match` fits a
     /// device id applies. Devices no class matches get [`DeviceClassConfig::default`].
     #[serde(default)]
@@ -155,6 +158,90 @@ pub struct Subscription {
     /// Fields carried in events but ignored for change detection (sequence numbers, timestamps).
     #[serde(default)]
     pub metadata_fields: Vec<String>,
+}
+
+/// One serial port and how its bytes become device messages. Frames are lines; see
+/// [`crate::source::serial::frame`] for the exact formats.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialPortConfig {
+    /// The device node, ideally a stable name: `/dev/serial/by-id/usb-FTDI_...`.
+    pub path: PathBuf,
+    #[serde(default = "default_baud_rate")]
+    pub baud_rate: u32,
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    #[serde(default)]
+    pub parity: Parity,
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    pub framing: SerialFraming,
+    /// `json_lines`: the field of each object that holds the device id (removed from the
+    /// reading's fields).
+    #[serde(default = "default_device_field")]
+    pub device_field: String,
+    /// `text`: sentence type → the names of its values, in order, after the device id.
+    #[serde(default = "default_sentences")]
+    pub sentences: BTreeMap<String, Vec<String>>,
+    /// Fields carried in events but ignored for change detection.
+    #[serde(default)]
+    pub metadata_fields: Vec<String>,
+    /// Longest frame (line, without its newline); longer lines are counted and skipped.
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: usize,
+    /// Reopen backoff after the port fails or disappears (USB unplugged): doubles from
+    /// `reopen_min` to `reopen_max`.
+    #[serde(default = "default_reopen_min", with = "humantime_serde")]
+    pub reopen_min: Duration,
+    #[serde(default = "default_reopen_max", with = "humantime_serde")]
+    pub reopen_max: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Parity {
+    #[default]
+    None,
+    Odd,
+    Even,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SerialFraming {
+    /// One JSON object per line, with the device id in `device_field`.
+    JsonLines,
+    /// `$TYPE,device,v1,v2*CS` lines with an XOR checksum.
+    Text,
+}
+
+fn default_baud_rate() -> u32 {
+    9600
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+fn default_device_field() -> String {
+    "device".into()
+}
+fn default_sentences() -> BTreeMap<String, Vec<String>> {
+    [(
+        "OCC".to_string(),
+        vec!["presence".into(), "temperature".into(), "seq".into()],
+    )]
+    .into()
+}
+fn default_max_frame_bytes() -> usize {
+    1024
+}
+fn default_reopen_min() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_reopen_max() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// How one kind of device is watched and reported: health (heartbeat, lost communication,
@@ -328,6 +415,7 @@ impl Default for Config {
                 tls: TlsConfig::default(),
                 subscriptions: Vec::new(),
             },
+            serial_ports: Vec::new(),
             device_classes: Vec::new(),
             workspaces: Vec::new(),
             webhook: WebhookConfig {
@@ -463,11 +551,69 @@ impl Config {
                 "client_cert and client_key must be given together".into(),
             );
         }
-        if self.mqtt.subscriptions.is_empty() {
+        if self.mqtt.subscriptions.is_empty() && self.serial_ports.is_empty() {
             return bad(
                 "mqtt.subscriptions",
-                "at least one subscription is needed, e.g. topic = \"sensors/{device}/reading\", kind = \"reading\"".into(),
+                "no device source: add a subscription, e.g. topic = \"sensors/{device}/reading\", kind = \"reading\", or a [[serial_ports]] entry".into(),
             );
+        }
+        for (i, port) in self.serial_ports.iter().enumerate() {
+            let key = |k: &str| format!("serial_ports[{i}].{k}");
+            if port.path.as_os_str().is_empty() {
+                return bad(&key("path"), "must name the device node".into());
+            }
+            if self.serial_ports[..i].iter().any(|p| p.path == port.path) {
+                return bad(
+                    &key("path"),
+                    format!("{} is listed twice", port.path.display()),
+                );
+            }
+            if port.baud_rate == 0 {
+                return bad(
+                    &key("baud_rate"),
+                    "must be above 0, e.g. 9600 or 115200".into(),
+                );
+            }
+            if !(5..=8).contains(&port.data_bits) {
+                return bad(&key("data_bits"), "must be 5, 6, 7 or 8".into());
+            }
+            if !(1..=2).contains(&port.stop_bits) {
+                return bad(&key("stop_bits"), "must be 1 or 2".into());
+            }
+            if !(16..=65536).contains(&port.max_frame_bytes) {
+                return bad(
+                    &key("max_frame_bytes"),
+                    "must be between 16 and 65536".into(),
+                );
+            }
+            if port.reopen_min.is_zero() || port.reopen_min > port.reopen_max {
+                return bad(
+                    &key("reopen_min"),
+                    "must be above 0 and at most reopen_max".into(),
+                );
+            }
+            if port.framing == SerialFraming::JsonLines && port.device_field.is_empty() {
+                return bad(&key("device_field"), "must not be empty".into());
+            }
+            for (sentence, fields) in &port.sentences {
+                let valid = !sentence.is_empty()
+                    && sentence.len() <= 8
+                    && sentence
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+                if !valid || sentence == crate::source::serial::frame::STATUS_SENTENCE {
+                    return bad(
+                        &key(&format!("sentences.{sentence}")),
+                        "sentence types are 1-8 capital letters or digits (STA is built in)".into(),
+                    );
+                }
+                if fields.is_empty() || fields.iter().any(|f| f.is_empty()) {
+                    return bad(
+                        &key(&format!("sentences.{sentence}")),
+                        "must name the values after the device id, e.g. [\"presence\", \"temperature\"]".into(),
+                    );
+                }
+            }
         }
         for (i, sub) in self.mqtt.subscriptions.iter().enumerate() {
             if let Err(e) = crate::source::mqtt::TopicPattern::parse(&sub.topic) {

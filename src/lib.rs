@@ -6,14 +6,16 @@
 //! MQTT broker, which stops sending once its in-flight window is full.
 //!
 //! ```text
-//!  source::mqtt ──Inbound──▶ device ──Commit──▶ outbox ═══sled═══▶ deliver ──HTTPS──▶ receiver
-//!  (decode, defer PUBACK)   (registry,         (batch, one txn,     (lanes per device,
-//!                            change detection,  fsync, then PUBACK)  sign, retry, remove on 2xx)
-//!                            workspace status,
-//!                            event::Envelope)
+//!  source::mqtt ───┐
+//!  (QoS 1, PUBACK  ├─Inbound─▶ device ──────Commit──▶ outbox ═══sled═══▶ deliver ──HTTPS──▶ receiver
+//!   deferred)      │          (registry, health,      (batch, one txn,    (lanes per device,
+//!  source::serial ─┘           change detection,       fsync, then acks)   sign, retry,
+//!  (frames, port               workspaces, timers;                         remove on 2xx)
+//!   reopen)                    event::Envelope)
 //! ```
 //!
-//! - [`source`]: transports. [`source::mqtt`] subscribes at QoS 1 with manual acks.
+//! - [`source`]: transports. [`source::mqtt`] subscribes at QoS 1 with manual acks;
+//!   [`source::serial`] reads framed lines from serial ports and reopens them when they vanish.
 //! - [`device`]: what each device last said, its health and its workspaces; decides which
 //!   messages (and which silences, on its own clock) are events.
 //! - [`event`]: the event types and the JSON envelope (`id`, `type`, `timestamp`, `gateway`, `data`).
@@ -84,7 +86,12 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         known_workspaces,
         clock.now(),
     );
-    let source = source::mqtt::MqttSource::new(&config, metrics.clone())?;
+    let mqtt = if config.mqtt.subscriptions.is_empty() {
+        None
+    } else {
+        Some(source::mqtt::MqttSource::new(&config, metrics.clone())?)
+    };
+    metrics.set_mqtt_enabled(mqtt.is_some());
     let dispatcher = deliver::Dispatcher::new(&config.webhook, outbox.clone(), metrics.clone())?;
 
     let tracker = TaskTracker::new();
@@ -95,7 +102,14 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     ));
     let (inbound_tx, inbound_rx) = mpsc::channel(STAGE_CHANNEL);
     let (commit_tx, commit_rx) = mpsc::channel(STAGE_CHANNEL);
-    tracker.spawn(source.run(inbound_tx, cancel.clone()));
+    if let Some(mqtt) = mqtt {
+        tracker.spawn(mqtt.run(inbound_tx.clone(), cancel.clone()));
+    }
+    for port in &config.serial_ports {
+        let serial = source::serial::SerialSource::new(port.clone(), metrics.clone());
+        tracker.spawn(serial.run(inbound_tx.clone(), cancel.clone()));
+    }
+    drop(inbound_tx); // the device stage ends when every source has
     tracker.spawn(device::run(
         registry,
         clock,

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event::EventType;
 use crate::outbox::Outbox;
+use crate::source::serial::frame::FrameError;
 
 /// Set up the global tracing subscriber. `EDGEHOOK_LOG` (or `RUST_LOG`) selects levels.
 pub fn init_logging() {
@@ -63,8 +64,13 @@ const LATENCY_BUCKETS: [f64; 12] = [
 /// Every counter the daemon keeps.
 #[derive(Default)]
 pub struct Metrics {
+    /// Whether an MQTT source runs at all (a serial-only gateway needs no broker).
+    mqtt_enabled: AtomicBool,
     mqtt_connected: AtomicBool,
     mqtt_connects: AtomicU64,
+    serial_ports_open: AtomicU64,
+    serial_port_losses: AtomicU64,
+    serial_frame_errors: [AtomicU64; FrameError::KINDS.len()],
     messages_received: AtomicU64,
     decode_errors: [AtomicU64; 5],
     events_created: [AtomicU64; EVENT_TYPES.len()],
@@ -84,6 +90,31 @@ fn type_index(kind: &str) -> Option<usize> {
 }
 
 impl Metrics {
+    pub fn set_mqtt_enabled(&self, enabled: bool) {
+        self.mqtt_enabled.store(enabled, Ordering::Relaxed);
+    }
+    /// Ready for work: the broker connected (if MQTT is used) and the outbox writable.
+    pub fn readiness(&self, outbox: &Outbox) -> Result<(), &'static str> {
+        if self.mqtt_enabled.load(Ordering::Relaxed) && !self.mqtt_connected() {
+            return Err("mqtt broker not connected");
+        }
+        if !outbox.is_writable() {
+            return Err("outbox not writable");
+        }
+        Ok(())
+    }
+    pub fn serial_port_opened(&self) {
+        self.serial_ports_open.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn serial_port_closed(&self) {
+        self.serial_ports_open.fetch_sub(1, Ordering::Relaxed);
+        self.serial_port_losses.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn serial_frame_error(&self, kind: &str) {
+        if let Some(i) = FrameError::KINDS.iter().position(|k| *k == kind) {
+            self.serial_frame_errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
     pub fn set_mqtt_connected(&self, up: bool) {
         if up {
             self.mqtt_connects.fetch_add(1, Ordering::Relaxed);
@@ -180,6 +211,24 @@ impl Metrics {
             "counter",
             "Messages skipped because they could not be decoded.",
             &by("kind", &DECODE_ERRORS, &self.decode_errors),
+        );
+        metric(
+            "serial_frame_errors_total",
+            "counter",
+            "Serial frames or bytes skipped, by fault.",
+            &by("kind", &FrameError::KINDS, &self.serial_frame_errors),
+        );
+        metric(
+            "serial_ports_open",
+            "gauge",
+            "Serial ports open now.",
+            &plain(get(&self.serial_ports_open)),
+        );
+        metric(
+            "serial_port_closures_total",
+            "counter",
+            "Serial ports that closed (unplugged, failed) and were reopened or are being retried.",
+            &plain(get(&self.serial_port_losses)),
         );
         metric(
             "events_created_total",
@@ -311,7 +360,7 @@ pub async fn notify_systemd(metrics: Arc<Metrics>, outbox: Outbox, cancel: Cance
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
-        if !ready && metrics.mqtt_connected() && outbox.is_writable() {
+        if !ready && metrics.readiness(&outbox).is_ok() {
             ready = true;
             send(&[
                 NotifyState::Ready,
@@ -375,16 +424,9 @@ fn answer(path: &str, metrics: &Metrics, outbox: &Outbox) -> Response<Full<Bytes
             metrics.set_outbox_depth(outbox.len() as u64);
             (StatusCode::OK, metrics.render())
         }
-        "/healthz" => match (metrics.mqtt_connected(), outbox.is_writable()) {
-            (true, true) => (StatusCode::OK, "ok\n".to_string()),
-            (false, _) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "mqtt broker not connected\n".into(),
-            ),
-            (_, false) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "outbox not writable\n".into(),
-            ),
+        "/healthz" => match metrics.readiness(outbox) {
+            Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+            Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
         },
         _ => (StatusCode::NOT_FOUND, "try /healthz or /metrics\n".into()),
     };

@@ -1,8 +1,9 @@
-//! Sources: where device messages come from. Each source decodes its transport into
-//! [`Inbound`] messages for the device stage, and hands along an [`Ack`] that the outbox runs
-//! once everything the message produced is durable.
+//! Sources: where device messages come from — [`mqtt`] and [`serial`]. Each source decodes its
+//! transport into [`Inbound`] messages for the device stage, and hands along an [`Ack`] (where
+//! the transport has one) that the outbox runs once everything the message produced is durable.
 
 pub mod mqtt;
+pub mod serial;
 
 use std::fmt;
 use std::sync::Arc;

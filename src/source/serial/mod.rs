@@ -1,0 +1,212 @@
+//! Serial source (tokio-serial): one task per configured port. It opens the port, decodes its
+//! frames ([`frame`]) and passes them to the device stage, and it survives the port going away.
+//!
+//! - A read error or end of file (USB adapter unplugged, cable pulled) closes the port: every
+//!   device seen on it gets an offline report — debounced by the device stage like a last-will —
+//!   and the port is reopened with exponential backoff until the device node returns.
+//! - A port that cannot be opened (not there yet, wrong permissions) is retried the same way,
+//!   logged once per outage with the reason.
+//! - Faulty frames are counted per kind (`edgehook_serial_frame_errors_total`) and logged at
+//!   most once a minute per port and kind; the decoder resynchronises on the next frame.
+//!
+//! Serial has no acknowledgements: bytes read are handed on at once, and are durable once the
+//! outbox writer has flushed them (milliseconds later). A device on a serial line that needs
+//! delivery guarantees across a power cut of the gateway itself must resend, as the MQTT ones do.
+
+pub mod frame;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_serial::SerialPortBuilderExt;
+use tokio_util::sync::CancellationToken;
+
+use super::{Inbound, InboundBody};
+use crate::config::{Parity, SerialFraming, SerialPortConfig};
+use crate::telemetry::{FaultLog, Metrics};
+use frame::{Format, FrameDecoder};
+
+/// Devices remembered per port for offline reports when it closes; more are not tracked.
+const MAX_DEVICES_PER_PORT: usize = 1024;
+
+/// One serial port's task state.
+pub struct SerialSource {
+    config: SerialPortConfig,
+    /// `path` for logs.
+    name: String,
+    metrics: Arc<Metrics>,
+    faults: FaultLog,
+    /// Devices heard on this port, which go offline when it closes.
+    devices: BTreeSet<String>,
+}
+
+/// Why reading stopped.
+enum Closed {
+    Cancelled,
+    /// The device stage has gone.
+    Downstream,
+    /// The port failed or disappeared.
+    Lost(String),
+}
+
+impl SerialSource {
+    pub fn new(config: SerialPortConfig, metrics: Arc<Metrics>) -> SerialSource {
+        SerialSource {
+            name: config.path.display().to_string(),
+            config,
+            metrics,
+            faults: FaultLog::new(Duration::from_secs(60)),
+            devices: BTreeSet::new(),
+        }
+    }
+
+    fn decoder(&self) -> FrameDecoder {
+        let format = match self.config.framing {
+            SerialFraming::JsonLines => Format::JsonLines {
+                device_field: self.config.device_field.clone(),
+            },
+            SerialFraming::Text => Format::Text {
+                sentences: self.config.sentences.clone(),
+            },
+        };
+        FrameDecoder::new(
+            format,
+            self.config.metadata_fields.clone().into(),
+            self.config.max_frame_bytes,
+        )
+    }
+
+    fn open(&self) -> tokio_serial::Result<tokio_serial::SerialStream> {
+        let c = &self.config;
+        tokio_serial::new(c.path.to_string_lossy(), c.baud_rate)
+            .data_bits(match c.data_bits {
+                5 => tokio_serial::DataBits::Five,
+                6 => tokio_serial::DataBits::Six,
+                7 => tokio_serial::DataBits::Seven,
+                _ => tokio_serial::DataBits::Eight,
+            })
+            .parity(match c.parity {
+                Parity::None => tokio_serial::Parity::None,
+                Parity::Odd => tokio_serial::Parity::Odd,
+                Parity::Even => tokio_serial::Parity::Even,
+            })
+            .stop_bits(match c.stop_bits {
+                2 => tokio_serial::StopBits::Two,
+                _ => tokio_serial::StopBits::One,
+            })
+            .open_native_async()
+    }
+
+    /// Run until cancelled: open, read, and reopen with backoff whenever the port goes away.
+    pub async fn run(mut self, out: mpsc::Sender<Inbound>, cancel: CancellationToken) {
+        let mut backoff = self.config.reopen_min;
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            match self.open() {
+                Ok(stream) => {
+                    if let Some(since) = failing_since.take() {
+                        tracing::info!(port = %self.name, after = ?since.elapsed(), "serial port back");
+                    } else {
+                        tracing::info!(port = %self.name, baud = self.config.baud_rate, "serial port open");
+                    }
+                    backoff = self.config.reopen_min;
+                    self.metrics.serial_port_opened();
+                    let closed = self.read(stream, &out, &cancel).await;
+                    self.metrics.serial_port_closed();
+                    match closed {
+                        Closed::Cancelled | Closed::Downstream => break,
+                        Closed::Lost(why) => {
+                            tracing::warn!(port = %self.name, reason = %why, devices = self.devices.len(), "serial port lost; its devices are reported offline, reopening with backoff");
+                            failing_since = Some(Instant::now());
+                            if !self.report_offline(&out).await {
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    if failing_since.is_none() {
+                        tracing::warn!(port = %self.name, error = %e, "cannot open serial port; retrying with backoff");
+                        failing_since = Some(Instant::now());
+                    } else {
+                        tracing::debug!(port = %self.name, error = %e, "serial port still unavailable");
+                    }
+                }
+            }
+            let delay = backoff.mul_f64(0.75 + fastrand::f64() * 0.5);
+            backoff = (backoff * 2).min(self.config.reopen_max);
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        tracing::debug!(port = %self.name, "serial source stopped");
+    }
+
+    async fn read(
+        &mut self,
+        mut stream: tokio_serial::SerialStream,
+        out: &mpsc::Sender<Inbound>,
+        cancel: &CancellationToken,
+    ) -> Closed {
+        let mut decoder = self.decoder();
+        let mut buf = vec![0u8; 4096];
+        let mut frames = Vec::new();
+        loop {
+            let n = tokio::select! {
+                _ = cancel.cancelled() => return Closed::Cancelled,
+                read = stream.read(&mut buf) => match read {
+                    Ok(0) => return Closed::Lost("end of file".into()),
+                    Ok(n) => n,
+                    Err(e) => return Closed::Lost(e.to_string()),
+                },
+            };
+            decoder.push(&buf[..n], &mut frames);
+            for decoded in frames.drain(..) {
+                let frame = match decoded {
+                    Ok(frame) => frame,
+                    Err(e) => {
+                        self.metrics.serial_frame_error(e.kind());
+                        if let Some(suppressed) =
+                            self.faults.admit(e.kind(), &self.name, Instant::now())
+                        {
+                            tracing::warn!(port = %self.name, error = %e, suppressed, "skipping serial frame");
+                        }
+                        continue;
+                    }
+                };
+                self.metrics.message_received();
+                if self.devices.len() < MAX_DEVICES_PER_PORT {
+                    self.devices.insert(frame.device_id.clone());
+                }
+                let inbound = Inbound {
+                    device_id: frame.device_id,
+                    body: frame.body,
+                    ack: None,
+                };
+                tokio::select! {
+                    _ = cancel.cancelled() => return Closed::Cancelled,
+                    sent = out.send(inbound) => if sent.is_err() { return Closed::Downstream },
+                }
+            }
+        }
+    }
+
+    /// Offline reports for every device heard on this port. False if the device stage is gone.
+    async fn report_offline(&self, out: &mpsc::Sender<Inbound>) -> bool {
+        for device in &self.devices {
+            let report = Inbound {
+                device_id: device.clone(),
+                body: InboundBody::Status { online: false },
+                ack: None,
+            };
+            if out.send(report).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
