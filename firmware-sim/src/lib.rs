@@ -12,6 +12,10 @@
 //! - `sensors/{device}/reading` — occupancy sensors: `{"presence":bool,"temperature":f64,"seq":n,"ts":ms}`
 //! - `rooms/{device}/display` — room displays: `{"state":"available"|"in_use","booked":bool,"seq":n,"ts":ms}`
 //! - `devices/{device}/status` — `online` / `offline` (birth and last-will)
+//!
+//! Serial devices ([`serial`]) write the same readings as framed lines on a real pseudo-terminal.
+
+pub mod serial;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

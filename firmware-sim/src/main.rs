@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand, ValueEnum};
+use firmware_sim::serial::{run_serial_bus, SerialBusConfig, SerialFraming};
 use firmware_sim::{run_fleet, FleetConfig, Topics};
 
 /// Simulated room hardware for edgehook. Each device is its own MQTT client with a retained
@@ -11,9 +12,18 @@ use firmware_sim::{run_fleet, FleetConfig, Topics};
 ///
 /// Example: 200 devices, 100 readings each, as fast as the broker takes them:
 ///   firmware-sim --broker 127.0.0.1:1883 --sensors 150 --displays 50 --readings 100 --interval 0s
+///
+/// Serial devices on a pseudo-terminal instead: firmware-sim serial --help
 #[derive(Debug, Parser)]
-#[command(name = "firmware-sim", version, verbatim_doc_comment)]
+#[command(
+    name = "firmware-sim",
+    version,
+    verbatim_doc_comment,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    #[command(subcommand)]
+    serial: Option<Command>,
     /// Broker address, host:port.
     #[arg(long, default_value = "127.0.0.1:1883")]
     broker: String,
@@ -40,6 +50,101 @@ struct Args {
     prefix: String,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Occupancy sensors on one serial line: a real pseudo-terminal, reachable at --link (like
+    /// /dev/serial/by-id/...). Point edgehook's [[serial_ports]] path at the link.
+    ///
+    /// Example: two sensors, text frames, 5% line faults, unplugged every 30 s for 3 s:
+    ///   firmware-sim serial --link /tmp/ttySIM0 --sensors 2 --fault-ratio 0.05 --unplug-every 30s
+    #[command(verbatim_doc_comment)]
+    Serial(SerialArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SerialArgs {
+    /// Path of the link to create, pointing at the pty's device node.
+    #[arg(long)]
+    link: std::path::PathBuf,
+    /// Sensors on the line (a bus): <prefix>-1, <prefix>-2, ...
+    #[arg(long, default_value_t = 1)]
+    sensors: usize,
+    #[arg(long, value_enum, default_value_t = Framing::Text)]
+    framing: Framing,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Pause between rounds of readings.
+    #[arg(long, default_value = "2s", value_parser = humantime_duration)]
+    interval: Duration,
+    /// Readings per sensor, then stop. Default: run until Ctrl-C.
+    #[arg(long)]
+    readings: Option<u64>,
+    #[arg(long, default_value_t = 0.3)]
+    change_ratio: f64,
+    /// Share of frames damaged on the line (wrong checksum, or line noise before them).
+    #[arg(long, default_value_t = 0.0)]
+    fault_ratio: f64,
+    /// Unplug the adapter this often (the link disappears and the line hangs up).
+    #[arg(long, value_parser = humantime_duration)]
+    unplug_every: Option<Duration>,
+    /// How long each unplug lasts.
+    #[arg(long, default_value = "3s", value_parser = humantime_duration)]
+    unplug_for: Duration,
+    /// Device id prefix.
+    #[arg(long, default_value = "serial-occ")]
+    prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Framing {
+    /// `$OCC,<id>,<presence>,<temperature>,<seq>*CS`
+    Text,
+    /// `{"device":"<id>","presence":true,...}`
+    JsonLines,
+}
+
+async fn serial(args: SerialArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.change_ratio) && (0.0..=1.0).contains(&args.fault_ratio),
+        "--change-ratio and --fault-ratio must be between 0 and 1"
+    );
+    let config = SerialBusConfig {
+        link: args.link.clone(),
+        sensors: args.sensors,
+        prefix: args.prefix,
+        seed: args.seed,
+        framing: match args.framing {
+            Framing::Text => SerialFraming::Text,
+            Framing::JsonLines => SerialFraming::JsonLines,
+        },
+        interval: args.interval,
+        readings: args.readings,
+        change_ratio: args.change_ratio,
+        fault_ratio: args.fault_ratio,
+        unplug_every: args.unplug_every,
+        unplug_for: args.unplug_for,
+    };
+    println!(
+        "firmware-sim: {} serial sensor(s) on a pseudo-terminal; open it at {}\n  edgehook: [[serial_ports]] path = \"{}\", framing = \"{}\"",
+        config.sensors,
+        args.link.display(),
+        args.link.display(),
+        match config.framing {
+            SerialFraming::Text => "text",
+            SerialFraming::JsonLines => "json_lines",
+        }
+    );
+    let stats = run_serial_bus(config, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    println!(
+        "wrote {} readings ({} changes, {} with a bad checksum), {} unplug(s)",
+        stats.fleet.readings, stats.fleet.changes, stats.corrupted, stats.unplugs
+    );
+    Ok(())
+}
+
 fn humantime_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
@@ -57,6 +162,9 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::Serial(serial_args)) = args.serial {
+        return serial(serial_args).await;
+    }
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.change_ratio),
         "--change-ratio must be between 0 and 1"

@@ -1,0 +1,342 @@
+//! Serial devices on real pseudo-terminals: a [`SerialLink`] is a simulated USB-serial adapter.
+//! It opens a pty pair (openpty), puts the line in raw mode, and points a stable path at the
+//! slave side — the way udev's `/dev/serial/by-id/...` links point at `/dev/ttyUSB0` — so the
+//! daemon is configured with the link and finds the device again after an unplug/replug, when
+//! the pty (like a re-enumerated USB adapter) has a new node.
+//!
+//! Frames follow edgehook's serial formats. This module writes them with its own encoder (the
+//! device side of the wire), independent of the daemon's decoder:
+//! - text: `$OCC,<id>,<presence 0|1>,<temperature>,<seq>*<XOR checksum, 2 hex>\r\n`, and
+//!   `$STA,<id>,online|offline*CS\r\n` status frames;
+//! - json_lines: `{"device":"<id>","presence":true,"temperature":21.4,"seq":7}\n`.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::{DeviceClass, Firmware, FleetStats};
+
+/// A simulated serial adapter; see the module docs.
+pub struct SerialLink {
+    link: PathBuf,
+    pts: PathBuf,
+    master: Option<File>,
+    /// Held open so the line stays up (and raw) whether or not the daemon has it open.
+    slave: Option<OwnedFd>,
+}
+
+impl SerialLink {
+    /// Plug in: create a raw-mode pty and point `link` at it.
+    pub fn plug(link: impl Into<PathBuf>) -> io::Result<SerialLink> {
+        let mut port = SerialLink {
+            link: link.into(),
+            pts: PathBuf::new(),
+            master: None,
+            slave: None,
+        };
+        port.replug()?;
+        Ok(port)
+    }
+
+    /// The stable path to configure the daemon with.
+    pub fn path(&self) -> &Path {
+        &self.link
+    }
+
+    /// The pty node the link points at now.
+    pub fn pts(&self) -> &Path {
+        &self.pts
+    }
+
+    pub fn is_plugged(&self) -> bool {
+        self.master.is_some()
+    }
+
+    /// Write bytes to the line, blocking while the reader is behind. Writing to an unplugged
+    /// link is an error.
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let master = self
+            .master
+            .as_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "unplugged"))?;
+        master.write_all(bytes)?;
+        master.flush()
+    }
+
+    /// Write on a blocking thread, for async callers (a large write blocks until read).
+    pub async fn send(&mut self, bytes: Vec<u8>) -> io::Result<()> {
+        let mut master = self
+            .master
+            .as_ref()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "unplugged"))?
+            .try_clone()?;
+        tokio::task::spawn_blocking(move || {
+            master.write_all(&bytes)?;
+            master.flush()
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    /// Unplug: the line hangs up (the reader gets an error) and the link disappears.
+    pub fn unplug(&mut self) {
+        self.master = None;
+        self.slave = None;
+        let _ = std::fs::remove_file(&self.link);
+    }
+
+    /// Plug in again: a new pty, the link pointing at it.
+    pub fn replug(&mut self) -> io::Result<()> {
+        use nix::fcntl::OFlag;
+        self.unplug();
+        // openpty(3), spelled out so that both ends are close-on-exec from the start: a child
+        // process spawned meanwhile (the daemon under test) must not inherit the master, or the
+        // line could never hang up.
+        let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+        let master = nix::pty::posix_openpt(flags)?;
+        nix::pty::grantpt(&master)?;
+        nix::pty::unlockpt(&master)?;
+        self.pts = PathBuf::from(nix::pty::ptsname_r(&master)?);
+        let slave = nix::fcntl::open(&self.pts, flags, nix::sys::stat::Mode::empty())?;
+        let mut termios = nix::sys::termios::tcgetattr(&slave)?;
+        nix::sys::termios::cfmakeraw(&mut termios);
+        nix::sys::termios::tcsetattr(&slave, nix::sys::termios::SetArg::TCSANOW, &termios)?;
+        let tmp = self.link.with_extension("new");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&self.pts, &tmp)?;
+        std::fs::rename(&tmp, &self.link)?;
+        self.master = Some(File::from(OwnedFd::from(master)));
+        self.slave = Some(slave);
+        Ok(())
+    }
+}
+
+impl Drop for SerialLink {
+    fn drop(&mut self) {
+        self.unplug();
+    }
+}
+
+/// XOR of every byte: the text protocol's checksum.
+pub fn checksum(body: &str) -> u8 {
+    body.bytes().fold(0, |acc, b| acc ^ b)
+}
+
+/// `$body*CS\r\n`.
+pub fn text_frame(body: &str) -> Vec<u8> {
+    format!("${body}*{:02X}\r\n", checksum(body)).into_bytes()
+}
+
+/// How a serial device frames its readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SerialFraming {
+    Text,
+    JsonLines,
+}
+
+/// A reading (as [`Firmware::next_reading`] makes it) as one frame.
+pub fn reading_frame(framing: SerialFraming, device: &str, reading: &Value) -> Vec<u8> {
+    match framing {
+        SerialFraming::Text => text_frame(&format!(
+            "OCC,{device},{},{},{}",
+            u8::from(reading["presence"].as_bool().unwrap_or(false)),
+            reading["temperature"],
+            reading["seq"]
+        )),
+        SerialFraming::JsonLines => {
+            let mut object = reading.as_object().cloned().unwrap_or_default();
+            object.remove("ts");
+            object.insert("device".into(), device.into());
+            let mut line = Value::Object(object).to_string().into_bytes();
+            line.push(b'\n');
+            line
+        }
+    }
+}
+
+/// A status frame (`online`/`offline`).
+pub fn status_frame(framing: SerialFraming, device: &str, online: bool) -> Vec<u8> {
+    let word = if online { "online" } else { "offline" };
+    match framing {
+        SerialFraming::Text => text_frame(&format!("STA,{device},{word}")),
+        SerialFraming::JsonLines => {
+            format!("{{\"device\":\"{device}\",\"status\":\"{word}\"}}\n").into_bytes()
+        }
+    }
+}
+
+/// A serial bus: several occupancy sensors sharing one line.
+#[derive(Debug, Clone)]
+pub struct SerialBusConfig {
+    /// Where to put the link to the pty.
+    pub link: PathBuf,
+    pub sensors: usize,
+    pub prefix: String,
+    pub seed: u64,
+    pub framing: SerialFraming,
+    pub interval: Duration,
+    /// Readings per sensor; `None` runs until stopped.
+    pub readings: Option<u64>,
+    pub change_ratio: f64,
+    /// Share of frames damaged on the line: half get a wrong checksum (lost), half arrive after
+    /// a burst of line noise (kept). Every frame is also split across 1–3 writes.
+    pub fault_ratio: f64,
+    /// Unplug the adapter this often, for `unplug_for`.
+    pub unplug_every: Option<Duration>,
+    pub unplug_for: Duration,
+}
+
+/// What a serial bus run wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SerialStats {
+    pub fleet: FleetStats,
+    /// Frames written with a wrong checksum.
+    pub corrupted: u64,
+    pub unplugs: u64,
+}
+
+/// Run a serial bus until every sensor has written its readings or `stop` resolves; sensors
+/// announce `online` first and `offline` at the end. The link exists from the start.
+pub async fn run_serial_bus(
+    config: SerialBusConfig,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<SerialStats> {
+    let mut link = SerialLink::plug(&config.link)?;
+    let stop = crate::tokio_stop(stop);
+    let mut rng = fastrand::Rng::with_seed(config.seed ^ 0x5e71a1);
+    let mut sensors: Vec<Firmware> = (0..config.sensors)
+        .map(|i| {
+            Firmware::new(
+                format!("{}-{}", config.prefix, i + 1),
+                DeviceClass::OccupancySensor,
+                config.seed,
+            )
+        })
+        .collect();
+    let mut stats = SerialStats::default();
+    for s in &sensors {
+        link.send(status_frame(config.framing, &s.id, true)).await?;
+    }
+    let mut next_unplug = config.unplug_every.map(|e| tokio::time::Instant::now() + e);
+    let mut written = 0u64;
+    while config.readings.is_none_or(|n| written < n) && !*stop.borrow() {
+        for fw in &mut sensors {
+            let (reading, changed) = fw.next_reading(config.change_ratio, crate::now_ms());
+            let mut frame = reading_frame(config.framing, &fw.id, &reading);
+            if rng.f64() < config.fault_ratio {
+                if rng.bool() {
+                    // a wrong checksum: the daemon must drop this frame
+                    let star = frame.iter().rposition(|b| *b == b'*').unwrap_or(0);
+                    if config.framing == SerialFraming::Text && star > 0 {
+                        frame[star + 1] = if frame[star + 1] == b'0' { b'1' } else { b'0' };
+                        stats.corrupted += 1;
+                    }
+                } else {
+                    let noise: Vec<u8> = (0..rng.usize(1..16))
+                        .map(|_| rng.u8(..))
+                        .filter(|b| *b != b'\n' && *b != b'$')
+                        .collect();
+                    link.send(noise).await?;
+                }
+            }
+            let cuts = rng.usize(0..3);
+            let mut rest = frame.as_slice();
+            for _ in 0..cuts {
+                if rest.len() < 2 {
+                    break;
+                }
+                let (head, tail) = rest.split_at(rng.usize(1..rest.len()));
+                link.send(head.to_vec()).await?;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                rest = tail;
+            }
+            link.send(rest.to_vec()).await?;
+            stats.fleet.readings += 1;
+            stats.fleet.changes += changed as u64;
+        }
+        written += 1;
+        if let (Some(at), Some(every)) = (next_unplug, config.unplug_every) {
+            if tokio::time::Instant::now() >= at {
+                link.unplug();
+                stats.unplugs += 1;
+                tokio::time::sleep(config.unplug_for).await;
+                link.replug()?;
+                next_unplug = Some(tokio::time::Instant::now() + every);
+                for s in &sensors {
+                    link.send(status_frame(config.framing, &s.id, true)).await?;
+                }
+            }
+        }
+        let mut stop = stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(config.interval) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    for s in &sensors {
+        link.send(status_frame(config.framing, &s.id, false))
+            .await?;
+    }
+    // Give the reader a moment to take the last frames before the line hangs up.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_match_the_documented_formats() {
+        assert_eq!(
+            text_frame("OCC,desk-12,1,21.4"),
+            b"$OCC,desk-12,1,21.4*7C\r\n"
+        );
+        let reading = serde_json::json!({"presence": true, "temperature": 21.4, "seq": 3, "ts": 1});
+        assert_eq!(
+            reading_frame(SerialFraming::Text, "desk-12", &reading),
+            text_frame("OCC,desk-12,1,21.4,3")
+        );
+        assert_eq!(
+            reading_frame(SerialFraming::JsonLines, "desk-12", &reading),
+            b"{\"device\":\"desk-12\",\"presence\":true,\"seq\":3,\"temperature\":21.4}\n"
+        );
+    }
+
+    #[test]
+    fn a_link_carries_bytes_and_survives_replug() {
+        use std::io::Read;
+        let dir = std::env::temp_dir().join(format!("fwsim-pty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut link = SerialLink::plug(dir.join("ttySIM0")).unwrap();
+        let first = link.pts().to_path_buf();
+        let mut reader = File::open(link.path()).unwrap();
+        link.write(b"hello\n").unwrap();
+        let mut buf = [0u8; 6];
+        reader.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"hello\n", "raw mode: bytes arrive untouched");
+        link.unplug();
+        assert!(!link.path().exists());
+        assert!(
+            !matches!(reader.read(&mut buf), Ok(n) if n > 0),
+            "the old line hung up"
+        );
+        link.replug().unwrap();
+        assert!(link.path().exists());
+        assert_ne!(
+            link.pts(),
+            first,
+            "a new node, like a re-enumerated adapter"
+        );
+        let mut reader = File::open(link.path()).unwrap();
+        link.write(b"again\n").unwrap();
+        reader.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"again\n");
+        drop(link);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
