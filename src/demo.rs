@@ -54,6 +54,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     start_broker(broker_port)?;
     let (receiver_url, received) = start_receiver().await?;
     let state_dir = std::env::temp_dir().join(format!("edgehook-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&state_dir).context("creating the demo directory")?;
+    let serial_link = state_dir.join("ttyDEMO0");
     let sensors: Vec<String> = (1..=args.sensors)
         .map(|i| format!("demo-occ-{i}"))
         .collect();
@@ -75,9 +77,14 @@ subscriptions = [
   {{ topic = "rooms/{{device}}/display", kind = "reading", metadata_fields = ["seq", "ts"] }},
   {{ topic = "devices/{{device}}/status", kind = "status" }},
 ]
+[[serial_ports]]
+path = "{serial}"
+framing = "text"
+metadata_fields = ["seq"]
+reopen_min = "100ms"
 [[device_classes]]
 name = "occupancy"
-match = ["demo-occ-*"]
+match = ["demo-occ-*", "demo-serial-*"]
 heartbeat = "{interval}"
 debounce = "{DEMO_DEBOUNCE_MS}ms"
 deadband = {{ temperature = 0.2 }}
@@ -98,6 +105,7 @@ secret = "{DEMO_SECRET}"
 listen = ""
 "#,
         state = state_dir.display(),
+        serial = serial_link.display(),
         interval = humantime::format_duration(args.interval.max(Duration::from_millis(100))),
     ))
     .context("demo configuration")?;
@@ -106,13 +114,40 @@ listen = ""
     println!("  broker    mqtt://127.0.0.1:{broker_port} (embedded rumqttd)");
     println!("  receiver  {receiver_url} (verifies X-Webhook-Signature, HMAC-SHA256)");
     println!("  devices   {} occupancy sensor(s), {} room display(s); workspace meeting-room-1 = [{workspace_sensors}] + demo-disp-1", args.sensors, args.displays);
+    println!(
+        "  serial    demo-serial-1 on {} (a pseudo-terminal, text frames)",
+        serial_link.display()
+    );
     println!("  outbox    {}", state_dir.display());
     println!("Ctrl-C to stop.\n");
+
+    // The serial sensor's line first, so the daemon finds it at once.
+    let stop = CancellationToken::new();
+    let stop_serial = stop.clone();
+    let serial_bus = firmware_sim::serial::SerialBusConfig {
+        link: serial_link.clone(),
+        sensors: 1,
+        prefix: "demo-serial".into(),
+        seed: args.seed,
+        framing: firmware_sim::serial::SerialFraming::Text,
+        interval: args.interval,
+        readings: None,
+        change_ratio: 0.3,
+        fault_ratio: 0.0,
+        unplug_every: None,
+        unplug_for: Duration::ZERO,
+    };
+    let serial = tokio::spawn(firmware_sim::serial::run_serial_bus(
+        serial_bus,
+        async move { stop_serial.cancelled().await },
+    ));
+    while !serial_link.exists() && !serial.is_finished() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let daemon_cancel = CancellationToken::new();
     let daemon = tokio::spawn(crate::run(config, daemon_cancel.clone()));
 
-    let stop = CancellationToken::new();
     let stop_fleet = stop.clone();
     let fleet = firmware_sim::FleetConfig {
         port: broker_port,
@@ -143,6 +178,14 @@ listen = ""
         ),
         Ok(Err(e)) => eprintln!("simulated devices failed: {e:#}"),
         Err(e) => eprintln!("simulated devices task failed: {e}"),
+    }
+    match serial.await {
+        Ok(Ok(stats)) => println!(
+            "serial sensor wrote {} readings ({} changes)",
+            stats.fleet.readings, stats.fleet.changes
+        ),
+        Ok(Err(e)) => eprintln!("simulated serial sensor failed: {e:#}"),
+        Err(e) => eprintln!("simulated serial sensor task failed: {e}"),
     }
     // Let the debounced offline reports out before the daemon stops.
     tokio::time::sleep(Duration::from_millis(DEMO_DEBOUNCE_MS + 700)).await;

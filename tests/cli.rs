@@ -108,6 +108,12 @@ fn the_demo_runs_and_every_webhook_verifies() {
     assert!(stdout.contains("✓ device.online"), "{stdout}");
     assert!(stdout.contains("✓ sensor.reading.updated"), "{stdout}");
     assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("sensor.reading.updated") && l.contains("demo-serial-1")),
+        "the serial sensor's readings arrive too: {stdout}"
+    );
+    assert!(
         stdout.contains("✓ device.offline"),
         "devices announce offline on stop: {stdout}"
     );
