@@ -53,10 +53,11 @@ pub fn main() -> ExitCode {
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
                 println!(
-                    "{}: ok (gateway {}, {} subscription(s), {} workspace(s), webhook {})",
+                    "{}: ok (gateway {}, {} subscription(s), {} serial port(s), {} workspace(s), webhook {})",
                     file.display(),
                     c.gateway_id,
                     c.mqtt.subscriptions.len(),
+                    c.serial_ports.len(),
                     c.workspaces.len(),
                     c.webhook_url_for_logs()
                 );
