@@ -76,12 +76,13 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            if let Some(dir) = state_dir {
-                loaded.state_dir = dir;
+            if let Some(dir) = &state_dir {
+                loaded.state_dir = dir.clone();
             }
             block_on(async {
                 let cancel = crate::shutdown_on_signals();
-                crate::run(loaded, cancel).await
+                let reloads = crate::reload_on_sighup(config, state_dir);
+                crate::run_with_reloads(loaded, cancel, Some(reloads)).await
             })
         }
         #[cfg(feature = "demo")]

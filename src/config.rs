@@ -760,6 +760,37 @@ impl Config {
         Ok(())
     }
 
+    /// Top-level keys that differ in `new` and take effect only after a restart. Device classes
+    /// and workspaces are not among them: a reload applies those live.
+    pub fn needs_restart(&self, new: &Config) -> Vec<&'static str> {
+        fn differ<T: Serialize>(a: &T, b: &T) -> bool {
+            serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
+        }
+        let mut keys = Vec::new();
+        if self.gateway_id != new.gateway_id {
+            keys.push("gateway_id");
+        }
+        if self.state_dir != new.state_dir {
+            keys.push("state_dir");
+        }
+        if differ(&self.mqtt, &new.mqtt) {
+            keys.push("mqtt");
+        }
+        if differ(&self.serial_ports, &new.serial_ports) {
+            keys.push("serial_ports");
+        }
+        if differ(&self.webhook, &new.webhook) {
+            keys.push("webhook");
+        }
+        if differ(&self.outbox, &new.outbox) {
+            keys.push("outbox");
+        }
+        if differ(&self.telemetry, &new.telemetry) {
+            keys.push("telemetry");
+        }
+        keys
+    }
+
     /// The webhook URL as it may be logged: no user info, no query string (either may carry
     /// a credential).
     pub fn webhook_url_for_logs(&self) -> String {
@@ -974,6 +1005,20 @@ hold = "90s"
         let bad = text.replace("hold = \"90s\"", "hold = \"a while\"");
         let e = err_of(&bad);
         assert!(e.contains("key `workspaces[0].hold`"), "{e}");
+    }
+
+    #[test]
+    fn reload_tells_which_sections_need_a_restart() {
+        let old = Config::from_toml_str(MINIMAL).unwrap();
+        let mut new = old.clone();
+        new.device_classes.push(DeviceClassConfig::default());
+        assert!(
+            old.needs_restart(&new).is_empty(),
+            "device rules reload live"
+        );
+        new.webhook.secret = Secret::new("rotated");
+        new.mqtt.port = 1884;
+        assert_eq!(old.needs_restart(&new), ["mqtt", "webhook"]);
     }
 
     #[test]

@@ -57,6 +57,16 @@ const STAGE_CHANNEL: usize = 1024;
 
 /// Run the daemon until `cancel` fires, then drain and flush.
 pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()> {
+    run_with_reloads(config, cancel, None).await
+}
+
+/// [`run`], also taking reloaded configurations (SIGHUP): device classes and workspaces apply
+/// at once; other changes are logged as needing a restart.
+pub async fn run_with_reloads(
+    config: Config,
+    cancel: CancellationToken,
+    reloads: Option<mpsc::Receiver<Config>>,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
@@ -100,6 +110,15 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         outbox.clone(),
         cancel.clone(),
     ));
+    let (rules_tx, rules_rx) = mpsc::channel(4);
+    if let Some(reloads) = reloads {
+        tracker.spawn(apply_reloads(
+            config.clone(),
+            reloads,
+            rules_tx,
+            cancel.clone(),
+        ));
+    }
     let (inbound_tx, inbound_rx) = mpsc::channel(STAGE_CHANNEL);
     let (commit_tx, commit_rx) = mpsc::channel(STAGE_CHANNEL);
     if let Some(mqtt) = mqtt {
@@ -115,6 +134,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         clock,
         Arc::from(config.gateway_id.as_str()),
         inbound_rx,
+        rules_rx,
         commit_tx,
     ));
     tracker.spawn(outbox::run_writer(
@@ -142,6 +162,75 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     outbox.flush().await.context("final outbox flush")?;
     tracing::info!(pending = outbox.len(), "edgehook stopped; outbox flushed");
     Ok(())
+}
+
+/// Hand each reloaded configuration's device rules to the device stage, and say what else
+/// changed and needs a restart.
+async fn apply_reloads(
+    mut running: Config,
+    mut reloads: mpsc::Receiver<Config>,
+    rules: mpsc::Sender<device::Rules>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let new = tokio::select! {
+            _ = cancel.cancelled() => return,
+            new = reloads.recv() => match new {
+                Some(new) => new,
+                None => return,
+            },
+        };
+        let restart = running.needs_restart(&new);
+        let update = device::Rules {
+            classes: new.device_classes.clone(),
+            workspaces: new.workspaces.clone(),
+        };
+        if rules.send(update).await.is_err() {
+            return;
+        }
+        if restart.is_empty() {
+            tracing::info!("configuration reloaded: device classes and workspaces applied");
+        } else {
+            tracing::warn!(
+                needs_restart = %restart.join(", "),
+                "configuration reloaded: device classes and workspaces applied; other changes take effect after a restart"
+            );
+        }
+        running.device_classes = new.device_classes;
+        running.workspaces = new.workspaces;
+    }
+}
+
+/// Re-read `file` on every SIGHUP and send the result to [`run_with_reloads`]; a configuration
+/// that does not load is logged and ignored (the running one stays).
+pub fn reload_on_sighup(
+    file: std::path::PathBuf,
+    state_dir: Option<std::path::PathBuf>,
+) -> mpsc::Receiver<Config> {
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot install a SIGHUP handler; reload by restarting");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match Config::load(&file) {
+                Ok(mut config) => {
+                    if let Some(dir) = &state_dir {
+                        config.state_dir = dir.clone();
+                    }
+                    if tx.send(config).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: configuration not reloaded; the running one stays")
+                }
+            }
+        }
+    });
+    rx
 }
 
 /// A token that fires on SIGINT or SIGTERM.

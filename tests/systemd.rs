@@ -78,3 +78,61 @@ async fn ready_after_the_broker_connects_then_watchdog_then_stopping() {
         "{got:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_device_rules_live_and_names_what_needs_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+    let mut sensor = common::device(
+        broker.port,
+        "hup-occ-1",
+        firmware_sim::DeviceClass::OccupancySensor,
+    )
+    .await;
+    common::publish(&mut sensor, 1, 1.0).await;
+    receiver
+        .wait_until(Duration::from_secs(20), "the first reading", |s| {
+            !s.of_type("sensor.reading.updated").is_empty()
+        })
+        .await;
+    assert!(receiver.seen(|s| s.of_type("workspace.status.updated").is_empty()));
+
+    // A broken file first: refused, the daemon keeps running on what it has.
+    std::fs::write(dir.path().join("edgehook.toml"), "gateway_id = [").unwrap();
+    daemon.signal(1);
+    // Then a workspace on the sensor (applied live) and a new webhook timeout (needs a restart).
+    let extra = "[[workspaces]]\nid = \"desk-hup\"\nsensors = [\"hup-occ-1\"]\nhold = \"1s\"\n";
+    let wait = Instant::now() + Duration::from_secs(10);
+    while !daemon.log().contains("configuration not reloaded") {
+        assert!(Instant::now() < wait, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon.rewrite_config(broker.port, &receiver.url, extra);
+    let text = std::fs::read_to_string(dir.path().join("edgehook.toml"))
+        .unwrap()
+        .replace("timeout = \"2s\"", "timeout = \"3s\"");
+    std::fs::write(dir.path().join("edgehook.toml"), text).unwrap();
+    daemon.signal(1);
+    receiver
+        .wait_until(
+            Duration::from_secs(20),
+            "the workspace's first status",
+            |s| s.of_type("workspace.status.updated").len() == 1,
+        )
+        .await;
+    receiver.seen(|s| {
+        let ws = &s.of_type("workspace.status.updated")[0]["data"];
+        assert_eq!(ws["workspace_id"], "desk-hup");
+        assert!(ws["status"] == "Occupied" || ws["status"] == "Free", "{ws}");
+    });
+    let log = daemon.log();
+    assert!(log.contains("needs_restart=webhook"), "{log}");
+    assert_eq!(
+        daemon.terminate(),
+        Some(0),
+        "still running and stops cleanly"
+    );
+}

@@ -174,6 +174,13 @@ impl Applied {
     }
 }
 
+/// Device rules from a reloaded configuration.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub classes: Vec<DeviceClassConfig>,
+    pub workspaces: Vec<WorkspaceConfig>,
+}
+
 /// All devices and workspaces this gateway knows about, and their timers.
 pub struct Registry {
     devices: HashMap<String, Device>,
@@ -198,17 +205,66 @@ impl Registry {
         known_workspaces: impl IntoIterator<Item = (String, WorkspaceState)>,
         started: Millis,
     ) -> Registry {
-        let mut classes: Vec<DeviceClass> = classes.iter().map(DeviceClass::new).collect();
-        classes.push(DeviceClass::new(&DeviceClassConfig::default()));
-        let mut known_workspaces: HashMap<String, WorkspaceState> =
-            known_workspaces.into_iter().collect();
-        let mut workspaces_of: HashMap<String, Vec<usize>> = HashMap::new();
-        let workspaces: Vec<Workspace> = workspaces
+        let mut registry = Registry {
+            devices: known_devices
+                .into_iter()
+                .map(|(id, state)| {
+                    let device = Device {
+                        state,
+                        class: 0,
+                        saved_at: started,
+                    };
+                    (id, device)
+                })
+                .collect(),
+            classes: Vec::new(),
+            workspaces: Vec::new(),
+            workspaces_of: HashMap::new(),
+            timers: BTreeSet::new(),
+            scheduled: HashMap::new(),
+            started,
+        };
+        registry.install(classes, workspaces, known_workspaces.into_iter().collect());
+        registry
+    }
+
+    /// Take new device rules (a configuration reload) at `now`: classes are matched afresh,
+    /// workspaces keep the state of those that stay, and every status is re-evaluated.
+    pub fn reconfigure(&mut self, rules: &Rules, now: Millis) -> Applied {
+        let mut out = self.tick(now);
+        let known: HashMap<String, WorkspaceState> = self
+            .workspaces
+            .drain(..)
+            .map(|w| (w.config.id, w.state))
+            .collect();
+        self.install(&rules.classes, &rules.workspaces, known);
+        for i in 0..self.workspaces.len() {
+            self.evaluate_workspace(i, now, None, &mut out);
+        }
+        out
+    }
+
+    /// Compile `classes`, bind `workspaces` (with their known states), classify every device
+    /// and schedule every timer afresh.
+    fn install(
+        &mut self,
+        classes: &[DeviceClassConfig],
+        workspaces: &[WorkspaceConfig],
+        mut known_workspaces: HashMap<String, WorkspaceState>,
+    ) {
+        self.classes = classes.iter().map(DeviceClass::new).collect();
+        self.classes
+            .push(DeviceClass::new(&DeviceClassConfig::default()));
+        self.workspaces_of.clear();
+        self.workspaces = workspaces
             .iter()
             .enumerate()
             .map(|(i, ws)| {
                 for device in ws.sensors.iter().chain(&ws.display) {
-                    workspaces_of.entry(device.clone()).or_default().push(i);
+                    self.workspaces_of
+                        .entry(device.clone())
+                        .or_default()
+                        .push(i);
                 }
                 Workspace {
                     config: ws.clone(),
@@ -217,31 +273,19 @@ impl Registry {
                 }
             })
             .collect();
-        let mut registry = Registry {
-            devices: HashMap::new(),
-            classes,
-            workspaces,
-            workspaces_of,
-            timers: BTreeSet::new(),
-            scheduled: HashMap::new(),
-            started,
-        };
-        for (id, state) in known_devices {
-            let class = registry.class_of(&id);
-            registry.devices.insert(
-                id.clone(),
-                Device {
-                    state,
-                    class,
-                    saved_at: started,
-                },
-            );
-            registry.schedule_device(&id);
+        let ids: Vec<String> = self.devices.keys().cloned().collect();
+        for id in &ids {
+            let class = self.class_of(id);
+            self.devices.get_mut(id).expect("listed above").class = class;
         }
-        for i in 0..registry.workspaces.len() {
-            registry.schedule_workspace(i);
+        self.timers.clear();
+        self.scheduled.clear();
+        for id in &ids {
+            self.schedule_device(id);
         }
-        registry
+        for i in 0..self.workspaces.len() {
+            self.schedule_workspace(i);
+        }
     }
 
     fn class_of(&self, device_id: &str) -> usize {
@@ -608,14 +652,23 @@ pub async fn run(
     clock: Clock,
     gateway_id: Arc<str>,
     mut inbound: mpsc::Receiver<Inbound>,
+    mut rules: mpsc::Receiver<Rules>,
     commits: mpsc::Sender<Commit>,
 ) {
+    let mut reloadable = true;
     loop {
         let wake = registry.next_deadline().map(|at| clock.instant_at(at));
         let (applied, ack) = tokio::select! {
             msg = inbound.recv() => match msg {
                 Some(msg) => (registry.apply(&msg.device_id, &msg.body, clock.now()), msg.ack),
                 None => break,
+            },
+            new = rules.recv(), if reloadable => match new {
+                Some(new) => (registry.reconfigure(&new, clock.now()), None),
+                None => {
+                    reloadable = false;
+                    continue;
+                }
             },
             _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
                 (registry.tick(clock.now()), None)
@@ -897,6 +950,30 @@ mod tests {
         let a = r.apply("occ-a", &reading(json!({"presence": false})), 95_000);
         assert_eq!(statuses(&a), [(json!("Free"), json!("Unknown"))]);
         assert_eq!(a.workspaces.last().unwrap().0, "room");
+    }
+
+    #[test]
+    fn reconfigure_reclassifies_devices_and_binds_new_workspaces() {
+        let mut r = Registry::new(&[], &[], [], [], 0);
+        r.apply("occ-1", &reading(json!({"presence": true})), 1_000);
+        assert_eq!(r.class_name("occ-1"), "default");
+        let rules = Rules {
+            classes: vec![class("occ", "occ-*")],
+            workspaces: vec![ws("desk", &["occ-1"], None)],
+        };
+        let a = r.reconfigure(&rules, 2_000);
+        assert_eq!(r.class_name("occ-1"), "occ");
+        assert_eq!(statuses(&a), [(json!("Occupied"), Value::Null)]);
+        assert_eq!(
+            r.next_deadline(),
+            Some(31_000),
+            "the new class's heartbeat applies"
+        );
+        // the new class has no debounce: offline at once
+        assert_eq!(
+            kinds(&r.apply("occ-1", &OFFLINE, 3_000)),
+            ["device.offline", "workspace.status.updated"]
+        );
     }
 
     #[test]

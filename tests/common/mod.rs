@@ -490,6 +490,21 @@ impl Daemon {
         }
     }
 
+    /// Rewrite the configuration file (same broker, receiver and state) with other `extra` keys.
+    pub fn rewrite_config(&self, broker_port: u16, receiver_url: &str, extra: &str) {
+        let state = self.dir.join("state");
+        std::fs::write(
+            &self.config,
+            config_text(broker_port, receiver_url, self.metrics_port, &state, extra),
+        )
+        .unwrap();
+    }
+
+    /// Send a signal (e.g. 1 = SIGHUP) to the running daemon.
+    pub fn signal(&self, signal: i32) {
+        unsafe_kill(self.pid().expect("running"), signal);
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
