@@ -453,7 +453,7 @@ impl Daemon {
             .append(true)
             .open(&self.stderr)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_edgehook"))
+        let child = daemon_command()
             .args(["run", "--config"])
             .arg(&self.config)
             .env("EDGEHOOK_LOG", "info")
@@ -518,6 +518,22 @@ impl Daemon {
         let text = http_get(self.metrics_port, "/metrics")?;
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+}
+
+/// The `edgehook` under test: this build's binary, or `TEST_EDGEHOOK_BIN` run through
+/// `TEST_EDGEHOOK_RUNNER` (how CI runs the aarch64 build under qemu-aarch64).
+pub fn daemon_command() -> Command {
+    let bin = std::env::var("TEST_EDGEHOOK_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_edgehook").to_string());
+    match std::env::var("TEST_EDGEHOOK_RUNNER") {
+        Ok(runner) if !runner.trim().is_empty() => {
+            let mut words = runner.split_whitespace();
+            let mut cmd = Command::new(words.next().expect("non-empty"));
+            cmd.args(words).arg(bin);
+            cmd
+        }
+        _ => Command::new(bin),
     }
 }
 
