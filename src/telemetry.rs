@@ -1,7 +1,8 @@
 //! Telemetry: logs, counters, and the localhost `/healthz` + `/metrics` endpoint.
 //!
 //! Logs go to stderr, one line per fact with structured fields. Under systemd (`JOURNAL_STREAM`
-//! set) lines carry no timestamp or colour, since journald adds its own. Per-message faults
+//! set) lines carry no timestamp or colour, since journald adds its own, and start with their
+//! syslog priority (`<4>` for a warning) instead of a level word, which journald records. Per-message faults
 //! (malformed payloads) are rate-limited through [`FaultLog`] so a misbehaving device cannot
 //! flood the journal.
 //!
@@ -37,11 +38,46 @@ pub fn init_logging() {
         .with_writer(std::io::stderr)
         .with_target(false);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().with_ansi(false).init();
+        let format = tracing_subscriber::fmt::format()
+            .without_time()
+            .with_level(false)
+            .with_ansi(false)
+            .with_target(false);
+        builder.event_format(JournalPriority(format)).init();
     } else {
         builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
+    }
+}
+
+/// Under journald: each line starts with its syslog priority (`<3>` error, `<4>` warning,
+/// `<6>` info, `<7>` debug), which journald strips and records, so `journalctl -p warning` works.
+struct JournalPriority<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for JournalPriority<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "<{}>", syslog_priority(event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+fn syslog_priority(level: &tracing::Level) -> u8 {
+    match *level {
+        tracing::Level::ERROR => 3,
+        tracing::Level::WARN => 4,
+        tracing::Level::INFO => 6,
+        _ => 7,
     }
 }
 

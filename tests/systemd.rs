@@ -41,6 +41,7 @@ async fn ready_after_the_broker_connects_then_watchdog_then_stopping() {
         .env
         .push(("NOTIFY_SOCKET".into(), path.display().to_string()));
     daemon.env.push(("WATCHDOG_USEC".into(), "600000".into()));
+    daemon.env.push(("JOURNAL_STREAM".into(), "8:12345".into()));
     daemon.spawn();
 
     let early = messages_until(&sock, Duration::from_millis(1500), "READY=1");
@@ -76,6 +77,22 @@ async fn ready_after_the_broker_connects_then_watchdog_then_stopping() {
     assert!(
         got.iter().any(|m| m.lines().any(|l| l == "STOPPING=1")),
         "{got:?}"
+    );
+    // journald lines: a priority prefix, no timestamp, no colour
+    let log = daemon.log();
+    assert!(
+        log.lines().any(|l| l.starts_with("<6>edgehook starting")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("<4>MQTT connection lost or refused")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .all(|l| l.starts_with('<') && !l.contains('\u{1b}')),
+        "{log}"
     );
 }
 
