@@ -1,139 +1,30 @@
 //! Delivery: sign each outbox record, POST it, and retry until the receiver answers 2xx.
 //!
-//! - [`Signer`]: hex HMAC-SHA256 of the exact body bytes.
-//! - [`RetryPolicy`] and [`classify`]: the retry schedule and what counts as done, as plain
-//!   functions over plain data.
+//! - [`sign`]: the signature schemes.
+//! - [`retry`]: the retry schedule and what counts as done, as plain functions over plain data.
 //! - [`Dispatcher`]: the task's state. Records are loaded from the outbox into a bounded window
 //!   and queued per *lane* (one device, or one workspace). A lane sends one record at a time, so a
 //!   device's events arrive in order; up to `max_concurrency` lanes send at once, so one slow or
 //!   failing device never holds the others back and bursts are not sent one request at a time.
 //!   A failed record waits out its backoff at the head of its lane; nothing is ever dropped.
-//!
-//! Retry schedule: delay(n) = min(initial · multiplier^(n-1), max), with ±jitter/2 spread, where n
-//! is the number of failed attempts so far; a `Retry-After` from the receiver (seconds or HTTP
-//! date, capped at one hour) replaces the computed delay when it is longer. Attempts are unlimited.
+
+pub mod retry;
+pub mod sign;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use hmac::{Hmac, Mac};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
-use sha2::Sha256;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
-use crate::config::{RetryConfig, Secret, WebhookConfig};
+use crate::config::WebhookConfig;
 use crate::outbox::{Outbox, OutboxRecord};
 use crate::telemetry::Metrics;
-
-/// Longest `Retry-After` we honour.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
-
-/// Signs bodies with the endpoint's secret.
-#[derive(Clone)]
-pub struct Signer {
-    mac: Hmac<Sha256>,
-}
-
-impl Signer {
-    pub fn new(secret: &Secret) -> Signer {
-        Signer {
-            mac: Hmac::new_from_slice(secret.expose().as_bytes())
-                .expect("HMAC takes keys of any length"),
-        }
-    }
-
-    /// Lower-case hex HMAC-SHA256 of `body`.
-    pub fn sign(&self, body: &[u8]) -> String {
-        let mut mac = self.mac.clone();
-        mac.update(body);
-        hex::encode(mac.finalize().into_bytes())
-    }
-
-    /// Constant-time check of a hex signature (for receivers: the demo, the docs).
-    pub fn verify(&self, body: &[u8], signature_hex: &str) -> bool {
-        let Ok(sig) = hex::decode(signature_hex.trim()) else {
-            return false;
-        };
-        let mut mac = self.mac.clone();
-        mac.update(body);
-        mac.verify_slice(&sig).is_ok()
-    }
-}
-
-/// The retry schedule, as data.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    pub initial: Duration,
-    pub max: Duration,
-    pub multiplier: f64,
-    pub jitter: f64,
-}
-
-impl From<&RetryConfig> for RetryPolicy {
-    fn from(c: &RetryConfig) -> Self {
-        RetryPolicy {
-            initial: c.initial,
-            max: c.max,
-            multiplier: c.multiplier,
-            jitter: c.jitter,
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// Delay before the next attempt after `failures` failed attempts (≥ 1). `unit` is a random
-    /// number in [0, 1) that spreads the delay by ±jitter/2.
-    pub fn delay(&self, failures: u32, retry_after: Option<Duration>, unit: f64) -> Duration {
-        let exp = self
-            .multiplier
-            .powi(failures.saturating_sub(1).min(64) as i32);
-        let base = (self.initial.as_secs_f64() * exp).min(self.max.as_secs_f64());
-        let spread = 1.0 + self.jitter * (unit - 0.5);
-        let computed = Duration::from_secs_f64((base * spread).max(0.0));
-        match retry_after {
-            Some(ra) => computed.max(ra.min(MAX_RETRY_AFTER)),
-            None => computed,
-        }
-    }
-}
-
-/// What one attempt's result means.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Delivered,
-    Retry {
-        status: Option<u16>,
-        retry_after: Option<Duration>,
-        reason: String,
-    },
-}
-
-/// 2xx is delivered; every other answer is retried (the receiver may be mid-deploy, or
-/// misconfigured and about to be fixed: we never drop an event on its say-so).
-pub fn classify(status: u16, retry_after: Option<&str>, now: SystemTime) -> Outcome {
-    if (200..300).contains(&status) {
-        return Outcome::Delivered;
-    }
-    Outcome::Retry {
-        status: Some(status),
-        retry_after: retry_after.and_then(|v| parse_retry_after(v, now)),
-        reason: format!("HTTP {status}"),
-    }
-}
-
-/// `Retry-After: 120` or `Retry-After: Wed, 21 Oct 2015 07:28:00 GMT`.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    httpdate::parse_http_date(value)
-        .ok()
-        .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO))
-}
+pub use retry::{classify, Outcome, RetryPolicy};
+pub use sign::Signer;
 
 /// The creation time carried in a UUIDv7 event id (milliseconds since the epoch).
 fn created_at(id: &str) -> Option<SystemTime> {
@@ -430,86 +321,6 @@ fn describe_reqwest_error(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn signature_matches_a_known_vector() {
-        // printf '%s' '{"a":1}' | openssl dgst -sha256 -hmac 'whsec-test'
-        let signer = Signer::new(&Secret::new("whsec-test"));
-        let sig = signer.sign(br#"{"a":1}"#);
-        assert_eq!(
-            sig,
-            "a40e86f8db5b22c03b9272899c227b359d6580eb7969a4f90f643a3d90fdc1cc"
-        );
-        assert!(signer.verify(br#"{"a":1}"#, &sig));
-        assert!(!signer.verify(br#"{"a":2}"#, &sig));
-        assert!(!signer.verify(br#"{"a":1}"#, "zz"));
-    }
-
-    #[test]
-    fn retry_schedule_grows_caps_and_jitters() {
-        let p = RetryPolicy {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(60),
-            multiplier: 2.0,
-            jitter: 0.2,
-        };
-        let mid = |n| p.delay(n, None, 0.5);
-        assert_eq!(mid(1), Duration::from_secs(1));
-        assert_eq!(mid(2), Duration::from_secs(2));
-        assert_eq!(mid(3), Duration::from_secs(4));
-        assert_eq!(mid(7), Duration::from_secs(60));
-        assert_eq!(mid(1000), Duration::from_secs(60));
-        assert_eq!(p.delay(1, None, 0.0), Duration::from_millis(900));
-        assert!(p.delay(1, None, 0.999_999) <= Duration::from_millis(1100));
-        // Retry-After wins when longer, is capped at an hour, and never shortens our delay
-        assert_eq!(
-            p.delay(1, Some(Duration::from_secs(30)), 0.5),
-            Duration::from_secs(30)
-        );
-        assert_eq!(
-            p.delay(7, Some(Duration::from_secs(5)), 0.5),
-            Duration::from_secs(60)
-        );
-        assert_eq!(
-            p.delay(1, Some(Duration::from_secs(86_400)), 0.5),
-            MAX_RETRY_AFTER
-        );
-    }
-
-    #[test]
-    fn classification_table() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480); // 2015-10-21 07:28:00Z
-        let cases: &[(u16, Option<&str>, bool, Option<u64>)] = &[
-            (200, None, true, None),
-            (204, None, true, None),
-            (299, None, true, None),
-            (301, None, false, None),
-            (400, None, false, None),
-            (408, None, false, None),
-            (429, Some("7"), false, Some(7)),
-            (500, None, false, None),
-            (503, Some("Wed, 21 Oct 2015 07:28:30 GMT"), false, Some(30)),
-            (503, Some("in a bit"), false, None),
-        ];
-        for (status, ra, delivered, secs) in cases {
-            match classify(*status, *ra, now) {
-                Outcome::Delivered => assert!(delivered, "{status}"),
-                Outcome::Retry {
-                    retry_after,
-                    status: s,
-                    ..
-                } => {
-                    assert!(!delivered, "{status}");
-                    assert_eq!(s, Some(*status));
-                    assert_eq!(
-                        retry_after,
-                        secs.map(Duration::from_secs),
-                        "{status} {ra:?}"
-                    );
-                }
-            }
-        }
-    }
 
     #[test]
     fn event_ids_carry_their_creation_time() {
