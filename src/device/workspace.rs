@@ -118,6 +118,15 @@ mod tests {
 
     const HOLD: Millis = 300_000;
 
+    /// The state before, the votes, booked, now → the status after.
+    type Case = (
+        WorkspaceState,
+        &'static [Vote],
+        bool,
+        Millis,
+        Option<WorkspaceStatus>,
+    );
+
     /// Each row: the state before, the votes, booked, now → the status after.
     #[test]
     fn rules_as_a_table() {
@@ -128,13 +137,7 @@ mod tests {
                 vacated_at: vacated,
             }
         };
-        let cases: &[(
-            WorkspaceState,
-            &[Vote],
-            bool,
-            Millis,
-            Option<WorkspaceStatus>,
-        )] = &[
+        let cases: &[Case] = &[
             // nobody heard yet: no status
             (was(None, false, None), &[Silent, Silent], false, 0, None),
             // first absence everywhere: Free at once (nothing to hold)
