@@ -19,6 +19,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use crate::deliver::format::PayloadFormat;
+pub use crate::deliver::sign::SignatureScheme;
+
 /// Environment variables with the `EDGEHOOK_` prefix that are not configuration keys.
 const NON_CONFIG_ENV: &[&str] = &["LOG", "CONFIG", "STATE_DIR"];
 
@@ -351,10 +354,31 @@ fn default_hold() -> Duration {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// The receiver's URL. `https://` is verified with the bundled web PKI roots.
+    /// The receiver's URL. `https://` is verified with the bundled web PKI roots; `http://` is
+    /// accepted only to a loopback address or with `allow_insecure_http`.
     pub url: String,
-    /// HMAC-SHA256 key. Required and non-empty.
+    /// The signing key. Required unless `secrets` is given.
     pub secret: Secret,
+    /// Several signing keys, newest first, for rotation (Standard Webhooks signs with each;
+    /// `hmac-sha256-hex` with the first). Replaces `secret` when given.
+    #[serde(default)]
+    pub secrets: Vec<Secret>,
+    /// `hmac-sha256-hex` (in `signature_header`) or `standard-webhooks`.
+    #[serde(default)]
+    pub signature: SignatureScheme,
+    /// `edgehook`, `spaceos`, `roomz` or `cloudevents`.
+    #[serde(default)]
+    pub format: PayloadFormat,
+    /// Event types this endpoint receives (`*` and `?` patterns, e.g. `device.*`). Events of
+    /// other types are not sent to it.
+    #[serde(default = "all_events")]
+    pub events: Vec<String>,
+    /// Extra request headers (an API key, a tenant id). Values are treated as secrets.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// Allow `http://` to a non-loopback host: events and signatures in clear text.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
     pub signature_header: String,
     pub idempotency_header: String,
     #[serde(with = "humantime_serde")]
@@ -364,6 +388,21 @@ pub struct WebhookConfig {
     /// Events held in memory for delivery; the rest wait in the outbox on disk.
     pub window: usize,
     pub retry: RetryConfig,
+}
+
+fn all_events() -> Vec<String> {
+    vec!["*".into()]
+}
+
+impl WebhookConfig {
+    /// The signing keys in use, primary first.
+    pub fn signing_secrets(&self) -> Vec<Secret> {
+        if self.secrets.is_empty() {
+            vec![self.secret.clone()]
+        } else {
+            self.secrets.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -421,6 +460,12 @@ impl Default for Config {
             webhook: WebhookConfig {
                 url: String::new(),
                 secret: Secret::default(),
+                secrets: Vec::new(),
+                signature: SignatureScheme::default(),
+                format: PayloadFormat::default(),
+                events: all_events(),
+                headers: BTreeMap::new(),
+                allow_insecure_http: false,
                 signature_header: "X-Webhook-Signature".into(),
                 idempotency_header: "Idempotency-Key".into(),
                 timeout: Duration::from_secs(30),
@@ -692,15 +737,32 @@ impl Config {
         match reqwest::Url::parse(&w.url) {
             Err(e) => return bad("webhook.url", format!("not a URL ({e})")),
             Ok(u) if u.scheme() != "https" && u.scheme() != "http" => {
-                return bad("webhook.url", "must be http:// or https://".into())
+                return bad("webhook.url", "must be https:// (or http:// to this host)".into())
+            }
+            Ok(u) if u.scheme() == "http" && !w.allow_insecure_http && !is_loopback(&u) => {
+                return bad(
+                    "webhook.url",
+                    "http:// sends events and signatures in clear text: use https://, or set allow_insecure_http = true".into(),
+                )
             }
             Ok(_) => {}
         }
-        if w.secret.is_empty() {
+        let secrets = w.signing_secrets();
+        if secrets.iter().all(|s| s.is_empty()) {
             return bad(
                 "webhook.secret",
                 "must be set (or given as EDGEHOOK_WEBHOOK__SECRET)".into(),
             );
+        }
+        for (i, secret) in secrets.iter().enumerate() {
+            if let Err(e) = crate::deliver::sign::key_bytes(w.signature, secret, i) {
+                let key = if w.secrets.is_empty() {
+                    "webhook.secret".to_string()
+                } else {
+                    format!("webhook.secrets[{i}]")
+                };
+                return bad(&key, e.to_string());
+            }
         }
         for (key, value) in [
             ("webhook.signature_header", &w.signature_header),
@@ -708,6 +770,55 @@ impl Config {
         ] {
             if reqwest::header::HeaderName::from_bytes(value.as_bytes()).is_err() {
                 return bad(key, format!("`{value}` is not a valid HTTP header name"));
+            }
+        }
+        if w.events.is_empty() || w.events.iter().any(|e| e.is_empty()) {
+            return bad(
+                "webhook.events",
+                "must list event types or patterns, e.g. [\"device.*\"]".into(),
+            );
+        }
+        if w.format == PayloadFormat::Roomz {
+            let patterns: Vec<wildmatch::WildMatch> = w
+                .events
+                .iter()
+                .map(|e| wildmatch::WildMatch::new(e))
+                .collect();
+            if let Some(kind) = crate::event::EventType::ALL.iter().find(|k| {
+                !PayloadFormat::Roomz.carries(**k) && patterns.iter().any(|p| p.matches(k.as_str()))
+            }) {
+                return bad(
+                    "webhook.events",
+                    format!("format roomz carries workspace events only, but `{}` matches; use events = [\"workspace.*\"]", kind.as_str()),
+                );
+            }
+        }
+        for (name, value) in &w.headers {
+            let reserved = [
+                "content-type",
+                "content-length",
+                "host",
+                "webhook-id",
+                "webhook-timestamp",
+                "webhook-signature",
+            ];
+            let lower = name.to_ascii_lowercase();
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || reqwest::header::HeaderValue::from_str(value.expose()).is_err()
+            {
+                return bad(
+                    &format!("webhook.headers.{name}"),
+                    "not a valid HTTP header (name or value)".into(),
+                );
+            }
+            if reserved.contains(&lower.as_str())
+                || lower == w.signature_header.to_ascii_lowercase()
+                || lower == w.idempotency_header.to_ascii_lowercase()
+            {
+                return bad(
+                    &format!("webhook.headers.{name}"),
+                    "is set by edgehook itself".into(),
+                );
             }
         }
         if w.timeout.is_zero() {
@@ -805,6 +916,18 @@ impl Config {
             self.mqtt.client_id.clone()
         }
     }
+}
+
+/// Whether a URL's host is this machine (`localhost`, 127.0.0.0/8, ::1).
+fn is_loopback(url: &reqwest::Url) -> bool {
+    url.host_str().is_some_and(|host| {
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
 }
 
 /// A key path as the validation messages and the docs write it: `workspaces[0].hold`.
@@ -1005,6 +1128,64 @@ hold = "90s"
         let bad = text.replace("hold = \"90s\"", "hold = \"a while\"");
         let e = err_of(&bad);
         assert!(e.contains("key `workspaces[0].hold`"), "{e}");
+    }
+
+    #[test]
+    fn webhook_transport_signature_and_format_rules() {
+        let with = |old: &str, new: &str| MINIMAL.replace(old, new);
+        let url = "http://127.0.0.1:8080/hook";
+        assert!(Config::from_toml_str(&with(url, "http://localhost/hook")).is_ok());
+        assert!(Config::from_toml_str(&with(url, "http://[::1]:9/hook")).is_ok());
+        let e = err_of(&with(url, "http://hooks.example.com/in"));
+        assert!(e.contains("webhook.url") && e.contains("clear text"), "{e}");
+        let insecure = with(url, "http://hooks.example.com/in").replace(
+            "secret = \"s3cret-value\"",
+            "secret = \"s3cret-value\"\nallow_insecure_http = true",
+        );
+        assert!(Config::from_toml_str(&insecure).is_ok());
+
+        let e = err_of(&with(
+            "secret = \"s3cret-value\"",
+            "secret = \"s3cret-value\"\nsignature = \"standard-webhooks\"",
+        ));
+        assert!(
+            e.contains("webhook.secret") && e.contains("whsec_") && !e.contains("s3cret-value"),
+            "{e}"
+        );
+        let rotation = with(
+            "secret = \"s3cret-value\"",
+            "signature = \"standard-webhooks\"\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\", \"whsec_bad\"]",
+        );
+        let e = err_of(&rotation);
+        assert!(e.contains("webhook.secrets[1]"), "{e}");
+
+        let e = err_of(&with(
+            "secret = \"s3cret-value\"",
+            "secret = \"s3cret-value\"\nformat = \"roomz\"",
+        ));
+        assert!(
+            e.contains("webhook.events") && e.contains("workspace"),
+            "{e}"
+        );
+        let roomz = with(
+            "secret = \"s3cret-value\"",
+            "secret = \"s3cret-value\"\nformat = \"roomz\"\nevents = [\"workspace.*\"]",
+        );
+        assert!(Config::from_toml_str(&roomz).is_ok());
+
+        let e = err_of(&with(
+            "secret = \"s3cret-value\"",
+            "secret = \"s3cret-value\"\nheaders = { \"Content-Type\" = \"text/plain\" }",
+        ));
+        assert!(e.contains("webhook.headers.Content-Type"), "{e}");
+        let e = err_of(&with(
+            "secret = \"s3cret-value\"",
+            "secret = \"s3cret-value\"\nheaders = { \"X-Api-Key\" = \"a\\nb\" }",
+        ));
+        assert!(
+            e.contains("webhook.headers.X-Api-Key") && !e.contains("a\nb"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -112,6 +112,7 @@ pub struct Metrics {
     events_created: [AtomicU64; EVENT_TYPES.len()],
     events_delivered: [AtomicU64; EVENT_TYPES.len()],
     attempts_ok: AtomicU64,
+    events_filtered: AtomicU64,
     attempts_http_error: AtomicU64,
     attempts_network_error: AtomicU64,
     outbox_depth: AtomicU64,
@@ -187,6 +188,10 @@ impl Metrics {
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_micros
             .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+    /// An event no endpoint subscribes to.
+    pub fn filtered(&self) {
+        self.events_filtered.fetch_add(1, Ordering::Relaxed);
     }
     pub fn attempt_failed(&self, http_status: Option<u16>) {
         match http_status {
@@ -277,6 +282,12 @@ impl Metrics {
             "counter",
             "Events the receiver accepted (2xx).",
             &by("type", &types, &self.events_delivered),
+        );
+        metric(
+            "events_filtered_total",
+            "counter",
+            "Events not sent because the endpoint does not subscribe to their type.",
+            &plain(get(&self.events_filtered)),
         );
         metric(
             "delivery_attempts_total",

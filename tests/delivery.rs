@@ -121,3 +121,68 @@ async fn a_receiver_that_hangs_is_timed_out_and_retried() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_webhooks_with_rotation_cloudevents_filters_and_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    // The receiver still knows only the old secret: rotation must keep it verifying.
+    let old = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let new = "whsec_dGhpcyBpcyBhIG5ldyAzMi1ieXRlIHNlY3JldCEhIQ==";
+    receiver.expect_standard(common::StandardCheck {
+        secret: old.into(),
+        content_type: "application/cloudevents+json".into(),
+        required_header: Some(("x-api-key".into(), "key-123".into())),
+    });
+    let extra = format!(
+        r#"
+[webhook]
+url = "{url}"
+secret = ""
+secrets = ["{new}", "{old}"]
+signature = "standard-webhooks"
+format = "cloudevents"
+events = ["device.*", "workspace.*"]
+headers = {{ "X-Api-Key" = "key-123" }}
+timeout = "2s"
+[webhook.retry]
+initial = "50ms"
+max = "500ms"
+"#,
+        url = receiver.url
+    );
+    let mut daemon = common::Daemon::new_with_webhook(dir.path(), broker.port, &extra);
+    daemon.start();
+    let mut sensor = device(broker.port, "sw-occ-1", DeviceClass::OccupancySensor).await;
+    publish(&mut sensor, 5, 1.0).await;
+    sensor.shut_down().await.unwrap();
+    receiver
+        .wait_until(LONG, "online and offline as CloudEvents", |s| {
+            s.events.len() >= 2
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    receiver.seen(|s| {
+        assert_eq!(
+            s.bad_signatures, 0,
+            "every request verified with the old secret"
+        );
+        let types: Vec<&str> = s
+            .events
+            .iter()
+            .map(|e| e["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            ["device.online", "device.offline"],
+            "readings filtered out"
+        );
+        for e in &s.events {
+            assert_eq!(e["specversion"], "1.0");
+            assert_eq!(e["source"], "urn:edgehook:gw-test");
+            assert_eq!(e["subject"], "sw-occ-1");
+        }
+    });
+    assert_eq!(daemon.metric("edgehook_events_filtered_total"), Some(5));
+}

@@ -8,6 +8,8 @@
 //!   failing device never holds the others back and bursts are not sent one request at a time.
 //!   A failed record waits out its backoff at the head of its lane; nothing is ever dropped.
 
+pub mod endpoint;
+pub mod format;
 pub mod retry;
 pub mod sign;
 
@@ -15,7 +17,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
@@ -23,6 +24,7 @@ use tokio_util::time::DelayQueue;
 use crate::config::WebhookConfig;
 use crate::outbox::{Outbox, OutboxRecord};
 use crate::telemetry::Metrics;
+use endpoint::Endpoint;
 pub use retry::{classify, Outcome, RetryPolicy};
 pub use sign::Signer;
 
@@ -45,13 +47,7 @@ struct Lane {
 pub struct Dispatcher {
     outbox: Outbox,
     client: reqwest::Client,
-    url: reqwest::Url,
-    /// `url` without credentials, for logs.
-    url_for_logs: String,
-    headers: HeaderMap,
-    signature_header: HeaderName,
-    idempotency_header: HeaderName,
-    signer: Signer,
+    endpoint: Endpoint,
     policy: RetryPolicy,
     max_concurrency: usize,
     window: usize,
@@ -88,17 +84,10 @@ impl Dispatcher {
             .pool_max_idle_per_host(config.max_concurrency)
             .user_agent(concat!("edgehook/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         Ok(Dispatcher {
             outbox,
             client,
-            url: reqwest::Url::parse(&config.url)?,
-            url_for_logs: crate::config::redact_url(&config.url),
-            headers,
-            signature_header: HeaderName::from_bytes(config.signature_header.as_bytes())?,
-            idempotency_header: HeaderName::from_bytes(config.idempotency_header.as_bytes())?,
-            signer: Signer::new(&config.secret),
+            endpoint: Endpoint::new(config)?,
             policy: RetryPolicy::from(&config.retry),
             max_concurrency: config.max_concurrency,
             window: config.window,
@@ -153,6 +142,12 @@ impl Dispatcher {
         self.more_on_disk = records.len() == want;
         for record in records {
             self.cursor = Some(record.seq);
+            if !self.endpoint.wants(&record.kind) {
+                // Not for this receiver: done with it.
+                self.metrics.filtered();
+                self.outbox.remove(record.seq)?;
+                continue;
+            }
             self.loaded += 1;
             let lane = self.lanes.entry(record.lane.clone()).or_default();
             if lane.queue.is_empty() && !lane.busy && lane.failures == 0 {
@@ -179,17 +174,29 @@ impl Dispatcher {
                 continue;
             }
             lane.busy = true;
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
             let request = self
-                .client
-                .post(self.url.clone())
-                .headers(self.headers.clone())
-                .header(
-                    self.signature_header.clone(),
-                    self.signer.sign(&record.body),
-                )
-                .header(self.idempotency_header.clone(), record.id.as_str())
-                .body(record.body.clone());
+                .endpoint
+                .request_parts(record, now)
+                .map(|(headers, body)| {
+                    self.client
+                        .post(self.endpoint.url.clone())
+                        .headers(headers)
+                        .body(body)
+                });
             let task = self.in_flight.spawn(async move {
+                let request = match request {
+                    Ok(request) => request,
+                    Err(why) => {
+                        return Outcome::Retry {
+                            status: None,
+                            retry_after: None,
+                            reason: format!("cannot build the request: {why}"),
+                        }
+                    }
+                };
                 match request.send().await {
                     Ok(resp) => {
                         let retry_after = resp
@@ -278,7 +285,7 @@ impl Dispatcher {
                 if self.failing_since.is_none() {
                     self.failing_since = Some(Instant::now());
                     tracing::warn!(
-                        url = %self.url_for_logs,
+                        url = %self.endpoint.url_for_logs,
                         reason = %reason,
                         event_id = %head.id,
                         "delivery failing; events stay in the outbox and are retried"

@@ -184,6 +184,53 @@ struct Inner {
     retry_after: Mutex<Option<String>>,
     /// Hold every answer this long (to trigger client timeouts).
     delay_ms: AtomicU64,
+    /// Verify Standard Webhooks signatures instead of the hex HMAC.
+    standard: Mutex<Option<StandardCheck>>,
+}
+
+/// What a Standard Webhooks receiver checks, with its own code (not edgehook's).
+#[derive(Clone)]
+pub struct StandardCheck {
+    /// The receiver's secret, `whsec_...`.
+    pub secret: String,
+    pub content_type: String,
+    /// A header every request must carry, e.g. an API key.
+    pub required_header: Option<(String, String)>,
+}
+
+impl StandardCheck {
+    fn verify(&self, headers: &hyper::HeaderMap, body: &[u8]) -> bool {
+        use base64::Engine;
+        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let (Some(id), Some(ts), Some(sigs)) = (
+            get("webhook-id"),
+            get("webhook-timestamp"),
+            get("webhook-signature"),
+        ) else {
+            return false;
+        };
+        let fresh = ts
+            .parse::<u64>()
+            .is_ok_and(|t| t.abs_diff(firmware_sim::now_ms() / 1000) < 300);
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(self.secret.trim_start_matches("whsec_"))
+            .unwrap();
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+        mac.update(format!("{id}.{ts}.").as_bytes());
+        mac.update(body);
+        let expected = format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+        );
+        let header_ok = self
+            .required_header
+            .as_ref()
+            .is_none_or(|(k, v)| get(k) == Some(v.as_str()));
+        fresh
+            && header_ok
+            && get("content-type") == Some(self.content_type.as_str())
+            && sigs.split(' ').any(|s| s == expected)
+    }
 }
 
 /// A webhook receiver on 127.0.0.1:<free port>.
@@ -204,6 +251,7 @@ impl Receiver {
             fail_device: Mutex::new(None),
             retry_after: Mutex::new(None),
             delay_ms: AtomicU64::new(0),
+            standard: Mutex::new(None),
         });
         let state = inner.clone();
         tokio::spawn(async move {
@@ -224,6 +272,11 @@ impl Receiver {
             url: format!("http://{addr}/hook"),
             inner,
         }
+    }
+
+    /// Verify Standard Webhooks signatures (and the format's content type) from now on.
+    pub fn expect_standard(&self, check: StandardCheck) {
+        *self.inner.standard.lock().unwrap() = Some(check);
     }
 
     /// Answer every request with `status` (0 = accept normally).
@@ -299,6 +352,7 @@ async fn handle(
         .headers()
         .get("content-type")
         .is_some_and(|v| v == "application/json");
+    let headers = req.headers().clone();
     let Ok(body) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
         return reply(StatusCode::BAD_REQUEST);
     };
@@ -310,10 +364,15 @@ async fn handle(
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
     mac.update(&body);
     let expected = hex::encode(mac.finalize().into_bytes());
+    let standard = state.standard.lock().unwrap().clone();
+    let verified = match standard {
+        Some(check) => check.verify(&headers, &body),
+        None => signature.as_deref() == Some(expected.as_str()) && content_type_ok,
+    };
     let event = serde_json::from_slice::<Value>(&body).ok();
     let mut seen = state.seen.lock().unwrap();
     seen.requests += 1;
-    if signature.as_deref() != Some(expected.as_str()) || !content_type_ok {
+    if !verified {
         seen.bad_signatures += 1;
         return reply(StatusCode::UNAUTHORIZED);
     }
@@ -375,6 +434,28 @@ pub fn config_text(
     state_dir: &Path,
     extra: &str,
 ) -> String {
+    let webhook = format!(
+        r#"
+[webhook]
+url = "{receiver_url}"
+secret = "{SECRET}"
+timeout = "2s"
+[webhook.retry]
+initial = "50ms"
+max = "500ms"
+"#
+    );
+    config_with_webhook(broker_port, &webhook, metrics_port, state_dir, extra)
+}
+
+/// [`config_text`] with the caller's own `[webhook]` section.
+pub fn config_with_webhook(
+    broker_port: u16,
+    webhook: &str,
+    metrics_port: u16,
+    state_dir: &Path,
+    extra: &str,
+) -> String {
     format!(
         r#"
 gateway_id = "gw-test"
@@ -391,13 +472,7 @@ subscriptions = [
   {{ topic = "rooms/{{device}}/display", kind = "reading", metadata_fields = ["seq", "ts"] }},
   {{ topic = "devices/{{device}}/status", kind = "status" }},
 ]
-[webhook]
-url = "{receiver_url}"
-secret = "{SECRET}"
-timeout = "2s"
-[webhook.retry]
-initial = "50ms"
-max = "500ms"
+{webhook}
 [telemetry]
 listen = "127.0.0.1:{metrics_port}"
 {extra}
@@ -409,13 +484,26 @@ listen = "127.0.0.1:{metrics_port}"
 impl Daemon {
     pub fn new(dir: &Path, broker_port: u16, receiver_url: &str, extra: &str) -> Daemon {
         let metrics_port = free_port();
-        let state = dir.join("state");
+        let text = config_text(
+            broker_port,
+            receiver_url,
+            metrics_port,
+            &dir.join("state"),
+            extra,
+        );
+        Self::with_config(dir, metrics_port, &text)
+    }
+
+    /// A daemon whose `[webhook]` section (with its subtables) is `webhook`.
+    pub fn new_with_webhook(dir: &Path, broker_port: u16, webhook: &str) -> Daemon {
+        let metrics_port = free_port();
+        let text = config_with_webhook(broker_port, webhook, metrics_port, &dir.join("state"), "");
+        Self::with_config(dir, metrics_port, &text)
+    }
+
+    fn with_config(dir: &Path, metrics_port: u16, text: &str) -> Daemon {
         let config = dir.join("edgehook.toml");
-        std::fs::write(
-            &config,
-            config_text(broker_port, receiver_url, metrics_port, &state, extra),
-        )
-        .unwrap();
+        std::fs::write(&config, text).unwrap();
         Daemon {
             dir: dir.to_path_buf(),
             metrics_port,

@@ -1,0 +1,172 @@
+//! One receiver: where events go, which ones, in what format, signed how. Building a request is
+//! a pure function of the stored record and the attempt time ([`Endpoint::request_parts`]).
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use wildmatch::WildMatch;
+
+use super::format::{render, PayloadFormat};
+use super::sign::Signer;
+use crate::config::WebhookConfig;
+use crate::event::EventType;
+use crate::outbox::OutboxRecord;
+
+pub struct Endpoint {
+    pub url: reqwest::Url,
+    /// `url` without credentials or query, for logs.
+    pub url_for_logs: String,
+    events: Vec<WildMatch>,
+    format: PayloadFormat,
+    signer: Signer,
+    signature_header: String,
+    idempotency_header: HeaderName,
+    /// Content-Type and the configured extra headers.
+    fixed: HeaderMap,
+}
+
+impl Endpoint {
+    pub fn new(config: &WebhookConfig) -> anyhow::Result<Endpoint> {
+        let mut fixed = HeaderMap::new();
+        fixed.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(config.format.content_type()),
+        );
+        for (name, value) in &config.headers {
+            let mut value = HeaderValue::from_str(value.expose())?;
+            value.set_sensitive(true);
+            fixed.insert(HeaderName::from_bytes(name.as_bytes())?, value);
+        }
+        Ok(Endpoint {
+            url: reqwest::Url::parse(&config.url)?,
+            url_for_logs: crate::config::redact_url(&config.url),
+            events: config.events.iter().map(|e| WildMatch::new(e)).collect(),
+            format: config.format,
+            signer: Signer::with(config.signature, &config.signing_secrets())?,
+            signature_header: config.signature_header.clone(),
+            idempotency_header: HeaderName::from_bytes(config.idempotency_header.as_bytes())?,
+            fixed,
+        })
+    }
+
+    /// Whether events of type `kind` go to this endpoint.
+    pub fn wants(&self, kind: &str) -> bool {
+        let carried = EventType::ALL
+            .iter()
+            .find(|t| t.as_str() == kind)
+            .is_none_or(|t| self.format.carries(*t));
+        carried && self.events.iter().any(|p| p.matches(kind))
+    }
+
+    /// The headers and body of one attempt at `timestamp` (Unix seconds).
+    pub fn request_parts(
+        &self,
+        record: &OutboxRecord,
+        timestamp: u64,
+    ) -> Result<(HeaderMap, Vec<u8>), String> {
+        let body = render(self.format, &record.body)?;
+        let mut headers = self.fixed.clone();
+        for (name, value) in
+            self.signer
+                .headers(&self.signature_header, &record.id, timestamp, &body)
+        {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+            let value = HeaderValue::from_str(&value).map_err(|e| e.to_string())?;
+            headers.insert(name, value);
+        }
+        let id = HeaderValue::from_str(&record.id).map_err(|e| e.to_string())?;
+        headers.insert(self.idempotency_header.clone(), id);
+        Ok((headers, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn endpoint(extra: &str) -> Endpoint {
+        let config = Config::from_toml_str(&format!(
+            r#"
+            gateway_id = "gw"
+            [mqtt]
+            subscriptions = [{{ topic = "s/{{device}}", kind = "reading" }}]
+            [webhook]
+            url = "https://hooks.example.com/in"
+            secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+            {extra}
+            "#
+        ))
+        .unwrap();
+        Endpoint::new(&config.webhook).unwrap()
+    }
+
+    fn record() -> OutboxRecord {
+        OutboxRecord {
+            seq: 1,
+            id: "019ab1c2-7d3e-7f41-9a0b-6c2d5e8f1a24".into(),
+            kind: "workspace.status.updated".into(),
+            lane: "workspace:room-1".into(),
+            body: br#"{"id":"019ab1c2-7d3e-7f41-9a0b-6c2d5e8f1a24","type":"workspace.status.updated","timestamp":"2026-11-23T10:15:02.500Z","gateway":"gw","data":{"workspace_id":"room-1","status":"Free"}}"#.to_vec(),
+        }
+    }
+
+    #[test]
+    fn filters_by_type_patterns_and_format() {
+        let e = endpoint(r#"events = ["device.*", "workspace.status.updated"]"#);
+        assert!(e.wants("device.online") && e.wants("device.lost_communication"));
+        assert!(e.wants("workspace.status.updated"));
+        assert!(!e.wants("sensor.reading.updated"));
+        let roomz = endpoint(
+            r#"format = "roomz"
+            events = ["workspace.*"]"#,
+        );
+        assert!(roomz.wants("workspace.status.updated") && !roomz.wants("device.online"));
+    }
+
+    #[test]
+    fn standard_webhooks_request_with_custom_headers() {
+        let e = endpoint(
+            r#"signature = "standard-webhooks"
+            format = "cloudevents"
+            headers = { "X-Api-Key" = "k-123" }"#,
+        );
+        let (headers, body) = e.request_parts(&record(), 1_700_000_000).unwrap();
+        assert_eq!(headers["content-type"], "application/cloudevents+json");
+        assert_eq!(headers["x-api-key"], "k-123");
+        assert!(headers["x-api-key"].is_sensitive());
+        assert_eq!(headers["webhook-id"], record().id.as_str());
+        assert_eq!(headers["webhook-timestamp"], "1700000000");
+        assert_eq!(headers["idempotency-key"], record().id.as_str());
+        let signer = Signer::with(
+            crate::config::SignatureScheme::StandardWebhooks,
+            &[crate::config::Secret::new(
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            headers["webhook-signature"],
+            signer
+                .sign_standard(&record().id, 1_700_000_000, &body)
+                .as_str(),
+            "signed over the body as sent (the rendered format)"
+        );
+        assert!(headers.get("x-webhook-signature").is_none());
+    }
+
+    #[test]
+    fn hex_scheme_uses_the_configured_header_over_the_sent_body() {
+        let e = endpoint(
+            r#"signature_header = "X-Roomz-Signature"
+            format = "roomz"
+            events = ["workspace.*"]"#,
+        );
+        let (headers, body) = e.request_parts(&record(), 0).unwrap();
+        let signer = Signer::new(&crate::config::Secret::new(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ));
+        assert_eq!(headers["x-roomz-signature"], signer.sign(&body).as_str());
+        assert!(String::from_utf8(body)
+            .unwrap()
+            .contains("\"workspaceId\":\"room-1\""));
+    }
+}
