@@ -379,6 +379,17 @@ pub struct WebhookConfig {
     /// Allow `http://` to a non-loopback host: events and signatures in clear text.
     #[serde(default)]
     pub allow_insecure_http: bool,
+    /// Give up on an event after this many failed attempts (counted since the daemon started)
+    /// and keep it as a dead letter. Unset: retry for ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Give up on an event this long after it was created, likewise. Unset: never.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_age: Option<Duration>,
     pub signature_header: String,
     pub idempotency_header: String,
     #[serde(with = "humantime_serde")]
@@ -466,6 +477,8 @@ impl Default for Config {
                 events: all_events(),
                 headers: BTreeMap::new(),
                 allow_insecure_http: false,
+                max_attempts: None,
+                max_age: None,
                 signature_header: "X-Webhook-Signature".into(),
                 idempotency_header: "Idempotency-Key".into(),
                 timeout: Duration::from_secs(30),
@@ -823,6 +836,15 @@ impl Config {
         }
         if w.timeout.is_zero() {
             return bad("webhook.timeout", "must be above 0".into());
+        }
+        if w.max_attempts == Some(0) {
+            return bad(
+                "webhook.max_attempts",
+                "must be at least 1 (or left out)".into(),
+            );
+        }
+        if w.max_age.is_some_and(|a| a.is_zero()) {
+            return bad("webhook.max_age", "must be above 0 (or left out)".into());
         }
         if w.max_concurrency == 0 {
             return bad("webhook.max_concurrency", "must be at least 1".into());

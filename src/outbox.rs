@@ -9,6 +9,13 @@
 //!   bytes that are signed and sent.
 //! - `devices`: key = device id (UTF-8); value = [`DeviceState`] as JSON.
 //! - `workspaces`: key = workspace id (UTF-8); value = [`WorkspaceState`] as JSON.
+//! - `dead`: dead letters — events delivery gave up on (`max_attempts` / `max_age`), kept with
+//!   why. Key = the event's sequence number; value = `[version=1][u32 info len][DeadInfo JSON]`
+//!   followed by the record exactly as it was in `outbox`. `edgehook outbox replay` moves one
+//!   back into `outbox` under a new sequence number (same event id).
+//! - `meta`: small facts about delivery: `endpoint.disabled` (why and since when, after a
+//!   410 Gone), `endpoint.last_success` / `endpoint.last_failure` (Unix ms, written at most
+//!   once a second).
 //!
 //! # Invariants
 //! 1. A batch of commits (events and the device and workspace states they came from) is written
@@ -19,7 +26,8 @@
 //!    known flushed). An event is never sent before it is on disk: otherwise a crash could lose
 //!    the record after sending it, and the broker's redelivery would recreate the event under a
 //!    new id, a duplicate the receiver could not recognise.
-//! 3. A record is removed only after the receiver answered 2xx for it.
+//! 3. A record is removed only after the receiver answered 2xx for it, or moved (in one
+//!    transaction) to `dead` when the configured limits say to give up. Nothing is dropped.
 //! 4. A write that fails (disk full, I/O error) is retried with backoff, holding the batch and its
 //!    acks: nothing is acknowledged and nothing is dropped. Upstream stages block on their bounded
 //!    channels, and the broker stops sending once its in-flight window is full (back-pressure).
@@ -90,6 +98,10 @@ pub struct Outbox {
     events: sled::Tree,
     devices: sled::Tree,
     workspaces: sled::Tree,
+    dead: sled::Tree,
+    meta: sled::Tree,
+    /// Records in `dead` (counted at open, then kept).
+    dead_depth: Arc<AtomicU64>,
     /// Wakes delivery when new records are durable.
     appended: Arc<Notify>,
     /// False while writes are failing; `/healthz` reports it.
@@ -113,7 +125,10 @@ impl Outbox {
         let events = db.open_tree("outbox")?;
         let devices = db.open_tree("devices")?;
         let workspaces = db.open_tree("workspaces")?;
+        let dead = db.open_tree("dead")?;
+        let meta = db.open_tree("meta")?;
         let depth = Arc::new(AtomicU64::new(events.len() as u64));
+        let dead_depth = Arc::new(AtomicU64::new(dead.len() as u64));
         // Whatever sled recovered at open is on disk.
         let end = match events.last()? {
             Some((k, _)) => seq_of(&k)? + 1,
@@ -124,6 +139,9 @@ impl Outbox {
             events,
             devices,
             workspaces,
+            dead,
+            meta,
+            dead_depth,
             appended: Arc::new(Notify::new()),
             writable: Arc::new(AtomicBool::new(true)),
             depth,
@@ -168,10 +186,7 @@ impl Outbox {
                 }
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| match e {
-                TransactionError::Storage(e) => OutboxError::Storage(e),
-                TransactionError::Abort(()) => unreachable!("the transaction never aborts"),
-            })?;
+            .map_err(storage_error)?;
         self.depth
             .fetch_add(records.len() as u64, Ordering::Relaxed);
         if let Some((last, _)) = records.last() {
@@ -217,6 +232,130 @@ impl Outbox {
         Ok(())
     }
 
+    /// Give up on `seq`: move it to `dead` with `info`, in one transaction. False if it was
+    /// not pending (already delivered or buried).
+    pub fn bury(&self, seq: u64, info: &DeadInfo) -> Result<bool, OutboxError> {
+        let info_json = serde_json::to_vec(info).expect("plain data serialises");
+        let key = seq.to_be_bytes();
+        let moved = (&self.events, &self.dead)
+            .transaction(|(ev, dead)| {
+                let Some(record) = ev.remove(&key)? else {
+                    return Ok(false);
+                };
+                let mut value = Vec::with_capacity(5 + info_json.len() + record.len());
+                value.push(RECORD_VERSION);
+                value.extend_from_slice(&(info_json.len() as u32).to_be_bytes());
+                value.extend_from_slice(&info_json);
+                value.extend_from_slice(&record);
+                dead.insert(&key, value)?;
+                Ok::<_, ConflictableTransactionError<()>>(true)
+            })
+            .map_err(storage_error)?;
+        if moved {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            self.dead_depth.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(moved)
+    }
+
+    /// Up to `limit` dead letters, oldest first.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<(OutboxRecord, DeadInfo)>, OutboxError> {
+        self.dead
+            .iter()
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode_dead(seq_of(&k)?, &v)
+            })
+            .collect()
+    }
+
+    /// Move the dead letter `seq` back to the queue, behind everything pending, keeping its
+    /// event id. False if there is no such dead letter. Flushes.
+    pub async fn revive(&self, seq: u64) -> Result<bool, OutboxError> {
+        let new_seq = self.db.generate_id()?;
+        let key = seq.to_be_bytes();
+        let revived = (&self.events, &self.dead)
+            .transaction(|(ev, dead)| {
+                let Some(value) = dead.remove(&key)? else {
+                    return Ok(false);
+                };
+                let record =
+                    dead_record_bytes(&value).ok_or(ConflictableTransactionError::Abort(()))?;
+                ev.insert(&new_seq.to_be_bytes(), record)?;
+                Ok(true)
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => OutboxError::Storage(e),
+                TransactionError::Abort(()) => OutboxError::Corrupt {
+                    seq,
+                    why: "dead letter is truncated",
+                },
+            })?;
+        if revived {
+            self.depth.fetch_add(1, Ordering::Relaxed);
+            self.dead_depth.fetch_sub(1, Ordering::Relaxed);
+            self.written.fetch_max(new_seq + 1, Ordering::SeqCst);
+            self.flush().await?;
+            self.appended.notify_one();
+        }
+        Ok(revived)
+    }
+
+    /// Delete every pending record (`dead = false`) or every dead letter. Returns how many.
+    pub async fn purge(&self, dead: bool) -> Result<usize, OutboxError> {
+        let (tree, counter) = if dead {
+            (&self.dead, &self.dead_depth)
+        } else {
+            (&self.events, &self.depth)
+        };
+        let mut n = 0;
+        for key in tree.iter().keys() {
+            tree.remove(key?)?;
+            n += 1;
+        }
+        counter.store(0, Ordering::Relaxed);
+        self.flush().await?;
+        Ok(n)
+    }
+
+    /// Dead letters kept.
+    pub fn dead_len(&self) -> usize {
+        self.dead_depth.load(Ordering::Relaxed) as usize
+    }
+
+    /// The oldest pending record, if any.
+    pub fn oldest(&self) -> Result<Option<OutboxRecord>, OutboxError> {
+        match self.events.first()? {
+            Some((k, v)) => Ok(Some(decode(seq_of(&k)?, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A small persisted fact (`meta` tree), as JSON.
+    pub fn meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let bytes = self.meta.get(key).ok()??;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Set (or with `None`, clear) a `meta` fact. Not flushed by itself.
+    pub fn set_meta<T: serde::Serialize>(
+        &self,
+        key: &str,
+        value: Option<&T>,
+    ) -> Result<(), OutboxError> {
+        match value {
+            Some(v) => {
+                self.meta
+                    .insert(key, serde_json::to_vec(v).expect("plain data serialises"))?;
+            }
+            None => {
+                self.meta.remove(key)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Records waiting for delivery.
     pub fn len(&self) -> usize {
         self.depth.load(Ordering::Relaxed) as usize
@@ -234,6 +373,52 @@ impl Outbox {
     pub async fn appended(&self) {
         self.appended.notified().await
     }
+}
+
+/// Why delivery gave up on an event; kept with it in the `dead` tree.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DeadInfo {
+    /// Failed attempts (since the daemon last started).
+    pub attempts: u32,
+    /// The last HTTP status, if the receiver answered at all.
+    pub last_status: Option<u16>,
+    pub last_error: String,
+    /// When it was given up on, Unix milliseconds.
+    pub dead_at: u64,
+    /// Which limit: `max_attempts` or `max_age`.
+    pub reason: String,
+}
+
+fn storage_error(e: TransactionError<()>) -> OutboxError {
+    match e {
+        TransactionError::Storage(e) => OutboxError::Storage(e),
+        TransactionError::Abort(()) => unreachable!("the transaction never aborts"),
+    }
+}
+
+/// The record bytes inside a dead-letter value.
+fn dead_record_bytes(value: &[u8]) -> Option<&[u8]> {
+    let len = u32::from_be_bytes(value.get(1..5)?.try_into().ok()?) as usize;
+    value.get(5 + len..)
+}
+
+fn decode_dead(seq: u64, value: &[u8]) -> Result<(OutboxRecord, DeadInfo), OutboxError> {
+    let corrupt = |why| OutboxError::Corrupt { seq, why };
+    if value.first() != Some(&RECORD_VERSION) {
+        return Err(corrupt("unknown dead-letter version"));
+    }
+    let len = u32::from_be_bytes(
+        value
+            .get(1..5)
+            .ok_or(corrupt("truncated"))?
+            .try_into()
+            .expect("4 bytes"),
+    ) as usize;
+    let info = value.get(5..5 + len).ok_or(corrupt("truncated"))?;
+    let info: DeadInfo =
+        serde_json::from_slice(info).map_err(|_| corrupt("dead-letter info is not JSON"))?;
+    let record = decode(seq, dead_record_bytes(value).ok_or(corrupt("truncated"))?)?;
+    Ok((record, info))
 }
 
 /// JSON-encode states for writing; a later state of the same key replaces an earlier one.

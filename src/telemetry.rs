@@ -113,6 +113,9 @@ pub struct Metrics {
     events_delivered: [AtomicU64; EVENT_TYPES.len()],
     attempts_ok: AtomicU64,
     events_filtered: AtomicU64,
+    attempts_client_error: AtomicU64,
+    dead_letters: AtomicU64,
+    endpoint_disabled: AtomicBool,
     attempts_http_error: AtomicU64,
     attempts_network_error: AtomicU64,
     outbox_depth: AtomicU64,
@@ -137,6 +140,9 @@ impl Metrics {
         }
         if !outbox.is_writable() {
             return Err("outbox not writable");
+        }
+        if self.endpoint_disabled.load(Ordering::Relaxed) {
+            return Err("webhook endpoint disabled after 410 Gone (edgehook outbox enable)");
         }
         Ok(())
     }
@@ -189,11 +195,23 @@ impl Metrics {
         self.latency_sum_micros
             .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
     }
+    pub fn dead_lettered(&self) {
+        self.dead_letters.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn dead_letters_total(&self) -> u64 {
+        self.dead_letters.load(Ordering::Relaxed)
+    }
+    pub fn set_endpoint_disabled(&self, disabled: bool) {
+        self.endpoint_disabled.store(disabled, Ordering::Relaxed);
+    }
     /// An event no endpoint subscribes to.
     pub fn filtered(&self) {
         self.events_filtered.fetch_add(1, Ordering::Relaxed);
     }
     pub fn attempt_failed(&self, http_status: Option<u16>) {
+        if http_status.is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429) {
+            self.attempts_client_error.fetch_add(1, Ordering::Relaxed);
+        }
         match http_status {
             Some(_) => &self.attempts_http_error,
             None => &self.attempts_network_error,
@@ -304,6 +322,24 @@ impl Metrics {
                     get(&self.attempts_network_error),
                 ),
             ],
+        );
+        metric(
+            "delivery_client_errors_total",
+            "counter",
+            "Attempts refused with a 4xx other than 408/429 (retried all the same: check the endpoint's configuration).",
+            &plain(get(&self.attempts_client_error)),
+        );
+        metric(
+            "dead_letters_total",
+            "counter",
+            "Events given up on (max_attempts / max_age) and kept as dead letters since start.",
+            &plain(get(&self.dead_letters)),
+        );
+        metric(
+            "endpoint_disabled",
+            "gauge",
+            "1 after the receiver answered 410 Gone: nothing is sent until `edgehook outbox enable`.",
+            &plain(self.endpoint_disabled.load(Ordering::Relaxed) as u64),
         );
         metric(
             "outbox_depth",

@@ -186,3 +186,139 @@ max = "500ms"
     });
     assert_eq!(daemon.metric("edgehook_events_filtered_total"), Some(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_disables_the_endpoint_until_outbox_enable_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    receiver.fail_with(410);
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+    let mut sensor = device(broker.port, "gone-occ-1", DeviceClass::OccupancySensor).await;
+    let changes = publish(&mut sensor, 3, 1.0).await;
+    let wait = Instant::now() + LONG;
+    while daemon.metric("edgehook_endpoint_disabled") != Some(1) {
+        assert!(Instant::now() < wait, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let tried = receiver.seen(|s| s.requests);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(receiver.seen(|s| s.requests), tried, "nothing more is sent");
+    let health = common::http_get(daemon.metrics_port, "/healthz").unwrap();
+    assert!(health.contains("disabled"), "{health}");
+    assert!(
+        daemon.log().contains("endpoint DISABLED"),
+        "{}",
+        daemon.log()
+    );
+    // While it runs, the outbox commands refuse and say why.
+    let (code, _, err) = daemon.outbox_cli(&["status"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("in use by a running edgehook"), "{err}");
+
+    assert_eq!(daemon.terminate(), Some(0));
+    let (code, out, err) = daemon.outbox_cli(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("DISABLED") && out.contains("410"), "{out}");
+    let pending = 1 + changes.len(); // device.online + the readings
+    assert!(out.contains(&format!("pending       {pending}")), "{out}");
+    let (code, out, _) = daemon.outbox_cli(&["enable"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("enabled again"), "{out}");
+
+    receiver.fail_with(0);
+    daemon.start();
+    receiver
+        .wait_until(LONG, "everything after re-enabling", |s| {
+            s.events.len() >= pending
+        })
+        .await;
+    assert_eq!(receiver.seen(|s| s.readings_of("gone-occ-1")), changes);
+    assert_eq!(daemon.metric("edgehook_endpoint_disabled"), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_attempts_keeps_dead_letters_that_replay_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    receiver.fail_device(Some("dl-occ-bad"));
+    let webhook = format!(
+        "[webhook]\nurl = \"{}\"\nsecret = \"{}\"\ntimeout = \"2s\"\nmax_attempts = 3\n[webhook.retry]\ninitial = \"20ms\"\nmax = \"100ms\"\n",
+        receiver.url,
+        common::SECRET
+    );
+    let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &webhook);
+    daemon.start();
+    let mut bad = device(broker.port, "dl-occ-bad", DeviceClass::OccupancySensor).await;
+    let mut good = device(broker.port, "dl-occ-good", DeviceClass::OccupancySensor).await;
+    let bad_changes = publish(&mut bad, 2, 1.0).await;
+    let good_changes = publish(&mut good, 2, 1.0).await;
+    let wait = Instant::now() + LONG;
+    while daemon.metric("edgehook_dead_letters_total") != Some(3) {
+        assert!(
+            Instant::now() < wait,
+            "{:?}\n{}",
+            daemon.metric("edgehook_dead_letters_total"),
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    receiver
+        .wait_until(LONG, "the healthy device's readings", |s| {
+            s.readings_of("dl-occ-good") == good_changes
+        })
+        .await;
+    receiver.seen(|s| {
+        let tries: Vec<usize> = s
+            .attempts
+            .iter()
+            .filter(|(id, _)| !s.ids.contains(*id))
+            .map(|(_, a)| a.len())
+            .collect();
+        assert_eq!(tries, [3, 3, 3], "three attempts each, then given up");
+    });
+    assert_eq!(
+        daemon.metric("edgehook_outbox_depth"),
+        Some(0),
+        "nothing pending: all delivered or dead"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+
+    let (code, out, err) = daemon.outbox_cli(&["list", "--dead"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(
+        out.lines()
+            .all(|l| l.contains("max_attempts") && l.contains("HTTP 503")),
+        "{out}"
+    );
+    let (code, out, _) = daemon.outbox_cli(&["replay", "--all-dead"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("3 dead letter(s) queued again"), "{out}");
+    let (code, _, err) = daemon.outbox_cli(&["replay", "no-such-id"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no dead letter"), "{err}");
+
+    receiver.fail_device(None);
+    daemon.start();
+    receiver
+        .wait_until(LONG, "the replayed events", |s| {
+            s.readings_of("dl-occ-bad").len() == bad_changes.len()
+        })
+        .await;
+    receiver.seen(|s| {
+        assert_eq!(
+            s.readings_of("dl-occ-bad"),
+            bad_changes,
+            "in order, as published"
+        );
+        let first_tries: Vec<&String> = s.attempts.keys().collect();
+        assert_eq!(
+            s.ids.len(),
+            first_tries.len(),
+            "replayed under their original ids"
+        );
+    });
+}

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
 use crate::config::WebhookConfig;
-use crate::outbox::{Outbox, OutboxRecord};
+use crate::outbox::{DeadInfo, Outbox, OutboxRecord};
 use crate::telemetry::Metrics;
 use endpoint::Endpoint;
 pub use retry::{classify, Outcome, RetryPolicy};
@@ -49,6 +49,12 @@ pub struct Dispatcher {
     client: reqwest::Client,
     endpoint: Endpoint,
     policy: RetryPolicy,
+    max_attempts: Option<u32>,
+    max_age: Option<Duration>,
+    /// Why the endpoint is disabled (a 410 Gone), persisted in the outbox's `meta` tree.
+    disabled: Option<Disabled>,
+    /// When `last_success`/`last_failure` were last written to `meta` (at most once a second).
+    meta_written: Option<Instant>,
     max_concurrency: usize,
     window: usize,
     metrics: Arc<Metrics>,
@@ -85,9 +91,13 @@ impl Dispatcher {
             .user_agent(concat!("edgehook/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Dispatcher {
+            disabled: outbox.meta(DISABLED_KEY),
             outbox,
             client,
             endpoint: Endpoint::new(config)?,
+            max_attempts: config.max_attempts,
+            max_age: config.max_age,
+            meta_written: None,
             policy: RetryPolicy::from(&config.retry),
             max_concurrency: config.max_concurrency,
             window: config.window,
@@ -108,7 +118,19 @@ impl Dispatcher {
     /// timeout) so their outcomes are recorded, and return.
     pub async fn run(mut self, cancel: CancellationToken) {
         let outbox = self.outbox.clone();
+        if let Some(d) = &self.disabled {
+            self.metrics.set_endpoint_disabled(true);
+            tracing::error!(url = %self.endpoint.url_for_logs, reason = %d.reason, since = %d.since, "endpoint DISABLED: nothing is sent; events stay in the outbox. Re-enable with `edgehook outbox enable` once the receiver is fixed");
+        }
         loop {
+            if self.disabled.is_some() {
+                // Sending nothing; finish what is in flight and wait for shutdown.
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    Some(done) = self.in_flight.join_next_with_id() => self.finish(done),
+                }
+                continue;
+            }
             if let Err(e) = self.load() {
                 tracing::error!(error = %e, "cannot read the outbox; retrying in 1s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -270,6 +292,7 @@ impl Dispatcher {
                 } else {
                     self.ready.push_back(name);
                 }
+                self.note_outcome(true);
             }
             Outcome::Retry {
                 status,
@@ -277,11 +300,32 @@ impl Dispatcher {
                 reason,
             } => {
                 lane.failures += 1;
+                let failures = lane.failures;
+                let head = lane
+                    .queue
+                    .front()
+                    .expect("in-flight lane has a head")
+                    .clone();
                 self.metrics.attempt_failed(status);
-                let delay = self
-                    .policy
-                    .delay(lane.failures, retry_after, fastrand::f64());
-                let head = lane.queue.front().expect("in-flight lane has a head");
+                self.note_outcome(false);
+                if status == Some(410) {
+                    self.disable(&reason);
+                    return;
+                }
+                if let Some(limit) = self.gives_up(&head, failures) {
+                    let lane = self.lanes.get_mut(&name).expect("still there");
+                    lane.queue.pop_front();
+                    lane.failures = 0;
+                    if lane.queue.is_empty() {
+                        self.lanes.remove(&name);
+                    } else {
+                        self.ready.push_back(name);
+                    }
+                    self.loaded -= 1;
+                    self.bury(head, failures, status, reason, limit);
+                    return;
+                }
+                let delay = self.policy.delay(failures, retry_after, fastrand::f64());
                 if self.failing_since.is_none() {
                     self.failing_since = Some(Instant::now());
                     tracing::warn!(
@@ -291,11 +335,108 @@ impl Dispatcher {
                         "delivery failing; events stay in the outbox and are retried"
                     );
                 } else {
-                    tracing::debug!(lane = %name, reason = %reason, failures = lane.failures, retry_in = ?delay, "delivery attempt failed");
+                    tracing::debug!(lane = %name, reason = %reason, failures, retry_in = ?delay, "delivery attempt failed");
                 }
                 self.backoff.insert(name, delay);
             }
         }
+    }
+}
+
+/// `meta` key of the disabled flag.
+pub const DISABLED_KEY: &str = "endpoint.disabled";
+/// `meta` keys of the last success and failure times (Unix ms).
+pub const LAST_SUCCESS_KEY: &str = "endpoint.last_success";
+pub const LAST_FAILURE_KEY: &str = "endpoint.last_failure";
+
+/// Why and since when an endpoint is disabled.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Disabled {
+    pub reason: String,
+    /// RFC 3339.
+    pub since: String,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Dispatcher {
+    /// Which limit, if any, says to stop retrying `head` after `failures` failed attempts.
+    fn gives_up(&self, head: &OutboxRecord, failures: u32) -> Option<&'static str> {
+        if self.max_attempts.is_some_and(|max| failures >= max) {
+            return Some("max_attempts");
+        }
+        let age = created_at(&head.id).and_then(|t| t.elapsed().ok());
+        match (self.max_age, age) {
+            (Some(max), Some(age)) if age >= max => Some("max_age"),
+            _ => None,
+        }
+    }
+
+    /// Move a given-up record to the dead letters, with why.
+    fn bury(
+        &mut self,
+        record: OutboxRecord,
+        attempts: u32,
+        last_status: Option<u16>,
+        last_error: String,
+        limit: &'static str,
+    ) {
+        let info = DeadInfo {
+            attempts,
+            last_status,
+            last_error,
+            dead_at: now_ms(),
+            reason: limit.to_string(),
+        };
+        match self.outbox.bury(record.seq, &info) {
+            Ok(_) => {
+                self.metrics.dead_lettered();
+                let n = self.metrics.dead_letters_total();
+                if n == 1 || n.is_power_of_two() {
+                    tracing::warn!(event_id = %record.id, limit, attempts, last_error = %info.last_error, dead_letters = n, "gave up on an event; kept as a dead letter (edgehook outbox list --dead, replay)");
+                }
+            }
+            Err(e) => {
+                // Not buried: it stays pending and is retried after the next restart.
+                tracing::error!(error = %e, event_id = %record.id, "cannot move an event to the dead letters; it stays in the outbox");
+            }
+        }
+    }
+
+    /// A 410 Gone: the receiver says this endpoint no longer exists. Stop sending, loudly, and
+    /// remember it across restarts; nothing is dropped.
+    fn disable(&mut self, reason: &str) {
+        let disabled = Disabled {
+            reason: format!("{reason} (the receiver says this endpoint is gone)"),
+            since: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        };
+        if let Err(e) = self.outbox.set_meta(DISABLED_KEY, Some(&disabled)) {
+            tracing::error!(error = %e, "cannot persist the disabled endpoint; it is disabled until restart");
+        }
+        tracing::error!(url = %self.endpoint.url_for_logs, reason = %disabled.reason, pending = self.outbox.len(), "endpoint DISABLED after 410 Gone: nothing more is sent; events stay in the outbox. Re-enable with `edgehook outbox enable` once the receiver is fixed");
+        self.metrics.set_endpoint_disabled(true);
+        self.disabled = Some(disabled);
+    }
+
+    /// Remember the last success or failure time, at most once a second.
+    fn note_outcome(&mut self, success: bool) {
+        if self
+            .meta_written
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.meta_written = Some(Instant::now());
+        let key = if success {
+            LAST_SUCCESS_KEY
+        } else {
+            LAST_FAILURE_KEY
+        };
+        let _ = self.outbox.set_meta(key, Some(&now_ms()));
     }
 }
 

@@ -570,10 +570,11 @@ impl Daemon {
             if let Some(status) = c.try_wait().unwrap() {
                 return status.code();
             }
-            assert!(
-                Instant::now() < deadline,
-                "edgehook did not stop on SIGTERM"
-            );
+            if Instant::now() > deadline {
+                let _ = c.kill(); // do not leave it running past the test
+                let _ = c.wait();
+                panic!("edgehook did not stop on SIGTERM:\n{}", self.log());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -586,6 +587,22 @@ impl Daemon {
             config_text(broker_port, receiver_url, self.metrics_port, &state, extra),
         )
         .unwrap();
+    }
+
+    /// `edgehook outbox <args>` on this daemon's configuration: (exit code, stdout, stderr).
+    pub fn outbox_cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_edgehook"))
+            .arg("outbox")
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("running edgehook outbox");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// Send a signal (e.g. 1 = SIGHUP) to the running daemon.

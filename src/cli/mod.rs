@@ -1,4 +1,7 @@
-//! Command line: `edgehook run`, `edgehook check-config`, `edgehook demo`.
+//! Command line: `edgehook run`, `edgehook check-config`, `edgehook outbox ...`,
+//! `edgehook demo`.
+
+pub mod outbox;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +34,22 @@ pub enum Command {
         )]
         config: PathBuf,
         /// Where the sled outbox lives (overrides `state_dir` in the file).
+        #[arg(long, env = "EDGEHOOK_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// See into the outbox and repair it: status, list, replay, purge, enable.
+    Outbox {
+        #[command(subcommand)]
+        command: outbox::OutboxCommand,
+        /// Configuration file (for its state_dir and health/metrics address).
+        #[arg(
+            short,
+            long,
+            env = "EDGEHOOK_CONFIG",
+            default_value = "/etc/edgehook/edgehook.toml"
+        )]
+        config: PathBuf,
+        /// The state directory, instead of the one in the configuration.
         #[arg(long, env = "EDGEHOOK_STATE_DIR")]
         state_dir: Option<PathBuf>,
     },
@@ -85,8 +104,53 @@ pub fn main() -> ExitCode {
                 crate::run_with_reloads(loaded, cancel, Some(reloads)).await
             })
         }
+        Command::Outbox {
+            command,
+            config,
+            state_dir,
+        } => {
+            let loaded = Config::load(&config);
+            let (dir, hint) = match (&state_dir, &loaded) {
+                (Some(dir), Ok(c)) => (dir.clone(), metrics_hint(c)),
+                (Some(dir), Err(_)) => (dir.clone(), String::new()),
+                (None, Ok(c)) => (c.state_dir.clone(), metrics_hint(c)),
+                (None, Err(e)) => {
+                    eprintln!("error: {e} (or give --state-dir)");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(outbox::run(command, &dir, &hint)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         #[cfg(feature = "demo")]
         Command::Demo(args) => block_on(crate::demo::run(args)),
+    }
+}
+
+/// Where a running daemon's live figures are, for messages.
+fn metrics_hint(config: &Config) -> String {
+    if config.telemetry.listen.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; live figures: curl -s http://{}/metrics | grep -E 'outbox|dead|delivered'",
+            config.telemetry.listen
+        )
     }
 }
 
