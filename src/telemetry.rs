@@ -119,6 +119,8 @@ pub struct Metrics {
     attempts_http_error: AtomicU64,
     attempts_network_error: AtomicU64,
     outbox_depth: AtomicU64,
+    outbox_oldest_ms: AtomicU64,
+    dead_letters_kept: AtomicU64,
     outbox_write_failures: AtomicU64,
     latency_buckets: [AtomicU64; 12],
     latency_count: AtomicU64,
@@ -217,6 +219,20 @@ impl Metrics {
             None => &self.attempts_network_error,
         }
         .fetch_add(1, Ordering::Relaxed);
+    }
+    /// Refresh the gauges read from the outbox itself (at scrape time).
+    pub fn observe_outbox(&self, outbox: &Outbox) {
+        self.set_outbox_depth(outbox.len() as u64);
+        self.dead_letters_kept
+            .store(outbox.dead_len() as u64, Ordering::Relaxed);
+        let age = outbox
+            .oldest()
+            .ok()
+            .flatten()
+            .and_then(|r| crate::deliver::created_at(&r.id))
+            .and_then(|t| t.elapsed().ok())
+            .map_or(0, |d| d.as_millis() as u64);
+        self.outbox_oldest_ms.store(age, Ordering::Relaxed);
     }
     pub fn set_outbox_depth(&self, depth: u64) {
         self.outbox_depth.store(depth, Ordering::Relaxed);
@@ -348,10 +364,21 @@ impl Metrics {
             &plain(get(&self.outbox_depth)),
         );
         metric(
+            "dead_letters",
+            "gauge",
+            "Dead letters kept in the outbox (edgehook outbox list --dead).",
+            &plain(get(&self.dead_letters_kept)),
+        );
+        metric(
             "outbox_write_failures_total",
             "counter",
             "Failed outbox writes (each retried).",
             &plain(get(&self.outbox_write_failures)),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP edgehook_outbox_oldest_pending_seconds Age of the oldest event waiting for delivery (0 when none).\n# TYPE edgehook_outbox_oldest_pending_seconds gauge\nedgehook_outbox_oldest_pending_seconds {}",
+            get(&self.outbox_oldest_ms) as f64 / 1000.0
         );
         let _ = writeln!(
             out,
@@ -504,7 +531,7 @@ pub async fn serve(
 fn answer(path: &str, metrics: &Metrics, outbox: &Outbox) -> Response<Full<Bytes>> {
     let (status, body) = match path {
         "/metrics" => {
-            metrics.set_outbox_depth(outbox.len() as u64);
+            metrics.observe_outbox(outbox);
             (StatusCode::OK, metrics.render())
         }
         "/healthz" => match metrics.readiness(outbox) {

@@ -113,6 +113,13 @@ async fn receiver_outage_then_recovery_delivers_everything_in_order() {
         daemon.metric("edgehook_outbox_depth").unwrap() >= 60,
         "events wait in the outbox"
     );
+    let metrics = common::http_get(daemon.metrics_port, "/metrics").unwrap();
+    let oldest: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("edgehook_outbox_oldest_pending_seconds "))
+        .and_then(|v| v.parse().ok())
+        .expect("the oldest pending age is exported");
+    assert!(oldest > 0.0 && oldest < 60.0, "{oldest}");
 
     receiver.fail_with(0);
     receiver

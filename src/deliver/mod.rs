@@ -29,7 +29,7 @@ pub use retry::{classify, Outcome, RetryPolicy};
 pub use sign::Signer;
 
 /// The creation time carried in a UUIDv7 event id (milliseconds since the epoch).
-fn created_at(id: &str) -> Option<SystemTime> {
+pub fn created_at(id: &str) -> Option<SystemTime> {
     let uuid = uuid::Uuid::parse_str(id).ok()?;
     let (secs, nanos) = uuid.get_timestamp()?.to_unix();
     Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
