@@ -38,9 +38,9 @@
 //! succeeded but whose removal was not yet flushed is delivered again: a duplicate with the same
 //! id, which the receiver drops by its idempotency key.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -62,6 +62,8 @@ pub enum OutboxError {
     Storage(#[from] sled::Error),
     #[error("outbox record {seq} is corrupt: {why}")]
     Corrupt { seq: u64, why: &'static str },
+    #[error("the outbox is being reopened after a storage error")]
+    Unavailable,
     #[error("{tree} state for `{key}` is corrupt: {why}")]
     CorruptState {
         tree: &'static str,
@@ -91,15 +93,55 @@ pub struct OutboxRecord {
     pub body: Vec<u8>,
 }
 
-/// A handle on the store; cheap to clone.
-#[derive(Clone)]
-pub struct Outbox {
+/// The open sled database and its trees.
+struct Store {
     db: sled::Db,
     events: sled::Tree,
     devices: sled::Tree,
     workspaces: sled::Tree,
     dead: sled::Tree,
     meta: sled::Tree,
+}
+
+impl Store {
+    fn open(dir: &Path, cache_bytes: u64) -> Result<Store, OutboxError> {
+        let db = sled::Config::new()
+            .path(dir.join("outbox.sled"))
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(Some(1000))
+            .open()?;
+        Ok(Store {
+            events: db.open_tree("outbox")?,
+            devices: db.open_tree("devices")?,
+            workspaces: db.open_tree("workspaces")?,
+            dead: db.open_tree("dead")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    /// One past the highest sequence number on disk.
+    fn end(&self) -> Result<u64, OutboxError> {
+        Ok(match self.events.last()? {
+            Some((k, _)) => seq_of(&k)? + 1,
+            None => 0,
+        })
+    }
+}
+
+/// A handle on the store; cheap to clone.
+///
+/// After an I/O error sled refuses every later operation, so the writer *reopens* the store
+/// ([`Outbox::reopen`]): the broken instance is dropped and the database is recovered from
+/// disk, which also discards the failed batch's unflushed writes (the batch is then written
+/// again, under new sequence numbers, and its messages acknowledged only after that). While
+/// the store cannot be reopened (the disk is still full), operations fail with
+/// [`OutboxError::Unavailable`] and are retried by their callers.
+#[derive(Clone)]
+pub struct Outbox {
+    store: Arc<RwLock<Option<Store>>>,
+    dir: PathBuf,
+    cache_bytes: u64,
     /// Records in `dead` (counted at open, then kept).
     dead_depth: Arc<AtomicU64>,
     /// Wakes delivery when new records are durable.
@@ -117,30 +159,15 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Outbox, OutboxError> {
-        let db = sled::Config::new()
-            .path(dir.join("outbox.sled"))
-            .cache_capacity(cache_bytes)
-            .flush_every_ms(Some(1000))
-            .open()?;
-        let events = db.open_tree("outbox")?;
-        let devices = db.open_tree("devices")?;
-        let workspaces = db.open_tree("workspaces")?;
-        let dead = db.open_tree("dead")?;
-        let meta = db.open_tree("meta")?;
-        let depth = Arc::new(AtomicU64::new(events.len() as u64));
-        let dead_depth = Arc::new(AtomicU64::new(dead.len() as u64));
+        let store = Store::open(dir, cache_bytes)?;
+        let depth = Arc::new(AtomicU64::new(store.events.len() as u64));
+        let dead_depth = Arc::new(AtomicU64::new(store.dead.len() as u64));
         // Whatever sled recovered at open is on disk.
-        let end = match events.last()? {
-            Some((k, _)) => seq_of(&k)? + 1,
-            None => 0,
-        };
+        let end = store.end()?;
         Ok(Outbox {
-            db,
-            events,
-            devices,
-            workspaces,
-            dead,
-            meta,
+            store: Arc::new(RwLock::new(Some(store))),
+            dir: dir.to_path_buf(),
+            cache_bytes,
             dead_depth,
             appended: Arc::new(Notify::new()),
             writable: Arc::new(AtomicBool::new(true)),
@@ -150,22 +177,53 @@ impl Outbox {
         })
     }
 
+    /// Run `f` on the open store.
+    fn with<T>(&self, f: impl FnOnce(&Store) -> Result<T, OutboxError>) -> Result<T, OutboxError> {
+        let guard = self.store.read().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(store) => f(store),
+            None => Err(OutboxError::Unavailable),
+        }
+    }
+
+    /// Drop the store and recover it from disk (after an I/O error; see the type's docs).
+    pub fn reopen(&self) -> Result<(), OutboxError> {
+        let mut guard = self.store.write().unwrap_or_else(|e| e.into_inner());
+        *guard = None; // the broken instance goes first: it holds the file lock
+        let store = Store::open(&self.dir, self.cache_bytes)?;
+        let end = store.end()?;
+        self.depth
+            .store(store.events.len() as u64, Ordering::Relaxed);
+        self.dead_depth
+            .store(store.dead.len() as u64, Ordering::Relaxed);
+        // Everything on disk now is durable; what was only in memory is gone.
+        self.durable.fetch_max(end, Ordering::SeqCst);
+        self.written
+            .store(self.durable.load(Ordering::SeqCst), Ordering::SeqCst);
+        *guard = Some(store);
+        Ok(())
+    }
+
     /// Every persisted device state (read once at start).
     pub fn devices(&self) -> Result<Vec<(String, DeviceState)>, OutboxError> {
-        load_states(&self.devices, "device")
+        self.with(|s| load_states(&s.devices, "device"))
     }
 
     /// Every persisted workspace state (read once at start).
     pub fn workspaces(&self) -> Result<Vec<(String, WorkspaceState)>, OutboxError> {
-        load_states(&self.workspaces, "workspace")
+        self.with(|s| load_states(&s.workspaces, "workspace"))
     }
 
     /// Write a batch atomically (not yet flushed). Returns how many records were added.
     pub fn write(&self, batch: &[Commit]) -> Result<usize, OutboxError> {
+        self.with(|s| self.write_to(s, batch))
+    }
+
+    fn write_to(&self, store: &Store, batch: &[Commit]) -> Result<usize, OutboxError> {
         let mut records = Vec::new();
         for commit in batch {
             for env in &commit.envelopes {
-                records.push((self.db.generate_id()?, encode(env)));
+                records.push((store.db.generate_id()?, encode(env)));
             }
         }
         let devices = encode_states(batch.iter().flat_map(|c| &c.devices));
@@ -173,7 +231,7 @@ impl Outbox {
         if records.is_empty() && devices.is_empty() && workspaces.is_empty() {
             return Ok(0);
         }
-        (&self.events, &self.devices, &self.workspaces)
+        (&store.events, &store.devices, &store.workspaces)
             .transaction(|(ev, dev, ws)| {
                 for (seq, bytes) in &records {
                     ev.insert(&seq.to_be_bytes(), bytes.as_slice())?;
@@ -198,7 +256,12 @@ impl Outbox {
     /// Make everything written so far durable, and visible to delivery.
     pub async fn flush(&self) -> Result<(), OutboxError> {
         let written = self.written.load(Ordering::SeqCst);
-        self.db.flush_async().await?;
+        // A clone of the handle for the await (a lock guard must not be held across it); only
+        // the writer task flushes, and it is also the one that reopens, so no clone outlives
+        // a flush into a reopen.
+        let db = self.with(|s| Ok(s.db.clone()))?;
+        db.flush_async().await?;
+        drop(db);
         self.durable.fetch_max(written, Ordering::SeqCst);
         Ok(())
     }
@@ -214,19 +277,24 @@ impl Outbox {
         if from >= durable {
             return Ok(Vec::new());
         }
-        self.events
-            .range(from.to_be_bytes()..durable.to_be_bytes())
-            .take(limit)
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode(seq_of(&k)?, &v)
-            })
-            .collect()
+        self.with(|s| {
+            s.events
+                .range(from.to_be_bytes()..durable.to_be_bytes())
+                .take(limit)
+                .map(|kv| {
+                    let (k, v) = kv?;
+                    decode(seq_of(&k)?, &v)
+                })
+                .collect()
+        })
     }
 
     /// Forget a delivered record.
     pub fn remove(&self, seq: u64) -> Result<(), OutboxError> {
-        if self.events.remove(seq.to_be_bytes())?.is_some() {
+        if self
+            .with(|s| Ok(s.events.remove(seq.to_be_bytes())?))?
+            .is_some()
+        {
             self.depth.fetch_sub(1, Ordering::Relaxed);
         }
         Ok(())
@@ -237,20 +305,22 @@ impl Outbox {
     pub fn bury(&self, seq: u64, info: &DeadInfo) -> Result<bool, OutboxError> {
         let info_json = serde_json::to_vec(info).expect("plain data serialises");
         let key = seq.to_be_bytes();
-        let moved = (&self.events, &self.dead)
-            .transaction(|(ev, dead)| {
-                let Some(record) = ev.remove(&key)? else {
-                    return Ok(false);
-                };
-                let mut value = Vec::with_capacity(5 + info_json.len() + record.len());
-                value.push(RECORD_VERSION);
-                value.extend_from_slice(&(info_json.len() as u32).to_be_bytes());
-                value.extend_from_slice(&info_json);
-                value.extend_from_slice(&record);
-                dead.insert(&key, value)?;
-                Ok::<_, ConflictableTransactionError<()>>(true)
-            })
-            .map_err(storage_error)?;
+        let moved = self.with(|s| {
+            (&s.events, &s.dead)
+                .transaction(|(ev, dead)| {
+                    let Some(record) = ev.remove(&key)? else {
+                        return Ok(false);
+                    };
+                    let mut value = Vec::with_capacity(5 + info_json.len() + record.len());
+                    value.push(RECORD_VERSION);
+                    value.extend_from_slice(&(info_json.len() as u32).to_be_bytes());
+                    value.extend_from_slice(&info_json);
+                    value.extend_from_slice(&record);
+                    dead.insert(&key, value)?;
+                    Ok::<_, ConflictableTransactionError<()>>(true)
+                })
+                .map_err(storage_error)
+        })?;
         if moved {
             self.depth.fetch_sub(1, Ordering::Relaxed);
             self.dead_depth.fetch_add(1, Ordering::Relaxed);
@@ -260,38 +330,43 @@ impl Outbox {
 
     /// Up to `limit` dead letters, oldest first.
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<(OutboxRecord, DeadInfo)>, OutboxError> {
-        self.dead
-            .iter()
-            .take(limit)
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode_dead(seq_of(&k)?, &v)
-            })
-            .collect()
+        self.with(|s| {
+            s.dead
+                .iter()
+                .take(limit)
+                .map(|kv| {
+                    let (k, v) = kv?;
+                    decode_dead(seq_of(&k)?, &v)
+                })
+                .collect()
+        })
     }
 
     /// Move the dead letter `seq` back to the queue, behind everything pending, keeping its
     /// event id. False if there is no such dead letter. Flushes.
     pub async fn revive(&self, seq: u64) -> Result<bool, OutboxError> {
-        let new_seq = self.db.generate_id()?;
         let key = seq.to_be_bytes();
-        let revived = (&self.events, &self.dead)
-            .transaction(|(ev, dead)| {
-                let Some(value) = dead.remove(&key)? else {
-                    return Ok(false);
-                };
-                let record =
-                    dead_record_bytes(&value).ok_or(ConflictableTransactionError::Abort(()))?;
-                ev.insert(&new_seq.to_be_bytes(), record)?;
-                Ok(true)
-            })
-            .map_err(|e| match e {
-                TransactionError::Storage(e) => OutboxError::Storage(e),
-                TransactionError::Abort(()) => OutboxError::Corrupt {
-                    seq,
-                    why: "dead letter is truncated",
-                },
-            })?;
+        let (new_seq, revived) = self.with(|s| {
+            let new_seq = s.db.generate_id()?;
+            let revived = (&s.events, &s.dead)
+                .transaction(|(ev, dead)| {
+                    let Some(value) = dead.remove(&key)? else {
+                        return Ok(false);
+                    };
+                    let record =
+                        dead_record_bytes(&value).ok_or(ConflictableTransactionError::Abort(()))?;
+                    ev.insert(&new_seq.to_be_bytes(), record)?;
+                    Ok(true)
+                })
+                .map_err(|e| match e {
+                    TransactionError::Storage(e) => OutboxError::Storage(e),
+                    TransactionError::Abort(()) => OutboxError::Corrupt {
+                        seq,
+                        why: "dead letter is truncated",
+                    },
+                })?;
+            Ok((new_seq, revived))
+        })?;
         if revived {
             self.depth.fetch_add(1, Ordering::Relaxed);
             self.dead_depth.fetch_sub(1, Ordering::Relaxed);
@@ -304,17 +379,16 @@ impl Outbox {
 
     /// Delete every pending record (`dead = false`) or every dead letter. Returns how many.
     pub async fn purge(&self, dead: bool) -> Result<usize, OutboxError> {
-        let (tree, counter) = if dead {
-            (&self.dead, &self.dead_depth)
-        } else {
-            (&self.events, &self.depth)
-        };
-        let mut n = 0;
-        for key in tree.iter().keys() {
-            tree.remove(key?)?;
-            n += 1;
-        }
-        counter.store(0, Ordering::Relaxed);
+        let n = self.with(|s| {
+            let tree = if dead { &s.dead } else { &s.events };
+            let mut n = 0;
+            for key in tree.iter().keys() {
+                tree.remove(key?)?;
+                n += 1;
+            }
+            Ok(n)
+        })?;
+        if dead { &self.dead_depth } else { &self.depth }.store(0, Ordering::Relaxed);
         self.flush().await?;
         Ok(n)
     }
@@ -326,15 +400,15 @@ impl Outbox {
 
     /// The oldest pending record, if any.
     pub fn oldest(&self) -> Result<Option<OutboxRecord>, OutboxError> {
-        match self.events.first()? {
+        self.with(|s| match s.events.first()? {
             Some((k, v)) => Ok(Some(decode(seq_of(&k)?, &v)?)),
             None => Ok(None),
-        }
+        })
     }
 
     /// A small persisted fact (`meta` tree), as JSON.
     pub fn meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
-        let bytes = self.meta.get(key).ok()??;
+        let bytes = self.with(|s| Ok(s.meta.get(key)?)).ok()??;
         serde_json::from_slice(&bytes).ok()
     }
 
@@ -346,11 +420,11 @@ impl Outbox {
     ) -> Result<(), OutboxError> {
         match value {
             Some(v) => {
-                self.meta
-                    .insert(key, serde_json::to_vec(v).expect("plain data serialises"))?;
+                let bytes = serde_json::to_vec(v).expect("plain data serialises");
+                self.with(|s| Ok(s.meta.insert(key, bytes)?))?;
             }
             None => {
-                self.meta.remove(key)?;
+                self.with(|s| Ok(s.meta.remove(key)?))?;
             }
         }
         Ok(())
@@ -584,6 +658,10 @@ async fn persist(outbox: &Outbox, batch: &[Commit], metrics: &Metrics) -> usize 
                 }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
+                // sled refuses everything after an I/O error: start again from what is on disk.
+                if let Err(e) = outbox.reopen() {
+                    tracing::debug!(error = %e, "outbox not reopened yet");
+                }
             }
         }
     }

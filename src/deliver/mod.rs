@@ -53,6 +53,8 @@ pub struct Dispatcher {
     max_age: Option<Duration>,
     /// Why the endpoint is disabled (a 410 Gone), persisted in the outbox's `meta` tree.
     disabled: Option<Disabled>,
+    /// Reading the outbox fails (logged once until it works again).
+    read_failing: bool,
     /// When `last_success`/`last_failure` were last written to `meta` (at most once a second).
     meta_written: Option<Instant>,
     max_concurrency: usize,
@@ -98,6 +100,7 @@ impl Dispatcher {
             max_attempts: config.max_attempts,
             max_age: config.max_age,
             meta_written: None,
+            read_failing: false,
             policy: RetryPolicy::from(&config.retry),
             max_concurrency: config.max_concurrency,
             window: config.window,
@@ -131,9 +134,15 @@ impl Dispatcher {
                 }
                 continue;
             }
-            if let Err(e) = self.load() {
-                tracing::error!(error = %e, "cannot read the outbox; retrying in 1s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            match self.load() {
+                Ok(()) => self.read_failing = false,
+                Err(e) => {
+                    if !self.read_failing {
+                        tracing::error!(error = %e, "cannot read the outbox; retrying every second");
+                        self.read_failing = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
             self.start_ready();
             tokio::select! {

@@ -605,6 +605,15 @@ impl Daemon {
         )
     }
 
+    /// Put the state (the outbox) somewhere else, e.g. on a small filesystem.
+    pub fn rewrite_state_dir(&mut self, state: &Path, broker_port: u16, receiver_url: &str) {
+        std::fs::write(
+            &self.config,
+            config_text(broker_port, receiver_url, self.metrics_port, state, ""),
+        )
+        .unwrap();
+    }
+
     /// Send a signal (e.g. 1 = SIGHUP) to the running daemon.
     pub fn signal(&self, signal: i32) {
         unsafe_kill(self.pid().expect("running"), signal);

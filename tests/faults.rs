@@ -1,0 +1,133 @@
+//! Fault injection through real parts: a state directory whose filesystem fills up, and a
+//! state directory whose files are corrupt.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{device, publish, Daemon, Mosquitto, Receiver};
+use firmware_sim::DeviceClass;
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// A size-limited tmpfs, unmounted on drop. `None` when this process may not mount (not root).
+struct TinyFs {
+    path: std::path::PathBuf,
+}
+
+impl TinyFs {
+    fn mount(path: std::path::PathBuf, size: &str) -> Option<TinyFs> {
+        std::fs::create_dir_all(&path).unwrap();
+        let uid = Command::new("id").arg("-u").output().unwrap();
+        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+            return None;
+        }
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "root, yet cannot mount a tmpfs");
+        Some(TinyFs { path })
+    }
+
+    /// Fill every free byte with a file; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        let filler = self.path.join("filler");
+        let _ = Command::new("dd")
+            .args(["if=/dev/zero", "bs=4096"])
+            .arg(format!("of={}", filler.display()))
+            .output()
+            .unwrap(); // fails with "No space left on device", as intended
+        filler
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_back_pressure_not_loss_and_recovers_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = TinyFs::mount(dir.path().join("tiny"), "16m") else {
+        eprintln!("SKIPPED: mounting a tmpfs needs root");
+        return;
+    };
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.rewrite_state_dir(&fs.path.join("state"), broker.port, &receiver.url);
+    daemon.start();
+    let mut sensor = device(broker.port, "full-occ-1", DeviceClass::OccupancySensor).await;
+    let mut want = publish(&mut sensor, 5, 1.0).await;
+    receiver
+        .wait_until(LONG, "the first readings", |s| {
+            s.readings_of("full-occ-1").len() == 5
+        })
+        .await;
+
+    let filler = fs.fill();
+    // Publish while the disk is full: the broker takes them (PUBACK to the device), edgehook
+    // cannot make them durable, so it acknowledges nothing and the broker keeps them.
+    for _ in 0..40 {
+        let (payload, changed) = sensor.publish_next(1.0).await.unwrap();
+        assert!(changed);
+        want.push(payload);
+    }
+    sensor.flushed().await.unwrap();
+    let wait = Instant::now() + LONG;
+    while daemon
+        .metric("edgehook_outbox_write_failures_total")
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            Instant::now() < wait,
+            "writes never failed:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let health = common::http_get(daemon.metrics_port, "/healthz").unwrap();
+    assert!(health.contains("outbox not writable"), "{health}");
+    assert!(
+        daemon.log().contains("cannot write the outbox"),
+        "{}",
+        daemon.log()
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let wait = Instant::now() + LONG;
+    while receiver.seen(|s| s.readings_of("full-occ-1").len()) < want.len() {
+        assert!(
+            Instant::now() < wait,
+            "not recovered after space returned ({} of {} readings):\n{}",
+            receiver.seen(|s| s.readings_of("full-occ-1").len()),
+            want.len(),
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    receiver
+        .wait_until(LONG, "every reading after space returned", |s| {
+            s.readings_of("full-occ-1").len() >= want.len()
+        })
+        .await;
+    assert_eq!(
+        receiver.seen(|s| s.readings_of("full-occ-1")),
+        want,
+        "in order, none lost"
+    );
+    let health = common::http_get(daemon.metrics_port, "/healthz").unwrap();
+    assert!(health.contains("ok"), "{health}");
+    assert!(
+        daemon.log().contains("outbox writable again"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
