@@ -64,6 +64,16 @@ pub enum OutboxError {
     Corrupt { seq: u64, why: &'static str },
     #[error("the outbox is being reopened after a storage error")]
     Unavailable,
+    #[error(
+        "the outbox in {dir} has lost its history: its marker names store {expected}, the store holds {found} — \
+         the files are damaged or were replaced. Nothing was deleted. To start afresh, move the \
+         directory aside (see README: Recovering the state directory)"
+    )]
+    Lost {
+        dir: String,
+        expected: String,
+        found: String,
+    },
     #[error("{tree} state for `{key}` is corrupt: {why}")]
     CorruptState {
         tree: &'static str,
@@ -110,14 +120,46 @@ impl Store {
             .cache_capacity(cache_bytes)
             .flush_every_ms(Some(1000))
             .open()?;
-        Ok(Store {
+        let store = Store {
             events: db.open_tree("outbox")?,
             devices: db.open_tree("devices")?,
             workspaces: db.open_tree("workspaces")?,
             dead: db.open_tree("dead")?,
             meta: db.open_tree("meta")?,
             db,
-        })
+        };
+        store.check_identity(dir)?;
+        Ok(store)
+    }
+
+    /// sled recovers a damaged log by dropping what it cannot read, which can silently leave an
+    /// empty store. So each store has an id, kept both inside it (`meta`, key `store_id`) and
+    /// beside it (`outbox.id`); a store that comes back without the id its marker names has
+    /// lost its history, and is refused rather than used.
+    fn check_identity(&self, dir: &Path) -> Result<(), OutboxError> {
+        let marker = dir.join(IDENTITY_FILE);
+        let inside = self
+            .meta
+            .get(STORE_ID_KEY)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned());
+        let beside = std::fs::read_to_string(&marker)
+            .ok()
+            .map(|s| s.trim().to_string());
+        match (beside, inside) {
+            (Some(beside), Some(inside)) if beside == inside => Ok(()),
+            (Some(beside), inside) => Err(OutboxError::Lost {
+                dir: dir.display().to_string(),
+                expected: beside,
+                found: inside.unwrap_or_else(|| "nothing".into()),
+            }),
+            (None, Some(inside)) => write_marker(&marker, &inside),
+            (None, None) => {
+                let id = uuid::Uuid::now_v7().to_string();
+                self.meta.insert(STORE_ID_KEY, id.as_bytes())?;
+                self.db.flush()?;
+                write_marker(&marker, &id)
+            }
+        }
     }
 
     /// One past the highest sequence number on disk.
@@ -447,6 +489,24 @@ impl Outbox {
     pub async fn appended(&self) {
         self.appended.notified().await
     }
+}
+
+/// The marker file beside the store naming its id (see `Store::check_identity`).
+const IDENTITY_FILE: &str = "outbox.id";
+const STORE_ID_KEY: &str = "store_id";
+
+/// Write `id` to `path` durably (temporary file, fsync, rename).
+fn write_marker(path: &Path, id: &str) -> Result<(), OutboxError> {
+    use std::io::Write;
+    let tmp = path.with_extension("id.tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(marker_error)?;
+    file.write_all(id.as_bytes()).map_err(marker_error)?;
+    file.sync_all().map_err(marker_error)?;
+    std::fs::rename(&tmp, path).map_err(marker_error)
+}
+
+fn marker_error(e: std::io::Error) -> OutboxError {
+    OutboxError::Storage(sled::Error::Io(e))
 }
 
 /// Why delivery gave up on an event; kept with it in the `dead` tree.

@@ -131,3 +131,49 @@ async fn a_full_disk_is_back_pressure_not_loss_and_recovers_when_space_returns()
     );
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_is_refused_with_the_way_out_not_used_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    receiver.fail_with(503); // events stay in the outbox
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+    let mut sensor = device(broker.port, "dmg-occ-1", DeviceClass::OccupancySensor).await;
+    publish(&mut sensor, 5, 1.0).await;
+    let wait = Instant::now() + LONG;
+    while daemon.metric("edgehook_outbox_depth").unwrap_or(0) < 6 {
+        assert!(Instant::now() < wait, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(daemon.terminate(), Some(0));
+
+    // A dying SD card: the log file is garbage now. sled alone would come up empty.
+    let db = dir.path().join("state/outbox.sled/db");
+    let len = std::fs::metadata(&db).unwrap().len() as usize;
+    let garbage: Vec<u8> = (0..len).map(|i| (i * 7919 % 251) as u8).collect();
+    std::fs::write(&db, garbage).unwrap();
+
+    daemon.spawn();
+    let code = daemon.wait_exit(Duration::from_secs(20));
+    let log = daemon.log();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("lost its history") && log.contains("Recovering the state directory"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    let (code, _, err) = daemon.outbox_cli(&["status"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("lost its history"), "{err}");
+
+    // The documented way out: move it aside and start afresh.
+    std::fs::rename(dir.path().join("state"), dir.path().join("state.broken")).unwrap();
+    daemon.start();
+    assert_eq!(daemon.terminate(), Some(0));
+    assert!(
+        dir.path().join("state.broken/outbox.sled").exists(),
+        "nothing was deleted"
+    );
+}

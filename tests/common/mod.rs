@@ -553,6 +553,23 @@ impl Daemon {
         self.child = Some(child);
     }
 
+    /// Wait for the daemon to exit by itself; its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let mut c = self.child.take().expect("running");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("edgehook did not exit:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL, like a power cut for the process.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
