@@ -177,3 +177,73 @@ async fn a_damaged_store_is_refused_with_the_way_out_not_used_empty() {
         "nothing was deleted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_kill9_at_random_moments_lose_no_acknowledged_change() {
+    use std::collections::BTreeSet;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+
+    const DEVICES: usize = 6;
+    const EACH: usize = 250;
+    let port = broker.port;
+    let publisher = tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..DEVICES {
+            tasks.spawn(async move {
+                let id = format!("k20-occ-{i}");
+                let mut dev = device(port, &id, DeviceClass::OccupancySensor).await;
+                let mut keys = Vec::new();
+                for _ in 0..EACH {
+                    let (payload, _) = dev.publish_next(1.0).await.unwrap();
+                    keys.push((id.clone(), payload["seq"].as_u64().unwrap()));
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                }
+                dev.flushed().await.unwrap(); // every one acknowledged by the broker
+                keys
+            });
+        }
+        let mut all = BTreeSet::new();
+        while let Some(keys) = tasks.join_next().await {
+            all.extend(keys.unwrap());
+        }
+        all
+    });
+
+    let seed = fastrand::u64(..);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(rng.u64(30..300))).await;
+        daemon.kill9();
+        daemon.start();
+    }
+    let published = publisher.await.unwrap();
+    assert_eq!(published.len(), DEVICES * EACH);
+    receiver
+        .wait_until(LONG, "every acknowledged change", |s| {
+            let got: BTreeSet<_> = s
+                .of_type("sensor.reading.updated")
+                .into_iter()
+                .map(common::reading_key)
+                .collect();
+            published.is_subset(&got)
+        })
+        .await;
+    receiver.seen(|s| {
+        assert_eq!(s.bad_signatures, 0);
+        assert_eq!(
+            s.of_type("device.online").len(),
+            DEVICES,
+            "restarts do not re-announce healthy devices"
+        );
+        eprintln!(
+            "kill -9 x20 (seed {seed}): {} changes published, {} events delivered, {} duplicate deliveries",
+            published.len(),
+            s.events.len(),
+            s.duplicates
+        );
+    });
+}
