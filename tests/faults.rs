@@ -247,3 +247,105 @@ async fn twenty_kill9_at_random_moments_lose_no_acknowledged_change() {
         );
     });
 }
+
+/// Devices publishing a change every `every` until `stop`; returns every (device, seq) the
+/// broker acknowledged, with its publish time in the payload's `ts`.
+fn steady_load(
+    port: u16,
+    prefix: &'static str,
+    devices: usize,
+    every: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<std::collections::BTreeSet<(String, u64)>> {
+    tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..devices {
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                let id = format!("{prefix}-{i}");
+                let mut dev = device(port, &id, DeviceClass::OccupancySensor).await;
+                let mut keys = Vec::new();
+                while !*stop.borrow() {
+                    let (payload, _) = dev.publish_next(1.0).await.unwrap();
+                    keys.push((id.clone(), payload["seq"].as_u64().unwrap()));
+                    tokio::time::sleep(every).await;
+                }
+                tokio::time::timeout(LONG, dev.flushed())
+                    .await
+                    .expect("the broker acknowledges every publish")
+                    .unwrap();
+                keys
+            });
+        }
+        let mut all = std::collections::BTreeSet::new();
+        while let Some(keys) = tasks.join_next().await {
+            all.extend(keys.unwrap());
+        }
+        all
+    })
+}
+
+fn delivered_keys(s: &common::Seen) -> std::collections::BTreeSet<(String, u64)> {
+    s.of_type("sensor.reading.updated")
+        .into_iter()
+        .map(common::reading_key)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_down_for_a_minute_under_load_loses_nothing_and_latency_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let load = steady_load(broker.port, "out60", 10, Duration::from_millis(100), stop);
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    receiver.fail_with(503);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let backlog = daemon.metric("edgehook_outbox_depth").unwrap();
+    assert!(
+        backlog > 3000,
+        "a minute of events waits in the outbox: {backlog}"
+    );
+    receiver.fail_with(0);
+    let recovered_at = firmware_sim::now_ms();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stop_tx.send(true).unwrap();
+    let published = load.await.unwrap();
+
+    receiver
+        .wait_until(LONG, "every change after the outage", |s| {
+            published.is_subset(&delivered_keys(s))
+        })
+        .await;
+    let wait = Instant::now() + LONG;
+    while daemon.metric("edgehook_outbox_depth") != Some(0) {
+        assert!(Instant::now() < wait, "backlog not drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    receiver.seen(|s| {
+        // Readings published well after recovery (the backlog drained) arrive promptly again.
+        let mut late: Vec<u64> = s
+            .events
+            .iter()
+            .zip(&s.arrived_ms)
+            .filter(|(e, _)| e["type"] == "sensor.reading.updated")
+            .filter_map(|(e, at)| {
+                let ts = e["data"]["fields"]["ts"].as_u64()?;
+                (ts > recovered_at + 7_000).then(|| at.saturating_sub(ts))
+            })
+            .collect();
+        late.sort_unstable();
+        assert!(late.len() > 100, "{} late readings", late.len());
+        let p99 = late[(late.len() - 1) * 99 / 100];
+        eprintln!(
+            "receiver down 60 s: {} changes, backlog {backlog}, {} duplicates, p99 after recovery {p99} ms",
+            published.len(),
+            s.duplicates
+        );
+        assert!(p99 < 500, "latency back to normal after the backlog: p99 {p99} ms");
+    });
+}
