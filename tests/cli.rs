@@ -132,3 +132,20 @@ fn the_demo_runs_and_every_webhook_verifies() {
     assert_eq!(verified, lines);
     assert!(verified >= 8, "{stdout}");
 }
+
+#[test]
+fn outbox_commands_on_a_missing_store_say_so_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("nothing-here");
+    let out = edgehook(
+        &["outbox", "--state-dir", state.to_str().unwrap(), "status"],
+        &[("EDGEHOOK_CONFIG", "/nonexistent.toml")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("there is no outbox"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!state.exists());
+}

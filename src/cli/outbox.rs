@@ -52,6 +52,12 @@ pub async fn run(
     state_dir: &Path,
     metrics_hint: &str,
 ) -> Result<(), String> {
+    if !state_dir.join("outbox.sled").exists() {
+        return Err(format!(
+            "there is no outbox in {} (wrong state directory? --state-dir DIR)",
+            state_dir.display()
+        ));
+    }
     let outbox = Outbox::open(state_dir, 1 << 20).map_err(|e| {
         let text = e.to_string();
         if text.contains("lock") || text.contains("WouldBlock") || text.contains("temporarily unavailable") {
