@@ -5,19 +5,29 @@
 //! - "burst": 100 readings per device (20,000 in all) as fast as the broker accepts them (each
 //!   device waits for its previous PUBACK). This saturates the 2 cores: publishers, broker and
 //!   daemon share them, so latency here is mostly queueing.
-//! - "paced": each device every 200 ms, 1,000 readings/s in all, for 15 s.
+//! - "paced": each device every 200 ms, 1,000 readings/s in all, for 30 s.
+//! - "paced-503": the same, with the receiver answering 503 for 5 s from the 10th second.
 //!
-//! Figures: events delivered per second (first publish → last receipt), publish-to-receipt
-//! latency of reading events (p50/p99/max), the daemon's peak RSS (VmHWM), its CPU seconds per
-//! 10,000 events, and bytes it wrote to disk per event (/proc/<pid>/io write_bytes).
+//! Each is run twice: through edgehook, and through a *null bridge* — an MQTT subscriber inside
+//! the bench that POSTs every reading, signed, the moment it arrives: no state, no change
+//! detection, no disk, no retries. It is the practical limit of this machine, so each edgehook
+//! row can state its ratio to it.
+//!
+//! Figures: events delivered, lost and duplicated; readings handled per second (all readings
+//! published ÷ first publish → last receipt); publish-to-receipt latency of readings delivered
+//! (p50/p99/max); the daemon's peak RSS (VmHWM), its CPU seconds per 10,000 events and the bytes
+//! it wrote to disk per event (/proc/<pid>/io write_bytes).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Daemon, Mosquitto, Receiver};
 use firmware_sim::{run_fleet, FleetConfig};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
@@ -47,61 +57,151 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-struct Row {
+#[derive(Clone, Copy, PartialEq)]
+enum Bridge {
+    Edgehook,
+    Null,
+}
+
+#[derive(Clone, Copy)]
+struct Load {
     name: &'static str,
+    each: u64,
+    interval: Duration,
+    /// Receiver answers 503 for this long, starting this far in.
+    outage: Option<(Duration, Duration)>,
+}
+
+struct Row {
+    name: String,
     expected: u64,
     delivered: u64,
     duplicates: u64,
+    readings: u64,
     seconds: f64,
     latencies: Vec<u64>,
-    rss_kb: u64,
-    cpu: f64,
-    disk_bytes: u64,
+    /// The daemon's figures (none for the null bridge, which runs inside the bench).
+    daemon: Option<(u64, f64, u64)>,
 }
 
-async fn scenario(
-    name: &'static str,
-    sensors: usize,
-    displays: usize,
-    each: u64,
-    interval: Duration,
-) -> Row {
+const SENSORS: usize = 150;
+const DISPLAYS: usize = 50;
+
+/// The null bridge: subscribe, and POST each reading, signed, as it arrives.
+fn start_null_bridge(port: u16, url: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut options = rumqttc::MqttOptions::new("null-bridge", "127.0.0.1", port);
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            .set_inflight(1000);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10_000);
+        for topic in ["sensors/+/reading", "rooms/+/display"] {
+            client
+                .subscribe(topic, rumqttc::QoS::AtLeastOnce)
+                .await
+                .unwrap();
+        }
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(edgehook::tls::client_config(None).unwrap())
+            .build()
+            .unwrap();
+        let slots = Arc::new(tokio::sync::Semaphore::new(16));
+        loop {
+            let Ok(event) = eventloop.poll().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = event else {
+                continue;
+            };
+            let device = p.topic.split('/').nth(1).unwrap_or_default().to_string();
+            let fields: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+            let id = uuid::Uuid::now_v7().to_string();
+            let body = serde_json::to_vec(&serde_json::json!({
+                "id": id, "type": "sensor.reading.updated",
+                "data": {"device_id": device, "fields": fields},
+            }))
+            .unwrap();
+            let mut mac = Hmac::<Sha256>::new_from_slice(common::SECRET.as_bytes()).unwrap();
+            mac.update(&body);
+            let signature = hex::encode(mac.finalize().into_bytes());
+            let request = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("x-webhook-signature", signature)
+                .header("idempotency-key", id)
+                .body(body);
+            let permit = slots.clone().acquire_owned().await.unwrap();
+            tokio::spawn(async move {
+                let _ = request.send().await; // no retries: a refused one is lost
+                drop(permit);
+            });
+        }
+    })
+}
+
+async fn scenario(bridge: Bridge, load: Load) -> Row {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(dir.path());
     let receiver = Receiver::start().await;
-    // Offline reports go out at once: the figures measure the pipeline, not the debounce policy.
-    let rules = "[[device_classes]]\nname = \"bench\"\nmatch = [\"*\"]\ndebounce = \"0s\"\n";
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, rules);
-    daemon.start();
-    let pid = daemon.pid().unwrap();
-    let cpu0 = cpu_seconds(pid);
-    let disk0 = proc_field(pid, "io", "write_bytes:").unwrap_or(0);
+    let mut daemon = None;
+    let mut null = None;
+    let mut before = (0, 0.0, 0);
+    match bridge {
+        Bridge::Edgehook => {
+            // Offline reports go out at once: the figures measure the pipeline, not the
+            // debounce policy.
+            let rules =
+                "[[device_classes]]\nname = \"bench\"\nmatch = [\"*\"]\ndebounce = \"0s\"\n";
+            let mut d = Daemon::new(dir.path(), broker.port, &receiver.url, rules);
+            d.start();
+            let pid = d.pid().unwrap();
+            before = (
+                pid,
+                cpu_seconds(pid),
+                proc_field(pid, "io", "write_bytes:").unwrap_or(0),
+            );
+            daemon = Some(d);
+        }
+        Bridge::Null => {
+            null = Some(start_null_bridge(broker.port, receiver.url.clone()));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
 
     let fleet = FleetConfig {
         port: broker.port,
-        sensors,
-        displays,
+        sensors: SENSORS,
+        displays: DISPLAYS,
         seed: 2026,
-        interval,
-        readings: Some(each),
+        interval: load.interval,
+        readings: Some(load.each),
         change_ratio: 0.3,
         prefix: "bench".into(),
         ..Default::default()
     };
-    let devices = (sensors + displays) as u64;
+    let devices = (SENSORS + DISPLAYS) as u64;
     let start_ms = firmware_sim::now_ms();
+    if let Some((after, length)) = load.outage {
+        let r = receiver.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            r.fail_with(503);
+            tokio::time::sleep(length).await;
+            r.fail_with(0);
+        });
+    }
     let stats = run_fleet(fleet, std::future::pending())
         .await
         .expect("fleet");
-    // Every change, plus each device's birth (online) and clean shutdown (offline).
-    let expected = stats.changes + 2 * devices;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while receiver.seen(|s| (s.events.len() as u64) < expected) {
-        assert!(
-            Instant::now() < deadline,
-            "bench did not complete:\n{}",
-            daemon.log()
-        );
+    let expected = match bridge {
+        // Every change, plus each device's birth (online) and clean shutdown (offline).
+        Bridge::Edgehook => stats.changes + 2 * devices,
+        // Every reading.
+        Bridge::Null => stats.readings,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver.seen(|s| (s.events.len() as u64) < expected) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (delivered, duplicates, last_ms, latencies) = receiver.seen(|s| {
@@ -116,23 +216,37 @@ async fn scenario(
         (
             s.events.len() as u64,
             s.duplicates,
-            *s.arrived_ms.iter().max().unwrap(),
+            s.arrived_ms.iter().max().copied().unwrap_or(start_ms + 1),
             lat,
         )
     });
-    let row = Row {
-        name,
+    let figures = daemon.as_mut().map(|d| {
+        let (pid, cpu0, disk0) = before;
+        let f = (
+            proc_field(pid, "status", "VmHWM:").unwrap_or(0),
+            cpu_seconds(pid) - cpu0,
+            proc_field(pid, "io", "write_bytes:").unwrap_or(0) - disk0,
+        );
+        assert_eq!(d.terminate(), Some(0));
+        f
+    });
+    if let Some(null) = null {
+        null.abort();
+    }
+    Row {
+        name: format!(
+            "{}{}",
+            load.name,
+            if bridge == Bridge::Null { " null" } else { "" }
+        ),
         expected,
         delivered,
         duplicates,
+        readings: stats.readings,
         seconds: (last_ms - start_ms) as f64 / 1000.0,
         latencies,
-        rss_kb: proc_field(pid, "status", "VmHWM:").unwrap_or(0),
-        cpu: cpu_seconds(pid) - cpu0,
-        disk_bytes: proc_field(pid, "io", "write_bytes:").unwrap_or(0) - disk0,
-    };
-    assert_eq!(daemon.terminate(), Some(0));
-    row
+        daemon: figures,
+    }
 }
 
 fn main() {
@@ -145,19 +259,43 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let rows = vec![
-        runtime.block_on(scenario("burst", 150, 50, 100, Duration::ZERO)),
-        runtime.block_on(scenario("paced", 150, 50, 75, Duration::from_millis(200))),
+    let paced = Duration::from_millis(200);
+    let loads = [
+        Load {
+            name: "burst",
+            each: 100,
+            interval: Duration::ZERO,
+            outage: None,
+        },
+        Load {
+            name: "paced",
+            each: 150,
+            interval: paced,
+            outage: None,
+        },
+        Load {
+            name: "paced-503",
+            each: 150,
+            interval: paced,
+            outage: Some((Duration::from_secs(10), Duration::from_secs(5))),
+        },
     ];
+    let mut rows = Vec::new();
+    for load in loads {
+        let edge = runtime.block_on(scenario(Bridge::Edgehook, load));
+        let null = runtime.block_on(scenario(Bridge::Null, load));
+        rows.push((edge, Some(null)));
+    }
     println!();
     println!(
-        "{:<8} {:>8} {:>8} {:>6} {:>5} {:>10} {:>7} {:>7} {:>7} {:>9} {:>13} {:>10}",
+        "{:<15} {:>8} {:>8} {:>6} {:>5} {:>10} {:>9} {:>7} {:>7} {:>7} {:>9} {:>12} {:>9}",
         "scenario",
         "expected",
         "deliverd",
         "lost",
         "dups",
-        "events/s",
+        "readings/s",
+        "vs null",
         "p50 ms",
         "p99 ms",
         "max ms",
@@ -165,21 +303,36 @@ fn main() {
         "CPU s/10k ev",
         "disk B/ev"
     );
-    for r in rows {
-        println!(
-            "{:<8} {:>8} {:>8} {:>6} {:>5} {:>10.0} {:>7} {:>7} {:>7} {:>7.1}MB {:>13.3} {:>10.0}",
-            r.name,
-            r.expected,
-            r.delivered,
-            r.expected.saturating_sub(r.delivered),
-            r.duplicates,
-            r.delivered as f64 / r.seconds,
-            percentile(&r.latencies, 0.50),
-            percentile(&r.latencies, 0.99),
-            r.latencies.last().copied().unwrap_or(0),
-            r.rss_kb as f64 / 1024.0,
-            r.cpu / r.delivered as f64 * 10_000.0,
-            r.disk_bytes as f64 / r.delivered as f64,
-        );
+    for (edge, null) in &rows {
+        for (r, baseline) in [(edge, null.as_ref()), (null.as_ref().unwrap(), None)] {
+            let rate = r.readings as f64 / r.seconds;
+            let ratio = baseline
+                .map(|b| format!("{:.0}%", 100.0 * rate / (b.readings as f64 / b.seconds)))
+                .unwrap_or_else(|| "-".into());
+            let (rss, cpu, disk) = match r.daemon {
+                Some((rss, cpu, disk)) => (
+                    format!("{:.1}MB", rss as f64 / 1024.0),
+                    format!("{:.3}", cpu / r.delivered.max(1) as f64 * 10_000.0),
+                    format!("{:.0}", disk as f64 / r.delivered.max(1) as f64),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
+            println!(
+                "{:<15} {:>8} {:>8} {:>6} {:>5} {:>10.0} {:>9} {:>7} {:>7} {:>7} {:>9} {:>12} {:>9}",
+                r.name,
+                r.expected,
+                r.delivered,
+                r.expected.saturating_sub(r.delivered),
+                r.duplicates,
+                rate,
+                ratio,
+                percentile(&r.latencies, 0.50),
+                percentile(&r.latencies, 0.99),
+                r.latencies.last().copied().unwrap_or(0),
+                rss,
+                cpu,
+                disk
+            );
+        }
     }
 }

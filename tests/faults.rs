@@ -180,7 +180,6 @@ async fn a_damaged_store_is_refused_with_the_way_out_not_used_empty() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_kill9_at_random_moments_lose_no_acknowledged_change() {
-    use std::collections::BTreeSet;
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(dir.path());
     let receiver = Receiver::start().await;
@@ -189,29 +188,15 @@ async fn twenty_kill9_at_random_moments_lose_no_acknowledged_change() {
 
     const DEVICES: usize = 6;
     const EACH: usize = 250;
-    let port = broker.port;
-    let publisher = tokio::spawn(async move {
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..DEVICES {
-            tasks.spawn(async move {
-                let id = format!("k20-occ-{i}");
-                let mut dev = device(port, &id, DeviceClass::OccupancySensor).await;
-                let mut keys = Vec::new();
-                for _ in 0..EACH {
-                    let (payload, _) = dev.publish_next(1.0).await.unwrap();
-                    keys.push((id.clone(), payload["seq"].as_u64().unwrap()));
-                    tokio::time::sleep(Duration::from_millis(15)).await;
-                }
-                dev.flushed().await.unwrap(); // every one acknowledged by the broker
-                keys
-            });
-        }
-        let mut all = BTreeSet::new();
-        while let Some(keys) = tasks.join_next().await {
-            all.extend(keys.unwrap());
-        }
-        all
-    });
+    let (_running, never) = tokio::sync::watch::channel(false);
+    let publisher = common::publishers(
+        broker.port,
+        "k20-occ",
+        DEVICES,
+        Some(EACH),
+        Duration::from_millis(15),
+        never,
+    );
 
     let seed = fastrand::u64(..);
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -224,12 +209,7 @@ async fn twenty_kill9_at_random_moments_lose_no_acknowledged_change() {
     assert_eq!(published.len(), DEVICES * EACH);
     receiver
         .wait_until(LONG, "every acknowledged change", |s| {
-            let got: BTreeSet<_> = s
-                .of_type("sensor.reading.updated")
-                .into_iter()
-                .map(common::reading_key)
-                .collect();
-            published.is_subset(&got)
+            published.is_subset(&s.reading_keys())
         })
         .await;
     receiver.seen(|s| {
@@ -248,50 +228,6 @@ async fn twenty_kill9_at_random_moments_lose_no_acknowledged_change() {
     });
 }
 
-/// Devices publishing a change every `every` until `stop`; returns every (device, seq) the
-/// broker acknowledged, with its publish time in the payload's `ts`.
-fn steady_load(
-    port: u16,
-    prefix: &'static str,
-    devices: usize,
-    every: Duration,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<std::collections::BTreeSet<(String, u64)>> {
-    tokio::spawn(async move {
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..devices {
-            let stop = stop.clone();
-            tasks.spawn(async move {
-                let id = format!("{prefix}-{i}");
-                let mut dev = device(port, &id, DeviceClass::OccupancySensor).await;
-                let mut keys = Vec::new();
-                while !*stop.borrow() {
-                    let (payload, _) = dev.publish_next(1.0).await.unwrap();
-                    keys.push((id.clone(), payload["seq"].as_u64().unwrap()));
-                    tokio::time::sleep(every).await;
-                }
-                tokio::time::timeout(LONG, dev.flushed())
-                    .await
-                    .expect("the broker acknowledges every publish")
-                    .unwrap();
-                keys
-            });
-        }
-        let mut all = std::collections::BTreeSet::new();
-        while let Some(keys) = tasks.join_next().await {
-            all.extend(keys.unwrap());
-        }
-        all
-    })
-}
-
-fn delivered_keys(s: &common::Seen) -> std::collections::BTreeSet<(String, u64)> {
-    s.of_type("sensor.reading.updated")
-        .into_iter()
-        .map(common::reading_key)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_down_for_a_minute_under_load_loses_nothing_and_latency_recovers() {
     let dir = tempfile::tempdir().unwrap();
@@ -300,7 +236,14 @@ async fn receiver_down_for_a_minute_under_load_loses_nothing_and_latency_recover
     let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
     daemon.start();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let load = steady_load(broker.port, "out60", 10, Duration::from_millis(100), stop);
+    let load = common::publishers(
+        broker.port,
+        "out60",
+        10,
+        None,
+        Duration::from_millis(100),
+        stop,
+    );
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     receiver.fail_with(503);
@@ -318,7 +261,7 @@ async fn receiver_down_for_a_minute_under_load_loses_nothing_and_latency_recover
 
     receiver
         .wait_until(LONG, "every change after the outage", |s| {
-            published.is_subset(&delivered_keys(s))
+            published.is_subset(&s.reading_keys())
         })
         .await;
     let wait = Instant::now() + LONG;

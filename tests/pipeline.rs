@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{device, publish, reading_key, Daemon, Mosquitto, Receiver};
+use common::{device, publish, Daemon, Mosquitto, Receiver};
 use firmware_sim::DeviceClass;
 use serde_json::Value;
 
@@ -150,29 +150,15 @@ async fn kill9_mid_burst_then_restart_delivers_every_acknowledged_change() {
 
     const DEVICES: usize = 8;
     const EACH: usize = 250;
-    let port = broker.port;
-    let publisher = tokio::spawn(async move {
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..DEVICES {
-            tasks.spawn(async move {
-                let id = format!("t3-occ-{i}");
-                let mut dev = device(port, &id, DeviceClass::OccupancySensor).await;
-                let mut keys = Vec::new();
-                for _ in 0..EACH {
-                    let (payload, changed) = dev.publish_next(1.0).await.unwrap();
-                    assert!(changed);
-                    keys.push((id.clone(), payload["seq"].as_u64().unwrap()));
-                }
-                dev.flushed().await.unwrap(); // every one of them acknowledged by the broker
-                keys
-            });
-        }
-        let mut all = BTreeSet::new();
-        while let Some(keys) = tasks.join_next().await {
-            all.extend(keys.unwrap());
-        }
-        all
-    });
+    let (_running, never) = tokio::sync::watch::channel(false);
+    let publisher = common::publishers(
+        broker.port,
+        "t3-occ",
+        DEVICES,
+        Some(EACH),
+        Duration::ZERO,
+        never,
+    );
 
     // Kill at three different depths of the burst, restarting each time.
     for threshold in [150usize, 700, 1300] {
@@ -188,12 +174,7 @@ async fn kill9_mid_burst_then_restart_delivers_every_acknowledged_change() {
     assert_eq!(published.len(), DEVICES * EACH);
     receiver
         .wait_until(LONG, "every acknowledged change", |s| {
-            let got: BTreeSet<_> = s
-                .of_type("sensor.reading.updated")
-                .into_iter()
-                .map(reading_key)
-                .collect();
-            published.is_subset(&got)
+            published.is_subset(&s.reading_keys())
         })
         .await;
     receiver.seen(|s| {

@@ -24,34 +24,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon.
-    Run {
-        /// TOML configuration file (see edgehook.example.toml).
-        #[arg(
-            short,
-            long,
-            env = "EDGEHOOK_CONFIG",
-            default_value = "/etc/edgehook/edgehook.toml"
-        )]
-        config: PathBuf,
-        /// Where the sled outbox lives (overrides `state_dir` in the file).
-        #[arg(long, env = "EDGEHOOK_STATE_DIR")]
-        state_dir: Option<PathBuf>,
-    },
+    Run(Paths),
     /// See into the outbox and repair it: status, list, replay, purge, enable.
     Outbox {
         #[command(subcommand)]
         command: outbox::OutboxCommand,
-        /// Configuration file (for its state_dir and health/metrics address).
-        #[arg(
-            short,
-            long,
-            env = "EDGEHOOK_CONFIG",
-            default_value = "/etc/edgehook/edgehook.toml"
-        )]
-        config: PathBuf,
-        /// The state directory, instead of the one in the configuration.
-        #[arg(long, env = "EDGEHOOK_STATE_DIR")]
-        state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        paths: Paths,
     },
     /// Validate a configuration file and exit (0 = valid). For `ExecStartPre=`.
     CheckConfig {
@@ -62,6 +41,22 @@ pub enum Command {
     /// bridge and a local receiver that verifies signatures and prints events. Ctrl-C stops it.
     #[cfg(feature = "demo")]
     Demo(crate::demo::DemoArgs),
+}
+
+/// Where the configuration and the state are.
+#[derive(Debug, clap::Args)]
+pub struct Paths {
+    /// TOML configuration file (see edgehook.example.toml).
+    #[arg(
+        short,
+        long,
+        env = "EDGEHOOK_CONFIG",
+        default_value = "/etc/edgehook/edgehook.toml"
+    )]
+    config: PathBuf,
+    /// Where the sled outbox lives (overrides `state_dir` in the file).
+    #[arg(long, env = "EDGEHOOK_STATE_DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 /// Parse arguments and run; the binary's `main` is only this.
@@ -87,7 +82,7 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config, state_dir } => {
+        Command::Run(Paths { config, state_dir }) => {
             let mut loaded = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -106,8 +101,7 @@ pub fn main() -> ExitCode {
         }
         Command::Outbox {
             command,
-            config,
-            state_dir,
+            paths: Paths { config, state_dir },
         } => {
             let loaded = Config::load(&config);
             let (dir, hint) = match (&state_dir, &loaded) {

@@ -138,6 +138,14 @@ impl Seen {
         self.events.iter().filter(|e| e["type"] == kind).collect()
     }
 
+    /// (device, seq) of every reading delivered.
+    pub fn reading_keys(&self) -> std::collections::BTreeSet<(String, u64)> {
+        self.of_type("sensor.reading.updated")
+            .into_iter()
+            .map(reading_key)
+            .collect()
+    }
+
     /// The `fields` of each `sensor.reading.updated` of `device`, in arrival order.
     pub fn readings_of(&self, device: &str) -> Vec<Value> {
         self.of_type("sensor.reading.updated")
@@ -172,6 +180,47 @@ pub async fn publish(dev: &mut firmware_sim::SimDevice, n: usize, change_ratio: 
     }
     dev.flushed().await.unwrap();
     changes
+}
+
+/// Occupancy sensors `<prefix>-<i>` each publishing a change `pause` apart, until `each`
+/// readings are out or `stop` turns true. Returns every (device, seq) the broker acknowledged.
+pub fn publishers(
+    port: u16,
+    prefix: &'static str,
+    devices: usize,
+    each: Option<usize>,
+    pause: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<std::collections::BTreeSet<(String, u64)>> {
+    tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..devices {
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                let id = format!("{prefix}-{i}");
+                let mut dev = device(port, &id, firmware_sim::DeviceClass::OccupancySensor).await;
+                let mut keys = Vec::new();
+                while each.is_none_or(|n| keys.len() < n) && !*stop.borrow() {
+                    let (payload, changed) = dev.publish_next(1.0).await.unwrap();
+                    assert!(changed);
+                    keys.push((id.clone(), payload["seq"].as_u64().unwrap()));
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+                tokio::time::timeout(Duration::from_secs(60), dev.flushed())
+                    .await
+                    .expect("the broker acknowledges every publish")
+                    .unwrap();
+                keys
+            });
+        }
+        let mut all = std::collections::BTreeSet::new();
+        while let Some(keys) = tasks.join_next().await {
+            all.extend(keys.unwrap());
+        }
+        all
+    })
 }
 
 struct Inner {
