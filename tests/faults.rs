@@ -178,35 +178,57 @@ async fn a_damaged_store_is_refused_with_the_way_out_not_used_empty() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_kill9_at_random_moments_lose_no_acknowledged_change() {
+/// When to pull the plug on the daemon during a burst.
+enum Kills {
+    /// Once each time this many readings have been delivered.
+    AtProgress(&'static [usize]),
+    /// This many times, at random intervals (30–300 ms) from this seed.
+    Random { times: usize, seed: u64 },
+}
+
+/// `devices` sensors publish `each` changes `pause` apart while the daemon is killed with
+/// SIGKILL and restarted as `kills` says; then every change the broker acknowledged must have
+/// been delivered, and no healthy device re-announced.
+async fn kill9_during_a_burst(
+    prefix: &'static str,
+    devices: usize,
+    each: usize,
+    pause: Duration,
+    kills: Kills,
+) {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(dir.path());
     let receiver = Receiver::start().await;
     let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
     daemon.start();
-
-    const DEVICES: usize = 6;
-    const EACH: usize = 250;
     let (_running, never) = tokio::sync::watch::channel(false);
-    let publisher = common::publishers(
-        broker.port,
-        "k20-occ",
-        DEVICES,
-        Some(EACH),
-        Duration::from_millis(15),
-        never,
-    );
+    let publisher = common::publishers(broker.port, prefix, devices, Some(each), pause, never);
 
-    let seed = fastrand::u64(..);
-    let mut rng = fastrand::Rng::with_seed(seed);
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(rng.u64(30..300))).await;
-        daemon.kill9();
-        daemon.start();
-    }
+    let what = match kills {
+        Kills::AtProgress(thresholds) => {
+            for &n in thresholds {
+                receiver
+                    .wait_until(LONG, "burst progress", |s| {
+                        s.of_type("sensor.reading.updated").len() >= n
+                    })
+                    .await;
+                daemon.kill9();
+                daemon.start();
+            }
+            format!("kill -9 at {thresholds:?} readings")
+        }
+        Kills::Random { times, seed } => {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            for _ in 0..times {
+                tokio::time::sleep(Duration::from_millis(rng.u64(30..300))).await;
+                daemon.kill9();
+                daemon.start();
+            }
+            format!("kill -9 x{times} (seed {seed})")
+        }
+    };
     let published = publisher.await.unwrap();
-    assert_eq!(published.len(), DEVICES * EACH);
+    assert_eq!(published.len(), devices * each);
     receiver
         .wait_until(LONG, "every acknowledged change", |s| {
             published.is_subset(&s.reading_keys())
@@ -216,16 +238,31 @@ async fn twenty_kill9_at_random_moments_lose_no_acknowledged_change() {
         assert_eq!(s.bad_signatures, 0);
         assert_eq!(
             s.of_type("device.online").len(),
-            DEVICES,
+            devices,
             "restarts do not re-announce healthy devices"
         );
         eprintln!(
-            "kill -9 x20 (seed {seed}): {} changes published, {} events delivered, {} duplicate deliveries",
+            "{what}: {} changes published, {} events delivered, {} duplicate deliveries",
             published.len(),
             s.events.len(),
             s.duplicates
         );
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_at_three_depths_of_a_full_speed_burst_loses_nothing() {
+    let kills = Kills::AtProgress(&[150, 700, 1300]);
+    kill9_during_a_burst("t3-occ", 8, 250, Duration::ZERO, kills).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_kill9_at_random_moments_lose_no_acknowledged_change() {
+    let kills = Kills::Random {
+        times: 20,
+        seed: fastrand::u64(..),
+    };
+    kill9_during_a_burst("k20-occ", 6, 250, Duration::from_millis(15), kills).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

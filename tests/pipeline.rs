@@ -141,59 +141,6 @@ async fn receiver_outage_then_recovery_delivers_everything_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_mid_burst_then_restart_delivers_every_acknowledged_change() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
-    daemon.start();
-
-    const DEVICES: usize = 8;
-    const EACH: usize = 250;
-    let (_running, never) = tokio::sync::watch::channel(false);
-    let publisher = common::publishers(
-        broker.port,
-        "t3-occ",
-        DEVICES,
-        Some(EACH),
-        Duration::ZERO,
-        never,
-    );
-
-    // Kill at three different depths of the burst, restarting each time.
-    for threshold in [150usize, 700, 1300] {
-        receiver
-            .wait_until(LONG, "burst progress", |s| {
-                s.of_type("sensor.reading.updated").len() >= threshold
-            })
-            .await;
-        daemon.kill9();
-        daemon.start();
-    }
-    let published = publisher.await.unwrap();
-    assert_eq!(published.len(), DEVICES * EACH);
-    receiver
-        .wait_until(LONG, "every acknowledged change", |s| {
-            published.is_subset(&s.reading_keys())
-        })
-        .await;
-    receiver.seen(|s| {
-        let online = s.of_type("device.online").len();
-        assert_eq!(
-            online, DEVICES,
-            "restarts must not re-announce healthy devices"
-        );
-        eprintln!(
-            "kill -9 x3: {} changes published, {} events delivered, {} duplicate deliveries",
-            published.len(),
-            s.events.len(),
-            s.duplicates
-        );
-        assert_eq!(s.bad_signatures, 0);
-    });
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_resumes_subscriptions() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Mosquitto::start(dir.path());
