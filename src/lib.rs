@@ -141,6 +141,7 @@ pub async fn run_with_reloads(
         outbox.clone(),
         commit_rx,
         config.outbox.batch_max,
+        config.outbox.commit_delay,
         metrics.clone(),
     ));
     tracker.spawn(dispatcher.run(cancel.clone()));

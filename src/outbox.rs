@@ -20,7 +20,8 @@
 //! # Invariants
 //! 1. A batch of commits (events and the device and workspace states they came from) is written
 //!    in **one sled transaction** across the three trees, then flushed (one fsync per batch, not
-//!    per event), and **only then** are the batch's transport acks sent. So an acknowledged MQTT
+//!    per event; a batch gathers what arrives within `outbox.commit_delay` of its first message),
+//!    and **only then** are the batch's transport acks sent. So an acknowledged MQTT
 //!    message always has its events on disk, and a state on disk always has its events on disk.
 //! 2. Delivery only sees records at or below the *durable watermark* (the highest sequence number
 //!    known flushed). An event is never sent before it is on disk: otherwise a crash could lose
@@ -655,15 +656,24 @@ pub async fn run_writer(
     outbox: Outbox,
     mut commits: mpsc::Receiver<Commit>,
     batch_max: usize,
+    commit_delay: Duration,
     metrics: Arc<Metrics>,
 ) {
     let mut batch: Vec<Commit> = Vec::with_capacity(batch_max);
     while let Some(first) = commits.recv().await {
         batch.push(first);
+        // Group commit: gather what arrives within `commit_delay` of the first, up to the cap.
+        let deadline = tokio::time::Instant::now() + commit_delay;
         while batch.len() < batch_max {
             match commits.try_recv() {
                 Ok(c) => batch.push(c),
-                Err(_) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(deadline, commits.recv()).await {
+                        Ok(Some(c)) => batch.push(c),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
             }
         }
         let added = persist(&outbox, &batch, &metrics).await;
