@@ -96,7 +96,13 @@ pub struct Config {
     pub device_classes: Vec<DeviceClassConfig>,
     #[serde(default)]
     pub workspaces: Vec<WorkspaceConfig>,
+    /// The receiver, for a gateway with one (its endpoint name is `default`). Leave its `url`
+    /// unset when `endpoints` lists them all.
     pub webhook: WebhookConfig,
+    /// Further receivers (`[[endpoints]]`, each with a `name`): every endpoint has its own queue
+    /// in the outbox, its own retries and dead letters, so a dead one never delays the others.
+    #[serde(default)]
+    pub endpoints: Vec<WebhookConfig>,
     pub outbox: OutboxConfig,
     pub telemetry: TelemetryConfig,
 }
@@ -347,13 +353,22 @@ fn default_booking_field() -> String {
     "booked".into()
 }
 
+/// The name of the `[webhook]` endpoint.
+pub const DEFAULT_ENDPOINT: &str = "default";
+
 fn default_hold() -> Duration {
     Duration::from_secs(300)
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct WebhookConfig {
+    /// The endpoint's name, in metrics, logs, `edgehook outbox` and the outbox's queue names
+    /// (letters, digits, `-`, `_`). `[webhook]` is named `default`.
+    pub name: String,
+    /// False: nothing new is queued for this endpoint and nothing is sent to it; what is
+    /// already queued stays until it is active again.
+    pub active: bool,
     /// The receiver's URL. `https://` is verified with the bundled web PKI roots; `http://` is
     /// accepted only to a loopback address or with `allow_insecure_http`.
     pub url: String,
@@ -361,34 +376,24 @@ pub struct WebhookConfig {
     pub secret: Secret,
     /// Several signing keys, newest first, for rotation (Standard Webhooks signs with each;
     /// `hmac-sha256-hex` with the first). Replaces `secret` when given.
-    #[serde(default)]
     pub secrets: Vec<Secret>,
     /// `hmac-sha256-hex` (in `signature_header`) or `standard-webhooks`.
-    #[serde(default)]
     pub signature: SignatureScheme,
     /// `edgehook`, `spaceos`, `roomz` or `cloudevents`.
-    #[serde(default)]
     pub format: PayloadFormat,
     /// Event types this endpoint receives (`*` and `?` patterns, e.g. `device.*`). Events of
-    /// other types are not sent to it.
-    #[serde(default = "all_events")]
+    /// other types are not queued for it.
     pub events: Vec<String>,
     /// Extra request headers (an API key, a tenant id). Values are treated as secrets.
-    #[serde(default)]
     pub headers: BTreeMap<String, Secret>,
     /// Allow `http://` to a non-loopback host: events and signatures in clear text.
-    #[serde(default)]
     pub allow_insecure_http: bool,
     /// Give up on an event after this many failed attempts (counted since the daemon started)
     /// and keep it as a dead letter. Unset: retry for ever.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
     /// Give up on an event this long after it was created, likewise. Unset: never.
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub max_age: Option<Duration>,
     pub signature_header: String,
     pub idempotency_header: String,
@@ -401,8 +406,41 @@ pub struct WebhookConfig {
     pub retry: RetryConfig,
 }
 
-fn all_events() -> Vec<String> {
-    vec!["*".into()]
+impl Default for WebhookConfig {
+    /// An endpoint as `[[endpoints]]` starts: everything but `name`, `url` and the secret.
+    fn default() -> WebhookConfig {
+        WebhookConfig {
+            name: String::new(),
+            active: true,
+            url: String::new(),
+            secret: Secret::default(),
+            secrets: Vec::new(),
+            signature: SignatureScheme::default(),
+            format: PayloadFormat::default(),
+            events: vec!["*".into()],
+            headers: BTreeMap::new(),
+            allow_insecure_http: false,
+            max_attempts: None,
+            max_age: None,
+            signature_header: "X-Webhook-Signature".into(),
+            idempotency_header: "Idempotency-Key".into(),
+            timeout: Duration::from_secs(30),
+            max_concurrency: 16,
+            window: 4096,
+            retry: RetryConfig::default(),
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> RetryConfig {
+        RetryConfig {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+            multiplier: 2.0,
+            jitter: 0.2,
+        }
+    }
 }
 
 impl WebhookConfig {
@@ -417,7 +455,7 @@ impl WebhookConfig {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     #[serde(with = "humantime_serde")]
     pub initial: Duration,
@@ -441,6 +479,73 @@ pub struct OutboxConfig {
     pub commit_delay: Duration,
     /// sled page cache, bytes. Small by default: a gateway has little RAM.
     pub cache_bytes: u64,
+    /// Most bytes of events held for delivery, all endpoints together (`"64MB"`, `"1GiB"` or a
+    /// number of bytes). sled's files take about twice this on disk. What happens when it is
+    /// reached is `on_full`'s choice; either way it is logged, `/healthz` says so, and
+    /// `edgehook_outbox_full` is 1.
+    #[serde(with = "size")]
+    pub max_size: u64,
+    /// `backpressure` (default): hold new messages unacknowledged until delivery frees space, so
+    /// the broker keeps them. `drop_oldest_readings`: delete the oldest
+    /// `sensor.reading.updated` events to make room (never health or workspace events; those
+    /// still wait), counted in `edgehook_outbox_dropped_total`.
+    pub on_full: OnFull,
+    /// Delivery attempts kept in the delivery log (`edgehook outbox log`), newest first; 0
+    /// keeps none (each entry is a small write).
+    pub delivery_log: usize,
+}
+
+/// What the outbox does when `outbox.max_size` is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    Backpressure,
+    DropOldestReadings,
+}
+
+/// A size in bytes: a number, or a string like `"64MB"`, `"512KiB"`, `"1GB"`.
+mod size {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(*bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Size {
+            Bytes(u64),
+            Text(String),
+        }
+        match Size::deserialize(d)? {
+            Size::Bytes(n) => Ok(n),
+            Size::Text(t) => parse(&t).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "`{t}` is not a size like \"64MB\", \"512KiB\" or a number of bytes"
+                ))
+            }),
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<u64> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let unit: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" | "k" => 1_000,
+            "mb" | "m" => 1_000_000,
+            "gb" | "g" => 1_000_000_000,
+            "kib" => 1 << 10,
+            "mib" => 1 << 20,
+            "gib" => 1 << 30,
+            _ => return None,
+        };
+        number.parse::<u64>().ok()?.checked_mul(unit)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -474,32 +579,17 @@ impl Default for Config {
             device_classes: Vec::new(),
             workspaces: Vec::new(),
             webhook: WebhookConfig {
-                url: String::new(),
-                secret: Secret::default(),
-                secrets: Vec::new(),
-                signature: SignatureScheme::default(),
-                format: PayloadFormat::default(),
-                events: all_events(),
-                headers: BTreeMap::new(),
-                allow_insecure_http: false,
-                max_attempts: None,
-                max_age: None,
-                signature_header: "X-Webhook-Signature".into(),
-                idempotency_header: "Idempotency-Key".into(),
-                timeout: Duration::from_secs(30),
-                max_concurrency: 16,
-                window: 4096,
-                retry: RetryConfig {
-                    initial: Duration::from_secs(1),
-                    max: Duration::from_secs(300),
-                    multiplier: 2.0,
-                    jitter: 0.2,
-                },
+                name: DEFAULT_ENDPOINT.into(),
+                ..WebhookConfig::default()
             },
+            endpoints: Vec::new(),
             outbox: OutboxConfig {
                 batch_max: 512,
                 commit_delay: Duration::from_millis(5),
                 cache_bytes: 4 * 1024 * 1024,
+                max_size: 256 * 1024 * 1024,
+                on_full: OnFull::Backpressure,
+                delivery_log: 10_000,
             },
             telemetry: TelemetryConfig {
                 listen: "127.0.0.1:9187".into(),
@@ -752,132 +842,48 @@ impl Config {
                 );
             }
         }
-        let w = &self.webhook;
-        match reqwest::Url::parse(&w.url) {
-            Err(e) => return bad("webhook.url", format!("not a URL ({e})")),
-            Ok(u) if u.scheme() != "https" && u.scheme() != "http" => {
-                return bad("webhook.url", "must be https:// (or http:// to this host)".into())
-            }
-            Ok(u) if u.scheme() == "http" && !w.allow_insecure_http && !is_loopback(&u) => {
-                return bad(
-                    "webhook.url",
-                    "http:// sends events and signatures in clear text: use https://, or set allow_insecure_http = true".into(),
-                )
-            }
-            Ok(_) => {}
+        let mut names = Vec::new();
+        let webhook_used = !self.webhook.url.is_empty() || self.endpoints.is_empty();
+        let mut all: Vec<(String, &WebhookConfig)> = Vec::new();
+        if webhook_used {
+            all.push(("webhook".into(), &self.webhook));
         }
-        let secrets = w.signing_secrets();
-        if secrets.iter().all(|s| s.is_empty()) {
-            return bad(
-                "webhook.secret",
-                "must be set (or given as EDGEHOOK_WEBHOOK__SECRET)".into(),
-            );
-        }
-        for (i, secret) in secrets.iter().enumerate() {
-            if let Err(e) = crate::deliver::sign::key_bytes(w.signature, secret, i) {
-                let key = if w.secrets.is_empty() {
-                    "webhook.secret".to_string()
-                } else {
-                    format!("webhook.secrets[{i}]")
-                };
-                return bad(&key, e.to_string());
-            }
-        }
-        for (key, value) in [
-            ("webhook.signature_header", &w.signature_header),
-            ("webhook.idempotency_header", &w.idempotency_header),
-        ] {
-            if reqwest::header::HeaderName::from_bytes(value.as_bytes()).is_err() {
-                return bad(key, format!("`{value}` is not a valid HTTP header name"));
-            }
-        }
-        if w.events.is_empty() || w.events.iter().any(|e| e.is_empty()) {
-            return bad(
-                "webhook.events",
-                "must list event types or patterns, e.g. [\"device.*\"]".into(),
-            );
-        }
-        if w.format == PayloadFormat::Roomz {
-            let patterns: Vec<wildmatch::WildMatch> = w
-                .events
+        all.extend(
+            self.endpoints
                 .iter()
-                .map(|e| wildmatch::WildMatch::new(e))
-                .collect();
-            if let Some(kind) = crate::event::EventType::ALL.iter().find(|k| {
-                !PayloadFormat::Roomz.carries(**k) && patterns.iter().any(|p| p.matches(k.as_str()))
-            }) {
+                .enumerate()
+                .map(|(i, e)| (format!("endpoints[{i}]"), e)),
+        );
+        for (key, w) in &all {
+            let valid_name = !w.name.is_empty()
+                && w.name.len() <= 64
+                && w.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid_name {
                 return bad(
-                    "webhook.events",
-                    format!("format roomz carries workspace events only, but `{}` matches; use events = [\"workspace.*\"]", kind.as_str()),
+                    &format!("{key}.name"),
+                    "must be set: 1-64 letters, digits, `-` or `_` (it names the endpoint's queue)"
+                        .into(),
                 );
             }
-        }
-        for (name, value) in &w.headers {
-            let reserved = [
-                "content-type",
-                "content-length",
-                "host",
-                "webhook-id",
-                "webhook-timestamp",
-                "webhook-signature",
-            ];
-            let lower = name.to_ascii_lowercase();
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
-                || reqwest::header::HeaderValue::from_str(value.expose()).is_err()
-            {
+            if names.contains(&w.name.as_str()) {
                 return bad(
-                    &format!("webhook.headers.{name}"),
-                    "not a valid HTTP header (name or value)".into(),
+                    &format!("{key}.name"),
+                    format!("duplicate endpoint name `{}`", w.name),
                 );
             }
-            if reserved.contains(&lower.as_str())
-                || lower == w.signature_header.to_ascii_lowercase()
-                || lower == w.idempotency_header.to_ascii_lowercase()
-            {
-                return bad(
-                    &format!("webhook.headers.{name}"),
-                    "is set by edgehook itself".into(),
-                );
-            }
-        }
-        if w.timeout.is_zero() {
-            return bad("webhook.timeout", "must be above 0".into());
-        }
-        if w.max_attempts == Some(0) {
-            return bad(
-                "webhook.max_attempts",
-                "must be at least 1 (or left out)".into(),
-            );
-        }
-        if w.max_age.is_some_and(|a| a.is_zero()) {
-            return bad("webhook.max_age", "must be above 0 (or left out)".into());
-        }
-        if w.max_concurrency == 0 {
-            return bad("webhook.max_concurrency", "must be at least 1".into());
-        }
-        if w.window < w.max_concurrency {
-            return bad(
-                "webhook.window",
-                "must be at least webhook.max_concurrency".into(),
-            );
-        }
-        if w.retry.initial.is_zero() || w.retry.initial > w.retry.max {
-            return bad(
-                "webhook.retry.initial",
-                "must be above 0 and at most webhook.retry.max".into(),
-            );
-        }
-        if !(w.retry.multiplier >= 1.0 && w.retry.multiplier <= 10.0) {
-            return bad(
-                "webhook.retry.multiplier",
-                "must be between 1 and 10".into(),
-            );
-        }
-        if !(0.0..=1.0).contains(&w.retry.jitter) {
-            return bad("webhook.retry.jitter", "must be between 0 and 1".into());
+            names.push(w.name.as_str());
+            Self::validate_endpoint(key, w)?;
         }
         if self.outbox.batch_max == 0 {
             return bad("outbox.batch_max", "must be at least 1".into());
+        }
+        if self.outbox.max_size < 1024 * 1024 {
+            return bad(
+                "outbox.max_size",
+                "must be at least 1MiB (a single burst of events needs room)".into(),
+            );
         }
         if self.outbox.commit_delay > Duration::from_secs(1) {
             return bad(
@@ -905,6 +911,147 @@ impl Config {
         Ok(())
     }
 
+    /// The checks of one endpoint (`[webhook]` or `[[endpoints]]`); `key` is where it is.
+    fn validate_endpoint(key: &str, w: &WebhookConfig) -> Result<(), (String, String)> {
+        let bad = |key: &str, msg: String| Err((key.to_string(), msg));
+        match reqwest::Url::parse(&w.url) {
+            Err(e) => return bad(&format!("{key}.url"), format!("not a URL ({e})")),
+            Ok(u) if u.scheme() != "https" && u.scheme() != "http" => {
+                return bad(&format!("{key}.url"), "must be https:// (or http:// to this host)".into())
+            }
+            Ok(u) if u.scheme() == "http" && !w.allow_insecure_http && !is_loopback(&u) => {
+                return bad(&format!("{key}.url"),
+                    "http:// sends events and signatures in clear text: use https://, or set allow_insecure_http = true".into(),
+                )
+            }
+            Ok(_) => {}
+        }
+        let secrets = w.signing_secrets();
+        if secrets.iter().all(|s| s.is_empty()) {
+            let hint = if key == "webhook" {
+                " (or given as EDGEHOOK_WEBHOOK__SECRET)"
+            } else {
+                ""
+            };
+            return bad(&format!("{key}.secret"), format!("must be set{hint}"));
+        }
+        for (i, secret) in secrets.iter().enumerate() {
+            if let Err(e) = crate::deliver::sign::key_bytes(w.signature, secret, i) {
+                let key = if w.secrets.is_empty() {
+                    format!("{key}.secret")
+                } else {
+                    format!("{key}.secrets[{i}]")
+                };
+                return bad(&key, e.to_string());
+            }
+        }
+        for (header_key, value) in [
+            (format!("{key}.signature_header"), &w.signature_header),
+            (format!("{key}.idempotency_header"), &w.idempotency_header),
+        ] {
+            if reqwest::header::HeaderName::from_bytes(value.as_bytes()).is_err() {
+                return bad(
+                    &header_key,
+                    format!("`{value}` is not a valid HTTP header name"),
+                );
+            }
+        }
+        if w.events.is_empty() || w.events.iter().any(|e| e.is_empty()) {
+            return bad(
+                &format!("{key}.events"),
+                "must list event types or patterns, e.g. [\"device.*\"]".into(),
+            );
+        }
+        if w.format == PayloadFormat::Roomz {
+            let patterns: Vec<wildmatch::WildMatch> = w
+                .events
+                .iter()
+                .map(|e| wildmatch::WildMatch::new(e))
+                .collect();
+            if let Some(kind) = crate::event::EventType::ALL.iter().find(|k| {
+                !PayloadFormat::Roomz.carries(**k) && patterns.iter().any(|p| p.matches(k.as_str()))
+            }) {
+                return bad(&format!("{key}.events"),
+                    format!("format roomz carries workspace events only, but `{}` matches; use events = [\"workspace.*\"]", kind.as_str()),
+                );
+            }
+        }
+        for (name, value) in &w.headers {
+            let reserved = [
+                "content-type",
+                "content-length",
+                "host",
+                "webhook-id",
+                "webhook-timestamp",
+                "webhook-signature",
+            ];
+            let lower = name.to_ascii_lowercase();
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || reqwest::header::HeaderValue::from_str(value.expose()).is_err()
+            {
+                return bad(
+                    &format!("{key}.headers.{name}"),
+                    "not a valid HTTP header (name or value)".into(),
+                );
+            }
+            if reserved.contains(&lower.as_str())
+                || lower == w.signature_header.to_ascii_lowercase()
+                || lower == w.idempotency_header.to_ascii_lowercase()
+            {
+                return bad(
+                    &format!("{key}.headers.{name}"),
+                    "is set by edgehook itself".into(),
+                );
+            }
+        }
+        if w.timeout.is_zero() {
+            return bad(&format!("{key}.timeout"), "must be above 0".into());
+        }
+        if w.max_attempts == Some(0) {
+            return bad(
+                &format!("{key}.max_attempts"),
+                "must be at least 1 (or left out)".into(),
+            );
+        }
+        if w.max_age.is_some_and(|a| a.is_zero()) {
+            return bad(
+                &format!("{key}.max_age"),
+                "must be above 0 (or left out)".into(),
+            );
+        }
+        if w.max_concurrency == 0 {
+            return bad(
+                &format!("{key}.max_concurrency"),
+                "must be at least 1".into(),
+            );
+        }
+        if w.window < w.max_concurrency {
+            return bad(
+                &format!("{key}.window"),
+                format!("must be at least {key}.max_concurrency"),
+            );
+        }
+        if w.retry.initial.is_zero() || w.retry.initial > w.retry.max {
+            return bad(
+                &format!("{key}.retry.initial"),
+                format!("must be above 0 and at most {key}.retry.max"),
+            );
+        }
+        if !(w.retry.multiplier >= 1.0 && w.retry.multiplier <= 10.0) {
+            return bad(
+                &format!("{key}.retry.multiplier"),
+                "must be between 1 and 10".into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&w.retry.jitter) {
+            return bad(
+                &format!("{key}.retry.jitter"),
+                "must be between 0 and 1".into(),
+            );
+        }
+        Ok(())
+    }
+
     /// Top-level keys that differ in `new` and take effect only after a restart. Device classes
     /// and workspaces are not among them: a reload applies those live.
     pub fn needs_restart(&self, new: &Config) -> Vec<&'static str> {
@@ -927,6 +1074,9 @@ impl Config {
         if differ(&self.webhook, &new.webhook) {
             keys.push("webhook");
         }
+        if differ(&self.endpoints, &new.endpoints) {
+            keys.push("endpoints");
+        }
         if differ(&self.outbox, &new.outbox) {
             keys.push("outbox");
         }
@@ -936,10 +1086,20 @@ impl Config {
         keys
     }
 
-    /// The webhook URL as it may be logged: no user info, no query string (either may carry
-    /// a credential).
-    pub fn webhook_url_for_logs(&self) -> String {
-        redact_url(&self.webhook.url)
+    /// Every configured endpoint: `[webhook]` (when its `url` is set) and then `[[endpoints]]`.
+    pub fn all_endpoints(&self) -> Vec<&WebhookConfig> {
+        let webhook = (!self.webhook.url.is_empty()).then_some(&self.webhook);
+        webhook.into_iter().chain(&self.endpoints).collect()
+    }
+
+    /// The endpoints as they may be logged, `name=url`: no user info, no query string (either
+    /// may carry a credential).
+    pub fn endpoints_for_logs(&self) -> String {
+        self.all_endpoints()
+            .iter()
+            .map(|e| format!("{}={}", e.name, redact_url(&e.url)))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// The MQTT client id actually used.

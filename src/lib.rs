@@ -6,12 +6,12 @@
 //! MQTT broker, which stops sending once its in-flight window is full.
 //!
 //! ```text
-//!  source::mqtt ───┐
-//!  (QoS 1, PUBACK  ├─Inbound─▶ device ──────Commit──▶ outbox ═══sled═══▶ deliver ──HTTPS──▶ receiver
-//!   deferred)      │          (registry, health,      (batch, one txn,    (lanes per device,
-//!  source::serial ─┘           change detection,       fsync, then acks)   sign, retry,
-//!  (frames, port               workspaces, timers;                         remove on 2xx)
-//!   reopen)                    event::Envelope)
+//!  source::mqtt ───┐                                                   ┌▶ deliver ──HTTPS──▶ receiver
+//!  (QoS 1, PUBACK  ├─Inbound─▶ device ──────Commit──▶ outbox ═══sled═══╡  (one per endpoint:
+//!   deferred)      │          (registry, health,      (batch, one txn,  │   lanes per device,
+//!  source::serial ─┘           change detection,       a queue per      └▶  sign, retry,
+//!  (frames, port               workspaces, timers;     endpoint, fsync,     remove on 2xx)
+//!   reopen)                    event::Envelope)        then acks)
 //! ```
 //!
 //! - [`source`]: transports. [`source::mqtt`] subscribes at QoS 1 with manual acks;
@@ -70,12 +70,32 @@ pub async fn run_with_reloads(
     let metrics = Arc::new(Metrics::default());
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
-    let outbox = Outbox::open(&config.state_dir, config.outbox.cache_bytes).with_context(|| {
+    let active: Vec<&config::WebhookConfig> = config
+        .all_endpoints()
+        .into_iter()
+        .filter(|e| e.active)
+        .collect();
+    let routes = active
+        .iter()
+        .map(|e| deliver::route(e))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let outbox = Outbox::open(&config.state_dir, config.outbox.cache_bytes, routes).with_context(|| {
         format!(
             "opening the outbox in {} (if it is corrupt, see README: Recovering the state directory)",
             config.state_dir.display()
         )
     })?;
+    for (queue, endpoint, routed) in outbox.queues() {
+        metrics.endpoint(endpoint);
+        if !routed {
+            tracing::warn!(
+                endpoint,
+                pending = outbox.queue_len(queue),
+                "endpoint is inactive or no longer configured: nothing is queued for it or sent to it; its queue is kept (edgehook outbox purge --endpoint {endpoint} --yes deletes it)"
+            );
+        }
+    }
+    metrics.set_outbox_max_bytes(config.outbox.max_size);
     let known = outbox.devices().context("reading device state")?;
     let known_workspaces = outbox.workspaces().context("reading workspace state")?;
     let pending = outbox.len();
@@ -85,7 +105,7 @@ pub async fn run_with_reloads(
         state_dir = %config.state_dir.display(),
         devices = known.len(),
         pending,
-        url = %config.webhook_url_for_logs(),
+        endpoints = %config.endpoints_for_logs(),
         "edgehook starting"
     );
     let clock = device::Clock::start();
@@ -102,7 +122,17 @@ pub async fn run_with_reloads(
         Some(source::mqtt::MqttSource::new(&config, metrics.clone())?)
     };
     metrics.set_mqtt_enabled(mqtt.is_some());
-    let dispatcher = deliver::Dispatcher::new(&config.webhook, outbox.clone(), metrics.clone())?;
+    let dispatchers = active
+        .iter()
+        .map(|e| {
+            deliver::Dispatcher::new(
+                e,
+                outbox.clone(),
+                config.outbox.delivery_log,
+                metrics.endpoint(&e.name),
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     let tracker = TaskTracker::new();
     tracker.spawn(telemetry::notify_systemd(
@@ -140,11 +170,13 @@ pub async fn run_with_reloads(
     tracker.spawn(outbox::run_writer(
         outbox.clone(),
         commit_rx,
-        config.outbox.batch_max,
-        config.outbox.commit_delay,
+        config.outbox.clone(),
         metrics.clone(),
+        cancel.clone(),
     ));
-    tracker.spawn(dispatcher.run(cancel.clone()));
+    for dispatcher in dispatchers {
+        tracker.spawn(dispatcher.run(cancel.clone()));
+    }
     if !config.telemetry.listen.is_empty() {
         let listen = config
             .telemetry

@@ -1,21 +1,29 @@
 //! Outbox: the durable queue between the device stage and delivery (sled).
 //!
 //! # Layout
-//! One sled database in the state directory, with two trees:
+//! One sled database in the state directory, with these trees:
 //!
-//! - `outbox`: key = 8-byte big-endian sequence number (monotonic, from sled's crash-safe id
-//!   generator, so key order is creation order); value = an [`OutboxRecord`] encoded as
+//! - one *queue* per endpoint: `outbox` for the endpoint named `default` (`[webhook]`),
+//!   `outbox.<name>` for the others. Key = 8-byte big-endian sequence number (monotonic, from
+//!   sled's crash-safe id generator, so key order is creation order; one event has the same
+//!   number in every queue); value = an [`OutboxRecord`] encoded as
 //!   `[version=1][u8 type][u16 lane len][lane][u8 id len][id][body]`. `body` is the exact envelope
-//!   bytes that are signed and sent.
+//!   bytes that are signed and sent. An event is written to the queue of each active endpoint
+//!   whose `events` patterns match it ([`Route`]), so endpoints never wait for one another; an
+//!   event no endpoint wants is not stored. A queue whose endpoint left the configuration is
+//!   kept (and reported) until it is purged.
 //! - `devices`: key = device id (UTF-8); value = [`DeviceState`] as JSON.
 //! - `workspaces`: key = workspace id (UTF-8); value = [`WorkspaceState`] as JSON.
 //! - `dead`: dead letters — events delivery gave up on (`max_attempts` / `max_age`), kept with
-//!   why. Key = the event's sequence number; value = `[version=1][u32 info len][DeadInfo JSON]`
-//!   followed by the record exactly as it was in `outbox`. `edgehook outbox replay` moves one
-//!   back into `outbox` under a new sequence number (same event id).
-//! - `meta`: small facts about delivery: `endpoint.disabled` (why and since when, after a
-//!   410 Gone), `endpoint.last_success` / `endpoint.last_failure` (Unix ms, written at most
-//!   once a second).
+//!   why. Key = the event's sequence number followed by the endpoint name (nothing for
+//!   `default`); value = `[version=1][u32 info len][DeadInfo JSON]` followed by the record
+//!   exactly as it was in its queue. `edgehook outbox replay` moves one back into its queue
+//!   under a new sequence number (same event id).
+//! - `attempts`: the delivery log, one entry per attempt (see [`Attempt`]), key = 8-byte
+//!   big-endian counter, value = JSON; the newest `outbox.delivery_log` entries are kept.
+//! - `meta`: small facts: the store's id, and per endpoint (see `deliver::meta_key`) whether it
+//!   is disabled (why and since when, after a 410 Gone) and its last success and failure
+//!   (Unix ms, written at most once a second).
 //!
 //! # Invariants
 //! 1. A batch of commits (events and the device and workspace states they came from) is written
@@ -47,7 +55,9 @@ use std::time::Duration;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
 
+use crate::config::{OnFull, OutboxConfig, DEFAULT_ENDPOINT};
 use crate::device::{DeviceState, WorkspaceState};
 use crate::event::Envelope;
 #[cfg(test)]
@@ -83,6 +93,15 @@ pub enum OutboxError {
     },
 }
 
+/// What one [`Outbox::write`] stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Written {
+    /// Events queued for at least one endpoint.
+    pub queued: usize,
+    /// Events no active endpoint subscribes to (not stored).
+    pub unrouted: usize,
+}
+
 /// What the device stage hands the outbox for one inbound message (or one tick of its clock).
 #[derive(Debug, Default)]
 pub struct Commit {
@@ -92,6 +111,63 @@ pub struct Commit {
     /// Workspace states that changed.
     pub workspaces: Vec<(String, WorkspaceState)>,
     pub ack: Option<Ack>,
+}
+
+/// Which events one endpoint's queue takes.
+#[derive(Clone)]
+pub struct Route {
+    pub endpoint: String,
+    pub wants: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+}
+
+/// A queue, by its place in [`Outbox::queues`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueId(usize);
+
+/// One endpoint's queue: its name and counts (sled's `Tree::len` is a full scan, so they are
+/// counted once at open, then adjusted on every write and removal).
+struct Queue {
+    endpoint: String,
+    /// Whether new events are routed here (the endpoint is configured and active).
+    routed: bool,
+    depth: AtomicU64,
+    /// Bytes of the records held (what `outbox.max_size` limits).
+    bytes: AtomicU64,
+}
+
+/// The queue tree of `endpoint`.
+fn tree_name(endpoint: &str) -> String {
+    if endpoint == DEFAULT_ENDPOINT {
+        "outbox".into()
+    } else {
+        format!("outbox.{endpoint}")
+    }
+}
+
+/// The endpoint whose queue `tree` is, if it is one.
+fn endpoint_of_tree(tree: &[u8]) -> Option<String> {
+    let name = std::str::from_utf8(tree).ok()?;
+    match name {
+        "outbox" => Some(DEFAULT_ENDPOINT.into()),
+        _ => name.strip_prefix("outbox.").map(str::to_owned),
+    }
+}
+
+/// A dead letter's key: the sequence number, then the endpoint (nothing for `default`).
+fn dead_key(seq: u64, endpoint: &str) -> Vec<u8> {
+    let mut key = seq.to_be_bytes().to_vec();
+    if endpoint != DEFAULT_ENDPOINT {
+        key.extend_from_slice(endpoint.as_bytes());
+    }
+    key
+}
+
+/// A dead letter: the record as it was queued, for which endpoint, and why it was given up on.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub endpoint: String,
+    pub record: OutboxRecord,
+    pub info: DeadInfo,
 }
 
 /// One stored event awaiting delivery.
@@ -107,10 +183,12 @@ pub struct OutboxRecord {
 /// The open sled database and its trees.
 struct Store {
     db: sled::Db,
-    events: sled::Tree,
+    /// One per queue, in the order of [`Outbox::queues`].
+    queues: Vec<sled::Tree>,
     devices: sled::Tree,
     workspaces: sled::Tree,
     dead: sled::Tree,
+    attempts: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -122,10 +200,11 @@ impl Store {
             .flush_every_ms(Some(1000))
             .open()?;
         let store = Store {
-            events: db.open_tree("outbox")?,
+            queues: Vec::new(),
             devices: db.open_tree("devices")?,
             workspaces: db.open_tree("workspaces")?,
             dead: db.open_tree("dead")?,
+            attempts: db.open_tree("attempts")?,
             meta: db.open_tree("meta")?,
             db,
         };
@@ -163,12 +242,49 @@ impl Store {
         }
     }
 
+    /// Open the queue trees of `endpoints`, in that order.
+    fn open_queues(&mut self, endpoints: &[String]) -> Result<(), OutboxError> {
+        self.queues = endpoints
+            .iter()
+            .map(|e| self.db.open_tree(tree_name(e)))
+            .collect::<Result<_, _>>()?;
+        Ok(())
+    }
+
+    /// The endpoints that have a queue on disk.
+    fn queues_on_disk(&self) -> Vec<String> {
+        self.db
+            .tree_names()
+            .iter()
+            .filter_map(|n| endpoint_of_tree(n))
+            .collect()
+    }
+
     /// One past the highest sequence number on disk.
     fn end(&self) -> Result<u64, OutboxError> {
-        Ok(match self.events.last()? {
-            Some((k, _)) => seq_of(&k)? + 1,
-            None => 0,
-        })
+        let mut end = 0;
+        for tree in self.queues.iter().chain([&self.dead]) {
+            if let Some((k, _)) = tree.last()? {
+                end = end.max(seq_of(&k[..8.min(k.len())])? + 1);
+            }
+        }
+        Ok(end)
+    }
+
+    /// Records and their bytes in each queue (a full scan: at open only).
+    fn count(&self) -> Result<Vec<(u64, u64)>, OutboxError> {
+        self.queues
+            .iter()
+            .map(|tree| {
+                let (mut n, mut bytes) = (0u64, 0u64);
+                for kv in tree.iter() {
+                    let (_, v) = kv?;
+                    n += 1;
+                    bytes += v.len() as u64;
+                }
+                Ok((n, bytes))
+            })
+            .collect()
     }
 }
 
@@ -191,9 +307,12 @@ pub struct Outbox {
     appended: Arc<Notify>,
     /// False while writes are failing; `/healthz` reports it.
     writable: Arc<AtomicBool>,
-    /// Records in `events`. sled's `Tree::len` is a full scan, so the count is kept here:
-    /// counted once at open, then adjusted on every write and removal.
-    depth: Arc<AtomicU64>,
+    /// The queues, routed ones (in configuration order) first.
+    queues: Arc<Vec<Queue>>,
+    /// Which queues take each event type, in the order of `queues`.
+    routes: Arc<Vec<Route>>,
+    /// The next delivery-log key.
+    next_attempt: Arc<AtomicU64>,
     /// One past the highest sequence number written (flushed or not).
     written: Arc<AtomicU64>,
     /// Every sequence number below this is known to be flushed (see invariant 2).
@@ -201,23 +320,64 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Outbox, OutboxError> {
-        let store = Store::open(dir, cache_bytes)?;
-        let depth = Arc::new(AtomicU64::new(store.events.len() as u64));
+    /// Open the store in `dir`, with a queue for each route (events are written to the queues
+    /// whose route wants them) and one for every other queue already on disk.
+    pub fn open(dir: &Path, cache_bytes: u64, routes: Vec<Route>) -> Result<Outbox, OutboxError> {
+        let mut store = Store::open(dir, cache_bytes)?;
+        let mut endpoints: Vec<String> = routes.iter().map(|r| r.endpoint.clone()).collect();
+        let mut others = store.queues_on_disk();
+        others.sort();
+        others.retain(|e| !endpoints.contains(e));
+        endpoints.extend(others);
+        store.open_queues(&endpoints)?;
+        let queues = endpoints
+            .iter()
+            .zip(store.count()?)
+            .enumerate()
+            .map(|(i, (endpoint, (depth, bytes)))| Queue {
+                endpoint: endpoint.clone(),
+                routed: i < routes.len(),
+                depth: AtomicU64::new(depth),
+                bytes: AtomicU64::new(bytes),
+            })
+            .collect();
         let dead_depth = Arc::new(AtomicU64::new(store.dead.len() as u64));
+        let next_attempt = match store.attempts.last()? {
+            Some((k, _)) => seq_of(&k)? + 1,
+            None => 0,
+        };
         // Whatever sled recovered at open is on disk.
         let end = store.end()?;
         Ok(Outbox {
+            next_attempt: Arc::new(AtomicU64::new(next_attempt)),
             store: Arc::new(RwLock::new(Some(store))),
             dir: dir.to_path_buf(),
             cache_bytes,
             dead_depth,
             appended: Arc::new(Notify::new()),
             writable: Arc::new(AtomicBool::new(true)),
-            depth,
+            queues: Arc::new(queues),
+            routes: Arc::new(routes),
             written: Arc::new(AtomicU64::new(end)),
             durable: Arc::new(AtomicU64::new(end)),
         })
+    }
+
+    /// The queue of `endpoint`, if there is one.
+    pub fn queue(&self, endpoint: &str) -> Option<QueueId> {
+        self.queues
+            .iter()
+            .position(|q| q.endpoint == endpoint)
+            .map(QueueId)
+    }
+
+    /// Every queue: its id, endpoint, and whether new events are routed to it.
+    pub fn queues(&self) -> Vec<(QueueId, &str, bool)> {
+        self.queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| (QueueId(i), q.endpoint.as_str(), q.routed))
+            .collect()
     }
 
     /// Run `f` on the open store.
@@ -233,10 +393,14 @@ impl Outbox {
     pub fn reopen(&self) -> Result<(), OutboxError> {
         let mut guard = self.store.write().unwrap_or_else(|e| e.into_inner());
         *guard = None; // the broken instance goes first: it holds the file lock
-        let store = Store::open(&self.dir, self.cache_bytes)?;
+        let mut store = Store::open(&self.dir, self.cache_bytes)?;
+        let endpoints: Vec<String> = self.queues.iter().map(|q| q.endpoint.clone()).collect();
+        store.open_queues(&endpoints)?;
         let end = store.end()?;
-        self.depth
-            .store(store.events.len() as u64, Ordering::Relaxed);
+        for (queue, (depth, bytes)) in self.queues.iter().zip(store.count()?) {
+            queue.depth.store(depth, Ordering::Relaxed);
+            queue.bytes.store(bytes, Ordering::Relaxed);
+        }
         self.dead_depth
             .store(store.dead.len() as u64, Ordering::Relaxed);
         // Everything on disk now is durable; what was only in memory is gone.
@@ -257,43 +421,65 @@ impl Outbox {
         self.with(|s| load_states(&s.workspaces, "workspace"))
     }
 
-    /// Write a batch atomically (not yet flushed). Returns how many records were added.
-    pub fn write(&self, batch: &[Commit]) -> Result<usize, OutboxError> {
+    /// Write a batch atomically (not yet flushed). Returns how many events were queued (for
+    /// at least one endpoint) and how many no endpoint wanted.
+    pub fn write(&self, batch: &[Commit]) -> Result<Written, OutboxError> {
         self.with(|s| self.write_to(s, batch))
     }
 
-    fn write_to(&self, store: &Store, batch: &[Commit]) -> Result<usize, OutboxError> {
+    fn write_to(&self, store: &Store, batch: &[Commit]) -> Result<Written, OutboxError> {
         let mut records = Vec::new();
-        for commit in batch {
-            for env in &commit.envelopes {
-                records.push((store.db.generate_id()?, encode(env)));
+        let mut unrouted = 0;
+        for env in batch.iter().flat_map(|c| &c.envelopes) {
+            let queues: Vec<usize> = (0..self.routes.len())
+                .filter(|&i| (self.routes[i].wants)(env.kind.as_str()))
+                .collect();
+            if queues.is_empty() {
+                unrouted += 1;
+                continue;
             }
+            records.push((store.db.generate_id()?, encode(env), queues));
         }
         let devices = encode_states(batch.iter().flat_map(|c| &c.devices));
         let workspaces = encode_states(batch.iter().flat_map(|c| &c.workspaces));
+        let written = Written {
+            queued: records.len(),
+            unrouted,
+        };
         if records.is_empty() && devices.is_empty() && workspaces.is_empty() {
-            return Ok(0);
+            return Ok(written);
         }
-        (&store.events, &store.devices, &store.workspaces)
-            .transaction(|(ev, dev, ws)| {
-                for (seq, bytes) in &records {
-                    ev.insert(&seq.to_be_bytes(), bytes.as_slice())?;
-                }
+        // One transaction over the state trees and every routed queue.
+        let mut trees: Vec<&sled::Tree> = vec![&store.devices, &store.workspaces];
+        trees.extend(&store.queues[..self.routes.len()]);
+        trees[..]
+            .transaction(|trees| {
                 for (id, bytes) in &devices {
-                    dev.insert(id.as_bytes(), bytes.as_slice())?;
+                    trees[0].insert(id.as_bytes(), bytes.as_slice())?;
                 }
                 for (id, bytes) in &workspaces {
-                    ws.insert(id.as_bytes(), bytes.as_slice())?;
+                    trees[1].insert(id.as_bytes(), bytes.as_slice())?;
+                }
+                for (seq, bytes, queues) in &records {
+                    for &q in queues {
+                        trees[2 + q].insert(&seq.to_be_bytes(), bytes.as_slice())?;
+                    }
                 }
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(storage_error)?;
-        self.depth
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
-        if let Some((last, _)) = records.last() {
+        for (_, bytes, queues) in &records {
+            for &q in queues {
+                self.queues[q].depth.fetch_add(1, Ordering::Relaxed);
+                self.queues[q]
+                    .bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
+        }
+        if let Some((last, _, _)) = records.last() {
             self.written.fetch_max(*last + 1, Ordering::SeqCst);
         }
-        Ok(records.len())
+        Ok(written)
     }
 
     /// Make everything written so far durable, and visible to delivery.
@@ -309,9 +495,10 @@ impl Outbox {
         Ok(())
     }
 
-    /// Up to `limit` durable records with a sequence number above `after`, in order.
+    /// Up to `limit` durable records of `queue` with a sequence number above `after`, in order.
     pub fn pending_after(
         &self,
+        queue: QueueId,
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<OutboxRecord>, OutboxError> {
@@ -321,7 +508,7 @@ impl Outbox {
             return Ok(Vec::new());
         }
         self.with(|s| {
-            s.events
+            s.queues[queue.0]
                 .range(from.to_be_bytes()..durable.to_be_bytes())
                 .take(limit)
                 .map(|kv| {
@@ -332,74 +519,84 @@ impl Outbox {
         })
     }
 
-    /// Forget a delivered record.
-    pub fn remove(&self, seq: u64) -> Result<(), OutboxError> {
-        if self
-            .with(|s| Ok(s.events.remove(seq.to_be_bytes())?))?
-            .is_some()
-        {
-            self.depth.fetch_sub(1, Ordering::Relaxed);
+    /// Forget a delivered record. True if it was there.
+    pub fn remove(&self, queue: QueueId, seq: u64) -> Result<bool, OutboxError> {
+        let removed = self.with(|s| Ok(s.queues[queue.0].remove(seq.to_be_bytes())?))?;
+        if let Some(record) = &removed {
+            self.forget(queue, record.len());
         }
-        Ok(())
+        Ok(removed.is_some())
     }
 
-    /// Give up on `seq`: move it to `dead` with `info`, in one transaction. False if it was
-    /// not pending (already delivered or buried).
-    pub fn bury(&self, seq: u64, info: &DeadInfo) -> Result<bool, OutboxError> {
+    /// Count a record out of `queue`.
+    fn forget(&self, queue: QueueId, bytes: usize) {
+        let q = &self.queues[queue.0];
+        q.depth.fetch_sub(1, Ordering::Relaxed);
+        q.bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Give up on `seq` in `queue`: move it to `dead` with `info`, in one transaction. False if
+    /// it was not pending (already delivered or buried).
+    pub fn bury(&self, queue: QueueId, seq: u64, info: &DeadInfo) -> Result<bool, OutboxError> {
         let info_json = serde_json::to_vec(info).expect("plain data serialises");
         let key = seq.to_be_bytes();
+        let dead_key = dead_key(seq, &self.queues[queue.0].endpoint);
         let moved = self.with(|s| {
-            (&s.events, &s.dead)
+            (&s.queues[queue.0], &s.dead)
                 .transaction(|(ev, dead)| {
                     let Some(record) = ev.remove(&key)? else {
-                        return Ok(false);
+                        return Ok(None);
                     };
                     let mut value = Vec::with_capacity(5 + info_json.len() + record.len());
                     value.push(RECORD_VERSION);
                     value.extend_from_slice(&(info_json.len() as u32).to_be_bytes());
                     value.extend_from_slice(&info_json);
                     value.extend_from_slice(&record);
-                    dead.insert(&key, value)?;
-                    Ok::<_, ConflictableTransactionError<()>>(true)
+                    dead.insert(dead_key.as_slice(), value)?;
+                    Ok::<_, ConflictableTransactionError<()>>(Some(record.len()))
                 })
                 .map_err(storage_error)
         })?;
-        if moved {
-            self.depth.fetch_sub(1, Ordering::Relaxed);
+        if let Some(bytes) = moved {
+            self.forget(queue, bytes);
             self.dead_depth.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(moved)
+        Ok(moved.is_some())
     }
 
     /// Up to `limit` dead letters, oldest first.
-    pub fn dead_letters(&self, limit: usize) -> Result<Vec<(OutboxRecord, DeadInfo)>, OutboxError> {
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, OutboxError> {
         self.with(|s| {
             s.dead
                 .iter()
                 .take(limit)
                 .map(|kv| {
                     let (k, v) = kv?;
-                    decode_dead(seq_of(&k)?, &v)
+                    decode_dead(&k, &v)
                 })
                 .collect()
         })
     }
 
-    /// Move the dead letter `seq` back to the queue, behind everything pending, keeping its
-    /// event id. False if there is no such dead letter. Flushes.
-    pub async fn revive(&self, seq: u64) -> Result<bool, OutboxError> {
-        let key = seq.to_be_bytes();
+    /// Move the dead letter `seq` of `endpoint` back to its queue, behind everything pending,
+    /// keeping its event id. False if there is no such dead letter. Flushes.
+    pub async fn revive(&self, endpoint: &str, seq: u64) -> Result<bool, OutboxError> {
+        let key = dead_key(seq, endpoint);
+        let queue = self.queue(endpoint).ok_or(OutboxError::Corrupt {
+            seq,
+            why: "the dead letter's endpoint has no queue",
+        })?;
         let (new_seq, revived) = self.with(|s| {
             let new_seq = s.db.generate_id()?;
-            let revived = (&s.events, &s.dead)
+            let revived = (&s.queues[queue.0], &s.dead)
                 .transaction(|(ev, dead)| {
-                    let Some(value) = dead.remove(&key)? else {
-                        return Ok(false);
+                    let Some(value) = dead.remove(key.as_slice())? else {
+                        return Ok(None);
                     };
                     let record =
                         dead_record_bytes(&value).ok_or(ConflictableTransactionError::Abort(()))?;
                     ev.insert(&new_seq.to_be_bytes(), record)?;
-                    Ok(true)
+                    Ok(Some(record.len()))
                 })
                 .map_err(|e| match e {
                     TransactionError::Storage(e) => OutboxError::Storage(e),
@@ -410,30 +607,129 @@ impl Outbox {
                 })?;
             Ok((new_seq, revived))
         })?;
-        if revived {
-            self.depth.fetch_add(1, Ordering::Relaxed);
+        if let Some(bytes) = revived {
+            let q = &self.queues[queue.0];
+            q.depth.fetch_add(1, Ordering::Relaxed);
+            q.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
             self.dead_depth.fetch_sub(1, Ordering::Relaxed);
             self.written.fetch_max(new_seq + 1, Ordering::SeqCst);
             self.flush().await?;
-            self.appended.notify_one();
+            self.appended.notify_waiters();
         }
-        Ok(revived)
+        Ok(revived.is_some())
     }
 
-    /// Delete every pending record (`dead = false`) or every dead letter. Returns how many.
-    pub async fn purge(&self, dead: bool) -> Result<usize, OutboxError> {
+    /// Delete the pending records (`dead = false`) or the dead letters, of `endpoint` or of
+    /// all. Returns how many.
+    pub async fn purge(&self, dead: bool, endpoint: Option<&str>) -> Result<usize, OutboxError> {
+        let chosen = |e: &str| endpoint.is_none_or(|want| want == e);
         let n = self.with(|s| {
-            let tree = if dead { &s.dead } else { &s.events };
             let mut n = 0;
-            for key in tree.iter().keys() {
-                tree.remove(key?)?;
-                n += 1;
+            if dead {
+                for kv in s.dead.iter() {
+                    let (k, v) = kv?;
+                    if chosen(&decode_dead(&k, &v)?.endpoint) {
+                        s.dead.remove(k)?;
+                        self.dead_depth.fetch_sub(1, Ordering::Relaxed);
+                        n += 1;
+                    }
+                }
+                return Ok(n);
+            }
+            for (tree, queue) in s.queues.iter().zip(self.queues.iter()) {
+                if !chosen(&queue.endpoint) {
+                    continue;
+                }
+                for key in tree.iter().keys() {
+                    tree.remove(key?)?;
+                    n += 1;
+                }
+                queue.depth.store(0, Ordering::Relaxed);
+                queue.bytes.store(0, Ordering::Relaxed);
             }
             Ok(n)
         })?;
-        if dead { &self.dead_depth } else { &self.depth }.store(0, Ordering::Relaxed);
         self.flush().await?;
         Ok(n)
+    }
+
+    /// Delete the oldest `sensor.reading.updated` records, from every queue, until `bytes`
+    /// are freed (or a bounded scan finds no more). Returns how many were deleted. Health and
+    /// workspace events are never deleted. Not flushed: a crash brings them back, no harm.
+    pub fn drop_oldest_readings(&self, bytes: u64) -> Result<usize, OutboxError> {
+        const SCAN: usize = 10_000;
+        let reading = crate::event::EventType::SensorReadingUpdated
+            .as_str()
+            .as_bytes();
+        self.with(|s| {
+            let (mut dropped, mut freed) = (0, 0u64);
+            for (i, tree) in s.queues.iter().enumerate() {
+                for kv in tree.iter().take(SCAN) {
+                    if freed >= bytes {
+                        return Ok(dropped);
+                    }
+                    let (k, v) = kv?;
+                    if record_kind(&v) == Some(reading) && tree.remove(&k)?.is_some() {
+                        self.forget(QueueId(i), v.len());
+                        dropped += 1;
+                        freed += v.len() as u64;
+                    }
+                }
+            }
+            Ok(dropped)
+        })
+    }
+
+    /// Add `attempt` to the delivery log, keeping the newest `keep` entries (0: no log).
+    /// Not flushed by itself: the log rides along with the next flush.
+    pub fn log_attempt(&self, attempt: &Attempt, keep: usize) -> Result<(), OutboxError> {
+        if keep == 0 {
+            return Ok(());
+        }
+        let value = serde_json::to_vec(attempt).expect("plain data serialises");
+        let n = self.next_attempt.fetch_add(1, Ordering::Relaxed);
+        self.with(|s| {
+            s.attempts.insert(n.to_be_bytes(), value)?;
+            let keep = keep as u64;
+            if n >= keep {
+                // Usually exactly one entry falls out; after `keep` shrank, all the older ones.
+                let horizon = (n + 1 - keep).to_be_bytes();
+                if n % 256 == 0 {
+                    for key in s.attempts.range(..horizon).keys() {
+                        s.attempts.remove(key?)?;
+                    }
+                } else {
+                    s.attempts.remove((n - keep).to_be_bytes())?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The newest `limit` delivery-log entries (of `endpoint`, or of all), oldest first.
+    pub fn attempts(
+        &self,
+        endpoint: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Attempt>, OutboxError> {
+        let mut out: Vec<Attempt> = self.with(|s| {
+            let mut out = Vec::new();
+            for kv in s.attempts.iter().rev() {
+                if out.len() >= limit {
+                    break;
+                }
+                let (_, v) = kv?;
+                let Ok(a) = serde_json::from_slice::<Attempt>(&v) else {
+                    continue;
+                };
+                if endpoint.is_none_or(|e| e == a.endpoint) {
+                    out.push(a);
+                }
+            }
+            Ok(out)
+        })?;
+        out.reverse();
+        Ok(out)
     }
 
     /// Dead letters kept.
@@ -441,9 +737,9 @@ impl Outbox {
         self.dead_depth.load(Ordering::Relaxed) as usize
     }
 
-    /// The oldest pending record, if any.
-    pub fn oldest(&self) -> Result<Option<OutboxRecord>, OutboxError> {
-        self.with(|s| match s.events.first()? {
+    /// The oldest pending record of `queue`, if any.
+    pub fn oldest(&self, queue: QueueId) -> Result<Option<OutboxRecord>, OutboxError> {
+        self.with(|s| match s.queues[queue.0].first()? {
             Some((k, v)) => Ok(Some(decode(seq_of(&k)?, &v)?)),
             None => Ok(None),
         })
@@ -473,20 +769,36 @@ impl Outbox {
         Ok(())
     }
 
-    /// Records waiting for delivery.
+    /// Records waiting for delivery, in all queues.
     pub fn len(&self) -> usize {
-        self.depth.load(Ordering::Relaxed) as usize
+        self.queues
+            .iter()
+            .map(|q| q.depth.load(Ordering::Relaxed) as usize)
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Records waiting in `queue`.
+    pub fn queue_len(&self, queue: QueueId) -> usize {
+        self.queues[queue.0].depth.load(Ordering::Relaxed) as usize
+    }
+
+    /// Bytes of the records waiting, in all queues.
+    pub fn bytes(&self) -> u64 {
+        self.queues
+            .iter()
+            .map(|q| q.bytes.load(Ordering::Relaxed))
+            .sum()
+    }
+
     pub fn is_writable(&self) -> bool {
         self.writable.load(Ordering::Relaxed)
     }
 
-    /// Resolves after the next durable append.
+    /// Resolves after the next durable append (every waiter: one per endpoint).
     pub async fn appended(&self) {
         self.appended.notified().await
     }
@@ -508,6 +820,24 @@ fn write_marker(path: &Path, id: &str) -> Result<(), OutboxError> {
 
 fn marker_error(e: std::io::Error) -> OutboxError {
     OutboxError::Storage(sled::Error::Io(e))
+}
+
+/// One delivery attempt, as the delivery log keeps it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Attempt {
+    /// When it finished, Unix milliseconds.
+    pub at: u64,
+    pub endpoint: String,
+    pub event_id: String,
+    /// Whether the receiver accepted it (2xx).
+    pub ok: bool,
+    /// The HTTP status, if the receiver answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// How long the attempt took, milliseconds.
+    pub ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Why delivery gave up on an event; kept with it in the `dead` tree.
@@ -537,7 +867,12 @@ fn dead_record_bytes(value: &[u8]) -> Option<&[u8]> {
     value.get(5 + len..)
 }
 
-fn decode_dead(seq: u64, value: &[u8]) -> Result<(OutboxRecord, DeadInfo), OutboxError> {
+fn decode_dead(key: &[u8], value: &[u8]) -> Result<DeadLetter, OutboxError> {
+    let seq = seq_of(key.get(..8).unwrap_or(key))?;
+    let endpoint = match &key[8..] {
+        [] => DEFAULT_ENDPOINT.to_string(),
+        name => String::from_utf8_lossy(name).into_owned(),
+    };
     let corrupt = |why| OutboxError::Corrupt { seq, why };
     if value.first() != Some(&RECORD_VERSION) {
         return Err(corrupt("unknown dead-letter version"));
@@ -553,7 +888,11 @@ fn decode_dead(seq: u64, value: &[u8]) -> Result<(OutboxRecord, DeadInfo), Outbo
     let info: DeadInfo =
         serde_json::from_slice(info).map_err(|_| corrupt("dead-letter info is not JSON"))?;
     let record = decode(seq, dead_record_bytes(value).ok_or(corrupt("truncated"))?)?;
-    Ok((record, info))
+    Ok(DeadLetter {
+        endpoint,
+        record,
+        info,
+    })
 }
 
 /// JSON-encode states for writing; a later state of the same key replaces an earlier one.
@@ -614,6 +953,12 @@ fn encode(env: &Envelope) -> Vec<u8> {
     out
 }
 
+/// The event type of an encoded record, without decoding the rest.
+fn record_kind(bytes: &[u8]) -> Option<&[u8]> {
+    let len = *bytes.get(1)? as usize;
+    bytes.get(2..2 + len)
+}
+
 fn decode(seq: u64, bytes: &[u8]) -> Result<OutboxRecord, OutboxError> {
     let corrupt = |why| OutboxError::Corrupt { seq, why };
     let mut rest = bytes;
@@ -649,22 +994,23 @@ fn decode(seq: u64, bytes: &[u8]) -> Result<OutboxRecord, OutboxError> {
     })
 }
 
-/// The outbox writer task: group incoming commits into batches, write each batch in one
-/// transaction, flush, then send the batch's acks. Ends when the device stage has gone, after
-/// writing and flushing everything it sent.
+/// The outbox writer task: group incoming commits into batches, make room for each within
+/// `outbox.max_size`, write it in one transaction, flush, then send the batch's acks. Ends when
+/// the device stage has gone, after writing and flushing everything it sent.
 pub async fn run_writer(
     outbox: Outbox,
     mut commits: mpsc::Receiver<Commit>,
-    batch_max: usize,
-    commit_delay: Duration,
+    config: OutboxConfig,
     metrics: Arc<Metrics>,
+    cancel: CancellationToken,
 ) {
-    let mut batch: Vec<Commit> = Vec::with_capacity(batch_max);
+    let mut batch: Vec<Commit> = Vec::with_capacity(config.batch_max);
+    let mut full = FullLog::default();
     while let Some(first) = commits.recv().await {
         batch.push(first);
         // Group commit: gather what arrives within `commit_delay` of the first, up to the cap.
-        let deadline = tokio::time::Instant::now() + commit_delay;
-        while batch.len() < batch_max {
+        let deadline = tokio::time::Instant::now() + config.commit_delay;
+        while batch.len() < config.batch_max {
             match commits.try_recv() {
                 Ok(c) => batch.push(c),
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
@@ -676,7 +1022,9 @@ pub async fn run_writer(
                 }
             }
         }
-        let added = persist(&outbox, &batch, &metrics).await;
+        make_room(&outbox, &batch, &config, &metrics, &cancel, &mut full).await;
+        let written = persist(&outbox, &batch, &metrics).await;
+        metrics.unrouted(written.unrouted as u64);
         for commit in batch.drain(..) {
             for env in &commit.envelopes {
                 metrics.event_created(env.kind);
@@ -685,8 +1033,8 @@ pub async fn run_writer(
                 ack.send();
             }
         }
-        if added > 0 {
-            outbox.appended.notify_one();
+        if written.queued > 0 {
+            outbox.appended.notify_waiters();
         }
         metrics.set_outbox_depth(outbox.len() as u64);
     }
@@ -696,23 +1044,97 @@ pub async fn run_writer(
     tracing::debug!("outbox writer drained");
 }
 
-/// Write and flush one batch, retrying until it is durable. Returns the records added.
-async fn persist(outbox: &Outbox, batch: &[Commit], metrics: &Metrics) -> usize {
+/// How the writer last reported a full outbox (one line when it fills, one when it has room).
+#[derive(Default)]
+struct FullLog {
+    since: Option<std::time::Instant>,
+    dropped: u64,
+}
+
+/// Wait (or, with `on_full = drop_oldest_readings`, delete old readings) until `batch` fits in
+/// `outbox.max_size`. The limit gives way when the outbox is empty (a batch larger than the
+/// limit is still written) and at shutdown (what the device stage already made is kept).
+async fn make_room(
+    outbox: &Outbox,
+    batch: &[Commit],
+    config: &OutboxConfig,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+    log: &mut FullLog,
+) {
+    let needed: u64 = batch
+        .iter()
+        .flat_map(|c| &c.envelopes)
+        .map(|e| (e.body.len() + e.lane.len() + e.id.len() + 32) as u64)
+        .sum();
+    if needed == 0 {
+        return;
+    }
+    loop {
+        let used = outbox.bytes();
+        if used + needed <= config.max_size || outbox.is_empty() || cancel.is_cancelled() {
+            break;
+        }
+        if log.since.is_none() {
+            log.since = Some(std::time::Instant::now());
+            metrics.set_outbox_full(true);
+            let policy = match config.on_full {
+                OnFull::Backpressure => "holding new messages unacknowledged until delivery frees space (back-pressure; the broker keeps them)",
+                OnFull::DropOldestReadings => "dropping the oldest sensor readings to make room (on_full = drop_oldest_readings)",
+            };
+            tracing::error!(
+                used_bytes = used,
+                max_size = config.max_size,
+                pending = outbox.len(),
+                "outbox FULL: {policy}"
+            );
+        }
+        if config.on_full == OnFull::DropOldestReadings {
+            match outbox.drop_oldest_readings(used + needed - config.max_size) {
+                Ok(0) => {}
+                Ok(n) => {
+                    metrics.dropped(n as u64);
+                    log.dropped += n as u64;
+                    continue;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot drop old readings"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = cancel.cancelled() => {}
+        }
+    }
+    if let Some(since) = log.since {
+        if outbox.bytes() + needed <= config.max_size || outbox.is_empty() {
+            tracing::warn!(
+                full_for = %humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
+                dropped_readings = log.dropped,
+                "outbox has room again"
+            );
+            metrics.set_outbox_full(false);
+            *log = FullLog::default();
+        }
+    }
+}
+
+/// Write and flush one batch, retrying until it is durable.
+async fn persist(outbox: &Outbox, batch: &[Commit], metrics: &Metrics) -> Written {
     let mut delay = Duration::from_millis(100);
     let mut failures = 0u64;
     loop {
         let result = match outbox.write(batch) {
-            Ok(0) => Ok(0),
-            Ok(n) => outbox.flush().await.map(|()| n),
+            Ok(w) if w.queued == 0 => Ok(w),
+            Ok(w) => outbox.flush().await.map(|()| w),
             Err(e) => Err(e),
         };
         match result {
-            Ok(n) => {
+            Ok(w) => {
                 if failures > 0 {
                     tracing::info!(failures, "outbox writable again; resuming");
                     outbox.writable.store(true, Ordering::Relaxed);
                 }
-                return n;
+                return w;
             }
             Err(e) => {
                 failures += 1;
@@ -742,6 +1164,27 @@ mod tests {
     use super::*;
     use crate::event::Event;
     use std::time::SystemTime;
+
+    const Q0: QueueId = QueueId(0);
+
+    fn route(endpoint: &str, prefix: &'static str) -> Route {
+        Route {
+            endpoint: endpoint.into(),
+            wants: Arc::new(move |kind: &str| kind.starts_with(prefix)),
+        }
+    }
+
+    /// One endpoint, `default`, taking every event.
+    fn everything() -> Vec<Route> {
+        vec![route(DEFAULT_ENDPOINT, "")]
+    }
+
+    fn reading(device: &str) -> Envelope {
+        let mut fields = serde_json::Map::new();
+        fields.insert("t".into(), 21.into());
+        let event = Event::device(EventType::SensorReadingUpdated, device, fields);
+        Envelope::seal(&event, "gw", SystemTime::now())
+    }
 
     fn envelope(device: &str) -> Envelope {
         Envelope::seal(
@@ -779,24 +1222,30 @@ mod tests {
     #[tokio::test]
     async fn delivery_sees_only_flushed_records() {
         let dir = tempfile::tempdir().unwrap();
-        let ob = Outbox::open(dir.path(), 1 << 20).unwrap();
+        let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
         let commit = || Commit {
             envelopes: vec![envelope("d")],
             ..Default::default()
         };
         ob.write(&[commit()]).unwrap();
         assert!(
-            ob.pending_after(None, 10).unwrap().is_empty(),
+            ob.pending_after(Q0, None, 10).unwrap().is_empty(),
             "written, not flushed: invisible"
         );
         ob.flush().await.unwrap();
-        let first = ob.pending_after(None, 10).unwrap();
+        let first = ob.pending_after(Q0, None, 10).unwrap();
         assert_eq!(first.len(), 1);
         ob.write(&[commit()]).unwrap();
-        assert!(ob.pending_after(Some(first[0].seq), 10).unwrap().is_empty());
+        assert!(ob
+            .pending_after(Q0, Some(first[0].seq), 10)
+            .unwrap()
+            .is_empty());
         ob.flush().await.unwrap();
-        assert_eq!(ob.pending_after(Some(first[0].seq), 10).unwrap().len(), 1);
-        assert_eq!(ob.pending_after(None, 10).unwrap().len(), 2);
+        assert_eq!(
+            ob.pending_after(Q0, Some(first[0].seq), 10).unwrap().len(),
+            1
+        );
+        assert_eq!(ob.pending_after(Q0, None, 10).unwrap().len(), 2);
     }
 
     #[tokio::test]
@@ -804,7 +1253,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ids: Vec<String>;
         {
-            let ob = Outbox::open(dir.path(), 1 << 20).unwrap();
+            let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
             let commits: Vec<Commit> = (0..5)
                 .map(|i| Commit {
                     envelopes: vec![envelope(&format!("d{i}"))],
@@ -820,23 +1269,146 @@ mod tests {
                 })
                 .collect();
             ids = commits.iter().map(|c| c.envelopes[0].id.clone()).collect();
-            assert_eq!(ob.write(&commits).unwrap(), 5);
+            assert_eq!(ob.write(&commits).unwrap().queued, 5);
             ob.flush().await.unwrap();
             assert_eq!(ob.len(), 5);
-            let first = ob.pending_after(None, 1).unwrap();
-            ob.remove(first[0].seq).unwrap();
-            ob.remove(first[0].seq).unwrap(); // removing twice counts once
+            let first = ob.pending_after(Q0, None, 1).unwrap();
+            assert!(ob.remove(Q0, first[0].seq).unwrap());
+            assert!(!ob.remove(Q0, first[0].seq).unwrap()); // removing twice counts once
             assert_eq!(ob.len(), 4);
             ob.flush().await.unwrap();
         }
-        let ob = Outbox::open(dir.path(), 1 << 20).unwrap();
+        let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
         assert_eq!(ob.len(), 4, "depth is recounted at open");
-        let pending = ob.pending_after(None, 100).unwrap();
+        let pending = ob.pending_after(Q0, None, 100).unwrap();
         let got: Vec<String> = pending.iter().map(|r| r.id.clone()).collect();
         assert_eq!(got, ids[1..], "removed record gone, others in order");
-        let after = ob.pending_after(Some(pending[1].seq), 100).unwrap();
+        let after = ob.pending_after(Q0, Some(pending[1].seq), 100).unwrap();
         assert_eq!(after.len(), 2);
         assert_eq!(ob.devices().unwrap().len(), 5);
         assert_eq!(ob.workspaces().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn each_endpoint_has_its_own_queue_dead_letters_and_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let routes = vec![route(DEFAULT_ENDPOINT, ""), route("crm", "device.")];
+        let ob = Outbox::open(dir.path(), 1 << 20, routes.clone()).unwrap();
+        let (all, crm) = (ob.queue("default").unwrap(), ob.queue("crm").unwrap());
+        let commit = Commit {
+            envelopes: vec![envelope("d1"), reading("d1"), envelope("d2")],
+            ..Default::default()
+        };
+        assert_eq!(ob.write(&[commit]).unwrap().queued, 3);
+        ob.flush().await.unwrap();
+        assert_eq!((ob.queue_len(all), ob.queue_len(crm), ob.len()), (3, 2, 5));
+        let crm_records = ob.pending_after(crm, None, 10).unwrap();
+        assert!(crm_records.iter().all(|r| r.kind == "device.online"));
+        // Delivered to crm only: still pending for default, under the same sequence number.
+        ob.remove(crm, crm_records[0].seq).unwrap();
+        assert_eq!(
+            ob.pending_after(all, None, 10).unwrap()[0].seq,
+            crm_records[0].seq
+        );
+        // A dead letter belongs to its endpoint and is replayed into that queue only.
+        let info = DeadInfo {
+            attempts: 3,
+            last_status: Some(500),
+            last_error: "HTTP 500".into(),
+            dead_at: 0,
+            reason: "max_attempts".into(),
+        };
+        assert!(ob.bury(crm, crm_records[1].seq, &info).unwrap());
+        assert!(ob.bury(all, crm_records[1].seq, &info).unwrap());
+        let dead = ob.dead_letters(10).unwrap();
+        let owners: Vec<&str> = dead.iter().map(|d| d.endpoint.as_str()).collect();
+        assert_eq!(owners, ["default", "crm"]);
+        assert!(ob.revive("crm", crm_records[1].seq).await.unwrap());
+        assert_eq!(
+            (ob.queue_len(all), ob.queue_len(crm), ob.dead_len()),
+            (2, 1, 1)
+        );
+        assert_eq!(ob.purge(false, Some("crm")).await.unwrap(), 1);
+        assert_eq!((ob.queue_len(all), ob.queue_len(crm)), (2, 0));
+        assert_eq!(ob.purge(true, Some("default")).await.unwrap(), 1);
+        assert_eq!(ob.dead_len(), 0);
+        drop(ob);
+        // Without `crm` configured its queue is still found (and kept), just not routed to.
+        let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+        let queues: Vec<(&str, bool)> = ob.queues().iter().map(|(_, e, r)| (*e, *r)).collect();
+        assert_eq!(queues, [("default", true), ("crm", false)]);
+        assert_eq!(ob.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_event_no_endpoint_wants_is_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path(), 1 << 20, vec![route("crm", "device.")]).unwrap();
+        let commit = Commit {
+            envelopes: vec![reading("d1"), envelope("d1")],
+            ..Default::default()
+        };
+        let written = ob.write(&[commit]).unwrap();
+        assert_eq!((written.queued, written.unrouted), (1, 1));
+        assert_eq!(ob.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn dropping_for_room_takes_only_the_oldest_readings() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+        let envelopes = vec![
+            envelope("d0"),
+            reading("d1"),
+            envelope("d2"),
+            reading("d3"),
+            reading("d4"),
+        ];
+        let lanes: Vec<String> = envelopes.iter().map(|e| e.lane.clone()).collect();
+        let commit = Commit {
+            envelopes,
+            ..Default::default()
+        };
+        ob.write(&[commit]).unwrap();
+        ob.flush().await.unwrap();
+        let before = ob.bytes();
+        // Room for a little more than one reading: the two oldest readings go.
+        let one = encode(&reading("d9")).len() as u64;
+        assert_eq!(ob.drop_oldest_readings(one + 1).unwrap(), 2);
+        let left: Vec<String> = ob
+            .pending_after(Q0, None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.lane)
+            .collect();
+        assert_eq!(left, [lanes[0].clone(), lanes[2].clone(), lanes[4].clone()]);
+        assert!(ob.bytes() < before);
+        // Only health events left besides one reading: asking for more drops just that one.
+        assert_eq!(ob.drop_oldest_readings(u64::MAX).unwrap(), 1);
+        assert_eq!(ob.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_delivery_log_keeps_the_newest_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+        for i in 0..30u64 {
+            let attempt = Attempt {
+                at: i,
+                endpoint: if i % 2 == 0 { "a" } else { "b" }.into(),
+                event_id: format!("e{i}"),
+                ok: i % 3 != 0,
+                status: Some(200),
+                ms: 1,
+                error: None,
+            };
+            ob.log_attempt(&attempt, 10).unwrap();
+        }
+        let all = ob.attempts(None, 100).unwrap();
+        let ids: Vec<u64> = all.iter().map(|a| a.at).collect();
+        assert_eq!(ids, (20..30).collect::<Vec<_>>());
+        let b = ob.attempts(Some("b"), 3).unwrap();
+        let ids: Vec<u64> = b.iter().map(|a| a.at).collect();
+        assert_eq!(ids, [25, 27, 29]);
     }
 }

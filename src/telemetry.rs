@@ -110,25 +110,78 @@ pub struct Metrics {
     messages_received: AtomicU64,
     decode_errors: [AtomicU64; 5],
     events_created: [AtomicU64; EVENT_TYPES.len()],
-    events_delivered: [AtomicU64; EVENT_TYPES.len()],
-    attempts_ok: AtomicU64,
-    events_filtered: AtomicU64,
-    attempts_client_error: AtomicU64,
-    dead_letters: AtomicU64,
-    endpoint_disabled: AtomicBool,
-    attempts_http_error: AtomicU64,
-    attempts_network_error: AtomicU64,
+    events_unrouted: AtomicU64,
     outbox_depth: AtomicU64,
-    outbox_oldest_ms: AtomicU64,
+    outbox_bytes: AtomicU64,
+    outbox_max_bytes: AtomicU64,
+    outbox_full: AtomicBool,
+    outbox_dropped: AtomicU64,
     dead_letters_kept: AtomicU64,
     outbox_write_failures: AtomicU64,
-    latency_buckets: [AtomicU64; 12],
+    /// One per endpoint (and per queue left by a removed endpoint), in registration order.
+    endpoints: std::sync::Mutex<Vec<Arc<EndpointMetrics>>>,
+}
+
+/// What delivery to one endpoint did; rendered with an `endpoint` label.
+#[derive(Default)]
+pub struct EndpointMetrics {
+    name: String,
+    events_delivered: [AtomicU64; EVENT_TYPES.len()],
+    attempts_ok: AtomicU64,
+    attempts_http_error: AtomicU64,
+    attempts_network_error: AtomicU64,
+    attempts_client_error: AtomicU64,
+    events_filtered: AtomicU64,
+    dead_letters: AtomicU64,
+    disabled: AtomicBool,
+    depth: AtomicU64,
+    oldest_ms: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
 }
 
 fn type_index(kind: &str) -> Option<usize> {
     EVENT_TYPES.iter().position(|t| t.as_str() == kind)
+}
+
+impl EndpointMetrics {
+    pub fn delivered(&self, kind: &str, latency: Duration) {
+        if let Some(i) = type_index(kind) {
+            self.events_delivered[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.attempts_ok.fetch_add(1, Ordering::Relaxed);
+        let secs = latency.as_secs_f64();
+        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
+            if secs <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_micros
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+    pub fn attempt_failed(&self, http_status: Option<u16>) {
+        if http_status.is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429) {
+            self.attempts_client_error.fetch_add(1, Ordering::Relaxed);
+        }
+        match http_status {
+            Some(_) => &self.attempts_http_error,
+            None => &self.attempts_network_error,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+    /// A queued event this endpoint no longer subscribes to (its `events` changed).
+    pub fn filtered(&self) {
+        self.events_filtered.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Count a dead letter; returns how many since start.
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_letters.fetch_add(1, Ordering::Relaxed) + 1
+    }
+    pub fn set_disabled(&self, disabled: bool) {
+        self.disabled.store(disabled, Ordering::Relaxed);
+    }
 }
 
 impl Metrics {
@@ -143,8 +196,15 @@ impl Metrics {
         if !outbox.is_writable() {
             return Err("outbox not writable");
         }
-        if self.endpoint_disabled.load(Ordering::Relaxed) {
-            return Err("webhook endpoint disabled after 410 Gone (edgehook outbox enable)");
+        if self.outbox_full.load(Ordering::Relaxed) {
+            return Err("outbox full (outbox.max_size)");
+        }
+        if self
+            .endpoints()
+            .iter()
+            .any(|e| e.disabled.load(Ordering::Relaxed))
+        {
+            return Err("an endpoint is disabled after 410 Gone (edgehook outbox status; edgehook outbox enable)");
         }
         Ok(())
     }
@@ -182,57 +242,58 @@ impl Metrics {
             self.events_created[i].fetch_add(1, Ordering::Relaxed);
         }
     }
-    pub fn delivered(&self, kind: &str, latency: Duration) {
-        if let Some(i) = type_index(kind) {
-            self.events_delivered[i].fetch_add(1, Ordering::Relaxed);
+    /// Events no active endpoint subscribes to (not stored).
+    pub fn unrouted(&self, n: u64) {
+        self.events_unrouted.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Old readings deleted to make room (`on_full = drop_oldest_readings`).
+    pub fn dropped(&self, n: u64) {
+        self.outbox_dropped.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn set_outbox_full(&self, full: bool) {
+        self.outbox_full.store(full, Ordering::Relaxed);
+    }
+    pub fn set_outbox_max_bytes(&self, bytes: u64) {
+        self.outbox_max_bytes.store(bytes, Ordering::Relaxed);
+    }
+    /// The metrics of endpoint `name`, registered on first use.
+    pub fn endpoint(&self, name: &str) -> Arc<EndpointMetrics> {
+        let mut all = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = all.iter().find(|e| e.name == name) {
+            return e.clone();
         }
-        self.attempts_ok.fetch_add(1, Ordering::Relaxed);
-        let secs = latency.as_secs_f64();
-        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
-            if secs <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_micros
-            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+        let e = Arc::new(EndpointMetrics {
+            name: name.to_string(),
+            ..Default::default()
+        });
+        all.push(e.clone());
+        e
     }
-    pub fn dead_lettered(&self) {
-        self.dead_letters.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn dead_letters_total(&self) -> u64 {
-        self.dead_letters.load(Ordering::Relaxed)
-    }
-    pub fn set_endpoint_disabled(&self, disabled: bool) {
-        self.endpoint_disabled.store(disabled, Ordering::Relaxed);
-    }
-    /// An event no endpoint subscribes to.
-    pub fn filtered(&self) {
-        self.events_filtered.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn attempt_failed(&self, http_status: Option<u16>) {
-        if http_status.is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429) {
-            self.attempts_client_error.fetch_add(1, Ordering::Relaxed);
-        }
-        match http_status {
-            Some(_) => &self.attempts_http_error,
-            None => &self.attempts_network_error,
-        }
-        .fetch_add(1, Ordering::Relaxed);
+    fn endpoints(&self) -> Vec<Arc<EndpointMetrics>> {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
     /// Refresh the gauges read from the outbox itself (at scrape time).
     pub fn observe_outbox(&self, outbox: &Outbox) {
         self.set_outbox_depth(outbox.len() as u64);
+        self.outbox_bytes.store(outbox.bytes(), Ordering::Relaxed);
         self.dead_letters_kept
             .store(outbox.dead_len() as u64, Ordering::Relaxed);
-        let age = outbox
-            .oldest()
-            .ok()
-            .flatten()
-            .and_then(|r| crate::deliver::created_at(&r.id))
-            .and_then(|t| t.elapsed().ok())
-            .map_or(0, |d| d.as_millis() as u64);
-        self.outbox_oldest_ms.store(age, Ordering::Relaxed);
+        for (queue, endpoint, _) in outbox.queues() {
+            let m = self.endpoint(endpoint);
+            m.depth
+                .store(outbox.queue_len(queue) as u64, Ordering::Relaxed);
+            let age = outbox
+                .oldest(queue)
+                .ok()
+                .flatten()
+                .and_then(|r| crate::deliver::created_at(&r.id))
+                .and_then(|t| t.elapsed().ok())
+                .map_or(0, |d| d.as_millis() as u64);
+            m.oldest_ms.store(age, Ordering::Relaxed);
+        }
     }
     pub fn set_outbox_depth(&self, depth: u64) {
         self.outbox_depth.store(depth, Ordering::Relaxed);
@@ -308,60 +369,118 @@ impl Metrics {
         metric(
             "events_created_total",
             "counter",
-            "Events durably written to the outbox.",
+            "Events made from device messages (stored for each endpoint that subscribes to their type).",
             &by("type", &types, &self.events_created),
         );
+        metric(
+            "events_unrouted_total",
+            "counter",
+            "Events no active endpoint subscribes to (not stored).",
+            &plain(get(&self.events_unrouted)),
+        );
+        let endpoints = self.endpoints();
+        let per = |f: &dyn Fn(&EndpointMetrics) -> u64| -> Vec<(String, u64)> {
+            endpoints
+                .iter()
+                .map(|e| (format!("{{endpoint=\"{}\"}}", e.name), f(e)))
+                .collect()
+        };
+        let delivered: Vec<(String, u64)> = endpoints
+            .iter()
+            .flat_map(|e| {
+                types
+                    .iter()
+                    .zip(&e.events_delivered)
+                    .map(|(t, v)| (format!("{{endpoint=\"{}\",type=\"{t}\"}}", e.name), get(v)))
+            })
+            .collect();
         metric(
             "events_delivered_total",
             "counter",
             "Events the receiver accepted (2xx).",
-            &by("type", &types, &self.events_delivered),
+            &delivered,
         );
         metric(
             "events_filtered_total",
             "counter",
-            "Events not sent because the endpoint does not subscribe to their type.",
-            &plain(get(&self.events_filtered)),
+            "Queued events dropped because the endpoint no longer subscribes to their type.",
+            &per(&|e| get(&e.events_filtered)),
         );
+        let attempts: Vec<(String, u64)> = endpoints
+            .iter()
+            .flat_map(|e| {
+                [
+                    ("success", &e.attempts_ok),
+                    ("http_error", &e.attempts_http_error),
+                    ("network_error", &e.attempts_network_error),
+                ]
+                .map(|(result, v)| {
+                    (
+                        format!("{{endpoint=\"{}\",result=\"{result}\"}}", e.name),
+                        get(v),
+                    )
+                })
+            })
+            .collect();
         metric(
             "delivery_attempts_total",
             "counter",
             "Delivery attempts by result.",
-            &[
-                ("{result=\"success\"}".into(), get(&self.attempts_ok)),
-                (
-                    "{result=\"http_error\"}".into(),
-                    get(&self.attempts_http_error),
-                ),
-                (
-                    "{result=\"network_error\"}".into(),
-                    get(&self.attempts_network_error),
-                ),
-            ],
+            &attempts,
         );
         metric(
             "delivery_client_errors_total",
             "counter",
             "Attempts refused with a 4xx other than 408/429 (retried all the same: check the endpoint's configuration).",
-            &plain(get(&self.attempts_client_error)),
+            &per(&|e| get(&e.attempts_client_error)),
         );
         metric(
             "dead_letters_total",
             "counter",
             "Events given up on (max_attempts / max_age) and kept as dead letters since start.",
-            &plain(get(&self.dead_letters)),
+            &per(&|e| get(&e.dead_letters)),
         );
         metric(
             "endpoint_disabled",
             "gauge",
             "1 after the receiver answered 410 Gone: nothing is sent until `edgehook outbox enable`.",
-            &plain(self.endpoint_disabled.load(Ordering::Relaxed) as u64),
+            &per(&|e| e.disabled.load(Ordering::Relaxed) as u64),
+        );
+        metric(
+            "endpoint_pending",
+            "gauge",
+            "Events waiting in the endpoint's queue.",
+            &per(&|e| get(&e.depth)),
         );
         metric(
             "outbox_depth",
             "gauge",
-            "Events waiting in the outbox.",
+            "Events waiting in the outbox, all endpoints together.",
             &plain(get(&self.outbox_depth)),
+        );
+        metric(
+            "outbox_bytes",
+            "gauge",
+            "Bytes of events waiting, all endpoints together (limited by outbox.max_size).",
+            &plain(get(&self.outbox_bytes)),
+        );
+        metric(
+            "outbox_max_bytes",
+            "gauge",
+            "outbox.max_size.",
+            &plain(get(&self.outbox_max_bytes)),
+        );
+        metric(
+            "outbox_full",
+            "gauge",
+            "1 while the outbox is at outbox.max_size (back-pressure, or dropping old readings).",
+            &plain(self.outbox_full.load(Ordering::Relaxed) as u64),
+        );
+        metric(
+            "outbox_dropped_total",
+            "counter",
+            "Old sensor readings deleted to make room (on_full = drop_oldest_readings).",
+            &plain(get(&self.outbox_dropped)),
         );
         metric(
             "dead_letters",
@@ -377,31 +496,44 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP edgehook_outbox_oldest_pending_seconds Age of the oldest event waiting for delivery (0 when none).\n# TYPE edgehook_outbox_oldest_pending_seconds gauge\nedgehook_outbox_oldest_pending_seconds {}",
-            get(&self.outbox_oldest_ms) as f64 / 1000.0
+            "# HELP edgehook_outbox_oldest_pending_seconds Age of the oldest event waiting for delivery (0 when none).\n# TYPE edgehook_outbox_oldest_pending_seconds gauge"
         );
+        for e in &endpoints {
+            let _ = writeln!(
+                out,
+                "edgehook_outbox_oldest_pending_seconds{{endpoint=\"{}\"}} {}",
+                e.name,
+                get(&e.oldest_ms) as f64 / 1000.0
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP edgehook_delivery_latency_seconds Event creation to receiver 2xx.\n# TYPE edgehook_delivery_latency_seconds histogram"
         );
-        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
+        for e in &endpoints {
+            let name = &e.name;
+            for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&e.latency_buckets) {
+                let _ = writeln!(
+                    out,
+                    "edgehook_delivery_latency_seconds_bucket{{endpoint=\"{name}\",le=\"{bound}\"}} {}",
+                    get(bucket)
+                );
+            }
+            let count = get(&e.latency_count);
             let _ = writeln!(
                 out,
-                "edgehook_delivery_latency_seconds_bucket{{le=\"{bound}\"}} {}",
-                get(bucket)
+                "edgehook_delivery_latency_seconds_bucket{{endpoint=\"{name}\",le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(
+                out,
+                "edgehook_delivery_latency_seconds_sum{{endpoint=\"{name}\"}} {}",
+                get(&e.latency_sum_micros) as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "edgehook_delivery_latency_seconds_count{{endpoint=\"{name}\"}} {count}"
             );
         }
-        let count = get(&self.latency_count);
-        let _ = writeln!(
-            out,
-            "edgehook_delivery_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "edgehook_delivery_latency_seconds_sum {}",
-            get(&self.latency_sum_micros) as f64 / 1e6
-        );
-        let _ = writeln!(out, "edgehook_delivery_latency_seconds_count {count}");
         out
     }
 }
@@ -584,15 +716,20 @@ mod tests {
     fn metrics_render_as_prometheus_text() {
         let m = Metrics::default();
         m.decode_error("not_json");
-        m.delivered("device.online", Duration::from_millis(20));
+        m.endpoint("crm")
+            .delivered("device.online", Duration::from_millis(20));
         let text = m.render();
         assert!(
             text.contains("edgehook_decode_errors_total{kind=\"not_json\"} 1"),
             "{text}"
         );
-        assert!(text.contains("edgehook_events_delivered_total{type=\"device.online\"} 1"));
-        assert!(text.contains("edgehook_delivery_latency_seconds_bucket{le=\"0.01\"} 0"));
-        assert!(text.contains("edgehook_delivery_latency_seconds_bucket{le=\"0.025\"} 1"));
-        assert!(text.contains("edgehook_delivery_latency_seconds_count 1"));
+        assert!(text.contains(
+            "edgehook_events_delivered_total{endpoint=\"crm\",type=\"device.online\"} 1"
+        ));
+        assert!(text
+            .contains("edgehook_delivery_latency_seconds_bucket{endpoint=\"crm\",le=\"0.01\"} 0"));
+        assert!(text
+            .contains("edgehook_delivery_latency_seconds_bucket{endpoint=\"crm\",le=\"0.025\"} 1"));
+        assert!(text.contains("edgehook_delivery_latency_seconds_count{endpoint=\"crm\"} 1"));
     }
 }

@@ -97,7 +97,7 @@ async fn a_receiver_that_hangs_is_timed_out_and_retried() {
     let sent = changes(broker.port, "t8-occ", 1).await;
     let deadline = Instant::now() + LONG;
     while daemon
-        .metric("edgehook_delivery_attempts_total{result=\"network_error\"}")
+        .metric("edgehook_delivery_attempts_total{endpoint=\"default\",result=\"network_error\"}")
         .unwrap_or(0)
         < 1
     {
@@ -184,7 +184,7 @@ max = "500ms"
             assert_eq!(e["subject"], "sw-occ-1");
         }
     });
-    assert_eq!(daemon.metric("edgehook_events_filtered_total"), Some(5));
+    assert_eq!(daemon.metric("edgehook_events_unrouted_total"), Some(5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +198,7 @@ async fn gone_disables_the_endpoint_until_outbox_enable_and_nothing_is_lost() {
     let mut sensor = device(broker.port, "gone-occ-1", DeviceClass::OccupancySensor).await;
     let changes = publish(&mut sensor, 3, 1.0).await;
     let wait = Instant::now() + LONG;
-    while daemon.metric("edgehook_endpoint_disabled") != Some(1) {
+    while daemon.metric("edgehook_endpoint_disabled{endpoint=\"default\"}") != Some(1) {
         assert!(Instant::now() < wait, "{}", daemon.log());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -235,7 +235,10 @@ async fn gone_disables_the_endpoint_until_outbox_enable_and_nothing_is_lost() {
         })
         .await;
     assert_eq!(receiver.seen(|s| s.readings_of("gone-occ-1")), changes);
-    assert_eq!(daemon.metric("edgehook_endpoint_disabled"), Some(0));
+    assert_eq!(
+        daemon.metric("edgehook_endpoint_disabled{endpoint=\"default\"}"),
+        Some(0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,11 +259,11 @@ async fn max_attempts_keeps_dead_letters_that_replay_delivers() {
     let bad_changes = publish(&mut bad, 2, 1.0).await;
     let good_changes = publish(&mut good, 2, 1.0).await;
     let wait = Instant::now() + LONG;
-    while daemon.metric("edgehook_dead_letters_total") != Some(3) {
+    while daemon.metric("edgehook_dead_letters_total{endpoint=\"default\"}") != Some(3) {
         assert!(
             Instant::now() < wait,
             "{:?}\n{}",
-            daemon.metric("edgehook_dead_letters_total"),
+            daemon.metric("edgehook_dead_letters_total{endpoint=\"default\"}"),
             daemon.log()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;

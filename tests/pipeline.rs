@@ -116,7 +116,9 @@ async fn receiver_outage_then_recovery_delivers_everything_in_order() {
     let metrics = common::http_get(daemon.metrics_port, "/metrics").unwrap();
     let oldest: f64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("edgehook_outbox_oldest_pending_seconds "))
+        .find_map(|l| {
+            l.strip_prefix("edgehook_outbox_oldest_pending_seconds{endpoint=\"default\"} ")
+        })
         .and_then(|v| v.parse().ok())
         .expect("the oldest pending age is exported");
     assert!(oldest > 0.0 && oldest < 60.0, "{oldest}");
@@ -134,7 +136,7 @@ async fn receiver_outage_then_recovery_delivers_everything_in_order() {
     });
     assert!(
         daemon
-            .metric("edgehook_delivery_attempts_total{result=\"http_error\"}")
+            .metric("edgehook_delivery_attempts_total{endpoint=\"default\",result=\"http_error\"}")
             .unwrap()
             >= 20
     );

@@ -67,13 +67,13 @@ pub fn main() -> ExitCode {
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
                 println!(
-                    "{}: ok (gateway {}, {} subscription(s), {} serial port(s), {} workspace(s), webhook {})",
+                    "{}: ok (gateway {}, {} subscription(s), {} serial port(s), {} workspace(s), endpoint(s) {})",
                     file.display(),
                     c.gateway_id,
                     c.mqtt.subscriptions.len(),
                     c.serial_ports.len(),
                     c.workspaces.len(),
-                    c.webhook_url_for_logs()
+                    c.endpoints_for_logs()
                 );
                 ExitCode::SUCCESS
             }
@@ -117,7 +117,7 @@ pub fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
-            match runtime.block_on(outbox::run(command, &dir, &hint)) {
+            match runtime.block_on(outbox::run(command, &dir, loaded.as_ref().ok(), &hint)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -5,22 +5,36 @@
 //! figures on `/metrics`. Changes (replay, purge, enable) are flushed before the command exits.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use clap::Subcommand;
 
-use crate::deliver::{Disabled, DISABLED_KEY, LAST_FAILURE_KEY, LAST_SUCCESS_KEY};
-use crate::outbox::{Outbox, OutboxRecord};
+use crate::config::Config;
+use crate::deliver::{meta_key, Disabled, DISABLED, LAST_FAILURE, LAST_SUCCESS};
+use crate::outbox::{DeadLetter, Outbox, OutboxRecord, Route};
 
 #[derive(Debug, Subcommand)]
 pub enum OutboxCommand {
-    /// Pending events, oldest age, dead letters, last success and failure, endpoint state.
+    /// Per endpoint: state, pending events, oldest age, dead letters, last success and failure.
     Status,
     /// List pending events (or dead letters with why), oldest first.
     List {
         /// Dead letters instead of pending events.
         #[arg(long)]
         dead: bool,
+        /// Only this endpoint's.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// At most this many (per endpoint).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// The delivery log: the latest attempts, with status, duration and error.
+    Log {
+        /// Only this endpoint's.
+        #[arg(long)]
+        endpoint: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -33,23 +47,35 @@ pub enum OutboxCommand {
         /// Every dead letter.
         #[arg(long)]
         all_dead: bool,
+        /// Only this endpoint's.
+        #[arg(long)]
+        endpoint: Option<String>,
     },
     /// Delete every pending event (or, with --dead, every dead letter) for good.
     Purge {
         #[arg(long)]
         dead: bool,
+        /// Only this endpoint's (e.g. the queue of an endpoint no longer configured).
+        #[arg(long)]
+        endpoint: Option<String>,
         /// Really do it.
         #[arg(long)]
         yes: bool,
     },
-    /// Send again to an endpoint disabled after a 410 Gone.
-    Enable,
+    /// Send again to an endpoint disabled after a 410 Gone (every disabled one, without
+    /// --endpoint).
+    Enable {
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
 }
 
-/// Run one outbox command on the store in `state_dir`. Errors are for the user to read.
+/// Run one outbox command on the store in `state_dir`. `config`, when it loaded, says which
+/// endpoints are configured and active. Errors are for the user to read.
 pub async fn run(
     command: OutboxCommand,
     state_dir: &Path,
+    config: Option<&Config>,
     metrics_hint: &str,
 ) -> Result<(), String> {
     if !state_dir.join("outbox.sled").exists() {
@@ -58,7 +84,18 @@ pub async fn run(
             state_dir.display()
         ));
     }
-    let outbox = Outbox::open(state_dir, 1 << 20).map_err(|e| {
+    // Queues for the active endpoints (nothing is written here, so they want nothing).
+    let routes: Vec<Route> = config
+        .map(|c| c.all_endpoints())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.active)
+        .map(|e| Route {
+            endpoint: e.name.clone(),
+            wants: Arc::new(|_: &str| false),
+        })
+        .collect();
+    let outbox = Outbox::open(state_dir, 1 << 20, routes).map_err(|e| {
         let text = e.to_string();
         if text.contains("lock") || text.contains("WouldBlock") || text.contains("temporarily unavailable") {
             format!(
@@ -70,38 +107,100 @@ pub async fn run(
         }
     })?;
     let err = |e: crate::outbox::OutboxError| e.to_string();
+    let known = |endpoint: &Option<String>| -> Result<(), String> {
+        match endpoint {
+            Some(name) if outbox.queue(name).is_none() => Err(format!(
+                "no endpoint `{name}` in this outbox (edgehook outbox status lists them)"
+            )),
+            _ => Ok(()),
+        }
+    };
+    let chosen =
+        |endpoint: &Option<String>, name: &str| endpoint.as_deref().is_none_or(|e| e == name);
     match command {
         OutboxCommand::Status => {
-            let disabled: Option<Disabled> = outbox.meta(DISABLED_KEY);
             println!("outbox        {}", state_dir.join("outbox.sled").display());
-            match disabled {
-                Some(d) => println!("endpoint      DISABLED since {}: {}", d.since, d.reason),
-                None => println!("endpoint      enabled"),
-            }
-            let oldest = outbox.oldest().map_err(err)?;
+            let size = config.map_or(String::new(), |c| {
+                format!(" of {} allowed", c.outbox.max_size)
+            });
             println!(
-                "pending       {}{}",
+                "pending       {} event(s), {} bytes{size}",
                 outbox.len(),
-                oldest.map_or(String::new(), |r| format!(" (oldest {})", created(&r)))
+                outbox.bytes()
             );
-            println!("dead letters  {}", outbox.dead_len());
-            for (label, key) in [
-                ("last success", LAST_SUCCESS_KEY),
-                ("last failure", LAST_FAILURE_KEY),
-            ] {
-                let at: Option<u64> = outbox.meta(key);
-                println!("{label:<13} {}", at.map_or("never".into(), when));
-            }
-        }
-        OutboxCommand::List { dead: false, limit } => {
-            for r in outbox.pending_after(None, limit).map_err(err)? {
-                println!("{}  {:<26} {:<24} {}", r.id, r.kind, r.lane, created(&r));
-            }
-        }
-        OutboxCommand::List { dead: true, limit } => {
-            for (r, info) in outbox.dead_letters(limit).map_err(err)? {
+            let dead = outbox.dead_letters(usize::MAX).map_err(err)?;
+            for (queue, name, routed) in outbox.queues() {
+                let configured =
+                    config.and_then(|c| c.all_endpoints().into_iter().find(|e| e.name == name));
+                let disabled: Option<Disabled> = outbox.meta(&meta_key(name, DISABLED));
+                let state = match (disabled, configured, routed) {
+                    (Some(d), _, _) => format!("DISABLED since {}: {}", d.since, d.reason),
+                    (None, Some(e), true) => {
+                        format!("active, {}", crate::config::redact_url(&e.url))
+                    }
+                    (None, Some(_), false) => "inactive (active = false)".into(),
+                    (None, None, _) if config.is_none() => "(configuration not loaded)".into(),
+                    (None, None, _) => "NOT CONFIGURED: its queue is kept until purged".into(),
+                };
+                println!("\nendpoint {name}: {state}");
+                let oldest = outbox.oldest(queue).map_err(err)?;
                 println!(
-                    "{}  {:<26} {:<24} {}  gave up {} ({}, {} attempts, last {}: {})",
+                    "  pending       {}{}",
+                    outbox.queue_len(queue),
+                    oldest.map_or(String::new(), |r| format!(" (oldest {})", created(&r)))
+                );
+                println!(
+                    "  dead letters  {}",
+                    dead.iter().filter(|d| d.endpoint == name).count()
+                );
+                for (label, fact) in [
+                    ("last success", LAST_SUCCESS),
+                    ("last failure", LAST_FAILURE),
+                ] {
+                    let at: Option<u64> = outbox.meta(&meta_key(name, fact));
+                    println!("  {label:<13} {}", at.map_or("never".into(), when));
+                }
+            }
+        }
+        OutboxCommand::List {
+            dead: false,
+            endpoint,
+            limit,
+        } => {
+            known(&endpoint)?;
+            for (queue, name, _) in outbox.queues() {
+                if !chosen(&endpoint, name) {
+                    continue;
+                }
+                for r in outbox.pending_after(queue, None, limit).map_err(err)? {
+                    println!(
+                        "{}  {name:<12} {:<26} {:<24} {}",
+                        r.id,
+                        r.kind,
+                        r.lane,
+                        created(&r)
+                    );
+                }
+            }
+        }
+        OutboxCommand::List {
+            dead: true,
+            endpoint,
+            limit,
+        } => {
+            known(&endpoint)?;
+            let dead = outbox.dead_letters(usize::MAX).map_err(err)?;
+            for DeadLetter {
+                endpoint: name,
+                record: r,
+                info,
+            } in dead
+                .into_iter()
+                .filter(|d| chosen(&endpoint, &d.endpoint))
+                .take(limit)
+            {
+                println!(
+                    "{}  {name:<12} {:<26} {:<24} {}  gave up {} ({}, {} attempts, last {}: {})",
                     r.id,
                     r.kind,
                     r.lane,
@@ -115,12 +214,39 @@ pub async fn run(
                 );
             }
         }
-        OutboxCommand::Replay { id, all_dead } => {
+        OutboxCommand::Log { endpoint, limit } => {
+            known(&endpoint)?;
+            for a in outbox.attempts(endpoint.as_deref(), limit).map_err(err)? {
+                let result = match (a.ok, a.status) {
+                    (true, Some(s)) => format!("{s} ok"),
+                    (true, None) => "ok".into(),
+                    (false, Some(s)) => format!("{s} failed"),
+                    (false, None) => "no answer".into(),
+                };
+                println!(
+                    "{}  {:<12} {}  {:<11} {:>6} ms  {}",
+                    humantime::format_rfc3339_millis(
+                        SystemTime::UNIX_EPOCH + Duration::from_millis(a.at)
+                    ),
+                    a.endpoint,
+                    a.event_id,
+                    result,
+                    a.ms,
+                    a.error.unwrap_or_default()
+                );
+            }
+        }
+        OutboxCommand::Replay {
+            id,
+            all_dead,
+            endpoint,
+        } => {
+            known(&endpoint)?;
             let dead = outbox.dead_letters(usize::MAX).map_err(err)?;
-            let chosen: Vec<&OutboxRecord> = dead
+            let chosen: Vec<&DeadLetter> = dead
                 .iter()
-                .map(|(r, _)| r)
-                .filter(|r| all_dead || id.as_deref() == Some(r.id.as_str()))
+                .filter(|d| chosen(&endpoint, &d.endpoint))
+                .filter(|d| all_dead || id.as_deref() == Some(d.record.id.as_str()))
                 .collect();
             if chosen.is_empty() {
                 return Err(match id {
@@ -130,37 +256,68 @@ pub async fn run(
                     None => "there are no dead letters".into(),
                 });
             }
-            for r in &chosen {
-                outbox.revive(r.seq).await.map_err(err)?;
+            for d in &chosen {
+                outbox
+                    .revive(&d.endpoint, d.record.seq)
+                    .await
+                    .map_err(err)?;
             }
             println!("{} dead letter(s) queued again", chosen.len());
         }
-        OutboxCommand::Purge { dead, yes } => {
+        OutboxCommand::Purge {
+            dead,
+            endpoint,
+            yes,
+        } => {
+            known(&endpoint)?;
             let (what, n) = if dead {
-                ("dead letters", outbox.dead_len())
+                let all = outbox.dead_letters(usize::MAX).map_err(err)?;
+                (
+                    "dead letters",
+                    all.iter()
+                        .filter(|d| chosen(&endpoint, &d.endpoint))
+                        .count(),
+                )
             } else {
-                ("pending events", outbox.len())
+                let n = outbox
+                    .queues()
+                    .into_iter()
+                    .filter(|(_, name, _)| chosen(&endpoint, name))
+                    .map(|(q, _, _)| outbox.queue_len(q))
+                    .sum();
+                ("pending events", n)
             };
+            let whose = endpoint
+                .as_deref()
+                .map_or(String::new(), |e| format!(" of endpoint {e}"));
             if !yes {
                 return Err(format!(
-                    "this deletes {n} {what} for good; run again with --yes"
+                    "this deletes {n} {what}{whose} for good; run again with --yes"
                 ));
             }
-            let n = outbox.purge(dead).await.map_err(err)?;
-            println!("deleted {n} {what}");
+            let n = outbox.purge(dead, endpoint.as_deref()).await.map_err(err)?;
+            println!("deleted {n} {what}{whose}");
         }
-        OutboxCommand::Enable => {
-            let was: Option<Disabled> = outbox.meta(DISABLED_KEY);
-            outbox
-                .set_meta::<Disabled>(DISABLED_KEY, None)
-                .map_err(err)?;
+        OutboxCommand::Enable { endpoint } => {
+            known(&endpoint)?;
+            let mut enabled = 0;
+            for (_, name, _) in outbox.queues() {
+                if !chosen(&endpoint, name) {
+                    continue;
+                }
+                let key = meta_key(name, DISABLED);
+                if let Some(d) = outbox.meta::<Disabled>(&key) {
+                    outbox.set_meta::<Disabled>(&key, None).map_err(err)?;
+                    println!(
+                        "endpoint {name} enabled again (was disabled since {}: {})",
+                        d.since, d.reason
+                    );
+                    enabled += 1;
+                }
+            }
             outbox.flush().await.map_err(err)?;
-            match was {
-                Some(d) => println!(
-                    "endpoint enabled again (was disabled since {}: {})",
-                    d.since, d.reason
-                ),
-                None => println!("endpoint was not disabled"),
+            if enabled == 0 {
+                println!("no endpoint was disabled");
             }
         }
     }

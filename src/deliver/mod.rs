@@ -2,7 +2,8 @@
 //!
 //! - [`sign`]: the signature schemes.
 //! - [`retry`]: the retry schedule and what counts as done, as plain functions over plain data.
-//! - [`Dispatcher`]: the task's state. Records are loaded from the outbox into a bounded window
+//! - [`Dispatcher`]: one task per endpoint, reading that endpoint's own queue in the outbox (so
+//!   a failing endpoint never delays another). Records are loaded into a bounded window
 //!   and queued per *lane* (one device, or one workspace). A lane sends one record at a time, so a
 //!   device's events arrive in order; up to `max_concurrency` lanes send at once, so one slow or
 //!   failing device never holds the others back and bursts are not sent one request at a time.
@@ -22,11 +23,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
 use crate::config::WebhookConfig;
-use crate::outbox::{DeadInfo, Outbox, OutboxRecord};
-use crate::telemetry::Metrics;
+use crate::outbox::{Attempt, DeadInfo, Outbox, OutboxRecord, QueueId};
+use crate::telemetry::EndpointMetrics;
 use endpoint::Endpoint;
 pub use retry::{classify, Outcome, RetryPolicy};
 pub use sign::Signer;
+
+/// The outbox route of endpoint `config`: which events are queued for it.
+pub fn route(config: &WebhookConfig) -> anyhow::Result<crate::outbox::Route> {
+    let endpoint = Endpoint::new(config)?;
+    Ok(crate::outbox::Route {
+        endpoint: config.name.clone(),
+        wants: Arc::new(move |kind: &str| endpoint.wants(kind)),
+    })
+}
 
 /// The creation time carried in a UUIDv7 event id (milliseconds since the epoch).
 pub fn created_at(id: &str) -> Option<SystemTime> {
@@ -46,6 +56,11 @@ struct Lane {
 /// The delivery task's state; see the module docs.
 pub struct Dispatcher {
     outbox: Outbox,
+    /// This endpoint's queue in the outbox.
+    queue: QueueId,
+    name: String,
+    /// Delivery-log entries kept (`outbox.delivery_log`).
+    log_keep: usize,
     client: reqwest::Client,
     endpoint: Endpoint,
     policy: RetryPolicy,
@@ -59,13 +74,13 @@ pub struct Dispatcher {
     meta_written: Option<Instant>,
     max_concurrency: usize,
     window: usize,
-    metrics: Arc<Metrics>,
+    metrics: Arc<EndpointMetrics>,
     lanes: HashMap<String, Lane>,
     /// Lanes whose head may be sent now, oldest first.
     ready: VecDeque<String>,
     /// Lanes waiting out a backoff.
     backoff: DelayQueue<String>,
-    in_flight: JoinSet<Outcome>,
+    in_flight: JoinSet<(Outcome, Duration)>,
     /// The lane each in-flight task serves, so that even a task that fails to report (a panic)
     /// frees its lane.
     in_flight_lanes: HashMap<tokio::task::Id, String>,
@@ -80,11 +95,16 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// The dispatcher of endpoint `config`, whose queue the outbox was opened with.
     pub fn new(
         config: &WebhookConfig,
         outbox: Outbox,
-        metrics: Arc<Metrics>,
+        log_keep: usize,
+        metrics: Arc<EndpointMetrics>,
     ) -> anyhow::Result<Dispatcher> {
+        let queue = outbox
+            .queue(&config.name)
+            .ok_or_else(|| anyhow::anyhow!("no outbox queue for endpoint {}", config.name))?;
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(crate::tls::client_config(None)?)
             .timeout(config.timeout)
@@ -93,8 +113,11 @@ impl Dispatcher {
             .user_agent(concat!("edgehook/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Dispatcher {
-            disabled: outbox.meta(DISABLED_KEY),
+            disabled: outbox.meta(&meta_key(&config.name, DISABLED)),
             outbox,
+            queue,
+            name: config.name.clone(),
+            log_keep,
             client,
             endpoint: Endpoint::new(config)?,
             max_attempts: config.max_attempts,
@@ -122,8 +145,8 @@ impl Dispatcher {
     pub async fn run(mut self, cancel: CancellationToken) {
         let outbox = self.outbox.clone();
         if let Some(d) = &self.disabled {
-            self.metrics.set_endpoint_disabled(true);
-            tracing::error!(url = %self.endpoint.url_for_logs, reason = %d.reason, since = %d.since, "endpoint DISABLED: nothing is sent; events stay in the outbox. Re-enable with `edgehook outbox enable` once the receiver is fixed");
+            self.metrics.set_disabled(true);
+            tracing::error!(endpoint = %self.name, url = %self.endpoint.url_for_logs, reason = %d.reason, since = %d.since, "endpoint DISABLED: nothing is sent to it; its events stay in the outbox. Re-enable with `edgehook outbox enable --endpoint {}` once the receiver is fixed", self.name);
         }
         loop {
             if self.disabled.is_some() {
@@ -138,7 +161,7 @@ impl Dispatcher {
                 Ok(()) => self.read_failing = false,
                 Err(e) => {
                     if !self.read_failing {
-                        tracing::error!(error = %e, "cannot read the outbox; retrying every second");
+                        tracing::error!(endpoint = %self.name, error = %e, "cannot read the outbox; retrying every second");
                         self.read_failing = true;
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -156,7 +179,7 @@ impl Dispatcher {
         }
         let pending = self.in_flight.len();
         if pending > 0 {
-            tracing::info!(pending, "shutting down: waiting for in-flight deliveries");
+            tracing::info!(endpoint = %self.name, pending, "shutting down: waiting for in-flight deliveries");
         }
         while let Some(done) = self.in_flight.join_next_with_id().await {
             self.finish(done);
@@ -169,14 +192,14 @@ impl Dispatcher {
             return Ok(());
         }
         let want = self.window - self.loaded;
-        let records = self.outbox.pending_after(self.cursor, want)?;
+        let records = self.outbox.pending_after(self.queue, self.cursor, want)?;
         self.more_on_disk = records.len() == want;
         for record in records {
             self.cursor = Some(record.seq);
             if !self.endpoint.wants(&record.kind) {
-                // Not for this receiver: done with it.
+                // Queued before the endpoint's `events` changed; it no longer wants these.
                 self.metrics.filtered();
-                self.outbox.remove(record.seq)?;
+                self.outbox.remove(self.queue, record.seq)?;
                 continue;
             }
             self.loaded += 1;
@@ -218,17 +241,19 @@ impl Dispatcher {
                         .body(body)
                 });
             let task = self.in_flight.spawn(async move {
+                let started = Instant::now();
                 let request = match request {
                     Ok(request) => request,
                     Err(why) => {
-                        return Outcome::Retry {
+                        let outcome = Outcome::Retry {
                             status: None,
                             retry_after: None,
                             reason: format!("cannot build the request: {why}"),
-                        }
+                        };
+                        return (outcome, started.elapsed());
                     }
                 };
-                match request.send().await {
+                let outcome = match request.send().await {
                     Ok(resp) => {
                         let retry_after = resp
                             .headers()
@@ -246,15 +271,19 @@ impl Dispatcher {
                         retry_after: None,
                         reason: describe_reqwest_error(&e),
                     },
-                }
+                };
+                (outcome, started.elapsed())
             });
             self.in_flight_lanes.insert(task.id(), name);
         }
     }
 
     /// Record one attempt's outcome.
-    fn finish(&mut self, done: Result<(tokio::task::Id, Outcome), tokio::task::JoinError>) {
-        let (task, outcome) = match done {
+    fn finish(
+        &mut self,
+        done: Result<(tokio::task::Id, (Outcome, Duration)), tokio::task::JoinError>,
+    ) {
+        let (task, (outcome, took)) = match done {
             Ok(done) => done,
             Err(e) => {
                 // A bug, not the receiver's doing: log it loudly and retry like any failure.
@@ -262,11 +291,14 @@ impl Dispatcher {
                 let reason = format!("delivery task failed: {e}");
                 (
                     e.id(),
-                    Outcome::Retry {
-                        status: None,
-                        retry_after: None,
-                        reason,
-                    },
+                    (
+                        Outcome::Retry {
+                            status: None,
+                            retry_after: None,
+                            reason,
+                        },
+                        Duration::ZERO,
+                    ),
                 )
             }
         };
@@ -277,12 +309,18 @@ impl Dispatcher {
             return;
         };
         lane.busy = false;
+        if let Some(id) = lane.queue.front().map(|r| r.id.clone()) {
+            self.log_attempt(id, &outcome, took);
+        }
+        let Some(lane) = self.lanes.get_mut(&name) else {
+            return;
+        };
         match outcome {
-            Outcome::Delivered => {
+            Outcome::Delivered { .. } => {
                 let record = lane.queue.pop_front().expect("in-flight lane has a head");
                 lane.failures = 0;
                 self.loaded -= 1;
-                if let Err(e) = self.outbox.remove(record.seq) {
+                if let Err(e) = self.outbox.remove(self.queue, record.seq) {
                     // Not removing means a duplicate later, never a loss.
                     tracing::warn!(error = %e, event_id = %record.id, "delivered event not removed from outbox; it may be sent again");
                 }
@@ -292,6 +330,7 @@ impl Dispatcher {
                 self.metrics.delivered(&record.kind, latency);
                 if let Some(since) = self.failing_since.take() {
                     tracing::info!(
+                        endpoint = %self.name,
                         outage = %humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
                         "receiver accepting events again"
                     );
@@ -338,6 +377,7 @@ impl Dispatcher {
                 if self.failing_since.is_none() {
                     self.failing_since = Some(Instant::now());
                     tracing::warn!(
+                        endpoint = %self.name,
                         url = %self.endpoint.url_for_logs,
                         reason = %reason,
                         event_id = %head.id,
@@ -352,11 +392,21 @@ impl Dispatcher {
     }
 }
 
-/// `meta` key of the disabled flag.
-pub const DISABLED_KEY: &str = "endpoint.disabled";
-/// `meta` keys of the last success and failure times (Unix ms).
-pub const LAST_SUCCESS_KEY: &str = "endpoint.last_success";
-pub const LAST_FAILURE_KEY: &str = "endpoint.last_failure";
+/// Per-endpoint facts in the outbox's `meta` tree: [`meta_key`]`(endpoint, DISABLED)` holds a
+/// [`Disabled`]; `LAST_SUCCESS` / `LAST_FAILURE` the time (Unix ms).
+pub const DISABLED: &str = "disabled";
+pub const LAST_SUCCESS: &str = "last_success";
+pub const LAST_FAILURE: &str = "last_failure";
+
+/// The `meta` key of `fact` about `endpoint`: `endpoint.<fact>` for `default` (as before there
+/// were several endpoints), `endpoint.<name>.<fact>` for the others.
+pub fn meta_key(endpoint: &str, fact: &str) -> String {
+    if endpoint == crate::config::DEFAULT_ENDPOINT {
+        format!("endpoint.{fact}")
+    } else {
+        format!("endpoint.{endpoint}.{fact}")
+    }
+}
 
 /// Why and since when an endpoint is disabled.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -401,17 +451,16 @@ impl Dispatcher {
             dead_at: now_ms(),
             reason: limit.to_string(),
         };
-        match self.outbox.bury(record.seq, &info) {
+        match self.outbox.bury(self.queue, record.seq, &info) {
             Ok(_) => {
-                self.metrics.dead_lettered();
-                let n = self.metrics.dead_letters_total();
+                let n = self.metrics.dead_lettered();
                 if n == 1 || n.is_power_of_two() {
-                    tracing::warn!(event_id = %record.id, limit, attempts, last_error = %info.last_error, dead_letters = n, "gave up on an event; kept as a dead letter (edgehook outbox list --dead, replay)");
+                    tracing::warn!(endpoint = %self.name, event_id = %record.id, limit, attempts, last_error = %info.last_error, dead_letters = n, "gave up on an event; kept as a dead letter (edgehook outbox list --dead, replay)");
                 }
             }
             Err(e) => {
                 // Not buried: it stays pending and is retried after the next restart.
-                tracing::error!(error = %e, event_id = %record.id, "cannot move an event to the dead letters; it stays in the outbox");
+                tracing::error!(endpoint = %self.name, error = %e, event_id = %record.id, "cannot move an event to the dead letters; it stays in the outbox");
             }
         }
     }
@@ -423,11 +472,14 @@ impl Dispatcher {
             reason: format!("{reason} (the receiver says this endpoint is gone)"),
             since: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         };
-        if let Err(e) = self.outbox.set_meta(DISABLED_KEY, Some(&disabled)) {
-            tracing::error!(error = %e, "cannot persist the disabled endpoint; it is disabled until restart");
+        if let Err(e) = self
+            .outbox
+            .set_meta(&meta_key(&self.name, DISABLED), Some(&disabled))
+        {
+            tracing::error!(endpoint = %self.name, error = %e, "cannot persist the disabled endpoint; it is disabled until restart");
         }
-        tracing::error!(url = %self.endpoint.url_for_logs, reason = %disabled.reason, pending = self.outbox.len(), "endpoint DISABLED after 410 Gone: nothing more is sent; events stay in the outbox. Re-enable with `edgehook outbox enable` once the receiver is fixed");
-        self.metrics.set_endpoint_disabled(true);
+        tracing::error!(endpoint = %self.name, url = %self.endpoint.url_for_logs, reason = %disabled.reason, pending = self.outbox.queue_len(self.queue), "endpoint DISABLED after 410 Gone: nothing more is sent to it; its events stay in the outbox. Re-enable with `edgehook outbox enable --endpoint {}` once the receiver is fixed", self.name);
+        self.metrics.set_disabled(true);
         self.disabled = Some(disabled);
     }
 
@@ -440,12 +492,30 @@ impl Dispatcher {
             return;
         }
         self.meta_written = Some(Instant::now());
-        let key = if success {
-            LAST_SUCCESS_KEY
-        } else {
-            LAST_FAILURE_KEY
+        let fact = if success { LAST_SUCCESS } else { LAST_FAILURE };
+        let _ = self
+            .outbox
+            .set_meta(&meta_key(&self.name, fact), Some(&now_ms()));
+    }
+
+    /// Add one attempt to the delivery log (`edgehook outbox log`).
+    fn log_attempt(&self, event_id: String, outcome: &Outcome, took: Duration) {
+        let (status, error) = match outcome {
+            Outcome::Delivered { status } => (Some(*status), None),
+            Outcome::Retry { status, reason, .. } => (*status, Some(reason.clone())),
         };
-        let _ = self.outbox.set_meta(key, Some(&now_ms()));
+        let attempt = Attempt {
+            at: now_ms(),
+            endpoint: self.name.clone(),
+            event_id,
+            ok: error.is_none(),
+            status,
+            ms: took.as_millis() as u64,
+            error,
+        };
+        if let Err(e) = self.outbox.log_attempt(&attempt, self.log_keep) {
+            tracing::debug!(error = %e, "delivery log not written");
+        }
     }
 }
 

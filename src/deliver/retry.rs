@@ -51,7 +51,8 @@ impl RetryPolicy {
 /// What one attempt's result means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Delivered,
+    /// A 2xx, which one.
+    Delivered { status: u16 },
     Retry {
         status: Option<u16>,
         retry_after: Option<Duration>,
@@ -63,7 +64,7 @@ pub enum Outcome {
 /// misconfigured and about to be fixed: we never drop an event on its say-so).
 pub fn classify(status: u16, retry_after: Option<&str>, now: SystemTime) -> Outcome {
     if (200..300).contains(&status) {
-        return Outcome::Delivered;
+        return Outcome::Delivered { status };
     }
     Outcome::Retry {
         status: Some(status),
@@ -135,7 +136,7 @@ mod tests {
         ];
         for (status, ra, delivered, secs) in cases {
             match classify(*status, *ra, now) {
-                Outcome::Delivered => assert!(delivered, "{status}"),
+                Outcome::Delivered { .. } => assert!(delivered, "{status}"),
                 Outcome::Retry {
                     retry_after,
                     status: s,
