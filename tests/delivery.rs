@@ -325,3 +325,195 @@ async fn max_attempts_keeps_dead_letters_that_replay_delivers() {
         );
     });
 }
+
+/// `[webhook]` to `all` (every event) and `[[endpoints]]` `ops` to `ops_url` (device.* only).
+fn two_endpoints(all_url: &str, ops_url: &str) -> String {
+    format!(
+        r#"
+[webhook]
+url = "{all_url}"
+secret = "{secret}"
+timeout = "2s"
+[webhook.retry]
+initial = "50ms"
+max = "500ms"
+
+[[endpoints]]
+name = "ops"
+url = "{ops_url}"
+secret = "{secret}"
+events = ["device.*"]
+timeout = "2s"
+[endpoints.retry]
+initial = "50ms"
+max = "500ms"
+"#,
+        secret = common::SECRET
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoint_never_delays_a_healthy_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let all = Receiver::start().await;
+    let ops = Receiver::start().await;
+    ops.fail_with(503);
+    let mut daemon =
+        Daemon::new_with_webhook(dir.path(), broker.port, &two_endpoints(&all.url, &ops.url));
+    daemon.start();
+
+    let sent = changes(broker.port, "ep-occ-1", 20).await;
+    // The healthy endpoint gets everything while the other refuses.
+    all.wait_until(LONG, "every reading at the healthy endpoint", |s| {
+        s.readings_of("ep-occ-1") == sent && !s.of_type("device.online").is_empty()
+    })
+    .await;
+    ops.wait_until(LONG, "retries at the failing endpoint", |s| {
+        s.failures_served >= 3
+    })
+    .await;
+    let pending =
+        |d: &Daemon, e: &str| d.metric(&format!("edgehook_endpoint_pending{{endpoint=\"{e}\"}}"));
+    let wait = Instant::now() + LONG;
+    while pending(&daemon, "default") != Some(0) || pending(&daemon, "ops") != Some(1) {
+        assert!(
+            Instant::now() < wait,
+            "{:?} {:?}",
+            pending(&daemon, "default"),
+            pending(&daemon, "ops")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        daemon
+            .metric("edgehook_delivery_attempts_total{endpoint=\"ops\",result=\"http_error\"}")
+            .unwrap()
+            >= 3
+    );
+    assert_eq!(
+        daemon
+            .metric("edgehook_delivery_attempts_total{endpoint=\"default\",result=\"http_error\"}"),
+        Some(0)
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+
+    // The operator's view, per endpoint, and the delivery log of each attempt.
+    let (code, out, err) = daemon.outbox_cli(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("endpoint default: active"), "{out}");
+    assert!(out.contains("endpoint ops: active"), "{out}");
+    let ops_section = out.split("endpoint ops:").nth(1).unwrap();
+    assert!(ops_section.contains("pending       1 ("), "{out}");
+    let (code, log, _) = daemon.outbox_cli(&["log", "--endpoint", "ops"]);
+    assert_eq!(code, 0);
+    assert!(log.lines().count() >= 3, "{log}");
+    assert!(
+        log.lines()
+            .all(|l| l.contains(" ops ") && l.contains("503 failed")),
+        "{log}"
+    );
+    let (_, log, _) = daemon.outbox_cli(&["log", "--endpoint", "default", "--limit", "5"]);
+    assert_eq!(log.lines().count(), 5, "{log}");
+    assert!(log.lines().all(|l| l.contains("200 ok")), "{log}");
+
+    // The ops endpoint comes back: it gets its device event; nobody gets a duplicate.
+    ops.fail_with(0);
+    daemon.start();
+    ops.wait_until(LONG, "the device event at the recovered endpoint", |s| {
+        s.events.len() == 1 && s.of_type("device.online").len() == 1
+    })
+    .await;
+    all.seen(|s| assert_eq!(s.duplicates, 0));
+    ops.seen(|s| {
+        assert!(
+            s.readings_of("ep-occ-1").is_empty(),
+            "ops takes device.* only"
+        )
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_endpoints_queue_is_kept_until_purged() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let all = Receiver::start().await;
+    let ops = Receiver::start().await;
+    ops.fail_with(503);
+    let mut daemon =
+        Daemon::new_with_webhook(dir.path(), broker.port, &two_endpoints(&all.url, &ops.url));
+    daemon.start();
+    let _ = changes(broker.port, "rm-occ-1", 1).await;
+    ops.wait_until(LONG, "an attempt at ops", |s| s.failures_served >= 1)
+        .await;
+    assert_eq!(daemon.terminate(), Some(0));
+
+    // Remove `ops` from the configuration: its undelivered event is kept, and said so.
+    let only_all = two_endpoints(&all.url, &ops.url);
+    let only_all = only_all.split("[[endpoints]]").next().unwrap();
+    daemon.rewrite_webhook(broker.port, only_all);
+    daemon.start();
+    let wait = Instant::now() + LONG;
+    while !daemon.log().contains("no longer configured") {
+        assert!(Instant::now() < wait, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        daemon.metric("edgehook_endpoint_pending{endpoint=\"ops\"}"),
+        Some(1)
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+    let (_, out, _) = daemon.outbox_cli(&["status"]);
+    assert!(out.contains("endpoint ops: NOT CONFIGURED"), "{out}");
+    let (code, _, err) = daemon.outbox_cli(&["purge", "--endpoint", "ops"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("deletes 1 pending events of endpoint ops"),
+        "{err}"
+    );
+    let (code, out, _) = daemon.outbox_cli(&["purge", "--endpoint", "ops", "--yes"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("deleted 1 pending events of endpoint ops"),
+        "{out}"
+    );
+    let (code, _, err) = daemon.outbox_cli(&["list", "--endpoint", "nope"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no endpoint `nope`"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_resets_the_connection_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    receiver.reset_connections(true);
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+
+    let sent = changes(broker.port, "rst-occ-1", 3).await;
+    let wait = Instant::now() + LONG;
+    while receiver.resets() < 3 {
+        assert!(Instant::now() < wait, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let failed = daemon
+        .metric("edgehook_delivery_attempts_total{endpoint=\"default\",result=\"network_error\"}")
+        .unwrap();
+    assert!(failed >= 1, "{}", daemon.log());
+    receiver.seen(|s| assert!(s.events.is_empty()));
+
+    receiver.reset_connections(false);
+    receiver
+        .wait_until(LONG, "every reading once connections are served", |s| {
+            s.readings_of("rst-occ-1") == sent
+        })
+        .await;
+    assert_eq!(daemon.terminate(), Some(0));
+    let (_, log, _) = daemon.outbox_cli(&["log", "--limit", "1000"]);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("no answer") && l.contains("request failed")),
+        "the reset is in the delivery log:\n{log}"
+    );
+}

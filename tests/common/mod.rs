@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -235,6 +235,9 @@ struct Inner {
     delay_ms: AtomicU64,
     /// Verify Standard Webhooks signatures instead of the hex HMAC.
     standard: Mutex<Option<StandardCheck>>,
+    /// Reset every connection (TCP RST) after reading the start of the request.
+    reset: AtomicBool,
+    resets: AtomicU64,
 }
 
 /// What a Standard Webhooks receiver checks, with its own code (not edgehook's).
@@ -301,6 +304,8 @@ impl Receiver {
             retry_after: Mutex::new(None),
             delay_ms: AtomicU64::new(0),
             standard: Mutex::new(None),
+            reset: AtomicBool::new(false),
+            resets: AtomicU64::new(0),
         });
         let state = inner.clone();
         tokio::spawn(async move {
@@ -308,6 +313,15 @@ impl Receiver {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                if state.reset.load(Ordering::SeqCst) {
+                    // Read the start of the request, then abort: SO_LINGER 0 makes the close a RST.
+                    let _ = stream.readable().await;
+                    let _ = stream.try_read(&mut [0u8; 512]);
+                    let _ = stream.set_linger(Some(Duration::ZERO));
+                    state.resets.fetch_add(1, Ordering::SeqCst);
+                    drop(stream);
+                    continue;
+                }
                 let state = state.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
@@ -341,6 +355,16 @@ impl Receiver {
     /// Send this `Retry-After` with every refusal.
     pub fn retry_after(&self, value: Option<&str>) {
         *self.inner.retry_after.lock().unwrap() = value.map(str::to_owned);
+    }
+
+    /// Reset every new connection mid-request (true) or serve normally again (false).
+    pub fn reset_connections(&self, on: bool) {
+        self.inner.reset.store(on, Ordering::SeqCst);
+    }
+
+    /// Connections reset so far.
+    pub fn resets(&self) -> u64 {
+        self.inner.resets.load(Ordering::SeqCst)
     }
 
     /// Hold each answer this long before sending it.
@@ -669,6 +693,18 @@ impl Daemon {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// Replace the `[webhook]` section (and whatever follows it, e.g. `[[endpoints]]`).
+    pub fn rewrite_webhook(&mut self, broker_port: u16, webhook: &str) {
+        let text = config_with_webhook(
+            broker_port,
+            webhook,
+            self.metrics_port,
+            &self.dir.join("state"),
+            "",
+        );
+        std::fs::write(&self.config, text).unwrap();
     }
 
     /// Put the state (the outbox) somewhere else, e.g. on a small filesystem.
