@@ -879,10 +879,10 @@ impl Config {
         if self.outbox.batch_max == 0 {
             return bad("outbox.batch_max", "must be at least 1".into());
         }
-        if self.outbox.max_size < 1024 * 1024 {
+        if self.outbox.max_size < 64 * 1024 {
             return bad(
                 "outbox.max_size",
-                "must be at least 1MiB (a single burst of events needs room)".into(),
+                "must be at least 64KiB (a single burst of events needs room)".into(),
             );
         }
         if self.outbox.commit_delay > Duration::from_secs(1) {

@@ -133,6 +133,9 @@ struct Queue {
     depth: AtomicU64,
     /// Bytes of the records held (what `outbox.max_size` limits).
     bytes: AtomicU64,
+    /// Wakes this endpoint's delivery when new records are durable (a stored permit, so a
+    /// wake-up while delivery is busy is not lost).
+    appended: Notify,
 }
 
 /// The queue tree of `endpoint`.
@@ -303,8 +306,6 @@ pub struct Outbox {
     cache_bytes: u64,
     /// Records in `dead` (counted at open, then kept).
     dead_depth: Arc<AtomicU64>,
-    /// Wakes delivery when new records are durable.
-    appended: Arc<Notify>,
     /// False while writes are failing; `/healthz` reports it.
     writable: Arc<AtomicBool>,
     /// The queues, routed ones (in configuration order) first.
@@ -339,6 +340,7 @@ impl Outbox {
                 routed: i < routes.len(),
                 depth: AtomicU64::new(depth),
                 bytes: AtomicU64::new(bytes),
+                appended: Notify::new(),
             })
             .collect();
         let dead_depth = Arc::new(AtomicU64::new(store.dead.len() as u64));
@@ -354,7 +356,6 @@ impl Outbox {
             dir: dir.to_path_buf(),
             cache_bytes,
             dead_depth,
-            appended: Arc::new(Notify::new()),
             writable: Arc::new(AtomicBool::new(true)),
             queues: Arc::new(queues),
             routes: Arc::new(routes),
@@ -519,6 +520,13 @@ impl Outbox {
         })
     }
 
+    /// Whether `seq` is still pending in `queue` (true when that cannot be read: the caller
+    /// then goes ahead, and at worst delivers a duplicate).
+    pub fn contains(&self, queue: QueueId, seq: u64) -> bool {
+        self.with(|s| Ok(s.queues[queue.0].contains_key(seq.to_be_bytes())?))
+            .unwrap_or(true)
+    }
+
     /// Forget a delivered record. True if it was there.
     pub fn remove(&self, queue: QueueId, seq: u64) -> Result<bool, OutboxError> {
         let removed = self.with(|s| Ok(s.queues[queue.0].remove(seq.to_be_bytes())?))?;
@@ -614,7 +622,7 @@ impl Outbox {
             self.dead_depth.fetch_sub(1, Ordering::Relaxed);
             self.written.fetch_max(new_seq + 1, Ordering::SeqCst);
             self.flush().await?;
-            self.appended.notify_waiters();
+            q.appended.notify_one();
         }
         Ok(revived.is_some())
     }
@@ -798,9 +806,17 @@ impl Outbox {
         self.writable.load(Ordering::Relaxed)
     }
 
-    /// Resolves after the next durable append (every waiter: one per endpoint).
-    pub async fn appended(&self) {
-        self.appended.notified().await
+    /// Resolves after the next durable append to `queue` (or at once if there was one since
+    /// the last call).
+    pub async fn appended(&self, queue: QueueId) {
+        self.queues[queue.0].appended.notified().await
+    }
+
+    /// Wake the delivery of every queue: new records are durable.
+    fn notify_appended(&self) {
+        for q in self.queues.iter() {
+            q.appended.notify_one();
+        }
     }
 }
 
@@ -1006,23 +1022,31 @@ pub async fn run_writer(
 ) {
     let mut batch: Vec<Commit> = Vec::with_capacity(config.batch_max);
     let mut full = FullLog::default();
+    // A batch stays well under the size limit, so that room for it can always be made.
+    let max_batch_bytes = config.max_size / 8;
     while let Some(first) = commits.recv().await {
+        let mut bytes = size_of(&first);
         batch.push(first);
-        // Group commit: gather what arrives within `commit_delay` of the first, up to the cap.
+        // Group commit: gather what arrives within `commit_delay` of the first, up to the caps.
         let deadline = tokio::time::Instant::now() + config.commit_delay;
-        while batch.len() < config.batch_max {
-            match commits.try_recv() {
-                Ok(c) => batch.push(c),
+        while batch.len() < config.batch_max && bytes < max_batch_bytes {
+            let next = match commits.try_recv() {
+                Ok(c) => c,
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
                 Err(mpsc::error::TryRecvError::Empty) => {
                     match tokio::time::timeout_at(deadline, commits.recv()).await {
-                        Ok(Some(c)) => batch.push(c),
+                        Ok(Some(c)) => c,
                         Ok(None) | Err(_) => break,
                     }
                 }
-            }
+            };
+            bytes += size_of(&next);
+            batch.push(next);
         }
-        make_room(&outbox, &batch, &config, &metrics, &cancel, &mut full).await;
+        make_room(
+            &outbox, &batch, bytes, &config, &metrics, &cancel, &mut full,
+        )
+        .await;
         let written = persist(&outbox, &batch, &metrics).await;
         metrics.unrouted(written.unrouted as u64);
         for commit in batch.drain(..) {
@@ -1034,7 +1058,7 @@ pub async fn run_writer(
             }
         }
         if written.queued > 0 {
-            outbox.appended.notify_waiters();
+            outbox.notify_appended();
         }
         metrics.set_outbox_depth(outbox.len() as u64);
     }
@@ -1044,6 +1068,15 @@ pub async fn run_writer(
     tracing::debug!("outbox writer drained");
 }
 
+/// About how many bytes `commit`'s events take in one queue.
+fn size_of(commit: &Commit) -> u64 {
+    commit
+        .envelopes
+        .iter()
+        .map(|e| (e.body.len() + e.lane.len() + e.id.len() + 32) as u64)
+        .sum()
+}
+
 /// How the writer last reported a full outbox (one line when it fills, one when it has room).
 #[derive(Default)]
 struct FullLog {
@@ -1051,23 +1084,21 @@ struct FullLog {
     dropped: u64,
 }
 
-/// Wait (or, with `on_full = drop_oldest_readings`, delete old readings) until `batch` fits in
-/// `outbox.max_size`. The limit gives way when the outbox is empty (a batch larger than the
-/// limit is still written) and at shutdown (what the device stage already made is kept).
+/// Wait (or, with `on_full = drop_oldest_readings`, delete old readings) until `batch`, about
+/// `needed` bytes, fits in `outbox.max_size`. Batches are cut at an eighth of the limit, so
+/// there is always a way: delivery frees space. The limit gives way when the outbox is empty
+/// (one message larger than it is still written) and at shutdown (what the device stage
+/// already made is kept).
 async fn make_room(
     outbox: &Outbox,
     batch: &[Commit],
+    needed: u64,
     config: &OutboxConfig,
     metrics: &Metrics,
     cancel: &CancellationToken,
     log: &mut FullLog,
 ) {
-    let needed: u64 = batch
-        .iter()
-        .flat_map(|c| &c.envelopes)
-        .map(|e| (e.body.len() + e.lane.len() + e.id.len() + 32) as u64)
-        .sum();
-    if needed == 0 {
+    if needed == 0 || batch.is_empty() {
         return;
     }
     loop {

@@ -331,3 +331,121 @@ async fn receiver_down_for_a_minute_under_load_loses_nothing_and_latency_recover
         assert!(p99 < 500, "latency back to normal after the backlog: p99 {p99} ms");
     });
 }
+
+/// Readers of a few metrics of the running daemon.
+fn full(daemon: &Daemon) -> Option<u64> {
+    daemon.metric("edgehook_outbox_full")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_pushes_back_to_the_broker_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    receiver.fail_with(503);
+    let extra = "[outbox]\nmax_size = \"64KiB\"\n";
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, extra);
+    daemon.start();
+    // About 200 KB of events while the receiver refuses: three times the limit.
+    let (_running, never) = tokio::sync::watch::channel(false);
+    let load = common::publishers(broker.port, "cap", 4, Some(150), Duration::ZERO, never);
+    let published = load.await.unwrap();
+    let wait = Instant::now() + LONG;
+    while full(&daemon) != Some(1) {
+        assert!(Instant::now() < wait, "never full:\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let health = common::http_get(daemon.metrics_port, "/healthz").unwrap();
+    assert!(health.contains("outbox full"), "{health}");
+    assert!(daemon.log().contains("outbox FULL"), "{}", daemon.log());
+    let bytes = daemon.metric("edgehook_outbox_bytes").unwrap();
+    assert!(bytes <= 64 * 1024, "held within the limit: {bytes} bytes");
+    let held = daemon.metric("edgehook_outbox_depth").unwrap();
+    assert!(
+        (held as usize) < published.len(),
+        "the rest waits at the broker: {held} of {}",
+        published.len()
+    );
+
+    receiver.fail_with(0);
+    let wait = Instant::now() + LONG;
+    loop {
+        let missing: Vec<_> =
+            receiver.seen(|s| published.difference(&s.reading_keys()).cloned().collect());
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < wait,
+            "{} changes never delivered: {missing:?}\n{:?}\n{}",
+            missing.len(),
+            common::http_get(daemon.metrics_port, "/metrics"),
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let wait = Instant::now() + LONG;
+    while full(&daemon) != Some(0) {
+        assert!(Instant::now() < wait, "still full:\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        daemon.log().contains("outbox has room again"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.metric("edgehook_outbox_dropped_total"), Some(0));
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_can_drop_old_readings_but_never_health_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    receiver.fail_with(503);
+    let extra = "[outbox]\nmax_size = \"64KiB\"\non_full = \"drop_oldest_readings\"\n";
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, extra);
+    daemon.start();
+    let (_running, never) = tokio::sync::watch::channel(false);
+    let load = common::publishers(broker.port, "drop", 4, Some(150), Duration::ZERO, never);
+    let published = load.await.unwrap();
+    let wait = Instant::now() + LONG;
+    while daemon.metric("edgehook_events_created_total{type=\"sensor.reading.updated\"}")
+        < Some(published.len() as u64)
+    {
+        assert!(
+            Instant::now() < wait,
+            "not all taken in: {:?}\n{}",
+            common::http_get(daemon.metrics_port, "/metrics"),
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dropped = daemon.metric("edgehook_outbox_dropped_total").unwrap();
+    assert!(dropped > 0, "{}", daemon.log());
+    let bytes = daemon.metric("edgehook_outbox_bytes").unwrap();
+    assert!(bytes <= 64 * 1024, "held within the limit: {bytes} bytes");
+
+    receiver.fail_with(0);
+    let wait = Instant::now() + LONG;
+    while daemon.metric("edgehook_outbox_depth") != Some(0) {
+        assert!(Instant::now() < wait, "not drained:\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    receiver.seen(|s| {
+        assert_eq!(
+            s.of_type("device.online").len(),
+            4,
+            "health events are never dropped"
+        );
+        let delivered = s.reading_keys().len() as u64;
+        assert!(
+            delivered + dropped >= published.len() as u64,
+            "every reading delivered or counted as dropped: {delivered} + {dropped} of {}",
+            published.len()
+        );
+        assert!((delivered as usize) < published.len());
+    });
+    assert_eq!(daemon.terminate(), Some(0));
+}

@@ -174,7 +174,7 @@ impl Dispatcher {
                 Some(expired) = std::future::poll_fn(|cx| self.backoff.poll_expired(cx)) => {
                     self.ready.push_back(expired.into_inner());
                 }
-                _ = outbox.appended(), if !self.more_on_disk => self.more_on_disk = true,
+                _ = outbox.appended(self.queue), if !self.more_on_disk => self.more_on_disk = true,
             }
         }
         let pending = self.in_flight.len();
@@ -221,12 +221,23 @@ impl Dispatcher {
             let Some(lane) = self.lanes.get_mut(&name) else {
                 continue;
             };
-            let Some(record) = lane.queue.front() else {
-                continue;
-            };
             if lane.busy {
                 continue;
             }
+            // Skip records no longer in the outbox (old readings dropped to make room).
+            while lane
+                .queue
+                .front()
+                .is_some_and(|r| !self.outbox.contains(self.queue, r.seq))
+            {
+                lane.queue.pop_front();
+                lane.failures = 0;
+                self.loaded -= 1;
+            }
+            let Some(record) = lane.queue.front() else {
+                self.lanes.remove(&name);
+                continue;
+            };
             lane.busy = true;
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)

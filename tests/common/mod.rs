@@ -317,6 +317,7 @@ impl Receiver {
                     // Read the start of the request, then abort: SO_LINGER 0 makes the close a RST.
                     let _ = stream.readable().await;
                     let _ = stream.try_read(&mut [0u8; 512]);
+                    #[allow(deprecated)] // a zero linger resets at once; it cannot block
                     let _ = stream.set_linger(Some(Duration::ZERO));
                     state.resets.fetch_add(1, Ordering::SeqCst);
                     drop(stream);
