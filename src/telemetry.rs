@@ -131,6 +131,8 @@ pub struct EndpointMetrics {
     attempts_http_error: AtomicU64,
     attempts_network_error: AtomicU64,
     attempts_client_error: AtomicU64,
+    /// Answers by HTTP status code (2xx included).
+    responses: std::sync::Mutex<std::collections::BTreeMap<u16, u64>>,
     events_filtered: AtomicU64,
     dead_letters: AtomicU64,
     disabled: AtomicBool,
@@ -146,6 +148,11 @@ fn type_index(kind: &str) -> Option<usize> {
 }
 
 impl EndpointMetrics {
+    /// The receiver answered with `status`.
+    pub fn response(&self, status: u16) {
+        let mut responses = self.responses.lock().unwrap_or_else(|e| e.into_inner());
+        *responses.entry(status).or_default() += 1;
+    }
     pub fn delivered(&self, kind: &str, latency: Duration) {
         if let Some(i) = type_index(kind) {
             self.events_delivered[i].fetch_add(1, Ordering::Relaxed);
@@ -427,6 +434,28 @@ impl Metrics {
             "counter",
             "Delivery attempts by result.",
             &attempts,
+        );
+        let responses: Vec<(String, u64)> = endpoints
+            .iter()
+            .flat_map(|e| {
+                let by_status = e
+                    .responses
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                by_status.into_iter().map(|(status, n)| {
+                    (
+                        format!("{{endpoint=\"{}\",status=\"{status}\"}}", e.name),
+                        n,
+                    )
+                })
+            })
+            .collect();
+        metric(
+            "delivery_responses_total",
+            "counter",
+            "Receiver answers by HTTP status code.",
+            &responses,
         );
         metric(
             "delivery_client_errors_total",

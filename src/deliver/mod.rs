@@ -323,6 +323,14 @@ impl Dispatcher {
         if let Some(id) = lane.queue.front().map(|r| r.id.clone()) {
             self.log_attempt(id, &outcome, took);
         }
+        match &outcome {
+            Outcome::Delivered { status }
+            | Outcome::Retry {
+                status: Some(status),
+                ..
+            } => self.metrics.response(*status),
+            Outcome::Retry { status: None, .. } => {}
+        }
         let Some(lane) = self.lanes.get_mut(&name) else {
             return;
         };
