@@ -280,8 +280,13 @@ fn main() {
             outage: Some((Duration::from_secs(10), Duration::from_secs(5))),
         },
     ];
+    // BENCH_ONLY=paced runs one scenario (and its null bridge).
+    let only = std::env::var("BENCH_ONLY").ok();
     let mut rows = Vec::new();
     for load in loads {
+        if only.as_deref().is_some_and(|o| o != load.name) {
+            continue;
+        }
         let edge = runtime.block_on(scenario(Bridge::Edgehook, load));
         let null = runtime.block_on(scenario(Bridge::Null, load));
         rows.push((edge, Some(null)));
