@@ -1242,6 +1242,67 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_have_names_and_their_own_keys_in_errors() {
+        let ops = |extra: &str| {
+            format!(
+                "{MINIMAL}\n[[endpoints]]\nname = \"ops\"\nurl = \"https://ops.example.com/h\"\nsecret = \"k\"\n{extra}"
+            )
+        };
+        let c = Config::from_toml_str(&ops(
+            "events = [\"device.*\"]\n[endpoints.retry]\nmax = \"1m\"",
+        ))
+        .unwrap();
+        let names: Vec<&str> = c.all_endpoints().iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["default", "ops"]);
+        let ops_endpoint = &c.endpoints[0];
+        assert_eq!(ops_endpoint.retry.max, Duration::from_secs(60));
+        assert_eq!(
+            ops_endpoint.retry.initial,
+            Duration::from_secs(1),
+            "defaults fill the rest"
+        );
+        assert_eq!(ops_endpoint.timeout, Duration::from_secs(30));
+        assert!(ops_endpoint.active);
+
+        let e = err_of(&ops("timeout = \"0s\""));
+        assert!(e.contains("endpoints[0].timeout"), "{e}");
+        let e = err_of(&ops("").replace("name = \"ops\"", "name = \"default\""));
+        assert!(
+            e.contains("endpoints[0].name") && e.contains("duplicate"),
+            "{e}"
+        );
+        let e = err_of(&ops("").replace("name = \"ops\"\n", ""));
+        assert!(
+            e.contains("endpoints[0].name") && e.contains("must be set"),
+            "{e}"
+        );
+        let e = err_of(&ops("").replace("name = \"ops\"", "name = \"a b\""));
+        assert!(e.contains("endpoints[0].name"), "{e}");
+        // [[endpoints]] alone, without [webhook]'s url.
+        let only = ops("").replace("url = \"http://127.0.0.1:8080/hook\"\n", "");
+        let c = Config::from_toml_str(&only).unwrap();
+        assert_eq!(c.all_endpoints().len(), 1);
+    }
+
+    #[test]
+    fn outbox_sizes_are_human() {
+        let c = Config::from_toml_str(&format!(
+            "{MINIMAL}\n[outbox]\nmax_size = \"64MB\"\non_full = \"drop_oldest_readings\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.outbox.max_size, 64_000_000);
+        assert_eq!(c.outbox.on_full, OnFull::DropOldestReadings);
+        assert_eq!(size::parse("512KiB"), Some(512 * 1024));
+        assert_eq!(size::parse("1 GiB"), Some(1 << 30));
+        assert_eq!(size::parse("12"), Some(12));
+        assert_eq!(size::parse("lots"), None);
+        let e = err_of(&format!("{MINIMAL}\n[outbox]\nmax_size = \"big\"\n"));
+        assert!(e.contains("outbox.max_size"), "{e}");
+        let e = err_of(&format!("{MINIMAL}\n[outbox]\nmax_size = 1000\n"));
+        assert!(e.contains("outbox.max_size") && e.contains("64KiB"), "{e}");
+    }
+
+    #[test]
     fn wrong_type_names_the_key() {
         let text = MINIMAL.replace("[mqtt]", "[mqtt]\nport = \"eighteen\"");
         let e = err_of(&text);
