@@ -352,8 +352,8 @@ max = "500ms"
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_endpoint_never_delays_a_healthy_one() {
+/// A running daemon with [`two_endpoints`], the `ops` receiver answering 503.
+async fn two_endpoints_ops_failing() -> (tempfile::TempDir, Mosquitto, Receiver, Receiver, Daemon) {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(dir.path());
     let all = Receiver::start().await;
@@ -362,6 +362,12 @@ async fn a_failing_endpoint_never_delays_a_healthy_one() {
     let mut daemon =
         Daemon::new_with_webhook(dir.path(), broker.port, &two_endpoints(&all.url, &ops.url));
     daemon.start();
+    (dir, broker, all, ops, daemon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoint_never_delays_a_healthy_one() {
+    let (_dir, broker, all, ops, mut daemon) = two_endpoints_ops_failing().await;
 
     let sent = changes(broker.port, "ep-occ-1", 20).await;
     // The healthy endpoint gets everything while the other refuses.
@@ -435,14 +441,7 @@ async fn a_failing_endpoint_never_delays_a_healthy_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_endpoints_queue_is_kept_until_purged() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let all = Receiver::start().await;
-    let ops = Receiver::start().await;
-    ops.fail_with(503);
-    let mut daemon =
-        Daemon::new_with_webhook(dir.path(), broker.port, &two_endpoints(&all.url, &ops.url));
-    daemon.start();
+    let (_dir, broker, all, ops, mut daemon) = two_endpoints_ops_failing().await;
     let _ = changes(broker.port, "rm-occ-1", 1).await;
     ops.wait_until(LONG, "an attempt at ops", |s| s.failures_served >= 1)
         .await;

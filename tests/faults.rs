@@ -332,6 +332,32 @@ async fn receiver_down_for_a_minute_under_load_loses_nothing_and_latency_recover
     });
 }
 
+/// A daemon with `max_size = "64KiB"` (and `outbox` keys `extra`) whose receiver refuses
+/// everything, and about 200 KB of events published to it (three times the limit) by four
+/// sensors `<prefix>-<i>`. Returns what the broker acknowledged.
+async fn overfill(
+    extra: &str,
+    prefix: &'static str,
+) -> (
+    tempfile::TempDir,
+    Mosquitto,
+    Receiver,
+    Daemon,
+    std::collections::BTreeSet<(String, u64)>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    receiver.fail_with(503);
+    let config = format!("[outbox]\nmax_size = \"64KiB\"\n{extra}");
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, &config);
+    daemon.start();
+    let (_running, never) = tokio::sync::watch::channel(false);
+    let load = common::publishers(broker.port, prefix, 4, Some(150), Duration::ZERO, never);
+    let published = load.await.unwrap();
+    (dir, broker, receiver, daemon, published)
+}
+
 /// Readers of a few metrics of the running daemon.
 fn full(daemon: &Daemon) -> Option<u64> {
     daemon.metric("edgehook_outbox_full")
@@ -339,17 +365,7 @@ fn full(daemon: &Daemon) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_outbox_pushes_back_to_the_broker_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    receiver.fail_with(503);
-    let extra = "[outbox]\nmax_size = \"64KiB\"\n";
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, extra);
-    daemon.start();
-    // About 200 KB of events while the receiver refuses: three times the limit.
-    let (_running, never) = tokio::sync::watch::channel(false);
-    let load = common::publishers(broker.port, "cap", 4, Some(150), Duration::ZERO, never);
-    let published = load.await.unwrap();
+    let (_dir, _broker, receiver, mut daemon, published) = overfill("", "cap").await;
     let wait = Instant::now() + LONG;
     while full(&daemon) != Some(1) {
         assert!(Instant::now() < wait, "never full:\n{}", daemon.log());
@@ -400,16 +416,8 @@ async fn a_full_outbox_pushes_back_to_the_broker_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_outbox_can_drop_old_readings_but_never_health_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    receiver.fail_with(503);
-    let extra = "[outbox]\nmax_size = \"64KiB\"\non_full = \"drop_oldest_readings\"\n";
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, extra);
-    daemon.start();
-    let (_running, never) = tokio::sync::watch::channel(false);
-    let load = common::publishers(broker.port, "drop", 4, Some(150), Duration::ZERO, never);
-    let published = load.await.unwrap();
+    let on_full = "on_full = \"drop_oldest_readings\"\n";
+    let (_dir, _broker, receiver, mut daemon, published) = overfill(on_full, "drop").await;
     let wait = Instant::now() + LONG;
     while daemon.metric("edgehook_events_created_total{type=\"sensor.reading.updated\"}")
         < Some(published.len() as u64)
