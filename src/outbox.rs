@@ -314,6 +314,8 @@ pub struct Outbox {
     routes: Arc<Vec<Route>>,
     /// The next delivery-log key.
     next_attempt: Arc<AtomicU64>,
+    /// Whether old readings were ever dropped to make room (see [`Outbox::was_dropped`]).
+    dropped_any: Arc<AtomicBool>,
     /// One past the highest sequence number written (flushed or not).
     written: Arc<AtomicU64>,
     /// Every sequence number below this is known to be flushed (see invariant 2).
@@ -352,6 +354,7 @@ impl Outbox {
         let end = store.end()?;
         Ok(Outbox {
             next_attempt: Arc::new(AtomicU64::new(next_attempt)),
+            dropped_any: Arc::new(AtomicBool::new(false)),
             store: Arc::new(RwLock::new(Some(store))),
             dir: dir.to_path_buf(),
             cache_bytes,
@@ -520,11 +523,15 @@ impl Outbox {
         })
     }
 
-    /// Whether `seq` is still pending in `queue` (true when that cannot be read: the caller
-    /// then goes ahead, and at worst delivers a duplicate).
-    pub fn contains(&self, queue: QueueId, seq: u64) -> bool {
-        self.with(|s| Ok(s.queues[queue.0].contains_key(seq.to_be_bytes())?))
-            .unwrap_or(true)
+    /// Whether `seq`, loaded for delivery, was dropped from `queue` to make room since. Only
+    /// [`Outbox::drop_oldest_readings`] takes a record out early, so until it has run this is
+    /// false without a lookup. False when that cannot be read: the caller then goes ahead, and
+    /// at worst delivers a dropped reading.
+    pub fn was_dropped(&self, queue: QueueId, seq: u64) -> bool {
+        self.dropped_any.load(Ordering::Relaxed)
+            && self
+                .with(|s| Ok(!s.queues[queue.0].contains_key(seq.to_be_bytes())?))
+                .unwrap_or(false)
     }
 
     /// Forget a delivered record. True if it was there.
@@ -678,6 +685,7 @@ impl Outbox {
                     }
                     let (k, v) = kv?;
                     if record_kind(&v) == Some(reading) && tree.remove(&k)?.is_some() {
+                        self.dropped_any.store(true, Ordering::Relaxed);
                         self.forget(QueueId(i), v.len());
                         dropped += 1;
                         freed += v.len() as u64;

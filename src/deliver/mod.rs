@@ -228,7 +228,7 @@ impl Dispatcher {
             while lane
                 .queue
                 .front()
-                .is_some_and(|r| !self.outbox.contains(self.queue, r.seq))
+                .is_some_and(|r| self.outbox.was_dropped(self.queue, r.seq))
             {
                 lane.queue.pop_front();
                 lane.failures = 0;
