@@ -1,12 +1,17 @@
 //! Simulated room hardware for edgehook: occupancy sensors and room displays that speak MQTT
 //! the way real ones do.
 //!
-//! Each simulated device is its own MQTT client with a last-will (`offline`, retained) on its
-//! status topic and a birth message (`online`, retained) after connecting. It publishes readings
-//! (JSON objects) at QoS 1 on a schedule; a configurable share of them change a tracked field, the
-//! rest only move the `seq` and `ts` metadata. Everything a device publishes follows from the seed,
-//! so a run can be repeated exactly (except `ts`, which is the wall-clock publish time in
-//! milliseconds, used downstream to measure latency).
+//! Each simulated device is its own MQTT client (persistent session, client id `sim-{device}`)
+//! with a last-will (`offline`, retained) on its status topic and a birth message (`online`,
+//! retained) after connecting. Publishes the broker has not acknowledged are sent again when the
+//! connection comes back and the broker still has the session (MQTT's QoS 1 redelivery). If the
+//! broker lost the session (killed without saving it), rumqttc discards them on the new session:
+//! [`SimDevice::flushed`] then never completes.
+//!
+//! A device publishes readings (JSON objects) at QoS 1 on a schedule; a configurable share of
+//! them change a tracked field, the rest only move the `seq` and `ts` metadata. Everything a
+//! device publishes follows from the seed, so a run can be repeated exactly (except `ts`, which
+//! is the wall-clock publish time in milliseconds, used downstream to measure latency).
 //!
 //! Default topics (the ones `edgehook demo` and the example config use):
 //! - `sensors/{device}/reading` — occupancy sensors: `{"presence":bool,"temperature":f64,"seq":n,"ts":ms}`
@@ -180,7 +185,9 @@ impl SimDevice {
         let mut options = MqttOptions::new(format!("sim-{}", firmware.id), host, port);
         options
             .set_keep_alive(Duration::from_secs(5))
-            .set_clean_session(true)
+            // A persistent session, as firmware that relies on QoS 1 uses: after a reconnect
+            // to a broker that kept the session, unacknowledged publishes are sent again.
+            .set_clean_session(false)
             .set_inflight(200)
             .set_max_packet_size(4 << 20, 4 << 20)
             .set_last_will(LastWill::new(&status, "offline", QoS::AtLeastOnce, true));

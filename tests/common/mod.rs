@@ -62,7 +62,10 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+                // `user root`: started as root, mosquitto would otherwise switch to the
+                // `mosquitto` user, which cannot write its persistence file in our temp dir
+                // (it is ignored when not started as root).
+                "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\npersistence true\npersistence_location {}/\n\
                  max_queued_messages 0\nmax_inflight_messages 1000\nlog_dest stderr\nlog_type error\n{extra}\n",
                 data.display()
             ),
@@ -100,6 +103,23 @@ impl Mosquitto {
             .expect("starting mosquitto");
         self.child = Some(child);
         wait_listening(self.port, Duration::from_secs(10));
+    }
+
+    /// SIGTERM and wait: what `systemctl restart mosquitto` or an upgrade does. The broker
+    /// saves its sessions, queued and in-flight messages to its persistence file.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe_kill(c.id(), 15);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("mosquitto did not stop on SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 
     /// SIGKILL: no chance to save sessions.
