@@ -491,7 +491,8 @@ pub struct OutboxConfig {
     /// still wait), counted in `edgehook_outbox_dropped_total`.
     pub on_full: OnFull,
     /// Delivery attempts kept in the delivery log (`edgehook outbox log`), newest first; 0
-    /// keeps none (each entry is a small write).
+    /// keeps none. Written in chunks (64 attempts or a second), so a crash can lose the last
+    /// second of the log, never events.
     pub delivery_log: usize,
 }
 

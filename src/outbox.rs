@@ -19,8 +19,10 @@
 //!   `default`); value = `[version=1][u32 info len][DeadInfo JSON]` followed by the record
 //!   exactly as it was in its queue. `edgehook outbox replay` moves one back into its queue
 //!   under a new sequence number (same event id).
-//! - `attempts`: the delivery log, one entry per attempt (see [`Attempt`]), key = 8-byte
-//!   big-endian counter, value = JSON; the newest `outbox.delivery_log` entries are kept.
+//! - `attempts`: the delivery log: chunks of attempts (see [`Attempt`]) as each dispatcher
+//!   wrote them, key = 8-byte big-endian number of the chunk's first attempt, value = a JSON
+//!   array; the newest `outbox.delivery_log` attempts are kept (and the rest of their oldest
+//!   chunk).
 //! - `meta`: small facts: the store's id, and per endpoint (see `deliver::meta_key`) whether it
 //!   is disabled (why and since when, after a 410 Gone) and its last success and failure
 //!   (Unix ms, written at most once a second).
@@ -347,7 +349,7 @@ impl Outbox {
             .collect();
         let dead_depth = Arc::new(AtomicU64::new(store.dead.len() as u64));
         let next_attempt = match store.attempts.last()? {
-            Some((k, _)) => seq_of(&k)? + 1,
+            Some((k, v)) => seq_of(&k)? + decode_attempts(&v).len().max(1) as u64,
             None => 0,
         };
         // Whatever sled recovered at open is on disk.
@@ -696,27 +698,37 @@ impl Outbox {
         })
     }
 
-    /// Add `attempt` to the delivery log, keeping the newest `keep` entries (0: no log).
-    /// Not flushed by itself: the log rides along with the next flush.
-    pub fn log_attempt(&self, attempt: &Attempt, keep: usize) -> Result<(), OutboxError> {
-        if keep == 0 {
+    /// Append `attempts` (oldest first) to the delivery log as one entry, keeping the newest
+    /// `keep` attempts (0: no log) — and the whole chunk that reaches back past them. Not
+    /// flushed by itself: the log rides along with the next flush. Writing a chunk rather than
+    /// each attempt spares the disk: sled rewrites a node after every ten changes to it.
+    pub fn log_attempts(&self, attempts: &[Attempt], keep: usize) -> Result<(), OutboxError> {
+        if keep == 0 || attempts.is_empty() {
             return Ok(());
         }
-        let value = serde_json::to_vec(attempt).expect("plain data serialises");
-        let n = self.next_attempt.fetch_add(1, Ordering::Relaxed);
+        let value = serde_json::to_vec(attempts).expect("plain data serialises");
+        let len = attempts.len() as u64;
+        let first = self.next_attempt.fetch_add(len, Ordering::Relaxed);
         self.with(|s| {
-            s.attempts.insert(n.to_be_bytes(), value)?;
-            let keep = keep as u64;
-            if n >= keep {
-                // Usually exactly one entry falls out; after `keep` shrank, all the older ones.
-                let horizon = (n + 1 - keep).to_be_bytes();
-                if n % 256 == 0 {
-                    for key in s.attempts.range(..horizon).keys() {
-                        s.attempts.remove(key?)?;
-                    }
-                } else {
-                    s.attempts.remove((n - keep).to_be_bytes())?;
-                }
+            s.attempts.insert(first.to_be_bytes(), value)?;
+            let Some(horizon) = (first + len).checked_sub(keep as u64) else {
+                return Ok(());
+            };
+            let horizon = horizon.to_be_bytes();
+            let older = s
+                .attempts
+                .range(..horizon)
+                .keys()
+                .collect::<Result<Vec<_>, _>>()?;
+            // Chunks are numbered by their first attempt, so the newest older chunk still holds
+            // kept attempts unless the next one starts right at the horizon.
+            let straddles = match s.attempts.range(horizon..).keys().next() {
+                Some(next) => next? != horizon,
+                None => true,
+            };
+            let drop = older.len().saturating_sub(straddles as usize);
+            for key in &older[..drop] {
+                s.attempts.remove(key)?;
             }
             Ok(())
         })
@@ -735,11 +747,10 @@ impl Outbox {
                     break;
                 }
                 let (_, v) = kv?;
-                let Ok(a) = serde_json::from_slice::<Attempt>(&v) else {
-                    continue;
-                };
-                if endpoint.is_none_or(|e| e == a.endpoint) {
-                    out.push(a);
+                for a in decode_attempts(&v).into_iter().rev() {
+                    if out.len() < limit && endpoint.is_none_or(|e| e == a.endpoint) {
+                        out.push(a);
+                    }
                 }
             }
             Ok(out)
@@ -862,6 +873,14 @@ pub struct Attempt {
     pub ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// One delivery-log entry: a chunk of attempts (a JSON array), or a single attempt as stores
+/// before chunks kept them. Unreadable entries are skipped.
+fn decode_attempts(v: &[u8]) -> Vec<Attempt> {
+    serde_json::from_slice::<Vec<Attempt>>(v)
+        .or_else(|_| serde_json::from_slice::<Attempt>(v).map(|a| vec![a]))
+        .unwrap_or_default()
 }
 
 /// Why delivery gave up on an event; kept with it in the `dead` tree.
@@ -1428,26 +1447,51 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_delivery_log_keeps_the_newest_entries() {
+    async fn the_delivery_log_keeps_the_newest_entries_in_chunks() {
         let dir = tempfile::tempdir().unwrap();
-        let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
-        for i in 0..30u64 {
-            let attempt = Attempt {
-                at: i,
-                endpoint: if i % 2 == 0 { "a" } else { "b" }.into(),
-                event_id: format!("e{i}"),
-                ok: i % 3 != 0,
-                status: Some(200),
-                ms: 1,
-                error: None,
-            };
-            ob.log_attempt(&attempt, 10).unwrap();
+        let attempt = |i: u64| Attempt {
+            at: i,
+            endpoint: if i % 2 == 0 { "a" } else { "b" }.into(),
+            event_id: format!("e{i}"),
+            ok: i % 3 != 0,
+            status: Some(200),
+            ms: 1,
+            error: None,
+        };
+        let ats = |log: Vec<Attempt>| log.iter().map(|a| a.at).collect::<Vec<u64>>();
+        {
+            let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+            // Chunks of 4: 0..4, 4..8, ... 24..28, then 28..30.
+            for first in (0..30u64).step_by(4) {
+                let chunk: Vec<Attempt> = (first..(first + 4).min(30)).map(attempt).collect();
+                ob.log_attempts(&chunk, 10).unwrap();
+            }
+            // 20..30 are kept, and with them the rest of the chunk 20 is part of.
+            assert_eq!(
+                ats(ob.attempts(None, 100).unwrap()),
+                (20..30).collect::<Vec<_>>()
+            );
+            assert_eq!(ats(ob.attempts(Some("b"), 3).unwrap()), [25, 27, 29]);
+            // A chunk larger than what is kept.
+            ob.log_attempts(&(30..45).map(attempt).collect::<Vec<_>>(), 10)
+                .unwrap();
+            assert_eq!(
+                ats(ob.attempts(None, 100).unwrap()),
+                (30..45).collect::<Vec<_>>()
+            );
+            ob.flush().await.unwrap();
         }
-        let all = ob.attempts(None, 100).unwrap();
-        let ids: Vec<u64> = all.iter().map(|a| a.at).collect();
-        assert_eq!(ids, (20..30).collect::<Vec<_>>());
-        let b = ob.attempts(Some("b"), 3).unwrap();
-        let ids: Vec<u64> = b.iter().map(|a| a.at).collect();
-        assert_eq!(ids, [25, 27, 29]);
+        // Reopened, numbering goes on after the last chunk; an entry in the old one-attempt
+        // format still reads.
+        let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+        assert_eq!(ob.next_attempt.load(Ordering::Relaxed), 45);
+        ob.with(|s| {
+            let old = serde_json::to_vec(&attempt(45)).unwrap();
+            Ok(s.attempts.insert(45u64.to_be_bytes(), old)?)
+        })
+        .unwrap();
+        ob.next_attempt.store(46, Ordering::Relaxed);
+        ob.log_attempts(&[attempt(46), attempt(47)], 10).unwrap();
+        assert_eq!(ats(ob.attempts(None, 4).unwrap()), [44, 45, 46, 47]);
     }
 }

@@ -61,6 +61,10 @@ pub struct Dispatcher {
     name: String,
     /// Delivery-log entries kept (`outbox.delivery_log`).
     log_keep: usize,
+    /// Attempts not yet written to the delivery log, and since when the oldest waits: they are
+    /// written together, every [`LOG_CHUNK`] attempts or [`LOG_EVERY`].
+    log: Vec<Attempt>,
+    log_since: Option<tokio::time::Instant>,
     client: reqwest::Client,
     endpoint: Endpoint,
     policy: RetryPolicy,
@@ -118,6 +122,8 @@ impl Dispatcher {
             queue,
             name: config.name.clone(),
             log_keep,
+            log: Vec::new(),
+            log_since: None,
             client,
             endpoint: Endpoint::new(config)?,
             max_attempts: config.max_attempts,
@@ -155,6 +161,7 @@ impl Dispatcher {
                     _ = cancel.cancelled() => break,
                     Some(done) = self.in_flight.join_next_with_id() => self.finish(done),
                 }
+                self.write_log();
                 continue;
             }
             match self.load() {
@@ -175,6 +182,7 @@ impl Dispatcher {
                     self.ready.push_back(expired.into_inner());
                 }
                 _ = outbox.appended(self.queue), if !self.more_on_disk => self.more_on_disk = true,
+                _ = tokio::time::sleep_until(self.log_since.unwrap_or_else(tokio::time::Instant::now) + LOG_EVERY), if self.log_since.is_some() => self.write_log(),
             }
         }
         let pending = self.in_flight.len();
@@ -184,6 +192,7 @@ impl Dispatcher {
         while let Some(done) = self.in_flight.join_next_with_id().await {
             self.finish(done);
         }
+        self.write_log();
     }
 
     /// Fill the window from the outbox.
@@ -411,6 +420,11 @@ impl Dispatcher {
     }
 }
 
+/// Delivery-log attempts written together, at the latest after [`LOG_EVERY`]: one sled write
+/// per chunk rather than per attempt (the log is a large part of what an event costs the disk).
+const LOG_CHUNK: usize = 64;
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
 /// Per-endpoint facts in the outbox's `meta` tree: [`meta_key`]`(endpoint, DISABLED)` holds a
 /// [`Disabled`]; `LAST_SUCCESS` / `LAST_FAILURE` the time (Unix ms).
 pub const DISABLED: &str = "disabled";
@@ -517,8 +531,12 @@ impl Dispatcher {
             .set_meta(&meta_key(&self.name, fact), Some(&now_ms()));
     }
 
-    /// Add one attempt to the delivery log (`edgehook outbox log`).
-    fn log_attempt(&self, event_id: String, outcome: &Outcome, took: Duration) {
+    /// Add one attempt to the delivery log (`edgehook outbox log`): buffered, and written once
+    /// [`LOG_CHUNK`] attempts wait.
+    fn log_attempt(&mut self, event_id: String, outcome: &Outcome, took: Duration) {
+        if self.log_keep == 0 {
+            return;
+        }
         let (status, error) = match outcome {
             Outcome::Delivered { status } => (Some(*status), None),
             Outcome::Retry { status, reason, .. } => (*status, Some(reason.clone())),
@@ -532,9 +550,23 @@ impl Dispatcher {
             ms: took.as_millis() as u64,
             error,
         };
-        if let Err(e) = self.outbox.log_attempt(&attempt, self.log_keep) {
+        self.log.push(attempt);
+        self.log_since.get_or_insert_with(tokio::time::Instant::now);
+        if self.log.len() >= LOG_CHUNK {
+            self.write_log();
+        }
+    }
+
+    /// Write the buffered attempts to the delivery log as one chunk.
+    fn write_log(&mut self) {
+        self.log_since = None;
+        if self.log.is_empty() {
+            return;
+        }
+        if let Err(e) = self.outbox.log_attempts(&self.log, self.log_keep) {
             tracing::debug!(error = %e, "delivery log not written");
         }
+        self.log.clear();
     }
 }
 
