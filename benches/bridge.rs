@@ -151,9 +151,12 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
         Bridge::Edgehook => {
             // Offline reports go out at once: the figures measure the pipeline, not the
             // debounce policy.
-            let rules =
-                "[[device_classes]]\nname = \"bench\"\nmatch = [\"*\"]\ndebounce = \"0s\"\n";
-            let mut d = Daemon::new(dir.path(), broker.port, &receiver.url, rules);
+            // BENCH_CONFIG adds configuration (TOML tables) to try settings against the same load.
+            let rules = format!(
+                "[[device_classes]]\nname = \"bench\"\nmatch = [\"*\"]\ndebounce = \"0s\"\n{}\n",
+                std::env::var("BENCH_CONFIG").unwrap_or_default()
+            );
+            let mut d = Daemon::new(dir.path(), broker.port, &receiver.url, &rules);
             d.start();
             let pid = d.pid().unwrap();
             before = (
