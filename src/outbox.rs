@@ -1181,6 +1181,7 @@ async fn persist(outbox: &Outbox, batch: &[Commit], metrics: &Metrics) -> Writte
     let mut delay = Duration::from_millis(100);
     let mut failures = 0u64;
     loop {
+        let started = std::time::Instant::now();
         let result = match outbox.write(batch) {
             Ok(w) if w.queued == 0 => Ok(w),
             Ok(w) => outbox.flush().await.map(|()| w),
@@ -1188,6 +1189,9 @@ async fn persist(outbox: &Outbox, batch: &[Commit], metrics: &Metrics) -> Writte
         };
         match result {
             Ok(w) => {
+                if w.queued > 0 {
+                    metrics.outbox_committed(started.elapsed());
+                }
                 if failures > 0 {
                     tracing::info!(failures, "outbox writable again; resuming");
                     outbox.writable.store(true, Ordering::Relaxed);

@@ -93,9 +93,57 @@ const DECODE_ERRORS: [&str; 5] = [
 ];
 
 /// Delivery-latency histogram bucket bounds, seconds (event creation → 2xx).
-const LATENCY_BUCKETS: [f64; 12] = [
+const LATENCY_BUCKETS: Bounds = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 600.0,
 ];
+/// Outbox commit (write + fsync of one group) histogram bucket bounds, seconds.
+const COMMIT_BUCKETS: Bounds = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+type Bounds = [f64; 12];
+
+/// A Prometheus histogram over one of the bounds above: cumulative buckets, count and sum.
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; 12],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, bounds: &Bounds, value: Duration) {
+        let secs = value.as_secs_f64();
+        for (bound, bucket) in bounds.iter().zip(&self.buckets) {
+            if secs <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(value.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The samples of `edgehook_<name>` with `labels` (`key="value",` pairs, may be empty).
+    fn render(&self, out: &mut String, name: &str, labels: &str, bounds: &Bounds) {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        for (bound, bucket) in bounds.iter().zip(&self.buckets) {
+            let _ = writeln!(
+                out,
+                "edgehook_{name}_bucket{{{labels}le=\"{bound}\"}} {}",
+                get(bucket)
+            );
+        }
+        let count = get(&self.count);
+        let _ = writeln!(out, "edgehook_{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+        let labels = match labels.trim_end_matches(',') {
+            "" => String::new(),
+            l => format!("{{{l}}}"),
+        };
+        let sum = get(&self.sum_micros) as f64 / 1e6;
+        let _ = writeln!(out, "edgehook_{name}_sum{labels} {sum}");
+        let _ = writeln!(out, "edgehook_{name}_count{labels} {count}");
+    }
+}
 
 /// Every counter the daemon keeps.
 #[derive(Default)]
@@ -118,6 +166,7 @@ pub struct Metrics {
     outbox_dropped: AtomicU64,
     dead_letters_kept: AtomicU64,
     outbox_write_failures: AtomicU64,
+    outbox_commit: Histogram,
     /// One per endpoint (and per queue left by a removed endpoint), in registration order.
     endpoints: std::sync::Mutex<Vec<Arc<EndpointMetrics>>>,
 }
@@ -138,9 +187,7 @@ pub struct EndpointMetrics {
     disabled: AtomicBool,
     depth: AtomicU64,
     oldest_ms: AtomicU64,
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_micros: AtomicU64,
+    latency: Histogram,
 }
 
 fn type_index(kind: &str) -> Option<usize> {
@@ -158,15 +205,7 @@ impl EndpointMetrics {
             self.events_delivered[i].fetch_add(1, Ordering::Relaxed);
         }
         self.attempts_ok.fetch_add(1, Ordering::Relaxed);
-        let secs = latency.as_secs_f64();
-        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
-            if secs <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_micros
-            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+        self.latency.observe(&LATENCY_BUCKETS, latency);
     }
     pub fn attempt_failed(&self, http_status: Option<u16>) {
         if http_status.is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429) {
@@ -307,6 +346,10 @@ impl Metrics {
     }
     pub fn outbox_write_failed(&self) {
         self.outbox_write_failures.fetch_add(1, Ordering::Relaxed);
+    }
+    /// One group commit (write and fsync) took `took`.
+    pub fn outbox_committed(&self, took: Duration) {
+        self.outbox_commit.observe(&COMMIT_BUCKETS, took);
     }
 
     /// Prometheus text exposition format.
@@ -540,29 +583,20 @@ impl Metrics {
             "# HELP edgehook_delivery_latency_seconds Event creation to receiver 2xx.\n# TYPE edgehook_delivery_latency_seconds histogram"
         );
         for e in &endpoints {
-            let name = &e.name;
-            for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&e.latency_buckets) {
-                let _ = writeln!(
-                    out,
-                    "edgehook_delivery_latency_seconds_bucket{{endpoint=\"{name}\",le=\"{bound}\"}} {}",
-                    get(bucket)
-                );
-            }
-            let count = get(&e.latency_count);
-            let _ = writeln!(
-                out,
-                "edgehook_delivery_latency_seconds_bucket{{endpoint=\"{name}\",le=\"+Inf\"}} {count}"
-            );
-            let _ = writeln!(
-                out,
-                "edgehook_delivery_latency_seconds_sum{{endpoint=\"{name}\"}} {}",
-                get(&e.latency_sum_micros) as f64 / 1e6
-            );
-            let _ = writeln!(
-                out,
-                "edgehook_delivery_latency_seconds_count{{endpoint=\"{name}\"}} {count}"
+            let labels = format!("endpoint=\"{}\",", e.name);
+            e.latency.render(
+                &mut out,
+                "delivery_latency_seconds",
+                &labels,
+                &LATENCY_BUCKETS,
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP edgehook_outbox_commit_seconds Time to write and fsync one group of messages to the outbox.\n# TYPE edgehook_outbox_commit_seconds histogram"
+        );
+        self.outbox_commit
+            .render(&mut out, "outbox_commit_seconds", "", &COMMIT_BUCKETS);
         out
     }
 }
@@ -760,5 +794,15 @@ mod tests {
         assert!(text
             .contains("edgehook_delivery_latency_seconds_bucket{endpoint=\"crm\",le=\"0.025\"} 1"));
         assert!(text.contains("edgehook_delivery_latency_seconds_count{endpoint=\"crm\"} 1"));
+        m.outbox_committed(Duration::from_millis(3));
+        let text = m.render();
+        assert!(text.contains("edgehook_outbox_commit_seconds_bucket{le=\"0.0025\"} 0"));
+        assert!(text.contains("edgehook_outbox_commit_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("edgehook_outbox_commit_seconds_bucket{le=\"+Inf\"} 1"));
+        assert!(
+            text.contains("edgehook_outbox_commit_seconds_sum 0.003\n"),
+            "{text}"
+        );
+        assert!(text.contains("edgehook_outbox_commit_seconds_count 1\n"));
     }
 }
