@@ -490,9 +490,10 @@ pub struct OutboxConfig {
     /// `sensor.reading.updated` events to make room (never health or workspace events; those
     /// still wait), counted in `edgehook_outbox_dropped_total`.
     pub on_full: OnFull,
-    /// Delivery attempts kept in the delivery log (`edgehook outbox log`), newest first; 0
-    /// keeps none. Written in chunks (64 attempts or a second), so a crash can lose the last
-    /// second of the log, never events.
+    /// Delivery attempts kept in the delivery log (`edgehook outbox log`, the file
+    /// `delivery.log` in `state_dir`): at least this many and at most twice as many; 0 keeps
+    /// none. Appended in chunks (64 attempts or a second), so a crash can lose the last second
+    /// of the log, never events.
     pub delivery_log: usize,
 }
 

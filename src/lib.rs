@@ -122,15 +122,14 @@ pub async fn run_with_reloads(
         Some(source::mqtt::MqttSource::new(&config, metrics.clone())?)
     };
     metrics.set_mqtt_enabled(mqtt.is_some());
+    let log = Arc::new(deliver::log::DeliveryLog::new(
+        &config.state_dir,
+        config.outbox.delivery_log,
+    ));
     let dispatchers = active
         .iter()
         .map(|e| {
-            deliver::Dispatcher::new(
-                e,
-                outbox.clone(),
-                config.outbox.delivery_log,
-                metrics.endpoint(&e.name),
-            )
+            deliver::Dispatcher::new(e, outbox.clone(), log.clone(), metrics.endpoint(&e.name))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
 

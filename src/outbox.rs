@@ -19,10 +19,6 @@
 //!   `default`); value = `[version=1][u32 info len][DeadInfo JSON]` followed by the record
 //!   exactly as it was in its queue. `edgehook outbox replay` moves one back into its queue
 //!   under a new sequence number (same event id).
-//! - `attempts`: the delivery log: chunks of attempts (see [`Attempt`]) as each dispatcher
-//!   wrote them, key = 8-byte big-endian number of the chunk's first attempt, value = a JSON
-//!   array; the newest `outbox.delivery_log` attempts are kept (and the rest of their oldest
-//!   chunk).
 //! - `meta`: small facts: the store's id, and per endpoint (see `deliver::meta_key`) whether it
 //!   is disabled (why and since when, after a 410 Gone) and its last success and failure
 //!   (Unix ms, written at most once a second).
@@ -193,7 +189,6 @@ struct Store {
     devices: sled::Tree,
     workspaces: sled::Tree,
     dead: sled::Tree,
-    attempts: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -204,12 +199,13 @@ impl Store {
             .cache_capacity(cache_bytes)
             .flush_every_ms(Some(1000))
             .open()?;
+        // The delivery log lived here before it became a file (`deliver::log`).
+        db.drop_tree("attempts")?;
         let store = Store {
             queues: Vec::new(),
             devices: db.open_tree("devices")?,
             workspaces: db.open_tree("workspaces")?,
             dead: db.open_tree("dead")?,
-            attempts: db.open_tree("attempts")?,
             meta: db.open_tree("meta")?,
             db,
         };
@@ -314,8 +310,6 @@ pub struct Outbox {
     queues: Arc<Vec<Queue>>,
     /// Which queues take each event type, in the order of `queues`.
     routes: Arc<Vec<Route>>,
-    /// The next delivery-log key.
-    next_attempt: Arc<AtomicU64>,
     /// Whether old readings were ever dropped to make room (see [`Outbox::was_dropped`]).
     dropped_any: Arc<AtomicBool>,
     /// One past the highest sequence number written (flushed or not).
@@ -348,14 +342,9 @@ impl Outbox {
             })
             .collect();
         let dead_depth = Arc::new(AtomicU64::new(store.dead.len() as u64));
-        let next_attempt = match store.attempts.last()? {
-            Some((k, v)) => seq_of(&k)? + decode_attempts(&v).len().max(1) as u64,
-            None => 0,
-        };
         // Whatever sled recovered at open is on disk.
         let end = store.end()?;
         Ok(Outbox {
-            next_attempt: Arc::new(AtomicU64::new(next_attempt)),
             dropped_any: Arc::new(AtomicBool::new(false)),
             store: Arc::new(RwLock::new(Some(store))),
             dir: dir.to_path_buf(),
@@ -698,67 +687,6 @@ impl Outbox {
         })
     }
 
-    /// Append `attempts` (oldest first) to the delivery log as one entry, keeping the newest
-    /// `keep` attempts (0: no log) — and the whole chunk that reaches back past them. Not
-    /// flushed by itself: the log rides along with the next flush. Writing a chunk rather than
-    /// each attempt spares the disk: sled rewrites a node after every ten changes to it.
-    pub fn log_attempts(&self, attempts: &[Attempt], keep: usize) -> Result<(), OutboxError> {
-        if keep == 0 || attempts.is_empty() {
-            return Ok(());
-        }
-        let value = serde_json::to_vec(attempts).expect("plain data serialises");
-        let len = attempts.len() as u64;
-        let first = self.next_attempt.fetch_add(len, Ordering::Relaxed);
-        self.with(|s| {
-            s.attempts.insert(first.to_be_bytes(), value)?;
-            let Some(horizon) = (first + len).checked_sub(keep as u64) else {
-                return Ok(());
-            };
-            let horizon = horizon.to_be_bytes();
-            let older = s
-                .attempts
-                .range(..horizon)
-                .keys()
-                .collect::<Result<Vec<_>, _>>()?;
-            // Chunks are numbered by their first attempt, so the newest older chunk still holds
-            // kept attempts unless the next one starts right at the horizon.
-            let straddles = match s.attempts.range(horizon..).keys().next() {
-                Some(next) => next? != horizon,
-                None => true,
-            };
-            let drop = older.len().saturating_sub(straddles as usize);
-            for key in &older[..drop] {
-                s.attempts.remove(key)?;
-            }
-            Ok(())
-        })
-    }
-
-    /// The newest `limit` delivery-log entries (of `endpoint`, or of all), oldest first.
-    pub fn attempts(
-        &self,
-        endpoint: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Attempt>, OutboxError> {
-        let mut out: Vec<Attempt> = self.with(|s| {
-            let mut out = Vec::new();
-            for kv in s.attempts.iter().rev() {
-                if out.len() >= limit {
-                    break;
-                }
-                let (_, v) = kv?;
-                for a in decode_attempts(&v).into_iter().rev() {
-                    if out.len() < limit && endpoint.is_none_or(|e| e == a.endpoint) {
-                        out.push(a);
-                    }
-                }
-            }
-            Ok(out)
-        })?;
-        out.reverse();
-        Ok(out)
-    }
-
     /// Dead letters kept.
     pub fn dead_len(&self) -> usize {
         self.dead_depth.load(Ordering::Relaxed) as usize
@@ -855,32 +783,6 @@ fn write_marker(path: &Path, id: &str) -> Result<(), OutboxError> {
 
 fn marker_error(e: std::io::Error) -> OutboxError {
     OutboxError::Storage(sled::Error::Io(e))
-}
-
-/// One delivery attempt, as the delivery log keeps it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Attempt {
-    /// When it finished, Unix milliseconds.
-    pub at: u64,
-    pub endpoint: String,
-    pub event_id: String,
-    /// Whether the receiver accepted it (2xx).
-    pub ok: bool,
-    /// The HTTP status, if the receiver answered.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
-    /// How long the attempt took, milliseconds.
-    pub ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// One delivery-log entry: a chunk of attempts (a JSON array), or a single attempt as stores
-/// before chunks kept them. Unreadable entries are skipped.
-fn decode_attempts(v: &[u8]) -> Vec<Attempt> {
-    serde_json::from_slice::<Vec<Attempt>>(v)
-        .or_else(|_| serde_json::from_slice::<Attempt>(v).map(|a| vec![a]))
-        .unwrap_or_default()
 }
 
 /// Why delivery gave up on an event; kept with it in the `dead` tree.
@@ -1448,54 +1350,5 @@ mod tests {
         // Only health events left besides one reading: asking for more drops just that one.
         assert_eq!(ob.drop_oldest_readings(u64::MAX).unwrap(), 1);
         assert_eq!(ob.len(), 2);
-    }
-
-    #[tokio::test]
-    async fn the_delivery_log_keeps_the_newest_entries_in_chunks() {
-        let dir = tempfile::tempdir().unwrap();
-        let attempt = |i: u64| Attempt {
-            at: i,
-            endpoint: if i % 2 == 0 { "a" } else { "b" }.into(),
-            event_id: format!("e{i}"),
-            ok: i % 3 != 0,
-            status: Some(200),
-            ms: 1,
-            error: None,
-        };
-        let ats = |log: Vec<Attempt>| log.iter().map(|a| a.at).collect::<Vec<u64>>();
-        {
-            let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
-            // Chunks of 4: 0..4, 4..8, ... 24..28, then 28..30.
-            for first in (0..30u64).step_by(4) {
-                let chunk: Vec<Attempt> = (first..(first + 4).min(30)).map(attempt).collect();
-                ob.log_attempts(&chunk, 10).unwrap();
-            }
-            // 20..30 are kept, and with them the rest of the chunk 20 is part of.
-            assert_eq!(
-                ats(ob.attempts(None, 100).unwrap()),
-                (20..30).collect::<Vec<_>>()
-            );
-            assert_eq!(ats(ob.attempts(Some("b"), 3).unwrap()), [25, 27, 29]);
-            // A chunk larger than what is kept.
-            ob.log_attempts(&(30..45).map(attempt).collect::<Vec<_>>(), 10)
-                .unwrap();
-            assert_eq!(
-                ats(ob.attempts(None, 100).unwrap()),
-                (30..45).collect::<Vec<_>>()
-            );
-            ob.flush().await.unwrap();
-        }
-        // Reopened, numbering goes on after the last chunk; an entry in the old one-attempt
-        // format still reads.
-        let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
-        assert_eq!(ob.next_attempt.load(Ordering::Relaxed), 45);
-        ob.with(|s| {
-            let old = serde_json::to_vec(&attempt(45)).unwrap();
-            Ok(s.attempts.insert(45u64.to_be_bytes(), old)?)
-        })
-        .unwrap();
-        ob.next_attempt.store(46, Ordering::Relaxed);
-        ob.log_attempts(&[attempt(46), attempt(47)], 10).unwrap();
-        assert_eq!(ats(ob.attempts(None, 4).unwrap()), [44, 45, 46, 47]);
     }
 }

@@ -422,6 +422,9 @@ async fn a_failing_endpoint_never_delays_a_healthy_one() {
     let (_, log, _) = daemon.outbox_cli(&["log", "--endpoint", "default", "--limit", "5"]);
     assert_eq!(log.lines().count(), 5, "{log}");
     assert!(log.lines().all(|l| l.contains("200 ok")), "{log}");
+    let (code, _, err) = daemon.outbox_cli(&["log", "--endpoint", "nosuch"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no endpoint `nosuch`"), "{err}");
 
     // The ops endpoint comes back: it gets its device event; nobody gets a duplicate.
     ops.fail_with(0);
@@ -508,11 +511,23 @@ async fn a_receiver_that_resets_the_connection_is_retried() {
             s.readings_of("rst-occ-1") == sent
         })
         .await;
+    // The delivery log is readable while the daemon runs (it appends at least every second).
+    let wait = Instant::now() + LONG;
+    loop {
+        let (code, log, err) = daemon.outbox_cli(&["log", "--limit", "1000"]);
+        assert_eq!(code, 0, "{err}");
+        let reset = log
+            .lines()
+            .any(|l| l.contains("no answer") && l.contains("request failed"));
+        let delivered = log.lines().filter(|l| l.contains("200 ok")).count();
+        if reset && delivered >= sent.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < wait,
+            "the resets and the deliveries are in the delivery log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(daemon.terminate(), Some(0));
-    let (_, log, _) = daemon.outbox_cli(&["log", "--limit", "1000"]);
-    assert!(
-        log.lines()
-            .any(|l| l.contains("no answer") && l.contains("request failed")),
-        "the reset is in the delivery log:\n{log}"
-    );
 }

@@ -2,7 +2,7 @@
 //!
 //! sled lets one process open the store at a time, so these commands work on a stopped daemon
 //! (`systemctl stop edgehook`); while it runs they refuse, say why, and point at the live
-//! figures on `/metrics`. Changes (replay, purge, enable) are flushed before the command exits.
+//! figures on `/metrics`. `outbox log` reads the delivery log's own file, so it works either way. Changes (replay, purge, enable) are flushed before the command exits.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -78,6 +78,9 @@ pub async fn run(
     config: Option<&Config>,
     metrics_hint: &str,
 ) -> Result<(), String> {
+    if let OutboxCommand::Log { endpoint, limit } = &command {
+        return print_log(state_dir, config, endpoint.as_deref(), *limit);
+    }
     if !state_dir.join("outbox.sled").exists() {
         return Err(format!(
             "there is no outbox in {} (wrong state directory? --state-dir DIR)",
@@ -214,28 +217,8 @@ pub async fn run(
                 );
             }
         }
-        OutboxCommand::Log { endpoint, limit } => {
-            known(&endpoint)?;
-            for a in outbox.attempts(endpoint.as_deref(), limit).map_err(err)? {
-                let result = match (a.ok, a.status) {
-                    (true, Some(s)) => format!("{s} ok"),
-                    (true, None) => "ok".into(),
-                    (false, Some(s)) => format!("{s} failed"),
-                    (false, None) => "no answer".into(),
-                };
-                println!(
-                    "{}  {:<12} {}  {:<11} {:>6} ms  {}",
-                    humantime::format_rfc3339_millis(
-                        SystemTime::UNIX_EPOCH + Duration::from_millis(a.at)
-                    ),
-                    a.endpoint,
-                    a.event_id,
-                    result,
-                    a.ms,
-                    a.error.unwrap_or_default()
-                );
-            }
-        }
+        // Read from its own file above, without opening the store.
+        OutboxCommand::Log { .. } => {}
         OutboxCommand::Replay {
             id,
             all_dead,
@@ -347,4 +330,52 @@ fn when(unix_ms: u64) -> String {
         humantime::format_rfc3339_seconds(at),
         humantime::format_duration(ago)
     )
+}
+
+/// `outbox log`: the delivery log is a file of its own, readable while the daemon runs.
+fn print_log(
+    state_dir: &Path,
+    config: Option<&Config>,
+    endpoint: Option<&str>,
+    limit: usize,
+) -> Result<(), String> {
+    let attempts = crate::deliver::log::read(state_dir, endpoint, limit).map_err(|e| {
+        format!(
+            "cannot read the delivery log in {}: {e}",
+            state_dir.display()
+        )
+    })?;
+    if attempts.is_empty() {
+        let configured =
+            |name: &str| config.is_some_and(|c| c.all_endpoints().iter().any(|e| e.name == name));
+        match endpoint {
+            Some(name) if config.is_some() && !configured(name) => {
+                return Err(format!(
+                    "no endpoint `{name}` in the configuration, and none in the delivery log"
+                ))
+            }
+            _ => eprintln!(
+                "no delivery attempts logged in {} yet",
+                state_dir.join(crate::deliver::log::FILE).display()
+            ),
+        }
+    }
+    for a in attempts {
+        let result = match (a.ok, a.status) {
+            (true, Some(s)) => format!("{s} ok"),
+            (true, None) => "ok".into(),
+            (false, Some(s)) => format!("{s} failed"),
+            (false, None) => "no answer".into(),
+        };
+        println!(
+            "{}  {:<12} {}  {:<11} {:>6} ms  {}",
+            humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(a.at)),
+            a.endpoint,
+            a.event_id,
+            result,
+            a.ms,
+            a.error.unwrap_or_default()
+        );
+    }
+    Ok(())
 }

@@ -11,6 +11,7 @@
 
 pub mod endpoint;
 pub mod format;
+pub mod log;
 pub mod retry;
 pub mod sign;
 
@@ -23,9 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
 use crate::config::WebhookConfig;
-use crate::outbox::{Attempt, DeadInfo, Outbox, OutboxRecord, QueueId};
+use crate::outbox::{DeadInfo, Outbox, OutboxRecord, QueueId};
 use crate::telemetry::EndpointMetrics;
 use endpoint::Endpoint;
+use log::{Attempt, DeliveryLog};
 pub use retry::{classify, Outcome, RetryPolicy};
 pub use sign::Signer;
 
@@ -59,11 +61,11 @@ pub struct Dispatcher {
     /// This endpoint's queue in the outbox.
     queue: QueueId,
     name: String,
-    /// Delivery-log entries kept (`outbox.delivery_log`).
-    log_keep: usize,
-    /// Attempts not yet written to the delivery log, and since when the oldest waits: they are
-    /// written together, every [`LOG_CHUNK`] attempts or [`LOG_EVERY`].
-    log: Vec<Attempt>,
+    /// The delivery log (`edgehook outbox log`), shared with the other endpoints.
+    log: Arc<DeliveryLog>,
+    /// Attempts not yet appended to the log, and since when the oldest waits: they are
+    /// appended together, every [`LOG_CHUNK`] attempts or [`LOG_EVERY`].
+    unlogged: Vec<Attempt>,
     log_since: Option<tokio::time::Instant>,
     client: reqwest::Client,
     endpoint: Endpoint,
@@ -103,7 +105,7 @@ impl Dispatcher {
     pub fn new(
         config: &WebhookConfig,
         outbox: Outbox,
-        log_keep: usize,
+        log: Arc<DeliveryLog>,
         metrics: Arc<EndpointMetrics>,
     ) -> anyhow::Result<Dispatcher> {
         let queue = outbox
@@ -121,8 +123,8 @@ impl Dispatcher {
             outbox,
             queue,
             name: config.name.clone(),
-            log_keep,
-            log: Vec::new(),
+            log,
+            unlogged: Vec::new(),
             log_since: None,
             client,
             endpoint: Endpoint::new(config)?,
@@ -420,8 +422,8 @@ impl Dispatcher {
     }
 }
 
-/// Delivery-log attempts written together, at the latest after [`LOG_EVERY`]: one sled write
-/// per chunk rather than per attempt (the log is a large part of what an event costs the disk).
+/// Delivery-log attempts appended together, at the latest after [`LOG_EVERY`]: one write per
+/// chunk rather than per attempt.
 const LOG_CHUNK: usize = 64;
 const LOG_EVERY: Duration = Duration::from_secs(1);
 
@@ -531,12 +533,9 @@ impl Dispatcher {
             .set_meta(&meta_key(&self.name, fact), Some(&now_ms()));
     }
 
-    /// Add one attempt to the delivery log (`edgehook outbox log`): buffered, and written once
+    /// Add one attempt to the delivery log (`edgehook outbox log`): buffered, and appended once
     /// [`LOG_CHUNK`] attempts wait.
     fn log_attempt(&mut self, event_id: String, outcome: &Outcome, took: Duration) {
-        if self.log_keep == 0 {
-            return;
-        }
         let (status, error) = match outcome {
             Outcome::Delivered { status } => (Some(*status), None),
             Outcome::Retry { status, reason, .. } => (*status, Some(reason.clone())),
@@ -550,23 +549,23 @@ impl Dispatcher {
             ms: took.as_millis() as u64,
             error,
         };
-        self.log.push(attempt);
+        self.unlogged.push(attempt);
         self.log_since.get_or_insert_with(tokio::time::Instant::now);
-        if self.log.len() >= LOG_CHUNK {
+        if self.unlogged.len() >= LOG_CHUNK {
             self.write_log();
         }
     }
 
-    /// Write the buffered attempts to the delivery log as one chunk.
+    /// Append the buffered attempts to the delivery log with one write.
     fn write_log(&mut self) {
         self.log_since = None;
-        if self.log.is_empty() {
+        if self.unlogged.is_empty() {
             return;
         }
-        if let Err(e) = self.outbox.log_attempts(&self.log, self.log_keep) {
+        if let Err(e) = self.log.append(&self.unlogged) {
             tracing::debug!(error = %e, "delivery log not written");
         }
-        self.log.clear();
+        self.unlogged.clear();
     }
 }
 
