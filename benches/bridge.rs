@@ -82,6 +82,8 @@ struct Row {
     latencies: Vec<u64>,
     /// The daemon's figures (none for the null bridge, which runs inside the bench).
     daemon: Option<(u64, f64, u64)>,
+    /// The daemon's outbox group commits: how many, and the histogram bucket holding the p99.
+    commits: Option<(u64, String)>,
 }
 
 const SENSORS: usize = 150;
@@ -223,6 +225,7 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
             lat,
         )
     });
+    let commits = daemon.as_ref().map(commit_p99);
     let figures = daemon.as_mut().map(|d| {
         let (pid, cpu0, disk0) = before;
         let f = (
@@ -249,7 +252,32 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
         seconds: (last_ms - start_ms) as f64 / 1000.0,
         latencies,
         daemon: figures,
+        commits,
     }
+}
+
+/// How many group commits the daemon made and the `edgehook_outbox_commit_seconds` bucket
+/// that holds the 99th percentile.
+fn commit_p99(d: &Daemon) -> (u64, String) {
+    const BOUNDS: [&str; 12] = [
+        "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1",
+        "5",
+    ];
+    let count = d
+        .metric("edgehook_outbox_commit_seconds_count")
+        .unwrap_or(0);
+    let p99 = BOUNDS
+        .iter()
+        .find(|b| {
+            let n = d
+                .metric(&format!(
+                    "edgehook_outbox_commit_seconds_bucket{{le=\"{b}\"}}"
+                ))
+                .unwrap_or(0);
+            n * 100 >= count * 99
+        })
+        .map_or_else(|| "> 5 s".into(), |b| format!("<= {b} s"));
+    (count, p99)
 }
 
 fn main() {
@@ -340,6 +368,15 @@ fn main() {
                 rss,
                 cpu,
                 disk
+            );
+        }
+    }
+    println!();
+    for (edge, _) in &rows {
+        if let Some((count, p99)) = &edge.commits {
+            println!(
+                "{}: {count} outbox group commits (write + fsync), p99 {p99}",
+                edge.name
             );
         }
     }
