@@ -16,7 +16,11 @@
 //! Figures: events delivered, lost and duplicated; readings handled per second (all readings
 //! published ÷ first publish → last receipt); publish-to-receipt latency of readings delivered
 //! (p50/p99/max); the daemon's peak RSS (VmHWM), its CPU seconds per 10,000 events and the bytes
-//! it wrote to disk per event (/proc/<pid>/io write_bytes).
+//! it wrote to disk per event (/proc/<pid>/io write_bytes: pages dirtied, each counted whole).
+//! "dev B/ev" is what reached the block device that holds the state directory in the same
+//! time (/sys/dev/block/.../stat, sectors written), per event: the whole machine's writes — the
+//! broker's, the journal's, the filesystem's own — so an upper bound for edgehook's, and on
+//! the null bridge's row the machine's writes without edgehook.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -48,6 +52,18 @@ fn cpu_seconds(pid: u32) -> f64 {
             .unwrap_or(0)
     };
     (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// Bytes written so far to the block device holding `path` (none on a filesystem without one).
+fn device_bytes_written(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    // glibc's encoding of major and minor numbers in a dev_t.
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let stat = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/stat")).ok()?;
+    let sectors: u64 = stat.split_whitespace().nth(6)?.parse().ok()?;
+    Some(sectors * 512)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -84,6 +100,8 @@ struct Row {
     daemon: Option<(u64, f64, u64)>,
     /// The daemon's outbox group commits: how many, and the histogram bucket holding the p99.
     commits: Option<(u64, String)>,
+    /// Bytes the state directory's block device wrote meanwhile (the whole machine's).
+    device_bytes: Option<u64>,
 }
 
 const SENSORS: usize = 150;
@@ -149,6 +167,7 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
     let mut daemon = None;
     let mut null = None;
     let mut before = (0, 0.0, 0);
+    let device_before = device_bytes_written(dir.path());
     match bridge {
         Bridge::Edgehook => {
             // Offline reports go out at once: the figures measure the pipeline, not the
@@ -226,6 +245,9 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
         )
     });
     let commits = daemon.as_ref().map(commit_p99);
+    let device_bytes = device_bytes_written(dir.path())
+        .zip(device_before)
+        .map(|(after, before)| after - before);
     let figures = daemon.as_mut().map(|d| {
         let (pid, cpu0, disk0) = before;
         let f = (
@@ -253,6 +275,7 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
         latencies,
         daemon: figures,
         commits,
+        device_bytes,
     }
 }
 
@@ -324,7 +347,7 @@ fn main() {
     }
     println!();
     println!(
-        "{:<15} {:>8} {:>8} {:>6} {:>5} {:>10} {:>9} {:>7} {:>7} {:>7} {:>9} {:>12} {:>9}",
+        "{:<15} {:>8} {:>8} {:>6} {:>5} {:>10} {:>9} {:>7} {:>7} {:>7} {:>9} {:>12} {:>9} {:>8}",
         "scenario",
         "expected",
         "deliverd",
@@ -337,7 +360,8 @@ fn main() {
         "max ms",
         "peak RSS",
         "CPU s/10k ev",
-        "disk B/ev"
+        "disk B/ev",
+        "dev B/ev"
     );
     for (edge, null) in &rows {
         for (r, baseline) in [(edge, null.as_ref()), (null.as_ref().unwrap(), None)] {
@@ -354,7 +378,7 @@ fn main() {
                 None => ("-".into(), "-".into(), "-".into()),
             };
             println!(
-                "{:<15} {:>8} {:>8} {:>6} {:>5} {:>10.0} {:>9} {:>7} {:>7} {:>7} {:>9} {:>12} {:>9}",
+                "{:<15} {:>8} {:>8} {:>6} {:>5} {:>10.0} {:>9} {:>7} {:>7} {:>7} {:>9} {:>12} {:>9} {:>8}",
                 r.name,
                 r.expected,
                 r.delivered,
@@ -367,7 +391,11 @@ fn main() {
                 r.latencies.last().copied().unwrap_or(0),
                 rss,
                 cpu,
-                disk
+                disk,
+                r.device_bytes.map_or("-".into(), |b| format!(
+                    "{:.0}",
+                    b as f64 / r.delivered.max(1) as f64
+                ))
             );
         }
     }
