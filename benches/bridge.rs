@@ -96,6 +96,8 @@ struct Row {
     readings: u64,
     seconds: f64,
     latencies: Vec<u64>,
+    /// Of edgehook's readings: publish → event created (its `timestamp`), created → receipt.
+    split: Option<(Vec<u64>, Vec<u64>)>,
     /// The daemon's figures (none for the null bridge, which runs inside the bench).
     daemon: Option<(u64, f64, u64)>,
     /// The daemon's outbox group commits: how many, and the histogram bucket holding the p99.
@@ -228,20 +230,39 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
     while receiver.seen(|s| (s.events.len() as u64) < expected) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (delivered, duplicates, last_ms, latencies) = receiver.seen(|s| {
-        let mut lat: Vec<u64> = s
-            .events
-            .iter()
-            .zip(&s.arrived_ms)
-            .filter(|(e, _)| e["type"] == "sensor.reading.updated")
+    let (delivered, duplicates, last_ms, latencies, split) = receiver.seen(|s| {
+        let readings = || {
+            s.events
+                .iter()
+                .zip(&s.arrived_ms)
+                .filter(|(e, _)| e["type"] == "sensor.reading.updated")
+        };
+        let mut lat: Vec<u64> = readings()
             .filter_map(|(e, at)| Some(at.saturating_sub(e["data"]["fields"]["ts"].as_u64()?)))
             .collect();
         lat.sort_unstable();
+        let (mut before, mut after): (Vec<u64>, Vec<u64>) = readings()
+            .filter_map(|(e, at)| {
+                let published = e["data"]["fields"]["ts"].as_u64()?;
+                let created = humantime::parse_rfc3339(e["timestamp"].as_str()?).ok()?;
+                let created = created
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()?
+                    .as_millis() as u64;
+                Some((
+                    created.saturating_sub(published),
+                    at.saturating_sub(created),
+                ))
+            })
+            .unzip();
+        before.sort_unstable();
+        after.sort_unstable();
         (
             s.events.len() as u64,
             s.duplicates,
             s.arrived_ms.iter().max().copied().unwrap_or(start_ms + 1),
             lat,
+            (bridge == Bridge::Edgehook).then_some((before, after)),
         )
     });
     let commits = daemon.as_ref().map(commit_p99);
@@ -273,6 +294,7 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
         readings: stats.readings,
         seconds: (last_ms - start_ms) as f64 / 1000.0,
         latencies,
+        split,
         daemon: figures,
         commits,
         device_bytes,
@@ -405,6 +427,16 @@ fn main() {
             println!(
                 "{}: {count} outbox group commits (write + fsync), p99 {p99}",
                 edge.name
+            );
+        }
+        if let Some((before, after)) = &edge.split {
+            println!(
+                "{}: publish -> event created p50/p99 {}/{} ms, created -> receipt {}/{} ms",
+                edge.name,
+                percentile(before, 0.5),
+                percentile(before, 0.99),
+                percentile(after, 0.5),
+                percentile(after, 0.99)
             );
         }
     }
