@@ -382,13 +382,17 @@ impl FleetConfig {
 
 /// Run every device of the fleet until each has published its readings (all acknowledged by
 /// the broker) or `stop` resolves. Devices disconnect cleanly at the end, announcing `offline`.
+/// With an interval, device `i` of `n` starts `i/n` of an interval late, so that readings are
+/// spread over the interval as a real fleet's are, not all sent on one tick.
 pub async fn run_fleet(
     config: FleetConfig,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<FleetStats> {
     let stop = tokio_stop(stop);
     let mut tasks = tokio::task::JoinSet::new();
-    for (id, class) in config.devices() {
+    let devices = config.devices();
+    let n = devices.len() as u32;
+    for (i, (id, class)) in (0u32..).zip(devices) {
         let config = config.clone();
         let mut stop = stop.clone();
         tasks.spawn(async move {
@@ -397,6 +401,12 @@ pub async fn run_fleet(
                 SimDevice::connect(&config.host, config.port, firmware, config.topics.clone())
                     .await?;
             let mut stats = FleetStats::default();
+            if !config.interval.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(config.interval * i / n) => {}
+                    _ = stop.changed() => {}
+                }
+            }
             while config.readings.is_none_or(|n| stats.readings < n) && !*stop.borrow() {
                 let (_, changed) = device.publish_next(config.change_ratio).await?;
                 stats.readings += 1;
