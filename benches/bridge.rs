@@ -66,6 +66,13 @@ fn device_bytes_written(path: &std::path::Path) -> Option<u64> {
     Some(sectors * 512)
 }
 
+/// Write back what earlier scenarios left dirty (and let the machine go quiet), so that it is
+/// not written, and counted, during the next.
+fn settle() {
+    let _ = std::process::Command::new("sync").status();
+    std::thread::sleep(Duration::from_secs(2));
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -240,6 +247,19 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
         let mut lat: Vec<u64> = readings()
             .filter_map(|(e, at)| Some(at.saturating_sub(e["data"]["fields"]["ts"].as_u64()?)))
             .collect();
+        if std::env::var("BENCH_DIAG").is_ok() {
+            let mut slow = std::collections::BTreeMap::<u64, u32>::new();
+            for (e, at) in readings() {
+                let ts = e["data"]["fields"]["ts"].as_u64().unwrap_or(0);
+                if at.saturating_sub(ts) > 40 {
+                    *slow.entry((ts.saturating_sub(start_ms)) / 500).or_default() += 1;
+                }
+            }
+            eprintln!(
+                "DIAG {} slow by half-second since start: {slow:?}",
+                load.name
+            );
+        }
         lat.sort_unstable();
         let (mut before, mut after): (Vec<u64>, Vec<u64>) = readings()
             .filter_map(|(e, at)| {
@@ -363,7 +383,9 @@ fn main() {
         if only.as_deref().is_some_and(|o| o != load.name) {
             continue;
         }
+        settle();
         let edge = runtime.block_on(scenario(Bridge::Edgehook, load));
+        settle();
         let null = runtime.block_on(scenario(Bridge::Null, load));
         rows.push((edge, Some(null)));
     }
