@@ -25,10 +25,16 @@
 //!
 //! # Invariants
 //! 1. A batch of commits (events and the device and workspace states they came from) is written
-//!    in **one sled transaction** across the three trees, then flushed (one fsync per batch, not
-//!    per event; a batch gathers what arrives within `outbox.commit_delay` of its first message),
-//!    and **only then** are the batch's transport acks sent. So an acknowledged MQTT
-//!    message always has its events on disk, and a state on disk always has its events on disk.
+//!    by the writer task alone, **events first, then the states**, then flushed: sled's flush,
+//!    then an `fdatasync` of its files (see [`SyncFiles`]; one sync per batch, not per event; a
+//!    batch gathers what arrives within `outbox.commit_delay` of its first message), and
+//!    **only then** are the batch's transport acks sent. So an acknowledged MQTT message always
+//!    has its events on disk. sled recovers its log up to the first torn write and no further
+//!    (a prefix, in the order of the writes), so whatever part of a batch survives a crash
+//!    holds no state without the events it came from: a state on disk always has its events on
+//!    disk. No sled transaction is needed for that, and none is used: each one costs two extra
+//!    synchronous writes of the log's last page (a roll of the buffer and a batch marker),
+//!    which tripled the bytes written per event.
 //! 2. Delivery only sees records at or below the *durable watermark* (the highest sequence number
 //!    known flushed). An event is never sent before it is on disk: otherwise a crash could lose
 //!    the record after sending it, and the broker's redelivery would recreate the event under a
@@ -40,10 +46,13 @@
 //!    channels, and the broker stops sending once its in-flight window is full (back-pressure).
 //!
 //! # After a crash
-//! Unflushed work is lost as a whole transaction: its MQTT messages were not acknowledged and the
-//! broker redelivers them, which recreates the same events with new ids. A record whose delivery
-//! succeeded but whose removal was not yet flushed is delivered again: a duplicate with the same
-//! id, which the receiver drops by its idempotency key.
+//! Unflushed work is lost: its MQTT messages were not acknowledged and the broker redelivers
+//! them, which recreates the same events with new ids. A batch whose flush was cut short may
+//! come back in part (events without their states; never states without their events); its
+//! messages were not acknowledged either, so those events are made again from the redelivery:
+//! duplicates under new ids, rare (a crash inside one flush) and never a loss. A record whose
+//! delivery succeeded but whose removal was not yet flushed is delivered again: a duplicate
+//! with the same id, which the receiver drops by its idempotency key.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -184,6 +193,8 @@ pub struct OutboxRecord {
 /// The open sled database and its trees.
 struct Store {
     db: sled::Db,
+    /// What makes a sled flush survive a power cut (see [`SyncFiles`]).
+    sync: Arc<SyncFiles>,
     /// One per queue, in the order of [`Outbox::queues`].
     queues: Vec<sled::Tree>,
     devices: sled::Tree,
@@ -199,6 +210,7 @@ impl Store {
             .cache_capacity(cache_bytes)
             .flush_every_ms(Some(1000))
             .open()?;
+        let sync = Arc::new(SyncFiles::open(&dir.join("outbox.sled"))?);
         // The delivery log lived here before it became a file (`deliver::log`).
         db.drop_tree("attempts")?;
         let store = Store {
@@ -208,6 +220,7 @@ impl Store {
             dead: db.open_tree("dead")?,
             meta: db.open_tree("meta")?,
             db,
+            sync,
         };
         store.check_identity(dir)?;
         Ok(store)
@@ -294,7 +307,8 @@ impl Store {
 /// After an I/O error sled refuses every later operation, so the writer *reopens* the store
 /// ([`Outbox::reopen`]): the broken instance is dropped and the database is recovered from
 /// disk, which also discards the failed batch's unflushed writes (the batch is then written
-/// again, under new sequence numbers, and its messages acknowledged only after that). While
+/// again, under new sequence numbers, and its messages acknowledged only after that; any part
+/// of it sled had already written is recovered like a batch cut short by a crash). While
 /// the store cannot be reopened (the disk is still full), operations fail with
 /// [`OutboxError::Unavailable`] and are retried by their callers.
 #[derive(Clone)]
@@ -444,25 +458,19 @@ impl Outbox {
         if records.is_empty() && devices.is_empty() && workspaces.is_empty() {
             return Ok(written);
         }
-        // One transaction over the state trees and every routed queue.
-        let mut trees: Vec<&sled::Tree> = vec![&store.devices, &store.workspaces];
-        trees.extend(&store.queues[..self.routes.len()]);
-        trees[..]
-            .transaction(|trees| {
-                for (id, bytes) in &devices {
-                    trees[0].insert(id.as_bytes(), bytes.as_slice())?;
-                }
-                for (id, bytes) in &workspaces {
-                    trees[1].insert(id.as_bytes(), bytes.as_slice())?;
-                }
-                for (seq, bytes, queues) in &records {
-                    for &q in queues {
-                        trees[2 + q].insert(&seq.to_be_bytes(), bytes.as_slice())?;
-                    }
-                }
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(storage_error)?;
+        // Events first, then the states they came from, all in this one task (so in log
+        // order): see invariant 1 for why this order, not a transaction, keeps them together.
+        for (seq, bytes, queues) in &records {
+            for &q in queues {
+                store.queues[q].insert(seq.to_be_bytes(), bytes.as_slice())?;
+            }
+        }
+        for (id, bytes) in &devices {
+            store.devices.insert(id.as_bytes(), bytes.as_slice())?;
+        }
+        for (id, bytes) in &workspaces {
+            store.workspaces.insert(id.as_bytes(), bytes.as_slice())?;
+        }
         for (_, bytes, queues) in &records {
             for &q in queues {
                 self.queues[q].depth.fetch_add(1, Ordering::Relaxed);
@@ -483,9 +491,13 @@ impl Outbox {
         // A clone of the handle for the await (a lock guard must not be held across it); only
         // the writer task flushes, and it is also the one that reopens, so no clone outlives
         // a flush into a reopen.
-        let db = self.with(|s| Ok(s.db.clone()))?;
+        let (db, sync) = self.with(|s| Ok((s.db.clone(), s.sync.clone())))?;
         db.flush_async().await?;
         drop(db);
+        tokio::task::spawn_blocking(move || sync.sync())
+            .await
+            .map_err(|e| io_error(std::io::Error::other(e)))?
+            .map_err(io_error)?;
         self.durable.fetch_max(written, Ordering::SeqCst);
         Ok(())
     }
@@ -775,14 +787,78 @@ const STORE_ID_KEY: &str = "store_id";
 fn write_marker(path: &Path, id: &str) -> Result<(), OutboxError> {
     use std::io::Write;
     let tmp = path.with_extension("id.tmp");
-    let mut file = std::fs::File::create(&tmp).map_err(marker_error)?;
-    file.write_all(id.as_bytes()).map_err(marker_error)?;
-    file.sync_all().map_err(marker_error)?;
-    std::fs::rename(&tmp, path).map_err(marker_error)
+    let mut file = std::fs::File::create(&tmp).map_err(io_error)?;
+    file.write_all(id.as_bytes()).map_err(io_error)?;
+    file.sync_all().map_err(io_error)?;
+    std::fs::rename(&tmp, path).map_err(io_error)?;
+    sync_dir(path.parent().unwrap_or(Path::new("."))).map_err(io_error)
 }
 
-fn marker_error(e: std::io::Error) -> OutboxError {
+fn io_error(e: std::io::Error) -> OutboxError {
     OutboxError::Storage(sled::Error::Io(e))
+}
+
+/// sled's flush writes its log with `sync_file_range`, which neither flushes the drive's
+/// volatile write cache (an SD card's, a USB stick's) nor the file's size, and fsyncs only
+/// once a second from a background thread; values over 128 KiB go to files of their own in
+/// `blobs/` that it never syncs. That is enough against `kill -9` but not against a power cut.
+/// So after each flush the log is `fdatasync`ed here, with any blob file written since and
+/// the directory naming it: only then is a batch durable and its messages acknowledged.
+struct SyncFiles {
+    log: std::fs::File,
+    blobs: PathBuf,
+    /// Blob files already synced.
+    synced: std::sync::Mutex<std::collections::HashSet<std::ffi::OsString>>,
+}
+
+impl SyncFiles {
+    /// For the sled database in `dir` (already open, so its files exist).
+    fn open(dir: &Path) -> Result<SyncFiles, OutboxError> {
+        let log = std::fs::File::open(dir.join("db")).map_err(io_error)?;
+        // The files sled created at open, and the directories naming them.
+        sync_dir(dir).map_err(io_error)?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent).map_err(io_error)?;
+        }
+        Ok(SyncFiles {
+            log,
+            blobs: dir.join("blobs"),
+            synced: Default::default(),
+        })
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        self.log.sync_data()?;
+        let Ok(entries) = std::fs::read_dir(&self.blobs) else {
+            return Ok(()); // no blobs yet
+        };
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        let mut present = std::collections::HashSet::new();
+        let mut new = false;
+        for entry in entries {
+            let name = entry?.file_name();
+            if !synced.contains(&name) {
+                // A blob sled has already deleted again is nothing to keep.
+                match std::fs::File::open(self.blobs.join(&name)) {
+                    Ok(f) => f.sync_data()?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                new = true;
+            }
+            present.insert(name);
+        }
+        if new {
+            sync_dir(&self.blobs)?;
+        }
+        *synced = present;
+        Ok(())
+    }
+}
+
+/// fsync a directory, so that the entries created in it survive a power cut.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Why delivery gave up on an event; kept with it in the `dead` tree.
