@@ -8,7 +8,7 @@
 //! ```text
 //!  source::mqtt ───┐                                                   ┌▶ deliver ──HTTPS──▶ receiver
 //!  (QoS 1, PUBACK  ├─Inbound─▶ device ──────Commit──▶ outbox ═══sled═══╡  (one per endpoint:
-//!   deferred)      │          (registry, health,      (batch, one txn,  │   lanes per device,
+//!   deferred)      │          (registry, health,      (batch, 1 write,  │   lanes per device,
 //!  source::serial ─┘           change detection,       a queue per      └▶  sign, retry,
 //!  (frames, port               workspaces, timers;     endpoint, fsync,     remove on 2xx)
 //!   reopen)                    event::Envelope)        then acks)
