@@ -1289,6 +1289,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_event_too_large_for_the_log_goes_to_a_synced_blob_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut fields = serde_json::Map::new();
+        fields.insert("image".into(), "x".repeat(200 * 1024).into());
+        let big = Envelope::seal(
+            &Event::device(EventType::SensorReadingUpdated, "cam-1", fields),
+            "gw",
+            SystemTime::now(),
+        );
+        let body = big.body.clone();
+        {
+            let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+            ob.write(&[Commit {
+                envelopes: vec![big],
+                ..Default::default()
+            }])
+            .unwrap();
+            ob.flush().await.unwrap();
+            let blobs: Vec<_> = std::fs::read_dir(dir.path().join("outbox.sled/blobs"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert!(
+                !blobs.is_empty(),
+                "sled keeps a value this large in a blob file"
+            );
+            let synced = ob
+                .with(|s| Ok(s.sync.synced.lock().unwrap().clone()))
+                .unwrap();
+            for blob in &blobs {
+                assert!(synced.contains(blob), "blob {blob:?} was not synced");
+            }
+        }
+        let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+        let pending = ob.pending_after(Q0, None, 10).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].body, body);
+    }
+
+    #[tokio::test]
     async fn batches_survive_reopen_in_order_and_removal_sticks() {
         let dir = tempfile::tempdir().unwrap();
         let ids: Vec<String>;
