@@ -21,6 +21,10 @@
 //! time (/sys/dev/block/.../stat, sectors written), per event: the whole machine's writes — the
 //! broker's, the journal's, the filesystem's own — so an upper bound for edgehook's, and on
 //! the null bridge's row the machine's writes without edgehook.
+//!
+//! Environment: `BENCH_ONLY=<scenario>` runs one scenario, `BENCH_CONFIG` appends TOML to the
+//! daemon's configuration, and `BENCH_DIAG=1` prints, per half-second since the start, how many
+//! readings took over 40 ms (to see whether slow readings are spread out or one stall).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
