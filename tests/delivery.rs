@@ -534,3 +534,74 @@ async fn a_receiver_that_resets_the_connection_is_retried() {
     }
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+/// Issue 16 #2: an SSO gateway in front of the receiver answers the POST with `302 Location:
+/// /login` and the login page's GET with 200. A redirect is not a 2xx: the attempt failed, the
+/// redirect is not followed (no signature or API key goes to the login page), it is logged with
+/// its `Location`, and the events are delivered once the receiver answers 2xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_a_failed_attempt_and_is_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    receiver.redirect(Some("/login"));
+    let webhook = format!(
+        r#"
+[webhook]
+url = "{url}"
+secret = "{secret}"
+headers = {{ "X-Api-Key" = "key-123" }}
+timeout = "2s"
+[webhook.retry]
+initial = "50ms"
+max = "200ms"
+"#,
+        url = receiver.url,
+        secret = common::SECRET
+    );
+    let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &webhook);
+    daemon.start();
+    let changes = changes(broker.port, "redir-occ-1", 2).await;
+    receiver
+        .wait_until(LONG, "several redirected attempts", |s| s.requests >= 6)
+        .await;
+    receiver.seen(|s| {
+        assert!(s.events.is_empty(), "nothing counts as received");
+        assert_eq!(s.other_methods, 0, "the redirect was followed");
+        assert_eq!(s.other_methods_with_secrets, 0);
+    });
+    assert!(
+        daemon
+            .metric("edgehook_delivery_responses_total{endpoint=\"default\",status=\"302\"}")
+            .is_some_and(|n| n >= 1),
+        "{}",
+        common::http_get(daemon.metrics_port, "/metrics").unwrap_or_default()
+    );
+    assert_eq!(
+        daemon.metric(
+            "edgehook_events_delivered_total{endpoint=\"default\",type=\"sensor.reading.updated\"}"
+        ),
+        Some(0)
+    );
+    let wait = Instant::now() + LONG;
+    loop {
+        let log =
+            std::fs::read_to_string(dir.path().join("state/delivery.log")).unwrap_or_default();
+        if log.contains("302") && log.contains("/login") {
+            break;
+        }
+        assert!(
+            Instant::now() < wait,
+            "the delivery log names the redirect: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    receiver.redirect(None);
+    receiver
+        .wait_until(LONG, "everything once the receiver answers 2xx", |s| {
+            s.readings_of("redir-occ-1") == changes && s.of_type("device.online").len() == 1
+        })
+        .await;
+    receiver.seen(|s| assert_eq!(s.other_methods, 0));
+}

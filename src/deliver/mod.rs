@@ -113,6 +113,8 @@ impl Dispatcher {
             .ok_or_else(|| anyhow::anyhow!("no outbox queue for endpoint {}", config.name))?;
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(crate::tls::client_config(None)?)
+            // A redirect is a failed attempt (see `retry::classify`), never followed.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
             .pool_max_idle_per_host(config.max_concurrency)
@@ -277,16 +279,13 @@ impl Dispatcher {
                 };
                 let outcome = match request.send().await {
                     Ok(resp) => {
-                        let retry_after = resp
-                            .headers()
-                            .get(reqwest::header::RETRY_AFTER)
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_owned);
-                        classify(
-                            resp.status().as_u16(),
-                            retry_after.as_deref(),
-                            SystemTime::now(),
-                        )
+                        let header = |name| resp.headers().get(name).and_then(|v| v.to_str().ok());
+                        let answer = retry::Answer {
+                            status: resp.status().as_u16(),
+                            retry_after: header(reqwest::header::RETRY_AFTER),
+                            location: header(reqwest::header::LOCATION),
+                        };
+                        classify(answer, SystemTime::now())
                     }
                     Err(e) => Outcome::Retry {
                         status: None,

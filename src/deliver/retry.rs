@@ -60,16 +60,37 @@ pub enum Outcome {
     },
 }
 
+/// What the receiver answered, as far as classifying it goes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Answer<'a> {
+    pub status: u16,
+    /// The `Retry-After` header.
+    pub retry_after: Option<&'a str>,
+    /// The `Location` header (of a redirect).
+    pub location: Option<&'a str>,
+}
+
 /// 2xx is delivered; every other answer is retried (the receiver may be mid-deploy, or
-/// misconfigured and about to be fixed: we never drop an event on its say-so).
-pub fn classify(status: u16, retry_after: Option<&str>, now: SystemTime) -> Outcome {
+/// misconfigured and about to be fixed: we never drop an event on its say-so). A 3xx is a
+/// failure like a 4xx: redirects are never followed (the signature and the endpoint's headers
+/// must not go to another address, and a login page answering 200 has not received the event);
+/// its reason names the `Location`, without its query.
+pub fn classify(answer: Answer, now: SystemTime) -> Outcome {
+    let status = answer.status;
     if (200..300).contains(&status) {
         return Outcome::Delivered { status };
     }
+    let reason = match answer.location {
+        Some(location) if (300..400).contains(&status) => {
+            let location = location.split(['?', '#']).next().unwrap_or_default();
+            format!("HTTP {status} redirect to {location} (not followed: set the endpoint's url to the receiver itself)")
+        }
+        _ => format!("HTTP {status}"),
+    };
     Outcome::Retry {
         status: Some(status),
-        retry_after: retry_after.and_then(|v| parse_retry_after(v, now)),
-        reason: format!("HTTP {status}"),
+        retry_after: answer.retry_after.and_then(|v| parse_retry_after(v, now)),
+        reason,
     }
 }
 
@@ -127,6 +148,8 @@ mod tests {
             (204, None, true, None),
             (299, None, true, None),
             (301, None, false, None),
+            (302, None, false, None),
+            (307, Some("5"), false, Some(5)),
             (400, None, false, None),
             (408, None, false, None),
             (429, Some("7"), false, Some(7)),
@@ -135,7 +158,12 @@ mod tests {
             (503, Some("in a bit"), false, None),
         ];
         for (status, ra, delivered, secs) in cases {
-            match classify(*status, *ra, now) {
+            let answer = Answer {
+                status: *status,
+                retry_after: *ra,
+                location: None,
+            };
+            match classify(answer, now) {
                 Outcome::Delivered { .. } => assert!(delivered, "{status}"),
                 Outcome::Retry {
                     retry_after,
@@ -152,5 +180,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_redirect_is_a_failure_that_names_where_it_pointed_without_the_query() {
+        let answer = Answer {
+            status: 302,
+            retry_after: None,
+            location: Some("https://sso.example.com/login?token=secret#x"),
+        };
+        let Outcome::Retry { status, reason, .. } = classify(answer, SystemTime::now()) else {
+            panic!("a redirect is not a delivery");
+        };
+        assert_eq!(status, Some(302));
+        assert!(reason.contains("https://sso.example.com/login"), "{reason}");
+        assert!(!reason.contains("secret"), "{reason}");
     }
 }
