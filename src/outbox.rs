@@ -29,7 +29,12 @@
 //!    then an `fdatasync` of its files (see [`SyncFiles`]; one sync per batch, not per event; a
 //!    batch gathers what arrives within `outbox.commit_delay` of its first message), and
 //!    **only then** are the batch's transport acks sent. So an acknowledged MQTT message always
-//!    has its events on disk. sled recovers its log up to the first torn write and no further
+//!    has its events on disk, and so has every state change that decides later events (a
+//!    value held back by `min_interval`, an offline inside its debounce, a workspace's hold),
+//!    even when it made no event or no endpoint wants its events (`Commit::sync`). A batch
+//!    that only moves devices' `last_seen` is written without a sync of its own: it reaches
+//!    the disk with the next synced batch or sled's own flush (within a second), and a restart
+//!    that finds it older is handled by the device stage (`device::SEEN_RESOLUTION`). sled recovers its log up to the first torn write and no further
 //!    (a prefix, in the order of the writes), so whatever part of a batch survives a crash
 //!    holds no state without the events it came from: a state on disk always has its events on
 //!    disk. No sled transaction is needed for that, and none is used: each one costs two extra
@@ -118,6 +123,9 @@ pub struct Commit {
     pub devices: Vec<(String, DeviceState)>,
     /// Workspace states that changed.
     pub workspaces: Vec<(String, WorkspaceState)>,
+    /// The states must be durable before `ack` even when no event is queued (see
+    /// `device::Applied::sync`); otherwise only a batch with events is synced.
+    pub sync: bool,
     pub ack: Option<Ack>,
 }
 
@@ -1162,13 +1170,13 @@ async fn persist(outbox: &Outbox, batch: &[Commit], metrics: &Metrics) -> Writte
     loop {
         let started = std::time::Instant::now();
         let result = match outbox.write(batch) {
-            Ok(w) if w.queued == 0 => Ok(w),
+            Ok(w) if w.queued == 0 && !batch.iter().any(|c| c.sync) => Ok(w),
             Ok(w) => outbox.flush().await.map(|()| w),
             Err(e) => Err(e),
         };
         match result {
             Ok(w) => {
-                if w.queued > 0 {
+                if w.queued > 0 || batch.iter().any(|c| c.sync) {
                     metrics.outbox_committed(started.elapsed());
                 }
                 if failures > 0 {
@@ -1346,6 +1354,7 @@ mod tests {
                         },
                     )],
                     workspaces: vec![(format!("w{}", i % 2), WorkspaceState::default())],
+                    sync: true,
                     ack: None,
                 })
                 .collect();

@@ -236,6 +236,18 @@ impl SimDevice {
         Ok(())
     }
 
+    /// Publish a status report (QoS 1, not retained: a report only this moment's subscribers
+    /// see, so whoever acknowledged it must remember it).
+    pub async fn publish_status(&mut self, online: bool) -> anyhow::Result<()> {
+        let status = self.topics.status(&self.firmware.id);
+        let payload = if online { "online" } else { "offline" };
+        self.client
+            .publish(status, QoS::AtLeastOnce, false, payload)
+            .await?;
+        self.published += 1;
+        Ok(())
+    }
+
     /// Wait until the broker has acknowledged everything published so far.
     pub async fn flushed(&mut self) -> anyhow::Result<()> {
         let want = self.published;

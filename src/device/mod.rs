@@ -10,9 +10,11 @@
 //!
 //! [`Registry`] owns all state and the timers: [`Registry::apply`] takes one inbound message,
 //! [`Registry::tick`] whatever the clock has made due, and both return the events produced and
-//! the device and workspace states to persist. Those states are written in the same sled
-//! transaction as the events they produced, so after a crash the two always agree: a message
-//! whose events were lost is also not remembered, and its redelivery produces them again.
+//! the device and workspace states to persist. Those states are written in the same outbox
+//! batch as the events they produced, after them, so after a crash a state on disk always has
+//! its events on disk: a message whose events were lost is also not remembered, and its
+//! redelivery produces them again (see the outbox's invariant 1, and [`Applied::sync`] for
+//! which states must be synced before the message is acknowledged).
 //!
 //! The task around it ([`run`]) only moves messages from the sources to the outbox writer and
 //! sleeps until the next deadline. Its clock ([`Clock`]) is the wall time at start plus
@@ -47,9 +49,14 @@ pub use workspace::{WorkspaceState, WorkspaceStatus};
 pub type Millis = u64;
 
 /// How far a device's `last_seen` may run ahead of its persisted copy. Seen-times are written
-/// at most this often per device (and only for classes that watch silence), so that unchanged
-/// readings cost no disk writes; after a restart the lost and stale deadlines are never earlier
-/// than one period after the start, which covers the lag.
+/// at most this often per device (and only for classes that watch silence), and without a sync
+/// of their own ([`Applied::sync`] false: they reach the disk with the next synced batch, or
+/// sled's own flush within a second), so that unchanged readings and heartbeats cost no disk
+/// writes of their own. A restart may therefore find a `last_seen` older than the truth; that
+/// is harmless because after a restart the lost and stale deadlines are never earlier than one
+/// heartbeat (or `stale_after`) after the start ([`DeviceClass::settle`]): a device still
+/// talking is heard again before then, and one that went silent is reported one period late at
+/// worst, never falsely.
 const SEEN_RESOLUTION: Millis = 30_000;
 
 /// What edgehook remembers of one device, persisted in the outbox's `devices` tree.
@@ -166,6 +173,12 @@ pub struct Applied {
     pub devices: Vec<(String, DeviceState)>,
     /// Workspace states likewise.
     pub workspaces: Vec<(String, WorkspaceState)>,
+    /// Whether these states decide what is reported later (held values, a pending offline,
+    /// the values upstream knows, health, a workspace's status or hold): then they must be on
+    /// disk before the message is acknowledged, even when no event came of it. False when the
+    /// only change is a device's `last_seen` moving on, which is checkpointed lazily: see
+    /// [`SEEN_RESOLUTION`] for why a stale `last_seen` after a restart reports nothing wrong.
+    pub sync: bool,
 }
 
 impl Applied {
@@ -364,6 +377,7 @@ impl Registry {
                 out.events.push(reading_event(device_id, report));
             }
         }
+        out.sync |= dirty;
         if dirty || (class.watches_silence() && now >= dev.saved_at + SEEN_RESOLUTION) {
             dev.saved_at = now;
             out.devices.push((device_id.to_string(), dev.state.clone()));
@@ -422,6 +436,7 @@ impl Registry {
         }
         if dirty {
             dev.saved_at = now;
+            out.sync = true;
             out.devices.push((id.to_string(), dev.state.clone()));
         }
         self.schedule_device(id);
@@ -479,6 +494,7 @@ impl Registry {
                     ));
                 }
             }
+            out.sync = true;
             out.workspaces.push((ws.config.id.clone(), next.clone()));
             ws.state = next;
         }
@@ -686,6 +702,7 @@ pub async fn run(
                 .collect(),
             devices: applied.devices,
             workspaces: applied.workspaces,
+            sync: applied.sync,
             ack,
         };
         if commits.send(commit).await.is_err() {
@@ -831,6 +848,67 @@ mod tests {
         let a = r.apply("occ-1", &reading(json!({"t": 1})), 31_000);
         assert!(a.events.is_empty());
         assert_eq!(a.devices[0].1.last_seen, 31_000);
+    }
+
+    /// Issue 16 #1: what an acknowledgement must wait for. Anything that changes what will be
+    /// reported is synced even without an event; a `last_seen` refresh alone is not.
+    #[test]
+    fn what_must_be_on_disk_before_the_ack() {
+        let mut held = class("held", "held-*");
+        held.min_interval = Duration::from_secs(5);
+        held.heartbeat = Some(Duration::from_secs(60));
+        let mut slow = class("slow", "slow-*");
+        slow.debounce = Duration::from_secs(5);
+        slow.heartbeat = Some(Duration::from_secs(60));
+        let mut r = Registry::new(&[held, slow], &[], [], [], 0);
+        // (device, message, at, events, states to write, sync); `None`: the clock alone
+        let cases: &[(&str, Option<InboundBody>, Millis, usize, bool, bool)] = &[
+            (
+                "held-1",
+                Some(reading(json!({"presence": true}))),
+                1_000,
+                2,
+                true,
+                true,
+            ),
+            // B inside min_interval: held back, no event, but what is held must survive
+            (
+                "held-1",
+                Some(reading(json!({"presence": false}))),
+                1_300,
+                0,
+                true,
+                true,
+            ),
+            // an exact repeat of the held values changes nothing
+            (
+                "held-1",
+                Some(reading(json!({"presence": false}))),
+                1_400,
+                0,
+                false,
+                false,
+            ),
+            // the held report goes out when min_interval ends
+            ("held-1", None, 6_000, 1, true, true),
+            ("slow-1", Some(ONLINE), 7_000, 1, true, true),
+            // an offline report inside its debounce window: no event yet, synced
+            ("slow-1", Some(OFFLINE), 8_000, 0, true, true),
+            ("slow-1", Some(ONLINE), 8_500, 0, true, true),
+            // unchanged, 30 s on, in a class that watches silence: a lazy checkpoint
+            ("slow-1", Some(reading(json!({}))), 40_000, 0, true, false),
+            ("slow-1", Some(reading(json!({}))), 41_000, 0, false, false),
+        ];
+        for (i, (device, body, at, events, states, sync)) in cases.iter().enumerate() {
+            let a = match body {
+                Some(body) => r.apply(device, body, *at),
+                None => r.tick(*at),
+            };
+            let case = format!("case {i}: {device} at {at}: {a:?}");
+            assert_eq!(a.events.len(), *events, "{case}");
+            assert_eq!(!a.devices.is_empty(), *states, "{case}");
+            assert_eq!(a.sync, *sync, "{case}");
+        }
     }
 
     #[test]

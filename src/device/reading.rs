@@ -77,6 +77,10 @@ pub fn received(
         None if changed.is_empty() && !was_stale && !heartbeat_due => return None,
         None => Held::default(),
     };
+    // An exact repeat of what is already held changes nothing that will be reported.
+    let news = held.fields.is_empty()
+        || fields.iter().any(|(k, v)| held.fields.get(k) != Some(v))
+        || changed.iter().any(|f| !held.changed.contains(f));
     held.fields
         .extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
     for field in changed {
@@ -84,7 +88,7 @@ pub fn received(
             held.changed.push(field);
         }
     }
-    *dirty = true;
+    *dirty |= news;
     if state.last_report > 0 && now < state.last_report + policy.min_interval {
         state.held = Some(held);
         return None;

@@ -149,6 +149,10 @@ pub struct Seen {
     pub bad_signatures: u64,
     pub failures_served: u64,
     pub requests: u64,
+    /// Requests that were not POSTs (a client following a redirect), and how many of them
+    /// carried a signature or the API key header.
+    pub other_methods: u64,
+    pub other_methods_with_secrets: u64,
     /// Every attempt per event id (accepted or refused), with its arrival time.
     pub attempts: HashMap<String, Vec<Instant>>,
 }
@@ -247,8 +251,11 @@ struct Inner {
     seen: Mutex<Seen>,
     fail_with: AtomicU16,
     served: AtomicU64,
-    /// Refuse only this device's events (with `fail_with`, or 503).
+    /// Refuse only this device's events (with `fail_with`, or `fail_device_status`).
     fail_device: Mutex<Option<String>>,
+    fail_device_status: AtomicU16,
+    /// Answer every POST with `302 Found` and this `Location`.
+    redirect: Mutex<Option<String>>,
     /// `Retry-After` value to send with refusals.
     retry_after: Mutex<Option<String>>,
     /// Hold every answer this long (to trigger client timeouts).
@@ -321,6 +328,8 @@ impl Receiver {
             fail_with: AtomicU16::new(0),
             served: AtomicU64::new(0),
             fail_device: Mutex::new(None),
+            fail_device_status: AtomicU16::new(503),
+            redirect: Mutex::new(None),
             retry_after: Mutex::new(None),
             delay_ms: AtomicU64::new(0),
             standard: Mutex::new(None),
@@ -370,7 +379,21 @@ impl Receiver {
 
     /// Refuse (503) only the events of `device`; `None` stops it.
     pub fn fail_device(&self, device: Option<&str>) {
+        self.fail_device_with(device, 503);
+    }
+
+    /// Refuse only the events of `device`, with `status`; `None` stops it.
+    pub fn fail_device_with(&self, device: Option<&str>, status: u16) {
+        self.inner
+            .fail_device_status
+            .store(status, Ordering::SeqCst);
         *self.inner.fail_device.lock().unwrap() = device.map(str::to_owned);
+    }
+
+    /// Answer every POST with `302 Found, Location: <location>` (as an SSO gateway in front of
+    /// a receiver does), and any other method with 200; `None` serves normally again.
+    pub fn redirect(&self, location: Option<&str>) {
+        *self.inner.redirect.lock().unwrap() = location.map(str::to_owned);
     }
 
     /// Send this `Retry-After` with every refusal.
@@ -447,6 +470,22 @@ async fn handle(
         .get("content-type")
         .is_some_and(|v| v == "application/json");
     let headers = req.headers().clone();
+    if req.method() != hyper::Method::POST {
+        let mut seen = state.seen.lock().unwrap();
+        seen.other_methods += 1;
+        if signature.is_some() || headers.contains_key("x-api-key") {
+            seen.other_methods_with_secrets += 1;
+        }
+        return reply(StatusCode::OK);
+    }
+    if let Some(location) = state.redirect.lock().unwrap().clone() {
+        state.seen.lock().unwrap().requests += 1;
+        return Ok(Response::builder()
+            .status(StatusCode::FOUND)
+            .header("location", location)
+            .body(Full::new(Bytes::new()))
+            .unwrap());
+    }
     let Ok(body) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
         return reply(StatusCode::BAD_REQUEST);
     };
@@ -492,7 +531,12 @@ async fn handle(
         .is_some_and(|d| event["data"]["device_id"] == d);
     if fail != 0 || device_refused {
         seen.failures_served += 1;
-        let status = StatusCode::from_u16(if fail != 0 { fail } else { 503 }).unwrap();
+        let status = if fail != 0 {
+            fail
+        } else {
+            state.fail_device_status.load(Ordering::SeqCst)
+        };
+        let status = StatusCode::from_u16(status).unwrap();
         let mut resp = Response::builder().status(status);
         if let Some(ra) = state.retry_after.lock().unwrap().as_deref() {
             resp = resp.header("retry-after", ra);
@@ -810,4 +854,33 @@ pub fn reading_key(event: &Value) -> (String, u64) {
         event["data"]["device_id"].as_str().unwrap().to_string(),
         event["data"]["fields"]["seq"].as_u64().unwrap(),
     )
+}
+
+/// Publish each `(topic, payload)` at QoS 1, not retained, from a plain client with no birth,
+/// last-will or retained message of its own; returns once the broker acknowledged them all.
+pub async fn publish_plain(port: u16, client_id: &str, messages: &[(&str, &str)]) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    for (topic, payload) in messages {
+        client
+            .publish(*topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    let mut acked = 0;
+    let wait = tokio::time::timeout(Duration::from_secs(20), async {
+        while acked < messages.len() {
+            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await.unwrap() {
+                acked += 1;
+            }
+        }
+        client.disconnect().await.unwrap();
+        while !matches!(
+            eventloop.poll().await,
+            Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)
+        ) {}
+    });
+    wait.await.expect("the broker acknowledges every publish");
 }
