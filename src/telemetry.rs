@@ -643,9 +643,13 @@ impl FaultLog {
     }
 }
 
-/// systemd integration (a no-op outside systemd, i.e. without `NOTIFY_SOCKET`): `READY=1` once
-/// the broker is connected and the outbox writable, then `WATCHDOG=1` at half of `WatchdogSec`
-/// for as long as the runtime runs, and `STOPPING=1` when shutdown begins.
+/// systemd integration (a no-op outside systemd, i.e. without `NOTIFY_SOCKET`): `READY=1` as
+/// soon as the daemon runs (the outbox open, every stage started), whatever its health: READY
+/// means "running", and a broker that is down at boot or an endpoint disabled by a 410 must not
+/// make systemd kill and restart a daemon that is doing all it can. Health is told in `STATUS=`
+/// (updated when it changes; the same reason `/healthz` gives), in the log and in the metrics.
+/// Then `WATCHDOG=1` at half of `WatchdogSec` for as long as the runtime runs, and `STOPPING=1`
+/// when shutdown begins.
 pub async fn notify_systemd(metrics: Arc<Metrics>, outbox: Outbox, cancel: CancellationToken) {
     use sd_notify::NotifyState;
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
@@ -656,8 +660,13 @@ pub async fn notify_systemd(metrics: Arc<Metrics>, outbox: Outbox, cancel: Cance
             tracing::warn!(error = %e, "cannot notify systemd");
         }
     };
+    let status = || match metrics.readiness(&outbox) {
+        Ok(()) => "running; healthy".to_string(),
+        Err(why) => format!("running; degraded: {why}"),
+    };
+    let mut told = status();
+    send(&[NotifyState::Ready, NotifyState::Status(&told)]);
     let watchdog = sd_notify::watchdog_enabled().map(|w| w / 2);
-    let mut ready = false;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut last_ping = Instant::now();
     loop {
@@ -665,12 +674,10 @@ pub async fn notify_systemd(metrics: Arc<Metrics>, outbox: Outbox, cancel: Cance
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
-        if !ready && metrics.readiness(&outbox).is_ok() {
-            ready = true;
-            send(&[
-                NotifyState::Ready,
-                NotifyState::Status("connected; delivering"),
-            ]);
+        let now = status();
+        if now != told {
+            send(&[NotifyState::Status(&now)]);
+            told = now;
         }
         if let Some(every) = watchdog {
             if last_ping.elapsed() >= every {

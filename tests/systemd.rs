@@ -1,5 +1,5 @@
-//! systemd's notify protocol, with the test playing systemd: READY only once the broker is
-//! connected, watchdog pings, STOPPING on SIGTERM.
+//! systemd's notify protocol, with the test playing systemd: READY as soon as the daemon runs
+//! (degraded or not, with the health in STATUS), watchdog pings, STOPPING on SIGTERM.
 
 mod common;
 
@@ -25,8 +25,11 @@ fn messages_until(sock: &UnixDatagram, within: Duration, want: &str) -> Vec<Stri
     got
 }
 
+/// Issue 16 #5: with the broker down at boot the daemon is running, not starting: READY at
+/// once (under `TimeoutStartSec` a wait for the broker was a restart loop), with the reason in
+/// STATUS, which follows the health when the broker comes up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ready_after_the_broker_connects_then_watchdog_then_stopping() {
+async fn ready_at_once_with_the_broker_down_status_follows_health_then_watchdog_then_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Mosquitto::start(dir.path());
     broker.kill(); // the broker is down when the service starts
@@ -44,20 +47,26 @@ async fn ready_after_the_broker_connects_then_watchdog_then_stopping() {
     daemon.env.push(("JOURNAL_STREAM".into(), "8:12345".into()));
     daemon.spawn();
 
-    let early = messages_until(&sock, Duration::from_millis(1500), "READY=1");
+    let early = messages_until(&sock, Duration::from_secs(10), "READY=1");
+    let ready = early
+        .iter()
+        .find(|m| m.lines().any(|l| l == "READY=1"))
+        .unwrap_or_else(|| panic!("no READY with the broker down: {early:?}\n{}", daemon.log()));
     assert!(
-        early.iter().all(|m| !m.contains("READY=1")),
-        "READY before the broker is up: {early:?}"
+        ready.contains("STATUS=running; degraded: mqtt broker not connected"),
+        "{ready:?}"
     );
+    let waiting = messages_until(&sock, Duration::from_millis(1000), "never");
     assert!(
-        early.iter().any(|m| m.contains("WATCHDOG=1")),
-        "the watchdog is fed while waiting: {early:?}"
+        waiting.iter().any(|m| m.contains("WATCHDOG=1")),
+        "the watchdog is fed while the broker is down: {waiting:?}"
     );
 
     broker.restart();
-    let got = messages_until(&sock, Duration::from_secs(20), "READY=1");
+    let got = messages_until(&sock, Duration::from_secs(20), "STATUS=running; healthy");
     assert!(
-        got.iter().any(|m| m.lines().any(|l| l == "READY=1")),
+        got.iter()
+            .any(|m| m.lines().any(|l| l == "STATUS=running; healthy")),
         "{got:?}\n{}",
         daemon.log()
     );
@@ -151,5 +160,58 @@ async fn sighup_applies_device_rules_live_and_names_what_needs_a_restart() {
         daemon.terminate(),
         Some(0),
         "still running and stops cleanly"
+    );
+}
+
+/// Issue 16 #5: an endpoint disabled by a 410 stays disabled across a restart, and the daemon
+/// still reports READY (it was silent before, and under `Restart=on-failure` that was a loop),
+/// saying in STATUS which degraded state it is in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_after_a_restart_with_an_endpoint_disabled_by_410() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    receiver.fail_with(410);
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+    let mut sensor = common::device(
+        broker.port,
+        "r410-occ-1",
+        firmware_sim::DeviceClass::OccupancySensor,
+    )
+    .await;
+    common::publish(&mut sensor, 2, 1.0).await;
+    let wait = Instant::now() + Duration::from_secs(30);
+    while daemon.metric("edgehook_endpoint_disabled{endpoint=\"default\"}") != Some(1) {
+        assert!(Instant::now() < wait, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(daemon.terminate(), Some(0));
+
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    daemon
+        .env
+        .push(("NOTIFY_SOCKET".into(), path.display().to_string()));
+    daemon.spawn();
+    let got = messages_until(&sock, Duration::from_secs(10), "READY=1");
+    let ready = got
+        .iter()
+        .find(|m| m.lines().any(|l| l == "READY=1"))
+        .unwrap_or_else(|| panic!("no READY: {got:?}\n{}", daemon.log()));
+    // The broker may still be connecting when READY goes out; the disabled endpoint is said
+    // once it is the only reason left.
+    let mut told: Vec<String> = vec![ready.clone()];
+    told.extend(messages_until(
+        &sock,
+        Duration::from_secs(10),
+        "STATUS=running; degraded: an endpoint is disabled after 410 Gone (edgehook outbox status; edgehook outbox enable)",
+    ));
+    assert!(
+        told.iter()
+            .any(|m| m.contains("degraded: an endpoint is disabled after 410 Gone")),
+        "{told:?}"
     );
 }
