@@ -403,6 +403,10 @@ pub struct WebhookConfig {
     pub max_concurrency: usize,
     /// Events held in memory for delivery; the rest wait in the outbox on disk.
     pub window: usize,
+    /// Bytes of events held in memory for delivery, likewise (`"1MiB"` or a number of bytes; at
+    /// least one event is always held, however large).
+    #[serde(with = "size")]
+    pub window_bytes: u64,
     pub retry: RetryConfig,
 }
 
@@ -427,6 +431,7 @@ impl Default for WebhookConfig {
             timeout: Duration::from_secs(30),
             max_concurrency: 16,
             window: 4096,
+            window_bytes: 1 << 20,
             retry: RetryConfig::default(),
         }
     }

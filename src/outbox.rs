@@ -535,6 +535,47 @@ impl Outbox {
         })
     }
 
+    /// Up to `limit` durable records of `queue` on `lane`, in order, from `from` through
+    /// `through`, and where the lane's records left in that range start (`None`: none left).
+    /// Reads at most a few thousand records of other lanes per call; when it stops there, the
+    /// second value is where to read on from.
+    pub fn lane_records(
+        &self,
+        queue: QueueId,
+        lane: &str,
+        from: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<(Vec<OutboxRecord>, Option<u64>), OutboxError> {
+        const SCAN: usize = 4096;
+        let durable = self.durable.load(Ordering::SeqCst);
+        let Some(end) = durable.checked_sub(1).map(|d| d.min(through)) else {
+            return Ok((Vec::new(), None));
+        };
+        if from > end {
+            return Ok((Vec::new(), None));
+        }
+        self.with(|s| {
+            let mut got = Vec::new();
+            let range = s.queues[queue.0].range(from.to_be_bytes()..=end.to_be_bytes());
+            for (scanned, kv) in range.enumerate() {
+                let (k, v) = kv?;
+                let seq = seq_of(&k)?;
+                if scanned >= SCAN {
+                    return Ok((got, Some(seq)));
+                }
+                if record_lane(&v) != Some(lane.as_bytes()) {
+                    continue;
+                }
+                if got.len() >= limit {
+                    return Ok((got, Some(seq)));
+                }
+                got.push(decode(seq, &v)?);
+            }
+            Ok((got, None))
+        })
+    }
+
     /// Whether `seq`, loaded for delivery, was dropped from `queue` to make room since. Only
     /// [`Outbox::drop_oldest_readings`] takes a record out early, so until it has run this is
     /// false without a lookup. False when that cannot be read: the caller then goes ahead, and
@@ -989,6 +1030,13 @@ fn record_kind(bytes: &[u8]) -> Option<&[u8]> {
     bytes.get(2..2 + len)
 }
 
+/// The lane of an encoded record, without decoding the rest.
+fn record_lane(bytes: &[u8]) -> Option<&[u8]> {
+    let at = 2 + *bytes.get(1)? as usize;
+    let len = u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?) as usize;
+    bytes.get(at + 2..at + 2 + len)
+}
+
 fn decode(seq: u64, bytes: &[u8]) -> Result<OutboxRecord, OutboxError> {
     let corrupt = |why| OutboxError::Corrupt { seq, why };
     let mut rest = bytes;
@@ -1428,6 +1476,40 @@ mod tests {
         let queues: Vec<(&str, bool)> = ob.queues().iter().map(|(_, e, r)| (*e, *r)).collect();
         assert_eq!(queues, [("default", true), ("crm", false)]);
         assert_eq!(ob.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_lane_reads_back_its_own_records_in_order_within_the_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+        let commits: Vec<Commit> = (0..10)
+            .map(|i| Commit {
+                envelopes: vec![reading(if i % 3 == 0 { "a" } else { "b" })],
+                ..Default::default()
+            })
+            .collect();
+        ob.write(&commits).unwrap();
+        let q = ob.queue(DEFAULT_ENDPOINT).unwrap();
+        assert_eq!(
+            ob.lane_records(q, "device:a", 0, 100, 10).unwrap().0,
+            vec![],
+            "not durable yet"
+        );
+        ob.flush().await.unwrap();
+        let all = ob.pending_after(q, None, 100).unwrap();
+        let a: Vec<u64> = all
+            .iter()
+            .filter(|r| r.lane == "device:a")
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(a.len(), 4);
+        let (got, rest) = ob.lane_records(q, "device:a", 0, 100, 2).unwrap();
+        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), a[..2]);
+        assert_eq!(rest, Some(a[2]));
+        let (got, rest) = ob.lane_records(q, "device:a", a[2], a[2], 5).unwrap();
+        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), a[2..3]);
+        assert_eq!(rest, None, "through is inclusive and ends the range");
+        assert_eq!(got[0], all.iter().find(|r| r.seq == a[2]).unwrap().clone());
     }
 
     #[tokio::test]

@@ -187,6 +187,9 @@ pub struct EndpointMetrics {
     disabled: AtomicBool,
     depth: AtomicU64,
     oldest_ms: AtomicU64,
+    /// Events and bytes delivery holds in memory (bounded by `window` and `window_bytes`).
+    held: AtomicU64,
+    held_bytes: AtomicU64,
     latency: Histogram,
 }
 
@@ -227,6 +230,11 @@ impl EndpointMetrics {
     }
     pub fn set_disabled(&self, disabled: bool) {
         self.disabled.store(disabled, Ordering::Relaxed);
+    }
+    /// What delivery holds in memory now: events and their bytes.
+    pub fn set_held(&self, events: usize, bytes: usize) {
+        self.held.store(events as u64, Ordering::Relaxed);
+        self.held_bytes.store(bytes as u64, Ordering::Relaxed);
     }
 }
 
@@ -523,6 +531,18 @@ impl Metrics {
             "gauge",
             "Events waiting in the endpoint's queue.",
             &per(&|e| get(&e.depth)),
+        );
+        metric(
+            "delivery_window_events",
+            "gauge",
+            "Events delivery holds in memory for the endpoint (at most webhook.window).",
+            &per(&|e| get(&e.held)),
+        );
+        metric(
+            "delivery_window_bytes",
+            "gauge",
+            "Bytes of events delivery holds in memory for the endpoint (at most webhook.window_bytes, or one event).",
+            &per(&|e| get(&e.held_bytes)),
         );
         metric(
             "outbox_depth",

@@ -605,3 +605,60 @@ max = "200ms"
         .await;
     receiver.seen(|s| assert_eq!(s.other_methods, 0));
 }
+
+/// Issue 16 #3: a receiver that rejects one device it does not know (422) must not stall the
+/// others. With `window = 16`, 20 events of `occ-bad` used to fill the window for ever and
+/// `occ-good`'s events behind them never left the outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_rejected_device_never_stalls_the_others_even_past_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    receiver.fail_device_with(Some("occ-bad"), 422);
+    let webhook = format!(
+        r#"
+[webhook]
+url = "{url}"
+secret = "{secret}"
+timeout = "2s"
+window = 16
+[webhook.retry]
+initial = "50ms"
+max = "300ms"
+"#,
+        url = receiver.url,
+        secret = common::SECRET
+    );
+    let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &webhook);
+    daemon.start();
+    let bad = changes(broker.port, "occ-bad", 20).await;
+    // Every bad event is in the outbox before the good device says anything.
+    let wait = Instant::now() + LONG;
+    while daemon.metric("edgehook_events_created_total{type=\"sensor.reading.updated\"}") < Some(20)
+    {
+        assert!(Instant::now() < wait, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let good = changes(broker.port, "occ-good", 3).await;
+    receiver
+        .wait_until(
+            LONG,
+            "the good device's events behind 20 rejected ones",
+            |s| s.readings_of("occ-good") == good && !s.of_type("device.online").is_empty(),
+        )
+        .await;
+    receiver.seen(|s| {
+        assert!(s.readings_of("occ-bad").is_empty());
+        assert!(
+            s.failures_served >= 2,
+            "the bad device was tried and retried"
+        );
+    });
+    // Once the receiver learns the device, its events arrive, in order.
+    receiver.fail_device(None);
+    receiver
+        .wait_until(LONG, "the rejected device's events, in order", |s| {
+            s.readings_of("occ-bad") == bad
+        })
+        .await;
+}

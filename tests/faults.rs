@@ -593,3 +593,71 @@ async fn wait_received(daemon: &Daemon, n: u64) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Issue 16 #12: delivery's window is bounded in bytes, not only in events. 600 readings of
+/// 60 KiB wait for a receiver that is down; after a restart delivery loads them and keeps
+/// retrying. With a window of 4,096 events it held all 36 MB of them in memory (and a larger
+/// backlog was an OOM kill under `MemoryMax=96M` at every start); now it holds at most
+/// `window_bytes` (1 MiB) and one event, and the daemon's peak stays well under `MemoryMax`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_large_readings_is_delivered_within_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    receiver.fail_with(503);
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+    let mut sensor = device(broker.port, "big-cam-1", DeviceClass::OccupancySensor).await;
+    let n = 600;
+    for seq in 0..n {
+        let blob: String =
+            std::iter::repeat_n(char::from(b'a' + (seq % 26) as u8), 60 * 1024).collect();
+        let payload = serde_json::json!({"seq": seq, "image": blob});
+        sensor
+            .publish_raw(payload.to_string().into_bytes())
+            .await
+            .unwrap();
+    }
+    sensor.flushed().await.unwrap();
+    let wait = Instant::now() + LONG;
+    while daemon.metric("edgehook_events_created_total{type=\"sensor.reading.updated\"}") < Some(n)
+    {
+        assert!(Instant::now() < wait, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.kill9();
+    daemon.start();
+    let held = "edgehook_delivery_window_bytes{endpoint=\"default\"}";
+    let mut most = 0;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        most = most.max(daemon.metric(held).expect("the window is measured"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(most > 0, "delivery holds something while it retries");
+    assert!(
+        most <= (1 << 20) + 62 * 1024,
+        "{most} bytes held: more than window_bytes and one event"
+    );
+    let peak_kb = peak_rss_kb(daemon.pid().unwrap());
+    assert!(
+        peak_kb < 96 * 1024,
+        "peak RSS {peak_kb} kB: over MemoryMax=96M"
+    );
+    receiver.fail_with(0);
+    receiver
+        .wait_until(Duration::from_secs(120), "every large reading", |s| {
+            s.readings_of("big-cam-1").len() == n as usize
+        })
+        .await;
+}
+
+/// The peak resident set of process `pid` (VmHWM), in kB.
+fn peak_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status")
+}

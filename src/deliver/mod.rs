@@ -2,20 +2,23 @@
 //!
 //! - [`sign`]: the signature schemes.
 //! - [`retry`]: the retry schedule and what counts as done, as plain functions over plain data.
+//! - [`lanes`]: which records are held in memory, per lane, and which lane sends next.
 //! - [`Dispatcher`]: one task per endpoint, reading that endpoint's own queue in the outbox (so
 //!   a failing endpoint never delays another). Records are loaded into a bounded window
 //!   and queued per *lane* (one device, or one workspace). A lane sends one record at a time, so a
 //!   device's events arrive in order; up to `max_concurrency` lanes send at once, so one slow or
 //!   failing device never holds the others back and bursts are not sent one request at a time.
-//!   A failed record waits out its backoff at the head of its lane; nothing is ever dropped.
+//!   A failed record waits out its backoff on disk (its lane holds nothing in memory meanwhile,
+//!   so a device the receiver keeps rejecting cannot fill the window); nothing is ever dropped.
 
 pub mod endpoint;
 pub mod format;
+pub mod lanes;
 pub mod log;
 pub mod retry;
 pub mod sign;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,6 +30,7 @@ use crate::config::WebhookConfig;
 use crate::outbox::{DeadInfo, Outbox, OutboxRecord, QueueId};
 use crate::telemetry::EndpointMetrics;
 use endpoint::Endpoint;
+use lanes::{Lanes, Limits, Offer};
 use log::{Attempt, DeliveryLog};
 pub use retry::{classify, Outcome, RetryPolicy};
 pub use sign::Signer;
@@ -45,14 +49,6 @@ pub fn created_at(id: &str) -> Option<SystemTime> {
     let uuid = uuid::Uuid::parse_str(id).ok()?;
     let (secs, nanos) = uuid.get_timestamp()?.to_unix();
     Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
-}
-
-/// One lane's queue: records in outbox order; only the head is ever in flight.
-#[derive(Default)]
-struct Lane {
-    queue: VecDeque<OutboxRecord>,
-    busy: bool,
-    failures: u32,
 }
 
 /// The delivery task's state; see the module docs.
@@ -79,23 +75,19 @@ pub struct Dispatcher {
     /// When `last_success`/`last_failure` were last written to `meta` (at most once a second).
     meta_written: Option<Instant>,
     max_concurrency: usize,
-    window: usize,
     metrics: Arc<EndpointMetrics>,
-    lanes: HashMap<String, Lane>,
-    /// Lanes whose head may be sent now, oldest first.
-    ready: VecDeque<String>,
+    /// The records held for delivery, per lane, and the loader's cursor.
+    lanes: Lanes,
     /// Lanes waiting out a backoff.
     backoff: DelayQueue<String>,
     in_flight: JoinSet<(Outcome, Duration)>,
-    /// The lane each in-flight task serves, so that even a task that fails to report (a panic)
-    /// frees its lane.
-    in_flight_lanes: HashMap<tokio::task::Id, String>,
-    /// Records held in `lanes`.
-    loaded: usize,
-    /// Highest sequence number loaded so far.
-    cursor: Option<u64>,
-    /// Whether the outbox may hold records above `cursor` that are not loaded yet.
+    /// The lane and record each in-flight task serves, so that even a task that fails to
+    /// report (a panic) frees its lane.
+    in_flight_lanes: HashMap<tokio::task::Id, (String, OutboxRecord)>,
+    /// Whether the outbox may hold records past the lanes' cursor that are not loaded yet.
     more_on_disk: bool,
+    /// The last load stopped at its scan budget with work left: load again at once.
+    load_again: bool,
     /// Consecutive failed attempts across all lanes, for one loud log line per outage.
     failing_since: Option<Instant>,
 }
@@ -136,16 +128,17 @@ impl Dispatcher {
             read_failing: false,
             policy: RetryPolicy::from(&config.retry),
             max_concurrency: config.max_concurrency,
-            window: config.window,
             metrics,
-            lanes: HashMap::new(),
-            ready: VecDeque::new(),
+            lanes: Lanes::new(Limits {
+                window: config.window,
+                window_bytes: usize::try_from(config.window_bytes).unwrap_or(usize::MAX),
+                per_lane: (config.window / 4).clamp(1, PER_LANE),
+            }),
             backoff: DelayQueue::new(),
             in_flight: JoinSet::new(),
             in_flight_lanes: HashMap::new(),
-            loaded: 0,
-            cursor: None,
             more_on_disk: true,
+            load_again: false,
             failing_since: None,
         })
     }
@@ -179,13 +172,16 @@ impl Dispatcher {
                 }
             }
             self.start_ready();
+            let (held, held_bytes) = self.lanes.held();
+            self.metrics.set_held(held, held_bytes);
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 Some(done) = self.in_flight.join_next_with_id() => self.finish(done),
                 Some(expired) = std::future::poll_fn(|cx| self.backoff.poll_expired(cx)) => {
-                    self.ready.push_back(expired.into_inner());
+                    self.lanes.retry_due(&expired.into_inner());
                 }
                 _ = outbox.appended(self.queue), if !self.more_on_disk => self.more_on_disk = true,
+                _ = tokio::task::yield_now(), if self.load_again => {}
                 _ = tokio::time::sleep_until(self.log_since.unwrap_or_else(tokio::time::Instant::now) + LOG_EVERY), if self.log_since.is_some() => self.write_log(),
             }
         }
@@ -199,65 +195,79 @@ impl Dispatcher {
         self.write_log();
     }
 
-    /// Fill the window from the outbox.
+    /// Fill the window from the outbox: first the lanes' records read back from disk (they
+    /// are older), then new records past the cursor. Each call reads a bounded amount; when it
+    /// stops with more to do, `load_again` says so.
     fn load(&mut self) -> Result<(), crate::outbox::OutboxError> {
-        if !self.more_on_disk || self.loaded >= self.window {
-            return Ok(());
+        self.load_again = false;
+        for _ in 0..REFILLS_PER_LOAD {
+            let Some((lane, from, through, limit)) = self.lanes.needs_refill() else {
+                break;
+            };
+            let (records, rest) = self
+                .outbox
+                .lane_records(self.queue, &lane, from, through, limit)?;
+            let records = self.wanted(records)?;
+            self.lanes.refilled(&lane, records, rest);
+            self.load_again = true;
         }
-        let want = self.window - self.loaded;
-        let records = self.outbox.pending_after(self.queue, self.cursor, want)?;
-        self.more_on_disk = records.len() == want;
-        for record in records {
-            self.cursor = Some(record.seq);
-            if !self.endpoint.wants(&record.kind) {
-                // Queued before the endpoint's `events` changed; it no longer wants these.
-                self.metrics.filtered();
-                self.outbox.remove(self.queue, record.seq)?;
-                continue;
+        let mut budget = SCAN_PER_LOAD;
+        while self.more_on_disk && self.lanes.has_room() {
+            if budget == 0 {
+                self.load_again = true;
+                break;
             }
-            self.loaded += 1;
-            let lane = self.lanes.entry(record.lane.clone()).or_default();
-            if lane.queue.is_empty() && !lane.busy && lane.failures == 0 {
-                self.ready.push_back(record.lane.clone());
+            // In small reads: most of a backlog of one busy device is left on disk, and a
+            // large read would bring it all into memory at once on its way past.
+            let want = self.lanes.room().min(budget).min(READ_CHUNK);
+            let records = self
+                .outbox
+                .pending_after(self.queue, self.lanes.cursor(), want)?;
+            budget -= records.len().min(budget);
+            self.more_on_disk = records.len() == want;
+            for record in self.wanted(records)? {
+                if self.lanes.offer(record) == Offer::NoRoom {
+                    self.more_on_disk = true;
+                    return Ok(());
+                }
             }
-            lane.queue.push_back(record);
         }
         Ok(())
+    }
+
+    /// `records` without those queued before the endpoint's `events` changed, which it no
+    /// longer wants: those are removed from its queue.
+    fn wanted(
+        &self,
+        records: Vec<OutboxRecord>,
+    ) -> Result<Vec<OutboxRecord>, crate::outbox::OutboxError> {
+        let mut keep = Vec::with_capacity(records.len());
+        for record in records {
+            if self.endpoint.wants(&record.kind) {
+                keep.push(record);
+            } else {
+                self.metrics.filtered();
+                self.outbox.remove(self.queue, record.seq)?;
+            }
+        }
+        Ok(keep)
     }
 
     /// Start attempts for ready lanes while there is room.
     fn start_ready(&mut self) {
         while self.in_flight.len() < self.max_concurrency {
-            let Some(name) = self.ready.pop_front() else {
+            // Skip heads no longer in the outbox (old readings dropped to make room).
+            let (outbox, queue) = (&self.outbox, self.queue);
+            let Some((name, record)) = self.lanes.start_next(|r| outbox.was_dropped(queue, r.seq))
+            else {
                 return;
             };
-            let Some(lane) = self.lanes.get_mut(&name) else {
-                continue;
-            };
-            if lane.busy {
-                continue;
-            }
-            // Skip records no longer in the outbox (old readings dropped to make room).
-            while lane
-                .queue
-                .front()
-                .is_some_and(|r| self.outbox.was_dropped(self.queue, r.seq))
-            {
-                lane.queue.pop_front();
-                lane.failures = 0;
-                self.loaded -= 1;
-            }
-            let Some(record) = lane.queue.front() else {
-                self.lanes.remove(&name);
-                continue;
-            };
-            lane.busy = true;
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             let request = self
                 .endpoint
-                .request_parts(record, now)
+                .request_parts(&record, now)
                 .map(|(headers, body)| {
                     self.client
                         .post(self.endpoint.url.clone())
@@ -295,7 +305,7 @@ impl Dispatcher {
                 };
                 (outcome, started.elapsed())
             });
-            self.in_flight_lanes.insert(task.id(), name);
+            self.in_flight_lanes.insert(task.id(), (name, record));
         }
     }
 
@@ -323,16 +333,10 @@ impl Dispatcher {
                 )
             }
         };
-        let Some(name) = self.in_flight_lanes.remove(&task) else {
+        let Some((name, head)) = self.in_flight_lanes.remove(&task) else {
             return;
         };
-        let Some(lane) = self.lanes.get_mut(&name) else {
-            return;
-        };
-        lane.busy = false;
-        if let Some(id) = lane.queue.front().map(|r| r.id.clone()) {
-            self.log_attempt(id, &outcome, took);
-        }
+        self.log_attempt(head.id.clone(), &outcome, took);
         match &outcome {
             Outcome::Delivered { status }
             | Outcome::Retry {
@@ -341,33 +345,23 @@ impl Dispatcher {
             } => self.metrics.response(*status),
             Outcome::Retry { status: None, .. } => {}
         }
-        let Some(lane) = self.lanes.get_mut(&name) else {
-            return;
-        };
         match outcome {
             Outcome::Delivered { .. } => {
-                let record = lane.queue.pop_front().expect("in-flight lane has a head");
-                lane.failures = 0;
-                self.loaded -= 1;
-                if let Err(e) = self.outbox.remove(self.queue, record.seq) {
+                self.lanes.done(&name);
+                if let Err(e) = self.outbox.remove(self.queue, head.seq) {
                     // Not removing means a duplicate later, never a loss.
-                    tracing::warn!(error = %e, event_id = %record.id, "delivered event not removed from outbox; it may be sent again");
+                    tracing::warn!(error = %e, event_id = %head.id, "delivered event not removed from outbox; it may be sent again");
                 }
-                let latency = created_at(&record.id)
+                let latency = created_at(&head.id)
                     .and_then(|t| SystemTime::now().duration_since(t).ok())
                     .unwrap_or_default();
-                self.metrics.delivered(&record.kind, latency);
+                self.metrics.delivered(&head.kind, latency);
                 if let Some(since) = self.failing_since.take() {
                     tracing::info!(
                         endpoint = %self.name,
                         outage = %humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
                         "receiver accepting events again"
                     );
-                }
-                if lane.queue.is_empty() {
-                    self.lanes.remove(&name);
-                } else {
-                    self.ready.push_back(name);
                 }
                 self.note_outcome(true);
             }
@@ -376,13 +370,9 @@ impl Dispatcher {
                 retry_after,
                 reason,
             } => {
-                lane.failures += 1;
-                let failures = lane.failures;
-                let head = lane
-                    .queue
-                    .front()
-                    .expect("in-flight lane has a head")
-                    .clone();
+                let Some((_, failures)) = self.lanes.failed(&name) else {
+                    return;
+                };
                 self.metrics.attempt_failed(status);
                 self.note_outcome(false);
                 if status == Some(410) {
@@ -390,16 +380,8 @@ impl Dispatcher {
                     return;
                 }
                 if let Some(limit) = self.gives_up(&head, failures) {
-                    let lane = self.lanes.get_mut(&name).expect("still there");
-                    lane.queue.pop_front();
-                    lane.failures = 0;
-                    if lane.queue.is_empty() {
-                        self.lanes.remove(&name);
-                    } else {
-                        self.ready.push_back(name);
-                    }
-                    self.loaded -= 1;
-                    self.bury(head, failures, status, reason, limit);
+                    self.bury(&head, failures, status, reason, limit);
+                    self.lanes.given_up(&name);
                     return;
                 }
                 let delay = self.policy.delay(failures, retry_after, fastrand::f64());
@@ -420,6 +402,16 @@ impl Dispatcher {
         }
     }
 }
+
+/// Most records one lane holds in memory (a quarter of the window when that is smaller); the
+/// rest of its records wait on disk and are read back as it sends.
+const PER_LANE: usize = 64;
+/// Records the loader reads past the cursor in one go, and lanes read back, before the task
+/// turns to its other work.
+const SCAN_PER_LOAD: usize = 4096;
+const REFILLS_PER_LOAD: usize = 64;
+/// Records read from the outbox at a time.
+const READ_CHUNK: usize = 64;
 
 /// Delivery-log attempts appended together, at the latest after [`LOG_EVERY`]: one write per
 /// chunk rather than per attempt.
@@ -472,7 +464,7 @@ impl Dispatcher {
     /// Move a given-up record to the dead letters, with why.
     fn bury(
         &mut self,
-        record: OutboxRecord,
+        record: &OutboxRecord,
         attempts: u32,
         last_status: Option<u16>,
         last_error: String,

@@ -862,7 +862,8 @@ mod tests {
         slow.heartbeat = Some(Duration::from_secs(60));
         let mut r = Registry::new(&[held, slow], &[], [], [], 0);
         // (device, message, at, events, states to write, sync); `None`: the clock alone
-        let cases: &[(&str, Option<InboundBody>, Millis, usize, bool, bool)] = &[
+        type Case = (&'static str, Option<InboundBody>, Millis, usize, bool, bool);
+        let cases: &[Case] = &[
             (
                 "held-1",
                 Some(reading(json!({"presence": true}))),
