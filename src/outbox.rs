@@ -19,9 +19,10 @@
 //!   `default`); value = `[version=1][u32 info len][DeadInfo JSON]` followed by the record
 //!   exactly as it was in its queue. `edgehook outbox replay` moves one back into its queue
 //!   under a new sequence number (same event id).
-//! - `meta`: small facts: the store's id, and per endpoint (see `deliver::meta_key`) whether it
-//!   is disabled (why and since when, after a 410 Gone) and its last success and failure
-//!   (Unix ms, written at most once a second).
+//! - `meta`: small facts: the store's id, and per endpoint (see [`meta_key`]) whether it
+//!   is disabled (why and since when, after a 410 Gone), its last success and failure
+//!   (Unix ms, written at most once a second), and how many events it missed while its share
+//!   of the outbox was full and it could not drain ([`DROPPED`], written with the batch).
 //!
 //! # Invariants
 //! 1. A batch of commits (events and the device and workspace states they came from) is written
@@ -107,12 +108,15 @@ pub enum OutboxError {
 }
 
 /// What one [`Outbox::write`] stored.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Written {
     /// Events queued for at least one endpoint.
     pub queued: usize,
     /// Events no active endpoint subscribes to (not stored).
     pub unrouted: usize,
+    /// Per queue (in the order of [`Outbox::queues`]): events not stored for it because its
+    /// share was full while it could not drain.
+    pub dropped: Vec<u64>,
 }
 
 /// What the device stage hands the outbox for one inbound message (or one tick of its clock).
@@ -147,8 +151,14 @@ struct Queue {
     /// Whether new events are routed here (the endpoint is configured and active).
     routed: bool,
     depth: AtomicU64,
-    /// Bytes of the records held (what `outbox.max_size` limits).
+    /// Bytes of the records held (what this queue's share of `outbox.max_size` limits).
     bytes: AtomicU64,
+    /// Whether delivery is taking records out of this queue: false while the endpoint is
+    /// disabled (410), inactive or no longer configured. A queue that cannot drain never
+    /// holds the others back when its share is full (see [`run_writer`]).
+    draining: AtomicBool,
+    /// Events missed while full and not draining, ever (persisted as [`DROPPED`]).
+    dropped: AtomicU64,
     /// Wakes this endpoint's delivery when new records are durable (a stored permit, so a
     /// wake-up while delivery is busy is not lost).
     appended: Notify,
@@ -356,12 +366,23 @@ impl Outbox {
             .iter()
             .zip(store.count()?)
             .enumerate()
-            .map(|(i, (endpoint, (depth, bytes)))| Queue {
-                endpoint: endpoint.clone(),
-                routed: i < routes.len(),
-                depth: AtomicU64::new(depth),
-                bytes: AtomicU64::new(bytes),
-                appended: Notify::new(),
+            .map(|(i, (endpoint, (depth, bytes)))| {
+                let dropped = store
+                    .meta
+                    .get(meta_key(endpoint, DROPPED))
+                    .ok()
+                    .flatten()
+                    .and_then(|v| serde_json::from_slice(&v).ok())
+                    .unwrap_or(0);
+                Queue {
+                    endpoint: endpoint.clone(),
+                    routed: i < routes.len(),
+                    depth: AtomicU64::new(depth),
+                    bytes: AtomicU64::new(bytes),
+                    draining: AtomicBool::new(i < routes.len()),
+                    dropped: AtomicU64::new(dropped),
+                    appended: Notify::new(),
+                }
             })
             .collect();
         let dead_depth = Arc::new(AtomicU64::new(store.dead.len() as u64));
@@ -439,32 +460,52 @@ impl Outbox {
         self.with(|s| load_states(&s.workspaces, "workspace"))
     }
 
-    /// Write a batch atomically (not yet flushed). Returns how many events were queued (for
-    /// at least one endpoint) and how many no endpoint wanted.
-    pub fn write(&self, batch: &[Commit]) -> Result<Written, OutboxError> {
-        self.with(|s| self.write_to(s, batch))
+    /// Write a batch (not yet flushed), leaving out of the queues marked in `refused` (by
+    /// their place in [`Outbox::queues`]) the events they would take. Returns how many events
+    /// were queued (for at least one endpoint), how many no endpoint wanted, and how many each
+    /// refused queue missed.
+    pub fn write(&self, batch: &[Commit], refused: &[bool]) -> Result<Written, OutboxError> {
+        self.with(|s| self.write_to(s, batch, refused))
     }
 
-    fn write_to(&self, store: &Store, batch: &[Commit]) -> Result<Written, OutboxError> {
+    fn write_to(
+        &self,
+        store: &Store,
+        batch: &[Commit],
+        refused: &[bool],
+    ) -> Result<Written, OutboxError> {
         let mut records = Vec::new();
         let mut unrouted = 0;
+        let mut dropped = vec![0u64; self.queues.len()];
         for env in batch.iter().flat_map(|c| &c.envelopes) {
-            let queues: Vec<usize> = (0..self.routes.len())
-                .filter(|&i| (self.routes[i].wants)(env.kind.as_str()))
-                .collect();
-            if queues.is_empty() {
-                unrouted += 1;
-                continue;
+            let wanted =
+                (0..self.routes.len()).filter(|&i| (self.routes[i].wants)(env.kind.as_str()));
+            let mut queues = Vec::new();
+            let mut any = false;
+            for i in wanted {
+                any = true;
+                if refused.get(i).copied().unwrap_or(false) {
+                    dropped[i] += 1;
+                } else {
+                    queues.push(i);
+                }
             }
-            records.push((store.db.generate_id()?, encode(env), queues));
+            if !any {
+                unrouted += 1;
+            }
+            if !queues.is_empty() {
+                records.push((store.db.generate_id()?, encode(env), queues));
+            }
         }
         let devices = encode_states(batch.iter().flat_map(|c| &c.devices));
         let workspaces = encode_states(batch.iter().flat_map(|c| &c.workspaces));
         let written = Written {
             queued: records.len(),
             unrouted,
+            dropped,
         };
-        if records.is_empty() && devices.is_empty() && workspaces.is_empty() {
+        let missed = written.dropped.iter().any(|&n| n > 0);
+        if records.is_empty() && devices.is_empty() && workspaces.is_empty() && !missed {
             return Ok(written);
         }
         // Events first, then the states they came from, all in this one task (so in log
@@ -479,6 +520,15 @@ impl Outbox {
         }
         for (id, bytes) in &workspaces {
             store.workspaces.insert(id.as_bytes(), bytes.as_slice())?;
+        }
+        for (queue, n) in self.queues.iter().zip(&written.dropped) {
+            if *n > 0 {
+                let total = queue.dropped.load(Ordering::Relaxed) + n;
+                let key = meta_key(&queue.endpoint, DROPPED);
+                store
+                    .meta
+                    .insert(key, serde_json::to_vec(&total).expect("a number"))?;
+            }
         }
         for (_, bytes, queues) in &records {
             for &q in queues {
@@ -721,32 +771,66 @@ impl Outbox {
         Ok(n)
     }
 
-    /// Delete the oldest `sensor.reading.updated` records, from every queue, until `bytes`
-    /// are freed (or a bounded scan finds no more). Returns how many were deleted. Health and
-    /// workspace events are never deleted. Not flushed: a crash brings them back, no harm.
-    pub fn drop_oldest_readings(&self, bytes: u64) -> Result<usize, OutboxError> {
+    /// Delete the oldest `sensor.reading.updated` records of `queue` until `bytes` are freed
+    /// (or a bounded scan finds no more). Returns how many were deleted. Health and workspace
+    /// events are never deleted. Not flushed: a crash brings them back, no harm.
+    pub fn drop_oldest_readings(&self, queue: QueueId, bytes: u64) -> Result<usize, OutboxError> {
         const SCAN: usize = 10_000;
         let reading = crate::event::EventType::SensorReadingUpdated
             .as_str()
             .as_bytes();
         self.with(|s| {
             let (mut dropped, mut freed) = (0, 0u64);
-            for (i, tree) in s.queues.iter().enumerate() {
-                for kv in tree.iter().take(SCAN) {
-                    if freed >= bytes {
-                        return Ok(dropped);
-                    }
-                    let (k, v) = kv?;
-                    if record_kind(&v) == Some(reading) && tree.remove(&k)?.is_some() {
-                        self.dropped_any.store(true, Ordering::Relaxed);
-                        self.forget(QueueId(i), v.len());
-                        dropped += 1;
-                        freed += v.len() as u64;
-                    }
+            let tree = &s.queues[queue.0];
+            for kv in tree.iter().take(SCAN) {
+                if freed >= bytes {
+                    break;
+                }
+                let (k, v) = kv?;
+                if record_kind(&v) == Some(reading) && tree.remove(&k)?.is_some() {
+                    self.dropped_any.store(true, Ordering::Relaxed);
+                    self.forget(queue, v.len());
+                    dropped += 1;
+                    freed += v.len() as u64;
                 }
             }
             Ok(dropped)
         })
+    }
+
+    /// Bytes of the records waiting in `queue`.
+    pub fn queue_bytes(&self, queue: QueueId) -> u64 {
+        self.queues[queue.0].bytes.load(Ordering::Relaxed)
+    }
+
+    /// Say whether delivery takes records out of `queue` (false while its endpoint is
+    /// disabled); a queue that does not drain never holds the others back when full.
+    pub fn set_draining(&self, queue: QueueId, draining: bool) {
+        self.queues[queue.0]
+            .draining
+            .store(draining, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self, queue: QueueId) -> bool {
+        self.queues[queue.0].draining.load(Ordering::Relaxed)
+    }
+
+    /// Events `queue` missed because its share was full while it could not drain, ever.
+    pub fn dropped_for(&self, queue: QueueId) -> u64 {
+        self.queues[queue.0].dropped.load(Ordering::Relaxed)
+    }
+
+    /// About how many bytes `batch` adds to each queue (in the order of [`Outbox::queues`]).
+    fn needs(&self, batch: &[Commit]) -> Vec<u64> {
+        let mut needs = vec![0u64; self.queues.len()];
+        for env in batch.iter().flat_map(|c| &c.envelopes) {
+            for (i, route) in self.routes.iter().enumerate() {
+                if (route.wants)(env.kind.as_str()) {
+                    needs[i] += size_of(env);
+                }
+            }
+        }
+        needs
     }
 
     /// Dead letters kept.
@@ -828,6 +912,20 @@ impl Outbox {
         }
     }
 }
+
+/// The `meta` key of `fact` about `endpoint`: `endpoint.<fact>` for `default` (as before there
+/// were several endpoints), `endpoint.<name>.<fact>` for the others.
+pub fn meta_key(endpoint: &str, fact: &str) -> String {
+    if endpoint == DEFAULT_ENDPOINT {
+        format!("endpoint.{fact}")
+    } else {
+        format!("endpoint.{endpoint}.{fact}")
+    }
+}
+
+/// The `meta` fact counting the events an endpoint missed because its share of the outbox was
+/// full while it could not drain (see [`run_writer`]).
+pub const DROPPED: &str = "dropped";
 
 /// The marker file beside the store naming its id (see `Store::check_identity`).
 const IDENTITY_FILE: &str = "outbox.id";
@@ -1073,8 +1171,19 @@ fn decode(seq: u64, bytes: &[u8]) -> Result<OutboxRecord, OutboxError> {
 }
 
 /// The outbox writer task: group incoming commits into batches, make room for each within
-/// `outbox.max_size`, write it in one transaction, flush, then send the batch's acks. Ends when
-/// the device stage has gone, after writing and flushing everything it sent.
+/// each queue's share of `outbox.max_size`, write it, flush, then send the batch's acks. Ends
+/// when the device stage has gone, after writing and flushing everything it sent.
+///
+/// # Shares
+/// Each queue (endpoint) may hold `max_size / queues` bytes, so no endpoint can take the space
+/// of another. When a batch does not fit in a queue's share:
+/// - a queue that drains (its endpoint is active and not disabled) applies `on_full`:
+///   back-pressure (the batch waits, unacknowledged, until delivery frees space) or dropping
+///   that queue's oldest readings;
+/// - a queue that cannot drain (disabled by a 410, inactive, no longer configured) would wait
+///   for ever and hold every other endpoint and every ack with it, so the batch's events are
+///   not stored *for that endpoint only*: counted ([`DROPPED`], `edgehook_endpoint_dropped_total`,
+///   `outbox status`) and logged, never silently. The other endpoints get them as usual.
 pub async fn run_writer(
     outbox: Outbox,
     mut commits: mpsc::Receiver<Commit>,
@@ -1083,11 +1192,11 @@ pub async fn run_writer(
     cancel: CancellationToken,
 ) {
     let mut batch: Vec<Commit> = Vec::with_capacity(config.batch_max);
-    let mut full = FullLog::default();
-    // A batch stays well under the size limit, so that room for it can always be made.
-    let max_batch_bytes = config.max_size / 8;
+    let mut full = FullLog::new(outbox.queues.len());
+    // A batch stays well under a share, so that room for it can always be made.
+    let max_batch_bytes = (config.max_size / outbox.queues.len().max(1) as u64 / 8).max(1);
     while let Some(first) = commits.recv().await {
-        let mut bytes = size_of(&first);
+        let mut bytes = commit_size(&first);
         batch.push(first);
         // Group commit: gather what arrives within `commit_delay` of the first, up to the caps.
         let deadline = tokio::time::Instant::now() + config.commit_delay;
@@ -1102,15 +1211,18 @@ pub async fn run_writer(
                     }
                 }
             };
-            bytes += size_of(&next);
+            bytes += commit_size(&next);
             batch.push(next);
         }
-        make_room(
-            &outbox, &batch, bytes, &config, &metrics, &cancel, &mut full,
-        )
-        .await;
-        let written = persist(&outbox, &batch, &metrics).await;
+        let refused = make_room(&outbox, &batch, &config, &metrics, &cancel, &mut full).await;
+        let written = persist(&outbox, &batch, &refused, &metrics).await;
         metrics.unrouted(written.unrouted as u64);
+        for (queue, n) in outbox.queues.iter().zip(&written.dropped) {
+            if *n > 0 {
+                queue.dropped.fetch_add(*n, Ordering::Relaxed);
+                metrics.endpoint(&queue.endpoint).dropped(*n);
+            }
+        }
         for commit in batch.drain(..) {
             for env in &commit.envelopes {
                 metrics.event_created(env.kind);
@@ -1130,94 +1242,129 @@ pub async fn run_writer(
     tracing::debug!("outbox writer drained");
 }
 
+/// About how many bytes one event takes in one queue.
+fn size_of(env: &Envelope) -> u64 {
+    (env.body.len() + env.lane.len() + env.id.len() + 32) as u64
+}
+
 /// About how many bytes `commit`'s events take in one queue.
-fn size_of(commit: &Commit) -> u64 {
-    commit
-        .envelopes
-        .iter()
-        .map(|e| (e.body.len() + e.lane.len() + e.id.len() + 32) as u64)
-        .sum()
+fn commit_size(commit: &Commit) -> u64 {
+    commit.envelopes.iter().map(size_of).sum()
 }
 
-/// How the writer last reported a full outbox (one line when it fills, one when it has room).
-#[derive(Default)]
+/// How the writer last reported each full queue: one line when it fills, one when it has room.
 struct FullLog {
-    since: Option<std::time::Instant>,
-    dropped: u64,
+    /// Per queue: since when it is full, and what was dropped meanwhile.
+    full: Vec<Option<(std::time::Instant, u64)>>,
 }
 
-/// Wait (or, with `on_full = drop_oldest_readings`, delete old readings) until `batch`, about
-/// `needed` bytes, fits in `outbox.max_size`. Batches are cut at an eighth of the limit, so
-/// there is always a way: delivery frees space. The limit gives way when the outbox is empty
-/// (one message larger than it is still written) and at shutdown (what the device stage
+impl FullLog {
+    fn new(queues: usize) -> FullLog {
+        FullLog {
+            full: vec![None; queues],
+        }
+    }
+}
+
+/// Make room for `batch` in the share of every queue it goes to (see [`run_writer`]): wait
+/// (back-pressure), or drop that queue's oldest readings (`on_full = drop_oldest_readings`),
+/// for queues that drain; for queues that cannot drain, mark them refused. Returns, per queue,
+/// whether the batch's events are left out of it. A queue's share gives way when the queue is
+/// empty (one message larger than it is still written) and at shutdown (what the device stage
 /// already made is kept).
 async fn make_room(
     outbox: &Outbox,
     batch: &[Commit],
-    needed: u64,
     config: &OutboxConfig,
     metrics: &Metrics,
     cancel: &CancellationToken,
     log: &mut FullLog,
-) {
-    if needed == 0 || batch.is_empty() {
-        return;
-    }
+) -> Vec<bool> {
+    let needs = outbox.needs(batch);
+    let share = config.max_size / outbox.queues.len().max(1) as u64;
+    let mut refused = vec![false; needs.len()];
     loop {
-        let used = outbox.bytes();
-        if used + needed <= config.max_size || outbox.is_empty() || cancel.is_cancelled() {
-            break;
-        }
-        if log.since.is_none() {
-            log.since = Some(std::time::Instant::now());
-            metrics.set_outbox_full(true);
-            let policy = match config.on_full {
-                OnFull::Backpressure => "holding new messages unacknowledged until delivery frees space (back-pressure; the broker keeps them)",
-                OnFull::DropOldestReadings => "dropping the oldest sensor readings to make room (on_full = drop_oldest_readings)",
-            };
-            tracing::error!(
-                used_bytes = used,
-                max_size = config.max_size,
-                pending = outbox.len(),
-                "outbox FULL: {policy}"
-            );
-        }
-        if config.on_full == OnFull::DropOldestReadings {
-            match outbox.drop_oldest_readings(used + needed - config.max_size) {
-                Ok(0) => {}
-                Ok(n) => {
-                    metrics.dropped(n as u64);
-                    log.dropped += n as u64;
-                    continue;
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot drop old readings"),
+        let mut waiting = false;
+        for (i, &needed) in needs.iter().enumerate() {
+            let queue = QueueId(i);
+            let used = outbox.queue_bytes(queue);
+            let fits = needed == 0 || used + needed <= share || outbox.queue_len(queue) == 0;
+            if fits || cancel.is_cancelled() {
+                refused[i] = false;
+                continue;
             }
+            let name = &outbox.queues[i].endpoint;
+            let draining = outbox.is_draining(queue);
+            if log.full[i].is_none() {
+                log.full[i] = Some((std::time::Instant::now(), 0));
+                if draining {
+                    let policy = match config.on_full {
+                        OnFull::Backpressure => "holding new messages unacknowledged until delivery frees space (back-pressure; the broker keeps them)",
+                        OnFull::DropOldestReadings => "dropping its oldest sensor readings to make room (on_full = drop_oldest_readings)",
+                    };
+                    tracing::error!(endpoint = %name, used_bytes = used, share_bytes = share, pending = outbox.queue_len(queue), "outbox FULL for endpoint `{name}`: {policy}");
+                } else {
+                    tracing::error!(endpoint = %name, used_bytes = used, share_bytes = share, pending = outbox.queue_len(queue), "outbox share FULL: endpoint `{name}` cannot drain (disabled, inactive or removed), so its new events are DROPPED for it alone (counted in edgehook_endpoint_dropped_total and `edgehook outbox status`); other endpoints still get them. Re-enable or purge it to stop this");
+                }
+            }
+            if !draining {
+                refused[i] = true;
+                continue;
+            }
+            if config.on_full == OnFull::DropOldestReadings {
+                match outbox.drop_oldest_readings(queue, used + needed - share) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        metrics.dropped(n as u64);
+                        if let Some((_, dropped)) = &mut log.full[i] {
+                            *dropped += n as u64;
+                        }
+                        if outbox.queue_bytes(queue) + needed <= share {
+                            continue;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot drop old readings"),
+                }
+            }
+            waiting = true;
+        }
+        metrics.set_outbox_full(waiting);
+        if !waiting {
+            break;
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = cancel.cancelled() => {}
         }
     }
-    if let Some(since) = log.since {
-        if outbox.bytes() + needed <= config.max_size || outbox.is_empty() {
+    for (i, &needed) in needs.iter().enumerate() {
+        let queue = QueueId(i);
+        let room = outbox.queue_bytes(queue) + needed <= share || outbox.queue_len(queue) == 0;
+        if let (true, Some((since, dropped))) = (room && !refused[i], log.full[i]) {
             tracing::warn!(
+                endpoint = %outbox.queues[i].endpoint,
                 full_for = %humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
-                dropped_readings = log.dropped,
+                dropped_readings = dropped,
                 "outbox has room again"
             );
-            metrics.set_outbox_full(false);
-            *log = FullLog::default();
+            log.full[i] = None;
         }
     }
+    refused
 }
 
 /// Write and flush one batch, retrying until it is durable.
-async fn persist(outbox: &Outbox, batch: &[Commit], metrics: &Metrics) -> Written {
+async fn persist(
+    outbox: &Outbox,
+    batch: &[Commit],
+    refused: &[bool],
+    metrics: &Metrics,
+) -> Written {
     let mut delay = Duration::from_millis(100);
     let mut failures = 0u64;
     loop {
         let started = std::time::Instant::now();
-        let result = match outbox.write(batch) {
+        let result = match outbox.write(batch, refused) {
             Ok(w) if w.queued == 0 && !batch.iter().any(|c| c.sync) => Ok(w),
             Ok(w) => outbox.flush().await.map(|()| w),
             Err(e) => Err(e),
@@ -1324,7 +1471,7 @@ mod tests {
             envelopes: vec![envelope("d")],
             ..Default::default()
         };
-        ob.write(&[commit()]).unwrap();
+        ob.write(&[commit()], &[]).unwrap();
         assert!(
             ob.pending_after(Q0, None, 10).unwrap().is_empty(),
             "written, not flushed: invisible"
@@ -1332,7 +1479,7 @@ mod tests {
         ob.flush().await.unwrap();
         let first = ob.pending_after(Q0, None, 10).unwrap();
         assert_eq!(first.len(), 1);
-        ob.write(&[commit()]).unwrap();
+        ob.write(&[commit()], &[]).unwrap();
         assert!(ob
             .pending_after(Q0, Some(first[0].seq), 10)
             .unwrap()
@@ -1358,10 +1505,13 @@ mod tests {
         let body = big.body.clone();
         {
             let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
-            ob.write(&[Commit {
-                envelopes: vec![big],
-                ..Default::default()
-            }])
+            ob.write(
+                &[Commit {
+                    envelopes: vec![big],
+                    ..Default::default()
+                }],
+                &[],
+            )
             .unwrap();
             ob.flush().await.unwrap();
             let blobs: Vec<_> = std::fs::read_dir(dir.path().join("outbox.sled/blobs"))
@@ -1407,7 +1557,7 @@ mod tests {
                 })
                 .collect();
             ids = commits.iter().map(|c| c.envelopes[0].id.clone()).collect();
-            assert_eq!(ob.write(&commits).unwrap().queued, 5);
+            assert_eq!(ob.write(&commits, &[]).unwrap().queued, 5);
             ob.flush().await.unwrap();
             assert_eq!(ob.len(), 5);
             let first = ob.pending_after(Q0, None, 1).unwrap();
@@ -1437,7 +1587,7 @@ mod tests {
             envelopes: vec![envelope("d1"), reading("d1"), envelope("d2")],
             ..Default::default()
         };
-        assert_eq!(ob.write(&[commit]).unwrap().queued, 3);
+        assert_eq!(ob.write(&[commit], &[]).unwrap().queued, 3);
         ob.flush().await.unwrap();
         assert_eq!((ob.queue_len(all), ob.queue_len(crm), ob.len()), (3, 2, 5));
         let crm_records = ob.pending_after(crm, None, 10).unwrap();
@@ -1488,7 +1638,7 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        ob.write(&commits).unwrap();
+        ob.write(&commits, &[]).unwrap();
         let q = ob.queue(DEFAULT_ENDPOINT).unwrap();
         assert_eq!(
             ob.lane_records(q, "device:a", 0, 100, 10).unwrap().0,
@@ -1520,9 +1670,37 @@ mod tests {
             envelopes: vec![reading("d1"), envelope("d1")],
             ..Default::default()
         };
-        let written = ob.write(&[commit]).unwrap();
+        let written = ob.write(&[commit], &[]).unwrap();
         assert_eq!((written.queued, written.unrouted), (1, 1));
         assert_eq!(ob.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_queue_misses_the_batch_and_counts_it_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        let routes = || vec![route(DEFAULT_ENDPOINT, ""), route("ops", "")];
+        {
+            let ob = Outbox::open(dir.path(), 1 << 20, routes()).unwrap();
+            let commit = Commit {
+                envelopes: vec![reading("d1"), envelope("d2")],
+                ..Default::default()
+            };
+            let written = ob.write(&[commit], &[false, true]).unwrap();
+            assert_eq!((written.queued, written.unrouted), (2, 0));
+            assert_eq!(written.dropped, [0, 2]);
+            ob.flush().await.unwrap();
+            let ops = ob.queue("ops").unwrap();
+            assert_eq!((ob.queue_len(Q0), ob.queue_len(ops)), (2, 0));
+            // as the writer does once the batch is durable
+            ob.queues[ops.0].dropped.fetch_add(2, Ordering::Relaxed);
+        }
+        let ob = Outbox::open(dir.path(), 1 << 20, routes()).unwrap();
+        assert_eq!(
+            ob.dropped_for(ob.queue("ops").unwrap()),
+            2,
+            "kept across a restart"
+        );
+        assert_eq!(ob.dropped_for(Q0), 0);
     }
 
     #[tokio::test]
@@ -1541,12 +1719,12 @@ mod tests {
             envelopes,
             ..Default::default()
         };
-        ob.write(&[commit]).unwrap();
+        ob.write(&[commit], &[]).unwrap();
         ob.flush().await.unwrap();
         let before = ob.bytes();
         // Room for a little more than one reading: the two oldest readings go.
         let one = encode(&reading("d9")).len() as u64;
-        assert_eq!(ob.drop_oldest_readings(one + 1).unwrap(), 2);
+        assert_eq!(ob.drop_oldest_readings(Q0, one + 1).unwrap(), 2);
         let left: Vec<String> = ob
             .pending_after(Q0, None, 10)
             .unwrap()
@@ -1556,7 +1734,7 @@ mod tests {
         assert_eq!(left, [lanes[0].clone(), lanes[2].clone(), lanes[4].clone()]);
         assert!(ob.bytes() < before);
         // Only health events left besides one reading: asking for more drops just that one.
-        assert_eq!(ob.drop_oldest_readings(u64::MAX).unwrap(), 1);
+        assert_eq!(ob.drop_oldest_readings(Q0, u64::MAX).unwrap(), 1);
         assert_eq!(ob.len(), 2);
     }
 }

@@ -183,6 +183,9 @@ pub struct EndpointMetrics {
     /// Answers by HTTP status code (2xx included).
     responses: std::sync::Mutex<std::collections::BTreeMap<u16, u64>>,
     events_filtered: AtomicU64,
+    /// Events not stored for this endpoint: its share of the outbox was full and it could not
+    /// drain.
+    events_dropped: AtomicU64,
     dead_letters: AtomicU64,
     disabled: AtomicBool,
     depth: AtomicU64,
@@ -230,6 +233,10 @@ impl EndpointMetrics {
     }
     pub fn set_disabled(&self, disabled: bool) {
         self.disabled.store(disabled, Ordering::Relaxed);
+    }
+    /// `n` events not stored for this endpoint (its share was full, it could not drain).
+    pub fn dropped(&self, n: u64) {
+        self.events_dropped.fetch_add(n, Ordering::Relaxed);
     }
     /// What delivery holds in memory now: events and their bytes.
     pub fn set_held(&self, events: usize, bytes: usize) {
@@ -531,6 +538,12 @@ impl Metrics {
             "gauge",
             "Events waiting in the endpoint's queue.",
             &per(&|e| get(&e.depth)),
+        );
+        metric(
+            "endpoint_dropped_total",
+            "counter",
+            "Events not stored for the endpoint because its share of outbox.max_size was full while it could not drain (disabled, inactive, removed); other endpoints still got them.",
+            &per(&|e| get(&e.events_dropped)),
         );
         metric(
             "delivery_window_events",

@@ -662,3 +662,92 @@ max = "300ms"
         })
         .await;
 }
+
+/// Issue 16 #4: an endpoint that cannot drain (here disabled by a 410) has its own share of
+/// `outbox.max_size`; when that share fills, what it misses is dropped *for it only*, counted,
+/// logged and shown by `outbox status`, while the healthy endpoint gets every event and MQTT
+/// keeps being acknowledged. It used to fill the whole outbox and stop the gateway (530 of
+/// 3,020 events delivered, then "outbox full" for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_endpoint_that_fills_its_share_never_stalls_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let all = Receiver::start().await;
+    let ops = Receiver::start().await;
+    ops.fail_with(410);
+    let config = format!(
+        r#"
+[webhook]
+url = "{all}"
+secret = "{secret}"
+timeout = "2s"
+[webhook.retry]
+initial = "50ms"
+max = "500ms"
+
+[[endpoints]]
+name = "ops"
+url = "{ops}"
+secret = "{secret}"
+timeout = "2s"
+
+[outbox]
+max_size = "256KiB"
+"#,
+        all = all.url,
+        ops = ops.url,
+        secret = common::SECRET
+    );
+    let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &config);
+    daemon.start();
+    let (_running, never) = tokio::sync::watch::channel(false);
+    let published = common::publishers(broker.port, "share", 4, Some(750), Duration::ZERO, never)
+        .await
+        .unwrap();
+    assert_eq!(published.len(), 3000);
+    let wait = Instant::now() + Duration::from_secs(120);
+    loop {
+        let missing = all.seen(|s| published.difference(&s.reading_keys()).count());
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < wait,
+            "{missing} of 3000 readings never reached the healthy endpoint\n{}\n{}",
+            common::http_get(daemon.metrics_port, "/metrics").unwrap_or_default(),
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        daemon.metric("edgehook_endpoint_disabled{endpoint=\"ops\"}"),
+        Some(1)
+    );
+    let dropped = daemon
+        .metric("edgehook_endpoint_dropped_total{endpoint=\"ops\"}")
+        .unwrap();
+    assert!(dropped > 0, "{}", daemon.log());
+    assert_eq!(
+        daemon.metric("edgehook_endpoint_dropped_total{endpoint=\"default\"}"),
+        Some(0)
+    );
+    let pending_ops = daemon
+        .metric("edgehook_endpoint_pending{endpoint=\"ops\"}")
+        .unwrap();
+    assert_eq!(
+        pending_ops + dropped,
+        3004,
+        "every event kept or counted as dropped"
+    );
+    let health = common::http_get(daemon.metrics_port, "/healthz").unwrap();
+    assert!(!health.contains("outbox full"), "{health}");
+    assert!(
+        daemon.log().contains("endpoint `ops` cannot drain"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+    let (code, out, err) = daemon.outbox_cli(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("dropped       {dropped}")), "{out}");
+}

@@ -156,6 +156,12 @@ pub async fn run(
                     "  dead letters  {}",
                     dead.iter().filter(|d| d.endpoint == name).count()
                 );
+                let dropped = outbox.dropped_for(queue);
+                if dropped > 0 {
+                    println!(
+                        "  dropped       {dropped} (its share of the outbox was full while it could not drain)"
+                    );
+                }
                 for (label, fact) in [
                     ("last success", LAST_SUCCESS),
                     ("last failure", LAST_FAILURE),

@@ -149,6 +149,7 @@ impl Dispatcher {
         let outbox = self.outbox.clone();
         if let Some(d) = &self.disabled {
             self.metrics.set_disabled(true);
+            self.outbox.set_draining(self.queue, false);
             tracing::error!(endpoint = %self.name, url = %self.endpoint.url_for_logs, reason = %d.reason, since = %d.since, "endpoint DISABLED: nothing is sent to it; its events stay in the outbox. Re-enable with `edgehook outbox enable --endpoint {}` once the receiver is fixed", self.name);
         }
         loop {
@@ -424,15 +425,7 @@ pub const DISABLED: &str = "disabled";
 pub const LAST_SUCCESS: &str = "last_success";
 pub const LAST_FAILURE: &str = "last_failure";
 
-/// The `meta` key of `fact` about `endpoint`: `endpoint.<fact>` for `default` (as before there
-/// were several endpoints), `endpoint.<name>.<fact>` for the others.
-pub fn meta_key(endpoint: &str, fact: &str) -> String {
-    if endpoint == crate::config::DEFAULT_ENDPOINT {
-        format!("endpoint.{fact}")
-    } else {
-        format!("endpoint.{endpoint}.{fact}")
-    }
-}
+pub use crate::outbox::meta_key;
 
 /// Why and since when an endpoint is disabled.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -506,6 +499,7 @@ impl Dispatcher {
         }
         tracing::error!(endpoint = %self.name, url = %self.endpoint.url_for_logs, reason = %disabled.reason, pending = self.outbox.queue_len(self.queue), "endpoint DISABLED after 410 Gone: nothing more is sent to it; its events stay in the outbox. Re-enable with `edgehook outbox enable --endpoint {}` once the receiver is fixed", self.name);
         self.metrics.set_disabled(true);
+        self.outbox.set_draining(self.queue, false);
         self.disabled = Some(disabled);
     }
 
