@@ -1182,8 +1182,15 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Whether the value at `key` is (or is inside) a secret: a `secret`, an entry of `secrets`,
+/// a `password`, or a header value (API keys live there). Its value is never echoed.
 fn is_secret_key(key: &str) -> bool {
-    key.ends_with("secret") || key.ends_with("password")
+    key.split('.').any(|part| {
+        let part = part.to_ascii_lowercase();
+        matches!(part.as_str(), "secret" | "secrets" | "password" | "headers")
+            || part.ends_with("secret")
+            || part.ends_with("password")
+    })
 }
 
 /// figment's own message, except that for secret keys the offending value is never echoed.
@@ -1222,6 +1229,34 @@ mod tests {
 
     fn err_of(text: &str) -> String {
         Config::from_toml_str(text).unwrap_err().to_string()
+    }
+
+    /// Issue 16 #11: `ExecStartPre=check-config` puts errors in the journal, so a value that
+    /// may be a secret is never printed back, whatever its type.
+    #[test]
+    fn a_type_error_in_a_header_or_a_secret_list_never_prints_the_value() {
+        for (section, key) in [
+            (
+                "headers = { \"X-Api-Key\" = 12345678 }",
+                "webhook.headers.X-Api-Key",
+            ),
+            ("secrets = [12345678]", "webhook.secrets"),
+            ("secret = 12345678", "webhook.secret"),
+            (
+                "headers = { \"X-Api-Key\" = true }",
+                "webhook.headers.X-Api-Key",
+            ),
+        ] {
+            let text = MINIMAL.replace("secret = \"s3cret-value\"", section);
+            let e = err_of(&text);
+            assert!(e.contains(key), "{e}");
+            assert!(!e.contains("12345678") && !e.contains("true"), "{e}");
+        }
+        let e = err_of(&format!(
+            "{MINIMAL}\n[[endpoints]]\nname = \"crm\"\nurl = \"http://127.0.0.1/x\"\nsecret = \"s\"\nheaders = {{ Authorization = 98765 }}\n"
+        ));
+        assert!(e.contains("headers") && !e.contains("98765"), "{e}");
+        assert!(!is_secret_key("mqtt.port") && !is_secret_key("webhook.timeout"));
     }
 
     #[test]
