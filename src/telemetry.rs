@@ -725,8 +725,19 @@ pub async fn notify_systemd(metrics: Arc<Metrics>, outbox: Outbox, cancel: Cance
     ]);
 }
 
+/// Connections the local listener serves at once; more wait in the kernel's backlog, using
+/// no file descriptor of the daemon's.
+const MAX_CONNECTIONS: usize = 32;
+/// A connection must send its request headers this soon (and, kept alive, its next ones).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// No connection lives longer than this.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
 /// Serve `GET /healthz` and `GET /metrics` on `listen` (loopback, checked by config) until
-/// cancelled. `/healthz` is 200 only while the broker is connected and the outbox writable.
+/// cancelled. Bounded so that no local client can starve the daemon: at most
+/// [`MAX_CONNECTIONS`] at once, each closed if its headers take longer than
+/// [`HEADER_TIMEOUT`] or it lives past [`CONNECTION_LIFETIME`]; an accept that fails (out of
+/// file descriptors) is retried after a growing pause, not in a spin.
 pub async fn serve(
     listen: SocketAddr,
     metrics: Arc<Metrics>,
@@ -741,24 +752,48 @@ pub async fn serve(
         }
     };
     tracing::info!(%listen, "health and metrics listening");
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut pause = Duration::from_millis(50);
+    let mut failures = 0u64;
     loop {
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => return,
+            permit = permits.clone().acquire_owned() => permit.expect("never closed"),
+        };
         let stream = tokio::select! {
             _ = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => continue,
+                Ok((stream, _)) => {
+                    pause = Duration::from_millis(50);
+                    stream
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(error = %e, failures, "health and metrics listener cannot accept; pausing");
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                    continue;
+                }
             },
         };
         let metrics = metrics.clone();
         let outbox = outbox.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let response = answer(req.uri().path(), &metrics, &outbox);
                 async move { Ok::<_, Infallible>(response) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
         });
     }
 }

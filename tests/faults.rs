@@ -661,3 +661,78 @@ fn peak_rss_kb(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM in /proc/<pid>/status")
 }
+
+/// Issue 16 #10: any local user can open connections to the health and metrics listener. With
+/// the daemon's file descriptors limited to 128 and 160 connections that never send a byte,
+/// it used to accept until it ran out of descriptors, then spin on the failing accept, and
+/// had none left to deliver with. Now it serves a bounded number at once, closes the silent
+/// ones after the header timeout, and delivers and answers `/healthz` meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_silent_local_connections_starves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+    let pid = daemon.pid().unwrap();
+    let limited = Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), "--nofile=128:128"])
+        .status()
+        .unwrap();
+    assert!(limited.success());
+    let mut silent = Vec::new();
+    for _ in 0..160 {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], daemon.metrics_port));
+        if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            silent.push(s);
+        }
+    }
+    assert!(
+        silent.len() >= 100,
+        "only {} connections made",
+        silent.len()
+    );
+    let ticks_before = cpu_ticks(pid);
+    let started = Instant::now();
+    let changes = publish(
+        &mut device(broker.port, "flood-occ-1", DeviceClass::OccupancySensor).await,
+        5,
+        1.0,
+    )
+    .await;
+    receiver
+        .wait_until(LONG, "readings delivered during the flood", |s| {
+            s.readings_of("flood-occ-1") == changes
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu = (cpu_ticks(pid) - ticks_before) as f64 / 100.0;
+    let wall = started.elapsed().as_secs_f64();
+    assert!(
+        cpu < wall * 0.5,
+        "{cpu:.2} s of CPU in {wall:.2} s: spinning"
+    );
+    // The silent ones are closed after the header timeout; the listener serves again.
+    drop(silent);
+    let wait = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(health) = common::http_get(daemon.metrics_port, "/healthz") {
+            assert!(health.contains("ok"), "{health}");
+            break;
+        }
+        assert!(
+            Instant::now() < wait,
+            "/healthz never answered after the flood"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// User plus system CPU time of `pid`, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
