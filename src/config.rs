@@ -1186,7 +1186,8 @@ pub fn redact_url(url: &str) -> String {
 /// a `password`, or a header value (API keys live there). Its value is never echoed.
 fn is_secret_key(key: &str) -> bool {
     key.split('.').any(|part| {
-        let part = part.to_ascii_lowercase();
+        // `secrets[0]`: the list's name
+        let part = part.split('[').next().unwrap_or(part).to_ascii_lowercase();
         matches!(part.as_str(), "secret" | "secrets" | "password" | "headers")
             || part.ends_with("secret")
             || part.ends_with("password")
