@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -14,7 +15,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("{}: not a PEM certificate file", path.display()))?;
     anyhow::ensure!(
@@ -48,9 +49,12 @@ pub fn client_config_with(
         Some((cert, key)) => {
             let chain = read_certs(cert)?;
             let pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-            let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut pem.as_slice())
-                .with_context(|| format!("{}: not a PEM private key", key.display()))?
-                .with_context(|| format!("{}: no private key in the file", key.display()))?;
+            let key_der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+                rustls::pki_types::pem::Error::NoItemsFound => {
+                    anyhow::anyhow!("{}: no private key in the file", key.display())
+                }
+                e => anyhow::anyhow!("{}: not a PEM private key: {e}", key.display()),
+            })?;
             builder
                 .with_client_auth_cert(chain, key_der)
                 .context("client certificate and key do not match")?
