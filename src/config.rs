@@ -124,8 +124,10 @@ pub struct MqttConfig {
     pub persistent_session: bool,
     /// Payloads larger than this are counted and skipped.
     pub max_payload_bytes: usize,
-    /// Largest MQTT packet the client accepts at all. A packet over this limit breaks the
-    /// connection, so keep it well above `max_payload_bytes` (and the broker's own limit below it).
+    /// Largest MQTT packet the client reads in the normal course. A message over it that the
+    /// broker delivers anyway is read once at a raised limit (at most 16 MiB), counted as
+    /// oversize and acknowledged, so that it cannot block the session; set the broker's own
+    /// `max_packet_size` to at most this so that it refuses such messages from the start.
     pub max_packet_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub reconnect_min: Duration,

@@ -238,3 +238,56 @@ async fn malformed_payloads_are_counted_logged_once_and_skipped() {
     assert!(!log.contains("panicked"), "{log}");
     assert!(receiver.seen(|s| s.of_type("sensor.reading.updated").len()) == 1);
 }
+
+/// Issue 16 #8: a QoS 1 message larger than `mqtt.max_packet_bytes`, waiting on the persistent
+/// session. rumqttc refuses such a packet before it reads its packet id, so the connection
+/// broke, the broker redelivered it on every reconnect (24 reconnects in 10 s), and no other
+/// message got through. Now it is read once at a raised limit, counted as oversize and
+/// acknowledged, and the other devices' readings flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_is_counted_and_skipped_while_the_rest_flows() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon
+        .env
+        .push(("EDGEHOOK_MQTT__MAX_PACKET_BYTES".into(), "2048".into()));
+    daemon
+        .env
+        .push(("EDGEHOOK_MQTT__MAX_PAYLOAD_BYTES".into(), "1024".into()));
+    daemon.start();
+    let mut big = device(broker.port, "big-occ-1", DeviceClass::OccupancySensor).await;
+    let blob = "x".repeat(5 * 1024);
+    big.publish_raw(format!(r#"{{"presence":true,"blob":"{blob}"}}"#).into_bytes())
+        .await
+        .unwrap();
+    big.flushed().await.unwrap();
+    let good = publish(
+        &mut device(broker.port, "small-occ-1", DeviceClass::OccupancySensor).await,
+        3,
+        1.0,
+    )
+    .await;
+    receiver
+        .wait_until(LONG, "the other device's readings", |s| {
+            s.readings_of("small-occ-1") == good
+        })
+        .await;
+    assert_eq!(
+        daemon.metric("edgehook_decode_errors_total{kind=\"oversize\"}"),
+        Some(1)
+    );
+    let connects = daemon.metric("edgehook_mqtt_connects_total").unwrap();
+    assert!(connects <= 3, "{connects} connections: {}", daemon.log());
+    assert!(daemon.log().contains("max_packet_size"), "{}", daemon.log());
+    // Acknowledged: a restart does not see it again.
+    daemon.kill9();
+    daemon.start();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        daemon.metric("edgehook_decode_errors_total{kind=\"oversize\"}"),
+        Some(0)
+    );
+    assert!(receiver.seen(|s| s.readings_of("big-occ-1").is_empty()));
+}

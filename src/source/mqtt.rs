@@ -30,6 +30,10 @@ use super::{
 use crate::config::{Config, PayloadKind};
 use crate::telemetry::{FaultLog, Metrics};
 
+/// The largest packet the client will read once, to acknowledge and skip a message over
+/// `mqtt.max_packet_bytes` that the broker keeps redelivering (see [`MqttSource::run`]).
+const SKIP_CEILING: usize = 16 * 1024 * 1024;
+
 /// Capacity of rumqttc's request channel. Acks go through it without waiting, so it must hold
 /// more than the broker's in-flight window (at most 65535 by the protocol, typically 20–1000).
 const REQUEST_CHANNEL: usize = 16 * 1024;
@@ -186,6 +190,8 @@ impl Decoder {
 /// The MQTT source task's state.
 pub struct MqttSource {
     options: MqttOptions,
+    /// `mqtt.max_packet_bytes`.
+    max_packet: usize,
     decoder: Decoder,
     reconnect_min: Duration,
     reconnect_max: Duration,
@@ -221,6 +227,7 @@ impl MqttSource {
         }
         Ok(MqttSource {
             options,
+            max_packet: m.max_packet_bytes,
             decoder: Decoder::new(config).map_err(anyhow::Error::msg)?,
             reconnect_min: m.reconnect_min,
             reconnect_max: m.reconnect_max,
@@ -268,6 +275,12 @@ impl MqttSource {
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     self.metrics.message_received();
+                    if publish.payload.len() > self.max_packet {
+                        // The one read at a raised limit: later connections are back to normal.
+                        eventloop
+                            .mqtt_options
+                            .set_max_packet_size(self.max_packet, 64 * 1024);
+                    }
                     let ack = make_ack(&client, &generation, &publish);
                     if let Some(inbound) = self.decode(&publish, ack) {
                         tokio::select! {
@@ -278,6 +291,26 @@ impl MqttSource {
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    // Acks of messages from the lost connection must not go out on the next
+                    // one: the broker redelivers those, and by then their packet ids may name
+                    // other messages (rumqttc drops only the acks queued before the error).
+                    generation.fetch_add(1, Ordering::SeqCst);
+                    if let Some(size) = oversize(&e) {
+                        self.metrics.set_mqtt_connected(false);
+                        if size <= SKIP_CEILING {
+                            if let Some(suppressed) =
+                                self.faults.admit("oversize", "(packet)", Instant::now())
+                            {
+                                tracing::warn!(broker = %self.host, bytes = size, max_packet_bytes = self.max_packet, suppressed, "a message larger than mqtt.max_packet_bytes is waiting at the broker; reconnecting once with a limit that fits it, to acknowledge and skip it. Set the broker's max_packet_size to at most mqtt.max_packet_bytes so that it refuses such messages when they are published");
+                            }
+                            eventloop
+                                .mqtt_options
+                                .set_max_packet_size(size + 8, 64 * 1024);
+                            continue; // reconnect at once, no backoff: nothing is wrong with the broker
+                        }
+                        self.metrics.decode_error("oversize");
+                        tracing::error!(broker = %self.host, bytes = size, ceiling = SKIP_CEILING, "a message too large to read even once is waiting at the broker, and it blocks every message behind it on this session. Remove it at the broker (or raise nothing: edgehook will not read it), and set the broker's max_packet_size to at most mqtt.max_packet_bytes");
+                    }
                     if self.metrics.mqtt_connected() || failures == 0 {
                         tracing::warn!(broker = %self.host, error = %e, "MQTT connection lost or refused; reconnecting with backoff");
                     } else {
@@ -336,6 +369,16 @@ impl MqttSource {
                 None
             }
         }
+    }
+}
+
+/// The size of the packet the client refused as over its limit, if that is what `e` is.
+fn oversize(e: &rumqttc::ConnectionError) -> Option<usize> {
+    match e {
+        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(size),
+        )) => Some(*size),
+        _ => None,
     }
 }
 
