@@ -96,6 +96,9 @@ pub struct Config {
     pub device_classes: Vec<DeviceClassConfig>,
     #[serde(default)]
     pub workspaces: Vec<WorkspaceConfig>,
+    /// Bounds on what the device stage remembers, so that junk cannot take the memory.
+    #[serde(default)]
+    pub devices: DevicesConfig,
     /// The receiver, for a gateway with one (its endpoint name is `default`). Leave its `url`
     /// unset when `endpoints` lists them all.
     pub webhook: WebhookConfig,
@@ -355,6 +358,29 @@ fn default_booking_field() -> String {
     "booked".into()
 }
 
+/// `[devices]`: bounds on the device registry. A flood of made-up device ids or field names
+/// (a misconfigured publisher, a hostile one on an open broker) is bad input: counted, logged
+/// once a minute, acknowledged, and no event; the devices already known keep flowing.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    /// Devices remembered at most (each costs about 2 KB of memory and its state on disk);
+    /// messages from further new devices are skipped.
+    pub max_devices: usize,
+    /// Field names one device's readings may use at most; a reading that would take a device
+    /// past it is skipped.
+    pub max_fields: usize,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> DevicesConfig {
+        DevicesConfig {
+            max_devices: 5_000,
+            max_fields: 64,
+        }
+    }
+}
+
 /// The name of the `[webhook]` endpoint.
 pub const DEFAULT_ENDPOINT: &str = "default";
 
@@ -587,6 +613,7 @@ impl Default for Config {
             serial_ports: Vec::new(),
             device_classes: Vec::new(),
             workspaces: Vec::new(),
+            devices: DevicesConfig::default(),
             webhook: WebhookConfig {
                 name: DEFAULT_ENDPOINT.into(),
                 ..WebhookConfig::default()
@@ -684,6 +711,12 @@ impl Config {
         }
         if self.mqtt.host.trim().is_empty() {
             return bad("mqtt.host", "must not be empty".into());
+        }
+        if self.devices.max_devices == 0 {
+            return bad("devices.max_devices", "must be at least 1".into());
+        }
+        if self.devices.max_fields == 0 {
+            return bad("devices.max_fields", "must be at least 1".into());
         }
         if self.mqtt.port == 0 {
             return bad("mqtt.port", "must be 1-65535".into());
@@ -1088,6 +1121,9 @@ impl Config {
         }
         if differ(&self.outbox, &new.outbox) {
             keys.push("outbox");
+        }
+        if self.devices != new.devices {
+            keys.push("devices");
         }
         if differ(&self.telemetry, &new.telemetry) {
             keys.push("telemetry");

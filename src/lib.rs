@@ -115,7 +115,9 @@ pub async fn run_with_reloads(
         known,
         known_workspaces,
         clock.now(),
-    );
+    )
+    .with_limits(config.devices.clone());
+    metrics.set_devices(registry.len() as u64);
     let mqtt = if config.mqtt.subscriptions.is_empty() {
         None
     } else {
@@ -165,6 +167,7 @@ pub async fn run_with_reloads(
         inbound_rx,
         rules_rx,
         commit_tx,
+        metrics.clone(),
     ));
     tracker.spawn(outbox::run_writer(
         outbox.clone(),

@@ -167,6 +167,10 @@ pub struct Metrics {
     dead_letters_kept: AtomicU64,
     outbox_write_failures: AtomicU64,
     outbox_commit: Histogram,
+    /// Messages the device registry skipped, by why (`device::Refused::KINDS`).
+    device_refusals: [AtomicU64; 2],
+    /// Devices the registry knows.
+    devices: AtomicU64,
     /// One per endpoint (and per queue left by a removed endpoint), in registration order.
     endpoints: std::sync::Mutex<Vec<Arc<EndpointMetrics>>>,
 }
@@ -246,6 +250,18 @@ impl EndpointMetrics {
 }
 
 impl Metrics {
+    /// A message skipped for the registry's bounds (`kind` from `device::Refused::KINDS`).
+    pub fn device_message_refused(&self, kind: &str) {
+        if let Some(i) = crate::device::Refused::KINDS
+            .iter()
+            .position(|k| *k == kind)
+        {
+            self.device_refusals[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    pub fn set_devices(&self, n: u64) {
+        self.devices.store(n, Ordering::Relaxed);
+    }
     pub fn set_mqtt_enabled(&self, enabled: bool) {
         self.mqtt_enabled.store(enabled, Ordering::Relaxed);
     }
@@ -430,6 +446,18 @@ impl Metrics {
             "counter",
             "Serial ports that closed (unplugged, failed) and were reopened or are being retried.",
             &plain(get(&self.serial_port_losses)),
+        );
+        metric(
+            "devices",
+            "gauge",
+            "Devices the registry knows (at most devices.max_devices).",
+            &plain(get(&self.devices)),
+        );
+        metric(
+            "device_messages_refused_total",
+            "counter",
+            "Messages skipped for the registry's bounds: from a new device past devices.max_devices, or with fields past devices.max_fields.",
+            &by("reason", &crate::device::Refused::KINDS, &self.device_refusals),
         );
         metric(
             "events_created_total",
@@ -634,6 +662,9 @@ impl Metrics {
     }
 }
 
+/// Sources (topics, ports) a [`FaultLog`] tells apart at once.
+pub const FAULT_SOURCES: usize = 256;
+
 /// Rate limiter for per-message fault logs: the first fault of a kind from a source is logged,
 /// repeats within `window` are only counted and summarised with the next logged one.
 pub struct FaultLog {
@@ -651,13 +682,19 @@ impl FaultLog {
 
     /// `Some(suppressed)` when this fault should be logged now (with how many were suppressed
     /// since the last line), `None` when it should only be counted.
+    /// At most [`FAULT_SOURCES`] sources are told apart; past that (a flood of made-up topics),
+    /// faults of one kind from any further source share one line a window.
     pub fn admit(&mut self, kind: &'static str, source: &str, now: Instant) -> Option<u64> {
-        if self.seen.len() > 1024 {
+        let mut key = (kind, source.to_string());
+        if !self.seen.contains_key(&key) && self.seen.len() >= FAULT_SOURCES {
             let window = self.window;
             self.seen
                 .retain(|_, (at, _)| now.duration_since(*at) < window);
+            if self.seen.len() >= FAULT_SOURCES {
+                key = (kind, "(other sources)".to_string());
+            }
         }
-        match self.seen.get_mut(&(kind, source.to_string())) {
+        match self.seen.get_mut(&key) {
             Some((at, suppressed)) if now.duration_since(*at) < self.window => {
                 *suppressed += 1;
                 None
@@ -669,7 +706,7 @@ impl FaultLog {
                 Some(n)
             }
             None => {
-                self.seen.insert((kind, source.to_string()), (now, 0));
+                self.seen.insert(key, (now, 0));
                 Some(0)
             }
         }
@@ -820,6 +857,26 @@ fn answer(path: &str, metrics: &Metrics, outbox: &Outbox) -> Response<Full<Bytes
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 16 #6: a flood of made-up topics used to get a log line each (and an entry each,
+    /// for a minute): past [`FAULT_SOURCES`] they share one line a window.
+    #[test]
+    fn a_flood_of_sources_is_logged_once_a_window_in_bounded_memory() {
+        let mut log = FaultLog::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let logged = (0..10_000)
+            .filter(|i| {
+                log.admit("not_json", &format!("junk/{i}/reading"), now)
+                    .is_some()
+            })
+            .count();
+        assert_eq!(logged, FAULT_SOURCES + 1);
+        assert!(log.seen.len() <= FAULT_SOURCES + 1);
+        // the next window starts afresh (the counters in /metrics keep the totals)
+        let later = now + Duration::from_secs(61);
+        assert_eq!(log.admit("not_json", "junk/x/reading", later), Some(0));
+        assert_eq!(log.seen.len(), 1);
+    }
 
     #[test]
     fn fault_log_admits_first_then_summarises() {

@@ -736,3 +736,67 @@ fn cpu_ticks(pid: u32) -> u64 {
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
+
+/// Issue 16 #6: readings from 5,000 made-up device ids (with `max_devices = 500`). Every one
+/// used to get a registry entry and a state on disk (30,000 took the memory from 8 to 80 MB,
+/// and as much again at every start: a crash loop under `MemoryMax=96M`). Past the bound they
+/// are bad input: counted, logged once a minute, acknowledged, no event; the known device keeps
+/// flowing, and memory stays under half of `MemoryMax`, also after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unknown_device_ids_is_refused_past_the_bound_and_known_devices_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let bounds = "[devices]\nmax_devices = 500\n";
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, bounds);
+    daemon.start();
+    let mut known = device(broker.port, "known-occ-1", DeviceClass::OccupancySensor).await;
+    let before = publish(&mut known, 2, 1.0).await;
+    let topics: Vec<String> = (0..5_000)
+        .map(|i| format!("sensors/junk-{i:05}-{}/reading", fastrand::u32(..)))
+        .collect();
+    let messages: Vec<(&str, &str)> = topics
+        .iter()
+        .map(|t| (t.as_str(), r#"{"presence":true,"temperature":20.5}"#))
+        .collect();
+    common::publish_plain(broker.port, "junk-flood", &messages).await;
+    let after = publish(&mut known, 2, 1.0).await;
+    receiver
+        .wait_until(LONG, "the known device's readings through the flood", |s| {
+            s.readings_of("known-occ-1") == [before.clone(), after.clone()].concat()
+        })
+        .await;
+    let refused = "edgehook_device_messages_refused_total{reason=\"max_devices\"}";
+    let wait = Instant::now() + LONG;
+    while daemon.metric(refused) < Some(4_500) {
+        assert!(Instant::now() < wait, "{:?}", daemon.metric(refused));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        daemon.metric(refused),
+        Some(4_501),
+        "5,000 new ids, 499 places left"
+    );
+    assert_eq!(daemon.metric("edgehook_devices"), Some(500));
+    let lines = daemon.log().matches("device limit reached").count();
+    assert_eq!(lines, 1, "logged once a minute: {}", daemon.log());
+    let peak = peak_rss_kb(daemon.pid().unwrap());
+    assert!(peak < 48 * 1024, "peak RSS {peak} kB");
+    receiver.seen(|s| {
+        let junk = s.events.iter().filter(|e| {
+            e["data"]["device_id"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("junk-"))
+        });
+        assert_eq!(
+            junk.count(),
+            499 * 2,
+            "online and a reading for each admitted id"
+        );
+    });
+    daemon.kill9();
+    daemon.start();
+    assert_eq!(daemon.metric("edgehook_devices"), Some(500));
+    let peak = peak_rss_kb(daemon.pid().unwrap());
+    assert!(peak < 48 * 1024, "peak RSS {peak} kB after a restart");
+}

@@ -35,7 +35,7 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use wildmatch::WildMatch;
 
-use crate::config::{DeviceClassConfig, WorkspaceConfig};
+use crate::config::{DeviceClassConfig, DevicesConfig, WorkspaceConfig};
 use crate::event::{Envelope, Event, EventType};
 use crate::outbox::Commit;
 use crate::source::{Inbound, InboundBody};
@@ -179,6 +179,28 @@ pub struct Applied {
     /// only change is a device's `last_seen` moving on, which is checkpointed lazily: see
     /// [`SEEN_RESOLUTION`] for why a stale `last_seen` after a restart reports nothing wrong.
     pub sync: bool,
+    /// The message was skipped as bad input, and why (the registry's bounds).
+    pub refused: Option<Refused>,
+}
+
+/// Why a message was skipped by the registry (see [`DevicesConfig`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// From a new device, with `max_devices` already known.
+    MaxDevices,
+    /// Its fields would take the device past `max_fields` field names.
+    MaxFields,
+}
+
+impl Refused {
+    pub const KINDS: [&'static str; 2] = ["max_devices", "max_fields"];
+
+    pub fn kind(self) -> &'static str {
+        match self {
+            Refused::MaxDevices => Self::KINDS[0],
+            Refused::MaxFields => Self::KINDS[1],
+        }
+    }
 }
 
 impl Applied {
@@ -208,6 +230,7 @@ pub struct Registry {
     scheduled: HashMap<Timer, Millis>,
     /// When this run started (see [`DeviceClass::settle`]).
     started: Millis,
+    limits: DevicesConfig,
 }
 
 impl Registry {
@@ -236,9 +259,17 @@ impl Registry {
             timers: BTreeSet::new(),
             scheduled: HashMap::new(),
             started,
+            limits: DevicesConfig::default(),
         };
         registry.install(classes, workspaces, known_workspaces.into_iter().collect());
         registry
+    }
+
+    /// Bound the registry (the default is [`DevicesConfig::default`]). Devices already known
+    /// stay, even past the bound; only new ones are refused.
+    pub fn with_limits(mut self, limits: DevicesConfig) -> Registry {
+        self.limits = limits;
+        self
     }
 
     /// Take new device rules (a configuration reload) at `now`: classes are matched afresh,
@@ -340,6 +371,10 @@ impl Registry {
     /// Apply one message from `device_id` received at `now` (after anything already due).
     pub fn apply(&mut self, device_id: &str, body: &InboundBody, now: Millis) -> Applied {
         let mut out = self.tick(now);
+        if let Some(refused) = self.refuses(device_id, body) {
+            out.refused = Some(refused);
+            return out;
+        }
         if !self.devices.contains_key(device_id) {
             let class = self.class_of(device_id);
             self.devices.insert(
@@ -385,6 +420,28 @@ impl Registry {
         self.schedule_device(device_id);
         self.evaluate_workspaces_of(device_id, now, &mut out);
         out
+    }
+
+    /// Whether a message from `device_id` is beyond the registry's bounds.
+    fn refuses(&self, device_id: &str, body: &InboundBody) -> Option<Refused> {
+        let known = self.devices.get(device_id);
+        if known.is_none() && self.devices.len() >= self.limits.max_devices {
+            return Some(Refused::MaxDevices);
+        }
+        let InboundBody::Reading { fields, .. } = body else {
+            return None;
+        };
+        let state = known.map(|d| &d.state);
+        let has = |k: &String| state.is_some_and(|s| s.latest(k).is_some());
+        let held = state.and_then(|s| s.held.as_ref()).map_or(0, |h| {
+            h.fields
+                .keys()
+                .filter(|k| !state.is_some_and(|s| s.values.contains_key(*k)))
+                .count()
+        });
+        let before = state.map_or(0, |s| s.values.len()) + held;
+        let new = fields.keys().filter(|k| !has(k)).count();
+        (before + new > self.limits.max_fields).then_some(Refused::MaxFields)
     }
 
     /// Everything the clock has made due by `now`: debounced offlines, lost communication,
@@ -670,13 +727,30 @@ pub async fn run(
     mut inbound: mpsc::Receiver<Inbound>,
     mut rules: mpsc::Receiver<Rules>,
     commits: mpsc::Sender<Commit>,
+    metrics: Arc<crate::telemetry::Metrics>,
 ) {
     let mut reloadable = true;
+    let mut faults = crate::telemetry::FaultLog::new(Duration::from_secs(60));
     loop {
         let wake = registry.next_deadline().map(|at| clock.instant_at(at));
         let (applied, ack) = tokio::select! {
             msg = inbound.recv() => match msg {
-                Some(msg) => (registry.apply(&msg.device_id, &msg.body, clock.now()), msg.ack),
+                Some(msg) => {
+                    let applied = registry.apply(&msg.device_id, &msg.body, clock.now());
+                    if let Some(refused) = applied.refused {
+                        metrics.device_message_refused(refused.kind());
+                        if let Some(suppressed) = faults.admit(refused.kind(), "registry", std::time::Instant::now()) {
+                            let limits = &registry.limits;
+                            match refused {
+                                Refused::MaxDevices => tracing::warn!(device_id = %msg.device_id, max_devices = limits.max_devices, suppressed, "device limit reached: messages from new devices are skipped (known devices keep flowing); raise devices.max_devices if these are real devices"),
+                                Refused::MaxFields => tracing::warn!(device_id = %msg.device_id, max_fields = limits.max_fields, suppressed, "reading skipped: it would give the device more than devices.max_fields field names"),
+                            }
+                        }
+                    } else {
+                        metrics.set_devices(registry.len() as u64);
+                    }
+                    (applied, msg.ack)
+                }
                 None => break,
             },
             new = rules.recv(), if reloadable => match new {
@@ -910,6 +984,49 @@ mod tests {
             assert_eq!(!a.devices.is_empty(), *states, "{case}");
             assert_eq!(a.sync, *sync, "{case}");
         }
+    }
+
+    /// Issue 16 #6: the registry's bounds, as a table of messages and what each does.
+    #[test]
+    fn the_registry_is_bounded_in_devices_and_field_names() {
+        let limits = DevicesConfig {
+            max_devices: 2,
+            max_fields: 3,
+        };
+        let mut r = Registry::new(&[], &[], [], [], 0).with_limits(limits);
+        let cases: &[(&str, Value, Option<Refused>)] = &[
+            ("a1", json!({"x": 1}), None),
+            ("a2", json!({"x": 1}), None),
+            ("a3", json!({"x": 1}), Some(Refused::MaxDevices)),
+            ("a1", json!({"x": 2, "y": 1, "z": 1}), None),
+            ("a1", json!({"w": 1}), Some(Refused::MaxFields)),
+            ("a1", json!({"x": 3}), None),
+            (
+                "a2",
+                json!({"p": 1, "q": 1, "r": 1}),
+                Some(Refused::MaxFields),
+            ),
+        ];
+        for (i, (device, fields, refused)) in cases.iter().enumerate() {
+            let a = r.apply(device, &reading(fields.clone()), 1_000 + i as Millis);
+            assert_eq!(a.refused, *refused, "case {i}");
+            if refused.is_some() {
+                assert!(
+                    a.events.is_empty() && a.devices.is_empty(),
+                    "case {i}: {a:?}"
+                );
+            } else {
+                assert!(!a.events.is_empty(), "case {i}");
+            }
+        }
+        assert_eq!(r.len(), 2);
+        assert!(r.device("a3").is_none());
+        // A status from a known device still counts; from a new one it is refused too.
+        assert_eq!(r.apply("a2", &OFFLINE, 2_000).refused, None);
+        assert_eq!(
+            r.apply("a9", &ONLINE, 2_000).refused,
+            Some(Refused::MaxDevices)
+        );
     }
 
     #[test]

@@ -861,26 +861,36 @@ pub fn reading_key(event: &Value) -> (String, u64) {
 pub async fn publish_plain(port: u16, client_id: &str, messages: &[(&str, &str)]) {
     use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
     let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
-    options.set_keep_alive(Duration::from_secs(5));
+    options
+        .set_keep_alive(Duration::from_secs(5))
+        .set_inflight(100);
     let (client, mut eventloop) = AsyncClient::new(options, 64);
-    for (topic, payload) in messages {
-        client
-            .publish(*topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
-            .await
-            .unwrap();
-    }
-    let mut acked = 0;
-    let wait = tokio::time::timeout(Duration::from_secs(20), async {
-        while acked < messages.len() {
-            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await.unwrap() {
-                acked += 1;
+    let (acked_tx, mut acked) = tokio::sync::watch::channel(0usize);
+    let poller = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked_tx.send_modify(|n| *n += 1),
+                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => return,
+                Ok(_) => {}
             }
         }
-        client.disconnect().await.unwrap();
-        while !matches!(
-            eventloop.poll().await,
-            Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)
-        ) {}
     });
-    wait.await.expect("the broker acknowledges every publish");
+    let want = messages.len();
+    let run = async {
+        for (topic, payload) in messages {
+            client
+                .publish(*topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
+                .await
+                .unwrap();
+        }
+        acked
+            .wait_for(|n| *n >= want)
+            .await
+            .expect("the publisher's connection stays up");
+        client.disconnect().await.unwrap();
+        poller.await.unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the broker acknowledges every publish");
 }
