@@ -30,6 +30,7 @@
 //! the next start.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod deliver;
 #[cfg(feature = "demo")]

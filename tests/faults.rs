@@ -800,3 +800,135 @@ async fn a_flood_of_unknown_device_ids_is_refused_past_the_bound_and_known_devic
     let peak = peak_rss_kb(daemon.pid().unwrap());
     assert!(peak < 48 * 1024, "peak RSS {peak} kB after a restart");
 }
+
+/// libfaketime for the daemon only (mosquitto and the receivers keep the real clock); the
+/// monotonic clock stays real, as it is across an NTP step.
+fn fake_clock(daemon: &mut Daemon, offset_file: &std::path::Path) {
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(
+        std::path::Path::new(lib).exists(),
+        "libfaketime is not installed (apt-get install faketime)"
+    );
+    daemon.env.push(("LD_PRELOAD".into(), lib.into()));
+    daemon
+        .env
+        .push(("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()));
+    daemon.env.push((
+        "FAKETIME_TIMESTAMP_FILE".into(),
+        offset_file.display().to_string(),
+    ));
+    daemon.env.push(("FAKETIME_NO_CACHE".into(), "1".into()));
+}
+
+/// The envelope time of an event, in Unix ms.
+fn stamped_ms(event: &serde_json::Value) -> u64 {
+    let t = humantime::parse_rfc3339(event["timestamp"].as_str().unwrap()).unwrap();
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// Issue 16 #7: state written while the clock was a day ahead, then a restart with the right
+/// clock (a Pi whose clock was wrong at boot, corrected before the next start). New changes
+/// were never reported, even with `min_interval = 0`: every remembered time was in the future.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_written_a_day_ahead_does_not_freeze_reporting_under_the_right_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    let offset = dir.path().join("faketime");
+    std::fs::write(&offset, "+1d\n").unwrap();
+    fake_clock(&mut daemon, &offset);
+    daemon.start();
+    let mut sensor = device(broker.port, "ahead-occ-1", DeviceClass::OccupancySensor).await;
+    let first = publish(&mut sensor, 1, 1.0).await;
+    receiver
+        .wait_until(LONG, "the first reading, stamped a day ahead", |s| {
+            s.readings_of("ahead-occ-1") == first
+        })
+        .await;
+    let ahead = receiver.seen(|s| stamped_ms(s.of_type("sensor.reading.updated")[0]));
+    assert!(
+        ahead > firmware_sim::now_ms() + 23 * 3_600_000,
+        "faketime applies"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+
+    std::fs::write(&offset, "+0\n").unwrap();
+    daemon.start();
+    let next = publish(&mut sensor, 2, 1.0).await;
+    receiver
+        .wait_until(LONG, "changes under the right clock", |s| {
+            s.readings_of("ahead-occ-1") == [first.clone(), next.clone()].concat()
+        })
+        .await;
+}
+
+/// Issue 16 #7: NTP steps the clock two hours forward while events wait for a receiver that
+/// is down, with `max_age = "1h"`. Their age counts real time only, so none is given up on;
+/// the step is logged; events made after it carry the new time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_clock_step_while_running_dead_letters_nothing_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    receiver.fail_with(503);
+    let webhook = format!(
+        r#"
+[webhook]
+url = "{url}"
+secret = "{secret}"
+timeout = "2s"
+max_age = "1h"
+[webhook.retry]
+initial = "50ms"
+max = "200ms"
+"#,
+        url = receiver.url,
+        secret = common::SECRET
+    );
+    let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &webhook);
+    let offset = dir.path().join("faketime");
+    std::fs::write(&offset, "+0\n").unwrap();
+    fake_clock(&mut daemon, &offset);
+    daemon.start();
+    let mut sensor = device(broker.port, "step-occ-1", DeviceClass::OccupancySensor).await;
+    let before = publish(&mut sensor, 2, 1.0).await;
+    receiver
+        .wait_until(LONG, "attempts before the step", |s| s.failures_served >= 3)
+        .await;
+    std::fs::write(&offset, "+2h\n").unwrap();
+    let wait = Instant::now() + LONG;
+    while !daemon.log().contains("system clock stepped") {
+        assert!(Instant::now() < wait, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tried = receiver.seen(|s| s.failures_served);
+    receiver
+        .wait_until(LONG, "attempts after the step", |s| {
+            s.failures_served >= tried + 5
+        })
+        .await;
+    assert_eq!(
+        daemon.metric("edgehook_dead_letters_total{endpoint=\"default\"}"),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+    let after = publish(&mut sensor, 1, 1.0).await;
+    receiver.fail_with(0);
+    receiver
+        .wait_until(LONG, "everything, once the receiver is back", |s| {
+            s.readings_of("step-occ-1") == [before.clone(), after.clone()].concat()
+        })
+        .await;
+    receiver.seen(|s| {
+        let readings = s.of_type("sensor.reading.updated");
+        let real = firmware_sim::now_ms();
+        assert!(stamped_ms(readings[0]) < real, "made before the step");
+        let last = stamped_ms(readings[2]);
+        assert!(
+            last > real + 7_000_000 && last < real + 7_500_000,
+            "made after the step, stamped with the new time: {last} vs {real}"
+        );
+    });
+}

@@ -443,11 +443,20 @@ fn now_ms() -> u64 {
 
 impl Dispatcher {
     /// Which limit, if any, says to stop retrying `head` after `failures` failed attempts.
+    /// Never while the system clock is not set (every HTTPS attempt fails then), and by age
+    /// only in real time (see `crate::clock`).
     fn gives_up(&self, head: &OutboxRecord, failures: u32) -> Option<&'static str> {
+        let now = crate::clock::STEPS.observe();
+        if !crate::clock::synchronised(now) {
+            return None;
+        }
         if self.max_attempts.is_some_and(|max| failures >= max) {
             return Some("max_attempts");
         }
-        let age = created_at(&head.id).and_then(|t| t.elapsed().ok());
+        let created = created_at(&head.id)
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map(crate::clock::millis);
+        let age = created.and_then(|c| crate::clock::STEPS.age(c, now));
         match (self.max_age, age) {
             (Some(max), Some(age)) if age >= max => Some("max_age"),
             _ => None,

@@ -18,9 +18,11 @@
 //!
 //! The task around it ([`run`]) only moves messages from the sources to the outbox writer and
 //! sleeps until the next deadline. Its clock ([`Clock`]) is the wall time at start plus
-//! monotonic time since, so a wall-clock jump (NTP on a Pi without a real-time clock) cannot
-//! make every device look lost at once; wall time is still what is persisted, since deadlines
-//! outlive restarts.
+//! monotonic time since, so a wall-clock step (NTP on a Pi without a real-time clock) cannot
+//! make every device look lost at once; when the wall clock steps, the clock follows it and
+//! every remembered time moves with it ([`Registry::shift`]). Wall time is what is persisted,
+//! since deadlines outlive restarts; a remembered time later than the start is clamped to it.
+//! `crate::clock` states the whole policy.
 
 pub mod health;
 pub mod reading;
@@ -28,7 +30,7 @@ pub mod workspace;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -45,8 +47,8 @@ use reading::{ReadingPolicy, Report, Timed};
 use workspace::Vote;
 pub use workspace::{WorkspaceState, WorkspaceStatus};
 
-/// The device stage's clock: milliseconds since the Unix epoch.
-pub type Millis = u64;
+use crate::clock::{millis, shifted};
+pub use crate::clock::{Clock, Millis};
 
 /// How far a device's `last_seen` may run ahead of its persisted copy. Seen-times are written
 /// at most this often per device (and only for classes that watch silence), and without a sync
@@ -83,6 +85,22 @@ pub struct DeviceState {
 }
 
 impl DeviceState {
+    /// Apply `f` to every time this state remembers (see `crate::clock`).
+    fn map_times(&mut self, f: impl Fn(Millis) -> Millis) {
+        for t in [
+            &mut self.last_seen,
+            &mut self.last_reading,
+            &mut self.last_report,
+        ] {
+            if *t > 0 {
+                *t = f(*t);
+            }
+        }
+        if let Some(t) = &mut self.offline_since {
+            *t = f(*t);
+        }
+    }
+
     /// The newest value of `field`, held or reported.
     fn latest(&self, field: &str) -> Option<&Value> {
         self.held
@@ -99,10 +117,6 @@ pub struct DeviceClass {
     patterns: Vec<WildMatch>,
     health: HealthPolicy,
     reading: ReadingPolicy,
-}
-
-fn millis(d: Duration) -> Millis {
-    d.as_millis().min(u64::MAX as u128) as Millis
 }
 
 impl DeviceClass {
@@ -241,10 +255,17 @@ impl Registry {
         known_workspaces: impl IntoIterator<Item = (String, WorkspaceState)>,
         started: Millis,
     ) -> Registry {
+        // A time remembered from the future (the clock was ahead, then stepped back) is now.
+        let clamp = |t: Millis| t.min(started);
+        let known_workspaces = known_workspaces.into_iter().map(|(id, mut state)| {
+            state.map_times(clamp);
+            (id, state)
+        });
         let mut registry = Registry {
             devices: known_devices
                 .into_iter()
-                .map(|(id, state)| {
+                .map(|(id, mut state)| {
+                    state.map_times(clamp);
                     let device = Device {
                         state,
                         class: 0,
@@ -263,6 +284,27 @@ impl Registry {
         };
         registry.install(classes, workspaces, known_workspaces.into_iter().collect());
         registry
+    }
+
+    /// The wall clock stepped by `step` ms (see `crate::clock`): every remembered time moves
+    /// with it, so that durations keep running and timestamps in events agree with the
+    /// envelopes'. Returns every state, to be written lazily (no sync: a restart before they
+    /// are written clamps or settles them).
+    pub fn shift(&mut self, step: i64) -> Applied {
+        let mut out = Applied::default();
+        self.started = shifted(self.started, step);
+        for (id, dev) in self.devices.iter_mut() {
+            dev.state.map_times(|t| shifted(t, step));
+            dev.saved_at = shifted(dev.saved_at, step);
+            out.devices.push((id.clone(), dev.state.clone()));
+        }
+        for ws in self.workspaces.iter_mut() {
+            ws.state.map_times(|t| shifted(t, step));
+            out.workspaces
+                .push((ws.config.id.clone(), ws.state.clone()));
+        }
+        self.reschedule();
+        out
     }
 
     /// Bound the registry (the default is [`DevicesConfig::default`]). Devices already known
@@ -322,8 +364,14 @@ impl Registry {
             let class = self.class_of(id);
             self.devices.get_mut(id).expect("listed above").class = class;
         }
+        self.reschedule();
+    }
+
+    /// Compute every timer afresh from the states.
+    fn reschedule(&mut self) {
         self.timers.clear();
         self.scheduled.clear();
+        let ids: Vec<String> = self.devices.keys().cloned().collect();
         for id in &ids {
             self.schedule_device(id);
         }
@@ -634,9 +682,11 @@ fn truthy(v: &Value) -> Option<bool> {
 }
 
 fn rfc3339(at: Millis) -> Value {
-    Value::String(
-        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(at)).to_string(),
-    )
+    Value::String(rfc3339_text(at))
+}
+
+fn rfc3339_text(at: Millis) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(at)).to_string()
 }
 
 fn one_field(key: &str, value: Value) -> Map<String, Value> {
@@ -688,41 +738,13 @@ fn workspace_event(
     Event::workspace(workspace_id, data)
 }
 
-/// Wall time at start plus monotonic time since; see the module docs.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    wall_at_start: Millis,
-    mono_at_start: tokio::time::Instant,
-}
-
-impl Clock {
-    pub fn start() -> Clock {
-        Clock {
-            wall_at_start: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(millis)
-                .unwrap_or(0),
-            mono_at_start: tokio::time::Instant::now(),
-        }
-    }
-
-    pub fn now(&self) -> Millis {
-        self.wall_at_start + millis(self.mono_at_start.elapsed())
-    }
-
-    /// The monotonic instant of a deadline.
-    pub fn instant_at(&self, at: Millis) -> tokio::time::Instant {
-        self.mono_at_start + Duration::from_millis(at.saturating_sub(self.wall_at_start))
-    }
-}
-
 /// The device stage task: apply each inbound message and each due deadline, seal the events
 /// produced and pass them, with the states to persist and the message's ack, to the outbox
 /// writer. Ends when the sources have all gone (their senders dropped), after passing on
 /// everything received; timers still pending are persisted and resume on the next start.
 pub async fn run(
     mut registry: Registry,
-    clock: Clock,
+    mut clock: Clock,
     gateway_id: Arc<str>,
     mut inbound: mpsc::Receiver<Inbound>,
     mut rules: mpsc::Receiver<Rules>,
@@ -731,7 +753,35 @@ pub async fn run(
 ) {
     let mut reloadable = true;
     let mut faults = crate::telemetry::FaultLog::new(Duration::from_secs(60));
+    let mut told_unset = false;
+    // A clock step is noticed within a second even when nothing else happens.
+    let mut watch = tokio::time::interval(Duration::from_secs(1));
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        crate::clock::STEPS.observe(); // for the ages delivery computes
+        if let Some(step) = clock.follow_wall() {
+            tracing::warn!(
+                step_ms = step,
+                now = %rfc3339_text(clock.now()),
+                "system clock stepped; device timers keep their real durations and remembered times move with the clock"
+            );
+            let shifted = registry.shift(step);
+            let commit = Commit {
+                devices: shifted.devices,
+                workspaces: shifted.workspaces,
+                ..Default::default()
+            };
+            if commits.send(commit).await.is_err() {
+                return;
+            }
+        }
+        let set = crate::clock::synchronised(clock.now());
+        if !set && !told_unset {
+            tracing::error!(now = %rfc3339_text(clock.now()), "the system clock is not set (no real-time clock, NTP not synchronised yet): events are stamped with it, HTTPS certificates look not yet valid until it is, and nothing is given up on (max_age, max_attempts) meanwhile");
+        } else if set && told_unset {
+            tracing::info!(now = %rfc3339_text(clock.now()), "the system clock is set");
+        }
+        told_unset = !set;
         let wake = registry.next_deadline().map(|at| clock.instant_at(at));
         let (applied, ack) = tokio::select! {
             msg = inbound.recv() => match msg {
@@ -763,11 +813,13 @@ pub async fn run(
             _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
                 (registry.tick(clock.now()), None)
             }
+            _ = watch.tick() => continue,
         };
         if applied.is_empty() && ack.is_none() {
             continue;
         }
-        let now = SystemTime::now();
+        // The device stage's time, so that `timestamp` agrees with the times in `data`.
+        let now = UNIX_EPOCH + Duration::from_millis(clock.now());
         let commit = Commit {
             envelopes: applied
                 .events
@@ -1027,6 +1079,74 @@ mod tests {
             r.apply("a9", &ONLINE, 2_000).refused,
             Some(Refused::MaxDevices)
         );
+    }
+
+    /// Issue 16 #7: state written while the clock was a day ahead, then a restart with the
+    /// right clock. A remembered time from the future is taken as now, so a change is reported
+    /// at once (with `min_interval = 0` it used to wait a day), and timers run from now.
+    #[test]
+    fn times_remembered_from_the_future_are_taken_as_now() {
+        let day = 86_400_000;
+        let c = class("occ", "occ-*");
+        let mut ahead = Registry::new(std::slice::from_ref(&c), &[], [], [], day);
+        let saved = ahead
+            .apply("occ-1", &reading(json!({"presence": true})), day + 1_000)
+            .devices;
+        let mut r = Registry::new(std::slice::from_ref(&c), &[], saved, [], 5_000);
+        let a = r.apply("occ-1", &reading(json!({"presence": false})), 6_000);
+        assert_eq!(kinds(&a), ["sensor.reading.updated"]);
+        assert!(r.device("occ-1").unwrap().last_seen <= 6_000);
+        // lost after 3 heartbeats of 10 s from the last message, not a day later
+        assert!(r.tick(35_999).events.is_empty());
+        assert_eq!(kinds(&r.tick(36_000)), ["device.lost_communication"]);
+    }
+
+    /// Issue 16 #7: a step while running moves every remembered time with the clock: a held
+    /// report still waits out exactly `min_interval`, an offline its debounce, a hold its time.
+    #[test]
+    fn a_clock_step_keeps_every_duration_and_moves_every_time() {
+        let mut c = class("occ", "occ-*");
+        c.min_interval = Duration::from_secs(10);
+        c.debounce = Duration::from_secs(5);
+        c.heartbeat = None;
+        let ws = [ws("room", &["occ-1"], None)];
+        let mut r = Registry::new(std::slice::from_ref(&c), &ws, [], [], 0);
+        r.apply("occ-1", &reading(json!({"presence": true})), 1_000);
+        r.apply("occ-1", &reading(json!({"presence": false})), 2_000); // held until 11 s
+        r.apply("occ-2", &OFFLINE, 2_000);
+        r.apply("occ-3", &ONLINE, 2_500);
+        r.apply("occ-3", &OFFLINE, 3_000); // offline at 8 s
+        for step in [3_600_000i64, -500] {
+            let mut r2 = Registry::new(
+                std::slice::from_ref(&c),
+                &ws,
+                r.devices.iter().map(|(k, d)| (k.clone(), d.state.clone())),
+                r.workspaces
+                    .iter()
+                    .map(|w| (w.config.id.clone(), w.state.clone())),
+                3_000,
+            );
+            let shifted = r2.shift(step);
+            assert_eq!(shifted.devices.len(), 3);
+            assert!(!shifted.sync, "moved times are written lazily");
+            let at = |t: i64| (t + step) as Millis;
+            assert_eq!(r2.device("occ-1").unwrap().last_report, at(1_000));
+            assert!(r2.tick(at(7_999)).events.is_empty(), "step {step}");
+            assert_eq!(
+                kinds(&r2.tick(at(8_000))),
+                ["device.offline"],
+                "step {step}"
+            );
+            assert!(r2.tick(at(10_999)).events.is_empty(), "step {step}");
+            let a = r2.tick(at(11_000));
+            assert_eq!(kinds(&a)[0], "sensor.reading.updated", "step {step}");
+            // the workspace's hold (60 s) runs from when presence ended (2 s), moved too
+            assert!(r2.tick(at(61_999)).events.is_empty(), "step {step}");
+            assert_eq!(
+                statuses(&r2.tick(at(62_000))),
+                [(json!("Free"), json!("Occupied"))]
+            );
+        }
     }
 
     #[test]

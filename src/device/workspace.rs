@@ -64,6 +64,15 @@ pub struct WorkspaceState {
     pub vacated_at: Option<Millis>,
 }
 
+impl WorkspaceState {
+    /// Apply `f` to every time this state remembers (see `crate::clock`).
+    pub fn map_times(&mut self, f: impl Fn(Millis) -> Millis) {
+        if let Some(t) = &mut self.vacated_at {
+            *t = f(*t);
+        }
+    }
+}
+
 /// The new state at `now`. The caller sends an event when `status` differs from before.
 pub fn evaluate(
     prev: &WorkspaceState,
