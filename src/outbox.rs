@@ -267,9 +267,12 @@ impl Store {
             }),
             (None, Some(inside)) => write_marker(&marker, &inside),
             (None, None) => {
+                // The id inside must be durable before the marker that names it: a marker
+                // without it is a store that "lost its history" and is refused.
                 let id = uuid::Uuid::now_v7().to_string();
                 self.meta.insert(STORE_ID_KEY, id.as_bytes())?;
                 self.db.flush()?;
+                self.sync.sync().map_err(io_error)?;
                 write_marker(&marker, &id)
             }
         }
@@ -964,6 +967,10 @@ impl SyncFiles {
     fn open(dir: &Path) -> Result<SyncFiles, OutboxError> {
         let log = std::fs::File::open(dir.join("db")).map_err(io_error)?;
         // The files sled created at open, and the directories naming them.
+        if let Ok(conf) = std::fs::File::open(dir.join("conf")) {
+            conf.sync_all().map_err(io_error)?;
+        }
+        log.sync_all().map_err(io_error)?;
         sync_dir(dir).map_err(io_error)?;
         if let Some(parent) = dir.parent() {
             sync_dir(parent).map_err(io_error)?;

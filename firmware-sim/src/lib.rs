@@ -19,7 +19,10 @@
 //! - `devices/{device}/status` — `online` / `offline` (birth and last-will)
 //!
 //! Serial devices ([`serial`]) write the same readings as framed lines on a real pseudo-terminal.
+//! With the `powercut` feature, [`powercut`] simulates the gateway's SD card losing power.
 
+#[cfg(feature = "powercut")]
+pub mod powercut;
 pub mod serial;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
