@@ -171,6 +171,7 @@ pub struct Metrics {
     device_refusals: [AtomicU64; 2],
     /// Devices the registry knows.
     devices: AtomicU64,
+    mqtt_redeliveries: AtomicU64,
     /// One per endpoint (and per queue left by a removed endpoint), in registration order.
     endpoints: std::sync::Mutex<Vec<Arc<EndpointMetrics>>>,
 }
@@ -261,6 +262,10 @@ impl Metrics {
     }
     pub fn set_devices(&self, n: u64) {
         self.devices.store(n, Ordering::Relaxed);
+    }
+    /// A broker redelivery of a message already applied, acknowledged without applying it.
+    pub fn mqtt_redelivery_recognised(&self) {
+        self.mqtt_redeliveries.fetch_add(1, Ordering::Relaxed);
     }
     pub fn set_mqtt_enabled(&self, enabled: bool) {
         self.mqtt_enabled.store(enabled, Ordering::Relaxed);
@@ -446,6 +451,12 @@ impl Metrics {
             "counter",
             "Serial ports that closed (unplugged, failed) and were reopened or are being retried.",
             &plain(get(&self.serial_port_losses)),
+        );
+        metric(
+            "mqtt_redeliveries_skipped_total",
+            "counter",
+            "Messages the broker redelivered after a lost connection that edgehook had already applied: acknowledged, not applied again.",
+            &plain(get(&self.mqtt_redeliveries)),
         );
         metric(
             "devices",

@@ -57,6 +57,8 @@ struct State {
     nodes: HashMap<u64, Node>,
     next: u64,
     frozen: bool,
+    /// A full card: writes that would add bytes, and creates, fail with `ENOSPC`.
+    full: bool,
     rng: fastrand::Rng,
     /// Bytes written and synced, for the test's account.
     written: u64,
@@ -92,6 +94,7 @@ impl PowerCut {
                 nodes,
                 next: INodeNo::ROOT.0 + 1,
                 frozen: false,
+                full: false,
                 rng: fastrand::Rng::with_seed(seed),
                 written: 0,
                 syncs: 0,
@@ -149,6 +152,12 @@ impl PowerCut {
     /// Power back on: serve again, from what the cut left.
     pub fn power_on(&self) {
         self.lock().frozen = false;
+    }
+
+    /// Fill the card (`true`: every write that adds bytes and every create fails with
+    /// `ENOSPC`) or make room again.
+    pub fn set_full(&self, full: bool) {
+        self.lock().full = full;
     }
 
     /// (bytes written, syncs) so far.
@@ -223,6 +232,9 @@ impl State {
     }
 
     fn add(&mut self, parent: INodeNo, name: &OsStr, dir: bool, perm: u16) -> Result<u64, Errno> {
+        if self.full {
+            return Err(Errno::ENOSPC);
+        }
         if !self.node(parent)?.dir {
             return Err(Errno::ENOTDIR);
         }
@@ -453,6 +465,11 @@ impl Filesystem for PowerCut {
         reply: ReplyWrite,
     ) {
         let result = self.with(|st| {
+            let full = st.full;
+            let node = st.node_mut(ino)?;
+            if full && offset as usize + data.len() > node.data.len() {
+                return Err(Errno::ENOSPC);
+            }
             st.written += data.len() as u64;
             let node = st.node_mut(ino)?;
             write_at(&mut node.data, offset as usize, data);

@@ -182,6 +182,13 @@ impl Lanes {
         None
     }
 
+    /// Reading back for `lane` failed (the store is being reopened): ask again later.
+    pub fn refill_later(&mut self, name: &str) {
+        if self.lanes.contains_key(name) {
+            self.refill.push_back(name.to_string());
+        }
+    }
+
     /// The records read back for `lane` (in order, all within the range asked for), and where
     /// its records on disk now start (`None`: none left up to the cursor).
     pub fn refilled(&mut self, name: &str, records: Vec<OutboxRecord>, rest_from: Option<u64>) {
@@ -504,6 +511,21 @@ mod tests {
             "30 bytes held, 25 allowed"
         );
         assert_eq!(lanes.held(), (3, 30));
+    }
+
+    /// Found by the randomized fault harness: a read-back that failed (a full disk, the store
+    /// being reopened) left its lane waiting for ever, holding all of its device's events.
+    #[test]
+    fn a_failed_read_back_is_asked_again() {
+        let mut lanes = Lanes::new(limits(10, 1));
+        lanes.offer(rec(0, "a"));
+        assert_eq!(lanes.offer(rec(1, "a")), Offer::LeftOnDisk);
+        lanes.start_next(|_| false).unwrap();
+        lanes.done("a").unwrap();
+        let asked = lanes.needs_refill().unwrap();
+        assert_eq!(lanes.needs_refill(), None);
+        lanes.refill_later(&asked.0);
+        assert_eq!(lanes.needs_refill(), Some(asked));
     }
 
     #[test]

@@ -205,11 +205,18 @@ impl Dispatcher {
             let Some((lane, from, through, limit)) = self.lanes.needs_refill() else {
                 break;
             };
-            let (records, rest) = self
+            let read = self
                 .outbox
-                .lane_records(self.queue, &lane, from, through, limit)?;
-            let records = self.wanted(records)?;
-            self.lanes.refilled(&lane, records, rest);
+                .lane_records(self.queue, &lane, from, through, limit)
+                .and_then(|(records, rest)| Ok((self.wanted(records)?, rest)));
+            match read {
+                Ok((records, rest)) => self.lanes.refilled(&lane, records, rest),
+                Err(e) => {
+                    // Read it back once the store works again (it is being reopened).
+                    self.lanes.refill_later(&lane);
+                    return Err(e);
+                }
+            }
             self.load_again = true;
         }
         let mut budget = SCAN_PER_LOAD;

@@ -3,6 +3,7 @@
 //! the transport has one) that the outbox runs once everything the message produced is durable.
 
 pub mod mqtt;
+pub mod redelivery;
 pub mod serial;
 
 use std::fmt;

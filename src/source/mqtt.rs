@@ -12,6 +12,10 @@
 //! otherwise acknowledge a different message that reused the id. rumqttc itself drops acks still
 //! queued when a connection breaks.
 //!
+//! A message the broker redelivers after a lost connection, which edgehook had already applied
+//! (its acknowledgement went with the connection), is recognised and acknowledged without being
+//! applied twice (`source::redelivery`).
+//!
 //! Undecodable messages (not JSON, not an object, over `max_payload_bytes`, a bad status, a bad
 //! device id) are counted, logged at most once a minute per topic and kind, and acknowledged:
 //! redelivering them would not make them better.
@@ -24,6 +28,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFi
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::redelivery::{Arrival, Redeliveries};
 use super::{
     check_device_id, decode_reading, decode_status, Ack, DecodeError, Inbound, InboundBody,
 };
@@ -242,6 +247,9 @@ impl MqttSource {
     pub async fn run(mut self, out: mpsc::Sender<Inbound>, cancel: CancellationToken) {
         let (client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CHANNEL);
         let generation = Arc::new(AtomicU64::new(0));
+        let redeliveries = Arc::new(Redeliveries::default());
+        // The generation of the last connection that came up (failed attempts count too).
+        let mut previous_connection = 0;
         let filters: Vec<SubscribeFilter> = self
             .decoder
             .filters()
@@ -257,7 +265,9 @@ impl MqttSource {
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    generation.fetch_add(1, Ordering::SeqCst);
+                    let now = generation.fetch_add(1, Ordering::SeqCst) + 1;
+                    redeliveries.forget_before(previous_connection);
+                    previous_connection = now;
                     self.metrics.set_mqtt_connected(true);
                     tracing::info!(broker = %self.host, session_present = ack.session_present, "connected to MQTT broker");
                     backoff = self.reconnect_min;
@@ -275,13 +285,26 @@ impl MqttSource {
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     self.metrics.message_received();
+                    let fingerprint = Redeliveries::fingerprint(&publish.topic, &publish.payload);
+                    if publish.qos != QoS::AtMostOnce {
+                        let now = generation.load(Ordering::SeqCst);
+                        if let Arrival::Redelivered { ack_now } =
+                            redeliveries.arrived(fingerprint, publish.pkid, now)
+                        {
+                            self.metrics.mqtt_redelivery_recognised();
+                            if ack_now {
+                                send_ack(&client, publish.qos, publish.pkid);
+                            }
+                            continue;
+                        }
+                    }
                     if publish.payload.len() > self.max_packet {
                         // The one read at a raised limit: later connections are back to normal.
                         eventloop
                             .mqtt_options
                             .set_max_packet_size(self.max_packet, 64 * 1024);
                     }
-                    let ack = make_ack(&client, &generation, &publish);
+                    let ack = make_ack(&client, &generation, &redeliveries, fingerprint, &publish);
                     if let Some(inbound) = self.decode(&publish, ack) {
                         tokio::select! {
                             _ = cancel.cancelled() => break,
@@ -382,23 +405,42 @@ fn oversize(e: &rumqttc::ConnectionError) -> Option<usize> {
     }
 }
 
-/// The deferred PUBACK for `publish` (none for QoS 0).
-fn make_ack(client: &AsyncClient, generation: &Arc<AtomicU64>, publish: &Publish) -> Option<Ack> {
+/// Queue the PUBACK of packet `pkid`.
+fn send_ack(client: &AsyncClient, qos: QoS, pkid: u16) {
+    // The ack needs only the packet id and QoS; no payload is kept for it.
+    let mut stub = Publish::new("", qos, Vec::new());
+    stub.pkid = pkid;
+    if let Err(e) = client.try_ack(&stub) {
+        tracing::debug!(error = %e, "could not queue PUBACK; the broker will redeliver");
+    }
+}
+
+/// The deferred PUBACK for `publish` (none for QoS 0), fired once what it changed is durable.
+/// On the connection it came on, it acknowledges the message itself; if that connection is
+/// gone, it acknowledges the copies the broker redelivered since (see `source::redelivery`).
+fn make_ack(
+    client: &AsyncClient,
+    generation: &Arc<AtomicU64>,
+    redeliveries: &Arc<Redeliveries>,
+    fingerprint: u64,
+    publish: &Publish,
+) -> Option<Ack> {
     if publish.qos == QoS::AtMostOnce {
         return None;
     }
     let client = client.clone();
     let generation = generation.clone();
+    let redeliveries = redeliveries.clone();
     let received_on = generation.load(Ordering::SeqCst);
-    // The ack needs only the packet id and QoS; do not keep the payload alive.
-    let mut stub = Publish::new("", publish.qos, Vec::new());
-    stub.pkid = publish.pkid;
+    let (qos, pkid) = (publish.qos, publish.pkid);
     Some(Ack::new(move || {
-        if generation.load(Ordering::SeqCst) != received_on {
-            return; // the broker will redeliver it on the new connection
+        let now = generation.load(Ordering::SeqCst);
+        let (own, copies) = redeliveries.durable(fingerprint, received_on, now);
+        if own {
+            send_ack(&client, qos, pkid);
         }
-        if let Err(e) = client.try_ack(&stub) {
-            tracing::debug!(error = %e, "could not queue PUBACK; the broker will redeliver");
+        for copy in copies {
+            send_ack(&client, qos, copy);
         }
     }))
 }

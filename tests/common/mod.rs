@@ -66,7 +66,7 @@ impl Mosquitto {
                 // `mosquitto` user, which cannot write its persistence file in our temp dir
                 // (it is ignored when not started as root).
                 "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\npersistence true\npersistence_location {}/\n\
-                 max_queued_messages 0\nmax_inflight_messages 1000\nlog_dest stderr\nlog_type error\n{extra}\n",
+                 max_queued_messages 0\nmax_inflight_messages 1000\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n{extra}\n",
                 data.display()
             ),
         )
@@ -94,11 +94,17 @@ impl Mosquitto {
     /// Start again on the same port and persistence directory.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
+        // Its log (errors and warnings) goes next to its configuration, to read after a failure.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.conf.with_extension("log"))
+            .unwrap();
         let child = Command::new(Self::binary())
             .arg("-c")
             .arg(&self.conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("starting mosquitto");
         self.child = Some(child);

@@ -1,0 +1,166 @@
+//! Recognising the broker's redeliveries of messages edgehook has already applied.
+//!
+//! When the connection to the broker is lost (a broker restart, a network blip), every QoS 1
+//! message edgehook received on it but had not acknowledged yet is redelivered on the next
+//! connection — including messages whose events and state are already durable and whose
+//! acknowledgement was dropped with the connection (it must not go out on the new one, see
+//! `source::mqtt`). Applying such a message a second time, on top of the newer state it led
+//! to, is not a harmless duplicate: an old reading arriving after the latest one reads as a
+//! change *back*, so upstream saw a room go occupied → free → occupied for nothing (found by
+//! the randomized fault harness).
+//!
+//! So each message awaiting its acknowledgement is remembered by a fingerprint of its topic
+//! and payload, with the connection it came on. A message with the same fingerprint on a later
+//! connection is the redelivery: once the original is durable, it is acknowledged without being
+//! applied again (at once if the original already is; otherwise when the original's turn comes).
+//! Only a few connections' worth are kept. A restart forgets them all: a message that was
+//! durable but whose acknowledgement a crash lost is applied again after the restart (the
+//! window is the moment between a batch's sync and its acknowledgements).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+
+/// Entries kept at most; past this, those of earlier connections are forgotten.
+const MAX_ENTRIES: usize = 16 * 1024;
+
+/// What a message is, on arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Apply it, and acknowledge it once it is durable.
+    New,
+    /// A redelivery of a message already applied: do not apply it. `ack_now`: the original
+    /// is durable, acknowledge this copy now; otherwise its acknowledgement goes out with the
+    /// original's ([`Redeliveries::durable`]).
+    Redelivered { ack_now: bool },
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// The connection (generation) the original came on.
+    received_on: u64,
+    durable: bool,
+    /// Copies redelivered before the original was durable: (packet id, connection).
+    copies: Vec<(u16, u64)>,
+}
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub struct Redeliveries {
+    entries: Mutex<HashMap<u64, Entry>>,
+}
+
+impl Redeliveries {
+    pub fn fingerprint(topic: &str, payload: &[u8]) -> u64 {
+        let mut h = std::hash::DefaultHasher::new();
+        topic.hash(&mut h);
+        payload.hash(&mut h);
+        h.finish()
+    }
+
+    /// A QoS 1 message with fingerprint `fp` and packet id `pkid` arrived on connection `now`.
+    pub fn arrived(&self, fp: u64, pkid: u16, now: u64) -> Arrival {
+        let mut entries = self.lock();
+        match entries.get_mut(&fp) {
+            Some(e) if e.received_on < now && e.durable => {
+                entries.remove(&fp);
+                Arrival::Redelivered { ack_now: true }
+            }
+            Some(e) if e.received_on < now => {
+                e.copies.push((pkid, now));
+                Arrival::Redelivered { ack_now: false }
+            }
+            _ => {
+                if entries.len() >= MAX_ENTRIES {
+                    entries.retain(|_, e| e.received_on >= now);
+                }
+                entries.insert(
+                    fp,
+                    Entry {
+                        received_on: now,
+                        durable: false,
+                        copies: Vec::new(),
+                    },
+                );
+                Arrival::New
+            }
+        }
+    }
+
+    /// The message `fp` that arrived on connection `received_on` is durable, and the connection
+    /// now is `now`. Returns whether its own acknowledgement may go out (it is still the same
+    /// connection), and the packet ids of redelivered copies to acknowledge instead.
+    pub fn durable(&self, fp: u64, received_on: u64, now: u64) -> (bool, Vec<u16>) {
+        let mut entries = self.lock();
+        let Some(e) = entries
+            .get_mut(&fp)
+            .filter(|e| e.received_on == received_on)
+        else {
+            return (received_on == now, Vec::new());
+        };
+        if received_on == now {
+            entries.remove(&fp);
+            return (true, Vec::new());
+        }
+        let copies: Vec<u16> = e
+            .copies
+            .drain(..)
+            .filter(|(_, on)| *on == now)
+            .map(|(pkid, _)| pkid)
+            .collect();
+        if copies.is_empty() {
+            e.durable = true; // its redelivery may still come
+        } else {
+            entries.remove(&fp);
+        }
+        (false, copies)
+    }
+
+    /// A new connection is up, and the one before it was `previous`: what came before that
+    /// can be redelivered no more (the broker redelivers on the next connection only).
+    pub fn forget_before(&self, previous: u64) {
+        self.lock().retain(|_, e| e.received_on >= previous);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The broker restarts: A was durable before it came back, B only after its copy arrived,
+    /// C was never applied before (it is new), and a fresh message is applied as usual.
+    #[test]
+    fn redeliveries_are_acknowledged_once_the_original_is_durable_and_never_applied_again() {
+        let r = Redeliveries::default();
+        let [a, b, c] = [1u64, 2, 3];
+        assert_eq!(r.arrived(a, 10, 1), Arrival::New);
+        assert_eq!(r.arrived(b, 11, 1), Arrival::New);
+        // connection 1 lost; A becomes durable meanwhile: its own ack must not go out
+        assert_eq!(r.durable(a, 1, 2), (false, vec![]));
+        r.forget_before(1);
+        assert_eq!(r.arrived(a, 20, 3), Arrival::Redelivered { ack_now: true });
+        assert_eq!(r.arrived(b, 21, 3), Arrival::Redelivered { ack_now: false });
+        assert_eq!(r.arrived(c, 22, 3), Arrival::New);
+        // B's original becomes durable: the copy's packet id is acknowledged instead
+        assert_eq!(r.durable(b, 1, 3), (false, vec![21]));
+        assert_eq!(r.durable(c, 3, 3), (true, vec![]));
+        // all settled: the same payloads later are new messages again
+        assert_eq!(r.arrived(a, 30, 3), Arrival::New);
+        assert_eq!(r.durable(a, 3, 3), (true, vec![]));
+        assert!(r.lock().is_empty());
+    }
+
+    #[test]
+    fn old_connections_are_forgotten() {
+        let r = Redeliveries::default();
+        r.arrived(1, 1, 1);
+        r.forget_before(1); // connection 1 lost, a reconnect failed (2), 3 is up
+        assert_eq!(r.lock().len(), 1);
+        r.forget_before(3); // 3 lost too, 4 is up
+        assert!(r.lock().is_empty());
+    }
+}
