@@ -21,6 +21,7 @@
 //! - [`event`]: the event types and the JSON envelope (`id`, `type`, `timestamp`, `gateway`, `data`).
 //! - [`outbox`]: the sled store; its module doc states the key layout and durability invariants.
 //! - [`deliver`]: signing, HTTP, the retry schedule.
+//! - [`clock`]: time, and what every stage does when the system clock is unset or steps.
 //! - [`config`], [`telemetry`] (logs, `/healthz`, `/metrics`), [`tls`], [`cli`].
 //!
 //! # Shutdown
@@ -122,7 +123,10 @@ pub async fn run_with_reloads(
     let mqtt = if config.mqtt.subscriptions.is_empty() {
         None
     } else {
-        Some(source::mqtt::MqttSource::new(&config, metrics.clone())?)
+        Some(
+            source::mqtt::MqttSource::new(&config, metrics.clone())?
+                .after_restart(outbox.applied_before()),
+        )
     };
     metrics.set_mqtt_enabled(mqtt.is_some());
     let log = Arc::new(deliver::log::DeliveryLog::new(

@@ -352,6 +352,8 @@ pub struct Outbox {
     written: Arc<AtomicU64>,
     /// Every sequence number below this is known to be flushed (see invariant 2).
     durable: Arc<AtomicU64>,
+    /// Batches written that carried message fingerprints (see [`APPLIED`]).
+    batches: Arc<AtomicU64>,
 }
 
 impl Outbox {
@@ -402,6 +404,7 @@ impl Outbox {
             routes: Arc::new(routes),
             written: Arc::new(AtomicU64::new(end)),
             durable: Arc::new(AtomicU64::new(end)),
+            batches: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -451,6 +454,23 @@ impl Outbox {
             .store(self.durable.load(Ordering::SeqCst), Ordering::SeqCst);
         *guard = Some(store);
         Ok(())
+    }
+
+    /// The fingerprints of the messages applied in the last batches before this start.
+    pub fn applied_before(&self) -> Vec<u64> {
+        let read = |s: &Store| {
+            let mut all = Vec::new();
+            for n in 0..APPLIED_BATCHES {
+                if let Some(v) = s.meta.get(format!("{APPLIED}.{n}"))? {
+                    all.extend(
+                        v.chunks_exact(8)
+                            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes"))),
+                    );
+                }
+            }
+            Ok(all)
+        };
+        self.with(read).unwrap_or_default()
     }
 
     /// Every persisted device state (read once at start).
@@ -523,6 +543,18 @@ impl Outbox {
         }
         for (id, bytes) in &workspaces {
             store.workspaces.insert(id.as_bytes(), bytes.as_slice())?;
+        }
+        // Only a batch that is synced before its acks needs them: the acks of one that is not
+        // go out at once (and an unsynced write of them would cost the disk a write a second).
+        let synced = !records.is_empty() || batch.iter().any(|c| c.sync);
+        let fingerprints: Vec<u8> = batch
+            .iter()
+            .filter_map(|c| c.ack.as_ref()?.fingerprint)
+            .flat_map(u64::to_be_bytes)
+            .collect();
+        if synced && !fingerprints.is_empty() {
+            let n = self.batches.fetch_add(1, Ordering::Relaxed) % APPLIED_BATCHES;
+            store.meta.insert(format!("{APPLIED}.{n}"), fingerprints)?;
         }
         for (queue, n) in self.queues.iter().zip(&written.dropped) {
             if *n > 0 {
@@ -925,6 +957,12 @@ pub fn meta_key(endpoint: &str, fact: &str) -> String {
         format!("endpoint.{endpoint}.{fact}")
     }
 }
+
+/// `meta` keys `applied.0` … `applied.3`: the fingerprints (8 bytes each) of the transport
+/// messages applied in each of the last batches, written with the batch, so that a restart
+/// recognises their redeliveries (`source::redelivery`).
+const APPLIED: &str = "applied";
+const APPLIED_BATCHES: u64 = 4;
 
 /// The `meta` fact counting the events an endpoint missed because its share of the outbox was
 /// full while it could not drain (see [`run_writer`]).
@@ -1667,6 +1705,42 @@ mod tests {
         assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), a[2..3]);
         assert_eq!(rest, None, "through is inclusive and ends the range");
         assert_eq!(got[0], all.iter().find(|r| r.seq == a[2]).unwrap().clone());
+    }
+
+    /// The fingerprints of the messages of the last synced batches come back after a restart,
+    /// so that the broker's redeliveries of them are recognised (`source::redelivery`).
+    #[tokio::test]
+    async fn the_last_batches_messages_are_remembered_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+            for batch in 0..6u64 {
+                let commits: Vec<Commit> = (0..2)
+                    .map(|i| Commit {
+                        envelopes: vec![envelope("d")],
+                        ack: Some(crate::source::Ack::with_fingerprint(batch * 10 + i, || {})),
+                        ..Default::default()
+                    })
+                    .collect();
+                ob.write(&commits, &[]).unwrap();
+                ob.flush().await.unwrap();
+            }
+            // an unsynced batch (no events, no sync) records nothing
+            let lazy = Commit {
+                ack: Some(crate::source::Ack::with_fingerprint(99, || {})),
+                ..Default::default()
+            };
+            ob.write(&[lazy], &[]).unwrap();
+            ob.flush().await.unwrap();
+        }
+        let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+        let mut got = ob.applied_before();
+        got.sort();
+        assert_eq!(
+            got,
+            [20, 21, 30, 31, 40, 41, 50, 51],
+            "the last four batches"
+        );
     }
 
     #[tokio::test]

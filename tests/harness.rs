@@ -562,8 +562,17 @@ fn peak_rss_kb(pid: u32) -> u64 {
 /// The fixed seeds CI runs every time (each failure found becomes a named test as well).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixed_seeds() {
-    // 1–4, and two that found bugs (a redelivery applied twice; a lane stuck after a failed read).
-    for seed in [1, 2, 3, 4, 1614750973931571580, 3175078298761574260] {
+    // 1–4, and three that found bugs (a redelivery applied twice, after a reconnect and after a
+    // crash; a lane stuck after a failed read).
+    for seed in [
+        1,
+        2,
+        3,
+        4,
+        1614750973931571580,
+        3175078298761574260,
+        11374709229462667527,
+    ] {
         run(seed).await;
     }
 }

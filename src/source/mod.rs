@@ -33,14 +33,29 @@ pub enum InboundBody {
 }
 
 /// A deferred transport acknowledgement (an MQTT PUBACK).
-pub struct Ack(Box<dyn FnOnce() + Send + Sync>);
+pub struct Ack {
+    send: Box<dyn FnOnce() + Send + Sync>,
+    /// The message's fingerprint (MQTT: `redelivery::Redeliveries::fingerprint`), kept by
+    /// the outbox with the batch it was applied in, so that its redelivery after a crash is
+    /// recognised.
+    pub fingerprint: Option<u64>,
+}
 
 impl Ack {
     pub fn new(f: impl FnOnce() + Send + Sync + 'static) -> Ack {
-        Ack(Box::new(f))
+        Ack {
+            send: Box::new(f),
+            fingerprint: None,
+        }
+    }
+    pub fn with_fingerprint(fingerprint: u64, f: impl FnOnce() + Send + Sync + 'static) -> Ack {
+        Ack {
+            send: Box::new(f),
+            fingerprint: Some(fingerprint),
+        }
     }
     pub fn send(self) {
-        (self.0)()
+        (self.send)()
     }
 }
 

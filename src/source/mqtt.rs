@@ -194,6 +194,8 @@ impl Decoder {
 
 /// The MQTT source task's state.
 pub struct MqttSource {
+    /// Messages awaiting their acknowledgement, to recognise their redeliveries.
+    redeliveries: Arc<Redeliveries>,
     options: MqttOptions,
     /// `mqtt.max_packet_bytes`.
     max_packet: usize,
@@ -231,6 +233,7 @@ impl MqttSource {
             ));
         }
         Ok(MqttSource {
+            redeliveries: Arc::new(Redeliveries::default()),
             options,
             max_packet: m.max_packet_bytes,
             decoder: Decoder::new(config).map_err(anyhow::Error::msg)?,
@@ -242,12 +245,19 @@ impl MqttSource {
         })
     }
 
+    /// The fingerprints of the messages applied in the last batches before this start
+    /// (`Outbox::applied_before`): the broker's first redeliveries that match are recognised.
+    pub fn after_restart(self, applied: Vec<u64>) -> MqttSource {
+        self.redeliveries.applied_before_restart(applied);
+        self
+    }
+
     /// Run until cancelled. Reconnects with exponential backoff and resubscribes on every
     /// connection (a restarted broker may have lost our session).
     pub async fn run(mut self, out: mpsc::Sender<Inbound>, cancel: CancellationToken) {
         let (client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CHANNEL);
         let generation = Arc::new(AtomicU64::new(0));
-        let redeliveries = Arc::new(Redeliveries::default());
+        let redeliveries = self.redeliveries.clone();
         // The generation of the last connection that came up (failed attempts count too).
         let mut previous_connection = 0;
         let filters: Vec<SubscribeFilter> = self
@@ -433,7 +443,7 @@ fn make_ack(
     let redeliveries = redeliveries.clone();
     let received_on = generation.load(Ordering::SeqCst);
     let (qos, pkid) = (publish.qos, publish.pkid);
-    Some(Ack::new(move || {
+    Some(Ack::with_fingerprint(fingerprint, move || {
         let now = generation.load(Ordering::SeqCst);
         let (own, copies) = redeliveries.durable(fingerprint, received_on, now);
         if own {

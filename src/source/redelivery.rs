@@ -13,9 +13,14 @@
 //! and payload, with the connection it came on. A message with the same fingerprint on a later
 //! connection is the redelivery: once the original is durable, it is acknowledged without being
 //! applied again (at once if the original already is; otherwise when the original's turn comes).
-//! Only a few connections' worth are kept. A restart forgets them all: a message that was
-//! durable but whose acknowledgement a crash lost is applied again after the restart (the
-//! window is the moment between a batch's sync and its acknowledgements).
+//! Only a few connections' worth are kept.
+//!
+//! A crash (`kill -9`, a power cut) between a batch's sync and its acknowledgements reaching
+//! the broker leaves the same situation across a restart, so the outbox keeps the fingerprints
+//! of the messages of its last few batches with the batches themselves (durable together). After
+//! a start, the broker's redeliveries come first: those that match are acknowledged without
+//! being applied, until the first message that does not match, which ends the check (a later
+//! message with the same payload is a new one, and is applied).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -48,6 +53,8 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Redeliveries {
     entries: Mutex<HashMap<u64, Entry>>,
+    /// Applied before this start; consulted until the first message not in it.
+    before_restart: Mutex<Option<std::collections::HashSet<u64>>>,
 }
 
 impl Redeliveries {
@@ -58,8 +65,29 @@ impl Redeliveries {
         h.finish()
     }
 
+    /// Messages applied (and durable) before this start, by fingerprint.
+    pub fn applied_before_restart(&self, applied: Vec<u64>) {
+        let set = (!applied.is_empty()).then(|| applied.into_iter().collect());
+        *self
+            .before_restart
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = set;
+    }
+
     /// A QoS 1 message with fingerprint `fp` and packet id `pkid` arrived on connection `now`.
     pub fn arrived(&self, fp: u64, pkid: u16, now: u64) -> Arrival {
+        {
+            let mut before = self
+                .before_restart
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(set) = before.as_mut() {
+                if set.remove(&fp) {
+                    return Arrival::Redelivered { ack_now: true };
+                }
+                *before = None; // the redeliveries are over
+            }
+        }
         let mut entries = self.lock();
         match entries.get_mut(&fp) {
             Some(e) if e.received_on < now && e.durable => {
@@ -152,6 +180,19 @@ mod tests {
         assert_eq!(r.arrived(a, 30, 3), Arrival::New);
         assert_eq!(r.durable(a, 3, 3), (true, vec![]));
         assert!(r.lock().is_empty());
+    }
+
+    /// Found by the randomized fault harness: `kill -9` after a batch was synced but before its
+    /// acknowledgements reached the broker; after the restart its messages came again and the
+    /// older readings among them read as changes back.
+    #[test]
+    fn after_a_restart_the_first_redeliveries_of_applied_messages_are_recognised() {
+        let r = Redeliveries::default();
+        r.applied_before_restart(vec![7, 8]);
+        assert_eq!(r.arrived(8, 1, 1), Arrival::Redelivered { ack_now: true });
+        assert_eq!(r.arrived(9, 2, 1), Arrival::New);
+        // after the first new message, the same payload as an old one is a new message
+        assert_eq!(r.arrived(7, 3, 1), Arrival::New);
     }
 
     #[test]
