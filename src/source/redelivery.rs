@@ -10,7 +10,8 @@
 //! the randomized fault harness).
 //!
 //! So each message awaiting its acknowledgement is remembered by a fingerprint of its topic
-//! and payload, with the connection it came on. A message with the same fingerprint on a later
+//! and payload, with the connection it came on — and, once acknowledged, the last thousand or
+//! so still are: an acknowledgement queued when the connection broke never reached the broker. A message with the same fingerprint on a later
 //! connection is the redelivery: once the original is durable, it is acknowledged without being
 //! applied again (at once if the original already is; otherwise when the original's turn comes).
 //! Only a few connections' worth are kept.
@@ -28,6 +29,9 @@ use std::sync::Mutex;
 
 /// Entries kept at most; past this, those of earlier connections are forgotten.
 const MAX_ENTRIES: usize = 16 * 1024;
+/// Messages acknowledged on their own connection that are remembered (more than the broker's
+/// in-flight window: mosquitto's default is 20, edgehook's README asks for 100).
+const KEPT_ACKED: usize = 1024;
 
 /// What a message is, on arrival.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +57,9 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Redeliveries {
     entries: Mutex<HashMap<u64, Entry>>,
+    /// Messages acknowledged on their own connection, newest last: kept a while, since an
+    /// acknowledgement still queued when that connection broke never reaches the broker.
+    acked: Mutex<std::collections::VecDeque<(u64, u64)>>,
     /// Applied before this start; consulted until the first message not in it.
     before_restart: Mutex<Option<std::collections::HashSet<u64>>>,
 }
@@ -127,7 +134,20 @@ impl Redeliveries {
             return (received_on == now, Vec::new());
         };
         if received_on == now {
-            entries.remove(&fp);
+            // Kept, durable, in case the acknowledgement dies in the connection's buffers.
+            e.durable = true;
+            let mut acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+            acked.push_back((fp, received_on));
+            if acked.len() > KEPT_ACKED {
+                if let Some((old, on)) = acked.pop_front() {
+                    if entries
+                        .get(&old)
+                        .is_some_and(|e| e.received_on == on && e.durable)
+                    {
+                        entries.remove(&old);
+                    }
+                }
+            }
             return (true, Vec::new());
         }
         let copies: Vec<u16> = e
@@ -148,6 +168,10 @@ impl Redeliveries {
     /// can be redelivered no more (the broker redelivers on the next connection only).
     pub fn forget_before(&self, previous: u64) {
         self.lock().retain(|_, e| e.received_on >= previous);
+        self.acked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(_, on)| *on >= previous);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
@@ -176,10 +200,14 @@ mod tests {
         // B's original becomes durable: the copy's packet id is acknowledged instead
         assert_eq!(r.durable(b, 1, 3), (false, vec![21]));
         assert_eq!(r.durable(c, 3, 3), (true, vec![]));
-        // all settled: the same payloads later are new messages again
-        assert_eq!(r.arrived(a, 30, 3), Arrival::New);
-        assert_eq!(r.durable(a, 3, 3), (true, vec![]));
-        assert!(r.lock().is_empty());
+        // C was acknowledged on its own connection, but that ack may die with it: a copy on
+        // the next connection is recognised too
+        r.forget_before(3);
+        assert_eq!(r.arrived(c, 40, 4), Arrival::Redelivered { ack_now: true });
+        // on its own connection, the same payload again is a new message
+        assert_eq!(r.arrived(a, 30, 4), Arrival::New);
+        assert_eq!(r.durable(a, 4, 4), (true, vec![]));
+        assert_eq!(r.arrived(a, 31, 4), Arrival::New);
     }
 
     /// Found by the randomized fault harness: `kill -9` after a batch was synced but before its

@@ -900,3 +900,17 @@ pub async fn publish_plain(port: u16, client_id: &str, messages: &[(&str, &str)]
         .await
         .expect("the broker acknowledges every publish");
 }
+
+/// A power-cut filesystem (`firmware_sim::powercut`) mounted at `<dir>/card`, with the state
+/// directory `<dir>/card/state` made and durable, as systemd's `StateDirectory=` makes it.
+pub fn powercut_card(dir: &Path, seed: u64) -> (firmware_sim::powercut::Mounted, PathBuf) {
+    let card_dir = dir.join("card");
+    std::fs::create_dir_all(&card_dir).unwrap();
+    let card = firmware_sim::powercut::PowerCut::new(seed)
+        .mount(&card_dir)
+        .expect("mounting the power-cut filesystem (needs /dev/fuse and fuse3's fusermount3)");
+    let state = card_dir.join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::File::open(&card_dir).unwrap().sync_all().unwrap();
+    (card, state)
+}
