@@ -602,15 +602,9 @@ async fn an_offline_inside_its_debounce_survives_kill9_right_after_its_ack() {
 
 /// Wait until the daemon has received `n` MQTT messages since it started.
 async fn wait_received(daemon: &Daemon, n: u64) {
-    let wait = Instant::now() + LONG;
-    while daemon
-        .metric("edgehook_messages_received_total")
-        .unwrap_or(0)
-        < n
-    {
-        assert!(Instant::now() < wait, "{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    daemon
+        .wait_metric("edgehook_messages_received_total", n)
+        .await;
 }
 
 /// Issue 16 #12: delivery's window is bounded in bytes, not only in events. 600 readings of
@@ -638,12 +632,12 @@ async fn a_backlog_of_large_readings_is_delivered_within_bounded_memory() {
             .unwrap();
     }
     sensor.flushed().await.unwrap();
-    let wait = Instant::now() + LONG;
-    while daemon.metric("edgehook_events_created_total{type=\"sensor.reading.updated\"}") < Some(n)
-    {
-        assert!(Instant::now() < wait, "{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    daemon
+        .wait_metric(
+            "edgehook_events_created_total{type=\"sensor.reading.updated\"}",
+            n,
+        )
+        .await;
     daemon.kill9();
     daemon.start();
     let held = "edgehook_delivery_window_bytes{endpoint=\"default\"}";
@@ -790,11 +784,7 @@ async fn a_flood_of_unknown_device_ids_is_refused_past_the_bound_and_known_devic
         })
         .await;
     let refused = "edgehook_device_messages_refused_total{reason=\"max_devices\"}";
-    let wait = Instant::now() + LONG;
-    while daemon.metric(refused) < Some(4_500) {
-        assert!(Instant::now() < wait, "{:?}", daemon.metric(refused));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    daemon.wait_metric(refused, 4_500).await;
     assert_eq!(
         daemon.metric(refused),
         Some(4_501),

@@ -312,19 +312,13 @@ async fn messages_the_broker_redelivers_after_a_restart_are_not_applied_twice() 
     let messages: Vec<(&str, &str)> = readings.iter().map(|r| (topic, r.as_str())).collect();
     common::publish_plain(broker.port, "redo-publisher", &messages).await;
     // edgehook has them, applied, waiting out the group commit: restart the broker now.
-    let wait = std::time::Instant::now() + LONG;
-    while daemon.metric("edgehook_messages_received_total") < Some(4) {
-        assert!(std::time::Instant::now() < wait, "{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    daemon
+        .wait_metric("edgehook_messages_received_total", 4)
+        .await;
     broker.stop();
     tokio::time::sleep(Duration::from_millis(1500)).await; // the commit happens meanwhile
     broker.restart();
-    let wait = std::time::Instant::now() + LONG;
-    while daemon.metric("edgehook_mqtt_connected") != Some(1) {
-        assert!(std::time::Instant::now() < wait, "{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    daemon.wait_metric("edgehook_mqtt_connected", 1).await;
     // The redeliveries arrive at once; give anything applied again a group commit to show.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let seqs: Vec<u64> = receiver.seen(|s| {

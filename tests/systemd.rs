@@ -181,11 +181,9 @@ async fn ready_after_a_restart_with_an_endpoint_disabled_by_410() {
     )
     .await;
     common::publish(&mut sensor, 2, 1.0).await;
-    let wait = Instant::now() + Duration::from_secs(30);
-    while daemon.metric("edgehook_endpoint_disabled{endpoint=\"default\"}") != Some(1) {
-        assert!(Instant::now() < wait, "{}", daemon.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    daemon
+        .wait_metric("edgehook_endpoint_disabled{endpoint=\"default\"}", 1)
+        .await;
     assert_eq!(daemon.terminate(), Some(0));
 
     let path = dir.path().join("notify.sock");

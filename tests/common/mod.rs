@@ -800,6 +800,21 @@ impl Daemon {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Wait (at most a minute) until the sample `name` of /metrics is at least `at_least`;
+    /// panics with the daemon's log otherwise.
+    pub async fn wait_metric(&self, name: &str, at_least: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.metric(name).is_none_or(|v| v < at_least) {
+            assert!(
+                Instant::now() < deadline,
+                "{name} never reached {at_least} (now {:?}):\n{}",
+                self.metric(name),
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Scrape one sample from /metrics (exact name with labels).
     pub fn metric(&self, name: &str) -> Option<u64> {
         let text = http_get(self.metrics_port, "/metrics")?;
