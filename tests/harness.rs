@@ -3,7 +3,8 @@
 //! care about, receivers that misbehave per endpoint and per device (503, 429, 302, resets,
 //! slowness, hangs past the timeout, 422 for one device, 410 until the operator re-enables), and faults between and
 //! during phases — `kill -9`, power cuts (the state directory on `firmware_sim::powercut`),
-//! a full disk, broker restarts, SIGHUP reloads and clock steps (libfaketime). A reference
+//! a full disk, broker restarts, SIGHUP reloads that change a class's `min_interval`, and clock
+//! steps (libfaketime). A reference
 //! model applies the documented rules to what was published and, once everything has settled,
 //! checks what each receiver must know:
 //!
@@ -223,6 +224,9 @@ struct World {
     peak_kb: u64,
     max_outbox: u64,
     faults: Vec<Fault>,
+    /// The `[webhook]` and `[[endpoints]]` sections, for rewriting the file on a reload.
+    endpoints: String,
+    reloads: u32,
 }
 
 impl World {
@@ -260,7 +264,20 @@ impl World {
                 tokio::time::sleep(Duration::from_millis(rng.u64(50..400))).await;
                 self.broker.restart();
             }
-            Fault::Reload => self.daemon.signal(1),
+            Fault::Reload => {
+                // A reload that changes something: the held class's `min_interval`.
+                self.reloads += 1;
+                let interval = if self.reloads % 2 == 1 {
+                    "200ms"
+                } else {
+                    "400ms"
+                };
+                let classes = CLASSES.replace("\"400ms\"", &format!("\"{interval}\""));
+                let port = self.broker.port;
+                self.daemon
+                    .rewrite_webhook(port, &format!("{}\n{classes}", self.endpoints));
+                self.daemon.signal(1);
+            }
             Fault::ClockStep { seconds } => {
                 self.clock_offset += seconds;
                 std::fs::write(&self.clock_file, format!("{:+}\n", self.clock_offset)).unwrap();
@@ -473,6 +490,8 @@ async fn run(seed: u64) {
         peak_kb: 0,
         max_outbox: 0,
         faults: Vec::new(),
+        endpoints: endpoints(&all.url, &ops.url),
+        reloads: 0,
     };
 
     let mut models = Vec::new();
