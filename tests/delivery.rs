@@ -545,20 +545,8 @@ async fn a_redirect_is_a_failed_attempt_and_is_never_followed() {
     let broker = Mosquitto::start(dir.path());
     let receiver = Receiver::start().await;
     receiver.redirect(Some("/login"));
-    let webhook = format!(
-        r#"
-[webhook]
-url = "{url}"
-secret = "{secret}"
-headers = {{ "X-Api-Key" = "key-123" }}
-timeout = "2s"
-[webhook.retry]
-initial = "50ms"
-max = "200ms"
-"#,
-        url = receiver.url,
-        secret = common::SECRET
-    );
+    let webhook =
+        common::webhook_section(&receiver.url, "headers = { \"X-Api-Key\" = \"key-123\" }");
     let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &webhook);
     daemon.start();
     let changes = changes(broker.port, "redir-occ-1", 2).await;
@@ -615,20 +603,7 @@ async fn one_rejected_device_never_stalls_the_others_even_past_the_window() {
     let broker = Mosquitto::start(dir.path());
     let receiver = Receiver::start().await;
     receiver.fail_device_with(Some("occ-bad"), 422);
-    let webhook = format!(
-        r#"
-[webhook]
-url = "{url}"
-secret = "{secret}"
-timeout = "2s"
-window = 16
-[webhook.retry]
-initial = "50ms"
-max = "300ms"
-"#,
-        url = receiver.url,
-        secret = common::SECRET
-    );
+    let webhook = common::webhook_section(&receiver.url, "window = 16");
     let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &webhook);
     daemon.start();
     let bad = changes(broker.port, "occ-bad", 20).await;

@@ -656,7 +656,7 @@ async fn a_backlog_of_large_readings_is_delivered_within_bounded_memory() {
         most <= (1 << 20) + 62 * 1024,
         "{most} bytes held: more than window_bytes and one event"
     );
-    let peak_kb = peak_rss_kb(daemon.pid().unwrap());
+    let peak_kb = common::peak_rss_kb(daemon.pid().unwrap()).expect("VmHWM in /proc/<pid>/status");
     assert!(
         peak_kb < 96 * 1024,
         "peak RSS {peak_kb} kB: over MemoryMax=96M"
@@ -667,16 +667,6 @@ async fn a_backlog_of_large_readings_is_delivered_within_bounded_memory() {
             s.readings_of("big-cam-1").len() == n as usize
         })
         .await;
-}
-
-/// The peak resident set of process `pid` (VmHWM), in kB.
-fn peak_rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/<pid>/status")
 }
 
 /// Issue 16 #10: any local user can open connections to the health and metrics listener. With
@@ -793,7 +783,7 @@ async fn a_flood_of_unknown_device_ids_is_refused_past_the_bound_and_known_devic
     assert_eq!(daemon.metric("edgehook_devices"), Some(500));
     let lines = daemon.log().matches("device limit reached").count();
     assert_eq!(lines, 1, "logged once a minute: {}", daemon.log());
-    let peak = peak_rss_kb(daemon.pid().unwrap());
+    let peak = common::peak_rss_kb(daemon.pid().unwrap()).expect("VmHWM in /proc/<pid>/status");
     assert!(peak < 48 * 1024, "peak RSS {peak} kB");
     receiver.seen(|s| {
         let junk = s.events.iter().filter(|e| {
@@ -810,27 +800,8 @@ async fn a_flood_of_unknown_device_ids_is_refused_past_the_bound_and_known_devic
     daemon.kill9();
     daemon.start();
     assert_eq!(daemon.metric("edgehook_devices"), Some(500));
-    let peak = peak_rss_kb(daemon.pid().unwrap());
+    let peak = common::peak_rss_kb(daemon.pid().unwrap()).expect("VmHWM in /proc/<pid>/status");
     assert!(peak < 48 * 1024, "peak RSS {peak} kB after a restart");
-}
-
-/// libfaketime for the daemon only (mosquitto and the receivers keep the real clock); the
-/// monotonic clock stays real, as it is across an NTP step.
-fn fake_clock(daemon: &mut Daemon, offset_file: &std::path::Path) {
-    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-    assert!(
-        std::path::Path::new(lib).exists(),
-        "libfaketime is not installed (apt-get install faketime)"
-    );
-    daemon.env.push(("LD_PRELOAD".into(), lib.into()));
-    daemon
-        .env
-        .push(("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()));
-    daemon.env.push((
-        "FAKETIME_TIMESTAMP_FILE".into(),
-        offset_file.display().to_string(),
-    ));
-    daemon.env.push(("FAKETIME_NO_CACHE".into(), "1".into()));
 }
 
 /// The envelope time of an event, in Unix ms.
@@ -850,7 +821,7 @@ async fn state_written_a_day_ahead_does_not_freeze_reporting_under_the_right_clo
     let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
     let offset = dir.path().join("faketime");
     std::fs::write(&offset, "+1d\n").unwrap();
-    fake_clock(&mut daemon, &offset);
+    common::fake_clock(&mut daemon, &offset);
     daemon.start();
     let mut sensor = device(broker.port, "ahead-occ-1", DeviceClass::OccupancySensor).await;
     let first = publish(&mut sensor, 1, 1.0).await;
@@ -885,24 +856,11 @@ async fn a_forward_clock_step_while_running_dead_letters_nothing_early() {
     let broker = Mosquitto::start(dir.path());
     let receiver = Receiver::start().await;
     receiver.fail_with(503);
-    let webhook = format!(
-        r#"
-[webhook]
-url = "{url}"
-secret = "{secret}"
-timeout = "2s"
-max_age = "1h"
-[webhook.retry]
-initial = "50ms"
-max = "200ms"
-"#,
-        url = receiver.url,
-        secret = common::SECRET
-    );
+    let webhook = common::webhook_section(&receiver.url, "max_age = \"1h\"");
     let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &webhook);
     let offset = dir.path().join("faketime");
     std::fs::write(&offset, "+0\n").unwrap();
-    fake_clock(&mut daemon, &offset);
+    common::fake_clock(&mut daemon, &offset);
     daemon.start();
     let mut sensor = device(broker.port, "step-occ-1", DeviceClass::OccupancySensor).await;
     let before = publish(&mut sensor, 2, 1.0).await;

@@ -232,7 +232,7 @@ struct World {
 impl World {
     fn sample(&mut self) {
         if let Some(pid) = self.daemon.pid() {
-            self.peak_kb = self.peak_kb.max(peak_rss_kb(pid));
+            self.peak_kb = self.peak_kb.max(common::peak_rss_kb(pid).unwrap_or(0));
         }
         if let Some(bytes) = self.daemon.metric("edgehook_outbox_bytes") {
             self.max_outbox = self.max_outbox.max(bytes);
@@ -466,19 +466,7 @@ async fn run(seed: u64) {
         .push(("EDGEHOOK_STATE_DIR".into(), state.display().to_string()));
     let clock_file = dir.path().join("faketime");
     std::fs::write(&clock_file, "+0\n").unwrap();
-    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-    assert!(
-        std::path::Path::new(lib).exists(),
-        "libfaketime is not installed (apt-get install faketime)"
-    );
-    for (k, v) in [
-        ("LD_PRELOAD", lib.to_string()),
-        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
-        ("FAKETIME_TIMESTAMP_FILE", clock_file.display().to_string()),
-        ("FAKETIME_CACHE_DURATION", "1".into()),
-    ] {
-        daemon.env.push((k.into(), v));
-    }
+    common::fake_clock(&mut daemon, &clock_file);
     daemon.start();
     let mut world = World {
         seed,
@@ -672,17 +660,6 @@ async fn run(seed: u64) {
         world.peak_kb
     );
     assert_eq!(world.daemon.terminate(), Some(0));
-}
-
-fn peak_rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// The fixed seeds CI runs every time (each failure found becomes a named test as well).

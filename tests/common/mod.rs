@@ -578,18 +578,30 @@ pub fn config_text(
     state_dir: &Path,
     extra: &str,
 ) -> String {
-    let webhook = format!(
+    config_with_webhook(
+        broker_port,
+        &webhook_section(receiver_url, ""),
+        metrics_port,
+        state_dir,
+        extra,
+    )
+}
+
+/// The test's `[webhook]` section for `receiver_url`: the test secret, a 2 s timeout, fast
+/// retries (50 ms – 500 ms), and the keys `extra` adds (`window = 16`, a `headers` table, …).
+pub fn webhook_section(receiver_url: &str, extra: &str) -> String {
+    format!(
         r#"
 [webhook]
 url = "{receiver_url}"
 secret = "{SECRET}"
 timeout = "2s"
+{extra}
 [webhook.retry]
 initial = "50ms"
 max = "500ms"
 "#
-    );
-    config_with_webhook(broker_port, &webhook, metrics_port, state_dir, extra)
+    )
 }
 
 /// [`config_text`] with the caller's own `[webhook]` section.
@@ -928,4 +940,32 @@ pub fn powercut_card(dir: &Path, seed: u64) -> (firmware_sim::powercut::Mounted,
     std::fs::create_dir(&state).unwrap();
     std::fs::File::open(&card_dir).unwrap().sync_all().unwrap();
     (card, state)
+}
+
+/// The peak resident set of process `pid` (VmHWM), in kB; `None` once it is gone.
+pub fn peak_rss_kb(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Run the daemon under libfaketime, its wall clock offset by what `offset_file` says (`+1d`,
+/// `-90s`; re-read every second), its monotonic clock real, as across an NTP step. mosquitto
+/// and the receivers keep the real clock.
+pub fn fake_clock(daemon: &mut Daemon, offset_file: &Path) {
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(
+        Path::new(lib).exists(),
+        "libfaketime is not installed (apt-get install faketime)"
+    );
+    for (k, v) in [
+        ("LD_PRELOAD", lib.to_string()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
+        ("FAKETIME_TIMESTAMP_FILE", offset_file.display().to_string()),
+        ("FAKETIME_CACHE_DURATION", "1".into()),
+    ] {
+        daemon.env.push((k.into(), v));
+    }
 }
