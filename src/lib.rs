@@ -88,7 +88,10 @@ pub async fn run_with_reloads(
         )
     })?;
     for (queue, endpoint, routed) in outbox.queues() {
-        metrics.endpoint(endpoint);
+        // What the endpoint will never get counts from the store's start, as `outbox status`.
+        metrics
+            .endpoint(endpoint)
+            .dropped(outbox.dropped_for(queue));
         if !routed {
             tracing::warn!(
                 endpoint,

@@ -21,8 +21,8 @@
 //!   under a new sequence number (same event id).
 //! - `meta`: small facts: the store's id, and per endpoint (see [`meta_key`]) whether it
 //!   is disabled (why and since when, after a 410 Gone), its last success and failure
-//!   (Unix ms, written at most once a second), and how many events it missed while its share
-//!   of the outbox was full and it could not drain ([`DROPPED`], written with the batch).
+//!   (Unix ms, written at most once a second), and how many events it will never get because
+//!   its share of the outbox was full ([`DROPPED`], written with the batch or the drop).
 //!
 //! # Invariants
 //! 1. A batch of commits (events and the device and workspace states they came from) is written
@@ -157,7 +157,7 @@ struct Queue {
     /// disabled (410), inactive or no longer configured. A queue that cannot drain never
     /// holds the others back when its share is full (see [`run_writer`]).
     draining: AtomicBool,
-    /// Events missed while full and not draining, ever (persisted as [`DROPPED`]).
+    /// Events this queue will never get because its share was full, ever (persisted as [`DROPPED`]).
     dropped: AtomicU64,
     /// Wakes this endpoint's delivery when new records are durable (a stored permit, so a
     /// wake-up while delivery is busy is not lost).
@@ -829,6 +829,16 @@ impl Outbox {
                     freed += v.len() as u64;
                 }
             }
+            if dropped > 0 {
+                // What the endpoint will never get is counted with it, in the same log as the
+                // removals (so a crash keeps both or neither).
+                let q = &self.queues[queue.0];
+                let total = q.dropped.fetch_add(dropped as u64, Ordering::Relaxed) + dropped as u64;
+                s.meta.insert(
+                    meta_key(&q.endpoint, DROPPED),
+                    serde_json::to_vec(&total).expect("a number"),
+                )?;
+            }
             Ok(dropped)
         })
     }
@@ -850,7 +860,7 @@ impl Outbox {
         self.queues[queue.0].draining.load(Ordering::Relaxed)
     }
 
-    /// Events `queue` missed because its share was full while it could not drain, ever.
+    /// Events `queue` will never get because its share was full, ever (see [`DROPPED`]).
     pub fn dropped_for(&self, queue: QueueId) -> u64 {
         self.queues[queue.0].dropped.load(Ordering::Relaxed)
     }
@@ -964,8 +974,9 @@ pub fn meta_key(endpoint: &str, fact: &str) -> String {
 const APPLIED: &str = "applied";
 const APPLIED_BATCHES: u64 = 4;
 
-/// The `meta` fact counting the events an endpoint missed because its share of the outbox was
-/// full while it could not drain (see [`run_writer`]).
+/// The `meta` fact counting the events an endpoint will never get because its share of the
+/// outbox was full: new events while it could not drain, or its oldest readings deleted by
+/// `on_full = drop_oldest_readings` (see [`run_writer`]).
 pub const DROPPED: &str = "dropped";
 
 /// The marker file beside the store naming its id (see `Store::check_identity`).
@@ -1361,6 +1372,7 @@ async fn make_room(
                     Ok(0) => {}
                     Ok(n) => {
                         metrics.dropped(n as u64);
+                        metrics.endpoint(name).dropped(n as u64);
                         if let Some((_, dropped)) = &mut log.full[i] {
                             *dropped += n as u64;
                         }

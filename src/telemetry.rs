@@ -239,7 +239,7 @@ impl EndpointMetrics {
     pub fn set_disabled(&self, disabled: bool) {
         self.disabled.store(disabled, Ordering::Relaxed);
     }
-    /// `n` events not stored for this endpoint (its share was full, it could not drain).
+    /// `n` events this endpoint will never get (its share was full: it could not drain, or its oldest readings made room).
     pub fn dropped(&self, n: u64) {
         self.events_dropped.fetch_add(n, Ordering::Relaxed);
     }
@@ -581,7 +581,7 @@ impl Metrics {
         metric(
             "endpoint_dropped_total",
             "counter",
-            "Events not stored for the endpoint because its share of outbox.max_size was full while it could not drain (disabled, inactive, removed); other endpoints still got them.",
+            "Events the endpoint will never get because its share of outbox.max_size was full, since the outbox was made (as outbox status): new events while it could not drain (disabled, inactive, removed; other endpoints still got them), or its oldest readings deleted by on_full = drop_oldest_readings.",
             &per(&|e| get(&e.events_dropped)),
         );
         metric(

@@ -526,6 +526,38 @@ async fn a_full_outbox_can_drop_old_readings_but_never_health_events() {
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+/// Issue 16 #4: what `on_full = drop_oldest_readings` deletes, an endpoint never gets, so it is
+/// counted *for that endpoint*, durably: `edgehook_endpoint_dropped_total{endpoint}` and
+/// `edgehook outbox status` say so, after a restart too (not only a process-wide counter that
+/// a restart zeroes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_dropped_to_make_room_are_counted_for_their_endpoint_across_a_restart() {
+    let on_full = "on_full = \"drop_oldest_readings\"\n";
+    let (_dir, _broker, _receiver, mut daemon, published) = overfill(on_full, "dropc").await;
+    let endpoint_dropped = "edgehook_endpoint_dropped_total{endpoint=\"default\"}";
+    let wait = Instant::now() + LONG;
+    while daemon.metric("edgehook_events_created_total{type=\"sensor.reading.updated\"}")
+        < Some(published.len() as u64)
+    {
+        assert!(Instant::now() < wait, "not all taken in:\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dropped = daemon.metric("edgehook_outbox_dropped_total").unwrap();
+    assert!(dropped > 0, "{}", daemon.log());
+    assert_eq!(daemon.metric(endpoint_dropped), Some(dropped));
+    assert_eq!(daemon.terminate(), Some(0));
+    let (code, out, err) = daemon.outbox_cli(&["status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("dropped       {dropped} ")),
+        "outbox status tells the {dropped} dropped readings:\n{out}"
+    );
+    daemon.start();
+    daemon.wait_metric(endpoint_dropped, dropped).await;
+    assert_eq!(daemon.metric(endpoint_dropped), Some(dropped));
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 /// Issue 16 #1: a change held back by `min_interval` is acknowledged to the broker, so it must
 /// be on disk when the PUBACK goes out, though no event has been made of it yet. Publish A,
 /// then B 0.3 s later (held), `kill -9` 30 ms after B's PUBACK, start again: B is reported.

@@ -159,7 +159,7 @@ pub async fn run(
                 let dropped = outbox.dropped_for(queue);
                 if dropped > 0 {
                     println!(
-                        "  dropped       {dropped} (its share of the outbox was full while it could not drain)"
+                        "  dropped       {dropped} event(s) it will never get: its share of the outbox was full (see the log)"
                     );
                 }
                 for (label, fact) in [
