@@ -400,6 +400,41 @@ async fn broker_restarted_twice_under_load_loses_nothing() {
     });
 }
 
+/// A device publishes its retained birth again after every reconnect, as real firmware (and
+/// the simulator) does: a last-will the broker published meanwhile (here, one published for it)
+/// is answered by `device.online`. Found by the randomized fault harness: edgehook took the
+/// second birth — the same topic and payload as the first, acknowledged a connection earlier —
+/// for the broker's redelivery and skipped it, so the device stayed offline upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_birth_again_after_a_broker_restart_is_news_not_a_redelivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let classes = "[[device_classes]]\nname = \"quick\"\nmatch = [\"*\"]\ndebounce = \"200ms\"\n";
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, classes);
+    daemon.start();
+    let mut sensor = device(broker.port, "occ-reborn", DeviceClass::OccupancySensor).await;
+    sensor.flushed().await.unwrap();
+    receiver
+        .wait_until(LONG, "online", |s| s.of_type("device.online").len() == 1)
+        .await;
+    // What the broker does with its last-will when the device's connection drops uncleanly.
+    let will = [("devices/occ-reborn/status", "offline")];
+    common::publish_plain(broker.port, "will", &will).await;
+    receiver
+        .wait_until(LONG, "offline", |s| s.of_type("device.offline").len() == 1)
+        .await;
+    broker.stop();
+    broker.restart();
+    receiver
+        .wait_until(LONG, "online again", |s| {
+            s.of_type("device.online").len() == 2
+        })
+        .await;
+    sensor.flushed().await.unwrap();
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 /// A daemon with `max_size = "64KiB"` (and `outbox` keys `extra`) whose receiver refuses
 /// everything, and about 200 KB of events published to it (three times the limit) by four
 /// sensors `<prefix>-<i>`. Returns what the broker acknowledged.

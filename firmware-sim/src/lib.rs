@@ -25,6 +25,8 @@
 pub mod powercut;
 pub mod serial;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
@@ -174,10 +176,13 @@ pub struct SimDevice {
     poller: JoinHandle<()>,
     acked: tokio::sync::watch::Receiver<u64>,
     published: u64,
+    /// Births published again on reconnects (by the poller), which the broker acknowledges too.
+    births: Arc<AtomicU64>,
 }
 
 impl SimDevice {
-    /// Connect with a retained `offline` last-will, then publish a retained `online` birth.
+    /// Connect with a retained `offline` last-will, then publish a retained `online` birth (and
+    /// again after every reconnect).
     pub async fn connect(
         host: &str,
         port: u16,
@@ -197,7 +202,13 @@ impl SimDevice {
         let (client, eventloop) = AsyncClient::new(options, 1024);
         let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
         let (acked_tx, acked) = tokio::sync::watch::channel(0u64);
-        let poller = tokio::spawn(poll(eventloop, connected_tx, acked_tx));
+        let births = Arc::new(AtomicU64::new(0));
+        let rebirth = Rebirth {
+            client: client.clone(),
+            topic: status.clone(),
+            births: births.clone(),
+        };
+        let poller = tokio::spawn(poll(eventloop, connected_tx, acked_tx, rebirth));
         tokio::time::timeout(Duration::from_secs(10), connected_rx)
             .await
             .map_err(|_| {
@@ -219,6 +230,7 @@ impl SimDevice {
             poller,
             acked,
             published: 1,
+            births,
         })
     }
 
@@ -253,8 +265,9 @@ impl SimDevice {
 
     /// Wait until the broker has acknowledged everything published so far.
     pub async fn flushed(&mut self) -> anyhow::Result<()> {
-        let want = self.published;
-        self.acked.wait_for(|n| *n >= want).await.map_err(|_| {
+        let (published, births) = (self.published, self.births.clone());
+        let want = move || published + births.load(Ordering::SeqCst);
+        self.acked.wait_for(|n| *n >= want()).await.map_err(|_| {
             anyhow::anyhow!(
                 "{}: connection closed before all publishes were acknowledged",
                 self.firmware.id
@@ -296,10 +309,20 @@ impl SimDevice {
     }
 }
 
+/// What a device does on every reconnect: publish its retained `online` birth again, as real
+/// firmware does (the broker may have published its last-will meanwhile, or lost the retained
+/// birth in a restart).
+struct Rebirth {
+    client: AsyncClient,
+    topic: String,
+    births: Arc<AtomicU64>,
+}
+
 async fn poll(
     mut eventloop: EventLoop,
     connected: tokio::sync::oneshot::Sender<()>,
     acked: tokio::sync::watch::Sender<u64>,
+    rebirth: Rebirth,
 ) {
     let mut connected = Some(connected);
     let mut failures = 0u32;
@@ -308,7 +331,19 @@ async fn poll(
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 failures = 0;
                 if let Some(tx) = connected.take() {
-                    let _ = tx.send(());
+                    let _ = tx.send(()); // `connect` publishes the first birth
+                } else {
+                    // Counted before it is queued, so its ack never stands in for another's.
+                    rebirth.births.fetch_add(1, Ordering::SeqCst);
+                    let birth = rebirth.client.try_publish(
+                        rebirth.topic.as_str(),
+                        QoS::AtLeastOnce,
+                        true,
+                        "online",
+                    );
+                    if birth.is_err() {
+                        rebirth.births.fetch_sub(1, Ordering::SeqCst);
+                    }
                 }
             }
             Ok(Event::Incoming(Packet::PubAck(_))) => acked.send_modify(|n| *n += 1),

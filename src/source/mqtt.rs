@@ -299,7 +299,7 @@ impl MqttSource {
                     if publish.qos != QoS::AtMostOnce {
                         let now = generation.load(Ordering::SeqCst);
                         if let Arrival::Redelivered { ack_now } =
-                            redeliveries.arrived(fingerprint, publish.pkid, now)
+                            redeliveries.arrived(fingerprint, publish.pkid, now, publish.dup)
                         {
                             self.metrics.mqtt_redelivery_recognised();
                             if ack_now {

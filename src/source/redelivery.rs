@@ -11,17 +11,19 @@
 //!
 //! So each message awaiting its acknowledgement is remembered by a fingerprint of its topic
 //! and payload, with the connection it came on — and, once acknowledged, the last thousand or
-//! so still are: an acknowledgement queued when the connection broke never reached the broker. A message with the same fingerprint on a later
-//! connection is the redelivery: once the original is durable, it is acknowledged without being
-//! applied again (at once if the original already is; otherwise when the original's turn comes).
-//! Only a few connections' worth are kept.
+//! so still are: an acknowledgement queued when the connection broke never reached the broker.
+//! A redelivery carries the DUP flag (MQTT 3.1.1 §3.3.1.1); a message with it and the same
+//! fingerprint on a later connection is the redelivery: once the original is durable, it is
+//! acknowledged without being applied again (at once if the original already is; otherwise
+//! when the original's turn comes). A message without DUP is the broker's first delivery of it,
+//! so it is new whatever it repeats: a device's birth `online` again after a reconnect is news
+//! (found by the randomized fault harness). Only a few connections' worth are kept.
 //!
 //! A crash (`kill -9`, a power cut) between a batch's sync and its acknowledgements reaching
 //! the broker leaves the same situation across a restart, so the outbox keeps the fingerprints
 //! of the messages of its last few batches with the batches themselves (durable together). After
 //! a start, the broker's redeliveries come first: those that match are acknowledged without
-//! being applied, until the first message that does not match, which ends the check (a later
-//! message with the same payload is a new one, and is applied).
+//! being applied, until the first message without DUP, which ends the check.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -81,30 +83,35 @@ impl Redeliveries {
             .unwrap_or_else(|e| e.into_inner()) = set;
     }
 
-    /// A QoS 1 message with fingerprint `fp` and packet id `pkid` arrived on connection `now`.
-    pub fn arrived(&self, fp: u64, pkid: u16, now: u64) -> Arrival {
+    /// A QoS 1 message with fingerprint `fp` and packet id `pkid` arrived on connection `now`,
+    /// with the DUP flag (`dup`) or without.
+    pub fn arrived(&self, fp: u64, pkid: u16, now: u64, dup: bool) -> Arrival {
         {
             let mut before = self
                 .before_restart
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             if let Some(set) = before.as_mut() {
-                if set.remove(&fp) {
+                if !dup {
+                    *before = None; // the redeliveries are over
+                } else if set.remove(&fp) {
                     return Arrival::Redelivered { ack_now: true };
                 }
-                *before = None; // the redeliveries are over
             }
         }
         let mut entries = self.lock();
         match entries.get_mut(&fp) {
-            Some(e) if e.received_on < now && e.durable => {
+            Some(e) if dup && e.received_on < now && e.durable => {
                 entries.remove(&fp);
                 Arrival::Redelivered { ack_now: true }
             }
-            Some(e) if e.received_on < now => {
+            Some(e) if dup && e.received_on < now => {
                 e.copies.push((pkid, now));
                 Arrival::Redelivered { ack_now: false }
             }
+            // A first delivery repeating one still awaiting its copies: new, and not
+            // remembered (its acknowledgement goes out as usual).
+            Some(e) if e.received_on < now && !(e.durable && e.copies.is_empty()) => Arrival::New,
             _ => {
                 if entries.len() >= MAX_ENTRIES {
                     entries.retain(|_, e| e.received_on >= now);
@@ -189,25 +196,34 @@ mod tests {
     fn redeliveries_are_acknowledged_once_the_original_is_durable_and_never_applied_again() {
         let r = Redeliveries::default();
         let [a, b, c] = [1u64, 2, 3];
-        assert_eq!(r.arrived(a, 10, 1), Arrival::New);
-        assert_eq!(r.arrived(b, 11, 1), Arrival::New);
+        assert_eq!(r.arrived(a, 10, 1, false), Arrival::New);
+        assert_eq!(r.arrived(b, 11, 1, false), Arrival::New);
         // connection 1 lost; A becomes durable meanwhile: its own ack must not go out
         assert_eq!(r.durable(a, 1, 2), (false, vec![]));
         r.forget_before(1);
-        assert_eq!(r.arrived(a, 20, 3), Arrival::Redelivered { ack_now: true });
-        assert_eq!(r.arrived(b, 21, 3), Arrival::Redelivered { ack_now: false });
-        assert_eq!(r.arrived(c, 22, 3), Arrival::New);
+        assert_eq!(
+            r.arrived(a, 20, 3, true),
+            Arrival::Redelivered { ack_now: true }
+        );
+        assert_eq!(
+            r.arrived(b, 21, 3, true),
+            Arrival::Redelivered { ack_now: false }
+        );
+        assert_eq!(r.arrived(c, 22, 3, true), Arrival::New);
         // B's original becomes durable: the copy's packet id is acknowledged instead
         assert_eq!(r.durable(b, 1, 3), (false, vec![21]));
         assert_eq!(r.durable(c, 3, 3), (true, vec![]));
         // C was acknowledged on its own connection, but that ack may die with it: a copy on
         // the next connection is recognised too
         r.forget_before(3);
-        assert_eq!(r.arrived(c, 40, 4), Arrival::Redelivered { ack_now: true });
+        assert_eq!(
+            r.arrived(c, 40, 4, true),
+            Arrival::Redelivered { ack_now: true }
+        );
         // on its own connection, the same payload again is a new message
-        assert_eq!(r.arrived(a, 30, 4), Arrival::New);
+        assert_eq!(r.arrived(a, 30, 4, false), Arrival::New);
         assert_eq!(r.durable(a, 4, 4), (true, vec![]));
-        assert_eq!(r.arrived(a, 31, 4), Arrival::New);
+        assert_eq!(r.arrived(a, 31, 4, false), Arrival::New);
     }
 
     /// Found by the randomized fault harness: `kill -9` after a batch was synced but before its
@@ -217,16 +233,47 @@ mod tests {
     fn after_a_restart_the_first_redeliveries_of_applied_messages_are_recognised() {
         let r = Redeliveries::default();
         r.applied_before_restart(vec![7, 8]);
-        assert_eq!(r.arrived(8, 1, 1), Arrival::Redelivered { ack_now: true });
-        assert_eq!(r.arrived(9, 2, 1), Arrival::New);
-        // after the first new message, the same payload as an old one is a new message
-        assert_eq!(r.arrived(7, 3, 1), Arrival::New);
+        assert_eq!(
+            r.arrived(8, 1, 1, true),
+            Arrival::Redelivered { ack_now: true }
+        );
+        // a redelivery of a message never applied does not end the check
+        assert_eq!(r.arrived(9, 2, 1, true), Arrival::New);
+        assert_eq!(
+            r.arrived(7, 3, 1, true),
+            Arrival::Redelivered { ack_now: true }
+        );
+        r.applied_before_restart(vec![7]);
+        // after the first message the broker sends for the first time, the check is over
+        assert_eq!(r.arrived(5, 4, 1, false), Arrival::New);
+        assert_eq!(r.arrived(7, 5, 1, true), Arrival::New);
+    }
+
+    /// Found by the randomized fault harness: a device announcing itself `online` again after
+    /// a broker restart (the same topic and payload as its first birth, which was acknowledged
+    /// a connection earlier) was taken for a redelivery and skipped, so the device stayed
+    /// offline upstream. Without DUP it is the broker's first delivery: new.
+    #[test]
+    fn a_first_delivery_is_new_even_when_it_repeats_an_acknowledged_message() {
+        let r = Redeliveries::default();
+        let birth = 1u64;
+        assert_eq!(r.arrived(birth, 10, 1, false), Arrival::New);
+        assert_eq!(r.durable(birth, 1, 1), (true, vec![]));
+        r.forget_before(1); // connection 1 lost, 2 is up
+        assert_eq!(r.arrived(birth, 20, 2, false), Arrival::New);
+        assert_eq!(r.durable(birth, 2, 2), (true, vec![]));
+        // and once more, its acknowledgement lost with connection 2: the copy is recognised
+        r.forget_before(2);
+        assert_eq!(
+            r.arrived(birth, 30, 3, true),
+            Arrival::Redelivered { ack_now: true }
+        );
     }
 
     #[test]
     fn old_connections_are_forgotten() {
         let r = Redeliveries::default();
-        r.arrived(1, 1, 1);
+        r.arrived(1, 1, 1, false);
         r.forget_before(1); // connection 1 lost, a reconnect failed (2), 3 is up
         assert_eq!(r.lock().len(), 1);
         r.forget_before(3); // 3 lost too, 4 is up
