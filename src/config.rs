@@ -519,9 +519,10 @@ pub struct OutboxConfig {
     #[serde(with = "size")]
     pub max_size: u64,
     /// `backpressure` (default): hold new messages unacknowledged until delivery frees space, so
-    /// the broker keeps them. `drop_oldest_readings`: delete the oldest
-    /// `sensor.reading.updated` events to make room (never health or workspace events; those
-    /// still wait), counted in `edgehook_outbox_dropped_total`.
+    /// the broker keeps them. `drop_oldest_readings`: delete `sensor.reading.updated` events
+    /// to make room — first those a newer reading of the same device supersedes, then the
+    /// oldest — never health or workspace events (those still wait); counted per endpoint
+    /// (`edgehook_endpoint_dropped_total`, `outbox status`) and in `edgehook_outbox_dropped_total`.
     pub on_full: OnFull,
     /// Delivery attempts kept in the delivery log (`edgehook outbox log`, the file
     /// `delivery.log` in `state_dir`): at least this many and at most twice as many; 0 keeps

@@ -806,9 +806,11 @@ impl Outbox {
         Ok(n)
     }
 
-    /// Delete the oldest `sensor.reading.updated` records of `queue` until `bytes` are freed
-    /// (or a bounded scan finds no more). Returns how many were deleted. Health and workspace
-    /// events are never deleted. Not flushed: a crash brings them back, no harm.
+    /// Delete `sensor.reading.updated` records of `queue` until `bytes` are freed (or a bounded
+    /// scan of the oldest finds no more): first those a newer reading of the same device
+    /// supersedes, oldest first, then the oldest. Returns how many were deleted, counted for
+    /// the endpoint ([`DROPPED`]). Health and workspace events are never deleted. Not flushed:
+    /// a crash brings them back, no harm.
     pub fn drop_oldest_readings(&self, queue: QueueId, bytes: u64) -> Result<usize, OutboxError> {
         const SCAN: usize = 10_000;
         let reading = crate::event::EventType::SensorReadingUpdated
@@ -817,16 +819,34 @@ impl Outbox {
         self.with(|s| {
             let (mut dropped, mut freed) = (0, 0u64);
             let tree = &s.queues[queue.0];
+            // The readings among the oldest records: (key, size, lane), oldest first.
+            let mut readings = Vec::new();
             for kv in tree.iter().take(SCAN) {
+                let (k, v) = kv?;
+                if record_kind(&v) == Some(reading) {
+                    readings.push((k, v.len(), record_lane(&v).unwrap_or_default().to_vec()));
+                }
+            }
+            // A reading a newer one of the same device supersedes goes first, so upstream
+            // still ends knowing each device's latest values; then the oldest.
+            let mut newest = std::collections::HashMap::new();
+            for (i, (_, _, lane)) in readings.iter().enumerate() {
+                newest.insert(lane.as_slice(), i);
+            }
+            let superseded = |i: usize| newest.get(readings[i].2.as_slice()) != Some(&i);
+            let order = (0..readings.len())
+                .filter(|&i| superseded(i))
+                .chain((0..readings.len()).filter(|&i| !superseded(i)));
+            for i in order {
                 if freed >= bytes {
                     break;
                 }
-                let (k, v) = kv?;
-                if record_kind(&v) == Some(reading) && tree.remove(&k)?.is_some() {
+                let (k, len, _) = &readings[i];
+                if tree.remove(k)?.is_some() {
                     self.dropped_any.store(true, Ordering::Relaxed);
-                    self.forget(queue, v.len());
+                    self.forget(queue, *len);
                     dropped += 1;
-                    freed += v.len() as u64;
+                    freed += *len as u64;
                 }
             }
             if dropped > 0 {
@@ -1235,7 +1255,7 @@ fn decode(seq: u64, bytes: &[u8]) -> Result<OutboxRecord, OutboxError> {
 /// of another. When a batch does not fit in a queue's share:
 /// - a queue that drains (its endpoint is active and not disabled) applies `on_full`:
 ///   back-pressure (the batch waits, unacknowledged, until delivery frees space) or dropping
-///   that queue's oldest readings;
+///   that queue's readings (superseded ones first, then the oldest);
 /// - a queue that cannot drain (disabled by a 410, inactive, no longer configured) would wait
 ///   for ever and hold every other endpoint and every ack with it, so the batch's events are
 ///   not stored *for that endpoint only*: counted ([`DROPPED`], `edgehook_endpoint_dropped_total`,
@@ -1356,7 +1376,7 @@ async fn make_room(
                 if draining {
                     let policy = match config.on_full {
                         OnFull::Backpressure => "holding new messages unacknowledged until delivery frees space (back-pressure; the broker keeps them)",
-                        OnFull::DropOldestReadings => "dropping its oldest sensor readings to make room (on_full = drop_oldest_readings)",
+                        OnFull::DropOldestReadings => "dropping its sensor readings to make room, superseded ones first (on_full = drop_oldest_readings)",
                     };
                     tracing::error!(endpoint = %name, used_bytes = used, share_bytes = share, pending = outbox.queue_len(queue), "outbox FULL for endpoint `{name}`: {policy}");
                 } else {
@@ -1794,6 +1814,40 @@ mod tests {
             "kept across a restart"
         );
         assert_eq!(ob.dropped_for(Q0), 0);
+    }
+
+    /// Found by the randomized fault harness: dropping the oldest readings dropped a device's
+    /// only — latest — reading while older readings of a busier device stayed, so upstream
+    /// ended knowing a state the device had left. Readings a newer reading of the same device
+    /// supersedes go first.
+    #[tokio::test]
+    async fn dropping_for_room_takes_superseded_readings_before_a_devices_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+        let envelopes = vec![
+            reading("quiet"),
+            reading("busy"),
+            reading("busy"),
+            reading("busy"),
+        ];
+        let commit = Commit {
+            envelopes,
+            ..Default::default()
+        };
+        ob.write(&[commit], &[]).unwrap();
+        ob.flush().await.unwrap();
+        let one = encode(&reading("busy")).len() as u64;
+        assert_eq!(ob.drop_oldest_readings(Q0, one + 1).unwrap(), 2);
+        let left: Vec<String> = ob
+            .pending_after(Q0, None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.lane)
+            .collect();
+        assert_eq!(left, [reading("quiet").lane, reading("busy").lane]);
+        // With nothing superseded left, the oldest goes.
+        assert_eq!(ob.drop_oldest_readings(Q0, 1).unwrap(), 1);
+        assert_eq!(ob.len(), 1);
     }
 
     #[tokio::test]
