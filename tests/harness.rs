@@ -15,8 +15,18 @@
 //! - for a class with `min_interval`, every report carried values the device published, in
 //!   order, and the last one agrees with its last reading up to the deadband (coalescing keeps
 //!   the latest values of a window; a reading inside the deadband is no change);
-//! - every device was announced online, one that lost power (its last-will) ends offline, and
-//!   the workspace ends in the status its sensors' last reports give;
+//! - every device was announced online, one that lost power (its last-will) ends offline, a
+//!   live one ends online (or lost, for a class with a heartbeat), a device left silent past
+//!   its heartbeat was reported lost, no device's health news ever repeats itself, and the
+//!   workspace ends in the status its sensors' last reports give;
+//! - devices on a serial port, whose frames come with noise (garbage, bad checksums carrying
+//!   values no device published, over-long lines, frames split across writes), are held to
+//!   the same rules, except for frames written around a crash (serial lines have no
+//!   acknowledgements);
+//! - per seed, the outbox may be small with `on_full = "drop_oldest_readings"` (then an
+//!   endpoint may miss at most as many readings as it counts dropped), and `ops` may give up
+//!   (`max_attempts`, `max_age`): at the end every dead letter is replayed, the way an
+//!   operator does, and then nothing may be missing;
 //! - while one endpoint failed, the other got everything made meanwhile (no endpoint waits on
 //!   another);
 //! - the daemon's peak memory stayed under half of the unit's `MemoryMax`, and the outbox
@@ -27,11 +37,13 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{device, Daemon, Mosquitto, Receiver};
 use firmware_sim::powercut::Mounted;
+use firmware_sim::serial::{checksum, reading_frame, SerialFraming, SerialLink};
 use firmware_sim::{DeviceClass, SimDevice};
 use serde_json::{json, Value};
 
@@ -50,6 +62,14 @@ min_interval = "400ms"
 deadband = { temperature = 0.5 }
 debounce = "300ms"
 
+[[device_classes]]
+name = "quiet"
+match = ["quiet-*"]
+heartbeat = "1s"
+lost_after = 2.0
+deadband = { temperature = 0.5 }
+debounce = "300ms"
+
 [[workspaces]]
 id = "room-h"
 sensors = ["fast-room-a", "fast-room-b"]
@@ -57,15 +77,62 @@ hold = "0s"
 
 [devices]
 max_devices = 60
-
-[outbox]
-max_size = "1MiB"
 "#;
 
-const MAX_SIZE: u64 = 1 << 20;
+/// How a seed sets up the outbox and the serial port.
+struct Setup {
+    /// A small outbox that drops its oldest readings when full, instead of back-pressure.
+    drops: bool,
+    /// `ops` gives up (dead letters) after a few attempts or seconds.
+    gives_up: bool,
+    serial: PathBuf,
+}
 
-/// The endpoints: `default` takes everything, `ops` devices' health and readings.
-fn endpoints(all: &str, ops: &str) -> String {
+impl Setup {
+    fn max_size(&self) -> u64 {
+        if self.drops {
+            64 << 10 // the least allowed
+        } else {
+            1 << 20
+        }
+    }
+
+    /// Everything but the endpoints, with the held class's `min_interval`.
+    fn rest(&self, min_interval: &str) -> String {
+        let on_full = if self.drops {
+            "drop_oldest_readings"
+        } else {
+            "backpressure"
+        };
+        format!(
+            r#"{classes}
+[outbox]
+max_size = {size}
+on_full = "{on_full}"
+
+[[serial_ports]]
+path = "{serial}"
+framing = "text"
+metadata_fields = ["seq"]
+max_frame_bytes = 256
+reopen_min = "50ms"
+reopen_max = "200ms"
+"#,
+            classes = CLASSES.replace("\"400ms\"", &format!("\"{min_interval}\"")),
+            size = self.max_size(),
+            serial = self.serial.display()
+        )
+    }
+}
+
+/// The endpoints: `default` takes everything, `ops` devices' health and readings (and gives up
+/// on an event after 4 attempts or 20 s, when `gives_up`).
+fn endpoints(all: &str, ops: &str, gives_up: bool) -> String {
+    let limits = if gives_up {
+        "max_attempts = 4\nmax_age = \"20s\"\n"
+    } else {
+        ""
+    };
     format!(
         r#"
 [webhook]
@@ -82,7 +149,7 @@ url = "{ops}"
 secret = "{secret}"
 events = ["device.*", "sensor.*"]
 timeout = "1s"
-[endpoints.retry]
+{limits}[endpoints.retry]
 initial = "50ms"
 max = "400ms"
 "#,
@@ -90,12 +157,22 @@ max = "400ms"
     )
 }
 
+/// How a device is connected.
+enum Link {
+    Mqtt(SimDevice),
+    /// On the harness's serial port.
+    Serial,
+    /// It lost power (the broker published its last-will).
+    Dead,
+}
+
 /// One simulated device and what the model knows of it.
 struct Model {
     id: String,
     held: bool,
-    /// `None` once it died (lost power: the broker publishes its last-will).
-    sim: Option<SimDevice>,
+    /// Of the `quiet` class: a heartbeat of 1 s, lost after 2 s of silence.
+    quiet: bool,
+    link: Link,
     seq: u64,
     presence: bool,
     /// Temperature in tenths of a degree (moves are always even, never exactly the deadband).
@@ -106,16 +183,51 @@ struct Model {
     must: Vec<u64>,
     /// Every published (seq, presence, tenths), in order.
     published: Vec<(u64, bool, i64)>,
-    /// The seq published last when the broker restarted: the device resends what the broker
-    /// had not acknowledged yet (QoS 1 from the device is at-least-once too), and edgehook
-    /// rightly takes those as readings again, so older values may follow newer ones there.
+    /// Where what edgehook saw may differ from what the device published: the seq published
+    /// last when the broker restarted (the device resends what the broker had not
+    /// acknowledged yet — QoS 1 from the device is at-least-once too — and edgehook rightly
+    /// takes those as readings again, so older values may follow newer ones there), or when
+    /// the daemon came back from a crash after frames on the serial line went missing.
     resent_up_to: Vec<u64>,
+    /// Serial frames written around a crash (a second before it until the daemon is back):
+    /// the line has no acknowledgements, so these may rightly be lost.
+    maybe_lost: HashSet<u64>,
+    /// When each serial frame was written (seq, when).
+    written: Vec<(u64, Instant)>,
+    /// Silences past its heartbeat the harness made, each checked to be reported lost.
+    silences: usize,
+    /// Bytes of an unchanging field in each MQTT reading (larger events fill a small outbox).
+    padding: usize,
 }
 
 impl Model {
+    fn new(id: String, held: bool, link: Link, rng: &mut fastrand::Rng) -> Model {
+        Model {
+            quiet: id.starts_with("quiet-"),
+            id,
+            held,
+            link,
+            seq: 0,
+            presence: rng.bool(),
+            tenths: 200 + 2 * rng.i64(-10..10),
+            reported: None,
+            must: Vec::new(),
+            published: Vec::new(),
+            resent_up_to: Vec::new(),
+            maybe_lost: HashSet::new(),
+            written: Vec::new(),
+            silences: 0,
+            padding: 0,
+        }
+    }
+
+    fn alive(&self) -> bool {
+        !matches!(self.link, Link::Dead)
+    }
+
     /// Publish the next reading, chosen by `rng`: a change, a move inside the deadband, a
     /// repeat (only metadata moves).
-    async fn step(&mut self, rng: &mut fastrand::Rng) {
+    async fn step(&mut self, rng: &mut fastrand::Rng, serial: &mut SerialLink) {
         match rng.u8(..100) {
             0..=29 => self.presence = !self.presence,
             30..=54 => self.tenths += if rng.bool() { 10 } else { -10 },
@@ -139,13 +251,58 @@ impl Model {
             "temperature": self.tenths as f64 / 10.0,
             "seq": self.seq,
         });
-        self.sim
-            .as_mut()
-            .expect("a live device")
-            .publish_raw(payload.to_string().into_bytes())
-            .await
-            .unwrap();
+        match &mut self.link {
+            Link::Mqtt(sim) => {
+                let mut payload = payload;
+                if self.padding > 0 {
+                    // A field that never changes, only making the events larger.
+                    payload["note"] = "n".repeat(self.padding).into();
+                }
+                sim.publish_raw(payload.to_string().into_bytes())
+                    .await
+                    .unwrap()
+            }
+            Link::Serial => {
+                let frame = reading_frame(SerialFraming::Text, &self.id, &payload);
+                self.written.push((self.seq, Instant::now()));
+                write_noisy(serial, &self.id, frame, rng).await;
+            }
+            Link::Dead => panic!("{} is dead", self.id),
+        }
     }
+
+    /// Wait until the broker has everything it published (serial lines have no acks).
+    async fn flushed(&mut self) {
+        if let Link::Mqtt(sim) = &mut self.link {
+            sim.flushed().await.unwrap();
+        }
+    }
+}
+
+/// Write `frame` to the serial line, maybe with noise before it (garbage bytes, a frame with a
+/// bad checksum carrying a seq nobody published, an over-long line) or split in two writes.
+async fn write_noisy(serial: &mut SerialLink, id: &str, frame: Vec<u8>, rng: &mut fastrand::Rng) {
+    match rng.u8(..10) {
+        0 => serial.send(b"\x00\xff#~noise".to_vec()).await.unwrap(),
+        1 => {
+            let body = format!("OCC,{id},1,99.9,{}", 1_000_000 + rng.u32(..1000));
+            let bad = format!("${body}*{:02X}\r\n", checksum(&body) ^ 0x5a);
+            serial.send(bad.into_bytes()).await.unwrap();
+        }
+        2 => {
+            let long = format!("${}\n", "X".repeat(400));
+            serial.send(long.into_bytes()).await.unwrap();
+        }
+        3 => {
+            let cut = rng.usize(1..frame.len());
+            serial.send(frame[..cut].to_vec()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(rng.u64(1..20))).await;
+            serial.send(frame[cut..].to_vec()).await.unwrap();
+            return;
+        }
+        _ => {}
+    }
+    serial.send(frame).await.unwrap();
 }
 
 /// How a receiver misbehaves during a phase.
@@ -216,7 +373,9 @@ enum Fault {
 
 struct World {
     seed: u64,
+    setup: Setup,
     broker: Mosquitto,
+    serial: SerialLink,
     card: Mounted,
     daemon: Daemon,
     clock_file: PathBuf,
@@ -239,9 +398,10 @@ impl World {
         }
     }
 
-    async fn inject(&mut self, fault: Fault, rng: &mut fastrand::Rng) {
+    async fn inject(&mut self, fault: Fault, rng: &mut fastrand::Rng, models: &mut [Model]) {
         self.faults.push(fault);
         self.sample();
+        let crashed_at = Instant::now();
         match fault {
             Fault::None => {}
             Fault::Kill9 => {
@@ -272,15 +432,24 @@ impl World {
                 } else {
                     "400ms"
                 };
-                let classes = CLASSES.replace("\"400ms\"", &format!("\"{interval}\""));
+                let rest = self.setup.rest(interval);
                 let port = self.broker.port;
                 self.daemon
-                    .rewrite_webhook(port, &format!("{}\n{classes}", self.endpoints));
+                    .rewrite_webhook(port, &format!("{}\n{rest}", self.endpoints));
                 self.daemon.signal(1);
             }
             Fault::ClockStep { seconds } => {
                 self.clock_offset += seconds;
                 std::fs::write(&self.clock_file, format!("{:+}\n", self.clock_offset)).unwrap();
+            }
+        }
+        if let Fault::Kill9 | Fault::PowerCut { .. } = fault {
+            // What the daemon had read off the serial line but not yet written is gone.
+            let since = crashed_at - Duration::from_secs(1);
+            for m in models.iter_mut().filter(|m| matches!(m.link, Link::Serial)) {
+                m.maybe_lost
+                    .extend(m.written.iter().filter(|w| w.1 >= since).map(|w| w.0));
+                m.resent_up_to.push(m.seq);
             }
         }
     }
@@ -303,19 +472,44 @@ fn pick_fault(rng: &mut fastrand::Rng) -> Fault {
 /// Before a broker restart: what each device may resend.
 fn note_restart(fault: Fault, models: &mut [Model]) {
     if let Fault::BrokerRestart = fault {
-        for m in models {
+        for m in models
+            .iter_mut()
+            .filter(|m| matches!(m.link, Link::Mqtt(_)))
+        {
             m.resent_up_to.push(m.seq);
         }
     }
 }
 
-/// The `fields` of every reading of `device` delivered to `r`, first deliveries in order.
-fn reports(r: &Receiver, device: &str) -> Vec<Value> {
-    r.seen(|s| s.readings_of(device))
+/// Every reading of `device` delivered to `r` (event id, `fields`), first deliveries in order.
+fn reports(r: &Receiver, device: &str) -> Vec<(String, Value)> {
+    r.seen(|s| {
+        s.of_type("sensor.reading.updated")
+            .into_iter()
+            .filter(|e| e["data"]["device_id"] == device)
+            .map(|e| {
+                (
+                    e["id"].as_str().unwrap_or("").to_owned(),
+                    e["data"]["fields"].clone(),
+                )
+            })
+            .collect()
+    })
 }
 
 fn seq_of(fields: &Value) -> u64 {
     fields["seq"].as_u64().expect("a seq in every reading")
+}
+
+/// `presence` as MQTT devices send it (a boolean) or a text serial frame does (0 or 1).
+fn presence_of(fields: &Value) -> Option<bool> {
+    fields["presence"]
+        .as_bool()
+        .or_else(|| fields["presence"].as_u64().map(|n| n == 1))
+}
+
+fn tenths_of(fields: &Value) -> i64 {
+    (fields["temperature"].as_f64().unwrap_or(f64::NAN) * 10.0).round() as i64
 }
 
 /// Poll `check` until it returns `Ok`, or fail with its last complaint after `within`.
@@ -334,10 +528,14 @@ async fn settle(
 }
 
 impl Model {
-    /// Whether the must-report `seq` may rightly be missing: just after a broker restart the
-    /// device resent what the broker had not acknowledged, edgehook applied those again (older
-    /// values), and `seq` repeats one of them, so it was no change to edgehook.
+    /// Whether the must-report `seq` may rightly be missing: a serial frame written around a
+    /// crash; or, just after a broker restart (the device resent what the broker had not
+    /// acknowledged, edgehook applied those again: older values) or a crash that lost serial
+    /// frames, `seq` repeats values edgehook saw last, so it was no change to edgehook.
     fn excused(&self, seq: u64) -> bool {
+        if self.maybe_lost.contains(&seq) {
+            return true;
+        }
         let values = |s: u64| self.published.iter().find(|p| p.0 == s).map(|p| (p.1, p.2));
         let Some((presence, tenths)) = values(seq) else {
             return false;
@@ -352,28 +550,51 @@ impl Model {
     }
 }
 
-/// What the receiver must have of the devices without `min_interval`: every must-report seq.
-fn complete(r: &Receiver, name: &str, models: &[Model]) -> Result<(), String> {
+/// What the receiver must have of the devices without `min_interval`: every must-report seq,
+/// but for at most `allowance` (readings counted dropped for it, dead letters not replayed).
+fn complete(r: &Receiver, name: &str, models: &[Model], allowance: u64) -> Result<(), String> {
+    let mut missing = Vec::new();
     for m in models.iter().filter(|m| !m.held) {
-        let got: Vec<u64> = reports(r, &m.id).iter().map(seq_of).collect();
-        let missing: Vec<&u64> = m
-            .must
-            .iter()
-            .filter(|s| !got.contains(s) && !m.excused(**s))
-            .collect();
-        if !missing.is_empty() {
-            return Err(format!(
-                "{name}: {} lacks reports {missing:?} (has {got:?})",
-                m.id
-            ));
-        }
+        let got: HashSet<u64> = reports(r, &m.id).iter().map(|(_, f)| seq_of(f)).collect();
+        missing.extend(
+            m.must
+                .iter()
+                .filter(|s| !got.contains(s) && !m.excused(**s))
+                .map(|s| (m.id.clone(), *s)),
+        );
+    }
+    if missing.len() as u64 > allowance {
+        return Err(format!(
+            "{name}: {} must-reports missing (allowed {allowance}): {:?}",
+            missing.len(),
+            &missing[..missing.len().min(40)]
+        ));
     }
     Ok(())
 }
 
-/// Everything the model says each receiver must end up knowing.
-fn verify(r: &Receiver, name: &str, models: &[Model]) -> Result<(), String> {
-    complete(r, name, models)?;
+/// The health news of `device` that `r` got (event ids and types), first deliveries in order.
+fn health_of(r: &Receiver, device: &str) -> Vec<(String, String)> {
+    r.seen(|s| {
+        s.events
+            .iter()
+            .filter(|e| e["data"]["device_id"] == device)
+            .filter_map(|e| Some((e["id"].as_str()?.to_owned(), e["type"].as_str()?.to_owned())))
+            .filter(|(_, t)| t.starts_with("device."))
+            .collect()
+    })
+}
+
+/// Everything the model says each receiver must end up knowing. `replayed`: the ids of dead
+/// letters replayed at the end, which rightly arrive after newer events.
+fn verify(
+    r: &Receiver,
+    name: &str,
+    models: &[Model],
+    allowance: u64,
+    replayed: &HashSet<String>,
+) -> Result<(), String> {
+    complete(r, name, models, allowance)?;
     r.seen(|s| {
         if s.bad_signatures > 0 {
             return Err(format!("{name}: {} bad signatures", s.bad_signatures));
@@ -382,12 +603,16 @@ fn verify(r: &Receiver, name: &str, models: &[Model]) -> Result<(), String> {
     })?;
     for m in models {
         let got = reports(r, &m.id);
-        let seqs: Vec<u64> = got.iter().map(seq_of).collect();
+        let seqs: Vec<u64> = got
+            .iter()
+            .filter(|(id, _)| !replayed.contains(id))
+            .map(|(_, f)| seq_of(f))
+            .collect();
         let resent = |x: u64, y: u64| m.resent_up_to.iter().any(|&r| x <= r && r - y < 200);
         if seqs.windows(2).any(|w| w[0] >= w[1] && !resent(w[0], w[1])) {
             return Err(format!("{name}: {} delivered out of order: {seqs:?}", m.id));
         }
-        for fields in &got {
+        for (_, fields) in &got {
             let seq = seq_of(fields);
             let Some(&(_, presence, tenths)) = m.published.iter().find(|p| p.0 == seq) else {
                 return Err(format!(
@@ -395,24 +620,21 @@ fn verify(r: &Receiver, name: &str, models: &[Model]) -> Result<(), String> {
                     m.id
                 ));
             };
-            let t = fields["temperature"].as_f64().unwrap_or(f64::NAN);
-            if fields["presence"] != presence || (t * 10.0).round() as i64 != tenths {
+            if presence_of(fields) != Some(presence) || tenths_of(fields) != tenths {
                 return Err(format!("{name}: {} reported {fields} for seq {seq}", m.id));
             }
         }
         // Upstream ends knowing the device's state up to its deadband: otherwise its last
-        // reading would have been a change, and reported. Without `min_interval` the model
-        // knows exactly which reading was reported last.
-        let last = got.last().map(|f| {
-            let t = f["temperature"].as_f64().unwrap_or(f64::NAN);
-            (
-                f["presence"].as_bool().unwrap_or(false),
-                (t * 10.0).round() as i64,
-            )
-        });
-        // A device's own resends after a broker restart change what edgehook saw; then only the
-        // deadband rule is exact.
-        let exact = !m.held && m.resent_up_to.is_empty();
+        // reading would have been a change, and reported. The newest report is the one with
+        // the highest seq (a replayed dead letter arrives late). Without `min_interval`, resends
+        // and replays, the model knows exactly which reading was reported last.
+        let last = got
+            .iter()
+            .map(|(_, f)| f)
+            .max_by_key(|f| seq_of(f))
+            .map(|f| (presence_of(f).unwrap_or(false), tenths_of(f)));
+        let replays = got.iter().any(|(id, _)| replayed.contains(id));
+        let exact = !m.held && m.resent_up_to.is_empty() && !replays;
         let ok = match (last, m.reported, m.published.last()) {
             (Some(l), Some(want), _) if exact => l == want,
             (Some((p, t)), _, Some(&(_, lp, lt))) => p == lp && (t - lt).abs() < 5,
@@ -427,26 +649,74 @@ fn verify(r: &Receiver, name: &str, models: &[Model]) -> Result<(), String> {
                 m.published.last()
             ));
         }
-        let health: Vec<String> = r.seen(|s| {
-            s.events
-                .iter()
-                .filter(|e| e["data"]["device_id"] == m.id.as_str())
-                .filter_map(|e| e["type"].as_str())
-                .filter(|t| t.starts_with("device."))
-                .map(str::to_owned)
-                .collect()
-        });
-        if !health.iter().any(|t| t == "device.online") {
+        let health = health_of(r, &m.id);
+        let kinds: Vec<&str> = health.iter().map(|(_, t)| t.as_str()).collect();
+        if !kinds.contains(&"device.online") {
             return Err(format!("{name}: {} was never announced online", m.id));
         }
-        if m.sim.is_none() && health.last().map(String::as_str) != Some("device.offline") {
+        // Health news never repeats itself (a replayed dead letter is old news, out of place).
+        if !health.iter().any(|(id, _)| replayed.contains(id))
+            && kinds.windows(2).any(|w| w[0] == w[1])
+        {
+            return Err(format!("{name}: {} health repeats itself: {kinds:?}", m.id));
+        }
+        let lost = kinds
+            .iter()
+            .filter(|t| **t == "device.lost_communication")
+            .count();
+        if lost < m.silences {
             return Err(format!(
-                "{name}: {} died, but its health ends {health:?}",
-                m.id
+                "{name}: {} was left silent {} times past its heartbeat, reported lost {lost}: {kinds:?}",
+                m.id, m.silences
             ));
+        }
+        let ends = kinds.last().copied();
+        let fine = match (&m.link, ends) {
+            (Link::Dead, end) => end == Some("device.offline"),
+            (_, Some("device.online")) => true,
+            (_, Some("device.lost_communication")) => m.quiet,
+            _ => false,
+        };
+        if !fine {
+            return Err(format!("{name}: {} ends {kinds:?}", m.id));
         }
     }
     Ok(())
+}
+
+/// What `endpoint` may be missing: readings counted dropped for it (a full share under
+/// `drop_oldest_readings`), and dead letters (only `ops` has limits).
+fn allowance(daemon: &Daemon, endpoint: &str) -> u64 {
+    let dropped = daemon
+        .metric(&format!(
+            "edgehook_endpoint_dropped_total{{endpoint=\"{endpoint}\"}}"
+        ))
+        .unwrap_or(0);
+    let dead = match endpoint {
+        "ops" => daemon.metric("edgehook_dead_letters").unwrap_or(0),
+        _ => 0,
+    };
+    dropped + dead
+}
+
+/// The ids of `endpoint`'s dead letters, from `edgehook outbox list --dead` (daemon stopped).
+fn dead_letters(daemon: &Daemon, state: &Path, endpoint: &str) -> HashSet<String> {
+    let state = state.display().to_string();
+    let (code, out, err) = daemon.outbox_cli(&[
+        "--state-dir",
+        &state,
+        "list",
+        "--dead",
+        "--endpoint",
+        endpoint,
+        "--limit",
+        "1000000",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    out.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
 }
 
 async fn run(seed: u64) {
@@ -459,7 +729,14 @@ async fn run(seed: u64) {
     let all = Receiver::start().await;
     let ops = Receiver::start().await;
     let (card, state) = common::powercut_card(dir.path(), seed);
-    let webhook = format!("{}\n{CLASSES}", endpoints(&all.url, &ops.url));
+    let setup = Setup {
+        drops: rng.u8(..3) == 0,
+        gives_up: rng.u8(..3) == 0,
+        serial: dir.path().join("ttyHARNESS"),
+    };
+    let serial = SerialLink::plug(&setup.serial).unwrap();
+    let endpoints = endpoints(&all.url, &ops.url, setup.gives_up);
+    let webhook = format!("{endpoints}\n{}", setup.rest("400ms"));
     let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &webhook);
     daemon
         .env
@@ -470,7 +747,9 @@ async fn run(seed: u64) {
     daemon.start();
     let mut world = World {
         seed,
+        setup,
         broker,
+        serial,
         card,
         daemon,
         clock_file,
@@ -478,40 +757,68 @@ async fn run(seed: u64) {
         peak_kb: 0,
         max_outbox: 0,
         faults: Vec::new(),
-        endpoints: endpoints(&all.url, &ops.url),
+        endpoints,
         reloads: 0,
     };
 
     let mut models = Vec::new();
     let n = rng.usize(3..=6);
-    for i in 0..n + 2 {
-        // the last two are the workspace's sensors
-        let held = i < n && rng.u8(..3) == 0;
-        let id = match i {
-            _ if i == n => "fast-room-a".to_string(),
-            _ if i == n + 1 => "fast-room-b".to_string(),
-            _ => format!("{}-{seed:x}-{i}", if held { "held" } else { "fast" }),
+    for i in 0..n {
+        let kind = match rng.u8(..4) {
+            0 => "held",
+            1 => "quiet",
+            _ => "fast",
         };
+        let id = format!("{kind}-{seed:x}-{i}");
         let sim = device(world.broker.port, &id, DeviceClass::OccupancySensor).await;
-        models.push(Model {
-            id,
-            held,
-            sim: Some(sim),
-            seq: 0,
-            presence: rng.bool(),
-            tenths: 200 + 2 * rng.i64(-10..10),
-            reported: None,
-            must: Vec::new(),
-            published: Vec::new(),
-            resent_up_to: Vec::new(),
-        });
+        models.push(Model::new(id, kind == "held", Link::Mqtt(sim), &mut rng));
     }
+    for k in 0..rng.usize(1..=2) {
+        let held = rng.u8(..3) == 0;
+        let id = format!("{}-ser-{seed:x}-{k}", if held { "held" } else { "fast" });
+        models.push(Model::new(id, held, Link::Serial, &mut rng));
+    }
+    // The last two are the workspace's sensors.
+    for id in ["fast-room-a", "fast-room-b"] {
+        let sim = device(world.broker.port, id, DeviceClass::OccupancySensor).await;
+        models.push(Model::new(id.into(), false, Link::Mqtt(sim), &mut rng));
+    }
+    for m in &mut models {
+        if world.setup.drops {
+            m.padding = 1500;
+        }
+        // Every device is known before the first burst of junk ids fills the registry.
+        m.step(&mut rng, &mut world.serial).await;
+        m.flushed().await;
+    }
+    world
+        .daemon
+        .wait_metric("edgehook_devices", models.len() as u64)
+        .await;
     let phases = rng.usize(4..=7);
-    let mut story = Vec::new();
+    let mut story = vec![format!(
+        "{} devices; outbox {} bytes{}{}",
+        models.len(),
+        world.setup.max_size(),
+        if world.setup.drops {
+            ", drop_oldest_readings"
+        } else {
+            ""
+        },
+        if world.setup.gives_up {
+            "; ops gives up after 4 attempts or 20 s"
+        } else {
+            ""
+        }
+    )];
     for phase in 0..phases {
         // Which receiver misbehaves how; at most one at a time, so the other must keep up.
         let victim = rng.usize(..3); // 0: all, 1: ops, 2: neither
-        let how = MISBEHAVIOURS[rng.usize(..MISBEHAVIOURS.len())];
+        let mut how = MISBEHAVIOURS[rng.usize(..MISBEHAVIOURS.len())];
+        if world.setup.drops && matches!(how, Misbehaviour::Gone) {
+            // A disabled endpoint's full share refuses health news too (its own named test).
+            how = Misbehaviour::Unavailable;
+        }
         let target = models[rng.usize(..models.len())].id.clone();
         match victim {
             0 => misbehave(&all, how, &target),
@@ -520,15 +827,19 @@ async fn run(seed: u64) {
         }
         let fault = pick_fault(&mut rng);
         let fault_at = rng.usize(0..40);
-        let steps = rng.usize(20..60);
+        // A small outbox under drop_oldest_readings fills in a long phase.
+        let steps = match world.setup.drops {
+            true => rng.usize(40..120),
+            false => rng.usize(20..60),
+        };
         for step in 0..steps {
             if step == fault_at {
                 note_restart(fault, &mut models);
-                world.inject(fault, &mut rng).await;
+                world.inject(fault, &mut rng, &mut models).await;
             }
             let i = rng.usize(..models.len());
-            if models[i].sim.is_some() {
-                models[i].step(&mut rng).await;
+            if models[i].alive() {
+                models[i].step(&mut rng, &mut world.serial).await;
             }
             if rng.u8(..4) == 0 {
                 tokio::time::sleep(Duration::from_millis(rng.u64(1..30))).await;
@@ -547,12 +858,10 @@ async fn run(seed: u64) {
         }
         if fault_at >= steps {
             note_restart(fault, &mut models);
-            world.inject(fault, &mut rng).await;
+            world.inject(fault, &mut rng, &mut models).await;
         }
         for m in models.iter_mut() {
-            if let Some(sim) = m.sim.as_mut() {
-                sim.flushed().await.unwrap();
-            }
+            m.flushed().await;
         }
         story.push(format!(
             "phase {phase}: {steps} readings, {how:?} at {}, {fault:?}",
@@ -565,7 +874,9 @@ async fn run(seed: u64) {
             _ => vec![("default", &all)],
         };
         for (name, r) in healthy {
-            if let Err(e) = settle(Duration::from_secs(30), || complete(r, name, &models)).await {
+            let daemon = &world.daemon;
+            let check = || complete(r, name, &models, allowance(daemon, name));
+            if let Err(e) = settle(Duration::from_secs(30), check).await {
                 panic!("seed {seed}: an endpoint waited on another's failures: {e}\n{}\n{}\nreplay: {replay}", story.join("\n"), world.daemon.log());
             }
         }
@@ -582,39 +893,118 @@ async fn run(seed: u64) {
             assert_eq!(code, 0, "seed {seed}: {out}{err}");
             world.daemon.start();
         }
+        let quiet: Vec<usize> = (0..models.len())
+            .filter(|&i| models[i].quiet && models[i].alive())
+            .collect();
+        if !quiet.is_empty() && rng.u8(..3) == 0 {
+            // Silence past the heartbeat (2 s): each quiet device must be reported lost.
+            story.push("silence".into());
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            for &i in &quiet {
+                let id = models[i].id.clone();
+                let lost = |r: &Receiver, name: &str| {
+                    let health = health_of(r, &id);
+                    match health.last().map(|(_, t)| t.as_str()) {
+                        Some("device.lost_communication") => Ok(()),
+                        other => Err(format!("{name}: silent {id} ends {other:?}")),
+                    }
+                };
+                let both = || lost(&all, "default").and_then(|()| lost(&ops, "ops"));
+                if let Err(e) = settle(Duration::from_secs(15), both).await {
+                    panic!(
+                        "seed {seed}: {e}\n{}\n{}\nreplay: {replay}",
+                        story.join("\n"),
+                        world.daemon.log()
+                    );
+                }
+                models[i].silences += 1;
+            }
+        }
         world.sample();
     }
-    // The workspace's sensors say something last, so that they are online whatever the
-    // broker's restarts did with their last-wills.
-    for m in models.iter_mut().filter(|m| m.id.starts_with("fast-room-")) {
-        m.step(&mut rng).await;
-        m.sim.as_mut().expect("alive").flushed().await.unwrap();
+    // The workspace's sensors say something last.
+    let n = models.len();
+    for m in &mut models[n - 2..] {
+        m.step(&mut rng, &mut world.serial).await;
+        m.flushed().await;
     }
     // Maybe one device dies at the end: its last-will must reach both endpoints as offline.
     if rng.bool() {
-        let i = rng.usize(..models.len() - 2); // not a workspace sensor
-        if let Some(sim) = models[i].sim.take() {
-            sim.pull_plug();
-            story.push(format!("{} lost power", models[i].id));
+        let i = rng.usize(..n - 2); // not a workspace sensor
+        if let Link::Mqtt(_) = models[i].link {
+            if let Link::Mqtt(sim) = std::mem::replace(&mut models[i].link, Link::Dead) {
+                sim.pull_plug();
+                story.push(format!("{} lost power", models[i].id));
+            }
         }
     }
+    let fail = |e: String, world: &World, story: &[String]| -> ! {
+        let broker_log =
+            std::fs::read_to_string(dir.path().join("mosquitto.log")).unwrap_or_default();
+        eprintln!("mosquitto's log:\n{broker_log}");
+        panic!(
+            "seed {seed}: {e}\n{}\n{}\nreplay: {replay}",
+            story.join("\n"),
+            world.daemon.log()
+        );
+    };
     // Settle: held reports flush after min_interval, retries catch up.
-    for (name, r) in [("default", &all), ("ops", &ops)] {
-        if let Err(e) = settle(Duration::from_secs(60), || verify(r, name, &models)).await {
-            let broker_log =
-                std::fs::read_to_string(dir.path().join("mosquitto.log")).unwrap_or_default();
-            eprintln!("mosquitto's log:\n{broker_log}");
-            panic!(
-                "seed {seed}: {e}\n{}\n{}\nreplay: {replay}",
-                story.join("\n"),
-                world.daemon.log()
-            );
+    let none = HashSet::new();
+    {
+        let daemon = &world.daemon;
+        let check = || {
+            verify(
+                &all,
+                "default",
+                &models,
+                allowance(daemon, "default"),
+                &none,
+            )
+        };
+        if let Err(e) = settle(Duration::from_secs(60), check).await {
+            fail(e, &world, &story);
+        }
+    }
+    let mut replayed = HashSet::new();
+    if world.setup.gives_up {
+        // Everything `ops` holds is delivered or given up on; the operator replays the dead
+        // letters (same ids) and then it must have everything.
+        let daemon = &world.daemon;
+        let pending = || match daemon.metric("edgehook_endpoint_pending{endpoint=\"ops\"}") {
+            Some(0) => Ok(()),
+            other => Err(format!("ops still has {other:?} pending")),
+        };
+        if let Err(e) = settle(Duration::from_secs(60), pending).await {
+            fail(e, &world, &story);
+        }
+        world.sample();
+        assert_eq!(world.daemon.terminate(), Some(0), "seed {seed}");
+        assert!(
+            dead_letters(&world.daemon, &state, "default").is_empty(),
+            "seed {seed}: default has no limits, so no dead letters"
+        );
+        replayed = dead_letters(&world.daemon, &state, "ops");
+        if !replayed.is_empty() {
+            let state_arg = state.display().to_string();
+            let (code, out, err) =
+                world
+                    .daemon
+                    .outbox_cli(&["--state-dir", &state_arg, "replay", "--all-dead"]);
+            assert_eq!(code, 0, "seed {seed}: {out}{err}");
+        }
+        story.push(format!("{} dead letters of ops replayed", replayed.len()));
+        world.daemon.start();
+    }
+    {
+        let daemon = &world.daemon;
+        let check = || verify(&ops, "ops", &models, allowance(daemon, "ops"), &replayed);
+        if let Err(e) = settle(Duration::from_secs(60), check).await {
+            fail(e, &world, &story);
         }
     }
     // The workspace ends as its sensors' last reports say (hold 0 s: Free at once).
-    let occupied = models
+    let occupied = models[n - 2..]
         .iter()
-        .filter(|m| m.id.starts_with("fast-room-"))
         .any(|m| m.reported.is_some_and(|(p, _)| p));
     let want = if occupied { "Occupied" } else { "Free" };
     let status = settle(Duration::from_secs(30), || {
@@ -632,29 +1022,33 @@ async fn run(seed: u64) {
     })
     .await;
     if let Err(e) = status {
-        panic!("seed {seed}: {e}\n{}\nreplay: {replay}", story.join("\n"));
+        fail(e, &world, &story);
     }
     world.sample();
+    let max_size = world.setup.max_size();
     assert!(
         world.peak_kb < 48 * 1024,
         "seed {seed}: peak RSS {} kB, over half of MemoryMax=96M\nreplay: {replay}",
         world.peak_kb
     );
     assert!(
-        world.max_outbox <= MAX_SIZE + 64 * 1024,
-        "seed {seed}: the outbox held {} bytes, over its {MAX_SIZE}\nreplay: {replay}",
+        world.max_outbox <= max_size + 64 * 1024,
+        "seed {seed}: the outbox held {} bytes, over its {max_size}\nreplay: {replay}",
         world.max_outbox
     );
     let checked: usize = models.iter().map(|m| m.must.len()).sum();
     let (dups_all, dups_ops) = (all.seen(|s| s.duplicates), ops.seen(|s| s.duplicates));
     eprintln!(
-        "harness: seed {}: {} devices, {} readings, {} phases, faults {:?}; {} must-reports checked at 2 endpoints, 0 lost; duplicates {} + {}; peak RSS {} kB",
+        "harness: seed {}: {}; {} readings, {} phases, faults {:?}; {} must-reports checked at 2 endpoints, 0 lost; dropped {} + {}, dead letters replayed {}; duplicates {} + {}; peak RSS {} kB",
         world.seed,
-        models.len(),
+        story[0],
         models.iter().map(|m| m.published.len()).sum::<usize>(),
         phases,
         world.faults,
         checked,
+        allowance(&world.daemon, "default"),
+        world.daemon.metric("edgehook_endpoint_dropped_total{endpoint=\"ops\"}").unwrap_or(0),
+        replayed.len(),
         dups_all,
         dups_ops,
         world.peak_kb
