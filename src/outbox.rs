@@ -354,6 +354,8 @@ pub struct Outbox {
     durable: Arc<AtomicU64>,
     /// Batches written that carried message fingerprints (see [`APPLIED`]).
     batches: Arc<AtomicU64>,
+    /// Times the store was reopened (see [`Outbox::reopens`]).
+    reopens: Arc<AtomicU64>,
 }
 
 impl Outbox {
@@ -405,6 +407,7 @@ impl Outbox {
             written: Arc::new(AtomicU64::new(end)),
             durable: Arc::new(AtomicU64::new(end)),
             batches: Arc::new(AtomicU64::new(0)),
+            reopens: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -453,7 +456,16 @@ impl Outbox {
         self.written
             .store(self.durable.load(Ordering::SeqCst), Ordering::SeqCst);
         *guard = Some(store);
+        self.reopens.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// How many times the store was reopened. What a reader saw before a reopen may differ from
+    /// what is on disk after it (removals that were lost with the broken instance, records its
+    /// recovery brought back), so a reader that has moved through a queue reads it again from
+    /// the start when this changes.
+    pub fn reopens(&self) -> u64 {
+        self.reopens.load(Ordering::SeqCst)
     }
 
     /// The fingerprints of the messages applied in the last batches before this start.

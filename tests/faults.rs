@@ -1055,6 +1055,61 @@ async fn power_cuts_at_random_moments_under_load_lose_no_acknowledged_change() {
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+/// Found by the randomized fault harness: the disk fills while events are being delivered, the
+/// outbox is reopened from disk, and records delivery had already passed (delivered, their
+/// removal lost with the broken instance; or written again by the recovery) sat in the queue
+/// behind its read position, never sent and never removed, until the next restart. After a
+/// reopen, delivery reads its queue again from the start: nothing stays pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_stays_pending_after_the_outbox_is_reopened_on_a_full_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let (card, state) = common::powercut_card(dir.path(), 3);
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.rewrite_state_dir(&state, broker.port, &receiver.url);
+    daemon.start();
+    let (stop, running) = tokio::sync::watch::channel(false);
+    let publisher = common::publishers(
+        broker.port,
+        "full-occ",
+        4,
+        None,
+        Duration::from_millis(3),
+        running,
+    );
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        card.fs.set_full(true);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        card.fs.set_full(false);
+    }
+    stop.send(true).unwrap();
+    let published = publisher.await.unwrap();
+    receiver
+        .wait_until(LONG, "every change", |s| {
+            published.is_subset(&s.reading_keys())
+        })
+        .await;
+    assert!(
+        daemon.log().contains("outbox writable again"),
+        "the disk filled and the outbox was reopened:\n{}",
+        daemon.log()
+    );
+    let pending = "edgehook_endpoint_pending{endpoint=\"default\"}";
+    let wait = Instant::now() + Duration::from_secs(20);
+    while daemon.metric(pending) != Some(0) {
+        assert!(
+            Instant::now() < wait,
+            "{:?} events stay pending after everything was delivered:\n{}",
+            daemon.metric(pending),
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 /// Issue 16 #9: the power is cut right after a fresh store wrote its marker (`outbox.id`): the
 /// id inside the store must already be durable too, or the next start refuses the store as
 /// one that "lost its history" — a gateway that never starts again after a power cut in its

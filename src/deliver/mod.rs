@@ -90,6 +90,12 @@ pub struct Dispatcher {
     load_again: bool,
     /// Consecutive failed attempts across all lanes, for one loud log line per outage.
     failing_since: Option<Instant>,
+    limits: Limits,
+    /// The outbox's reopen count when the queue was last read from the start, and whether a
+    /// removal or burial failed since: either way what is held may no longer match the disk,
+    /// so once nothing is in flight the queue is read again from the start ([`Self::rescan`]).
+    reopens_seen: u64,
+    out_of_step: bool,
 }
 
 impl Dispatcher {
@@ -112,6 +118,12 @@ impl Dispatcher {
             .pool_max_idle_per_host(config.max_concurrency)
             .user_agent(concat!("edgehook/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let limits = Limits {
+            window: config.window,
+            window_bytes: usize::try_from(config.window_bytes).unwrap_or(usize::MAX),
+            per_lane: (config.window / 4).clamp(1, PER_LANE),
+        };
+        let reopens_seen = outbox.reopens();
         Ok(Dispatcher {
             disabled: outbox.meta(&meta_key(&config.name, DISABLED)),
             outbox,
@@ -129,11 +141,10 @@ impl Dispatcher {
             policy: RetryPolicy::from(&config.retry),
             max_concurrency: config.max_concurrency,
             metrics,
-            lanes: Lanes::new(Limits {
-                window: config.window,
-                window_bytes: usize::try_from(config.window_bytes).unwrap_or(usize::MAX),
-                per_lane: (config.window / 4).clamp(1, PER_LANE),
-            }),
+            lanes: Lanes::new(limits),
+            limits,
+            reopens_seen,
+            out_of_step: false,
             backoff: DelayQueue::new(),
             in_flight: JoinSet::new(),
             in_flight_lanes: HashMap::new(),
@@ -161,6 +172,18 @@ impl Dispatcher {
                 }
                 self.write_log();
                 continue;
+            }
+            if self.out_of_step || self.outbox.reopens() != self.reopens_seen {
+                // Start nothing new until what is in flight is done, then read afresh.
+                if self.in_flight.is_empty() {
+                    self.rescan();
+                } else {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        Some(done) = self.in_flight.join_next_with_id() => self.finish(done),
+                    }
+                    continue;
+                }
             }
             match self.load() {
                 Ok(()) => self.read_failing = false,
@@ -194,6 +217,20 @@ impl Dispatcher {
             self.finish(done);
         }
         self.write_log();
+    }
+
+    /// Forget what is held and read the queue again from the start (after the store was
+    /// reopened, or a removal failed): every record on disk is sent, none skipped. Backoffs
+    /// start afresh; a record delivered but not removed is sent again (a duplicate, never a
+    /// loss).
+    fn rescan(&mut self) {
+        let reopens = self.outbox.reopens();
+        tracing::info!(endpoint = %self.name, reopened = reopens != self.reopens_seen, "reading the endpoint's queue again from the start (the outbox was reopened or a removal failed)");
+        self.reopens_seen = reopens;
+        self.out_of_step = false;
+        self.lanes = Lanes::new(self.limits);
+        self.backoff = DelayQueue::new();
+        self.more_on_disk = true;
     }
 
     /// Fill the window from the outbox: first the lanes' records read back from disk (they
@@ -357,8 +394,9 @@ impl Dispatcher {
             Outcome::Delivered { .. } => {
                 self.lanes.done(&name);
                 if let Err(e) = self.outbox.remove(self.queue, head.seq) {
-                    // Not removing means a duplicate later, never a loss.
+                    // Not removing means a duplicate later, never a loss; it is read again.
                     tracing::warn!(error = %e, event_id = %head.id, "delivered event not removed from outbox; it may be sent again");
+                    self.out_of_step = true;
                 }
                 let latency = created_at(&head.id)
                     .and_then(|t| SystemTime::now().duration_since(t).ok())
@@ -494,8 +532,9 @@ impl Dispatcher {
                 }
             }
             Err(e) => {
-                // Not buried: it stays pending and is retried after the next restart.
+                // Not buried: it stays pending, is read again and retried.
                 tracing::error!(endpoint = %self.name, error = %e, event_id = %record.id, "cannot move an event to the dead letters; it stays in the outbox");
+                self.out_of_step = true;
             }
         }
     }
