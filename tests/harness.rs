@@ -159,7 +159,7 @@ max = "400ms"
 
 /// How a device is connected.
 enum Link {
-    Mqtt(SimDevice),
+    Mqtt(Box<SimDevice>),
     /// On the harness's serial port.
     Serial,
     /// It lost power (the broker published its last-will).
@@ -771,7 +771,12 @@ async fn run(seed: u64) {
         };
         let id = format!("{kind}-{seed:x}-{i}");
         let sim = device(world.broker.port, &id, DeviceClass::OccupancySensor).await;
-        models.push(Model::new(id, kind == "held", Link::Mqtt(sim), &mut rng));
+        models.push(Model::new(
+            id,
+            kind == "held",
+            Link::Mqtt(Box::new(sim)),
+            &mut rng,
+        ));
     }
     for k in 0..rng.usize(1..=2) {
         let held = rng.u8(..3) == 0;
@@ -781,7 +786,12 @@ async fn run(seed: u64) {
     // The last two are the workspace's sensors.
     for id in ["fast-room-a", "fast-room-b"] {
         let sim = device(world.broker.port, id, DeviceClass::OccupancySensor).await;
-        models.push(Model::new(id.into(), false, Link::Mqtt(sim), &mut rng));
+        models.push(Model::new(
+            id.into(),
+            false,
+            Link::Mqtt(Box::new(sim)),
+            &mut rng,
+        ));
     }
     for m in &mut models {
         if world.setup.drops {
@@ -975,6 +985,19 @@ async fn run(seed: u64) {
             other => Err(format!("ops still has {other:?} pending")),
         };
         if let Err(e) = settle(Duration::from_secs(60), pending).await {
+            let metrics =
+                common::http_get(world.daemon.metrics_port, "/metrics").unwrap_or_default();
+            let ops_lines: Vec<&str> = metrics.lines().filter(|l| l.contains("ops")).collect();
+            world.daemon.terminate();
+            let state_arg = state.display().to_string();
+            let (_, status, _) = world
+                .daemon
+                .outbox_cli(&["--state-dir", &state_arg, "status"]);
+            let (_, list, _) =
+                world
+                    .daemon
+                    .outbox_cli(&["--state-dir", &state_arg, "list", "--endpoint", "ops"]);
+            let e = format!("{e}\n{}\n{status}\n{list}", ops_lines.join("\n"));
             fail(e, &world, &story);
         }
         world.sample();
