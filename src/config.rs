@@ -10,7 +10,6 @@
 //! `mqtt.port`.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,6 +17,9 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+use crate::secret::redact_url;
 
 pub use crate::deliver::format::PayloadFormat;
 pub use crate::deliver::sign::SignatureScheme;
@@ -45,36 +47,6 @@ fn key_label(key: &str) -> String {
         String::new()
     } else {
         format!("key `{key}`: ")
-    }
-}
-
-/// A value that must never be printed: passwords, webhook secrets.
-#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    /// The secret itself, for the one place that needs it (signing, authenticating).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
     }
 }
 
@@ -1204,23 +1176,6 @@ fn describe_source(meta: &figment::Metadata, key: &str) -> String {
     }
 }
 
-/// `scheme://host:port/path`, dropping user info and the query; unparseable URLs are hidden.
-pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(u) => {
-            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
-            let query = if u.query().is_some() { "?…" } else { "" };
-            format!(
-                "{}://{}{port}{}{query}",
-                u.scheme(),
-                u.host_str().unwrap_or(""),
-                u.path()
-            )
-        }
-        Err(_) => "(invalid URL)".into(),
-    }
-}
-
 /// Whether the value at `key` is (or is inside) a secret: a `secret`, an entry of `secrets`,
 /// a `password`, or a header value (API keys live there). Its value is never echoed.
 fn is_secret_key(key: &str) -> bool {
@@ -1554,15 +1509,6 @@ hold = "90s"
     fn syntax_errors_point_at_the_line() {
         let e = err_of("gateway_id = \"x\"\n[mqtt\nport = 1\n");
         assert!(e.contains("line 2") && !e.contains("key ``"), "{e}");
-    }
-
-    #[test]
-    fn urls_are_redacted_for_logs() {
-        assert_eq!(
-            redact_url("https://user:pw@hooks.example.com:8443/in?token=abc"),
-            "https://hooks.example.com:8443/in?…"
-        );
-        assert_eq!(redact_url("http://127.0.0.1/hook"), "http://127.0.0.1/hook");
     }
 
     #[test]

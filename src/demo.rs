@@ -18,7 +18,8 @@ use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Secret};
+use crate::config::Config;
+use crate::secret::Secret;
 use crate::deliver::Signer;
 
 #[derive(Debug, clap::Args)]

@@ -39,6 +39,7 @@ pub mod demo;
 pub mod device;
 pub mod event;
 pub mod outbox;
+pub mod secret;
 pub mod source;
 pub mod telemetry;
 pub mod tls;

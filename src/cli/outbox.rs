@@ -139,7 +139,7 @@ pub async fn run(
                 let state = match (disabled, configured, routed) {
                     (Some(d), _, _) => format!("DISABLED since {}: {}", d.since, d.reason),
                     (None, Some(e), true) => {
-                        format!("active, {}", crate::config::redact_url(&e.url))
+                        format!("active, {}", crate::secret::redact_url(&e.url))
                     }
                     (None, Some(_), false) => "inactive (active = false)".into(),
                     (None, None, _) if config.is_none() => "(configuration not loaded)".into(),

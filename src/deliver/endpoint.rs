@@ -37,7 +37,7 @@ impl Endpoint {
         }
         Ok(Endpoint {
             url: reqwest::Url::parse(&config.url)?,
-            url_for_logs: crate::config::redact_url(&config.url),
+            url_for_logs: crate::secret::redact_url(&config.url),
             events: config.events.iter().map(|e| WildMatch::new(e)).collect(),
             format: config.format,
             signer: Signer::with(config.signature, &config.signing_secrets())?,
@@ -138,7 +138,7 @@ mod tests {
         assert_eq!(headers["idempotency-key"], record().id.as_str());
         let signer = Signer::with(
             crate::config::SignatureScheme::StandardWebhooks,
-            &[crate::config::Secret::new(
+            &[crate::secret::Secret::new(
                 "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
             )],
         )
@@ -161,7 +161,7 @@ mod tests {
             events = ["workspace.*"]"#,
         );
         let (headers, body) = e.request_parts(&record(), 0).unwrap();
-        let signer = Signer::new(&crate::config::Secret::new(
+        let signer = Signer::new(&crate::secret::Secret::new(
             "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         ));
         assert_eq!(headers["x-roomz-signature"], signer.sign(&body).as_str());
