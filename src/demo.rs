@@ -19,8 +19,8 @@ use hyper::{Request, Response, StatusCode};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::secret::Secret;
 use crate::deliver::Signer;
+use crate::secret::Secret;
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {

@@ -85,7 +85,10 @@ fn code_only(text: &str) -> String {
             b'\'' => {
                 // A char literal ('a', '\n', '\u{..}') or a lifetime ('a).
                 let end = if b.get(i + 1) == Some(&b'\\') {
-                    b[i + 2..].iter().position(|&c| c == b'\'').map(|p| i + 2 + p)
+                    b[i + 2..]
+                        .iter()
+                        .position(|&c| c == b'\'')
+                        .map(|p| i + 2 + p)
                 } else if b.get(i + 2) == Some(&b'\'') {
                     Some(i + 2)
                 } else {
@@ -215,7 +218,13 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for file in &files {
         let rel = file.strip_prefix(src).unwrap();
-        let first = rel.components().next().unwrap().as_os_str().to_str().unwrap();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_str()
+            .unwrap();
         let module = match first.trim_end_matches(".rs") {
             "lib" => "crate".to_owned(),
             "main" => continue,

@@ -24,6 +24,7 @@
 //! since deadlines outlive restarts; a remembered time later than the start is clamped to it.
 //! `crate::clock` states the whole policy.
 
+pub mod config;
 pub mod health;
 pub mod reading;
 pub mod workspace;
@@ -37,10 +38,10 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use wildmatch::WildMatch;
 
-use crate::config::{DeviceClassConfig, DevicesConfig, WorkspaceConfig};
 use crate::event::{Envelope, Event, EventType};
 use crate::outbox::Commit;
 use crate::source::{Inbound, InboundBody};
+use config::{DeviceClassConfig, DevicesConfig, WorkspaceConfig};
 pub use health::Health;
 use health::{HealthPolicy, Transition};
 use reading::{ReadingPolicy, Report, Timed};

@@ -1,0 +1,215 @@
+//! `[devices]`, `[[device_classes]]` and `[[workspaces]]`: the device stage's configuration
+//! and its checks (run by `check-config` and at start, as every stage's are).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How one kind of device is watched and reported: health (heartbeat, lost communication,
+/// debounce) and readings (deadband, coalescing, re-reporting, staleness).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceClassConfig {
+    pub name: String,
+    /// Device id patterns: `*` matches any run of characters, `?` one character.
+    #[serde(rename = "match")]
+    pub matches: Vec<String>,
+    /// How often the device reports when all is well (any message counts). Unset: the device
+    /// is never declared lost.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub heartbeat: Option<Duration>,
+    /// Silence of `lost_after` heartbeats makes the device `device.lost_communication`.
+    #[serde(default = "default_lost_after")]
+    pub lost_after: f64,
+    /// An offline report is held this long; if the device is back within it, nothing is sent.
+    #[serde(default = "default_debounce", with = "humantime_serde")]
+    pub debounce: Duration,
+    /// Readings stopping this long makes `sensor.reading.stale`. Unset: never stale.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stale_after: Option<Duration>,
+    /// At most one `sensor.reading.updated` per device per interval; changes in between are
+    /// coalesced and sent, with the latest values, when it has passed.
+    #[serde(default, with = "humantime_serde")]
+    pub min_interval: Duration,
+    /// A reading this long after the last report is sent even if nothing changed (a heartbeat
+    /// upstream). Unset: only changes are sent.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_interval: Option<Duration>,
+    /// Per numeric field, the smallest move (absolute) that counts as a change.
+    #[serde(default)]
+    pub deadband: BTreeMap<String, f64>,
+}
+
+fn default_lost_after() -> f64 {
+    3.0
+}
+
+fn default_debounce() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for DeviceClassConfig {
+    /// The rules for devices no configured class matches.
+    fn default() -> Self {
+        DeviceClassConfig {
+            name: "default".into(),
+            matches: vec!["*".into()],
+            heartbeat: None,
+            lost_after: default_lost_after(),
+            debounce: default_debounce(),
+            stale_after: None,
+            min_interval: Duration::ZERO,
+            max_interval: None,
+            deadband: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceConfig {
+    pub id: String,
+    /// Occupancy sensors bound to this workspace (device ids).
+    pub sensors: Vec<String>,
+    /// The reading field that says whether someone is present.
+    #[serde(default = "default_presence_field")]
+    pub presence_field: String,
+    /// A room display whose bookings make a free workspace `Booked`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<String>,
+    /// The display's reading field that says whether the workspace is booked now.
+    #[serde(default = "default_booking_field")]
+    pub booking_field: String,
+    /// Occupied becomes Free (or Booked) only after every sensor has reported absence this long.
+    #[serde(default = "default_hold", with = "humantime_serde")]
+    pub hold: Duration,
+}
+
+fn default_presence_field() -> String {
+    "presence".into()
+}
+
+fn default_booking_field() -> String {
+    "booked".into()
+}
+
+/// `[devices]`: bounds on the device registry. A flood of made-up device ids or field names
+/// (a misconfigured publisher, a hostile one on an open broker) is bad input: counted, logged
+/// once a minute, acknowledged, and no event; the devices already known keep flowing.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    /// Devices remembered at most (each costs about 2 KB of memory and its state on disk);
+    /// messages from further new devices are skipped.
+    pub max_devices: usize,
+    /// Field names one device's readings may use at most; a reading that would take a device
+    /// past it is skipped.
+    pub max_fields: usize,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> DevicesConfig {
+        DevicesConfig {
+            max_devices: 5_000,
+            max_fields: 64,
+        }
+    }
+}
+
+fn default_hold() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// The device stage's checks: the key that is wrong and why.
+pub fn validate(
+    devices: &DevicesConfig,
+    classes: &[DeviceClassConfig],
+    workspaces: &[WorkspaceConfig],
+) -> Result<(), (String, String)> {
+    let bad = |key: &str, msg: String| Err((key.to_string(), msg));
+    if devices.max_devices == 0 {
+        return bad("devices.max_devices", "must be at least 1".into());
+    }
+    if devices.max_fields == 0 {
+        return bad("devices.max_fields", "must be at least 1".into());
+    }
+    for (i, class) in classes.iter().enumerate() {
+        let key = |k: &str| format!("device_classes[{i}].{k}");
+        if class.name.trim().is_empty() {
+            return bad(&key("name"), "must not be empty".into());
+        }
+        if classes[..i].iter().any(|c| c.name == class.name) {
+            return bad(&key("name"), format!("duplicate class `{}`", class.name));
+        }
+        if class.matches.is_empty() || class.matches.iter().any(|m| m.is_empty()) {
+            return bad(
+                &key("match"),
+                "must list device id patterns, e.g. [\"occ-*\"]".into(),
+            );
+        }
+        if class.heartbeat.is_some_and(|h| h.is_zero()) {
+            return bad(&key("heartbeat"), "must be above 0 (or left out)".into());
+        }
+        if !(class.lost_after >= 1.0 && class.lost_after <= 1000.0) {
+            return bad(&key("lost_after"), "must be between 1 and 1000".into());
+        }
+        if class.stale_after.is_some_and(|s| s.is_zero()) {
+            return bad(&key("stale_after"), "must be above 0 (or left out)".into());
+        }
+        if let Some(max) = class.max_interval {
+            if max.is_zero() || max < class.min_interval {
+                return bad(
+                    &key("max_interval"),
+                    "must be above 0 and at least min_interval".into(),
+                );
+            }
+        }
+        if let Some((field, _)) = class
+            .deadband
+            .iter()
+            .find(|(_, d)| !(d.is_finite() && **d >= 0.0))
+        {
+            return bad(
+                &key(&format!("deadband.{field}")),
+                "must be a number of 0 or more".into(),
+            );
+        }
+    }
+    for (i, ws) in workspaces.iter().enumerate() {
+        if ws.id.trim().is_empty() {
+            return bad(&format!("workspaces[{i}].id"), "must not be empty".into());
+        }
+        if ws.sensors.is_empty() {
+            return bad(
+                &format!("workspaces[{i}].sensors"),
+                "must list at least one occupancy sensor".into(),
+            );
+        }
+        if ws.display.as_deref().is_some_and(|d| d.trim().is_empty()) {
+            return bad(
+                &format!("workspaces[{i}].display"),
+                "must be a device id (or left out)".into(),
+            );
+        }
+        if workspaces[..i].iter().any(|w| w.id == ws.id) {
+            return bad(
+                &format!("workspaces[{i}].id"),
+                format!("duplicate workspace `{}`", ws.id),
+            );
+        }
+    }
+    Ok(())
+}
