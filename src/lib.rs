@@ -128,7 +128,7 @@ pub async fn run_with_reloads(
         None
     } else {
         Some(
-            source::mqtt::MqttSource::new(&config, metrics.clone())?
+            source::mqtt::MqttSource::new(&config.mqtt, config.mqtt_client_id(), metrics.clone())?
                 .after_restart(outbox.applied_before()),
         )
     };

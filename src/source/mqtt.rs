@@ -28,11 +28,11 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFi
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::config::{MqttConfig, PayloadKind};
 use super::redelivery::{Arrival, Redeliveries};
 use super::{
     check_device_id, decode_reading, decode_status, Ack, DecodeError, Inbound, InboundBody,
 };
-use crate::config::{Config, PayloadKind};
 use crate::telemetry::{FaultLog, Metrics};
 
 /// The largest packet the client will read once, to acknowledge and skip a message over
@@ -142,9 +142,8 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn new(config: &Config) -> Result<Decoder, String> {
+    pub fn new(config: &MqttConfig) -> Result<Decoder, String> {
         let routes = config
-            .mqtt
             .subscriptions
             .iter()
             .map(|s| {
@@ -157,7 +156,7 @@ impl Decoder {
             .collect::<Result<_, String>>()?;
         Ok(Decoder {
             routes,
-            max_payload: config.mqtt.max_payload_bytes,
+            max_payload: config.max_payload_bytes,
         })
     }
 
@@ -208,10 +207,14 @@ pub struct MqttSource {
 }
 
 impl MqttSource {
-    /// Build the client options; fails on unreadable TLS files, before anything connects.
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<MqttSource> {
-        let m = &config.mqtt;
-        let mut options = MqttOptions::new(config.mqtt_client_id(), m.host.clone(), m.port);
+    /// Build the client options (`client_id`: see `Config::mqtt_client_id`); fails on
+    /// unreadable TLS files, before anything connects.
+    pub fn new(
+        m: &MqttConfig,
+        client_id: String,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<MqttSource> {
+        let mut options = MqttOptions::new(client_id, m.host.clone(), m.port);
         options
             .set_keep_alive(m.keep_alive)
             .set_clean_session(!m.persistent_session)
@@ -236,7 +239,7 @@ impl MqttSource {
             redeliveries: Arc::new(Redeliveries::default()),
             options,
             max_packet: m.max_packet_bytes,
-            decoder: Decoder::new(config).map_err(anyhow::Error::msg)?,
+            decoder: Decoder::new(m).map_err(anyhow::Error::msg)?,
             reconnect_min: m.reconnect_min,
             reconnect_max: m.reconnect_max,
             metrics,
@@ -506,7 +509,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let d = Decoder::new(&config).unwrap();
+        let d = Decoder::new(&config.mqtt).unwrap();
         let (dev, body) = d
             .decode("s/a1/reading", br#"{"t":1,"seq":2}"#)
             .unwrap()

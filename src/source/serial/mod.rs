@@ -25,7 +25,7 @@ use tokio_serial::SerialPortBuilderExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{Inbound, InboundBody};
-use crate::config::{Parity, SerialFraming, SerialPortConfig};
+use crate::source::config::{Parity, SerialFraming, SerialPortConfig};
 use crate::telemetry::{FaultLog, Metrics};
 use frame::{Format, FrameDecoder};
 
