@@ -19,6 +19,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::device::config::{DeviceClassConfig, DevicesConfig, WorkspaceConfig};
+use crate::outbox::config::{OnFull, OutboxConfig, DEFAULT_ENDPOINT};
 use crate::secret::redact_url;
 use crate::secret::Secret;
 use crate::source::config::{MqttConfig, SerialPortConfig, TlsConfig};
@@ -84,9 +85,6 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
 }
 
-/// The name of the `[webhook]` endpoint.
-pub const DEFAULT_ENDPOINT: &str = "default";
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookConfig {
@@ -132,7 +130,7 @@ pub struct WebhookConfig {
     pub window: usize,
     /// Bytes of events held in memory for delivery, likewise (`"1MiB"` or a number of bytes; at
     /// least one event is always held, however large).
-    #[serde(with = "size")]
+    #[serde(with = "crate::size")]
     pub window_bytes: u64,
     pub retry: RetryConfig,
 }
@@ -197,90 +195,6 @@ pub struct RetryConfig {
     /// Fraction of each delay that is randomised (0.0 – 1.0), so that many gateways do not
     /// retry in lock-step.
     pub jitter: f64,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutboxConfig {
-    /// Most inbound messages committed in one durable write (one fsync).
-    pub batch_max: usize,
-    /// How long a commit waits for more messages to share its write (group commit). Every
-    /// fsync rewrites at least a block, so on an SD card a few milliseconds here save most of
-    /// the bytes written per event; it adds at most this much latency. "0s" writes at once.
-    #[serde(with = "humantime_serde")]
-    pub commit_delay: Duration,
-    /// sled page cache, bytes. Small by default: a gateway has little RAM.
-    pub cache_bytes: u64,
-    /// Most bytes of events held for delivery, all endpoints together (`"64MB"`, `"1GiB"` or a
-    /// number of bytes). sled's files take about twice this on disk. What happens when it is
-    /// reached is `on_full`'s choice; either way it is logged, `/healthz` says so, and
-    /// `edgehook_outbox_full` is 1.
-    #[serde(with = "size")]
-    pub max_size: u64,
-    /// `backpressure` (default): hold new messages unacknowledged until delivery frees space, so
-    /// the broker keeps them. `drop_oldest_readings`: delete `sensor.reading.updated` events
-    /// to make room — first those a newer reading of the same device supersedes, then the
-    /// oldest — never health or workspace events (those still wait); counted per endpoint
-    /// (`edgehook_endpoint_dropped_total`, `outbox status`) and in `edgehook_outbox_dropped_total`.
-    pub on_full: OnFull,
-    /// Delivery attempts kept in the delivery log (`edgehook outbox log`, the file
-    /// `delivery.log` in `state_dir`): at least this many and at most twice as many; 0 keeps
-    /// none. Appended in chunks (64 attempts or a second), so a crash can lose the last second
-    /// of the log, never events.
-    pub delivery_log: usize,
-}
-
-/// What the outbox does when `outbox.max_size` is reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnFull {
-    Backpressure,
-    DropOldestReadings,
-}
-
-/// A size in bytes: a number, or a string like `"64MB"`, `"512KiB"`, `"1GB"`.
-mod size {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(*bytes)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Size {
-            Bytes(u64),
-            Text(String),
-        }
-        match Size::deserialize(d)? {
-            Size::Bytes(n) => Ok(n),
-            Size::Text(t) => parse(&t).ok_or_else(|| {
-                serde::de::Error::custom(format!(
-                    "`{t}` is not a size like \"64MB\", \"512KiB\" or a number of bytes"
-                ))
-            }),
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<u64> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let unit: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "kb" | "k" => 1_000,
-            "mb" | "m" => 1_000_000,
-            "gb" | "g" => 1_000_000_000,
-            "kib" => 1 << 10,
-            "mib" => 1 << 20,
-            "gib" => 1 << 30,
-            _ => return None,
-        };
-        number.parse::<u64>().ok()?.checked_mul(unit)
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -445,21 +359,7 @@ impl Config {
             names.push(w.name.as_str());
             Self::validate_endpoint(key, w)?;
         }
-        if self.outbox.batch_max == 0 {
-            return bad("outbox.batch_max", "must be at least 1".into());
-        }
-        if self.outbox.max_size < 64 * 1024 {
-            return bad(
-                "outbox.max_size",
-                "must be at least 64KiB (a single burst of events needs room)".into(),
-            );
-        }
-        if self.outbox.commit_delay > Duration::from_secs(1) {
-            return bad(
-                "outbox.commit_delay",
-                "must be at most 1s (it delays every acknowledgement)".into(),
-            );
-        }
+        crate::outbox::config::validate(&self.outbox)?;
         if !self.telemetry.listen.is_empty() {
             match self.telemetry.listen.parse::<SocketAddr>() {
                 Err(e) => {
@@ -883,10 +783,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.outbox.max_size, 64_000_000);
         assert_eq!(c.outbox.on_full, OnFull::DropOldestReadings);
-        assert_eq!(size::parse("512KiB"), Some(512 * 1024));
-        assert_eq!(size::parse("1 GiB"), Some(1 << 30));
-        assert_eq!(size::parse("12"), Some(12));
-        assert_eq!(size::parse("lots"), None);
+        assert_eq!(crate::size::parse("512KiB"), Some(512 * 1024));
+        assert_eq!(crate::size::parse("1 GiB"), Some(1 << 30));
+        assert_eq!(crate::size::parse("12"), Some(12));
+        assert_eq!(crate::size::parse("lots"), None);
         let e = err_of(&format!("{MINIMAL}\n[outbox]\nmax_size = \"big\"\n"));
         assert!(e.contains("outbox.max_size"), "{e}");
         let e = err_of(&format!("{MINIMAL}\n[outbox]\nmax_size = 1000\n"));

@@ -40,6 +40,7 @@ pub mod device;
 pub mod event;
 pub mod outbox;
 pub mod secret;
+pub mod size;
 pub mod source;
 pub mod telemetry;
 pub mod tls;

@@ -61,6 +61,8 @@
 //! delivery succeeded but whose removal was not yet flushed is delivered again: a duplicate
 //! with the same id, which the receiver drops by its idempotency key.
 
+pub mod config;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -71,13 +73,13 @@ use sled::Transactional;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{OnFull, OutboxConfig, DEFAULT_ENDPOINT};
 use crate::device::{DeviceState, WorkspaceState};
 use crate::event::Envelope;
 #[cfg(test)]
 use crate::event::EventType;
 use crate::source::Ack;
 use crate::telemetry::Metrics;
+use config::{OnFull, OutboxConfig, DEFAULT_ENDPOINT};
 
 const RECORD_VERSION: u8 = 1;
 
