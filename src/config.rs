@@ -9,7 +9,6 @@
 //! `EDGEHOOK_WEBHOOK__SECRET=...` sets `webhook.secret`, `EDGEHOOK_MQTT__PORT=8883` sets
 //! `mqtt.port`.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,14 +17,12 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::deliver::config::WebhookConfig;
 use crate::device::config::{DeviceClassConfig, DevicesConfig, WorkspaceConfig};
 use crate::outbox::config::{OnFull, OutboxConfig, DEFAULT_ENDPOINT};
 use crate::secret::redact_url;
 use crate::secret::Secret;
 use crate::source::config::{MqttConfig, SerialPortConfig, TlsConfig};
-
-pub use crate::deliver::format::PayloadFormat;
-pub use crate::deliver::sign::SignatureScheme;
 
 /// Environment variables with the `EDGEHOOK_` prefix that are not configuration keys.
 const NON_CONFIG_ENV: &[&str] = &["LOG", "CONFIG", "STATE_DIR"];
@@ -83,118 +80,6 @@ pub struct Config {
     pub endpoints: Vec<WebhookConfig>,
     pub outbox: OutboxConfig,
     pub telemetry: TelemetryConfig,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WebhookConfig {
-    /// The endpoint's name, in metrics, logs, `edgehook outbox` and the outbox's queue names
-    /// (letters, digits, `-`, `_`). `[webhook]` is named `default`.
-    pub name: String,
-    /// False: nothing new is queued for this endpoint and nothing is sent to it; what is
-    /// already queued stays until it is active again.
-    pub active: bool,
-    /// The receiver's URL. `https://` is verified with the bundled web PKI roots; `http://` is
-    /// accepted only to a loopback address or with `allow_insecure_http`.
-    pub url: String,
-    /// The signing key. Required unless `secrets` is given.
-    pub secret: Secret,
-    /// Several signing keys, newest first, for rotation (Standard Webhooks signs with each;
-    /// `hmac-sha256-hex` with the first). Replaces `secret` when given.
-    pub secrets: Vec<Secret>,
-    /// `hmac-sha256-hex` (in `signature_header`) or `standard-webhooks`.
-    pub signature: SignatureScheme,
-    /// `edgehook`, `spaceos`, `roomz` or `cloudevents`.
-    pub format: PayloadFormat,
-    /// Event types this endpoint receives (`*` and `?` patterns, e.g. `device.*`). Events of
-    /// other types are not queued for it.
-    pub events: Vec<String>,
-    /// Extra request headers (an API key, a tenant id). Values are treated as secrets.
-    pub headers: BTreeMap<String, Secret>,
-    /// Allow `http://` to a non-loopback host: events and signatures in clear text.
-    pub allow_insecure_http: bool,
-    /// Give up on an event after this many failed attempts (counted since the daemon started)
-    /// and keep it as a dead letter. Unset: retry for ever.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_attempts: Option<u32>,
-    /// Give up on an event this long after it was created, likewise. Unset: never.
-    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
-    pub max_age: Option<Duration>,
-    pub signature_header: String,
-    pub idempotency_header: String,
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Requests in flight at once (each device's events still go one at a time, in order).
-    pub max_concurrency: usize,
-    /// Events held in memory for delivery; the rest wait in the outbox on disk.
-    pub window: usize,
-    /// Bytes of events held in memory for delivery, likewise (`"1MiB"` or a number of bytes; at
-    /// least one event is always held, however large).
-    #[serde(with = "crate::size")]
-    pub window_bytes: u64,
-    pub retry: RetryConfig,
-}
-
-impl Default for WebhookConfig {
-    /// An endpoint as `[[endpoints]]` starts: everything but `name`, `url` and the secret.
-    fn default() -> WebhookConfig {
-        WebhookConfig {
-            name: String::new(),
-            active: true,
-            url: String::new(),
-            secret: Secret::default(),
-            secrets: Vec::new(),
-            signature: SignatureScheme::default(),
-            format: PayloadFormat::default(),
-            events: vec!["*".into()],
-            headers: BTreeMap::new(),
-            allow_insecure_http: false,
-            max_attempts: None,
-            max_age: None,
-            signature_header: "X-Webhook-Signature".into(),
-            idempotency_header: "Idempotency-Key".into(),
-            timeout: Duration::from_secs(30),
-            max_concurrency: 16,
-            window: 4096,
-            window_bytes: 1 << 20,
-            retry: RetryConfig::default(),
-        }
-    }
-}
-
-impl Default for RetryConfig {
-    fn default() -> RetryConfig {
-        RetryConfig {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(300),
-            multiplier: 2.0,
-            jitter: 0.2,
-        }
-    }
-}
-
-impl WebhookConfig {
-    /// The signing keys in use, primary first.
-    pub fn signing_secrets(&self) -> Vec<Secret> {
-        if self.secrets.is_empty() {
-            vec![self.secret.clone()]
-        } else {
-            self.secrets.clone()
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryConfig {
-    #[serde(with = "humantime_serde")]
-    pub initial: Duration,
-    #[serde(with = "humantime_serde")]
-    pub max: Duration,
-    pub multiplier: f64,
-    /// Fraction of each delay that is randomised (0.0 – 1.0), so that many gateways do not
-    /// retry in lock-step.
-    pub jitter: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -325,40 +210,9 @@ impl Config {
         }
         crate::source::config::validate(&self.mqtt, &self.serial_ports)?;
         crate::device::config::validate(&self.devices, &self.device_classes, &self.workspaces)?;
-        let mut names = Vec::new();
         let webhook_used = !self.webhook.url.is_empty() || self.endpoints.is_empty();
-        let mut all: Vec<(String, &WebhookConfig)> = Vec::new();
-        if webhook_used {
-            all.push(("webhook".into(), &self.webhook));
-        }
-        all.extend(
-            self.endpoints
-                .iter()
-                .enumerate()
-                .map(|(i, e)| (format!("endpoints[{i}]"), e)),
-        );
-        for (key, w) in &all {
-            let valid_name = !w.name.is_empty()
-                && w.name.len() <= 64
-                && w.name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !valid_name {
-                return bad(
-                    &format!("{key}.name"),
-                    "must be set: 1-64 letters, digits, `-` or `_` (it names the endpoint's queue)"
-                        .into(),
-                );
-            }
-            if names.contains(&w.name.as_str()) {
-                return bad(
-                    &format!("{key}.name"),
-                    format!("duplicate endpoint name `{}`", w.name),
-                );
-            }
-            names.push(w.name.as_str());
-            Self::validate_endpoint(key, w)?;
-        }
+        let webhook = webhook_used.then_some(&self.webhook);
+        crate::deliver::config::validate(webhook, &self.endpoints)?;
         crate::outbox::config::validate(&self.outbox)?;
         if !self.telemetry.listen.is_empty() {
             match self.telemetry.listen.parse::<SocketAddr>() {
@@ -376,147 +230,6 @@ impl Config {
                 }
                 Ok(_) => {}
             }
-        }
-        Ok(())
-    }
-
-    /// The checks of one endpoint (`[webhook]` or `[[endpoints]]`); `key` is where it is.
-    fn validate_endpoint(key: &str, w: &WebhookConfig) -> Result<(), (String, String)> {
-        let bad = |key: &str, msg: String| Err((key.to_string(), msg));
-        match reqwest::Url::parse(&w.url) {
-            Err(e) => return bad(&format!("{key}.url"), format!("not a URL ({e})")),
-            Ok(u) if u.scheme() != "https" && u.scheme() != "http" => {
-                return bad(&format!("{key}.url"), "must be https:// (or http:// to this host)".into())
-            }
-            Ok(u) if u.scheme() == "http" && !w.allow_insecure_http && !is_loopback(&u) => {
-                return bad(&format!("{key}.url"),
-                    "http:// sends events and signatures in clear text: use https://, or set allow_insecure_http = true".into(),
-                )
-            }
-            Ok(_) => {}
-        }
-        let secrets = w.signing_secrets();
-        if secrets.iter().all(|s| s.is_empty()) {
-            let hint = if key == "webhook" {
-                " (or given as EDGEHOOK_WEBHOOK__SECRET)"
-            } else {
-                ""
-            };
-            return bad(&format!("{key}.secret"), format!("must be set{hint}"));
-        }
-        for (i, secret) in secrets.iter().enumerate() {
-            if let Err(e) = crate::deliver::sign::key_bytes(w.signature, secret, i) {
-                let key = if w.secrets.is_empty() {
-                    format!("{key}.secret")
-                } else {
-                    format!("{key}.secrets[{i}]")
-                };
-                return bad(&key, e.to_string());
-            }
-        }
-        for (header_key, value) in [
-            (format!("{key}.signature_header"), &w.signature_header),
-            (format!("{key}.idempotency_header"), &w.idempotency_header),
-        ] {
-            if reqwest::header::HeaderName::from_bytes(value.as_bytes()).is_err() {
-                return bad(
-                    &header_key,
-                    format!("`{value}` is not a valid HTTP header name"),
-                );
-            }
-        }
-        if w.events.is_empty() || w.events.iter().any(|e| e.is_empty()) {
-            return bad(
-                &format!("{key}.events"),
-                "must list event types or patterns, e.g. [\"device.*\"]".into(),
-            );
-        }
-        if w.format == PayloadFormat::Roomz {
-            let patterns: Vec<wildmatch::WildMatch> = w
-                .events
-                .iter()
-                .map(|e| wildmatch::WildMatch::new(e))
-                .collect();
-            if let Some(kind) = crate::event::EventType::ALL.iter().find(|k| {
-                !PayloadFormat::Roomz.carries(**k) && patterns.iter().any(|p| p.matches(k.as_str()))
-            }) {
-                return bad(&format!("{key}.events"),
-                    format!("format roomz carries workspace events only, but `{}` matches; use events = [\"workspace.*\"]", kind.as_str()),
-                );
-            }
-        }
-        for (name, value) in &w.headers {
-            let reserved = [
-                "content-type",
-                "content-length",
-                "host",
-                "webhook-id",
-                "webhook-timestamp",
-                "webhook-signature",
-            ];
-            let lower = name.to_ascii_lowercase();
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
-                || reqwest::header::HeaderValue::from_str(value.expose()).is_err()
-            {
-                return bad(
-                    &format!("{key}.headers.{name}"),
-                    "not a valid HTTP header (name or value)".into(),
-                );
-            }
-            if reserved.contains(&lower.as_str())
-                || lower == w.signature_header.to_ascii_lowercase()
-                || lower == w.idempotency_header.to_ascii_lowercase()
-            {
-                return bad(
-                    &format!("{key}.headers.{name}"),
-                    "is set by edgehook itself".into(),
-                );
-            }
-        }
-        if w.timeout.is_zero() {
-            return bad(&format!("{key}.timeout"), "must be above 0".into());
-        }
-        if w.max_attempts == Some(0) {
-            return bad(
-                &format!("{key}.max_attempts"),
-                "must be at least 1 (or left out)".into(),
-            );
-        }
-        if w.max_age.is_some_and(|a| a.is_zero()) {
-            return bad(
-                &format!("{key}.max_age"),
-                "must be above 0 (or left out)".into(),
-            );
-        }
-        if w.max_concurrency == 0 {
-            return bad(
-                &format!("{key}.max_concurrency"),
-                "must be at least 1".into(),
-            );
-        }
-        if w.window < w.max_concurrency {
-            return bad(
-                &format!("{key}.window"),
-                format!("must be at least {key}.max_concurrency"),
-            );
-        }
-        if w.retry.initial.is_zero() || w.retry.initial > w.retry.max {
-            return bad(
-                &format!("{key}.retry.initial"),
-                format!("must be above 0 and at most {key}.retry.max"),
-            );
-        }
-        if !(w.retry.multiplier >= 1.0 && w.retry.multiplier <= 10.0) {
-            return bad(
-                &format!("{key}.retry.multiplier"),
-                "must be between 1 and 10".into(),
-            );
-        }
-        if !(0.0..=1.0).contains(&w.retry.jitter) {
-            return bad(
-                &format!("{key}.retry.jitter"),
-                "must be between 0 and 1".into(),
-            );
         }
         Ok(())
     }
@@ -582,18 +295,6 @@ impl Config {
             self.mqtt.client_id.clone()
         }
     }
-}
-
-/// Whether a URL's host is this machine (`localhost`, 127.0.0.0/8, ::1).
-fn is_loopback(url: &reqwest::Url) -> bool {
-    url.host_str().is_some_and(|host| {
-        host.eq_ignore_ascii_case("localhost")
-            || host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    })
 }
 
 /// A key path as the validation messages and the docs write it: `workspaces[0].hold`.

@@ -74,7 +74,7 @@ pub async fn run_with_reloads(
     let metrics = Arc::new(Metrics::default());
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
-    let active: Vec<&config::WebhookConfig> = config
+    let active: Vec<&deliver::config::WebhookConfig> = config
         .all_endpoints()
         .into_iter()
         .filter(|e| e.active)

@@ -4,9 +4,9 @@
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use wildmatch::WildMatch;
 
+use super::config::WebhookConfig;
 use super::format::{render, PayloadFormat};
-use super::sign::Signer;
-use crate::config::WebhookConfig;
+use super::sign::{SignatureScheme, Signer};
 use crate::event::EventType;
 use crate::outbox::OutboxRecord;
 
@@ -21,6 +21,25 @@ pub struct Endpoint {
     idempotency_header: HeaderName,
     /// Content-Type and the configured extra headers.
     fixed: HeaderMap,
+}
+
+/// Headers set by HTTP itself, whatever the endpoint.
+const TRANSPORT_HEADERS: [&str; 3] = ["content-type", "content-length", "host"];
+
+/// Whether edgehook sets the header `name` itself on this endpoint's requests (so it cannot be
+/// one of its configured `headers`): Content-Type, Content-Length, Host, the signature's
+/// headers (of either scheme, so that switching schemes never clashes) and the idempotency key.
+pub fn sets_header(config: &WebhookConfig, name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    TRANSPORT_HEADERS.contains(&name.as_str())
+        || [
+            SignatureScheme::HmacSha256Hex,
+            SignatureScheme::StandardWebhooks,
+        ]
+        .into_iter()
+        .flat_map(|s| Signer::header_names(s, &config.signature_header))
+        .any(|h| h == name)
+        || name == config.idempotency_header.to_ascii_lowercase()
 }
 
 impl Endpoint {
@@ -137,7 +156,7 @@ mod tests {
         assert_eq!(headers["webhook-timestamp"], "1700000000");
         assert_eq!(headers["idempotency-key"], record().id.as_str());
         let signer = Signer::with(
-            crate::config::SignatureScheme::StandardWebhooks,
+            crate::deliver::sign::SignatureScheme::StandardWebhooks,
             &[crate::secret::Secret::new(
                 "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
             )],

@@ -11,6 +11,7 @@
 //!   A failed record waits out its backoff on disk (its lane holds nothing in memory meanwhile,
 //!   so a device the receiver keeps rejecting cannot fill the window); nothing is ever dropped.
 
+pub mod config;
 pub mod endpoint;
 pub mod format;
 pub mod lanes;
@@ -26,9 +27,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
-use crate::config::WebhookConfig;
 use crate::outbox::{DeadInfo, Outbox, OutboxRecord, QueueId};
 use crate::telemetry::EndpointMetrics;
+use config::WebhookConfig;
 use endpoint::Endpoint;
 use lanes::{Lanes, Limits, Offer};
 use log::{Attempt, DeliveryLog};

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::config::RetryConfig;
+use super::config::RetryConfig;
 
 /// Longest `Retry-After` we honour.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);

@@ -17,6 +17,9 @@ use sha2::Sha256;
 
 use crate::secret::Secret;
 
+/// The headers a Standard Webhooks signature takes: id, timestamp, signature.
+pub const STANDARD_HEADERS: [&str; 3] = ["webhook-id", "webhook-timestamp", "webhook-signature"];
+
 /// Which scheme an endpoint signs with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum SignatureScheme {
@@ -128,6 +131,16 @@ impl Signer {
             .join(" ")
     }
 
+    /// The names of the headers [`Signer::headers`] sets (lower-case), whatever the scheme.
+    pub fn header_names(scheme: SignatureScheme, hex_header: &str) -> Vec<String> {
+        match scheme {
+            SignatureScheme::HmacSha256Hex => vec![hex_header.to_ascii_lowercase()],
+            SignatureScheme::StandardWebhooks => {
+                STANDARD_HEADERS.iter().map(|h| h.to_string()).collect()
+            }
+        }
+    }
+
     /// The signature headers of one attempt (names lower-case).
     pub fn headers(
         &self,
@@ -140,14 +153,17 @@ impl Signer {
             SignatureScheme::HmacSha256Hex => {
                 vec![(hex_header.to_ascii_lowercase(), self.sign(body))]
             }
-            SignatureScheme::StandardWebhooks => vec![
-                ("webhook-id".into(), id.to_string()),
-                ("webhook-timestamp".into(), timestamp.to_string()),
-                (
-                    "webhook-signature".into(),
-                    self.sign_standard(id, timestamp, body),
-                ),
-            ],
+            SignatureScheme::StandardWebhooks => {
+                let [id_header, timestamp_header, signature_header] = STANDARD_HEADERS;
+                vec![
+                    (id_header.into(), id.to_string()),
+                    (timestamp_header.into(), timestamp.to_string()),
+                    (
+                        signature_header.into(),
+                        self.sign_standard(id, timestamp, body),
+                    ),
+                ]
+            }
         }
     }
 
