@@ -39,8 +39,7 @@ use tokio::sync::mpsc;
 use wildmatch::WildMatch;
 
 use crate::event::{Envelope, Event, EventType};
-use crate::outbox::Commit;
-use crate::source::{Inbound, InboundBody};
+use crate::source::{Ack, Inbound, InboundBody};
 use config::{DeviceClassConfig, DevicesConfig, WorkspaceConfig};
 pub use health::Health;
 use health::{HealthPolicy, Transition};
@@ -50,6 +49,20 @@ pub use workspace::{WorkspaceState, WorkspaceStatus};
 
 use crate::clock::{millis, shifted};
 pub use crate::clock::{Clock, Millis};
+
+/// What the device stage hands the outbox for one inbound message (or one tick of its clock).
+#[derive(Debug, Default)]
+pub struct Commit {
+    pub envelopes: Vec<Envelope>,
+    /// Device states that changed.
+    pub devices: Vec<(String, DeviceState)>,
+    /// Workspace states that changed.
+    pub workspaces: Vec<(String, WorkspaceState)>,
+    /// The states must be durable before `ack` even when no event is queued (see
+    /// [`Applied::sync`]); otherwise only a batch with events is synced.
+    pub sync: bool,
+    pub ack: Option<Ack>,
+}
 
 /// How far a device's `last_seen` may run ahead of its persisted copy. Seen-times are written
 /// at most this often per device (and only for classes that watch silence), and without a sync

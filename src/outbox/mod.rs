@@ -73,11 +73,10 @@ use sled::Transactional;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::device::{DeviceState, WorkspaceState};
+use crate::device::{Commit, DeviceState, WorkspaceState};
 use crate::event::Envelope;
 #[cfg(test)]
 use crate::event::EventType;
-use crate::source::Ack;
 use crate::telemetry::Metrics;
 use config::{OnFull, OutboxConfig, DEFAULT_ENDPOINT};
 
@@ -119,20 +118,6 @@ pub struct Written {
     /// Per queue (in the order of [`Outbox::queues`]): events not stored for it because its
     /// share was full while it could not drain.
     pub dropped: Vec<u64>,
-}
-
-/// What the device stage hands the outbox for one inbound message (or one tick of its clock).
-#[derive(Debug, Default)]
-pub struct Commit {
-    pub envelopes: Vec<Envelope>,
-    /// Device states that changed.
-    pub devices: Vec<(String, DeviceState)>,
-    /// Workspace states that changed.
-    pub workspaces: Vec<(String, WorkspaceState)>,
-    /// The states must be durable before `ack` even when no event is queued (see
-    /// `device::Applied::sync`); otherwise only a batch with events is synced.
-    pub sync: bool,
-    pub ack: Option<Ack>,
 }
 
 /// Which events one endpoint's queue takes.
