@@ -10,7 +10,7 @@
 //! to drop duplicates (delivery is at-least-once). The envelope is serialised once, when the event
 //! is created; the outbox stores those exact bytes and every delivery attempt signs and sends them.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -106,6 +106,13 @@ struct Wire<'a> {
     data: &'a Value,
 }
 
+/// When an event was created: the time carried in its UUIDv7 id (millisecond precision).
+pub fn created_at(id: &str) -> Option<SystemTime> {
+    let uuid = uuid::Uuid::parse_str(id).ok()?;
+    let (secs, nanos) = uuid.get_timestamp()?.to_unix();
+    Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
 impl Envelope {
     /// Give `event` an id and a timestamp and serialise it.
     pub fn seal(event: &Event, gateway: &str, at: SystemTime) -> Envelope {
@@ -130,6 +137,15 @@ impl Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_ids_carry_their_creation_time() {
+        let before = SystemTime::now() - Duration::from_millis(1);
+        let id = uuid::Uuid::now_v7().to_string();
+        let t = created_at(&id).unwrap();
+        assert!(t >= before && t <= SystemTime::now() + Duration::from_millis(1));
+        assert!(created_at("not-a-uuid").is_none());
+    }
 
     #[test]
     fn envelope_has_the_documented_shape() {

@@ -38,6 +38,7 @@ pub mod deliver;
 pub mod demo;
 pub mod device;
 pub mod event;
+pub mod metrics;
 pub mod outbox;
 pub mod secret;
 pub mod size;
@@ -53,8 +54,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use config::Config;
+use metrics::{Kinds, Metrics};
 use outbox::Outbox;
-use telemetry::Metrics;
 
 /// Capacity of each channel between stages.
 const STAGE_CHANNEL: usize = 1024;
@@ -71,7 +72,11 @@ pub async fn run_with_reloads(
     cancel: CancellationToken,
     reloads: Option<mpsc::Receiver<Config>>,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::with_kinds(Kinds {
+        decode_errors: &source::DecodeError::KINDS,
+        serial_frame_errors: &source::serial::frame::FrameError::KINDS,
+        device_refusals: &device::Refused::KINDS,
+    }));
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
     let active: Vec<&deliver::config::WebhookConfig> = config

@@ -11,7 +11,7 @@ use std::path::Path;
 
 /// The layers, lowest first; a module may use its own layer's and lower ones.
 const LAYERS: &[&[&str]] = &[
-    &["clock", "event", "secret", "size", "tls"],
+    &["clock", "event", "metrics", "secret", "size", "tls"],
     &["source"],
     &["device"],
     &["outbox"],

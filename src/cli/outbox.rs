@@ -315,13 +315,9 @@ pub async fn run(
 
 /// When an event was created (from its UUIDv7 id), and how long ago.
 fn created(r: &OutboxRecord) -> String {
-    uuid::Uuid::parse_str(&r.id)
-        .ok()
-        .and_then(|u| u.get_timestamp())
-        .map(|t| {
-            let (secs, nanos) = t.to_unix();
-            when(secs * 1000 + u64::from(nanos) / 1_000_000)
-        })
+    crate::event::created_at(&r.id)
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| when(d.as_millis() as u64))
         .unwrap_or_else(|| "unknown time".into())
 }
 

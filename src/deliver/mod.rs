@@ -27,8 +27,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
+use crate::metrics::EndpointMetrics;
 use crate::outbox::{DeadInfo, Outbox, OutboxRecord, QueueId};
-use crate::telemetry::EndpointMetrics;
 use config::WebhookConfig;
 use endpoint::Endpoint;
 use lanes::{Lanes, Limits, Offer};
@@ -43,13 +43,6 @@ pub fn route(config: &WebhookConfig) -> anyhow::Result<crate::outbox::Route> {
         endpoint: config.name.clone(),
         wants: Arc::new(move |kind: &str| endpoint.wants(kind)),
     })
-}
-
-/// The creation time carried in a UUIDv7 event id (milliseconds since the epoch).
-pub fn created_at(id: &str) -> Option<SystemTime> {
-    let uuid = uuid::Uuid::parse_str(id).ok()?;
-    let (secs, nanos) = uuid.get_timestamp()?.to_unix();
-    Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
 }
 
 /// The delivery task's state; see the module docs.
@@ -399,7 +392,7 @@ impl Dispatcher {
                     tracing::warn!(error = %e, event_id = %head.id, "delivered event not removed from outbox; it may be sent again");
                     self.out_of_step = true;
                 }
-                let latency = created_at(&head.id)
+                let latency = crate::event::created_at(&head.id)
                     .and_then(|t| SystemTime::now().duration_since(t).ok())
                     .unwrap_or_default();
                 self.metrics.delivered(&head.kind, latency);
@@ -499,7 +492,7 @@ impl Dispatcher {
         if self.max_attempts.is_some_and(|max| failures >= max) {
             return Some("max_attempts");
         }
-        let created = created_at(&head.id)
+        let created = crate::event::created_at(&head.id)
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             .map(crate::clock::millis);
         let age = created.and_then(|c| crate::clock::STEPS.age(c, now));
@@ -633,19 +626,5 @@ fn describe_reqwest_error(e: &reqwest::Error) -> String {
         what.to_string()
     } else {
         format!("{what}: {detail}")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn event_ids_carry_their_creation_time() {
-        let before = SystemTime::now() - Duration::from_millis(1);
-        let id = uuid::Uuid::now_v7().to_string();
-        let t = created_at(&id).unwrap();
-        assert!(t >= before && t <= SystemTime::now() + Duration::from_millis(1));
-        assert!(created_at("not-a-uuid").is_none());
     }
 }

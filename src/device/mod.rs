@@ -763,10 +763,10 @@ pub async fn run(
     mut inbound: mpsc::Receiver<Inbound>,
     mut rules: mpsc::Receiver<Rules>,
     commits: mpsc::Sender<Commit>,
-    metrics: Arc<crate::telemetry::Metrics>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let mut reloadable = true;
-    let mut faults = crate::telemetry::FaultLog::new(Duration::from_secs(60));
+    let mut faults = crate::metrics::FaultLog::new(Duration::from_secs(60));
     let mut told_unset = false;
     // A clock step is noticed within a second even when nothing else happens.
     let mut watch = tokio::time::interval(Duration::from_secs(1));

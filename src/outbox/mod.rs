@@ -77,7 +77,7 @@ use crate::device::{Commit, DeviceState, WorkspaceState};
 use crate::event::Envelope;
 #[cfg(test)]
 use crate::event::EventType;
-use crate::telemetry::Metrics;
+use crate::metrics::Metrics;
 use config::{OnFull, OutboxConfig, DEFAULT_ENDPOINT};
 
 const RECORD_VERSION: u8 = 1;
@@ -895,6 +895,25 @@ impl Outbox {
             }
         }
         needs
+    }
+
+    /// Set the gauges read off the store (at scrape time): events and bytes held, dead letters,
+    /// and per queue its pending events and the age of its oldest.
+    pub fn observe(&self, metrics: &Metrics) {
+        metrics.set_outbox_depth(self.len() as u64);
+        metrics.set_outbox_held(self.bytes(), self.dead_len() as u64);
+        for (queue, endpoint, _) in self.queues() {
+            let age = self
+                .oldest(queue)
+                .ok()
+                .flatten()
+                .and_then(|r| crate::event::created_at(&r.id))
+                .and_then(|t| t.elapsed().ok())
+                .map_or(0, |d| d.as_millis() as u64);
+            metrics
+                .endpoint(endpoint)
+                .set_pending(self.queue_len(queue) as u64, age);
+        }
     }
 
     /// Dead letters kept.

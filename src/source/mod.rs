@@ -82,15 +82,24 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// Every kind, for metrics.
+    pub const KINDS: [&'static str; 5] = [
+        "oversize",
+        "not_json",
+        "not_object",
+        "bad_status",
+        "bad_device_id",
+    ];
+
     /// A short stable name, used as a metric label.
     pub fn kind(&self) -> &'static str {
-        match self {
-            DecodeError::Oversize { .. } => "oversize",
-            DecodeError::NotJson(_) => "not_json",
-            DecodeError::NotAnObject => "not_object",
-            DecodeError::BadStatus => "bad_status",
-            DecodeError::BadDeviceId(_) => "bad_device_id",
-        }
+        Self::KINDS[match self {
+            DecodeError::Oversize { .. } => 0,
+            DecodeError::NotJson(_) => 1,
+            DecodeError::NotAnObject => 2,
+            DecodeError::BadStatus => 3,
+            DecodeError::BadDeviceId(_) => 4,
+        }]
     }
 }
 

@@ -33,7 +33,7 @@ use super::redelivery::{Arrival, Redeliveries};
 use super::{
     check_device_id, decode_reading, decode_status, Ack, DecodeError, Inbound, InboundBody,
 };
-use crate::telemetry::{FaultLog, Metrics};
+use crate::metrics::{FaultLog, Metrics};
 
 /// The largest packet the client will read once, to acknowledge and skip a message over
 /// `mqtt.max_packet_bytes` that the broker keeps redelivering (see [`MqttSource::run`]).

@@ -87,18 +87,18 @@ impl FrameError {
     ];
 
     pub fn kind(&self) -> &'static str {
-        match self {
-            FrameError::Overlong { .. } => "overlong",
-            FrameError::Garbage { .. } => "garbage",
-            FrameError::BadChecksum { .. } => "bad_checksum",
-            FrameError::NotUtf8 => "not_utf8",
-            FrameError::Malformed(_) => "malformed",
-            FrameError::UnknownSentence(_) => "unknown_sentence",
-            FrameError::NotJson(_) => "not_json",
-            FrameError::NotAnObject => "not_object",
-            FrameError::NoDeviceId(_) => "no_device_id",
-            FrameError::BadDeviceId(_) => "bad_device_id",
-        }
+        Self::KINDS[match self {
+            FrameError::Overlong { .. } => 0,
+            FrameError::Garbage { .. } => 1,
+            FrameError::BadChecksum { .. } => 2,
+            FrameError::NotUtf8 => 3,
+            FrameError::Malformed(_) => 4,
+            FrameError::UnknownSentence(_) => 5,
+            FrameError::NotJson(_) => 6,
+            FrameError::NotAnObject => 7,
+            FrameError::NoDeviceId(_) => 8,
+            FrameError::BadDeviceId(_) => 9,
+        }]
     }
 }
 

@@ -25,8 +25,8 @@ use tokio_serial::SerialPortBuilderExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{Inbound, InboundBody};
+use crate::metrics::{FaultLog, Metrics};
 use crate::source::config::{Parity, SerialFraming, SerialPortConfig};
-use crate::telemetry::{FaultLog, Metrics};
 use frame::{Format, FrameDecoder};
 
 /// Devices remembered per port for offline reports when it closes; more are not tracked.
