@@ -1055,11 +1055,15 @@ async fn power_cuts_at_random_moments_under_load_lose_no_acknowledged_change() {
     assert_eq!(daemon.terminate(), Some(0));
 }
 
-/// Found by the randomized fault harness: the disk fills while events are being delivered, the
-/// outbox is reopened from disk, and records delivery had already passed (delivered, their
-/// removal lost with the broken instance; or written again by the recovery) sat in the queue
-/// behind its read position, never sent and never removed, until the next restart. After a
-/// reopen, delivery reads its queue again from the start: nothing stays pending.
+/// Found by the randomized fault harness, twice: the disk fills while events are being
+/// delivered and the outbox is reopened from disk. First, records delivery had already passed
+/// (delivered, their removal lost with the broken instance; or written again by the recovery)
+/// sat in the queue behind its read position, never sent, never removed, until the next
+/// restart; then, delivery that found the store unavailable while it was being reopened waited
+/// for a write to wake it, and with every device quiet none came. After a reopen (or a failed
+/// removal) delivery reads its queue again from the start, and a failed read is retried on its
+/// own: each time the disk fills and frees, with nothing published after, everything is
+/// delivered and nothing stays pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_stays_pending_after_the_outbox_is_reopened_on_a_full_disk() {
     let dir = tempfile::tempdir().unwrap();
@@ -1069,44 +1073,48 @@ async fn nothing_stays_pending_after_the_outbox_is_reopened_on_a_full_disk() {
     let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
     daemon.rewrite_state_dir(&state, broker.port, &receiver.url);
     daemon.start();
-    let (stop, running) = tokio::sync::watch::channel(false);
-    let publisher = common::publishers(
-        broker.port,
-        "full-occ",
-        4,
-        None,
-        Duration::from_millis(3),
-        running,
-    );
-    for _ in 0..6 {
+    // A slow receiver: deliveries are in flight when the store goes away.
+    receiver.delay(Duration::from_millis(50));
+    let pending = "edgehook_endpoint_pending{endpoint=\"default\"}";
+    let prefixes = ["full-a", "full-b", "full-c", "full-d", "full-e", "full-f"];
+    for (round, prefix) in prefixes.into_iter().enumerate() {
+        let (stop, running) = tokio::sync::watch::channel(false);
+        let publisher = common::publishers(
+            broker.port,
+            prefix,
+            4,
+            None,
+            Duration::from_millis(3),
+            running,
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
         card.fs.set_full(true);
+        // Nothing is published from here on: only delivery's own retries can finish the job.
+        stop.send(true).unwrap();
+        let published = publisher.await.unwrap();
         tokio::time::sleep(Duration::from_millis(400)).await;
         card.fs.set_full(false);
+        receiver
+            .wait_until(LONG, "every change", |s| {
+                published.is_subset(&s.reading_keys())
+            })
+            .await;
+        let wait = Instant::now() + Duration::from_secs(20);
+        while daemon.metric(pending) != Some(0) {
+            assert!(
+                Instant::now() < wait,
+                "round {round}: {:?} events stay pending after everything was delivered:\n{}",
+                daemon.metric(pending),
+                daemon.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
-    stop.send(true).unwrap();
-    let published = publisher.await.unwrap();
-    receiver
-        .wait_until(LONG, "every change", |s| {
-            published.is_subset(&s.reading_keys())
-        })
-        .await;
     assert!(
         daemon.log().contains("outbox writable again"),
         "the disk filled and the outbox was reopened:\n{}",
         daemon.log()
     );
-    let pending = "edgehook_endpoint_pending{endpoint=\"default\"}";
-    let wait = Instant::now() + Duration::from_secs(20);
-    while daemon.metric(pending) != Some(0) {
-        assert!(
-            Instant::now() < wait,
-            "{:?} events stay pending after everything was delivered:\n{}",
-            daemon.metric(pending),
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     assert_eq!(daemon.terminate(), Some(0));
 }
 

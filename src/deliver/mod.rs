@@ -186,7 +186,6 @@ impl Dispatcher {
                         tracing::error!(endpoint = %self.name, error = %e, "cannot read the outbox; retrying every second");
                         self.read_failing = true;
                     }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
             self.start_ready();
@@ -200,6 +199,8 @@ impl Dispatcher {
                 }
                 _ = outbox.appended(self.queue), if !self.more_on_disk => self.more_on_disk = true,
                 _ = tokio::task::yield_now(), if self.load_again => {}
+                // A failed read is retried on its own: no write may come to wake the loop.
+                _ = tokio::time::sleep(Duration::from_secs(1)), if self.read_failing => {}
                 _ = tokio::time::sleep_until(self.log_since.unwrap_or_else(tokio::time::Instant::now) + LOG_EVERY), if self.log_since.is_some() => self.write_log(),
             }
         }

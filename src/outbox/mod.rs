@@ -444,6 +444,8 @@ impl Outbox {
             .store(self.durable.load(Ordering::SeqCst), Ordering::SeqCst);
         *guard = Some(store);
         self.reopens.fetch_add(1, Ordering::SeqCst);
+        drop(guard);
+        self.notify_appended(); // delivery reads its queues again (see `reopens`)
         Ok(())
     }
 
