@@ -22,7 +22,14 @@
 //! - [`outbox`]: the sled store; its module doc states the key layout and durability invariants.
 //! - [`deliver`]: signing, HTTP, the retry schedule.
 //! - [`clock`]: time, and what every stage does when the system clock is unset or steps.
-//! - [`config`], [`telemetry`] (logs, `/healthz`, `/metrics`), [`tls`], [`cli`].
+//! - [`metrics`] (counters every stage updates; it knows no stage), [`secret`], [`size`],
+//!   [`tls`]: primitives.
+//! - [`config`] loads the file and environment and aggregates each stage's own section
+//!   (`source::config`, `device::config`, `outbox::config`, `deliver::config`, each with its
+//!   checks); [`telemetry`] (logs, systemd, `/healthz`, `/metrics`); [`cli`].
+//!
+//! Layers, lowest first, with no import cycles (`tests/module_graph.rs`): primitives → source →
+//! device → outbox → deliver → config → wiring (this file), telemetry, demo → cli.
 //!
 //! # Shutdown
 //! One [`CancellationToken`]. The source stops reading and drops its sender; the device stage

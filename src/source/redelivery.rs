@@ -23,7 +23,7 @@
 //! the broker leaves the same situation across a restart, so the outbox keeps the fingerprints
 //! of the messages of its last few batches with the batches themselves (durable together). After
 //! a start, the broker's redeliveries come first: those that match are acknowledged without
-//! being applied, until the first message without DUP, which ends the check.
+//! being applied (only copies with DUP: a retained birth without it may come among them).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -92,10 +92,13 @@ impl Redeliveries {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             if let Some(set) = before.as_mut() {
-                if !dup {
-                    *before = None; // the redeliveries are over
-                } else if set.remove(&fp) {
+                // Only a copy with DUP can be one (a retained birth delivered on resubscribe,
+                // without DUP, may come among them, so it ends nothing).
+                if dup && set.remove(&fp) {
                     return Arrival::Redelivered { ack_now: true };
+                }
+                if set.is_empty() {
+                    *before = None;
                 }
             }
         }
@@ -244,9 +247,12 @@ mod tests {
             Arrival::Redelivered { ack_now: true }
         );
         r.applied_before_restart(vec![7]);
-        // after the first message the broker sends for the first time, the check is over
-        assert_eq!(r.arrived(5, 4, 1, false), Arrival::New);
-        assert_eq!(r.arrived(7, 5, 1, true), Arrival::New);
+        // a first delivery (a retained birth on resubscribe) is new and ends nothing
+        assert_eq!(r.arrived(7, 4, 1, false), Arrival::New);
+        assert_eq!(
+            r.arrived(7, 5, 1, true),
+            Arrival::Redelivered { ack_now: true }
+        );
     }
 
     /// Found by the randomized fault harness: a device announcing itself `online` again after
