@@ -1,0 +1,130 @@
+//! Dead letters: events delivery gave up on, kept with why, listed, revived and purged.
+
+use std::sync::atomic::Ordering;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use super::format::*;
+use super::store::storage_error;
+use super::{Outbox, OutboxError, QueueId};
+
+impl Outbox {
+    /// Give up on `seq` in `queue`: move it to `dead` with `info`, in one transaction. False if
+    /// it was not pending (already delivered or buried).
+    pub fn bury(&self, queue: QueueId, seq: u64, info: &DeadInfo) -> Result<bool, OutboxError> {
+        let info_json = serde_json::to_vec(info).expect("plain data serialises");
+        let key = seq.to_be_bytes();
+        let dead_key = dead_key(seq, &self.queues[queue.0].endpoint);
+        let moved = self.with(|s| {
+            (&s.queues[queue.0], &s.dead)
+                .transaction(|(ev, dead)| {
+                    let Some(record) = ev.remove(&key)? else {
+                        return Ok(None);
+                    };
+                    let mut value = Vec::with_capacity(5 + info_json.len() + record.len());
+                    value.push(RECORD_VERSION);
+                    value.extend_from_slice(&(info_json.len() as u32).to_be_bytes());
+                    value.extend_from_slice(&info_json);
+                    value.extend_from_slice(&record);
+                    dead.insert(dead_key.as_slice(), value)?;
+                    Ok::<_, ConflictableTransactionError<()>>(Some(record.len()))
+                })
+                .map_err(storage_error)
+        })?;
+        if let Some(bytes) = moved {
+            self.forget(queue, bytes);
+            self.dead_depth.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(moved.is_some())
+    }
+
+    /// Up to `limit` dead letters, oldest first.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, OutboxError> {
+        self.with(|s| {
+            s.dead
+                .iter()
+                .take(limit)
+                .map(|kv| {
+                    let (k, v) = kv?;
+                    decode_dead(&k, &v)
+                })
+                .collect()
+        })
+    }
+
+    /// Move the dead letter `seq` of `endpoint` back to its queue, behind everything pending,
+    /// keeping its event id. False if there is no such dead letter. Flushes.
+    pub async fn revive(&self, endpoint: &str, seq: u64) -> Result<bool, OutboxError> {
+        let key = dead_key(seq, endpoint);
+        let queue = self.queue(endpoint).ok_or(OutboxError::Corrupt {
+            seq,
+            why: "the dead letter's endpoint has no queue",
+        })?;
+        let (new_seq, revived) = self.with(|s| {
+            let new_seq = s.db.generate_id()?;
+            let revived = (&s.queues[queue.0], &s.dead)
+                .transaction(|(ev, dead)| {
+                    let Some(value) = dead.remove(key.as_slice())? else {
+                        return Ok(None);
+                    };
+                    let record =
+                        dead_record_bytes(&value).ok_or(ConflictableTransactionError::Abort(()))?;
+                    ev.insert(&new_seq.to_be_bytes(), record)?;
+                    Ok(Some(record.len()))
+                })
+                .map_err(|e| match e {
+                    TransactionError::Storage(e) => OutboxError::Storage(e),
+                    TransactionError::Abort(()) => OutboxError::Corrupt {
+                        seq,
+                        why: "dead letter is truncated",
+                    },
+                })?;
+            Ok((new_seq, revived))
+        })?;
+        if let Some(bytes) = revived {
+            let q = &self.queues[queue.0];
+            q.depth.fetch_add(1, Ordering::Relaxed);
+            q.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+            self.dead_depth.fetch_sub(1, Ordering::Relaxed);
+            self.written.fetch_max(new_seq + 1, Ordering::SeqCst);
+            self.flush().await?;
+            q.appended.notify_one();
+        }
+        Ok(revived.is_some())
+    }
+
+    /// Delete the pending records (`dead = false`) or the dead letters, of `endpoint` or of
+    /// all. Returns how many.
+    pub async fn purge(&self, dead: bool, endpoint: Option<&str>) -> Result<usize, OutboxError> {
+        let chosen = |e: &str| endpoint.is_none_or(|want| want == e);
+        let n = self.with(|s| {
+            let mut n = 0;
+            if dead {
+                for kv in s.dead.iter() {
+                    let (k, v) = kv?;
+                    if chosen(&decode_dead(&k, &v)?.endpoint) {
+                        s.dead.remove(k)?;
+                        self.dead_depth.fetch_sub(1, Ordering::Relaxed);
+                        n += 1;
+                    }
+                }
+                return Ok(n);
+            }
+            for (tree, queue) in s.queues.iter().zip(self.queues.iter()) {
+                if !chosen(&queue.endpoint) {
+                    continue;
+                }
+                for key in tree.iter().keys() {
+                    tree.remove(key?)?;
+                    n += 1;
+                }
+                queue.depth.store(0, Ordering::Relaxed);
+                queue.bytes.store(0, Ordering::Relaxed);
+            }
+            Ok(n)
+        })?;
+        self.flush().await?;
+        Ok(n)
+    }
+}

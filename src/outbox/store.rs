@@ -1,0 +1,217 @@
+//! The open sled database, its identity and the syncs that make a flush survive a power cut.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sled::transaction::TransactionError;
+
+use super::format::{endpoint_of_tree, seq_of, tree_name};
+use super::OutboxError;
+
+/// The open sled database and its trees.
+pub(super) struct Store {
+    pub(super) db: sled::Db,
+    /// What makes a sled flush survive a power cut (see [`SyncFiles`]).
+    pub(super) sync: Arc<SyncFiles>,
+    /// One per queue, in the order of [`Outbox::queues`].
+    pub(super) queues: Vec<sled::Tree>,
+    pub(super) devices: sled::Tree,
+    pub(super) workspaces: sled::Tree,
+    pub(super) dead: sled::Tree,
+    pub(super) meta: sled::Tree,
+}
+
+impl Store {
+    pub(super) fn open(dir: &Path, cache_bytes: u64) -> Result<Store, OutboxError> {
+        let db = sled::Config::new()
+            .path(dir.join("outbox.sled"))
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(Some(1000))
+            .open()?;
+        let sync = Arc::new(SyncFiles::open(&dir.join("outbox.sled"))?);
+        // The delivery log lived here before it became a file (`deliver::log`).
+        db.drop_tree("attempts")?;
+        let store = Store {
+            queues: Vec::new(),
+            devices: db.open_tree("devices")?,
+            workspaces: db.open_tree("workspaces")?,
+            dead: db.open_tree("dead")?,
+            meta: db.open_tree("meta")?,
+            db,
+            sync,
+        };
+        store.check_identity(dir)?;
+        Ok(store)
+    }
+
+    /// sled recovers a damaged log by dropping what it cannot read, which can silently leave an
+    /// empty store. So each store has an id, kept both inside it (`meta`, key `store_id`) and
+    /// beside it (`outbox.id`); a store that comes back without the id its marker names has
+    /// lost its history, and is refused rather than used.
+    fn check_identity(&self, dir: &Path) -> Result<(), OutboxError> {
+        let marker = dir.join(IDENTITY_FILE);
+        let inside = self
+            .meta
+            .get(STORE_ID_KEY)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned());
+        let beside = std::fs::read_to_string(&marker)
+            .ok()
+            .map(|s| s.trim().to_string());
+        match (beside, inside) {
+            (Some(beside), Some(inside)) if beside == inside => Ok(()),
+            (Some(beside), inside) => Err(OutboxError::Lost {
+                dir: dir.display().to_string(),
+                expected: beside,
+                found: inside.unwrap_or_else(|| "nothing".into()),
+            }),
+            (None, Some(inside)) => write_marker(&marker, &inside),
+            (None, None) => {
+                // The id inside must be durable before the marker that names it: a marker
+                // without it is a store that "lost its history" and is refused.
+                let id = uuid::Uuid::now_v7().to_string();
+                self.meta.insert(STORE_ID_KEY, id.as_bytes())?;
+                self.db.flush()?;
+                self.sync.sync().map_err(io_error)?;
+                write_marker(&marker, &id)
+            }
+        }
+    }
+
+    /// Open the queue trees of `endpoints`, in that order.
+    pub(super) fn open_queues(&mut self, endpoints: &[String]) -> Result<(), OutboxError> {
+        self.queues = endpoints
+            .iter()
+            .map(|e| self.db.open_tree(tree_name(e)))
+            .collect::<Result<_, _>>()?;
+        Ok(())
+    }
+
+    /// The endpoints that have a queue on disk.
+    pub(super) fn queues_on_disk(&self) -> Vec<String> {
+        self.db
+            .tree_names()
+            .iter()
+            .filter_map(|n| endpoint_of_tree(n))
+            .collect()
+    }
+
+    /// One past the highest sequence number on disk.
+    pub(super) fn end(&self) -> Result<u64, OutboxError> {
+        let mut end = 0;
+        for tree in self.queues.iter().chain([&self.dead]) {
+            if let Some((k, _)) = tree.last()? {
+                end = end.max(seq_of(&k[..8.min(k.len())])? + 1);
+            }
+        }
+        Ok(end)
+    }
+
+    /// Records and their bytes in each queue (a full scan: at open only).
+    pub(super) fn count(&self) -> Result<Vec<(u64, u64)>, OutboxError> {
+        self.queues
+            .iter()
+            .map(|tree| {
+                let (mut n, mut bytes) = (0u64, 0u64);
+                for kv in tree.iter() {
+                    let (_, v) = kv?;
+                    n += 1;
+                    bytes += v.len() as u64;
+                }
+                Ok((n, bytes))
+            })
+            .collect()
+    }
+}
+
+/// The marker file beside the store naming its id (see `Store::check_identity`).
+pub(super) const IDENTITY_FILE: &str = "outbox.id";
+pub(super) const STORE_ID_KEY: &str = "store_id";
+
+/// Write `id` to `path` durably (temporary file, fsync, rename).
+pub(super) fn write_marker(path: &Path, id: &str) -> Result<(), OutboxError> {
+    use std::io::Write;
+    let tmp = path.with_extension("id.tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(io_error)?;
+    file.write_all(id.as_bytes()).map_err(io_error)?;
+    file.sync_all().map_err(io_error)?;
+    std::fs::rename(&tmp, path).map_err(io_error)?;
+    sync_dir(path.parent().unwrap_or(Path::new("."))).map_err(io_error)
+}
+
+pub(super) fn io_error(e: std::io::Error) -> OutboxError {
+    OutboxError::Storage(sled::Error::Io(e))
+}
+
+/// sled's flush writes its log with `sync_file_range`, which neither flushes the drive's
+/// volatile write cache (an SD card's, a USB stick's) nor the file's size, and fsyncs only
+/// once a second from a background thread; values over 128 KiB go to files of their own in
+/// `blobs/` that it never syncs. That is enough against `kill -9` but not against a power cut.
+/// So after each flush the log is `fdatasync`ed here, with any blob file written since and
+/// the directory naming it: only then is a batch durable and its messages acknowledged.
+pub(super) struct SyncFiles {
+    log: std::fs::File,
+    blobs: PathBuf,
+    /// Blob files already synced.
+    pub(super) synced: std::sync::Mutex<std::collections::HashSet<std::ffi::OsString>>,
+}
+
+impl SyncFiles {
+    /// For the sled database in `dir` (already open, so its files exist).
+    pub(super) fn open(dir: &Path) -> Result<SyncFiles, OutboxError> {
+        let log = std::fs::File::open(dir.join("db")).map_err(io_error)?;
+        // The files sled created at open, and the directories naming them.
+        if let Ok(conf) = std::fs::File::open(dir.join("conf")) {
+            conf.sync_all().map_err(io_error)?;
+        }
+        log.sync_all().map_err(io_error)?;
+        sync_dir(dir).map_err(io_error)?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent).map_err(io_error)?;
+        }
+        Ok(SyncFiles {
+            log,
+            blobs: dir.join("blobs"),
+            synced: Default::default(),
+        })
+    }
+
+    pub(super) fn sync(&self) -> std::io::Result<()> {
+        self.log.sync_data()?;
+        let Ok(entries) = std::fs::read_dir(&self.blobs) else {
+            return Ok(()); // no blobs yet
+        };
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        let mut present = std::collections::HashSet::new();
+        let mut new = false;
+        for entry in entries {
+            let name = entry?.file_name();
+            if !synced.contains(&name) {
+                // A blob sled has already deleted again is nothing to keep.
+                match std::fs::File::open(self.blobs.join(&name)) {
+                    Ok(f) => f.sync_data()?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                new = true;
+            }
+            present.insert(name);
+        }
+        if new {
+            sync_dir(&self.blobs)?;
+        }
+        *synced = present;
+        Ok(())
+    }
+}
+
+/// fsync a directory, so that the entries created in it survive a power cut.
+pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+pub(super) fn storage_error(e: TransactionError<()>) -> OutboxError {
+    match e {
+        TransactionError::Storage(e) => OutboxError::Storage(e),
+        TransactionError::Abort(()) => unreachable!("the transaction never aborts"),
+    }
+}

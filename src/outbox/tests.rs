@@ -1,0 +1,422 @@
+use std::time::Duration;
+
+use super::config::DEFAULT_ENDPOINT;
+use super::format::*;
+use super::*;
+use crate::event::Event;
+use crate::event::{Envelope, EventType};
+use std::time::SystemTime;
+
+const Q0: QueueId = QueueId(0);
+
+fn route(endpoint: &str, prefix: &'static str) -> Route {
+    Route {
+        endpoint: endpoint.into(),
+        wants: Arc::new(move |kind: &str| kind.starts_with(prefix)),
+    }
+}
+
+/// One endpoint, `default`, taking every event.
+fn everything() -> Vec<Route> {
+    vec![route(DEFAULT_ENDPOINT, "")]
+}
+
+/// Open the store again once the dropped handle's last flush has let go of sled's file
+/// lock (its flush thread may hold the store a moment after the handle is gone).
+fn open_when_released(dir: &Path, routes: fn() -> Vec<Route>) -> Outbox {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match Outbox::open(dir, 1 << 20, routes()) {
+            Ok(ob) => return ob,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+fn reading(device: &str) -> Envelope {
+    let mut fields = serde_json::Map::new();
+    fields.insert("t".into(), 21.into());
+    let event = Event::device(EventType::SensorReadingUpdated, device, fields);
+    Envelope::seal(&event, "gw", SystemTime::now())
+}
+
+fn envelope(device: &str) -> Envelope {
+    Envelope::seal(
+        &Event::device(EventType::DeviceOnline, device, Default::default()),
+        "gw",
+        SystemTime::now(),
+    )
+}
+
+#[test]
+fn records_round_trip() {
+    let env = envelope("occ-1");
+    let rec = decode(7, &encode(&env)).unwrap();
+    assert_eq!(rec.seq, 7);
+    assert_eq!(rec.id, env.id);
+    assert_eq!(rec.kind, "device.online");
+    assert_eq!(rec.lane, "device:occ-1");
+    assert_eq!(rec.body, env.body);
+}
+
+#[test]
+fn corrupt_records_are_errors_not_panics() {
+    let bytes = encode(&envelope("d"));
+    for cut in 0..20 {
+        assert!(decode(1, &bytes[..cut]).is_err(), "cut at {cut}");
+    }
+    let mut wrong = bytes.clone();
+    wrong[0] = 9;
+    assert!(matches!(
+        decode(1, &wrong),
+        Err(OutboxError::Corrupt { .. })
+    ));
+}
+
+#[tokio::test]
+async fn delivery_sees_only_flushed_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+    let commit = || Commit {
+        envelopes: vec![envelope("d")],
+        ..Default::default()
+    };
+    ob.write(&[commit()], &[]).unwrap();
+    assert!(
+        ob.pending_after(Q0, None, 10).unwrap().is_empty(),
+        "written, not flushed: invisible"
+    );
+    ob.flush().await.unwrap();
+    let first = ob.pending_after(Q0, None, 10).unwrap();
+    assert_eq!(first.len(), 1);
+    ob.write(&[commit()], &[]).unwrap();
+    assert!(ob
+        .pending_after(Q0, Some(first[0].seq), 10)
+        .unwrap()
+        .is_empty());
+    ob.flush().await.unwrap();
+    assert_eq!(
+        ob.pending_after(Q0, Some(first[0].seq), 10).unwrap().len(),
+        1
+    );
+    assert_eq!(ob.pending_after(Q0, None, 10).unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn an_event_too_large_for_the_log_goes_to_a_synced_blob_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fields = serde_json::Map::new();
+    fields.insert("image".into(), "x".repeat(200 * 1024).into());
+    let big = Envelope::seal(
+        &Event::device(EventType::SensorReadingUpdated, "cam-1", fields),
+        "gw",
+        SystemTime::now(),
+    );
+    let body = big.body.clone();
+    {
+        let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+        ob.write(
+            &[Commit {
+                envelopes: vec![big],
+                ..Default::default()
+            }],
+            &[],
+        )
+        .unwrap();
+        ob.flush().await.unwrap();
+        let blobs: Vec<_> = std::fs::read_dir(dir.path().join("outbox.sled/blobs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            !blobs.is_empty(),
+            "sled keeps a value this large in a blob file"
+        );
+        let synced = ob
+            .with(|s| Ok(s.sync.synced.lock().unwrap().clone()))
+            .unwrap();
+        for blob in &blobs {
+            assert!(synced.contains(blob), "blob {blob:?} was not synced");
+        }
+    }
+    let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+    let pending = ob.pending_after(Q0, None, 10).unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].body, body);
+}
+
+#[tokio::test]
+async fn batches_survive_reopen_in_order_and_removal_sticks() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<String>;
+    {
+        let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+        let commits: Vec<Commit> = (0..5)
+            .map(|i| Commit {
+                envelopes: vec![envelope(&format!("d{i}"))],
+                devices: vec![(
+                    format!("d{i}"),
+                    DeviceState {
+                        health: crate::device::Health::Online,
+                        ..Default::default()
+                    },
+                )],
+                workspaces: vec![(format!("w{}", i % 2), WorkspaceState::default())],
+                sync: true,
+                ack: None,
+            })
+            .collect();
+        ids = commits.iter().map(|c| c.envelopes[0].id.clone()).collect();
+        assert_eq!(ob.write(&commits, &[]).unwrap().queued, 5);
+        ob.flush().await.unwrap();
+        assert_eq!(ob.len(), 5);
+        let first = ob.pending_after(Q0, None, 1).unwrap();
+        assert!(ob.remove(Q0, first[0].seq).unwrap());
+        assert!(!ob.remove(Q0, first[0].seq).unwrap()); // removing twice counts once
+        assert_eq!(ob.len(), 4);
+        ob.flush().await.unwrap();
+    }
+    let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+    assert_eq!(ob.len(), 4, "depth is recounted at open");
+    let pending = ob.pending_after(Q0, None, 100).unwrap();
+    let got: Vec<String> = pending.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(got, ids[1..], "removed record gone, others in order");
+    let after = ob.pending_after(Q0, Some(pending[1].seq), 100).unwrap();
+    assert_eq!(after.len(), 2);
+    assert_eq!(ob.devices().unwrap().len(), 5);
+    assert_eq!(ob.workspaces().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn each_endpoint_has_its_own_queue_dead_letters_and_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = vec![route(DEFAULT_ENDPOINT, ""), route("crm", "device.")];
+    let ob = Outbox::open(dir.path(), 1 << 20, routes.clone()).unwrap();
+    let (all, crm) = (ob.queue("default").unwrap(), ob.queue("crm").unwrap());
+    let commit = Commit {
+        envelopes: vec![envelope("d1"), reading("d1"), envelope("d2")],
+        ..Default::default()
+    };
+    assert_eq!(ob.write(&[commit], &[]).unwrap().queued, 3);
+    ob.flush().await.unwrap();
+    assert_eq!((ob.queue_len(all), ob.queue_len(crm), ob.len()), (3, 2, 5));
+    let crm_records = ob.pending_after(crm, None, 10).unwrap();
+    assert!(crm_records.iter().all(|r| r.kind == "device.online"));
+    // Delivered to crm only: still pending for default, under the same sequence number.
+    ob.remove(crm, crm_records[0].seq).unwrap();
+    assert_eq!(
+        ob.pending_after(all, None, 10).unwrap()[0].seq,
+        crm_records[0].seq
+    );
+    // A dead letter belongs to its endpoint and is replayed into that queue only.
+    let info = DeadInfo {
+        attempts: 3,
+        last_status: Some(500),
+        last_error: "HTTP 500".into(),
+        dead_at: 0,
+        reason: "max_attempts".into(),
+    };
+    assert!(ob.bury(crm, crm_records[1].seq, &info).unwrap());
+    assert!(ob.bury(all, crm_records[1].seq, &info).unwrap());
+    let dead = ob.dead_letters(10).unwrap();
+    let owners: Vec<&str> = dead.iter().map(|d| d.endpoint.as_str()).collect();
+    assert_eq!(owners, ["default", "crm"]);
+    assert!(ob.revive("crm", crm_records[1].seq).await.unwrap());
+    assert_eq!(
+        (ob.queue_len(all), ob.queue_len(crm), ob.dead_len()),
+        (2, 1, 1)
+    );
+    assert_eq!(ob.purge(false, Some("crm")).await.unwrap(), 1);
+    assert_eq!((ob.queue_len(all), ob.queue_len(crm)), (2, 0));
+    assert_eq!(ob.purge(true, Some("default")).await.unwrap(), 1);
+    assert_eq!(ob.dead_len(), 0);
+    drop(ob);
+    // Without `crm` configured its queue is still found (and kept), just not routed to.
+    let ob = open_when_released(dir.path(), everything);
+    let queues: Vec<(&str, bool)> = ob.queues().iter().map(|(_, e, r)| (*e, *r)).collect();
+    assert_eq!(queues, [("default", true), ("crm", false)]);
+    assert_eq!(ob.len(), 2);
+}
+
+#[tokio::test]
+async fn a_lane_reads_back_its_own_records_in_order_within_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+    let commits: Vec<Commit> = (0..10)
+        .map(|i| Commit {
+            envelopes: vec![reading(if i % 3 == 0 { "a" } else { "b" })],
+            ..Default::default()
+        })
+        .collect();
+    ob.write(&commits, &[]).unwrap();
+    let q = ob.queue(DEFAULT_ENDPOINT).unwrap();
+    assert_eq!(
+        ob.lane_records(q, "device:a", 0, 100, 10).unwrap().0,
+        vec![],
+        "not durable yet"
+    );
+    ob.flush().await.unwrap();
+    let all = ob.pending_after(q, None, 100).unwrap();
+    let a: Vec<u64> = all
+        .iter()
+        .filter(|r| r.lane == "device:a")
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(a.len(), 4);
+    let (got, rest) = ob.lane_records(q, "device:a", 0, 100, 2).unwrap();
+    assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), a[..2]);
+    assert_eq!(rest, Some(a[2]));
+    let (got, rest) = ob.lane_records(q, "device:a", a[2], a[2], 5).unwrap();
+    assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), a[2..3]);
+    assert_eq!(rest, None, "through is inclusive and ends the range");
+    assert_eq!(got[0], all.iter().find(|r| r.seq == a[2]).unwrap().clone());
+}
+
+/// The fingerprints of the messages of the last synced batches come back after a restart,
+/// so that the broker's redeliveries of them are recognised (`source::redelivery`).
+#[tokio::test]
+async fn the_last_batches_messages_are_remembered_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+        for batch in 0..6u64 {
+            let commits: Vec<Commit> = (0..2)
+                .map(|i| Commit {
+                    envelopes: vec![envelope("d")],
+                    ack: Some(crate::source::Ack::with_fingerprint(batch * 10 + i, || {})),
+                    ..Default::default()
+                })
+                .collect();
+            ob.write(&commits, &[]).unwrap();
+            ob.flush().await.unwrap();
+        }
+        // an unsynced batch (no events, no sync) records nothing
+        let lazy = Commit {
+            ack: Some(crate::source::Ack::with_fingerprint(99, || {})),
+            ..Default::default()
+        };
+        ob.write(&[lazy], &[]).unwrap();
+        ob.flush().await.unwrap();
+    }
+    let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+    let mut got = ob.applied_before();
+    got.sort();
+    assert_eq!(
+        got,
+        [20, 21, 30, 31, 40, 41, 50, 51],
+        "the last four batches"
+    );
+}
+
+#[tokio::test]
+async fn an_event_no_endpoint_wants_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path(), 1 << 20, vec![route("crm", "device.")]).unwrap();
+    let commit = Commit {
+        envelopes: vec![reading("d1"), envelope("d1")],
+        ..Default::default()
+    };
+    let written = ob.write(&[commit], &[]).unwrap();
+    assert_eq!((written.queued, written.unrouted), (1, 1));
+    assert_eq!(ob.len(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_queue_misses_the_batch_and_counts_it_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = || vec![route(DEFAULT_ENDPOINT, ""), route("ops", "")];
+    {
+        let ob = Outbox::open(dir.path(), 1 << 20, routes()).unwrap();
+        let commit = Commit {
+            envelopes: vec![reading("d1"), envelope("d2")],
+            ..Default::default()
+        };
+        let written = ob.write(&[commit], &[false, true]).unwrap();
+        assert_eq!((written.queued, written.unrouted), (2, 0));
+        assert_eq!(written.dropped, [0, 2]);
+        ob.flush().await.unwrap();
+        let ops = ob.queue("ops").unwrap();
+        assert_eq!((ob.queue_len(Q0), ob.queue_len(ops)), (2, 0));
+        // as the writer does once the batch is durable
+        ob.queues[ops.0].dropped.fetch_add(2, Ordering::Relaxed);
+    }
+    let ob = Outbox::open(dir.path(), 1 << 20, routes()).unwrap();
+    assert_eq!(
+        ob.dropped_for(ob.queue("ops").unwrap()),
+        2,
+        "kept across a restart"
+    );
+    assert_eq!(ob.dropped_for(Q0), 0);
+}
+
+/// Found by the randomized fault harness: dropping the oldest readings dropped a device's
+/// only — latest — reading while older readings of a busier device stayed, so upstream
+/// ended knowing a state the device had left. Readings a newer reading of the same device
+/// supersedes go first.
+#[tokio::test]
+async fn dropping_for_room_takes_superseded_readings_before_a_devices_latest() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+    let envelopes = vec![
+        reading("quiet"),
+        reading("busy"),
+        reading("busy"),
+        reading("busy"),
+    ];
+    let commit = Commit {
+        envelopes,
+        ..Default::default()
+    };
+    ob.write(&[commit], &[]).unwrap();
+    ob.flush().await.unwrap();
+    let one = encode(&reading("busy")).len() as u64;
+    assert_eq!(ob.drop_oldest_readings(Q0, one + 1).unwrap(), 2);
+    let left: Vec<String> = ob
+        .pending_after(Q0, None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.lane)
+        .collect();
+    assert_eq!(left, [reading("quiet").lane, reading("busy").lane]);
+    // With nothing superseded left, the oldest goes.
+    assert_eq!(ob.drop_oldest_readings(Q0, 1).unwrap(), 1);
+    assert_eq!(ob.len(), 1);
+}
+
+#[tokio::test]
+async fn dropping_for_room_takes_only_the_oldest_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+    let envelopes = vec![
+        envelope("d0"),
+        reading("d1"),
+        envelope("d2"),
+        reading("d3"),
+        reading("d4"),
+    ];
+    let lanes: Vec<String> = envelopes.iter().map(|e| e.lane.clone()).collect();
+    let commit = Commit {
+        envelopes,
+        ..Default::default()
+    };
+    ob.write(&[commit], &[]).unwrap();
+    ob.flush().await.unwrap();
+    let before = ob.bytes();
+    // Room for a little more than one reading: the two oldest readings go.
+    let one = encode(&reading("d9")).len() as u64;
+    assert_eq!(ob.drop_oldest_readings(Q0, one + 1).unwrap(), 2);
+    let left: Vec<String> = ob
+        .pending_after(Q0, None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.lane)
+        .collect();
+    assert_eq!(left, [lanes[0].clone(), lanes[2].clone(), lanes[4].clone()]);
+    assert!(ob.bytes() < before);
+    // Only health events left besides one reading: asking for more drops just that one.
+    assert_eq!(ob.drop_oldest_readings(Q0, u64::MAX).unwrap(), 1);
+    assert_eq!(ob.len(), 2);
+}

@@ -1,0 +1,249 @@
+//! The writer task: commits grouped into batches, room made within each queue's share, the
+//! batch written, flushed and synced, and only then its acks sent.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::config::{OnFull, OutboxConfig};
+use super::{Outbox, QueueId, Written};
+use crate::device::Commit;
+use crate::event::Envelope;
+use crate::metrics::Metrics;
+
+/// The outbox writer task: group incoming commits into batches, make room for each within
+/// each queue's share of `outbox.max_size`, write it, flush, then send the batch's acks. Ends
+/// when the device stage has gone, after writing and flushing everything it sent.
+///
+/// # Shares
+/// Each queue (endpoint) may hold `max_size / queues` bytes, so no endpoint can take the space
+/// of another. When a batch does not fit in a queue's share:
+/// - a queue that drains (its endpoint is active and not disabled) applies `on_full`:
+///   back-pressure (the batch waits, unacknowledged, until delivery frees space) or dropping
+///   that queue's readings (superseded ones first, then the oldest);
+/// - a queue that cannot drain (disabled by a 410, inactive, no longer configured) would wait
+///   for ever and hold every other endpoint and every ack with it, so the batch's events are
+///   not stored *for that endpoint only*: counted ([`DROPPED`], `edgehook_endpoint_dropped_total`,
+///   `outbox status`) and logged, never silently. The other endpoints get them as usual.
+pub async fn run_writer(
+    outbox: Outbox,
+    mut commits: mpsc::Receiver<Commit>,
+    config: OutboxConfig,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let mut batch: Vec<Commit> = Vec::with_capacity(config.batch_max);
+    let mut full = FullLog::new(outbox.queues.len());
+    // A batch stays well under a share, so that room for it can always be made.
+    let max_batch_bytes = (config.max_size / outbox.queues.len().max(1) as u64 / 8).max(1);
+    while let Some(first) = commits.recv().await {
+        let mut bytes = commit_size(&first);
+        batch.push(first);
+        // Group commit: gather what arrives within `commit_delay` of the first, up to the caps.
+        let deadline = tokio::time::Instant::now() + config.commit_delay;
+        while batch.len() < config.batch_max && bytes < max_batch_bytes {
+            let next = match commits.try_recv() {
+                Ok(c) => c,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(deadline, commits.recv()).await {
+                        Ok(Some(c)) => c,
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            };
+            bytes += commit_size(&next);
+            batch.push(next);
+        }
+        let refused = make_room(&outbox, &batch, &config, &metrics, &cancel, &mut full).await;
+        let written = persist(&outbox, &batch, &refused, &metrics).await;
+        metrics.unrouted(written.unrouted as u64);
+        for (queue, n) in outbox.queues.iter().zip(&written.dropped) {
+            if *n > 0 {
+                queue.dropped.fetch_add(*n, Ordering::Relaxed);
+                metrics.endpoint(&queue.endpoint).dropped(*n);
+            }
+        }
+        for commit in batch.drain(..) {
+            for env in &commit.envelopes {
+                metrics.event_created(env.kind);
+            }
+            if let Some(ack) = commit.ack {
+                ack.send();
+            }
+        }
+        if written.queued > 0 {
+            outbox.notify_appended();
+        }
+        metrics.set_outbox_depth(outbox.len() as u64);
+    }
+    if let Err(e) = outbox.flush().await {
+        tracing::error!(error = %e, "final outbox flush failed");
+    }
+    tracing::debug!("outbox writer drained");
+}
+
+/// About how many bytes one event takes in one queue.
+pub(super) fn size_of(env: &Envelope) -> u64 {
+    (env.body.len() + env.lane.len() + env.id.len() + 32) as u64
+}
+
+/// About how many bytes `commit`'s events take in one queue.
+fn commit_size(commit: &Commit) -> u64 {
+    commit.envelopes.iter().map(size_of).sum()
+}
+
+/// How the writer last reported each full queue: one line when it fills, one when it has room.
+struct FullLog {
+    /// Per queue: since when it is full, and what was dropped meanwhile.
+    full: Vec<Option<(std::time::Instant, u64)>>,
+}
+
+impl FullLog {
+    fn new(queues: usize) -> FullLog {
+        FullLog {
+            full: vec![None; queues],
+        }
+    }
+}
+
+/// Make room for `batch` in the share of every queue it goes to (see [`run_writer`]): wait
+/// (back-pressure), or drop that queue's oldest readings (`on_full = drop_oldest_readings`),
+/// for queues that drain; for queues that cannot drain, mark them refused. Returns, per queue,
+/// whether the batch's events are left out of it. A queue's share gives way when the queue is
+/// empty (one message larger than it is still written) and at shutdown (what the device stage
+/// already made is kept).
+async fn make_room(
+    outbox: &Outbox,
+    batch: &[Commit],
+    config: &OutboxConfig,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+    log: &mut FullLog,
+) -> Vec<bool> {
+    let needs = outbox.needs(batch);
+    let share = config.max_size / outbox.queues.len().max(1) as u64;
+    let mut refused = vec![false; needs.len()];
+    loop {
+        let mut waiting = false;
+        for (i, &needed) in needs.iter().enumerate() {
+            let queue = QueueId(i);
+            let used = outbox.queue_bytes(queue);
+            let fits = needed == 0 || used + needed <= share || outbox.queue_len(queue) == 0;
+            if fits || cancel.is_cancelled() {
+                refused[i] = false;
+                continue;
+            }
+            let name = &outbox.queues[i].endpoint;
+            let draining = outbox.is_draining(queue);
+            if log.full[i].is_none() {
+                log.full[i] = Some((std::time::Instant::now(), 0));
+                if draining {
+                    let policy = match config.on_full {
+                        OnFull::Backpressure => "holding new messages unacknowledged until delivery frees space (back-pressure; the broker keeps them)",
+                        OnFull::DropOldestReadings => "dropping its sensor readings to make room, superseded ones first (on_full = drop_oldest_readings)",
+                    };
+                    tracing::error!(endpoint = %name, used_bytes = used, share_bytes = share, pending = outbox.queue_len(queue), "outbox FULL for endpoint `{name}`: {policy}");
+                } else {
+                    tracing::error!(endpoint = %name, used_bytes = used, share_bytes = share, pending = outbox.queue_len(queue), "outbox share FULL: endpoint `{name}` cannot drain (disabled, inactive or removed), so its new events are DROPPED for it alone (counted in edgehook_endpoint_dropped_total and `edgehook outbox status`); other endpoints still get them. Re-enable or purge it to stop this");
+                }
+            }
+            if !draining {
+                refused[i] = true;
+                continue;
+            }
+            if config.on_full == OnFull::DropOldestReadings {
+                match outbox.drop_oldest_readings(queue, used + needed - share) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        metrics.dropped(n as u64);
+                        metrics.endpoint(name).dropped(n as u64);
+                        if let Some((_, dropped)) = &mut log.full[i] {
+                            *dropped += n as u64;
+                        }
+                        if outbox.queue_bytes(queue) + needed <= share {
+                            continue;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot drop old readings"),
+                }
+            }
+            waiting = true;
+        }
+        metrics.set_outbox_full(waiting);
+        if !waiting {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = cancel.cancelled() => {}
+        }
+    }
+    for (i, &needed) in needs.iter().enumerate() {
+        let queue = QueueId(i);
+        let room = outbox.queue_bytes(queue) + needed <= share || outbox.queue_len(queue) == 0;
+        if let (true, Some((since, dropped))) = (room && !refused[i], log.full[i]) {
+            tracing::warn!(
+                endpoint = %outbox.queues[i].endpoint,
+                full_for = %humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
+                dropped_readings = dropped,
+                "outbox has room again"
+            );
+            log.full[i] = None;
+        }
+    }
+    refused
+}
+
+/// Write and flush one batch, retrying until it is durable.
+async fn persist(
+    outbox: &Outbox,
+    batch: &[Commit],
+    refused: &[bool],
+    metrics: &Metrics,
+) -> Written {
+    let mut delay = Duration::from_millis(100);
+    let mut failures = 0u64;
+    loop {
+        let started = std::time::Instant::now();
+        let result = match outbox.write(batch, refused) {
+            Ok(w) if w.queued == 0 && !batch.iter().any(|c| c.sync) => Ok(w),
+            Ok(w) => outbox.flush().await.map(|()| w),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(w) => {
+                if w.queued > 0 || batch.iter().any(|c| c.sync) {
+                    metrics.outbox_committed(started.elapsed());
+                }
+                if failures > 0 {
+                    tracing::info!(failures, "outbox writable again; resuming");
+                    outbox.writable.store(true, Ordering::Relaxed);
+                }
+                return w;
+            }
+            Err(e) => {
+                failures += 1;
+                metrics.outbox_write_failed();
+                outbox.writable.store(false, Ordering::Relaxed);
+                if failures == 1 || failures.is_power_of_two() {
+                    tracing::error!(
+                        error = %e,
+                        failures,
+                        "cannot write the outbox; holding {} messages unacknowledged and retrying (back-pressure, nothing is dropped)",
+                        batch.len()
+                    );
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                // sled refuses everything after an I/O error: start again from what is on disk.
+                if let Err(e) = outbox.reopen() {
+                    tracing::debug!(error = %e, "outbox not reopened yet");
+                }
+            }
+        }
+    }
+}
