@@ -192,6 +192,34 @@ fn crate_paths(code: &str) -> BTreeSet<String> {
     found
 }
 
+/// The files of modules declared `#[cfg(test)] mod name;` (a test module may use anything).
+fn test_only_files(files: &[std::path::PathBuf]) -> BTreeSet<std::path::PathBuf> {
+    let mut test_only = BTreeSet::new();
+    for file in files {
+        let code = code_only(&std::fs::read_to_string(file).unwrap());
+        let dir = match file.file_name().and_then(|n| n.to_str()) {
+            Some("mod.rs" | "lib.rs" | "main.rs") => file.parent().unwrap().to_path_buf(),
+            _ => file.with_extension(""),
+        };
+        let mut rest = code.as_str();
+        while let Some(at) = rest.find("#[cfg(test)]") {
+            rest = rest[at + "#[cfg(test)]".len()..].trim_start();
+            let Some(decl) = rest.strip_prefix("mod ") else {
+                continue;
+            };
+            let name: String = decl
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if decl[name.len()..].trim_start().starts_with(';') {
+                test_only.insert(dir.join(format!("{name}.rs")));
+                test_only.insert(dir.join(&name).join("mod.rs"));
+            }
+        }
+    }
+    test_only
+}
+
 /// Top-level module → the top-level modules its code uses (`crate` for the root's items).
 fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
     let mut files = Vec::new();
@@ -215,8 +243,9 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
         })
         .filter(|m| m != "lib" && m != "main")
         .collect();
+    let test_only = test_only_files(&files);
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for file in &files {
+    for file in files.iter().filter(|f| !test_only.contains(*f)) {
         let rel = file.strip_prefix(src).unwrap();
         let first = rel
             .components()

@@ -3,6 +3,9 @@
 //! - [`sign`]: the signature schemes.
 //! - [`retry`]: the retry schedule and what counts as done, as plain functions over plain data.
 //! - [`lanes`]: which records are held in memory, per lane, and which lane sends next.
+//! - [`schedule`]: what becomes of a record after an attempt (remove, retry after, bury,
+//!   disable), a pure function tested as a table.
+//! - [`transport`]: how a record reaches the receiver (HTTPS; the tests bring their own).
 //! - [`Dispatcher`]: one task per endpoint, reading that endpoint's own queue in the outbox (so
 //!   a failing endpoint never delays another). Records are loaded into a bounded window
 //!   and queued per *lane* (one device, or one workspace). A lane sends one record at a time, so a
@@ -17,7 +20,9 @@ pub mod format;
 pub mod lanes;
 pub mod log;
 pub mod retry;
+pub mod schedule;
 pub mod sign;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,7 +39,9 @@ use endpoint::Endpoint;
 use lanes::{Lanes, Limits, Offer};
 use log::{Attempt, DeliveryLog};
 pub use retry::{classify, Outcome, RetryPolicy};
+use schedule::{Decision, Facts, GiveUp};
 pub use sign::Signer;
+pub use transport::Transport;
 
 /// The outbox route of endpoint `config`: which events are queued for it.
 pub fn route(config: &WebhookConfig) -> anyhow::Result<crate::outbox::Route> {
@@ -57,11 +64,11 @@ pub struct Dispatcher {
     /// appended together, every [`LOG_CHUNK`] attempts or [`LOG_EVERY`].
     unlogged: Vec<Attempt>,
     log_since: Option<tokio::time::Instant>,
-    client: reqwest::Client,
+    /// How a record reaches the receiver (HTTP; the tests' own in tests).
+    transport: Arc<dyn Transport>,
     endpoint: Endpoint,
     policy: RetryPolicy,
-    max_attempts: Option<u32>,
-    max_age: Option<Duration>,
+    give_up: GiveUp,
     /// Why the endpoint is disabled (a 410 Gone), persisted in the outbox's `meta` tree.
     disabled: Option<Disabled>,
     /// Reading the outbox fails (logged once until it works again).
@@ -92,26 +99,37 @@ pub struct Dispatcher {
     out_of_step: bool,
 }
 
+/// Whether the dispatcher goes on after one [`Dispatcher::step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Continue,
+    Cancelled,
+}
+
 impl Dispatcher {
-    /// The dispatcher of endpoint `config`, whose queue the outbox was opened with.
+    /// The dispatcher of endpoint `config`, whose queue the outbox was opened with, sending
+    /// over HTTPS.
     pub fn new(
         config: &WebhookConfig,
         outbox: Outbox,
         log: Arc<DeliveryLog>,
         metrics: Arc<EndpointMetrics>,
     ) -> anyhow::Result<Dispatcher> {
+        let http = Arc::new(transport::Http::new(config)?);
+        Dispatcher::with_transport(config, outbox, log, metrics, http)
+    }
+
+    /// The same, sending through `transport`.
+    pub fn with_transport(
+        config: &WebhookConfig,
+        outbox: Outbox,
+        log: Arc<DeliveryLog>,
+        metrics: Arc<EndpointMetrics>,
+        transport: Arc<dyn Transport>,
+    ) -> anyhow::Result<Dispatcher> {
         let queue = outbox
             .queue(&config.name)
             .ok_or_else(|| anyhow::anyhow!("no outbox queue for endpoint {}", config.name))?;
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(crate::tls::client_config(None)?)
-            // A redirect is a failed attempt (see `retry::classify`), never followed.
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .pool_max_idle_per_host(config.max_concurrency)
-            .user_agent(concat!("edgehook/", env!("CARGO_PKG_VERSION")))
-            .build()?;
         let limits = Limits {
             window: config.window,
             window_bytes: usize::try_from(config.window_bytes).unwrap_or(usize::MAX),
@@ -126,10 +144,12 @@ impl Dispatcher {
             log,
             unlogged: Vec::new(),
             log_since: None,
-            client,
+            transport,
             endpoint: Endpoint::new(config)?,
-            max_attempts: config.max_attempts,
-            max_age: config.max_age,
+            give_up: GiveUp {
+                max_attempts: config.max_attempts,
+                max_age: config.max_age,
+            },
             meta_written: None,
             read_failing: false,
             policy: RetryPolicy::from(&config.retry),
@@ -151,59 +171,12 @@ impl Dispatcher {
     /// Run until cancelled; then let in-flight attempts finish (each is bounded by the request
     /// timeout) so their outcomes are recorded, and return.
     pub async fn run(mut self, cancel: CancellationToken) {
-        let outbox = self.outbox.clone();
         if let Some(d) = &self.disabled {
             self.metrics.set_disabled(true);
             self.outbox.set_draining(self.queue, false);
             tracing::error!(endpoint = %self.name, url = %self.endpoint.url_for_logs, reason = %d.reason, since = %d.since, "endpoint DISABLED: nothing is sent to it; its events stay in the outbox. Re-enable with `edgehook outbox enable --endpoint {}` once the receiver is fixed", self.name);
         }
-        loop {
-            if self.disabled.is_some() {
-                // Sending nothing; finish what is in flight and wait for shutdown.
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    Some(done) = self.in_flight.join_next_with_id() => self.finish(done),
-                }
-                self.write_log();
-                continue;
-            }
-            if self.out_of_step || self.outbox.reopens() != self.reopens_seen {
-                // Start nothing new until what is in flight is done, then read afresh.
-                if self.in_flight.is_empty() {
-                    self.rescan();
-                } else {
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        Some(done) = self.in_flight.join_next_with_id() => self.finish(done),
-                    }
-                    continue;
-                }
-            }
-            match self.load() {
-                Ok(()) => self.read_failing = false,
-                Err(e) => {
-                    if !self.read_failing {
-                        tracing::error!(endpoint = %self.name, error = %e, "cannot read the outbox; retrying every second");
-                        self.read_failing = true;
-                    }
-                }
-            }
-            self.start_ready();
-            let (held, held_bytes) = self.lanes.held();
-            self.metrics.set_held(held, held_bytes);
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                Some(done) = self.in_flight.join_next_with_id() => self.finish(done),
-                Some(expired) = std::future::poll_fn(|cx| self.backoff.poll_expired(cx)) => {
-                    self.lanes.retry_due(&expired.into_inner());
-                }
-                _ = outbox.appended(self.queue), if !self.more_on_disk => self.more_on_disk = true,
-                _ = tokio::task::yield_now(), if self.load_again => {}
-                // A failed read is retried on its own: no write may come to wake the loop.
-                _ = tokio::time::sleep(Duration::from_secs(1)), if self.read_failing => {}
-                _ = tokio::time::sleep_until(self.log_since.unwrap_or_else(tokio::time::Instant::now) + LOG_EVERY), if self.log_since.is_some() => self.write_log(),
-            }
-        }
+        while self.step(&cancel).await == Step::Continue {}
         let pending = self.in_flight.len();
         if pending > 0 {
             tracing::info!(endpoint = %self.name, pending, "shutting down: waiting for in-flight deliveries");
@@ -212,6 +185,63 @@ impl Dispatcher {
             self.finish(done);
         }
         self.write_log();
+    }
+
+    /// One turn of the loop: read what the lanes can take from the outbox, start the attempts
+    /// that are ready, then wait for one thing — an attempt coming back, a backoff ending, new
+    /// records becoming durable, a failed read falling due again, the log falling due — and
+    /// handle it. Tests drive it on paused time.
+    pub async fn step(&mut self, cancel: &CancellationToken) -> Step {
+        if self.disabled.is_some() {
+            // Sending nothing; finish what is in flight and wait for shutdown.
+            let step = self.finish_one(cancel).await;
+            self.write_log();
+            return step;
+        }
+        if self.out_of_step || self.outbox.reopens() != self.reopens_seen {
+            // Start nothing new until what is in flight is done, then read afresh.
+            if !self.in_flight.is_empty() {
+                return self.finish_one(cancel).await;
+            }
+            self.rescan();
+        }
+        match self.load() {
+            Ok(()) => self.read_failing = false,
+            Err(e) => {
+                if !self.read_failing {
+                    tracing::error!(endpoint = %self.name, error = %e, "cannot read the outbox; retrying every second");
+                    self.read_failing = true;
+                }
+            }
+        }
+        self.start_ready();
+        let (held, held_bytes) = self.lanes.held();
+        self.metrics.set_held(held, held_bytes);
+        let outbox = self.outbox.clone();
+        tokio::select! {
+            _ = cancel.cancelled() => return Step::Cancelled,
+            Some(done) = self.in_flight.join_next_with_id() => self.finish(done),
+            Some(expired) = std::future::poll_fn(|cx| self.backoff.poll_expired(cx)) => {
+                self.lanes.retry_due(&expired.into_inner());
+            }
+            _ = outbox.appended(self.queue), if !self.more_on_disk => self.more_on_disk = true,
+            _ = tokio::task::yield_now(), if self.load_again => {}
+            // A failed read is retried on its own: no write may come to wake the loop.
+            _ = tokio::time::sleep(READ_RETRY), if self.read_failing => {}
+            _ = tokio::time::sleep_until(self.log_since.unwrap_or_else(tokio::time::Instant::now) + LOG_EVERY), if self.log_since.is_some() => self.write_log(),
+        }
+        Step::Continue
+    }
+
+    /// Wait for one in-flight attempt to come back and record it (or for cancellation).
+    async fn finish_one(&mut self, cancel: &CancellationToken) -> Step {
+        tokio::select! {
+            _ = cancel.cancelled() => Step::Cancelled,
+            Some(done) = self.in_flight.join_next_with_id() => {
+                self.finish(done);
+                Step::Continue
+            }
+        }
     }
 
     /// Forget what is held and read the queue again from the start (after the store was
@@ -302,54 +332,16 @@ impl Dispatcher {
             else {
                 return;
             };
-            let now = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let request = self
-                .endpoint
-                .request_parts(&record, now)
-                .map(|(headers, body)| {
-                    self.client
-                        .post(self.endpoint.url.clone())
-                        .headers(headers)
-                        .body(body)
-                });
+            let attempt = self.transport.send(&record);
             let task = self.in_flight.spawn(async move {
                 let started = Instant::now();
-                let request = match request {
-                    Ok(request) => request,
-                    Err(why) => {
-                        let outcome = Outcome::Retry {
-                            status: None,
-                            retry_after: None,
-                            reason: format!("cannot build the request: {why}"),
-                        };
-                        return (outcome, started.elapsed());
-                    }
-                };
-                let outcome = match request.send().await {
-                    Ok(resp) => {
-                        let header = |name| resp.headers().get(name).and_then(|v| v.to_str().ok());
-                        let answer = retry::Answer {
-                            status: resp.status().as_u16(),
-                            retry_after: header(reqwest::header::RETRY_AFTER),
-                            location: header(reqwest::header::LOCATION),
-                        };
-                        classify(answer, SystemTime::now())
-                    }
-                    Err(e) => Outcome::Retry {
-                        status: None,
-                        retry_after: None,
-                        reason: describe_reqwest_error(&e),
-                    },
-                };
-                (outcome, started.elapsed())
+                (attempt.await, started.elapsed())
             });
             self.in_flight_lanes.insert(task.id(), (name, record));
         }
     }
 
-    /// Record one attempt's outcome.
+    /// Record one attempt's outcome, as its task reported it.
     fn finish(
         &mut self,
         done: Result<(tokio::task::Id, (Outcome, Duration)), tokio::task::JoinError>,
@@ -360,72 +352,48 @@ impl Dispatcher {
                 // A bug, not the receiver's doing: log it loudly and retry like any failure.
                 tracing::error!(error = %e, "delivery task failed");
                 let reason = format!("delivery task failed: {e}");
-                (
-                    e.id(),
-                    (
-                        Outcome::Retry {
-                            status: None,
-                            retry_after: None,
-                            reason,
-                        },
-                        Duration::ZERO,
-                    ),
-                )
+                let outcome = Outcome::Retry {
+                    status: None,
+                    retry_after: None,
+                    reason,
+                };
+                (e.id(), (outcome, Duration::ZERO))
             }
         };
-        let Some((name, head)) = self.in_flight_lanes.remove(&task) else {
-            return;
-        };
-        self.log_attempt(head.id.clone(), &outcome, took);
-        match &outcome {
-            Outcome::Delivered { status }
-            | Outcome::Retry {
-                status: Some(status),
-                ..
-            } => self.metrics.response(*status),
-            Outcome::Retry { status: None, .. } => {}
+        if let Some((name, head)) = self.in_flight_lanes.remove(&task) {
+            self.settle(name, head, outcome, took);
         }
-        match outcome {
-            Outcome::Delivered { .. } => {
-                self.lanes.done(&name);
-                if let Err(e) = self.outbox.remove(self.queue, head.seq) {
-                    // Not removing means a duplicate later, never a loss; it is read again.
-                    tracing::warn!(error = %e, event_id = %head.id, "delivered event not removed from outbox; it may be sent again");
-                    self.out_of_step = true;
-                }
-                let latency = crate::event::created_at(&head.id)
-                    .and_then(|t| SystemTime::now().duration_since(t).ok())
-                    .unwrap_or_default();
-                self.metrics.delivered(&head.kind, latency);
-                if let Some(since) = self.failing_since.take() {
-                    tracing::info!(
-                        endpoint = %self.name,
-                        outage = %humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
-                        "receiver accepting events again"
-                    );
-                }
-                self.note_outcome(true);
-            }
-            Outcome::Retry {
-                status,
-                retry_after,
-                reason,
-            } => {
+    }
+
+    /// Carry out what [`schedule::decide`] says of `head`'s attempt on lane `name`.
+    fn settle(&mut self, name: String, head: OutboxRecord, outcome: Outcome, took: Duration) {
+        self.log_attempt(head.id.clone(), &outcome, took);
+        let (status, reason) = match &outcome {
+            Outcome::Delivered { status } => (Some(*status), String::new()),
+            Outcome::Retry { status, reason, .. } => (*status, reason.clone()),
+        };
+        if let Some(status) = status {
+            self.metrics.response(status);
+        }
+        let (facts, failures) = match &outcome {
+            Outcome::Delivered { .. } => (Facts::default(), 0),
+            Outcome::Retry { .. } => {
                 let Some((_, failures)) = self.lanes.failed(&name) else {
                     return;
                 };
                 self.metrics.attempt_failed(status);
                 self.note_outcome(false);
-                if status == Some(410) {
-                    self.disable(&reason);
-                    return;
-                }
-                if let Some(limit) = self.gives_up(&head, failures) {
-                    self.bury(&head, failures, status, reason, limit);
-                    self.lanes.given_up(&name);
-                    return;
-                }
-                let delay = self.policy.delay(failures, retry_after, fastrand::f64());
+                (self.facts(&head, failures), failures)
+            }
+        };
+        match schedule::decide(&outcome, facts, &self.policy, self.give_up) {
+            Decision::Remove => self.delivered(&name, &head),
+            Decision::Disable => self.disable(&reason),
+            Decision::Bury(limit) => {
+                self.bury(&head, failures, status, reason, limit);
+                self.lanes.given_up(&name);
+            }
+            Decision::RetryAfter(delay) => {
                 if self.failing_since.is_none() {
                     self.failing_since = Some(Instant::now());
                     tracing::warn!(
@@ -440,6 +408,43 @@ impl Dispatcher {
                 }
                 self.backoff.insert(name, delay);
             }
+        }
+    }
+
+    /// `head` was delivered: free its lane and remove it.
+    fn delivered(&mut self, name: &str, head: &OutboxRecord) {
+        self.lanes.done(name);
+        if let Err(e) = self.outbox.remove(self.queue, head.seq) {
+            // Not removing means a duplicate later, never a loss; it is read again.
+            tracing::warn!(error = %e, event_id = %head.id, "delivered event not removed from outbox; it may be sent again");
+            self.out_of_step = true;
+        }
+        let latency = crate::event::created_at(&head.id)
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .unwrap_or_default();
+        self.metrics.delivered(&head.kind, latency);
+        if let Some(since) = self.failing_since.take() {
+            tracing::info!(
+                endpoint = %self.name,
+                outage = %humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
+                "receiver accepting events again"
+            );
+        }
+        self.note_outcome(true);
+    }
+
+    /// What the schedule needs to know of `head` after its `failures`-th failed attempt: its
+    /// age in real time and whether the clock is set (see `crate::clock`).
+    fn facts(&self, head: &OutboxRecord, failures: u32) -> Facts {
+        let now = crate::clock::STEPS.observe();
+        let created = crate::event::created_at(&head.id)
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map(crate::clock::millis);
+        Facts {
+            failures,
+            age: created.and_then(|c| crate::clock::STEPS.age(c, now)),
+            clock_set: crate::clock::synchronised(now),
+            jitter: fastrand::f64(),
         }
     }
 }
@@ -458,6 +463,8 @@ const READ_CHUNK: usize = 64;
 /// chunk rather than per attempt.
 const LOG_CHUNK: usize = 64;
 const LOG_EVERY: Duration = Duration::from_secs(1);
+/// How soon a failed read of the outbox is tried again.
+const READ_RETRY: Duration = Duration::from_secs(1);
 
 /// Per-endpoint facts in the outbox's `meta` tree: [`meta_key`]`(endpoint, DISABLED)` holds a
 /// [`Disabled`]; `LAST_SUCCESS` / `LAST_FAILURE` the time (Unix ms).
@@ -482,27 +489,6 @@ fn now_ms() -> u64 {
 }
 
 impl Dispatcher {
-    /// Which limit, if any, says to stop retrying `head` after `failures` failed attempts.
-    /// Never while the system clock is not set (every HTTPS attempt fails then), and by age
-    /// only in real time (see `crate::clock`).
-    fn gives_up(&self, head: &OutboxRecord, failures: u32) -> Option<&'static str> {
-        let now = crate::clock::STEPS.observe();
-        if !crate::clock::synchronised(now) {
-            return None;
-        }
-        if self.max_attempts.is_some_and(|max| failures >= max) {
-            return Some("max_attempts");
-        }
-        let created = crate::event::created_at(&head.id)
-            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-            .map(crate::clock::millis);
-        let age = created.and_then(|c| crate::clock::STEPS.age(c, now));
-        match (self.max_age, age) {
-            (Some(max), Some(age)) if age >= max => Some("max_age"),
-            _ => None,
-        }
-    }
-
     /// Move a given-up record to the dead letters, with why.
     fn bury(
         &mut self,
@@ -604,28 +590,5 @@ impl Dispatcher {
     }
 }
 
-/// A one-line reason without the URL's query (which could carry a token).
-fn describe_reqwest_error(e: &reqwest::Error) -> String {
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else if e.is_request() {
-        "request failed"
-    } else if e.is_body() || e.is_decode() {
-        "bad response body"
-    } else {
-        "error"
-    };
-    let mut source = std::error::Error::source(e);
-    let mut detail = String::new();
-    while let Some(s) = source {
-        detail = s.to_string();
-        source = s.source();
-    }
-    if detail.is_empty() {
-        what.to_string()
-    } else {
-        format!("{what}: {detail}")
-    }
-}
+#[cfg(test)]
+mod tests;

@@ -150,6 +150,20 @@ struct Queue {
     appended: Notify,
 }
 
+/// See [`Outbox::outage`].
+#[cfg(test)]
+pub(crate) struct Outage {
+    store: Arc<RwLock<Option<Store>>>,
+    held: Option<Store>,
+}
+
+#[cfg(test)]
+impl Drop for Outage {
+    fn drop(&mut self) {
+        *self.store.write().unwrap_or_else(|e| e.into_inner()) = self.held.take();
+    }
+}
+
 /// A handle on the store; cheap to clone.
 ///
 /// After an I/O error sled refuses every later operation, so the writer *reopens* the store
@@ -286,6 +300,18 @@ impl Outbox {
         drop(guard);
         self.notify_appended(); // delivery reads its queues again (see `reopens`)
         Ok(())
+    }
+
+    /// Tests only: the store taken away, as a reopen that failed leaves it (every operation
+    /// fails with [`OutboxError::Unavailable`]) until the guard is dropped. Unlike a reopen,
+    /// getting it back wakes no one: a reader must retry on its own.
+    #[cfg(test)]
+    pub(crate) fn outage(&self) -> Outage {
+        let held = self.store.write().unwrap_or_else(|e| e.into_inner()).take();
+        Outage {
+            store: self.store.clone(),
+            held,
+        }
     }
 
     /// How many times the store was reopened. What a reader saw before a reopen may differ from

@@ -1,0 +1,289 @@
+//! The dispatcher driven one [`Dispatcher::step`] at a time on paused time, through a
+//! transport that answers as each test says: lanes, backoff, burial, 410 and read failures
+//! without a network or a wall clock.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use super::transport::{Attempt, Transport};
+use super::*;
+use crate::config::Config;
+use crate::device::Commit;
+use crate::event::{Envelope, Event, EventType};
+use crate::metrics::Metrics;
+
+/// Answers each attempt with `answer(record)`, remembering what was sent and when.
+struct Scripted {
+    sent: Mutex<Vec<(tokio::time::Instant, String, String)>>,
+    answer: Box<dyn Fn(&OutboxRecord) -> Outcome + Send + Sync>,
+}
+
+impl Transport for Scripted {
+    fn send(&self, record: &OutboxRecord) -> Attempt {
+        self.sent.lock().unwrap().push((
+            tokio::time::Instant::now(),
+            record.lane.clone(),
+            record.id.clone(),
+        ));
+        let outcome = (self.answer)(record);
+        Box::pin(async move { outcome })
+    }
+}
+
+impl Scripted {
+    /// Ids sent on `lane`, in order.
+    fn sent_on(&self, lane: &str) -> Vec<String> {
+        let sent = self.sent.lock().unwrap();
+        sent.iter()
+            .filter(|(_, l, _)| l == lane)
+            .map(|(_, _, id)| id.clone())
+            .collect()
+    }
+}
+
+fn failed(status: u16) -> Outcome {
+    Outcome::Retry {
+        status: Some(status),
+        retry_after: None,
+        reason: format!("HTTP {status}"),
+    }
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    outbox: Outbox,
+    transport: Arc<Scripted>,
+    dispatcher: Dispatcher,
+    cancel: CancellationToken,
+}
+
+/// One endpoint (`[webhook]` with `extra` keys; no jitter) over a fresh outbox holding
+/// `readings` per device, durable, answered by `answer`. Time is paused once it is set up.
+async fn rig(
+    extra: &str,
+    readings: &[(&str, usize)],
+    answer: impl Fn(&OutboxRecord) -> Outcome + Send + Sync + 'static,
+) -> (Rig, Vec<Envelope>) {
+    let config = Config::from_toml_str(&format!(
+        r#"
+        gateway_id = "gw"
+        [mqtt]
+        subscriptions = [{{ topic = "s/{{device}}", kind = "reading" }}]
+        [webhook]
+        url = "https://hooks.example.com/in"
+        secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        retry = {{ initial = "1s", max = "1m", multiplier = 2.0, jitter = 0.0 }}
+        {extra}
+        "#
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), 1 << 20, vec![route(&config.webhook).unwrap()]).unwrap();
+    let mut envelopes = Vec::new();
+    for (device, n) in readings {
+        for i in 0..*n {
+            let mut fields = serde_json::Map::new();
+            fields.insert("n".into(), i.into());
+            let event = Event::device(EventType::SensorReadingUpdated, device, fields);
+            envelopes.push(Envelope::seal(&event, "gw", SystemTime::now()));
+        }
+    }
+    let commit = Commit {
+        envelopes: envelopes.clone(),
+        devices: Vec::new(),
+        workspaces: Vec::new(),
+        sync: true,
+        ack: None,
+    };
+    outbox.write(&[commit], &[false]).unwrap();
+    outbox.flush().await.unwrap();
+    let transport = Arc::new(Scripted {
+        sent: Mutex::new(Vec::new()),
+        answer: Box::new(answer),
+    });
+    let metrics = Metrics::default();
+    let dispatcher = Dispatcher::with_transport(
+        &config.webhook,
+        outbox.clone(),
+        Arc::new(DeliveryLog::new(dir.path(), 100)),
+        metrics.endpoint(&config.webhook.name),
+        transport.clone(),
+    )
+    .unwrap();
+    tokio::time::pause();
+    let rig = Rig {
+        _dir: dir,
+        outbox,
+        transport,
+        dispatcher,
+        cancel: CancellationToken::new(),
+    };
+    (rig, envelopes)
+}
+
+impl Rig {
+    /// Step until `done` holds; false if it still does not after `within` of (paused) time,
+    /// whether the steps kept coming back or one of them never did.
+    async fn step_until(&mut self, within: Duration, done: impl Fn(&Rig) -> bool) -> bool {
+        let steps = async {
+            while !done(self) {
+                if self.dispatcher.step(&self.cancel).await == Step::Cancelled {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(within, steps).await;
+        done(self)
+    }
+
+    /// Step for `period` of (paused) time.
+    async fn step_for(&mut self, period: Duration) {
+        self.step_until(period, |_| false).await;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_read_is_retried_on_its_own_while_every_device_is_quiet() {
+    // Found by the fault harness (seed 3674800233764156329): the store was unavailable when
+    // delivery read it, no device spoke again to wake delivery, and it never read again.
+    let (mut rig, sent) = rig("", &[("quiet", 1)], |_| Outcome::Delivered { status: 200 }).await;
+    let outage = rig.outbox.outage();
+    // The store comes back while delivery waits, and nothing tells delivery so.
+    let back = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(outage);
+    };
+    let delivered = rig.step_until(Duration::from_secs(5), |r| {
+        r.outbox.queue_len(r.dispatcher.queue) == 0
+    });
+    let ((), delivered) = tokio::join!(back, delivered);
+    assert!(delivered, "the failed read is retried without a wake-up");
+    assert_eq!(
+        rig.transport.sent_on("device:quiet"),
+        vec![sent[0].id.clone()]
+    );
+}
+
+#[tokio::test]
+async fn one_rejected_device_never_holds_back_another_and_waits_out_its_backoff() {
+    let (mut rig, sent) = rig("", &[("bad", 3), ("good", 3)], |r| {
+        if r.lane == "device:bad" {
+            failed(500)
+        } else {
+            Outcome::Delivered { status: 204 }
+        }
+    })
+    .await;
+    let start = tokio::time::Instant::now();
+    let good_done = rig
+        .step_until(Duration::from_secs(1), |r| {
+            r.transport.sent_on("device:good").len() == 3
+        })
+        .await;
+    assert!(
+        good_done,
+        "the good device's events all went while the bad one failed"
+    );
+    let good: Vec<String> = sent[3..].iter().map(|e| e.id.clone()).collect();
+    assert_eq!(rig.transport.sent_on("device:good"), good, "in order");
+    rig.step_for(Duration::from_millis(7_500)).await;
+    // Backoff 1 s, 2 s, 4 s: attempts at 0, 1, 3 and 7 s, each for the lane's head only.
+    let bad = rig.transport.sent_on("device:bad");
+    assert_eq!(
+        bad,
+        vec![sent[0].id.clone(); 4],
+        "the head is retried, nothing overtakes it"
+    );
+    let at: Vec<u64> = {
+        let sent = rig.transport.sent.lock().unwrap();
+        sent.iter()
+            .filter(|(_, l, _)| l == "device:bad")
+            .map(|(t, _, _)| (*t - start).as_millis() as u64 / 100)
+            .collect()
+    };
+    assert_eq!(
+        at,
+        vec![0, 10, 30, 70],
+        "tenths of a second after the start"
+    );
+    assert_eq!(
+        rig.outbox.queue_len(rig.dispatcher.queue),
+        3,
+        "nothing of it dropped"
+    );
+}
+
+#[tokio::test]
+async fn an_event_given_up_on_becomes_a_dead_letter_and_its_lane_goes_on() {
+    // The device's first event (its reading n = 0) is refused for good, the others accepted.
+    let (mut rig, sent) = rig("max_attempts = 2", &[("d", 3)], |r| {
+        if String::from_utf8_lossy(&r.body).contains(r#""n":0"#) {
+            failed(422)
+        } else {
+            Outcome::Delivered { status: 200 }
+        }
+    })
+    .await;
+    let done = rig
+        .step_until(Duration::from_secs(10), |r| {
+            r.outbox.queue_len(r.dispatcher.queue) == 0
+        })
+        .await;
+    assert!(done, "the lane went on after burying its head");
+    let ids: Vec<String> = sent.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(
+        rig.transport.sent_on("device:d"),
+        vec![
+            ids[0].clone(),
+            ids[0].clone(),
+            ids[1].clone(),
+            ids[2].clone()
+        ]
+    );
+    let dead = rig.outbox.dead_letters(10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].record.id, ids[0]);
+    assert_eq!(
+        (
+            dead[0].info.attempts,
+            dead[0].info.last_status,
+            dead[0].info.reason.as_str()
+        ),
+        (2, Some(422), "max_attempts")
+    );
+}
+
+#[tokio::test]
+async fn a_410_disables_the_endpoint_durably_and_keeps_every_event() {
+    let (mut rig, _) = rig("", &[("a", 2), ("b", 2)], |_| failed(410)).await;
+    let disabled = rig
+        .step_until(Duration::from_secs(1), |r| r.dispatcher.disabled.is_some())
+        .await;
+    assert!(disabled);
+    rig.step_for(Duration::from_secs(3600)).await;
+    let sent = rig.transport.sent.lock().unwrap().len();
+    assert!(sent <= 2, "at most the attempts already in flight: {sent}");
+    assert_eq!(
+        rig.outbox.queue_len(rig.dispatcher.queue),
+        4,
+        "every event kept"
+    );
+    let stored: Option<Disabled> = rig.outbox.meta(&meta_key("default", DISABLED));
+    assert!(
+        stored.is_some_and(|d| d.reason.contains("gone")),
+        "remembered across restarts"
+    );
+    assert!(
+        !rig.outbox.is_draining(rig.dispatcher.queue),
+        "its share no longer holds back others"
+    );
+}
+
+#[tokio::test]
+async fn cancellation_ends_a_step_at_once() {
+    let (mut rig, _) = rig("", &[("a", 1)], |_| failed(503)).await;
+    rig.step_for(Duration::from_millis(10)).await;
+    rig.cancel.cancel();
+    let step = tokio::time::timeout(Duration::from_millis(1), rig.dispatcher.step(&rig.cancel));
+    assert_eq!(step.await.ok(), Some(Step::Cancelled));
+}

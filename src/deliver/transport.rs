@@ -1,0 +1,116 @@
+//! The seam between delivery's rules and the network: a [`Transport`] takes one record and
+//! comes back with the attempt's [`Outcome`]. HTTP ([`Http`]) in the daemon; tests drive the
+//! dispatcher with their own.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
+
+use super::config::WebhookConfig;
+use super::endpoint::Endpoint;
+use super::retry::{classify, Answer, Outcome};
+use crate::outbox::OutboxRecord;
+
+/// One attempt under way: its outcome once the receiver answered, failed or timed out.
+pub type Attempt = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// Sends one record to the receiver. The returned future owns all it needs (it runs on its
+/// own task) and never panics on what the receiver does.
+pub trait Transport: Send + Sync {
+    fn send(&self, record: &OutboxRecord) -> Attempt;
+}
+
+/// HTTPS POST of the record as the endpoint renders and signs it; redirects never followed.
+pub struct Http {
+    client: reqwest::Client,
+    endpoint: Endpoint,
+}
+
+impl Http {
+    pub fn new(config: &WebhookConfig) -> anyhow::Result<Http> {
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(crate::tls::client_config(None)?)
+            // A redirect is a failed attempt (see `retry::classify`), never followed.
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            .pool_max_idle_per_host(config.max_concurrency)
+            .user_agent(concat!("edgehook/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Http {
+            client,
+            endpoint: Endpoint::new(config)?,
+        })
+    }
+}
+
+impl Transport for Http {
+    fn send(&self, record: &OutboxRecord) -> Attempt {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let request = self
+            .endpoint
+            .request_parts(record, now)
+            .map(|(headers, body)| {
+                self.client
+                    .post(self.endpoint.url.clone())
+                    .headers(headers)
+                    .body(body)
+            });
+        Box::pin(async move {
+            let request = match request {
+                Ok(request) => request,
+                Err(why) => {
+                    return Outcome::Retry {
+                        status: None,
+                        retry_after: None,
+                        reason: format!("cannot build the request: {why}"),
+                    }
+                }
+            };
+            match request.send().await {
+                Ok(resp) => {
+                    let header = |name| resp.headers().get(name).and_then(|v| v.to_str().ok());
+                    let answer = Answer {
+                        status: resp.status().as_u16(),
+                        retry_after: header(reqwest::header::RETRY_AFTER),
+                        location: header(reqwest::header::LOCATION),
+                    };
+                    classify(answer, SystemTime::now())
+                }
+                Err(e) => Outcome::Retry {
+                    status: None,
+                    retry_after: None,
+                    reason: describe_reqwest_error(&e),
+                },
+            }
+        })
+    }
+}
+
+/// A one-line reason without the URL's query (which could carry a token).
+fn describe_reqwest_error(e: &reqwest::Error) -> String {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_request() {
+        "request failed"
+    } else if e.is_body() || e.is_decode() {
+        "bad response body"
+    } else {
+        "error"
+    };
+    let mut source = std::error::Error::source(e);
+    let mut detail = String::new();
+    while let Some(s) = source {
+        detail = s.to_string();
+        source = s.source();
+    }
+    if detail.is_empty() {
+        what.to_string()
+    } else {
+        format!("{what}: {detail}")
+    }
+}
