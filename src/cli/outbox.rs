@@ -11,8 +11,7 @@ use std::time::{Duration, SystemTime};
 use clap::Subcommand;
 
 use crate::config::Config;
-use crate::deliver::{meta_key, Disabled, DISABLED, LAST_FAILURE, LAST_SUCCESS};
-use crate::outbox::{DeadLetter, Outbox, OutboxRecord, Route};
+use crate::outbox::{DeadLetter, Last, Outbox, OutboxRecord, Route};
 
 #[derive(Debug, Subcommand)]
 pub enum OutboxCommand {
@@ -135,7 +134,7 @@ pub async fn run(
             for (queue, name, routed) in outbox.queues() {
                 let configured =
                     config.and_then(|c| c.all_endpoints().into_iter().find(|e| e.name == name));
-                let disabled: Option<Disabled> = outbox.meta(&meta_key(name, DISABLED));
+                let disabled = outbox.disabled(name);
                 let state = match (disabled, configured, routed) {
                     (Some(d), _, _) => format!("DISABLED since {}: {}", d.since, d.reason),
                     (None, Some(e), true) => {
@@ -163,10 +162,10 @@ pub async fn run(
                     );
                 }
                 for (label, fact) in [
-                    ("last success", LAST_SUCCESS),
-                    ("last failure", LAST_FAILURE),
+                    ("last success", Last::Success),
+                    ("last failure", Last::Failure),
                 ] {
-                    let at: Option<u64> = outbox.meta(&meta_key(name, fact));
+                    let at = outbox.last(name, fact);
                     println!("  {label:<13} {}", at.map_or("never".into(), when));
                 }
             }
@@ -294,9 +293,8 @@ pub async fn run(
                 if !chosen(&endpoint, name) {
                     continue;
                 }
-                let key = meta_key(name, DISABLED);
-                if let Some(d) = outbox.meta::<Disabled>(&key) {
-                    outbox.set_meta::<Disabled>(&key, None).map_err(err)?;
+                if let Some(d) = outbox.disabled(name) {
+                    outbox.set_disabled(name, None).map_err(err)?;
                     println!(
                         "endpoint {name} enabled again (was disabled since {}: {})",
                         d.since, d.reason

@@ -137,7 +137,7 @@ impl Dispatcher {
         };
         let reopens_seen = outbox.reopens();
         Ok(Dispatcher {
-            disabled: outbox.meta(&meta_key(&config.name, DISABLED)),
+            disabled: outbox.disabled(&config.name),
             outbox,
             queue,
             name: config.name.clone(),
@@ -466,21 +466,8 @@ const LOG_EVERY: Duration = Duration::from_secs(1);
 /// How soon a failed read of the outbox is tried again.
 const READ_RETRY: Duration = Duration::from_secs(1);
 
-/// Per-endpoint facts in the outbox's `meta` tree: [`meta_key`]`(endpoint, DISABLED)` holds a
-/// [`Disabled`]; `LAST_SUCCESS` / `LAST_FAILURE` the time (Unix ms).
-pub const DISABLED: &str = "disabled";
-pub const LAST_SUCCESS: &str = "last_success";
-pub const LAST_FAILURE: &str = "last_failure";
-
-pub use crate::outbox::meta_key;
-
-/// Why and since when an endpoint is disabled.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Disabled {
-    pub reason: String,
-    /// RFC 3339.
-    pub since: String,
-}
+pub use crate::outbox::Disabled;
+use crate::outbox::Last;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -527,10 +514,7 @@ impl Dispatcher {
             reason: format!("{reason} (the receiver says this endpoint is gone)"),
             since: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         };
-        if let Err(e) = self
-            .outbox
-            .set_meta(&meta_key(&self.name, DISABLED), Some(&disabled))
-        {
+        if let Err(e) = self.outbox.set_disabled(&self.name, Some(&disabled)) {
             tracing::error!(endpoint = %self.name, error = %e, "cannot persist the disabled endpoint; it is disabled until restart");
         }
         tracing::error!(endpoint = %self.name, url = %self.endpoint.url_for_logs, reason = %disabled.reason, pending = self.outbox.queue_len(self.queue), "endpoint DISABLED after 410 Gone: nothing more is sent to it; its events stay in the outbox. Re-enable with `edgehook outbox enable --endpoint {}` once the receiver is fixed", self.name);
@@ -548,10 +532,12 @@ impl Dispatcher {
             return;
         }
         self.meta_written = Some(Instant::now());
-        let fact = if success { LAST_SUCCESS } else { LAST_FAILURE };
-        let _ = self
-            .outbox
-            .set_meta(&meta_key(&self.name, fact), Some(&now_ms()));
+        let which = if success {
+            Last::Success
+        } else {
+            Last::Failure
+        };
+        let _ = self.outbox.set_last(&self.name, which, now_ms());
     }
 
     /// Add one attempt to the delivery log (`edgehook outbox log`): buffered, and appended once

@@ -268,7 +268,7 @@ async fn a_410_disables_the_endpoint_durably_and_keeps_every_event() {
         4,
         "every event kept"
     );
-    let stored: Option<Disabled> = rig.outbox.meta(&meta_key("default", DISABLED));
+    let stored = rig.outbox.disabled("default");
     assert!(
         stored.is_some_and(|d| d.reason.contains("gone")),
         "remembered across restarts"

@@ -19,7 +19,7 @@
 //!   `default`); value = `[version=1][u32 info len][DeadInfo JSON]` followed by the record
 //!   exactly as it was in its queue. `edgehook outbox replay` moves one back into its queue
 //!   under a new sequence number (same event id).
-//! - `meta`: small facts: the store's id, and per endpoint (see [`meta_key`]) whether it
+//! - `meta`: small facts: the store's id, and per endpoint (see `format::meta_key`; typed in `facts`) whether it
 //!   is disabled (why and since when, after a 410 Gone), its last success and failure
 //!   (Unix ms, written at most once a second), and how many events it will never get because
 //!   its share of the outbox was full ([`DROPPED`], written with the batch or the drop).
@@ -63,12 +63,14 @@
 
 pub mod config;
 mod dead;
+mod facts;
 mod format;
 mod store;
 mod writer;
 
+pub use facts::{Disabled, Last};
 use format::*;
-pub use format::{meta_key, DeadInfo, DeadLetter, OutboxRecord, DROPPED};
+pub use format::{DeadInfo, DeadLetter, OutboxRecord, DROPPED};
 use store::{io_error, Store};
 pub use writer::run_writer;
 
@@ -679,13 +681,13 @@ impl Outbox {
     }
 
     /// A small persisted fact (`meta` tree), as JSON.
-    pub fn meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+    fn meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
         let bytes = self.with(|s| Ok(s.meta.get(key)?)).ok()??;
         serde_json::from_slice(&bytes).ok()
     }
 
     /// Set (or with `None`, clear) a `meta` fact. Not flushed by itself.
-    pub fn set_meta<T: serde::Serialize>(
+    fn set_meta<T: serde::Serialize>(
         &self,
         key: &str,
         value: Option<&T>,

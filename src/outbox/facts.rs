@@ -1,0 +1,56 @@
+//! What the outbox remembers of each endpoint besides its queue, typed: whether it is disabled
+//! (why and since when), and when it last succeeded and failed. The `meta` keys they live
+//! under ([`meta_key`]) are this module's business; callers never name them.
+
+use super::format::meta_key;
+use super::{Outbox, OutboxError};
+
+const DISABLED: &str = "disabled";
+const LAST_SUCCESS: &str = "last_success";
+const LAST_FAILURE: &str = "last_failure";
+
+/// Why and since when an endpoint is disabled (after a 410 Gone).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Disabled {
+    pub reason: String,
+    /// RFC 3339.
+    pub since: String,
+}
+
+/// Which way an endpoint's last attempt went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Last {
+    Success,
+    Failure,
+}
+
+impl Last {
+    fn fact(self) -> &'static str {
+        match self {
+            Last::Success => LAST_SUCCESS,
+            Last::Failure => LAST_FAILURE,
+        }
+    }
+}
+
+impl Outbox {
+    /// Why `endpoint` is disabled, if it is.
+    pub fn disabled(&self, endpoint: &str) -> Option<Disabled> {
+        self.meta(&meta_key(endpoint, DISABLED))
+    }
+
+    /// Disable `endpoint` (or with `None`, enable it again). Not flushed by itself.
+    pub fn set_disabled(&self, endpoint: &str, why: Option<&Disabled>) -> Result<(), OutboxError> {
+        self.set_meta(&meta_key(endpoint, DISABLED), why)
+    }
+
+    /// When `endpoint`'s last successful (or failed) attempt was, Unix ms.
+    pub fn last(&self, endpoint: &str, which: Last) -> Option<u64> {
+        self.meta(&meta_key(endpoint, which.fact()))
+    }
+
+    /// Remember when `endpoint`'s last successful (or failed) attempt was. Not flushed.
+    pub fn set_last(&self, endpoint: &str, which: Last, at_ms: u64) -> Result<(), OutboxError> {
+        self.set_meta(&meta_key(endpoint, which.fact()), Some(&at_ms))
+    }
+}
