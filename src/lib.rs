@@ -19,8 +19,12 @@
 //! - [`device`]: what each device last said, its health and its workspaces; decides which
 //!   messages (and which silences, on its own clock) are events.
 //! - [`event`]: the event types and the JSON envelope (`id`, `type`, `timestamp`, `gateway`, `data`).
-//! - [`outbox`]: the sled store; its module doc states the key layout and durability invariants.
-//! - [`deliver`]: signing, HTTP, the retry schedule.
+//! - [`outbox`]: the sled store; its module doc states the key layout and durability invariants
+//!   (its files: the record formats, the store and its syncs, the writer, dead letters, the
+//!   endpoints' facts).
+//! - [`deliver`]: per endpoint, a dispatcher over lanes; what an attempt's outcome means is a
+//!   pure rule (`deliver::schedule`), the network is behind a seam (`deliver::transport`), and
+//!   `Dispatcher::step` is one turn of its loop (the tests drive it on paused time).
 //! - [`clock`]: time, and what every stage does when the system clock is unset or steps.
 //! - [`metrics`] (counters every stage updates; it knows no stage), [`secret`], [`size`],
 //!   [`tls`]: primitives.
