@@ -2,6 +2,7 @@
 //! transport into [`Inbound`] messages for the device stage, and hands along an [`Ack`] (where
 //! the transport has one) that the outbox runs once everything the message produced is durable.
 
+pub mod backoff;
 pub mod config;
 pub mod mqtt;
 pub mod redelivery;

@@ -28,6 +28,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFi
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::backoff::Backoff;
 use super::config::{MqttConfig, PayloadKind};
 use super::redelivery::{Arrival, Redeliveries};
 use super::{
@@ -269,7 +270,7 @@ impl MqttSource {
             .into_iter()
             .map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce))
             .collect();
-        let mut backoff = self.reconnect_min;
+        let mut backoff = Backoff::new(self.reconnect_min, self.reconnect_max);
         let mut failures = 0u32;
         loop {
             let event = tokio::select! {
@@ -283,7 +284,7 @@ impl MqttSource {
                     previous_connection = now;
                     self.metrics.set_mqtt_connected(true);
                     tracing::info!(broker = %self.host, session_present = ack.session_present, "connected to MQTT broker");
-                    backoff = self.reconnect_min;
+                    backoff.reset();
                     failures = 0;
                     if let Err(e) = client.try_subscribe_many(filters.clone()) {
                         tracing::error!(error = %e, "cannot queue subscriptions");
@@ -354,8 +355,7 @@ impl MqttSource {
                     }
                     self.metrics.set_mqtt_connected(false);
                     failures += 1;
-                    let delay = backoff.mul_f64(0.75 + fastrand::f64() * 0.5);
-                    backoff = (backoff * 2).min(self.reconnect_max);
+                    let delay = backoff.jittered();
                     tokio::select! {
                         _ = cancel.cancelled() => break,
                         _ = tokio::time::sleep(delay) => {}

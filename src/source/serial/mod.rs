@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio_serial::SerialPortBuilderExt;
 use tokio_util::sync::CancellationToken;
 
+use super::backoff::Backoff;
 use super::{Inbound, InboundBody};
 use crate::metrics::{FaultLog, Metrics};
 use crate::source::config::{Parity, SerialFraming, SerialPortConfig};
@@ -102,7 +103,7 @@ impl SerialSource {
 
     /// Run until cancelled: open, read, and reopen with backoff whenever the port goes away.
     pub async fn run(mut self, out: mpsc::Sender<Inbound>, cancel: CancellationToken) {
-        let mut backoff = self.config.reopen_min;
+        let mut backoff = Backoff::new(self.config.reopen_min, self.config.reopen_max);
         let mut failing_since: Option<Instant> = None;
         loop {
             match self.open() {
@@ -112,7 +113,7 @@ impl SerialSource {
                     } else {
                         tracing::info!(port = %self.name, baud = self.config.baud_rate, "serial port open");
                     }
-                    backoff = self.config.reopen_min;
+                    backoff.reset();
                     self.metrics.serial_port_opened();
                     let closed = self.read(stream, &out, &cancel).await;
                     self.metrics.serial_port_closed();
@@ -136,8 +137,7 @@ impl SerialSource {
                     }
                 }
             }
-            let delay = backoff.mul_f64(0.75 + fastrand::f64() * 0.5);
-            backoff = (backoff * 2).min(self.config.reopen_max);
+            let delay = backoff.jittered();
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(delay) => {}
