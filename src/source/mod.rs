@@ -9,9 +9,46 @@ pub mod redelivery;
 pub mod serial;
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A source: one task reading its transport until cancelled, sending what it decodes to the
+/// device stage, reconnecting with the shared [`backoff`]. Adding one (say, Modbus RTU on a
+/// serial port) is a module here, its section in [`config`], and one line where the daemon
+/// gathers its sources (`crate::run`).
+pub trait Source: Send {
+    /// Run until cancelled (or until the device stage is gone).
+    fn start(
+        self: Box<Self>,
+        out: mpsc::Sender<Inbound>,
+        cancel: CancellationToken,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+impl Source for mqtt::MqttSource {
+    fn start(
+        self: Box<Self>,
+        out: mpsc::Sender<Inbound>,
+        cancel: CancellationToken,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(self.run(out, cancel))
+    }
+}
+
+impl Source for serial::SerialSource {
+    fn start(
+        self: Box<Self>,
+        out: mpsc::Sender<Inbound>,
+        cancel: CancellationToken,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(self.run(out, cancel))
+    }
+}
 
 /// One decoded device message.
 #[derive(Debug)]
