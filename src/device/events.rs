@@ -1,0 +1,60 @@
+//! The events the device stage makes, from health transitions, readings and workspace votes.
+
+use super::*;
+
+pub(super) fn rfc3339(at: Millis) -> Value {
+    Value::String(rfc3339_text(at))
+}
+
+pub(super) fn rfc3339_text(at: Millis) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(at)).to_string()
+}
+
+pub(super) fn one_field(key: &str, value: Value) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert(key.into(), value);
+    m
+}
+
+pub(super) fn health_event(device_id: &str, t: Transition) -> Event {
+    match t {
+        Transition::Online => Event::device(EventType::DeviceOnline, device_id, Map::new()),
+        Transition::Offline { since } => Event::device(
+            EventType::DeviceOffline,
+            device_id,
+            one_field("since", rfc3339(since)),
+        ),
+        Transition::Lost { last_seen } => Event::device(
+            EventType::DeviceLostCommunication,
+            device_id,
+            one_field("last_seen", rfc3339(last_seen)),
+        ),
+    }
+}
+
+pub(super) fn reading_event(device_id: &str, report: Report) -> Event {
+    let mut data = Map::new();
+    data.insert("fields".into(), Value::Object(report.fields));
+    data.insert(
+        "changed".into(),
+        Value::Array(report.changed.into_iter().map(Value::String).collect()),
+    );
+    Event::device(EventType::SensorReadingUpdated, device_id, data)
+}
+
+pub(super) fn workspace_event(
+    workspace_id: &str,
+    status: WorkspaceStatus,
+    previous: Option<WorkspaceStatus>,
+    cause: Option<&str>,
+) -> Event {
+    let mut data = Map::new();
+    data.insert("workspace_id".into(), workspace_id.into());
+    data.insert("status".into(), status.as_str().into());
+    data.insert(
+        "previous_status".into(),
+        previous.map_or(Value::Null, |p| p.as_str().into()),
+    );
+    data.insert("device_id".into(), cause.map_or(Value::Null, |d| d.into()));
+    Event::workspace(workspace_id, data)
+}

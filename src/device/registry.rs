@@ -1,0 +1,526 @@
+//! The registry: every device's and workspace's state, and what applying one message or one
+//! timer to it yields (events, state changes, refusals), on the stage's own clock.
+
+use super::*;
+
+pub(super) struct Device {
+    pub(super) state: DeviceState,
+    /// Index into `Registry::classes`.
+    pub(super) class: usize,
+    /// When the state was last handed out for persisting.
+    pub(super) saved_at: Millis,
+}
+
+pub(super) struct Workspace {
+    pub(super) config: WorkspaceConfig,
+    pub(super) hold: Millis,
+    pub(super) state: WorkspaceState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) enum Timer {
+    Device(String),
+    Workspace(usize),
+}
+
+/// The outcome of one message or one tick.
+#[derive(Debug, Default, PartialEq)]
+pub struct Applied {
+    pub events: Vec<Event>,
+    /// Device states that changed and must be persisted with the events.
+    pub devices: Vec<(String, DeviceState)>,
+    /// Workspace states likewise.
+    pub workspaces: Vec<(String, WorkspaceState)>,
+    /// Whether these states decide what is reported later (held values, a pending offline,
+    /// the values upstream knows, health, a workspace's status or hold): then they must be on
+    /// disk before the message is acknowledged, even when no event came of it. False when the
+    /// only change is a device's `last_seen` moving on, which is checkpointed lazily: see
+    /// [`SEEN_RESOLUTION`] for why a stale `last_seen` after a restart reports nothing wrong.
+    pub sync: bool,
+    /// The message was skipped as bad input, and why (the registry's bounds).
+    pub refused: Option<Refused>,
+}
+
+/// Why a message was skipped by the registry (see [`DevicesConfig`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// From a new device, with `max_devices` already known.
+    MaxDevices,
+    /// Its fields would take the device past `max_fields` field names.
+    MaxFields,
+}
+
+impl Refused {
+    pub const KINDS: [&'static str; 2] = ["max_devices", "max_fields"];
+
+    pub fn kind(self) -> &'static str {
+        match self {
+            Refused::MaxDevices => Self::KINDS[0],
+            Refused::MaxFields => Self::KINDS[1],
+        }
+    }
+}
+
+impl Applied {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.devices.is_empty() && self.workspaces.is_empty()
+    }
+}
+
+/// Device rules from a reloaded configuration.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub classes: Vec<DeviceClassConfig>,
+    pub workspaces: Vec<WorkspaceConfig>,
+}
+
+/// All devices and workspaces this gateway knows about, and their timers.
+pub struct Registry {
+    pub(super) devices: HashMap<String, Device>,
+    /// Configured classes, then the default class (which matches everything).
+    pub(super) classes: Vec<DeviceClass>,
+    pub(super) workspaces: Vec<Workspace>,
+    /// Device id (sensor or display) → indexes into `workspaces`.
+    pub(super) workspaces_of: HashMap<String, Vec<usize>>,
+    /// Deadlines, earliest first. A timer may fire early (a deadline only ever moves later
+    /// between firings); firing recomputes it.
+    pub(super) timers: BTreeSet<(Millis, Timer)>,
+    pub(super) scheduled: HashMap<Timer, Millis>,
+    /// When this run started (see [`DeviceClass::settle`]).
+    pub(super) started: Millis,
+    pub(super) limits: DevicesConfig,
+}
+
+impl Registry {
+    pub fn new(
+        classes: &[DeviceClassConfig],
+        workspaces: &[WorkspaceConfig],
+        known_devices: impl IntoIterator<Item = (String, DeviceState)>,
+        known_workspaces: impl IntoIterator<Item = (String, WorkspaceState)>,
+        started: Millis,
+    ) -> Registry {
+        // A time remembered from the future (the clock was ahead, then stepped back) is now.
+        let clamp = |t: Millis| t.min(started);
+        let known_workspaces = known_workspaces.into_iter().map(|(id, mut state)| {
+            state.map_times(clamp);
+            (id, state)
+        });
+        let mut registry = Registry {
+            devices: known_devices
+                .into_iter()
+                .map(|(id, mut state)| {
+                    state.map_times(clamp);
+                    let device = Device {
+                        state,
+                        class: 0,
+                        saved_at: started,
+                    };
+                    (id, device)
+                })
+                .collect(),
+            classes: Vec::new(),
+            workspaces: Vec::new(),
+            workspaces_of: HashMap::new(),
+            timers: BTreeSet::new(),
+            scheduled: HashMap::new(),
+            started,
+            limits: DevicesConfig::default(),
+        };
+        registry.install(classes, workspaces, known_workspaces.into_iter().collect());
+        registry
+    }
+
+    /// The wall clock stepped by `step` ms (see `crate::clock`): every remembered time moves
+    /// with it, so that durations keep running and timestamps in events agree with the
+    /// envelopes'. Returns every state, to be written lazily (no sync: a restart before they
+    /// are written clamps or settles them).
+    pub fn shift(&mut self, step: i64) -> Applied {
+        let mut out = Applied::default();
+        self.started = shifted(self.started, step);
+        for (id, dev) in self.devices.iter_mut() {
+            dev.state.map_times(|t| shifted(t, step));
+            dev.saved_at = shifted(dev.saved_at, step);
+            out.devices.push((id.clone(), dev.state.clone()));
+        }
+        for ws in self.workspaces.iter_mut() {
+            ws.state.map_times(|t| shifted(t, step));
+            out.workspaces
+                .push((ws.config.id.clone(), ws.state.clone()));
+        }
+        self.reschedule();
+        out
+    }
+
+    /// Bound the registry (the default is [`DevicesConfig::default`]). Devices already known
+    /// stay, even past the bound; only new ones are refused.
+    pub fn with_limits(mut self, limits: DevicesConfig) -> Registry {
+        self.limits = limits;
+        self
+    }
+
+    /// Take new device rules (a configuration reload) at `now`: classes are matched afresh,
+    /// workspaces keep the state of those that stay, and every status is re-evaluated.
+    pub fn reconfigure(&mut self, rules: &Rules, now: Millis) -> Applied {
+        let mut out = self.tick(now);
+        let known: HashMap<String, WorkspaceState> = self
+            .workspaces
+            .drain(..)
+            .map(|w| (w.config.id, w.state))
+            .collect();
+        self.install(&rules.classes, &rules.workspaces, known);
+        for i in 0..self.workspaces.len() {
+            self.evaluate_workspace(i, now, None, &mut out);
+        }
+        out
+    }
+
+    /// Compile `classes`, bind `workspaces` (with their known states), classify every device
+    /// and schedule every timer afresh.
+    fn install(
+        &mut self,
+        classes: &[DeviceClassConfig],
+        workspaces: &[WorkspaceConfig],
+        mut known_workspaces: HashMap<String, WorkspaceState>,
+    ) {
+        self.classes = classes.iter().map(DeviceClass::new).collect();
+        self.classes
+            .push(DeviceClass::new(&DeviceClassConfig::default()));
+        self.workspaces_of.clear();
+        self.workspaces = workspaces
+            .iter()
+            .enumerate()
+            .map(|(i, ws)| {
+                for device in ws.sensors.iter().chain(&ws.display) {
+                    self.workspaces_of
+                        .entry(device.clone())
+                        .or_default()
+                        .push(i);
+                }
+                Workspace {
+                    config: ws.clone(),
+                    hold: millis(ws.hold),
+                    state: known_workspaces.remove(&ws.id).unwrap_or_default(),
+                }
+            })
+            .collect();
+        let ids: Vec<String> = self.devices.keys().cloned().collect();
+        for id in &ids {
+            let class = self.class_of(id);
+            self.devices.get_mut(id).expect("listed above").class = class;
+        }
+        self.reschedule();
+    }
+
+    /// Compute every timer afresh from the states.
+    fn reschedule(&mut self) {
+        self.timers.clear();
+        self.scheduled.clear();
+        let ids: Vec<String> = self.devices.keys().cloned().collect();
+        for id in &ids {
+            self.schedule_device(id);
+        }
+        for i in 0..self.workspaces.len() {
+            self.schedule_workspace(i);
+        }
+    }
+
+    fn class_of(&self, device_id: &str) -> usize {
+        self.classes
+            .iter()
+            .position(|c| c.matches(device_id))
+            .expect("the default class matches everything")
+    }
+
+    pub fn device(&self, id: &str) -> Option<&DeviceState> {
+        self.devices.get(id).map(|d| &d.state)
+    }
+
+    /// The class that applies to `id`.
+    pub fn class_name(&self, id: &str) -> &str {
+        &self.classes[self.class_of(id)].name
+    }
+
+    pub fn workspace_status(&self, id: &str) -> Option<WorkspaceStatus> {
+        self.workspaces
+            .iter()
+            .find(|w| w.config.id == id)
+            .and_then(|w| w.state.status)
+    }
+
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// The next time [`Registry::tick`] has work, if any.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// Apply one message from `device_id` received at `now` (after anything already due).
+    pub fn apply(&mut self, device_id: &str, body: &InboundBody, now: Millis) -> Applied {
+        let mut out = self.tick(now);
+        if let Some(refused) = self.refuses(device_id, body) {
+            out.refused = Some(refused);
+            return out;
+        }
+        if !self.devices.contains_key(device_id) {
+            let class = self.class_of(device_id);
+            self.devices.insert(
+                device_id.to_string(),
+                Device {
+                    state: DeviceState::default(),
+                    class,
+                    saved_at: 0,
+                },
+            );
+        }
+        let dev = self.devices.get_mut(device_id).expect("inserted above");
+        let class = &self.classes[dev.class];
+        let mut dirty = false;
+        let transition = match body {
+            InboundBody::Status { online: true } => health::heard(&mut dev.state, now, &mut dirty),
+            InboundBody::Status { online: false } => {
+                health::offline_reported(&mut dev.state, &class.health, now, &mut dirty)
+            }
+            InboundBody::Reading { .. } => health::heard(&mut dev.state, now, &mut dirty),
+        };
+        if let Some(t) = transition {
+            out.events.push(health_event(device_id, t));
+        }
+        if let InboundBody::Reading { fields, metadata } = body {
+            let report = reading::received(
+                &mut dev.state,
+                &class.reading,
+                fields,
+                metadata,
+                now,
+                &mut dirty,
+            );
+            if let Some(report) = report {
+                out.events.push(reading_event(device_id, report));
+            }
+        }
+        out.sync |= dirty;
+        if dirty || (class.watches_silence() && now >= dev.saved_at + SEEN_RESOLUTION) {
+            dev.saved_at = now;
+            out.devices.push((device_id.to_string(), dev.state.clone()));
+        }
+        self.schedule_device(device_id);
+        self.evaluate_workspaces_of(device_id, now, &mut out);
+        out
+    }
+
+    /// Whether a message from `device_id` is beyond the registry's bounds.
+    fn refuses(&self, device_id: &str, body: &InboundBody) -> Option<Refused> {
+        let known = self.devices.get(device_id);
+        if known.is_none() && self.devices.len() >= self.limits.max_devices {
+            return Some(Refused::MaxDevices);
+        }
+        let InboundBody::Reading { fields, .. } = body else {
+            return None;
+        };
+        let state = known.map(|d| &d.state);
+        let has = |k: &String| state.is_some_and(|s| s.latest(k).is_some());
+        let held = state.and_then(|s| s.held.as_ref()).map_or(0, |h| {
+            h.fields
+                .keys()
+                .filter(|k| !state.is_some_and(|s| s.values.contains_key(*k)))
+                .count()
+        });
+        let before = state.map_or(0, |s| s.values.len()) + held;
+        let new = fields.keys().filter(|k| !has(k)).count();
+        (before + new > self.limits.max_fields).then_some(Refused::MaxFields)
+    }
+
+    /// Everything the clock has made due by `now`: debounced offlines, lost communication,
+    /// held reports, staleness, workspace holds ending.
+    pub fn tick(&mut self, now: Millis) -> Applied {
+        let mut out = Applied::default();
+        while let Some((at, _)) = self.timers.first() {
+            if *at > now {
+                break;
+            }
+            let (_, timer) = self.timers.pop_first().expect("checked");
+            self.scheduled.remove(&timer);
+            match timer {
+                Timer::Device(id) => self.device_due(&id, now, &mut out),
+                Timer::Workspace(i) => self.evaluate_workspace(i, now, None, &mut out),
+            }
+        }
+        out
+    }
+
+    fn device_due(&mut self, id: &str, now: Millis, out: &mut Applied) {
+        let Some(dev) = self.devices.get_mut(id) else {
+            return;
+        };
+        let class = &self.classes[dev.class];
+        let mut dirty = false;
+        let transition = health::due(&mut dev.state, &class.health, self.started, now);
+        if let Some(t) = transition {
+            out.events.push(health_event(id, t));
+            dirty = true;
+        }
+        let online = dev.state.health == Health::Online;
+        for timed in reading::due(
+            &mut dev.state,
+            &class.reading,
+            online,
+            class.settle(self.started),
+            now,
+        ) {
+            dirty = true;
+            out.events.push(match timed {
+                Timed::Report(report) => reading_event(id, report),
+                Timed::Stale { last_reading } => Event::device(
+                    EventType::SensorReadingStale,
+                    id,
+                    one_field("last_reading", rfc3339(last_reading)),
+                ),
+            });
+        }
+        if dirty {
+            dev.saved_at = now;
+            out.sync = true;
+            out.devices.push((id.to_string(), dev.state.clone()));
+        }
+        self.schedule_device(id);
+        if transition.is_some() {
+            self.evaluate_workspaces_of(id, now, out);
+        }
+    }
+
+    fn evaluate_workspaces_of(&mut self, device_id: &str, now: Millis, out: &mut Applied) {
+        if let Some(indexes) = self.workspaces_of.get(device_id) {
+            for i in indexes.clone() {
+                self.evaluate_workspace(i, now, Some(device_id), out);
+            }
+        }
+    }
+
+    fn evaluate_workspace(
+        &mut self,
+        i: usize,
+        now: Millis,
+        cause: Option<&str>,
+        out: &mut Applied,
+    ) {
+        let ws = &self.workspaces[i];
+        let votes: Vec<Vote> = ws
+            .config
+            .sensors
+            .iter()
+            .map(|s| {
+                vote(
+                    self.devices.get(s).map(|d| &d.state),
+                    &ws.config.presence_field,
+                )
+            })
+            .collect();
+        let booked = ws
+            .config
+            .display
+            .as_ref()
+            .and_then(|d| self.devices.get(d))
+            .filter(|d| d.state.health == Health::Online)
+            .and_then(|d| d.state.latest(&ws.config.booking_field))
+            .and_then(truthy)
+            .unwrap_or(false);
+        let next = workspace::evaluate(&ws.state, &votes, booked, ws.hold, now);
+        let ws = &mut self.workspaces[i];
+        if next != ws.state {
+            if next.status != ws.state.status {
+                if let Some(status) = next.status {
+                    out.events.push(workspace_event(
+                        &ws.config.id,
+                        status,
+                        ws.state.status,
+                        cause,
+                    ));
+                }
+            }
+            out.sync = true;
+            out.workspaces.push((ws.config.id.clone(), next.clone()));
+            ws.state = next;
+        }
+        self.schedule_workspace(i);
+    }
+
+    fn schedule_device(&mut self, id: &str) {
+        let Some(dev) = self.devices.get(id) else {
+            return;
+        };
+        let class = &self.classes[dev.class];
+        let online = dev.state.health == Health::Online;
+        let at = health::deadline(&dev.state, &class.health, self.started)
+            .into_iter()
+            .chain(reading::deadline(
+                &dev.state,
+                &class.reading,
+                online,
+                class.settle(self.started),
+            ))
+            .min();
+        self.schedule(Timer::Device(id.to_string()), at);
+    }
+
+    fn schedule_workspace(&mut self, i: usize) {
+        let ws = &self.workspaces[i];
+        let at = workspace::deadline(&ws.state, ws.hold);
+        self.schedule(Timer::Workspace(i), at);
+    }
+
+    /// Make sure `timer` fires no later than `at`. An earlier firing stays: it recomputes.
+    fn schedule(&mut self, timer: Timer, at: Option<Millis>) {
+        let Some(at) = at else {
+            return;
+        };
+        match self.scheduled.get(&timer) {
+            Some(&current) if current <= at => {}
+            current => {
+                if let Some(current) = current {
+                    self.timers.remove(&(*current, timer.clone()));
+                }
+                self.timers.insert((at, timer.clone()));
+                self.scheduled.insert(timer, at);
+            }
+        }
+    }
+}
+
+/// How a bound sensor votes on its workspace's status.
+pub(super) fn vote(device: Option<&DeviceState>, presence_field: &str) -> Vote {
+    let Some(d) = device else {
+        return Vote::Silent;
+    };
+    match d.health {
+        Health::Lost | Health::Offline => Vote::Unavailable,
+        Health::Online | Health::Unknown => match d.latest(presence_field).and_then(truthy) {
+            Some(true) => Vote::Present,
+            Some(false) => Vote::Absent,
+            None => Vote::Silent,
+        },
+    }
+}
+
+/// Interpret a presence or booking field: booleans, numbers (non-zero is true) and the common
+/// words.
+pub(super) fn truthy(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::Number(n) => n.as_f64().map(|x| x != 0.0),
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" | "occupied" | "present" | "detected" | "booked"
+            | "reserved" => Some(true),
+            "0" | "false" | "no" | "off" | "free" | "vacant" | "absent" | "clear" | "available" => {
+                Some(false)
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}

@@ -1,0 +1,104 @@
+//! The device stage's task: messages and timers in, commits out, rules reloaded in place.
+
+use super::*;
+
+/// The device stage task: apply each inbound message and each due deadline, seal the events
+/// produced and pass them, with the states to persist and the message's ack, to the outbox
+/// writer. Ends when the sources have all gone (their senders dropped), after passing on
+/// everything received; timers still pending are persisted and resume on the next start.
+pub async fn run(
+    mut registry: Registry,
+    mut clock: Clock,
+    gateway_id: Arc<str>,
+    mut inbound: mpsc::Receiver<Inbound>,
+    mut rules: mpsc::Receiver<Rules>,
+    commits: mpsc::Sender<Commit>,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
+    let mut reloadable = true;
+    let mut faults = crate::metrics::FaultLog::new(Duration::from_secs(60));
+    let mut told_unset = false;
+    // A clock step is noticed within a second even when nothing else happens.
+    let mut watch = tokio::time::interval(Duration::from_secs(1));
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        crate::clock::STEPS.observe(); // for the ages delivery computes
+        if let Some(step) = clock.follow_wall() {
+            tracing::warn!(
+                step_ms = step,
+                now = %rfc3339_text(clock.now()),
+                "system clock stepped; device timers keep their real durations and remembered times move with the clock"
+            );
+            let shifted = registry.shift(step);
+            let commit = Commit {
+                devices: shifted.devices,
+                workspaces: shifted.workspaces,
+                ..Default::default()
+            };
+            if commits.send(commit).await.is_err() {
+                return;
+            }
+        }
+        let set = crate::clock::synchronised(clock.now());
+        if !set && !told_unset {
+            tracing::error!(now = %rfc3339_text(clock.now()), "the system clock is not set (no real-time clock, NTP not synchronised yet): events are stamped with it, HTTPS certificates look not yet valid until it is, and nothing is given up on (max_age, max_attempts) meanwhile");
+        } else if set && told_unset {
+            tracing::info!(now = %rfc3339_text(clock.now()), "the system clock is set");
+        }
+        told_unset = !set;
+        let wake = registry.next_deadline().map(|at| clock.instant_at(at));
+        let (applied, ack) = tokio::select! {
+            msg = inbound.recv() => match msg {
+                Some(msg) => {
+                    let applied = registry.apply(&msg.device_id, &msg.body, clock.now());
+                    if let Some(refused) = applied.refused {
+                        metrics.device_message_refused(refused.kind());
+                        if let Some(suppressed) = faults.admit(refused.kind(), "registry", std::time::Instant::now()) {
+                            let limits = &registry.limits;
+                            match refused {
+                                Refused::MaxDevices => tracing::warn!(device_id = %msg.device_id, max_devices = limits.max_devices, suppressed, "device limit reached: messages from new devices are skipped (known devices keep flowing); raise devices.max_devices if these are real devices"),
+                                Refused::MaxFields => tracing::warn!(device_id = %msg.device_id, max_fields = limits.max_fields, suppressed, "reading skipped: it would give the device more than devices.max_fields field names"),
+                            }
+                        }
+                    } else {
+                        metrics.set_devices(registry.len() as u64);
+                    }
+                    (applied, msg.ack)
+                }
+                None => break,
+            },
+            new = rules.recv(), if reloadable => match new {
+                Some(new) => (registry.reconfigure(&new, clock.now()), None),
+                None => {
+                    reloadable = false;
+                    continue;
+                }
+            },
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
+                (registry.tick(clock.now()), None)
+            }
+            _ = watch.tick() => continue,
+        };
+        if applied.is_empty() && ack.is_none() {
+            continue;
+        }
+        // The device stage's time, so that `timestamp` agrees with the times in `data`.
+        let now = UNIX_EPOCH + Duration::from_millis(clock.now());
+        let commit = Commit {
+            envelopes: applied
+                .events
+                .iter()
+                .map(|e| Envelope::seal(e, &gateway_id, now))
+                .collect(),
+            devices: applied.devices,
+            workspaces: applied.workspaces,
+            sync: applied.sync,
+            ack,
+        };
+        if commits.send(commit).await.is_err() {
+            tracing::error!("outbox writer has stopped; device stage stopping");
+            return;
+        }
+    }
+    tracing::debug!(devices = registry.len(), "device stage drained");
+}

@@ -1,0 +1,467 @@
+use super::*;
+use serde_json::json;
+
+fn reading(v: Value) -> InboundBody {
+    InboundBody::Reading {
+        fields: v.as_object().unwrap().clone(),
+        metadata: Arc::from(vec!["seq".to_string(), "ts".to_string()]),
+    }
+}
+
+const ONLINE: InboundBody = InboundBody::Status { online: true };
+const OFFLINE: InboundBody = InboundBody::Status { online: false };
+
+fn kinds(a: &Applied) -> Vec<&'static str> {
+    a.events.iter().map(|e| e.kind.as_str()).collect()
+}
+
+fn ws(id: &str, sensors: &[&str], display: Option<&str>) -> WorkspaceConfig {
+    WorkspaceConfig {
+        id: id.into(),
+        sensors: sensors.iter().map(|s| s.to_string()).collect(),
+        presence_field: "presence".into(),
+        display: display.map(str::to_owned),
+        booking_field: "booked".into(),
+        hold: Duration::from_secs(60),
+    }
+}
+
+fn class(name: &str, matches: &str) -> DeviceClassConfig {
+    DeviceClassConfig {
+        name: name.into(),
+        matches: vec![matches.into()],
+        heartbeat: Some(Duration::from_secs(10)),
+        lost_after: 3.0,
+        debounce: Duration::ZERO,
+        ..Default::default()
+    }
+}
+
+/// (workspace status, previous) of each workspace event.
+fn statuses(a: &Applied) -> Vec<(Value, Value)> {
+    a.events
+        .iter()
+        .filter(|e| e.kind == EventType::WorkspaceStatusUpdated)
+        .map(|e| (e.data["status"].clone(), e.data["previous_status"].clone()))
+        .collect()
+}
+
+#[test]
+fn first_reading_is_a_change_and_brings_the_device_online() {
+    let mut r = Registry::new(&[], &[], [], [], 0);
+    let a = r.apply("t1", &reading(json!({"temp": 21.5, "seq": 1})), 1);
+    assert_eq!(kinds(&a), ["device.online", "sensor.reading.updated"]);
+    assert_eq!(a.events[1].data["changed"], json!(["temp"]));
+    assert_eq!(a.events[1].data["fields"], json!({"temp": 21.5, "seq": 1}));
+    assert_eq!(a.devices[0].1.health, Health::Online);
+    // unchanged, in a class that does not watch silence: nothing to write at all
+    assert!(r
+        .apply("t1", &reading(json!({"temp": 21.5, "seq": 2})), 100_000)
+        .is_empty());
+}
+
+#[test]
+fn classes_match_by_pattern_first_wins_and_default_catches_the_rest() {
+    let r = Registry::new(
+        &[class("occ", "occ-*"), class("any-1", "*-1")],
+        &[],
+        [],
+        [],
+        0,
+    );
+    assert_eq!(r.class_name("occ-1"), "occ");
+    assert_eq!(r.class_name("disp-1"), "any-1");
+    assert_eq!(r.class_name("disp-2"), "default");
+}
+
+#[test]
+fn default_class_debounces_offline() {
+    let mut r = Registry::new(&[], &[], [], [], 0);
+    assert_eq!(kinds(&r.apply("d", &ONLINE, 0)), ["device.online"]);
+    assert!(r.apply("d", &OFFLINE, 1_000).events.is_empty());
+    assert_eq!(r.next_deadline(), Some(6_000), "5 s default debounce");
+    assert!(r.tick(5_999).events.is_empty());
+    let a = r.tick(6_000);
+    assert_eq!(kinds(&a), ["device.offline"]);
+    assert_eq!(a.events[0].data["since"], "1970-01-01T00:00:01.000Z");
+    assert_eq!(
+        kinds(&r.apply("d", &reading(json!({"x": 1})), 7_000)),
+        ["device.online", "sensor.reading.updated"]
+    );
+}
+
+#[test]
+fn lost_communication_and_recovery_with_messages_in_between() {
+    let mut r = Registry::new(&[class("occ", "occ-*")], &[], [], [], 0);
+    r.apply("occ-1", &ONLINE, 0);
+    for t in [10_000, 20_000, 30_000] {
+        assert!(
+            r.apply("occ-1", &reading(json!({"presence": false})), t)
+                .events
+                .len()
+                <= 1
+        );
+    }
+    assert!(r.tick(59_999).events.is_empty());
+    let a = r.tick(60_000);
+    assert_eq!(kinds(&a), ["device.lost_communication"]);
+    assert_eq!(a.events[0].data["last_seen"], "1970-01-01T00:00:30.000Z");
+    assert_eq!(r.device("occ-1").unwrap().health, Health::Lost);
+    assert_eq!(r.next_deadline(), None);
+    assert_eq!(kinds(&r.apply("occ-1", &ONLINE, 70_000)), ["device.online"]);
+}
+
+#[test]
+fn seen_times_are_persisted_coarsely_for_watched_classes() {
+    let mut r = Registry::new(&[class("occ", "occ-*")], &[], [], [], 0);
+    assert_eq!(
+        r.apply("occ-1", &reading(json!({"t": 1})), 1_000)
+            .devices
+            .len(),
+        1
+    );
+    assert!(r
+        .apply("occ-1", &reading(json!({"t": 1})), 2_000)
+        .devices
+        .is_empty());
+    assert!(r
+        .apply("occ-1", &reading(json!({"t": 1})), 30_999)
+        .devices
+        .is_empty());
+    let a = r.apply("occ-1", &reading(json!({"t": 1})), 31_000);
+    assert!(a.events.is_empty());
+    assert_eq!(a.devices[0].1.last_seen, 31_000);
+}
+
+/// Issue 16 #1: what an acknowledgement must wait for. Anything that changes what will be
+/// reported is synced even without an event; a `last_seen` refresh alone is not.
+#[test]
+fn what_must_be_on_disk_before_the_ack() {
+    let mut held = class("held", "held-*");
+    held.min_interval = Duration::from_secs(5);
+    held.heartbeat = Some(Duration::from_secs(60));
+    let mut slow = class("slow", "slow-*");
+    slow.debounce = Duration::from_secs(5);
+    slow.heartbeat = Some(Duration::from_secs(60));
+    let mut r = Registry::new(&[held, slow], &[], [], [], 0);
+    // (device, message, at, events, states to write, sync); `None`: the clock alone
+    type Case = (&'static str, Option<InboundBody>, Millis, usize, bool, bool);
+    let cases: &[Case] = &[
+        (
+            "held-1",
+            Some(reading(json!({"presence": true}))),
+            1_000,
+            2,
+            true,
+            true,
+        ),
+        // B inside min_interval: held back, no event, but what is held must survive
+        (
+            "held-1",
+            Some(reading(json!({"presence": false}))),
+            1_300,
+            0,
+            true,
+            true,
+        ),
+        // an exact repeat of the held values changes nothing
+        (
+            "held-1",
+            Some(reading(json!({"presence": false}))),
+            1_400,
+            0,
+            false,
+            false,
+        ),
+        // the held report goes out when min_interval ends
+        ("held-1", None, 6_000, 1, true, true),
+        ("slow-1", Some(ONLINE), 7_000, 1, true, true),
+        // an offline report inside its debounce window: no event yet, synced
+        ("slow-1", Some(OFFLINE), 8_000, 0, true, true),
+        ("slow-1", Some(ONLINE), 8_500, 0, true, true),
+        // unchanged, 30 s on, in a class that watches silence: a lazy checkpoint
+        ("slow-1", Some(reading(json!({}))), 40_000, 0, true, false),
+        ("slow-1", Some(reading(json!({}))), 41_000, 0, false, false),
+    ];
+    for (i, (device, body, at, events, states, sync)) in cases.iter().enumerate() {
+        let a = match body {
+            Some(body) => r.apply(device, body, *at),
+            None => r.tick(*at),
+        };
+        let case = format!("case {i}: {device} at {at}: {a:?}");
+        assert_eq!(a.events.len(), *events, "{case}");
+        assert_eq!(!a.devices.is_empty(), *states, "{case}");
+        assert_eq!(a.sync, *sync, "{case}");
+    }
+}
+
+/// Issue 16 #6: the registry's bounds, as a table of messages and what each does.
+#[test]
+fn the_registry_is_bounded_in_devices_and_field_names() {
+    let limits = DevicesConfig {
+        max_devices: 2,
+        max_fields: 3,
+    };
+    let mut r = Registry::new(&[], &[], [], [], 0).with_limits(limits);
+    let cases: &[(&str, Value, Option<Refused>)] = &[
+        ("a1", json!({"x": 1}), None),
+        ("a2", json!({"x": 1}), None),
+        ("a3", json!({"x": 1}), Some(Refused::MaxDevices)),
+        ("a1", json!({"x": 2, "y": 1, "z": 1}), None),
+        ("a1", json!({"w": 1}), Some(Refused::MaxFields)),
+        ("a1", json!({"x": 3}), None),
+        (
+            "a2",
+            json!({"p": 1, "q": 1, "r": 1}),
+            Some(Refused::MaxFields),
+        ),
+    ];
+    for (i, (device, fields, refused)) in cases.iter().enumerate() {
+        let a = r.apply(device, &reading(fields.clone()), 1_000 + i as Millis);
+        assert_eq!(a.refused, *refused, "case {i}");
+        if refused.is_some() {
+            assert!(
+                a.events.is_empty() && a.devices.is_empty(),
+                "case {i}: {a:?}"
+            );
+        } else {
+            assert!(!a.events.is_empty(), "case {i}");
+        }
+    }
+    assert_eq!(r.len(), 2);
+    assert!(r.device("a3").is_none());
+    // A status from a known device still counts; from a new one it is refused too.
+    assert_eq!(r.apply("a2", &OFFLINE, 2_000).refused, None);
+    assert_eq!(
+        r.apply("a9", &ONLINE, 2_000).refused,
+        Some(Refused::MaxDevices)
+    );
+}
+
+/// Issue 16 #7: state written while the clock was a day ahead, then a restart with the
+/// right clock. A remembered time from the future is taken as now, so a change is reported
+/// at once (with `min_interval = 0` it used to wait a day), and timers run from now.
+#[test]
+fn times_remembered_from_the_future_are_taken_as_now() {
+    let day = 86_400_000;
+    let c = class("occ", "occ-*");
+    let mut ahead = Registry::new(std::slice::from_ref(&c), &[], [], [], day);
+    let saved = ahead
+        .apply("occ-1", &reading(json!({"presence": true})), day + 1_000)
+        .devices;
+    let mut r = Registry::new(std::slice::from_ref(&c), &[], saved, [], 5_000);
+    let a = r.apply("occ-1", &reading(json!({"presence": false})), 6_000);
+    assert_eq!(kinds(&a), ["sensor.reading.updated"]);
+    assert!(r.device("occ-1").unwrap().last_seen <= 6_000);
+    // lost after 3 heartbeats of 10 s from the last message, not a day later
+    assert!(r.tick(35_999).events.is_empty());
+    assert_eq!(kinds(&r.tick(36_000)), ["device.lost_communication"]);
+}
+
+/// Issue 16 #7: a step while running moves every remembered time with the clock: a held
+/// report still waits out exactly `min_interval`, an offline its debounce, a hold its time.
+#[test]
+fn a_clock_step_keeps_every_duration_and_moves_every_time() {
+    let mut c = class("occ", "occ-*");
+    c.min_interval = Duration::from_secs(10);
+    c.debounce = Duration::from_secs(5);
+    c.heartbeat = None;
+    let ws = [ws("room", &["occ-1"], None)];
+    let mut r = Registry::new(std::slice::from_ref(&c), &ws, [], [], 0);
+    r.apply("occ-1", &reading(json!({"presence": true})), 1_000);
+    r.apply("occ-1", &reading(json!({"presence": false})), 2_000); // held until 11 s
+    r.apply("occ-2", &OFFLINE, 2_000);
+    r.apply("occ-3", &ONLINE, 2_500);
+    r.apply("occ-3", &OFFLINE, 3_000); // offline at 8 s
+    for step in [3_600_000i64, -500] {
+        let mut r2 = Registry::new(
+            std::slice::from_ref(&c),
+            &ws,
+            r.devices.iter().map(|(k, d)| (k.clone(), d.state.clone())),
+            r.workspaces
+                .iter()
+                .map(|w| (w.config.id.clone(), w.state.clone())),
+            3_000,
+        );
+        let shifted = r2.shift(step);
+        assert_eq!(shifted.devices.len(), 3);
+        assert!(!shifted.sync, "moved times are written lazily");
+        let at = |t: i64| (t + step) as Millis;
+        assert_eq!(r2.device("occ-1").unwrap().last_report, at(1_000));
+        assert!(r2.tick(at(7_999)).events.is_empty(), "step {step}");
+        assert_eq!(
+            kinds(&r2.tick(at(8_000))),
+            ["device.offline"],
+            "step {step}"
+        );
+        assert!(r2.tick(at(10_999)).events.is_empty(), "step {step}");
+        let a = r2.tick(at(11_000));
+        assert_eq!(kinds(&a)[0], "sensor.reading.updated", "step {step}");
+        // the workspace's hold (60 s) runs from when presence ended (2 s), moved too
+        assert!(r2.tick(at(61_999)).events.is_empty(), "step {step}");
+        assert_eq!(
+            statuses(&r2.tick(at(62_000))),
+            [(json!("Free"), json!("Occupied"))]
+        );
+    }
+}
+
+#[test]
+fn restart_neither_reannounces_nor_forgets_silence() {
+    let mut before = Registry::new(&[class("occ", "occ-*")], &[], [], [], 0);
+    let mut saved: HashMap<String, DeviceState> = HashMap::new();
+    for id in ["occ-1", "occ-2"] {
+        for (k, s) in before
+            .apply(id, &reading(json!({"presence": true})), 1_000)
+            .devices
+        {
+            saved.insert(k, s);
+        }
+    }
+    // restarted at t=100 s: occ-1 still talks, occ-2 went silent while we were down
+    let mut r = Registry::new(&[class("occ", "occ-*")], &[], saved, [], 100_000);
+    assert!(
+        r.apply("occ-1", &ONLINE, 100_500).events.is_empty(),
+        "no online burst"
+    );
+    assert!(r
+        .apply("occ-1", &reading(json!({"presence": true})), 101_000)
+        .events
+        .is_empty());
+    assert!(
+        r.tick(109_999).events.is_empty(),
+        "one heartbeat of grace after the start"
+    );
+    let a = r.tick(110_000);
+    assert_eq!(kinds(&a), ["device.lost_communication"]);
+    assert_eq!(a.events[0].data["device_id"], "occ-2");
+}
+
+#[test]
+fn held_reports_survive_a_restart() {
+    let mut c = class("occ", "occ-*");
+    c.min_interval = Duration::from_secs(10);
+    let mut r = Registry::new(std::slice::from_ref(&c), &[], [], [], 0);
+    r.apply("occ-1", &reading(json!({"t": 1})), 1_000);
+    let a = r.apply("occ-1", &reading(json!({"t": 2})), 2_000);
+    assert!(a.events.is_empty());
+    let saved = a.devices; // persisted with the message's ack
+    let mut r = Registry::new(std::slice::from_ref(&c), &[], saved, [], 5_000);
+    let a = r.tick(11_000);
+    assert_eq!(kinds(&a), ["sensor.reading.updated"]);
+    assert_eq!(a.events[0].data["fields"], json!({"t": 2}));
+}
+
+#[test]
+fn workspace_follows_sensors_display_hold_and_health() {
+    let classes = [class("occ", "occ-*"), class("disp", "disp-*")];
+    let mut r = Registry::new(
+        &classes,
+        &[ws("room", &["occ-a", "occ-b"], Some("disp-1"))],
+        [],
+        [],
+        0,
+    );
+    // one sensor absent, the other never heard: Free (only usable sensors vote)
+    assert_eq!(
+        statuses(&r.apply("occ-a", &reading(json!({"presence": false})), 1_000)),
+        [(json!("Free"), Value::Null)]
+    );
+    // the display reports a booking: Booked
+    let a = r.apply("disp-1", &reading(json!({"booked": true})), 2_000);
+    assert_eq!(statuses(&a), [(json!("Booked"), json!("Free"))]);
+    assert_eq!(a.events.last().unwrap().data["device_id"], "disp-1");
+    // presence anywhere: Occupied at once
+    assert_eq!(
+        statuses(&r.apply("occ-b", &reading(json!({"presence": "occupied"})), 3_000)),
+        [(json!("Occupied"), json!("Booked"))]
+    );
+    // presence ends: held for 60 s
+    assert!(statuses(&r.apply("occ-b", &reading(json!({"presence": false})), 4_000)).is_empty());
+    assert_eq!(
+        r.next_deadline(),
+        Some(31_000),
+        "occ-a's lost deadline comes first"
+    );
+    for t in [30_000, 55_000] {
+        r.apply("occ-a", &reading(json!({"presence": false})), t);
+        r.apply("occ-b", &reading(json!({"presence": false})), t);
+        r.apply("disp-1", &reading(json!({"booked": true})), t);
+    }
+    assert!(statuses(&r.tick(63_999)).is_empty());
+    let a = r.tick(64_000);
+    assert_eq!(statuses(&a), [(json!("Booked"), json!("Occupied"))]);
+    assert_eq!(
+        a.events[0].data["device_id"],
+        Value::Null,
+        "the hold ended, no device"
+    );
+    assert_eq!(r.workspace_status("room"), Some(WorkspaceStatus::Booked));
+    // everything goes silent. The display first (timers of one instant run in id order):
+    // no booking without it, so Free; then both sensors: Unknown.
+    let a = r.tick(90_000);
+    assert_eq!(
+        kinds(&a),
+        [
+            "device.lost_communication",
+            "workspace.status.updated",
+            "device.lost_communication",
+            "device.lost_communication",
+            "workspace.status.updated"
+        ]
+    );
+    assert_eq!(
+        statuses(&a),
+        [
+            (json!("Free"), json!("Booked")),
+            (json!("Unknown"), json!("Free"))
+        ]
+    );
+    // a sensor comes back absent: Free (the display is lost, so no booking)
+    let a = r.apply("occ-a", &reading(json!({"presence": false})), 95_000);
+    assert_eq!(statuses(&a), [(json!("Free"), json!("Unknown"))]);
+    assert_eq!(a.workspaces.last().unwrap().0, "room");
+}
+
+#[test]
+fn reconfigure_reclassifies_devices_and_binds_new_workspaces() {
+    let mut r = Registry::new(&[], &[], [], [], 0);
+    r.apply("occ-1", &reading(json!({"presence": true})), 1_000);
+    assert_eq!(r.class_name("occ-1"), "default");
+    let rules = Rules {
+        classes: vec![class("occ", "occ-*")],
+        workspaces: vec![ws("desk", &["occ-1"], None)],
+    };
+    let a = r.reconfigure(&rules, 2_000);
+    assert_eq!(r.class_name("occ-1"), "occ");
+    assert_eq!(statuses(&a), [(json!("Occupied"), Value::Null)]);
+    assert_eq!(
+        r.next_deadline(),
+        Some(31_000),
+        "the new class's heartbeat applies"
+    );
+    // the new class has no debounce: offline at once
+    assert_eq!(
+        kinds(&r.apply("occ-1", &OFFLINE, 3_000)),
+        ["device.offline", "workspace.status.updated"]
+    );
+}
+
+#[test]
+fn workspace_state_survives_a_restart_mid_hold() {
+    let w = [ws("desk", &["occ-a"], None)];
+    let mut r = Registry::new(&[], &w, [], [], 0);
+    r.apply("occ-a", &reading(json!({"presence": true})), 1_000);
+    let a = r.apply("occ-a", &reading(json!({"presence": false})), 2_000);
+    let (devices, workspaces) = (a.devices, a.workspaces);
+    assert_eq!(workspaces[0].1.vacated_at, Some(2_000));
+    let mut r = Registry::new(&[], &w, devices, workspaces, 10_000);
+    assert!(r
+        .apply("occ-a", &reading(json!({"presence": false})), 20_000)
+        .events
+        .is_empty());
+    assert_eq!(
+        statuses(&r.tick(62_000)),
+        [(json!("Free"), json!("Occupied"))]
+    );
+}
