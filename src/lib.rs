@@ -178,17 +178,12 @@ pub async fn run_with_reloads(
     }
     let (inbound_tx, inbound_rx) = mpsc::channel(STAGE_CHANNEL);
     let (commit_tx, commit_rx) = mpsc::channel(STAGE_CHANNEL);
-    // Every source, one line each.
-    let mut sources: Vec<Box<dyn source::Source>> = Vec::new();
-    sources.extend(mqtt.map(|m| Box::new(m) as Box<dyn source::Source>));
-    for port in &config.serial_ports {
-        sources.push(Box::new(source::serial::SerialSource::new(
-            port.clone(),
-            metrics.clone(),
-        )));
+    if let Some(mqtt) = mqtt {
+        tracker.spawn(mqtt.run(inbound_tx.clone(), cancel.clone()));
     }
-    for source in sources {
-        tracker.spawn(source.start(inbound_tx.clone(), cancel.clone()));
+    for port in &config.serial_ports {
+        let serial = source::serial::SerialSource::new(port.clone(), metrics.clone());
+        tracker.spawn(serial.run(inbound_tx.clone(), cancel.clone()));
     }
     drop(inbound_tx); // the device stage ends when every source has
     tracker.spawn(device::run(

@@ -1,6 +1,11 @@
 //! Sources: where device messages come from — [`mqtt`] and [`serial`]. Each source decodes its
 //! transport into [`Inbound`] messages for the device stage, and hands along an [`Ack`] (where
 //! the transport has one) that the outbox runs once everything the message produced is durable.
+//!
+//! A source is a value with `run(self, out: mpsc::Sender<Inbound>, cancel)`, which reads its
+//! transport until cancelled (or until the device stage is gone) and reconnects with the
+//! shared [`backoff`]. Adding one (say, Modbus RTU on a serial port) is a module here, its
+//! section in [`config`], and one `tracker.spawn(source.run(..))` line in `crate::run`.
 
 pub mod backoff;
 pub mod config;
@@ -9,46 +14,9 @@ pub mod redelivery;
 pub mod serial;
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
-/// A source: one task reading its transport until cancelled, sending what it decodes to the
-/// device stage, reconnecting with the shared [`backoff`]. Adding one (say, Modbus RTU on a
-/// serial port) is a module here, its section in [`config`], and one line where the daemon
-/// gathers its sources (`crate::run`).
-pub trait Source: Send {
-    /// Run until cancelled (or until the device stage is gone).
-    fn start(
-        self: Box<Self>,
-        out: mpsc::Sender<Inbound>,
-        cancel: CancellationToken,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
-}
-
-impl Source for mqtt::MqttSource {
-    fn start(
-        self: Box<Self>,
-        out: mpsc::Sender<Inbound>,
-        cancel: CancellationToken,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(self.run(out, cancel))
-    }
-}
-
-impl Source for serial::SerialSource {
-    fn start(
-        self: Box<Self>,
-        out: mpsc::Sender<Inbound>,
-        cancel: CancellationToken,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(self.run(out, cancel))
-    }
-}
 
 /// One decoded device message.
 #[derive(Debug)]
