@@ -100,22 +100,9 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     fn endpoint(extra: &str) -> Endpoint {
-        let config = Config::from_toml_str(&format!(
-            r#"
-            gateway_id = "gw"
-            [mqtt]
-            subscriptions = [{{ topic = "s/{{device}}", kind = "reading" }}]
-            [webhook]
-            url = "https://hooks.example.com/in"
-            secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-            {extra}
-            "#
-        ))
-        .unwrap();
-        Endpoint::new(&config.webhook).unwrap()
+        Endpoint::new(&crate::deliver::test_config(extra).webhook).unwrap()
     }
 
     fn record() -> OutboxRecord {

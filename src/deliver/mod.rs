@@ -576,5 +576,22 @@ impl Dispatcher {
     }
 }
 
+/// Tests: a configuration with one endpoint, `[webhook]`, and the keys in `extra`.
+#[cfg(test)]
+pub(crate) fn test_config(extra: &str) -> crate::config::Config {
+    crate::config::Config::from_toml_str(&format!(
+        r#"
+        gateway_id = "gw"
+        [mqtt]
+        subscriptions = [{{ topic = "s/{{device}}", kind = "reading" }}]
+        [webhook]
+        url = "https://hooks.example.com/in"
+        secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        {extra}
+        "#
+    ))
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests;

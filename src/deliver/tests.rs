@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime};
 
 use super::transport::{Attempt, Transport};
 use super::*;
-use crate::config::Config;
 use crate::device::Commit;
 use crate::event::{Envelope, Event, EventType};
 use crate::metrics::Metrics;
@@ -64,19 +63,9 @@ async fn rig(
     readings: &[(&str, usize)],
     answer: impl Fn(&OutboxRecord) -> Outcome + Send + Sync + 'static,
 ) -> (Rig, Vec<Envelope>) {
-    let config = Config::from_toml_str(&format!(
-        r#"
-        gateway_id = "gw"
-        [mqtt]
-        subscriptions = [{{ topic = "s/{{device}}", kind = "reading" }}]
-        [webhook]
-        url = "https://hooks.example.com/in"
-        secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-        retry = {{ initial = "1s", max = "1m", multiplier = 2.0, jitter = 0.0 }}
-        {extra}
-        "#
-    ))
-    .unwrap();
+    let config = test_config(&format!(
+        "retry = {{ initial = \"1s\", max = \"1m\", multiplier = 2.0, jitter = 0.0 }}\n{extra}"
+    ));
     let dir = tempfile::tempdir().unwrap();
     let outbox = Outbox::open(dir.path(), 1 << 20, vec![route(&config.webhook).unwrap()]).unwrap();
     let mut envelopes = Vec::new();
