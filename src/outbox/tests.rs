@@ -51,6 +51,20 @@ fn envelope(device: &str) -> Envelope {
     )
 }
 
+/// A fresh outbox (one endpoint taking everything) holding `envelopes`, written in one batch
+/// and flushed.
+async fn holding(envelopes: Vec<Envelope>) -> (tempfile::TempDir, Outbox) {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+    let commit = Commit {
+        envelopes,
+        ..Default::default()
+    };
+    ob.write(&[commit], &[]).unwrap();
+    ob.flush().await.unwrap();
+    (dir, ob)
+}
+
 #[test]
 fn records_round_trip() {
     let env = envelope("occ-1");
@@ -358,20 +372,13 @@ async fn a_refused_queue_misses_the_batch_and_counts_it_durably() {
 /// supersedes go first.
 #[tokio::test]
 async fn dropping_for_room_takes_superseded_readings_before_a_devices_latest() {
-    let dir = tempfile::tempdir().unwrap();
-    let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
-    let envelopes = vec![
+    let (_dir, ob) = holding(vec![
         reading("quiet"),
         reading("busy"),
         reading("busy"),
         reading("busy"),
-    ];
-    let commit = Commit {
-        envelopes,
-        ..Default::default()
-    };
-    ob.write(&[commit], &[]).unwrap();
-    ob.flush().await.unwrap();
+    ])
+    .await;
     let one = encode(&reading("busy")).len() as u64;
     assert_eq!(ob.drop_oldest_readings(Q0, one + 1).unwrap(), 2);
     let left: Vec<String> = ob
@@ -388,8 +395,6 @@ async fn dropping_for_room_takes_superseded_readings_before_a_devices_latest() {
 
 #[tokio::test]
 async fn dropping_for_room_takes_only_the_oldest_readings() {
-    let dir = tempfile::tempdir().unwrap();
-    let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
     let envelopes = vec![
         envelope("d0"),
         reading("d1"),
@@ -398,12 +403,7 @@ async fn dropping_for_room_takes_only_the_oldest_readings() {
         reading("d4"),
     ];
     let lanes: Vec<String> = envelopes.iter().map(|e| e.lane.clone()).collect();
-    let commit = Commit {
-        envelopes,
-        ..Default::default()
-    };
-    ob.write(&[commit], &[]).unwrap();
-    ob.flush().await.unwrap();
+    let (_dir, ob) = holding(envelopes).await;
     let before = ob.bytes();
     // Room for a little more than one reading: the two oldest readings go.
     let one = encode(&reading("d9")).len() as u64;
