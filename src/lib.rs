@@ -26,11 +26,13 @@
 //!   pure rule (`deliver::schedule`), the network is behind a seam (`deliver::transport`), and
 //!   `Dispatcher::step` is one turn of its loop (the tests drive it on paused time).
 //! - [`clock`]: time, and what every stage does when the system clock is unset or steps.
-//! - [`metrics`] (counters every stage updates; it knows no stage), [`secret`], [`size`],
-//!   [`tls`]: primitives.
+//! - [`metrics`] (the registry and its exposition, by `prometheus-client`; it knows no stage:
+//!   each stage's `metrics` module registers and updates its own series), [`fault_log`]
+//!   (rate-limited fault logs), [`secret`], [`size`], [`tls`]: primitives.
 //! - [`config`] loads the file and environment and aggregates each stage's own section
 //!   (`source::config`, `device::config`, `outbox::config`, `deliver::config`, each with its
-//!   checks); [`telemetry`] (logs, systemd, `/healthz`, `/metrics`); [`cli`].
+//!   checks); [`telemetry`] (logs, systemd, readiness over the stages' metrics, `/healthz`,
+//!   `/metrics`); [`cli`].
 //!
 //! Layers, lowest first, with no import cycles (`tests/module_graph.rs`): primitives → source →
 //! device → outbox → deliver → config → wiring (this file), telemetry, demo → cli.
@@ -49,6 +51,7 @@ pub mod deliver;
 pub mod demo;
 pub mod device;
 pub mod event;
+pub mod fault_log;
 pub mod metrics;
 pub mod outbox;
 pub mod secret;
@@ -65,8 +68,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use config::Config;
-use metrics::{Kinds, Metrics};
 use outbox::Outbox;
+use telemetry::Metrics;
 
 /// Capacity of each channel between stages.
 const STAGE_CHANNEL: usize = 1024;
@@ -83,11 +86,7 @@ pub async fn run_with_reloads(
     cancel: CancellationToken,
     reloads: Option<mpsc::Receiver<Config>>,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::with_kinds(Kinds {
-        decode_errors: &source::DecodeError::KINDS,
-        serial_frame_errors: &source::serial::frame::FrameError::KINDS,
-        device_refusals: &device::Refused::KINDS,
-    }));
+    let metrics = Arc::new(Metrics::default());
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
     let active: Vec<&deliver::config::WebhookConfig> = config
@@ -108,8 +107,8 @@ pub async fn run_with_reloads(
     for (queue, endpoint, routed) in outbox.queues() {
         // What the endpoint will never get counts from the store's start, as `outbox status`.
         metrics
-            .endpoint(endpoint)
-            .dropped(outbox.dropped_for(queue));
+            .outbox
+            .dropped_for(endpoint, outbox.dropped_for(queue));
         if !routed {
             tracing::warn!(
                 endpoint,
@@ -118,11 +117,11 @@ pub async fn run_with_reloads(
             );
         }
     }
-    metrics.set_outbox_max_bytes(config.outbox.max_size);
+    metrics.outbox.set_max_bytes(config.outbox.max_size);
     let known = outbox.devices().context("reading device state")?;
     let known_workspaces = outbox.workspaces().context("reading workspace state")?;
     let pending = outbox.len();
-    metrics.set_outbox_depth(pending as u64);
+    metrics.outbox.set_depth(pending);
     tracing::info!(
         gateway = %config.gateway_id,
         state_dir = %config.state_dir.display(),
@@ -140,16 +139,20 @@ pub async fn run_with_reloads(
         clock.now(),
     )
     .with_limits(config.devices.clone());
-    metrics.set_devices(registry.len() as u64);
+    metrics.device.set_devices(registry.len());
     let mqtt = if config.mqtt.subscriptions.is_empty() {
         None
     } else {
         Some(
-            source::mqtt::MqttSource::new(&config.mqtt, config.mqtt_client_id(), metrics.clone())?
-                .after_restart(outbox.applied_before()),
+            source::mqtt::MqttSource::new(
+                &config.mqtt,
+                config.mqtt_client_id(),
+                metrics.source.clone(),
+            )?
+            .after_restart(outbox.applied_before()),
         )
     };
-    metrics.set_mqtt_enabled(mqtt.is_some());
+    metrics.source.set_mqtt_enabled(mqtt.is_some());
     let log = Arc::new(deliver::log::DeliveryLog::new(
         &config.state_dir,
         config.outbox.delivery_log,
@@ -157,7 +160,12 @@ pub async fn run_with_reloads(
     let dispatchers = active
         .iter()
         .map(|e| {
-            deliver::Dispatcher::new(e, outbox.clone(), log.clone(), metrics.endpoint(&e.name))
+            deliver::Dispatcher::new(
+                e,
+                outbox.clone(),
+                log.clone(),
+                metrics.deliver.endpoint(&e.name),
+            )
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
 
@@ -182,7 +190,7 @@ pub async fn run_with_reloads(
         tracker.spawn(mqtt.run(inbound_tx.clone(), cancel.clone()));
     }
     for port in &config.serial_ports {
-        let serial = source::serial::SerialSource::new(port.clone(), metrics.clone());
+        let serial = source::serial::SerialSource::new(port.clone(), metrics.source.clone());
         tracker.spawn(serial.run(inbound_tx.clone(), cancel.clone()));
     }
     drop(inbound_tx); // the device stage ends when every source has
@@ -193,13 +201,13 @@ pub async fn run_with_reloads(
         inbound_rx,
         rules_rx,
         commit_tx,
-        metrics.clone(),
+        metrics.device.clone(),
     ));
     tracker.spawn(outbox::run_writer(
         outbox.clone(),
         commit_rx,
         config.outbox.clone(),
-        metrics.clone(),
+        metrics.outbox.clone(),
         cancel.clone(),
     ));
     for dispatcher in dispatchers {

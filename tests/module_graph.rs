@@ -11,7 +11,15 @@ use std::path::Path;
 
 /// The layers, lowest first; a module may use its own layer's and lower ones.
 const LAYERS: &[&[&str]] = &[
-    &["clock", "event", "metrics", "secret", "size", "tls"],
+    &[
+        "clock",
+        "event",
+        "fault_log",
+        "metrics",
+        "secret",
+        "size",
+        "tls",
+    ],
     &["source"],
     &["device"],
     &["outbox"],

@@ -5,11 +5,12 @@
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use super::metrics::DeliverMetrics;
 use super::transport::{Attempt, Transport};
 use super::*;
 use crate::device::Commit;
 use crate::event::{Envelope, Event, EventType};
-use crate::metrics::Metrics;
+use crate::metrics::Registry;
 
 /// Answers each attempt with `answer(record)`, remembering what was sent and when.
 struct Scripted {
@@ -90,7 +91,7 @@ async fn rig(
         sent: Mutex::new(Vec::new()),
         answer: Box::new(answer),
     });
-    let metrics = Metrics::default();
+    let metrics = DeliverMetrics::register(&mut Registry::default());
     let dispatcher = Dispatcher::with_transport(
         &config.webhook,
         outbox.clone(),

@@ -27,6 +27,7 @@
 
 pub mod config;
 pub mod health;
+pub mod metrics;
 pub mod reading;
 pub mod workspace;
 

@@ -13,10 +13,10 @@ pub async fn run(
     mut inbound: mpsc::Receiver<Inbound>,
     mut rules: mpsc::Receiver<Rules>,
     commits: mpsc::Sender<Commit>,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<super::metrics::DeviceMetrics>,
 ) {
     let mut reloadable = true;
-    let mut faults = crate::metrics::FaultLog::new(Duration::from_secs(60));
+    let mut faults = crate::fault_log::FaultLog::new(Duration::from_secs(60));
     let mut told_unset = false;
     // A clock step is noticed within a second even when nothing else happens.
     let mut watch = tokio::time::interval(Duration::from_secs(1));
@@ -52,7 +52,7 @@ pub async fn run(
                 Some(msg) => {
                     let applied = registry.apply(&msg.device_id, &msg.body, clock.now());
                     if let Some(refused) = applied.refused {
-                        metrics.device_message_refused(refused.kind());
+                        metrics.refused(refused);
                         if let Some(suppressed) = faults.admit(refused.kind(), "registry", std::time::Instant::now()) {
                             let limits = &registry.limits;
                             match refused {
@@ -61,7 +61,7 @@ pub async fn run(
                             }
                         }
                     } else {
-                        metrics.set_devices(registry.len() as u64);
+                        metrics.set_devices(registry.len());
                     }
                     (applied, msg.ack)
                 }

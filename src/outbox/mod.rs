@@ -65,6 +65,7 @@ pub mod config;
 mod dead;
 mod facts;
 mod format;
+pub mod metrics;
 mod store;
 mod writer;
 
@@ -81,7 +82,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::Notify;
 
 use crate::device::{Commit, DeviceState, WorkspaceState};
-use crate::metrics::Metrics;
+use metrics::OutboxMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -650,9 +651,9 @@ impl Outbox {
 
     /// Set the gauges read off the store (at scrape time): events and bytes held, dead letters,
     /// and per queue its pending events and the age of its oldest.
-    pub fn observe(&self, metrics: &Metrics) {
-        metrics.set_outbox_depth(self.len() as u64);
-        metrics.set_outbox_held(self.bytes(), self.dead_len() as u64);
+    pub fn observe(&self, metrics: &OutboxMetrics) {
+        metrics.set_depth(self.len());
+        metrics.set_held(self.bytes(), self.dead_len());
         for (queue, endpoint, _) in self.queues() {
             let age = self
                 .oldest(queue)
@@ -660,10 +661,10 @@ impl Outbox {
                 .flatten()
                 .and_then(|r| crate::event::created_at(&r.id))
                 .and_then(|t| t.elapsed().ok())
-                .map_or(0, |d| d.as_millis() as u64);
-            metrics
-                .endpoint(endpoint)
-                .set_pending(self.queue_len(queue) as u64, age);
+                .map_or(std::time::Duration::ZERO, |d| {
+                    std::time::Duration::from_millis(d.as_millis() as u64)
+                });
+            metrics.set_pending(endpoint, self.queue_len(queue), age);
         }
     }
 

@@ -9,10 +9,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{OnFull, OutboxConfig};
+use super::metrics::OutboxMetrics as Metrics;
 use super::{Outbox, QueueId, Written};
 use crate::device::Commit;
 use crate::event::Envelope;
-use crate::metrics::Metrics;
 
 /// The outbox writer task: group incoming commits into batches, make room for each within
 /// each queue's share of `outbox.max_size`, write it, flush, then send the batch's acks. Ends
@@ -64,7 +64,7 @@ pub async fn run_writer(
         for (queue, n) in outbox.queues.iter().zip(&written.dropped) {
             if *n > 0 {
                 queue.dropped.fetch_add(*n, Ordering::Relaxed);
-                metrics.endpoint(&queue.endpoint).dropped(*n);
+                metrics.dropped_for(&queue.endpoint, *n);
             }
         }
         for commit in batch.drain(..) {
@@ -78,7 +78,7 @@ pub async fn run_writer(
         if written.queued > 0 {
             outbox.notify_appended();
         }
-        metrics.set_outbox_depth(outbox.len() as u64);
+        metrics.set_depth(outbox.len());
     }
     if let Err(e) = outbox.flush().await {
         tracing::error!(error = %e, "final outbox flush failed");
@@ -160,7 +160,7 @@ async fn make_room(
                     Ok(0) => {}
                     Ok(n) => {
                         metrics.dropped(n as u64);
-                        metrics.endpoint(name).dropped(n as u64);
+                        metrics.dropped_for(name, n as u64);
                         if let Some((_, dropped)) = &mut log.full[i] {
                             *dropped += n as u64;
                         }
@@ -173,7 +173,7 @@ async fn make_room(
             }
             waiting = true;
         }
-        metrics.set_outbox_full(waiting);
+        metrics.set_full(waiting);
         if !waiting {
             break;
         }
@@ -217,7 +217,7 @@ async fn persist(
         match result {
             Ok(w) => {
                 if w.queued > 0 || batch.iter().any(|c| c.sync) {
-                    metrics.outbox_committed(started.elapsed());
+                    metrics.committed(started.elapsed());
                 }
                 if failures > 0 {
                     tracing::info!(failures, "outbox writable again; resuming");
@@ -227,7 +227,7 @@ async fn persist(
             }
             Err(e) => {
                 failures += 1;
-                metrics.outbox_write_failed();
+                metrics.write_failed();
                 outbox.writable.store(false, Ordering::Relaxed);
                 if failures == 1 || failures.is_power_of_two() {
                     tracing::error!(

@@ -9,6 +9,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod metrics;
 pub mod mqtt;
 pub mod redelivery;
 pub mod serial;

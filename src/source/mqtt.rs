@@ -30,11 +30,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::config::{MqttConfig, PayloadKind};
+use super::metrics::SourceMetrics as Metrics;
 use super::redelivery::{Arrival, Redeliveries};
 use super::{
     check_device_id, decode_reading, decode_status, Ack, DecodeError, Inbound, InboundBody,
 };
-use crate::metrics::{FaultLog, Metrics};
+use crate::fault_log::FaultLog;
 
 /// The largest packet the client will read once, to acknowledge and skip a message over
 /// `mqtt.max_packet_bytes` that the broker keeps redelivering (see [`MqttSource::run`]).

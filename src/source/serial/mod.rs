@@ -26,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::{Inbound, InboundBody};
-use crate::metrics::{FaultLog, Metrics};
+use crate::fault_log::FaultLog;
 use crate::source::config::{Parity, SerialFraming, SerialPortConfig};
+use crate::source::metrics::SourceMetrics as Metrics;
 use frame::{Format, FrameDecoder};
 
 /// Devices remembered per port for offline reports when it closes; more are not tracked.

@@ -1,0 +1,44 @@
+//! What the device stage counts: the devices it knows, and the messages its bounds refused, by
+//! reason (every [`Refused`] kind exposed from the start, at 0).
+
+use crate::metrics::{preset, Counter, EncodeLabelSet, Family, Gauge, Registry};
+
+use super::Refused;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: &'static str,
+}
+
+pub struct DeviceMetrics {
+    devices: Gauge,
+    refused: Family<Reason, Counter>,
+}
+
+impl DeviceMetrics {
+    pub fn register(r: &mut Registry) -> DeviceMetrics {
+        let m = DeviceMetrics {
+            devices: r.gauge(
+                "devices",
+                "Devices the registry knows (at most devices.max_devices).",
+            ),
+            refused: r.counters(
+                "device_messages_refused_total",
+                "Messages skipped for the registry's bounds: from a new device past devices.max_devices, or with fields past devices.max_fields.",
+            ),
+        };
+        preset(&m.refused, Refused::KINDS.map(|reason| Reason { reason }));
+        m
+    }
+
+    pub fn set_devices(&self, n: usize) {
+        self.devices.set(n as i64);
+    }
+
+    /// A message skipped for the registry's bounds.
+    pub fn refused(&self, why: Refused) {
+        self.refused
+            .get_or_create(&Reason { reason: why.kind() })
+            .inc();
+    }
+}
