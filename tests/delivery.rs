@@ -96,18 +96,16 @@ async fn a_receiver_that_hangs_is_timed_out_and_retried() {
 
     let sent = changes(broker.port, "t8-occ", 1).await;
     let deadline = Instant::now() + LONG;
-    while daemon
-        .metric("edgehook_delivery_attempts_total{endpoint=\"default\",result=\"network_error\"}")
-        .unwrap_or(0)
-        < 1
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no timeout recorded:\n{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::until(
+        deadline,
+        || {
+            daemon
+                .metric("edgehook_delivery_attempts_total{endpoint=\"default\",result=\"network_error\"}")
+                .is_some_and(|n| n >= 1)
+        },
+        || format!("no timeout recorded:\n{}", daemon.log()),
+    )
+    .await;
     assert!(daemon.log().contains("timed out"), "{}", daemon.log());
 
     receiver.delay(Duration::ZERO);
@@ -116,10 +114,12 @@ async fn a_receiver_that_hangs_is_timed_out_and_retried() {
             s.readings_of("t8-occ") == sent
         })
         .await;
-    while daemon.metric("edgehook_outbox_depth") != Some(0) {
-        assert!(Instant::now() < deadline, "outbox not drained");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::until(
+        deadline,
+        || daemon.metric("edgehook_outbox_depth") == Some(0),
+        || "outbox not drained".to_string(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,10 +198,12 @@ async fn gone_disables_the_endpoint_until_outbox_enable_and_nothing_is_lost() {
     let mut sensor = device(broker.port, "gone-occ-1", DeviceClass::OccupancySensor).await;
     let changes = publish(&mut sensor, 3, 1.0).await;
     let wait = Instant::now() + LONG;
-    while daemon.metric("edgehook_endpoint_disabled{endpoint=\"default\"}") != Some(1) {
-        assert!(Instant::now() < wait, "{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::until(
+        wait,
+        || daemon.metric("edgehook_endpoint_disabled{endpoint=\"default\"}") == Some(1),
+        || daemon.log(),
+    )
+    .await;
     let tried = receiver.seen(|s| s.requests);
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(receiver.seen(|s| s.requests), tried, "nothing more is sent");
@@ -259,15 +261,18 @@ async fn max_attempts_keeps_dead_letters_that_replay_delivers() {
     let bad_changes = publish(&mut bad, 2, 1.0).await;
     let good_changes = publish(&mut good, 2, 1.0).await;
     let wait = Instant::now() + LONG;
-    while daemon.metric("edgehook_dead_letters_total{endpoint=\"default\"}") != Some(3) {
-        assert!(
-            Instant::now() < wait,
-            "{:?}\n{}",
-            daemon.metric("edgehook_dead_letters_total{endpoint=\"default\"}"),
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::until(
+        wait,
+        || daemon.metric("edgehook_dead_letters_total{endpoint=\"default\"}") == Some(3),
+        || {
+            format!(
+                "{:?}\n{}",
+                daemon.metric("edgehook_dead_letters_total{endpoint=\"default\"}"),
+                daemon.log()
+            )
+        },
+    )
+    .await;
     receiver
         .wait_until(LONG, "the healthy device's readings", |s| {
             s.readings_of("dl-occ-good") == good_changes
@@ -382,15 +387,18 @@ async fn a_failing_endpoint_never_delays_a_healthy_one() {
     let pending =
         |d: &Daemon, e: &str| d.metric(&format!("edgehook_endpoint_pending{{endpoint=\"{e}\"}}"));
     let wait = Instant::now() + LONG;
-    while pending(&daemon, "default") != Some(0) || pending(&daemon, "ops") != Some(1) {
-        assert!(
-            Instant::now() < wait,
-            "{:?} {:?}",
-            pending(&daemon, "default"),
-            pending(&daemon, "ops")
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::until(
+        wait,
+        || pending(&daemon, "default") == Some(0) && pending(&daemon, "ops") == Some(1),
+        || {
+            format!(
+                "{:?} {:?}",
+                pending(&daemon, "default"),
+                pending(&daemon, "ops")
+            )
+        },
+    )
+    .await;
     assert!(
         daemon
             .metric("edgehook_delivery_attempts_total{endpoint=\"ops\",result=\"http_error\"}")
@@ -456,10 +464,12 @@ async fn a_removed_endpoints_queue_is_kept_until_purged() {
     daemon.rewrite_webhook(broker.port, only_all);
     daemon.start();
     let wait = Instant::now() + LONG;
-    while !daemon.log().contains("no longer configured") {
-        assert!(Instant::now() < wait, "{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::until(
+        wait,
+        || daemon.log().contains("no longer configured"),
+        || daemon.log(),
+    )
+    .await;
     assert_eq!(
         daemon.metric("edgehook_endpoint_pending{endpoint=\"ops\"}"),
         Some(1)
@@ -495,10 +505,7 @@ async fn a_receiver_that_resets_the_connection_is_retried() {
 
     let sent = changes(broker.port, "rst-occ-1", 3).await;
     let wait = Instant::now() + LONG;
-    while receiver.resets() < 3 {
-        assert!(Instant::now() < wait, "{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::until(wait, || receiver.resets() >= 3, || daemon.log()).await;
     let failed = daemon
         .metric("edgehook_delivery_attempts_total{endpoint=\"default\",result=\"network_error\"}")
         .unwrap();
@@ -571,19 +578,13 @@ async fn a_redirect_is_a_failed_attempt_and_is_never_followed() {
         ),
         Some(0)
     );
-    let wait = Instant::now() + LONG;
-    loop {
-        let log =
-            std::fs::read_to_string(dir.path().join("state/delivery.log")).unwrap_or_default();
-        if log.contains("302") && log.contains("/login") {
-            break;
-        }
-        assert!(
-            Instant::now() < wait,
-            "the delivery log names the redirect: {log}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let log = || std::fs::read_to_string(dir.path().join("state/delivery.log")).unwrap_or_default();
+    common::until(
+        Instant::now() + LONG,
+        || log().contains("302") && log().contains("/login"),
+        || format!("the delivery log names the redirect: {}", log()),
+    )
+    .await;
 
     receiver.redirect(None);
     receiver

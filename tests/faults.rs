@@ -79,18 +79,16 @@ async fn a_full_disk_is_back_pressure_not_loss_and_recovers_when_space_returns()
     }
     sensor.flushed().await.unwrap();
     let wait = Instant::now() + LONG;
-    while daemon
-        .metric("edgehook_outbox_write_failures_total")
-        .unwrap_or(0)
-        == 0
-    {
-        assert!(
-            Instant::now() < wait,
-            "writes never failed:\n{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::until(
+        wait,
+        || {
+            daemon
+                .metric("edgehook_outbox_write_failures_total")
+                .is_some_and(|n| n > 0)
+        },
+        || format!("writes never failed:\n{}", daemon.log()),
+    )
+    .await;
     let health = common::http_get(daemon.metrics_port, "/healthz").unwrap();
     assert!(health.contains("outbox not writable"), "{health}");
     assert!(
@@ -101,16 +99,19 @@ async fn a_full_disk_is_back_pressure_not_loss_and_recovers_when_space_returns()
 
     std::fs::remove_file(&filler).unwrap();
     let wait = Instant::now() + LONG;
-    while receiver.seen(|s| s.readings_of("full-occ-1").len()) < want.len() {
-        assert!(
-            Instant::now() < wait,
-            "not recovered after space returned ({} of {} readings):\n{}",
-            receiver.seen(|s| s.readings_of("full-occ-1").len()),
-            want.len(),
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    common::until(
+        wait,
+        || receiver.seen(|s| s.readings_of("full-occ-1").len()) >= want.len(),
+        || {
+            format!(
+                "not recovered after space returned ({} of {} readings):\n{}",
+                receiver.seen(|s| s.readings_of("full-occ-1").len()),
+                want.len(),
+                daemon.log()
+            )
+        },
+    )
+    .await;
     receiver
         .wait_until(LONG, "every reading after space returned", |s| {
             s.readings_of("full-occ-1").len() >= want.len()
@@ -142,10 +143,12 @@ async fn a_damaged_store_is_refused_with_the_way_out_not_used_empty() {
     let mut sensor = device(broker.port, "dmg-occ-1", DeviceClass::OccupancySensor).await;
     publish(&mut sensor, 5, 1.0).await;
     let wait = Instant::now() + LONG;
-    while daemon.metric("edgehook_outbox_depth").unwrap_or(0) < 6 {
-        assert!(Instant::now() < wait, "{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::until(
+        wait,
+        || daemon.metric("edgehook_outbox_depth").unwrap_or(0) >= 6,
+        || daemon.log(),
+    )
+    .await;
     assert_eq!(daemon.terminate(), Some(0));
 
     // A dying SD card: the log file is garbage now. sled alone would come up empty.
@@ -301,10 +304,12 @@ async fn receiver_down_for_a_minute_under_load_loses_nothing_and_latency_recover
         })
         .await;
     let wait = Instant::now() + LONG;
-    while daemon.metric("edgehook_outbox_depth") != Some(0) {
-        assert!(Instant::now() < wait, "backlog not drained");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::until(
+        wait,
+        || daemon.metric("edgehook_outbox_depth") == Some(0),
+        || "backlog not drained".to_string(),
+    )
+    .await;
     receiver.seen(|s| {
         // Readings published well after recovery (the backlog drained) arrive promptly again.
         let mut late: Vec<u64> = s
@@ -354,10 +359,12 @@ async fn broker_restarted_twice_under_load_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         broker.restart();
         let deadline = Instant::now() + LONG;
-        while daemon.metric("edgehook_mqtt_connects_total").unwrap_or(0) < n as u64 + 2 {
-            assert!(Instant::now() < deadline, "no reconnect:\n{}", daemon.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::until(
+            deadline,
+            || daemon.metric("edgehook_mqtt_connects_total").unwrap_or(0) >= n as u64 + 2,
+            || format!("no reconnect:\n{}", daemon.log()),
+        )
+        .await;
     }
     let published = publisher.await.unwrap();
     assert_eq!(published.len(), 8 * 300);
@@ -470,10 +477,12 @@ fn full(daemon: &Daemon) -> Option<u64> {
 async fn a_full_outbox_pushes_back_to_the_broker_and_loses_nothing() {
     let (_dir, _broker, receiver, mut daemon, published) = overfill("", "cap").await;
     let wait = Instant::now() + LONG;
-    while full(&daemon) != Some(1) {
-        assert!(Instant::now() < wait, "never full:\n{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::until(
+        wait,
+        || full(&daemon) == Some(1),
+        || format!("never full:\n{}", daemon.log()),
+    )
+    .await;
     let health = common::http_get(daemon.metrics_port, "/healthz").unwrap();
     assert!(health.contains("outbox full"), "{health}");
     assert!(daemon.log().contains("outbox FULL"), "{}", daemon.log());
@@ -504,10 +513,12 @@ async fn a_full_outbox_pushes_back_to_the_broker_and_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let wait = Instant::now() + LONG;
-    while full(&daemon) != Some(0) {
-        assert!(Instant::now() < wait, "still full:\n{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::until(
+        wait,
+        || full(&daemon) == Some(0),
+        || format!("still full:\n{}", daemon.log()),
+    )
+    .await;
     assert!(
         daemon.log().contains("outbox has room again"),
         "{}",
@@ -522,17 +533,21 @@ async fn a_full_outbox_can_drop_old_readings_but_never_health_events() {
     let on_full = "on_full = \"drop_oldest_readings\"\n";
     let (_dir, _broker, receiver, mut daemon, published) = overfill(on_full, "drop").await;
     let wait = Instant::now() + LONG;
-    while daemon.metric("edgehook_events_created_total{type=\"sensor.reading.updated\"}")
-        < Some(published.len() as u64)
-    {
-        assert!(
-            Instant::now() < wait,
-            "not all taken in: {:?}\n{}",
-            common::http_get(daemon.metrics_port, "/metrics"),
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::until(
+        wait,
+        || {
+            daemon.metric("edgehook_events_created_total{type=\"sensor.reading.updated\"}")
+                >= Some(published.len() as u64)
+        },
+        || {
+            format!(
+                "not all taken in: {:?}\n{}",
+                common::http_get(daemon.metrics_port, "/metrics"),
+                daemon.log()
+            )
+        },
+    )
+    .await;
     let dropped = daemon.metric("edgehook_outbox_dropped_total").unwrap();
     assert!(dropped > 0, "{}", daemon.log());
     let bytes = daemon.metric("edgehook_outbox_bytes").unwrap();
@@ -540,10 +555,12 @@ async fn a_full_outbox_can_drop_old_readings_but_never_health_events() {
 
     receiver.fail_with(0);
     let wait = Instant::now() + LONG;
-    while daemon.metric("edgehook_outbox_depth") != Some(0) {
-        assert!(Instant::now() < wait, "not drained:\n{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::until(
+        wait,
+        || daemon.metric("edgehook_outbox_depth") == Some(0),
+        || format!("not drained:\n{}", daemon.log()),
+    )
+    .await;
     receiver.seen(|s| {
         assert_eq!(
             s.of_type("device.online").len(),
@@ -571,12 +588,15 @@ async fn readings_dropped_to_make_room_are_counted_for_their_endpoint_across_a_r
     let (_dir, _broker, _receiver, mut daemon, published) = overfill(on_full, "dropc").await;
     let endpoint_dropped = "edgehook_endpoint_dropped_total{endpoint=\"default\"}";
     let wait = Instant::now() + LONG;
-    while daemon.metric("edgehook_events_created_total{type=\"sensor.reading.updated\"}")
-        < Some(published.len() as u64)
-    {
-        assert!(Instant::now() < wait, "not all taken in:\n{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::until(
+        wait,
+        || {
+            daemon.metric("edgehook_events_created_total{type=\"sensor.reading.updated\"}")
+                >= Some(published.len() as u64)
+        },
+        || format!("not all taken in:\n{}", daemon.log()),
+    )
+    .await;
     let dropped = daemon.metric("edgehook_outbox_dropped_total").unwrap();
     assert!(dropped > 0, "{}", daemon.log());
     assert_eq!(daemon.metric(endpoint_dropped), Some(dropped));
@@ -788,18 +808,14 @@ async fn a_flood_of_silent_local_connections_starves_nothing() {
     );
     // The silent ones are closed after the header timeout; the listener serves again.
     drop(silent);
-    let wait = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(health) = common::http_get(daemon.metrics_port, "/healthz") {
-            assert!(health.contains("ok"), "{health}");
-            break;
-        }
-        assert!(
-            Instant::now() < wait,
-            "/healthz never answered after the flood"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::until(
+        Instant::now() + Duration::from_secs(20),
+        || common::http_get(daemon.metrics_port, "/healthz").is_some(),
+        || "/healthz never answered after the flood".to_string(),
+    )
+    .await;
+    let health = common::http_get(daemon.metrics_port, "/healthz").unwrap();
+    assert!(health.contains("ok"), "{health}");
     assert_eq!(daemon.terminate(), Some(0));
 }
 
@@ -936,10 +952,12 @@ async fn a_forward_clock_step_while_running_dead_letters_nothing_early() {
         .await;
     std::fs::write(&offset, "+2h\n").unwrap();
     let wait = Instant::now() + LONG;
-    while !daemon.log().contains("system clock stepped") {
-        assert!(Instant::now() < wait, "{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::until(
+        wait,
+        || daemon.log().contains("system clock stepped"),
+        || daemon.log(),
+    )
+    .await;
     let tried = receiver.seen(|s| s.failures_served);
     receiver
         .wait_until(LONG, "attempts after the step", |s| {
@@ -1100,15 +1118,18 @@ async fn nothing_stays_pending_after_the_outbox_is_reopened_on_a_full_disk() {
             })
             .await;
         let wait = Instant::now() + Duration::from_secs(20);
-        while daemon.metric(pending) != Some(0) {
-            assert!(
-                Instant::now() < wait,
-                "round {round}: {:?} events stay pending after everything was delivered:\n{}",
-                daemon.metric(pending),
-                daemon.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::until(
+            wait,
+            || daemon.metric(pending) == Some(0),
+            || {
+                format!(
+                    "round {round}: {:?} events stay pending after everything was delivered:\n{}",
+                    daemon.metric(pending),
+                    daemon.log()
+                )
+            },
+        )
+        .await;
     }
     assert!(
         daemon.log().contains("outbox writable again"),

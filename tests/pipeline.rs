@@ -163,14 +163,12 @@ async fn broker_restart_resumes_subscriptions() {
     before.pull_plug();
     broker.restart();
     let deadline = std::time::Instant::now() + LONG;
-    while daemon.metric("edgehook_mqtt_connects_total").unwrap_or(0) < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reconnect:\n{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::until(
+        deadline,
+        || daemon.metric("edgehook_mqtt_connects_total").unwrap_or(0) >= 2,
+        || format!("no reconnect:\n{}", daemon.log()),
+    )
+    .await;
     let mut after = device(broker.port, "t4-occ-b", DeviceClass::OccupancySensor).await;
     let mut sent = Vec::new();
     // The SUBSCRIBE may still be in flight: keep publishing until the first one comes through.

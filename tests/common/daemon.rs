@@ -259,16 +259,18 @@ impl Daemon {
     /// Wait (at most a minute) until the sample `name` of /metrics is at least `at_least`;
     /// panics with the daemon's log otherwise.
     pub async fn wait_metric(&self, name: &str, at_least: u64) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.metric(name).is_none_or(|v| v < at_least) {
-            assert!(
-                Instant::now() < deadline,
-                "{name} never reached {at_least} (now {:?}):\n{}",
-                self.metric(name),
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        super::until(
+            Instant::now() + Duration::from_secs(60),
+            || self.metric(name).is_some_and(|v| v >= at_least),
+            || {
+                format!(
+                    "{name} never reached {at_least} (now {:?}):\n{}",
+                    self.metric(name),
+                    self.log()
+                )
+            },
+        )
+        .await;
     }
 
     /// Scrape one sample from /metrics (exact name with labels).

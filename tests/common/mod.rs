@@ -76,3 +76,20 @@ fn unsafe_kill(pid: u32, signal: i32) {
         .unwrap();
     assert!(status.success());
 }
+
+/// Poll `ready` every 20 ms until it holds; past `deadline`, fail the test with `failed()` (what
+/// was awaited, the state, the daemon's log). The one poll loop of the integration tests: they
+/// wait for what they expect, never for a fixed time, except to show that something does *not*
+/// happen.
+pub async fn until(
+    deadline: Instant,
+    mut ready: impl FnMut() -> bool,
+    failed: impl FnOnce() -> String,
+) {
+    while !ready() {
+        if Instant::now() >= deadline {
+            panic!("{}", failed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -223,24 +223,18 @@ impl Receiver {
 
     /// Poll until `pred` holds; panics with `what` and the state after `within`.
     pub async fn wait_until(&self, within: Duration, what: &str, pred: impl Fn(&Seen) -> bool) {
-        let deadline = Instant::now() + within;
-        loop {
-            if self.seen(&pred) {
-                return;
-            }
-            if Instant::now() > deadline {
-                self.seen(|s| {
-                    panic!(
-                        "timed out after {within:?} waiting for {what}: {} events, {} duplicates, {} bad signatures, {} failures served",
-                        s.events.len(),
-                        s.duplicates,
-                        s.bad_signatures,
-                        s.failures_served
-                    )
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        super::until(Instant::now() + within, || self.seen(&pred), || {
+            self.seen(|s| {
+                format!(
+                    "timed out after {within:?} waiting for {what}: {} events, {} duplicates, {} bad signatures, {} failures served",
+                    s.events.len(),
+                    s.duplicates,
+                    s.bad_signatures,
+                    s.failures_served
+                )
+            })
+        })
+        .await;
     }
 }
 
