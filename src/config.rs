@@ -414,7 +414,7 @@ mod tests {
         let c = Config::from_toml_str(MINIMAL).unwrap();
         assert_eq!(c.mqtt.port, 1883);
         assert_eq!(c.webhook.timeout, Duration::from_secs(30));
-        assert_eq!(c.webhook.signature_header, "X-Webhook-Signature");
+        assert_eq!(c.webhook.hmac_options().header, "X-Webhook-Signature");
         assert_eq!(c.mqtt_client_id(), "edgehook-gw-1");
         assert!(c.mqtt.persistent_session);
     }
@@ -633,6 +633,49 @@ hold = "90s"
             e.contains("webhook.headers.X-Api-Key") && !e.contains("a\nb"),
             "{e}"
         );
+    }
+
+    /// The signature and wire-format settings: each bad value is refused with its key.
+    #[test]
+    fn signature_options_and_formats_name_the_key() {
+        let with = |extra: &str| {
+            MINIMAL.replace(
+                "secret = \"s3cret-value\"",
+                &format!("secret = \"s3cret-value\"\n{extra}"),
+            )
+        };
+        let ok = [
+            "format = \"roomz-presence\"\nevents = [\"workspace.*\"]",
+            "format = \"gospace\"\nevents = [\"workspace.status.updated\"]",
+            "format = \"generic\"",
+            "signature = \"hmac-sha256-hex\"",
+            "signature_algorithm = \"sha512\"\nsignature_encoding = \"base64\"\nsignature_prefix = \"sha512=\"",
+            "signature_timestamp_header = \"X-Webhook-Timestamp\"",
+            "compress_above = \"4KiB\"",
+        ];
+        for extra in ok {
+            assert!(
+                Config::from_toml_str(&with(extra)).is_ok(),
+                "{extra}: {}",
+                err_of(&with(extra))
+            );
+        }
+        let bad = [
+            ("format = \"gospace\"", "webhook.events", "format gospace carries workspace events only"),
+            ("format = \"roomz-presence\"", "webhook.events", "roomz-presence"),
+            ("signature_algorithm = \"md5\"", "signature_algorithm", "md5"),
+            ("signature_encoding = \"base32\"", "signature_encoding", "base32"),
+            ("signature_header = \"bad header\"", "webhook.signature_header", "not a valid HTTP header"),
+            ("signature_timestamp_header = \"X-Webhook-Signature\"", "webhook.signature_timestamp_header", "differ"),
+            ("signature_prefix = \"a\\nb\"", "webhook.signature_prefix", "header"),
+            ("compress_above = 0", "webhook.compress_above", "above 0"),
+            ("compress_above = \"lots\"", "compress_above", "size"),
+            ("signature = \"standard-webhooks\"\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\nsignature_algorithm = \"sha512\"", "webhook.signature_algorithm", "hmac"),
+        ];
+        for (extra, key, why) in bad {
+            let e = err_of(&with(extra));
+            assert!(e.contains(key) && e.contains(why), "{extra}: {e}");
+        }
     }
 
     #[test]

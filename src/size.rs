@@ -41,3 +41,21 @@ pub fn parse(text: &str) -> Option<u64> {
     };
     number.parse::<u64>().ok()?.checked_mul(unit)
 }
+
+/// An optional size (`None` when the key is left out).
+pub mod option {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => s.serialize_u64(*b),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrap(#[serde(with = "super")] u64);
+        Ok(Some(Wrap::deserialize(d)?.0))
+    }
+}

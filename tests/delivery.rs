@@ -724,3 +724,174 @@ max_size = "256KiB"
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("dropped       {dropped}")), "{out}");
 }
+
+/// Issue 21: every receiver's wire format through the real pipeline, each verified by a test
+/// receiver written from that platform's public text (`common::HmacCheck`): ROOMZ's current
+/// API (base64 HMAC-SHA512 in `Roomz-Signature`, `workspace.presence.changed`, Unknown not
+/// sent), gospace (hex HMAC-SHA256 in `x-gospace-signature`, `SPACE_UPDATED`), and the generic
+/// `{event_time, event_type, current_context, data}` shape with an API key, a `sha256=`
+/// prefix and gzip above 64 bytes (signed before compression).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_wire_format_is_verified_by_its_receivers_own_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let (generic, roomz, gospace) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
+    generic.expect_hmac(common::HmacCheck {
+        header: "x-webhook-signature",
+        sha512: false,
+        base64: false,
+        prefix: "sha256=",
+        secret: common::SECRET.into(),
+        content_type: "application/json",
+        required_header: Some(("x-api-key", "key-9")),
+    });
+    roomz.expect_hmac(common::HmacCheck {
+        header: "roomz-signature",
+        sha512: true,
+        base64: true,
+        prefix: "",
+        secret: "roomz-secret".into(),
+        content_type: "application/json",
+        required_header: None,
+    });
+    gospace.expect_hmac(common::HmacCheck {
+        header: "x-gospace-signature",
+        sha512: false,
+        base64: false,
+        prefix: "",
+        secret: "gospace-key".into(),
+        content_type: "application/json",
+        required_header: None,
+    });
+    let config = format!(
+        r#"
+[webhook]
+url = "{generic}"
+secret = "{secret}"
+format = "generic"
+signature_prefix = "sha256="
+compress_above = 64
+headers = {{ "X-Api-Key" = "key-9" }}
+
+[[endpoints]]
+name = "roomz"
+url = "{roomz}"
+secret = "roomz-secret"
+format = "roomz-presence"
+events = ["workspace.*"]
+
+[[endpoints]]
+name = "gospace"
+url = "{gospace}"
+secret = "gospace-key"
+format = "gospace"
+events = ["workspace.status.updated"]
+
+[[workspaces]]
+id = "room-1"
+sensors = ["fmt-occ-1"]
+hold = "100ms"
+"#,
+        generic = generic.url,
+        roomz = roomz.url,
+        gospace = gospace.url,
+        secret = common::SECRET,
+    );
+    let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &config);
+    daemon.start();
+    let topic = "sensors/fmt-occ-1/reading";
+    common::publish_plain(
+        broker.port,
+        "fmt-1",
+        &[(topic, r#"{"presence":true,"seq":1}"#)],
+    )
+    .await;
+    roomz
+        .wait_until(LONG, "busy", |s| s.events.len() == 1)
+        .await;
+    common::publish_plain(
+        broker.port,
+        "fmt-2",
+        &[(topic, r#"{"presence":false,"seq":2}"#)],
+    )
+    .await;
+    roomz
+        .wait_until(LONG, "free", |s| s.events.len() == 2)
+        .await;
+    common::publish_plain(
+        broker.port,
+        "fmt-3",
+        &[("devices/fmt-occ-1/status", "offline")],
+    )
+    .await;
+    gospace
+        .wait_until(LONG, "Occupied, Free, Unknown", |s| s.events.len() == 3)
+        .await;
+    daemon
+        .wait_metric("edgehook_events_filtered_total{endpoint=\"roomz\"}", 1)
+        .await;
+
+    roomz.seen(|s| {
+        assert_eq!(s.bad_signatures, 0);
+        let presence: Vec<&Value> = s
+            .events
+            .iter()
+            .map(|e| &e["data"]["presenceStatus"])
+            .collect();
+        assert_eq!(presence, ["busy", "free"], "Unknown is not sent to ROOMZ");
+        for e in &s.events {
+            assert_eq!(e["type"], "workspace.presence.changed");
+            assert_eq!(e["apiVersion"], "1.0");
+            assert_eq!(e["data"]["workspaceId"], "room-1");
+            assert!(e["id"].as_str().is_some_and(|id| id.len() == 36), "{e}");
+            assert!(e["timestamp"].is_string());
+        }
+    });
+    gospace.seen(|s| {
+        assert_eq!(s.bad_signatures, 0);
+        let statuses: Vec<&Value> = s.events.iter().map(|e| &e["data"]["status"]).collect();
+        assert_eq!(statuses, ["Occupied", "Free", "Unknown"]);
+        for e in &s.events {
+            assert_eq!(e["topic"], "SPACE_UPDATED");
+            assert_eq!(e["data"]["_id"], "room-1");
+        }
+    });
+    generic
+        .wait_until(LONG, "the device and workspace events", |s| {
+            s.events.iter().any(|e| e["event_type"] == "device.offline")
+        })
+        .await;
+    generic.seen(|s| {
+        assert_eq!(s.bad_signatures, 0);
+        assert_eq!(
+            s.gzipped as usize, s.requests as usize,
+            "every body is over 64 bytes"
+        );
+        for e in &s.events {
+            assert!(
+                e["event_time"].is_string() && e["event_type"].is_string(),
+                "{e}"
+            );
+            assert_eq!(e["current_context"]["gateway"], "gw-test");
+            assert!(e["current_context"]["event_id"].is_string());
+        }
+        let readings: Vec<&Value> = s
+            .events
+            .iter()
+            .filter(|e| e["event_type"] == "sensor.reading.updated")
+            .map(|e| &e["data"]["fields"]["presence"])
+            .collect();
+        assert_eq!(readings, [true, false]);
+        let workspace = s
+            .events
+            .iter()
+            .find(|e| e["event_type"] == "workspace.status.updated")
+            .unwrap();
+        assert_eq!(workspace["current_context"]["workspace_id"], "room-1");
+    });
+    assert_eq!(daemon.terminate(), Some(0));
+}

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 pub use super::format::PayloadFormat;
 pub use super::sign::SignatureScheme;
+use super::sign::{Algorithm, Encoding, HmacOptions};
 use crate::secret::Secret;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -28,10 +29,35 @@ pub struct WebhookConfig {
     /// Several signing keys, newest first, for rotation (Standard Webhooks signs with each;
     /// `hmac-sha256-hex` with the first). Replaces `secret` when given.
     pub secrets: Vec<Secret>,
-    /// `hmac-sha256-hex` (in `signature_header`) or `standard-webhooks`.
+    /// `hmac` (in `signature_header`; `hmac-sha256-hex` is its old name) or
+    /// `standard-webhooks`.
     pub signature: SignatureScheme,
-    /// `edgehook`, `spaceos`, `roomz` or `cloudevents`.
+    /// `hmac`: `sha256` or `sha512`. Unset: the format's receiver's (see `deliver::format`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature_algorithm: Option<Algorithm>,
+    /// `hmac`: `hex` or `base64`. Unset: the format's receiver's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature_encoding: Option<Encoding>,
+    /// `hmac`: the header the signature goes in. Unset: the format's receiver's
+    /// (`X-Webhook-Signature`, `Roomz-Signature` for `roomz-presence`, `x-gospace-signature`
+    /// for `gospace`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature_header: Option<String>,
+    /// `hmac`: written before the signature, e.g. `sha256=`.
+    pub signature_prefix: String,
+    /// `hmac`: when set, the attempt's Unix time goes in this header and the signed message
+    /// is `"<timestamp>.<body>"`.
+    pub signature_timestamp_header: String,
+    /// `edgehook`, `spaceos`, `roomz`, `roomz-presence`, `gospace`, `generic` or `cloudevents`.
     pub format: PayloadFormat,
+    /// Compress bodies larger than this with gzip (`Content-Encoding: gzip`; the signature
+    /// covers the uncompressed body). Unset: never.
+    #[serde(
+        with = "crate::size::option",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub compress_above: Option<u64>,
     /// Event types this endpoint receives (`*` and `?` patterns, e.g. `device.*`). Events of
     /// other types are not queued for it.
     pub events: Vec<String>,
@@ -46,7 +72,6 @@ pub struct WebhookConfig {
     /// Give up on an event this long after it was created, likewise. Unset: never.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub max_age: Option<Duration>,
-    pub signature_header: String,
     pub idempotency_header: String,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -71,13 +96,18 @@ impl Default for WebhookConfig {
             secret: Secret::default(),
             secrets: Vec::new(),
             signature: SignatureScheme::default(),
+            signature_algorithm: None,
+            signature_encoding: None,
+            signature_header: None,
+            signature_prefix: String::new(),
+            signature_timestamp_header: String::new(),
             format: PayloadFormat::default(),
+            compress_above: None,
             events: vec!["*".into()],
             headers: BTreeMap::new(),
             allow_insecure_http: false,
             max_attempts: None,
             max_age: None,
-            signature_header: "X-Webhook-Signature".into(),
             idempotency_header: "Idempotency-Key".into(),
             timeout: Duration::from_secs(30),
             max_concurrency: 16,
@@ -100,6 +130,22 @@ impl Default for RetryConfig {
 }
 
 impl WebhookConfig {
+    /// How an `hmac` signature is made: the endpoint's settings, else its format's defaults.
+    pub fn hmac_options(&self) -> HmacOptions {
+        let defaults = self.format.signature_defaults();
+        HmacOptions {
+            algorithm: self.signature_algorithm.unwrap_or(defaults.algorithm),
+            encoding: self.signature_encoding.unwrap_or(defaults.encoding),
+            header: self
+                .signature_header
+                .clone()
+                .unwrap_or_else(|| defaults.header.to_string()),
+            prefix: self.signature_prefix.clone(),
+            timestamp_header: Some(self.signature_timestamp_header.clone())
+                .filter(|h| !h.is_empty()),
+        }
+    }
+
     /// The signing keys in use, primary first.
     pub fn signing_secrets(&self) -> Vec<Secret> {
         if self.secrets.is_empty() {
@@ -200,10 +246,18 @@ pub fn validate_endpoint(key: &str, w: &WebhookConfig) -> Result<(), (String, St
             return bad(&key, e.to_string());
         }
     }
+    let hmac = w.hmac_options();
     for (header_key, value) in [
-        (format!("{key}.signature_header"), &w.signature_header),
+        (format!("{key}.signature_header"), &hmac.header),
         (format!("{key}.idempotency_header"), &w.idempotency_header),
+        (
+            format!("{key}.signature_timestamp_header"),
+            &w.signature_timestamp_header,
+        ),
     ] {
+        if value.is_empty() && header_key.ends_with("timestamp_header") {
+            continue;
+        }
         if reqwest::header::HeaderName::from_bytes(value.as_bytes()).is_err() {
             return bad(
                 &header_key,
@@ -217,7 +271,47 @@ pub fn validate_endpoint(key: &str, w: &WebhookConfig) -> Result<(), (String, St
             "must list event types or patterns, e.g. [\"device.*\"]".into(),
         );
     }
-    if w.format == PayloadFormat::Roomz {
+    if reqwest::header::HeaderValue::from_str(&w.signature_prefix).is_err() {
+        return bad(
+            &format!("{key}.signature_prefix"),
+            "not valid in an HTTP header".into(),
+        );
+    }
+    if hmac
+        .timestamp_header
+        .as_deref()
+        .is_some_and(|t| t.eq_ignore_ascii_case(&hmac.header))
+    {
+        return bad(
+            &format!("{key}.signature_timestamp_header"),
+            "must differ from the signature header".into(),
+        );
+    }
+    if w.signature == SignatureScheme::StandardWebhooks {
+        let set = [
+            ("signature_algorithm", w.signature_algorithm.is_some()),
+            ("signature_encoding", w.signature_encoding.is_some()),
+            ("signature_header", w.signature_header.is_some()),
+            ("signature_prefix", !w.signature_prefix.is_empty()),
+            (
+                "signature_timestamp_header",
+                !w.signature_timestamp_header.is_empty(),
+            ),
+        ];
+        if let Some((name, _)) = set.iter().find(|(_, set)| *set) {
+            return bad(
+                &format!("{key}.{name}"),
+                "applies to signature = \"hmac\" only: Standard Webhooks fixes its own headers and HMAC-SHA256".into(),
+            );
+        }
+    }
+    if w.compress_above == Some(0) {
+        return bad(
+            &format!("{key}.compress_above"),
+            "must be above 0 (or left out: never compress)".into(),
+        );
+    }
+    if !w.format.carries(crate::event::EventType::DeviceOnline) {
         let patterns: Vec<wildmatch::WildMatch> = w
             .events
             .iter()
@@ -228,7 +322,7 @@ pub fn validate_endpoint(key: &str, w: &WebhookConfig) -> Result<(), (String, St
             .find(|k| !w.format.carries(**k) && patterns.iter().any(|p| p.matches(k.as_str())))
         {
             return bad(&format!("{key}.events"),
-                format!("format roomz carries workspace events only, but `{}` matches; use events = [\"workspace.*\"]", kind.as_str()),
+                format!("format {} carries workspace events only, but `{}` matches; use events = [\"workspace.*\"]", w.format.as_str(), kind.as_str()),
             );
         }
     }

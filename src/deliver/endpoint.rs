@@ -1,7 +1,10 @@
-//! One receiver: where events go, which ones, in what format, signed how. Building a request is
-//! a pure function of the stored record and the attempt time ([`Endpoint::request_parts`]).
+//! One receiver: where events go, which ones, in what format, signed how, compressed or not.
+//! Building a request is a pure function of the stored record and the attempt time
+//! ([`Endpoint::request_parts`]).
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use std::io::Write as _;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
 use wildmatch::WildMatch;
 
 use super::config::WebhookConfig;
@@ -17,28 +20,26 @@ pub struct Endpoint {
     events: Vec<WildMatch>,
     format: PayloadFormat,
     signer: Signer,
-    signature_header: String,
     idempotency_header: HeaderName,
+    /// `compress_above`.
+    compress_above: Option<u64>,
     /// Content-Type and the configured extra headers.
     fixed: HeaderMap,
 }
 
 /// Headers set by HTTP itself, whatever the endpoint.
-const TRANSPORT_HEADERS: [&str; 3] = ["content-type", "content-length", "host"];
+const TRANSPORT_HEADERS: [&str; 4] = ["content-type", "content-length", "content-encoding", "host"];
 
 /// Whether edgehook sets the header `name` itself on this endpoint's requests (so it cannot be
-/// one of its configured `headers`): Content-Type, Content-Length, Host, the signature's
+/// one of its configured `headers`): Content-Type, Content-Length, Content-Encoding, Host, the signature's
 /// headers (of either scheme, so that switching schemes never clashes) and the idempotency key.
 pub fn sets_header(config: &WebhookConfig, name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     TRANSPORT_HEADERS.contains(&name.as_str())
-        || [
-            SignatureScheme::HmacSha256Hex,
-            SignatureScheme::StandardWebhooks,
-        ]
-        .into_iter()
-        .flat_map(|s| Signer::header_names(s, &config.signature_header))
-        .any(|h| h == name)
+        || [SignatureScheme::Hmac, SignatureScheme::StandardWebhooks]
+            .into_iter()
+            .flat_map(|s| Signer::header_names(s, &config.hmac_options()))
+            .any(|h| h == name)
         || name == config.idempotency_header.to_ascii_lowercase()
 }
 
@@ -59,9 +60,13 @@ impl Endpoint {
             url_for_logs: crate::secret::redact_url(&config.url),
             events: config.events.iter().map(|e| WildMatch::new(e)).collect(),
             format: config.format,
-            signer: Signer::with(config.signature, &config.signing_secrets())?,
-            signature_header: config.signature_header.clone(),
+            signer: Signer::with(
+                config.signature,
+                &config.signing_secrets(),
+                config.hmac_options(),
+            )?,
             idempotency_header: HeaderName::from_bytes(config.idempotency_header.as_bytes())?,
+            compress_above: config.compress_above,
             fixed,
         })
     }
@@ -75,26 +80,46 @@ impl Endpoint {
         carried && self.events.iter().any(|p| p.matches(kind))
     }
 
-    /// The headers and body of one attempt at `timestamp` (Unix seconds).
+    /// The headers and body of one attempt at `timestamp` (Unix seconds); `None` when the
+    /// format sends nothing for this event. The signature covers the body before compression.
     pub fn request_parts(
         &self,
         record: &OutboxRecord,
         timestamp: u64,
-    ) -> Result<(HeaderMap, Vec<u8>), String> {
-        let body = render(self.format, &record.body)?;
+    ) -> Result<Option<(HeaderMap, Vec<u8>)>, String> {
+        let Some(body) = render(self.format, &record.body)? else {
+            return Ok(None);
+        };
         let mut headers = self.fixed.clone();
-        for (name, value) in
-            self.signer
-                .headers(&self.signature_header, &record.id, timestamp, &body)
-        {
+        for (name, value) in self.signer.headers(&record.id, timestamp, &body) {
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
             let value = HeaderValue::from_str(&value).map_err(|e| e.to_string())?;
             headers.insert(name, value);
         }
         let id = HeaderValue::from_str(&record.id).map_err(|e| e.to_string())?;
         headers.insert(self.idempotency_header.clone(), id);
-        Ok((headers, body))
+        let body = match self.compress_above {
+            Some(above) if body.len() as u64 > above => {
+                headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                gzip(&body)
+            }
+            _ => body,
+        };
+        Ok(Some((headers, body)))
     }
+}
+
+/// `body` gzipped (deterministic: no name, no time in the header, so every retry sends the
+/// same bytes).
+fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 2),
+        flate2::Compression::default(),
+    );
+    encoder
+        .write_all(body)
+        .and_then(|()| encoder.finish())
+        .expect("writing to memory cannot fail")
 }
 
 #[cfg(test)]
@@ -135,7 +160,7 @@ mod tests {
             format = "cloudevents"
             headers = { "X-Api-Key" = "k-123" }"#,
         );
-        let (headers, body) = e.request_parts(&record(), 1_700_000_000).unwrap();
+        let (headers, body) = e.request_parts(&record(), 1_700_000_000).unwrap().unwrap();
         assert_eq!(headers["content-type"], "application/cloudevents+json");
         assert_eq!(headers["x-api-key"], "k-123");
         assert!(headers["x-api-key"].is_sensitive());
@@ -147,6 +172,7 @@ mod tests {
             &[crate::secret::Secret::new(
                 "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
             )],
+            Default::default(),
         )
         .unwrap();
         assert_eq!(
@@ -166,13 +192,66 @@ mod tests {
             format = "roomz"
             events = ["workspace.*"]"#,
         );
-        let (headers, body) = e.request_parts(&record(), 0).unwrap();
+        let (headers, body) = e.request_parts(&record(), 0).unwrap().unwrap();
         let signer = Signer::new(&crate::secret::Secret::new(
             "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         ));
-        assert_eq!(headers["x-roomz-signature"], signer.sign(&body).as_str());
+        assert_eq!(headers["x-roomz-signature"], signer.sign(0, &body).as_str());
         assert!(String::from_utf8(body)
             .unwrap()
             .contains("\"workspaceId\":\"room-1\""));
+    }
+
+    fn gunzip(body: &[u8]) -> Vec<u8> {
+        use std::io::Read;
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(body)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    /// `compress_above`: a body above it goes gzipped, signed before compression; one at or
+    /// below it goes as it is. Either way every retry sends the same bytes.
+    #[test]
+    fn large_bodies_are_gzipped_and_signed_uncompressed() {
+        let small = endpoint(r#"compress_above = 100000"#);
+        let (headers, plain) = small.request_parts(&record(), 0).unwrap().unwrap();
+        assert!(headers.get("content-encoding").is_none());
+        assert_eq!(plain, record().body);
+
+        let e = endpoint(r#"compress_above = 16"#);
+        let (headers, body) = e.request_parts(&record(), 0).unwrap().unwrap();
+        assert_eq!(headers["content-encoding"], "gzip");
+        assert_eq!(gunzip(&body), record().body);
+        let signer = Signer::new(&crate::secret::Secret::new(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ));
+        assert_eq!(
+            headers["x-webhook-signature"],
+            signer.sign(0, &record().body).as_str()
+        );
+        let (_, again) = e.request_parts(&record(), 0).unwrap().unwrap();
+        assert_eq!(again, body, "the same bytes on every retry");
+    }
+
+    /// `roomz-presence` for a workspace whose status is Unknown: nothing to send.
+    #[test]
+    fn a_format_with_nothing_to_say_sends_nothing() {
+        let e = endpoint(
+            r#"format = "roomz-presence"
+            events = ["workspace.*"]"#,
+        );
+        let mut unknown = record();
+        unknown.body = String::from_utf8(unknown.body)
+            .unwrap()
+            .replace(r#""status":"Free""#, r#""status":"Unknown""#)
+            .into_bytes();
+        assert_eq!(e.request_parts(&unknown, 0).unwrap(), None);
+        let (headers, _) = e.request_parts(&record(), 0).unwrap().unwrap();
+        assert!(
+            headers.contains_key("roomz-signature"),
+            "ROOMZ's header by default"
+        );
     }
 }

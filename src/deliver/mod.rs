@@ -372,23 +372,28 @@ impl Dispatcher {
         let (status, reason) = match &outcome {
             Outcome::Delivered { status } => (Some(*status), String::new()),
             Outcome::Retry { status, reason, .. } => (*status, reason.clone()),
+            Outcome::NotSent => (None, String::new()),
+            Outcome::Unsendable { reason } => (None, reason.clone()),
         };
         if let Some(status) = status {
             self.metrics.response(status);
         }
         let (facts, failures) = match &outcome {
-            Outcome::Delivered { .. } => (Facts::default(), 0),
-            Outcome::Retry { .. } => {
+            Outcome::Delivered { .. } | Outcome::NotSent => (Facts::default(), 0),
+            Outcome::Retry { .. } | Outcome::Unsendable { .. } => {
                 let Some((_, failures)) = self.lanes.failed(&name) else {
                     return;
                 };
-                self.metrics.attempt_failed(status);
-                self.note_outcome(false);
+                if matches!(outcome, Outcome::Retry { .. }) {
+                    self.metrics.attempt_failed(status);
+                    self.note_outcome(false);
+                }
                 (self.facts(&head, failures), failures)
             }
         };
         match schedule::decide(&outcome, facts, &self.policy, self.give_up) {
             Decision::Remove => self.delivered(&name, &head),
+            Decision::Skip => self.skipped(&name, &head),
             Decision::Disable => self.disable(&reason),
             Decision::Bury(limit) => {
                 self.bury(&head, failures, status, reason, limit);
@@ -432,6 +437,17 @@ impl Dispatcher {
             );
         }
         self.note_outcome(true);
+    }
+
+    /// Nothing to send for `head` (its format has nothing to say about it): removed from the
+    /// queue, counted as filtered.
+    fn skipped(&mut self, name: &str, head: &OutboxRecord) {
+        self.lanes.done(name);
+        self.metrics.filtered();
+        if let Err(e) = self.outbox.remove(self.queue, head.seq) {
+            tracing::warn!(error = %e, event_id = %head.id, "skipped event not removed from outbox; it is looked at again");
+            self.out_of_step = true;
+        }
     }
 
     /// What the schedule needs to know of `head` after its `failures`-th failed attempt: its
@@ -547,6 +563,8 @@ impl Dispatcher {
         let (status, error) = match outcome {
             Outcome::Delivered { status } => (Some(*status), None),
             Outcome::Retry { status, reason, .. } => (*status, Some(reason.clone())),
+            Outcome::Unsendable { reason } => (None, Some(reason.clone())),
+            Outcome::NotSent => return,
         };
         let attempt = Attempt {
             at: now_ms(),

@@ -58,6 +58,12 @@ pub enum Outcome {
         retry_after: Option<Duration>,
         reason: String,
     },
+    /// Nothing to send: the endpoint's format has nothing to say about this event (a
+    /// workspace whose status is Unknown, for `roomz-presence`). Nothing went out.
+    NotSent,
+    /// The event cannot be made into this endpoint's request (its template fails on it):
+    /// every retry would fail the same way. Nothing went out.
+    Unsendable { reason: String },
 }
 
 /// What the receiver answered, as far as classifying it goes.
@@ -178,6 +184,7 @@ mod tests {
                         "{status} {ra:?}"
                     );
                 }
+                other => panic!("an answer is delivered or retried: {other:?}"),
             }
         }
     }

@@ -34,6 +34,8 @@ pub struct Facts {
 pub enum Decision {
     /// Delivered: remove it from the queue.
     Remove,
+    /// Nothing to send for it: remove it from the queue, not delivered.
+    Skip,
     /// Try again once this delay has passed; the lane waits meanwhile.
     RetryAfter(Duration),
     /// Give up on it (which limit said so): move it to the dead letters.
@@ -43,10 +45,14 @@ pub enum Decision {
 }
 
 /// The one rule: 2xx removes; 410 disables; a limit reached buries; anything else waits out
-/// the backoff (the receiver's `Retry-After` when longer).
+/// the backoff (the receiver's `Retry-After` when longer). An event the format sends nothing
+/// for is skipped; one that cannot be made into a request is buried at once (retrying cannot
+/// change it, and an endless retry would hold its lane).
 pub fn decide(outcome: &Outcome, facts: Facts, policy: &RetryPolicy, give_up: GiveUp) -> Decision {
     match outcome {
         Outcome::Delivered { .. } => Decision::Remove,
+        Outcome::NotSent => Decision::Skip,
+        Outcome::Unsendable { .. } => Decision::Bury("unsendable"),
         Outcome::Retry {
             status: Some(410), ..
         } => Decision::Disable,
@@ -138,6 +144,9 @@ mod tests {
             ("at max_age buries", failed(None, None), facts(1, Some(3600), true), hour, Decision::Bury("max_age")),
             ("an unknown age never buries", failed(None, None), facts(1, None, true), hour, RetryAfter(S(1))),
             ("max_age never while the clock is unset", failed(None, None), facts(1, Some(9999), false), hour, RetryAfter(S(1))),
+            ("nothing to send skips", Outcome::NotSent, facts(0, None, true), never, Decision::Skip),
+            ("unsendable buries at once", Outcome::Unsendable { reason: "template".into() }, facts(1, None, true), never, Decision::Bury("unsendable")),
+            ("unsendable buries with the clock unset too", Outcome::Unsendable { reason: "template".into() }, facts(1, None, false), never, Decision::Bury("unsendable")),
             ("no limits: retried for ever", failed(Some(400), None), facts(10_000, Some(1 << 30), true), never, RetryAfter(S(60))),
         ];
         for (what, outcome, facts, give_up, want) in table {

@@ -1,19 +1,25 @@
 //! Request signing: what lets the receiver know an event came from this gateway, unaltered.
 //!
 //! Two schemes, chosen per endpoint:
-//! - `hmac-sha256-hex`: the lower-case hex HMAC-SHA256 of the exact body bytes, keyed with the
-//!   secret's bytes, in one header (default `X-Webhook-Signature`; `x-gospace-signature`,
-//!   `X-Roomz-Signature` and the like are just other names). Only the first secret is used.
+//! - `hmac` (formerly `hmac-sha256-hex`, still accepted): an HMAC of the exact body bytes (of
+//!   `"<timestamp>.<body>"` when `signature_timestamp_header` is set), keyed with the secret's
+//!   bytes, in one header. [`HmacOptions`] say which hash (SHA-256 or SHA-512), which encoding
+//!   (lower-case hex or base64), which header, and an optional prefix (`sha256=` as GitHub
+//!   sends it). Each format has its receiver's defaults (ROOMZ's current API: base64
+//!   HMAC-SHA512 in `Roomz-Signature`; gospace: hex HMAC-SHA256 in `x-gospace-signature`;
+//!   otherwise hex HMAC-SHA256 in `X-Webhook-Signature`). With several secrets (rotation) the
+//!   header carries one signature per secret, newest first, separated by `,`; a receiver
+//!   accepts the request when any of them verifies. With one secret it is exactly one value.
 //! - `standard-webhooks` ([standardwebhooks.com](https://www.standardwebhooks.com)): headers
 //!   `webhook-id` (the event id), `webhook-timestamp` (Unix seconds of the attempt) and
 //!   `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, keyed with the
-//!   base64-decoded part of a `whsec_...` secret. With several secrets (rotation) the header
-//!   carries one `v1,` signature per secret, space-separated, and receivers accept any of them.
+//!   base64-decoded part of a `whsec_...` secret. With several secrets the header carries one
+//!   `v1,` signature per secret, space-separated, and receivers accept any of them.
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Sha256, Sha512};
 
 use crate::secret::Secret;
 
@@ -24,18 +30,95 @@ pub const STANDARD_HEADERS: [&str; 3] = ["webhook-id", "webhook-timestamp", "web
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum SignatureScheme {
     #[default]
-    #[serde(rename = "hmac-sha256-hex")]
-    HmacSha256Hex,
+    #[serde(rename = "hmac", alias = "hmac-sha256-hex")]
+    Hmac,
     #[serde(rename = "standard-webhooks")]
     StandardWebhooks,
+}
+
+/// The hash of an `hmac` signature.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    #[default]
+    Sha256,
+    Sha512,
+}
+
+/// How an `hmac` signature's bytes are written in its header.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    #[default]
+    Hex,
+    Base64,
+}
+
+/// How an `hmac` signature is made and sent (resolved from the endpoint's settings and its
+/// format's defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HmacOptions {
+    pub algorithm: Algorithm,
+    pub encoding: Encoding,
+    /// The header the signature goes in.
+    pub header: String,
+    /// Written before each signature (`sha256=`); empty by default.
+    pub prefix: String,
+    /// When set, the attempt's Unix time in seconds goes in this header and the signed message
+    /// is `"<timestamp>.<body>"` (replay protection for receivers that check the time).
+    pub timestamp_header: Option<String>,
+}
+
+impl Default for HmacOptions {
+    fn default() -> HmacOptions {
+        HmacOptions {
+            algorithm: Algorithm::Sha256,
+            encoding: Encoding::Hex,
+            header: "X-Webhook-Signature".into(),
+            prefix: String::new(),
+            timestamp_header: None,
+        }
+    }
+}
+
+/// One secret's MAC.
+#[derive(Clone)]
+enum Key {
+    Sha256(Hmac<Sha256>),
+    Sha512(Hmac<Sha512>),
+}
+
+impl Key {
+    fn new(algorithm: Algorithm, key: &[u8]) -> Key {
+        let any_length = "HMAC takes keys of any length";
+        match algorithm {
+            Algorithm::Sha256 => Key::Sha256(Hmac::new_from_slice(key).expect(any_length)),
+            Algorithm::Sha512 => Key::Sha512(Hmac::new_from_slice(key).expect(any_length)),
+        }
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> Vec<u8> {
+        fn run<M: Mac + Clone>(mac: &M, parts: &[&[u8]]) -> Vec<u8> {
+            let mut mac = mac.clone();
+            for part in parts {
+                mac.update(part);
+            }
+            mac.finalize().into_bytes().to_vec()
+        }
+        match self {
+            Key::Sha256(m) => run(m, parts),
+            Key::Sha512(m) => run(m, parts),
+        }
+    }
 }
 
 /// Signs request bodies for one endpoint.
 #[derive(Clone)]
 pub struct Signer {
     scheme: SignatureScheme,
+    options: HmacOptions,
     /// One MAC per secret, primary first.
-    keys: Vec<Hmac<Sha256>>,
+    keys: Vec<Key>,
 }
 
 /// A secret that cannot be used for its scheme. Never contains the secret.
@@ -56,7 +139,7 @@ pub fn key_bytes(
     index: usize,
 ) -> Result<Vec<u8>, SecretError> {
     match scheme {
-        SignatureScheme::HmacSha256Hex => Ok(secret.expose().as_bytes().to_vec()),
+        SignatureScheme::Hmac => Ok(secret.expose().as_bytes().to_vec()),
         SignatureScheme::StandardWebhooks => {
             let encoded = secret
                 .expose()
@@ -77,42 +160,64 @@ pub fn key_bytes(
 }
 
 impl Signer {
-    /// The hex scheme with one secret (receivers in the demo and the docs use this).
+    /// Hex HMAC-SHA256 in `X-Webhook-Signature` with one secret (the demo's receiver, the docs).
     pub fn new(secret: &Secret) -> Signer {
-        Signer::with(SignatureScheme::HmacSha256Hex, std::slice::from_ref(secret))
-            .expect("any bytes are an HMAC key")
+        Signer::with(
+            SignatureScheme::Hmac,
+            std::slice::from_ref(secret),
+            HmacOptions::default(),
+        )
+        .expect("any bytes are an HMAC key")
     }
 
-    pub fn with(scheme: SignatureScheme, secrets: &[Secret]) -> Result<Signer, SecretError> {
+    pub fn with(
+        scheme: SignatureScheme,
+        secrets: &[Secret],
+        options: HmacOptions,
+    ) -> Result<Signer, SecretError> {
         if secrets.is_empty() {
             return Err(SecretError::Missing);
         }
+        let algorithm = match scheme {
+            SignatureScheme::Hmac => options.algorithm,
+            SignatureScheme::StandardWebhooks => Algorithm::Sha256,
+        };
         let keys = secrets
             .iter()
             .enumerate()
-            .map(|(i, s)| {
-                let key = key_bytes(scheme, s, i)?;
-                Ok(Hmac::new_from_slice(&key).expect("HMAC takes keys of any length"))
-            })
+            .map(|(i, s)| Ok(Key::new(algorithm, &key_bytes(scheme, s, i)?)))
             .collect::<Result<_, SecretError>>()?;
-        Ok(Signer { scheme, keys })
+        Ok(Signer {
+            scheme,
+            options,
+            keys,
+        })
     }
 
     pub fn scheme(&self) -> SignatureScheme {
         self.scheme
     }
 
-    fn mac(key: &Hmac<Sha256>, parts: &[&[u8]]) -> Vec<u8> {
-        let mut mac = key.clone();
-        for part in parts {
-            mac.update(part);
+    fn encode(&self, mac: &[u8]) -> String {
+        match self.options.encoding {
+            Encoding::Hex => hex::encode(mac),
+            Encoding::Base64 => base64::engine::general_purpose::STANDARD.encode(mac),
         }
-        mac.finalize().into_bytes().to_vec()
     }
 
-    /// `hmac-sha256-hex`: lower-case hex HMAC-SHA256 of `body` with the primary secret.
-    pub fn sign(&self, body: &[u8]) -> String {
-        hex::encode(Self::mac(&self.keys[0], &[body]))
+    /// `hmac`: the signature header's value for `body` signed at `timestamp`: one
+    /// `<prefix><signature>` per secret, `,`-separated.
+    pub fn sign(&self, timestamp: u64, body: &[u8]) -> String {
+        let ts = timestamp.to_string();
+        let message: Vec<&[u8]> = match self.options.timestamp_header {
+            Some(_) => vec![ts.as_bytes(), b".", body],
+            None => vec![body],
+        };
+        self.keys
+            .iter()
+            .map(|key| format!("{}{}", self.options.prefix, self.encode(&key.mac(&message))))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// `standard-webhooks`: the `webhook-signature` value for `id`, `timestamp` and `body`.
@@ -121,7 +226,7 @@ impl Signer {
         self.keys
             .iter()
             .map(|key| {
-                let mac = Self::mac(key, &[id.as_bytes(), b".", ts.as_bytes(), b".", body]);
+                let mac = key.mac(&[id.as_bytes(), b".", ts.as_bytes(), b".", body]);
                 format!(
                     "v1,{}",
                     base64::engine::general_purpose::STANDARD.encode(mac)
@@ -131,10 +236,13 @@ impl Signer {
             .join(" ")
     }
 
-    /// The names of the headers [`Signer::headers`] sets (lower-case), whatever the scheme.
-    pub fn header_names(scheme: SignatureScheme, hex_header: &str) -> Vec<String> {
+    /// The names of the headers [`Signer::headers`] sets (lower-case).
+    pub fn header_names(scheme: SignatureScheme, options: &HmacOptions) -> Vec<String> {
         match scheme {
-            SignatureScheme::HmacSha256Hex => vec![hex_header.to_ascii_lowercase()],
+            SignatureScheme::Hmac => std::iter::once(&options.header)
+                .chain(&options.timestamp_header)
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
             SignatureScheme::StandardWebhooks => {
                 STANDARD_HEADERS.iter().map(|h| h.to_string()).collect()
             }
@@ -142,16 +250,17 @@ impl Signer {
     }
 
     /// The signature headers of one attempt (names lower-case).
-    pub fn headers(
-        &self,
-        hex_header: &str,
-        id: &str,
-        timestamp: u64,
-        body: &[u8],
-    ) -> Vec<(String, String)> {
+    pub fn headers(&self, id: &str, timestamp: u64, body: &[u8]) -> Vec<(String, String)> {
         match self.scheme {
-            SignatureScheme::HmacSha256Hex => {
-                vec![(hex_header.to_ascii_lowercase(), self.sign(body))]
+            SignatureScheme::Hmac => {
+                let mut headers = vec![(
+                    self.options.header.to_ascii_lowercase(),
+                    self.sign(timestamp, body),
+                )];
+                if let Some(ts) = &self.options.timestamp_header {
+                    headers.push((ts.to_ascii_lowercase(), timestamp.to_string()));
+                }
+                headers
             }
             SignatureScheme::StandardWebhooks => {
                 let [id_header, timestamp_header, signature_header] = STANDARD_HEADERS;
@@ -167,14 +276,16 @@ impl Signer {
         }
     }
 
-    /// Constant-time check of a hex signature (for receivers: the demo, the docs).
+    /// Constant-time check of a hex signature made with [`Signer::new`] (for receivers: the
+    /// demo, the docs).
     pub fn verify(&self, body: &[u8], signature_hex: &str) -> bool {
         let Ok(sig) = hex::decode(signature_hex.trim()) else {
             return false;
         };
-        let mut mac = self.keys[0].clone();
-        mac.update(body);
-        mac.verify_slice(&sig).is_ok()
+        match &self.keys[0] {
+            Key::Sha256(m) => m.clone().chain_update(body).verify_slice(&sig).is_ok(),
+            Key::Sha512(m) => m.clone().chain_update(body).verify_slice(&sig).is_ok(),
+        }
     }
 }
 
@@ -186,7 +297,7 @@ mod tests {
     fn signature_matches_a_known_vector() {
         // printf '%s' '{"a":1}' | openssl dgst -sha256 -hmac 'whsec-test'
         let signer = Signer::new(&Secret::new("whsec-test"));
-        let sig = signer.sign(br#"{"a":1}"#);
+        let sig = signer.sign(0, br#"{"a":1}"#);
         assert_eq!(
             sig,
             "a40e86f8db5b22c03b9272899c227b359d6580eb7969a4f90f643a3d90fdc1cc"
@@ -195,8 +306,8 @@ mod tests {
         assert!(!signer.verify(br#"{"a":2}"#, &sig));
         assert!(!signer.verify(br#"{"a":1}"#, "zz"));
         assert_eq!(
-            signer.headers("X-Roomz-Signature", "id", 0, br#"{"a":1}"#),
-            [("x-roomz-signature".to_string(), sig)]
+            signer.headers("id", 0, br#"{"a":1}"#),
+            [("x-webhook-signature".to_string(), sig)]
         );
     }
 
@@ -205,9 +316,13 @@ mod tests {
         // The example of the Standard Webhooks specification; the PyPI `standardwebhooks`
         // package (Webhook(secret).sign(id, datetime(1614265330), payload)) gives the same.
         let secret = Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
-        let signer = Signer::with(SignatureScheme::StandardWebhooks, &[secret]).unwrap();
+        let signer = Signer::with(
+            SignatureScheme::StandardWebhooks,
+            &[secret],
+            HmacOptions::default(),
+        )
+        .unwrap();
         let headers = signer.headers(
-            "unused",
             "msg_p5jXN8AQM9LWM0D4loKWxJek",
             1614265330,
             br#"{"test": 2432232314}"#,
@@ -235,6 +350,7 @@ mod tests {
         let both = Signer::with(
             SignatureScheme::StandardWebhooks,
             &[new.clone(), old.clone()],
+            HmacOptions::default(),
         )
         .unwrap();
         let sig = both.sign_standard(
@@ -248,7 +364,12 @@ mod tests {
             parts[1], "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
             "the old secret still verifies"
         );
-        let only_new = Signer::with(SignatureScheme::StandardWebhooks, &[new]).unwrap();
+        let only_new = Signer::with(
+            SignatureScheme::StandardWebhooks,
+            &[new],
+            HmacOptions::default(),
+        )
+        .unwrap();
         assert_eq!(
             parts[0],
             only_new.sign_standard(
@@ -270,15 +391,113 @@ mod tests {
             ),
         ];
         for (secret, want) in cases {
-            let e = Signer::with(SignatureScheme::StandardWebhooks, &[Secret::new(secret)])
-                .err()
-                .unwrap();
+            let e = Signer::with(
+                SignatureScheme::StandardWebhooks,
+                &[Secret::new(secret)],
+                HmacOptions::default(),
+            )
+            .err()
+            .unwrap();
             assert_eq!(e, want);
             assert!(!e.to_string().contains(secret));
         }
         assert_eq!(
-            Signer::with(SignatureScheme::HmacSha256Hex, &[]).err(),
+            Signer::with(SignatureScheme::Hmac, &[], HmacOptions::default()).err(),
             Some(SecretError::Missing)
         );
+    }
+
+    /// Each row: options, secrets, (timestamp), body → the header values, computed here with
+    /// `openssl dgst -hmac` (not with this module's code).
+    #[test]
+    fn hmac_options_as_a_table() {
+        let body = br#"{"a":1}"#;
+        let opts =
+            |algorithm, encoding, header: &str, prefix: &str, ts: Option<&str>| HmacOptions {
+                algorithm,
+                encoding,
+                header: header.into(),
+                prefix: prefix.into(),
+                timestamp_header: ts.map(String::from),
+            };
+        // printf '%s' '{"a":1}' | openssl dgst -sha512 -hmac 'k1' -binary | base64 -w0
+        let sha512_b64 = "rTdS2g4FBpRsOtnPIWjo3jp2rkYP3p7PjqG2f80yIVN7yTIbjl+PMFiJU4G2R+dBlzYiuot7o9KbUs+l14mEMw==";
+        // printf '%s' '{"a":1}' | openssl dgst -sha256 -hmac 'k1'
+        let sha256_hex = "47218758515756d868e172a5e0379a167fb10e308111f0ef13b49d5d67d6719b";
+        // printf '%s' '{"a":1}' | openssl dgst -sha256 -hmac 'k2'
+        let sha256_hex_k2 = "d27725c0b149b0af2d73c1bcba4e7beb775e173ca4fc1bf2d1e28a67ff2a6700";
+        // printf '%s' '1700000000.{"a":1}' | openssl dgst -sha256 -hmac 'k1'
+        let sha256_hex_ts = "1b80cbba0dfec88e0ea923cb4edf3dd8b2ee808ed46cb08669691d0e3d9e197b";
+        let cases: Vec<(HmacOptions, Vec<&str>, Vec<(&str, String)>)> = vec![
+            (
+                opts(
+                    Algorithm::Sha512,
+                    Encoding::Base64,
+                    "Roomz-Signature",
+                    "",
+                    None,
+                ),
+                vec!["k1"],
+                vec![("roomz-signature", sha512_b64.to_string())],
+            ),
+            (
+                opts(
+                    Algorithm::Sha256,
+                    Encoding::Hex,
+                    "X-Hub-Signature-256",
+                    "sha256=",
+                    None,
+                ),
+                vec!["k1"],
+                vec![("x-hub-signature-256", format!("sha256={sha256_hex}"))],
+            ),
+            (
+                opts(
+                    Algorithm::Sha256,
+                    Encoding::Hex,
+                    "x-gospace-signature",
+                    "",
+                    None,
+                ),
+                vec!["k2", "k1"],
+                vec![(
+                    "x-gospace-signature",
+                    format!("{sha256_hex_k2},{sha256_hex}"),
+                )],
+            ),
+            (
+                opts(
+                    Algorithm::Sha256,
+                    Encoding::Hex,
+                    "X-Sig",
+                    "",
+                    Some("X-Sig-Timestamp"),
+                ),
+                vec!["k1"],
+                vec![
+                    ("x-sig", sha256_hex_ts.to_string()),
+                    ("x-sig-timestamp", "1700000000".to_string()),
+                ],
+            ),
+        ];
+        for (options, secrets, want) in cases {
+            let secrets: Vec<Secret> = secrets.into_iter().map(Secret::new).collect();
+            let signer = Signer::with(SignatureScheme::Hmac, &secrets, options.clone()).unwrap();
+            let got = signer.headers("id", 1_700_000_000, body);
+            let want: Vec<(String, String)> =
+                want.into_iter().map(|(h, v)| (h.to_string(), v)).collect();
+            assert_eq!(got, want, "{options:?}");
+            let names = Signer::header_names(SignatureScheme::Hmac, &options);
+            assert_eq!(
+                names,
+                got.iter().map(|(h, _)| h.clone()).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn the_old_scheme_name_still_reads() {
+        let old: SignatureScheme = serde_json::from_str(r#""hmac-sha256-hex""#).unwrap();
+        assert_eq!(old, SignatureScheme::Hmac);
     }
 }

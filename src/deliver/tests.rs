@@ -277,3 +277,60 @@ async fn cancellation_ends_a_step_at_once() {
     let step = tokio::time::timeout(Duration::from_millis(1), rig.dispatcher.step(&rig.cancel));
     assert_eq!(step.await.ok(), Some(Step::Cancelled));
 }
+
+/// An event that cannot be made into a request (a template failing on it) is a dead letter
+/// after its one attempt, with the error, and its lane goes on: never an endless retry.
+#[tokio::test]
+async fn an_unsendable_event_is_buried_at_once_with_its_error() {
+    let (mut rig, sent) = rig("", &[("d", 3)], |r| {
+        if String::from_utf8_lossy(&r.body).contains(r#""n":1"#) {
+            Outcome::Unsendable {
+                reason: "template: cannot index number with \"x\"".into(),
+            }
+        } else {
+            Outcome::Delivered { status: 200 }
+        }
+    })
+    .await;
+    let done = rig
+        .step_until(Duration::from_secs(1), |r| {
+            r.outbox.queue_len(r.dispatcher.queue) == 0
+        })
+        .await;
+    assert!(done, "the lane went on at once, no backoff");
+    assert_eq!(
+        rig.transport.sent_on("device:d").len(),
+        3,
+        "tried once each"
+    );
+    let dead = rig.outbox.dead_letters(10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].record.id, sent[1].id);
+    assert_eq!(dead[0].info.reason, "unsendable");
+    assert!(
+        dead[0].info.last_error.contains("template"),
+        "{:?}",
+        dead[0].info
+    );
+}
+
+/// An event its format has nothing to say about is removed for the endpoint, not delivered,
+/// and holds nothing up.
+#[tokio::test]
+async fn an_event_with_nothing_to_send_is_removed_not_delivered() {
+    let (mut rig, _) = rig("", &[("d", 2)], |r| {
+        if String::from_utf8_lossy(&r.body).contains(r#""n":0"#) {
+            Outcome::NotSent
+        } else {
+            Outcome::Delivered { status: 200 }
+        }
+    })
+    .await;
+    let done = rig
+        .step_until(Duration::from_secs(1), |r| {
+            r.outbox.queue_len(r.dispatcher.queue) == 0
+        })
+        .await;
+    assert!(done);
+    assert!(rig.outbox.dead_letters(10).unwrap().is_empty());
+}

@@ -49,23 +49,21 @@ impl Transport for Http {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let request = self
-            .endpoint
-            .request_parts(record, now)
-            .map(|(headers, body)| {
+        let request = self.endpoint.request_parts(record, now).map(|parts| {
+            parts.map(|(headers, body)| {
                 self.client
                     .post(self.endpoint.url.clone())
                     .headers(headers)
                     .body(body)
-            });
+            })
+        });
         Box::pin(async move {
             let request = match request {
-                Ok(request) => request,
+                Ok(Some(request)) => request,
+                Ok(None) => return Outcome::NotSent,
                 Err(why) => {
-                    return Outcome::Retry {
-                        status: None,
-                        retry_after: None,
-                        reason: format!("cannot build the request: {why}"),
+                    return Outcome::Unsendable {
+                        reason: format!("cannot make the request: {why}"),
                     }
                 }
             };
