@@ -428,7 +428,8 @@ mod tests {
         let sha256_hex_k2 = "d27725c0b149b0af2d73c1bcba4e7beb775e173ca4fc1bf2d1e28a67ff2a6700";
         // printf '%s' '1700000000.{"a":1}' | openssl dgst -sha256 -hmac 'k1'
         let sha256_hex_ts = "1b80cbba0dfec88e0ea923cb4edf3dd8b2ee808ed46cb08669691d0e3d9e197b";
-        let cases: Vec<(HmacOptions, Vec<&str>, Vec<(&str, String)>)> = vec![
+        type Row<'a> = (HmacOptions, Vec<&'a str>, Vec<(&'a str, String)>);
+        let cases: Vec<Row> = vec![
             (
                 opts(
                     Algorithm::Sha512,
