@@ -678,6 +678,47 @@ hold = "90s"
         }
     }
 
+    /// A template is compiled and run on a sample of every event type the endpoint gets, when
+    /// the configuration is checked: a type it fails on is named with the error.
+    #[test]
+    fn templates_are_checked_against_every_event_type() {
+        let with = |extra: &str| {
+            MINIMAL.replace(
+                "secret = \"s3cret-value\"",
+                &format!("secret = \"s3cret-value\"\n{extra}"),
+            )
+        };
+        assert!(Config::from_toml_str(&with(
+            r#"template = "{kind: .type, at: .timestamp, data}""#
+        ))
+        .is_ok());
+        let e = err_of(&with(r#"template = "{kind: .type""#));
+        assert!(
+            e.contains("webhook.template") && e.contains("does not parse"),
+            "{e}"
+        );
+        let e = err_of(&with(r#"template = "{at: now}""#));
+        assert!(e.contains("webhook.template") && e.contains("`now`"), "{e}");
+        // Fails only on workspace events (their data has no `fields`).
+        let e = err_of(&with(r#"template = ".data.fields | keys""#));
+        assert!(
+            e.contains("webhook.template") && e.contains("sample `device.online`"),
+            "{e}"
+        );
+        let device_only = r#"template = ".data.fields // {} | keys"
+events = ["sensor.*"]"#;
+        assert!(
+            Config::from_toml_str(&with(device_only)).is_ok(),
+            "{}",
+            err_of(&with(device_only))
+        );
+        let e = err_of(&with(
+            r#"template = ".data.fields | keys"
+events = ["workspace.*"]"#,
+        ));
+        assert!(e.contains("sample `workspace.status.updated`"), "{e}");
+    }
+
     #[test]
     fn reload_tells_which_sections_need_a_restart() {
         let old = Config::from_toml_str(MINIMAL).unwrap();

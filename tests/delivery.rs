@@ -895,3 +895,61 @@ hold = "100ms"
     });
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+/// Issue 21: a template shapes the body (jq, over the envelope), checked at start against every
+/// event type; one that fails on a real event makes that event a dead letter with the error
+/// at once, and the device's next events go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_shapes_the_body_and_an_event_it_fails_on_is_a_dead_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let config = format!(
+        r#"
+[webhook]
+url = "{url}"
+secret = "{secret}"
+events = ["sensor.*"]
+template = '''
+if .data.fields.seq == 2 then error("seq 2 is refused by this template")
+else {{kind: .type, device: .data.device_id, presence: .data.fields.presence, seq: .data.fields.seq}}
+end'''
+"#,
+        url = receiver.url,
+        secret = common::SECRET,
+    );
+    let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &config);
+    daemon.start();
+    let topic = "sensors/tpl-occ-1/reading";
+    common::publish_plain(
+        broker.port,
+        "tpl-1",
+        &[
+            (topic, r#"{"presence":true,"seq":1}"#),
+            (topic, r#"{"presence":false,"seq":2}"#),
+            (topic, r#"{"presence":true,"seq":3}"#),
+        ],
+    )
+    .await;
+    receiver
+        .wait_until(LONG, "readings 1 and 3", |s| s.events.len() == 2)
+        .await;
+    daemon
+        .wait_metric("edgehook_dead_letters_total{endpoint=\"default\"}", 1)
+        .await;
+    receiver.seen(|s| {
+        assert_eq!(s.bad_signatures, 0);
+        assert_eq!(
+            s.events,
+            [
+                serde_json::json!({"kind": "sensor.reading.updated", "device": "tpl-occ-1", "presence": true, "seq": 1}),
+                serde_json::json!({"kind": "sensor.reading.updated", "device": "tpl-occ-1", "presence": true, "seq": 3}),
+            ]
+        );
+    });
+    assert_eq!(daemon.terminate(), Some(0));
+    let (code, out, err) = daemon.outbox_cli(&["list", "--dead"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("seq 2 is refused"), "{out}");
+}

@@ -159,7 +159,11 @@ fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitC
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match runtime.block_on(fut) {
+    let result = runtime.block_on(fut);
+    // Every task has drained and the outbox is flushed by now: a template abandoned on a
+    // blocking thread (deliver::transport) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -20,6 +20,8 @@ pub struct Endpoint {
     events: Vec<WildMatch>,
     format: PayloadFormat,
     signer: Signer,
+    /// Makes the body instead of `format`, when set.
+    template: Option<super::template::Template>,
     idempotency_header: HeaderName,
     /// `compress_above`.
     compress_above: Option<u64>,
@@ -67,8 +69,20 @@ impl Endpoint {
             )?,
             idempotency_header: HeaderName::from_bytes(config.idempotency_header.as_bytes())?,
             compress_above: config.compress_above,
+            template: match config.template.as_str() {
+                "" => None,
+                code => Some(
+                    super::template::Template::compile(code)
+                        .map_err(|e| anyhow::anyhow!("endpoint {}: {e}", config.name))?,
+                ),
+            },
             fixed,
         })
+    }
+
+    /// Whether a template makes the body.
+    pub fn has_template(&self) -> bool {
+        self.template.is_some()
     }
 
     /// Whether events of type `kind` go to this endpoint.
@@ -87,7 +101,11 @@ impl Endpoint {
         record: &OutboxRecord,
         timestamp: u64,
     ) -> Result<Option<(HeaderMap, Vec<u8>)>, String> {
-        let Some(body) = render(self.format, &record.body)? else {
+        let body = match &self.template {
+            Some(template) => template.render(&record.body)?,
+            None => render(self.format, &record.body)?,
+        };
+        let Some(body) = body else {
             return Ok(None);
         };
         let mut headers = self.fixed.clone();

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod retry;
 pub mod schedule;
 pub mod sign;
+pub mod template;
 pub mod transport;
 
 use std::collections::HashMap;

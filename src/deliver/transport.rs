@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::config::WebhookConfig;
@@ -23,8 +24,13 @@ pub trait Transport: Send + Sync {
 /// HTTPS POST of the record as the endpoint renders and signs it; redirects never followed.
 pub struct Http {
     client: reqwest::Client,
-    endpoint: Endpoint,
+    endpoint: Arc<Endpoint>,
 }
+
+/// How long a template may take on one event. It runs on a blocking thread: one that does not
+/// finish (a loop on the event's data) makes that event a dead letter instead of holding
+/// delivery; its thread is abandoned.
+const TEMPLATE_BUDGET: Duration = Duration::from_secs(5);
 
 impl Http {
     pub fn new(config: &WebhookConfig) -> anyhow::Result<Http> {
@@ -39,7 +45,7 @@ impl Http {
             .build()?;
         Ok(Http {
             client,
-            endpoint: Endpoint::new(config)?,
+            endpoint: Arc::new(Endpoint::new(config)?),
         })
     }
 }
@@ -49,15 +55,35 @@ impl Transport for Http {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let request = self.endpoint.request_parts(record, now).map(|parts| {
-            parts.map(|(headers, body)| {
-                self.client
-                    .post(self.endpoint.url.clone())
-                    .headers(headers)
-                    .body(body)
-            })
-        });
+        let (endpoint, client) = (self.endpoint.clone(), self.client.clone());
+        // Without a template, the request is made here and now (a pure function, quick).
+        let ready = (!endpoint.has_template()).then(|| endpoint.request_parts(record, now));
+        let record = record.clone();
         Box::pin(async move {
+            let parts = match ready {
+                Some(parts) => parts,
+                None => {
+                    let render = endpoint.clone();
+                    let run =
+                        tokio::task::spawn_blocking(move || render.request_parts(&record, now));
+                    match tokio::time::timeout(TEMPLATE_BUDGET, run).await {
+                        Ok(Ok(parts)) => parts,
+                        Ok(Err(e)) => Err(format!("the template failed: {e}")),
+                        Err(_) => Err(format!(
+                            "the template did not finish within {} s on this event",
+                            TEMPLATE_BUDGET.as_secs()
+                        )),
+                    }
+                }
+            };
+            let request = parts.map(|parts| {
+                parts.map(|(headers, body)| {
+                    client
+                        .post(endpoint.url.clone())
+                        .headers(headers)
+                        .body(body)
+                })
+            });
             let request = match request {
                 Ok(Some(request)) => request,
                 Ok(None) => return Outcome::NotSent,

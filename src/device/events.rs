@@ -42,6 +42,44 @@ pub(super) fn reading_event(device_id: &str, report: Report) -> Event {
     Event::device(EventType::SensorReadingUpdated, device_id, data)
 }
 
+pub(super) fn stale_event(device_id: &str, last_reading: Millis) -> Event {
+    Event::device(
+        EventType::SensorReadingStale,
+        device_id,
+        one_field("last_reading", rfc3339(last_reading)),
+    )
+}
+
+/// One event of every type, made by the functions that make the real ones (for checking an
+/// endpoint's template against each type it subscribes to).
+pub fn samples() -> Vec<Event> {
+    let at = 1_764_000_000_000;
+    let mut fields = Map::new();
+    fields.insert("presence".into(), Value::Bool(true));
+    fields.insert("temperature".into(), 21.5.into());
+    let samples = vec![
+        health_event("sample-device", Transition::Online),
+        health_event("sample-device", Transition::Offline { since: at }),
+        health_event("sample-device", Transition::Lost { last_seen: at }),
+        reading_event(
+            "sample-device",
+            Report {
+                fields,
+                changed: vec!["presence".into()],
+            },
+        ),
+        stale_event("sample-device", at),
+        workspace_event(
+            "sample-workspace",
+            WorkspaceStatus::Occupied,
+            Some(WorkspaceStatus::Free),
+            Some("sample-device"),
+        ),
+    ];
+    debug_assert_eq!(samples.len(), EventType::ALL.len());
+    samples
+}
+
 pub(super) fn workspace_event(
     workspace_id: &str,
     status: WorkspaceStatus,

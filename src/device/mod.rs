@@ -35,6 +35,7 @@ mod events;
 mod registry;
 mod task;
 
+pub use events::samples;
 use events::*;
 pub use registry::{Applied, Refused, Registry, Rules};
 pub use task::run;

@@ -376,11 +376,7 @@ impl Registry {
             dirty = true;
             out.events.push(match timed {
                 Timed::Report(report) => reading_event(id, report),
-                Timed::Stale { last_reading } => Event::device(
-                    EventType::SensorReadingStale,
-                    id,
-                    one_field("last_reading", rfc3339(last_reading)),
-                ),
+                Timed::Stale { last_reading } => stale_event(id, last_reading),
             });
         }
         if dirty {
