@@ -652,6 +652,7 @@ hold = "90s"
             "signature_algorithm = \"sha512\"\nsignature_encoding = \"base64\"\nsignature_prefix = \"sha512=\"",
             "signature_timestamp_header = \"X-Webhook-Timestamp\"",
             "compress_above = \"4KiB\"",
+            "batch_max_events = 50\nbatch_max_bytes = \"256KiB\"",
         ];
         for extra in ok {
             assert!(
@@ -669,6 +670,9 @@ hold = "90s"
             ("signature_timestamp_header = \"X-Webhook-Signature\"", "webhook.signature_timestamp_header", "differ"),
             ("signature_prefix = \"a\\nb\"", "webhook.signature_prefix", "header"),
             ("compress_above = 0", "webhook.compress_above", "above 0"),
+            ("batch_max_events = 0", "webhook.batch_max_events", "between 1 and 1000"),
+            ("batch_max_events = 5000", "webhook.batch_max_events", "between 1 and 1000"),
+            ("batch_max_bytes = 0", "webhook.batch_max_bytes", "above 0"),
             ("compress_above = \"lots\"", "compress_above", "size"),
             ("signature = \"standard-webhooks\"\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\nsignature_algorithm = \"sha512\"", "webhook.signature_algorithm", "hmac"),
         ];

@@ -953,3 +953,71 @@ end'''
     assert_eq!(out.lines().count(), 1, "{out}");
     assert!(out.contains("seq 2 is refused"), "{out}");
 }
+
+/// Issue 21: `batch_max_events` sends the ready events of several devices in one request (a
+/// JSON array, keyed by the batch's id; each event keeps its own id). A batch the receiver
+/// refuses with a 4xx is split, so the device it refuses holds up no other; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_carry_many_devices_and_one_refused_device_holds_up_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    receiver.fail_with(503);
+    let config = format!(
+        r#"
+[webhook]
+url = "{url}"
+secret = "{secret}"
+batch_max_events = 20
+timeout = "2s"
+[webhook.retry]
+initial = "50ms"
+max = "200ms"
+"#,
+        url = receiver.url,
+        secret = common::SECRET,
+    );
+    let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &config);
+    daemon.start();
+    // A backlog of six devices while the receiver is down (each: its birth and 3 readings).
+    let mut sent = Vec::new();
+    for i in 0..6 {
+        let id = if i == 0 {
+            "bat-bad".to_string()
+        } else {
+            format!("bat-{i}")
+        };
+        sent.push((id.clone(), changes(broker.port, &id, 3).await));
+    }
+    daemon.wait_metric("edgehook_outbox_depth", 24).await;
+    assert_eq!(daemon.terminate(), Some(0));
+
+    receiver.fail_with(0);
+    receiver.fail_device_with(Some("bat-bad"), 422);
+    daemon.start();
+    receiver
+        .wait_until(LONG, "every healthy device's readings", |s| {
+            sent[1..].iter().all(|(id, c)| &s.readings_of(id) == c)
+        })
+        .await;
+    receiver.seen(|s| {
+        assert_eq!(s.bad_signatures, 0);
+        assert!(
+            s.batches.iter().any(|&n| n > 1),
+            "the backlog went in batches: {:?}",
+            s.batches
+        );
+        assert!(
+            s.readings_of("bat-bad").is_empty(),
+            "refused, retried, not lost"
+        );
+    });
+    receiver.fail_device(None);
+    receiver
+        .wait_until(LONG, "the refused device once accepted", |s| {
+            s.readings_of("bat-bad") == sent[0].1
+        })
+        .await;
+    receiver.seen(|s| assert_eq!(s.duplicates, 0, "a split never resends what was accepted"));
+    assert_eq!(daemon.terminate(), Some(0));
+}

@@ -85,6 +85,10 @@ struct Setup {
     drops: bool,
     /// `ops` gives up (dead letters) after a few attempts or seconds.
     gives_up: bool,
+    /// `default` sends up to this many events per request (`batch_max_events`).
+    batch: Option<usize>,
+    /// `ops` gzips bodies over this many bytes (`compress_above`).
+    compress: Option<u64>,
     serial: PathBuf,
 }
 
@@ -125,21 +129,28 @@ reopen_max = "200ms"
     }
 }
 
-/// The endpoints: `default` takes everything, `ops` devices' health and readings (and gives up
-/// on an event after 4 attempts or 20 s, when `gives_up`).
-fn endpoints(all: &str, ops: &str, gives_up: bool) -> String {
-    let limits = if gives_up {
-        "max_attempts = 4\nmax_age = \"20s\"\n"
+/// The endpoints: `default` takes everything (in batches, when `setup.batch`), `ops` devices'
+/// health and readings (gzipped above `setup.compress`; it gives up on an event after 4
+/// attempts or 20 s, when `setup.gives_up`).
+fn endpoints(all: &str, ops: &str, setup: &Setup) -> String {
+    let mut limits = if setup.gives_up {
+        "max_attempts = 4\nmax_age = \"20s\"\n".to_string()
     } else {
-        ""
+        String::new()
     };
+    if let Some(above) = setup.compress {
+        limits.push_str(&format!("compress_above = {above}\n"));
+    }
+    let batch = setup
+        .batch
+        .map_or(String::new(), |n| format!("batch_max_events = {n}\n"));
     format!(
         r#"
 [webhook]
 url = "{all}"
 secret = "{secret}"
 timeout = "1s"
-[webhook.retry]
+{batch}[webhook.retry]
 initial = "50ms"
 max = "400ms"
 
@@ -732,10 +743,12 @@ async fn run(seed: u64) {
     let setup = Setup {
         drops: rng.u8(..3) == 0,
         gives_up: rng.u8(..3) == 0,
+        batch: (rng.u8(..3) == 0).then(|| rng.usize(2..=50)),
+        compress: (rng.u8(..3) == 0).then(|| rng.u64(64..=512)),
         serial: dir.path().join("ttyHARNESS"),
     };
     let serial = SerialLink::plug(&setup.serial).unwrap();
-    let endpoints = endpoints(&all.url, &ops.url, setup.gives_up);
+    let endpoints = endpoints(&all.url, &ops.url, &setup);
     let webhook = format!("{endpoints}\n{}", setup.rest("400ms"));
     let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &webhook);
     daemon
@@ -821,6 +834,12 @@ async fn run(seed: u64) {
             ""
         }
     )];
+    if let Some(n) = world.setup.batch {
+        story.push(format!("default sends batches of up to {n}"));
+    }
+    if let Some(above) = world.setup.compress {
+        story.push(format!("ops gzips bodies over {above} bytes"));
+    }
     for phase in 0..phases {
         // Which receiver misbehaves how; at most one at a time, so the other must keep up.
         let victim = rng.usize(..3); // 0: all, 1: ops, 2: neither

@@ -62,6 +62,13 @@ pub struct WebhookConfig {
     /// still gives the Content-Type and the signature defaults). Empty: none. See
     /// `deliver::template`.
     pub template: String,
+    /// Send up to this many events (of different devices) in one request, as a JSON array,
+    /// for receivers that accept it. Unset: one event per request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_max_events: Option<usize>,
+    /// At most this many bytes of events in one batch (at least one event always goes).
+    #[serde(with = "crate::size")]
+    pub batch_max_bytes: u64,
     /// Event types this endpoint receives (`*` and `?` patterns, e.g. `device.*`). Events of
     /// other types are not queued for it.
     pub events: Vec<String>,
@@ -108,6 +115,8 @@ impl Default for WebhookConfig {
             format: PayloadFormat::default(),
             compress_above: None,
             template: String::new(),
+            batch_max_events: None,
+            batch_max_bytes: 1 << 20,
             events: vec!["*".into()],
             headers: BTreeMap::new(),
             allow_insecure_http: false,
@@ -312,6 +321,15 @@ pub fn validate_endpoint(key: &str, w: &WebhookConfig) -> Result<(), (String, St
     }
     if !w.template.is_empty() {
         check_template(w).map_err(|why| (format!("{key}.template"), why))?;
+    }
+    if w.batch_max_events.is_some_and(|n| !(1..=1000).contains(&n)) {
+        return bad(
+            &format!("{key}.batch_max_events"),
+            "must be between 1 and 1000 (or left out: one event per request)".into(),
+        );
+    }
+    if w.batch_max_bytes == 0 {
+        return bad(&format!("{key}.batch_max_bytes"), "must be above 0".into());
     }
     if w.compress_above == Some(0) {
         return bad(

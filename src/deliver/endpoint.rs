@@ -101,20 +101,74 @@ impl Endpoint {
         record: &OutboxRecord,
         timestamp: u64,
     ) -> Result<Option<(HeaderMap, Vec<u8>)>, String> {
-        let body = match &self.template {
-            Some(template) => template.render(&record.body)?,
-            None => render(self.format, &record.body)?,
-        };
-        let Some(body) = body else {
-            return Ok(None);
-        };
+        match self.body(record)? {
+            Some(body) => self.request(&record.id, timestamp, body).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// One event's body as this endpoint sends it (its template, or its format); `None` when
+    /// there is nothing to send for it.
+    pub fn body(&self, record: &OutboxRecord) -> Result<Option<Vec<u8>>, String> {
+        match &self.template {
+            Some(template) => template.render(&record.body),
+            None => render(self.format, &record.body),
+        }
+    }
+
+    /// A batch of events: the request for every member with a body, as a JSON array in their
+    /// order, keyed `batch_id`; per member, whether it is in it (`Ok(false)`: nothing to send
+    /// for it; `Err`: it cannot be made into a body).
+    pub fn batch_parts(
+        &self,
+        records: &[OutboxRecord],
+        timestamp: u64,
+    ) -> (
+        Vec<Result<bool, String>>,
+        Option<(String, HeaderMap, Vec<u8>)>,
+    ) {
+        let mut array = b"[".to_vec();
+        let mut ids = Vec::new();
+        let members: Vec<Result<bool, String>> = records
+            .iter()
+            .map(|record| match self.body(record) {
+                Ok(Some(body)) => {
+                    if !ids.is_empty() {
+                        array.push(b',');
+                    }
+                    array.extend_from_slice(&body);
+                    ids.push(record.id.as_str());
+                    Ok(true)
+                }
+                Ok(None) => Ok(false),
+                Err(e) => Err(e),
+            })
+            .collect();
+        if ids.is_empty() {
+            return (members, None);
+        }
+        array.push(b']');
+        let id = batch_id(&ids);
+        match self.request(&id, timestamp, array) {
+            Ok((headers, body)) => (members, Some((id, headers, body))),
+            Err(e) => (vec![Err(e); records.len()], None),
+        }
+    }
+
+    /// The signed, keyed (and maybe compressed) request for `body`.
+    fn request(
+        &self,
+        id: &str,
+        timestamp: u64,
+        body: Vec<u8>,
+    ) -> Result<(HeaderMap, Vec<u8>), String> {
         let mut headers = self.fixed.clone();
-        for (name, value) in self.signer.headers(&record.id, timestamp, &body) {
+        for (name, value) in self.signer.headers(id, timestamp, &body) {
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
             let value = HeaderValue::from_str(&value).map_err(|e| e.to_string())?;
             headers.insert(name, value);
         }
-        let id = HeaderValue::from_str(&record.id).map_err(|e| e.to_string())?;
+        let id = HeaderValue::from_str(id).map_err(|e| e.to_string())?;
         headers.insert(self.idempotency_header.clone(), id);
         let body = match self.compress_above {
             Some(above) if body.len() as u64 > above => {
@@ -123,8 +177,31 @@ impl Endpoint {
             }
             _ => body,
         };
-        Ok(Some((headers, body)))
+        Ok((headers, body))
     }
+}
+
+/// A batch's id: a function of its members' ids (in order), so the same batch sent again has
+/// the same id; shaped like a UUID (version 8, SHA-256 based) for receivers that expect one.
+pub fn batch_id(ids: &[&str]) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for id in ids {
+        hash.update(id.as_bytes());
+        hash.update(b"\n");
+    }
+    let mut b: [u8; 16] = hash.finalize()[..16].try_into().expect("16 of 32 bytes");
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 /// `body` gzipped (deterministic: no name, no time in the header, so every retry sends the

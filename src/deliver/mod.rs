@@ -1,6 +1,7 @@
 //! Delivery: sign each outbox record, POST it, and retry until the receiver answers 2xx.
 //!
-//! - [`sign`]: the signature schemes.
+//! - [`sign`]: the signature schemes; [`format`] and [`template`]: the bodies; [`endpoint`]:
+//!   one receiver's requests (signed, keyed, maybe gzipped; one event or a batch).
 //! - [`retry`]: the retry schedule and what counts as done, as plain functions over plain data.
 //! - [`lanes`]: which records are held in memory, per lane, and which lane sends next.
 //! - [`schedule`]: what becomes of a record after an attempt (remove, retry after, bury,
@@ -11,6 +12,8 @@
 //!   and queued per *lane* (one device, or one workspace). A lane sends one record at a time, so a
 //!   device's events arrive in order; up to `max_concurrency` lanes send at once, so one slow or
 //!   failing device never holds the others back and bursts are not sent one request at a time.
+//!   With `batch_max_events`, the heads ready at once (of different lanes) go in one
+//!   request; a batch refused with a 4xx is split, each record sent again on its own.
 //!   A failed record waits out its backoff on disk (its lane holds nothing in memory meanwhile,
 //!   so a device the receiver keeps rejecting cannot fill the window); nothing is ever dropped.
 
@@ -83,10 +86,14 @@ pub struct Dispatcher {
     lanes: Lanes,
     /// Lanes waiting out a backoff.
     backoff: DelayQueue<String>,
-    in_flight: JoinSet<(Outcome, Duration)>,
-    /// The lane and record each in-flight task serves, so that even a task that fails to
-    /// report (a panic) frees its lane.
-    in_flight_lanes: HashMap<tokio::task::Id, (String, OutboxRecord)>,
+    in_flight: JoinSet<(Vec<Outcome>, Duration)>,
+    /// The lanes and records each in-flight task serves (one, or a batch's), so that even a
+    /// task that fails to report (a panic) frees its lanes.
+    in_flight_lanes: HashMap<tokio::task::Id, Vec<(String, OutboxRecord)>>,
+    /// `batch_max_events` and `batch_max_bytes`, when batching is on.
+    batch: Option<(usize, usize)>,
+    /// Records whose batch was refused (a 4xx): their next attempt is on their own.
+    solo: std::collections::HashSet<u64>,
     /// Whether the outbox may hold records past the lanes' cursor that are not loaded yet.
     more_on_disk: bool,
     /// The last load stopped at its scan budget with work left: load again at once.
@@ -164,6 +171,13 @@ impl Dispatcher {
             backoff: DelayQueue::new(),
             in_flight: JoinSet::new(),
             in_flight_lanes: HashMap::new(),
+            batch: config.batch_max_events.map(|n| {
+                (
+                    n,
+                    usize::try_from(config.batch_max_bytes).unwrap_or(usize::MAX),
+                )
+            }),
+            solo: Default::default(),
             more_on_disk: true,
             load_again: false,
             failing_since: None,
@@ -325,44 +339,103 @@ impl Dispatcher {
         Ok(keep)
     }
 
-    /// Start attempts for ready lanes while there is room.
+    /// Start attempts for ready lanes while there is room: one request per lane head, or,
+    /// with batching, one request for up to `batch_max_events` heads (of different lanes)
+    /// that are ready now. Nothing waits to fill a batch: under light load a batch holds one
+    /// event, under load it fills.
     fn start_ready(&mut self) {
-        while self.in_flight.len() < self.max_concurrency {
-            // Skip heads no longer in the outbox (old readings dropped to make room).
-            let (outbox, queue) = (&self.outbox, self.queue);
-            let Some((name, record)) = self.lanes.start_next(|r| outbox.was_dropped(queue, r.seq))
-            else {
+        let mut carry: Option<(String, OutboxRecord)> = None;
+        while carry.is_some() || self.in_flight.len() < self.max_concurrency {
+            let Some(first) = carry.take().or_else(|| self.next_ready()) else {
                 return;
             };
-            let attempt = self.transport.send(&record);
-            let task = self.in_flight.spawn(async move {
-                let started = Instant::now();
-                (attempt.await, started.elapsed())
-            });
-            self.in_flight_lanes.insert(task.id(), (name, record));
+            let Some((max_events, max_bytes)) = self.batch else {
+                self.spawn(vec![first]);
+                continue;
+            };
+            if self.solo.remove(&first.1.seq) {
+                self.spawn(vec![first]);
+                continue;
+            }
+            let mut bytes = first.1.body.len();
+            let mut members = vec![first];
+            while members.len() < max_events {
+                let Some(next) = self.next_ready() else {
+                    break;
+                };
+                if self.solo.contains(&next.1.seq) || bytes + next.1.body.len() > max_bytes {
+                    carry = Some(next);
+                    break;
+                }
+                bytes += next.1.body.len();
+                members.push(next);
+            }
+            self.spawn(members);
         }
     }
 
-    /// Record one attempt's outcome, as its task reported it.
+    /// The next lane that may send and its head, marked in flight; heads no longer in the
+    /// outbox (old readings dropped to make room) are skipped.
+    fn next_ready(&mut self) -> Option<(String, OutboxRecord)> {
+        let (outbox, queue) = (&self.outbox, self.queue);
+        self.lanes.start_next(|r| outbox.was_dropped(queue, r.seq))
+    }
+
+    /// One attempt for `members`: a request of its own (no batching), or a batch.
+    fn spawn(&mut self, members: Vec<(String, OutboxRecord)>) {
+        let attempt: transport::BatchAttempt = match (&self.batch, &members[..]) {
+            (None, [(_, record)]) => {
+                let one = self.transport.send(record);
+                Box::pin(async move { vec![one.await] })
+            }
+            _ => self
+                .transport
+                .send_batch(members.iter().map(|(_, r)| r.clone()).collect()),
+        };
+        let task = self.in_flight.spawn(async move {
+            let started = Instant::now();
+            (attempt.await, started.elapsed())
+        });
+        self.in_flight_lanes.insert(task.id(), members);
+    }
+
+    /// Record one attempt's outcomes (one per record it carried), as its task reported them.
     fn finish(
         &mut self,
-        done: Result<(tokio::task::Id, (Outcome, Duration)), tokio::task::JoinError>,
+        done: Result<(tokio::task::Id, (Vec<Outcome>, Duration)), tokio::task::JoinError>,
     ) {
-        let (task, (outcome, took)) = match done {
-            Ok(done) => done,
+        let (task, outcomes, took) = match done {
+            Ok((task, (outcomes, took))) => (task, Some(outcomes), took),
             Err(e) => {
                 // A bug, not the receiver's doing: log it loudly and retry like any failure.
                 tracing::error!(error = %e, "delivery task failed");
-                let reason = format!("delivery task failed: {e}");
-                let outcome = Outcome::Retry {
-                    status: None,
-                    retry_after: None,
-                    reason,
-                };
-                (e.id(), (outcome, Duration::ZERO))
+                (e.id(), None, Duration::ZERO)
             }
         };
-        if let Some((name, head)) = self.in_flight_lanes.remove(&task) {
+        let Some(members) = self.in_flight_lanes.remove(&task) else {
+            return;
+        };
+        let n = members.len();
+        let outcomes = outcomes.filter(|o| o.len() == n).unwrap_or_else(|| {
+            let outcome = Outcome::Retry {
+                status: None,
+                retry_after: None,
+                reason: "delivery task failed".into(),
+            };
+            vec![outcome; n]
+        });
+        // One request, one answer: its status is counted once.
+        let mut counted = false;
+        for ((name, head), outcome) in members.into_iter().zip(outcomes) {
+            let status = match &outcome {
+                Outcome::Delivered { status } | Outcome::Split { status } => Some(*status),
+                Outcome::Retry { status, .. } => *status,
+                _ => None,
+            };
+            if let (Some(status), false) = (status, counted) {
+                self.metrics.response(status);
+                counted = true;
+            }
             self.settle(name, head, outcome, took);
         }
     }
@@ -375,17 +448,15 @@ impl Dispatcher {
             Outcome::Retry { status, reason, .. } => (*status, reason.clone()),
             Outcome::NotSent => (None, String::new()),
             Outcome::Unsendable { reason } => (None, reason.clone()),
+            Outcome::Split { status } => (Some(*status), split_reason(*status)),
         };
-        if let Some(status) = status {
-            self.metrics.response(status);
-        }
         let (facts, failures) = match &outcome {
             Outcome::Delivered { .. } | Outcome::NotSent => (Facts::default(), 0),
-            Outcome::Retry { .. } | Outcome::Unsendable { .. } => {
+            Outcome::Retry { .. } | Outcome::Unsendable { .. } | Outcome::Split { .. } => {
                 let Some((_, failures)) = self.lanes.failed(&name) else {
                     return;
                 };
-                if matches!(outcome, Outcome::Retry { .. }) {
+                if matches!(outcome, Outcome::Retry { .. } | Outcome::Split { .. }) {
                     self.metrics.attempt_failed(status);
                     self.note_outcome(false);
                 }
@@ -396,6 +467,11 @@ impl Dispatcher {
             Decision::Remove => self.delivered(&name, &head),
             Decision::Skip => self.skipped(&name, &head),
             Decision::Disable => self.disable(&reason),
+            Decision::RetrySolo => {
+                tracing::debug!(lane = %name, event_id = %head.id, "batch refused; sending its events on their own");
+                self.solo.insert(head.seq);
+                self.backoff.insert(name, Duration::ZERO);
+            }
             Decision::Bury(limit) => {
                 self.bury(&head, failures, status, reason, limit);
                 self.lanes.given_up(&name);
@@ -565,6 +641,7 @@ impl Dispatcher {
             Outcome::Delivered { status } => (Some(*status), None),
             Outcome::Retry { status, reason, .. } => (*status, Some(reason.clone())),
             Outcome::Unsendable { reason } => (None, Some(reason.clone())),
+            Outcome::Split { status } => (Some(*status), Some(split_reason(*status))),
             Outcome::NotSent => return,
         };
         let attempt = Attempt {
@@ -615,3 +692,8 @@ pub(crate) fn test_config(extra: &str) -> crate::config::Config {
 
 #[cfg(test)]
 mod tests;
+
+/// Why a record is sent again on its own.
+fn split_reason(status: u16) -> String {
+    format!("its batch was refused with HTTP {status}; sent again on its own")
+}

@@ -64,6 +64,9 @@ pub enum Outcome {
     /// The event cannot be made into this endpoint's request (its template fails on it):
     /// every retry would fail the same way. Nothing went out.
     Unsendable { reason: String },
+    /// The batch it went in was refused with a 4xx (`status`): one event may be what the
+    /// receiver refuses, so each is sent again on its own, at once.
+    Split { status: u16 },
 }
 
 /// What the receiver answered, as far as classifying it goes.

@@ -42,6 +42,8 @@ pub enum Decision {
     Bury(&'static str),
     /// The receiver answered 410 Gone: stop sending to the endpoint, keep its events.
     Disable,
+    /// Its batch was refused: send it again at once, on its own.
+    RetrySolo,
 }
 
 /// The one rule: 2xx removes; 410 disables; a limit reached buries; anything else waits out
@@ -53,6 +55,7 @@ pub fn decide(outcome: &Outcome, facts: Facts, policy: &RetryPolicy, give_up: Gi
         Outcome::Delivered { .. } => Decision::Remove,
         Outcome::NotSent => Decision::Skip,
         Outcome::Unsendable { .. } => Decision::Bury("unsendable"),
+        Outcome::Split { .. } => Decision::RetrySolo,
         Outcome::Retry {
             status: Some(410), ..
         } => Decision::Disable,
@@ -147,6 +150,8 @@ mod tests {
             ("nothing to send skips", Outcome::NotSent, facts(0, None, true), never, Decision::Skip),
             ("unsendable buries at once", Outcome::Unsendable { reason: "template".into() }, facts(1, None, true), never, Decision::Bury("unsendable")),
             ("unsendable buries with the clock unset too", Outcome::Unsendable { reason: "template".into() }, facts(1, None, false), never, Decision::Bury("unsendable")),
+            ("a refused batch is split", Outcome::Split { status: 422 }, facts(1, None, true), three, Decision::RetrySolo),
+            ("a split never buries", Outcome::Split { status: 400 }, facts(3, Some(9999), true), three, Decision::RetrySolo),
             ("no limits: retried for ever", failed(Some(400), None), facts(10_000, Some(1 << 30), true), never, RetryAfter(S(60))),
         ];
         for (what, outcome, facts, give_up, want) in table {

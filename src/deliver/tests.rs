@@ -334,3 +334,93 @@ async fn an_event_with_nothing_to_send_is_removed_not_delivered() {
     assert!(done);
     assert!(rig.outbox.dead_letters(10).unwrap().is_empty());
 }
+
+/// Batches, as `Http` makes them: one request for the ready heads, answered `answer(batch)`.
+struct Batched {
+    batches: Mutex<Vec<Vec<String>>>,
+    answer: Box<dyn Fn(&[OutboxRecord]) -> Outcome + Send + Sync>,
+}
+
+impl Transport for Batched {
+    fn send(&self, record: &OutboxRecord) -> Attempt {
+        let outcomes = self.send_batch(vec![record.clone()]);
+        Box::pin(async move { outcomes.await.remove(0) })
+    }
+
+    fn send_batch(&self, records: Vec<OutboxRecord>) -> transport::BatchAttempt {
+        self.batches
+            .lock()
+            .unwrap()
+            .push(records.iter().map(|r| r.lane.clone()).collect());
+        let outcome = (self.answer)(&records);
+        let members = records.iter().map(|_| Ok(true)).collect();
+        Box::pin(async move { transport::batch_outcomes(members, Some(outcome)) })
+    }
+}
+
+/// Issue 21: with `batch_max_events`, the ready heads of several devices go in one request; a
+/// batch refused with a 4xx is split and each event sent again on its own, so the device the
+/// receiver refuses holds up no other; the rest go on in batches.
+#[tokio::test]
+async fn a_refused_batch_is_split_and_only_the_refused_device_waits() {
+    let config = test_config(
+        "batch_max_events = 10\nretry = { initial = \"1s\", max = \"1m\", multiplier = 2.0, jitter = 0.0 }",
+    );
+    let (rig, sent) = rig(
+        "batch_max_events = 10",
+        &[("bad", 2), ("g1", 2), ("g2", 2)],
+        |_| Outcome::Delivered { status: 200 },
+    )
+    .await;
+    let transport = Arc::new(Batched {
+        batches: Mutex::new(Vec::new()),
+        answer: Box::new(|batch| {
+            if batch.iter().any(|r| r.lane == "device:bad") {
+                failed(422)
+            } else {
+                Outcome::Delivered { status: 200 }
+            }
+        }),
+    });
+    let metrics = DeliverMetrics::register(&mut Registry::default());
+    let mut dispatcher = Dispatcher::with_transport(
+        &config.webhook,
+        rig.outbox.clone(),
+        Arc::new(DeliveryLog::new(rig._dir.path(), 100)),
+        metrics.endpoint("default"),
+        transport.clone(),
+    )
+    .unwrap();
+    let cancel = CancellationToken::new();
+    let outbox = rig.outbox.clone();
+    let queue = dispatcher.queue;
+    let steps = async {
+        while outbox.queue_len(queue) > 2 {
+            dispatcher.step(&cancel).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(500), steps)
+        .await
+        .expect("the good devices' events all go within half a second, while bad backs off");
+    let batches = transport.batches.lock().unwrap().clone();
+    assert_eq!(
+        batches[0],
+        ["device:bad", "device:g1", "device:g2"],
+        "the three ready heads in one request"
+    );
+    assert!(
+        batches[1..4].iter().all(|b| b.len() == 1),
+        "then each on its own: {batches:?}"
+    );
+    let left: Vec<String> = outbox
+        .pending_after(queue, None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(
+        left,
+        [sent[0].id.clone(), sent[1].id.clone()],
+        "only the refused device's"
+    );
+}

@@ -14,11 +14,25 @@ use crate::outbox::OutboxRecord;
 
 /// One attempt under way: its outcome once the receiver answered, failed or timed out.
 pub type Attempt = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+/// A batch under way: one outcome per record, in order.
+pub type BatchAttempt = Pin<Box<dyn Future<Output = Vec<Outcome>> + Send>>;
 
-/// Sends one record to the receiver. The returned future owns all it needs (it runs on its
-/// own task) and never panics on what the receiver does.
+/// Sends records to the receiver. The returned futures own all they need (they run on their
+/// own tasks) and never panic on what the receiver does.
 pub trait Transport: Send + Sync {
     fn send(&self, record: &OutboxRecord) -> Attempt;
+
+    /// Several records in one request (`batch_max_events`); by default, one after the other.
+    fn send_batch(&self, records: Vec<OutboxRecord>) -> BatchAttempt {
+        let attempts: Vec<Attempt> = records.iter().map(|r| self.send(r)).collect();
+        Box::pin(async move {
+            let mut outcomes = Vec::with_capacity(attempts.len());
+            for attempt in attempts {
+                outcomes.push(attempt.await);
+            }
+            outcomes
+        })
+    }
 }
 
 /// HTTPS POST of the record as the endpoint renders and signs it; redirects never followed.
@@ -50,67 +64,137 @@ impl Http {
     }
 }
 
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Http {
+    /// `make(endpoint)`: at once without a template (a pure function, quick); with one, on a
+    /// blocking thread, given up after [`TEMPLATE_BUDGET`] (`Err` with why).
+    async fn render<T: Send + 'static>(
+        endpoint: Arc<Endpoint>,
+        make: impl FnOnce(&Endpoint) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        if !endpoint.has_template() {
+            return Ok(make(&endpoint));
+        }
+        let run = tokio::task::spawn_blocking(move || make(&endpoint));
+        match tokio::time::timeout(TEMPLATE_BUDGET, run).await {
+            Ok(Ok(made)) => Ok(made),
+            Ok(Err(e)) => Err(format!("the template failed: {e}")),
+            Err(_) => Err(format!(
+                "the template did not finish within {} s",
+                TEMPLATE_BUDGET.as_secs()
+            )),
+        }
+    }
+
+    /// POST `body` with `headers`: what the receiver's answer means.
+    async fn post(
+        client: reqwest::Client,
+        endpoint: &Endpoint,
+        headers: reqwest::header::HeaderMap,
+        body: Vec<u8>,
+    ) -> Outcome {
+        let request = client
+            .post(endpoint.url.clone())
+            .headers(headers)
+            .body(body);
+        match request.send().await {
+            Ok(resp) => {
+                let header = |name| resp.headers().get(name).and_then(|v| v.to_str().ok());
+                let answer = Answer {
+                    status: resp.status().as_u16(),
+                    retry_after: header(reqwest::header::RETRY_AFTER),
+                    location: header(reqwest::header::LOCATION),
+                };
+                classify(answer, SystemTime::now())
+            }
+            Err(e) => Outcome::Retry {
+                status: None,
+                retry_after: None,
+                reason: describe_reqwest_error(&e),
+            },
+        }
+    }
+}
+
 impl Transport for Http {
     fn send(&self, record: &OutboxRecord) -> Attempt {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         let (endpoint, client) = (self.endpoint.clone(), self.client.clone());
-        // Without a template, the request is made here and now (a pure function, quick).
-        let ready = (!endpoint.has_template()).then(|| endpoint.request_parts(record, now));
-        let record = record.clone();
+        let (record, now) = (record.clone(), unix_now());
         Box::pin(async move {
-            let parts = match ready {
-                Some(parts) => parts,
-                None => {
-                    let render = endpoint.clone();
-                    let run =
-                        tokio::task::spawn_blocking(move || render.request_parts(&record, now));
-                    match tokio::time::timeout(TEMPLATE_BUDGET, run).await {
-                        Ok(Ok(parts)) => parts,
-                        Ok(Err(e)) => Err(format!("the template failed: {e}")),
-                        Err(_) => Err(format!(
-                            "the template did not finish within {} s on this event",
-                            TEMPLATE_BUDGET.as_secs()
-                        )),
-                    }
-                }
-            };
-            let request = parts.map(|parts| {
-                parts.map(|(headers, body)| {
-                    client
-                        .post(endpoint.url.clone())
-                        .headers(headers)
-                        .body(body)
-                })
-            });
-            let request = match request {
-                Ok(Some(request)) => request,
-                Ok(None) => return Outcome::NotSent,
-                Err(why) => {
-                    return Outcome::Unsendable {
-                        reason: format!("cannot make the request: {why}"),
-                    }
-                }
-            };
-            match request.send().await {
-                Ok(resp) => {
-                    let header = |name| resp.headers().get(name).and_then(|v| v.to_str().ok());
-                    let answer = Answer {
-                        status: resp.status().as_u16(),
-                        retry_after: header(reqwest::header::RETRY_AFTER),
-                        location: header(reqwest::header::LOCATION),
-                    };
-                    classify(answer, SystemTime::now())
-                }
-                Err(e) => Outcome::Retry {
-                    status: None,
-                    retry_after: None,
-                    reason: describe_reqwest_error(&e),
+            let parts = Self::render(endpoint.clone(), move |e| e.request_parts(&record, now))
+                .await
+                .and_then(|parts| parts);
+            match parts {
+                Ok(Some((headers, body))) => Self::post(client, &endpoint, headers, body).await,
+                Ok(None) => Outcome::NotSent,
+                Err(why) => Outcome::Unsendable {
+                    reason: format!("cannot make the request: {why}"),
                 },
             }
         })
     }
+
+    /// One request whose body is the JSON array of the records' bodies. Its 2xx delivers every
+    /// record in it; a 4xx other than 408, 410 and 429 splits it (each record is sent again
+    /// on its own, so one the receiver refuses holds up no other); any other failure is each
+    /// record's failure. Records with nothing to send, or that cannot be made into a body, are
+    /// left out of it and have their own outcome.
+    fn send_batch(&self, records: Vec<OutboxRecord>) -> BatchAttempt {
+        let (endpoint, client) = (self.endpoint.clone(), self.client.clone());
+        let (n, now) = (records.len(), unix_now());
+        Box::pin(async move {
+            let made = Self::render(endpoint.clone(), move |e| e.batch_parts(&records, now)).await;
+            let (members, request) = match made {
+                Ok(made) => made,
+                Err(why) => (vec![Err(why); n], None),
+            };
+            let outcome = match request {
+                Some((_, headers, body)) => {
+                    Some(Self::post(client, &endpoint, headers, body).await)
+                }
+                None => None,
+            };
+            batch_outcomes(members, outcome)
+        })
+    }
+}
+
+/// Each member's outcome, from whether it went in the batch (`Ok(true)`; `Ok(false)`: nothing
+/// to send for it; `Err`: it cannot be made into a body) and the batch request's `outcome`
+/// (`None`: no request, nothing was in it). A refused batch of several is split.
+pub fn batch_outcomes(
+    members: Vec<Result<bool, String>>,
+    outcome: Option<Outcome>,
+) -> Vec<Outcome> {
+    let sent = members.iter().filter(|m| matches!(m, Ok(true))).count();
+    members
+        .into_iter()
+        .map(|member| match (member, &outcome) {
+            (Err(why), _) => Outcome::Unsendable {
+                reason: format!("cannot make the request: {why}"),
+            },
+            (Ok(false), _) | (Ok(true), None) => Outcome::NotSent,
+            (
+                Ok(true),
+                Some(Outcome::Retry {
+                    status: Some(status),
+                    ..
+                }),
+            ) if sent > 1 && is_refusal(*status) => Outcome::Split { status: *status },
+            (Ok(true), Some(outcome)) => outcome.clone(),
+        })
+        .collect()
+}
+
+/// A 4xx that says the request itself is refused (not 408 Request Timeout, 410 Gone or 429
+/// Too Many Requests): for a batch, maybe one of its events.
+fn is_refusal(status: u16) -> bool {
+    (400..500).contains(&status) && !matches!(status, 408 | 410 | 429)
 }
 
 /// A one-line reason without the URL's query (which could carry a token).

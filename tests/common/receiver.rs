@@ -23,6 +23,8 @@ pub struct Seen {
     pub attempts: HashMap<String, Vec<Instant>>,
     /// Requests that came gzipped.
     pub gzipped: u64,
+    /// The size of every batch (a request whose body is an array of events).
+    pub batches: Vec<usize>,
 }
 
 impl Seen {
@@ -386,29 +388,39 @@ async fn handle(
     let Some(event) = event else {
         return reply(StatusCode::BAD_REQUEST);
     };
-    // A body without an id (gospace's) is told apart by its idempotency key.
-    let id = match event["id"].as_str() {
-        Some(id) => {
-            assert_eq!(
-                idempotency.as_deref(),
-                Some(id),
-                "idempotency header must be the event id"
-            );
-            id.to_string()
+    // A batch is an array of events, keyed by its own id; one event is keyed by its id (or,
+    // without one in the body, gospace's, by the idempotency key).
+    let events: Vec<Value> = match event {
+        Value::Array(events) => {
+            seen.batches.push(events.len());
+            events
         }
+        event => {
+            if let Some(id) = event["id"].as_str() {
+                assert_eq!(
+                    idempotency.as_deref(),
+                    Some(id),
+                    "idempotency header must be the event id"
+                );
+            }
+            vec![event]
+        }
+    };
+    let id_of = |event: &Value| match event["id"].as_str() {
+        Some(id) => id.to_string(),
         None => idempotency.clone().unwrap_or_default(),
     };
-    seen.attempts
-        .entry(id.clone())
-        .or_default()
-        .push(Instant::now());
+    for event in &events {
+        seen.attempts
+            .entry(id_of(event))
+            .or_default()
+            .push(Instant::now());
+    }
     let fail = state.fail_with.load(Ordering::SeqCst);
-    let device_refused = state
-        .fail_device
-        .lock()
-        .unwrap()
+    let refused_device = state.fail_device.lock().unwrap().clone();
+    let device_refused = refused_device
         .as_deref()
-        .is_some_and(|d| event["data"]["device_id"] == d);
+        .is_some_and(|d| events.iter().any(|e| e["data"]["device_id"] == d));
     if fail != 0 || device_refused {
         seen.failures_served += 1;
         let status = if fail != 0 {
@@ -423,11 +435,13 @@ async fn handle(
         }
         return Ok(resp.body(Full::new(Bytes::new())).unwrap());
     }
-    if seen.ids.insert(id) {
-        seen.events.push(event);
-        seen.arrived_ms.push(firmware_sim::now_ms());
-    } else {
-        seen.duplicates += 1;
+    for event in events {
+        if seen.ids.insert(id_of(&event)) {
+            seen.events.push(event);
+            seen.arrived_ms.push(firmware_sim::now_ms());
+        } else {
+            seen.duplicates += 1;
+        }
     }
     reply(StatusCode::OK)
 }
