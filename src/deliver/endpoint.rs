@@ -123,10 +123,7 @@ impl Endpoint {
         &self,
         records: &[OutboxRecord],
         timestamp: u64,
-    ) -> (
-        Vec<Result<bool, String>>,
-        Option<(String, HeaderMap, Vec<u8>)>,
-    ) {
+    ) -> (Vec<Result<bool, String>>, Option<BatchRequest>) {
         let mut array = b"[".to_vec();
         let mut ids = Vec::new();
         let members: Vec<Result<bool, String>> = records
@@ -180,6 +177,9 @@ impl Endpoint {
         Ok((headers, body))
     }
 }
+
+/// A batch's request: its id, headers and body.
+pub type BatchRequest = (String, HeaderMap, Vec<u8>);
 
 /// A batch's id: a function of its members' ids (in order), so the same batch sent again has
 /// the same id; shaped like a UUID (version 8, SHA-256 based) for receivers that expect one.

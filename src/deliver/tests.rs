@@ -336,9 +336,11 @@ async fn an_event_with_nothing_to_send_is_removed_not_delivered() {
 }
 
 /// Batches, as `Http` makes them: one request for the ready heads, answered `answer(batch)`.
+type BatchAnswer = Box<dyn Fn(&[OutboxRecord]) -> Outcome + Send + Sync>;
+
 struct Batched {
     batches: Mutex<Vec<Vec<String>>>,
-    answer: Box<dyn Fn(&[OutboxRecord]) -> Outcome + Send + Sync>,
+    answer: BatchAnswer,
 }
 
 impl Transport for Batched {
