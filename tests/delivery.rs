@@ -730,7 +730,8 @@ max_size = "256KiB"
 /// API (base64 HMAC-SHA512 in `Roomz-Signature`, `workspace.presence.changed`, Unknown not
 /// sent), gospace (hex HMAC-SHA256 in `x-gospace-signature`, `SPACE_UPDATED`), and the generic
 /// `{event_time, event_type, current_context, data}` shape with an API key, a `sha256=`
-/// prefix and gzip above 64 bytes (signed before compression).
+/// prefix and gzip above 64 bytes (signed before compression); SpaceOS's
+/// `{event, timestamp, data}` and ROOMZ's first shape as their documents give them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_wire_format_is_verified_by_its_receivers_own_rules() {
     let dir = tempfile::tempdir().unwrap();
@@ -740,6 +741,9 @@ async fn every_wire_format_is_verified_by_its_receivers_own_rules() {
         Receiver::start().await,
         Receiver::start().await,
     );
+    // SpaceOS's document: `createHmac('sha256', secret).update(rawBody).digest('hex')` equal
+    // to `x-webhook-signature`; ROOMZ's first shape, signed the same way here.
+    let (spaceos, roomz_v1) = (Receiver::start().await, Receiver::start().await);
     generic.expect_hmac(common::HmacCheck {
         header: "x-webhook-signature",
         sha512: false,
@@ -791,6 +795,19 @@ secret = "gospace-key"
 format = "gospace"
 events = ["workspace.status.updated"]
 
+[[endpoints]]
+name = "spaceos"
+url = "{spaceos}"
+secret = "{secret}"
+format = "spaceos"
+
+[[endpoints]]
+name = "roomz-v1"
+url = "{roomz_v1}"
+secret = "{secret}"
+format = "roomz"
+events = ["workspace.*"]
+
 [[workspaces]]
 id = "room-1"
 sensors = ["fmt-occ-1"]
@@ -799,6 +816,8 @@ hold = "100ms"
         generic = generic.url,
         roomz = roomz.url,
         gospace = gospace.url,
+        spaceos = spaceos.url,
+        roomz_v1 = roomz_v1.url,
         secret = common::SECRET,
     );
     let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &config);
@@ -892,6 +911,29 @@ hold = "100ms"
             .find(|e| e["event_type"] == "workspace.status.updated")
             .unwrap();
         assert_eq!(workspace["current_context"]["workspace_id"], "room-1");
+    });
+    spaceos
+        .wait_until(LONG, "every event as SpaceOS", |s| {
+            s.events.iter().any(|e| e["event"] == "device.offline")
+        })
+        .await;
+    spaceos.seen(|s| {
+        assert_eq!(s.bad_signatures, 0);
+        for e in &s.events {
+            let mut keys: Vec<&String> = e.as_object().unwrap().keys().collect();
+            keys.sort();
+            assert_eq!(keys, ["data", "event", "timestamp"], "{e}");
+        }
+    });
+    roomz_v1
+        .wait_until(LONG, "Occupied, Free, Unknown", |s| s.events.len() == 3)
+        .await;
+    roomz_v1.seen(|s| {
+        assert_eq!(s.bad_signatures, 0);
+        for e in &s.events {
+            assert_eq!(e["type"], "workspace.status.updated");
+            assert_eq!(e["workspaceId"], "room-1");
+        }
     });
     assert_eq!(daemon.terminate(), Some(0));
 }
