@@ -271,6 +271,7 @@ impl Dispatcher {
         self.out_of_step = false;
         self.lanes = Lanes::new(self.limits);
         self.backoff = DelayQueue::new();
+        self.solo.clear();
         self.more_on_disk = true;
     }
 
@@ -473,6 +474,7 @@ impl Dispatcher {
                 self.backoff.insert(name, Duration::ZERO);
             }
             Decision::Bury(limit) => {
+                self.solo.remove(&head.seq);
                 self.bury(&head, failures, status, reason, limit);
                 self.lanes.given_up(&name);
             }
@@ -497,6 +499,7 @@ impl Dispatcher {
     /// `head` was delivered: free its lane and remove it.
     fn delivered(&mut self, name: &str, head: &OutboxRecord) {
         self.lanes.done(name);
+        self.solo.remove(&head.seq);
         if let Err(e) = self.outbox.remove(self.queue, head.seq) {
             // Not removing means a duplicate later, never a loss; it is read again.
             tracing::warn!(error = %e, event_id = %head.id, "delivered event not removed from outbox; it may be sent again");
@@ -520,6 +523,7 @@ impl Dispatcher {
     /// queue, counted as filtered.
     fn skipped(&mut self, name: &str, head: &OutboxRecord) {
         self.lanes.done(name);
+        self.solo.remove(&head.seq);
         self.metrics.filtered();
         if let Err(e) = self.outbox.remove(self.queue, head.seq) {
             tracing::warn!(error = %e, event_id = %head.id, "skipped event not removed from outbox; it is looked at again");
