@@ -108,6 +108,7 @@ impl Default for Config {
                 reconnect_max: Duration::from_secs(30),
                 tls: TlsConfig::default(),
                 subscriptions: Vec::new(),
+                presets: Vec::new(),
             },
             serial_ports: Vec::new(),
             device_classes: Vec::new(),
@@ -513,6 +514,41 @@ mod tests {
         let text = MINIMAL.replace("[mqtt]", "[mqtt]\nkeep_alive = \"soon\"");
         let e = err_of(&text);
         assert!(e.contains("mqtt.keep_alive"), "{e}");
+    }
+
+    /// The mapping keys of a subscription and the presets: a bad one names its key.
+    #[test]
+    fn subscription_mappings_and_presets_name_the_key() {
+        let sub = |extra: &str| {
+            MINIMAL.replace(
+                r#"kind = "reading" }"#,
+                &format!(r#"kind = "reading", {extra} }}"#),
+            )
+        };
+        let ok = Config::from_toml_str(&sub(
+            r#"fields = "/object", flatten = true, exclude = ["sensors/bridge/#"]"#,
+        ));
+        assert!(ok.is_ok(), "{:?}", ok.err());
+        let e = err_of(&sub(r#"fields = "object""#));
+        assert!(
+            e.contains("mqtt.subscriptions[0].fields") && e.contains("JSON pointer"),
+            "{e}"
+        );
+        let e = err_of(&sub(r#"exclude = ["a/#/b"]"#));
+        assert!(e.contains("mqtt.subscriptions[0].exclude[0]"), "{e}");
+        let status = MINIMAL.replace(
+            r#"kind = "reading" }"#,
+            r#"kind = "status", flatten = true }"#,
+        );
+        assert!(err_of(&status).contains("readings only"));
+        let presets_only = MINIMAL.replace(
+            r#"subscriptions = [{ topic = "sensors/{device}/reading", kind = "reading" }]"#,
+            r#"presets = ["zigbee2mqtt", "tasmota"]"#,
+        );
+        let c = Config::from_toml_str(&presets_only).unwrap();
+        assert_eq!(c.mqtt.all_subscriptions().len(), 4);
+        let e = err_of(&presets_only.replace("tasmota", "homekit"));
+        assert!(e.contains("mqtt.presets") && e.contains("homekit"), "{e}");
     }
 
     #[test]

@@ -140,7 +140,7 @@ pub async fn run_with_reloads(
     )
     .with_limits(config.devices.clone());
     metrics.device.set_devices(registry.len());
-    let mqtt = if config.mqtt.subscriptions.is_empty() {
+    let mqtt = if config.mqtt.all_subscriptions().is_empty() {
         None
     } else {
         Some(

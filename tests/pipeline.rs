@@ -338,3 +338,74 @@ async fn messages_the_broker_redelivers_after_a_restart_are_not_applied_twice() 
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(daemon.metric("edgehook_messages_received_total"), Some(0));
 }
+
+/// Issue 20: the ecosystems' presets through mosquitto. Every message of
+/// `tests/fixtures/ecosystems.json` (as Zigbee2MQTT, ChirpStack, The Things Stack, Tasmota and
+/// Shelly document them) is published as is; each device's readings arrive with the fields
+/// the preset takes, and what is not a device message (Zigbee2MQTT's bridge, `/set`) makes
+/// no event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ecosystems_messages_arrive_as_their_presets_take_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.env.push((
+        "EDGEHOOK_MQTT__PRESETS".into(),
+        "[zigbee2mqtt, chirpstack, the_things_stack, tasmota, shelly]".into(),
+    ));
+    // The presets alone: no subscription of the user's own.
+    daemon
+        .env
+        .push(("EDGEHOOK_MQTT__SUBSCRIPTIONS".into(), "[]".into()));
+    daemon.start();
+    daemon.wait_metric("edgehook_mqtt_connected", 1).await;
+    let fixtures: Value = serde_json::from_str(include_str!("fixtures/ecosystems.json")).unwrap();
+    let mut readings: Vec<(String, Value)> = Vec::new();
+    for (name, messages) in fixtures.as_object().unwrap() {
+        if name.starts_with('_') {
+            continue;
+        }
+        for m in messages.as_array().unwrap() {
+            let payload = match &m["payload"] {
+                Value::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            let topic = m["topic"].as_str().unwrap();
+            common::publish_plain(broker.port, &format!("eco-{name}"), &[(topic, &payload)]).await;
+            if m["fields"].is_object() {
+                readings.push((m["device"].as_str().unwrap().into(), m["fields"].clone()));
+            }
+        }
+    }
+    receiver
+        .wait_until(LONG, "every ecosystem's readings", |s| {
+            readings
+                .iter()
+                .all(|(device, fields)| s.readings_of(device).contains(fields))
+        })
+        .await;
+    receiver.seen(|s| {
+        assert_eq!(s.bad_signatures, 0);
+        let devices: std::collections::BTreeSet<&str> = s
+            .events
+            .iter()
+            .filter_map(|e| e["data"]["device_id"].as_str())
+            .collect();
+        for skipped in [
+            "bridge",
+            "bridge/state",
+            "bridge/devices",
+            "lamp",
+            "lamp/set",
+        ] {
+            assert!(!devices.contains(skipped), "{skipped}: {devices:?}");
+        }
+        assert!(devices.contains("Living room/motion sensor"), "{devices:?}");
+    });
+    assert_eq!(
+        daemon.metric("edgehook_decode_errors_total{kind=\"no_fields\"}"),
+        Some(0)
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}

@@ -70,7 +70,7 @@ pub fn main() -> ExitCode {
                     "{}: ok (gateway {}, {} subscription(s), {} serial port(s), {} workspace(s), endpoint(s) {})",
                     file.display(),
                     c.gateway_id,
-                    c.mqtt.subscriptions.len(),
+                    c.mqtt.all_subscriptions().len(),
                     c.serial_ports.len(),
                     c.workspaces.len(),
                     c.endpoints_for_logs()

@@ -37,6 +37,22 @@ pub struct MqttConfig {
     pub reconnect_max: Duration,
     pub tls: TlsConfig,
     pub subscriptions: Vec<Subscription>,
+    /// Ecosystems whose topics and payloads edgehook knows (`zigbee2mqtt`, `chirpstack`,
+    /// `the_things_stack`, `tasmota`, `shelly`): each adds its subscriptions after these
+    /// (see [`super::presets`]).
+    #[serde(default)]
+    pub presets: Vec<super::presets::Preset>,
+}
+
+impl MqttConfig {
+    /// The subscriptions in force: the configured ones, then each preset's.
+    pub fn all_subscriptions(&self) -> Vec<Subscription> {
+        let mut all = self.subscriptions.clone();
+        for preset in &self.presets {
+            all.extend(preset.subscriptions());
+        }
+        all
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -57,8 +73,11 @@ pub struct TlsConfig {
 pub enum PayloadKind {
     /// A JSON object of fields: one reading of the device.
     Reading,
-    /// A device's birth / last-will: `online` / `offline`, bare or as `{"status": "..."}`.
+    /// A device's birth / last-will: `online` / `offline` (or `true` / `false`), bare or as
+    /// `{"status": "..."}` or `{"state": "..."}`.
     Status,
+    /// Any message means the device is online (a LoRaWAN join).
+    Online,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -71,6 +90,18 @@ pub struct Subscription {
     /// Fields carried in events but ignored for change detection (sequence numbers, timestamps).
     #[serde(default)]
     pub metadata_fields: Vec<String>,
+    /// Readings: a JSON pointer to the object of fields in the payload (`/object`,
+    /// `/uplink_message/decoded_payload`). Empty: the payload is the object of fields.
+    #[serde(default)]
+    pub fields: String,
+    /// Readings: nested objects become dotted field names (`{"AM2301":{"Temperature":21}}`
+    /// gives `AM2301.Temperature`).
+    #[serde(default)]
+    pub flatten: bool,
+    /// Topics that match `topic` but carry no device message (`zigbee2mqtt/bridge/#`), as
+    /// patterns like `topic` (a `{device}` level is allowed, not needed): skipped.
+    #[serde(default)]
+    pub exclude: Vec<String>,
 }
 
 /// One serial port and how its bytes become device messages. Frames are lines; see
@@ -193,10 +224,10 @@ pub fn validate(
             "client_cert and client_key must be given together".into(),
         );
     }
-    if mqtt.subscriptions.is_empty() && serial_ports.is_empty() {
+    if mqtt.subscriptions.is_empty() && mqtt.presets.is_empty() && serial_ports.is_empty() {
         return bad(
                 "mqtt.subscriptions",
-                "no device source: add a subscription, e.g. topic = \"sensors/{device}/reading\", kind = \"reading\", or a [[serial_ports]] entry".into(),
+                "no device source: add a subscription, e.g. topic = \"sensors/{device}/reading\", kind = \"reading\", a preset (mqtt.presets = [\"zigbee2mqtt\"]), or a [[serial_ports]] entry".into(),
             );
     }
     for (i, port) in serial_ports.iter().enumerate() {
@@ -258,8 +289,29 @@ pub fn validate(
         }
     }
     for (i, sub) in mqtt.subscriptions.iter().enumerate() {
+        let key = |k: &str| format!("mqtt.subscriptions[{i}].{k}");
         if let Err(e) = super::mqtt::TopicPattern::parse(&sub.topic) {
-            return bad(&format!("mqtt.subscriptions[{i}].topic"), e);
+            return bad(&key("topic"), e);
+        }
+        for (j, pattern) in sub.exclude.iter().enumerate() {
+            if let Err(e) = super::mqtt::TopicPattern::parse_filter(pattern) {
+                return bad(&key(&format!("exclude[{j}]")), e);
+            }
+        }
+        if !sub.fields.is_empty() && !sub.fields.starts_with('/') {
+            return bad(
+                &key("fields"),
+                format!(
+                    "`{}` is not a JSON pointer: it starts with `/`, e.g. \"/object\"",
+                    sub.fields
+                ),
+            );
+        }
+        if sub.kind != PayloadKind::Reading && (!sub.fields.is_empty() || sub.flatten) {
+            return bad(
+                &key("fields"),
+                "fields and flatten apply to readings only".into(),
+            );
         }
     }
     Ok(())

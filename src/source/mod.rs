@@ -11,6 +11,7 @@ pub mod backoff;
 pub mod config;
 pub mod metrics;
 pub mod mqtt;
+pub mod presets;
 pub mod redelivery;
 pub mod serial;
 
@@ -86,16 +87,19 @@ pub enum DecodeError {
     BadStatus,
     #[error("device id `{0}` is empty, too long or has control characters")]
     BadDeviceId(String),
+    #[error("payload has no object of fields at `{0}`")]
+    NoFields(String),
 }
 
 impl DecodeError {
     /// Every kind, for metrics.
-    pub const KINDS: [&'static str; 5] = [
+    pub const KINDS: [&'static str; 6] = [
         "oversize",
         "not_json",
         "not_object",
         "bad_status",
         "bad_device_id",
+        "no_fields",
     ];
 
     /// A short stable name, used as a metric label.
@@ -106,6 +110,7 @@ impl DecodeError {
             DecodeError::NotAnObject => 2,
             DecodeError::BadStatus => 3,
             DecodeError::BadDeviceId(_) => 4,
+            DecodeError::NoFields(_) => 5,
         }]
     }
 }
@@ -121,17 +126,56 @@ pub fn check_device_id(id: &str) -> Result<(), DecodeError> {
 
 /// Decode a reading payload: a JSON object of fields.
 pub fn decode_reading(payload: &[u8], limit: usize) -> Result<Map<String, Value>, DecodeError> {
+    decode_fields(payload, limit, "", false)
+}
+
+/// Decode a reading payload: the object of fields at JSON pointer `at` (empty: the payload),
+/// with nested objects flattened to dotted names when `flatten`.
+pub fn decode_fields(
+    payload: &[u8],
+    limit: usize,
+    at: &str,
+    flatten: bool,
+) -> Result<Map<String, Value>, DecodeError> {
     if payload.len() > limit {
         return Err(DecodeError::Oversize {
             size: payload.len(),
             limit,
         });
     }
-    match serde_json::from_slice::<Value>(payload) {
-        Ok(Value::Object(fields)) => Ok(fields),
-        Ok(_) => Err(DecodeError::NotAnObject),
-        Err(e) => Err(DecodeError::NotJson(e.to_string())),
+    let value = serde_json::from_slice::<Value>(payload)
+        .map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    let fields = match (at, value) {
+        ("", Value::Object(fields)) => fields,
+        ("", _) => return Err(DecodeError::NotAnObject),
+        (at, mut value) => match value.pointer_mut(at).map(Value::take) {
+            Some(Value::Object(fields)) => fields,
+            _ => return Err(DecodeError::NoFields(at.to_string())),
+        },
+    };
+    Ok(if flatten { flattened(fields) } else { fields })
+}
+
+/// Nested objects as dotted names: `{"a":{"b":1},"c":2}` is `{"a.b":1,"c":2}`.
+fn flattened(fields: Map<String, Value>) -> Map<String, Value> {
+    fn walk(prefix: &str, fields: Map<String, Value>, out: &mut Map<String, Value>) {
+        for (k, v) in fields {
+            let name = if prefix.is_empty() {
+                k
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                Value::Object(inner) => walk(&name, inner, out),
+                v => {
+                    out.insert(name, v);
+                }
+            }
+        }
     }
+    let mut out = Map::new();
+    walk("", fields, &mut out);
+    out
 }
 
 /// Decode a status payload: `online` / `offline`, bare or as `{"status": "online"}`.
@@ -152,11 +196,12 @@ pub fn decode_status(payload: &[u8], limit: usize) -> Result<bool, DecodeError> 
         return Ok(online);
     }
     match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(o)) => match (o.get("status"), o.get("online")) {
+        Ok(Value::Object(o)) => match (o.get("status").or(o.get("state")), o.get("online")) {
             (Some(Value::String(s)), _) => word(s).ok_or(DecodeError::BadStatus),
             (_, Some(Value::Bool(b))) => Ok(*b),
             _ => Err(DecodeError::BadStatus),
         },
+        Ok(Value::Bool(b)) => Ok(b),
         Ok(Value::String(s)) => word(&s).ok_or(DecodeError::BadStatus),
         _ => Err(DecodeError::BadStatus),
     }

@@ -33,7 +33,7 @@ use super::config::{MqttConfig, PayloadKind};
 use super::metrics::SourceMetrics as Metrics;
 use super::redelivery::{Arrival, Redeliveries};
 use super::{
-    check_device_id, decode_reading, decode_status, Ack, DecodeError, Inbound, InboundBody,
+    check_device_id, decode_fields, decode_status, Ack, DecodeError, Inbound, InboundBody,
 };
 use crate::fault_log::FaultLog;
 
@@ -51,20 +51,37 @@ enum Segment {
     Literal(String),
     /// `{device}`: matches one level and captures it as the device id.
     Device,
+    /// `{device...}`: matches one or more levels (a Zigbee2MQTT friendly name may hold `/`)
+    /// and captures them, `/` included, as the device id.
+    DeviceLevels,
     /// `+`
     Any,
     /// `#` (last segment only)
     Rest,
 }
 
-/// A subscription topic with a `{device}` capture, e.g. `sensors/{device}/reading`.
+/// A subscription topic with a `{device}` capture, e.g. `sensors/{device}/reading`, or
+/// `{device...}` for a device id of several levels, e.g. `zigbee2mqtt/{device...}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopicPattern {
     segments: Vec<Segment>,
 }
 
 impl TopicPattern {
+    /// A subscription's topic: exactly one `{device}` or `{device...}` level.
     pub fn parse(pattern: &str) -> Result<TopicPattern, String> {
+        let p = Self::parse_filter(pattern)?;
+        match p.segments.iter().filter(|s| s.is_device()).count() {
+            1 => Ok(p),
+            0 => Err(format!(
+                "`{pattern}` has no `{{device}}` level to take the device id from"
+            )),
+            _ => Err(format!("`{pattern}` has more than one `{{device}}` level")),
+        }
+    }
+
+    /// A pattern that may have no device level (an `exclude` entry).
+    pub fn parse_filter(pattern: &str) -> Result<TopicPattern, String> {
         if pattern.is_empty() {
             return Err("topic pattern is empty".into());
         }
@@ -73,42 +90,57 @@ impl TopicPattern {
         for (i, part) in parts.iter().enumerate() {
             segments.push(match *part {
                 "{device}" => Segment::Device,
+                "{device...}" => Segment::DeviceLevels,
                 "+" => Segment::Any,
                 "#" if i == parts.len() - 1 => Segment::Rest,
                 "#" => return Err(format!("`{pattern}`: `#` is only allowed as the last level")),
                 p if p.contains(['+', '#', '{', '}']) => {
                     return Err(format!(
-                        "`{pattern}`: level `{p}` mixes wildcards or braces with text; use `{{device}}`, `+` or `#` as a whole level"
+                        "`{pattern}`: level `{p}` mixes wildcards or braces with text; use `{{device}}`, `{{device...}}`, `+` or `#` as a whole level"
                     ))
                 }
                 p => Segment::Literal(p.to_string()),
             });
         }
-        match segments.iter().filter(|s| **s == Segment::Device).count() {
-            1 => Ok(TopicPattern { segments }),
-            0 => Err(format!(
-                "`{pattern}` has no `{{device}}` level to take the device id from"
-            )),
-            _ => Err(format!("`{pattern}` has more than one `{{device}}` level")),
+        if segments.contains(&Segment::DeviceLevels) && segments.contains(&Segment::Rest) {
+            return Err(format!(
+                "`{pattern}`: `{{device...}}` takes every level it can; it cannot be used with `#`"
+            ));
         }
+        if segments.iter().filter(|s| s.is_device()).count() > 1 {
+            return Err(format!("`{pattern}` has more than one `{{device}}` level"));
+        }
+        Ok(TopicPattern { segments })
     }
 
-    /// The MQTT subscription filter (`{device}` becomes `+`).
+    /// The MQTT subscription filter (`{device}` becomes `+`; `{device...}` and what follows
+    /// it become `#`, and the pattern itself picks the topics that match).
     pub fn filter(&self) -> String {
-        self.segments
-            .iter()
-            .map(|s| match s {
+        let mut levels = Vec::with_capacity(self.segments.len());
+        for s in &self.segments {
+            levels.push(match s {
                 Segment::Literal(l) => l.as_str(),
                 Segment::Device | Segment::Any => "+",
-                Segment::Rest => "#",
-            })
-            .collect::<Vec<_>>()
-            .join("/")
+                Segment::Rest | Segment::DeviceLevels => "#",
+            });
+            if *s == Segment::DeviceLevels {
+                break;
+            }
+        }
+        levels.join("/")
     }
 
-    /// The device id, if `topic` matches.
+    /// Whether `topic` matches, and the device id it captures (`Some("")` for a pattern
+    /// without a device level).
     pub fn capture<'t>(&self, topic: &'t str) -> Option<&'t str> {
-        let mut device = None;
+        if let Some(d) = self
+            .segments
+            .iter()
+            .position(|s| *s == Segment::DeviceLevels)
+        {
+            return self.capture_levels(topic, d);
+        }
+        let mut device = Some("");
         let mut levels = topic.split('/');
         for seg in &self.segments {
             match seg {
@@ -128,13 +160,47 @@ impl TopicPattern {
         }
         device
     }
+
+    /// `capture` for a pattern whose segment `d` is `{device...}`: the levels before it and
+    /// after it match one each, and the device is every level between (at least one).
+    fn capture_levels<'t>(&self, topic: &'t str, d: usize) -> Option<&'t str> {
+        let (before, after) = (&self.segments[..d], &self.segments[d + 1..]);
+        let levels: Vec<&str> = topic.split('/').collect();
+        if levels.len() < before.len() + after.len() + 1 {
+            return None;
+        }
+        let tail = levels.len() - after.len();
+        let fits = |seg: &Segment, level: &str| match seg {
+            Segment::Literal(l) => l == level,
+            _ => true,
+        };
+        let matched = before.iter().zip(&levels[..d]).all(|(s, l)| fits(s, l))
+            && after.iter().zip(&levels[tail..]).all(|(s, l)| fits(s, l));
+        if !matched {
+            return None;
+        }
+        // The device's levels, as one slice of `topic`.
+        let start: usize = levels[..d].iter().map(|l| l.len() + 1).sum();
+        let len = levels[d..tail].iter().map(|l| l.len() + 1).sum::<usize>() - 1;
+        Some(&topic[start..start + len])
+    }
+}
+
+impl Segment {
+    fn is_device(&self) -> bool {
+        matches!(self, Segment::Device | Segment::DeviceLevels)
+    }
 }
 
 /// A subscription, compiled.
 struct Route {
     pattern: TopicPattern,
+    exclude: Vec<TopicPattern>,
     kind: PayloadKind,
     metadata: Arc<[String]>,
+    /// JSON pointer to the fields (empty: the payload), and whether to flatten them.
+    fields: String,
+    flatten: bool,
 }
 
 /// Topic patterns and payload rules: turns (topic, payload) into a device message.
@@ -146,13 +212,20 @@ pub struct Decoder {
 impl Decoder {
     pub fn new(config: &MqttConfig) -> Result<Decoder, String> {
         let routes = config
-            .subscriptions
-            .iter()
+            .all_subscriptions()
+            .into_iter()
             .map(|s| {
                 Ok(Route {
                     pattern: TopicPattern::parse(&s.topic)?,
+                    exclude: s
+                        .exclude
+                        .iter()
+                        .map(|e| TopicPattern::parse_filter(e))
+                        .collect::<Result<_, String>>()?,
                     kind: s.kind,
-                    metadata: s.metadata_fields.clone().into(),
+                    metadata: s.metadata_fields.into(),
+                    fields: s.fields,
+                    flatten: s.flatten,
                 })
             })
             .collect::<Result<_, String>>()?;
@@ -162,11 +235,19 @@ impl Decoder {
         })
     }
 
+    /// The MQTT filters to subscribe to, each once.
     pub fn filters(&self) -> Vec<String> {
-        self.routes.iter().map(|r| r.pattern.filter()).collect()
+        let mut filters: Vec<String> = Vec::new();
+        for f in self.routes.iter().map(|r| r.pattern.filter()) {
+            if !filters.contains(&f) {
+                filters.push(f);
+            }
+        }
+        filters
     }
 
-    /// Decode one message. `Ok(None)` means no subscription matches the topic.
+    /// Decode one message. `Ok(None)` means no subscription takes the topic (none matches, or
+    /// the one that matches excludes it).
     pub fn decode(
         &self,
         topic: &str,
@@ -179,15 +260,19 @@ impl Decoder {
         else {
             return Ok(None);
         };
+        if route.exclude.iter().any(|e| e.capture(topic).is_some()) {
+            return Ok(None);
+        }
         check_device_id(device)?;
         let body = match route.kind {
             PayloadKind::Reading => InboundBody::Reading {
-                fields: decode_reading(payload, self.max_payload)?,
+                fields: decode_fields(payload, self.max_payload, &route.fields, route.flatten)?,
                 metadata: route.metadata.clone(),
             },
             PayloadKind::Status => InboundBody::Status {
                 online: decode_status(payload, self.max_payload)?,
             },
+            PayloadKind::Online => InboundBody::Status { online: true },
         };
         Ok(Some((device.to_string(), body)))
     }
@@ -462,6 +547,7 @@ fn make_ack(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn patterns_parse_filter_and_capture() {
@@ -477,6 +563,68 @@ mod tests {
         assert_eq!(p.capture("site-a/rooms/r1/display/status"), Some("r1"));
         assert_eq!(p.capture("site-a/rooms/r1"), Some("r1"));
         assert_eq!(p.capture("site-a/desks/r1/x"), None);
+    }
+
+    /// `{device...}`: a device id of one or more levels (Zigbee2MQTT friendly names may hold
+    /// `/`), between what comes before and after it.
+    #[test]
+    fn a_device_of_several_levels_as_a_table() {
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            ("z/{device...}", "z/lamp", Some("lamp")),
+            (
+                "z/{device...}",
+                "z/Living room/motion",
+                Some("Living room/motion"),
+            ),
+            ("z/{device...}", "z", None),
+            ("z/{device...}", "y/lamp", None),
+            (
+                "z/{device...}/availability",
+                "z/a/b/availability",
+                Some("a/b"),
+            ),
+            ("z/{device...}/availability", "z/availability", None),
+            ("z/{device...}/availability", "z/a/b/state", None),
+            ("+/{device...}/x", "site/a/b/x", Some("a/b")),
+        ];
+        for (pattern, topic, want) in cases {
+            let p = TopicPattern::parse(pattern).unwrap();
+            assert_eq!(p.capture(topic), *want, "{pattern} on {topic}");
+        }
+        assert_eq!(
+            TopicPattern::parse("z/{device...}/availability")
+                .unwrap()
+                .filter(),
+            "z/#"
+        );
+        assert!(TopicPattern::parse("z/{device...}/#").is_err());
+        assert!(TopicPattern::parse("z/{device}/{device...}").is_err());
+        let exclude = TopicPattern::parse_filter("z/bridge/#").unwrap();
+        assert_eq!(exclude.capture("z/bridge/state"), Some(""));
+        assert_eq!(exclude.capture("z/lamp"), None);
+    }
+
+    #[test]
+    fn a_pointer_and_flattening_pick_the_fields() {
+        let payload = br#"{"meta":{"id":1},"object":{"t":21.5,"nested":{"a":1}}}"#;
+        let got = decode_fields(payload, 1024, "/object", false).unwrap();
+        assert_eq!(
+            Value::Object(got),
+            serde_json::json!({"t": 21.5, "nested": {"a": 1}})
+        );
+        let got = decode_fields(payload, 1024, "/object", true).unwrap();
+        assert_eq!(
+            Value::Object(got),
+            serde_json::json!({"t": 21.5, "nested.a": 1})
+        );
+        assert_eq!(
+            decode_fields(payload, 1024, "/missing", false),
+            Err(DecodeError::NoFields("/missing".into()))
+        );
+        assert_eq!(
+            decode_fields(br#"{"object": 3}"#, 1024, "/object", false),
+            Err(DecodeError::NoFields("/object".into()))
+        );
     }
 
     #[test]

@@ -1,0 +1,168 @@
+//! Presets: the subscriptions for an ecosystem that already speaks MQTT, named in one line
+//! (`[mqtt] presets = ["zigbee2mqtt"]`). Each expands to ordinary subscriptions (the general
+//! mapping underneath: topic patterns, a JSON pointer to the fields, flattening, excluded
+//! topics), checked like any other, so what a preset does is what its subscriptions say:
+//!
+//! | preset | topics | fields | status |
+//! |---|---|---|---|
+//! | `zigbee2mqtt` | `zigbee2mqtt/<friendly name>` (names may contain `/`); `bridge/...`, `.../set`, `.../get` skipped | the JSON state (`occupancy`, `illuminance`, `battery`, ...; `linkquality` and `last_seen` carried, not compared) | `zigbee2mqtt/<name>/availability`: `{"state":"online"}` or the legacy `online` |
+//! | `chirpstack` | `application/<id>/device/<devEUI>/event/up` (ChirpStack v4) | the decoded `object` | `.../event/join`: online |
+//! | `the_things_stack` | `v3/<app>[@<tenant>]/devices/<id>/up` | `uplink_message.decoded_payload` | - |
+//! | `tasmota` | `tele/<topic>/SENSOR` | nested sensor objects, flattened (`AM2301.Temperature`; `Time` carried) | `tele/<topic>/LWT`: `Online` / `Offline` |
+//! | `shelly` | `<id>/status/<component>` (Gen2+) | the component's status, flattened | `<id>/online`: `true` / `false` |
+
+use serde::{Deserialize, Serialize};
+
+use super::config::{PayloadKind, Subscription};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    Zigbee2mqtt,
+    Chirpstack,
+    TheThingsStack,
+    Tasmota,
+    Shelly,
+}
+
+fn sub(topic: &str, kind: PayloadKind) -> Subscription {
+    Subscription {
+        topic: topic.into(),
+        kind,
+        metadata_fields: Vec::new(),
+        fields: String::new(),
+        flatten: false,
+        exclude: Vec::new(),
+    }
+}
+
+impl Preset {
+    /// The subscriptions this preset stands for, most specific first (the first that matches
+    /// a topic takes it).
+    pub fn subscriptions(self) -> Vec<Subscription> {
+        match self {
+            Preset::Zigbee2mqtt => {
+                let skip = vec![
+                    "zigbee2mqtt/bridge/#".to_string(),
+                    "zigbee2mqtt/{device...}/set".to_string(),
+                    "zigbee2mqtt/{device...}/get".to_string(),
+                ];
+                vec![
+                    Subscription {
+                        exclude: skip.clone(),
+                        ..sub("zigbee2mqtt/{device...}/availability", PayloadKind::Status)
+                    },
+                    Subscription {
+                        exclude: skip,
+                        metadata_fields: vec!["linkquality".into(), "last_seen".into()],
+                        ..sub("zigbee2mqtt/{device...}", PayloadKind::Reading)
+                    },
+                ]
+            }
+            Preset::Chirpstack => vec![
+                Subscription {
+                    fields: "/object".into(),
+                    ..sub(
+                        "application/+/device/{device}/event/up",
+                        PayloadKind::Reading,
+                    )
+                },
+                sub(
+                    "application/+/device/{device}/event/join",
+                    PayloadKind::Online,
+                ),
+            ],
+            Preset::TheThingsStack => vec![Subscription {
+                fields: "/uplink_message/decoded_payload".into(),
+                ..sub("v3/+/devices/{device}/up", PayloadKind::Reading)
+            }],
+            Preset::Tasmota => vec![
+                sub("tele/{device}/LWT", PayloadKind::Status),
+                Subscription {
+                    flatten: true,
+                    metadata_fields: vec!["Time".into()],
+                    ..sub("tele/{device}/SENSOR", PayloadKind::Reading)
+                },
+            ],
+            Preset::Shelly => vec![
+                sub("{device}/online", PayloadKind::Status),
+                Subscription {
+                    flatten: true,
+                    ..sub("{device}/status/+", PayloadKind::Reading)
+                },
+            ],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::mqtt::Decoder;
+    use crate::source::InboundBody;
+    use serde_json::Value;
+
+    /// Each ecosystem's messages as its project documents them (tests/fixtures/ecosystems.json),
+    /// through a decoder with only that preset: the device, and its fields or status, or
+    /// nothing for what is not a device message.
+    #[test]
+    fn every_preset_takes_its_ecosystems_messages_as_documented() {
+        let fixtures: Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/ecosystems.json")).unwrap();
+        let mut checked = 0;
+        for (name, messages) in fixtures.as_object().unwrap() {
+            if name.starts_with('_') {
+                continue;
+            }
+            let preset: Preset = serde_json::from_value(Value::String(name.clone())).unwrap();
+            let mut config = crate::config::Config::default().mqtt;
+            config.presets = vec![preset];
+            let decoder = Decoder::new(&config).unwrap();
+            for m in messages.as_array().unwrap() {
+                let topic = m["topic"].as_str().unwrap();
+                let payload = match &m["payload"] {
+                    Value::String(s) => s.clone().into_bytes(),
+                    v => serde_json::to_vec(v).unwrap(),
+                };
+                let got = decoder.decode(topic, &payload).unwrap();
+                match got {
+                    None => assert_eq!(m["skipped"], true, "{name}: {topic} was skipped"),
+                    Some((device, body)) => {
+                        assert_eq!(device, m["device"].as_str().unwrap(), "{name}: {topic}");
+                        match body {
+                            InboundBody::Reading { fields, .. } => {
+                                assert_eq!(Value::Object(fields), m["fields"], "{name}: {topic}")
+                            }
+                            InboundBody::Status { online } => {
+                                assert_eq!(Value::Bool(online), m["online"], "{name}: {topic}")
+                            }
+                        }
+                    }
+                }
+                checked += 1;
+            }
+            // What the broker is asked for covers every message of the preset.
+            assert!(!decoder.filters().is_empty());
+        }
+        assert_eq!(checked, 16);
+    }
+
+    #[test]
+    fn every_preset_passes_the_checks_a_subscription_gets() {
+        for preset in [
+            Preset::Zigbee2mqtt,
+            Preset::Chirpstack,
+            Preset::TheThingsStack,
+            Preset::Tasmota,
+            Preset::Shelly,
+        ] {
+            let mut config = crate::config::Config::default().mqtt;
+            config.subscriptions = preset.subscriptions();
+            assert_eq!(
+                super::super::config::validate(&config, &[]),
+                Ok(()),
+                "{preset:?}"
+            );
+        }
+    }
+}
