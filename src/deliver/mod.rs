@@ -1,6 +1,6 @@
 //! Delivery: sign each outbox record, POST it, and retry until the receiver answers 2xx.
 //!
-//! - [`sign`]: the signature schemes; [`format`] and [`template`]: the bodies; [`endpoint`]:
+//! - [`sign`]: the signature schemes; [`format`](mod@format) and [`template`]: the bodies; [`endpoint`]:
 //!   one receiver's requests (signed, keyed, maybe gzipped; one event or a batch).
 //! - [`retry`]: the retry schedule and what counts as done, as plain functions over plain data.
 //! - [`lanes`]: which records are held in memory, per lane, and which lane sends next.
