@@ -24,6 +24,8 @@ pub enum EventType {
     DeviceOffline,
     #[serde(rename = "device.lost_communication")]
     DeviceLostCommunication,
+    #[serde(rename = "device.app_updated")]
+    DeviceAppUpdated,
     #[serde(rename = "sensor.reading.updated")]
     SensorReadingUpdated,
     #[serde(rename = "sensor.reading.stale")]
@@ -34,10 +36,11 @@ pub enum EventType {
 
 impl EventType {
     /// Every event type, in the order metrics list them.
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 7] = [
         EventType::DeviceOnline,
         EventType::DeviceOffline,
         EventType::DeviceLostCommunication,
+        EventType::DeviceAppUpdated,
         EventType::SensorReadingUpdated,
         EventType::SensorReadingStale,
         EventType::WorkspaceStatusUpdated,
@@ -48,6 +51,7 @@ impl EventType {
             EventType::DeviceOnline => "device.online",
             EventType::DeviceOffline => "device.offline",
             EventType::DeviceLostCommunication => "device.lost_communication",
+            EventType::DeviceAppUpdated => "device.app_updated",
             EventType::SensorReadingUpdated => "sensor.reading.updated",
             EventType::SensorReadingStale => "sensor.reading.stale",
             EventType::WorkspaceStatusUpdated => "workspace.status.updated",

@@ -51,6 +51,10 @@ pub struct DeviceClassConfig {
     /// Per numeric field, the smallest move (absolute) that counts as a change.
     #[serde(default)]
     pub deadband: BTreeMap<String, f64>,
+    /// The field of a reading that holds the device's firmware or app version: when its value
+    /// changes, `device.app_updated` tells the old and the new one. Empty: none.
+    #[serde(default)]
+    pub version_field: String,
 }
 
 fn default_lost_after() -> f64 {
@@ -73,6 +77,7 @@ impl Default for DeviceClassConfig {
             stale_after: None,
             min_interval: Duration::ZERO,
             max_interval: None,
+            version_field: String::new(),
             deadband: BTreeMap::new(),
         }
     }

@@ -42,6 +42,19 @@ pub(super) fn reading_event(device_id: &str, report: Report) -> Event {
     Event::device(EventType::SensorReadingUpdated, device_id, data)
 }
 
+pub(super) fn app_updated_event(
+    device_id: &str,
+    field: &str,
+    previous: Value,
+    version: Value,
+) -> Event {
+    let mut data = Map::new();
+    data.insert("field".into(), field.into());
+    data.insert("previous".into(), previous);
+    data.insert("version".into(), version);
+    Event::device(EventType::DeviceAppUpdated, device_id, data)
+}
+
 pub(super) fn stale_event(device_id: &str, last_reading: Millis) -> Event {
     Event::device(
         EventType::SensorReadingStale,
@@ -61,6 +74,7 @@ pub fn samples() -> Vec<Event> {
         health_event("sample-device", Transition::Online),
         health_event("sample-device", Transition::Offline { since: at }),
         health_event("sample-device", Transition::Lost { last_seen: at }),
+        app_updated_event("sample-device", "firmware", "1.4.2".into(), "1.5.0".into()),
         reading_event(
             "sample-device",
             Report {

@@ -29,6 +29,7 @@ pub mod config;
 pub mod health;
 pub mod metrics;
 pub mod reading;
+pub mod version;
 pub mod workspace;
 
 mod events;
@@ -107,6 +108,9 @@ pub struct DeviceState {
     pub offline_since: Option<Millis>,
     /// `sensor.reading.stale` was sent and no reading has come since.
     pub stale: bool,
+    /// The last value of the class's `version_field` (absent in stores written before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Value>,
 }
 
 impl DeviceState {
@@ -142,6 +146,8 @@ pub struct DeviceClass {
     patterns: Vec<WildMatch>,
     health: HealthPolicy,
     reading: ReadingPolicy,
+    /// `version_field`, when set.
+    version_field: Option<String>,
 }
 
 impl DeviceClass {
@@ -160,6 +166,7 @@ impl DeviceClass {
                 max_interval: config.max_interval.map(millis),
                 stale_after: config.stale_after.map(millis),
             },
+            version_field: Some(config.version_field.clone()).filter(|f| !f.is_empty()),
         }
     }
 

@@ -291,6 +291,12 @@ impl Registry {
         if let Some(t) = transition {
             out.events.push(health_event(device_id, t));
         }
+        if let (InboundBody::Reading { fields, .. }, Some(field)) = (body, &class.version_field) {
+            if let Some(event) = version::seen(&mut dev.state, device_id, field, fields, &mut dirty)
+            {
+                out.events.push(event);
+            }
+        }
         if let InboundBody::Reading { fields, metadata } = body {
             let report = reading::received(
                 &mut dev.state,

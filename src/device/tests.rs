@@ -337,6 +337,47 @@ fn restart_neither_reannounces_nor_forgets_silence() {
     assert_eq!(a.events[0].data["device_id"], "occ-2");
 }
 
+/// Issue 20: `device.app_updated` when the class's version field changes, old → new; the
+/// first version is remembered, not reported; a restart neither repeats nor misses one.
+#[test]
+fn a_new_firmware_version_is_told_once_across_restarts() {
+    let mut c = class("occ", "occ-*");
+    c.version_field = "firmware".into();
+    let mut r = Registry::new(std::slice::from_ref(&c), &[], [], [], 0);
+    let a = r.apply(
+        "occ-1",
+        &reading(json!({"presence": true, "firmware": "1.0"})),
+        1_000,
+    );
+    assert_eq!(kinds(&a), ["device.online", "sensor.reading.updated"]);
+    let saved = a.devices;
+    // restarted; meanwhile the device was updated
+    let mut r = Registry::new(std::slice::from_ref(&c), &[], saved, [], 5_000);
+    let a = r.apply(
+        "occ-1",
+        &reading(json!({"presence": true, "firmware": "1.1"})),
+        6_000,
+    );
+    let updates: Vec<&Event> = a
+        .events
+        .iter()
+        .filter(|e| e.kind == EventType::DeviceAppUpdated)
+        .collect();
+    assert_eq!(updates.len(), 1, "{:?}", kinds(&a));
+    assert_eq!(
+        updates[0].data,
+        json!({"device_id": "occ-1", "field": "firmware", "previous": "1.0", "version": "1.1"})
+    );
+    let saved = a.devices;
+    let mut r = Registry::new(std::slice::from_ref(&c), &[], saved, [], 7_000);
+    let a = r.apply(
+        "occ-1",
+        &reading(json!({"presence": false, "firmware": "1.1"})),
+        8_000,
+    );
+    assert!(!kinds(&a).contains(&"device.app_updated"), "not again");
+}
+
 #[test]
 fn held_reports_survive_a_restart() {
     let mut c = class("occ", "occ-*");
