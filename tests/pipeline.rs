@@ -409,3 +409,54 @@ async fn every_ecosystems_messages_arrive_as_their_presets_take_them() {
     );
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+/// Issue 20: a firmware update reported in a reading reaches the receiver as
+/// `device.app_updated`, once, also after a `kill -9`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_firmware_update_is_told_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let class =
+        "[[device_classes]]\nname = \"panels\"\nmatch = [\"fw-*\"]\nversion_field = \"firmware\"\n";
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, class);
+    daemon.start();
+    let topic = "sensors/fw-1/reading";
+    common::publish_plain(
+        broker.port,
+        "fw-a",
+        &[(topic, r#"{"presence":true,"firmware":"2.0.1","seq":1}"#)],
+    )
+    .await;
+    receiver
+        .wait_until(LONG, "the first reading", |s| {
+            !s.readings_of("fw-1").is_empty()
+        })
+        .await;
+    daemon.kill9();
+    daemon.start();
+    common::publish_plain(
+        broker.port,
+        "fw-b",
+        &[(topic, r#"{"presence":true,"firmware":"2.1.0","seq":2}"#)],
+    )
+    .await;
+    common::publish_plain(
+        broker.port,
+        "fw-c",
+        &[(topic, r#"{"presence":false,"firmware":"2.1.0","seq":3}"#)],
+    )
+    .await;
+    receiver
+        .wait_until(LONG, "the update and the last reading", |s| {
+            !s.of_type("device.app_updated").is_empty() && s.readings_of("fw-1").len() == 3
+        })
+        .await;
+    receiver.seen(|s| {
+        let updates = s.of_type("device.app_updated");
+        assert_eq!(updates.len(), 1);
+        assert_eq!(updates[0]["data"]["previous"], "2.0.1");
+        assert_eq!(updates[0]["data"]["version"], "2.1.0");
+    });
+    assert_eq!(daemon.terminate(), Some(0));
+}
