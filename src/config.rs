@@ -709,6 +709,7 @@ hold = "90s"
             ("batch_max_events = 0", "webhook.batch_max_events", "between 1 and 1000"),
             ("batch_max_events = 5000", "webhook.batch_max_events", "between 1 and 1000"),
             ("batch_max_bytes = 0", "webhook.batch_max_bytes", "above 0"),
+            ("batch_linger = \"2m\"", "webhook.batch_linger", "at most 60s"),
             ("compress_above = \"lots\"", "compress_above", "size"),
             ("signature = \"standard-webhooks\"\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\nsignature_algorithm = \"sha512\"", "webhook.signature_algorithm", "hmac"),
         ];

@@ -85,8 +85,9 @@ struct Setup {
     drops: bool,
     /// `ops` gives up (dead letters) after a few attempts or seconds.
     gives_up: bool,
-    /// `default` sends up to this many events per request (`batch_max_events`).
-    batch: Option<usize>,
+    /// `default` sends up to this many events per request (`batch_max_events`), waiting up to
+    /// this many milliseconds for them (`batch_linger`).
+    batch: Option<(usize, u64)>,
     /// `ops` gzips bodies over this many bytes (`compress_above`).
     compress: Option<u64>,
     serial: PathBuf,
@@ -141,9 +142,9 @@ fn endpoints(all: &str, ops: &str, setup: &Setup) -> String {
     if let Some(above) = setup.compress {
         limits.push_str(&format!("compress_above = {above}\n"));
     }
-    let batch = setup
-        .batch
-        .map_or(String::new(), |n| format!("batch_max_events = {n}\n"));
+    let batch = setup.batch.map_or(String::new(), |(n, linger)| {
+        format!("batch_max_events = {n}\nbatch_linger = \"{linger}ms\"\n")
+    });
     format!(
         r#"
 [webhook]
@@ -747,7 +748,7 @@ async fn run(seed: u64) {
     let setup = Setup {
         drops: rng.u8(..3) == 0,
         gives_up: rng.u8(..3) == 0,
-        batch: (rng.u8(..3) == 0).then(|| rng.usize(2..=50)),
+        batch: (rng.u8(..3) == 0).then(|| (rng.usize(2..=50), rng.u64(0..=200))),
         compress: (rng.u8(..3) == 0).then(|| rng.u64(64..=512)),
         serial: dir.path().join("ttyHARNESS"),
     };
@@ -838,8 +839,10 @@ async fn run(seed: u64) {
             ""
         }
     )];
-    if let Some(n) = world.setup.batch {
-        story.push(format!("default sends batches of up to {n}"));
+    if let Some((n, linger)) = world.setup.batch {
+        story.push(format!(
+            "default sends batches of up to {n}, lingering {linger} ms"
+        ));
     }
     if let Some(above) = world.setup.compress {
         story.push(format!("ops gzips bodies over {above} bytes"));

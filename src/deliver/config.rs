@@ -69,6 +69,10 @@ pub struct WebhookConfig {
     /// At most this many bytes of events in one batch (at least one event always goes).
     #[serde(with = "crate::size")]
     pub batch_max_bytes: u64,
+    /// How long a batch may wait for more events before it goes (`"0s"`: it takes what is
+    /// ready and goes at once).
+    #[serde(with = "humantime_serde")]
+    pub batch_linger: Duration,
     /// Event types this endpoint receives (`*` and `?` patterns, e.g. `device.*`). Events of
     /// other types are not queued for it.
     pub events: Vec<String>,
@@ -117,6 +121,7 @@ impl Default for WebhookConfig {
             template: String::new(),
             batch_max_events: None,
             batch_max_bytes: 1 << 20,
+            batch_linger: Duration::ZERO,
             events: vec!["*".into()],
             headers: BTreeMap::new(),
             allow_insecure_http: false,
@@ -327,6 +332,9 @@ pub fn validate_endpoint(key: &str, w: &WebhookConfig) -> Result<(), (String, St
             &format!("{key}.batch_max_events"),
             "must be between 1 and 1000 (or left out: one event per request)".into(),
         );
+    }
+    if w.batch_linger > Duration::from_secs(60) {
+        return bad(&format!("{key}.batch_linger"), "must be at most 60s".into());
     }
     if w.batch_max_bytes == 0 {
         return bad(&format!("{key}.batch_max_bytes"), "must be above 0".into());

@@ -90,8 +90,11 @@ pub struct Dispatcher {
     /// The lanes and records each in-flight task serves (one, or a batch's), so that even a
     /// task that fails to report (a panic) frees its lanes.
     in_flight_lanes: HashMap<tokio::task::Id, Vec<(String, OutboxRecord)>>,
-    /// `batch_max_events` and `batch_max_bytes`, when batching is on.
-    batch: Option<(usize, usize)>,
+    /// `batch_max_events`, `batch_max_bytes` and `batch_linger`, when batching is on.
+    batch: Option<(usize, usize, Duration)>,
+    /// The batch being gathered (its records' lanes are in flight), and since when.
+    gathering: Vec<(String, OutboxRecord)>,
+    gathering_since: Option<tokio::time::Instant>,
     /// Records whose batch was refused (a 4xx): their next attempt is on their own.
     solo: std::collections::HashSet<u64>,
     /// Whether the outbox may hold records past the lanes' cursor that are not loaded yet.
@@ -175,8 +178,11 @@ impl Dispatcher {
                 (
                     n,
                     usize::try_from(config.batch_max_bytes).unwrap_or(usize::MAX),
+                    config.batch_linger,
                 )
             }),
+            gathering: Vec::new(),
+            gathering_since: None,
             solo: Default::default(),
             more_on_disk: true,
             load_again: false,
@@ -234,6 +240,7 @@ impl Dispatcher {
         let (held, held_bytes) = self.lanes.held();
         self.metrics.set_held(held, held_bytes);
         let outbox = self.outbox.clone();
+        let gathering_due = self.gathering_due();
         tokio::select! {
             _ = cancel.cancelled() => return Step::Cancelled,
             Some(done) = self.in_flight.join_next_with_id() => self.finish(done),
@@ -245,6 +252,8 @@ impl Dispatcher {
             // A failed read is retried on its own: no write may come to wake the loop.
             _ = tokio::time::sleep(READ_RETRY), if self.read_failing => {}
             _ = tokio::time::sleep_until(self.log_since.unwrap_or_else(tokio::time::Instant::now) + LOG_EVERY), if self.log_since.is_some() => self.write_log(),
+            // A batch that waited `batch_linger` goes (start_ready sends it).
+            _ = tokio::time::sleep_until(gathering_due.unwrap_or_else(tokio::time::Instant::now)), if gathering_due.is_some() => {}
         }
         Step::Continue
     }
@@ -272,6 +281,8 @@ impl Dispatcher {
         self.lanes = Lanes::new(self.limits);
         self.backoff = DelayQueue::new();
         self.solo.clear();
+        self.gathering.clear();
+        self.gathering_since = None;
         self.more_on_disk = true;
     }
 
@@ -341,38 +352,64 @@ impl Dispatcher {
     }
 
     /// Start attempts for ready lanes while there is room: one request per lane head, or,
-    /// with batching, one request for up to `batch_max_events` heads (of different lanes)
-    /// that are ready now. Nothing waits to fill a batch: under light load a batch holds one
-    /// event, under load it fills.
+    /// with batching, one request for up to `batch_max_events` heads (of different lanes).
+    /// A batch goes when it is full (`batch_max_events`, `batch_max_bytes`) or has waited
+    /// `batch_linger` for more (at once with the default `"0s"`: under light load a batch
+    /// holds one event, under load it fills).
     fn start_ready(&mut self) {
-        let mut carry: Option<(String, OutboxRecord)> = None;
-        while carry.is_some() || self.in_flight.len() < self.max_concurrency {
-            let Some(first) = carry.take().or_else(|| self.next_ready()) else {
-                return;
-            };
-            let Some((max_events, max_bytes)) = self.batch else {
-                self.spawn(vec![first]);
-                continue;
-            };
-            if self.solo.remove(&first.1.seq) {
-                self.spawn(vec![first]);
-                continue;
-            }
-            let mut bytes = first.1.body.len();
-            let mut members = vec![first];
-            while members.len() < max_events {
+        let Some((max_events, max_bytes, linger)) = self.batch else {
+            while self.in_flight.len() < self.max_concurrency {
                 let Some(next) = self.next_ready() else {
-                    break;
+                    return;
                 };
-                if self.solo.contains(&next.1.seq) || bytes + next.1.body.len() > max_bytes {
-                    carry = Some(next);
-                    break;
-                }
-                bytes += next.1.body.len();
-                members.push(next);
+                self.spawn(vec![next]);
             }
+            return;
+        };
+        loop {
+            if self.gathering.is_empty() && self.in_flight.len() >= self.max_concurrency {
+                return;
+            }
+            let Some(next) = self.next_ready() else {
+                break;
+            };
+            if self.solo.remove(&next.1.seq) {
+                self.spawn(vec![next]);
+                continue;
+            }
+            let bytes: usize = self.gathering.iter().map(|(_, r)| r.body.len()).sum();
+            if !self.gathering.is_empty() && bytes + next.1.body.len() > max_bytes {
+                self.send_gathered();
+            }
+            if self.gathering.is_empty() {
+                self.gathering_since = Some(tokio::time::Instant::now());
+            }
+            self.gathering.push(next);
+            if self.gathering.len() >= max_events {
+                self.send_gathered();
+            }
+        }
+        let waited = self
+            .gathering_since
+            .is_some_and(|since| since.elapsed() >= linger);
+        if !self.gathering.is_empty() && (linger.is_zero() || waited) {
+            self.send_gathered();
+        }
+    }
+
+    /// The batch gathered so far goes.
+    fn send_gathered(&mut self) {
+        self.gathering_since = None;
+        let members = std::mem::take(&mut self.gathering);
+        if !members.is_empty() {
             self.spawn(members);
         }
+    }
+
+    /// When the batch being gathered must go, if one is.
+    fn gathering_due(&self) -> Option<tokio::time::Instant> {
+        let (_, _, linger) = self.batch?;
+        Some(self.gathering_since? + linger)
     }
 
     /// The next lane that may send and its head, marked in flight; heads no longer in the

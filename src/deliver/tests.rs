@@ -340,6 +340,8 @@ type BatchAnswer = Box<dyn Fn(&[OutboxRecord]) -> Outcome + Send + Sync>;
 
 struct Batched {
     batches: Mutex<Vec<Vec<String>>>,
+    /// When each batch went.
+    times: Mutex<Vec<tokio::time::Instant>>,
     answer: BatchAnswer,
 }
 
@@ -354,6 +356,7 @@ impl Transport for Batched {
             .lock()
             .unwrap()
             .push(records.iter().map(|r| r.lane.clone()).collect());
+        self.times.lock().unwrap().push(tokio::time::Instant::now());
         let outcome = (self.answer)(&records);
         let members = records.iter().map(|_| Ok(true)).collect();
         Box::pin(async move { transport::batch_outcomes(members, Some(outcome)) })
@@ -376,6 +379,7 @@ async fn a_refused_batch_is_split_and_only_the_refused_device_waits() {
     .await;
     let transport = Arc::new(Batched {
         batches: Mutex::new(Vec::new()),
+        times: Mutex::new(Vec::new()),
         answer: Box::new(|batch| {
             if batch.iter().any(|r| r.lane == "device:bad") {
                 failed(422)
@@ -425,4 +429,62 @@ async fn a_refused_batch_is_split_and_only_the_refused_device_waits() {
         [sent[0].id.clone(), sent[1].id.clone()],
         "only the refused device's"
     );
+}
+
+/// Issue 21: `batch_linger` lets a batch wait for more events, up to `batch_max_events`: a
+/// batch that is not full goes once it has waited the linger, a full one at once.
+#[tokio::test]
+async fn a_batch_waits_its_linger_unless_it_is_full() {
+    for (max, want_at_ms, want_sizes) in [(10, 250, vec![3]), (2, 0, vec![2, 1])] {
+        let extra = format!("batch_max_events = {max}\nbatch_linger = \"250ms\"");
+        let config = test_config(&extra);
+        let (rig, _) = rig(&extra, &[("a", 1), ("b", 1), ("c", 1)], |_| {
+            Outcome::Delivered { status: 200 }
+        })
+        .await;
+        let transport = Arc::new(Batched {
+            batches: Mutex::new(Vec::new()),
+            times: Mutex::new(Vec::new()),
+            answer: Box::new(|_| Outcome::Delivered { status: 200 }),
+        });
+        let metrics = DeliverMetrics::register(&mut Registry::default());
+        let mut dispatcher = Dispatcher::with_transport(
+            &config.webhook,
+            rig.outbox.clone(),
+            Arc::new(DeliveryLog::new(rig._dir.path(), 100)),
+            metrics.endpoint("default"),
+            transport.clone(),
+        )
+        .unwrap();
+        let (cancel, outbox, queue) = (
+            CancellationToken::new(),
+            rig.outbox.clone(),
+            dispatcher.queue,
+        );
+        let start = tokio::time::Instant::now();
+        let steps = async {
+            while outbox.queue_len(queue) > 0 {
+                dispatcher.step(&cancel).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), steps)
+            .await
+            .expect("delivered");
+        let sizes: Vec<usize> = transport
+            .batches
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Vec::len)
+            .collect();
+        let first = transport.times.lock().unwrap()[0] - start;
+        assert_eq!(sizes, want_sizes, "max {max}");
+        let at = first.as_millis() as u64;
+        // (the timer's millisecond rounds up)
+        assert!(
+            (want_at_ms..=want_at_ms + 1).contains(&at),
+            "max {max}: the first batch went at {at} ms"
+        );
+        tokio::time::resume(); // the next rig pauses it again
+    }
 }
