@@ -26,8 +26,8 @@ pub struct WebhookConfig {
     pub url: String,
     /// The signing key. Required unless `secrets` is given.
     pub secret: Secret,
-    /// Several signing keys, newest first, for rotation (Standard Webhooks signs with each;
-    /// `hmac-sha256-hex` with the first). Replaces `secret` when given.
+    /// Several signing keys, newest first, for rotation: every request carries a signature
+    /// per key (see `deliver::sign`). Replaces `secret` when given.
     pub secrets: Vec<Secret>,
     /// `hmac` (in `signature_header`; `hmac-sha256-hex` is its old name) or
     /// `standard-webhooks`.
