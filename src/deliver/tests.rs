@@ -49,21 +49,34 @@ fn failed(status: u16) -> Outcome {
     }
 }
 
-struct Rig {
+struct Rig<T = Scripted> {
     _dir: tempfile::TempDir,
     outbox: Outbox,
-    transport: Arc<Scripted>,
+    transport: Arc<T>,
     dispatcher: Dispatcher,
     cancel: CancellationToken,
 }
 
-/// One endpoint (`[webhook]` with `extra` keys; no jitter) over a fresh outbox holding
-/// `readings` per device, durable, answered by `answer`. Time is paused once it is set up.
+/// [`rig_with`] a [`Scripted`] transport answering each attempt with `answer`.
 async fn rig(
     extra: &str,
     readings: &[(&str, usize)],
     answer: impl Fn(&OutboxRecord) -> Outcome + Send + Sync + 'static,
 ) -> (Rig, Vec<Envelope>) {
+    let transport = Arc::new(Scripted {
+        sent: Mutex::new(Vec::new()),
+        answer: Box::new(answer),
+    });
+    rig_with(extra, readings, transport).await
+}
+
+/// One endpoint (`[webhook]` with `extra` keys; no jitter) over a fresh outbox holding
+/// `readings` per device, durable, sent through `transport`. Time is paused once it is set up.
+async fn rig_with<T: Transport + 'static>(
+    extra: &str,
+    readings: &[(&str, usize)],
+    transport: Arc<T>,
+) -> (Rig<T>, Vec<Envelope>) {
     let config = test_config(&format!(
         "retry = {{ initial = \"1s\", max = \"1m\", multiplier = 2.0, jitter = 0.0 }}\n{extra}"
     ));
@@ -87,10 +100,6 @@ async fn rig(
     };
     outbox.write(&[commit], &[false]).unwrap();
     outbox.flush().await.unwrap();
-    let transport = Arc::new(Scripted {
-        sent: Mutex::new(Vec::new()),
-        answer: Box::new(answer),
-    });
     let metrics = DeliverMetrics::register(&mut Registry::default());
     let dispatcher = Dispatcher::with_transport(
         &config.webhook,
@@ -111,10 +120,10 @@ async fn rig(
     (rig, envelopes)
 }
 
-impl Rig {
+impl<T> Rig<T> {
     /// Step until `done` holds; false if it still does not after `within` of (paused) time,
     /// whether the steps kept coming back or one of them never did.
-    async fn step_until(&mut self, within: Duration, done: impl Fn(&Rig) -> bool) -> bool {
+    async fn step_until(&mut self, within: Duration, done: impl Fn(&Rig<T>) -> bool) -> bool {
         let steps = async {
             while !done(self) {
                 if self.dispatcher.step(&self.cancel).await == Step::Cancelled {
@@ -368,15 +377,6 @@ impl Transport for Batched {
 /// receiver refuses holds up no other; the rest go on in batches.
 #[tokio::test]
 async fn a_refused_batch_is_split_and_only_the_refused_device_waits() {
-    let config = test_config(
-        "batch_max_events = 10\nretry = { initial = \"1s\", max = \"1m\", multiplier = 2.0, jitter = 0.0 }",
-    );
-    let (rig, sent) = rig(
-        "batch_max_events = 10",
-        &[("bad", 2), ("g1", 2), ("g2", 2)],
-        |_| Outcome::Delivered { status: 200 },
-    )
-    .await;
     let transport = Arc::new(Batched {
         batches: Mutex::new(Vec::new()),
         times: Mutex::new(Vec::new()),
@@ -388,27 +388,22 @@ async fn a_refused_batch_is_split_and_only_the_refused_device_waits() {
             }
         }),
     });
-    let metrics = DeliverMetrics::register(&mut Registry::default());
-    let mut dispatcher = Dispatcher::with_transport(
-        &config.webhook,
-        rig.outbox.clone(),
-        Arc::new(DeliveryLog::new(rig._dir.path(), 100)),
-        metrics.endpoint("default"),
-        transport.clone(),
+    let (mut rig, sent) = rig_with(
+        "batch_max_events = 10",
+        &[("bad", 2), ("g1", 2), ("g2", 2)],
+        transport,
     )
-    .unwrap();
-    let cancel = CancellationToken::new();
-    let outbox = rig.outbox.clone();
-    let queue = dispatcher.queue;
-    let steps = async {
-        while outbox.queue_len(queue) > 2 {
-            dispatcher.step(&cancel).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_millis(500), steps)
-        .await
-        .expect("the good devices' events all go within half a second, while bad backs off");
-    let batches = transport.batches.lock().unwrap().clone();
+    .await;
+    let done = rig
+        .step_until(Duration::from_millis(500), |r| {
+            r.outbox.queue_len(r.dispatcher.queue) <= 2
+        })
+        .await;
+    assert!(
+        done,
+        "the good devices' events all go within half a second, while bad backs off"
+    );
+    let batches = rig.transport.batches.lock().unwrap().clone();
     assert_eq!(
         batches[0],
         ["device:bad", "device:g1", "device:g2"],
@@ -418,8 +413,9 @@ async fn a_refused_batch_is_split_and_only_the_refused_device_waits() {
         batches[1..4].iter().all(|b| b.len() == 1),
         "then each on its own: {batches:?}"
     );
-    let left: Vec<String> = outbox
-        .pending_after(queue, None, 10)
+    let left: Vec<String> = rig
+        .outbox
+        .pending_after(rig.dispatcher.queue, None, 10)
         .unwrap()
         .into_iter()
         .map(|r| r.id)
@@ -437,39 +433,20 @@ async fn a_refused_batch_is_split_and_only_the_refused_device_waits() {
 async fn a_batch_waits_its_linger_unless_it_is_full() {
     for (max, want_at_ms, want_sizes) in [(10, 250, vec![3]), (2, 0, vec![2, 1])] {
         let extra = format!("batch_max_events = {max}\nbatch_linger = \"250ms\"");
-        let config = test_config(&extra);
-        let (rig, _) = rig(&extra, &[("a", 1), ("b", 1), ("c", 1)], |_| {
-            Outcome::Delivered { status: 200 }
-        })
-        .await;
         let transport = Arc::new(Batched {
             batches: Mutex::new(Vec::new()),
             times: Mutex::new(Vec::new()),
             answer: Box::new(|_| Outcome::Delivered { status: 200 }),
         });
-        let metrics = DeliverMetrics::register(&mut Registry::default());
-        let mut dispatcher = Dispatcher::with_transport(
-            &config.webhook,
-            rig.outbox.clone(),
-            Arc::new(DeliveryLog::new(rig._dir.path(), 100)),
-            metrics.endpoint("default"),
-            transport.clone(),
-        )
-        .unwrap();
-        let (cancel, outbox, queue) = (
-            CancellationToken::new(),
-            rig.outbox.clone(),
-            dispatcher.queue,
-        );
+        let (mut rig, _) = rig_with(&extra, &[("a", 1), ("b", 1), ("c", 1)], transport).await;
         let start = tokio::time::Instant::now();
-        let steps = async {
-            while outbox.queue_len(queue) > 0 {
-                dispatcher.step(&cancel).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(2), steps)
-            .await
-            .expect("delivered");
+        let done = rig
+            .step_until(Duration::from_secs(2), |r| {
+                r.outbox.queue_len(r.dispatcher.queue) == 0
+            })
+            .await;
+        assert!(done, "delivered");
+        let transport = &rig.transport;
         let sizes: Vec<usize> = transport
             .batches
             .lock()
