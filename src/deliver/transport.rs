@@ -71,15 +71,13 @@ fn unix_now() -> u64 {
 }
 
 impl Http {
-    /// `make(endpoint)`: at once without a template (a pure function, quick); with one, on a
-    /// blocking thread, given up after [`TEMPLATE_BUDGET`] (`Err` with why).
-    async fn render<T: Send + 'static>(
+    /// `make(endpoint)` for an endpoint with a template: on a blocking thread, given up after
+    /// [`TEMPLATE_BUDGET`] (`Err` with why). Without a template, requests are made at once
+    /// where the attempt starts (a pure function, quick, with no copy of the record).
+    async fn templated<T: Send + 'static>(
         endpoint: Arc<Endpoint>,
         make: impl FnOnce(&Endpoint) -> T + Send + 'static,
     ) -> Result<T, String> {
-        if !endpoint.has_template() {
-            return Ok(make(&endpoint));
-        }
         let run = tokio::task::spawn_blocking(move || make(&endpoint));
         match tokio::time::timeout(TEMPLATE_BUDGET, run).await {
             Ok(Ok(made)) => Ok(made),
@@ -88,6 +86,21 @@ impl Http {
                 "the template did not finish within {} s",
                 TEMPLATE_BUDGET.as_secs()
             )),
+        }
+    }
+
+    /// One event's attempt, from its request (`None`: nothing to send for it).
+    async fn attempt(
+        client: reqwest::Client,
+        endpoint: &Endpoint,
+        parts: Result<Option<(reqwest::header::HeaderMap, Vec<u8>)>, String>,
+    ) -> Outcome {
+        match parts {
+            Ok(Some((headers, body))) => Self::post(client, endpoint, headers, body).await,
+            Ok(None) => Outcome::NotSent,
+            Err(why) => Outcome::Unsendable {
+                reason: format!("cannot make the request: {why}"),
+            },
         }
     }
 
@@ -123,19 +136,17 @@ impl Http {
 
 impl Transport for Http {
     fn send(&self, record: &OutboxRecord) -> Attempt {
-        let (endpoint, client) = (self.endpoint.clone(), self.client.clone());
-        let (record, now) = (record.clone(), unix_now());
+        let (endpoint, client, now) = (self.endpoint.clone(), self.client.clone(), unix_now());
+        if !endpoint.has_template() {
+            let parts = endpoint.request_parts(record, now);
+            return Box::pin(async move { Self::attempt(client, &endpoint, parts).await });
+        }
+        let record = record.clone();
         Box::pin(async move {
-            let parts = Self::render(endpoint.clone(), move |e| e.request_parts(&record, now))
+            let parts = Self::templated(endpoint.clone(), move |e| e.request_parts(&record, now))
                 .await
                 .and_then(|parts| parts);
-            match parts {
-                Ok(Some((headers, body))) => Self::post(client, &endpoint, headers, body).await,
-                Ok(None) => Outcome::NotSent,
-                Err(why) => Outcome::Unsendable {
-                    reason: format!("cannot make the request: {why}"),
-                },
-            }
+            Self::attempt(client, &endpoint, parts).await
         })
     }
 
@@ -147,8 +158,14 @@ impl Transport for Http {
     fn send_batch(&self, records: Vec<OutboxRecord>) -> BatchAttempt {
         let (endpoint, client) = (self.endpoint.clone(), self.client.clone());
         let (n, now) = (records.len(), unix_now());
+        let ready = (!endpoint.has_template()).then(|| endpoint.batch_parts(&records, now));
         Box::pin(async move {
-            let made = Self::render(endpoint.clone(), move |e| e.batch_parts(&records, now)).await;
+            let made = match ready {
+                Some(made) => Ok(made),
+                None => {
+                    Self::templated(endpoint.clone(), move |e| e.batch_parts(&records, now)).await
+                }
+            };
             let (members, request) = match made {
                 Ok(made) => made,
                 Err(why) => (vec![Err(why); n], None),
