@@ -438,13 +438,10 @@ async fn a_firmware_update_is_told_once() {
     common::publish_plain(
         broker.port,
         "fw-b",
-        &[(topic, r#"{"presence":true,"firmware":"2.1.0","seq":2}"#)],
-    )
-    .await;
-    common::publish_plain(
-        broker.port,
-        "fw-c",
-        &[(topic, r#"{"presence":false,"firmware":"2.1.0","seq":3}"#)],
+        &[
+            (topic, r#"{"presence":true,"firmware":"2.1.0","seq":2}"#),
+            (topic, r#"{"presence":false,"firmware":"2.1.0","seq":3}"#),
+        ],
     )
     .await;
     receiver
