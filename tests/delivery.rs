@@ -399,6 +399,13 @@ async fn a_failing_endpoint_never_delays_a_healthy_one() {
         },
     )
     .await;
+    // The failing endpoint keeps retrying meanwhile (its backoff may still be under way).
+    daemon
+        .wait_metric(
+            "edgehook_delivery_attempts_total{endpoint=\"ops\",result=\"http_error\"}",
+            3,
+        )
+        .await;
     assert!(
         daemon
             .metric("edgehook_delivery_attempts_total{endpoint=\"ops\",result=\"http_error\"}")
