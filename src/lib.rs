@@ -105,6 +105,7 @@ pub async fn run_with_reloads(
         )
     })?;
     for (queue, endpoint, routed) in outbox.queues() {
+        let endpoint = endpoint.as_str();
         // What the endpoint will never get counts from the store's start, as `outbox status`.
         metrics
             .outbox

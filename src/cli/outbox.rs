@@ -132,6 +132,7 @@ pub async fn run(
             );
             let dead = outbox.dead_letters(usize::MAX).map_err(err)?;
             for (queue, name, routed) in outbox.queues() {
+                let name = name.as_str();
                 let configured =
                     config.and_then(|c| c.all_endpoints().into_iter().find(|e| e.name == name));
                 let disabled = outbox.disabled(name);
@@ -177,6 +178,7 @@ pub async fn run(
         } => {
             known(&endpoint)?;
             for (queue, name, _) in outbox.queues() {
+                let name = name.as_str();
                 if !chosen(&endpoint, name) {
                     continue;
                 }
@@ -290,6 +292,7 @@ pub async fn run(
             known(&endpoint)?;
             let mut enabled = 0;
             for (_, name, _) in outbox.queues() {
+                let name = name.as_str();
                 if !chosen(&endpoint, name) {
                     continue;
                 }

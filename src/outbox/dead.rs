@@ -15,7 +15,7 @@ impl Outbox {
     pub fn bury(&self, queue: QueueId, seq: u64, info: &DeadInfo) -> Result<bool, OutboxError> {
         let info_json = serde_json::to_vec(info).expect("plain data serialises");
         let key = seq.to_be_bytes();
-        let dead_key = dead_key(seq, &self.queues[queue.0].endpoint);
+        let dead_key = dead_key(seq, &self.q(queue).endpoint);
         let moved = self.with(|s| {
             (&s.queues[queue.0], &s.dead)
                 .transaction(|(ev, dead)| {
@@ -83,7 +83,7 @@ impl Outbox {
             Ok((new_seq, revived))
         })?;
         if let Some(bytes) = revived {
-            let q = &self.queues[queue.0];
+            let q = self.q(queue);
             q.depth.fetch_add(1, Ordering::Relaxed);
             q.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
             self.dead_depth.fetch_sub(1, Ordering::Relaxed);
@@ -111,7 +111,7 @@ impl Outbox {
                 }
                 return Ok(n);
             }
-            for (tree, queue) in s.queues.iter().zip(self.queues.iter()) {
+            for (tree, queue) in s.queues.iter().zip(self.all_queues()) {
                 if !chosen(&queue.endpoint) {
                     continue;
                 }

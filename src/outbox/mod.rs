@@ -137,8 +137,6 @@ pub struct QueueId(usize);
 /// counted once at open, then adjusted on every write and removal).
 struct Queue {
     endpoint: String,
-    /// Whether new events are routed here (the endpoint is configured and active).
-    routed: bool,
     depth: AtomicU64,
     /// Bytes of the records held (what this queue's share of `outbox.max_size` limits).
     bytes: AtomicU64,
@@ -185,10 +183,13 @@ pub struct Outbox {
     dead_depth: Arc<AtomicU64>,
     /// False while writes are failing; `/healthz` reports it.
     writable: Arc<AtomicBool>,
-    /// The queues, routed ones (in configuration order) first.
-    queues: Arc<Vec<Queue>>,
-    /// Which queues take each event type, in the order of `queues`.
-    routes: Arc<Vec<Route>>,
+    /// The queues: those routed at open (in configuration order), the others found on disk,
+    /// then those added while running ([`Outbox::route`]). None is taken out while the store
+    /// is open, so a [`QueueId`] stays valid.
+    queues: Arc<RwLock<Vec<Arc<Queue>>>>,
+    /// Which events each queue takes, by the queue's place (`None`: none; missing at the end:
+    /// none). Replaced whole when an endpoint is routed or unrouted.
+    routes: Arc<RwLock<Arc<Vec<Option<Route>>>>>,
     /// Whether old readings were ever dropped to make room (see [`Outbox::was_dropped`]).
     dropped_any: Arc<AtomicBool>,
     /// One past the highest sequence number written (flushed or not).
@@ -224,17 +225,17 @@ impl Outbox {
                     .flatten()
                     .and_then(|v| serde_json::from_slice(&v).ok())
                     .unwrap_or(0);
-                Queue {
+                Arc::new(Queue {
                     endpoint: endpoint.clone(),
-                    routed: i < routes.len(),
                     depth: AtomicU64::new(depth),
                     bytes: AtomicU64::new(bytes),
                     draining: AtomicBool::new(i < routes.len()),
                     dropped: AtomicU64::new(dropped),
                     appended: Notify::new(),
-                }
+                })
             })
             .collect();
+        let routes: Vec<Option<Route>> = routes.into_iter().map(Some).collect();
         let dead_depth = Arc::new(AtomicU64::new(store.dead.len() as u64));
         // Whatever sled recovered at open is on disk.
         let end = store.end()?;
@@ -245,8 +246,8 @@ impl Outbox {
             cache_bytes,
             dead_depth,
             writable: Arc::new(AtomicBool::new(true)),
-            queues: Arc::new(queues),
-            routes: Arc::new(routes),
+            queues: Arc::new(RwLock::new(queues)),
+            routes: Arc::new(RwLock::new(Arc::new(routes))),
             written: Arc::new(AtomicU64::new(end)),
             durable: Arc::new(AtomicU64::new(end)),
             batches: Arc::new(AtomicU64::new(0)),
@@ -256,19 +257,103 @@ impl Outbox {
 
     /// The queue of `endpoint`, if there is one.
     pub fn queue(&self, endpoint: &str) -> Option<QueueId> {
-        self.queues
+        read(&self.queues)
             .iter()
             .position(|q| q.endpoint == endpoint)
             .map(QueueId)
     }
 
     /// Every queue: its id, endpoint, and whether new events are routed to it.
-    pub fn queues(&self) -> Vec<(QueueId, &str, bool)> {
-        self.queues
+    pub fn queues(&self) -> Vec<(QueueId, String, bool)> {
+        let routes = self.routes_now();
+        self.all_queues()
             .iter()
             .enumerate()
-            .map(|(i, q)| (QueueId(i), q.endpoint.as_str(), q.routed))
+            .map(|(i, q)| {
+                let routed = routes.get(i).is_some_and(Option::is_some);
+                (QueueId(i), q.endpoint.clone(), routed)
+            })
             .collect()
+    }
+
+    /// Queue the events `route` wants for its endpoint from the next batch on, making the
+    /// endpoint a queue if it has none (an endpoint created while running). Its queue is
+    /// marked draining: the caller starts its delivery.
+    pub fn route(&self, route: Route) -> Result<QueueId, OutboxError> {
+        let queue = self.queue_or_add(&route.endpoint)?;
+        self.set_route(queue, Some(route));
+        Ok(queue)
+    }
+
+    /// Queue nothing more for `endpoint` (deactivated, deleted, or gone from the file); what
+    /// its queue holds is kept. False if it has no queue.
+    pub fn unroute(&self, endpoint: &str) -> bool {
+        match self.queue(endpoint) {
+            Some(queue) => {
+                self.set_route(queue, None);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn set_route(&self, queue: QueueId, route: Option<Route>) {
+        let mut routes = write(&self.routes);
+        let mut new = Vec::clone(&routes);
+        if new.len() <= queue.0 {
+            new.resize(queue.0 + 1, None);
+        }
+        new[queue.0] = route;
+        *routes = Arc::new(new);
+    }
+
+    /// The queue of `endpoint`, opened now if it has none.
+    fn queue_or_add(&self, endpoint: &str) -> Result<QueueId, OutboxError> {
+        if let Some(queue) = self.queue(endpoint) {
+            return Ok(queue);
+        }
+        // The store's lock first, then the queues' (as everywhere), so that a reopen, which
+        // opens the store's trees from the queues' names, sees both or neither.
+        let mut guard = self.store.write().unwrap_or_else(|e| e.into_inner());
+        let store = guard.as_mut().ok_or(OutboxError::Unavailable)?;
+        let mut queues = write(&self.queues);
+        if let Some(i) = queues.iter().position(|q| q.endpoint == endpoint) {
+            return Ok(QueueId(i));
+        }
+        store.add_queue(endpoint)?;
+        let dropped = store
+            .meta
+            .get(meta_key(endpoint, DROPPED))?
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or(0);
+        queues.push(Arc::new(Queue {
+            endpoint: endpoint.to_string(),
+            depth: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            dropped: AtomicU64::new(dropped),
+            appended: Notify::new(),
+        }));
+        Ok(QueueId(queues.len() - 1))
+    }
+
+    /// One queue.
+    fn q(&self, queue: QueueId) -> Arc<Queue> {
+        read(&self.queues)[queue.0].clone()
+    }
+
+    /// Every queue, as they are now.
+    fn all_queues(&self) -> Vec<Arc<Queue>> {
+        read(&self.queues).clone()
+    }
+
+    fn queue_count(&self) -> usize {
+        read(&self.queues).len()
+    }
+
+    /// The routes, as they are now.
+    fn routes_now(&self) -> Arc<Vec<Option<Route>>> {
+        read(&self.routes).clone()
     }
 
     /// Run `f` on the open store.
@@ -285,10 +370,11 @@ impl Outbox {
         let mut guard = self.store.write().unwrap_or_else(|e| e.into_inner());
         *guard = None; // the broken instance goes first: it holds the file lock
         let mut store = Store::open(&self.dir, self.cache_bytes)?;
-        let endpoints: Vec<String> = self.queues.iter().map(|q| q.endpoint.clone()).collect();
+        let queues = self.all_queues();
+        let endpoints: Vec<String> = queues.iter().map(|q| q.endpoint.clone()).collect();
         store.open_queues(&endpoints)?;
         let end = store.end()?;
-        for (queue, (depth, bytes)) in self.queues.iter().zip(store.count()?) {
+        for (queue, (depth, bytes)) in queues.iter().zip(store.count()?) {
             queue.depth.store(depth, Ordering::Relaxed);
             queue.bytes.store(bytes, Ordering::Relaxed);
         }
@@ -368,25 +454,32 @@ impl Outbox {
     ) -> Result<Written, OutboxError> {
         let mut records = Vec::new();
         let mut unrouted = 0;
-        let mut dropped = vec![0u64; self.queues.len()];
+        // One look at the queues and routes for the whole batch. The store's read lock is
+        // held, so no queue is added meanwhile: every route has its tree.
+        let queues = self.all_queues();
+        let routes = self.routes_now();
+        let mut dropped = vec![0u64; queues.len()];
         for env in batch.iter().flat_map(|c| &c.envelopes) {
-            let wanted =
-                (0..self.routes.len()).filter(|&i| (self.routes[i].wants)(env.kind.as_str()));
-            let mut queues = Vec::new();
+            let wanted = routes.iter().enumerate().filter_map(|(i, r)| {
+                r.as_ref()
+                    .filter(|r| (r.wants)(env.kind.as_str()))
+                    .map(|_| i)
+            });
+            let mut targets = Vec::new();
             let mut any = false;
             for i in wanted {
                 any = true;
                 if refused.get(i).copied().unwrap_or(false) {
                     dropped[i] += 1;
                 } else {
-                    queues.push(i);
+                    targets.push(i);
                 }
             }
             if !any {
                 unrouted += 1;
             }
-            if !queues.is_empty() {
-                records.push((store.db.generate_id()?, encode(env), queues));
+            if !targets.is_empty() {
+                records.push((store.db.generate_id()?, encode(env), targets));
             }
         }
         let devices = encode_states(batch.iter().flat_map(|c| &c.devices));
@@ -402,8 +495,8 @@ impl Outbox {
         }
         // Events first, then the states they came from, all in this one task (so in log
         // order): see invariant 1 for why this order, not a transaction, keeps them together.
-        for (seq, bytes, queues) in &records {
-            for &q in queues {
+        for (seq, bytes, targets) in &records {
+            for &q in targets {
                 store.queues[q].insert(seq.to_be_bytes(), bytes.as_slice())?;
             }
         }
@@ -425,7 +518,7 @@ impl Outbox {
             let n = self.batches.fetch_add(1, Ordering::Relaxed) % APPLIED_BATCHES;
             store.meta.insert(format!("{APPLIED}.{n}"), fingerprints)?;
         }
-        for (queue, n) in self.queues.iter().zip(&written.dropped) {
+        for (queue, n) in queues.iter().zip(&written.dropped) {
             if *n > 0 {
                 let total = queue.dropped.load(Ordering::Relaxed) + n;
                 let key = meta_key(&queue.endpoint, DROPPED);
@@ -434,10 +527,10 @@ impl Outbox {
                     .insert(key, serde_json::to_vec(&total).expect("a number"))?;
             }
         }
-        for (_, bytes, queues) in &records {
-            for &q in queues {
-                self.queues[q].depth.fetch_add(1, Ordering::Relaxed);
-                self.queues[q]
+        for (_, bytes, targets) in &records {
+            for &q in targets {
+                queues[q].depth.fetch_add(1, Ordering::Relaxed);
+                queues[q]
                     .bytes
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             }
@@ -552,7 +645,7 @@ impl Outbox {
 
     /// Count a record out of `queue`.
     fn forget(&self, queue: QueueId, bytes: usize) {
-        let q = &self.queues[queue.0];
+        let q = self.q(queue);
         q.depth.fetch_sub(1, Ordering::Relaxed);
         q.bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
     }
@@ -603,7 +696,7 @@ impl Outbox {
             if dropped > 0 {
                 // What the endpoint will never get is counted with it, in the same log as the
                 // removals (so a crash keeps both or neither).
-                let q = &self.queues[queue.0];
+                let q = self.q(queue);
                 let total = q.dropped.fetch_add(dropped as u64, Ordering::Relaxed) + dropped as u64;
                 s.meta.insert(
                     meta_key(&q.endpoint, DROPPED),
@@ -616,32 +709,31 @@ impl Outbox {
 
     /// Bytes of the records waiting in `queue`.
     pub fn queue_bytes(&self, queue: QueueId) -> u64 {
-        self.queues[queue.0].bytes.load(Ordering::Relaxed)
+        self.q(queue).bytes.load(Ordering::Relaxed)
     }
 
     /// Say whether delivery takes records out of `queue` (false while its endpoint is
     /// disabled); a queue that does not drain never holds the others back when full.
     pub fn set_draining(&self, queue: QueueId, draining: bool) {
-        self.queues[queue.0]
-            .draining
-            .store(draining, Ordering::Relaxed);
+        self.q(queue).draining.store(draining, Ordering::Relaxed);
     }
 
     pub fn is_draining(&self, queue: QueueId) -> bool {
-        self.queues[queue.0].draining.load(Ordering::Relaxed)
+        self.q(queue).draining.load(Ordering::Relaxed)
     }
 
     /// Events `queue` will never get because its share was full, ever (see [`DROPPED`]).
     pub fn dropped_for(&self, queue: QueueId) -> u64 {
-        self.queues[queue.0].dropped.load(Ordering::Relaxed)
+        self.q(queue).dropped.load(Ordering::Relaxed)
     }
 
     /// About how many bytes `batch` adds to each queue (in the order of [`Outbox::queues`]).
     fn needs(&self, batch: &[Commit]) -> Vec<u64> {
-        let mut needs = vec![0u64; self.queues.len()];
+        let routes = self.routes_now();
+        let mut needs = vec![0u64; self.queue_count()];
         for env in batch.iter().flat_map(|c| &c.envelopes) {
-            for (i, route) in self.routes.iter().enumerate() {
-                if (route.wants)(env.kind.as_str()) {
+            for (i, route) in routes.iter().enumerate() {
+                if route.as_ref().is_some_and(|r| (r.wants)(env.kind.as_str())) {
                     needs[i] += writer::size_of(env);
                 }
             }
@@ -655,6 +747,7 @@ impl Outbox {
         metrics.set_depth(self.len());
         metrics.set_held(self.bytes(), self.dead_len());
         for (queue, endpoint, _) in self.queues() {
+            let endpoint = endpoint.as_str();
             let age = self
                 .oldest(queue)
                 .ok()
@@ -707,7 +800,7 @@ impl Outbox {
 
     /// Records waiting for delivery, in all queues.
     pub fn len(&self) -> usize {
-        self.queues
+        self.all_queues()
             .iter()
             .map(|q| q.depth.load(Ordering::Relaxed) as usize)
             .sum()
@@ -719,12 +812,12 @@ impl Outbox {
 
     /// Records waiting in `queue`.
     pub fn queue_len(&self, queue: QueueId) -> usize {
-        self.queues[queue.0].depth.load(Ordering::Relaxed) as usize
+        self.q(queue).depth.load(Ordering::Relaxed) as usize
     }
 
     /// Bytes of the records waiting, in all queues.
     pub fn bytes(&self) -> u64 {
-        self.queues
+        self.all_queues()
             .iter()
             .map(|q| q.bytes.load(Ordering::Relaxed))
             .sum()
@@ -737,15 +830,25 @@ impl Outbox {
     /// Resolves after the next durable append to `queue` (or at once if there was one since
     /// the last call).
     pub async fn appended(&self, queue: QueueId) {
-        self.queues[queue.0].appended.notified().await
+        let q = self.q(queue);
+        q.appended.notified().await
     }
 
     /// Wake the delivery of every queue: new records are durable.
     fn notify_appended(&self) {
-        for q in self.queues.iter() {
+        for q in self.all_queues() {
             q.appended.notify_one();
         }
     }
+}
+
+/// A read guard, through a poisoned lock (what it guards is plain data, whole at every step).
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -86,6 +86,12 @@ impl Store {
         Ok(())
     }
 
+    /// Open the queue tree of `endpoint` after the others.
+    pub(super) fn add_queue(&mut self, endpoint: &str) -> Result<(), OutboxError> {
+        self.queues.push(self.db.open_tree(tree_name(endpoint))?);
+        Ok(())
+    }
+
     /// The endpoints that have a queue on disk.
     pub(super) fn queues_on_disk(&self) -> Vec<String> {
         self.db

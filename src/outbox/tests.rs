@@ -250,7 +250,8 @@ async fn each_endpoint_has_its_own_queue_dead_letters_and_purge() {
     drop(ob);
     // Without `crm` configured its queue is still found (and kept), just not routed to.
     let ob = open_when_released(dir.path(), everything);
-    let queues: Vec<(&str, bool)> = ob.queues().iter().map(|(_, e, r)| (*e, *r)).collect();
+    let queues: Vec<(String, bool)> = ob.queues().into_iter().map(|(_, e, r)| (e, r)).collect();
+    let queues: Vec<(&str, bool)> = queues.iter().map(|(e, r)| (e.as_str(), *r)).collect();
     assert_eq!(queues, [("default", true), ("crm", false)]);
     assert_eq!(ob.len(), 2);
 }
@@ -355,7 +356,7 @@ async fn a_refused_queue_misses_the_batch_and_counts_it_durably() {
         let ops = ob.queue("ops").unwrap();
         assert_eq!((ob.queue_len(Q0), ob.queue_len(ops)), (2, 0));
         // as the writer does once the batch is durable
-        ob.queues[ops.0].dropped.fetch_add(2, Ordering::Relaxed);
+        ob.q(ops).dropped.fetch_add(2, Ordering::Relaxed);
     }
     let ob = Outbox::open(dir.path(), 1 << 20, routes()).unwrap();
     assert_eq!(
@@ -419,4 +420,43 @@ async fn dropping_for_room_takes_only_the_oldest_readings() {
     // Only health events left besides one reading: asking for more drops just that one.
     assert_eq!(ob.drop_oldest_readings(Q0, u64::MAX).unwrap(), 1);
     assert_eq!(ob.len(), 2);
+}
+
+#[tokio::test]
+async fn an_endpoint_routed_while_running_gets_a_queue_that_survives_a_reopen_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+    let batch = |device: &str| Commit {
+        envelopes: vec![envelope(device), reading(device)],
+        ..Default::default()
+    };
+    ob.write(&[batch("d1")], &[]).unwrap();
+    // Created while running: a new queue, taking what it wants from the next batch on.
+    let crm = ob.route(route("crm", "device.")).unwrap();
+    assert_eq!(ob.queue("crm"), Some(crm));
+    assert_eq!(
+        ob.route(route("crm", "device.")).unwrap(),
+        crm,
+        "routing again keeps the queue"
+    );
+    ob.write(&[batch("d2")], &[]).unwrap();
+    ob.flush().await.unwrap();
+    assert_eq!((ob.queue_len(Q0), ob.queue_len(crm)), (4, 1));
+    let held = ob.pending_after(crm, None, 10).unwrap();
+    assert_eq!(
+        held.iter().map(|r| r.lane.as_str()).collect::<Vec<_>>(),
+        ["device:d2"]
+    );
+    // Unrouted: nothing more is queued for it, what it holds stays, through a reopen.
+    assert!(ob.unroute("crm"));
+    assert!(!ob.unroute("nobody"));
+    assert_eq!(ob.write(&[batch("d3")], &[]).unwrap().queued, 2);
+    ob.flush().await.unwrap();
+    ob.reopen().unwrap();
+    assert_eq!((ob.queue_len(Q0), ob.queue_len(crm)), (6, 1));
+    let routed: Vec<bool> = ob.queues().into_iter().map(|(_, _, r)| r).collect();
+    assert_eq!(routed, [true, false]);
+    drop(ob);
+    let ob = open_when_released(dir.path(), everything);
+    assert_eq!(ob.queue_len(ob.queue("crm").unwrap()), 1, "kept on disk");
 }

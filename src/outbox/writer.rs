@@ -36,10 +36,10 @@ pub async fn run_writer(
     cancel: CancellationToken,
 ) {
     let mut batch: Vec<Commit> = Vec::with_capacity(config.batch_max);
-    let mut full = FullLog::new(outbox.queues.len());
-    // A batch stays well under a share, so that room for it can always be made.
-    let max_batch_bytes = (config.max_size / outbox.queues.len().max(1) as u64 / 8).max(1);
+    let mut full = FullLog::new();
     while let Some(first) = commits.recv().await {
+        // A batch stays well under a share, so that room for it can always be made.
+        let max_batch_bytes = (config.max_size / outbox.queue_count().max(1) as u64 / 8).max(1);
         let mut bytes = commit_size(&first);
         batch.push(first);
         // Group commit: gather what arrives within `commit_delay` of the first, up to the caps.
@@ -61,7 +61,7 @@ pub async fn run_writer(
         let refused = make_room(&outbox, &batch, &config, &metrics, &cancel, &mut full).await;
         let written = persist(&outbox, &batch, &refused, &metrics).await;
         metrics.unrouted(written.unrouted as u64);
-        for (queue, n) in outbox.queues.iter().zip(&written.dropped) {
+        for (queue, n) in outbox.all_queues().iter().zip(&written.dropped) {
             if *n > 0 {
                 queue.dropped.fetch_add(*n, Ordering::Relaxed);
                 metrics.dropped_for(&queue.endpoint, *n);
@@ -103,10 +103,8 @@ struct FullLog {
 }
 
 impl FullLog {
-    fn new(queues: usize) -> FullLog {
-        FullLog {
-            full: vec![None; queues],
-        }
+    fn new() -> FullLog {
+        FullLog { full: Vec::new() }
     }
 }
 
@@ -125,8 +123,12 @@ async fn make_room(
     log: &mut FullLog,
 ) -> Vec<bool> {
     let needs = outbox.needs(batch);
-    let share = config.max_size / outbox.queues.len().max(1) as u64;
+    let share = config.max_size / needs.len().max(1) as u64;
     let mut refused = vec![false; needs.len()];
+    if log.full.len() < needs.len() {
+        log.full.resize(needs.len(), None); // endpoints created while running
+    }
+    let queues = outbox.all_queues();
     loop {
         let mut waiting = false;
         for (i, &needed) in needs.iter().enumerate() {
@@ -137,7 +139,7 @@ async fn make_room(
                 refused[i] = false;
                 continue;
             }
-            let name = &outbox.queues[i].endpoint;
+            let name = &queues[i].endpoint;
             let draining = outbox.is_draining(queue);
             if log.full[i].is_none() {
                 log.full[i] = Some((std::time::Instant::now(), 0));
@@ -187,7 +189,7 @@ async fn make_room(
         let room = outbox.queue_bytes(queue) + needed <= share || outbox.queue_len(queue) == 0;
         if let (true, Some((since, dropped))) = (room && !refused[i], log.full[i]) {
             tracing::warn!(
-                endpoint = %outbox.queues[i].endpoint,
+                endpoint = %queues[i].endpoint,
                 full_for = %humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
                 dropped_readings = dropped,
                 "outbox has room again"
