@@ -18,6 +18,9 @@ pub struct WebhookConfig {
     /// The endpoint's name, in metrics, logs, `edgehook outbox` and the outbox's queue names
     /// (letters, digits, `-`, `_`). `[webhook]` is named `default`.
     pub name: String,
+    /// What the endpoint is for, for people (shown by the API and the console).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub description: String,
     /// False: nothing new is queued for this endpoint and nothing is sent to it; what is
     /// already queued stays until it is active again.
     pub active: bool,
@@ -106,6 +109,7 @@ impl Default for WebhookConfig {
     fn default() -> WebhookConfig {
         WebhookConfig {
             name: String::new(),
+            description: String::new(),
             active: true,
             url: String::new(),
             secret: Secret::default(),
@@ -288,6 +292,30 @@ pub fn validate_endpoint(key: &str, w: &WebhookConfig) -> Result<(), (String, St
         return bad(
             &format!("{key}.events"),
             "must list event types or patterns, e.g. [\"device.*\"]".into(),
+        );
+    }
+    if let Some(pattern) = w.events.iter().find(|p| {
+        let p = wildmatch::WildMatch::new(p);
+        !crate::event::EventType::ALL
+            .iter()
+            .any(|k| p.matches(k.as_str()))
+    }) {
+        let known: Vec<&str> = crate::event::EventType::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect();
+        return bad(
+            &format!("{key}.events"),
+            format!(
+                "`{pattern}` matches no event type (there are: {})",
+                known.join(", ")
+            ),
+        );
+    }
+    if w.description.chars().count() > 500 {
+        return bad(
+            &format!("{key}.description"),
+            "at most 500 characters".into(),
         );
     }
     if reqwest::header::HeaderValue::from_str(&w.signature_prefix).is_err() {

@@ -44,7 +44,13 @@ pub struct DeliveryLog {
     /// Lines per file; 0 keeps no log.
     keep: usize,
     current: Mutex<Current>,
+    /// Every attempt appended, for those following live (the control API's event stream); a
+    /// follower that falls behind misses attempts, and is told so, rather than holding anyone.
+    live: tokio::sync::broadcast::Sender<Attempt>,
 }
+
+/// Attempts a live follower may fall behind by.
+const LIVE: usize = 256;
 
 #[derive(Default)]
 struct Current {
@@ -60,11 +66,27 @@ impl DeliveryLog {
             dir: dir.to_path_buf(),
             keep,
             current: Mutex::new(Current::default()),
+            live: tokio::sync::broadcast::channel(LIVE).0,
         }
+    }
+
+    /// Follow the attempts as they are appended.
+    pub fn follow(&self) -> tokio::sync::broadcast::Receiver<Attempt> {
+        self.live.subscribe()
+    }
+
+    /// The state directory the log is in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Append `attempts` (oldest first) with one write.
     pub fn append(&self, attempts: &[Attempt]) -> io::Result<()> {
+        if self.live.receiver_count() > 0 {
+            for a in attempts {
+                let _ = self.live.send(a.clone());
+            }
+        }
         if self.keep == 0 || attempts.is_empty() {
             return Ok(());
         }

@@ -1,6 +1,6 @@
 //! What delivery counts, per endpoint: events delivered (by type), attempts by result, answers
-//! by status, dead letters, whether the endpoint is disabled, what it holds in memory, and the
-//! latency from an event's creation to its 2xx.
+//! by status, dead letters, whether the endpoint is disabled or paused, what it holds in memory,
+//! the latency from an event's creation to its 2xx, and the last error (for the control API).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,6 +42,7 @@ pub struct DeliverMetrics {
     client_errors: Family<Endpoint, Counter>,
     dead_letters: Family<Endpoint, Counter>,
     disabled: Family<Endpoint, Gauge>,
+    paused: Family<Endpoint, Gauge>,
     window_events: Family<Endpoint, Gauge>,
     window_bytes: Family<Endpoint, Gauge>,
     latency: HistogramFamily<Endpoint>,
@@ -62,9 +63,22 @@ pub struct EndpointMetrics {
     filtered: Counter,
     dead_letters: Counter,
     disabled: Gauge,
+    paused: Gauge,
     window_events: Gauge,
     window_bytes: Gauge,
     latency: Histogram,
+    /// The last failed attempt's error, and the last delivery's latency, for the API.
+    last: Mutex<LastSeen>,
+}
+
+/// What the control API shows of an endpoint's latest attempts.
+#[derive(Debug, Clone, Default)]
+pub struct LastSeen {
+    /// The last failed attempt's error (an HTTP status with the answer's start, or the
+    /// network error).
+    pub error: Option<String>,
+    /// Creation to 2xx of the last event delivered.
+    pub latency: Option<Duration>,
 }
 
 impl DeliverMetrics {
@@ -91,6 +105,10 @@ impl DeliverMetrics {
             disabled: r.gauge(
                 "endpoint_disabled",
                 "1 after the receiver answered 410 Gone: nothing is sent until `edgehook outbox enable`.",
+            ),
+            paused: r.gauge(
+                "endpoint_paused",
+                "1 while an operator has paused the endpoint: nothing is sent; new events are still queued.",
             ),
             window_events: r.gauge(
                 "delivery_window_events",
@@ -143,9 +161,11 @@ impl DeliverMetrics {
             filtered: self.filtered.get_or_create_owned(&endpoint),
             dead_letters: self.dead_letters.get_or_create_owned(&endpoint),
             disabled: self.disabled.get_or_create_owned(&endpoint),
+            paused: self.paused.get_or_create_owned(&endpoint),
             window_events: self.window_events.get_or_create_owned(&endpoint),
             window_bytes: self.window_bytes.get_or_create_owned(&endpoint),
             latency: self.latency.get_or_create_owned(&endpoint),
+            last: Mutex::new(LastSeen::default()),
         });
         all.push(e.clone());
         e
@@ -174,6 +194,18 @@ impl EndpointMetrics {
         }
         self.success.inc();
         self.latency.observe(latency.as_secs_f64());
+        self.last_seen_mut().latency = Some(latency);
+    }
+    /// An attempt failed with `error` (what the delivery log says).
+    pub fn failed_with(&self, error: &str) {
+        self.last_seen_mut().error = Some(error.to_string());
+    }
+    /// The last error and latency seen.
+    pub fn last_seen(&self) -> LastSeen {
+        self.last_seen_mut().clone()
+    }
+    fn last_seen_mut(&self) -> std::sync::MutexGuard<'_, LastSeen> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner())
     }
     pub fn attempt_failed(&self, http_status: Option<u16>) {
         if http_status.is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429) {
@@ -195,6 +227,9 @@ impl EndpointMetrics {
     }
     pub fn set_disabled(&self, disabled: bool) {
         self.disabled.set(disabled as i64);
+    }
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.set(paused as i64);
     }
     /// What delivery holds in memory now: events and their bytes.
     pub fn set_held(&self, events: usize, bytes: usize) {

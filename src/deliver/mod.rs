@@ -19,6 +19,7 @@
 
 pub mod config;
 pub mod endpoint;
+pub mod fleet;
 pub mod format;
 pub mod lanes;
 pub mod log;
@@ -76,6 +77,8 @@ pub struct Dispatcher {
     give_up: GiveUp,
     /// Why the endpoint is disabled (a 410 Gone), persisted in the outbox's `meta` tree.
     disabled: Option<Disabled>,
+    /// Since when an operator has paused it (persisted likewise): nothing is sent.
+    paused: Option<crate::outbox::Paused>,
     /// Reading the outbox fails (logged once until it works again).
     read_failing: bool,
     /// When `last_success`/`last_failure` were last written to `meta` (at most once a second).
@@ -150,6 +153,7 @@ impl Dispatcher {
         let reopens_seen = outbox.reopens();
         Ok(Dispatcher {
             disabled: outbox.disabled(&config.name),
+            paused: outbox.paused(&config.name),
             outbox,
             queue,
             name: config.name.clone(),
@@ -193,9 +197,14 @@ impl Dispatcher {
     /// Run until cancelled; then let in-flight attempts finish (each is bounded by the request
     /// timeout) so their outcomes are recorded, and return.
     pub async fn run(mut self, cancel: CancellationToken) {
+        self.metrics.set_disabled(self.disabled.is_some());
+        self.metrics.set_paused(self.paused.is_some());
+        let holding = self.disabled.is_some() || self.paused.is_some();
+        self.outbox.set_draining(self.queue, !holding);
+        if let Some(p) = &self.paused {
+            tracing::warn!(endpoint = %self.name, since = %p.since, pending = self.outbox.queue_len(self.queue), "endpoint PAUSED by an operator: nothing is sent to it; new events are still queued within its share of the outbox (resume: edgehook endpoints resume {})", self.name);
+        }
         if let Some(d) = &self.disabled {
-            self.metrics.set_disabled(true);
-            self.outbox.set_draining(self.queue, false);
             tracing::error!(endpoint = %self.name, url = %self.endpoint.url_for_logs, reason = %d.reason, since = %d.since, "endpoint DISABLED: nothing is sent to it; its events stay in the outbox. Re-enable with `edgehook outbox enable --endpoint {}` once the receiver is fixed", self.name);
         }
         while self.step(&cancel).await == Step::Continue {}
@@ -214,7 +223,7 @@ impl Dispatcher {
     /// records becoming durable, a failed read falling due again, the log falling due — and
     /// handle it. Tests drive it on paused time.
     pub async fn step(&mut self, cancel: &CancellationToken) -> Step {
-        if self.disabled.is_some() {
+        if self.disabled.is_some() || self.paused.is_some() {
             // Sending nothing; finish what is in flight and wait for shutdown.
             let step = self.finish_one(cancel).await;
             self.write_log();
@@ -685,6 +694,9 @@ impl Dispatcher {
             Outcome::Split { status } => (Some(*status), Some(split_reason(*status))),
             Outcome::NotSent => return,
         };
+        if let Some(error) = &error {
+            self.metrics.failed_with(error);
+        }
         let attempt = Attempt {
             at: now_ms(),
             endpoint: self.name.clone(),

@@ -1,11 +1,12 @@
 //! What the outbox remembers of each endpoint besides its queue, typed: whether it is disabled
-//! (why and since when), and when it last succeeded and failed. The `meta` keys they live
+//! (why and since when) or paused, and when it last succeeded and failed. The `meta` keys they live
 //! under ([`meta_key`]) are this module's business; callers never name them.
 
 use super::format::meta_key;
 use super::{Outbox, OutboxError};
 
 const DISABLED: &str = "disabled";
+const PAUSED: &str = "paused";
 const LAST_SUCCESS: &str = "last_success";
 const LAST_FAILURE: &str = "last_failure";
 
@@ -13,6 +14,13 @@ const LAST_FAILURE: &str = "last_failure";
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Disabled {
     pub reason: String,
+    /// RFC 3339.
+    pub since: String,
+}
+
+/// Since when an operator has paused an endpoint (nothing is sent; events are still queued).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Paused {
     /// RFC 3339.
     pub since: String,
 }
@@ -42,6 +50,16 @@ impl Outbox {
     /// Disable `endpoint` (or with `None`, enable it again). Not flushed by itself.
     pub fn set_disabled(&self, endpoint: &str, why: Option<&Disabled>) -> Result<(), OutboxError> {
         self.set_meta(&meta_key(endpoint, DISABLED), why)
+    }
+
+    /// Since when `endpoint` is paused, if it is.
+    pub fn paused(&self, endpoint: &str) -> Option<Paused> {
+        self.meta(&meta_key(endpoint, PAUSED))
+    }
+
+    /// Pause `endpoint` (or with `None`, resume it). Not flushed by itself.
+    pub fn set_paused(&self, endpoint: &str, paused: Option<&Paused>) -> Result<(), OutboxError> {
+        self.set_meta(&meta_key(endpoint, PAUSED), paused)
     }
 
     /// When `endpoint`'s last successful (or failed) attempt was, Unix ms.

@@ -20,7 +20,7 @@
 //!   exactly as it was in its queue. `edgehook outbox replay` moves one back into its queue
 //!   under a new sequence number (same event id).
 //! - `meta`: small facts: the store's id, and per endpoint (see `format::meta_key`; typed in `facts`) whether it
-//!   is disabled (why and since when, after a 410 Gone), its last success and failure
+//!   is disabled (why and since when, after a 410 Gone) or paused (since when), its last success and failure
 //!   (Unix ms, written at most once a second), and how many events it will never get because
 //!   its share of the outbox was full ([`DROPPED`], written with the batch or the drop).
 //!
@@ -69,7 +69,7 @@ pub mod metrics;
 mod store;
 mod writer;
 
-pub use facts::{Disabled, Last};
+pub use facts::{Disabled, Last, Paused};
 use format::*;
 pub use format::{DeadInfo, DeadLetter, OutboxRecord, DROPPED};
 use store::{io_error, Store};

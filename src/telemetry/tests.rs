@@ -68,6 +68,7 @@ const PINNED: &[(&str, &str)] = &[
     ("edgehook_devices", ""),
     ("edgehook_endpoint_disabled", "endpoint"),
     ("edgehook_endpoint_dropped_total", "endpoint"),
+    ("edgehook_endpoint_paused", "endpoint"),
     ("edgehook_endpoint_pending", "endpoint"),
     ("edgehook_events_created_total", "type"),
     ("edgehook_events_delivered_total", "endpoint,type"),
