@@ -235,8 +235,8 @@ impl Config {
         Ok(())
     }
 
-    /// Top-level keys that differ in `new` and take effect only after a restart. Device classes
-    /// and workspaces are not among them: a reload applies those live.
+    /// Top-level keys that differ in `new` and take effect only after a restart. Device
+    /// classes, workspaces and endpoints are not among them: a reload applies those live.
     pub fn needs_restart(&self, new: &Config) -> Vec<&'static str> {
         fn differ<T: Serialize>(a: &T, b: &T) -> bool {
             serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
@@ -253,12 +253,6 @@ impl Config {
         }
         if differ(&self.serial_ports, &new.serial_ports) {
             keys.push("serial_ports");
-        }
-        if differ(&self.webhook, &new.webhook) {
-            keys.push("webhook");
-        }
-        if differ(&self.endpoints, &new.endpoints) {
-            keys.push("endpoints");
         }
         if differ(&self.outbox, &new.outbox) {
             keys.push("outbox");
@@ -765,13 +759,13 @@ events = ["workspace.*"]"#,
         let old = Config::from_toml_str(MINIMAL).unwrap();
         let mut new = old.clone();
         new.device_classes.push(DeviceClassConfig::default());
+        new.webhook.secret = Secret::new("rotated");
         assert!(
             old.needs_restart(&new).is_empty(),
-            "device rules reload live"
+            "device rules and endpoints reload live"
         );
-        new.webhook.secret = Secret::new("rotated");
         new.mqtt.port = 1884;
-        assert_eq!(old.needs_restart(&new), ["mqtt", "webhook"]);
+        assert_eq!(old.needs_restart(&new), ["mqtt"]);
     }
 
     #[test]

@@ -46,6 +46,7 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod deliver;
 #[cfg(feature = "demo")]
 pub mod demo;
@@ -79,8 +80,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     run_with_reloads(config, cancel, None).await
 }
 
-/// [`run`], also taking reloaded configurations (SIGHUP): device classes and workspaces apply
-/// at once; other changes are logged as needing a restart.
+/// [`run`], also taking reloaded configurations (SIGHUP): device classes, workspaces and
+/// endpoints apply at once; other changes are logged as needing a restart.
 pub async fn run_with_reloads(
     config: Config,
     cancel: CancellationToken,
@@ -89,14 +90,16 @@ pub async fn run_with_reloads(
     let metrics = Arc::new(Metrics::default());
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
-    let active: Vec<&deliver::config::WebhookConfig> = config
-        .all_endpoints()
-        .into_iter()
-        .filter(|e| e.active)
-        .collect();
-    let routes = active
+    // The file's endpoints and those made through the control API (kept in the state
+    // directory), one source of truth per name.
+    let file_endpoints = config.all_endpoints().into_iter().cloned().collect();
+    let endpoints = control::endpoints::Endpoints::load(&config.state_dir, file_endpoints)
+        .map_err(anyhow::Error::msg)?;
+    let routes = endpoints
+        .wanted()
         .iter()
-        .map(|e| deliver::route(e))
+        .filter(|w| w.config.active && w.queue_new)
+        .map(|w| deliver::route(&w.config))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let outbox = Outbox::open(&config.state_dir, config.outbox.cache_bytes, routes).with_context(|| {
         format!(
@@ -158,19 +161,40 @@ pub async fn run_with_reloads(
         &config.state_dir,
         config.outbox.delivery_log,
     ));
-    let dispatchers = active
-        .iter()
-        .map(|e| {
-            deliver::Dispatcher::new(
-                e,
-                outbox.clone(),
-                log.clone(),
-                metrics.deliver.endpoint(&e.name),
-            )
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-
     let tracker = TaskTracker::new();
+    let fleet = deliver::fleet::Fleet::new(
+        outbox.clone(),
+        log.clone(),
+        metrics.deliver.clone(),
+        cancel.clone(),
+        tracker.clone(),
+    );
+    let token = control::auth::load_or_create_token(&config.state_dir)
+        .with_context(|| format!("making the API token in {}", config.state_dir.display()))?;
+    let control = Arc::new(control::Control::new(
+        control::Gateway {
+            id: config.gateway_id.clone(),
+            started: std::time::Instant::now(),
+            broker: (!config.mqtt.all_subscriptions().is_empty())
+                .then(|| format!("{}:{}", config.mqtt.host, config.mqtt.port)),
+            serial_ports: config
+                .serial_ports
+                .iter()
+                .map(|p| p.path.display().to_string())
+                .collect(),
+        },
+        outbox.clone(),
+        metrics.clone(),
+        config.state_dir.clone(),
+        token,
+        config.workspaces.clone(),
+        config.device_classes.clone(),
+        endpoints,
+        fleet,
+        log.clone(),
+    ));
+    control.start().await?;
+    tracker.spawn(control.clone().finish_drains(cancel.clone()));
     tracker.spawn(telemetry::notify_systemd(
         metrics.clone(),
         outbox.clone(),
@@ -182,6 +206,7 @@ pub async fn run_with_reloads(
             config.clone(),
             reloads,
             rules_tx,
+            control.clone(),
             cancel.clone(),
         ));
     }
@@ -211,19 +236,15 @@ pub async fn run_with_reloads(
         metrics.outbox.clone(),
         cancel.clone(),
     ));
-    for dispatcher in dispatchers {
-        tracker.spawn(dispatcher.run(cancel.clone()));
-    }
     if !config.telemetry.listen.is_empty() {
         let listen = config
             .telemetry
             .listen
             .parse()
             .expect("validated by config");
-        tracker.spawn(telemetry::serve(
+        tracker.spawn(control::server::serve(
             listen,
-            metrics.clone(),
-            outbox.clone(),
+            control.clone(),
             cancel.clone(),
         ));
     }
@@ -234,12 +255,13 @@ pub async fn run_with_reloads(
     Ok(())
 }
 
-/// Hand each reloaded configuration's device rules to the device stage, and say what else
-/// changed and needs a restart.
+/// Hand each reloaded configuration's device rules to the device stage and its endpoints to
+/// the control plane, and say what else changed and needs a restart.
 async fn apply_reloads(
     mut running: Config,
     mut reloads: mpsc::Receiver<Config>,
     rules: mpsc::Sender<device::Rules>,
+    control: Arc<control::Control>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -251,6 +273,11 @@ async fn apply_reloads(
             },
         };
         let restart = running.needs_restart(&new);
+        let file_endpoints = new.all_endpoints().into_iter().cloned().collect();
+        if let Err(e) = control.reload(file_endpoints).await {
+            tracing::error!(error = %e, "configuration reloaded, but its endpoints are not applied (the running ones stay)");
+        }
+        control.reloaded(&new.device_classes, &new.workspaces);
         let update = device::Rules {
             classes: new.device_classes.clone(),
             workspaces: new.workspaces.clone(),
@@ -259,11 +286,13 @@ async fn apply_reloads(
             return;
         }
         if restart.is_empty() {
-            tracing::info!("configuration reloaded: device classes and workspaces applied");
+            tracing::info!(
+                "configuration reloaded: device classes, workspaces and endpoints applied"
+            );
         } else {
             tracing::warn!(
                 needs_restart = %restart.join(", "),
-                "configuration reloaded: device classes and workspaces applied; other changes take effect after a restart"
+                "configuration reloaded: device classes, workspaces and endpoints applied; other changes take effect after a restart"
             );
         }
         running.device_classes = new.device_classes;

@@ -25,7 +25,7 @@ const LAYERS: &[&[&str]] = &[
     &["outbox"],
     &["deliver"],
     &["config"],
-    &["crate", "telemetry", "demo"],
+    &["crate", "telemetry", "control", "demo"],
     &["cli"],
 ];
 

@@ -106,7 +106,7 @@ async fn ready_at_once_with_the_broker_down_status_follows_health_then_watchdog_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_applies_device_rules_live_and_names_what_needs_a_restart() {
+async fn sighup_applies_device_rules_and_endpoints_live_and_names_what_needs_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(dir.path());
     let receiver = Receiver::start().await;
@@ -129,7 +129,8 @@ async fn sighup_applies_device_rules_live_and_names_what_needs_a_restart() {
     // A broken file first: refused, the daemon keeps running on what it has.
     std::fs::write(dir.path().join("edgehook.toml"), "gateway_id = [").unwrap();
     daemon.signal(1);
-    // Then a workspace on the sensor (applied live) and a new webhook timeout (needs a restart).
+    // Then a workspace on the sensor and a new webhook timeout (both applied live), and a new
+    // MQTT reconnect bound (needs a restart).
     let extra = "[[workspaces]]\nid = \"desk-hup\"\nsensors = [\"hup-occ-1\"]\nhold = \"1s\"\n";
     let wait = Instant::now() + Duration::from_secs(10);
     while !daemon.log().contains("configuration not reloaded") {
@@ -139,7 +140,8 @@ async fn sighup_applies_device_rules_live_and_names_what_needs_a_restart() {
     daemon.rewrite_config(broker.port, &receiver.url, extra);
     let text = std::fs::read_to_string(dir.path().join("edgehook.toml"))
         .unwrap()
-        .replace("timeout = \"2s\"", "timeout = \"3s\"");
+        .replace("timeout = \"2s\"", "timeout = \"3s\"")
+        .replace("reconnect_max = \"500ms\"", "reconnect_max = \"600ms\"");
     std::fs::write(dir.path().join("edgehook.toml"), text).unwrap();
     daemon.signal(1);
     receiver
@@ -155,7 +157,11 @@ async fn sighup_applies_device_rules_live_and_names_what_needs_a_restart() {
         assert!(ws["status"] == "Occupied" || ws["status"] == "Free", "{ws}");
     });
     let log = daemon.log();
-    assert!(log.contains("needs_restart=webhook"), "{log}");
+    assert!(log.contains("needs_restart=mqtt"), "{log}");
+    assert!(
+        log.contains("configuration reloaded: endpoints applied started=default"),
+        "the edited endpoint restarted with its new timeout: {log}"
+    );
     assert_eq!(
         daemon.terminate(),
         Some(0),

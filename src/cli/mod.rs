@@ -1,5 +1,5 @@
 //! Command line: `edgehook run`, `edgehook check-config`, `edgehook outbox ...`,
-//! `edgehook demo`.
+//! `edgehook token`, `edgehook demo`.
 
 pub mod outbox;
 
@@ -32,6 +32,9 @@ pub enum Command {
         #[command(flatten)]
         paths: Paths,
     },
+    /// Print the control API's token (made at the daemon's first start in the state
+    /// directory): `curl -H "Authorization: Bearer $(edgehook token)" ...`.
+    Token(Paths),
     /// Validate a configuration file and exit (0 = valid). For `ExecStartPre=`.
     CheckConfig {
         /// TOML configuration file.
@@ -121,6 +124,33 @@ pub fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Token(Paths { config, state_dir }) => {
+            let dir = match (state_dir, Config::load(&config)) {
+                (Some(dir), _) => dir,
+                (None, Ok(c)) => c.state_dir,
+                (None, Err(e)) => {
+                    eprintln!("error: {e} (or give --state-dir)");
+                    return ExitCode::from(2);
+                }
+            };
+            match crate::control::auth::read_token(&dir) {
+                Ok(Some(token)) => {
+                    println!("{}", token.expose());
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => {
+                    eprintln!(
+                        "error: no API token in {} yet: the daemon makes it at its first start",
+                        dir.display()
+                    );
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("error: cannot read the API token in {}: {e}", dir.display());
                     ExitCode::from(2)
                 }
             }

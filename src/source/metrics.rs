@@ -94,6 +94,10 @@ impl SourceMetrics {
     pub fn serial_port_opened(&self) {
         self.serial_ports_open.inc();
     }
+    /// Serial ports open now.
+    pub fn serial_ports_open(&self) -> i64 {
+        self.serial_ports_open.get()
+    }
     pub fn serial_port_closed(&self) {
         self.serial_ports_open.dec();
         self.serial_port_closures.inc();

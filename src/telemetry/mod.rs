@@ -1,5 +1,5 @@
-//! Telemetry: [`logging`], systemd's notify protocol ([`systemd`]), health (readiness, below),
-//! and the localhost `/healthz` + `/metrics` listener ([`serve`](mod@serve)).
+//! Telemetry: [`logging`], systemd's notify protocol ([`systemd`]), health (readiness, below)
+//! and the scrape ([`Metrics::encode`]); `crate::control::server` serves them.
 //!
 //! The metrics are the stages' own (each registers its series in one [`Registry`] at start);
 //! [`Metrics`] holds them together for readiness and the scrape. Per-message faults
@@ -7,11 +7,9 @@
 //! misbehaving device cannot flood the journal.
 
 pub mod logging;
-pub mod serve;
 pub mod systemd;
 
 pub use logging::init_logging;
-pub use serve::serve;
 pub use systemd::notify_systemd;
 
 use std::sync::Arc;

@@ -5,11 +5,13 @@
 //! (simulated devices and plain publishers). What they share is here.
 #![allow(dead_code, unused_imports)]
 
+mod api;
 mod broker;
 mod daemon;
 mod devices;
 mod receiver;
 
+pub use api::*;
 pub use broker::*;
 pub use daemon::*;
 pub use devices::*;

@@ -1,0 +1,111 @@
+# Writes src/control/openapi.json, the control API's OpenAPI document: edit the routes here,
+# run `python3 scripts/openapi.py`, commit both. tests/api.rs checks the daemon answers as it says.
+import json
+S = lambda t, **k: dict(type=t, **k)
+ref = lambda n: {"$ref": f"#/components/schemas/{n}"}
+nullable = lambda t, **k: dict(type=[t, "null"], **k)
+ts = nullable("string", format="date-time")
+err = {"description": "Refused: `error` says why, `field` names the setting at fault.",
+       "content": {"application/json": {"schema": ref("Error")}}}
+def resp(desc, schema, status="200", extra=None):
+    r = {status: {"description": desc, "content": {"application/json": {"schema": schema}}}}
+    for code in (extra or []):
+        r[str(code)] = err
+    return r
+name_param = {"name": "name", "in": "path", "required": True, "schema": S("string"), "description": "The endpoint's name."}
+limit = {"name": "limit", "in": "query", "schema": S("integer", minimum=1, maximum=1000, default=100)}
+doc = {
+ "openapi": "3.1.0",
+ "info": {"title": "edgehook control API", "version": "1",
+  "description": "The gateway's own API, served by the daemon on its local listener (telemetry.listen). Reads on loopback need no token; every call that changes something needs `Authorization: Bearer <token>` (`edgehook token` prints it) and, from a browser, this server's own Origin. Secrets are write-only: never returned."},
+ "servers": [{"url": "http://127.0.0.1:9187"}],
+ "components": {
+  "securitySchemes": {"token": {"type": "http", "scheme": "bearer", "description": "The API token in the state directory (api-token)."}},
+  "schemas": {
+   "Error": S("object", required=["error"], properties={"error": S("string"), "field": S("string", description="The setting or parameter at fault.")}),
+   "Gateway": S("object", required=["id","version","uptime_seconds","ready","mqtt","serial","outbox"], properties={
+     "id": S("string"), "version": S("string"), "uptime_seconds": S("integer", minimum=0),
+     "ready": S("boolean"), "not_ready": nullable("string", description="Why /healthz fails, when it does."),
+     "mqtt": S("object", required=["enabled","connected","broker"], properties={"enabled": S("boolean"), "connected": S("boolean"), "broker": nullable("string")}),
+     "serial": S("object", required=["ports","open"], properties={"ports": S("array", items=S("string")), "open": S("integer")}),
+     "outbox": S("object", required=["pending","bytes","dead_letters","writable"], properties={"pending": S("integer"), "bytes": S("integer"), "dead_letters": S("integer"), "writable": S("boolean")})}),
+   "Health": S("string", enum=["unknown","online","offline","lost"]),
+   "Device": S("object", required=["id","class","health","last_seen","last_reading","last_report","values","report_pending","stale","version"], properties={
+     "id": S("string"), "class": nullable("string", description="The device class whose `match` fits, if any."),
+     "health": ref("Health"), "last_seen": ts, "last_reading": ts, "last_report": ts,
+     "values": S("object", description="The last reported value of every field."),
+     "report_pending": S("boolean", description="A report waits out min_interval."),
+     "stale": S("boolean"), "version": {"description": "The last value of the class's version_field.", "type": ["string","number","boolean","object","array","null"]}}),
+   "Workspace": S("object", required=["id","status","present","vacated_at","sensors","display"], properties={
+     "id": S("string"), "status": S("string", enum=["Free","Occupied","Booked","Unknown"]), "present": S("boolean"), "vacated_at": ts,
+     "sensors": S("array", items=S("string")), "display": nullable("string")}),
+   "EndpointSettings": S("object", description="An endpoint's settings, as in the configuration file's [[endpoints]] (durations as \"30s\", sizes as \"1MiB\" or bytes). `secret`, `secrets` and `headers` are write-only.", required=["name","url"], properties={
+     "name": S("string", pattern="^[A-Za-z0-9_-]{1,64}$"), "description": S("string", maxLength=500), "active": S("boolean"),
+     "url": S("string", description="https://, or http:// to this host"), "secret": S("string", writeOnly=True), "secrets": S("array", items=S("string"), writeOnly=True),
+     "events": S("array", items=S("string"), description="Event types or patterns (device.*)."),
+     "format": S("string", enum=["edgehook","spaceos","roomz","roomz-presence","gospace","generic","cloudevents"]),
+     "signature": S("string", enum=["hmac","hmac-sha256-hex","standard-webhooks"]),
+     "headers": S("object", additionalProperties=S("string"), writeOnly=True, description="Custom request headers (an API key); values are secrets."),
+     "retry": S("object", properties={"initial": S("string"), "max": S("string"), "multiplier": S("number"), "jitter": S("number")}),
+     "max_attempts": S("integer", minimum=1), "max_age": S("string"), "timeout": S("string")},
+     additionalProperties=True),
+   "Endpoint": S("object", required=["name","description","source","url","active","state","disabled","paused_since","secrets_set","headers","settings","pending","oldest_pending","dead_letters","dropped","last_success","last_failure","last_error","last_latency_ms"], properties={
+     "name": S("string"), "description": S("string"), "source": S("string", enum=["file","api"], description="Where it is defined: edited there."),
+     "url": S("string", description="Without credentials or query string."), "active": S("boolean"),
+     "state": S("string", enum=["active","paused","disabled","inactive","draining"]),
+     "disabled": {"oneOf": [{"type": "null"}, S("object", required=["reason","since"], properties={"reason": S("string"), "since": S("string")})]},
+     "paused_since": nullable("string"), "secrets_set": S("integer", minimum=0), "headers": S("array", items=S("string"), description="Custom header names (values are secrets)."),
+     "settings": S("object", description="Every other setting, without secrets."),
+     "pending": S("integer"), "oldest_pending": ts, "dead_letters": S("integer"), "dropped": S("integer"),
+     "last_success": ts, "last_failure": ts, "last_error": nullable("string"), "last_latency_ms": nullable("integer")}),
+   "Queue": S("object", required=["endpoint","state","routed","pending","bytes","dead_letters","dropped"], properties={
+     "endpoint": S("string"), "state": S("string", enum=["active","paused","disabled","inactive","draining","not configured"]), "routed": S("boolean"),
+     "pending": S("integer"), "bytes": S("integer"), "dead_letters": S("integer"), "dropped": S("integer")}),
+   "OutboxStatus": S("object", required=["pending","bytes","dead_letters","writable","queues"], properties={
+     "pending": S("integer"), "bytes": S("integer"), "dead_letters": S("integer"), "writable": S("boolean"), "queues": S("array", items=ref("Queue"))}),
+   "OutboxEvent": S("object", required=["endpoint","event_id","type","lane","created","bytes"], properties={
+     "endpoint": S("string"), "event_id": S("string"), "type": S("string"), "lane": S("string"), "created": ts, "bytes": S("integer"),
+     "dead": S("object", required=["reason","attempts","last_status","last_error","at"], properties={"reason": S("string"), "attempts": S("integer"), "last_status": nullable("integer"), "last_error": S("string"), "at": ts})}),
+   "Delivery": S("object", required=["at","endpoint","event_id","ok","status","ms","error"], properties={
+     "at": ts, "endpoint": S("string"), "event_id": S("string"), "ok": S("boolean"), "status": nullable("integer"), "ms": S("integer"), "error": nullable("string")}),
+   "TestResult": S("object", required=["event_id","type","delivered","status","ms","error","at"], properties={
+     "event_id": S("string"), "type": S("string"), "delivered": S("boolean"), "status": nullable("integer"), "ms": S("integer"), "error": nullable("string"), "at": ts}),
+  }},
+ "paths": {},
+}
+P = doc["paths"]
+def op(path, method, summary, responses, params=None, body=None, changes=False, tag=None):
+    o = {"summary": summary, "operationId": summary.split(":")[0].replace(" ", "_").lower(), "responses": responses}
+    if params: o["parameters"] = params
+    if body: o["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    if changes: o["security"] = [{"token": []}]
+    P.setdefault(path, {})[method] = o
+op("/v1/openapi.json", "get", "openapi: this document", {"200": {"description": "The OpenAPI document.", "content": {"application/json": {"schema": S("object")}}}})
+op("/v1/gateway", "get", "gateway: id, version, uptime, broker and serial ports, outbox", resp("The gateway.", ref("Gateway")))
+op("/v1/devices", "get", "devices: every device edgehook knows", resp("The devices.", S("object", required=["devices"], properties={"devices": S("array", items=ref("Device"))})))
+op("/v1/devices/{id}", "get", "device: one device", resp("The device.", ref("Device"), extra=[404]), params=[{"name": "id", "in": "path", "required": True, "schema": S("string")}])
+op("/v1/workspaces", "get", "workspaces: every configured workspace and its status", resp("The workspaces.", S("object", required=["workspaces"], properties={"workspaces": S("array", items=ref("Workspace"))})))
+op("/v1/endpoints", "get", "endpoints: every endpoint, from the file and from the API", resp("The endpoints.", S("object", required=["endpoints"], properties={"endpoints": S("array", items=ref("Endpoint"))})))
+op("/v1/endpoints", "post", "create endpoint: persisted and applied at once", resp("Created.", ref("Endpoint"), "201", extra=[400, 401, 403, 409]), body=ref("EndpointSettings"), changes=True)
+op("/v1/endpoints/{name}", "get", "endpoint: one endpoint", resp("The endpoint.", ref("Endpoint"), extra=[404]), params=[name_param])
+op("/v1/endpoints/{name}", "put", "replace endpoint: every setting anew (the queue is kept)", resp("Replaced.", ref("Endpoint"), extra=[400, 401, 404, 409]), params=[name_param], body=ref("EndpointSettings"), changes=True)
+op("/v1/endpoints/{name}", "patch", "edit endpoint: a JSON merge patch of its settings (the queue is kept)", resp("Edited.", ref("Endpoint"), extra=[400, 401, 404, 409]), params=[name_param], body=S("object"), changes=True)
+dr = resp("Deleted, but it drains first (pending=drain with events pending): it takes nothing new and goes once its queue is empty.", ref("Endpoint"), "202", extra=[400, 401, 404, 409])
+dr["204"] = {"description": "Deleted."}
+op("/v1/endpoints/{name}", "delete", "delete endpoint: refused while events are pending unless pending=drain or pending=purge", dr, params=[name_param, {"name": "pending", "in": "query", "schema": S("string", enum=["refuse","drain","purge"], default="refuse")}], changes=True)
+for action, what in [("pause", "pause endpoint: nothing is sent; new events are still queued within its share"), ("resume", "resume endpoint"), ("enable", "enable endpoint: send again after a 410 Gone disabled it")]:
+    op(f"/v1/endpoints/{{name}}/{action}", "post", what, resp("The endpoint now.", ref("Endpoint"), extra=[401, 404]), params=[name_param], changes=True)
+op("/v1/endpoints/{name}/test", "post", "test endpoint: send one sample event now (not through the outbox)", resp("What the receiver answered.", ref("TestResult"), extra=[401, 404, 409]), params=[name_param], changes=True)
+op("/v1/outbox", "get", "outbox: pending events and dead letters per endpoint", resp("The outbox.", ref("OutboxStatus")))
+op("/v1/outbox/events", "get", "outbox events: pending events or dead letters, oldest first", resp("The events.", S("object", required=["events"], properties={"events": S("array", items=ref("OutboxEvent"))}), extra=[400, 404]),
+   params=[{"name": "endpoint", "in": "query", "schema": S("string")}, {"name": "dead", "in": "query", "schema": S("boolean")}, {"name": "type", "in": "query", "schema": S("string"), "description": "An event type or pattern."}, limit])
+op("/v1/outbox/replay", "post", "replay: queue dead letters again (same event ids)", resp("How many.", S("object", required=["replayed"], properties={"replayed": S("integer")}), extra=[400, 401, 404]),
+   body=S("object", properties={"event_id": S("string"), "all_dead": S("boolean"), "endpoint": S("string")}), changes=True)
+op("/v1/outbox/purge", "post", "purge: delete an endpoint's pending events (or dead letters) for good", resp("How many.", S("object", required=["purged"], properties={"purged": S("integer")}), extra=[400, 401, 404]),
+   body=S("object", required=["endpoint"], properties={"endpoint": S("string"), "dead": S("boolean")}), changes=True)
+dparams = [{"name": "endpoint", "in": "query", "schema": S("string")}, {"name": "event", "in": "query", "schema": S("string"), "description": "An event id."}, {"name": "status", "in": "query", "schema": S("string"), "description": "ok, failed, or an HTTP status."}]
+op("/v1/deliveries", "get", "deliveries: the delivery log, latest last", resp("The attempts.", S("object", required=["deliveries"], properties={"deliveries": S("array", items=ref("Delivery"))}), extra=[400]), params=dparams + [limit])
+op("/v1/deliveries/stream", "get", "delivery stream: every attempt as it happens (server-sent events: `event: delivery`, data a Delivery; `event: lagged` when some were missed)", {"200": {"description": "An event stream.", "content": {"text/event-stream": {"schema": S("string")}}}, "400": err, "503": err}, params=dparams)
+import pathlib
+out = pathlib.Path(__file__).resolve().parent.parent / "src/control/openapi.json"
+out.write_text(json.dumps(doc, separators=(",", ":")) + "\n")

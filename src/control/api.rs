@@ -1,0 +1,827 @@
+//! The `/v1` routes: what each reads or changes, and the JSON it answers with (the shapes are
+//! in the OpenAPI document, `openapi.json`, served at `/v1/openapi.json`). Errors are
+//! `{"error": why, "field": the setting at fault}` with a 4xx that says what kind.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hyper::body::Bytes;
+use hyper::{Method, Response};
+use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::endpoints::{Change, Pending, Source};
+use super::server::Body;
+use super::Control;
+use crate::deliver::config::WebhookConfig;
+use crate::outbox::{Last, OutboxRecord};
+
+/// The OpenAPI document of these routes.
+pub const OPENAPI: &str = include_str!("openapi.json");
+/// The console: one page, its script and style inline.
+pub const CONSOLE: &str = include_str!("console.html");
+
+/// The most items a list answers with.
+const MAX_LIMIT: usize = 1000;
+/// Live event streams open at once (the console holds one per tab).
+const MAX_STREAMS: usize = 8;
+/// A live stream sends a comment this often, so that a proxy or the browser keeps it open.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+static STREAMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Answer `method path?query` with `body`.
+pub async fn route(
+    control: &Control,
+    method: &Method,
+    path: &str,
+    query: &str,
+    body: Bytes,
+    cancel: CancellationToken,
+) -> Response<Body> {
+    let q = Query::parse(query);
+    let segments: Vec<String> = path
+        .trim_end_matches('/')
+        .split('/')
+        .skip(1)
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let get = method == Method::GET || method == Method::HEAD;
+    match (method.as_str(), segs.as_slice()) {
+        (_, [""]) | (_, []) if get => page(),
+        ("GET" | "HEAD", ["v1"] | ["v1", "openapi.json"]) => raw(200, "application/json", OPENAPI),
+        ("GET" | "HEAD", ["v1", "gateway"]) => ok(gateway(control).await),
+        ("GET" | "HEAD", ["v1", "devices"]) => match devices(control) {
+            Ok(list) => ok(json!({ "devices": list })),
+            Err(e) => error(503, None, &e),
+        },
+        ("GET" | "HEAD", ["v1", "devices", id]) => match devices(control) {
+            Ok(list) => match list.into_iter().find(|d| d["id"] == *id) {
+                Some(d) => ok(d),
+                None => error(404, None, &format!("no device `{id}`")),
+            },
+            Err(e) => error(503, None, &e),
+        },
+        ("GET" | "HEAD", ["v1", "workspaces"]) => match workspaces(control) {
+            Ok(list) => ok(json!({ "workspaces": list })),
+            Err(e) => error(503, None, &e),
+        },
+        ("GET" | "HEAD", ["v1", "endpoints"]) => {
+            let all = control.endpoints().await;
+            let list: Vec<Value> = all
+                .iter()
+                .map(|(c, s, d)| endpoint_view(control, c, *s, *d))
+                .collect();
+            ok(json!({ "endpoints": list }))
+        }
+        ("POST", ["v1", "endpoints"]) => match parse_body(&body) {
+            Ok(v) => changed(control, Change::Create(v), 201).await,
+            Err(r) => *r,
+        },
+        ("GET" | "HEAD", ["v1", "endpoints", name]) => one_endpoint(control, name, 200).await,
+        ("PUT", ["v1", "endpoints", name]) => match parse_body(&body) {
+            Ok(v) => changed(control, Change::Replace(name.to_string(), v), 200).await,
+            Err(r) => *r,
+        },
+        ("PATCH", ["v1", "endpoints", name]) => match parse_body(&body) {
+            Ok(v) => changed(control, Change::Patch(name.to_string(), v), 200).await,
+            Err(r) => *r,
+        },
+        ("DELETE", ["v1", "endpoints", name]) => {
+            let how = match q.get("pending").unwrap_or("refuse") {
+                "refuse" => Pending::Refuse,
+                "drain" => Pending::Drain,
+                "purge" => Pending::Purge,
+                other => {
+                    return error(
+                        400,
+                        Some("pending"),
+                        &format!("`{other}`: must be refuse, drain or purge"),
+                    )
+                }
+            };
+            match control.change(Change::Delete(name.to_string(), how)).await {
+                Ok(_) => match control
+                    .endpoints()
+                    .await
+                    .iter()
+                    .find(|(c, _, _)| c.name == *name)
+                {
+                    // Still draining: shown as it is now.
+                    Some((c, s, d)) => respond(202, endpoint_view(control, c, *s, *d)),
+                    None => Response::builder()
+                        .status(204)
+                        .body(Body::Full(None))
+                        .expect("valid"),
+                },
+                Err(r) => error(r.status, r.field.as_deref(), &r.message),
+            }
+        }
+        ("POST", ["v1", "endpoints", name, action @ ("pause" | "resume")]) => {
+            match control.pause(name, *action == "pause").await {
+                Ok(()) => one_endpoint(control, name, 200).await,
+                Err(r) => error(r.status, r.field.as_deref(), &r.message),
+            }
+        }
+        ("POST", ["v1", "endpoints", name, "enable"]) => match control.enable(name).await {
+            Ok(_) => one_endpoint(control, name, 200).await,
+            Err(r) => error(r.status, r.field.as_deref(), &r.message),
+        },
+        ("POST", ["v1", "endpoints", name, "test"]) => test_event(control, name).await,
+        ("GET" | "HEAD", ["v1", "outbox"]) => ok(outbox_status(control).await),
+        ("GET" | "HEAD", ["v1", "outbox", "events"]) => outbox_events(control, &q),
+        ("POST", ["v1", "outbox", "replay"]) => match parse_body(&body) {
+            Ok(v) => replay(control, &v).await,
+            Err(r) => *r,
+        },
+        ("POST", ["v1", "outbox", "purge"]) => match parse_body(&body) {
+            Ok(v) => purge(control, &v).await,
+            Err(r) => *r,
+        },
+        ("GET" | "HEAD", ["v1", "deliveries"]) => deliveries(control, &q),
+        ("GET", ["v1", "deliveries", "stream"]) => stream(control, &q, cancel),
+        (_, ["v1", ..]) | (_, [""]) | (_, []) => {
+            let known = KNOWN.iter().any(|p| matches_route(p, &segs));
+            if known {
+                error(405, None, "method not allowed here (see /v1/openapi.json)")
+            } else {
+                error(404, None, "no such route (see /v1/openapi.json)")
+            }
+        }
+        _ => error(404, None, "try /, /v1/openapi.json, /healthz or /metrics"),
+    }
+}
+
+/// The routes, for telling a wrong method from a wrong path.
+const KNOWN: [&str; 14] = [
+    "v1/gateway",
+    "v1/devices",
+    "v1/devices/*",
+    "v1/workspaces",
+    "v1/endpoints",
+    "v1/endpoints/*",
+    "v1/endpoints/*/pause",
+    "v1/endpoints/*/resume",
+    "v1/endpoints/*/enable",
+    "v1/endpoints/*/test",
+    "v1/outbox",
+    "v1/outbox/events",
+    "v1/outbox/replay",
+    "v1/outbox/purge",
+];
+
+fn matches_route(pattern: &str, segs: &[&str]) -> bool {
+    let parts: Vec<&str> = pattern.split('/').collect();
+    parts.len() == segs.len() && parts.iter().zip(segs).all(|(p, s)| *p == "*" || p == s)
+}
+
+/// A query string's parameters.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(query: &str) -> Query {
+        let url = reqwest::Url::parse(&format!("http://q/?{query}"))
+            .unwrap_or_else(|_| reqwest::Url::parse("http://q/").expect("valid"));
+        Query(
+            url.query_pairs()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+    fn limit(&self) -> Result<usize, Box<Response<Body>>> {
+        match self.get("limit") {
+            None => Ok(100),
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+                _ => Err(Box::new(error(
+                    400,
+                    Some("limit"),
+                    "must be a number from 1 to 1000",
+                ))),
+            },
+        }
+    }
+    fn flag(&self, key: &str) -> Result<bool, Box<Response<Body>>> {
+        match self.get(key) {
+            None | Some("false") => Ok(false),
+            Some("true") | Some("") => Ok(true),
+            Some(_) => Err(Box::new(error(400, Some(key), "must be true or false"))),
+        }
+    }
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, Box<Response<Body>>> {
+    if body.is_empty() {
+        return Ok(Value::Object(Map::new()));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| Box::new(error(400, None, &format!("the body is not JSON: {e}"))))
+}
+
+fn respond(status: u16, value: Value) -> Response<Body> {
+    let mut text = serde_json::to_vec(&value).expect("serialises");
+    text.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("cache-control", "no-store")
+        .body(Body::text(text))
+        .expect("valid")
+}
+
+fn ok(value: Value) -> Response<Body> {
+    respond(200, value)
+}
+
+fn raw(status: u16, content_type: &str, text: &'static str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Body::text(text))
+        .expect("valid")
+}
+
+/// The console page, with the headers that keep it from being framed or loading anything
+/// from elsewhere.
+fn page() -> Response<Body> {
+    Response::builder()
+        .status(200)
+        .header("content-type", "text/html; charset=utf-8")
+        .header(
+            "content-security-policy",
+            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'; form-action 'none'",
+        )
+        .header("x-frame-options", "DENY")
+        .header("referrer-policy", "no-referrer")
+        .body(Body::text(CONSOLE))
+        .expect("valid")
+}
+
+/// An error answer.
+pub fn error(status: u16, field: Option<&str>, why: &str) -> Response<Body> {
+    let mut body = json!({ "error": why });
+    if let Some(field) = field {
+        body["field"] = json!(field);
+    }
+    respond(status, body)
+}
+
+async fn changed(control: &Control, change: Change, status: u16) -> Response<Body> {
+    match control.change(change).await {
+        Ok(name) => one_endpoint(control, &name, status).await,
+        Err(r) => error(r.status, r.field.as_deref(), &r.message),
+    }
+}
+
+async fn one_endpoint(control: &Control, name: &str, status: u16) -> Response<Body> {
+    match control
+        .endpoints()
+        .await
+        .iter()
+        .find(|(c, _, _)| c.name == name)
+    {
+        Some((c, s, d)) => respond(status, endpoint_view(control, c, *s, *d)),
+        None => error(404, None, &format!("no endpoint `{name}`")),
+    }
+}
+
+fn rfc3339(ms: u64) -> Value {
+    if ms == 0 {
+        return Value::Null;
+    }
+    let t = UNIX_EPOCH + Duration::from_millis(ms);
+    json!(humantime::format_rfc3339_millis(t).to_string())
+}
+
+fn now_ms() -> u64 {
+    crate::clock::system_now()
+}
+
+async fn gateway(control: &Control) -> Value {
+    let m = &control.metrics;
+    let ready = m.readiness(control.outbox.is_writable());
+    json!({
+        "id": control.gateway.id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": control.gateway.started.elapsed().as_secs(),
+        "ready": ready.is_ok(),
+        "not_ready": ready.err(),
+        "mqtt": {
+            "enabled": m.source.mqtt_enabled(),
+            "connected": m.source.mqtt_connected(),
+            "broker": control.gateway.broker,
+        },
+        "serial": {
+            "ports": control.gateway.serial_ports,
+            "open": m.source.serial_ports_open(),
+        },
+        "outbox": {
+            "pending": control.outbox.len(),
+            "bytes": control.outbox.bytes(),
+            "dead_letters": control.outbox.dead_len(),
+            "writable": control.outbox.is_writable(),
+        },
+    })
+}
+
+fn devices(control: &Control) -> Result<Vec<Value>, String> {
+    let states = control.outbox.devices().map_err(|e| e.to_string())?;
+    let classes = control
+        .classes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    Ok(states
+        .into_iter()
+        .map(|(id, s)| {
+            let class = classes
+                .iter()
+                .find(|c| {
+                    c.matches
+                        .iter()
+                        .any(|p| wildmatch::WildMatch::new(p).matches(&id))
+                })
+                .map(|c| c.name.clone());
+            json!({
+                "id": id,
+                "class": class,
+                "health": s.health,
+                "last_seen": rfc3339(s.last_seen),
+                "last_reading": rfc3339(s.last_reading),
+                "last_report": rfc3339(s.last_report),
+                "values": s.values,
+                "report_pending": s.held.is_some(),
+                "stale": s.stale,
+                "version": s.version,
+            })
+        })
+        .collect())
+}
+
+fn workspaces(control: &Control) -> Result<Vec<Value>, String> {
+    let states = control.outbox.workspaces().map_err(|e| e.to_string())?;
+    let configured = control
+        .workspaces
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    Ok(configured
+        .iter()
+        .map(|w| {
+            let state = states.iter().find(|(id, _)| id == &w.id).map(|(_, s)| s);
+            json!({
+                "id": w.id,
+                "status": state.and_then(|s| s.status).map_or("Unknown", |s| s.as_str()),
+                "present": state.is_some_and(|s| s.present),
+                "vacated_at": state.and_then(|s| s.vacated_at).map_or(Value::Null, rfc3339),
+                "sensors": w.sensors,
+                "display": w.display,
+            })
+        })
+        .collect())
+}
+
+/// An endpoint as the API shows it: its settings without secrets (how many are set, and the
+/// names of its custom headers only), where it is from, its state and its queue.
+pub fn endpoint_view(
+    control: &Control,
+    config: &WebhookConfig,
+    source: Source,
+    draining: bool,
+) -> Value {
+    let outbox = &control.outbox;
+    let name = config.name.as_str();
+    let mut settings = serde_json::to_value(config).expect("serialises");
+    if let Value::Object(map) = &mut settings {
+        for secret in [
+            "secret",
+            "secrets",
+            "headers",
+            "name",
+            "description",
+            "url",
+            "active",
+        ] {
+            map.remove(secret);
+        }
+    }
+    let queue = outbox.queue(name);
+    let pending = queue.map_or(0, |q| outbox.queue_len(q));
+    let oldest = queue
+        .and_then(|q| outbox.oldest(q).ok().flatten())
+        .and_then(|r| crate::event::created_at(&r.id))
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(Value::Null, |d| rfc3339(d.as_millis() as u64));
+    let dead = outbox
+        .dead_letters(usize::MAX)
+        .map(|d| d.iter().filter(|d| d.endpoint == name).count())
+        .unwrap_or(0);
+    let disabled = outbox.disabled(name);
+    let paused = outbox.paused(name);
+    let state = if draining {
+        "draining"
+    } else if !config.active {
+        "inactive"
+    } else if disabled.is_some() {
+        "disabled"
+    } else if paused.is_some() {
+        "paused"
+    } else {
+        "active"
+    };
+    let last = control.metrics.deliver.endpoint(name).last_seen();
+    json!({
+        "name": name,
+        "description": config.description,
+        "source": source,
+        "url": crate::secret::redact_url(&config.url),
+        "active": config.active,
+        "state": state,
+        "disabled": disabled.map(|d| json!({"reason": d.reason, "since": d.since})),
+        "paused_since": paused.map(|p| p.since),
+        "secrets_set": config.signing_secrets().iter().filter(|s| !s.is_empty()).count(),
+        "headers": config.headers.keys().collect::<Vec<_>>(),
+        "settings": settings,
+        "pending": pending,
+        "oldest_pending": oldest,
+        "dead_letters": dead,
+        "dropped": queue.map_or(0, |q| outbox.dropped_for(q)),
+        "last_success": outbox.last(name, Last::Success).map_or(Value::Null, rfc3339),
+        "last_failure": outbox.last(name, Last::Failure).map_or(Value::Null, rfc3339),
+        "last_error": last.error,
+        "last_latency_ms": last.latency.map(|l| l.as_millis() as u64),
+    })
+}
+
+async fn outbox_status(control: &Control) -> Value {
+    let configured = control.endpoints().await;
+    let outbox = &control.outbox;
+    let dead = outbox.dead_letters(usize::MAX).unwrap_or_default();
+    let queues: Vec<Value> = outbox
+        .queues()
+        .into_iter()
+        .map(|(q, name, routed)| {
+            let config = configured.iter().find(|(c, _, _)| c.name == name);
+            let state = match config {
+                Some((c, s, d)) => endpoint_view(control, c, *s, *d)["state"].clone(),
+                None => json!("not configured"),
+            };
+            json!({
+                "endpoint": name,
+                "state": state,
+                "routed": routed,
+                "pending": outbox.queue_len(q),
+                "bytes": outbox.queue_bytes(q),
+                "dead_letters": dead.iter().filter(|d| d.endpoint == name).count(),
+                "dropped": outbox.dropped_for(q),
+            })
+        })
+        .collect();
+    json!({
+        "pending": outbox.len(),
+        "bytes": outbox.bytes(),
+        "dead_letters": outbox.dead_len(),
+        "writable": outbox.is_writable(),
+        "queues": queues,
+    })
+}
+
+fn record_view(endpoint: &str, r: &OutboxRecord) -> Value {
+    let created = crate::event::created_at(&r.id)
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(Value::Null, |d| rfc3339(d.as_millis() as u64));
+    json!({
+        "endpoint": endpoint,
+        "event_id": r.id,
+        "type": r.kind,
+        "lane": r.lane,
+        "created": created,
+        "bytes": r.body.len(),
+    })
+}
+
+fn outbox_events(control: &Control, q: &Query) -> Response<Body> {
+    let limit = match q.limit() {
+        Ok(l) => l,
+        Err(r) => return *r,
+    };
+    let dead = match q.flag("dead") {
+        Ok(d) => d,
+        Err(r) => return *r,
+    };
+    let endpoint = q.get("endpoint");
+    let kind = q.get("type");
+    let outbox = &control.outbox;
+    if let Some(e) = endpoint {
+        if outbox.queue(e).is_none() {
+            return error(
+                404,
+                Some("endpoint"),
+                &format!("no endpoint `{e}` in the outbox"),
+            );
+        }
+    }
+    let chosen = |name: &str| endpoint.is_none_or(|e| e == name);
+    let wanted = |k: &str| kind.is_none_or(|t| wildmatch::WildMatch::new(t).matches(k));
+    let mut events = Vec::new();
+    if dead {
+        match outbox.dead_letters(usize::MAX) {
+            Ok(all) => {
+                for d in all
+                    .iter()
+                    .filter(|d| chosen(&d.endpoint) && wanted(&d.record.kind))
+                    .take(limit)
+                {
+                    let mut v = record_view(&d.endpoint, &d.record);
+                    v["dead"] = json!({
+                        "reason": d.info.reason,
+                        "attempts": d.info.attempts,
+                        "last_status": d.info.last_status,
+                        "last_error": d.info.last_error,
+                        "at": rfc3339(d.info.dead_at),
+                    });
+                    events.push(v);
+                }
+            }
+            Err(e) => return error(503, None, &e.to_string()),
+        }
+    } else {
+        for (queue, name, _) in outbox.queues() {
+            if !chosen(&name) {
+                continue;
+            }
+            // Read a bounded stretch: a filter by type may skip most of it.
+            match outbox.pending_after(queue, None, limit.max(MAX_LIMIT)) {
+                Ok(records) => events.extend(
+                    records
+                        .iter()
+                        .filter(|r| wanted(&r.kind))
+                        .take(limit.saturating_sub(events.len()))
+                        .map(|r| record_view(&name, r)),
+                ),
+                Err(e) => return error(503, None, &e.to_string()),
+            }
+        }
+    }
+    ok(json!({ "events": events }))
+}
+
+async fn replay(control: &Control, body: &Value) -> Response<Body> {
+    let id = body.get("event_id").and_then(Value::as_str);
+    let all = body
+        .get("all_dead")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let endpoint = body.get("endpoint").and_then(Value::as_str);
+    if id.is_none() && !all {
+        return error(400, Some("event_id"), "give event_id, or all_dead: true");
+    }
+    let outbox = &control.outbox;
+    let dead = match outbox.dead_letters(usize::MAX) {
+        Ok(d) => d,
+        Err(e) => return error(503, None, &e.to_string()),
+    };
+    let chosen: Vec<_> = dead
+        .iter()
+        .filter(|d| endpoint.is_none_or(|e| e == d.endpoint))
+        .filter(|d| all || id == Some(d.record.id.as_str()))
+        .collect();
+    if chosen.is_empty() {
+        return error(404, Some("event_id"), "no such dead letter");
+    }
+    for d in &chosen {
+        if let Err(e) = outbox.revive(&d.endpoint, d.record.seq).await {
+            return error(503, None, &e.to_string());
+        }
+    }
+    tracing::info!(
+        replayed = chosen.len(),
+        endpoint = endpoint.unwrap_or("*"),
+        "control API: dead letters queued again"
+    );
+    ok(json!({ "replayed": chosen.len() }))
+}
+
+async fn purge(control: &Control, body: &Value) -> Response<Body> {
+    let dead = body.get("dead").and_then(Value::as_bool).unwrap_or(false);
+    let endpoint = match body.get("endpoint").and_then(Value::as_str) {
+        Some(e) => e,
+        None => {
+            return error(
+                400,
+                Some("endpoint"),
+                "name the endpoint whose events are deleted for good",
+            )
+        }
+    };
+    if control.outbox.queue(endpoint).is_none() {
+        return error(
+            404,
+            Some("endpoint"),
+            &format!("no endpoint `{endpoint}` in the outbox"),
+        );
+    }
+    match control.outbox.purge(dead, Some(endpoint)).await {
+        Ok(n) => {
+            tracing::warn!(endpoint, purged = n, dead, "control API: purged");
+            ok(json!({ "purged": n }))
+        }
+        Err(e) => error(503, None, &e.to_string()),
+    }
+}
+
+fn attempt_view(a: &crate::deliver::log::Attempt) -> Value {
+    json!({
+        "at": rfc3339(a.at),
+        "endpoint": a.endpoint,
+        "event_id": a.event_id,
+        "ok": a.ok,
+        "status": a.status,
+        "ms": a.ms,
+        "error": a.error,
+    })
+}
+
+/// A delivery filter from the query: endpoint, event id, status (`ok`, `failed` or a code).
+fn attempt_filter(
+    q: &Query,
+) -> Result<impl Fn(&crate::deliver::log::Attempt) -> bool, Box<Response<Body>>> {
+    let endpoint = q.get("endpoint").map(str::to_string);
+    let event = q.get("event").map(str::to_string);
+    let status = match q.get("status") {
+        None => None,
+        Some("ok") => Some((Some(true), None)),
+        Some("failed") => Some((Some(false), None)),
+        Some(code) => match code.parse::<u16>() {
+            Ok(c) => Some((None, Some(c))),
+            Err(_) => {
+                return Err(Box::new(error(
+                    400,
+                    Some("status"),
+                    "must be ok, failed or an HTTP status",
+                )))
+            }
+        },
+    };
+    Ok(move |a: &crate::deliver::log::Attempt| {
+        endpoint.as_deref().is_none_or(|e| e == a.endpoint)
+            && event.as_deref().is_none_or(|e| e == a.event_id)
+            && status.is_none_or(|(ok, code)| {
+                ok.is_none_or(|ok| ok == a.ok) && code.is_none_or(|c| a.status == Some(c))
+            })
+    })
+}
+
+fn deliveries(control: &Control, q: &Query) -> Response<Body> {
+    let limit = match q.limit() {
+        Ok(l) => l,
+        Err(r) => return *r,
+    };
+    let filter = match attempt_filter(q) {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
+    match crate::deliver::log::read(control.log.dir(), None, usize::MAX) {
+        Ok(all) => {
+            let mut chosen: Vec<Value> = all
+                .iter()
+                .rev()
+                .filter(|a| filter(a))
+                .take(limit)
+                .map(attempt_view)
+                .collect();
+            chosen.reverse();
+            ok(json!({ "deliveries": chosen }))
+        }
+        Err(e) => error(503, None, &e.to_string()),
+    }
+}
+
+/// Server-sent events: each delivery attempt as it is logged (`event: delivery`), filtered as
+/// `/v1/deliveries` filters; a comment every [`KEEPALIVE`]; `event: lagged` when the
+/// follower fell behind and missed some.
+fn stream(control: &Control, q: &Query, cancel: CancellationToken) -> Response<Body> {
+    let filter = match attempt_filter(q) {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
+    let open = STREAMS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    if open >= MAX_STREAMS {
+        STREAMS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        return error(503, None, "too many live streams open");
+    }
+    let mut follow = control.log.follow();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        struct Open;
+        impl Drop for Open {
+            fn drop(&mut self) {
+                STREAMS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let _open = Open;
+        if tx
+            .send(Bytes::from_static(b": edgehook deliveries\n\n"))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            let chunk = tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(KEEPALIVE) => Bytes::from_static(b": keepalive\n\n"),
+                next = follow.recv() => match next {
+                    Ok(a) if filter(&a) => Bytes::from(format!("event: delivery\ndata: {}\n\n", attempt_view(&a))),
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Bytes::from(format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n")),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            if tx.send(chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .status(200)
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-store")
+        .body(Body::Stream(rx))
+        .expect("valid")
+}
+
+/// Send one sample event of a type `name` receives straight to it (not through the outbox),
+/// and say what the receiver answered and how long it took.
+async fn test_event(control: &Control, name: &str) -> Response<Body> {
+    let Some((config, _, _)) = control
+        .endpoints()
+        .await
+        .into_iter()
+        .find(|(c, _, _)| c.name == name)
+    else {
+        return error(404, None, &format!("no endpoint `{name}`"));
+    };
+    let endpoint = match crate::deliver::endpoint::Endpoint::new(&config) {
+        Ok(e) => e,
+        Err(e) => return error(500, None, &e.to_string()),
+    };
+    let Some(sample) = crate::device::samples()
+        .into_iter()
+        .find(|s| endpoint.wants(s.kind.as_str()))
+    else {
+        return error(
+            409,
+            None,
+            "the endpoint receives no event type a sample exists for",
+        );
+    };
+    let envelope = crate::event::Envelope::seal(&sample, &control.gateway.id, SystemTime::now());
+    let record = OutboxRecord {
+        seq: 0,
+        id: envelope.id.clone(),
+        kind: envelope.kind.as_str().to_string(),
+        lane: envelope.lane.clone(),
+        body: envelope.body.clone(),
+    };
+    let transport = match crate::deliver::transport::Http::new(&config) {
+        Ok(t) => t,
+        Err(e) => return error(500, None, &e.to_string()),
+    };
+    let started = std::time::Instant::now();
+    let outcome = crate::deliver::Transport::send(&transport, &record).await;
+    let ms = started.elapsed().as_millis() as u64;
+    use crate::deliver::Outcome;
+    let (delivered, status, why) = match outcome {
+        Outcome::Delivered { status } => (true, Some(status), None),
+        Outcome::Retry { status, reason, .. } => (false, status, Some(reason)),
+        Outcome::Split { status } => (false, Some(status), None),
+        Outcome::Unsendable { reason } => (false, None, Some(reason)),
+        Outcome::NotSent => (
+            false,
+            None,
+            Some("the endpoint's format has nothing to send for the sample".into()),
+        ),
+    };
+    tracing::info!(endpoint = %name, delivered, status, ms, "control API: test event sent");
+    ok(json!({
+        "event_id": record.id,
+        "type": record.kind,
+        "delivered": delivered,
+        "status": status,
+        "ms": ms,
+        "error": why,
+        "at": rfc3339(now_ms()),
+    }))
+}

@@ -1,0 +1,472 @@
+//! The endpoints and where each comes from: the configuration file, or the control API
+//! (persisted in the state directory as `endpoints.json`, mode 0600: it holds their secrets).
+//! One source of truth per endpoint: a name in both is refused (409 from the API; at start
+//! and on SIGHUP, an error naming the file's endpoint and the API's). The rules for a change
+//! ([`Endpoints::plan`]) are pure: they give the new store, or why not, before anything is
+//! written or applied.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::deliver::config::WebhookConfig;
+use crate::deliver::fleet::Wanted;
+
+/// The API's endpoints' file in the state directory.
+pub const FILE: &str = "endpoints.json";
+
+/// Where an endpoint is defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The configuration file: edited there, applied on SIGHUP.
+    File,
+    /// The control API: edited through it, persisted in [`FILE`].
+    Api,
+}
+
+/// What the API keeps, as it is on disk.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stored {
+    pub endpoints: Vec<WebhookConfig>,
+    /// Endpoints deleted with `pending=drain`: they queue nothing new, deliver what they hold,
+    /// and are removed once their queue is empty.
+    #[serde(default)]
+    pub draining: Vec<String>,
+}
+
+/// What to do with a deleted endpoint's pending events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pending {
+    /// Refuse the delete while any are pending (the default).
+    Refuse,
+    /// Deliver them first; the endpoint goes once its queue is empty.
+    Drain,
+    /// Delete them with the endpoint (and its dead letters).
+    Purge,
+}
+
+/// A change asked of the API.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Create(Value),
+    Replace(String, Value),
+    /// A JSON merge patch (RFC 7396) over the endpoint's settings.
+    Patch(String, Value),
+    Delete(String, Pending),
+}
+
+/// Why a change is refused: the HTTP status, the field at fault (if one is), and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    pub status: u16,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl Refused {
+    fn new(status: u16, field: Option<&str>, message: impl Into<String>) -> Refused {
+        Refused {
+            status,
+            field: field.map(str::to_string),
+            message: message.into(),
+        }
+    }
+}
+
+/// Every endpoint, from the file and from the API.
+#[derive(Debug)]
+pub struct Endpoints {
+    file: Vec<WebhookConfig>,
+    api: Stored,
+    path: PathBuf,
+}
+
+impl Endpoints {
+    /// The API's endpoints in `state_dir` beside the file's `file`. Fails (saying which) when
+    /// a name is in both, or the API's file is unreadable.
+    pub fn load(state_dir: &Path, file: Vec<WebhookConfig>) -> Result<Endpoints, String> {
+        let path = state_dir.join(FILE);
+        let api = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{}: not an endpoints file ({e})", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stored::default(),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let endpoints = Endpoints { file, api, path };
+        endpoints.check_file(&endpoints.file)?;
+        Ok(endpoints)
+    }
+
+    /// Take the file's endpoints anew (SIGHUP). Refused, changing nothing, when one has the
+    /// name of an API endpoint.
+    pub fn set_file(&mut self, file: Vec<WebhookConfig>) -> Result<(), String> {
+        self.check_file(&file)?;
+        self.file = file;
+        Ok(())
+    }
+
+    fn check_file(&self, file: &[WebhookConfig]) -> Result<(), String> {
+        match file
+            .iter()
+            .find(|f| self.api.endpoints.iter().any(|a| a.name == f.name))
+        {
+            Some(both) => Err(format!(
+                "endpoint `{}` is defined in the configuration file and through the control API ({}): one source of truth per endpoint — remove it from the file, or delete it through the API (edgehook endpoints delete {})",
+                both.name,
+                self.path.display(),
+                both.name
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Every endpoint: the file's, then the API's, with where it is from and whether it is
+    /// draining before its deletion.
+    pub fn list(&self) -> Vec<(&WebhookConfig, Source, bool)> {
+        let file = self.file.iter().map(|e| (e, Source::File, false));
+        let api = self
+            .api
+            .endpoints
+            .iter()
+            .map(|e| (e, Source::Api, self.api.draining.contains(&e.name)));
+        file.chain(api).collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<(&WebhookConfig, Source, bool)> {
+        self.list().into_iter().find(|(e, _, _)| e.name == name)
+    }
+
+    /// How each endpoint should run.
+    pub fn wanted(&self) -> Vec<Wanted> {
+        self.list()
+            .into_iter()
+            .map(|(config, _, draining)| Wanted {
+                config: config.clone(),
+                queue_new: !draining,
+            })
+            .collect()
+    }
+
+    /// The API's endpoints after `change`, checked as the configuration is, or why not.
+    /// `pending(name)` is how many events wait for an endpoint.
+    pub fn plan(
+        &self,
+        change: &Change,
+        pending: impl Fn(&str) -> usize,
+    ) -> Result<Stored, Refused> {
+        let mut next = self.api.clone();
+        match change {
+            Change::Create(body) => {
+                let config = parse(body.clone())?;
+                if let Some((_, source, _)) = self.get(&config.name) {
+                    let place = match source {
+                        Source::File => "in the configuration file",
+                        Source::Api => "already",
+                    };
+                    return Err(Refused::new(
+                        409,
+                        Some("name"),
+                        format!("an endpoint named `{}` exists {place}", config.name),
+                    ));
+                }
+                next.endpoints.push(config);
+            }
+            Change::Replace(name, body) => {
+                let i = self.api_index(name)?;
+                let config = parse(body.clone())?;
+                if &config.name != name {
+                    return Err(Refused::new(
+                        400,
+                        Some("name"),
+                        format!(
+                            "an endpoint's name cannot change (`{name}` here); create a new one"
+                        ),
+                    ));
+                }
+                next.endpoints[i] = config;
+            }
+            Change::Patch(name, patch) => {
+                let i = self.api_index(name)?;
+                if !patch.is_object() {
+                    return Err(Refused::new(400, None, "a patch is a JSON object"));
+                }
+                let mut merged = serde_json::to_value(&next.endpoints[i]).expect("serialises");
+                merge(&mut merged, patch);
+                let config = parse(merged)?;
+                if &config.name != name {
+                    return Err(Refused::new(
+                        400,
+                        Some("name"),
+                        "an endpoint's name cannot change; create a new one",
+                    ));
+                }
+                next.endpoints[i] = config;
+            }
+            Change::Delete(name, how) => {
+                let i = self.api_index(name)?;
+                let waiting = pending(name);
+                match how {
+                    Pending::Refuse if waiting > 0 => {
+                        return Err(Refused::new(
+                            409,
+                            None,
+                            format!("{waiting} event(s) are pending for `{name}`: delete with pending=drain to deliver them first, or pending=purge to delete them"),
+                        ))
+                    }
+                    Pending::Drain if waiting > 0 => {
+                        if !next.draining.contains(name) {
+                            next.draining.push(name.clone());
+                        }
+                    }
+                    _ => {
+                        next.endpoints.remove(i);
+                        next.draining.retain(|d| d != name);
+                    }
+                }
+            }
+        }
+        Ok(next)
+    }
+
+    /// An API endpoint's place, or why the change cannot be made to `name`.
+    fn api_index(&self, name: &str) -> Result<usize, Refused> {
+        match self.get(name) {
+            None => Err(Refused::new(404, None, format!("no endpoint `{name}`"))),
+            Some((_, Source::File, _)) => Err(Refused::new(
+                409,
+                None,
+                format!("`{name}` is defined in the configuration file: edit it there and reload (systemctl reload edgehook)"),
+            )),
+            Some(_) => Ok(self
+                .api
+                .endpoints
+                .iter()
+                .position(|e| e.name == name)
+                .expect("found above")),
+        }
+    }
+
+    /// Make `next` the API's endpoints: written (whole, synced, then renamed over the old
+    /// file) before it is taken, so what is applied is always what a restart finds.
+    pub fn commit(&mut self, next: Stored) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("json.tmp");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(&serde_json::to_vec_pretty(&next).expect("serialises"))?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        self.api = next;
+        Ok(())
+    }
+
+    /// The API's endpoints now (for a plan that removes a drained one).
+    pub fn stored(&self) -> &Stored {
+        &self.api
+    }
+}
+
+/// An endpoint's settings from a request body, checked as the configuration checks them.
+fn parse(body: Value) -> Result<WebhookConfig, Refused> {
+    let config: WebhookConfig = serde_json::from_value(body).map_err(|e| {
+        let text = e.to_string();
+        let field = text
+            .split('`')
+            .nth(1)
+            .filter(|_| text.starts_with("unknown field") || text.starts_with("missing field"))
+            .map(str::to_string);
+        Refused {
+            status: 400,
+            field,
+            message: format!("not an endpoint: {text}"),
+        }
+    })?;
+    if config.name.is_empty() {
+        return Err(Refused::new(400, Some("name"), "must be set"));
+    }
+    crate::deliver::config::validate(None, std::slice::from_ref(&config)).map_err(
+        |(key, why)| {
+            let field = key.strip_prefix("endpoints[0].").unwrap_or(&key);
+            Refused::new(400, Some(field), why)
+        },
+    )?;
+    Ok(config)
+}
+
+/// RFC 7396: `patch`'s members replace `target`'s, objects merge, `null` removes.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+/// The top-level settings that differ between two endpoints, for the log: names only (the
+/// values may be secrets).
+pub fn changed(old: &WebhookConfig, new: &WebhookConfig) -> Vec<String> {
+    let (Value::Object(a), Value::Object(b)) = (
+        serde_json::to_value(old).expect("serialises"),
+        serde_json::to_value(new).expect("serialises"),
+    ) else {
+        return Vec::new();
+    };
+    let mut keys: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn file_endpoint(name: &str) -> WebhookConfig {
+        WebhookConfig {
+            name: name.into(),
+            url: "https://hooks.example.com/in".into(),
+            secret: crate::secret::Secret::new("s3cret-value"),
+            ..WebhookConfig::default()
+        }
+    }
+
+    fn body(name: &str) -> Value {
+        json!({"name": name, "url": "https://crm.example.com/hooks", "secret": "another-secret", "events": ["device.*"]})
+    }
+
+    #[test]
+    #[allow(clippy::type_complexity)]
+    fn each_change_gives_the_new_store_or_names_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut eps = Endpoints::load(dir.path(), vec![file_endpoint("default")]).unwrap();
+        let none = |_: &str| 0;
+        let next = eps.plan(&Change::Create(body("crm")), none).unwrap();
+        eps.commit(next).unwrap();
+        let refused = |change: Change, pending: usize| eps.plan(&change, |_| pending).unwrap_err();
+        #[rustfmt::skip]
+        let table: Vec<(&str, Change, usize, u16, Option<&str>, &str)> = vec![
+            ("a name the file has", Change::Create(body("default")), 0, 409, Some("name"), "configuration file"),
+            ("a name the API has", Change::Create(body("crm")), 0, 409, Some("name"), "exists already"),
+            ("http:// as the config refuses it", Change::Create(json!({"name": "x", "url": "http://crm.example.com/", "secret": "s"})), 0, 400, Some("url"), "clear text"),
+            ("an unknown setting", Change::Create(json!({"name": "x", "url": "https://a.example/", "secret": "s", "colour": 1})), 0, 400, Some("colour"), "unknown field"),
+            ("no secret", Change::Create(json!({"name": "x", "url": "https://a.example/"})), 0, 400, Some("secret"), "must be set"),
+            ("no events", Change::Create(json!({"name": "x", "url": "https://a.example/", "secret": "s", "events": []})), 0, 400, Some("events"), "must list"),
+            ("a bad name", Change::Create(json!({"name": "a b", "url": "https://a.example/", "secret": "s"})), 0, 400, Some("name"), "letters"),
+            ("a duration that is not one", Change::Create(json!({"name": "x", "url": "https://a.example/", "secret": "s", "timeout": "soon"})), 0, 400, None, "not an endpoint"),
+            ("editing the file's endpoint", Change::Patch("default".into(), json!({"active": false})), 0, 409, None, "configuration file"),
+            ("editing no endpoint", Change::Patch("nope".into(), json!({})), 0, 404, None, "no endpoint"),
+            ("renaming by a patch", Change::Patch("crm".into(), json!({"name": "crm2"})), 0, 400, Some("name"), "cannot change"),
+            ("a patch that breaks it", Change::Patch("crm".into(), json!({"url": "ftp://x"})), 0, 400, Some("url"), "https"),
+            ("replacing under another name", Change::Replace("crm".into(), body("other")), 0, 400, Some("name"), "cannot change"),
+            ("deleting with events pending", Change::Delete("crm".into(), Pending::Refuse), 3, 409, None, "pending=drain"),
+            ("deleting the file's endpoint", Change::Delete("default".into(), Pending::Purge), 0, 409, None, "configuration file"),
+        ];
+        for (what, change, pending, status, field, says) in table {
+            let r = refused(change, pending);
+            assert_eq!(
+                (r.status, r.field.as_deref()),
+                (status, field),
+                "{what}: {r:?}"
+            );
+            assert!(r.message.contains(says), "{what}: {}", r.message);
+        }
+        // What goes through.
+        let patched = eps
+            .plan(
+                &Change::Patch(
+                    "crm".into(),
+                    json!({"active": false, "retry": {"max": "1m"}}),
+                ),
+                none,
+            )
+            .unwrap();
+        let crm = &patched.endpoints[0];
+        assert!(!crm.active);
+        assert_eq!(crm.retry.max, std::time::Duration::from_secs(60));
+        assert_eq!(
+            crm.retry.initial,
+            std::time::Duration::from_secs(1),
+            "merged, not replaced"
+        );
+        assert_eq!(
+            crm.secret.expose(),
+            "another-secret",
+            "a patch keeps the secret"
+        );
+        assert_eq!(
+            changed(&eps.stored().endpoints[0], crm),
+            ["active", "retry"]
+        );
+        let drain = eps
+            .plan(&Change::Delete("crm".into(), Pending::Drain), |_| 2)
+            .unwrap();
+        assert_eq!(
+            (drain.endpoints.len(), drain.draining.as_slice()),
+            (1, ["crm".to_string()].as_slice())
+        );
+        let drained = eps
+            .plan(&Change::Delete("crm".into(), Pending::Drain), none)
+            .unwrap();
+        assert!(
+            drained.endpoints.is_empty(),
+            "nothing pending: gone at once"
+        );
+        let purged = eps
+            .plan(&Change::Delete("crm".into(), Pending::Purge), |_| 5)
+            .unwrap();
+        assert!(purged.endpoints.is_empty());
+    }
+
+    #[test]
+    fn the_store_survives_a_restart_and_a_name_in_both_places_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut eps = Endpoints::load(dir.path(), vec![file_endpoint("default")]).unwrap();
+        let next = eps.plan(&Change::Create(body("crm")), |_| 0).unwrap();
+        eps.commit(next.clone()).unwrap();
+        let mode = std::fs::metadata(dir.path().join(FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "it holds secrets");
+        let again = Endpoints::load(dir.path(), vec![file_endpoint("default")]).unwrap();
+        let json = |s: &Stored| serde_json::to_value(s).unwrap();
+        assert_eq!(json(again.stored()), json(&next));
+        let names: Vec<(&str, Source)> = again
+            .list()
+            .iter()
+            .map(|(e, s, _)| (e.name.as_str(), *s))
+            .collect();
+        assert_eq!(names, [("default", Source::File), ("crm", Source::Api)]);
+        let err = Endpoints::load(dir.path(), vec![file_endpoint("crm")]).unwrap_err();
+        assert!(err.contains("`crm`") && err.contains(FILE), "{err}");
+        let mut eps = again;
+        assert!(eps.set_file(vec![file_endpoint("crm")]).is_err());
+        assert_eq!(eps.list().len(), 2, "a refused reload changes nothing");
+    }
+}

@@ -1,0 +1,293 @@
+//! The control plane: the local server ([`server`]: `/healthz`, `/metrics`, the versioned
+//! JSON API under `/v1` ([`api`]), its OpenAPI document, and the web console), who may call it
+//! ([`auth`]), and the endpoints managed while the daemon runs ([`endpoints`], applied to the
+//! running dispatchers by `deliver::fleet`).
+//!
+//! [`Control`] is what the API acts on. Every change to the endpoints goes through one lock,
+//! in this order: checked ([`endpoints::Endpoints::plan`]), written to the state directory,
+//! applied to the outbox's routes and the dispatchers, logged with what changed (never a
+//! secret). A change that cannot be applied is undone on disk, so a restart finds what runs.
+
+pub mod api;
+pub mod auth;
+pub mod endpoints;
+pub mod server;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::deliver::config::WebhookConfig;
+use crate::deliver::fleet::Fleet;
+use crate::device::config::WorkspaceConfig;
+use crate::outbox::{Outbox, Paused};
+use crate::secret::Secret;
+use crate::telemetry::Metrics;
+use endpoints::{Change, Endpoints, Pending, Refused};
+
+/// What the gateway says of itself.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub id: String,
+    pub started: Instant,
+    /// `host:port` of the broker, if MQTT is used.
+    pub broker: Option<String>,
+    pub serial_ports: Vec<String>,
+}
+
+/// The daemon as the API sees it and changes it.
+pub struct Control {
+    pub gateway: Gateway,
+    pub outbox: Outbox,
+    pub metrics: Arc<Metrics>,
+    pub state_dir: PathBuf,
+    pub token: Secret,
+    /// The workspaces' configuration (their bound sensors), as last loaded.
+    pub workspaces: std::sync::Mutex<Vec<WorkspaceConfig>>,
+    /// The endpoints and their dispatchers, changed together.
+    endpoints: Mutex<(Endpoints, Fleet)>,
+    /// The delivery log, read and followed by the API.
+    pub log: Arc<crate::deliver::log::DeliveryLog>,
+    /// Device classes, to name each device's.
+    pub classes: std::sync::Mutex<Vec<crate::device::config::DeviceClassConfig>>,
+}
+
+impl Control {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        gateway: Gateway,
+        outbox: Outbox,
+        metrics: Arc<Metrics>,
+        state_dir: PathBuf,
+        token: Secret,
+        workspaces: Vec<WorkspaceConfig>,
+        classes: Vec<crate::device::config::DeviceClassConfig>,
+        endpoints: Endpoints,
+        fleet: Fleet,
+        log: Arc<crate::deliver::log::DeliveryLog>,
+    ) -> Control {
+        Control {
+            gateway,
+            outbox,
+            metrics,
+            state_dir,
+            token,
+            workspaces: std::sync::Mutex::new(workspaces),
+            endpoints: Mutex::new((endpoints, fleet)),
+            log,
+            classes: std::sync::Mutex::new(classes),
+        }
+    }
+
+    /// Start every endpoint as the file and the API's store say.
+    pub async fn start(&self) -> anyhow::Result<()> {
+        let mut guard = self.endpoints.lock().await;
+        let (endpoints, fleet) = &mut *guard;
+        fleet.apply(&endpoints.wanted()).await?;
+        Ok(())
+    }
+
+    /// Every endpoint with where it is from and whether it drains before its deletion.
+    pub async fn endpoints(&self) -> Vec<(WebhookConfig, endpoints::Source, bool)> {
+        let guard = self.endpoints.lock().await;
+        guard
+            .0
+            .list()
+            .into_iter()
+            .map(|(c, s, d)| (c.clone(), s, d))
+            .collect()
+    }
+
+    /// Apply `change` to the API's endpoints (see the module docs). Returns the endpoint's
+    /// name.
+    pub async fn change(&self, change: Change) -> Result<String, Refused> {
+        let mut guard = self.endpoints.lock().await;
+        let (endpoints, fleet) = &mut *guard;
+        let pending = |name: &str| {
+            self.outbox
+                .queue(name)
+                .map_or(0, |q| self.outbox.queue_len(q))
+        };
+        let next = endpoints.plan(&change, pending)?;
+        let before = endpoints.stored().clone();
+        let name = match &change {
+            Change::Create(_) => next
+                .endpoints
+                .last()
+                .map(|e| e.name.clone())
+                .unwrap_or_default(),
+            Change::Replace(n, _) | Change::Patch(n, _) | Change::Delete(n, _) => n.clone(),
+        };
+        endpoints
+            .commit(next)
+            .map_err(|e| Refused::new_internal(format!("cannot write {}: {e}", endpoints::FILE)))?;
+        if let Err(e) = fleet.apply(&endpoints.wanted()).await {
+            tracing::error!(endpoint = %name, error = %e, "control API: change not applied; undone");
+            let _ = endpoints.commit(before);
+            let _ = fleet.apply(&endpoints.wanted()).await;
+            return Err(Refused::new_internal(format!("not applied: {e:#}")));
+        }
+        match &change {
+            Change::Create(_) => {
+                tracing::info!(endpoint = %name, "control API: endpoint created")
+            }
+            Change::Replace(..) | Change::Patch(..) => {
+                let old = before.endpoints.iter().find(|e| e.name == name);
+                let new = endpoints.stored().endpoints.iter().find(|e| e.name == name);
+                let changed = match (old, new) {
+                    (Some(o), Some(n)) => endpoints::changed(o, n).join(", "),
+                    _ => String::new(),
+                };
+                tracing::info!(endpoint = %name, changed = %changed, "control API: endpoint edited (its queue is kept)");
+            }
+            Change::Delete(_, how) => {
+                let draining = endpoints.stored().draining.contains(&name);
+                if *how == Pending::Purge {
+                    let purged = self.outbox.purge(false, Some(&name)).await.unwrap_or(0);
+                    let dead = self.outbox.purge(true, Some(&name)).await.unwrap_or(0);
+                    tracing::info!(endpoint = %name, purged, dead_letters_purged = dead, "control API: endpoint deleted with its pending events");
+                } else if draining {
+                    tracing::info!(endpoint = %name, "control API: endpoint deleted; it delivers what it holds, takes nothing new, and goes once its queue is empty");
+                } else {
+                    tracing::info!(endpoint = %name, "control API: endpoint deleted");
+                }
+            }
+        }
+        Ok(name)
+    }
+
+    /// Pause (`true`) or resume `name`: persisted, then its dispatcher restarted to read it.
+    pub async fn pause(&self, name: &str, pause: bool) -> Result<(), Refused> {
+        let mut guard = self.endpoints.lock().await;
+        let (endpoints, fleet) = &mut *guard;
+        if endpoints.get(name).is_none() {
+            return Err(Refused::not_found(name));
+        }
+        let fact = Paused {
+            since: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        };
+        let result = self
+            .outbox
+            .set_paused(name, pause.then_some(&fact))
+            .map_err(|e| Refused::new_internal(e.to_string()));
+        result?;
+        self.outbox
+            .flush()
+            .await
+            .map_err(|e| Refused::new_internal(e.to_string()))?;
+        fleet
+            .restart(name)
+            .await
+            .map_err(|e| Refused::new_internal(e.to_string()))?;
+        if pause {
+            tracing::warn!(endpoint = %name, "control API: endpoint paused (nothing is sent; new events are still queued)");
+        } else {
+            tracing::info!(endpoint = %name, "control API: endpoint resumed");
+        }
+        Ok(())
+    }
+
+    /// Send again to `name` after a 410 Gone disabled it. False if it was not disabled.
+    pub async fn enable(&self, name: &str) -> Result<bool, Refused> {
+        let mut guard = self.endpoints.lock().await;
+        let (endpoints, fleet) = &mut *guard;
+        if endpoints.get(name).is_none() && self.outbox.queue(name).is_none() {
+            return Err(Refused::not_found(name));
+        }
+        if self.outbox.disabled(name).is_none() {
+            return Ok(false);
+        }
+        self.outbox
+            .set_disabled(name, None)
+            .map_err(|e| Refused::new_internal(e.to_string()))?;
+        self.outbox
+            .flush()
+            .await
+            .map_err(|e| Refused::new_internal(e.to_string()))?;
+        fleet
+            .restart(name)
+            .await
+            .map_err(|e| Refused::new_internal(e.to_string()))?;
+        tracing::info!(endpoint = %name, "control API: endpoint enabled again");
+        Ok(true)
+    }
+
+    /// The file's endpoints anew (SIGHUP): applied, or refused with why (the running ones stay).
+    pub async fn reload(&self, file: Vec<WebhookConfig>) -> Result<(), String> {
+        let mut guard = self.endpoints.lock().await;
+        let (endpoints, fleet) = &mut *guard;
+        endpoints.set_file(file)?;
+        let applied = fleet
+            .apply(&endpoints.wanted())
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        if !applied.started.is_empty() || !applied.stopped.is_empty() {
+            tracing::info!(started = %applied.started.join(" "), stopped = %applied.stopped.join(" "), "configuration reloaded: endpoints applied");
+        }
+        Ok(())
+    }
+
+    /// The device classes and workspaces of a reloaded configuration, for what the API shows.
+    pub fn reloaded(
+        &self,
+        classes: &[crate::device::config::DeviceClassConfig],
+        workspaces: &[WorkspaceConfig],
+    ) {
+        *self.classes.lock().unwrap_or_else(|e| e.into_inner()) = classes.to_vec();
+        *self.workspaces.lock().unwrap_or_else(|e| e.into_inner()) = workspaces.to_vec();
+    }
+
+    /// Remove the endpoints deleted with `pending=drain` whose queues are empty, every second,
+    /// until cancelled.
+    pub async fn finish_drains(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            let drained: Vec<String> = {
+                let guard = self.endpoints.lock().await;
+                let (endpoints, fleet) = &*guard;
+                endpoints
+                    .stored()
+                    .draining
+                    .iter()
+                    .filter(|n| fleet.drained(n))
+                    .cloned()
+                    .collect()
+            };
+            for name in drained {
+                match self
+                    .change(Change::Delete(name.clone(), Pending::Drain))
+                    .await
+                {
+                    Ok(_) => tracing::info!(endpoint = %name, "endpoint drained: deleted"),
+                    Err(e) => {
+                        tracing::warn!(endpoint = %name, error = %e.message, "a drained endpoint is not deleted yet")
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Refused {
+    fn new_internal(message: String) -> Refused {
+        Refused {
+            status: 500,
+            field: None,
+            message,
+        }
+    }
+
+    fn not_found(name: &str) -> Refused {
+        Refused {
+            status: 404,
+            field: None,
+            message: format!("no endpoint `{name}`"),
+        }
+    }
+}

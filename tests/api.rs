@@ -1,0 +1,608 @@
+//! The control API against the real daemon, with mosquitto and verifying receivers: an
+//! endpoint created, delivering, edited, paused (across a `kill -9`), resumed, tested and
+//! deleted, with nothing lost; every route's answers checked against the OpenAPI document the
+//! daemon serves, by Python's OpenAPI validators (not edgehook's code).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{device, publish, raw, until, Api, Daemon, Mosquitto, Receiver, SECRET};
+use firmware_sim::DeviceClass;
+use serde_json::{json, Value};
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_9_losing_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let default = Receiver::start().await;
+    let crm = Receiver::start().await;
+    let mut daemon = Daemon::new(
+        dir.path(),
+        broker.port,
+        &default.url,
+        "[[workspaces]]\nid = \"room-1\"\nsensors = [\"api-occ-1\"]\n",
+    );
+    daemon.start();
+    let mut api = Api::new(daemon.metrics_port);
+    let mut occ = device(broker.port, "api-occ-1", DeviceClass::OccupancySensor).await;
+
+    // Reads need no token on loopback.
+    let doc = api.get("/v1/openapi.json", "/v1/openapi.json").await;
+    assert_eq!(doc.status, 200);
+    let gateway = api.get("/v1/gateway", "/v1/gateway").await.json();
+    assert_eq!(
+        (
+            gateway["id"].as_str(),
+            gateway["mqtt"]["connected"].as_bool()
+        ),
+        (Some("gw-test"), Some(true))
+    );
+
+    // A change needs the token, which the daemon made in its state directory.
+    let settings = json!({
+        "name": "crm",
+        "description": "the CRM's webhook",
+        "url": crm.url,
+        "secret": SECRET,
+        "events": ["sensor.*", "device.online"],
+        "headers": {"X-Api-Key": "k-123"},
+        "retry": {"initial": "50ms", "max": "500ms"},
+    });
+    let refused = api
+        .call("POST", "/v1/endpoints", "/v1/endpoints", Some(&settings))
+        .await;
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    let token = std::fs::read_to_string(dir.path().join("state/api-token")).unwrap();
+    api.token = Some(token.trim().to_string());
+
+    // Bad input names the field; nothing is half-applied.
+    let mut insecure = settings.clone();
+    insecure["url"] = json!("http://crm.example.com/hooks");
+    let bad = api
+        .call("POST", "/v1/endpoints", "/v1/endpoints", Some(&insecure))
+        .await;
+    assert_eq!(
+        (bad.status, bad.json()["field"].as_str()),
+        (400, Some("url")),
+        "{}",
+        bad.body
+    );
+    let mut unknown = settings.clone();
+    unknown["events"] = json!(["devise.*"]);
+    let bad = api
+        .call("POST", "/v1/endpoints", "/v1/endpoints", Some(&unknown))
+        .await;
+    assert_eq!(
+        (bad.status, bad.json()["field"].as_str()),
+        (400, Some("events")),
+        "{}",
+        bad.body
+    );
+    assert!(bad.body.contains("devise.*"), "{}", bad.body);
+    let mut taken = settings.clone();
+    taken["name"] = json!("default");
+    let clash = api
+        .call("POST", "/v1/endpoints", "/v1/endpoints", Some(&taken))
+        .await;
+    assert_eq!(clash.status, 409, "{}", clash.body);
+
+    // Created: applied at once, secrets never shown.
+    let created = api
+        .call("POST", "/v1/endpoints", "/v1/endpoints", Some(&settings))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let view = created.json();
+    assert_eq!(
+        (view["source"].as_str(), view["state"].as_str()),
+        (Some("api"), Some("active"))
+    );
+    assert!(
+        !created.body.contains(SECRET) && !created.body.contains("k-123"),
+        "{}",
+        created.body
+    );
+    assert_eq!(view["headers"], json!(["X-Api-Key"]));
+
+    let first = publish(&mut occ, 3, 1.0).await;
+    crm.wait_until(LONG, "the new endpoint's first readings", |s| {
+        s.readings_of("api-occ-1") == first
+    })
+    .await;
+    assert_eq!(crm.seen(|s| s.bad_signatures), 0);
+    // The file's endpoint goes on as before.
+    default
+        .wait_until(LONG, "the file endpoint's readings", |s| {
+            s.readings_of("api-occ-1") == first
+        })
+        .await;
+
+    let devices = api.get("/v1/devices", "/v1/devices").await.json();
+    assert!(
+        devices["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["id"] == "api-occ-1"),
+        "{devices}"
+    );
+    let one = api.get("/v1/devices/{id}", "/v1/devices/api-occ-1").await;
+    assert_eq!(
+        (one.status, one.json()["health"].as_str()),
+        (200, Some("online")),
+        "{}",
+        one.body
+    );
+    assert_eq!(
+        api.get("/v1/devices/{id}", "/v1/devices/nobody")
+            .await
+            .status,
+        404
+    );
+    let board = api.get("/v1/workspaces", "/v1/workspaces").await.json();
+    assert_eq!(board["workspaces"][0]["sensors"], json!(["api-occ-1"]));
+
+    // Edited (a merge patch, then a whole replacement): the queue is kept, the secret too.
+    let patched = api
+        .call(
+            "PATCH",
+            "/v1/endpoints/{name}",
+            "/v1/endpoints/crm",
+            Some(&json!({"description": "CRM, patched"})),
+        )
+        .await;
+    assert_eq!(
+        (patched.status, patched.json()["description"].as_str()),
+        (200, Some("CRM, patched")),
+        "{}",
+        patched.body
+    );
+    let replaced = api
+        .call(
+            "PUT",
+            "/v1/endpoints/{name}",
+            "/v1/endpoints/crm",
+            Some(&settings),
+        )
+        .await;
+    assert_eq!(replaced.status, 200, "{}", replaced.body);
+    let renamed = api
+        .call(
+            "PATCH",
+            "/v1/endpoints/{name}",
+            "/v1/endpoints/crm",
+            Some(&json!({"name": "crm2"})),
+        )
+        .await;
+    assert_eq!(renamed.status, 400);
+    let file_one = api
+        .call(
+            "PATCH",
+            "/v1/endpoints/{name}",
+            "/v1/endpoints/default",
+            Some(&json!({"active": false})),
+        )
+        .await;
+    assert_eq!(
+        file_one.status, 409,
+        "the file's endpoint is edited in the file"
+    );
+    let second = publish(&mut occ, 2, 1.0).await;
+    let mut sent: Vec<Value> = first.iter().chain(&second).cloned().collect();
+    crm.wait_until(LONG, "readings after the edits", |s| {
+        s.readings_of("api-occ-1") == sent
+    })
+    .await;
+
+    // Paused: nothing is sent, events are still queued, and both survive a kill -9.
+    let paused = api
+        .call(
+            "POST",
+            "/v1/endpoints/{name}/pause",
+            "/v1/endpoints/crm/pause",
+            None,
+        )
+        .await;
+    assert_eq!(paused.json()["state"], "paused", "{}", paused.body);
+    let held = publish(&mut occ, 3, 1.0).await;
+    default
+        .wait_until(LONG, "the file endpoint gets what crm holds", |s| {
+            s.readings_of("api-occ-1").len() == sent.len() + held.len()
+        })
+        .await;
+    let pending = api
+        .get("/v1/endpoints/{name}", "/v1/endpoints/crm")
+        .await
+        .json();
+    assert_eq!(pending["pending"], held.len(), "{pending}");
+    assert_eq!(
+        crm.seen(|s| s.readings_of("api-occ-1")),
+        sent,
+        "nothing sent while paused"
+    );
+    daemon.kill9();
+    daemon.start();
+    let after = api
+        .get("/v1/endpoints/{name}", "/v1/endpoints/crm")
+        .await
+        .json();
+    assert_eq!(
+        (after["state"].as_str(), after["pending"].as_u64()),
+        (Some("paused"), Some(held.len() as u64)),
+        "{after}"
+    );
+    let queued = api
+        .get(
+            "/v1/outbox/events",
+            "/v1/outbox/events?endpoint=crm&type=sensor.*",
+        )
+        .await
+        .json();
+    assert_eq!(
+        queued["events"].as_array().unwrap().len(),
+        held.len(),
+        "{queued}"
+    );
+
+    // Resumed: everything held arrives, in order.
+    let resumed = api
+        .call(
+            "POST",
+            "/v1/endpoints/{name}/resume",
+            "/v1/endpoints/crm/resume",
+            None,
+        )
+        .await;
+    assert_eq!(resumed.json()["state"], "active", "{}", resumed.body);
+    sent.extend(held);
+    crm.wait_until(LONG, "what was held while paused", |s| {
+        s.readings_of("api-occ-1") == sent
+    })
+    .await;
+
+    // A live stream of deliveries sees the next one.
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", api.port))
+        .await
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let req = format!(
+            "GET /v1/deliveries/stream?endpoint=crm HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
+            api.port
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+    }
+    api.exchanges.lock().unwrap().push(
+        json!({"method": "GET", "path": "/v1/deliveries/stream", "status": 200, "body": null}),
+    );
+    let streamed = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut text = String::new();
+        let mut buf = [0u8; 4096];
+        while !text.contains("event: delivery") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream ended: {text}");
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        text
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await; // the stream is subscribed
+    let last = publish(&mut occ, 1, 1.0).await;
+    sent.extend(last);
+    let text = tokio::time::timeout(LONG, streamed)
+        .await
+        .expect("a delivery streamed")
+        .unwrap();
+    assert!(
+        text.contains("text/event-stream") && text.contains("\"endpoint\":\"crm\""),
+        "{text}"
+    );
+    crm.wait_until(LONG, "the streamed reading", |s| {
+        s.readings_of("api-occ-1") == sent
+    })
+    .await;
+
+    // A test event, answered with the receiver's status and timing.
+    let test = api
+        .call(
+            "POST",
+            "/v1/endpoints/{name}/test",
+            "/v1/endpoints/crm/test",
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(
+        (test["delivered"].as_bool(), test["status"].as_u64()),
+        (Some(true), Some(200)),
+        "{test}"
+    );
+    assert_eq!(crm.seen(|s| s.bad_signatures), 0);
+    let enabled = api
+        .call(
+            "POST",
+            "/v1/endpoints/{name}/enable",
+            "/v1/endpoints/crm/enable",
+            None,
+        )
+        .await;
+    assert_eq!(enabled.status, 200);
+
+    // The outbox and the delivery log.
+    let outbox = api.get("/v1/outbox", "/v1/outbox").await.json();
+    assert!(
+        outbox["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|q| q["endpoint"] == "crm"),
+        "{outbox}"
+    );
+    api.get("/v1/outbox/events", "/v1/outbox/events?dead=true")
+        .await;
+    let bad_limit = api
+        .get("/v1/outbox/events", "/v1/outbox/events?limit=0")
+        .await;
+    assert_eq!(
+        (bad_limit.status, bad_limit.json()["field"].as_str()),
+        (400, Some("limit"))
+    );
+    let log = api
+        .get(
+            "/v1/deliveries",
+            "/v1/deliveries?endpoint=crm&status=ok&limit=500",
+        )
+        .await
+        .json();
+    let delivered: Vec<&Value> = log["deliveries"].as_array().unwrap().iter().collect();
+    assert!(
+        delivered.len() >= sent.len()
+            && delivered
+                .iter()
+                .all(|d| d["ok"] == true && d["endpoint"] == "crm"),
+        "{log}"
+    );
+    assert_eq!(
+        api.get("/v1/deliveries", "/v1/deliveries?status=maybe")
+            .await
+            .status,
+        400
+    );
+    let none = api
+        .call(
+            "POST",
+            "/v1/outbox/replay",
+            "/v1/outbox/replay",
+            Some(&json!({"event_id": "nope"})),
+        )
+        .await;
+    assert_eq!(none.status, 404);
+    let unnamed = api
+        .call(
+            "POST",
+            "/v1/outbox/purge",
+            "/v1/outbox/purge",
+            Some(&json!({"dead": true})),
+        )
+        .await;
+    assert_eq!(
+        (unnamed.status, unnamed.json()["field"].as_str()),
+        (400, Some("endpoint"))
+    );
+    let purged = api
+        .call(
+            "POST",
+            "/v1/outbox/purge",
+            "/v1/outbox/purge",
+            Some(&json!({"endpoint": "crm", "dead": true})),
+        )
+        .await;
+    assert_eq!(purged.status, 200);
+
+    // Deleted: refused while events wait, unless told to drain (then gone once delivered).
+    api.call(
+        "POST",
+        "/v1/endpoints/{name}/pause",
+        "/v1/endpoints/crm/pause",
+        None,
+    )
+    .await;
+    let waiting = publish(&mut occ, 2, 1.0).await;
+    until(
+        Instant::now() + LONG,
+        || daemon_pending(&api.port) >= 1,
+        || "an event waits for crm".into(),
+    )
+    .await;
+    let refused = api
+        .call("DELETE", "/v1/endpoints/{name}", "/v1/endpoints/crm", None)
+        .await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(refused.body.contains("pending=drain"), "{}", refused.body);
+    let draining = api
+        .call(
+            "DELETE",
+            "/v1/endpoints/{name}",
+            "/v1/endpoints/crm?pending=drain",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (draining.status, draining.json()["state"].as_str()),
+        (202, Some("draining")),
+        "{}",
+        draining.body
+    );
+    api.call(
+        "POST",
+        "/v1/endpoints/{name}/resume",
+        "/v1/endpoints/crm/resume",
+        None,
+    )
+    .await;
+    sent.extend(waiting);
+    crm.wait_until(LONG, "what waited, delivered before the delete", |s| {
+        s.readings_of("api-occ-1") == sent
+    })
+    .await;
+    let port = api.port;
+    until(
+        Instant::now() + LONG,
+        || common::http_get(port, "/v1/endpoints/crm").is_some_and(|b| b.contains("no endpoint")),
+        || "the drained endpoint goes".into(),
+    )
+    .await;
+    api.get("/v1/endpoints/{name}", "/v1/endpoints/crm").await;
+    assert_eq!(crm.seen(|s| s.duplicates), 0);
+
+    // The same from scratch with a purge; then the lists as they are.
+    let again = api
+        .call("POST", "/v1/endpoints", "/v1/endpoints", Some(&settings))
+        .await;
+    assert_eq!(again.status, 201);
+    let gone = api
+        .call(
+            "DELETE",
+            "/v1/endpoints/{name}",
+            "/v1/endpoints/crm?pending=purge",
+            None,
+        )
+        .await;
+    assert_eq!(gone.status, 204);
+    let list = api.get("/v1/endpoints", "/v1/endpoints").await.json();
+    let names: Vec<&str> = list["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert_eq!(names, ["default"]);
+    let log = daemon.log();
+    assert!(
+        log.contains("control API: endpoint created") && log.contains("changed=description"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(SECRET) && !log.contains("k-123"),
+        "a secret in the log"
+    );
+
+    api.check_openapi(dir.path(), &doc.body);
+}
+
+/// Events pending in the outbox, as `/v1/outbox` says.
+fn daemon_pending(port: &u16) -> u64 {
+    common::http_get(*port, "/v1/outbox")
+        .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+        .and_then(|v| {
+            v["queues"]
+                .as_array()?
+                .iter()
+                .find(|q| q["endpoint"] == "crm")?["pending"]
+                .as_u64()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_refuses_other_hosts_cross_site_changes_and_oversize_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+    let port = daemon.metrics_port;
+    let token = std::fs::read_to_string(dir.path().join("state/api-token")).unwrap();
+    let token = token.trim();
+    let h = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let host = format!("127.0.0.1:{port}");
+    let bearer = format!("Bearer {token}");
+    // DNS rebinding: a page of another site that resolved its name to 127.0.0.1.
+    let rebound = raw(
+        port,
+        "GET",
+        "/v1/gateway",
+        &h(&[("Host", "evil.example:80")]),
+        None,
+    )
+    .await;
+    assert_eq!(rebound.status, 421, "{}", rebound.body);
+    // A cross-site form post carrying the token is still refused by its Origin.
+    let body = json!({"endpoint": "default"}).to_string();
+    let cross = raw(
+        port,
+        "POST",
+        "/v1/outbox/purge",
+        &h(&[
+            ("Host", &host),
+            ("Authorization", &bearer),
+            ("Origin", "http://evil.example"),
+        ]),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(cross.status, 403, "{}", cross.body);
+    let wrong = raw(
+        port,
+        "POST",
+        "/v1/outbox/purge",
+        &h(&[("Host", &host), ("Authorization", "Bearer nope")]),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    let huge = format!(
+        "{{\"name\":\"x\",\"description\":\"{}\"}}",
+        "a".repeat(70 * 1024)
+    );
+    let big = raw(
+        port,
+        "POST",
+        "/v1/endpoints",
+        &h(&[("Host", &host), ("Authorization", &bearer)]),
+        Some(&huge),
+    )
+    .await;
+    assert_eq!(big.status, 413, "{}", big.body);
+    let not_json = raw(
+        port,
+        "POST",
+        "/v1/endpoints",
+        &h(&[("Host", &host), ("Authorization", &bearer)]),
+        Some("{nope"),
+    )
+    .await;
+    assert_eq!(not_json.status, 400);
+    let page = raw(port, "GET", "/", &h(&[("Host", &host)]), None).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.headers
+            .to_ascii_lowercase()
+            .contains("content-security-policy"),
+        "{}",
+        page.headers
+    );
+    // /healthz and /metrics as before.
+    assert_eq!(common::http_get(port, "/healthz").as_deref(), Some("ok\n"));
+    assert!(daemon.metric("edgehook_mqtt_connected") == Some(1));
+    // `edgehook token` prints the token.
+    let out = common::daemon_command()
+        .arg("token")
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        token,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

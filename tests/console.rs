@@ -1,0 +1,118 @@
+//! The web console in a real browser: headless Chromium (Debian's package), driven by
+//! Playwright from `tests/python/console_check.py`, against the real daemon with mosquitto and
+//! verifying receivers. It loads the page, sees a device appear when firmware-sim publishes,
+//! creates an endpoint with the form, and sees its delivery in the live log. A screenshot of
+//! each step is kept in `target/console-screenshots/`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{device, publish, Daemon, Mosquitto, Receiver};
+use firmware_sim::DeviceClass;
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let default = Receiver::start().await;
+    let crm = Receiver::start().await;
+    let mut daemon = Daemon::new(
+        dir.path(),
+        broker.port,
+        &default.url,
+        "[[workspaces]]\nid = \"room-1\"\nsensors = [\"console-occ-1\"]\n",
+    );
+    daemon.start();
+    let token = std::fs::read_to_string(dir.path().join("state/api-token")).unwrap();
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/console_check.py");
+    let mut browser = Command::new("python3")
+        .arg(script)
+        .arg(format!("http://127.0.0.1:{}/", daemon.metrics_port))
+        .arg(token.trim())
+        .arg(&shots)
+        .arg(&crm.url)
+        .arg(common::SECRET)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut to_browser = browser.stdin.take().unwrap();
+    let (steps_tx, mut steps) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = browser.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if steps_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut occ = device(broker.port, "console-occ-1", DeviceClass::OccupancySensor).await;
+
+    expect_step(&mut steps, "loaded", &mut browser, &daemon).await;
+    publish(&mut occ, 2, 1.0).await;
+    writeln!(to_browser, "go").unwrap();
+    expect_step(&mut steps, "device", &mut browser, &daemon).await;
+    writeln!(to_browser, "go").unwrap();
+    expect_step(&mut steps, "created", &mut browser, &daemon).await;
+    let sent = publish(&mut occ, 1, 1.0).await;
+    writeln!(to_browser, "go").unwrap();
+    expect_step(&mut steps, "delivered", &mut browser, &daemon).await;
+    writeln!(to_browser, "go").unwrap();
+    let status = browser.wait().unwrap();
+    assert!(
+        status.success(),
+        "the browser check failed: {}",
+        read_stderr(&mut browser)
+    );
+    crm.wait_until(LONG, "the console's endpoint's delivery", |s| {
+        s.readings_of("console-occ-1").ends_with(&sent)
+    })
+    .await;
+    assert_eq!(crm.seen(|s| s.bad_signatures), 0);
+    for step in ["loaded", "device", "created", "delivered"] {
+        assert!(
+            shots.join(format!("{step}.png")).exists(),
+            "no screenshot of {step}"
+        );
+    }
+}
+
+/// Wait for the browser to report step `want`; otherwise fail with what it said.
+async fn expect_step(
+    steps: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    want: &str,
+    browser: &mut std::process::Child,
+    daemon: &Daemon,
+) {
+    match tokio::time::timeout(LONG, steps.recv()).await {
+        Ok(Some(step)) if step == want => {}
+        got => {
+            let _ = browser.kill();
+            let _ = browser.wait();
+            panic!(
+                "the browser did not report `{want}` (got {got:?}):\n{}\n{}",
+                read_stderr(browser),
+                daemon.log()
+            );
+        }
+    }
+}
+
+fn read_stderr(child: &mut std::process::Child) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut text);
+    }
+    text
+}
