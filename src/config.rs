@@ -85,7 +85,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
-    /// `GET /healthz` and `GET /metrics`. Must be a loopback address; empty disables.
+    /// `GET /healthz`, `GET /metrics`, the control API (`/v1`) and the console (`/`). Must be a
+    /// loopback address; empty disables.
     pub listen: String,
 }
 
