@@ -27,7 +27,8 @@
 //!   `Dispatcher::step` is one turn of its loop (the tests drive it on paused time).
 //! - [`clock`]: time, and what every stage does when the system clock is unset or steps.
 //! - [`metrics`] (the registry and its exposition, by `prometheus-client`; it knows no stage:
-//!   each stage's `metrics` module registers and updates its own series), [`fault_log`]
+//!   each stage's `metrics` module registers and updates its own series), [`fault_log`],
+//!   [`atomic_file`]
 //!   (rate-limited fault logs), [`secret`], [`size`], [`tls`]: primitives.
 //! - [`config`] loads the file and environment and aggregates each stage's own section
 //!   (`source::config`, `device::config`, `outbox::config`, `deliver::config`, each with its
@@ -43,6 +44,7 @@
 //! lets in-flight requests finish. Anything not yet acknowledged to the broker is redelivered on
 //! the next start.
 
+pub mod atomic_file;
 pub mod cli;
 pub mod clock;
 pub mod config;

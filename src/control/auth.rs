@@ -8,8 +8,6 @@
 //! `Origin`, this server's own origin (no cross-site requests). Listening anywhere else
 //! (with TLS: `telemetry.tls_cert`) every call needs the token.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::secret::Secret;
@@ -28,17 +26,7 @@ pub fn load_or_create_token(state_dir: &Path) -> std::io::Result<Secret> {
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .map_err(|_| std::io::Error::other("no randomness for the API token"))?;
     let token = hex::encode(bytes);
-    let tmp = state_dir.join(format!("{TOKEN_FILE}.tmp"));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(format!("{token}\n").as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(state_dir)?.sync_all()?;
+    crate::atomic_file::replace(&path, format!("{token}\n").as_bytes(), 0o600)?;
     Ok(Secret::new(token))
 }
 

@@ -5,8 +5,6 @@
 //! ([`Endpoints::plan`]) are pure: they give the new store, or why not, before anything is
 //! written or applied.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -255,19 +253,8 @@ impl Endpoints {
     /// Make `next` the API's endpoints: written (whole, synced, then renamed over the old
     /// file) before it is taken, so what is applied is always what a restart finds.
     pub fn commit(&mut self, next: Stored) -> std::io::Result<()> {
-        let tmp = self.path.with_extension("json.tmp");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(&serde_json::to_vec_pretty(&next).expect("serialises"))?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
+        let bytes = serde_json::to_vec_pretty(&next).expect("serialises");
+        crate::atomic_file::replace(&self.path, &bytes, 0o600)?;
         self.api = next;
         Ok(())
     }

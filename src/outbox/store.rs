@@ -7,6 +7,7 @@ use sled::transaction::TransactionError;
 
 use super::format::{endpoint_of_tree, seq_of, tree_name};
 use super::OutboxError;
+use crate::atomic_file::sync_dir;
 
 /// The open sled database and its trees.
 pub(super) struct Store {
@@ -135,13 +136,7 @@ pub(super) const STORE_ID_KEY: &str = "store_id";
 
 /// Write `id` to `path` durably (temporary file, fsync, rename).
 pub(super) fn write_marker(path: &Path, id: &str) -> Result<(), OutboxError> {
-    use std::io::Write;
-    let tmp = path.with_extension("id.tmp");
-    let mut file = std::fs::File::create(&tmp).map_err(io_error)?;
-    file.write_all(id.as_bytes()).map_err(io_error)?;
-    file.sync_all().map_err(io_error)?;
-    std::fs::rename(&tmp, path).map_err(io_error)?;
-    sync_dir(path.parent().unwrap_or(Path::new("."))).map_err(io_error)
+    crate::atomic_file::replace(path, id.as_bytes(), 0o666).map_err(io_error)
 }
 
 pub(super) fn io_error(e: std::io::Error) -> OutboxError {
@@ -208,11 +203,6 @@ impl SyncFiles {
         *synced = present;
         Ok(())
     }
-}
-
-/// fsync a directory, so that the entries created in it survive a power cut.
-pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 pub(super) fn storage_error(e: TransactionError<()>) -> OutboxError {
