@@ -72,9 +72,10 @@ pub async fn route(
         },
         ("GET" | "HEAD", ["v1", "endpoints"]) => {
             let all = control.endpoints().await;
+            let dead = dead_counts(&control.outbox);
             let list: Vec<Value> = all
                 .iter()
-                .map(|(c, s, d)| endpoint_view(control, c, *s, *d))
+                .map(|(c, s, d)| endpoint_view(control, c, *s, *d, &dead))
                 .collect();
             ok(json!({ "endpoints": list }))
         }
@@ -112,7 +113,10 @@ pub async fn route(
                     .find(|(c, _, _)| c.name == *name)
                 {
                     // Still draining: shown as it is now.
-                    Some((c, s, d)) => respond(202, endpoint_view(control, c, *s, *d)),
+                    Some((c, s, d)) => respond(
+                        202,
+                        endpoint_view(control, c, *s, *d, &dead_counts(&control.outbox)),
+                    ),
                     None => Response::builder()
                         .status(204)
                         .body(Body::Full(None))
@@ -290,7 +294,10 @@ async fn one_endpoint(control: &Control, name: &str, status: u16) -> Response<Bo
         .iter()
         .find(|(c, _, _)| c.name == name)
     {
-        Some((c, s, d)) => respond(status, endpoint_view(control, c, *s, *d)),
+        Some((c, s, d)) => respond(
+            status,
+            endpoint_view(control, c, *s, *d, &dead_counts(&control.outbox)),
+        ),
         None => error(404, None, &format!("no endpoint `{name}`")),
     }
 }
@@ -301,6 +308,13 @@ fn rfc3339(ms: u64) -> Value {
     }
     let t = UNIX_EPOCH + Duration::from_millis(ms);
     json!(humantime::format_rfc3339_millis(t).to_string())
+}
+
+/// When the event `id` was made (from its UUIDv7), RFC 3339; null if it does not say.
+fn created(id: &str) -> Value {
+    crate::event::created_at(id)
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(Value::Null, |d| rfc3339(d.as_millis() as u64))
 }
 
 fn now_ms() -> u64 {
@@ -336,21 +350,14 @@ async fn gateway(control: &Control) -> Value {
 
 fn devices(control: &Control) -> Result<Vec<Value>, String> {
     let states = control.outbox.devices().map_err(|e| e.to_string())?;
-    let classes = control
-        .classes
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let classes = control.classes.lock().unwrap_or_else(|e| e.into_inner());
     Ok(states
         .into_iter()
         .map(|(id, s)| {
+            // The first class whose `match` fits, as the device stage picks it.
             let class = classes
                 .iter()
-                .find(|c| {
-                    c.matches
-                        .iter()
-                        .any(|p| wildmatch::WildMatch::new(p).matches(&id))
-                })
+                .find(|c| c.matches(&id))
                 .map(|c| c.name.clone());
             json!({
                 "id": id,
@@ -393,11 +400,13 @@ fn workspaces(control: &Control) -> Result<Vec<Value>, String> {
 
 /// An endpoint as the API shows it: its settings without secrets (how many are set, and the
 /// names of its custom headers only), where it is from, its state and its queue.
-pub fn endpoint_view(
+/// `dead` holds each endpoint's dead letters, counted once for the request.
+fn endpoint_view(
     control: &Control,
     config: &WebhookConfig,
     source: Source,
     draining: bool,
+    dead: &DeadCounts,
 ) -> Value {
     let outbox = &control.outbox;
     let name = config.name.as_str();
@@ -419,26 +428,9 @@ pub fn endpoint_view(
     let pending = queue.map_or(0, |q| outbox.queue_len(q));
     let oldest = queue
         .and_then(|q| outbox.oldest(q).ok().flatten())
-        .and_then(|r| crate::event::created_at(&r.id))
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(Value::Null, |d| rfc3339(d.as_millis() as u64));
-    let dead = outbox
-        .dead_letters(usize::MAX)
-        .map(|d| d.iter().filter(|d| d.endpoint == name).count())
-        .unwrap_or(0);
+        .map_or(Value::Null, |r| created(&r.id));
     let disabled = outbox.disabled(name);
     let paused = outbox.paused(name);
-    let state = if draining {
-        "draining"
-    } else if !config.active {
-        "inactive"
-    } else if disabled.is_some() {
-        "disabled"
-    } else if paused.is_some() {
-        "paused"
-    } else {
-        "active"
-    };
     let last = control.metrics.deliver.endpoint(name).last_seen();
     json!({
         "name": name,
@@ -446,7 +438,7 @@ pub fn endpoint_view(
         "source": source,
         "url": crate::secret::redact_url(&config.url),
         "active": config.active,
-        "state": state,
+        "state": state(outbox, config, draining),
         "disabled": disabled.map(|d| json!({"reason": d.reason, "since": d.since})),
         "paused_since": paused.map(|p| p.since),
         "secrets_set": config.signing_secrets().iter().filter(|s| !s.is_empty()).count(),
@@ -454,7 +446,7 @@ pub fn endpoint_view(
         "settings": settings,
         "pending": pending,
         "oldest_pending": oldest,
-        "dead_letters": dead,
+        "dead_letters": dead.get(name).copied().unwrap_or(0),
         "dropped": queue.map_or(0, |q| outbox.dropped_for(q)),
         "last_success": outbox.last(name, Last::Success).map_or(Value::Null, rfc3339),
         "last_failure": outbox.last(name, Last::Failure).map_or(Value::Null, rfc3339),
@@ -463,18 +455,46 @@ pub fn endpoint_view(
     })
 }
 
+/// Dead letters per endpoint.
+type DeadCounts = std::collections::HashMap<String, usize>;
+
+/// Every endpoint's dead letters, counted in one read of the dead letters (none if it fails).
+fn dead_counts(outbox: &crate::outbox::Outbox) -> DeadCounts {
+    let mut counts = DeadCounts::new();
+    for d in outbox.dead_letters(usize::MAX).unwrap_or_default() {
+        *counts.entry(d.endpoint).or_default() += 1;
+    }
+    counts
+}
+
+/// What an endpoint is doing, as the API names it.
+fn state(outbox: &crate::outbox::Outbox, config: &WebhookConfig, draining: bool) -> &'static str {
+    let name = config.name.as_str();
+    if draining {
+        "draining"
+    } else if !config.active {
+        "inactive"
+    } else if outbox.disabled(name).is_some() {
+        "disabled"
+    } else if outbox.paused(name).is_some() {
+        "paused"
+    } else {
+        "active"
+    }
+}
+
 async fn outbox_status(control: &Control) -> Value {
     let configured = control.endpoints().await;
     let outbox = &control.outbox;
-    let dead = outbox.dead_letters(usize::MAX).unwrap_or_default();
+    let dead = dead_counts(outbox);
     let queues: Vec<Value> = outbox
         .queues()
         .into_iter()
         .map(|(q, name, routed)| {
             let config = configured.iter().find(|(c, _, _)| c.name == name);
             let state = match config {
-                Some((c, s, d)) => endpoint_view(control, c, *s, *d)["state"].clone(),
-                None => json!("not configured"),
+                Some((c, _, draining)) => state(outbox, c, *draining),
+                None => "not configured",
             };
             json!({
                 "endpoint": name,
@@ -482,7 +502,7 @@ async fn outbox_status(control: &Control) -> Value {
                 "routed": routed,
                 "pending": outbox.queue_len(q),
                 "bytes": outbox.queue_bytes(q),
-                "dead_letters": dead.iter().filter(|d| d.endpoint == name).count(),
+                "dead_letters": dead.get(&name).copied().unwrap_or(0),
                 "dropped": outbox.dropped_for(q),
             })
         })
@@ -497,15 +517,12 @@ async fn outbox_status(control: &Control) -> Value {
 }
 
 fn record_view(endpoint: &str, r: &OutboxRecord) -> Value {
-    let created = crate::event::created_at(&r.id)
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(Value::Null, |d| rfc3339(d.as_millis() as u64));
     json!({
         "endpoint": endpoint,
         "event_id": r.id,
         "type": r.kind,
         "lane": r.lane,
-        "created": created,
+        "created": created(&r.id),
         "bytes": r.body.len(),
     })
 }

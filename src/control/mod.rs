@@ -51,8 +51,8 @@ pub struct Control {
     endpoints: Mutex<(Endpoints, Fleet)>,
     /// The delivery log, read and followed by the API.
     pub log: Arc<crate::deliver::log::DeliveryLog>,
-    /// Device classes, to name each device's.
-    pub classes: std::sync::Mutex<Vec<crate::device::config::DeviceClassConfig>>,
+    /// Device classes (compiled as the device stage compiles them), to name each device's.
+    pub classes: std::sync::Mutex<Vec<crate::device::DeviceClass>>,
 }
 
 impl Control {
@@ -78,7 +78,7 @@ impl Control {
             workspaces: std::sync::Mutex::new(workspaces),
             endpoints: Mutex::new((endpoints, fleet)),
             log,
-            classes: std::sync::Mutex::new(classes),
+            classes: std::sync::Mutex::new(compile(&classes)),
         }
     }
 
@@ -169,19 +169,10 @@ impl Control {
         let fact = Paused {
             since: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         };
-        let result = self
-            .outbox
-            .set_paused(name, pause.then_some(&fact))
-            .map_err(|e| Refused::new_internal(e.to_string()));
-        result?;
-        self.outbox
-            .flush()
-            .await
-            .map_err(|e| Refused::new_internal(e.to_string()))?;
-        fleet
-            .restart(name)
-            .await
-            .map_err(|e| Refused::new_internal(e.to_string()))?;
+        persist_and_restart(&self.outbox, fleet, name, |o| {
+            o.set_paused(name, pause.then_some(&fact))
+        })
+        .await?;
         if pause {
             tracing::warn!(endpoint = %name, "control API: endpoint paused (nothing is sent; new events are still queued)");
         } else {
@@ -200,17 +191,7 @@ impl Control {
         if self.outbox.disabled(name).is_none() {
             return Ok(false);
         }
-        self.outbox
-            .set_disabled(name, None)
-            .map_err(|e| Refused::new_internal(e.to_string()))?;
-        self.outbox
-            .flush()
-            .await
-            .map_err(|e| Refused::new_internal(e.to_string()))?;
-        fleet
-            .restart(name)
-            .await
-            .map_err(|e| Refused::new_internal(e.to_string()))?;
+        persist_and_restart(&self.outbox, fleet, name, |o| o.set_disabled(name, None)).await?;
         tracing::info!(endpoint = %name, "control API: endpoint enabled again");
         Ok(true)
     }
@@ -236,7 +217,7 @@ impl Control {
         classes: &[crate::device::config::DeviceClassConfig],
         workspaces: &[WorkspaceConfig],
     ) {
-        *self.classes.lock().unwrap_or_else(|e| e.into_inner()) = classes.to_vec();
+        *self.classes.lock().unwrap_or_else(|e| e.into_inner()) = compile(classes);
         *self.workspaces.lock().unwrap_or_else(|e| e.into_inner()) = workspaces.to_vec();
     }
 
@@ -272,6 +253,30 @@ impl Control {
             }
         }
     }
+}
+
+fn compile(
+    classes: &[crate::device::config::DeviceClassConfig],
+) -> Vec<crate::device::DeviceClass> {
+    classes
+        .iter()
+        .map(crate::device::DeviceClass::new)
+        .collect()
+}
+
+/// Change a fact of `name`'s in the outbox (`set`), make it durable, and restart `name`'s
+/// dispatcher so that it reads it.
+async fn persist_and_restart(
+    outbox: &Outbox,
+    fleet: &mut Fleet,
+    name: &str,
+    set: impl FnOnce(&Outbox) -> Result<(), crate::outbox::OutboxError>,
+) -> Result<(), Refused> {
+    let internal = |e: &dyn std::fmt::Display| Refused::new_internal(e.to_string());
+    set(outbox).map_err(|e| internal(&e))?;
+    outbox.flush().await.map_err(|e| internal(&e))?;
+    fleet.restart(name).await.map_err(|e| internal(&e))?;
+    Ok(())
 }
 
 impl Refused {

@@ -170,7 +170,8 @@ impl DeviceClass {
         }
     }
 
-    fn matches(&self, device_id: &str) -> bool {
+    /// Whether one of the class's `match` patterns fits `device_id`.
+    pub fn matches(&self, device_id: &str) -> bool {
         self.patterns.iter().any(|p| p.matches(device_id))
     }
 
