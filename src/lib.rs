@@ -32,11 +32,12 @@
 //!   (rate-limited fault logs), [`secret`], [`size`], [`tls`]: primitives.
 //! - [`config`] loads the file and environment and aggregates each stage's own section
 //!   (`source::config`, `device::config`, `outbox::config`, `deliver::config`, each with its
-//!   checks); [`telemetry`] (logs, systemd, readiness over the stages' metrics, `/healthz`,
-//!   `/metrics`); [`cli`].
+//!   checks); [`telemetry`] (logs, systemd, readiness over the stages' metrics, the scrape);
+//!   [`control`] (the local listener: `/healthz`, `/metrics`, the `/v1` API, the console, and
+//!   the endpoints changed while running); [`cli`].
 //!
 //! Layers, lowest first, with no import cycles (`tests/module_graph.rs`): primitives → source →
-//! device → outbox → deliver → config → wiring (this file), telemetry, demo → cli.
+//! device → outbox → deliver → config → wiring (this file), telemetry, control, demo → cli.
 //!
 //! # Shutdown
 //! One [`CancellationToken`]. The source stops reading and drops its sender; the device stage
