@@ -58,11 +58,13 @@ doc = {
      "settings": S("object", description="Every other setting, without secrets."),
      "pending": S("integer"), "oldest_pending": ts, "dead_letters": S("integer"), "dropped": S("integer"),
      "last_success": ts, "last_failure": ts, "last_error": nullable("string"), "last_latency_ms": nullable("integer")}),
-   "Queue": S("object", required=["endpoint","state","routed","pending","bytes","dead_letters","dropped"], properties={
+   "Queue": S("object", required=["endpoint","state","routed","pending","oldest_pending","bytes","dead_letters","dropped","disabled","paused_since","last_success","last_failure"], properties={
      "endpoint": S("string"), "state": S("string", enum=["active","paused","disabled","inactive","draining","not configured"]), "routed": S("boolean"),
-     "pending": S("integer"), "bytes": S("integer"), "dead_letters": S("integer"), "dropped": S("integer")}),
-   "OutboxStatus": S("object", required=["pending","bytes","dead_letters","writable","queues"], properties={
-     "pending": S("integer"), "bytes": S("integer"), "dead_letters": S("integer"), "writable": S("boolean"), "queues": S("array", items=ref("Queue"))}),
+     "pending": S("integer"), "oldest_pending": ts, "bytes": S("integer"), "dead_letters": S("integer"), "dropped": S("integer"),
+     "disabled": {"oneOf": [S("null"), S("object", required=["reason","since"], properties={"reason": S("string"), "since": S("string")})]},
+     "paused_since": nullable("string"), "last_success": ts, "last_failure": ts}),
+   "OutboxStatus": S("object", required=["pending","bytes","max_bytes","dead_letters","writable","queues"], properties={
+     "pending": S("integer"), "bytes": S("integer"), "max_bytes": S("integer", description="outbox.max_size: the events it may hold, shared out among the endpoints' queues."), "dead_letters": S("integer"), "writable": S("boolean"), "queues": S("array", items=ref("Queue"))}),
    "OutboxEvent": S("object", required=["endpoint","event_id","type","lane","created","bytes"], properties={
      "endpoint": S("string"), "event_id": S("string"), "type": S("string"), "lane": S("string"), "created": ts, "bytes": S("integer"),
      "dead": S("object", required=["reason","attempts","last_status","last_error","at"], properties={"reason": S("string"), "attempts": S("integer"), "last_status": nullable("integer"), "last_error": S("string"), "at": ts})}),
@@ -98,7 +100,8 @@ for action, what in [("pause", "pause endpoint: nothing is sent; new events are 
 op("/v1/endpoints/{name}/test", "post", "test endpoint: send one sample event now (not through the outbox)", resp("What the receiver answered.", ref("TestResult"), extra=[401, 404, 409]), params=[name_param], changes=True)
 op("/v1/outbox", "get", "outbox: pending events and dead letters per endpoint", resp("The outbox.", ref("OutboxStatus")))
 op("/v1/outbox/events", "get", "outbox events: pending events or dead letters, oldest first", resp("The events.", S("object", required=["events"], properties={"events": S("array", items=ref("OutboxEvent"))}), extra=[400, 404]),
-   params=[{"name": "endpoint", "in": "query", "schema": S("string")}, {"name": "dead", "in": "query", "schema": S("boolean")}, {"name": "type", "in": "query", "schema": S("string"), "description": "An event type or pattern."}, limit])
+   params=[{"name": "endpoint", "in": "query", "schema": S("string")}, {"name": "dead", "in": "query", "schema": S("boolean")}, {"name": "type", "in": "query", "schema": S("string"), "description": "An event type or pattern."}, limit,
+           {"name": "offset", "in": "query", "schema": S("integer", minimum=0, maximum=10000000, default=0), "description": "Skip this many matching events first (to page through a large outbox)."}])
 op("/v1/outbox/replay", "post", "replay: queue dead letters again (same event ids)", resp("How many.", S("object", required=["replayed"], properties={"replayed": S("integer")}), extra=[400, 401, 404]),
    body=S("object", properties={"event_id": S("string"), "all_dead": S("boolean"), "endpoint": S("string")}), changes=True)
 op("/v1/outbox/purge", "post", "purge: delete an endpoint's pending events (or dead letters) for good", resp("How many.", S("object", required=["purged"], properties={"purged": S("integer")}), extra=[400, 401, 404]),

@@ -25,7 +25,7 @@ use crate::secret::Secret;
 use crate::source::config::{MqttConfig, SerialPortConfig, TlsConfig};
 
 /// Environment variables with the `EDGEHOOK_` prefix that are not configuration keys.
-const NON_CONFIG_ENV: &[&str] = &["LOG", "CONFIG", "STATE_DIR"];
+const NON_CONFIG_ENV: &[&str] = &["LOG", "CONFIG", "STATE_DIR", "ENDPOINT_SECRET"];
 
 /// A configuration error, always naming where the bad value came from and which key it is.
 #[derive(Debug, thiserror::Error)]

@@ -175,17 +175,7 @@ pub async fn run_with_reloads(
     let token = control::auth::load_or_create_token(&config.state_dir)
         .with_context(|| format!("making the API token in {}", config.state_dir.display()))?;
     let control = Arc::new(control::Control::new(
-        control::Gateway {
-            id: config.gateway_id.clone(),
-            started: std::time::Instant::now(),
-            broker: (!config.mqtt.all_subscriptions().is_empty())
-                .then(|| format!("{}:{}", config.mqtt.host, config.mqtt.port)),
-            serial_ports: config
-                .serial_ports
-                .iter()
-                .map(|p| p.path.display().to_string())
-                .collect(),
-        },
+        control::Gateway::of(&config),
         outbox.clone(),
         metrics.clone(),
         config.state_dir.clone(),

@@ -606,3 +606,170 @@ async fn the_server_refuses_other_hosts_cross_site_changes_and_oversize_bodies()
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `text` with its times (RFC 3339, and "(... ago)") replaced by `<t>`: what the CLI says of
+/// the same state at two moments.
+fn without_times(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(" ago)") {
+        let open = rest[..i].rfind('(').unwrap_or(i);
+        out.push_str(&rest[..open]);
+        out.push_str("<t>");
+        rest = &rest[i + " ago)".len()..];
+    }
+    out.push_str(rest);
+    let b: Vec<char> = out.chars().collect();
+    let mut clean = String::new();
+    let mut i = 0;
+    while i < b.len() {
+        let digits = |from: usize, n: usize| (from..from + n).all(|j| b.get(j).is_some_and(char::is_ascii_digit));
+        if digits(i, 4) && b.get(i + 4) == Some(&'-') && digits(i + 5, 2) && b.get(i + 10) == Some(&'T') {
+            let mut j = i + 11;
+            while j < b.len() && (b[j].is_ascii_digit() || matches!(b[j], ':' | '.')) {
+                j += 1;
+            }
+            if b.get(j) == Some(&'Z') {
+                j += 1;
+            }
+            clean.push_str("<t>");
+            i = j;
+        } else {
+            clean.push(b[i]);
+            i += 1;
+        }
+    }
+    clean
+}
+
+/// Issue 18: the commands are clients of the API. While the daemon runs they answer from it
+/// (nothing asks the operator to stop the service), when it is stopped from its store, and
+/// say the same either way; a change made through them (an endpoint created, paused,
+/// resumed) acts on the running daemon at once, or is found by it at its next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commands_say_the_same_from_the_running_daemon_and_from_its_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let default = Receiver::start().await;
+    let crm = Receiver::start().await;
+    let mut daemon = Daemon::new(
+        dir.path(),
+        broker.port,
+        &default.url,
+        "[[workspaces]]\nid = \"room-1\"\nsensors = [\"cli-occ-1\"]\n",
+    );
+    daemon.start();
+    let mut occ = device(broker.port, "cli-occ-1", DeviceClass::OccupancySensor).await;
+    publish(&mut occ, 1, 1.0).await;
+    default
+        .wait_until(LONG, "the first reading", |s| {
+            !s.readings_of("cli-occ-1").is_empty()
+        })
+        .await;
+
+    // An endpoint made, then paused, with the commands, while the daemon runs.
+    let secret = [("EDGEHOOK_ENDPOINT_SECRET", SECRET)];
+    let (code, out, err) = daemon.cli(
+        &[
+            "endpoints", "create", "crm", "--url", &crm.url, "--events", "sensor.*",
+            "--description", "the CRM", "--header", "X-Api-Key: k-1",
+        ],
+        &secret,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("endpoint crm created (applied now)"), "{out}");
+    let (code, out, err) = daemon.cli(&["endpoints", "pause", "crm"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("endpoint crm paused"), "{out}");
+    let before = default.seen(|s| s.readings_of("cli-occ-1").len());
+    let changes = publish(&mut occ, 3, 1.0).await;
+    default
+        .wait_until(LONG, "the readings at the default endpoint", |s| {
+            s.readings_of("cli-occ-1").len() >= before + changes.len()
+        })
+        .await;
+    let wait = Instant::now() + LONG;
+    until(
+        wait,
+        || daemon.metric("edgehook_endpoint_pending{endpoint=\"crm\"}") == Some(changes.len() as u64),
+        || daemon.log(),
+    )
+    .await;
+    assert_eq!(crm.seen(|s| s.requests), 0, "a paused endpoint gets nothing");
+
+    let views: [&[&str]; 8] = [
+        &["outbox", "status"],
+        &["outbox", "list"],
+        &["outbox", "list", "--endpoint", "crm", "--type", "sensor.*"],
+        &["endpoints"],
+        &["endpoints", "show", "crm"],
+        &["devices"],
+        &["devices", "show", "cli-occ-1"],
+        &["workspaces"],
+    ];
+    let look = |daemon: &Daemon| -> Vec<String> {
+        views
+            .iter()
+            .map(|args| {
+                let (code, out, err) = daemon.cli(args, &[]);
+                assert_eq!(code, 0, "{args:?}: {out}{err}");
+                out
+            })
+            .collect()
+    };
+    let live = look(&daemon);
+    let (_, _, err) = daemon.cli(&["outbox", "status"], &[]);
+    assert!(err.contains("from the running daemon"), "{err}");
+    assert!(live[0].contains("endpoint crm: PAUSED since"), "{}", live[0]);
+    assert!(live[0].contains(&format!("pending       {}", changes.len())), "{}", live[0]);
+    assert_eq!(live[2].lines().count(), changes.len(), "{}", live[2]);
+    assert!(live[3].contains("crm") && live[3].contains("paused"), "{}", live[3]);
+    assert!(live[4].contains("X-Api-Key (values hidden)"), "{}", live[4]);
+    assert!(!live.concat().contains("k-1") && !live.concat().contains(SECRET));
+    assert!(live[5].contains("cli-occ-1") && live[5].contains("online"), "{}", live[5]);
+    assert!(live[7].contains("room-1") && live[7].contains("cli-occ-1"), "{}", live[7]);
+
+    assert_eq!(daemon.terminate(), Some(0));
+    let stopped = look(&daemon);
+    let (_, _, err) = daemon.cli(&["outbox", "status"], &[]);
+    assert!(err.contains("the daemon is not running"), "{err}");
+    // The delivery latency and last error live in the running daemon's memory alone.
+    let live_only = |text: &str| {
+        text.lines()
+            .filter(|l| !l.starts_with("last latency") && !l.starts_with("last error"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for (i, (live, stopped)) in live.iter().zip(&stopped).enumerate() {
+        assert_eq!(
+            without_times(&live_only(live)),
+            without_times(&live_only(stopped)),
+            "{:?} says the same running and stopped",
+            views[i]
+        );
+    }
+
+    // Resumed while stopped: the daemon finds it at its start and delivers what was held.
+    let (code, out, err) = daemon.cli(&["endpoints", "resume", "crm"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    daemon.start();
+    crm.wait_until(LONG, "the readings held while paused", |s| {
+        s.readings_of("cli-occ-1").len() >= changes.len()
+    })
+    .await;
+    crm.seen(|s| {
+        assert_eq!(s.readings_of("cli-occ-1"), changes);
+        assert_eq!(s.bad_signatures, 0);
+    });
+    // And a mistake is named, running or not.
+    let (code, _, err) = daemon.cli(&["endpoints", "show", "nope"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no endpoint `nope`"), "{err}");
+    let (code, _, err) = daemon.cli(
+        &["endpoints", "create", "bad", "--url", "http://crm.example.com/x"],
+        &secret,
+    );
+    assert_eq!(code, 2);
+    assert!(err.starts_with("error: url:"), "{err}");
+    assert_eq!(daemon.terminate(), Some(0));
+}

@@ -1,7 +1,15 @@
 //! Command line: `edgehook run`, `edgehook check-config`, `edgehook outbox ...`,
-//! `edgehook token`, `edgehook demo`.
+//! `edgehook endpoints ...`, `edgehook devices ...`, `edgehook workspaces`, `edgehook token`,
+//! `edgehook demo`.
+//!
+//! The commands that look inside the daemon are clients of its control API ([`client`]): the
+//! running daemon's, or the same routes over its store when it is stopped.
 
+pub mod client;
+pub mod devices;
+pub mod endpoints;
 pub mod outbox;
+pub mod print;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,12 +33,44 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon.
     Run(Paths),
-    /// See into the outbox and repair it: status, list, replay, purge, enable.
+    /// See into the outbox and repair it: status, list, log, replay, purge, enable. Through
+    /// the running daemon's API, or over its store when it is stopped.
     Outbox {
         #[command(subcommand)]
         command: outbox::OutboxCommand,
         #[command(flatten)]
         paths: Paths,
+        /// Print the API's JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// The webhook endpoints: list, show, create, edit, pause, resume, enable, test, delete.
+    Endpoints {
+        #[command(subcommand)]
+        command: Option<endpoints::EndpointsCommand>,
+        #[command(flatten)]
+        paths: Paths,
+        /// Print the API's JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// The devices the gateway knows: list, show ID.
+    Devices {
+        #[command(subcommand)]
+        command: Option<devices::DevicesCommand>,
+        #[command(flatten)]
+        paths: Paths,
+        /// Print the API's JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// The workspaces and their status (Free, Occupied, Booked, Unknown).
+    Workspaces {
+        #[command(flatten)]
+        paths: Paths,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the control API's token (made at the daemon's first start in the state
     /// directory): `curl -H "Authorization: Bearer $(edgehook token)" ...`.
@@ -104,30 +144,30 @@ pub fn main() -> ExitCode {
         }
         Command::Outbox {
             command,
-            paths: Paths { config, state_dir },
-        } => {
-            let loaded = Config::load(&config);
-            let (dir, hint) = match (&state_dir, &loaded) {
-                (Some(dir), Ok(c)) => (dir.clone(), metrics_hint(c)),
-                (Some(dir), Err(_)) => (dir.clone(), String::new()),
-                (None, Ok(c)) => (c.state_dir.clone(), metrics_hint(c)),
-                (None, Err(e)) => {
-                    eprintln!("error: {e} (or give --state-dir)");
-                    return ExitCode::from(2);
-                }
-            };
-            let runtime = match runtime() {
-                Ok(rt) => rt,
-                Err(code) => return code,
-            };
-            match runtime.block_on(outbox::run(command, &dir, loaded.as_ref().ok(), &hint)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
-            }
-        }
+            paths,
+            json,
+        } => through_api(paths, |api, dir| async move {
+            outbox::run(command, &api, &dir, json).await
+        }),
+        Command::Endpoints {
+            command,
+            paths,
+            json,
+        } => through_api(paths, |api, _| async move {
+            let command = command.unwrap_or(endpoints::EndpointsCommand::List);
+            endpoints::run(command, &api, json).await
+        }),
+        Command::Devices {
+            command,
+            paths,
+            json,
+        } => through_api(paths, |api, _| async move {
+            let command = command.unwrap_or(devices::DevicesCommand::List);
+            devices::run(command, &api, json).await
+        }),
+        Command::Workspaces { paths, json } => through_api(paths, |api, _| async move {
+            devices::workspaces(&api, json).await
+        }),
         Command::Token(Paths { config, state_dir }) => {
             let dir = match (state_dir, Config::load(&config)) {
                 (Some(dir), _) => dir,
@@ -160,15 +200,38 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Where a running daemon's live figures are, for messages.
-fn metrics_hint(config: &Config) -> String {
-    if config.telemetry.listen.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "; live figures: curl -s http://{}/metrics | grep -E 'outbox|dead|delivered'",
-            config.telemetry.listen
-        )
+/// Run `command` with the daemon's API (see [`client`]) and the state directory. Exit 2, with
+/// the error on stderr, if it fails.
+fn through_api<F, Fut>(Paths { config, state_dir }: Paths, command: F) -> ExitCode
+where
+    F: FnOnce(client::Api, PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let loaded = Config::load(&config);
+    let dir = match (&state_dir, &loaded) {
+        (Some(dir), _) => dir.clone(),
+        (None, Ok(c)) => c.state_dir.clone(),
+        (None, Err(e)) => {
+            eprintln!("error: {e} (or give --state-dir)");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let result = runtime.block_on(async {
+        let api = client::Api::connect(loaded.as_ref().ok(), &dir).await?;
+        command(api, dir).await
+    });
+    // The store (when this command opened it) is flushed and closed before the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -1,17 +1,21 @@
 //! `edgehook outbox ...`: see into the outbox and repair it, on a gateway with no UI.
 //!
-//! sled lets one process open the store at a time, so these commands work on a stopped daemon
-//! (`systemctl stop edgehook`); while it runs they refuse, say why, and point at the live
-//! figures on `/metrics`. `outbox log` reads the delivery log's own file, so it works either way. Changes (replay, purge, enable) are flushed before the command exits.
+//! Each command is a call to the control API ([`Api`]): the running daemon's when it runs,
+//! or the same routes over its store when it is stopped, so the output is the same either way
+//! and nothing asks the operator to stop the service. Changes (replay, purge, enable) are
+//! durable before the command exits.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use clap::Subcommand;
+use hyper::Method;
+use serde_json::{json, Value};
 
-use crate::config::Config;
-use crate::outbox::{DeadLetter, Last, Outbox, OutboxRecord, Route};
+use super::client::{query, segment, Api};
+use super::print::{count, text, when};
+
+/// The most events one call to the API lists; longer lists are read a page at a time.
+const PAGE: usize = 1000;
 
 #[derive(Debug, Subcommand)]
 pub enum OutboxCommand {
@@ -25,7 +29,10 @@ pub enum OutboxCommand {
         /// Only this endpoint's.
         #[arg(long)]
         endpoint: Option<String>,
-        /// At most this many (per endpoint).
+        /// Only events of this type or pattern (`sensor.*`).
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
@@ -34,9 +41,15 @@ pub enum OutboxCommand {
         /// Only this endpoint's.
         #[arg(long)]
         endpoint: Option<String>,
-        /// At most this many.
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        /// Only this event's (its id).
+        #[arg(long)]
+        event: Option<String>,
+        /// Only `ok`, `failed` or one HTTP status.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many (up to 1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
     },
     /// Queue dead letters again (same event id, so receivers still deduplicate).
     Replay {
@@ -69,190 +82,233 @@ pub enum OutboxCommand {
     },
 }
 
-/// Run one outbox command on the store in `state_dir`. `config`, when it loaded, says which
-/// endpoints are configured and active. Errors are for the user to read.
+/// Run one outbox command through `api`; `json` prints the API's answers as they are.
+/// Errors are for the user to read.
 pub async fn run(
     command: OutboxCommand,
+    api: &Api,
     state_dir: &Path,
-    config: Option<&Config>,
-    metrics_hint: &str,
+    json: bool,
 ) -> Result<(), String> {
-    if let OutboxCommand::Log { endpoint, limit } = &command {
-        return print_log(state_dir, config, endpoint.as_deref(), *limit);
-    }
-    if !state_dir.join("outbox.sled").exists() {
-        return Err(format!(
-            "there is no outbox in {} (wrong state directory? --state-dir DIR)",
-            state_dir.display()
-        ));
-    }
-    // Queues for the active endpoints (nothing is written here, so they want nothing).
-    let routes: Vec<Route> = config
-        .map(|c| c.all_endpoints())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| e.active)
-        .map(|e| Route {
-            endpoint: e.name.clone(),
-            wants: Arc::new(|_: &str| false),
-        })
-        .collect();
-    let outbox = Outbox::open(state_dir, 1 << 20, routes).map_err(|e| {
-        let text = e.to_string();
-        if text.contains("lock") || text.contains("WouldBlock") || text.contains("temporarily unavailable") {
-            format!(
-                "the outbox in {} is in use by a running edgehook: stop it first (systemctl stop edgehook){metrics_hint}",
-                state_dir.display()
-            )
-        } else {
-            format!("cannot open the outbox in {}: {text}", state_dir.display())
-        }
-    })?;
-    let err = |e: crate::outbox::OutboxError| e.to_string();
+    let err = |e: super::client::Refused| e.to_string();
+    let status = api.get("/v1/outbox").await.map_err(err)?;
+    let queues = status["queues"].as_array().cloned().unwrap_or_default();
     let known = |endpoint: &Option<String>| -> Result<(), String> {
         match endpoint {
-            Some(name) if outbox.queue(name).is_none() => Err(format!(
+            Some(name) if !queues.iter().any(|q| q["endpoint"] == *name) => Err(format!(
                 "no endpoint `{name}` in this outbox (edgehook outbox status lists them)"
             )),
             _ => Ok(()),
         }
     };
-    let chosen =
-        |endpoint: &Option<String>, name: &str| endpoint.as_deref().is_none_or(|e| e == name);
+    let chosen = |endpoint: &Option<String>, q: &Value| {
+        endpoint
+            .as_deref()
+            .is_none_or(|e| q["endpoint"].as_str() == Some(e))
+    };
     match command {
         OutboxCommand::Status => {
+            let endpoints = api.get("/v1/endpoints").await.map_err(err)?;
+            if json {
+                super::print::json(&json!({ "outbox": status, "endpoints": endpoints["endpoints"] }));
+                return Ok(());
+            }
+            eprintln!("(from {})", api.source());
             println!("outbox        {}", state_dir.join("outbox.sled").display());
-            let size = config.map_or(String::new(), |c| {
-                format!(" of {} allowed", c.outbox.max_size)
-            });
+            let max = count(&status["max_bytes"]);
+            let allowed = if max > 0 {
+                format!(" of {max} allowed")
+            } else {
+                String::new()
+            };
             println!(
-                "pending       {} event(s), {} bytes{size}",
-                outbox.len(),
-                outbox.bytes()
+                "pending       {} event(s), {} bytes{allowed}",
+                count(&status["pending"]),
+                count(&status["bytes"])
             );
-            let dead = outbox.dead_letters(usize::MAX).map_err(err)?;
-            for (queue, name, routed) in outbox.queues() {
-                let name = name.as_str();
-                let configured =
-                    config.and_then(|c| c.all_endpoints().into_iter().find(|e| e.name == name));
-                let disabled = outbox.disabled(name);
-                let state = match (disabled, configured, routed) {
-                    (Some(d), _, _) => format!("DISABLED since {}: {}", d.since, d.reason),
-                    (None, Some(e), true) => {
-                        format!("active, {}", crate::secret::redact_url(&e.url))
+            let configured = endpoints["endpoints"].as_array().cloned().unwrap_or_default();
+            for q in &queues {
+                let name = text(&q["endpoint"]);
+                let endpoint = configured.iter().find(|e| e["name"] == name);
+                let url = endpoint.map_or("-", |e| text(&e["url"]));
+                let state = if let Some(d) = q["disabled"].as_object() {
+                    format!(
+                        "DISABLED since {}: {}",
+                        text(&d["since"]),
+                        text(&d["reason"])
+                    )
+                } else {
+                    match text(&q["state"]) {
+                        "active" => format!("active, {url}"),
+                        "paused" => format!(
+                            "PAUSED since {}: nothing is sent, new events are still queued ({url})",
+                            text(&q["paused_since"])
+                        ),
+                        "inactive" => "inactive (active = false)".into(),
+                        "draining" => format!("draining before its deletion, {url}"),
+                        _ => "NOT CONFIGURED: its queue is kept until purged".into(),
                     }
-                    (None, Some(_), false) => "inactive (active = false)".into(),
-                    (None, None, _) if config.is_none() => "(configuration not loaded)".into(),
-                    (None, None, _) => "NOT CONFIGURED: its queue is kept until purged".into(),
                 };
                 println!("\nendpoint {name}: {state}");
-                let oldest = outbox.oldest(queue).map_err(err)?;
-                println!(
-                    "  pending       {}{}",
-                    outbox.queue_len(queue),
-                    oldest.map_or(String::new(), |r| format!(" (oldest {})", created(&r)))
-                );
-                println!(
-                    "  dead letters  {}",
-                    dead.iter().filter(|d| d.endpoint == name).count()
-                );
-                let dropped = outbox.dropped_for(queue);
+                let oldest = match q["oldest_pending"] {
+                    Value::Null => String::new(),
+                    ref at => format!(" (oldest {})", when(at)),
+                };
+                println!("  pending       {}{oldest}", count(&q["pending"]));
+                println!("  dead letters  {}", count(&q["dead_letters"]));
+                let dropped = count(&q["dropped"]);
                 if dropped > 0 {
                     println!(
                         "  dropped       {dropped} event(s) it will never get: its share of the outbox was full (see the log)"
                     );
                 }
-                for (label, fact) in [
-                    ("last success", Last::Success),
-                    ("last failure", Last::Failure),
-                ] {
-                    let at = outbox.last(name, fact);
-                    println!("  {label:<13} {}", at.map_or("never".into(), when));
+                println!("  last success  {}", when(&q["last_success"]));
+                println!("  last failure  {}", when(&q["last_failure"]));
+                if let Some(error) = endpoint.and_then(|e| e["last_error"].as_str()) {
+                    println!("  last error    {error}");
                 }
             }
         }
         OutboxCommand::List {
-            dead: false,
+            dead,
             endpoint,
+            kind,
             limit,
         } => {
             known(&endpoint)?;
-            for (queue, name, _) in outbox.queues() {
-                let name = name.as_str();
-                if !chosen(&endpoint, name) {
-                    continue;
+            let mut events = Vec::new();
+            while events.len() < limit {
+                let page = (limit - events.len()).min(PAGE);
+                let path = format!(
+                    "/v1/outbox/events{}",
+                    query(&[
+                        ("endpoint", endpoint.clone()),
+                        ("type", kind.clone()),
+                        ("dead", dead.then(|| "true".to_string())),
+                        ("limit", Some(page.to_string())),
+                        ("offset", Some(events.len().to_string())),
+                    ])
+                );
+                let answer = api.get(&path).await.map_err(err)?;
+                let got = answer["events"].as_array().cloned().unwrap_or_default();
+                let last_page = got.len() < page;
+                events.extend(got);
+                if last_page {
+                    break;
                 }
-                for r in outbox.pending_after(queue, None, limit).map_err(err)? {
-                    println!(
-                        "{}  {name:<12} {:<26} {:<24} {}",
-                        r.id,
-                        r.kind,
-                        r.lane,
-                        created(&r)
-                    );
+            }
+            if json {
+                super::print::json(&json!({ "events": events }));
+                return Ok(());
+            }
+            for e in &events {
+                let line = format!(
+                    "{}  {:<12} {:<26} {:<24} {}",
+                    text(&e["event_id"]),
+                    text(&e["endpoint"]),
+                    text(&e["type"]),
+                    text(&e["lane"]),
+                    when(&e["created"])
+                );
+                match e["dead"].as_object() {
+                    None => println!("{line}"),
+                    Some(d) => println!(
+                        "{line}  gave up {} ({}, {} attempts, last {}: {})",
+                        when(&d["at"]),
+                        text(&d["reason"]),
+                        count(&d["attempts"]),
+                        d["last_status"]
+                            .as_u64()
+                            .map_or("no answer".into(), |s| format!("HTTP {s}")),
+                        text(&d["last_error"])
+                    ),
                 }
             }
         }
-        OutboxCommand::List {
-            dead: true,
+        OutboxCommand::Log {
             endpoint,
+            event,
+            status,
             limit,
         } => {
-            known(&endpoint)?;
-            let dead = outbox.dead_letters(usize::MAX).map_err(err)?;
-            for DeadLetter {
-                endpoint: name,
-                record: r,
-                info,
-            } in dead
-                .into_iter()
-                .filter(|d| chosen(&endpoint, &d.endpoint))
-                .take(limit)
-            {
+            let path = format!(
+                "/v1/deliveries{}",
+                query(&[
+                    ("endpoint", endpoint.clone()),
+                    ("event", event),
+                    ("status", status),
+                    ("limit", Some(limit.to_string())),
+                ])
+            );
+            let answer = api.get(&path).await.map_err(err)?;
+            let attempts = answer["deliveries"].as_array().cloned().unwrap_or_default();
+            if json {
+                super::print::json(&answer);
+                return Ok(());
+            }
+            if attempts.is_empty() {
+                if let Some(name) = &endpoint {
+                    let endpoints = api.get("/v1/endpoints").await.map_err(err)?;
+                    let configured = endpoints["endpoints"]
+                        .as_array()
+                        .is_some_and(|all| all.iter().any(|e| e["name"] == *name));
+                    if !configured && known(&endpoint).is_err() {
+                        return Err(format!(
+                            "no endpoint `{name}` in the configuration, and none in the delivery log"
+                        ));
+                    }
+                }
+                eprintln!(
+                    "no delivery attempts logged in {} yet",
+                    state_dir.join(crate::deliver::log::FILE).display()
+                );
+            }
+            for a in attempts {
+                let result = match (a["ok"].as_bool() == Some(true), a["status"].as_u64()) {
+                    (true, Some(s)) => format!("{s} ok"),
+                    (true, None) => "ok".into(),
+                    (false, Some(s)) => format!("{s} failed"),
+                    (false, None) => "no answer".into(),
+                };
                 println!(
-                    "{}  {name:<12} {:<26} {:<24} {}  gave up {} ({}, {} attempts, last {}: {})",
-                    r.id,
-                    r.kind,
-                    r.lane,
-                    created(&r),
-                    when(info.dead_at),
-                    info.reason,
-                    info.attempts,
-                    info.last_status
-                        .map_or("no answer".into(), |s| format!("HTTP {s}")),
-                    info.last_error
+                    "{}  {:<12} {}  {:<11} {:>6} ms  {}",
+                    text(&a["at"]),
+                    text(&a["endpoint"]),
+                    text(&a["event_id"]),
+                    result,
+                    count(&a["ms"]),
+                    a["error"].as_str().unwrap_or("")
                 );
             }
         }
-        // Read from its own file above, without opening the store.
-        OutboxCommand::Log { .. } => {}
         OutboxCommand::Replay {
             id,
             all_dead,
             endpoint,
         } => {
             known(&endpoint)?;
-            let dead = outbox.dead_letters(usize::MAX).map_err(err)?;
-            let chosen: Vec<&DeadLetter> = dead
-                .iter()
-                .filter(|d| chosen(&endpoint, &d.endpoint))
-                .filter(|d| all_dead || id.as_deref() == Some(d.record.id.as_str()))
-                .collect();
-            if chosen.is_empty() {
-                return Err(match id {
-                    Some(id) => {
-                        format!("no dead letter with event id {id} (edgehook outbox list --dead)")
-                    }
-                    None => "there are no dead letters".into(),
-                });
+            let mut body = json!({ "all_dead": all_dead });
+            if let Some(id) = &id {
+                body["event_id"] = json!(id);
             }
-            for d in &chosen {
-                outbox
-                    .revive(&d.endpoint, d.record.seq)
-                    .await
-                    .map_err(err)?;
+            if let Some(e) = &endpoint {
+                body["endpoint"] = json!(e);
             }
-            println!("{} dead letter(s) queued again", chosen.len());
+            match api.call(Method::POST, "/v1/outbox/replay", Some(body)).await {
+                Ok(answer) => println!(
+                    "{} dead letter(s) queued again",
+                    count(&answer["replayed"])
+                ),
+                Err(e) if e.status == 404 => {
+                    return Err(match id {
+                        Some(id) => format!(
+                            "no dead letter with event id {id} (edgehook outbox list --dead)"
+                        ),
+                        None => "there are no dead letters".into(),
+                    })
+                }
+                Err(e) => return Err(e.to_string()),
+            }
         }
         OutboxCommand::Purge {
             dead,
@@ -260,23 +316,13 @@ pub async fn run(
             yes,
         } => {
             known(&endpoint)?;
-            let (what, n) = if dead {
-                let all = outbox.dead_letters(usize::MAX).map_err(err)?;
-                (
-                    "dead letters",
-                    all.iter()
-                        .filter(|d| chosen(&endpoint, &d.endpoint))
-                        .count(),
-                )
+            let (what, field) = if dead {
+                ("dead letters", "dead_letters")
             } else {
-                let n = outbox
-                    .queues()
-                    .into_iter()
-                    .filter(|(_, name, _)| chosen(&endpoint, name))
-                    .map(|(q, _, _)| outbox.queue_len(q))
-                    .sum();
-                ("pending events", n)
+                ("pending events", "pending")
             };
+            let chosen: Vec<&Value> = queues.iter().filter(|q| chosen(&endpoint, q)).collect();
+            let n: u64 = chosen.iter().map(|q| count(&q[field])).sum();
             let whose = endpoint
                 .as_deref()
                 .map_or(String::new(), |e| format!(" of endpoint {e}"));
@@ -285,100 +331,42 @@ pub async fn run(
                     "this deletes {n} {what}{whose} for good; run again with --yes"
                 ));
             }
-            let n = outbox.purge(dead, endpoint.as_deref()).await.map_err(err)?;
-            println!("deleted {n} {what}{whose}");
+            let mut deleted = 0;
+            for q in chosen {
+                let body = json!({ "endpoint": q["endpoint"], "dead": dead });
+                let answer = api
+                    .call(Method::POST, "/v1/outbox/purge", Some(body))
+                    .await
+                    .map_err(err)?;
+                deleted += count(&answer["purged"]);
+            }
+            println!("deleted {deleted} {what}{whose}");
         }
         OutboxCommand::Enable { endpoint } => {
             known(&endpoint)?;
             let mut enabled = 0;
-            for (_, name, _) in outbox.queues() {
-                let name = name.as_str();
-                if !chosen(&endpoint, name) {
+            for q in queues.iter().filter(|q| chosen(&endpoint, q)) {
+                // A queue whose endpoint is not configured sends nothing either way.
+                let Some(d) = q["disabled"].as_object() else {
+                    continue;
+                };
+                if q["state"] == "not configured" {
                     continue;
                 }
-                if let Some(d) = outbox.disabled(name) {
-                    outbox.set_disabled(name, None).map_err(err)?;
-                    println!(
-                        "endpoint {name} enabled again (was disabled since {}: {})",
-                        d.since, d.reason
-                    );
-                    enabled += 1;
-                }
+                let name = text(&q["endpoint"]);
+                let path = format!("/v1/endpoints/{}/enable", segment(name));
+                api.call(Method::POST, &path, None).await.map_err(err)?;
+                println!(
+                    "endpoint {name} enabled again (was disabled since {}: {})",
+                    text(&d["since"]),
+                    text(&d["reason"])
+                );
+                enabled += 1;
             }
-            outbox.flush().await.map_err(err)?;
             if enabled == 0 {
                 println!("no endpoint was disabled");
             }
         }
-    }
-    Ok(())
-}
-
-/// When an event was created (from its UUIDv7 id), and how long ago.
-fn created(r: &OutboxRecord) -> String {
-    crate::event::created_at(&r.id)
-        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-        .map(|d| when(d.as_millis() as u64))
-        .unwrap_or_else(|| "unknown time".into())
-}
-
-fn when(unix_ms: u64) -> String {
-    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(unix_ms);
-    let ago = SystemTime::now()
-        .duration_since(at)
-        .map(|d| Duration::from_secs(d.as_secs()))
-        .unwrap_or_default();
-    format!(
-        "{} ({} ago)",
-        humantime::format_rfc3339_seconds(at),
-        humantime::format_duration(ago)
-    )
-}
-
-/// `outbox log`: the delivery log is a file of its own, readable while the daemon runs.
-fn print_log(
-    state_dir: &Path,
-    config: Option<&Config>,
-    endpoint: Option<&str>,
-    limit: usize,
-) -> Result<(), String> {
-    let attempts = crate::deliver::log::read(state_dir, endpoint, limit).map_err(|e| {
-        format!(
-            "cannot read the delivery log in {}: {e}",
-            state_dir.display()
-        )
-    })?;
-    if attempts.is_empty() {
-        let configured =
-            |name: &str| config.is_some_and(|c| c.all_endpoints().iter().any(|e| e.name == name));
-        match endpoint {
-            Some(name) if config.is_some() && !configured(name) => {
-                return Err(format!(
-                    "no endpoint `{name}` in the configuration, and none in the delivery log"
-                ))
-            }
-            _ => eprintln!(
-                "no delivery attempts logged in {} yet",
-                state_dir.join(crate::deliver::log::FILE).display()
-            ),
-        }
-    }
-    for a in attempts {
-        let result = match (a.ok, a.status) {
-            (true, Some(s)) => format!("{s} ok"),
-            (true, None) => "ok".into(),
-            (false, Some(s)) => format!("{s} failed"),
-            (false, None) => "no answer".into(),
-        };
-        println!(
-            "{}  {:<12} {}  {:<11} {:>6} ms  {}",
-            humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(a.at)),
-            a.endpoint,
-            a.event_id,
-            result,
-            a.ms,
-            a.error.unwrap_or_default()
-        );
     }
     Ok(())
 }

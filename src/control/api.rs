@@ -496,20 +496,31 @@ async fn outbox_status(control: &Control) -> Value {
                 Some((c, _, draining)) => state(outbox, c, *draining),
                 None => "not configured",
             };
+            let oldest = outbox
+                .oldest(q)
+                .ok()
+                .flatten()
+                .map_or(Value::Null, |r| created(&r.id));
             json!({
                 "endpoint": name,
                 "state": state,
                 "routed": routed,
                 "pending": outbox.queue_len(q),
+                "oldest_pending": oldest,
                 "bytes": outbox.queue_bytes(q),
                 "dead_letters": dead.get(&name).copied().unwrap_or(0),
                 "dropped": outbox.dropped_for(q),
+                "disabled": outbox.disabled(&name).map(|d| json!({"reason": d.reason, "since": d.since})),
+                "paused_since": outbox.paused(&name).map(|p| p.since),
+                "last_success": outbox.last(&name, Last::Success).map_or(Value::Null, rfc3339),
+                "last_failure": outbox.last(&name, Last::Failure).map_or(Value::Null, rfc3339),
             })
         })
         .collect();
     json!({
         "pending": outbox.len(),
         "bytes": outbox.bytes(),
+        "max_bytes": control.metrics.outbox.max_bytes(),
         "dead_letters": outbox.dead_len(),
         "writable": outbox.is_writable(),
         "queues": queues,
@@ -527,6 +538,9 @@ fn record_view(endpoint: &str, r: &OutboxRecord) -> Value {
     })
 }
 
+/// The most matching events an `offset` skips (a command pages through a large outbox).
+const MAX_OFFSET: usize = 10_000_000;
+
 fn outbox_events(control: &Control, q: &Query) -> Response<Body> {
     let limit = match q.limit() {
         Ok(l) => l,
@@ -535,6 +549,11 @@ fn outbox_events(control: &Control, q: &Query) -> Response<Body> {
     let dead = match q.flag("dead") {
         Ok(d) => d,
         Err(r) => return *r,
+    };
+    let offset = match q.get("offset").map(str::parse::<usize>) {
+        None => 0,
+        Some(Ok(n)) if n <= MAX_OFFSET => n,
+        Some(_) => return error(400, Some("offset"), "must be a number from 0 to 10000000"),
     };
     let endpoint = q.get("endpoint");
     let kind = q.get("type");
@@ -551,12 +570,15 @@ fn outbox_events(control: &Control, q: &Query) -> Response<Body> {
     let chosen = |name: &str| endpoint.is_none_or(|e| e == name);
     let wanted = |k: &str| kind.is_none_or(|t| wildmatch::WildMatch::new(t).matches(k));
     let mut events = Vec::new();
+    // Matching events before `offset` are skipped.
+    let mut skip = offset;
     if dead {
         match outbox.dead_letters(usize::MAX) {
             Ok(all) => {
                 for d in all
                     .iter()
                     .filter(|d| chosen(&d.endpoint) && wanted(&d.record.kind))
+                    .skip(offset)
                     .take(limit)
                 {
                     let mut v = record_view(&d.endpoint, &d.record);
@@ -577,16 +599,22 @@ fn outbox_events(control: &Control, q: &Query) -> Response<Body> {
             if !chosen(&name) {
                 continue;
             }
-            // Read a bounded stretch: a filter by type may skip most of it.
-            match outbox.pending_after(queue, None, limit.max(MAX_LIMIT)) {
-                Ok(records) => events.extend(
-                    records
-                        .iter()
-                        .filter(|r| wanted(&r.kind))
-                        .take(limit.saturating_sub(events.len()))
-                        .map(|r| record_view(&name, r)),
-                ),
-                Err(e) => return error(503, None, &e.to_string()),
+            // Read in bounded stretches: a filter by type or an offset may skip most of it.
+            let mut after = None;
+            while events.len() < limit {
+                let records = match outbox.pending_after(queue, after, MAX_LIMIT) {
+                    Ok(r) => r,
+                    Err(e) => return error(503, None, &e.to_string()),
+                };
+                let Some(last) = records.last() else { break };
+                after = Some(last.seq);
+                for r in records.iter().filter(|r| wanted(&r.kind)) {
+                    if skip > 0 {
+                        skip -= 1;
+                    } else if events.len() < limit {
+                        events.push(record_view(&name, r));
+                    }
+                }
             }
         }
     }

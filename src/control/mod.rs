@@ -13,7 +13,7 @@ pub mod auth;
 pub mod endpoints;
 pub mod server;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,31 @@ pub struct Gateway {
     /// `host:port` of the broker, if MQTT is used.
     pub broker: Option<String>,
     pub serial_ports: Vec<String>,
+}
+
+impl Gateway {
+    /// The gateway `config` describes, started now.
+    pub fn of(config: &crate::config::Config) -> Gateway {
+        Gateway {
+            id: config.gateway_id.clone(),
+            started: Instant::now(),
+            broker: (!config.mqtt.all_subscriptions().is_empty())
+                .then(|| format!("{}:{}", config.mqtt.host, config.mqtt.port)),
+            serial_ports: config
+                .serial_ports
+                .iter()
+                .map(|p| p.path.display().to_string())
+                .collect(),
+        }
+    }
+}
+
+/// Why a stopped daemon's store could not be opened for a command.
+#[derive(Debug)]
+pub enum OfflineError {
+    /// Another process holds it: the daemon runs.
+    InUse,
+    Failed(String),
 }
 
 /// The daemon as the API sees it and changes it.
@@ -80,6 +105,64 @@ impl Control {
             log,
             classes: std::sync::Mutex::new(compile(&classes)),
         }
+    }
+
+    /// The control of a stopped daemon whose configuration is `config` and whose store is in
+    /// `state_dir`, for the `edgehook` commands: the same views and the same changes as the
+    /// running daemon's API, over its store. No dispatcher runs, so nothing is sent: a change
+    /// is written (flushed to the store, or to `endpoints.json`) for the daemon to find at its
+    /// next start. Fails with [`OfflineError::InUse`] while the daemon holds the store.
+    pub fn offline(
+        config: &crate::config::Config,
+        state_dir: &Path,
+    ) -> Result<Control, OfflineError> {
+        let failed = |e: &dyn std::fmt::Display| OfflineError::Failed(e.to_string());
+        let file = config.all_endpoints().into_iter().cloned().collect();
+        let endpoints = Endpoints::load(state_dir, file).map_err(|e| failed(&e))?;
+        // Queues in the order the daemon makes them; nothing is written, so they want nothing.
+        let routes = endpoints
+            .wanted()
+            .iter()
+            .filter(|w| w.config.active && w.queue_new)
+            .map(|w| crate::outbox::Route {
+                endpoint: w.config.name.clone(),
+                wants: Arc::new(|_: &str| false),
+            })
+            .collect();
+        let outbox = Outbox::open(state_dir, 1 << 20, routes).map_err(|e| {
+            let text = e.to_string();
+            if text.contains("lock")
+                || text.contains("WouldBlock")
+                || text.contains("temporarily unavailable")
+            {
+                OfflineError::InUse
+            } else {
+                failed(&text)
+            }
+        })?;
+        let metrics = Arc::new(Metrics::default());
+        metrics.outbox.set_max_bytes(config.outbox.max_size);
+        let log = Arc::new(crate::deliver::log::DeliveryLog::new(
+            state_dir,
+            config.outbox.delivery_log,
+        ));
+        let fleet = Fleet::offline(outbox.clone(), log.clone(), metrics.deliver.clone());
+        let token = auth::read_token(state_dir)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        Ok(Control::new(
+            Gateway::of(config),
+            outbox,
+            metrics,
+            state_dir.to_path_buf(),
+            token,
+            config.workspaces.clone(),
+            config.device_classes.clone(),
+            endpoints,
+            fleet,
+            log,
+        ))
     }
 
     /// Start every endpoint as the file and the API's store say.
@@ -185,7 +268,8 @@ impl Control {
     pub async fn enable(&self, name: &str) -> Result<bool, Refused> {
         let mut guard = self.endpoints.lock().await;
         let (endpoints, fleet) = &mut *guard;
-        if endpoints.get(name).is_none() && self.outbox.queue(name).is_none() {
+        // A queue whose endpoint is no longer configured sends nothing either way.
+        if endpoints.get(name).is_none() {
             return Err(Refused::not_found(name));
         }
         if self.outbox.disabled(name).is_none() {

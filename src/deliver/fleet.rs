@@ -41,12 +41,16 @@ pub struct Fleet {
     tracker: TaskTracker,
     transport: MakeTransport,
     running: BTreeMap<String, Running>,
+    /// Dispatchers are started. False for a command working on a stopped daemon's store
+    /// ([`Fleet::offline`]): what would run is recorded, nothing is sent.
+    live: bool,
 }
 
 struct Running {
     wanted: Wanted,
     stop: CancellationToken,
-    done: tokio::task::JoinHandle<()>,
+    /// The dispatcher's task; none when the fleet is offline.
+    done: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Fleet {
@@ -88,6 +92,22 @@ impl Fleet {
             tracker,
             transport,
             running: BTreeMap::new(),
+            live: true,
+        }
+    }
+
+    /// A fleet that starts no dispatcher: for `edgehook` commands that change the endpoints
+    /// of a stopped daemon (its routes and files change; nothing is sent until it runs).
+    pub fn offline(outbox: Outbox, log: Arc<DeliveryLog>, metrics: Arc<DeliverMetrics>) -> Fleet {
+        Fleet {
+            live: false,
+            ..Fleet::new(
+                outbox,
+                log,
+                metrics,
+                CancellationToken::new(),
+                TaskTracker::new(),
+            )
         }
     }
 
@@ -169,6 +189,11 @@ impl Fleet {
 
     fn start(&mut self, wanted: Wanted, transport: Arc<dyn Transport>) -> anyhow::Result<()> {
         let name = wanted.config.name.clone();
+        if !self.live {
+            let stop = CancellationToken::new();
+            self.running.insert(name, Running { wanted, stop, done: None });
+            return Ok(());
+        }
         let dispatcher = Dispatcher::with_transport(
             &wanted.config,
             self.outbox.clone(),
@@ -177,7 +202,7 @@ impl Fleet {
             transport,
         )?;
         let stop = self.cancel.child_token();
-        let done = self.tracker.spawn(dispatcher.run(stop.clone()));
+        let done = Some(self.tracker.spawn(dispatcher.run(stop.clone())));
         self.running.insert(name, Running { wanted, stop, done });
         Ok(())
     }
@@ -186,7 +211,9 @@ impl Fleet {
     async fn stop(&mut self, name: &str) {
         if let Some(running) = self.running.remove(name) {
             running.stop.cancel();
-            let _ = running.done.await;
+            if let Some(done) = running.done {
+                let _ = done.await;
+            }
             if let Some(q) = self.outbox.queue(name) {
                 self.outbox.set_draining(q, false);
             }

@@ -127,6 +127,10 @@ impl OutboxMetrics {
     pub fn set_max_bytes(&self, bytes: u64) {
         self.max_bytes.set(bytes as i64);
     }
+    /// `outbox.max_size`, as set at start.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes.get().max(0) as u64
+    }
     pub fn set_depth(&self, depth: usize) {
         self.depth.set(depth as i64);
     }

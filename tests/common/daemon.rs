@@ -208,13 +208,22 @@ impl Daemon {
 
     /// `edgehook outbox <args>` on this daemon's configuration: (exit code, stdout, stderr).
     pub fn outbox_cli(&self, args: &[&str]) -> (i32, String, String) {
+        let mut all = vec!["outbox"];
+        all.extend(args);
+        self.cli(&all, &[])
+    }
+
+    /// `edgehook <command> --config <its configuration> <args...>` (`command` is `args[0]`),
+    /// with `env` set: (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_edgehook"))
-            .arg("outbox")
+            .arg(args[0])
             .arg("--config")
             .arg(&self.config)
-            .args(args)
+            .args(&args[1..])
+            .envs(env.iter().copied())
             .output()
-            .expect("running edgehook outbox");
+            .expect("running edgehook");
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),

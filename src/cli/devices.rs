@@ -1,0 +1,120 @@
+//! `edgehook devices ...` and `edgehook workspaces`: what the gateway knows of its devices and
+//! rooms, through the control API ([`Api`]).
+
+use clap::Subcommand;
+use serde_json::Value;
+
+use super::client::{segment, Api};
+use super::print::{compact, text, when};
+
+#[derive(Debug, Subcommand)]
+pub enum DevicesCommand {
+    /// Every device: class, health, last seen, last values.
+    List,
+    /// One device with everything known of it.
+    Show { id: String },
+}
+
+/// Run one devices command through `api`.
+pub async fn run(command: DevicesCommand, api: &Api, json: bool) -> Result<(), String> {
+    let err = |e: super::client::Refused| e.to_string();
+    match command {
+        DevicesCommand::List => {
+            let answer = api.get("/v1/devices").await.map_err(err)?;
+            if json {
+                super::print::json(&answer);
+                return Ok(());
+            }
+            let all = answer["devices"].as_array().cloned().unwrap_or_default();
+            if all.is_empty() {
+                println!("no devices heard from yet");
+                return Ok(());
+            }
+            println!(
+                "{:<24} {:<14} {:<8} {:<21} VALUES",
+                "DEVICE", "CLASS", "HEALTH", "LAST SEEN"
+            );
+            for d in &all {
+                let mut health = text(&d["health"]).to_string();
+                if d["stale"] == true {
+                    health.push_str(",stale");
+                }
+                let seen = d["last_seen"]
+                    .as_str()
+                    .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                    .map_or("never".to_string(), |t| {
+                        humantime::format_rfc3339_seconds(t).to_string()
+                    });
+                println!(
+                    "{:<24} {:<14} {:<8} {:<21} {}",
+                    text(&d["id"]),
+                    text(&d["class"]),
+                    health,
+                    seen,
+                    compact(&d["values"], 60)
+                );
+            }
+        }
+        DevicesCommand::Show { id } => {
+            let d = api
+                .get(&format!("/v1/devices/{}", segment(&id)))
+                .await
+                .map_err(err)?;
+            if json {
+                super::print::json(&d);
+                return Ok(());
+            }
+            let line = |label: &str, value: String| println!("{label:<15} {value}");
+            line("device", text(&d["id"]).to_string());
+            line("class", text(&d["class"]).to_string());
+            line("health", text(&d["health"]).to_string());
+            line("stale", (d["stale"] == true).to_string());
+            line("last seen", when(&d["last_seen"]));
+            line("last reading", when(&d["last_reading"]));
+            line("last report", when(&d["last_report"]));
+            line("report pending", (d["report_pending"] == true).to_string());
+            if !d["version"].is_null() {
+                line("version", compact(&d["version"], 60));
+            }
+            println!("values");
+            if let Some(values) = d["values"].as_object() {
+                for (k, v) in values {
+                    println!("  {k:<22} {}", compact(v, 100));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `edgehook workspaces`: every workspace's status and its sensors.
+pub async fn workspaces(api: &Api, json: bool) -> Result<(), String> {
+    let answer = api.get("/v1/workspaces").await.map_err(|e| e.to_string())?;
+    if json {
+        super::print::json(&answer);
+        return Ok(());
+    }
+    let all = answer["workspaces"].as_array().cloned().unwrap_or_default();
+    if all.is_empty() {
+        println!("no workspaces configured");
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<9} {:<16} SENSORS",
+        "WORKSPACE", "STATUS", "DISPLAY"
+    );
+    for w in &all {
+        let sensors: Vec<&str> = w["sensors"]
+            .as_array()
+            .map(|s| s.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        println!(
+            "{:<20} {:<9} {:<16} {}",
+            text(&w["id"]),
+            text(&w["status"]),
+            text(&w["display"]),
+            sensors.join(" ")
+        );
+    }
+    Ok(())
+}

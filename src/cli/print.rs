@@ -1,0 +1,56 @@
+//! How the commands print the API's JSON for a person: times with how long ago, values
+//! compact. One place, so every command says a time the same way.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+/// An RFC 3339 time from the API as `2026-11-23T10:15:02Z (5m 3s ago)`; `never` for null.
+pub fn when(at: &Value) -> String {
+    let Some(text) = at.as_str() else {
+        return "never".into();
+    };
+    match humantime::parse_rfc3339_weak(text) {
+        Ok(t) => {
+            let ago = SystemTime::now()
+                .duration_since(t)
+                .map(|d| Duration::from_secs(d.as_secs()))
+                .unwrap_or_default();
+            format!(
+                "{} ({} ago)",
+                humantime::format_rfc3339_seconds(t),
+                humantime::format_duration(ago)
+            )
+        }
+        Err(_) => text.to_string(),
+    }
+}
+
+/// A string field, or `-`.
+pub fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or("-")
+}
+
+/// A number field (0 when absent).
+pub fn count(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+/// A value as compact JSON, cut to `max` characters.
+pub fn compact(v: &Value, max: usize) -> String {
+    let s = v.to_string();
+    if s.chars().count() <= max {
+        s
+    } else {
+        let cut: String = s.chars().take(max.saturating_sub(1)).collect();
+        format!("{cut}…")
+    }
+}
+
+/// The API's JSON, indented, for `--json`.
+pub fn json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
+}
