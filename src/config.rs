@@ -85,9 +85,17 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
-    /// `GET /healthz`, `GET /metrics`, the control API (`/v1`) and the console (`/`). Must be a
-    /// loopback address; empty disables.
+    /// `GET /healthz`, `GET /metrics`, the control API (`/v1`) and the console (`/`). A
+    /// loopback address, or any other with `tls_cert` and `tls_key` (then every call but the
+    /// console's page needs the token); empty disables.
     pub listen: String,
+    /// The listener's certificate chain (PEM, the server's first): it serves HTTPS. Read
+    /// again on SIGHUP, so a renewed certificate needs no restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -130,6 +138,8 @@ impl Default for Config {
             },
             telemetry: TelemetryConfig {
                 listen: "127.0.0.1:9187".into(),
+                tls_cert: None,
+                tls_key: None,
             },
         }
     }
@@ -216,18 +226,39 @@ impl Config {
         let webhook = webhook_used.then_some(&self.webhook);
         crate::deliver::config::validate(webhook, &self.endpoints)?;
         crate::outbox::config::validate(&self.outbox)?;
-        if !self.telemetry.listen.is_empty() {
-            match self.telemetry.listen.parse::<SocketAddr>() {
+        let t = &self.telemetry;
+        match (&t.tls_cert, &t.tls_key) {
+            (Some(_), None) => {
+                return bad(
+                    "telemetry.tls_key",
+                    "must be set with tls_cert (the certificate's private key, PEM)".into(),
+                )
+            }
+            (None, Some(_)) => {
+                return bad(
+                    "telemetry.tls_cert",
+                    "must be set with tls_key (the certificate chain, PEM)".into(),
+                )
+            }
+            (Some(cert), Some(key)) => {
+                if let Err(e) = crate::tls::ServerCert::load(cert, key) {
+                    return bad("telemetry.tls_cert", format!("{e:#}"));
+                }
+            }
+            (None, None) => {}
+        }
+        if !t.listen.is_empty() {
+            match t.listen.parse::<SocketAddr>() {
                 Err(e) => {
                     return bad(
                         "telemetry.listen",
                         format!("not an address like 127.0.0.1:9187 ({e})"),
                     )
                 }
-                Ok(a) if !a.ip().is_loopback() => {
+                Ok(a) if !a.ip().is_loopback() && t.tls_cert.is_none() => {
                     return bad(
                         "telemetry.listen",
-                        "must be a loopback address (health and metrics stay on this host)".into(),
+                        "off loopback needs TLS (set telemetry.tls_cert and telemetry.tls_key); without them it must be a loopback address such as 127.0.0.1:9187".into(),
                     )
                 }
                 Ok(_) => {}
@@ -559,6 +590,17 @@ mod tests {
         ));
         assert!(
             e.contains("telemetry.listen") && e.contains("loopback"),
+            "{e}"
+        );
+        let e = err_of(&format!(
+            "{MINIMAL}\n[telemetry]\nlisten = \"0.0.0.0:9187\"\ntls_cert = \"/etc/edgehook/gw.pem\"\n"
+        ));
+        assert!(e.contains("telemetry.tls_key"), "{e}");
+        let e = err_of(&format!(
+            "{MINIMAL}\n[telemetry]\nlisten = \"0.0.0.0:9187\"\ntls_cert = \"/nonexistent/gw.pem\"\ntls_key = \"/nonexistent/gw.key\"\n"
+        ));
+        assert!(
+            e.contains("telemetry.tls_cert") && e.contains("/nonexistent/gw.pem"),
             "{e}"
         );
     }

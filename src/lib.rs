@@ -193,6 +193,11 @@ pub async fn run_with_reloads(
         outbox.clone(),
         cancel.clone(),
     ));
+    // The local listener's certificate, when it serves HTTPS (read again on SIGHUP).
+    let server_cert = match (&config.telemetry.tls_cert, &config.telemetry.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::ServerCert::load(cert, key)?),
+        _ => None,
+    };
     let (rules_tx, rules_rx) = mpsc::channel(4);
     if let Some(reloads) = reloads {
         tracker.spawn(apply_reloads(
@@ -200,6 +205,7 @@ pub async fn run_with_reloads(
             reloads,
             rules_tx,
             control.clone(),
+            server_cert.clone(),
             cancel.clone(),
         ));
     }
@@ -238,6 +244,7 @@ pub async fn run_with_reloads(
         tracker.spawn(control::server::serve(
             listen,
             control.clone(),
+            server_cert.clone(),
             cancel.clone(),
         ));
     }
@@ -255,6 +262,7 @@ async fn apply_reloads(
     mut reloads: mpsc::Receiver<Config>,
     rules: mpsc::Sender<device::Rules>,
     control: Arc<control::Control>,
+    server_cert: Option<Arc<tls::ServerCert>>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -271,6 +279,14 @@ async fn apply_reloads(
             tracing::error!(error = %e, "configuration reloaded, but its endpoints are not applied (the running ones stay)");
         }
         control.reloaded(&new.device_classes, &new.workspaces);
+        if let Some(cert) = &server_cert {
+            match cert.reload() {
+                Ok(()) => tracing::info!("the local listener's TLS certificate is read again"),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "the local listener's TLS certificate does not load; the one in use stays")
+                }
+            }
+        }
         let update = device::Rules {
             classes: new.device_classes.clone(),
             workspaces: new.workspaces.clone(),

@@ -623,8 +623,14 @@ fn without_times(text: &str) -> String {
     let mut clean = String::new();
     let mut i = 0;
     while i < b.len() {
-        let digits = |from: usize, n: usize| (from..from + n).all(|j| b.get(j).is_some_and(char::is_ascii_digit));
-        if digits(i, 4) && b.get(i + 4) == Some(&'-') && digits(i + 5, 2) && b.get(i + 10) == Some(&'T') {
+        let digits = |from: usize, n: usize| {
+            (from..from + n).all(|j| b.get(j).is_some_and(char::is_ascii_digit))
+        };
+        if digits(i, 4)
+            && b.get(i + 4) == Some(&'-')
+            && digits(i + 5, 2)
+            && b.get(i + 10) == Some(&'T')
+        {
             let mut j = i + 11;
             while j < b.len() && (b[j].is_ascii_digit() || matches!(b[j], ':' | '.')) {
                 j += 1;
@@ -671,8 +677,17 @@ async fn the_commands_say_the_same_from_the_running_daemon_and_from_its_store() 
     let secret = [("EDGEHOOK_ENDPOINT_SECRET", SECRET)];
     let (code, out, err) = daemon.cli(
         &[
-            "endpoints", "create", "crm", "--url", &crm.url, "--events", "sensor.*",
-            "--description", "the CRM", "--header", "X-Api-Key: k-1",
+            "endpoints",
+            "create",
+            "crm",
+            "--url",
+            &crm.url,
+            "--events",
+            "sensor.*",
+            "--description",
+            "the CRM",
+            "--header",
+            "X-Api-Key: k-1",
         ],
         &secret,
     );
@@ -691,11 +706,18 @@ async fn the_commands_say_the_same_from_the_running_daemon_and_from_its_store() 
     let wait = Instant::now() + LONG;
     until(
         wait,
-        || daemon.metric("edgehook_endpoint_pending{endpoint=\"crm\"}") == Some(changes.len() as u64),
+        || {
+            daemon.metric("edgehook_endpoint_pending{endpoint=\"crm\"}")
+                == Some(changes.len() as u64)
+        },
         || daemon.log(),
     )
     .await;
-    assert_eq!(crm.seen(|s| s.requests), 0, "a paused endpoint gets nothing");
+    assert_eq!(
+        crm.seen(|s| s.requests),
+        0,
+        "a paused endpoint gets nothing"
+    );
 
     let views: [&[&str]; 8] = [
         &["outbox", "status"],
@@ -720,14 +742,34 @@ async fn the_commands_say_the_same_from_the_running_daemon_and_from_its_store() 
     let live = look(&daemon);
     let (_, _, err) = daemon.cli(&["outbox", "status"], &[]);
     assert!(err.contains("from the running daemon"), "{err}");
-    assert!(live[0].contains("endpoint crm: PAUSED since"), "{}", live[0]);
-    assert!(live[0].contains(&format!("pending       {}", changes.len())), "{}", live[0]);
+    assert!(
+        live[0].contains("endpoint crm: PAUSED since"),
+        "{}",
+        live[0]
+    );
+    assert!(
+        live[0].contains(&format!("pending       {}", changes.len())),
+        "{}",
+        live[0]
+    );
     assert_eq!(live[2].lines().count(), changes.len(), "{}", live[2]);
-    assert!(live[3].contains("crm") && live[3].contains("paused"), "{}", live[3]);
+    assert!(
+        live[3].contains("crm") && live[3].contains("paused"),
+        "{}",
+        live[3]
+    );
     assert!(live[4].contains("X-Api-Key (values hidden)"), "{}", live[4]);
     assert!(!live.concat().contains("k-1") && !live.concat().contains(SECRET));
-    assert!(live[5].contains("cli-occ-1") && live[5].contains("online"), "{}", live[5]);
-    assert!(live[7].contains("room-1") && live[7].contains("cli-occ-1"), "{}", live[7]);
+    assert!(
+        live[5].contains("cli-occ-1") && live[5].contains("online"),
+        "{}",
+        live[5]
+    );
+    assert!(
+        live[7].contains("room-1") && live[7].contains("cli-occ-1"),
+        "{}",
+        live[7]
+    );
 
     assert_eq!(daemon.terminate(), Some(0));
     let stopped = look(&daemon);
@@ -766,7 +808,13 @@ async fn the_commands_say_the_same_from_the_running_daemon_and_from_its_store() 
     assert_eq!(code, 2);
     assert!(err.contains("no endpoint `nope`"), "{err}");
     let (code, _, err) = daemon.cli(
-        &["endpoints", "create", "bad", "--url", "http://crm.example.com/x"],
+        &[
+            "endpoints",
+            "create",
+            "bad",
+            "--url",
+            "http://crm.example.com/x",
+        ],
         &secret,
     );
     assert_eq!(code, 2);

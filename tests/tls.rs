@@ -116,3 +116,185 @@ async fn tls_without_the_ca_is_refused() {
     let health = common::http_get(daemon.metrics_port, "/healthz").unwrap();
     assert!(health.contains("not connected"), "{health}");
 }
+
+/// A second key and certificate for 127.0.0.1 from the same CA: a renewal.
+fn renew_cert(dir: &Path) {
+    let out = Command::new("bash")
+        .arg("-ec")
+        .arg(
+            "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout new.key -out new.csr \
+               -subj '/CN=localhost' 2>/dev/null
+             openssl x509 -req -in new.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out new.pem -days 2 \
+               -extfile ext.cnf 2>/dev/null",
+        )
+        .current_dir(dir)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An HTTPS client that trusts exactly the certificate in `pem` (the library's own pinning,
+/// which the commands use), or the CA in `ca`.
+fn https(pem: Option<&Path>, ca: Option<&Path>) -> reqwest::Client {
+    let tls = match (pem, ca) {
+        (Some(pem), _) => edgehook::tls::pinned_client(pem).unwrap(),
+        (None, ca) => edgehook::tls::client_config(ca).unwrap(),
+    };
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+/// Issue 18: off loopback the local server speaks TLS alone, every call but the console's page
+/// needs the token (reads and /metrics too), a change from another site is refused, the
+/// commands reach it over HTTPS, and a renewed certificate is served after SIGHUP without a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_loopback_the_api_is_https_with_the_token_on_every_call_and_its_certificate_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    let port = free_port();
+    let d = dir.path().display().to_string();
+    let env = [
+        ("EDGEHOOK_TELEMETRY__LISTEN", format!("0.0.0.0:{port}")),
+        ("EDGEHOOK_TELEMETRY__TLS_CERT", format!("{d}/server.pem")),
+        ("EDGEHOOK_TELEMETRY__TLS_KEY", format!("{d}/server.key")),
+    ];
+    daemon.env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    // Without TLS, off loopback is refused, naming the key.
+    let plain = Command::new(env!("CARGO_BIN_EXE_edgehook"))
+        .arg("check-config")
+        .arg(dir.path().join("edgehook.toml"))
+        .env("EDGEHOOK_TELEMETRY__LISTEN", format!("0.0.0.0:{port}"))
+        .output()
+        .unwrap();
+    let plain_err = String::from_utf8_lossy(&plain.stderr);
+    assert_eq!(plain.status.code(), Some(2), "{plain_err}");
+    assert!(
+        plain_err.contains("telemetry.listen") && plain_err.contains("needs TLS"),
+        "{plain_err}"
+    );
+
+    daemon.spawn();
+    let base = format!("https://127.0.0.1:{port}");
+    let ca = dir.path().join("ca.pem");
+    let client = https(None, Some(&ca));
+    let wait = std::time::Instant::now() + Duration::from_secs(20);
+    let token = loop {
+        if let Ok(t) = std::fs::read_to_string(dir.path().join("state/api-token")) {
+            let t = t.trim().to_string();
+            let health = client
+                .get(format!("{base}/healthz"))
+                .bearer_auth(&t)
+                .send()
+                .await;
+            if health.is_ok_and(|r| r.status() == 200) {
+                break t;
+            }
+        }
+        assert!(std::time::Instant::now() < wait, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // Plain HTTP gets no answer.
+    let plain = client
+        .get(format!("http://127.0.0.1:{port}/v1/gateway"))
+        .send()
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
+    // Every read needs the token, /metrics too; the console's page does not.
+    for path in ["/v1/gateway", "/metrics", "/healthz", "/v1/endpoints"] {
+        let r = client.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path} without the token");
+    }
+    let page = client.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let gateway = client
+        .get(format!("{base}/v1/gateway"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let gateway: serde_json::Value = serde_json::from_slice(&gateway).unwrap();
+    assert_eq!(gateway["id"], "gw-test");
+    let wrong = client
+        .get(format!("{base}/v1/gateway"))
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let cross_site = client
+        .post(format!("{base}/v1/endpoints/default/pause"))
+        .bearer_auth(&token)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), 403);
+
+    // The commands reach it over HTTPS, trusting the configured certificate.
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, out, err) = daemon.cli(&["outbox", "status"], &env_refs);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains(&format!("from the running daemon ({base})")),
+        "{err}"
+    );
+    assert!(out.contains("endpoint default: active"), "{out}");
+
+    // A renewed certificate: served once SIGHUP reads it, with no restart.
+    renew_cert(dir.path());
+    let renewed = dir.path().join("new.pem");
+    assert!(
+        https(Some(&renewed), None)
+            .get(format!("{base}/"))
+            .send()
+            .await
+            .is_err(),
+        "the renewal is not served before the reload"
+    );
+    std::fs::copy(dir.path().join("new.key"), dir.path().join("server.key")).unwrap();
+    std::fs::copy(&renewed, dir.path().join("server.pem")).unwrap();
+    let pid = daemon.pid().unwrap();
+    daemon.signal(1); // SIGHUP
+    let wait = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = https(Some(&renewed), None)
+            .get(format!("{base}/"))
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < wait,
+            "renewal not served: {}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(daemon.pid(), Some(pid), "no restart");
+    assert!(
+        daemon.log().contains("TLS certificate is read again"),
+        "{}",
+        daemon.log()
+    );
+    assert!(!daemon.log().contains(&token), "the token is never logged");
+    assert_eq!(daemon.terminate(), Some(0));
+}

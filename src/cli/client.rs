@@ -239,14 +239,30 @@ impl Api {
     }
 }
 
-/// The daemon's base URL at `listen` and a client for it.
-fn http_client(_config: &Config, listen: &str) -> Result<(String, reqwest::ClientBuilder), String> {
-    let tls = crate::tls::client_config(None).map_err(|e| format!("{e:#}"))?;
+/// The daemon's base URL at `listen` and a client for it: HTTPS trusting exactly the
+/// configured certificate when the listener serves TLS (the command runs on the same machine,
+/// whatever names the certificate holds), HTTP on loopback otherwise.
+fn http_client(config: &Config, listen: &str) -> Result<(String, reqwest::ClientBuilder), String> {
+    let mut addr: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|e| format!("telemetry.listen `{listen}`: {e}"))?;
+    // A listener on every address is reached on loopback.
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let (scheme, tls) = match &config.telemetry.tls_cert {
+        Some(cert) => ("https", crate::tls::pinned_client(cert)),
+        None => ("http", crate::tls::client_config(None)),
+    };
+    let tls = tls.map_err(|e| format!("{e:#}"))?;
     let builder = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy();
-    Ok((format!("http://{listen}"), builder))
+    Ok((format!("{scheme}://{addr}"), builder))
 }
 
 /// `s` as one segment of a path (an endpoint's name, a device's id).

@@ -170,7 +170,9 @@ pub async fn run(command: EndpointsCommand, api: &Api, json: bool) -> Result<(),
                 patch.insert("url".into(), json!(url));
             }
             if patch.is_empty() {
-                return Err("nothing to change: give a setting (edgehook endpoints edit --help)".into());
+                return Err(
+                    "nothing to change: give a setting (edgehook endpoints edit --help)".into(),
+                );
             }
             let answer = api
                 .call(Method::PATCH, &one(&name), Some(Value::Object(patch)))
@@ -295,7 +297,11 @@ fn print_one(e: &Value) {
     line("url", text(&e["url"]).to_string());
     let mut state = text(&e["state"]).to_string();
     if let Some(d) = e["disabled"].as_object() {
-        state = format!("{state} since {}: {}", text(&d["since"]), text(&d["reason"]));
+        state = format!(
+            "{state} since {}: {}",
+            text(&d["since"]),
+            text(&d["reason"])
+        );
     } else if let Some(since) = e["paused_since"].as_str() {
         state = format!("{state} since {since}");
     }

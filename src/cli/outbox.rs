@@ -110,7 +110,9 @@ pub async fn run(
         OutboxCommand::Status => {
             let endpoints = api.get("/v1/endpoints").await.map_err(err)?;
             if json {
-                super::print::json(&json!({ "outbox": status, "endpoints": endpoints["endpoints"] }));
+                super::print::json(
+                    &json!({ "outbox": status, "endpoints": endpoints["endpoints"] }),
+                );
                 return Ok(());
             }
             eprintln!("(from {})", api.source());
@@ -126,7 +128,10 @@ pub async fn run(
                 count(&status["pending"]),
                 count(&status["bytes"])
             );
-            let configured = endpoints["endpoints"].as_array().cloned().unwrap_or_default();
+            let configured = endpoints["endpoints"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             for q in &queues {
                 let name = text(&q["endpoint"]);
                 let endpoint = configured.iter().find(|e| e["name"] == name);
@@ -294,11 +299,13 @@ pub async fn run(
             if let Some(e) = &endpoint {
                 body["endpoint"] = json!(e);
             }
-            match api.call(Method::POST, "/v1/outbox/replay", Some(body)).await {
-                Ok(answer) => println!(
-                    "{} dead letter(s) queued again",
-                    count(&answer["replayed"])
-                ),
+            match api
+                .call(Method::POST, "/v1/outbox/replay", Some(body))
+                .await
+            {
+                Ok(answer) => {
+                    println!("{} dead letter(s) queued again", count(&answer["replayed"]))
+                }
                 Err(e) if e.status == 404 => {
                     return Err(match id {
                         Some(id) => format!(

@@ -6,7 +6,7 @@
 //! other site that resolves its own name to 127.0.0.1 — DNS rebinding — gets nothing), and
 //! every call that changes something needs the bearer token and, if a browser sent an
 //! `Origin`, this server's own origin (no cross-site requests). Listening anywhere else
-//! (with TLS: `telemetry.tls_cert`) every call needs the token.
+//! (with TLS: `telemetry.tls_cert`) every call but the console's page needs the token.
 
 use std::path::Path;
 
@@ -86,16 +86,6 @@ impl Listener {
             scheme: if tls { "https" } else { "http" },
         }
     }
-
-    /// Also answer to `host:port` names (a non-loopback listener's DNS names).
-    pub fn with_names(mut self, names: &[String], port: u16) -> Listener {
-        self.hosts.extend(
-            names
-                .iter()
-                .map(|n| format!("{}:{port}", n.to_ascii_lowercase())),
-        );
-        self
-    }
 }
 
 /// Why a request is refused: the HTTP status and what to tell the caller.
@@ -123,21 +113,30 @@ const CROSS_SITE: Refusal = Refusal {
 };
 
 /// Whether `request` may go on, on `listener`, with `token` the API token.
+///
+/// Off loopback the `Host` is not checked (every call but the console's page needs the token,
+/// which a rebound name cannot give a page), and a browser's change must come from the origin
+/// the request names.
 pub fn check(request: &Request, listener: &Listener, token: &Secret) -> Result<(), Refusal> {
     let host = request.host.map(str::to_ascii_lowercase);
-    let host_ok = host.as_deref().is_some_and(|h| {
+    let known = |h: &str| {
         listener.hosts.iter().any(|known| {
             known == h || known.strip_suffix(&format!(":{}", port_of(known))) == Some(h)
         })
-    });
-    if !host_ok {
+    };
+    if listener.loopback && !host.as_deref().is_some_and(known) {
         return Err(BAD_HOST);
     }
     if let Some(origin) = request.origin {
-        let same = listener
-            .hosts
-            .iter()
-            .any(|h| origin.eq_ignore_ascii_case(&format!("{}://{h}", listener.scheme)));
+        let same = if listener.loopback {
+            listener
+                .hosts
+                .iter()
+                .any(|h| origin.eq_ignore_ascii_case(&format!("{}://{h}", listener.scheme)))
+        } else {
+            host.as_deref()
+                .is_some_and(|h| origin.eq_ignore_ascii_case(&format!("{}://{h}", listener.scheme)))
+        };
         if !same && request.changes {
             return Err(CROSS_SITE);
         }
@@ -178,8 +177,7 @@ mod tests {
     fn each_request_is_let_in_or_refused_as_the_rules_say() {
         let token = Secret::new("t0ken");
         let local = Listener::new("127.0.0.1:9187".parse().unwrap(), false);
-        let remote = Listener::new("10.0.0.5:9443".parse().unwrap(), true)
-            .with_names(&["gw-1.example.com".into()], 9443);
+        let remote = Listener::new("10.0.0.5:9443".parse().unwrap(), true);
         let req = |changes, host, origin, authorization, open| Request {
             changes,
             host,
@@ -209,7 +207,11 @@ mod tests {
             ("off loopback with the token", req(false, Some("10.0.0.5:9443"), None, Some("Bearer t0ken"), false), &remote, ok.clone()),
             ("off loopback /metrics needs the token too", req(false, Some("10.0.0.5:9443"), None, None, false), &remote, Err(NO_TOKEN)),
             ("off loopback the console page loads", req(false, Some("10.0.0.5:9443"), None, None, true), &remote, ok.clone()),
-            ("off loopback a name not configured", req(false, Some("localhost:9443"), None, Some("Bearer t0ken"), false), &remote, Err(BAD_HOST)),
+            ("off loopback any name, with the token", req(false, Some("gw-1.example.com:9443"), None, Some("Bearer t0ken"), false), &remote, ok.clone()),
+            ("off loopback a change from its own origin", req(true, Some("gw-1.example.com:9443"), Some("https://gw-1.example.com:9443"), Some("Bearer t0ken"), false), &remote, ok.clone()),
+            ("off loopback a cross-site change", req(true, Some("gw-1.example.com:9443"), Some("https://evil.example"), Some("Bearer t0ken"), false), &remote, Err(CROSS_SITE)),
+            ("off loopback plain http is another origin", req(true, Some("gw-1.example.com:9443"), Some("http://gw-1.example.com:9443"), Some("Bearer t0ken"), false), &remote, Err(CROSS_SITE)),
+            ("off loopback a wrong token", req(false, Some("10.0.0.5:9443"), None, Some("Bearer nope"), false), &remote, Err(BAD_TOKEN)),
             ("on loopback the page is open", req(false, Some("127.0.0.1:9187"), None, None, true), &local, ok.clone()),
         ];
         for (what, request, listener, want) in table {

@@ -1,5 +1,5 @@
 //! The local server: `/healthz`, `/metrics`, the API under `/v1` and the console at `/`.
-//! Loopback only (checked by config). Bounded so that no local client can starve the daemon:
+//! Loopback, or anywhere with TLS (checked by config; see [`super::auth`] for who may call). Bounded so that no local client can starve the daemon:
 //! at most [`MAX_CONNECTIONS`] at once, each closed if its headers take longer than
 //! [`HEADER_TIMEOUT`] or it lives past [`CONNECTION_LIFETIME`] (a live event stream ends
 //! there too, and the console reconnects), request bodies of at most [`MAX_BODY`] read within
@@ -76,8 +76,21 @@ impl Body {
     }
 }
 
-/// Serve until cancelled.
-pub async fn serve(listen: SocketAddr, control: Arc<Control>, cancel: CancellationToken) {
+/// Serve until cancelled; HTTPS with `tls` (its certificate as last loaded), HTTP without.
+pub async fn serve(
+    listen: SocketAddr,
+    control: Arc<Control>,
+    tls: Option<Arc<crate::tls::ServerCert>>,
+    cancel: CancellationToken,
+) {
+    let acceptor = match tls.as_ref().map(|cert| cert.server_config()) {
+        None => None,
+        Some(Ok(config)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        Some(Err(e)) => {
+            tracing::error!(%listen, error = %e, "cannot serve TLS; the local server is off");
+            return;
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -85,8 +98,8 @@ pub async fn serve(listen: SocketAddr, control: Arc<Control>, cancel: Cancellati
             return;
         }
     };
-    tracing::info!(%listen, "health, metrics, API (/v1) and console (/) listening");
-    let rules = Arc::new(Listener::new(listen, false));
+    tracing::info!(%listen, tls = acceptor.is_some(), "health, metrics, API (/v1) and console (/) listening");
+    let rules = Arc::new(Listener::new(listen, acceptor.is_some()));
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut pause = Duration::from_millis(50);
     let mut failures = 0u64;
@@ -119,22 +132,48 @@ pub async fn serve(listen: SocketAddr, control: Arc<Control>, cancel: Cancellati
         let control = control.clone();
         let rules = rules.clone();
         let cancel = cancel.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let control = control.clone();
-                let rules = rules.clone();
-                let cancel = cancel.clone();
-                async move { Ok::<_, Infallible>(answer(req, &control, &rules, cancel).await) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(64 * 1024)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+            let served = async {
+                match acceptor {
+                    None => connection(stream, control, rules, cancel).await,
+                    Some(acceptor) => {
+                        // The handshake counts against the time the headers may take.
+                        match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => connection(tls, control, rules, cancel).await,
+                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
+                        }
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, served).await;
         });
     }
+}
+
+/// Serve HTTP/1.1 on one connection (plain or TLS) until it closes.
+async fn connection<IO>(
+    io: IO,
+    control: Arc<Control>,
+    rules: Arc<Listener>,
+    cancel: CancellationToken,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let control = control.clone();
+        let rules = rules.clone();
+        let cancel = cancel.clone();
+        async move { Ok::<_, Infallible>(answer(req, &control, &rules, cancel).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(64 * 1024)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .await;
 }
 
 /// One request's answer: the rules of [`auth::check`], then the route.

@@ -191,7 +191,14 @@ impl Fleet {
         let name = wanted.config.name.clone();
         if !self.live {
             let stop = CancellationToken::new();
-            self.running.insert(name, Running { wanted, stop, done: None });
+            self.running.insert(
+                name,
+                Running {
+                    wanted,
+                    stop,
+                    done: None,
+                },
+            );
             return Ok(());
         }
         let dispatcher = Dispatcher::with_transport(
