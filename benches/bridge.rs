@@ -7,6 +7,10 @@
 //!   daemon share them, so latency here is mostly queueing.
 //! - "paced": each device every 200 ms, 1,000 readings/s in all, for 30 s.
 //! - "paced-503": the same, with the receiver answering 503 for 5 s from the 10th second.
+//! - "paced+console": "paced" while the console's load is on the control API: the live
+//!   delivery stream followed, and 10 API requests a second (gateway, devices, endpoints,
+//!   outbox, delivery log in turn), to show the pipeline is not slowed by them (no null bridge
+//!   row: it has no API).
 //!
 //! Each is run twice: through edgehook, and through a *null bridge* — an MQTT subscriber inside
 //! the bench that POSTs every reading, signed, the moment it arrives: no state, no change
@@ -97,6 +101,8 @@ struct Load {
     interval: Duration,
     /// Receiver answers 503 for this long, starting this far in.
     outage: Option<(Duration, Duration)>,
+    /// The console's load on the control API meanwhile.
+    console: bool,
 }
 
 struct Row {
@@ -115,6 +121,69 @@ struct Row {
     commits: Option<(u64, String)>,
     /// Bytes the state directory's block device wrote meanwhile (the whole machine's).
     device_bytes: Option<u64>,
+    /// With the console's load: API requests answered 200, others, and the live stream's
+    /// bytes.
+    api: Option<(u64, u64, u64)>,
+}
+
+/// The console's load on the daemon's API at `port` until `stop`: the live delivery stream
+/// followed, and 10 requests a second. Returns (answered 200, other answers or failures,
+/// stream bytes read).
+async fn console_load(port: u16, stop: Arc<std::sync::atomic::AtomicBool>) -> (u64, u64, u64) {
+    use std::sync::atomic::Ordering;
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(edgehook::tls::client_config(None).unwrap())
+        .build()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let streamed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stream = {
+        let (client, base, streamed, stop) =
+            (client.clone(), base.clone(), streamed.clone(), stop.clone());
+        tokio::spawn(async move {
+            if let Ok(mut r) = client
+                .get(format!("{base}/v1/deliveries/stream"))
+                .send()
+                .await
+            {
+                while !stop.load(Ordering::Relaxed) {
+                    match r.chunk().await {
+                        Ok(Some(c)) => streamed.fetch_add(c.len() as u64, Ordering::Relaxed),
+                        _ => break,
+                    };
+                }
+            }
+        })
+    };
+    let paths = [
+        "/v1/gateway",
+        "/v1/devices",
+        "/v1/endpoints",
+        "/v1/outbox",
+        "/v1/deliveries?limit=100",
+    ];
+    let (mut ok, mut failed) = (0, 0);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let answer = client
+            .get(format!("{base}{}", paths[i % paths.len()]))
+            .send()
+            .await;
+        let answered = match answer {
+            Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
+            Err(_) => false,
+        };
+        if answered {
+            ok += 1;
+        } else {
+            failed += 1;
+        }
+        i += 1;
+    }
+    stream.abort();
+    (ok, failed, streamed.load(Ordering::Relaxed))
 }
 
 const SENSORS: usize = 150;
@@ -228,6 +297,14 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
             r.fail_with(0);
         });
     }
+    let stop_console = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let console = match (&daemon, load.console) {
+        (Some(d), true) => Some(tokio::spawn(console_load(
+            d.metrics_port,
+            stop_console.clone(),
+        ))),
+        _ => None,
+    };
     let stats = run_fleet(fleet, std::future::pending())
         .await
         .expect("fleet");
@@ -289,6 +366,11 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
             (bridge == Bridge::Edgehook).then_some((before, after)),
         )
     });
+    stop_console.store(true, std::sync::atomic::Ordering::Relaxed);
+    let api = match console {
+        Some(task) => task.await.ok(),
+        None => None,
+    };
     let commits = daemon.as_ref().map(commit_p99);
     let device_bytes = device_bytes_written(dir.path())
         .zip(device_before)
@@ -322,6 +404,7 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
         daemon: figures,
         commits,
         device_bytes,
+        api,
     }
 }
 
@@ -366,18 +449,28 @@ fn main() {
             each: 100,
             interval: Duration::ZERO,
             outage: None,
+            console: false,
         },
         Load {
             name: "paced",
             each: 150,
             interval: paced,
             outage: None,
+            console: false,
         },
         Load {
             name: "paced-503",
             each: 150,
             interval: paced,
             outage: Some((Duration::from_secs(10), Duration::from_secs(5))),
+            console: false,
+        },
+        Load {
+            name: "paced+console",
+            each: 150,
+            interval: paced,
+            outage: None,
+            console: true,
         },
     ];
     // BENCH_ONLY=paced runs one scenario (and its null bridge).
@@ -389,6 +482,10 @@ fn main() {
         }
         settle();
         let edge = runtime.block_on(scenario(Bridge::Edgehook, load));
+        if load.console {
+            rows.push((edge, None));
+            continue;
+        }
         settle();
         let null = runtime.block_on(scenario(Bridge::Null, load));
         rows.push((edge, Some(null)));
@@ -412,7 +509,11 @@ fn main() {
         "dev B/ev"
     );
     for (edge, null) in &rows {
-        for (r, baseline) in [(edge, null.as_ref()), (null.as_ref().unwrap(), None)] {
+        let both = [
+            Some((edge, null.as_ref())),
+            null.as_ref().map(|n| (n, None)),
+        ];
+        for (r, baseline) in both.into_iter().flatten() {
             let rate = r.readings as f64 / r.seconds;
             let ratio = baseline
                 .map(|b| format!("{:.0}%", 100.0 * rate / (b.readings as f64 / b.seconds)))
@@ -449,6 +550,12 @@ fn main() {
     }
     println!();
     for (edge, _) in &rows {
+        if let Some((ok, failed, streamed)) = edge.api {
+            println!(
+                "{}: {ok} API requests answered, {failed} not; the live stream carried {streamed} bytes",
+                edge.name
+            );
+        }
         if let Some((count, p99)) = &edge.commits {
             println!(
                 "{}: {count} outbox group commits (write + fsync), p99 {p99}",

@@ -3,8 +3,11 @@
 //! care about, receivers that misbehave per endpoint and per device (503, 429, 302, resets,
 //! slowness, hangs past the timeout, 422 for one device, 410 until the operator re-enables), and faults between and
 //! during phases — `kill -9`, power cuts (the state directory on `firmware_sim::powercut`),
-//! a full disk, broker restarts, SIGHUP reloads that change a class's `min_interval`, and clock
-//! steps (libfaketime). A reference
+//! a full disk, broker restarts, SIGHUP reloads that change a class's `min_interval`, clock
+//! steps (libfaketime), an endpoint paused through the commands (the control API) for the rest
+//! of a phase, sometimes across a `kill -9` or a power cut, and an endpoint created and deleted
+//! with its queue through them while the rest deliver; per seed, `ops` itself may be made
+//! through the API instead of the file. A reference
 //! model applies the documented rules to what was published and, once everything has settled,
 //! checks what each receiver must know:
 //!
@@ -28,7 +31,8 @@
 //!   (`max_attempts`, `max_age`): at the end every dead letter is replayed, the way an
 //!   operator does, and then nothing may be missing;
 //! - while one endpoint failed, the other got everything made meanwhile (no endpoint waits on
-//!   another);
+//!   another); a paused endpoint got nothing while paused, across crashes, and everything
+//!   once resumed;
 //! - the daemon's peak memory stayed under half of the unit's `MemoryMax`, and the outbox
 //!   within its size.
 //!
@@ -90,6 +94,8 @@ struct Setup {
     batch: Option<(usize, u64)>,
     /// `ops` gzips bodies over this many bytes (`compress_above`).
     compress: Option<u64>,
+    /// `ops` is made through the control API (`edgehook endpoints create`), not the file.
+    ops_by_api: bool,
     serial: PathBuf,
 }
 
@@ -132,20 +138,12 @@ reopen_max = "200ms"
 
 /// The endpoints: `default` takes everything (in batches, when `setup.batch`), `ops` devices'
 /// health and readings (gzipped above `setup.compress`; it gives up on an event after 4
-/// attempts or 20 s, when `setup.gives_up`).
+/// attempts or 20 s, when `setup.gives_up`) — in the file, unless `setup.ops_by_api`.
 fn endpoints(all: &str, ops: &str, setup: &Setup) -> String {
-    let mut limits = if setup.gives_up {
-        "max_attempts = 4\nmax_age = \"20s\"\n".to_string()
-    } else {
-        String::new()
-    };
-    if let Some(above) = setup.compress {
-        limits.push_str(&format!("compress_above = {above}\n"));
-    }
     let batch = setup.batch.map_or(String::new(), |(n, linger)| {
         format!("batch_max_events = {n}\nbatch_linger = \"{linger}ms\"\n")
     });
-    format!(
+    let mut text = format!(
         r#"
 [webhook]
 url = "{all}"
@@ -154,19 +152,49 @@ timeout = "1s"
 {batch}[webhook.retry]
 initial = "50ms"
 max = "400ms"
-
+"#,
+        secret = common::SECRET
+    );
+    if !setup.ops_by_api {
+        let mut limits = String::new();
+        for (key, value) in ops_settings(setup).as_object().unwrap() {
+            if let Some(v) = value.as_str() {
+                limits.push_str(&format!("{key} = \"{v}\"\n"));
+            } else if value.is_number() {
+                limits.push_str(&format!("{key} = {value}\n"));
+            }
+        }
+        text.push_str(&format!(
+            r#"
 [[endpoints]]
 name = "ops"
 url = "{ops}"
 secret = "{secret}"
 events = ["device.*", "sensor.*"]
-timeout = "1s"
 {limits}[endpoints.retry]
 initial = "50ms"
 max = "400ms"
 "#,
-        secret = common::SECRET
-    )
+            secret = common::SECRET
+        ));
+    }
+    text
+}
+
+/// `ops`'s settings but its name, url, secret and events, as the control API takes them.
+fn ops_settings(setup: &Setup) -> Value {
+    let mut settings = json!({
+        "timeout": "1s",
+        "retry": {"initial": "50ms", "max": "400ms"},
+    });
+    if setup.gives_up {
+        settings["max_attempts"] = json!(4);
+        settings["max_age"] = json!("20s");
+    }
+    if let Some(above) = setup.compress {
+        settings["compress_above"] = json!(above);
+    }
+    settings
 }
 
 /// How a device is connected.
@@ -376,11 +404,24 @@ fn behave(r: &Receiver) {
 enum Fault {
     None,
     Kill9,
-    PowerCut { tear: bool },
+    PowerCut {
+        tear: bool,
+    },
     FullDisk,
     BrokerRestart,
     Reload,
-    ClockStep { seconds: i64 },
+    ClockStep {
+        seconds: i64,
+    },
+    /// `endpoints pause` (through the control API) until the phase ends; with `crash`, a
+    /// `kill -9` (or, with `cut`, a power cut) while paused.
+    Pause {
+        ops: bool,
+        crash: bool,
+        cut: bool,
+    },
+    /// An endpoint created through the API, and deleted with its queue when the phase ends.
+    Churn,
 }
 
 struct World {
@@ -398,6 +439,13 @@ struct World {
     /// The `[webhook]` and `[[endpoints]]` sections, for rewriting the file on a reload.
     endpoints: String,
     reloads: u32,
+    /// The endpoint paused, with its receiver's request count once the pause was made.
+    paused: Option<(&'static str, u64)>,
+    /// An endpoint made for this phase alone, delivering to `spare`.
+    churned: bool,
+    spare: Receiver,
+    /// The environment the commands need (the state directory).
+    cli_env: Vec<(String, String)>,
 }
 
 impl World {
@@ -410,7 +458,50 @@ impl World {
         }
     }
 
-    async fn inject(&mut self, fault: Fault, rng: &mut fastrand::Rng, models: &mut [Model]) {
+    /// `edgehook <args>` on the running daemon, as an operator types it; it must succeed.
+    fn command(&self, args: &[&str]) -> String {
+        let mut env: Vec<(&str, &str)> = self
+            .cli_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        env.push(("EDGEHOOK_ENDPOINT_SECRET", common::SECRET));
+        let (code, out, err) = self.daemon.cli(args, &env);
+        assert_eq!(code, 0, "seed {}: edgehook {args:?}: {out}{err}", self.seed);
+        out
+    }
+
+    /// The end of a phase: the paused endpoint, which must have been sent nothing since its
+    /// pause, is resumed; the churned endpoint is deleted with its queue.
+    fn end_phase(&mut self, receivers: (&Receiver, &Receiver)) -> Result<(), String> {
+        if let Some((name, requests)) = self.paused.take() {
+            let r = if name == "ops" {
+                receivers.1
+            } else {
+                receivers.0
+            };
+            let now = r.seen(|s| s.requests);
+            self.command(&["endpoints", "resume", name]);
+            if now != requests {
+                return Err(format!(
+                    "{name} was sent {} request(s) while paused",
+                    now - requests
+                ));
+            }
+        }
+        if std::mem::take(&mut self.churned) {
+            self.command(&["endpoints", "delete", "churn", "--pending", "purge"]);
+        }
+        Ok(())
+    }
+
+    async fn inject(
+        &mut self,
+        fault: Fault,
+        rng: &mut fastrand::Rng,
+        models: &mut [Model],
+        receivers: (&Receiver, &Receiver),
+    ) {
         self.faults.push(fault);
         self.sample();
         let crashed_at = Instant::now();
@@ -454,8 +545,36 @@ impl World {
                 self.clock_offset += seconds;
                 std::fs::write(&self.clock_file, format!("{:+}\n", self.clock_offset)).unwrap();
             }
+            Fault::Pause { ops, crash, cut } => {
+                let name = if ops { "ops" } else { "default" };
+                self.command(&["endpoints", "pause", name]);
+                let r = if ops { receivers.1 } else { receivers.0 };
+                self.paused = Some((name, r.seen(|s| s.requests)));
+                if crash && cut {
+                    self.card.fs.cut(rng.bool());
+                    self.daemon.kill9();
+                    self.card.fs.power_on();
+                    self.daemon.start();
+                } else if crash {
+                    self.daemon.kill9();
+                    self.daemon.start();
+                }
+            }
+            Fault::Churn => {
+                let url = self.spare.url.clone();
+                self.command(&[
+                    "endpoints",
+                    "create",
+                    "churn",
+                    "--url",
+                    &url,
+                    "--events",
+                    "sensor.*,device.*",
+                ]);
+                self.churned = true;
+            }
         }
-        if let Fault::Kill9 | Fault::PowerCut { .. } = fault {
+        if let Fault::Kill9 | Fault::PowerCut { .. } | Fault::Pause { crash: true, .. } = fault {
             // What the daemon had read off the serial line but not yet written is gone.
             let since = crashed_at - Duration::from_secs(1);
             for m in models.iter_mut().filter(|m| matches!(m.link, Link::Serial)) {
@@ -468,7 +587,13 @@ impl World {
 }
 
 fn pick_fault(rng: &mut fastrand::Rng) -> Fault {
-    match rng.u8(..8) {
+    match rng.u8(..10) {
+        8 => Fault::Pause {
+            ops: rng.bool(),
+            crash: rng.bool(),
+            cut: rng.bool(),
+        },
+        9 => Fault::Churn,
         0 => Fault::None,
         1 => Fault::Kill9,
         2 => Fault::PowerCut { tear: rng.bool() },
@@ -750,8 +875,10 @@ async fn run(seed: u64) {
         gives_up: rng.u8(..3) == 0,
         batch: (rng.u8(..3) == 0).then(|| (rng.usize(2..=50), rng.u64(0..=200))),
         compress: (rng.u8(..3) == 0).then(|| rng.u64(64..=512)),
+        ops_by_api: rng.u8(..3) == 0,
         serial: dir.path().join("ttyHARNESS"),
     };
+    let spare = Receiver::start().await;
     let serial = SerialLink::plug(&setup.serial).unwrap();
     let endpoints = endpoints(&all.url, &ops.url, &setup);
     let webhook = format!("{endpoints}\n{}", setup.rest("400ms"));
@@ -777,7 +904,27 @@ async fn run(seed: u64) {
         faults: Vec::new(),
         endpoints,
         reloads: 0,
+        paused: None,
+        churned: false,
+        spare,
+        cli_env: vec![("EDGEHOOK_STATE_DIR".into(), state.display().to_string())],
     };
+    if world.setup.ops_by_api {
+        // As an operator makes it: through the commands, before any device speaks.
+        let settings = dir.path().join("ops.json");
+        std::fs::write(&settings, ops_settings(&world.setup).to_string()).unwrap();
+        world.command(&[
+            "endpoints",
+            "create",
+            "ops",
+            "--url",
+            &ops.url,
+            "--events",
+            "device.*,sensor.*",
+            "--settings",
+            settings.to_str().unwrap(),
+        ]);
+    }
 
     let mut models = Vec::new();
     let n = rng.usize(3..=6);
@@ -847,6 +994,9 @@ async fn run(seed: u64) {
     if let Some(above) = world.setup.compress {
         story.push(format!("ops gzips bodies over {above} bytes"));
     }
+    if world.setup.ops_by_api {
+        story.push("ops is made through the control API".into());
+    }
     for phase in 0..phases {
         // Which receiver misbehaves how; at most one at a time, so the other must keep up.
         let victim = rng.usize(..3); // 0: all, 1: ops, 2: neither
@@ -871,7 +1021,9 @@ async fn run(seed: u64) {
         for step in 0..steps {
             if step == fault_at {
                 note_restart(fault, &mut models);
-                world.inject(fault, &mut rng, &mut models).await;
+                world
+                    .inject(fault, &mut rng, &mut models, (&all, &ops))
+                    .await;
             }
             let i = rng.usize(..models.len());
             if models[i].alive() {
@@ -894,10 +1046,19 @@ async fn run(seed: u64) {
         }
         if fault_at >= steps {
             note_restart(fault, &mut models);
-            world.inject(fault, &mut rng, &mut models).await;
+            world
+                .inject(fault, &mut rng, &mut models, (&all, &ops))
+                .await;
         }
         for m in models.iter_mut() {
             m.flushed().await;
+        }
+        if let Err(e) = world.end_phase((&all, &ops)) {
+            panic!(
+                "seed {seed}: {e}\n{}\n{}\nreplay: {replay}",
+                story.join("\n"),
+                world.daemon.log()
+            );
         }
         story.push(format!(
             "phase {phase}: {steps} readings, {how:?} at {}, {fault:?}",
