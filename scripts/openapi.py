@@ -36,8 +36,9 @@ doc = {
      "values": S("object", description="The last reported value of every field."),
      "report_pending": S("boolean", description="A report waits out min_interval."),
      "stale": S("boolean"), "version": {"description": "The last value of the class's version_field.", "type": ["string","number","boolean","object","array","null"]}}),
-   "Workspace": S("object", required=["id","status","present","vacated_at","sensors","display"], properties={
+   "Workspace": S("object", required=["id","status","present","vacated_at","since","sensors","display"], properties={
      "id": S("string"), "status": S("string", enum=["Free","Occupied","Booked","Unknown"]), "present": S("boolean"), "vacated_at": ts,
+     "since": dict(ts, description="When the status became what it is (null before the first, or in a store older than this field)."),
      "sensors": S("array", items=S("string")), "display": nullable("string")}),
    "EndpointSettings": S("object", description="An endpoint's settings, as in the configuration file's [[endpoints]] (durations as \"30s\", sizes as \"1MiB\" or bytes). `secret`, `secrets` and `headers` are write-only.", required=["name","url"], properties={
      "name": S("string", pattern="^[A-Za-z0-9_-]{1,64}$"), "description": S("string", maxLength=500), "active": S("boolean"),

@@ -5,7 +5,7 @@ use clap::Subcommand;
 use serde_json::Value;
 
 use super::client::{segment, Api};
-use super::print::{compact, text, when};
+use super::print::{compact, seconds, text, when};
 
 #[derive(Debug, Subcommand)]
 pub enum DevicesCommand {
@@ -39,12 +39,7 @@ pub async fn run(command: DevicesCommand, api: &Api, json: bool) -> Result<(), S
                 if d["stale"] == true {
                     health.push_str(",stale");
                 }
-                let seen = d["last_seen"]
-                    .as_str()
-                    .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-                    .map_or("never".to_string(), |t| {
-                        humantime::format_rfc3339_seconds(t).to_string()
-                    });
+                let seen = seconds(&d["last_seen"]);
                 println!(
                     "{:<24} {:<14} {:<8} {:<21} {}",
                     text(&d["id"]),
@@ -100,8 +95,8 @@ pub async fn workspaces(api: &Api, json: bool) -> Result<(), String> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<9} {:<16} SENSORS",
-        "WORKSPACE", "STATUS", "DISPLAY"
+        "{:<20} {:<9} {:<21} {:<16} SENSORS",
+        "WORKSPACE", "STATUS", "SINCE", "DISPLAY"
     );
     for w in &all {
         let sensors: Vec<&str> = w["sensors"]
@@ -109,9 +104,10 @@ pub async fn workspaces(api: &Api, json: bool) -> Result<(), String> {
             .map(|s| s.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         println!(
-            "{:<20} {:<9} {:<16} {}",
+            "{:<20} {:<9} {:<21} {:<16} {}",
             text(&w["id"]),
             text(&w["status"]),
+            seconds(&w["since"]),
             text(&w["display"]),
             sensors.join(" ")
         );

@@ -10,7 +10,7 @@ use hyper::Method;
 use serde_json::{json, Map, Value};
 
 use super::client::{query, segment, Api};
-use super::print::{count, text, when};
+use super::print::{count, seconds, text, when};
 
 #[derive(Debug, Subcommand)]
 pub enum EndpointsCommand {
@@ -268,12 +268,7 @@ fn print_list(answer: &Value) {
         "NAME", "SOURCE", "STATE", "PENDING", "DEAD", "LAST SUCCESS"
     );
     for e in &all {
-        let last = e["last_success"]
-            .as_str()
-            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-            .map_or("never".to_string(), |t| {
-                humantime::format_rfc3339_seconds(t).to_string()
-            });
+        let last = seconds(&e["last_success"]);
         println!(
             "{:<16} {:<6} {:<9} {:>8} {:>5}  {:<26} {}",
             text(&e["name"]),

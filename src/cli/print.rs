@@ -26,6 +26,15 @@ pub fn when(at: &Value) -> String {
     }
 }
 
+/// An RFC 3339 time from the API to the second, for a column; `never` for null.
+pub fn seconds(at: &Value) -> String {
+    at.as_str()
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+        .map_or("never".to_string(), |t| {
+            humantime::format_rfc3339_seconds(t).to_string()
+        })
+}
+
 /// A string field, or `-`.
 pub fn text(v: &Value) -> &str {
     v.as_str().unwrap_or("-")

@@ -391,6 +391,7 @@ fn workspaces(control: &Control) -> Result<Vec<Value>, String> {
                 "status": state.and_then(|s| s.status).map_or("Unknown", |s| s.as_str()),
                 "present": state.is_some_and(|s| s.present),
                 "vacated_at": state.and_then(|s| s.vacated_at).map_or(Value::Null, rfc3339),
+                "since": state.and_then(|s| s.since).map_or(Value::Null, rfc3339),
                 "sensors": w.sensors,
                 "display": w.display,
             })

@@ -62,12 +62,15 @@ pub struct WorkspaceState {
     pub present: bool,
     /// When the last presence ended (the hold runs from here).
     pub vacated_at: Option<Millis>,
+    /// When `status` became what it is (absent in stores written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Millis>,
 }
 
 impl WorkspaceState {
     /// Apply `f` to every time this state remembers (see `crate::clock`).
     pub fn map_times(&mut self, f: impl Fn(Millis) -> Millis) {
-        if let Some(t) = &mut self.vacated_at {
+        for t in [&mut self.vacated_at, &mut self.since].into_iter().flatten() {
             *t = f(*t);
         }
     }
@@ -108,6 +111,9 @@ pub fn evaluate(
         next.vacated_at = None;
         next.status = Some(WorkspaceStatus::Unknown);
     }
+    if next.status != prev.status {
+        next.since = Some(now);
+    }
     next
 }
 
@@ -144,6 +150,7 @@ mod tests {
                 status,
                 present,
                 vacated_at: vacated,
+                since: None,
             }
         };
         let cases: &[Case] = &[
@@ -292,5 +299,22 @@ mod tests {
         let freed = evaluate(&s, &[Absent, Absent], false, HOLD, 560_000);
         assert_eq!(freed.status, Some(Free));
         assert_eq!(deadline(&freed, HOLD), None);
+    }
+
+    #[test]
+    fn since_is_when_the_status_became_what_it_is() {
+        let mut s = WorkspaceState::default();
+        s = evaluate(&s, &[Silent], false, HOLD, 1_000);
+        assert_eq!(s.since, None, "no status, no since");
+        s = evaluate(&s, &[Present], false, HOLD, 2_000);
+        assert_eq!((s.status, s.since), (Some(Occupied), Some(2_000)));
+        s = evaluate(&s, &[Present], false, HOLD, 3_000);
+        assert_eq!(s.since, Some(2_000), "unchanged status, unchanged since");
+        s = evaluate(&s, &[Absent], false, HOLD, 4_000);
+        assert_eq!((s.status, s.since), (Some(Occupied), Some(2_000)), "holding");
+        s = evaluate(&s, &[Absent], true, HOLD, 4_000 + HOLD);
+        assert_eq!((s.status, s.since), (Some(Booked), Some(4_000 + HOLD)));
+        s = evaluate(&s, &[Unavailable], true, HOLD, 9_000_000);
+        assert_eq!((s.status, s.since), (Some(Unknown), Some(9_000_000)));
     }
 }
