@@ -172,20 +172,25 @@ pub async fn run_with_reloads(
         cancel.clone(),
         tracker.clone(),
     );
+    // The control API asks the device stage for what it knows now.
+    let (snapshots_tx, snapshots_rx) = mpsc::channel(4);
     let token = control::auth::load_or_create_token(&config.state_dir)
         .with_context(|| format!("making the API token in {}", config.state_dir.display()))?;
-    let control = Arc::new(control::Control::new(
-        control::Gateway::of(&config),
-        outbox.clone(),
-        metrics.clone(),
-        config.state_dir.clone(),
-        token,
-        config.workspaces.clone(),
-        config.device_classes.clone(),
-        endpoints,
-        fleet,
-        log.clone(),
-    ));
+    let control = Arc::new(
+        control::Control::new(
+            control::Gateway::of(&config),
+            outbox.clone(),
+            metrics.clone(),
+            config.state_dir.clone(),
+            token,
+            config.workspaces.clone(),
+            config.device_classes.clone(),
+            endpoints,
+            fleet,
+            log.clone(),
+        )
+        .with_device_stage(snapshots_tx),
+    );
     control.start().await?;
     tracker.spawn(control.clone().finish_drains(cancel.clone()));
     tracker.spawn(telemetry::notify_systemd(
@@ -225,6 +230,7 @@ pub async fn run_with_reloads(
         Arc::from(config.gateway_id.as_str()),
         inbound_rx,
         rules_rx,
+        snapshots_rx,
         commit_tx,
         metrics.device.clone(),
     ));

@@ -821,3 +821,50 @@ async fn the_commands_say_the_same_from_the_running_daemon_and_from_its_store() 
     assert!(err.starts_with("error: url:"), "{err}");
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+/// Issue 18: `/v1/devices` tells when a device was last heard from as the running daemon
+/// knows it, not as coarsely as the store keeps it (an unchanged reading only refreshes
+/// `last_seen` lazily on disk).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_heard_a_moment_ago_is_shown_as_heard_a_moment_ago() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+    let api = Api::new(daemon.metrics_port);
+    let mut occ = device(broker.port, "seen-occ-1", DeviceClass::OccupancySensor).await;
+    publish(&mut occ, 1, 1.0).await;
+    receiver
+        .wait_until(LONG, "the first reading", |s| {
+            !s.readings_of("seen-occ-1").is_empty()
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Unchanged: no event, and nothing written at once.
+    let heard = std::time::SystemTime::now();
+    publish(&mut occ, 1, 0.0).await;
+    let wait = Instant::now() + LONG;
+    loop {
+        let d = api
+            .get("/v1/devices/{id}", "/v1/devices/seen-occ-1")
+            .await
+            .json();
+        let seen = humantime::parse_rfc3339(d["last_seen"].as_str().unwrap()).unwrap();
+        // Within the clock's millisecond rounding of the moment it was published.
+        if seen + Duration::from_millis(5) >= heard {
+            break;
+        }
+        assert!(
+            Instant::now() < wait,
+            "last_seen {d} is older than {heard:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        receiver.seen(|s| s.readings_of("seen-occ-1").len()),
+        1,
+        "the unchanged reading made no event"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}

@@ -55,18 +55,18 @@ pub async fn route(
         (_, [""]) | (_, []) if get => page(),
         ("GET" | "HEAD", ["v1"] | ["v1", "openapi.json"]) => raw(200, "application/json", OPENAPI),
         ("GET" | "HEAD", ["v1", "gateway"]) => ok(gateway(control).await),
-        ("GET" | "HEAD", ["v1", "devices"]) => match devices(control) {
+        ("GET" | "HEAD", ["v1", "devices"]) => match devices(control).await {
             Ok(list) => ok(json!({ "devices": list })),
             Err(e) => error(503, None, &e),
         },
-        ("GET" | "HEAD", ["v1", "devices", id]) => match devices(control) {
+        ("GET" | "HEAD", ["v1", "devices", id]) => match devices(control).await {
             Ok(list) => match list.into_iter().find(|d| d["id"] == *id) {
                 Some(d) => ok(d),
                 None => error(404, None, &format!("no device `{id}`")),
             },
             Err(e) => error(503, None, &e),
         },
-        ("GET" | "HEAD", ["v1", "workspaces"]) => match workspaces(control) {
+        ("GET" | "HEAD", ["v1", "workspaces"]) => match workspaces(control).await {
             Ok(list) => ok(json!({ "workspaces": list })),
             Err(e) => error(503, None, &e),
         },
@@ -348,17 +348,35 @@ async fn gateway(control: &Control) -> Value {
     })
 }
 
-fn devices(control: &Control) -> Result<Vec<Value>, String> {
-    let states = control.outbox.devices().map_err(|e| e.to_string())?;
-    let classes = control.classes.lock().unwrap_or_else(|e| e.into_inner());
-    Ok(states
+/// Every device: as the running device stage knows it now, else as the store has it (its
+/// `last_seen` as coarse as `device::SEEN_RESOLUTION`), with the class whose `match` fits.
+async fn devices(control: &Control) -> Result<Vec<Value>, String> {
+    let known: Vec<(String, Option<String>, crate::device::DeviceState)> =
+        match control.live_devices().await {
+            Some(snapshot) => snapshot
+                .devices
+                .into_iter()
+                .map(|(id, class, state)| (id, Some(class), state))
+                .collect(),
+            None => {
+                let states = control.outbox.devices().map_err(|e| e.to_string())?;
+                let classes = control.classes.lock().unwrap_or_else(|e| e.into_inner());
+                states
+                    .into_iter()
+                    .map(|(id, s)| {
+                        // The first class whose `match` fits, as the device stage picks it.
+                        let class = classes
+                            .iter()
+                            .find(|c| c.matches(&id))
+                            .map(|c| c.name.clone());
+                        (id, class, s)
+                    })
+                    .collect()
+            }
+        };
+    Ok(known
         .into_iter()
-        .map(|(id, s)| {
-            // The first class whose `match` fits, as the device stage picks it.
-            let class = classes
-                .iter()
-                .find(|c| c.matches(&id))
-                .map(|c| c.name.clone());
+        .map(|(id, class, s)| {
             json!({
                 "id": id,
                 "class": class,
@@ -375,8 +393,11 @@ fn devices(control: &Control) -> Result<Vec<Value>, String> {
         .collect())
 }
 
-fn workspaces(control: &Control) -> Result<Vec<Value>, String> {
-    let states = control.outbox.workspaces().map_err(|e| e.to_string())?;
+async fn workspaces(control: &Control) -> Result<Vec<Value>, String> {
+    let states = match control.live_devices().await {
+        Some(snapshot) => snapshot.workspaces,
+        None => control.outbox.workspaces().map_err(|e| e.to_string())?,
+    };
     let configured = control
         .workspaces
         .lock()

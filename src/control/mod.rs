@@ -76,8 +76,12 @@ pub struct Control {
     endpoints: Mutex<(Endpoints, Fleet)>,
     /// The delivery log, read and followed by the API.
     pub log: Arc<crate::deliver::log::DeliveryLog>,
-    /// Device classes (compiled as the device stage compiles them), to name each device's.
+    /// Device classes (compiled as the device stage compiles them), to name each device's
+    /// when the state comes from the store.
     pub classes: std::sync::Mutex<Vec<crate::device::DeviceClass>>,
+    /// The running device stage, asked for what it knows now; none for a stopped daemon
+    /// (then the store answers).
+    device_stage: Option<tokio::sync::mpsc::Sender<crate::device::SnapshotRequest>>,
 }
 
 impl Control {
@@ -104,7 +108,29 @@ impl Control {
             endpoints: Mutex::new((endpoints, fleet)),
             log,
             classes: std::sync::Mutex::new(compile(&classes)),
+            device_stage: None,
         }
+    }
+
+    /// Ask the running device stage (through `requests`) for devices and workspaces.
+    pub fn with_device_stage(
+        mut self,
+        requests: tokio::sync::mpsc::Sender<crate::device::SnapshotRequest>,
+    ) -> Control {
+        self.device_stage = Some(requests);
+        self
+    }
+
+    /// What the device stage knows now, or, when it cannot say within a second (stopped, or
+    /// busy behind a slow disk), none: then the store answers.
+    pub async fn live_devices(&self) -> Option<crate::device::Snapshot> {
+        let stage = self.device_stage.as_ref()?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        stage.try_send(reply).ok()?;
+        tokio::time::timeout(Duration::from_secs(1), answer)
+            .await
+            .ok()?
+            .ok()
     }
 
     /// The control of a stopped daemon whose configuration is `config` and whose store is in
@@ -339,11 +365,15 @@ impl Control {
     }
 }
 
+/// The classes as the device stage has them: the configured ones, then the default class
+/// (which matches everything).
 fn compile(
     classes: &[crate::device::config::DeviceClassConfig],
 ) -> Vec<crate::device::DeviceClass> {
+    let default = crate::device::config::DeviceClassConfig::default();
     classes
         .iter()
+        .chain([&default])
         .map(crate::device::DeviceClass::new)
         .collect()
 }

@@ -38,7 +38,7 @@ mod task;
 
 pub use events::samples;
 use events::*;
-pub use registry::{Applied, Refused, Registry, Rules};
+pub use registry::{Applied, Refused, Registry, Rules, Snapshot, SnapshotRequest};
 pub use task::run;
 
 use std::collections::{BTreeSet, HashMap};

@@ -74,6 +74,18 @@ pub struct Rules {
     pub workspaces: Vec<WorkspaceConfig>,
 }
 
+/// What the device stage knows now (see [`Registry::snapshot`]).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// (id, class, state), by id.
+    pub devices: Vec<(String, String, DeviceState)>,
+    /// The configured workspaces' states.
+    pub workspaces: Vec<(String, WorkspaceState)>,
+}
+
+/// A request for a [`Snapshot`], answered by the device stage between two messages.
+pub type SnapshotRequest = tokio::sync::oneshot::Sender<Snapshot>;
+
 /// All devices and workspaces this gateway knows about, and their timers.
 pub struct Registry {
     pub(super) devices: HashMap<String, Device>,
@@ -229,6 +241,25 @@ impl Registry {
             .iter()
             .position(|c| c.matches(device_id))
             .expect("the default class matches everything")
+    }
+
+    /// Every device (with its class) and workspace as they are in memory now: exact, where
+    /// the store's `last_seen` is as coarse as [`super::SEEN_RESOLUTION`].
+    pub fn snapshot(&self) -> Snapshot {
+        let mut devices: Vec<(String, String, DeviceState)> = self
+            .devices
+            .iter()
+            .map(|(id, d)| (id.clone(), self.class_name(id).to_string(), d.state.clone()))
+            .collect();
+        devices.sort_by(|a, b| a.0.cmp(&b.0));
+        Snapshot {
+            devices,
+            workspaces: self
+                .workspaces
+                .iter()
+                .map(|w| (w.config.id.clone(), w.state.clone()))
+                .collect(),
+        }
     }
 
     pub fn device(&self, id: &str) -> Option<&DeviceState> {

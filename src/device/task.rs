@@ -6,12 +6,15 @@ use super::*;
 /// produced and pass them, with the states to persist and the message's ack, to the outbox
 /// writer. Ends when the sources have all gone (their senders dropped), after passing on
 /// everything received; timers still pending are persisted and resume on the next start.
+/// Requests for a [`super::Snapshot`] (the control API's) are answered between messages.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     mut registry: Registry,
     mut clock: Clock,
     gateway_id: Arc<str>,
     mut inbound: mpsc::Receiver<Inbound>,
     mut rules: mpsc::Receiver<Rules>,
+    mut snapshots: mpsc::Receiver<super::SnapshotRequest>,
     commits: mpsc::Sender<Commit>,
     metrics: Arc<super::metrics::DeviceMetrics>,
 ) {
@@ -76,6 +79,10 @@ pub async fn run(
             },
             _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
                 (registry.tick(clock.now()), None)
+            }
+            Some(reply) = snapshots.recv() => {
+                let _ = reply.send(registry.snapshot());
+                continue;
             }
             _ = watch.tick() => continue,
         };

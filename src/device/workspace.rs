@@ -70,7 +70,10 @@ pub struct WorkspaceState {
 impl WorkspaceState {
     /// Apply `f` to every time this state remembers (see `crate::clock`).
     pub fn map_times(&mut self, f: impl Fn(Millis) -> Millis) {
-        for t in [&mut self.vacated_at, &mut self.since].into_iter().flatten() {
+        for t in [&mut self.vacated_at, &mut self.since]
+            .into_iter()
+            .flatten()
+        {
             *t = f(*t);
         }
     }
@@ -311,7 +314,11 @@ mod tests {
         s = evaluate(&s, &[Present], false, HOLD, 3_000);
         assert_eq!(s.since, Some(2_000), "unchanged status, unchanged since");
         s = evaluate(&s, &[Absent], false, HOLD, 4_000);
-        assert_eq!((s.status, s.since), (Some(Occupied), Some(2_000)), "holding");
+        assert_eq!(
+            (s.status, s.since),
+            (Some(Occupied), Some(2_000)),
+            "holding"
+        );
         s = evaluate(&s, &[Absent], true, HOLD, 4_000 + HOLD);
         assert_eq!((s.status, s.since), (Some(Booked), Some(4_000 + HOLD)));
         s = evaluate(&s, &[Unavailable], true, HOLD, 9_000_000);
