@@ -17,7 +17,7 @@ limit = {"name": "limit", "in": "query", "schema": S("integer", minimum=1, maxim
 doc = {
  "openapi": "3.1.0",
  "info": {"title": "edgehook control API", "version": "1",
-  "description": "The gateway's own API, served by the daemon on its local listener (telemetry.listen). Reads on loopback need no token; every call that changes something needs `Authorization: Bearer <token>` (`edgehook token` prints it) and, from a browser, this server's own Origin. Secrets are write-only: never returned."},
+  "description": "The gateway's own API, served by the daemon on its local listener (telemetry.listen). Reads on loopback need no token; every call that changes something needs `Authorization: Bearer <token>` (`edgehook token` prints it) and, from a browser, this server's own Origin. Off loopback the listener speaks HTTPS only (telemetry.tls_cert) and every call but the console's page needs the token. Secrets are write-only: never returned."},
  "servers": [{"url": "http://127.0.0.1:9187"}],
  "components": {
   "securitySchemes": {"token": {"type": "http", "scheme": "bearer", "description": "The API token in the state directory (api-token)."}},

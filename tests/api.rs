@@ -558,6 +558,24 @@ async fn the_server_refuses_other_hosts_cross_site_changes_and_oversize_bodies()
     )
     .await;
     assert_eq!(wrong.status, 401);
+    // A wrong method on a route is a 405, a route that does not exist a 404.
+    for (method, path, status) in [
+        ("DELETE", "/v1/deliveries", 405),
+        ("POST", "/v1/openapi.json", 405),
+        ("PUT", "/v1/deliveries/stream", 405),
+        ("PUT", "/v1/gateway", 405),
+        ("GET", "/v1/nothing-here", 404),
+    ] {
+        let answer = raw(
+            port,
+            method,
+            path,
+            &h(&[("Host", &host), ("Authorization", &bearer)]),
+            None,
+        )
+        .await;
+        assert_eq!(answer.status, status, "{method} {path}: {}", answer.body);
+    }
     let huge = format!(
         "{{\"name\":\"x\",\"description\":\"{}\"}}",
         "a".repeat(70 * 1024)

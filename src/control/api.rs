@@ -161,7 +161,10 @@ pub async fn route(
 }
 
 /// The routes, for telling a wrong method from a wrong path.
-const KNOWN: [&str; 14] = [
+const KNOWN: [&str; 17] = [
+    "v1/openapi.json",
+    "v1/deliveries",
+    "v1/deliveries/stream",
     "v1/gateway",
     "v1/devices",
     "v1/devices/*",
