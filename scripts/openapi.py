@@ -23,19 +23,25 @@ doc = {
   "securitySchemes": {"token": {"type": "http", "scheme": "bearer", "description": "The API token in the state directory (api-token)."}},
   "schemas": {
    "Error": S("object", required=["error"], properties={"error": S("string"), "field": S("string", description="The setting or parameter at fault.")}),
-   "Gateway": S("object", required=["id","version","uptime_seconds","ready","mqtt","serial","outbox"], properties={
+   "Gateway": S("object", required=["id","version","uptime_seconds","event_types","ready","mqtt","serial","outbox"], properties={
      "id": S("string"), "version": S("string"), "uptime_seconds": S("integer", minimum=0),
+     "event_types": S("array", items=S("string"), description="Every event type this gateway makes (what an endpoint's events may name)."),
      "ready": S("boolean"), "not_ready": nullable("string", description="Why /healthz fails, when it does."),
      "mqtt": S("object", required=["enabled","connected","broker"], properties={"enabled": S("boolean"), "connected": S("boolean"), "broker": nullable("string")}),
      "serial": S("object", required=["ports","open"], properties={"ports": S("array", items=S("string")), "open": S("integer")}),
      "outbox": S("object", required=["pending","bytes","dead_letters","writable"], properties={"pending": S("integer"), "bytes": S("integer"), "dead_letters": S("integer"), "writable": S("boolean")})}),
    "Health": S("string", enum=["unknown","online","offline","lost"]),
-   "Device": S("object", required=["id","class","health","last_seen","last_reading","last_report","values","report_pending","stale","version"], properties={
+   "Device": S("object", required=["id","class","health","last_seen","last_reading","last_report","values","report_pending","stale","version","state","sync","desired"], properties={
      "id": S("string"), "class": nullable("string", description="The device class whose `match` fits, if any."),
      "health": ref("Health"), "last_seen": ts, "last_reading": ts, "last_report": ts,
      "values": S("object", description="The last reported value of every field."),
      "report_pending": S("boolean", description="A report waits out min_interval."),
-     "stale": S("boolean"), "version": {"description": "The last value of the class's version_field.", "type": ["string","number","boolean","object","array","null"]}}),
+     "stale": S("boolean"), "version": {"description": "The last value of the class's version_field.", "type": ["string","number","boolean","object","array","null"]},
+     "state": S("object", description="The last reported value of each of the class's state_fields (battery, tamper, ...)."),
+     "sync": {"oneOf": [S("null"), S("object", required=["reported","in_sync","differs_since","told"], properties={
+       "reported": {"description": "The sync_field's last value.", "type": ["string","number","boolean","object","array","null"]},
+       "in_sync": S("boolean"), "differs_since": ts, "told": S("boolean", description="device.out_of_sync was sent, and no device.in_sync since.")})]},
+     "desired": {"description": "The sync value desired for this device alone (else its class's).", "type": ["string","number","boolean","object","array","null"]}}),
    "Workspace": S("object", required=["id","status","present","vacated_at","since","sensors","display"], properties={
      "id": S("string"), "status": S("string", enum=["Free","Occupied","Booked","Unknown"]), "present": S("boolean"), "vacated_at": ts,
      "since": dict(ts, description="When the status became what it is (null before the first, or in a store older than this field)."),
@@ -87,6 +93,9 @@ op("/v1/openapi.json", "get", "openapi: this document", {"200": {"description": 
 op("/v1/gateway", "get", "gateway: id, version, uptime, broker and serial ports, outbox", resp("The gateway.", ref("Gateway")))
 op("/v1/devices", "get", "devices: every device edgehook knows", resp("The devices.", S("object", required=["devices"], properties={"devices": S("array", items=ref("Device"))})))
 op("/v1/devices/{id}", "get", "device: one device", resp("The device.", ref("Device"), extra=[404]), params=[{"name": "id", "in": "path", "required": True, "schema": S("string")}])
+op("/v1/devices/{id}", "delete", "forget device: device.unregistered, its state deleted (registered anew if heard from again); answered once durable", {"204": {"description": "Forgotten."}, "401": err, "404": err, "409": err}, params=[{"name": "id", "in": "path", "required": True, "schema": S("string")}], changes=True)
+op("/v1/devices/{id}/desired", "put", "set desired: the sync value desired for this device alone (null clears it); compared at once", resp("The device.", ref("Device"), extra=[400, 401, 404, 409]), params=[{"name": "id", "in": "path", "required": True, "schema": S("string")}],
+   body=S("object", required=["value"], properties={"value": {"type": ["string","number","boolean","object","array","null"]}}), changes=True)
 op("/v1/workspaces", "get", "workspaces: every configured workspace and its status", resp("The workspaces.", S("object", required=["workspaces"], properties={"workspaces": S("array", items=ref("Workspace"))})))
 op("/v1/endpoints", "get", "endpoints: every endpoint, from the file and from the API", resp("The endpoints.", S("object", required=["endpoints"], properties={"endpoints": S("array", items=ref("Endpoint"))})))
 op("/v1/endpoints", "post", "create endpoint: persisted and applied at once", resp("Created.", ref("Endpoint"), "201", extra=[400, 401, 403, 409]), body=ref("EndpointSettings"), changes=True)

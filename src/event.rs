@@ -26,23 +26,38 @@ pub enum EventType {
     DeviceLostCommunication,
     #[serde(rename = "device.app_updated")]
     DeviceAppUpdated,
+    #[serde(rename = "device.registered")]
+    DeviceRegistered,
+    #[serde(rename = "device.unregistered")]
+    DeviceUnregistered,
+    #[serde(rename = "device.out_of_sync")]
+    DeviceOutOfSync,
+    #[serde(rename = "device.in_sync")]
+    DeviceInSync,
     #[serde(rename = "sensor.reading.updated")]
     SensorReadingUpdated,
     #[serde(rename = "sensor.reading.stale")]
     SensorReadingStale,
+    #[serde(rename = "sensor.state.updated")]
+    SensorStateUpdated,
     #[serde(rename = "workspace.status.updated")]
     WorkspaceStatusUpdated,
 }
 
 impl EventType {
     /// Every event type, in the order metrics list them.
-    pub const ALL: [EventType; 7] = [
+    pub const ALL: [EventType; 12] = [
         EventType::DeviceOnline,
         EventType::DeviceOffline,
         EventType::DeviceLostCommunication,
         EventType::DeviceAppUpdated,
+        EventType::DeviceRegistered,
+        EventType::DeviceUnregistered,
+        EventType::DeviceOutOfSync,
+        EventType::DeviceInSync,
         EventType::SensorReadingUpdated,
         EventType::SensorReadingStale,
+        EventType::SensorStateUpdated,
         EventType::WorkspaceStatusUpdated,
     ];
 
@@ -52,6 +67,11 @@ impl EventType {
             EventType::DeviceOffline => "device.offline",
             EventType::DeviceLostCommunication => "device.lost_communication",
             EventType::DeviceAppUpdated => "device.app_updated",
+            EventType::DeviceRegistered => "device.registered",
+            EventType::DeviceUnregistered => "device.unregistered",
+            EventType::DeviceOutOfSync => "device.out_of_sync",
+            EventType::DeviceInSync => "device.in_sync",
+            EventType::SensorStateUpdated => "sensor.state.updated",
             EventType::SensorReadingUpdated => "sensor.reading.updated",
             EventType::SensorReadingStale => "sensor.reading.stale",
             EventType::WorkspaceStatusUpdated => "workspace.status.updated",

@@ -173,7 +173,7 @@ pub async fn run_with_reloads(
         tracker.clone(),
     );
     // The control API asks the device stage for what it knows now.
-    let (snapshots_tx, snapshots_rx) = mpsc::channel(4);
+    let (requests_tx, requests_rx) = mpsc::channel(4);
     let token = control::auth::load_or_create_token(&config.state_dir)
         .with_context(|| format!("making the API token in {}", config.state_dir.display()))?;
     let control = Arc::new(
@@ -189,7 +189,7 @@ pub async fn run_with_reloads(
             fleet,
             log.clone(),
         )
-        .with_device_stage(snapshots_tx),
+        .with_device_stage(requests_tx),
     );
     control.start().await?;
     tracker.spawn(control.clone().finish_drains(cancel.clone()));
@@ -230,7 +230,7 @@ pub async fn run_with_reloads(
         Arc::from(config.gateway_id.as_str()),
         inbound_rx,
         rules_rx,
-        snapshots_rx,
+        requests_rx,
         commit_tx,
         metrics.device.clone(),
     ));

@@ -2,6 +2,7 @@
 //! rooms, through the control API ([`Api`]).
 
 use clap::Subcommand;
+use hyper::Method;
 use serde_json::Value;
 
 use super::client::{segment, Api};
@@ -13,6 +14,18 @@ pub enum DevicesCommand {
     List,
     /// One device with everything known of it.
     Show { id: String },
+    /// Forget a device: `device.unregistered`, its state deleted (registered anew if it is
+    /// heard from again). Needs the running daemon.
+    Forget { id: String },
+    /// Set the value of its class's `sync_field` desired for this device alone (JSON, or a
+    /// plain word taken as a string); `--clear` goes back to the class's.
+    Desire {
+        id: String,
+        #[arg(required_unless_present = "clear", conflicts_with = "clear")]
+        value: Option<String>,
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 /// Run one devices command through `api`.
@@ -71,10 +84,75 @@ pub async fn run(command: DevicesCommand, api: &Api, json: bool) -> Result<(), S
             if !d["version"].is_null() {
                 line("version", compact(&d["version"], 60));
             }
+            if let Some(sync) = d["sync"].as_object() {
+                let desired = match &d["desired"] {
+                    Value::Null => String::new(),
+                    v => format!(", desired for it {}", compact(v, 40)),
+                };
+                let state = if sync["in_sync"] == true {
+                    "in sync".to_string()
+                } else {
+                    format!("OUT OF SYNC since {}", when(&sync["differs_since"]))
+                };
+                line(
+                    "sync",
+                    format!(
+                        "{state} (reports {}{desired})",
+                        compact(&sync["reported"], 40)
+                    ),
+                );
+            }
+            if let Some(state) = d["state"].as_object().filter(|s| !s.is_empty()) {
+                println!("state");
+                for (k, v) in state {
+                    println!("  {k:<22} {}", compact(v, 100));
+                }
+            }
             println!("values");
             if let Some(values) = d["values"].as_object() {
                 for (k, v) in values {
                     println!("  {k:<22} {}", compact(v, 100));
+                }
+            }
+        }
+        DevicesCommand::Forget { id } => {
+            let path = format!("/v1/devices/{}", segment(&id));
+            api.call(Method::DELETE, &path, None).await.map_err(err)?;
+            if json {
+                super::print::json(&serde_json::json!({ "forgotten": id }));
+            } else {
+                println!("device {id} forgotten (device.unregistered sent; registered anew if heard from again)");
+            }
+        }
+        DevicesCommand::Desire { id, value, clear } => {
+            let value = match (clear, value) {
+                (true, _) | (false, None) => Value::Null,
+                (false, Some(text)) => serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            };
+            let path = format!("/v1/devices/{}/desired", segment(&id));
+            let d = api
+                .call(
+                    Method::PUT,
+                    &path,
+                    Some(serde_json::json!({ "value": value })),
+                )
+                .await
+                .map_err(err)?;
+            if json {
+                super::print::json(&d);
+            } else {
+                let sync = match d["sync"]["in_sync"].as_bool() {
+                    Some(true) => "in sync",
+                    Some(false) => {
+                        "differs (device.out_of_sync once it lasts its class's sync_grace)"
+                    }
+                    None => "nothing reported yet",
+                };
+                match value {
+                    Value::Null => {
+                        println!("device {id}: its class's desired value applies; {sync}")
+                    }
+                    v => println!("device {id}: desired {}; {sync}", compact(&v, 40)),
                 }
             }
         }

@@ -209,7 +209,11 @@ where
 {
     let loaded = Config::load(&config);
     let dir = match (&state_dir, &loaded) {
-        (Some(dir), _) => dir.clone(),
+        (Some(dir), Ok(_)) => dir.clone(),
+        (Some(dir), Err(e)) => {
+            eprintln!("warning: the configuration did not load ({e}): the store alone is read, and no endpoint counts as configured");
+            dir.clone()
+        }
         (None, Ok(c)) => c.state_dir.clone(),
         (None, Err(e)) => {
             eprintln!("error: {e} (or give --state-dir)");

@@ -66,6 +66,36 @@ pub async fn route(
             },
             Err(e) => error(503, None, &e),
         },
+        ("DELETE", ["v1", "devices", id]) => match control.forget_device(id).await {
+            Ok(()) => Response::builder()
+                .status(204)
+                .body(Body::Full(None))
+                .expect("valid"),
+            Err(r) => error(r.status, r.field.as_deref(), &r.message),
+        },
+        ("PUT", ["v1", "devices", id, "desired"]) => match parse_body(&body) {
+            Ok(v) => match v.get("value") {
+                None => error(
+                    400,
+                    Some("value"),
+                    "give the value desired (null clears it)",
+                ),
+                Some(value) => {
+                    let value = Some(value.clone()).filter(|v| !v.is_null());
+                    match control.desire(id, value).await {
+                        Ok(()) => match devices(control).await {
+                            Ok(list) => match list.into_iter().find(|d| d["id"] == *id) {
+                                Some(d) => ok(d),
+                                None => error(404, None, &format!("no device `{id}`")),
+                            },
+                            Err(e) => error(503, None, &e),
+                        },
+                        Err(r) => error(r.status, r.field.as_deref(), &r.message),
+                    }
+                }
+            },
+            Err(r) => *r,
+        },
         ("GET" | "HEAD", ["v1", "workspaces"]) => match workspaces(control).await {
             Ok(list) => ok(json!({ "workspaces": list })),
             Err(e) => error(503, None, &e),
@@ -161,13 +191,14 @@ pub async fn route(
 }
 
 /// The routes, for telling a wrong method from a wrong path.
-const KNOWN: [&str; 17] = [
+const KNOWN: [&str; 18] = [
     "v1/openapi.json",
     "v1/deliveries",
     "v1/deliveries/stream",
     "v1/gateway",
     "v1/devices",
     "v1/devices/*",
+    "v1/devices/*/desired",
     "v1/workspaces",
     "v1/endpoints",
     "v1/endpoints/*",
@@ -331,6 +362,7 @@ async fn gateway(control: &Control) -> Value {
         "id": control.gateway.id,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": control.gateway.started.elapsed().as_secs(),
+        "event_types": crate::event::EventType::ALL.map(|t| t.as_str()),
         "ready": ready.is_ok(),
         "not_ready": ready.err(),
         "mqtt": {
@@ -391,6 +423,14 @@ async fn devices(control: &Control) -> Result<Vec<Value>, String> {
                 "report_pending": s.held.is_some(),
                 "stale": s.stale,
                 "version": s.version,
+                "state": s.condition,
+                "sync": s.sync.as_ref().map(|y| json!({
+                    "reported": y.reported,
+                    "in_sync": y.differs_since.is_none(),
+                    "differs_since": y.differs_since.map_or(Value::Null, rfc3339),
+                    "told": y.told,
+                })),
+                "desired": s.desired,
             })
         })
         .collect())
@@ -761,16 +801,9 @@ fn deliveries(control: &Control, q: &Query) -> Response<Body> {
         Ok(f) => f,
         Err(r) => return *r,
     };
-    match crate::deliver::log::read(control.log.dir(), None, usize::MAX) {
-        Ok(all) => {
-            let mut chosen: Vec<Value> = all
-                .iter()
-                .rev()
-                .filter(|a| filter(a))
-                .take(limit)
-                .map(attempt_view)
-                .collect();
-            chosen.reverse();
+    match crate::deliver::log::read_matching(control.log.dir(), filter, limit) {
+        Ok(chosen) => {
+            let chosen: Vec<Value> = chosen.iter().map(attempt_view).collect();
             ok(json!({ "deliveries": chosen }))
         }
         Err(e) => error(503, None, &e.to_string()),

@@ -81,7 +81,7 @@ pub struct Control {
     pub classes: std::sync::Mutex<Vec<crate::device::DeviceClass>>,
     /// The running device stage, asked for what it knows now; none for a stopped daemon
     /// (then the store answers).
-    device_stage: Option<tokio::sync::mpsc::Sender<crate::device::SnapshotRequest>>,
+    device_stage: Option<tokio::sync::mpsc::Sender<crate::device::Request>>,
 }
 
 impl Control {
@@ -115,7 +115,7 @@ impl Control {
     /// Ask the running device stage (through `requests`) for devices and workspaces.
     pub fn with_device_stage(
         mut self,
-        requests: tokio::sync::mpsc::Sender<crate::device::SnapshotRequest>,
+        requests: tokio::sync::mpsc::Sender<crate::device::Request>,
     ) -> Control {
         self.device_stage = Some(requests);
         self
@@ -126,11 +126,70 @@ impl Control {
     pub async fn live_devices(&self) -> Option<crate::device::Snapshot> {
         let stage = self.device_stage.as_ref()?;
         let (reply, answer) = tokio::sync::oneshot::channel();
-        stage.try_send(reply).ok()?;
+        stage
+            .try_send(crate::device::Request::Snapshot(reply))
+            .ok()?;
         tokio::time::timeout(Duration::from_secs(1), answer)
             .await
             .ok()?
             .ok()
+    }
+
+    /// Ask the running device stage to act on one device, and wait until what it did is
+    /// durable (`make` builds the request around the reply). 404 for a device it does not
+    /// know; 409 when the daemon is stopped (only the running device stage changes devices).
+    async fn device_change(
+        &self,
+        device_id: &str,
+        make: impl FnOnce(tokio::sync::oneshot::Sender<bool>) -> crate::device::Request,
+    ) -> Result<(), Refused> {
+        let Some(stage) = self.device_stage.as_ref() else {
+            return Err(Refused {
+                status: 409,
+                field: None,
+                message: "the daemon is not running: devices are changed by the running daemon (start it first)".into(),
+            });
+        };
+        let (done, answer) = tokio::sync::oneshot::channel();
+        stage
+            .send(make(done))
+            .await
+            .map_err(|_| Refused::new_internal("the device stage has stopped".into()))?;
+        match answer.await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Refused {
+                status: 404,
+                field: None,
+                message: format!("no device `{device_id}`"),
+            }),
+            Err(_) => Err(Refused::new_internal(
+                "the change was not made durable (the daemon is stopping, or the disk refuses writes)".into(),
+            )),
+        }
+    }
+
+    /// Forget a device: `device.unregistered`, its state deleted (it is registered anew if it
+    /// is heard from again).
+    pub async fn forget_device(&self, device_id: &str) -> Result<(), Refused> {
+        self.device_change(device_id, |done| crate::device::Request::Forget {
+            device_id: device_id.to_string(),
+            done,
+        })
+        .await
+    }
+
+    /// Set (or clear, `None`) the sync value desired for one device.
+    pub async fn desire(
+        &self,
+        device_id: &str,
+        value: Option<serde_json::Value>,
+    ) -> Result<(), Refused> {
+        self.device_change(device_id, |done| crate::device::Request::Desire {
+            device_id: device_id.to_string(),
+            value,
+            done,
+        })
+        .await
     }
 
     /// The control of a stopped daemon whose configuration is `config` and whose store is in

@@ -136,20 +136,40 @@ impl DeliveryLog {
 /// The latest `limit` attempts in the log in `dir` (only `endpoint`'s, if given), oldest first.
 /// Unreadable lines are skipped; no log at all is an empty one.
 pub fn read(dir: &Path, endpoint: Option<&str>, limit: usize) -> io::Result<Vec<Attempt>> {
-    let mut all = Vec::new();
+    read_matching(dir, |a| endpoint.is_none_or(|e| e == a.endpoint), limit)
+}
+
+/// The latest `limit` attempts that `wanted` takes, oldest first: read a line at a time,
+/// holding no more than `limit` of them (the log may hold twice `delivery_log` lines).
+pub fn read_matching(
+    dir: &Path,
+    wanted: impl Fn(&Attempt) -> bool,
+    limit: usize,
+) -> io::Result<Vec<Attempt>> {
+    use std::io::BufRead;
+    let mut latest = std::collections::VecDeque::with_capacity(limit.min(1024));
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
     for name in [PREVIOUS, FILE] {
-        let text = match std::fs::read_to_string(dir.join(name)) {
-            Ok(text) => text,
+        let file = match File::open(dir.join(name)) {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        all.extend(
-            text.lines()
-                .filter_map(|l| serde_json::from_str::<Attempt>(l).ok())
-                .filter(|a| endpoint.is_none_or(|e| e == a.endpoint)),
-        );
+        for line in io::BufReader::new(file).split(b'\n') {
+            let Ok(attempt) = serde_json::from_slice::<Attempt>(&line?) else {
+                continue;
+            };
+            if wanted(&attempt) {
+                if latest.len() == limit {
+                    latest.pop_front();
+                }
+                latest.push_back(attempt);
+            }
+        }
     }
-    Ok(all.split_off(all.len().saturating_sub(limit)))
+    Ok(latest.into())
 }
 
 #[cfg(test)]

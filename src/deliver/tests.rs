@@ -93,10 +93,8 @@ async fn rig_with<T: Transport + 'static>(
     }
     let commit = Commit {
         envelopes: envelopes.clone(),
-        devices: Vec::new(),
-        workspaces: Vec::new(),
         sync: true,
-        ack: None,
+        ..Default::default()
     };
     outbox.write(&[commit], &[false]).unwrap();
     outbox.flush().await.unwrap();

@@ -55,6 +55,42 @@ pub struct DeviceClassConfig {
     /// changes, `device.app_updated` tells the old and the new one. Empty: none.
     #[serde(default)]
     pub version_field: String,
+    /// Fields of a device's first reading that say what it is (model, firmware), carried in
+    /// `device.registered`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identity_fields: Vec<String>,
+    /// A device not heard from this long is forgotten: `device.unregistered`, its state
+    /// removed (it is registered again if it comes back). Unset: never.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub forget_after: Option<Duration>,
+    /// Fields that tell the device's condition rather than what it senses (battery level,
+    /// low-battery flag, tamper, error code): kept apart from readings and reported as
+    /// `sensor.state.updated` when they change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state_fields: Vec<String>,
+    /// Per numeric state field, the smallest move that counts as a change.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub state_deadband: BTreeMap<String, f64>,
+    /// The field (in readings) holding the version or configuration the device runs, compared
+    /// with `desired` (or the one set for the device through the API).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sync_field: String,
+    /// What `sync_field` should be for this class. Unset: only devices given one through the
+    /// API are compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<serde_json::Value>,
+    /// How long `sync_field` may differ from the desired value before `device.out_of_sync`
+    /// (an update in progress is not news).
+    #[serde(default = "default_sync_grace", with = "humantime_serde")]
+    pub sync_grace: Duration,
+}
+
+fn default_sync_grace() -> Duration {
+    Duration::from_secs(600)
 }
 
 fn default_lost_after() -> f64 {
@@ -79,6 +115,13 @@ impl Default for DeviceClassConfig {
             max_interval: None,
             version_field: String::new(),
             deadband: BTreeMap::new(),
+            identity_fields: Vec::new(),
+            forget_after: None,
+            state_fields: Vec::new(),
+            state_deadband: BTreeMap::new(),
+            sync_field: String::new(),
+            desired: None,
+            sync_grace: default_sync_grace(),
         }
     }
 }
@@ -182,14 +225,50 @@ pub fn validate(
                 );
             }
         }
-        if let Some((field, _)) = class
-            .deadband
-            .iter()
-            .find(|(_, d)| !(d.is_finite() && **d >= 0.0))
+        for (table, deadband) in [
+            ("deadband", &class.deadband),
+            ("state_deadband", &class.state_deadband),
+        ] {
+            if let Some((field, _)) = deadband
+                .iter()
+                .find(|(_, d)| !(d.is_finite() && **d >= 0.0))
+            {
+                return bad(
+                    &key(&format!("{table}.{field}")),
+                    "must be a number of 0 or more".into(),
+                );
+            }
+        }
+        if class.forget_after.is_some_and(|f| f.is_zero()) {
+            return bad(&key("forget_after"), "must be above 0 (or left out)".into());
+        }
+        if let Some(field) = class
+            .state_deadband
+            .keys()
+            .find(|f| !class.state_fields.contains(f))
         {
             return bad(
-                &key(&format!("deadband.{field}")),
-                "must be a number of 0 or more".into(),
+                &key(&format!("state_deadband.{field}")),
+                format!("`{field}` is not one of state_fields"),
+            );
+        }
+        for (name, field) in [
+            ("version_field", &class.version_field),
+            ("sync_field", &class.sync_field),
+        ] {
+            if class.state_fields.contains(field) {
+                return bad(
+                    &key(name),
+                    format!(
+                        "`{field}` is a state field: state fields are kept apart from readings"
+                    ),
+                );
+            }
+        }
+        if class.desired.is_some() && class.sync_field.is_empty() {
+            return bad(
+                &key("desired"),
+                "needs sync_field (the field to compare)".into(),
             );
         }
     }

@@ -55,6 +55,84 @@ pub(super) fn app_updated_event(
     Event::device(EventType::DeviceAppUpdated, device_id, data)
 }
 
+pub(super) fn registered_event(
+    device_id: &str,
+    class: &str,
+    identity: Map<String, Value>,
+) -> Event {
+    let mut data = Map::new();
+    data.insert("class".into(), class.into());
+    data.insert("identity".into(), Value::Object(identity));
+    Event::device(EventType::DeviceRegistered, device_id, data)
+}
+
+/// Why a device was forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forgotten {
+    /// Not heard from for its class's `forget_after`.
+    Silent,
+    /// By an operator (the control API, `edgehook devices forget`).
+    Operator,
+}
+
+pub(super) fn unregistered_event(
+    device_id: &str,
+    class: &str,
+    last_seen: Millis,
+    why: Forgotten,
+) -> Event {
+    let mut data = Map::new();
+    data.insert("class".into(), class.into());
+    data.insert(
+        "last_seen".into(),
+        if last_seen > 0 {
+            rfc3339(last_seen)
+        } else {
+            Value::Null
+        },
+    );
+    data.insert(
+        "reason".into(),
+        match why {
+            Forgotten::Silent => "forget_after",
+            Forgotten::Operator => "operator",
+        }
+        .into(),
+    );
+    Event::device(EventType::DeviceUnregistered, device_id, data)
+}
+
+pub(super) fn sync_event(device_id: &str, field: &str, change: sync::SyncChange) -> Event {
+    let mut data = Map::new();
+    data.insert("field".into(), field.into());
+    match change {
+        sync::SyncChange::OutOfSync {
+            reported,
+            desired,
+            since,
+        } => {
+            data.insert("reported".into(), reported);
+            data.insert("desired".into(), desired);
+            data.insert("since".into(), rfc3339(since));
+            Event::device(EventType::DeviceOutOfSync, device_id, data)
+        }
+        sync::SyncChange::InSync { reported } => {
+            data.insert("reported".into(), reported);
+            Event::device(EventType::DeviceInSync, device_id, data)
+        }
+    }
+}
+
+pub(super) fn condition_event(device_id: &str, report: condition::ConditionReport) -> Event {
+    let mut data = Map::new();
+    data.insert("state".into(), Value::Object(report.state));
+    data.insert(
+        "changed".into(),
+        Value::Array(report.changed.into_iter().map(Value::String).collect()),
+    );
+    Event::device(EventType::SensorStateUpdated, device_id, data)
+}
+
 pub(super) fn stale_event(device_id: &str, last_reading: Millis) -> Event {
     Event::device(
         EventType::SensorReadingStale,
@@ -75,6 +153,28 @@ pub fn samples() -> Vec<Event> {
         health_event("sample-device", Transition::Offline { since: at }),
         health_event("sample-device", Transition::Lost { last_seen: at }),
         app_updated_event("sample-device", "firmware", "1.4.2".into(), "1.5.0".into()),
+        registered_event(
+            "sample-device",
+            "sensors",
+            one_field("model", "OCC-200".into()),
+        ),
+        unregistered_event("sample-device", "sensors", at, Forgotten::Silent),
+        sync_event(
+            "sample-device",
+            "config_version",
+            sync::SyncChange::OutOfSync {
+                reported: "v11".into(),
+                desired: "v12".into(),
+                since: at,
+            },
+        ),
+        sync_event(
+            "sample-device",
+            "config_version",
+            sync::SyncChange::InSync {
+                reported: "v12".into(),
+            },
+        ),
         reading_event(
             "sample-device",
             Report {
@@ -83,6 +183,13 @@ pub fn samples() -> Vec<Event> {
             },
         ),
         stale_event("sample-device", at),
+        condition_event(
+            "sample-device",
+            condition::ConditionReport {
+                state: one_field("battery", 15.into()),
+                changed: vec!["battery".into()],
+            },
+        ),
         workspace_event(
             "sample-workspace",
             WorkspaceStatus::Occupied,

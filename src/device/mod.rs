@@ -25,10 +25,12 @@
 //! since deadlines outlive restarts; a remembered time later than the start is clamped to it.
 //! `crate::clock` states the whole policy.
 
+pub mod condition;
 pub mod config;
 pub mod health;
 pub mod metrics;
 pub mod reading;
+pub mod sync;
 pub mod version;
 pub mod workspace;
 
@@ -38,7 +40,7 @@ mod task;
 
 pub use events::samples;
 use events::*;
-pub use registry::{Applied, Refused, Registry, Rules, Snapshot, SnapshotRequest};
+pub use registry::{Applied, Refused, Registry, Request, Rules, Snapshot};
 pub use task::run;
 
 use std::collections::{BTreeSet, HashMap};
@@ -70,6 +72,8 @@ pub struct Commit {
     pub devices: Vec<(String, DeviceState)>,
     /// Workspace states that changed.
     pub workspaces: Vec<(String, WorkspaceState)>,
+    /// Devices forgotten: their states are deleted (after the events).
+    pub forgotten: Vec<String>,
     /// The states must be durable before `ack` even when no event is queued (see
     /// [`Applied::sync`]); otherwise only a batch with events is synced.
     pub sync: bool,
@@ -111,6 +115,15 @@ pub struct DeviceState {
     /// The last value of the class's `version_field` (absent in stores written before it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<Value>,
+    /// The last reported value of each state field (battery, tamper, ...).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub condition: Map<String, Value>,
+    /// The sync field as last reported, and whether it differs from the desired value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<sync::SyncState>,
+    /// The value of the sync field desired for this device alone (set through the API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<Value>,
 }
 
 impl DeviceState {
@@ -126,6 +139,9 @@ impl DeviceState {
             }
         }
         if let Some(t) = &mut self.offline_since {
+            *t = f(*t);
+        }
+        if let Some(t) = self.sync.as_mut().and_then(|s| s.differs_since.as_mut()) {
             *t = f(*t);
         }
     }
@@ -148,6 +164,12 @@ pub struct DeviceClass {
     reading: ReadingPolicy,
     /// `version_field`, when set.
     version_field: Option<String>,
+    /// `identity_fields`, carried in `device.registered`.
+    identity_fields: Vec<String>,
+    /// `forget_after`.
+    forget_after: Option<Millis>,
+    condition: condition::ConditionPolicy,
+    sync: sync::SyncPolicy,
 }
 
 impl DeviceClass {
@@ -167,6 +189,17 @@ impl DeviceClass {
                 stale_after: config.stale_after.map(millis),
             },
             version_field: Some(config.version_field.clone()).filter(|f| !f.is_empty()),
+            identity_fields: config.identity_fields.clone(),
+            forget_after: config.forget_after.map(millis),
+            condition: condition::ConditionPolicy {
+                fields: config.state_fields.clone(),
+                deadband: config.state_deadband.clone(),
+            },
+            sync: sync::SyncPolicy {
+                field: Some(config.sync_field.clone()).filter(|f| !f.is_empty()),
+                desired: config.desired.clone(),
+                grace: millis(config.sync_grace),
+            },
         }
     }
 
@@ -177,7 +210,17 @@ impl DeviceClass {
 
     /// Whether silence matters for this class (so seen-times are worth persisting).
     fn watches_silence(&self) -> bool {
-        self.health.heartbeat.is_some() || self.reading.stale_after.is_some()
+        self.health.heartbeat.is_some()
+            || self.reading.stale_after.is_some()
+            || self.forget_after.is_some()
+    }
+
+    /// When a device last heard from at `last_seen` is forgotten, if ever: `forget_after`
+    /// later, and after a restart at `started` not before the broker has had a minute to
+    /// deliver what it kept meanwhile.
+    fn forget_at(&self, last_seen: Millis, started: Millis) -> Option<Millis> {
+        let after = self.forget_after?;
+        Some((last_seen + after).max(started + after.min(60_000)))
     }
 
     /// The earliest a silence may be reported after a start at `started`: one period, so the

@@ -39,6 +39,8 @@ pub struct Applied {
     pub sync: bool,
     /// The message was skipped as bad input, and why (the registry's bounds).
     pub refused: Option<Refused>,
+    /// Devices forgotten: their states are deleted, after the events.
+    pub forgotten: Vec<String>,
 }
 
 /// Why a message was skipped by the registry (see [`DevicesConfig`]).
@@ -63,7 +65,10 @@ impl Refused {
 
 impl Applied {
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.devices.is_empty() && self.workspaces.is_empty()
+        self.events.is_empty()
+            && self.devices.is_empty()
+            && self.workspaces.is_empty()
+            && self.forgotten.is_empty()
     }
 }
 
@@ -83,8 +88,24 @@ pub struct Snapshot {
     pub workspaces: Vec<(String, WorkspaceState)>,
 }
 
-/// A request for a [`Snapshot`], answered by the device stage between two messages.
-pub type SnapshotRequest = tokio::sync::oneshot::Sender<Snapshot>;
+/// What the control API asks of the device stage, answered between two messages.
+#[derive(Debug)]
+pub enum Request {
+    /// What it knows now.
+    Snapshot(tokio::sync::oneshot::Sender<Snapshot>),
+    /// Forget a device (`device.unregistered`, its state deleted); answered once that is
+    /// durable: true, or false at once for a device it does not know.
+    Forget {
+        device_id: String,
+        done: tokio::sync::oneshot::Sender<bool>,
+    },
+    /// Set (or clear) the sync value desired for one device; answered once durable.
+    Desire {
+        device_id: String,
+        value: Option<Value>,
+        done: tokio::sync::oneshot::Sender<bool>,
+    },
+}
 
 /// All devices and workspaces this gateway knows about, and their timers.
 pub struct Registry {
@@ -180,10 +201,87 @@ impl Registry {
             .map(|w| (w.config.id, w.state))
             .collect();
         self.install(&rules.classes, &rules.workspaces, known);
+        // A class's desired value may have changed.
+        let ids: Vec<String> = self.devices.keys().cloned().collect();
+        for id in ids {
+            self.evaluate_sync(&id, now, &mut out);
+        }
         for i in 0..self.workspaces.len() {
             self.evaluate_workspace(i, now, None, &mut out);
         }
         out
+    }
+
+    /// Compare `id`'s sync field with what is desired now; persist and tell what changed.
+    fn evaluate_sync(&mut self, id: &str, now: Millis, out: &mut Applied) {
+        let Some(dev) = self.devices.get_mut(id) else {
+            return;
+        };
+        let class = &self.classes[dev.class];
+        let Some(field) = class.sync.field.clone() else {
+            return;
+        };
+        let mut dirty = false;
+        if let Some(change) = sync::evaluate(&mut dev.state, &class.sync, now, &mut dirty) {
+            out.events.push(sync_event(id, &field, change));
+        }
+        if dirty {
+            dev.saved_at = now;
+            out.sync = true;
+            out.devices.push((id.to_string(), dev.state.clone()));
+        }
+        self.schedule_device(id);
+    }
+
+    /// Forget `id` at an operator's request: `device.unregistered`, its state deleted. None if
+    /// no such device is known.
+    pub fn forget(&mut self, id: &str, now: Millis) -> Option<Applied> {
+        if !self.devices.contains_key(id) {
+            return None;
+        }
+        let mut out = self.tick(now);
+        self.remove(id, Forgotten::Operator, now, &mut out);
+        Some(out)
+    }
+
+    /// Set (or with `None` clear) the sync value desired for `id` alone, and compare at once.
+    /// None if no such device is known.
+    pub fn desire(&mut self, id: &str, value: Option<Value>, now: Millis) -> Option<Applied> {
+        if !self.devices.contains_key(id) {
+            return None;
+        }
+        let mut out = self.tick(now);
+        let dev = self.devices.get_mut(id)?;
+        let changed = dev.state.desired != value;
+        dev.state.desired = value;
+        let mut compared = Applied::default();
+        self.evaluate_sync(id, now, &mut compared);
+        out.events.extend(compared.events);
+        if changed || compared.sync {
+            let dev = self.devices.get_mut(id)?;
+            dev.saved_at = now;
+            out.sync = true;
+            out.devices.retain(|(d, _)| d != id);
+            out.devices.push((id.to_string(), dev.state.clone()));
+        }
+        Some(out)
+    }
+
+    /// Take `id` out of the registry: its event, its state deleted, its workspaces told.
+    fn remove(&mut self, id: &str, why: Forgotten, now: Millis, out: &mut Applied) {
+        let Some(dev) = self.devices.remove(id) else {
+            return;
+        };
+        if let Some(at) = self.scheduled.remove(&Timer::Device(id.to_string())) {
+            self.timers.remove(&(at, Timer::Device(id.to_string())));
+        }
+        let class = &self.classes[dev.class].name;
+        out.events
+            .push(unregistered_event(id, class, dev.state.last_seen, why));
+        out.devices.retain(|(d, _)| d != id);
+        out.forgotten.push(id.to_string());
+        out.sync = true;
+        self.evaluate_workspaces_of(id, now, out);
     }
 
     /// Compile `classes`, bind `workspaces` (with their known states), classify every device
@@ -298,7 +396,8 @@ impl Registry {
             out.refused = Some(refused);
             return out;
         }
-        if !self.devices.contains_key(device_id) {
+        let new = !self.devices.contains_key(device_id);
+        if new {
             let class = self.class_of(device_id);
             self.devices.insert(
                 device_id.to_string(),
@@ -312,6 +411,19 @@ impl Registry {
         let dev = self.devices.get_mut(device_id).expect("inserted above");
         let class = &self.classes[dev.class];
         let mut dirty = false;
+        if new {
+            let identity = match body {
+                InboundBody::Reading { fields, .. } => class
+                    .identity_fields
+                    .iter()
+                    .filter_map(|f| Some((f.clone(), fields.get(f)?.clone())))
+                    .collect(),
+                InboundBody::Status { .. } => Map::new(),
+            };
+            out.events
+                .push(registered_event(device_id, &class.name, identity));
+            dirty = true;
+        }
         let transition = match body {
             InboundBody::Status { online: true } => health::heard(&mut dev.state, now, &mut dirty),
             InboundBody::Status { online: false } => {
@@ -328,17 +440,37 @@ impl Registry {
                 out.events.push(event);
             }
         }
+        if let (InboundBody::Reading { fields, .. }, Some(field)) = (body, &class.sync.field) {
+            if let Some(value) = fields.get(field) {
+                if let Some(change) =
+                    sync::reported(&mut dev.state, &class.sync, value, now, &mut dirty)
+                {
+                    out.events.push(sync_event(device_id, field, change));
+                }
+            }
+        }
         if let InboundBody::Reading { fields, metadata } = body {
-            let report = reading::received(
-                &mut dev.state,
-                &class.reading,
-                fields,
-                metadata,
-                now,
-                &mut dirty,
-            );
-            if let Some(report) = report {
-                out.events.push(reading_event(device_id, report));
+            let (reading, condition) = class.condition.split(fields);
+            if !condition.is_empty() {
+                if let Some(report) =
+                    condition::received(&mut dev.state, &class.condition, &condition, &mut dirty)
+                {
+                    out.events.push(condition_event(device_id, report));
+                }
+            }
+            // A message of state fields alone is no reading.
+            if !reading.is_empty() || condition.is_empty() {
+                let report = reading::received(
+                    &mut dev.state,
+                    &class.reading,
+                    &reading,
+                    metadata,
+                    now,
+                    &mut dirty,
+                );
+                if let Some(report) = report {
+                    out.events.push(reading_event(device_id, report));
+                }
             }
         }
         out.sync |= dirty;
@@ -396,7 +528,19 @@ impl Registry {
             return;
         };
         let class = &self.classes[dev.class];
+        if class
+            .forget_at(dev.state.last_seen, self.started)
+            .is_some_and(|at| now >= at)
+        {
+            self.remove(id, Forgotten::Silent, now, out);
+            return;
+        }
         let mut dirty = false;
+        if let Some(change) = sync::due(&mut dev.state, &class.sync, now) {
+            let field = class.sync.field.as_deref().unwrap_or_default();
+            out.events.push(sync_event(id, field, change));
+            dirty = true;
+        }
         let transition = health::due(&mut dev.state, &class.health, self.started, now);
         if let Some(t) = transition {
             out.events.push(health_event(id, t));
@@ -497,6 +641,8 @@ impl Registry {
                 online,
                 class.settle(self.started),
             ))
+            .chain(sync::deadline(&dev.state, &class.sync))
+            .chain(class.forget_at(dev.state.last_seen, self.started))
             .min();
         self.schedule(Timer::Device(id.to_string()), at);
     }

@@ -6,7 +6,7 @@ use super::*;
 /// produced and pass them, with the states to persist and the message's ack, to the outbox
 /// writer. Ends when the sources have all gone (their senders dropped), after passing on
 /// everything received; timers still pending are persisted and resume on the next start.
-/// Requests for a [`super::Snapshot`] (the control API's) are answered between messages.
+/// The control API's [`super::Request`]s are answered between messages.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     mut registry: Registry,
@@ -14,7 +14,7 @@ pub async fn run(
     gateway_id: Arc<str>,
     mut inbound: mpsc::Receiver<Inbound>,
     mut rules: mpsc::Receiver<Rules>,
-    mut snapshots: mpsc::Receiver<super::SnapshotRequest>,
+    mut requests: mpsc::Receiver<super::Request>,
     commits: mpsc::Sender<Commit>,
     metrics: Arc<super::metrics::DeviceMetrics>,
 ) {
@@ -80,14 +80,41 @@ pub async fn run(
             _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
                 (registry.tick(clock.now()), None)
             }
-            Some(reply) = snapshots.recv() => {
-                let _ = reply.send(registry.snapshot());
-                continue;
-            }
+            Some(request) = requests.recv() => match request {
+                super::Request::Snapshot(reply) => {
+                    let _ = reply.send(registry.snapshot());
+                    continue;
+                }
+                super::Request::Forget { device_id, done } => {
+                    match registry.forget(&device_id, clock.now()) {
+                        Some(applied) => {
+                            metrics.set_devices(registry.len());
+                            tracing::info!(device_id = %device_id, "device forgotten by an operator");
+                            (applied, Some(Ack::new(move || { let _ = done.send(true); })))
+                        }
+                        None => {
+                            let _ = done.send(false);
+                            continue;
+                        }
+                    }
+                }
+                super::Request::Desire { device_id, value, done } => {
+                    match registry.desire(&device_id, value, clock.now()) {
+                        Some(applied) => (applied, Some(Ack::new(move || { let _ = done.send(true); }))),
+                        None => {
+                            let _ = done.send(false);
+                            continue;
+                        }
+                    }
+                }
+            },
             _ = watch.tick() => continue,
         };
         if applied.is_empty() && ack.is_none() {
             continue;
+        }
+        if !applied.forgotten.is_empty() {
+            metrics.set_devices(registry.len());
         }
         // The device stage's time, so that `timestamp` agrees with the times in `data`.
         let now = UNIX_EPOCH + Duration::from_millis(clock.now());
@@ -99,6 +126,7 @@ pub async fn run(
                 .collect(),
             devices: applied.devices,
             workspaces: applied.workspaces,
+            forgotten: applied.forgotten,
             sync: applied.sync,
             ack,
         };

@@ -50,9 +50,16 @@ fn statuses(a: &Applied) -> Vec<(Value, Value)> {
 fn first_reading_is_a_change_and_brings_the_device_online() {
     let mut r = Registry::new(&[], &[], [], [], 0);
     let a = r.apply("t1", &reading(json!({"temp": 21.5, "seq": 1})), 1);
-    assert_eq!(kinds(&a), ["device.online", "sensor.reading.updated"]);
-    assert_eq!(a.events[1].data["changed"], json!(["temp"]));
-    assert_eq!(a.events[1].data["fields"], json!({"temp": 21.5, "seq": 1}));
+    assert_eq!(
+        kinds(&a),
+        [
+            "device.registered",
+            "device.online",
+            "sensor.reading.updated"
+        ]
+    );
+    assert_eq!(a.events[2].data["changed"], json!(["temp"]));
+    assert_eq!(a.events[2].data["fields"], json!({"temp": 21.5, "seq": 1}));
     assert_eq!(a.devices[0].1.health, Health::Online);
     // unchanged, in a class that does not watch silence: nothing to write at all
     assert!(r
@@ -77,7 +84,10 @@ fn classes_match_by_pattern_first_wins_and_default_catches_the_rest() {
 #[test]
 fn default_class_debounces_offline() {
     let mut r = Registry::new(&[], &[], [], [], 0);
-    assert_eq!(kinds(&r.apply("d", &ONLINE, 0)), ["device.online"]);
+    assert_eq!(
+        kinds(&r.apply("d", &ONLINE, 0)),
+        ["device.registered", "device.online"]
+    );
     assert!(r.apply("d", &OFFLINE, 1_000).events.is_empty());
     assert_eq!(r.next_deadline(), Some(6_000), "5 s default debounce");
     assert!(r.tick(5_999).events.is_empty());
@@ -147,11 +157,12 @@ fn what_must_be_on_disk_before_the_ack() {
     // (device, message, at, events, states to write, sync); `None`: the clock alone
     type Case = (&'static str, Option<InboundBody>, Millis, usize, bool, bool);
     let cases: &[Case] = &[
+        // registered, online, the reading
         (
             "held-1",
             Some(reading(json!({"presence": true}))),
             1_000,
-            2,
+            3,
             true,
             true,
         ),
@@ -175,7 +186,7 @@ fn what_must_be_on_disk_before_the_ack() {
         ),
         // the held report goes out when min_interval ends
         ("held-1", None, 6_000, 1, true, true),
-        ("slow-1", Some(ONLINE), 7_000, 1, true, true),
+        ("slow-1", Some(ONLINE), 7_000, 2, true, true),
         // an offline report inside its debounce window: no event yet, synced
         ("slow-1", Some(OFFLINE), 8_000, 0, true, true),
         ("slow-1", Some(ONLINE), 8_500, 0, true, true),
@@ -349,7 +360,14 @@ fn a_new_firmware_version_is_told_once_across_restarts() {
         &reading(json!({"presence": true, "firmware": "1.0"})),
         1_000,
     );
-    assert_eq!(kinds(&a), ["device.online", "sensor.reading.updated"]);
+    assert_eq!(
+        kinds(&a),
+        [
+            "device.registered",
+            "device.online",
+            "sensor.reading.updated"
+        ]
+    );
     let saved = a.devices;
     // restarted; meanwhile the device was updated
     let mut r = Registry::new(std::slice::from_ref(&c), &[], saved, [], 5_000);
@@ -505,4 +523,198 @@ fn workspace_state_survives_a_restart_mid_hold() {
         statuses(&r.tick(62_000)),
         [(json!("Free"), json!("Occupied"))]
     );
+}
+
+/// Issue 20: `device.registered` the first time a device is ever seen, with its class and the
+/// identity fields its class names — not for a device already in the store (an older release
+/// wrote it), not for one refused past the registry's bounds, and again after it was
+/// forgotten (`forget_after` of silence, or by an operator): `device.unregistered`, its state
+/// deleted.
+#[test]
+fn devices_are_registered_once_and_forgotten_after_silence_or_by_an_operator() {
+    let mut c = class("occ", "occ-*");
+    c.heartbeat = None;
+    c.identity_fields = vec!["model".into(), "firmware".into()];
+    c.forget_after = Some(Duration::from_secs(3600));
+    let mut r =
+        Registry::new(std::slice::from_ref(&c), &[], [], [], 0).with_limits(DevicesConfig {
+            max_devices: 2,
+            ..Default::default()
+        });
+    let a = r.apply(
+        "occ-1",
+        &reading(json!({"presence": true, "model": "OCC-200", "firmware": "1.2"})),
+        1_000,
+    );
+    assert_eq!(
+        kinds(&a),
+        [
+            "device.registered",
+            "device.online",
+            "sensor.reading.updated"
+        ]
+    );
+    assert_eq!(
+        a.events[0].data,
+        json!({"device_id": "occ-1", "class": "occ", "identity": {"model": "OCC-200", "firmware": "1.2"}})
+    );
+    assert!(a.sync, "the registration is durable before the ack");
+    // A status first: no identity to tell.
+    let a = r.apply("occ-2", &ONLINE, 1_500);
+    assert_eq!(kinds(&a), ["device.registered", "device.online"]);
+    assert_eq!(a.events[0].data["identity"], json!({}));
+    // Past the bound: refused, no event.
+    let a = r.apply("occ-3", &ONLINE, 1_600);
+    assert!(a.refused.is_some() && a.events.is_empty());
+    // Known devices are not registered again, nor after a restart.
+    assert!(
+        !kinds(&r.apply("occ-1", &reading(json!({"presence": false})), 2_000))
+            .contains(&"device.registered")
+    );
+    let saved: Vec<(String, DeviceState)> = ["occ-1", "occ-2"]
+        .iter()
+        .map(|id| (id.to_string(), r.device(id).unwrap().clone()))
+        .collect();
+    let mut r = Registry::new(std::slice::from_ref(&c), &[], saved, [], 10_000);
+    let a = r.apply("occ-1", &reading(json!({"presence": true})), 11_000);
+    assert!(!kinds(&a).contains(&"device.registered"), "{:?}", kinds(&a));
+    // An hour of silence forgets occ-2 (last heard at 1.5 s; occ-1 spoke at 11 s).
+    assert!(r.tick(3_601_499).events.is_empty());
+    let a = r.tick(3_601_500);
+    assert_eq!(kinds(&a), ["device.unregistered"]);
+    assert_eq!(
+        a.events[0].data,
+        json!({"device_id": "occ-2", "class": "occ", "last_seen": "1970-01-01T00:00:01.500Z", "reason": "forget_after"})
+    );
+    assert_eq!(a.forgotten, ["occ-2"]);
+    assert!(r.device("occ-2").is_none());
+    // Heard from again: registered anew.
+    let a = r.apply("occ-2", &reading(json!({"presence": false})), 3_605_000);
+    assert_eq!(kinds(&a)[0], "device.registered");
+    // Forgotten by an operator; an unknown device is not.
+    assert!(r.forget("nope", 3_606_000).is_none());
+    let a = r.forget("occ-1", 3_606_000).unwrap();
+    assert_eq!(kinds(&a), ["device.unregistered"]);
+    assert_eq!(a.events[0].data["reason"], "operator");
+    assert_eq!(a.forgotten, ["occ-1"]);
+    assert_eq!(r.len(), 1);
+}
+
+/// Issue 20: a forgotten sensor no longer votes on its workspace.
+#[test]
+fn a_forgotten_sensor_leaves_its_workspace() {
+    let mut c = class("occ", "occ-*");
+    c.heartbeat = None;
+    let mut r = Registry::new(
+        std::slice::from_ref(&c),
+        &[ws("room", &["occ-1", "occ-2"], None)],
+        [],
+        [],
+        0,
+    );
+    r.apply("occ-1", &reading(json!({"presence": true})), 1_000);
+    r.apply("occ-2", &reading(json!({"presence": false})), 1_000);
+    let a = r.forget("occ-1", 2_000).unwrap();
+    assert_eq!(kinds(&a)[0], "device.unregistered");
+    // occ-1 no longer says present; the workspace holds, then is free.
+    let a = r.tick(2_000 + 60_000);
+    assert_eq!(statuses(&a), [(json!("Free"), json!("Occupied"))]);
+}
+
+/// Issue 20: state fields (battery, tamper) are kept apart from readings: their changes are
+/// `sensor.state.updated` with their own deadbands, never a reading's change, and a message of
+/// state fields alone is no reading.
+#[test]
+fn state_fields_are_reported_apart_from_readings() {
+    let mut c = class("occ", "occ-*");
+    c.state_fields = vec!["battery".into(), "tamper".into()];
+    c.state_deadband = [("battery".to_string(), 5.0)].into();
+    let mut r = Registry::new(std::slice::from_ref(&c), &[], [], [], 0);
+    let a = r.apply(
+        "occ-1",
+        &reading(json!({"presence": true, "battery": 90, "tamper": false})),
+        1_000,
+    );
+    assert_eq!(
+        kinds(&a),
+        [
+            "device.registered",
+            "device.online",
+            "sensor.state.updated",
+            "sensor.reading.updated"
+        ]
+    );
+    assert_eq!(
+        a.events[2].data,
+        json!({"device_id": "occ-1", "state": {"battery": 90, "tamper": false}, "changed": ["battery", "tamper"]})
+    );
+    assert_eq!(a.events[3].data["fields"], json!({"presence": true}));
+    // The battery drains within its deadband: nothing.
+    let a = r.apply(
+        "occ-1",
+        &reading(json!({"presence": true, "battery": 87})),
+        2_000,
+    );
+    assert!(a.events.is_empty(), "{:?}", kinds(&a));
+    // State alone, beyond the deadband: a state event, no reading, the reading time kept.
+    let a = r.apply("occ-1", &reading(json!({"battery": 84})), 3_000);
+    assert_eq!(kinds(&a), ["sensor.state.updated"]);
+    assert_eq!(a.events[0].data["changed"], json!(["battery"]));
+    assert_eq!(r.device("occ-1").unwrap().last_reading, 2_000);
+    // Tamper: a change of its own; the reading's change is a reading.
+    let a = r.apply(
+        "occ-1",
+        &reading(json!({"presence": false, "tamper": true})),
+        4_000,
+    );
+    assert_eq!(
+        kinds(&a),
+        ["sensor.state.updated", "sensor.reading.updated"]
+    );
+    assert_eq!(r.device("occ-1").unwrap().condition["tamper"], json!(true));
+}
+
+/// Issue 20: out of sync once the reported configuration has differed from the desired one
+/// for the grace period, in sync when it matches again; the desired value may be set for one
+/// device alone (the API), and the state survives a restart.
+#[test]
+fn sync_is_told_after_its_grace_and_survives_a_restart() {
+    let mut c = class("disp", "disp-*");
+    c.heartbeat = None;
+    c.sync_field = "config".into();
+    c.desired = Some(json!("v12"));
+    c.sync_grace = Duration::from_secs(60);
+    let mut r = Registry::new(std::slice::from_ref(&c), &[], [], [], 0);
+    let a = r.apply(
+        "disp-1",
+        &reading(json!({"config": "v11", "booked": false})),
+        1_000,
+    );
+    assert!(!kinds(&a).iter().any(|k| k.contains("sync")));
+    assert_eq!(r.next_deadline(), Some(61_000));
+    let saved = vec![("disp-1".to_string(), r.device("disp-1").unwrap().clone())];
+    // Restarted within the grace: the grace still runs from when it began.
+    let mut r = Registry::new(std::slice::from_ref(&c), &[], saved, [], 30_000);
+    let a = r.tick(61_000);
+    assert_eq!(kinds(&a), ["device.out_of_sync"]);
+    assert_eq!(
+        a.events[0].data,
+        json!({"device_id": "disp-1", "field": "config", "reported": "v11", "desired": "v12", "since": "1970-01-01T00:00:01.000Z"})
+    );
+    // The operator wants v11 for this one: in sync at once.
+    let a = r.desire("disp-1", Some(json!("v11")), 70_000).unwrap();
+    assert_eq!(kinds(&a), ["device.in_sync"]);
+    assert_eq!(a.devices[0].1.desired, Some(json!("v11")));
+    // Cleared: the class's v12 again, differing; told after the grace.
+    let a = r.desire("disp-1", None, 80_000).unwrap();
+    assert!(a.events.is_empty());
+    assert_eq!(kinds(&r.tick(140_000)), ["device.out_of_sync"]);
+    // The device takes v12.
+    let a = r.apply(
+        "disp-1",
+        &reading(json!({"config": "v12", "booked": false})),
+        150_000,
+    );
+    assert_eq!(kinds(&a), ["device.in_sync", "sensor.reading.updated"]);
+    assert!(r.desire("nope", None, 0).is_none());
 }

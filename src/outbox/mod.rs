@@ -12,7 +12,8 @@
 //!   whose `events` patterns match it ([`Route`]), so endpoints never wait for one another; an
 //!   event no endpoint wants is not stored. A queue whose endpoint left the configuration is
 //!   kept (and reported) until it is purged.
-//! - `devices`: key = device id (UTF-8); value = [`DeviceState`] as JSON.
+//! - `devices`: key = device id (UTF-8); value = [`DeviceState`] as JSON. A device forgotten
+//!   (`device.unregistered`) has its key removed, in the batch of its event, after the event.
 //! - `workspaces`: key = workspace id (UTF-8); value = [`WorkspaceState`] as JSON.
 //! - `dead`: dead letters — events delivery gave up on (`max_attempts` / `max_age`), kept with
 //!   why. Key = the event's sequence number followed by the endpoint name (nothing for
@@ -38,7 +39,8 @@
 //!    that finds it older is handled by the device stage (`device::SEEN_RESOLUTION`). sled recovers its log up to the first torn write and no further
 //!    (a prefix, in the order of the writes), so whatever part of a batch survives a crash
 //!    holds no state without the events it came from: a state on disk always has its events on
-//!    disk. No sled transaction is needed for that, and none is used: each one costs two extra
+//!    disk (a forgotten device's removal is such a state: its `device.unregistered` precedes
+//!    it, and a crash between the two leaves the device known, to be forgotten again). No sled transaction is needed for that, and none is used: each one costs two extra
 //!    synchronous writes of the log's last page (a roll of the buffer and a batch marker),
 //!    which nearly doubled the bytes written per event (6.8 KB against 3.5 KB in the paced
 //!    benchmark).
@@ -482,7 +484,12 @@ impl Outbox {
                 records.push((store.db.generate_id()?, encode(env), targets));
             }
         }
-        let devices = encode_states(batch.iter().flat_map(|c| &c.devices));
+        // Per commit, in order: a device forgotten and heard from again in one batch is known.
+        let devices: Vec<(Vec<(&str, Vec<u8>)>, &[String])> = batch
+            .iter()
+            .map(|c| (encode_states(c.devices.iter()), c.forgotten.as_slice()))
+            .filter(|(d, f)| !d.is_empty() || !f.is_empty())
+            .collect();
         let workspaces = encode_states(batch.iter().flat_map(|c| &c.workspaces));
         let written = Written {
             queued: records.len(),
@@ -500,8 +507,13 @@ impl Outbox {
                 store.queues[q].insert(seq.to_be_bytes(), bytes.as_slice())?;
             }
         }
-        for (id, bytes) in &devices {
-            store.devices.insert(id.as_bytes(), bytes.as_slice())?;
+        for (states, forgotten) in &devices {
+            for (id, bytes) in states {
+                store.devices.insert(id.as_bytes(), bytes.as_slice())?;
+            }
+            for id in *forgotten {
+                store.devices.remove(id.as_bytes())?;
+            }
         }
         for (id, bytes) in &workspaces {
             store.workspaces.insert(id.as_bytes(), bytes.as_slice())?;
