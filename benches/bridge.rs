@@ -309,8 +309,9 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
         .await
         .expect("fleet");
     let expected = match bridge {
-        // Every change, plus each device's birth (online) and clean shutdown (offline).
-        Bridge::Edgehook => stats.changes + 2 * devices,
+        // Every change, plus each device's registration, birth (online) and clean shutdown
+        // (offline).
+        Bridge::Edgehook => stats.changes + 3 * devices,
         // Every reading.
         Bridge::Null => stats.readings,
     };

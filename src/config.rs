@@ -68,6 +68,9 @@ pub struct Config {
     pub device_classes: Vec<DeviceClassConfig>,
     #[serde(default)]
     pub workspaces: Vec<WorkspaceConfig>,
+    /// Sensors reported as one (`[[groups]]`).
+    #[serde(default)]
+    pub groups: Vec<crate::device::config::GroupConfig>,
     /// Bounds on what the device stage remembers, so that junk cannot take the memory.
     #[serde(default)]
     pub devices: DevicesConfig,
@@ -122,6 +125,7 @@ impl Default for Config {
             serial_ports: Vec::new(),
             device_classes: Vec::new(),
             workspaces: Vec::new(),
+            groups: Vec::new(),
             devices: DevicesConfig::default(),
             webhook: WebhookConfig {
                 name: DEFAULT_ENDPOINT.into(),
@@ -222,6 +226,7 @@ impl Config {
         }
         crate::source::config::validate(&self.mqtt, &self.serial_ports)?;
         crate::device::config::validate(&self.devices, &self.device_classes, &self.workspaces)?;
+        crate::device::config::validate_groups(&self.groups, &self.workspaces)?;
         let webhook_used = !self.webhook.url.is_empty() || self.endpoints.is_empty();
         let webhook = webhook_used.then_some(&self.webhook);
         crate::deliver::config::validate(webhook, &self.endpoints)?;

@@ -40,13 +40,19 @@ pub enum EventType {
     SensorReadingStale,
     #[serde(rename = "sensor.state.updated")]
     SensorStateUpdated,
+    #[serde(rename = "sensor.group.reading.updated")]
+    SensorGroupReadingUpdated,
+    #[serde(rename = "sensor.group.reading.stale")]
+    SensorGroupReadingStale,
+    #[serde(rename = "sensor.group.state.updated")]
+    SensorGroupStateUpdated,
     #[serde(rename = "workspace.status.updated")]
     WorkspaceStatusUpdated,
 }
 
 impl EventType {
     /// Every event type, in the order metrics list them.
-    pub const ALL: [EventType; 12] = [
+    pub const ALL: [EventType; 15] = [
         EventType::DeviceOnline,
         EventType::DeviceOffline,
         EventType::DeviceLostCommunication,
@@ -58,6 +64,9 @@ impl EventType {
         EventType::SensorReadingUpdated,
         EventType::SensorReadingStale,
         EventType::SensorStateUpdated,
+        EventType::SensorGroupReadingUpdated,
+        EventType::SensorGroupReadingStale,
+        EventType::SensorGroupStateUpdated,
         EventType::WorkspaceStatusUpdated,
     ];
 
@@ -72,6 +81,9 @@ impl EventType {
             EventType::DeviceOutOfSync => "device.out_of_sync",
             EventType::DeviceInSync => "device.in_sync",
             EventType::SensorStateUpdated => "sensor.state.updated",
+            EventType::SensorGroupReadingUpdated => "sensor.group.reading.updated",
+            EventType::SensorGroupReadingStale => "sensor.group.reading.stale",
+            EventType::SensorGroupStateUpdated => "sensor.group.state.updated",
             EventType::SensorReadingUpdated => "sensor.reading.updated",
             EventType::SensorReadingStale => "sensor.reading.stale",
             EventType::WorkspaceStatusUpdated => "workspace.status.updated",
@@ -96,6 +108,18 @@ impl Event {
         Event {
             kind,
             lane: format!("device:{device_id}"),
+            data: Value::Object(data),
+        }
+    }
+
+    /// An event of a group of sensors: in the group's own lane.
+    pub fn group(kind: EventType, group_id: &str, extra: Map<String, Value>) -> Event {
+        let mut data = Map::with_capacity(extra.len() + 1);
+        data.insert("group_id".into(), Value::String(group_id.to_string()));
+        data.extend(extra);
+        Event {
+            kind,
+            lane: format!("group:{group_id}"),
             data: Value::Object(data),
         }
     }

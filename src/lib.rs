@@ -127,6 +127,7 @@ pub async fn run_with_reloads(
     metrics.outbox.set_max_bytes(config.outbox.max_size);
     let known = outbox.devices().context("reading device state")?;
     let known_workspaces = outbox.workspaces().context("reading workspace state")?;
+    let known_groups = outbox.groups().context("reading group state")?;
     let pending = outbox.len();
     metrics.outbox.set_depth(pending);
     tracing::info!(
@@ -145,7 +146,8 @@ pub async fn run_with_reloads(
         known_workspaces,
         clock.now(),
     )
-    .with_limits(config.devices.clone());
+    .with_limits(config.devices.clone())
+    .with_groups(&config.groups, known_groups);
     metrics.device.set_devices(registry.len());
     let mqtt = if config.mqtt.all_subscriptions().is_empty() {
         None
@@ -296,6 +298,7 @@ async fn apply_reloads(
         let update = device::Rules {
             classes: new.device_classes.clone(),
             workspaces: new.workspaces.clone(),
+            groups: new.groups.clone(),
         };
         if rules.send(update).await.is_err() {
             return;

@@ -479,6 +479,37 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
         .filter_map(|e| e["name"].as_str())
         .collect();
     assert_eq!(names, ["default"]);
+
+    // A device's desired sync value, and a device forgotten (its event reaches the default
+    // endpoint; an unknown one is a 404).
+    let desired = api
+        .call(
+            "PUT",
+            "/v1/devices/{id}/desired",
+            "/v1/devices/api-occ-1/desired",
+            Some(&json!({"value": "cfg-7"})),
+        )
+        .await;
+    assert_eq!(desired.status, 200, "{}", desired.body);
+    assert_eq!(desired.json()["desired"], "cfg-7");
+    let missing = api
+        .call("DELETE", "/v1/devices/{id}", "/v1/devices/nobody", None)
+        .await;
+    assert_eq!(missing.status, 404);
+    let forgotten = api
+        .call("DELETE", "/v1/devices/{id}", "/v1/devices/api-occ-1", None)
+        .await;
+    assert_eq!(forgotten.status, 204, "{}", forgotten.body);
+    default
+        .wait_until(LONG, "device.unregistered", |s| {
+            s.of_type("device.unregistered")
+                .iter()
+                .any(|e| e["data"]["device_id"] == "api-occ-1" && e["data"]["reason"] == "operator")
+        })
+        .await;
+    let gone = api.get("/v1/devices/{id}", "/v1/devices/api-occ-1").await;
+    assert_eq!(gone.status, 404);
+
     let log = daemon.log();
     assert!(
         log.contains("control API: endpoint created") && log.contains("changed=description"),

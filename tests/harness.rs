@@ -717,7 +717,12 @@ fn health_of(r: &Receiver, device: &str) -> Vec<(String, String)> {
             .iter()
             .filter(|e| e["data"]["device_id"] == device)
             .filter_map(|e| Some((e["id"].as_str()?.to_owned(), e["type"].as_str()?.to_owned())))
-            .filter(|(_, t)| t.starts_with("device."))
+            .filter(|(_, t)| {
+                matches!(
+                    t.as_str(),
+                    "device.online" | "device.offline" | "device.lost_communication"
+                )
+            })
             .collect()
     })
 }
@@ -794,6 +799,15 @@ fn verify(
         let kinds: Vec<&str> = health.iter().map(|(_, t)| t.as_str()).collect();
         if !kinds.contains(&"device.online") {
             return Err(format!("{name}: {} was never announced online", m.id));
+        }
+        let registered = r.seen(|s| {
+            s.of_type("device.registered")
+                .iter()
+                .filter(|e| e["data"]["device_id"] == m.id.as_str())
+                .count()
+        });
+        if registered == 0 {
+            return Err(format!("{name}: {} was never registered", m.id));
         }
         // Health news never repeats itself (a replayed dead letter is old news, out of place).
         if !health.iter().any(|(id, _)| replayed.contains(id))

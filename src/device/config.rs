@@ -154,6 +154,46 @@ fn default_booking_field() -> String {
     "booked".into()
 }
 
+/// `[[groups]]`: sensors reported as one — a floor, a zone, or a workspace's sensors —
+/// as `sensor.group.reading.updated`, `.stale` and `sensor.group.state.updated` (see
+/// `device::group` for the rules).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub id: String,
+    /// Member device ids or patterns (`occ-2*`).
+    #[serde(default)]
+    pub members: Vec<String>,
+    /// A workspace whose sensors are members too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// The reading field that says whether someone is present.
+    #[serde(default = "default_presence_field")]
+    pub presence_field: String,
+    /// Per numeric reading field, how the members' values make the group's: `mean`, `min`,
+    /// `max`, or `count` (members reporting it true).
+    #[serde(default)]
+    pub aggregates: BTreeMap<String, super::group::Aggregate>,
+    /// The same for state fields (the lowest `battery`, a `tamper` `count`).
+    #[serde(default)]
+    pub state_aggregates: BTreeMap<String, super::group::Aggregate>,
+    /// Per value (`occupancy`, `present`, `usable`, an aggregated field), the smallest move that
+    /// counts as a change.
+    #[serde(default)]
+    pub deadband: BTreeMap<String, f64>,
+    /// At most one `sensor.group.reading.updated` per interval (changes in between are sent
+    /// with the latest values when it ends).
+    #[serde(default, with = "humantime_serde")]
+    pub min_interval: Duration,
+    /// No member reading for this long makes `sensor.group.reading.stale`. Unset: never.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stale_after: Option<Duration>,
+}
+
 /// `[devices]`: bounds on the device registry. A flood of made-up device ids or field names
 /// (a misconfigured publisher, a hostile one on an open broker) is bad input: counted, logged
 /// once a minute, acknowledged, and no event; the devices already known keep flowing.
@@ -179,6 +219,58 @@ impl Default for DevicesConfig {
 
 fn default_hold() -> Duration {
     Duration::from_secs(300)
+}
+
+/// The checks of `[[groups]]`: the key that is wrong and why.
+pub fn validate_groups(
+    groups: &[GroupConfig],
+    workspaces: &[WorkspaceConfig],
+) -> Result<(), (String, String)> {
+    let bad = |key: String, msg: String| Err((key, msg));
+    for (i, g) in groups.iter().enumerate() {
+        let key = |k: &str| format!("groups[{i}].{k}");
+        if g.id.trim().is_empty() {
+            return bad(key("id"), "must not be empty".into());
+        }
+        if groups[..i].iter().any(|o| o.id == g.id) {
+            return bad(key("id"), format!("duplicate group `{}`", g.id));
+        }
+        if g.members.iter().any(|m| m.is_empty()) {
+            return bad(
+                key("members"),
+                "a member must be a device id or pattern".into(),
+            );
+        }
+        match &g.workspace {
+            Some(w) if !workspaces.iter().any(|ws| &ws.id == w) => {
+                return bad(
+                    key("workspace"),
+                    format!("no workspace `{w}` is configured"),
+                )
+            }
+            None if g.members.is_empty() => {
+                return bad(
+                    key("members"),
+                    "list member ids or patterns (or name a workspace)".into(),
+                )
+            }
+            _ => {}
+        }
+        if let Some((field, _)) = g
+            .deadband
+            .iter()
+            .find(|(_, d)| !(d.is_finite() && **d >= 0.0))
+        {
+            return bad(
+                key(&format!("deadband.{field}")),
+                "must be a number of 0 or more".into(),
+            );
+        }
+        if g.stale_after.is_some_and(|s| s.is_zero()) {
+            return bad(key("stale_after"), "must be above 0 (or left out)".into());
+        }
+    }
+    Ok(())
 }
 
 /// The device stage's checks: the key that is wrong and why.

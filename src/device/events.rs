@@ -133,6 +133,32 @@ pub(super) fn condition_event(device_id: &str, report: condition::ConditionRepor
     Event::device(EventType::SensorStateUpdated, device_id, data)
 }
 
+pub(super) fn group_reading_event(group_id: &str, report: group::GroupReport) -> Event {
+    let mut data = report.values;
+    data.insert(
+        "changed".into(),
+        Value::Array(report.changed.into_iter().map(Value::String).collect()),
+    );
+    Event::group(EventType::SensorGroupReadingUpdated, group_id, data)
+}
+
+pub(super) fn group_stale_event(group_id: &str, last_reading: Millis) -> Event {
+    Event::group(
+        EventType::SensorGroupReadingStale,
+        group_id,
+        one_field("last_reading", rfc3339(last_reading)),
+    )
+}
+
+pub(super) fn group_state_event(group_id: &str, report: group::GroupReport) -> Event {
+    let mut data = report.values;
+    data.insert(
+        "changed".into(),
+        Value::Array(report.changed.into_iter().map(Value::String).collect()),
+    );
+    Event::group(EventType::SensorGroupStateUpdated, group_id, data)
+}
+
 pub(super) fn stale_event(device_id: &str, last_reading: Millis) -> Event {
     Event::device(
         EventType::SensorReadingStale,
@@ -188,6 +214,27 @@ pub fn samples() -> Vec<Event> {
             condition::ConditionReport {
                 state: one_field("battery", 15.into()),
                 changed: vec!["battery".into()],
+            },
+        ),
+        group_reading_event(
+            "sample-group",
+            group::GroupReport {
+                values: serde_json::json!({"members": 4, "usable": 3, "present": 2, "occupancy": 0.67, "temperature": 21.4})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+                changed: vec!["present".into(), "occupancy".into()],
+            },
+        ),
+        group_stale_event("sample-group", at),
+        group_state_event(
+            "sample-group",
+            group::GroupReport {
+                values: serde_json::json!({"members": 4, "usable": 3, "battery": 15.0})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+                changed: vec!["usable".into()],
             },
         ),
         workspace_event(

@@ -27,6 +27,7 @@
 
 pub mod condition;
 pub mod config;
+pub mod group;
 pub mod health;
 pub mod metrics;
 pub mod reading;
@@ -54,7 +55,7 @@ use wildmatch::WildMatch;
 
 use crate::event::{Envelope, Event, EventType};
 use crate::source::{Ack, Inbound, InboundBody};
-use config::{DeviceClassConfig, DevicesConfig, WorkspaceConfig};
+use config::{DeviceClassConfig, DevicesConfig, GroupConfig, WorkspaceConfig};
 pub use health::Health;
 use health::{HealthPolicy, Transition};
 use reading::{ReadingPolicy, Report, Timed};
@@ -72,6 +73,8 @@ pub struct Commit {
     pub devices: Vec<(String, DeviceState)>,
     /// Workspace states that changed.
     pub workspaces: Vec<(String, WorkspaceState)>,
+    /// Group states that changed.
+    pub groups: Vec<(String, group::GroupState)>,
     /// Devices forgotten: their states are deleted (after the events).
     pub forgotten: Vec<String>,
     /// The states must be durable before `ack` even when no event is queued (see

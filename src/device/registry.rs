@@ -17,10 +17,29 @@ pub(super) struct Workspace {
     pub(super) state: WorkspaceState,
 }
 
+pub(super) struct Group {
+    pub(super) config: GroupConfig,
+    pub(super) policy: group::GroupPolicy,
+    pub(super) patterns: Vec<WildMatch>,
+    /// The workspace's sensors, when the group is a workspace's.
+    pub(super) sensors: Vec<String>,
+    pub(super) state: group::GroupState,
+    /// The known devices that are members.
+    pub(super) members: BTreeSet<String>,
+}
+
+impl Group {
+    fn takes(&self, device_id: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(device_id))
+            || self.sensors.iter().any(|s| s == device_id)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) enum Timer {
     Device(String),
     Workspace(usize),
+    Group(usize),
 }
 
 /// The outcome of one message or one tick.
@@ -31,6 +50,8 @@ pub struct Applied {
     pub devices: Vec<(String, DeviceState)>,
     /// Workspace states likewise.
     pub workspaces: Vec<(String, WorkspaceState)>,
+    /// Group states likewise.
+    pub groups: Vec<(String, group::GroupState)>,
     /// Whether these states decide what is reported later (held values, a pending offline,
     /// the values upstream knows, health, a workspace's status or hold): then they must be on
     /// disk before the message is acknowledged, even when no event came of it. False when the
@@ -68,6 +89,7 @@ impl Applied {
         self.events.is_empty()
             && self.devices.is_empty()
             && self.workspaces.is_empty()
+            && self.groups.is_empty()
             && self.forgotten.is_empty()
     }
 }
@@ -77,6 +99,7 @@ impl Applied {
 pub struct Rules {
     pub classes: Vec<DeviceClassConfig>,
     pub workspaces: Vec<WorkspaceConfig>,
+    pub groups: Vec<GroupConfig>,
 }
 
 /// What the device stage knows now (see [`Registry::snapshot`]).
@@ -115,6 +138,7 @@ pub struct Registry {
     pub(super) workspaces: Vec<Workspace>,
     /// Device id (sensor or display) → indexes into `workspaces`.
     pub(super) workspaces_of: HashMap<String, Vec<usize>>,
+    pub(super) groups: Vec<Group>,
     /// Deadlines, earliest first. A timer may fire early (a deadline only ever moves later
     /// between firings); firing recomputes it.
     pub(super) timers: BTreeSet<(Millis, Timer)>,
@@ -154,6 +178,7 @@ impl Registry {
             classes: Vec::new(),
             workspaces: Vec::new(),
             workspaces_of: HashMap::new(),
+            groups: Vec::new(),
             timers: BTreeSet::new(),
             scheduled: HashMap::new(),
             started,
@@ -180,8 +205,161 @@ impl Registry {
             out.workspaces
                 .push((ws.config.id.clone(), ws.state.clone()));
         }
+        for g in self.groups.iter_mut() {
+            g.state.map_times(|t| shifted(t, step));
+            out.groups.push((g.config.id.clone(), g.state.clone()));
+        }
         self.reschedule();
         out
+    }
+
+    /// Report `groups` (`[[groups]]`) too, with the states they had (`known`).
+    pub fn with_groups(
+        mut self,
+        groups: &[GroupConfig],
+        known: impl IntoIterator<Item = (String, group::GroupState)>,
+    ) -> Registry {
+        let started = self.started;
+        let known = known
+            .into_iter()
+            .map(|(id, mut state)| {
+                state.map_times(|t| t.min(started));
+                (id, state)
+            })
+            .collect();
+        self.install_groups(groups, known);
+        self.reschedule();
+        self
+    }
+
+    /// Bind `groups` (with their known states) and find their members among the devices.
+    fn install_groups(
+        &mut self,
+        groups: &[GroupConfig],
+        mut known: HashMap<String, group::GroupState>,
+    ) {
+        self.groups = groups
+            .iter()
+            .map(|g| {
+                let sensors = g
+                    .workspace
+                    .as_ref()
+                    .and_then(|w| self.workspaces.iter().find(|ws| &ws.config.id == w))
+                    .map(|ws| ws.config.sensors.clone())
+                    .unwrap_or_default();
+                let mut group = Group {
+                    policy: group::GroupPolicy {
+                        presence_field: g.presence_field.clone(),
+                        aggregates: g.aggregates.clone(),
+                        state_aggregates: g.state_aggregates.clone(),
+                        deadband: g.deadband.clone(),
+                        min_interval: millis(g.min_interval),
+                        stale_after: g.stale_after.map(millis),
+                    },
+                    patterns: g.members.iter().map(|m| WildMatch::new(m)).collect(),
+                    sensors,
+                    state: known.remove(&g.id).unwrap_or_default(),
+                    members: BTreeSet::new(),
+                    config: g.clone(),
+                };
+                group.members = self
+                    .devices
+                    .keys()
+                    .filter(|id| group.takes(id))
+                    .cloned()
+                    .collect();
+                group
+            })
+            .collect();
+    }
+
+    /// The groups `device_id` is a member of.
+    fn groups_of(&self, device_id: &str) -> Vec<usize> {
+        (0..self.groups.len())
+            .filter(|&i| self.groups[i].members.contains(device_id))
+            .collect()
+    }
+
+    /// Measure group `i` now: its reading and its state.
+    fn measure_group(&self, i: usize) -> (Map<String, Value>, Map<String, Value>) {
+        let g = &self.groups[i];
+        let members: Vec<group::Member> = g
+            .members
+            .iter()
+            .filter_map(|id| self.devices.get(id))
+            .map(|d| group::Member {
+                usable: d.state.health == Health::Online && !d.state.stale,
+                values: &d.state.values,
+                condition: &d.state.condition,
+            })
+            .collect();
+        group::measure(&g.policy, &members)
+    }
+
+    /// Group `i` after something of a member changed at `now` (`reading`: a member's reading
+    /// arrived): its events, and its state to persist.
+    fn evaluate_group(&mut self, i: usize, reading: bool, now: Millis, out: &mut Applied) {
+        let (measured, condition) = self.measure_group(i);
+        let g = &mut self.groups[i];
+        let mut dirty = false;
+        let report = if reading {
+            group::reading_arrived(&mut g.state, &g.policy, &measured, now, &mut dirty)
+        } else {
+            group::observe(&mut g.state, &g.policy, &measured, false, now, &mut dirty)
+        };
+        if let Some(report) = report {
+            out.events.push(group_reading_event(&g.config.id, report));
+        }
+        if let Some(report) = group::state_observed(&mut g.state, &g.policy, &condition, &mut dirty)
+        {
+            out.events.push(group_state_event(&g.config.id, report));
+        }
+        if dirty {
+            out.sync = true;
+            out.groups.retain(|(id, _)| id != &g.config.id);
+            out.groups.push((g.config.id.clone(), g.state.clone()));
+        }
+        self.schedule_group(i);
+    }
+
+    fn evaluate_groups_of(
+        &mut self,
+        device_id: &str,
+        reading: bool,
+        now: Millis,
+        out: &mut Applied,
+    ) {
+        for i in self.groups_of(device_id) {
+            self.evaluate_group(i, reading, now, out);
+        }
+    }
+
+    fn group_due(&mut self, i: usize, now: Millis, out: &mut Applied) {
+        let (measured, _) = self.measure_group(i);
+        let settle = self.started + self.groups[i].policy.stale_after.unwrap_or(0);
+        let g = &mut self.groups[i];
+        let mut dirty = false;
+        for timed in group::due(&mut g.state, &g.policy, &measured, settle, now, &mut dirty) {
+            out.events.push(match timed {
+                group::GroupTimed::Report(report) => group_reading_event(&g.config.id, report),
+                group::GroupTimed::Stale { last_reading } => {
+                    group_stale_event(&g.config.id, last_reading)
+                }
+            });
+        }
+        if dirty {
+            out.sync = true;
+            out.groups.retain(|(id, _)| id != &g.config.id);
+            out.groups.push((g.config.id.clone(), g.state.clone()));
+        }
+        self.schedule_group(i);
+    }
+
+    fn schedule_group(&mut self, i: usize) {
+        let g = &self.groups[i];
+        let settle = self.started + g.policy.stale_after.unwrap_or(0);
+        let at = group::deadline(&g.state, &g.policy, settle);
+        self.schedule(Timer::Group(i), at);
     }
 
     /// Bound the registry (the default is [`DevicesConfig::default`]). Devices already known
@@ -201,6 +379,13 @@ impl Registry {
             .map(|w| (w.config.id, w.state))
             .collect();
         self.install(&rules.classes, &rules.workspaces, known);
+        let known_groups = self
+            .groups
+            .drain(..)
+            .map(|g| (g.config.id, g.state))
+            .collect();
+        self.install_groups(&rules.groups, known_groups);
+        self.reschedule();
         // A class's desired value may have changed.
         let ids: Vec<String> = self.devices.keys().cloned().collect();
         for id in ids {
@@ -282,6 +467,13 @@ impl Registry {
         out.forgotten.push(id.to_string());
         out.sync = true;
         self.evaluate_workspaces_of(id, now, out);
+        let groups: Vec<usize> = self.groups_of(id);
+        for &i in &groups {
+            self.groups[i].members.remove(id);
+        }
+        for i in groups {
+            self.evaluate_group(i, false, now, out);
+        }
     }
 
     /// Compile `classes`, bind `workspaces` (with their known states), classify every device
@@ -331,6 +523,9 @@ impl Registry {
         }
         for i in 0..self.workspaces.len() {
             self.schedule_workspace(i);
+        }
+        for i in 0..self.groups.len() {
+            self.schedule_group(i);
         }
     }
 
@@ -398,6 +593,9 @@ impl Registry {
         }
         let new = !self.devices.contains_key(device_id);
         if new {
+            for g in self.groups.iter_mut().filter(|g| g.takes(device_id)) {
+                g.members.insert(device_id.to_string());
+            }
             let class = self.class_of(device_id);
             self.devices.insert(
                 device_id.to_string(),
@@ -480,6 +678,8 @@ impl Registry {
         }
         self.schedule_device(device_id);
         self.evaluate_workspaces_of(device_id, now, &mut out);
+        let reading = matches!(body, InboundBody::Reading { .. });
+        self.evaluate_groups_of(device_id, reading, now, &mut out);
         out
     }
 
@@ -518,6 +718,7 @@ impl Registry {
             match timer {
                 Timer::Device(id) => self.device_due(&id, now, &mut out),
                 Timer::Workspace(i) => self.evaluate_workspace(i, now, None, &mut out),
+                Timer::Group(i) => self.group_due(i, now, &mut out),
             }
         }
         out
@@ -568,6 +769,10 @@ impl Registry {
         self.schedule_device(id);
         if transition.is_some() {
             self.evaluate_workspaces_of(id, now, out);
+        }
+        if dirty {
+            // Health, staleness or a held report: what the member gives its groups moved.
+            self.evaluate_groups_of(id, false, now, out);
         }
     }
 

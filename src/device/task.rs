@@ -36,6 +36,7 @@ pub async fn run(
             let commit = Commit {
                 devices: shifted.devices,
                 workspaces: shifted.workspaces,
+                groups: shifted.groups,
                 ..Default::default()
             };
             if commits.send(commit).await.is_err() {
@@ -126,6 +127,7 @@ pub async fn run(
                 .collect(),
             devices: applied.devices,
             workspaces: applied.workspaces,
+            groups: applied.groups,
             forgotten: applied.forgotten,
             sync: applied.sync,
             ack,

@@ -490,6 +490,7 @@ fn reconfigure_reclassifies_devices_and_binds_new_workspaces() {
     let rules = Rules {
         classes: vec![class("occ", "occ-*")],
         workspaces: vec![ws("desk", &["occ-1"], None)],
+        groups: Vec::new(),
     };
     let a = r.reconfigure(&rules, 2_000);
     assert_eq!(r.class_name("occ-1"), "occ");
@@ -717,4 +718,157 @@ fn sync_is_told_after_its_grace_and_survives_a_restart() {
     );
     assert_eq!(kinds(&a), ["device.in_sync", "sensor.reading.updated"]);
     assert!(r.desire("nope", None, 0).is_none());
+}
+
+fn floor(members: &[&str]) -> GroupConfig {
+    GroupConfig {
+        id: "floor-2".into(),
+        members: members.iter().map(|m| m.to_string()).collect(),
+        workspace: None,
+        presence_field: "presence".into(),
+        aggregates: [("temperature".to_string(), group::Aggregate::Mean)].into(),
+        state_aggregates: [("battery".to_string(), group::Aggregate::Min)].into(),
+        deadband: [("temperature".to_string(), 0.5)].into(),
+        min_interval: Duration::ZERO,
+        stale_after: Some(Duration::from_secs(60)),
+    }
+}
+
+/// Issue 20: a group of sensors reported as one: only usable members count (a member gone
+/// offline leaves the occupancy), state aggregates at once, stale when every member is silent,
+/// and a restart neither repeats nor forgets a report.
+#[test]
+fn a_group_reports_its_usable_members_as_one_across_restarts() {
+    let mut c = class("occ", "occ-2*");
+    c.heartbeat = None;
+    c.debounce = Duration::ZERO;
+    c.state_fields = vec!["battery".into()];
+    let g = floor(&["occ-2*"]);
+    let mut r = Registry::new(std::slice::from_ref(&c), &[], [], [], 0)
+        .with_groups(std::slice::from_ref(&g), []);
+    let group_events = |a: &Applied, kind: &str| -> Vec<Value> {
+        a.events
+            .iter()
+            .filter(|e| e.kind.as_str() == kind)
+            .map(|e| e.data.clone())
+            .collect()
+    };
+    let a = r.apply(
+        "occ-2a",
+        &reading(json!({"presence": true, "temperature": 21.0, "battery": 90})),
+        1_000,
+    );
+    let reading_of = group_events(&a, "sensor.group.reading.updated");
+    assert_eq!(reading_of.len(), 1, "{:?}", kinds(&a));
+    assert_eq!(
+        reading_of[0],
+        json!({"group_id": "floor-2", "members": 1, "usable": 1, "present": 1, "occupancy": 1.0, "temperature": 21.0, "changed": ["members", "occupancy", "present", "temperature", "usable"]})
+    );
+    assert_eq!(
+        a.events
+            .iter()
+            .find(|e| e.kind.as_str() == "sensor.group.reading.updated")
+            .unwrap()
+            .lane,
+        "group:floor-2"
+    );
+    assert_eq!(
+        group_events(&a, "sensor.group.state.updated")[0]["battery"],
+        json!(90.0)
+    );
+    assert!(a.groups.len() == 1 && a.sync, "persisted with the events");
+    // A second member, absent: half the floor is occupied.
+    let a = r.apply(
+        "occ-2b",
+        &reading(json!({"presence": false, "temperature": 22.0, "battery": 40})),
+        2_000,
+    );
+    let g1 = &group_events(&a, "sensor.group.reading.updated")[0];
+    assert_eq!(
+        (g1["occupancy"].clone(), g1["temperature"].clone()),
+        (json!(0.5), json!(21.5))
+    );
+    assert_eq!(
+        group_events(&a, "sensor.group.state.updated")[0]["battery"],
+        json!(40.0)
+    );
+    // The occupied one goes offline: only occ-2b is usable.
+    let a = r.apply("occ-2a", &OFFLINE, 3_000);
+    let g2 = &group_events(&a, "sensor.group.reading.updated")[0];
+    assert_eq!(
+        (g2["usable"].clone(), g2["occupancy"].clone()),
+        (json!(1), json!(0.0))
+    );
+    // Within the deadband: nothing.
+    let a = r.apply(
+        "occ-2b",
+        &reading(json!({"presence": false, "temperature": 22.3})),
+        4_000,
+    );
+    assert!(group_events(&a, "sensor.group.reading.updated").is_empty());
+    // Restarted: nothing repeated; the silence is still measured from the last reading.
+    let devices: Vec<(String, DeviceState)> = ["occ-2a", "occ-2b"]
+        .iter()
+        .map(|id| (id.to_string(), r.device(id).unwrap().clone()))
+        .collect();
+    let groups: Vec<(String, group::GroupState)> = r
+        .groups
+        .iter()
+        .map(|g| (g.config.id.clone(), g.state.clone()))
+        .collect();
+    let mut r = Registry::new(std::slice::from_ref(&c), &[], devices, [], 10_000)
+        .with_groups(std::slice::from_ref(&g), groups);
+    let a = r.apply(
+        "occ-2b",
+        &reading(json!({"presence": false, "temperature": 22.3})),
+        11_000,
+    );
+    assert!(
+        group_events(&a, "sensor.group.reading.updated").is_empty(),
+        "{:?}",
+        kinds(&a)
+    );
+    let a = r.tick(11_000 + 60_000);
+    assert_eq!(
+        group_events(&a, "sensor.group.reading.stale"),
+        [json!({"group_id": "floor-2", "last_reading": "1970-01-01T00:00:11.000Z"})]
+    );
+    // The next reading is reported whatever it says.
+    let a = r.apply(
+        "occ-2b",
+        &reading(json!({"presence": false, "temperature": 22.3})),
+        80_000,
+    );
+    assert_eq!(group_events(&a, "sensor.group.reading.updated").len(), 1);
+}
+
+/// Issue 20: a group may be a workspace's sensors; a forgotten member leaves it.
+#[test]
+fn a_workspace_can_be_a_group_and_a_forgotten_member_leaves_it() {
+    let mut c = class("occ", "occ-*");
+    c.heartbeat = None;
+    let mut g = floor(&[]);
+    g.id = "room-g".into();
+    g.workspace = Some("room".into());
+    let mut r = Registry::new(
+        std::slice::from_ref(&c),
+        &[ws("room", &["occ-1", "occ-2"], None)],
+        [],
+        [],
+        0,
+    )
+    .with_groups(std::slice::from_ref(&g), []);
+    r.apply("occ-1", &reading(json!({"presence": true})), 1_000);
+    r.apply("occ-2", &reading(json!({"presence": true})), 1_000);
+    r.apply("occ-3", &reading(json!({"presence": true})), 1_000); // not the room's
+    let a = r.forget("occ-1", 2_000).unwrap();
+    let e = a
+        .events
+        .iter()
+        .find(|e| e.kind.as_str() == "sensor.group.reading.updated")
+        .unwrap();
+    assert_eq!(
+        (e.data["members"].clone(), e.data["present"].clone()),
+        (json!(1), json!(1))
+    );
 }

@@ -15,6 +15,8 @@
 //! - `devices`: key = device id (UTF-8); value = [`DeviceState`] as JSON. A device forgotten
 //!   (`device.unregistered`) has its key removed, in the batch of its event, after the event.
 //! - `workspaces`: key = workspace id (UTF-8); value = [`WorkspaceState`] as JSON.
+//! - `groups`: key = group id (UTF-8); value = its `device::group::GroupState` as JSON (what
+//!   was last reported of it).
 //! - `dead`: dead letters — events delivery gave up on (`max_attempts` / `max_age`), kept with
 //!   why. Key = the event's sequence number followed by the endpoint name (nothing for
 //!   `default`); value = `[version=1][u32 info len][DeadInfo JSON]` followed by the record
@@ -440,6 +442,11 @@ impl Outbox {
         self.with(|s| load_states(&s.workspaces, "workspace"))
     }
 
+    /// Every persisted group state (read once at start).
+    pub fn groups(&self) -> Result<Vec<(String, crate::device::group::GroupState)>, OutboxError> {
+        self.with(|s| load_states(&s.groups, "group"))
+    }
+
     /// Write a batch (not yet flushed), leaving out of the queues marked in `refused` (by
     /// their place in [`Outbox::queues`]) the events they would take. Returns how many events
     /// were queued (for at least one endpoint), how many no endpoint wanted, and how many each
@@ -485,19 +492,26 @@ impl Outbox {
             }
         }
         // Per commit, in order: a device forgotten and heard from again in one batch is known.
-        let devices: Vec<(Vec<(&str, Vec<u8>)>, &[String])> = batch
+        type Encoded<'a> = (Vec<(&'a str, Vec<u8>)>, &'a [String]);
+        let devices: Vec<Encoded> = batch
             .iter()
             .map(|c| (encode_states(c.devices.iter()), c.forgotten.as_slice()))
             .filter(|(d, f)| !d.is_empty() || !f.is_empty())
             .collect();
         let workspaces = encode_states(batch.iter().flat_map(|c| &c.workspaces));
+        let groups = encode_states(batch.iter().flat_map(|c| &c.groups));
         let written = Written {
             queued: records.len(),
             unrouted,
             dropped,
         };
         let missed = written.dropped.iter().any(|&n| n > 0);
-        if records.is_empty() && devices.is_empty() && workspaces.is_empty() && !missed {
+        if records.is_empty()
+            && devices.is_empty()
+            && workspaces.is_empty()
+            && groups.is_empty()
+            && !missed
+        {
             return Ok(written);
         }
         // Events first, then the states they came from, all in this one task (so in log
@@ -517,6 +531,9 @@ impl Outbox {
         }
         for (id, bytes) in &workspaces {
             store.workspaces.insert(id.as_bytes(), bytes.as_slice())?;
+        }
+        for (id, bytes) in &groups {
+            store.groups.insert(id.as_bytes(), bytes.as_slice())?;
         }
         // Only a batch that is synced before its acks needs them: the acks of one that is not
         // go out at once (and an unsynced write of them would cost the disk a write a second).

@@ -18,6 +18,7 @@ pub(super) struct Store {
     pub(super) queues: Vec<sled::Tree>,
     pub(super) devices: sled::Tree,
     pub(super) workspaces: sled::Tree,
+    pub(super) groups: sled::Tree,
     pub(super) dead: sled::Tree,
     pub(super) meta: sled::Tree,
 }
@@ -36,6 +37,7 @@ impl Store {
             queues: Vec::new(),
             devices: db.open_tree("devices")?,
             workspaces: db.open_tree("workspaces")?,
+            groups: db.open_tree("groups")?,
             dead: db.open_tree("dead")?,
             meta: db.open_tree("meta")?,
             db,

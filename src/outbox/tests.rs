@@ -179,6 +179,7 @@ async fn batches_survive_reopen_in_order_and_removal_sticks() {
                     },
                 )],
                 workspaces: vec![(format!("w{}", i % 2), WorkspaceState::default())],
+                groups: Vec::new(),
                 forgotten: Vec::new(),
                 sync: true,
                 ack: None,

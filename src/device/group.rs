@@ -1,0 +1,481 @@
+//! Groups of sensors reported as one (`[[groups]]`: a floor, a zone, a workspace's sensors),
+//! as pure functions over plain state.
+//!
+//! A group's *reading* is measured from its usable members only — online and not stale, as
+//! in the workspace rules: how many members it has and how many are usable, how many of
+//! those report presence, the occupancy ratio (present ÷ usable; null when none is usable),
+//! and per numeric field the aggregate its configuration names (`mean`, `min`, `max`).
+//! `sensor.group.reading.updated` goes out when one of those moves beyond its deadband
+//! (`deadband`, by the same names: `occupancy`, `present`, a field) from what was last
+//! reported, at most once per `min_interval` (a change inside it is held, and sent with the
+//! latest values when it ends). `sensor.group.reading.stale` when no member has sent a
+//! reading for `stale_after`, once; the next reading is reported whatever it says.
+//!
+//! The group's *state* — members, usable, and per state field the aggregate named in
+//! `state_aggregates` (the lowest battery, a tamper flag anywhere) — is
+//! `sensor.group.state.updated` when it changes, at once.
+//!
+//! What was last reported is kept on disk ([`GroupState`]), so a restart neither repeats
+//! nor forgets a report.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::reading::changed_fields;
+use super::Millis;
+
+/// How a numeric field of the members makes the group's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregate {
+    Mean,
+    Min,
+    Max,
+    /// How many members report it true (flags: tamper, low battery).
+    Count,
+}
+
+/// The rules of one group.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupPolicy {
+    pub presence_field: String,
+    pub aggregates: BTreeMap<String, Aggregate>,
+    pub state_aggregates: BTreeMap<String, Aggregate>,
+    pub deadband: BTreeMap<String, f64>,
+    pub min_interval: Millis,
+    pub stale_after: Option<Millis>,
+}
+
+/// What one member gives the group.
+#[derive(Debug, Clone, Copy)]
+pub struct Member<'a> {
+    /// Online and not stale.
+    pub usable: bool,
+    /// Its latest reading values.
+    pub values: &'a Map<String, Value>,
+    /// Its state fields.
+    pub condition: &'a Map<String, Value>,
+}
+
+/// What is kept of a group, persisted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GroupState {
+    /// The reading last reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reported: Option<Map<String, Value>>,
+    pub last_report: Millis,
+    /// A change is waiting out `min_interval`.
+    pub held: bool,
+    /// When a member last sent a reading.
+    pub last_reading: Millis,
+    /// `sensor.group.reading.stale` was sent and no reading has come since.
+    pub stale: bool,
+    /// The state last reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<Map<String, Value>>,
+}
+
+impl GroupState {
+    /// Apply `f` to every time this state remembers (see `crate::clock`).
+    pub fn map_times(&mut self, f: impl Fn(Millis) -> Millis) {
+        for t in [&mut self.last_report, &mut self.last_reading] {
+            if *t > 0 {
+                *t = f(*t);
+            }
+        }
+    }
+}
+
+/// One event's worth: the values, and those that changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupReport {
+    pub values: Map<String, Value>,
+    pub changed: Vec<String>,
+}
+
+/// A change of the group the clock decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GroupTimed {
+    Report(GroupReport),
+    Stale { last_reading: Millis },
+}
+
+fn number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+        _ => None,
+    }
+}
+
+fn aggregate(how: Aggregate, values: impl Iterator<Item = f64>) -> Value {
+    let values: Vec<f64> = values.filter(|v| v.is_finite()).collect();
+    if values.is_empty() {
+        return Value::Null;
+    }
+    let x = match how {
+        Aggregate::Mean => values.iter().sum::<f64>() / values.len() as f64,
+        Aggregate::Min => values.iter().copied().fold(f64::INFINITY, f64::min),
+        Aggregate::Max => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        Aggregate::Count => values.iter().filter(|v| **v != 0.0).count() as f64,
+    };
+    // Two decimals: a mean of readings has no more meaning, and it keeps the JSON short.
+    serde_json::Number::from_f64((x * 100.0).round() / 100.0).map_or(Value::Null, Value::Number)
+}
+
+/// The group's reading and state now, from its members.
+pub fn measure(
+    policy: &GroupPolicy,
+    members: &[Member],
+) -> (Map<String, Value>, Map<String, Value>) {
+    let usable: Vec<&Member> = members.iter().filter(|m| m.usable).collect();
+    let present = usable
+        .iter()
+        .filter(|m| {
+            m.values
+                .get(&policy.presence_field)
+                .and_then(super::registry::truthy)
+                == Some(true)
+        })
+        .count();
+    let mut reading = Map::new();
+    reading.insert("members".into(), members.len().into());
+    reading.insert("usable".into(), usable.len().into());
+    reading.insert("present".into(), present.into());
+    reading.insert(
+        "occupancy".into(),
+        if usable.is_empty() {
+            Value::Null
+        } else {
+            aggregate(
+                Aggregate::Mean,
+                [present as f64 / usable.len() as f64].into_iter(),
+            )
+        },
+    );
+    for (field, how) in &policy.aggregates {
+        let values = usable
+            .iter()
+            .filter_map(|m| m.values.get(field).and_then(number));
+        reading.insert(field.clone(), aggregate(*how, values));
+    }
+    let mut state = Map::new();
+    state.insert("members".into(), members.len().into());
+    state.insert("usable".into(), usable.len().into());
+    for (field, how) in &policy.state_aggregates {
+        // A member's condition counts while it is known, usable or not (a flat battery is
+        // news about a member that has gone quiet, too).
+        let values = members
+            .iter()
+            .filter_map(|m| m.condition.get(field).and_then(number));
+        state.insert(field.clone(), aggregate(*how, values));
+    }
+    (reading, state)
+}
+
+/// A member's reading arrived at `now` (`reading`: the group's reading measured after it).
+/// Returns the report to send now, if any.
+pub fn reading_arrived(
+    state: &mut GroupState,
+    policy: &GroupPolicy,
+    reading: &Map<String, Value>,
+    now: Millis,
+    dirty: &mut bool,
+) -> Option<GroupReport> {
+    state.last_reading = now;
+    let was_stale = std::mem::take(&mut state.stale);
+    *dirty |= was_stale;
+    observe(state, policy, reading, was_stale, now, dirty)
+}
+
+/// The group's reading may have changed (a member's health or reading) at `now`. `force`
+/// reports even with nothing changed (after staleness).
+pub fn observe(
+    state: &mut GroupState,
+    policy: &GroupPolicy,
+    reading: &Map<String, Value>,
+    force: bool,
+    now: Millis,
+    dirty: &mut bool,
+) -> Option<GroupReport> {
+    let empty = Map::new();
+    let changed = changed_fields(
+        state.reported.as_ref().unwrap_or(&empty),
+        reading,
+        &[],
+        &policy.deadband,
+    );
+    if changed.is_empty() && !force {
+        if state.held {
+            // Back within the deadband of what was reported: nothing to send after all.
+            state.held = false;
+            *dirty = true;
+        }
+        return None;
+    }
+    if state.last_report > 0 && now < state.last_report + policy.min_interval {
+        *dirty |= !state.held;
+        state.held = true;
+        return None;
+    }
+    Some(report(state, reading, changed, now, dirty))
+}
+
+fn report(
+    state: &mut GroupState,
+    reading: &Map<String, Value>,
+    changed: Vec<String>,
+    now: Millis,
+    dirty: &mut bool,
+) -> GroupReport {
+    state.reported = Some(reading.clone());
+    state.last_report = now;
+    state.held = false;
+    *dirty = true;
+    GroupReport {
+        values: reading.clone(),
+        changed,
+    }
+}
+
+/// When [`due`] has something to do: a held change's `min_interval` ending, or staleness.
+/// `settle` is the earliest staleness may be declared (one period after a restart).
+pub fn deadline(state: &GroupState, policy: &GroupPolicy, settle: Millis) -> Option<Millis> {
+    let flush = state
+        .held
+        .then_some(state.last_report + policy.min_interval);
+    let stale = match policy.stale_after {
+        Some(after) if !state.stale && state.last_reading > 0 => {
+            Some((state.last_reading + after).max(settle))
+        }
+        _ => None,
+    };
+    flush.into_iter().chain(stale).min()
+}
+
+/// What the clock decides at `now`, with `reading` the group's reading now.
+pub fn due(
+    state: &mut GroupState,
+    policy: &GroupPolicy,
+    reading: &Map<String, Value>,
+    settle: Millis,
+    now: Millis,
+    dirty: &mut bool,
+) -> Vec<GroupTimed> {
+    let mut out = Vec::new();
+    if state.held && now >= state.last_report + policy.min_interval {
+        state.held = false;
+        *dirty = true;
+        let empty = Map::new();
+        let changed = changed_fields(
+            state.reported.as_ref().unwrap_or(&empty),
+            reading,
+            &[],
+            &policy.deadband,
+        );
+        if !changed.is_empty() {
+            out.push(GroupTimed::Report(report(
+                state, reading, changed, now, dirty,
+            )));
+        }
+    }
+    if let Some(after) = policy.stale_after {
+        let since = state.last_reading;
+        if !state.stale && since > 0 && now >= (since + after).max(settle) {
+            state.stale = true;
+            *dirty = true;
+            out.push(GroupTimed::Stale {
+                last_reading: since,
+            });
+        }
+    }
+    out
+}
+
+/// The group's state measured now: the change to tell, if any (no interval: a member going
+/// away or a battery going flat is news at once).
+pub fn state_observed(
+    state: &mut GroupState,
+    policy: &GroupPolicy,
+    measured: &Map<String, Value>,
+    dirty: &mut bool,
+) -> Option<GroupReport> {
+    let empty = Map::new();
+    let changed = changed_fields(
+        state.state.as_ref().unwrap_or(&empty),
+        measured,
+        &[],
+        &policy.deadband,
+    );
+    if changed.is_empty() {
+        return None;
+    }
+    state.state = Some(measured.clone());
+    *dirty = true;
+    Some(GroupReport {
+        values: measured.clone(),
+        changed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn map(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn policy() -> GroupPolicy {
+        GroupPolicy {
+            presence_field: "presence".into(),
+            aggregates: [
+                ("temperature".to_string(), Aggregate::Mean),
+                ("co2".to_string(), Aggregate::Max),
+            ]
+            .into(),
+            state_aggregates: [
+                ("battery".to_string(), Aggregate::Min),
+                ("tamper".to_string(), Aggregate::Count),
+            ]
+            .into(),
+            deadband: [
+                ("temperature".to_string(), 0.5),
+                ("occupancy".to_string(), 0.2),
+            ]
+            .into(),
+            min_interval: 10_000,
+            stale_after: Some(60_000),
+        }
+    }
+
+    #[test]
+    fn only_usable_members_count_and_each_field_gets_its_aggregate() {
+        let (a, b, c) = (
+            map(json!({"presence": true, "temperature": 21.0, "co2": 600})),
+            map(json!({"presence": false, "temperature": 22.0, "co2": 900})),
+            map(json!({"presence": true, "temperature": 30.0, "co2": 2000})),
+        );
+        let (sa, sb, sc) = (
+            map(json!({"battery": 80, "tamper": false})),
+            map(json!({"battery": 15})),
+            map(json!({"battery": 5, "tamper": true})),
+        );
+        let members = [
+            Member {
+                usable: true,
+                values: &a,
+                condition: &sa,
+            },
+            Member {
+                usable: true,
+                values: &b,
+                condition: &sb,
+            },
+            // offline or stale: its reading does not count, its condition does
+            Member {
+                usable: false,
+                values: &c,
+                condition: &sc,
+            },
+        ];
+        let (reading, state) = measure(&policy(), &members);
+        assert_eq!(
+            Value::Object(reading),
+            json!({"members": 3, "usable": 2, "present": 1, "occupancy": 0.5, "temperature": 21.5, "co2": 900.0})
+        );
+        assert_eq!(
+            Value::Object(state),
+            json!({"members": 3, "usable": 2, "battery": 5.0, "tamper": 1.0})
+        );
+        let (reading, _) = measure(&policy(), &[]);
+        assert_eq!(
+            reading["occupancy"],
+            Value::Null,
+            "no usable member: unknown"
+        );
+        assert_eq!(reading["temperature"], Value::Null);
+    }
+
+    /// Each row: at this time, the group's reading (occupancy, temperature) after a member's
+    /// reading → the `changed` of the report sent (none: no report).
+    #[test]
+    fn reports_as_a_table() {
+        let p = policy();
+        let r = |occ: f64, t: f64| map(json!({"occupancy": occ, "temperature": t}));
+        #[rustfmt::skip]
+        type Row = (Millis, Map<String, Value>, Option<Vec<&'static str>>);
+        let rows: Vec<Row> = vec![
+            (1_000, r(0.0, 21.0), Some(vec!["occupancy", "temperature"])), // the first is news
+            (2_000, r(0.1, 21.2), None),                                   // inside both deadbands
+            (3_000, r(0.5, 21.2), None), // a change inside min_interval: held
+            (4_000, r(0.5, 21.4), None),
+            (11_000, r(0.5, 21.4), Some(vec!["occupancy"])), // flushed by the next reading after it ends
+            (12_000, r(1.0, 21.4), None),                    // held again
+            (13_000, r(0.6, 21.4), None), // back within the deadband: nothing held
+            (30_000, r(0.6, 21.4), None),
+        ];
+        let mut s = GroupState::default();
+        for (i, (now, reading, want)) in rows.into_iter().enumerate() {
+            let mut dirty = false;
+            let got = reading_arrived(&mut s, &p, &reading, now, &mut dirty);
+            let got = got.map(|g| g.changed.clone());
+            let want = want.map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            assert_eq!(got, want, "row {i} at {now}");
+        }
+        assert!(!s.held);
+    }
+
+    #[test]
+    fn a_held_change_goes_out_when_its_interval_ends_and_silence_is_stale_once() {
+        let p = policy();
+        let mut s = GroupState::default();
+        let mut dirty = false;
+        let first = map(json!({"occupancy": 0.0}));
+        assert!(reading_arrived(&mut s, &p, &first, 1_000, &mut dirty).is_some());
+        let now = map(json!({"occupancy": 1.0}));
+        assert!(reading_arrived(&mut s, &p, &now, 2_000, &mut dirty).is_none());
+        assert_eq!(deadline(&s, &p, 0), Some(11_000));
+        let out = due(&mut s, &p, &now, 0, 11_000, &mut dirty);
+        assert_eq!(
+            out,
+            [GroupTimed::Report(GroupReport {
+                values: now.clone(),
+                changed: vec!["occupancy".into()]
+            })]
+        );
+        // No member reading for a minute: stale, once.
+        assert_eq!(deadline(&s, &p, 0), Some(62_000));
+        assert_eq!(
+            due(&mut s, &p, &now, 0, 62_000, &mut dirty),
+            [GroupTimed::Stale {
+                last_reading: 2_000
+            }]
+        );
+        assert!(due(&mut s, &p, &now, 0, 200_000, &mut dirty).is_empty());
+        assert_eq!(deadline(&s, &p, 0), None);
+        // The next reading is reported whatever it says.
+        let report = reading_arrived(&mut s, &p, &now, 300_000, &mut dirty).unwrap();
+        assert!(report.changed.is_empty());
+    }
+
+    #[test]
+    fn state_changes_are_told_at_once() {
+        let p = policy();
+        let mut s = GroupState::default();
+        let mut dirty = false;
+        let st = |usable: u64, battery: f64| {
+            map(json!({"members": 3, "usable": usable, "battery": battery}))
+        };
+        assert!(state_observed(&mut s, &p, &st(3, 80.0), &mut dirty).is_some());
+        assert!(state_observed(&mut s, &p, &st(3, 80.0), &mut dirty).is_none());
+        let r = state_observed(&mut s, &p, &st(2, 80.0), &mut dirty).unwrap();
+        assert_eq!(r.changed, ["usable"]);
+        let r = state_observed(&mut s, &p, &st(2, 10.0), &mut dirty).unwrap();
+        assert_eq!(r.changed, ["battery"]);
+    }
+}
