@@ -158,8 +158,8 @@ max = "500ms"
     publish(&mut sensor, 5, 1.0).await;
     sensor.shut_down().await.unwrap();
     receiver
-        .wait_until(LONG, "online and offline as CloudEvents", |s| {
-            s.events.len() >= 2
+        .wait_until(LONG, "registered, online and offline as CloudEvents", |s| {
+            s.events.len() >= 3
         })
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -175,7 +175,7 @@ max = "500ms"
             .collect();
         assert_eq!(
             types,
-            ["device.online", "device.offline"],
+            ["device.registered", "device.online", "device.offline"],
             "readings filtered out"
         );
         for e in &s.events {
@@ -224,7 +224,7 @@ async fn gone_disables_the_endpoint_until_outbox_enable_and_nothing_is_lost() {
     let (code, out, err) = daemon.outbox_cli(&["status"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("DISABLED") && out.contains("410"), "{out}");
-    let pending = 1 + changes.len(); // device.online + the readings
+    let pending = 2 + changes.len(); // device.registered, device.online + the readings
     assert!(out.contains(&format!("pending       {pending}")), "{out}");
     let (code, out, _) = daemon.outbox_cli(&["enable"]);
     assert_eq!(code, 0);
@@ -264,7 +264,8 @@ async fn max_attempts_keeps_dead_letters_that_replay_delivers() {
     let wait = Instant::now() + LONG;
     common::until(
         wait,
-        || daemon.metric("edgehook_dead_letters_total{endpoint=\"default\"}") == Some(3),
+        // registered, online and two readings
+        || daemon.metric("edgehook_dead_letters_total{endpoint=\"default\"}") == Some(4),
         || {
             format!(
                 "{:?}\n{}",
@@ -286,7 +287,7 @@ async fn max_attempts_keeps_dead_letters_that_replay_delivers() {
             .filter(|(id, _)| !s.ids.contains(*id))
             .map(|(_, a)| a.len())
             .collect();
-        assert_eq!(tries, [3, 3, 3], "three attempts each, then given up");
+        assert_eq!(tries, [3, 3, 3, 3], "three attempts each, then given up");
     });
     assert_eq!(
         daemon.metric("edgehook_outbox_depth"),
@@ -297,7 +298,7 @@ async fn max_attempts_keeps_dead_letters_that_replay_delivers() {
 
     let (code, out, err) = daemon.outbox_cli(&["list", "--dead"]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out.lines().count(), 3, "{out}");
+    assert_eq!(out.lines().count(), 4, "{out}");
     assert!(
         out.lines()
             .all(|l| l.contains("max_attempts") && l.contains("HTTP 503")),
@@ -305,7 +306,7 @@ async fn max_attempts_keeps_dead_letters_that_replay_delivers() {
     );
     let (code, out, _) = daemon.outbox_cli(&["replay", "--all-dead"]);
     assert_eq!(code, 0);
-    assert!(out.contains("3 dead letter(s) queued again"), "{out}");
+    assert!(out.contains("4 dead letter(s) queued again"), "{out}");
     let (code, _, err) = daemon.outbox_cli(&["replay", "no-such-id"]);
     assert_eq!(code, 2);
     assert!(err.contains("no dead letter"), "{err}");
@@ -390,7 +391,8 @@ async fn a_failing_endpoint_never_delays_a_healthy_one() {
     let wait = Instant::now() + LONG;
     common::until(
         wait,
-        || pending(&daemon, "default") == Some(0) && pending(&daemon, "ops") == Some(1),
+        // ops takes device.* only: device.registered and device.online
+        || pending(&daemon, "default") == Some(0) && pending(&daemon, "ops") == Some(2),
         || {
             format!(
                 "{:?} {:?}",
@@ -426,7 +428,7 @@ async fn a_failing_endpoint_never_delays_a_healthy_one() {
     assert!(out.contains("endpoint default: active"), "{out}");
     assert!(out.contains("endpoint ops: active"), "{out}");
     let ops_section = out.split("endpoint ops:").nth(1).unwrap();
-    assert!(ops_section.contains("pending       1 ("), "{out}");
+    assert!(ops_section.contains("pending       2 ("), "{out}");
     let (code, log, _) = daemon.outbox_cli(&["log", "--endpoint", "ops"]);
     assert_eq!(code, 0);
     assert!(log.lines().count() >= 3, "{log}");
@@ -445,8 +447,10 @@ async fn a_failing_endpoint_never_delays_a_healthy_one() {
     // The ops endpoint comes back: it gets its device event; nobody gets a duplicate.
     ops.fail_with(0);
     daemon.start();
-    ops.wait_until(LONG, "the device event at the recovered endpoint", |s| {
-        s.events.len() == 1 && s.of_type("device.online").len() == 1
+    ops.wait_until(LONG, "the device events at the recovered endpoint", |s| {
+        s.events.len() == 2
+            && s.of_type("device.registered").len() == 1
+            && s.of_type("device.online").len() == 1
     })
     .await;
     all.seen(|s| assert_eq!(s.duplicates, 0));
@@ -478,9 +482,10 @@ async fn a_removed_endpoints_queue_is_kept_until_purged() {
         || daemon.log(),
     )
     .await;
+    // device.registered and device.online
     assert_eq!(
         daemon.metric("edgehook_endpoint_pending{endpoint=\"ops\"}"),
-        Some(1)
+        Some(2)
     );
     assert_eq!(daemon.terminate(), Some(0));
     let (_, out, _) = daemon.outbox_cli(&["status"]);
@@ -488,13 +493,13 @@ async fn a_removed_endpoints_queue_is_kept_until_purged() {
     let (code, _, err) = daemon.outbox_cli(&["purge", "--endpoint", "ops"]);
     assert_eq!(code, 2);
     assert!(
-        err.contains("deletes 1 pending events of endpoint ops"),
+        err.contains("deletes 2 pending events of endpoint ops"),
         "{err}"
     );
     let (code, out, _) = daemon.outbox_cli(&["purge", "--endpoint", "ops", "--yes"]);
     assert_eq!(code, 0);
     assert!(
-        out.contains("deleted 1 pending events of endpoint ops"),
+        out.contains("deleted 2 pending events of endpoint ops"),
         "{out}"
     );
     let (code, _, err) = daemon.outbox_cli(&["list", "--endpoint", "nope"]);
@@ -715,9 +720,10 @@ max_size = "256KiB"
     let pending_ops = daemon
         .metric("edgehook_endpoint_pending{endpoint=\"ops\"}")
         .unwrap();
+    // 3000 readings, and each of the four devices' registration and online.
     assert_eq!(
         pending_ops + dropped,
-        3004,
+        3008,
         "every event kept or counted as dropped"
     );
     let health = common::http_get(daemon.metrics_port, "/healthz").unwrap();

@@ -151,6 +151,7 @@ async fn silent_bouncing_and_dead_devices_produce_exactly_the_right_webhooks() {
         assert_eq!(
             sequence("h-occ-a"),
             [
+                "device.registered",
                 "device.online",
                 "sensor.reading.updated",
                 "device.lost_communication",
@@ -160,12 +161,21 @@ async fn silent_bouncing_and_dead_devices_produce_exactly_the_right_webhooks() {
         );
         assert_eq!(
             sequence("h-occ-b"),
-            ["device.online", "sensor.reading.updated"],
+            [
+                "device.registered",
+                "device.online",
+                "sensor.reading.updated"
+            ],
             "a bounce inside the debounce window sends nothing"
         );
         assert_eq!(
             sequence("h-occ-c"),
-            ["device.online", "sensor.reading.updated", "device.offline"]
+            [
+                "device.registered",
+                "device.online",
+                "sensor.reading.updated",
+                "device.offline"
+            ]
         );
         let lost = &s.of_type("device.lost_communication")[0]["data"];
         assert!(lost["last_seen"].as_str().unwrap().ends_with('Z'), "{lost}");

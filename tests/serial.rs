@@ -198,6 +198,7 @@ async fn unplug_marks_the_bus_offline_and_replug_brings_it_back() {
             assert_eq!(
                 sequence,
                 [
+                    "device.registered",
                     "device.online",
                     "sensor.reading.updated",
                     "device.offline",
