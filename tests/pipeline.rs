@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{device, publish, Daemon, Mosquitto, Receiver};
 use firmware_sim::DeviceClass;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -455,5 +455,139 @@ async fn a_firmware_update_is_told_once() {
         assert_eq!(updates[0]["data"]["previous"], "2.0.1");
         assert_eq!(updates[0]["data"]["version"], "2.1.0");
     });
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// Issue 20: the whole device vocabulary through mosquitto, the outbox and a verifying
+/// receiver, across a `kill -9`: a device registered once with its identity, its battery as
+/// `sensor.state.updated` (never as a reading), its configuration out of sync after the grace
+/// and back in sync, a floor group's occupancy as one, and a silent device forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_vocabulary_arrives_once_each_across_a_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let rules = r#"
+[[device_classes]]
+name = "occupancy"
+match = ["voc-*"]
+debounce = "0s"
+identity_fields = ["model"]
+state_fields = ["battery"]
+state_deadband = { battery = 5 }
+sync_field = "config"
+desired = "v2"
+sync_grace = "1s"
+forget_after = "3s"
+
+[[groups]]
+id = "floor-v"
+members = ["voc-*"]
+aggregates = { temperature = "mean" }
+"#;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, rules);
+    daemon.start();
+    let (a, b) = ("sensors/voc-a/reading", "sensors/voc-b/reading");
+    common::publish_plain(
+        broker.port,
+        "voc-1",
+        &[
+            (a, r#"{"presence":true,"temperature":21.0,"battery":90,"model":"OCC-9","config":"v1","seq":1}"#),
+            (b, r#"{"presence":false,"temperature":23.0,"battery":80,"model":"OCC-9","config":"v2","seq":1}"#),
+        ],
+    )
+    .await;
+    receiver
+        .wait_until(LONG, "voc-a out of sync after its grace", |s| {
+            !s.of_type("device.out_of_sync").is_empty()
+        })
+        .await;
+    daemon.kill9();
+    daemon.start();
+    common::publish_plain(
+        broker.port,
+        "voc-2",
+        &[
+            (a, r#"{"battery":84,"seq":2}"#),
+            (
+                a,
+                r#"{"presence":true,"temperature":21.0,"config":"v2","seq":3}"#,
+            ),
+        ],
+    )
+    .await;
+    receiver
+        .wait_until(
+            LONG,
+            "back in sync, and both forgotten after 3 s of silence",
+            |s| {
+                !s.of_type("device.in_sync").is_empty()
+                    && s.of_type("device.unregistered").len() >= 2
+            },
+        )
+        .await;
+    receiver.seen(|s| {
+        let of = |kind: &str, device: &str| -> Vec<Value> {
+            s.of_type(kind)
+                .into_iter()
+                .filter(|e| e["data"]["device_id"] == device)
+                .map(|e| e["data"].clone())
+                .collect()
+        };
+        let registered = of("device.registered", "voc-a");
+        assert_eq!(registered.len(), 1, "once, not again after the kill -9");
+        assert_eq!(registered[0]["identity"], json!({"model": "OCC-9"}));
+        assert_eq!(registered[0]["class"], "occupancy");
+        let battery: Vec<Value> = of("sensor.state.updated", "voc-a")
+            .iter()
+            .map(|d| d["state"]["battery"].clone())
+            .collect();
+        assert_eq!(
+            battery,
+            [json!(90), json!(84)],
+            "6 below 90 is beyond the deadband of 5"
+        );
+        for r in of("sensor.reading.updated", "voc-a") {
+            assert!(
+                r["fields"].get("battery").is_none(),
+                "a state field in a reading: {r}"
+            );
+        }
+        let out = of("device.out_of_sync", "voc-a");
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0]["reported"].clone(), out[0]["desired"].clone()),
+            (json!("v1"), json!("v2"))
+        );
+        assert_eq!(of("device.in_sync", "voc-a").len(), 1);
+        assert!(
+            of("device.out_of_sync", "voc-b").is_empty(),
+            "in sync from the start"
+        );
+        let floor: Vec<Value> = s
+            .of_type("sensor.group.reading.updated")
+            .into_iter()
+            .map(|e| e["data"].clone())
+            .collect();
+        assert!(
+            floor
+                .iter()
+                .any(|g| g["members"] == 2 && g["occupancy"] == 0.5 && g["temperature"] == 22.0),
+            "{floor:?}"
+        );
+        let gone = of("device.unregistered", "voc-b");
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0]["reason"], "forget_after");
+        assert_eq!(s.bad_signatures, 0);
+    });
+    // Forgotten means gone from the store too.
+    let api = common::Api::new(daemon.metrics_port);
+    assert_eq!(
+        api.get("/v1/devices/{id}", "/v1/devices/voc-b")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(daemon.metric("edgehook_devices"), Some(0));
     assert_eq!(daemon.terminate(), Some(0));
 }
