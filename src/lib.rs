@@ -56,6 +56,7 @@ pub mod demo;
 pub mod device;
 pub mod event;
 pub mod fault_log;
+pub mod jq;
 pub mod metrics;
 pub mod outbox;
 pub mod secret;

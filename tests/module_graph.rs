@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
         "clock",
         "event",
         "fault_log",
+        "jq",
         "metrics",
         "secret",
         "size",

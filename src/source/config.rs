@@ -102,6 +102,13 @@ pub struct Subscription {
     /// patterns like `topic` (a `{device}` level is allowed, not needed): skipped.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// A jq filter (run by jaq, as templates are: no clock, environment or input) that maps
+    /// the JSON payload before the rest applies: for a reading, to an object of fields (then
+    /// `fields` and `flatten` apply to it); for a status, to `true`/`false`, `"online"` or
+    /// `{"state": ...}`. `empty` skips the message (it is no device message); a filter that
+    /// fails on a payload counts it as a `mapping` decode error.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub jq: String,
 }
 
 /// One serial port and how its bytes become device messages. Frames are lines; see
@@ -306,6 +313,17 @@ pub fn validate(
                     sub.fields
                 ),
             );
+        }
+        if !sub.jq.is_empty() {
+            if sub.kind == PayloadKind::Online {
+                return bad(
+                    &key("jq"),
+                    "an `online` subscription reads no payload".into(),
+                );
+            }
+            if let Err(e) = crate::jq::Filter::compile(&sub.jq) {
+                return bad(&key("jq"), format!("the filter {e}"));
+            }
         }
         if sub.kind != PayloadKind::Reading && (!sub.fields.is_empty() || sub.flatten) {
             return bad(

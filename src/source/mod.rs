@@ -89,17 +89,20 @@ pub enum DecodeError {
     BadDeviceId(String),
     #[error("payload has no object of fields at `{0}`")]
     NoFields(String),
+    #[error("the subscription's jq mapping failed on the payload: {0}")]
+    Mapping(String),
 }
 
 impl DecodeError {
     /// Every kind, for metrics.
-    pub const KINDS: [&'static str; 6] = [
+    pub const KINDS: [&'static str; 7] = [
         "oversize",
         "not_json",
         "not_object",
         "bad_status",
         "bad_device_id",
         "no_fields",
+        "mapping",
     ];
 
     /// A short stable name, used as a metric label.
@@ -111,6 +114,7 @@ impl DecodeError {
             DecodeError::BadStatus => 3,
             DecodeError::BadDeviceId(_) => 4,
             DecodeError::NoFields(_) => 5,
+            DecodeError::Mapping(_) => 6,
         }]
     }
 }

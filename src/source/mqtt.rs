@@ -201,6 +201,8 @@ struct Route {
     /// JSON pointer to the fields (empty: the payload), and whether to flatten them.
     fields: String,
     flatten: bool,
+    /// The subscription's jq mapping, applied to the payload first.
+    jq: Option<crate::jq::Filter>,
 }
 
 /// Topic patterns and payload rules: turns (topic, payload) into a device message.
@@ -226,6 +228,13 @@ impl Decoder {
                     metadata: s.metadata_fields.into(),
                     fields: s.fields,
                     flatten: s.flatten,
+                    jq: match s.jq.as_str() {
+                        "" => None,
+                        code => Some(
+                            crate::jq::Filter::compile(code)
+                                .map_err(|e| format!("the jq filter {e}"))?,
+                        ),
+                    },
                 })
             })
             .collect::<Result<_, String>>()?;
@@ -264,6 +273,28 @@ impl Decoder {
             return Ok(None);
         }
         check_device_id(device)?;
+        let mapped;
+        let payload = match &route.jq {
+            None => payload,
+            Some(filter) => {
+                if payload.len() > self.max_payload {
+                    return Err(DecodeError::Oversize {
+                        size: payload.len(),
+                        limit: self.max_payload,
+                    });
+                }
+                match filter.run(payload) {
+                    Ok(Some(out)) => {
+                        mapped = out;
+                        mapped.as_slice()
+                    }
+                    // The mapping says this is no device message.
+                    Ok(None) => return Ok(None),
+                    Err(crate::jq::RunError::Input(e)) => return Err(DecodeError::NotJson(e)),
+                    Err(e) => return Err(DecodeError::Mapping(e.to_string())),
+                }
+            }
+        };
         let body = match route.kind {
             PayloadKind::Reading => InboundBody::Reading {
                 fields: decode_fields(payload, self.max_payload, &route.fields, route.flatten)?,
@@ -638,6 +669,81 @@ mod tests {
         ] {
             let e = TopicPattern::parse(pattern).unwrap_err();
             assert!(e.contains(needle), "{pattern}: {e}");
+        }
+    }
+
+    /// Issue 20: a jq mapping shapes a payload no pointer can (a device's own JSON): fields
+    /// renamed and picked, a status from a nested value, `empty` for what is no device
+    /// message, a failure counted as `mapping`; a filter that cannot work is a check-config
+    /// error naming the key.
+    #[test]
+    fn a_jq_mapping_shapes_the_payload_first() {
+        let config = crate::config::Config::from_toml_str(
+            r#"
+            gateway_id = "gw"
+            [mqtt]
+            subscriptions = [
+              { topic = "v/{device}/data", kind = "reading", jq = 'select(.sensors.t_dc != null) | {presence: (.sensors.pir == 1), temperature: (.sensors.t_dc / 10)}' },
+              { topic = "v/{device}/conn", kind = "status", jq = '.link.up' },
+            ]
+            [webhook]
+            url = "http://127.0.0.1:1/"
+            secret = "x"
+            "#,
+        )
+        .unwrap();
+        let d = Decoder::new(&config.mqtt).unwrap();
+        let (dev, body) = d
+            .decode(
+                "v/desk-1/data",
+                br#"{"sensors":{"pir":1,"t_dc":215},"rssi":-70}"#,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(dev, "desk-1");
+        match body {
+            InboundBody::Reading { fields, .. } => assert_eq!(
+                Value::Object(fields),
+                serde_json::json!({"presence": true, "temperature": 21.5})
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            d.decode("v/desk-1/conn", br#"{"link":{"up":false}}"#)
+                .unwrap()
+                .unwrap()
+                .1,
+            InboundBody::Status { online: false }
+        );
+        // `select` gave nothing: no device message, skipped quietly.
+        assert!(d
+            .decode("v/desk-1/data", br#"{"sensors":{"pir":0}}"#)
+            .unwrap()
+            .is_none());
+        // The filter fails on this payload (a string divided): a mapping error.
+        let e = d
+            .decode("v/desk-1/data", br#"{"sensors":{"pir":0,"t_dc":"x"}}"#)
+            .unwrap_err();
+        assert_eq!(e.kind(), "mapping", "{e}");
+        assert_eq!(
+            d.decode("v/desk-1/data", b"nope").unwrap_err().kind(),
+            "not_json"
+        );
+        for (jq, kind, want) in [
+            ("{a: ", "reading", "does not parse"),
+            ("now", "reading", "`now`"),
+            (".", "online", "reads no payload"),
+        ] {
+            let text = format!(
+                "gateway_id = \"gw\"\n[mqtt]\nsubscriptions = [{{ topic = \"v/{{device}}/x\", kind = \"{kind}\", jq = '{jq}' }}]\n[webhook]\nurl = \"http://127.0.0.1:1/\"\nsecret = \"x\"\n"
+            );
+            let e = crate::config::Config::from_toml_str(&text)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("mqtt.subscriptions[0].jq") && e.contains(want),
+                "{jq}: {e}"
+            );
         }
     }
 

@@ -6,7 +6,7 @@
 //! | preset | topics | fields | status |
 //! |---|---|---|---|
 //! | `zigbee2mqtt` | `zigbee2mqtt/<friendly name>` (names may contain `/`); `bridge/...`, `.../set`, `.../get` skipped | the JSON state (`occupancy`, `illuminance`, `battery`, ...; `linkquality` and `last_seen` carried, not compared) | `zigbee2mqtt/<name>/availability`: `{"state":"online"}` or the legacy `online` |
-//! | `chirpstack` | `application/<id>/device/<devEUI>/event/up` (ChirpStack v4) | the decoded `object` | `.../event/join`: online |
+//! | `chirpstack` | `application/<id>/device/<devEUI>/event/up` (ChirpStack v4); `.../event/status` | the decoded `object`; from a status event `battery`, `external_power`, `margin` (a jq mapping) | `.../event/join`: online |
 //! | `the_things_stack` | `v3/<app>[@<tenant>]/devices/<id>/up` | `uplink_message.decoded_payload` | - |
 //! | `tasmota` | `tele/<topic>/SENSOR` | nested sensor objects, flattened (`AM2301.Temperature`; `Time` carried) | `tele/<topic>/LWT`: `Online` / `Offline` |
 //! | `shelly` | `<id>/status/<component>` (Gen2+) | the component's status, flattened | `<id>/online`: `true` / `false` |
@@ -25,6 +25,11 @@ pub enum Preset {
     Shelly,
 }
 
+/// ChirpStack's device-status event as fields: `battery` (percent; left out when the device
+/// cannot tell), `external_power`, `margin` (dB). List `battery` in the class's `state_fields`
+/// to have it reported as `sensor.state.updated`.
+const CHIRPSTACK_STATUS: &str = r#"{battery: (if .batteryLevelUnavailable then null else .batteryLevel end), external_power: .externalPowerSource, margin: .margin} | with_entries(select(.value != null))"#;
+
 fn sub(topic: &str, kind: PayloadKind) -> Subscription {
     Subscription {
         topic: topic.into(),
@@ -33,6 +38,7 @@ fn sub(topic: &str, kind: PayloadKind) -> Subscription {
         fields: String::new(),
         flatten: false,
         exclude: Vec::new(),
+        jq: String::new(),
     }
 }
 
@@ -71,6 +77,13 @@ impl Preset {
                     "application/+/device/{device}/event/join",
                     PayloadKind::Online,
                 ),
+                Subscription {
+                    jq: CHIRPSTACK_STATUS.into(),
+                    ..sub(
+                        "application/+/device/{device}/event/status",
+                        PayloadKind::Reading,
+                    )
+                },
             ],
             Preset::TheThingsStack => vec![Subscription {
                 fields: "/uplink_message/decoded_payload".into(),
@@ -144,7 +157,7 @@ mod tests {
             // What the broker is asked for covers every message of the preset.
             assert!(!decoder.filters().is_empty());
         }
-        assert_eq!(checked, 16);
+        assert_eq!(checked, 18);
     }
 
     #[test]
