@@ -591,3 +591,93 @@ aggregates = { temperature = "mean" }
     assert_eq!(daemon.metric("edgehook_devices"), Some(0));
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+/// Issue 20: firmware-sim publishes as each ecosystem does (`--profile`), and edgehook's preset
+/// of the same name takes it: every simulated device registered, online, its readings as the
+/// ecosystem names its fields, and offline where the ecosystem tells a goodbye.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firmware_sim_publishes_as_each_ecosystem_and_its_preset_takes_it() {
+    use firmware_sim::{run_fleet, FleetConfig, Profile, Topics};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let class = "[[device_classes]]\nname = \"sims\"\nmatch = [\"*-occ-*\"]\ndebounce = \"0s\"\n";
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, class);
+    daemon.env.push((
+        "EDGEHOOK_MQTT__PRESETS".into(),
+        "[zigbee2mqtt, chirpstack, the_things_stack, tasmota, shelly]".into(),
+    ));
+    daemon
+        .env
+        .push(("EDGEHOOK_MQTT__SUBSCRIPTIONS".into(), "[]".into()));
+    daemon.start();
+    let profiles = [
+        (Profile::Zigbee2mqtt, vec!["occupancy", "temperature"], true),
+        (Profile::Chirpstack, vec!["presence", "temperature"], false),
+        (
+            Profile::TheThingsStack,
+            vec!["presence", "temperature"],
+            false,
+        ),
+        (
+            Profile::Tasmota,
+            vec!["AM2301.Temperature", "Switch1"],
+            true,
+        ),
+        (Profile::Shelly, vec!["state", "tC", "tF"], true),
+    ];
+    for (profile, _, _) in &profiles {
+        let config = FleetConfig {
+            port: broker.port,
+            sensors: 1,
+            displays: 0,
+            interval: Duration::from_millis(100),
+            readings: Some(2),
+            change_ratio: 1.0,
+            prefix: profile.name().into(),
+            topics: Topics::profile(*profile),
+            ..Default::default()
+        };
+        run_fleet(config, std::future::pending()).await.unwrap();
+    }
+    let ids: Vec<String> = profiles
+        .iter()
+        .map(|(p, _, _)| format!("{}-occ-1", p.name()))
+        .collect();
+    receiver
+        .wait_until(LONG, "every ecosystem's device and its goodbye", |s| {
+            ids.iter().all(|id| !s.readings_of(id).is_empty())
+                && s.of_type("device.offline").len() == 3
+        })
+        .await;
+    receiver.seen(|s| {
+        for ((profile, fields, goodbye), id) in profiles.iter().zip(&ids) {
+            let of = |kind: &str| {
+                s.of_type(kind)
+                    .into_iter()
+                    .filter(|e| e["data"]["device_id"] == id.as_str())
+                    .count()
+            };
+            assert_eq!(of("device.registered"), 1, "{profile:?}");
+            assert_eq!(of("device.online"), 1, "{profile:?}");
+            assert_eq!(of("device.offline"), *goodbye as usize, "{profile:?}");
+            let mut seen: Vec<String> = s
+                .readings_of(id)
+                .iter()
+                .flat_map(|f| f.as_object().unwrap().keys().cloned().collect::<Vec<_>>())
+                .filter(|k| fields.contains(&k.as_str()))
+                .collect();
+            seen.sort();
+            seen.dedup();
+            let mut want: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+            want.sort();
+            assert_eq!(seen, want, "{profile:?}: {:?}", s.readings_of(id));
+        }
+        assert_eq!(s.bad_signatures, 0);
+    });
+    assert_eq!(
+        daemon.metric("edgehook_decode_errors_total{kind=\"mapping\"}"),
+        Some(0)
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}

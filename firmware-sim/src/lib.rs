@@ -18,12 +18,18 @@
 //! - `rooms/{device}/display` — room displays: `{"state":"available"|"in_use","booked":bool,"seq":n,"ts":ms}`
 //! - `devices/{device}/status` — `online` / `offline` (birth and last-will)
 //!
+//! A [`Profile`] publishes the same readings as an ecosystem does (Zigbee2MQTT, ChirpStack, The
+//! Things Stack, Tasmota, Shelly), on its topics and in its shapes.
+//!
 //! Serial devices ([`serial`]) write the same readings as framed lines on a real pseudo-terminal.
 //! With the `powercut` feature, [`powercut`] simulates the gateway's SD card losing power.
 
 #[cfg(feature = "powercut")]
 pub mod powercut;
+pub mod profile;
 pub mod serial;
+
+pub use profile::Profile;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,12 +46,14 @@ pub enum DeviceClass {
     RoomDisplay,
 }
 
-/// Topic templates; `{device}` is replaced by the device id.
+/// Topic templates; `{device}` is replaced by the device id. They are the `edgehook`
+/// profile's; another `profile` has its ecosystem's own.
 #[derive(Debug, Clone)]
 pub struct Topics {
     pub sensor_reading: String,
     pub display_reading: String,
     pub status: String,
+    pub profile: Profile,
 }
 
 impl Default for Topics {
@@ -54,18 +62,29 @@ impl Default for Topics {
             sensor_reading: "sensors/{device}/reading".into(),
             display_reading: "rooms/{device}/display".into(),
             status: "devices/{device}/status".into(),
+            profile: Profile::Edgehook,
         }
     }
 }
 
 impl Topics {
-    fn reading(&self, class: DeviceClass, id: &str) -> String {
+    /// The default topics, published as `profile` does.
+    pub fn profile(profile: Profile) -> Topics {
+        Topics {
+            profile,
+            ..Topics::default()
+        }
+    }
+}
+
+impl Topics {
+    pub(crate) fn reading(&self, class: DeviceClass, id: &str) -> String {
         match class {
             DeviceClass::OccupancySensor => self.sensor_reading.replace("{device}", id),
             DeviceClass::RoomDisplay => self.display_reading.replace("{device}", id),
         }
     }
-    fn status(&self, id: &str) -> String {
+    pub(crate) fn status(&self, id: &str) -> String {
         self.status.replace("{device}", id)
     }
 }
@@ -189,7 +208,9 @@ impl SimDevice {
         firmware: Firmware,
         topics: Topics,
     ) -> anyhow::Result<SimDevice> {
-        let status = topics.status(&firmware.id);
+        let profile = topics.profile;
+        let birth = profile.status(&topics, &firmware.id, true);
+        let will = profile.status(&topics, &firmware.id, false);
         let mut options = MqttOptions::new(format!("sim-{}", firmware.id), host, port);
         options
             .set_keep_alive(Duration::from_secs(5))
@@ -197,15 +218,22 @@ impl SimDevice {
             // to a broker that kept the session, unacknowledged publishes are sent again.
             .set_clean_session(false)
             .set_inflight(200)
-            .set_max_packet_size(4 << 20, 4 << 20)
-            .set_last_will(LastWill::new(&status, "offline", QoS::AtLeastOnce, true));
+            .set_max_packet_size(4 << 20, 4 << 20);
+        if let Some((topic, payload)) = &will {
+            options.set_last_will(LastWill::new(
+                topic,
+                payload.clone(),
+                QoS::AtLeastOnce,
+                true,
+            ));
+        }
         let (client, eventloop) = AsyncClient::new(options, 1024);
         let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
         let (acked_tx, acked) = tokio::sync::watch::channel(0u64);
         let births = Arc::new(AtomicU64::new(0));
         let rebirth = Rebirth {
             client: client.clone(),
-            topic: status.clone(),
+            birth: birth.clone(),
             births: births.clone(),
         };
         let poller = tokio::spawn(poll(eventloop, connected_tx, acked_tx, rebirth));
@@ -218,9 +246,13 @@ impl SimDevice {
                 )
             })?
             .map_err(|_| anyhow::anyhow!("{}: connection to {host}:{port} failed", firmware.id))?;
-        client
-            .publish(status, QoS::AtLeastOnce, true, "online")
-            .await?;
+        let mut published = 0;
+        if let Some((topic, payload)) = birth {
+            client
+                .publish(topic, QoS::AtLeastOnce, true, payload)
+                .await?;
+            published += 1;
+        }
         Ok(SimDevice {
             firmware,
             host: host.to_string(),
@@ -229,7 +261,7 @@ impl SimDevice {
             topics,
             poller,
             acked,
-            published: 1,
+            published,
             births,
         })
     }
@@ -237,7 +269,17 @@ impl SimDevice {
     /// Publish the next reading (QoS 1); returns it and whether it changed a tracked field.
     pub async fn publish_next(&mut self, change_ratio: f64) -> anyhow::Result<(Value, bool)> {
         let (payload, changed) = self.firmware.next_reading(change_ratio, now_ms());
-        self.publish_raw(payload.to_string().into_bytes()).await?;
+        let id = &self.firmware.id;
+        for (topic, body) in
+            self.topics
+                .profile
+                .reading(&self.topics, self.firmware.class, id, &payload)
+        {
+            self.client
+                .publish(topic, QoS::AtLeastOnce, false, body)
+                .await?;
+            self.published += 1;
+        }
         Ok((payload, changed))
     }
 
@@ -254,12 +296,16 @@ impl SimDevice {
     /// Publish a status report (QoS 1, not retained: a report only this moment's subscribers
     /// see, so whoever acknowledged it must remember it).
     pub async fn publish_status(&mut self, online: bool) -> anyhow::Result<()> {
-        let status = self.topics.status(&self.firmware.id);
-        let payload = if online { "online" } else { "offline" };
-        self.client
-            .publish(status, QoS::AtLeastOnce, false, payload)
-            .await?;
-        self.published += 1;
+        let status = self
+            .topics
+            .profile
+            .status(&self.topics, &self.firmware.id, online);
+        if let Some((topic, payload)) = status {
+            self.client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await?;
+            self.published += 1;
+        }
         Ok(())
     }
 
@@ -278,11 +324,16 @@ impl SimDevice {
 
     /// Announce `offline` and disconnect cleanly.
     pub async fn shut_down(mut self) -> anyhow::Result<()> {
-        let status = self.topics.status(&self.firmware.id);
-        self.client
-            .publish(status, QoS::AtLeastOnce, true, "offline")
-            .await?;
-        self.published += 1;
+        let status = self
+            .topics
+            .profile
+            .status(&self.topics, &self.firmware.id, false);
+        if let Some((topic, payload)) = status {
+            self.client
+                .publish(topic, QoS::AtLeastOnce, true, payload)
+                .await?;
+            self.published += 1;
+        }
         self.flushed().await?;
         self.client.disconnect().await?;
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.poller).await;
@@ -314,7 +365,8 @@ impl SimDevice {
 /// birth in a restart).
 struct Rebirth {
     client: AsyncClient,
-    topic: String,
+    /// The birth's topic and payload, if the profile has one.
+    birth: Option<(String, Vec<u8>)>,
     births: Arc<AtomicU64>,
 }
 
@@ -332,14 +384,14 @@ async fn poll(
                 failures = 0;
                 if let Some(tx) = connected.take() {
                     let _ = tx.send(()); // `connect` publishes the first birth
-                } else {
+                } else if let Some((topic, payload)) = &rebirth.birth {
                     // Counted before it is queued, so its ack never stands in for another's.
                     rebirth.births.fetch_add(1, Ordering::SeqCst);
                     let birth = rebirth.client.try_publish(
-                        rebirth.topic.as_str(),
+                        topic.as_str(),
                         QoS::AtLeastOnce,
                         true,
-                        "online",
+                        payload.clone(),
                     );
                     if birth.is_err() {
                         rebirth.births.fetch_sub(1, Ordering::SeqCst);

@@ -48,6 +48,20 @@ struct Args {
     /// Device id prefix: <prefix>-occ-N, <prefix>-disp-N.
     #[arg(long, default_value = "sim")]
     prefix: String,
+    /// Publish as this ecosystem does (its topics and payloads; edgehook's preset of the same
+    /// name takes them): edgehook, zigbee2mqtt, chirpstack, the_things_stack, tasmota, shelly.
+    #[arg(long, default_value = "edgehook", value_parser = profile)]
+    profile: firmware_sim::Profile,
+}
+
+fn profile(name: &str) -> Result<firmware_sim::Profile, String> {
+    firmware_sim::Profile::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = firmware_sim::Profile::ALL
+            .iter()
+            .map(|p| p.name())
+            .collect();
+        format!("one of: {}", names.join(", "))
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,7 +198,7 @@ async fn main() -> anyhow::Result<()> {
         readings: args.readings,
         change_ratio: args.change_ratio,
         prefix: args.prefix,
-        topics: Topics::default(),
+        topics: Topics::profile(args.profile),
     };
     eprintln!(
         "firmware-sim: {} device(s) against {}:{}",
