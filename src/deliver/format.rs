@@ -159,7 +159,7 @@ pub fn render(format: PayloadFormat, stored: &[u8]) -> Result<Option<Vec<u8>>, S
             let mut context = serde_json::Map::new();
             context.insert("event_id".into(), ev["id"].clone());
             context.insert("gateway".into(), ev["gateway"].clone());
-            for key in ["device_id", "workspace_id"] {
+            for key in ["device_id", "workspace_id", "group_id"] {
                 if let Some(v) = data.get(key) {
                     context.insert(key.into(), v.clone());
                 }
@@ -175,6 +175,7 @@ pub fn render(format: PayloadFormat, stored: &[u8]) -> Result<Option<Vec<u8>>, S
             let subject = data
                 .get("workspace_id")
                 .or_else(|| data.get("device_id"))
+                .or_else(|| data.get("group_id"))
                 .cloned()
                 .unwrap_or(Value::Null);
             json!({
