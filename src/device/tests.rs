@@ -872,3 +872,52 @@ fn a_workspace_can_be_a_group_and_a_forgotten_member_leaves_it() {
         (json!(1), json!(1))
     );
 }
+
+/// Issue 20: a reload that moves a device to another class or group keeps its history: its
+/// state (nothing registered again), and the groups that stay keep what they last reported.
+#[test]
+fn a_reload_that_moves_a_device_keeps_its_history() {
+    let mut c = class("occ", "occ-*");
+    c.heartbeat = None;
+    let g = floor(&["occ-1", "occ-2"]);
+    let mut r = Registry::new(std::slice::from_ref(&c), &[], [], [], 0)
+        .with_groups(std::slice::from_ref(&g), []);
+    r.apply(
+        "occ-1",
+        &reading(json!({"presence": true, "temperature": 21.0})),
+        1_000,
+    );
+    r.apply(
+        "occ-2",
+        &reading(json!({"presence": false, "temperature": 21.0})),
+        1_000,
+    );
+    let mut other = class("desk", "occ-2");
+    other.heartbeat = None;
+    let mut east = floor(&["occ-2"]);
+    east.id = "east".into();
+    let rules = Rules {
+        classes: vec![other, c],
+        workspaces: Vec::new(),
+        groups: vec![floor(&["occ-1"]), east],
+    };
+    let a = r.reconfigure(&rules, 2_000);
+    assert!(!kinds(&a).contains(&"device.registered"), "{:?}", kinds(&a));
+    assert_eq!(r.class_name("occ-2"), "desk");
+    assert_eq!(r.device("occ-2").unwrap().values["presence"], json!(false));
+    // floor-2 kept its last report: the next reading that changes nothing of it sends nothing.
+    let a = r.apply(
+        "occ-1",
+        &reading(json!({"presence": true, "temperature": 21.1})),
+        3_000,
+    );
+    let floor_reports: Vec<&Event> = a
+        .events
+        .iter()
+        .filter(|e| e.lane == "group:floor-2")
+        .collect();
+    assert!(
+        floor_reports.iter().all(|e| e.data["members"] == 1),
+        "only a membership change is news: {floor_reports:?}"
+    );
+}
