@@ -109,6 +109,11 @@ pub struct Subscription {
     /// fails on a payload counts it as a `mapping` decode error.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub jq: String,
+    /// A JSON pointer to the device id in the payload (as received), for ecosystems that name
+    /// the device inside the message (`/deviceInfo/devEui`); then `topic` needs no `{device}`
+    /// level, and the payload's id wins over the topic's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub device: String,
 }
 
 /// One serial port and how its bytes become device messages. Frames are lines; see
@@ -297,7 +302,27 @@ pub fn validate(
     }
     for (i, sub) in mqtt.subscriptions.iter().enumerate() {
         let key = |k: &str| format!("mqtt.subscriptions[{i}].{k}");
-        if let Err(e) = super::mqtt::TopicPattern::parse(&sub.topic) {
+        if !sub.device.is_empty() && !sub.device.starts_with('/') {
+            return bad(
+                &key("device"),
+                format!(
+                    "`{}` is not a JSON pointer: it starts with `/`, e.g. \"/deviceInfo/devEui\"",
+                    sub.device
+                ),
+            );
+        }
+        if sub.kind == PayloadKind::Online && !sub.device.is_empty() {
+            return bad(
+                &key("device"),
+                "an `online` subscription reads no payload".into(),
+            );
+        }
+        let pattern = if sub.device.is_empty() {
+            super::mqtt::TopicPattern::parse(&sub.topic)
+        } else {
+            super::mqtt::TopicPattern::parse_filter(&sub.topic)
+        };
+        if let Err(e) = pattern {
             return bad(&key("topic"), e);
         }
         for (j, pattern) in sub.exclude.iter().enumerate() {

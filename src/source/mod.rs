@@ -91,11 +91,13 @@ pub enum DecodeError {
     NoFields(String),
     #[error("the subscription's jq mapping failed on the payload: {0}")]
     Mapping(String),
+    #[error("payload has no device id (a string or number) at `{0}`")]
+    NoDevice(String),
 }
 
 impl DecodeError {
     /// Every kind, for metrics.
-    pub const KINDS: [&'static str; 7] = [
+    pub const KINDS: [&'static str; 8] = [
         "oversize",
         "not_json",
         "not_object",
@@ -103,6 +105,7 @@ impl DecodeError {
         "bad_device_id",
         "no_fields",
         "mapping",
+        "no_device",
     ];
 
     /// A short stable name, used as a metric label.
@@ -115,6 +118,7 @@ impl DecodeError {
             DecodeError::BadDeviceId(_) => 4,
             DecodeError::NoFields(_) => 5,
             DecodeError::Mapping(_) => 6,
+            DecodeError::NoDevice(_) => 7,
         }]
     }
 }

@@ -203,6 +203,8 @@ struct Route {
     flatten: bool,
     /// The subscription's jq mapping, applied to the payload first.
     jq: Option<crate::jq::Filter>,
+    /// A JSON pointer to the device id in the payload (as received).
+    device: Option<String>,
 }
 
 /// Topic patterns and payload rules: turns (topic, payload) into a device message.
@@ -218,7 +220,12 @@ impl Decoder {
             .into_iter()
             .map(|s| {
                 Ok(Route {
-                    pattern: TopicPattern::parse(&s.topic)?,
+                    pattern: if s.device.is_empty() {
+                        TopicPattern::parse(&s.topic)?
+                    } else {
+                        TopicPattern::parse_filter(&s.topic)?
+                    },
+                    device: Some(s.device.clone()).filter(|d| !d.is_empty()),
                     exclude: s
                         .exclude
                         .iter()
@@ -272,6 +279,14 @@ impl Decoder {
         if route.exclude.iter().any(|e| e.capture(topic).is_some()) {
             return Ok(None);
         }
+        let named;
+        let device = match &route.device {
+            None => device,
+            Some(pointer) => {
+                named = device_in(payload, self.max_payload, pointer)?;
+                named.as_str()
+            }
+        };
         check_device_id(device)?;
         let mapped;
         let payload = match &route.jq {
@@ -306,6 +321,23 @@ impl Decoder {
             PayloadKind::Online => InboundBody::Status { online: true },
         };
         Ok(Some((device.to_string(), body)))
+    }
+}
+
+/// The device id at JSON pointer `pointer` in `payload` (a string, or a number as written).
+fn device_in(payload: &[u8], limit: usize, pointer: &str) -> Result<String, DecodeError> {
+    if payload.len() > limit {
+        return Err(DecodeError::Oversize {
+            size: payload.len(),
+            limit,
+        });
+    }
+    let value = serde_json::from_slice::<serde_json::Value>(payload)
+        .map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    match value.pointer(pointer) {
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+        _ => Err(DecodeError::NoDevice(pointer.to_string())),
     }
 }
 
@@ -743,6 +775,65 @@ mod tests {
             assert!(
                 e.contains("mqtt.subscriptions[0].jq") && e.contains(want),
                 "{jq}: {e}"
+            );
+        }
+    }
+
+    /// Issue 20: the device id may be in the payload (`device`, a JSON pointer): then the
+    /// topic needs no `{device}` level and the payload's id wins; a payload without one is a
+    /// `no_device` decode error.
+    #[test]
+    fn the_device_id_may_come_from_the_payload() {
+        let config = crate::config::Config::from_toml_str(
+            r#"
+            gateway_id = "gw"
+            [mqtt]
+            subscriptions = [
+              { topic = "lora/uplinks", kind = "reading", device = "/dev/eui", fields = "/obj" },
+              { topic = "lora/{device}/x", kind = "reading", device = "/id" },
+            ]
+            [webhook]
+            url = "http://127.0.0.1:1/"
+            secret = "x"
+            "#,
+        )
+        .unwrap();
+        let d = Decoder::new(&config.mqtt).unwrap();
+        let (dev, _) = d
+            .decode("lora/uplinks", br#"{"dev":{"eui":"a1b2"},"obj":{"t":1}}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(dev, "a1b2");
+        let (dev, _) = d
+            .decode("lora/topic-id/x", br#"{"id":42,"t":1}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(dev, "42", "the payload's id wins; a number as written");
+        assert_eq!(
+            d.decode("lora/uplinks", br#"{"obj":{"t":1}}"#)
+                .unwrap_err()
+                .kind(),
+            "no_device"
+        );
+        for (sub, want) in [
+            (
+                r#"{ topic = "a/b", kind = "reading", device = "dev" }"#,
+                "not a JSON pointer",
+            ),
+            (
+                r#"{ topic = "a/b", kind = "reading" }"#,
+                "no `{device}` level",
+            ),
+        ] {
+            let text = format!(
+                "gateway_id = \"gw\"\n[mqtt]\nsubscriptions = [{sub}]\n[webhook]\nurl = \"http://127.0.0.1:1/\"\nsecret = \"x\"\n"
+            );
+            let e = crate::config::Config::from_toml_str(&text)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("mqtt.subscriptions[0]") && e.contains(want),
+                "{sub}: {e}"
             );
         }
     }

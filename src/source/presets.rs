@@ -6,7 +6,7 @@
 //! | preset | topics | fields | status |
 //! |---|---|---|---|
 //! | `zigbee2mqtt` | `zigbee2mqtt/<friendly name>` (names may contain `/`); `bridge/...`, `.../set`, `.../get` skipped | the JSON state (`occupancy`, `illuminance`, `battery`, ...; `linkquality` and `last_seen` carried, not compared) | `zigbee2mqtt/<name>/availability`: `{"state":"online"}` or the legacy `online` |
-//! | `chirpstack` | `application/<id>/device/<devEUI>/event/up` (ChirpStack v4); `.../event/status` | the decoded `object`; from a status event `battery`, `external_power`, `margin` (a jq mapping) | `.../event/join`: online |
+//! | `chirpstack` | `application/<id>/device/<devEUI>/event/up` (ChirpStack v4; the device from `deviceInfo.devEui`); `.../event/status` | the decoded `object`; from a status event `battery`, `external_power`, `margin` (a jq mapping) | `.../event/join`: online |
 //! | `the_things_stack` | `v3/<app>[@<tenant>]/devices/<id>/up` | `uplink_message.decoded_payload` | - |
 //! | `tasmota` | `tele/<topic>/SENSOR` | nested sensor objects, flattened (`AM2301.Temperature`; `Time` carried) | `tele/<topic>/LWT`: `Online` / `Offline` |
 //! | `shelly` | `<id>/status/<component>` (Gen2+) | the component's status, flattened | `<id>/online`: `true` / `false` |
@@ -39,6 +39,7 @@ fn sub(topic: &str, kind: PayloadKind) -> Subscription {
         flatten: false,
         exclude: Vec::new(),
         jq: String::new(),
+        device: String::new(),
     }
 }
 
@@ -68,6 +69,7 @@ impl Preset {
             Preset::Chirpstack => vec![
                 Subscription {
                     fields: "/object".into(),
+                    device: "/deviceInfo/devEui".into(),
                     ..sub(
                         "application/+/device/{device}/event/up",
                         PayloadKind::Reading,
@@ -79,6 +81,7 @@ impl Preset {
                 ),
                 Subscription {
                     jq: CHIRPSTACK_STATUS.into(),
+                    device: "/deviceInfo/devEui".into(),
                     ..sub(
                         "application/+/device/{device}/event/status",
                         PayloadKind::Reading,
