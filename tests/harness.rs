@@ -21,7 +21,7 @@
 //! - every device was announced online, one that lost power (its last-will) ends offline, a
 //!   live one ends online (or lost, for a class with a heartbeat), a device left silent past
 //!   its heartbeat was reported lost, no device's health news ever repeats itself, and the
-//!   workspace ends in the status its sensors' last reports give;
+//!   workspace (and the group of its sensors) ends as its sensors' last reports give;
 //! - devices on a serial port, whose frames come with noise (garbage, bad checksums carrying
 //!   values no device published, over-long lines, frames split across writes), are held to
 //!   the same rules, except for frames written around a crash (serial lines have no
@@ -78,6 +78,11 @@ debounce = "300ms"
 id = "room-h"
 sensors = ["fast-room-a", "fast-room-b"]
 hold = "0s"
+
+[[groups]]
+id = "room-g"
+workspace = "room-h"
+aggregates = { temperature = "max" }
 
 [devices]
 max_devices = 60
@@ -1246,6 +1251,28 @@ async fn run(seed: u64) {
     })
     .await;
     if let Err(e) = status {
+        fail(e, &world, &story);
+    }
+    // The room's sensors as a group end as their last reports say, too.
+    let present = models[n - 2..]
+        .iter()
+        .filter(|m| m.reported.is_some_and(|(p, _)| p))
+        .count();
+    let group = settle(Duration::from_secs(30), || {
+        let last = all.seen(|s| {
+            s.of_type("sensor.group.reading.updated")
+                .last()
+                .map(|e| (e["data"]["usable"].clone(), e["data"]["present"].clone()))
+        });
+        match last {
+            Some((usable, p)) if usable == 2 && p == present => Ok(()),
+            other => Err(format!(
+                "group room-g ends (usable, present) {other:?}, the model says (2, {present})"
+            )),
+        }
+    })
+    .await;
+    if let Err(e) = group {
         fail(e, &world, &story);
     }
     world.sample();

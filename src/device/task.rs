@@ -100,8 +100,12 @@ pub async fn run(
                     }
                 }
                 super::Request::Desire { device_id, value, done } => {
+                    let set = value.is_some();
                     match registry.desire(&device_id, value, clock.now()) {
-                        Some(applied) => (applied, Some(Ack::new(move || { let _ = done.send(true); }))),
+                        Some(applied) => {
+                            tracing::info!(device_id = %device_id, set, "desired sync value for one device changed by an operator");
+                            (applied, Some(Ack::new(move || { let _ = done.send(true); })))
+                        }
                         None => {
                             let _ = done.send(false);
                             continue;
