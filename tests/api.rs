@@ -917,3 +917,120 @@ async fn a_device_heard_a_moment_ago_is_shown_as_heard_a_moment_ago() {
     );
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+/// Issue 18: the endpoint and device commands as an operator types them: an endpoint made
+/// while the daemon is stopped is taken at its start and delivers; edited, tested and deleted
+/// with its queue while it runs; a device's desired value set and the device forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_and_devices_are_managed_with_the_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let default = Receiver::start().await;
+    let crm = Receiver::start().await;
+    let class = "[[device_classes]]\nname = \"disp\"\nmatch = [\"cmd-*\"]\nsync_field = \"config\"\ndesired = \"v2\"\nsync_grace = \"0s\"\n";
+    let mut daemon = Daemon::new(dir.path(), broker.port, &default.url, class);
+    // A first start makes the store; then stopped, an endpoint is made with the commands.
+    daemon.start();
+    assert_eq!(daemon.terminate(), Some(0));
+    let secret = [("EDGEHOOK_ENDPOINT_SECRET", SECRET)];
+    let (code, out, err) = daemon.cli(
+        &[
+            "endpoints",
+            "create",
+            "crm",
+            "--url",
+            &crm.url,
+            "--events",
+            "device.*",
+        ],
+        &secret,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("the daemon is not running: it applies it at its next start"),
+        "{out}"
+    );
+    daemon.start();
+    publish_plain_reading(broker.port, "cmd-1", r#"{"config":"v1","seq":1}"#).await;
+    crm.wait_until(
+        LONG,
+        "the device's events at the endpoint made while stopped",
+        |s| !s.of_type("device.online").is_empty(),
+    )
+    .await;
+
+    // Edited: readings too; a test event answered; then deleted with whatever it holds.
+    let (code, out, err) = daemon.cli(
+        &["endpoints", "edit", "crm", "--events", "sensor.*,device.*"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = daemon.cli(&["endpoints", "test", "crm"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("delivered: HTTP 200"), "{out}");
+    crm.fail_with(503);
+    let (code, out, err) = daemon.cli(&["endpoints", "test", "crm"], &[]);
+    assert_eq!(
+        code, 2,
+        "a test the receiver refuses fails the command: {out}{err}"
+    );
+    assert!(err.contains("NOT delivered: HTTP 503"), "{err}");
+    publish_plain_reading(broker.port, "cmd-1", r#"{"config":"v1","seq":2,"x":1}"#).await;
+    let wait = Instant::now() + LONG;
+    until(
+        wait,
+        || {
+            daemon
+                .metric("edgehook_endpoint_pending{endpoint=\"crm\"}")
+                .unwrap_or(0)
+                > 0
+        },
+        || daemon.log(),
+    )
+    .await;
+    let (code, _, err) = daemon.cli(&["endpoints", "delete", "crm"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("pending"), "refused while events wait: {err}");
+    let (code, out, err) = daemon.cli(&["endpoints", "delete", "crm", "--pending", "purge"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("endpoint crm deleted"), "{out}");
+
+    // The device: out of sync with the class's v2; its own v1 puts it in sync; forgotten.
+    default
+        .wait_until(LONG, "out of sync", |s| {
+            !s.of_type("device.out_of_sync").is_empty()
+        })
+        .await;
+    let (code, out, err) = daemon.cli(&["devices", "desire", "cmd-1", "v1"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("desired \"v1\"; in sync"), "{out}");
+    default
+        .wait_until(LONG, "in sync", |s| !s.of_type("device.in_sync").is_empty())
+        .await;
+    let (code, out, err) = daemon.cli(&["devices", "show", "cmd-1"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("in sync (reports \"v1\", desired for it \"v1\")"),
+        "{out}"
+    );
+    let (code, out, err) = daemon.cli(&["devices", "forget", "cmd-1"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    default
+        .wait_until(LONG, "forgotten", |s| {
+            !s.of_type("device.unregistered").is_empty()
+        })
+        .await;
+    let (code, _, err) = daemon.cli(&["devices", "forget", "cmd-1"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no device `cmd-1`"), "{err}");
+    assert_eq!(daemon.terminate(), Some(0));
+    // Stopped, a device cannot be forgotten: the running daemon changes devices.
+    let (code, _, err) = daemon.cli(&["devices", "forget", "cmd-1"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("the daemon is not running"), "{err}");
+}
+
+async fn publish_plain_reading(port: u16, device: &str, payload: &str) {
+    let topic = format!("sensors/{device}/reading");
+    common::publish_plain(port, &format!("pub-{device}"), &[(topic.as_str(), payload)]).await;
+}
