@@ -10,22 +10,24 @@ use std::time::Duration;
 use common::{free_port, Daemon, Mosquitto, Receiver};
 use firmware_sim::{DeviceClass, Firmware, SimDevice, Topics};
 
+/// Run `script` with bash in `dir`; it must succeed.
+fn sh(dir: &Path, script: &str) {
+    let out = Command::new("bash")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A throwaway CA and a server certificate for 127.0.0.1 / localhost, made with openssl.
 fn make_certs(dir: &Path) {
-    let sh = |script: &str| {
-        let out = Command::new("bash")
-            .arg("-ec")
-            .arg(script)
-            .current_dir(dir)
-            .output()
-            .expect("bash");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem \
+    sh(dir, "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem \
           -days 2 -subj '/CN=edgehook test CA' 2>/dev/null
         openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout server.key -out server.csr \
           -subj '/CN=localhost' 2>/dev/null
@@ -119,21 +121,12 @@ async fn tls_without_the_ca_is_refused() {
 
 /// A second key and certificate for 127.0.0.1 from the same CA: a renewal.
 fn renew_cert(dir: &Path) {
-    let out = Command::new("bash")
-        .arg("-ec")
-        .arg(
-            "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout new.key -out new.csr \
-               -subj '/CN=localhost' 2>/dev/null
-             openssl x509 -req -in new.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out new.pem -days 2 \
-               -extfile ext.cnf 2>/dev/null",
-        )
-        .current_dir(dir)
-        .output()
-        .expect("bash");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    sh(
+        dir,
+        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout new.key -out new.csr \
+           -subj '/CN=localhost' 2>/dev/null
+         openssl x509 -req -in new.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out new.pem -days 2 \
+           -extfile ext.cnf 2>/dev/null",
     );
 }
 

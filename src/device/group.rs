@@ -176,6 +176,15 @@ pub fn measure(
     (reading, state)
 }
 
+/// What in `now` moved beyond its deadband from `last` (everything, when nothing was told).
+fn changes(
+    last: Option<&Map<String, Value>>,
+    now: &Map<String, Value>,
+    policy: &GroupPolicy,
+) -> Vec<String> {
+    changed_fields(last.unwrap_or(&Map::new()), now, &[], &policy.deadband)
+}
+
 /// A member's reading arrived at `now` (`reading`: the group's reading measured after it).
 /// Returns the report to send now, if any.
 pub fn reading_arrived(
@@ -201,13 +210,7 @@ pub fn observe(
     now: Millis,
     dirty: &mut bool,
 ) -> Option<GroupReport> {
-    let empty = Map::new();
-    let changed = changed_fields(
-        state.reported.as_ref().unwrap_or(&empty),
-        reading,
-        &[],
-        &policy.deadband,
-    );
+    let changed = changes(state.reported.as_ref(), reading, policy);
     if changed.is_empty() && !force {
         if state.held {
             // Back within the deadband of what was reported: nothing to send after all.
@@ -269,13 +272,7 @@ pub fn due(
     if state.held && now >= state.last_report + policy.min_interval {
         state.held = false;
         *dirty = true;
-        let empty = Map::new();
-        let changed = changed_fields(
-            state.reported.as_ref().unwrap_or(&empty),
-            reading,
-            &[],
-            &policy.deadband,
-        );
+        let changed = changes(state.reported.as_ref(), reading, policy);
         if !changed.is_empty() {
             out.push(GroupTimed::Report(report(
                 state, reading, changed, now, dirty,
@@ -303,13 +300,7 @@ pub fn state_observed(
     measured: &Map<String, Value>,
     dirty: &mut bool,
 ) -> Option<GroupReport> {
-    let empty = Map::new();
-    let changed = changed_fields(
-        state.state.as_ref().unwrap_or(&empty),
-        measured,
-        &[],
-        &policy.deadband,
-    );
+    let changed = changes(state.state.as_ref(), measured, policy);
     if changed.is_empty() {
         return None;
     }

@@ -704,27 +704,27 @@ mod tests {
         }
     }
 
+    /// The decoder of a configuration with these `subscriptions` (TOML inline tables), or the
+    /// configuration's error.
+    fn decoder(subscriptions: &str) -> Result<Decoder, String> {
+        let text = format!(
+            "gateway_id = \"gw\"\n[mqtt]\nsubscriptions = [{subscriptions}]\n[webhook]\nurl = \"http://127.0.0.1:1/\"\nsecret = \"x\"\n"
+        );
+        let config = crate::config::Config::from_toml_str(&text).map_err(|e| e.to_string())?;
+        Decoder::new(&config.mqtt)
+    }
+
     /// Issue 20: a jq mapping shapes a payload no pointer can (a device's own JSON): fields
     /// renamed and picked, a status from a nested value, `empty` for what is no device
     /// message, a failure counted as `mapping`; a filter that cannot work is a check-config
     /// error naming the key.
     #[test]
     fn a_jq_mapping_shapes_the_payload_first() {
-        let config = crate::config::Config::from_toml_str(
-            r#"
-            gateway_id = "gw"
-            [mqtt]
-            subscriptions = [
-              { topic = "v/{device}/data", kind = "reading", jq = 'select(.sensors.t_dc != null) | {presence: (.sensors.pir == 1), temperature: (.sensors.t_dc / 10)}' },
-              { topic = "v/{device}/conn", kind = "status", jq = '.link.up' },
-            ]
-            [webhook]
-            url = "http://127.0.0.1:1/"
-            secret = "x"
-            "#,
+        let d = decoder(
+            r#"{ topic = "v/{device}/data", kind = "reading", jq = 'select(.sensors.t_dc != null) | {presence: (.sensors.pir == 1), temperature: (.sensors.t_dc / 10)}' },
+              { topic = "v/{device}/conn", kind = "status", jq = '.link.up' }"#,
         )
         .unwrap();
-        let d = Decoder::new(&config.mqtt).unwrap();
         let (dev, body) = d
             .decode(
                 "v/desk-1/data",
@@ -766,12 +766,8 @@ mod tests {
             ("now", "reading", "`now`"),
             (".", "online", "reads no payload"),
         ] {
-            let text = format!(
-                "gateway_id = \"gw\"\n[mqtt]\nsubscriptions = [{{ topic = \"v/{{device}}/x\", kind = \"{kind}\", jq = '{jq}' }}]\n[webhook]\nurl = \"http://127.0.0.1:1/\"\nsecret = \"x\"\n"
-            );
-            let e = crate::config::Config::from_toml_str(&text)
-                .unwrap_err()
-                .to_string();
+            let sub = format!("{{ topic = \"v/{{device}}/x\", kind = \"{kind}\", jq = '{jq}' }}");
+            let e = decoder(&sub).err().expect("refused");
             assert!(
                 e.contains("mqtt.subscriptions[0].jq") && e.contains(want),
                 "{jq}: {e}"
@@ -784,21 +780,11 @@ mod tests {
     /// `no_device` decode error.
     #[test]
     fn the_device_id_may_come_from_the_payload() {
-        let config = crate::config::Config::from_toml_str(
-            r#"
-            gateway_id = "gw"
-            [mqtt]
-            subscriptions = [
-              { topic = "lora/uplinks", kind = "reading", device = "/dev/eui", fields = "/obj" },
-              { topic = "lora/{device}/x", kind = "reading", device = "/id" },
-            ]
-            [webhook]
-            url = "http://127.0.0.1:1/"
-            secret = "x"
-            "#,
+        let d = decoder(
+            r#"{ topic = "lora/uplinks", kind = "reading", device = "/dev/eui", fields = "/obj" },
+              { topic = "lora/{device}/x", kind = "reading", device = "/id" }"#,
         )
         .unwrap();
-        let d = Decoder::new(&config.mqtt).unwrap();
         let (dev, _) = d
             .decode("lora/uplinks", br#"{"dev":{"eui":"a1b2"},"obj":{"t":1}}"#)
             .unwrap()
@@ -825,12 +811,7 @@ mod tests {
                 "no `{device}` level",
             ),
         ] {
-            let text = format!(
-                "gateway_id = \"gw\"\n[mqtt]\nsubscriptions = [{sub}]\n[webhook]\nurl = \"http://127.0.0.1:1/\"\nsecret = \"x\"\n"
-            );
-            let e = crate::config::Config::from_toml_str(&text)
-                .unwrap_err()
-                .to_string();
+            let e = decoder(sub).err().expect("refused");
             assert!(
                 e.contains("mqtt.subscriptions[0]") && e.contains(want),
                 "{sub}: {e}"
