@@ -34,6 +34,8 @@ pub enum EventType {
     DeviceOutOfSync,
     #[serde(rename = "device.in_sync")]
     DeviceInSync,
+    #[serde(rename = "device.action_completed")]
+    DeviceActionCompleted,
     #[serde(rename = "sensor.reading.updated")]
     SensorReadingUpdated,
     #[serde(rename = "sensor.reading.stale")]
@@ -52,7 +54,7 @@ pub enum EventType {
 
 impl EventType {
     /// Every event type, in the order metrics list them.
-    pub const ALL: [EventType; 15] = [
+    pub const ALL: [EventType; 16] = [
         EventType::DeviceOnline,
         EventType::DeviceOffline,
         EventType::DeviceLostCommunication,
@@ -61,6 +63,7 @@ impl EventType {
         EventType::DeviceUnregistered,
         EventType::DeviceOutOfSync,
         EventType::DeviceInSync,
+        EventType::DeviceActionCompleted,
         EventType::SensorReadingUpdated,
         EventType::SensorReadingStale,
         EventType::SensorStateUpdated,
@@ -80,6 +83,7 @@ impl EventType {
             EventType::DeviceUnregistered => "device.unregistered",
             EventType::DeviceOutOfSync => "device.out_of_sync",
             EventType::DeviceInSync => "device.in_sync",
+            EventType::DeviceActionCompleted => "device.action_completed",
             EventType::SensorStateUpdated => "sensor.state.updated",
             EventType::SensorGroupReadingUpdated => "sensor.group.reading.updated",
             EventType::SensorGroupReadingStale => "sensor.group.reading.stale",

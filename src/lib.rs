@@ -148,7 +148,8 @@ pub async fn run_with_reloads(
         clock.now(),
     )
     .with_limits(config.devices.clone())
-    .with_groups(&config.groups, known_groups);
+    .with_groups(&config.groups, known_groups)
+    .with_actions(outbox.actions().context("reading actions")?);
     metrics.device.set_devices(registry.len());
     let mqtt = if config.mqtt.all_subscriptions().is_empty() {
         None
@@ -219,9 +220,15 @@ pub async fn run_with_reloads(
     }
     let (inbound_tx, inbound_rx) = mpsc::channel(STAGE_CHANNEL);
     let (commit_tx, commit_rx) = mpsc::channel(STAGE_CHANNEL);
-    if let Some(mqtt) = mqtt {
-        tracker.spawn(mqtt.run(inbound_tx.clone(), cancel.clone()));
-    }
+    // Actions, once durable, from the outbox writer to the MQTT source.
+    let (outgoing_tx, outgoing_rx) = mpsc::channel(STAGE_CHANNEL);
+    let outgoing_tx = match mqtt {
+        Some(mqtt) => {
+            tracker.spawn(mqtt.run(inbound_tx.clone(), outgoing_rx, cancel.clone()));
+            Some(outgoing_tx)
+        }
+        None => None,
+    };
     for port in &config.serial_ports {
         let serial = source::serial::SerialSource::new(port.clone(), metrics.source.clone());
         tracker.spawn(serial.run(inbound_tx.clone(), cancel.clone()));
@@ -242,6 +249,7 @@ pub async fn run_with_reloads(
         commit_rx,
         config.outbox.clone(),
         metrics.outbox.clone(),
+        outgoing_tx,
         cancel.clone(),
     ));
     if !config.telemetry.listen.is_empty() {

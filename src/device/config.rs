@@ -87,6 +87,25 @@ pub struct DeviceClassConfig {
     /// (an update in progress is not news).
     #[serde(default = "default_sync_grace", with = "humantime_serde")]
     pub sync_grace: Duration,
+    /// The actions devices of this class take (`show_message`, `identify`); none: no action
+    /// is sent to them (a submitted one is `rejected`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<String>,
+    /// Where an action is published (QoS 1) as `{"id","name","params","deadline"}`;
+    /// `{device}` is the device id.
+    #[serde(default = "default_action_topic")]
+    pub action_topic: String,
+    /// No answer this long after an action was sent makes it `timed_out`.
+    #[serde(default = "default_action_timeout", with = "humantime_serde")]
+    pub action_timeout: Duration,
+}
+
+fn default_action_topic() -> String {
+    "devices/{device}/actions".into()
+}
+
+fn default_action_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_sync_grace() -> Duration {
@@ -122,6 +141,9 @@ impl Default for DeviceClassConfig {
             sync_field: String::new(),
             desired: None,
             sync_grace: default_sync_grace(),
+            actions: Vec::new(),
+            action_topic: default_action_topic(),
+            action_timeout: default_action_timeout(),
         }
     }
 }
@@ -206,6 +228,12 @@ pub struct DevicesConfig {
     /// Field names one device's readings may use at most; a reading that would take a device
     /// past it is skipped.
     pub max_fields: usize,
+    /// Actions not yet done, per device and in all: past them a new one is refused (429).
+    pub max_actions_per_device: usize,
+    pub max_actions: usize,
+    /// The deadline of an action submitted without one.
+    #[serde(with = "humantime_serde")]
+    pub action_deadline: Duration,
 }
 
 impl Default for DevicesConfig {
@@ -213,6 +241,9 @@ impl Default for DevicesConfig {
         DevicesConfig {
             max_devices: 5_000,
             max_fields: 64,
+            max_actions_per_device: 16,
+            max_actions: 1_000,
+            action_deadline: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -356,6 +387,15 @@ pub fn validate(
                     ),
                 );
             }
+        }
+        if !class.actions.is_empty() && !class.action_topic.contains("{device}") {
+            return bad(
+                &key("action_topic"),
+                "must hold `{device}`, e.g. \"devices/{device}/actions\"".into(),
+            );
+        }
+        if class.action_timeout.is_zero() {
+            return bad(&key("action_timeout"), "must be above 0".into());
         }
         if class.desired.is_some() && class.sync_field.is_empty() {
             return bad(

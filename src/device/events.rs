@@ -159,6 +159,16 @@ pub(super) fn group_state_event(group_id: &str, report: group::GroupReport) -> E
     Event::group(EventType::SensorGroupStateUpdated, group_id, data)
 }
 
+pub(super) fn action_completed_event(a: &action::Action, c: action::Completion) -> Event {
+    let mut data = Map::new();
+    data.insert("action_id".into(), a.id.clone().into());
+    data.insert("name".into(), a.name.clone().into());
+    data.insert("status".into(), c.status.as_str().into());
+    data.insert("reason".into(), c.reason.map_or(Value::Null, Value::String));
+    data.insert("result".into(), c.result.unwrap_or(Value::Null));
+    Event::device(EventType::DeviceActionCompleted, &a.device, data)
+}
+
 pub(super) fn stale_event(device_id: &str, last_reading: Millis) -> Event {
     Event::device(
         EventType::SensorReadingStale,
@@ -227,6 +237,23 @@ pub fn samples() -> Vec<Event> {
             },
         ),
         group_stale_event("sample-group", at),
+        action_completed_event(
+            &action::Action {
+                id: "act-7".into(),
+                device: "sample-device".into(),
+                name: "show_message".into(),
+                params: serde_json::json!({"text": "Welcome"}),
+                submitted: at,
+                seq: 1,
+                deadline: at + 86_400_000,
+                state: action::ActionState::Waiting,
+            },
+            action::Completion {
+                status: action::ActionStatus::Succeeded,
+                reason: None,
+                result: Some(serde_json::json!({"shown": true})),
+            },
+        ),
         group_state_event(
             "sample-group",
             group::GroupReport {

@@ -25,6 +25,7 @@
 //! since deadlines outlive restarts; a remembered time later than the start is clamped to it.
 //! `crate::clock` states the whole policy.
 
+pub mod action;
 pub mod condition;
 pub mod config;
 pub mod group;
@@ -41,7 +42,10 @@ mod task;
 
 pub use events::samples;
 use events::*;
-pub use registry::{Applied, Refused, Registry, Request, Rules, Snapshot};
+pub use registry::{
+    ActionAnswer, ActionRequest, Applied, Outgoing, Refusal, Refused, Registry, Request, Rules,
+    Snapshot, Submit,
+};
 pub use task::run;
 
 use std::collections::{BTreeSet, HashMap};
@@ -77,6 +81,11 @@ pub struct Commit {
     pub groups: Vec<(String, group::GroupState)>,
     /// Devices forgotten: their states are deleted (after the events).
     pub forgotten: Vec<String>,
+    /// Actions whose state changed; actions forgotten (deleted).
+    pub actions: Vec<action::Action>,
+    pub forgotten_actions: Vec<String>,
+    /// Actions to publish once the batch is durable.
+    pub outgoing: Vec<Outgoing>,
     /// The states must be durable before `ack` even when no event is queued (see
     /// [`Applied::sync`]); otherwise only a batch with events is synced.
     pub sync: bool,
@@ -171,6 +180,10 @@ pub struct DeviceClass {
     identity_fields: Vec<String>,
     /// `forget_after`.
     forget_after: Option<Millis>,
+    /// The actions the class allows, where they are published, and how long an answer may take.
+    actions: Vec<String>,
+    action_topic: String,
+    action_timeout: std::time::Duration,
     condition: condition::ConditionPolicy,
     sync: sync::SyncPolicy,
 }
@@ -194,6 +207,9 @@ impl DeviceClass {
             version_field: Some(config.version_field.clone()).filter(|f| !f.is_empty()),
             identity_fields: config.identity_fields.clone(),
             forget_after: config.forget_after.map(millis),
+            actions: config.actions.clone(),
+            action_topic: config.action_topic.clone(),
+            action_timeout: config.action_timeout,
             condition: condition::ConditionPolicy {
                 fields: config.state_fields.clone(),
                 deadband: config.state_deadband.clone(),

@@ -40,6 +40,10 @@ pub(super) enum Timer {
     Device(String),
     Workspace(usize),
     Group(usize),
+    /// An action's timeout, deadline, or the end of remembering it.
+    Action(String),
+    /// Send a device its next action (after a restart).
+    Dispatch(String),
 }
 
 /// The outcome of one message or one tick.
@@ -62,6 +66,12 @@ pub struct Applied {
     pub refused: Option<Refused>,
     /// Devices forgotten: their states are deleted, after the events.
     pub forgotten: Vec<String>,
+    /// Actions whose state changed, to persist with the events.
+    pub actions: Vec<action::Action>,
+    /// Actions done and past their deadlines: deleted.
+    pub forgotten_actions: Vec<String>,
+    /// Actions to publish once this is durable.
+    pub outgoing: Vec<Outgoing>,
 }
 
 /// Why a message was skipped by the registry (see [`DevicesConfig`]).
@@ -91,6 +101,8 @@ impl Applied {
             && self.workspaces.is_empty()
             && self.groups.is_empty()
             && self.forgotten.is_empty()
+            && self.actions.is_empty()
+            && self.forgotten_actions.is_empty()
     }
 }
 
@@ -111,6 +123,43 @@ pub struct Snapshot {
     pub workspaces: Vec<(String, WorkspaceState)>,
 }
 
+/// An action asked for.
+#[derive(Debug, Clone)]
+pub struct ActionRequest {
+    pub id: String,
+    pub device: String,
+    pub name: String,
+    pub params: Value,
+    /// Unset: `devices.action_deadline` from now.
+    pub deadline: Option<Millis>,
+}
+
+/// Why an action was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No such device is known (`rejected`, told).
+    UnknownDevice,
+    /// Its class does not allow the action (`rejected`, told).
+    NotAllowed,
+    /// Past `devices.max_actions` or `max_actions_per_device` (not accepted at all).
+    TooMany,
+}
+
+/// What became of a submitted action.
+#[derive(Debug)]
+pub enum Submit {
+    /// Its id is known: this is what became of it (nothing is done again).
+    Known(action::Action),
+    /// Accepted: persist and send what this says.
+    Accepted(Applied),
+    /// Rejected and told (`device.action_completed`, `rejected`): persist this too.
+    Rejected(Applied, Refusal),
+    /// Not taken (bounds): nothing to persist.
+    Refused(Refusal),
+}
+
+pub use crate::source::Outgoing;
+
 /// What the control API asks of the device stage, answered between two messages.
 #[derive(Debug)]
 pub enum Request {
@@ -128,6 +177,30 @@ pub enum Request {
         value: Option<Value>,
         done: tokio::sync::oneshot::Sender<bool>,
     },
+    /// Submit an action: answered with what became of it, once that is durable.
+    Act {
+        request: ActionRequest,
+        done: tokio::sync::oneshot::Sender<ActionAnswer>,
+    },
+    /// An action as it is now (None: not known).
+    Action {
+        id: String,
+        done: tokio::sync::oneshot::Sender<Option<action::Action>>,
+    },
+    /// Cancel an action not yet sent: answered once durable.
+    Cancel {
+        id: String,
+        done: tokio::sync::oneshot::Sender<Option<Result<action::Action, &'static str>>>,
+    },
+}
+
+/// The answer to [`Request::Act`].
+#[derive(Debug)]
+pub enum ActionAnswer {
+    Accepted(action::Action),
+    Known(action::Action),
+    Rejected(action::Action, Refusal),
+    Refused(Refusal),
 }
 
 /// All devices and workspaces this gateway knows about, and their timers.
@@ -139,6 +212,10 @@ pub struct Registry {
     /// Device id (sensor or display) → indexes into `workspaces`.
     pub(super) workspaces_of: HashMap<String, Vec<usize>>,
     pub(super) groups: Vec<Group>,
+    /// Every action not yet forgotten, by id.
+    pub(super) actions: std::collections::BTreeMap<String, action::Action>,
+    /// The `seq` of the last action accepted.
+    pub(super) action_seq: u64,
     /// Deadlines, earliest first. A timer may fire early (a deadline only ever moves later
     /// between firings); firing recomputes it.
     pub(super) timers: BTreeSet<(Millis, Timer)>,
@@ -179,6 +256,8 @@ impl Registry {
             workspaces: Vec::new(),
             workspaces_of: HashMap::new(),
             groups: Vec::new(),
+            actions: Default::default(),
+            action_seq: 0,
             timers: BTreeSet::new(),
             scheduled: HashMap::new(),
             started,
@@ -211,6 +290,234 @@ impl Registry {
         }
         self.reschedule();
         out
+    }
+
+    /// Take the actions the store holds (`known`). One that was sent but not answered when
+    /// the daemon stopped is sent again (at least once: the device drops a repeat by its id),
+    /// in its place in its device's order, once the device is online.
+    pub fn with_actions(mut self, known: impl IntoIterator<Item = action::Action>) -> Registry {
+        let started = self.started;
+        for mut a in known {
+            if let action::ActionState::Sent { .. } = a.state {
+                a.state = action::ActionState::Waiting;
+            }
+            self.action_seq = self.action_seq.max(a.seq);
+            if !a.is_done() {
+                self.schedule(Timer::Dispatch(a.device.clone()), Some(started));
+            }
+            self.actions.insert(a.id.clone(), a);
+        }
+        self.reschedule();
+        let devices: BTreeSet<String> = self
+            .actions
+            .values()
+            .filter(|a| !a.is_done())
+            .map(|a| a.device.clone())
+            .collect();
+        for d in devices {
+            self.schedule(Timer::Dispatch(d), Some(started));
+        }
+        self
+    }
+
+    /// The action `id`, if it is remembered.
+    pub fn action(&self, id: &str) -> Option<&action::Action> {
+        self.actions.get(id)
+    }
+
+    /// Accept an action for a device at `now` (see [`Submit`]).
+    pub fn submit(&mut self, request: ActionRequest, now: Millis) -> Submit {
+        if let Some(known) = self.actions.get(&request.id) {
+            return Submit::Known(known.clone());
+        }
+        let open = |a: &&action::Action| !a.is_done();
+        let pending = self.actions.values().filter(open).count();
+        let of_device = self
+            .actions
+            .values()
+            .filter(open)
+            .filter(|a| a.device == request.device)
+            .count();
+        if pending >= self.limits.max_actions || of_device >= self.limits.max_actions_per_device {
+            return Submit::Refused(Refusal::TooMany);
+        }
+        let mut out = self.tick(now);
+        self.action_seq += 1;
+        let mut a = action::Action {
+            id: request.id,
+            device: request.device,
+            name: request.name,
+            params: request.params,
+            submitted: now,
+            seq: self.action_seq,
+            deadline: request
+                .deadline
+                .unwrap_or(now + millis(self.limits.action_deadline)),
+            state: action::ActionState::Waiting,
+        };
+        let refusal = match self.devices.get(&a.device) {
+            None => Some((Refusal::UnknownDevice, "no such device is known")),
+            Some(d) if !self.classes[d.class].actions.contains(&a.name) => Some((
+                Refusal::NotAllowed,
+                "the device's class does not allow this action",
+            )),
+            Some(_) => None,
+        };
+        if let Some((refusal, reason)) = refusal {
+            a.finish(action::ActionStatus::Rejected, Some(reason.into()), now);
+            out.events.push(action_completed_event(
+                &a,
+                action::Completion {
+                    status: action::ActionStatus::Rejected,
+                    reason: Some(reason.into()),
+                    result: None,
+                },
+            ));
+            out.sync = true;
+            out.actions.push(a.clone());
+            let id = a.id.clone();
+            self.actions.insert(id.clone(), a);
+            self.schedule_action(&id);
+            return Submit::Rejected(out, refusal);
+        }
+        let (id, device) = (a.id.clone(), a.device.clone());
+        out.sync = true;
+        out.actions.push(a.clone());
+        self.actions.insert(id.clone(), a);
+        self.schedule_action(&id);
+        self.dispatch(&device, now, &mut out);
+        Submit::Accepted(out)
+    }
+
+    /// Cancel action `id` at `now`, if it was not sent yet. None for an unknown id.
+    pub fn cancel(&mut self, id: &str, now: Millis) -> Option<Result<Applied, &'static str>> {
+        let a = self.actions.get_mut(id)?;
+        match a.state {
+            action::ActionState::Waiting => {}
+            action::ActionState::Sent { .. } => {
+                return Some(Err(
+                    "it was sent already; it ends when the device answers or times out",
+                ))
+            }
+            action::ActionState::Done { .. } => return Some(Err("it is done already")),
+        }
+        a.finish(action::ActionStatus::Cancelled, None, now);
+        let mut out = Applied {
+            sync: true,
+            actions: vec![a.clone()],
+            ..Applied::default()
+        };
+        let device = a.device.clone();
+        self.schedule_action(id);
+        self.dispatch(&device, now, &mut out);
+        Some(Ok(out))
+    }
+
+    /// Send `device` its next action, if it is online and has none in flight.
+    fn dispatch(&mut self, device: &str, now: Millis, out: &mut Applied) {
+        let Some(dev) = self.devices.get(device) else {
+            return;
+        };
+        if dev.state.health != Health::Online {
+            return;
+        }
+        let topic = self.classes[dev.class]
+            .action_topic
+            .replace("{device}", device);
+        let mut mine: Vec<&action::Action> = self
+            .actions
+            .values()
+            .filter(|a| a.device == device)
+            .collect();
+        mine.sort_by_key(|a| a.seq);
+        let Some(id) = action::next(mine).map(|a| a.id.clone()) else {
+            return;
+        };
+        let a = self.actions.get_mut(&id).expect("listed above");
+        a.state = action::ActionState::Sent { at: now };
+        let payload = serde_json::json!({
+            "id": a.id,
+            "name": a.name,
+            "params": a.params,
+            "deadline": rfc3339(a.deadline),
+        });
+        out.outgoing.push(Outgoing {
+            topic,
+            payload: payload.to_string().into_bytes(),
+        });
+        out.sync = true;
+        out.actions.retain(|x| x.id != id);
+        out.actions.push(a.clone());
+        self.schedule_action(&id);
+    }
+
+    /// `device` answered (`answer`: an [`InboundBody::ActionResult`]).
+    fn answered(&mut self, device: &str, answer: &InboundBody, now: Millis, out: &mut Applied) {
+        let InboundBody::ActionResult {
+            id,
+            succeeded,
+            reason,
+            result,
+        } = answer
+        else {
+            return;
+        };
+        let (id, succeeded, reason, result) =
+            (id.as_str(), *succeeded, reason.clone(), result.clone());
+        let Some(a) = self.actions.get_mut(id).filter(|a| a.device == device) else {
+            tracing::warn!(device_id = %device, action_id = %id, "an answer to an action this gateway does not know (late, or not its own); ignored");
+            return;
+        };
+        match action::answered(a, succeeded, reason, result, now) {
+            Some(completion) => {
+                out.events.push(action_completed_event(a, completion));
+                out.sync = true;
+                out.actions.retain(|x| x.id != id);
+                out.actions.push(a.clone());
+                self.schedule_action(id);
+                self.dispatch(device, now, out);
+            }
+            None => {
+                tracing::info!(device_id = %device, action_id = %id, "a second or late answer to an action already done; counted once");
+            }
+        }
+    }
+
+    fn action_due(&mut self, id: &str, now: Millis, out: &mut Applied) {
+        let Some(a) = self.actions.get(id) else {
+            return;
+        };
+        let timeout = self.action_timeout(&a.device);
+        let a = self.actions.get_mut(id).expect("looked up above");
+        match action::due(a, timeout, now) {
+            action::Due::Nothing => self.schedule_action(id),
+            action::Due::Completed(completion) => {
+                out.events.push(action_completed_event(a, completion));
+                out.sync = true;
+                out.actions.retain(|x| x.id != id);
+                out.actions.push(a.clone());
+                let device = a.device.clone();
+                self.schedule_action(id);
+                self.dispatch(&device, now, out);
+            }
+            action::Due::Forget => {
+                self.actions.remove(id);
+                out.actions.retain(|x| x.id != id);
+                out.forgotten_actions.push(id.to_string());
+            }
+        }
+    }
+
+    fn action_timeout(&self, device: &str) -> Millis {
+        millis(self.classes[self.class_of(device)].action_timeout)
+    }
+
+    fn schedule_action(&mut self, id: &str) {
+        let Some(a) = self.actions.get(id) else {
+            return;
+        };
+        let at = action::deadline(a, self.action_timeout(&a.device));
+        self.schedule(Timer::Action(id.to_string()), Some(at));
     }
 
     /// Report `groups` (`[[groups]]`) too, with the states they had (`known`).
@@ -527,6 +834,10 @@ impl Registry {
         for i in 0..self.groups.len() {
             self.schedule_group(i);
         }
+        let ids: Vec<String> = self.actions.keys().cloned().collect();
+        for id in ids {
+            self.schedule_action(&id);
+        }
     }
 
     fn class_of(&self, device_id: &str) -> usize {
@@ -616,7 +927,7 @@ impl Registry {
                     .iter()
                     .filter_map(|f| Some((f.clone(), fields.get(f)?.clone())))
                     .collect(),
-                InboundBody::Status { .. } => Map::new(),
+                InboundBody::Status { .. } | InboundBody::ActionResult { .. } => Map::new(),
             };
             out.events
                 .push(registered_event(device_id, &class.name, identity));
@@ -627,8 +938,11 @@ impl Registry {
             InboundBody::Status { online: false } => {
                 health::offline_reported(&mut dev.state, &class.health, now, &mut dirty)
             }
-            InboundBody::Reading { .. } => health::heard(&mut dev.state, now, &mut dirty),
+            InboundBody::Reading { .. } | InboundBody::ActionResult { .. } => {
+                health::heard(&mut dev.state, now, &mut dirty)
+            }
         };
+        let came_online = transition == Some(Transition::Online);
         if let Some(t) = transition {
             out.events.push(health_event(device_id, t));
         }
@@ -680,6 +994,11 @@ impl Registry {
         self.evaluate_workspaces_of(device_id, now, &mut out);
         let reading = matches!(body, InboundBody::Reading { .. });
         self.evaluate_groups_of(device_id, reading, now, &mut out);
+        if let InboundBody::ActionResult { .. } = body {
+            self.answered(device_id, body, now, &mut out);
+        } else if came_online {
+            self.dispatch(device_id, now, &mut out);
+        }
         out
     }
 
@@ -719,6 +1038,8 @@ impl Registry {
                 Timer::Device(id) => self.device_due(&id, now, &mut out),
                 Timer::Workspace(i) => self.evaluate_workspace(i, now, None, &mut out),
                 Timer::Group(i) => self.group_due(i, now, &mut out),
+                Timer::Action(id) => self.action_due(&id, now, &mut out),
+                Timer::Dispatch(device) => self.dispatch(&device, now, &mut out),
             }
         }
         out

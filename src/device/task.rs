@@ -99,6 +99,48 @@ pub async fn run(
                         }
                     }
                 }
+                super::Request::Act { request, done } => {
+                    let id = request.id.clone();
+                    match registry.submit(request, clock.now()) {
+                        super::Submit::Known(a) => {
+                            let _ = done.send(super::ActionAnswer::Known(a));
+                            continue;
+                        }
+                        super::Submit::Refused(r) => {
+                            let _ = done.send(super::ActionAnswer::Refused(r));
+                            continue;
+                        }
+                        super::Submit::Accepted(applied) => {
+                            let a = registry.action(&id).cloned().expect("accepted");
+                            tracing::info!(action_id = %id, device_id = %a.device, name = %a.name, "action accepted");
+                            (applied, Some(Ack::new(move || { let _ = done.send(super::ActionAnswer::Accepted(a)); })))
+                        }
+                        super::Submit::Rejected(applied, r) => {
+                            let a = registry.action(&id).cloned().expect("rejected and remembered");
+                            tracing::info!(action_id = %id, device_id = %a.device, name = %a.name, refusal = ?r, "action rejected");
+                            (applied, Some(Ack::new(move || { let _ = done.send(super::ActionAnswer::Rejected(a, r)); })))
+                        }
+                    }
+                }
+                super::Request::Action { id, done } => {
+                    let _ = done.send(registry.action(&id).cloned());
+                    continue;
+                }
+                super::Request::Cancel { id, done } => match registry.cancel(&id, clock.now()) {
+                    None => {
+                        let _ = done.send(None);
+                        continue;
+                    }
+                    Some(Err(why)) => {
+                        let _ = done.send(Some(Err(why)));
+                        continue;
+                    }
+                    Some(Ok(applied)) => {
+                        let a = registry.action(&id).cloned().expect("cancelled and remembered");
+                        tracing::info!(action_id = %id, "action cancelled before it was sent");
+                        (applied, Some(Ack::new(move || { let _ = done.send(Some(Ok(a))); })))
+                    }
+                },
                 super::Request::Desire { device_id, value, done } => {
                     let set = value.is_some();
                     match registry.desire(&device_id, value, clock.now()) {
@@ -133,6 +175,9 @@ pub async fn run(
             workspaces: applied.workspaces,
             groups: applied.groups,
             forgotten: applied.forgotten,
+            actions: applied.actions,
+            forgotten_actions: applied.forgotten_actions,
+            outgoing: applied.outgoing,
             sync: applied.sync,
             ack,
         };

@@ -212,6 +212,7 @@ fn the_registry_is_bounded_in_devices_and_field_names() {
     let limits = DevicesConfig {
         max_devices: 2,
         max_fields: 3,
+        ..Default::default()
     };
     let mut r = Registry::new(&[], &[], [], [], 0).with_limits(limits);
     let cases: &[(&str, Value, Option<Refused>)] = &[
@@ -920,4 +921,144 @@ fn a_reload_that_moves_a_device_keeps_its_history() {
         floor_reports.iter().all(|e| e.data["members"] == 1),
         "only a membership change is news: {floor_reports:?}"
     );
+}
+
+fn act(id: &str, device: &str, name: &str) -> ActionRequest {
+    ActionRequest {
+        id: id.into(),
+        device: device.into(),
+        name: name.into(),
+        params: json!({"text": "hi"}),
+        deadline: None,
+    }
+}
+
+fn result(id: &str, succeeded: bool) -> InboundBody {
+    InboundBody::ActionResult {
+        id: id.into(),
+        succeeded,
+        reason: (!succeeded).then(|| "no display".to_string()),
+        result: None,
+    }
+}
+
+/// Issue 19: actions one at a time per device, in order, sent only to an online device, once
+/// per answer; a late or second answer changes nothing; a timeout, an expiry, a rejection and
+/// the bounds; what a restart finds sent and unanswered is sent again.
+#[test]
+fn actions_go_one_at_a_time_to_online_devices_and_end_once() {
+    let mut c = class("disp", "disp-*");
+    c.heartbeat = None;
+    c.debounce = Duration::ZERO;
+    c.actions = vec!["show_message".into()];
+    c.action_timeout = Duration::from_secs(30);
+    let limits = DevicesConfig {
+        max_actions_per_device: 2,
+        action_deadline: Duration::from_secs(600),
+        ..Default::default()
+    };
+    let mut r = Registry::new(std::slice::from_ref(&c), &[], [], [], 0).with_limits(limits);
+    let completed = |a: &Applied| -> Vec<(String, String)> {
+        a.events
+            .iter()
+            .filter(|e| e.kind.as_str() == "device.action_completed")
+            .map(|e| {
+                (
+                    e.data["action_id"].as_str().unwrap().to_string(),
+                    e.data["status"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    // Unknown device and an action its class does not allow: rejected and told.
+    match r.submit(act("a0", "disp-9", "show_message"), 1_000) {
+        Submit::Rejected(a, Refusal::UnknownDevice) => {
+            assert_eq!(completed(&a), [("a0".into(), "rejected".into())])
+        }
+        other => panic!("{other:?}"),
+    }
+    r.apply("disp-1", &ONLINE, 1_000);
+    assert!(matches!(
+        r.submit(act("a00", "disp-1", "reboot"), 1_000),
+        Submit::Rejected(_, Refusal::NotAllowed)
+    ));
+    // Online: the first goes out at once, the second waits behind it; a third is too many.
+    let Submit::Accepted(a) = r.submit(act("a1", "disp-1", "show_message"), 2_000) else {
+        panic!()
+    };
+    assert_eq!(a.outgoing.len(), 1);
+    assert_eq!(a.outgoing[0].topic, "devices/disp-1/actions");
+    let sent: Value = serde_json::from_slice(&a.outgoing[0].payload).unwrap();
+    assert_eq!(
+        (sent["id"].clone(), sent["name"].clone()),
+        (json!("a1"), json!("show_message"))
+    );
+    assert!(
+        a.sync && a.actions.iter().any(|x| x.id == "a1"),
+        "sent is durable before it goes"
+    );
+    let Submit::Accepted(a) = r.submit(act("a2", "disp-1", "show_message"), 2_100) else {
+        panic!()
+    };
+    assert!(a.outgoing.is_empty(), "one at a time");
+    assert!(matches!(
+        r.submit(act("a3", "disp-1", "show_message"), 2_200),
+        Submit::Refused(Refusal::TooMany)
+    ));
+    // The same id again: known, nothing done again.
+    assert!(matches!(
+        r.submit(act("a1", "disp-1", "show_message"), 2_300),
+        Submit::Known(_)
+    ));
+    // The answer ends a1 and sends a2; a second answer to a1 changes nothing.
+    let a = r.apply("disp-1", &result("a1", true), 3_000);
+    assert_eq!(completed(&a), [("a1".into(), "succeeded".into())]);
+    assert_eq!(a.outgoing.len(), 1);
+    let a = r.apply("disp-1", &result("a1", false), 3_100);
+    assert!(completed(&a).is_empty() && a.outgoing.is_empty());
+    // a2 is never answered: timed out after 30 s.
+    let a = r.tick(3_000 + 30_000);
+    assert_eq!(completed(&a), [("a2".into(), "timed_out".into())]);
+    // Offline: a4 waits; its deadline passes: expired.
+    r.apply("disp-1", &OFFLINE, 40_000);
+    r.tick(40_000);
+    let Submit::Accepted(a) = r.submit(act("a4", "disp-1", "show_message"), 41_000) else {
+        panic!()
+    };
+    assert!(a.outgoing.is_empty(), "the device is offline");
+    let a = r.tick(41_000 + 600_000);
+    assert_eq!(completed(&a), [("a4".into(), "expired".into())]);
+    // a5 waits while offline, and goes when the device is back.
+    let Submit::Accepted(_) = r.submit(act("a5", "disp-1", "show_message"), 700_000) else {
+        panic!()
+    };
+    let a = r.apply("disp-1", &ONLINE, 701_000);
+    assert_eq!(a.outgoing.len(), 1);
+    // Restarted with a5 sent and unanswered: it is sent again.
+    let devices = vec![("disp-1".to_string(), r.device("disp-1").unwrap().clone())];
+    let actions: Vec<action::Action> = r.actions.values().cloned().collect();
+    let mut r = Registry::new(std::slice::from_ref(&c), &[], devices, [], 800_000)
+        .with_limits(limits_again())
+        .with_actions(actions);
+    let a = r.tick(800_000);
+    assert_eq!(a.outgoing.len(), 1, "sent again after the restart");
+    let a = r.apply("disp-1", &result("a5", true), 800_500);
+    assert_eq!(completed(&a), [("a5".into(), "succeeded".into())]);
+    // Done actions are remembered until their deadlines, then forgotten.
+    assert!(r.action("a5").is_some());
+    let a = r.tick(700_000 + 600_000);
+    assert!(
+        a.forgotten_actions.contains(&"a5".to_string()),
+        "{:?}",
+        a.forgotten_actions
+    );
+    assert!(r.action("a5").is_none());
+}
+
+fn limits_again() -> DevicesConfig {
+    DevicesConfig {
+        max_actions_per_device: 2,
+        action_deadline: Duration::from_secs(600),
+        ..Default::default()
+    }
 }

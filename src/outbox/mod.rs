@@ -17,6 +17,10 @@
 //! - `workspaces`: key = workspace id (UTF-8); value = [`WorkspaceState`] as JSON.
 //! - `groups`: key = group id (UTF-8); value = its `device::group::GroupState` as JSON (what
 //!   was last reported of it).
+//! - `actions`: key = action id (UTF-8); value = its `device::action::Action` as JSON, written
+//!   with the batch that changed it (after its events); deleted once done and past its
+//!   deadline. An action is marked `sent` in a batch before it is published (after that batch
+//!   is synced), so after a crash it is sent again, never lost.
 //! - `dead`: dead letters — events delivery gave up on (`max_attempts` / `max_age`), kept with
 //!   why. Key = the event's sequence number followed by the endpoint name (nothing for
 //!   `default`); value = `[version=1][u32 info len][DeadInfo JSON]` followed by the record
@@ -442,6 +446,12 @@ impl Outbox {
         self.with(|s| load_states(&s.workspaces, "workspace"))
     }
 
+    /// Every persisted action (read once at start).
+    pub fn actions(&self) -> Result<Vec<crate::device::action::Action>, OutboxError> {
+        self.with(|s| load_states(&s.actions, "action"))
+            .map(|all| all.into_iter().map(|(_, a)| a).collect())
+    }
+
     /// Every persisted group state (read once at start).
     pub fn groups(&self) -> Result<Vec<(String, crate::device::group::GroupState)>, OutboxError> {
         self.with(|s| load_states(&s.groups, "group"))
@@ -500,6 +510,18 @@ impl Outbox {
             .collect();
         let workspaces = encode_states(batch.iter().flat_map(|c| &c.workspaces));
         let groups = encode_states(batch.iter().flat_map(|c| &c.groups));
+        let actions: Vec<(String, Vec<u8>)> = batch
+            .iter()
+            .flat_map(|c| &c.actions)
+            .map(|a| {
+                (
+                    a.id.clone(),
+                    serde_json::to_vec(a).expect("an action serialises"),
+                )
+            })
+            .collect();
+        let forgotten_actions: Vec<&String> =
+            batch.iter().flat_map(|c| &c.forgotten_actions).collect();
         let written = Written {
             queued: records.len(),
             unrouted,
@@ -510,6 +532,8 @@ impl Outbox {
             && devices.is_empty()
             && workspaces.is_empty()
             && groups.is_empty()
+            && actions.is_empty()
+            && forgotten_actions.is_empty()
             && !missed
         {
             return Ok(written);
@@ -534,6 +558,12 @@ impl Outbox {
         }
         for (id, bytes) in &groups {
             store.groups.insert(id.as_bytes(), bytes.as_slice())?;
+        }
+        for (id, bytes) in &actions {
+            store.actions.insert(id.as_bytes(), bytes.as_slice())?;
+        }
+        for id in forgotten_actions {
+            store.actions.remove(id.as_bytes())?;
         }
         // Only a batch that is synced before its acks needs them: the acks of one that is not
         // go out at once (and an unsynced write of them would cost the disk a write a second).

@@ -19,6 +19,7 @@ pub(super) struct Store {
     pub(super) devices: sled::Tree,
     pub(super) workspaces: sled::Tree,
     pub(super) groups: sled::Tree,
+    pub(super) actions: sled::Tree,
     pub(super) dead: sled::Tree,
     pub(super) meta: sled::Tree,
 }
@@ -38,6 +39,7 @@ impl Store {
             devices: db.open_tree("devices")?,
             workspaces: db.open_tree("workspaces")?,
             groups: db.open_tree("groups")?,
+            actions: db.open_tree("actions")?,
             dead: db.open_tree("dead")?,
             meta: db.open_tree("meta")?,
             db,

@@ -181,6 +181,9 @@ async fn batches_survive_reopen_in_order_and_removal_sticks() {
                 workspaces: vec![(format!("w{}", i % 2), WorkspaceState::default())],
                 groups: Vec::new(),
                 forgotten: Vec::new(),
+                actions: Vec::new(),
+                forgotten_actions: Vec::new(),
+                outgoing: Vec::new(),
                 sync: true,
                 ack: None,
             })

@@ -28,11 +28,15 @@ use crate::event::Envelope;
 ///   for ever and hold every other endpoint and every ack with it, so the batch's events are
 ///   not stored *for that endpoint only*: counted ([`DROPPED`], `edgehook_endpoint_dropped_total`,
 ///   `outbox status`) and logged, never silently. The other endpoints get them as usual.
+///
+/// A batch's outgoing actions go to `outgoing` (the MQTT source publishes them) after the acks:
+/// an action is published only once its `sent` state is durable.
 pub async fn run_writer(
     outbox: Outbox,
     mut commits: mpsc::Receiver<Commit>,
     config: OutboxConfig,
     metrics: Arc<Metrics>,
+    outgoing: Option<mpsc::Sender<crate::device::Outgoing>>,
     cancel: CancellationToken,
 ) {
     let mut batch: Vec<Commit> = Vec::with_capacity(config.batch_max);
@@ -73,6 +77,12 @@ pub async fn run_writer(
             }
             if let Some(ack) = commit.ack {
                 ack.send();
+            }
+            for action in commit.outgoing {
+                let sent = outgoing.as_ref().map(|tx| tx.try_send(action));
+                if !matches!(sent, Some(Ok(()))) {
+                    tracing::warn!("an action could not be handed to the MQTT source (no broker configured, or its queue is full); it times out and is told so");
+                }
             }
         }
         if written.queued > 0 {

@@ -78,6 +78,9 @@ pub enum PayloadKind {
     Status,
     /// Any message means the device is online (a LoRaWAN join).
     Online,
+    /// A device's answer to an action: `{"id", "status": "succeeded"|"failed", "reason",
+    /// "result"}`.
+    ActionResult,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -39,6 +39,21 @@ pub enum InboundBody {
     },
     /// A birth (`online = true`) or last-will / status `offline` message.
     Status { online: bool },
+    /// A device's answer to an action: `{"id", "status": "succeeded"|"failed", "reason",
+    /// "result"}`.
+    ActionResult {
+        id: String,
+        succeeded: bool,
+        reason: Option<String>,
+        result: Option<Value>,
+    },
+}
+
+/// A message to a device (an action), published at QoS 1 by the MQTT source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub topic: String,
+    pub payload: Vec<u8>,
 }
 
 /// A deferred transport acknowledgement (an MQTT PUBACK).
@@ -130,6 +145,39 @@ pub fn check_device_id(id: &str) -> Result<(), DecodeError> {
         return Err(DecodeError::BadDeviceId(shown));
     }
     Ok(())
+}
+
+/// Decode an action result payload: `{"id", "status": "succeeded"|"failed", "reason",
+/// "result"}`.
+pub fn decode_action_result(payload: &[u8], limit: usize) -> Result<InboundBody, DecodeError> {
+    if payload.len() > limit {
+        return Err(DecodeError::Oversize {
+            size: payload.len(),
+            limit,
+        });
+    }
+    let value = serde_json::from_slice::<Value>(payload)
+        .map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    let id = value.get("id").and_then(Value::as_str);
+    let succeeded = match value.get("status").and_then(Value::as_str) {
+        Some("succeeded") | Some("ok") => Some(true),
+        Some("failed") | Some("error") => Some(false),
+        _ => None,
+    };
+    match (id, succeeded) {
+        (Some(id), Some(succeeded)) if !id.is_empty() && id.len() <= 128 => {
+            Ok(InboundBody::ActionResult {
+                id: id.to_string(),
+                succeeded,
+                reason: value
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                result: value.get("result").cloned(),
+            })
+        }
+        _ => Err(DecodeError::BadStatus),
+    }
 }
 
 /// Decode a reading payload: a JSON object of fields.

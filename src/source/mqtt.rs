@@ -33,7 +33,8 @@ use super::config::{MqttConfig, PayloadKind};
 use super::metrics::SourceMetrics as Metrics;
 use super::redelivery::{Arrival, Redeliveries};
 use super::{
-    check_device_id, decode_fields, decode_status, Ack, DecodeError, Inbound, InboundBody,
+    check_device_id, decode_action_result, decode_fields, decode_status, Ack, DecodeError, Inbound,
+    InboundBody,
 };
 use crate::fault_log::FaultLog;
 
@@ -319,6 +320,7 @@ impl Decoder {
                 online: decode_status(payload, self.max_payload)?,
             },
             PayloadKind::Online => InboundBody::Status { online: true },
+            PayloadKind::ActionResult => decode_action_result(payload, self.max_payload)?,
         };
         Ok(Some((device.to_string(), body)))
     }
@@ -407,7 +409,14 @@ impl MqttSource {
 
     /// Run until cancelled. Reconnects with exponential backoff and resubscribes on every
     /// connection (a restarted broker may have lost our session).
-    pub async fn run(mut self, out: mpsc::Sender<Inbound>, cancel: CancellationToken) {
+    /// Run until cancelled: messages in to `out`, and what `outgoing` brings (actions,
+    /// already durable) published at QoS 1.
+    pub async fn run(
+        mut self,
+        out: mpsc::Sender<Inbound>,
+        mut outgoing: mpsc::Receiver<super::Outgoing>,
+        cancel: CancellationToken,
+    ) {
         let (client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CHANNEL);
         let generation = Arc::new(AtomicU64::new(0));
         let redeliveries = self.redeliveries.clone();
@@ -424,6 +433,13 @@ impl MqttSource {
         loop {
             let event = tokio::select! {
                 _ = cancel.cancelled() => break,
+                Some(message) = outgoing.recv() => {
+                    // Queued in the client; sent (again, after a reconnect) until acknowledged.
+                    if let Err(e) = client.try_publish(message.topic, QoS::AtLeastOnce, false, message.payload) {
+                        tracing::warn!(error = %e, "cannot queue an action for the broker; it times out and is told so");
+                    }
+                    continue;
+                }
                 event = eventloop.poll() => event,
             };
             match event {

@@ -152,6 +152,7 @@ mod tests {
                             InboundBody::Status { online } => {
                                 assert_eq!(Value::Bool(online), m["online"], "{name}: {topic}")
                             }
+                            other => panic!("{name}: {topic}: {other:?}"),
                         }
                     }
                 }
