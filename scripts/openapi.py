@@ -42,6 +42,11 @@ doc = {
        "reported": {"description": "The sync_field's last value.", "type": ["string","number","boolean","object","array","null"]},
        "in_sync": S("boolean"), "differs_since": ts, "told": S("boolean", description="device.out_of_sync was sent, and no device.in_sync since.")})]},
      "desired": {"description": "The sync value desired for this device alone (else its class's).", "type": ["string","number","boolean","object","array","null"]}}),
+   "Action": S("object", required=["id","device","name","params","status","reason","submitted","deadline","sent_at","done_at"], properties={
+     "id": S("string"), "device": S("string"), "name": S("string"),
+     "params": {"type": ["string","number","boolean","object","array","null"]},
+     "status": S("string", enum=["waiting","sent","succeeded","failed","timed_out","expired","rejected","cancelled"]),
+     "reason": nullable("string"), "submitted": ts, "deadline": ts, "sent_at": ts, "done_at": ts}),
    "Workspace": S("object", required=["id","status","present","vacated_at","since","sensors","display"], properties={
      "id": S("string"), "status": S("string", enum=["Free","Occupied","Booked","Unknown"]), "present": S("boolean"), "vacated_at": ts,
      "since": dict(ts, description="When the status became what it is (null before the first, or in a store older than this field)."),
@@ -96,6 +101,13 @@ op("/v1/devices/{id}", "get", "device: one device", resp("The device.", ref("Dev
 op("/v1/devices/{id}", "delete", "forget device: device.unregistered, its state deleted (registered anew if heard from again); answered once durable", {"204": {"description": "Forgotten."}, "401": err, "404": err, "409": err}, params=[{"name": "id", "in": "path", "required": True, "schema": S("string")}], changes=True)
 op("/v1/devices/{id}/desired", "put", "set desired: the sync value desired for this device alone (null clears it); compared at once", resp("The device.", ref("Device"), extra=[400, 401, 404, 409]), params=[{"name": "id", "in": "path", "required": True, "schema": S("string")}],
    body=S("object", required=["value"], properties={"value": {"type": ["string","number","boolean","object","array","null"]}}), changes=True)
+aid = [{"name": "id", "in": "path", "required": True, "schema": S("string"), "description": "The action's id."}]
+op("/v1/actions", "post", "submit action: to one device, executed at least once, told as device.action_completed; answered once durable (202), or with what became of an id already known (200)",
+   {**resp("Accepted.", ref("Action"), "202", extra=[400, 401, 404, 409, 422, 429]), **resp("Known already: nothing is done again.", ref("Action"))},
+   body=S("object", required=["id","device","name"], properties={"id": S("string", maxLength=128), "device": S("string", maxLength=128), "name": S("string", maxLength=128),
+     "params": {"type": ["string","number","boolean","object","array","null"]}, "deadline": S("string", format="date-time", description="Sent by then, or expired; by default devices.action_deadline from now.")}), changes=True)
+op("/v1/actions/{id}", "get", "action: where it is", resp("The action.", ref("Action"), extra=[404, 409]), params=aid)
+op("/v1/actions/{id}", "delete", "cancel action: while it has not been sent", resp("Cancelled.", ref("Action"), extra=[401, 404, 409]), params=aid, changes=True)
 op("/v1/workspaces", "get", "workspaces: every configured workspace and its status", resp("The workspaces.", S("object", required=["workspaces"], properties={"workspaces": S("array", items=ref("Workspace"))})))
 op("/v1/endpoints", "get", "endpoints: every endpoint, from the file and from the API", resp("The endpoints.", S("object", required=["endpoints"], properties={"endpoints": S("array", items=ref("Endpoint"))})))
 op("/v1/endpoints", "post", "create endpoint: persisted and applied at once", resp("Created.", ref("Endpoint"), "201", extra=[400, 401, 403, 409]), body=ref("EndpointSettings"), changes=True)

@@ -510,6 +510,54 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
     let gone = api.get("/v1/devices/{id}", "/v1/devices/api-occ-1").await;
     assert_eq!(gone.status, 404);
 
+    // An action for a device nobody knows: rejected, told, and its id remembered.
+    let action = json!({"id": "act-1", "device": "nobody", "name": "identify"});
+    let rejected = api
+        .call("POST", "/v1/actions", "/v1/actions", Some(&action))
+        .await;
+    assert_eq!(
+        (rejected.status, rejected.json()["field"].as_str()),
+        (404, Some("device")),
+        "{}",
+        rejected.body
+    );
+    let known = api
+        .call("POST", "/v1/actions", "/v1/actions", Some(&action))
+        .await;
+    assert_eq!(
+        (known.status, known.json()["status"].as_str()),
+        (200, Some("rejected"))
+    );
+    let status = api.get("/v1/actions/{id}", "/v1/actions/act-1").await;
+    assert_eq!(status.json()["status"], "rejected");
+    let cancel = api
+        .call("DELETE", "/v1/actions/{id}", "/v1/actions/act-1", None)
+        .await;
+    assert_eq!(cancel.status, 409, "done already: {}", cancel.body);
+    assert_eq!(
+        api.get("/v1/actions/{id}", "/v1/actions/nope").await.status,
+        404
+    );
+    let bad = api
+        .call(
+            "POST",
+            "/v1/actions",
+            "/v1/actions",
+            Some(&json!({"device": "x", "name": "y"})),
+        )
+        .await;
+    assert_eq!(
+        (bad.status, bad.json()["field"].as_str()),
+        (400, Some("id"))
+    );
+    default
+        .wait_until(LONG, "the rejection told", |s| {
+            s.of_type("device.action_completed")
+                .iter()
+                .any(|e| e["data"]["action_id"] == "act-1" && e["data"]["status"] == "rejected")
+        })
+        .await;
+
     let log = daemon.log();
     assert!(
         log.contains("control API: endpoint created") && log.contains("changed=description"),

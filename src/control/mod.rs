@@ -168,6 +168,74 @@ impl Control {
         }
     }
 
+    /// The running device stage, or 409 for a stopped daemon.
+    fn stage(&self) -> Result<&tokio::sync::mpsc::Sender<crate::device::Request>, Refused> {
+        self.device_stage.as_ref().ok_or_else(|| Refused {
+            status: 409,
+            field: None,
+            message: "the daemon is not running: actions are taken by the running daemon (start it first)".into(),
+        })
+    }
+
+    /// Ask the device stage `make(reply)` and wait for its answer.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> crate::device::Request,
+    ) -> Result<T, Refused> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.stage()?
+            .send(make(done))
+            .await
+            .map_err(|_| Refused::new_internal("the device stage has stopped".into()))?;
+        answer.await.map_err(|_| {
+            Refused::new_internal(
+                "not made durable (the daemon is stopping, or the disk refuses writes)".into(),
+            )
+        })
+    }
+
+    /// Submit an action (answered once what became of it is durable).
+    pub async fn act(
+        &self,
+        request: crate::device::ActionRequest,
+    ) -> Result<crate::device::ActionAnswer, Refused> {
+        self.ask(|done| crate::device::Request::Act { request, done })
+            .await
+    }
+
+    /// The action `id` as it is now.
+    pub async fn action(&self, id: &str) -> Result<crate::device::action::Action, Refused> {
+        let id_owned = id.to_string();
+        self.ask(|done| crate::device::Request::Action { id: id_owned, done })
+            .await?
+            .ok_or_else(|| Refused {
+                status: 404,
+                field: None,
+                message: format!("no action `{id}` (unknown, or done and past its deadline)"),
+            })
+    }
+
+    /// Cancel action `id` while it has not been sent.
+    pub async fn cancel_action(&self, id: &str) -> Result<crate::device::action::Action, Refused> {
+        let id_owned = id.to_string();
+        match self
+            .ask(|done| crate::device::Request::Cancel { id: id_owned, done })
+            .await?
+        {
+            None => Err(Refused {
+                status: 404,
+                field: None,
+                message: format!("no action `{id}`"),
+            }),
+            Some(Err(why)) => Err(Refused {
+                status: 409,
+                field: None,
+                message: format!("action `{id}` cannot be cancelled: {why}"),
+            }),
+            Some(Ok(a)) => Ok(a),
+        }
+    }
+
     /// Forget a device: `device.unregistered`, its state deleted (it is registered anew if it
     /// is heard from again).
     pub async fn forget_device(&self, device_id: &str) -> Result<(), Refused> {
