@@ -97,6 +97,22 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// How a simulated device answers the actions sent to it (on `devices/<id>/actions`,
+/// answering on `devices/<id>/actions/result`). Whatever it does, it executes an action id once:
+/// a repeat (sent again after the gateway crashed) gets the first answer again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ActionBehaviour {
+    /// Executes it and answers `succeeded`.
+    #[default]
+    Succeeds,
+    /// Answers `failed` with a reason.
+    Fails,
+    /// Never answers.
+    Silent,
+    /// Answers `succeeded` twice.
+    Twice,
+}
+
 /// The deterministic part of a device: its tracked values and how they evolve.
 #[derive(Debug, Clone)]
 pub struct Firmware {
@@ -195,8 +211,11 @@ pub struct SimDevice {
     poller: JoinHandle<()>,
     acked: tokio::sync::watch::Receiver<u64>,
     published: u64,
-    /// Births published again on reconnects (by the poller), which the broker acknowledges too.
+    /// Births published again on reconnects and action answers (by the poller), which the
+    /// broker acknowledges too.
     births: Arc<AtomicU64>,
+    behaviour: Arc<std::sync::Mutex<ActionBehaviour>>,
+    executed: Arc<AtomicU64>,
 }
 
 impl SimDevice {
@@ -231,10 +250,22 @@ impl SimDevice {
         let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
         let (acked_tx, acked) = tokio::sync::watch::channel(0u64);
         let births = Arc::new(AtomicU64::new(0));
+        let actions = (profile == Profile::Edgehook).then(|| {
+            (
+                format!("devices/{}/actions", firmware.id),
+                format!("devices/{}/actions/result", firmware.id),
+            )
+        });
+        let behaviour = Arc::new(std::sync::Mutex::new(ActionBehaviour::default()));
+        let executed = Arc::new(AtomicU64::new(0));
         let rebirth = Rebirth {
             client: client.clone(),
             birth: birth.clone(),
             births: births.clone(),
+            actions: actions.clone(),
+            behaviour: behaviour.clone(),
+            answered: Default::default(),
+            executed: executed.clone(),
         };
         let poller = tokio::spawn(poll(eventloop, connected_tx, acked_tx, rebirth));
         tokio::time::timeout(Duration::from_secs(10), connected_rx)
@@ -246,6 +277,9 @@ impl SimDevice {
                 )
             })?
             .map_err(|_| anyhow::anyhow!("{}: connection to {host}:{port} failed", firmware.id))?;
+        if let Some((topic, _)) = &actions {
+            client.subscribe(topic.as_str(), QoS::AtLeastOnce).await?;
+        }
         let mut published = 0;
         if let Some((topic, payload)) = birth {
             client
@@ -263,7 +297,19 @@ impl SimDevice {
             acked,
             published,
             births,
+            behaviour,
+            executed,
         })
+    }
+
+    /// How it answers actions from now on.
+    pub fn answer_actions(&self, behaviour: ActionBehaviour) {
+        *self.behaviour.lock().unwrap_or_else(|e| e.into_inner()) = behaviour;
+    }
+
+    /// How many distinct actions it has executed.
+    pub fn actions_executed(&self) -> u64 {
+        self.executed.load(Ordering::SeqCst)
     }
 
     /// Publish the next reading (QoS 1); returns it and whether it changed a tracked field.
@@ -368,6 +414,71 @@ struct Rebirth {
     /// The birth's topic and payload, if the profile has one.
     birth: Option<(String, Vec<u8>)>,
     births: Arc<AtomicU64>,
+    /// Where actions arrive and answers go (edgehook's own profile only).
+    actions: Option<(String, String)>,
+    behaviour: Arc<std::sync::Mutex<ActionBehaviour>>,
+    /// Action id → the answer given (an id is executed once).
+    answered: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>>,
+    executed: Arc<AtomicU64>,
+}
+
+impl Rebirth {
+    /// An action arrived: execute it once and answer as the behaviour says.
+    fn action(&self, payload: &[u8]) {
+        let Some((_, result_topic)) = &self.actions else {
+            return;
+        };
+        let Ok(action) = serde_json::from_slice::<Value>(payload) else {
+            return;
+        };
+        let Some(id) = action["id"].as_str() else {
+            return;
+        };
+        let behaviour = *self.behaviour.lock().unwrap_or_else(|e| e.into_inner());
+        let known = self
+            .answered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
+        let answer = match known {
+            Some(answer) => answer,
+            None => {
+                self.executed.fetch_add(1, Ordering::SeqCst);
+                let answer = match behaviour {
+                    ActionBehaviour::Fails => {
+                        json!({"id": id, "status": "failed", "reason": "the device could not do it"})
+                    }
+                    _ => json!({"id": id, "status": "succeeded", "result": {"done": action["name"]}}),
+                }
+                .to_string()
+                .into_bytes();
+                self.answered
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.to_string(), answer.clone());
+                answer
+            }
+        };
+        let times = match behaviour {
+            ActionBehaviour::Silent => 0,
+            ActionBehaviour::Twice => 2,
+            _ => 1,
+        };
+        for _ in 0..times {
+            // Counted before it is queued, as a birth is.
+            self.births.fetch_add(1, Ordering::SeqCst);
+            let sent = self.client.try_publish(
+                result_topic.as_str(),
+                QoS::AtLeastOnce,
+                false,
+                answer.clone(),
+            );
+            if sent.is_err() {
+                self.births.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
 }
 
 async fn poll(
@@ -399,6 +510,7 @@ async fn poll(
                 }
             }
             Ok(Event::Incoming(Packet::PubAck(_))) => acked.send_modify(|n| *n += 1),
+            Ok(Event::Incoming(Packet::Publish(p))) => rebirth.action(&p.payload),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(_) => {

@@ -71,6 +71,7 @@ subscriptions = [
   {{ topic = "sensors/{{device}}/reading", kind = "reading", metadata_fields = ["seq", "ts"] }},
   {{ topic = "rooms/{{device}}/display", kind = "reading", metadata_fields = ["seq", "ts"] }},
   {{ topic = "devices/{{device}}/status", kind = "status" }},
+  {{ topic = "devices/{{device}}/actions/result", kind = "action_result" }},
 ]
 {webhook}
 [telemetry]

@@ -1,0 +1,211 @@
+//! Actions down to devices through the real pipeline (issue 19): submitted through the
+//! control API, published over mosquitto to a simulated display once durable, answered by
+//! it, and told once as `device.action_completed` to a verifying receiver — across a
+//! `kill -9` before the device could take it and one after it was sent but not answered.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{device, publish, Api, Daemon, Mosquitto, Receiver};
+use firmware_sim::{ActionBehaviour, DeviceClass};
+use serde_json::{json, Value};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// Every `device.action_completed` the receiver has seen for `id`.
+fn told_in(s: &common::Seen, id: &str) -> Vec<Value> {
+    s.of_type("device.action_completed")
+        .into_iter()
+        .filter(|e| e["data"]["action_id"] == id)
+        .map(|e| e["data"].clone())
+        .collect()
+}
+
+/// The same, from the receiver.
+fn told(r: &Receiver, id: &str) -> Vec<Value> {
+    r.seen(|s| told_in(s, id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_are_executed_once_and_told_once_across_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let class = r#"
+[[device_classes]]
+name = "displays"
+match = ["disp-*"]
+debounce = "0s"
+actions = ["show_message", "show_booking"]
+action_timeout = "2s"
+"#;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, class);
+    daemon.start();
+    let mut api = Api::new(daemon.metrics_port);
+    let token = std::fs::read_to_string(dir.path().join("state/api-token")).unwrap();
+    api.token = Some(token.trim().to_string());
+    let mut disp = device(broker.port, "disp-1", DeviceClass::RoomDisplay).await;
+    publish(&mut disp, 1, 1.0).await;
+    receiver
+        .wait_until(LONG, "the display online", |s| {
+            !s.of_type("device.online").is_empty()
+        })
+        .await;
+    let submit = |id: &str, name: &str| json!({"id": id, "device": "disp-1", "name": name, "params": {"text": "Welcome"}});
+
+    // Online: accepted once durable, executed, told.
+    let a1 = api
+        .call(
+            "POST",
+            "/v1/actions",
+            "/v1/actions",
+            Some(&submit("a1", "show_message")),
+        )
+        .await;
+    assert_eq!(a1.status, 202, "{}", a1.body);
+    receiver
+        .wait_until(LONG, "a1 told", |s| !told_in(s, "a1").is_empty())
+        .await;
+    assert_eq!(told(&receiver, "a1")[0]["status"], "succeeded");
+    assert_eq!(
+        told(&receiver, "a1")[0]["result"],
+        json!({"done": "show_message"})
+    );
+    // The same id again: what became of it, nothing executed again.
+    let again = api
+        .call(
+            "POST",
+            "/v1/actions",
+            "/v1/actions",
+            Some(&submit("a1", "show_message")),
+        )
+        .await;
+    assert_eq!(
+        (again.status, again.json()["status"].as_str()),
+        (200, Some("succeeded"))
+    );
+    // Not an action of its class: rejected and told; 422.
+    let bad = api
+        .call(
+            "POST",
+            "/v1/actions",
+            "/v1/actions",
+            Some(&submit("a0", "reboot")),
+        )
+        .await;
+    assert_eq!(bad.status, 422, "{}", bad.body);
+
+    // A device that answers twice: one event. One that fails: failed, with its reason.
+    disp.answer_actions(ActionBehaviour::Twice);
+    api.call(
+        "POST",
+        "/v1/actions",
+        "/v1/actions",
+        Some(&submit("a2", "show_booking")),
+    )
+    .await;
+    disp.answer_actions(ActionBehaviour::Twice);
+    receiver
+        .wait_until(LONG, "a2 told", |s| !told_in(s, "a2").is_empty())
+        .await;
+    disp.answer_actions(ActionBehaviour::Fails);
+    api.call(
+        "POST",
+        "/v1/actions",
+        "/v1/actions",
+        Some(&submit("a3", "show_message")),
+    )
+    .await;
+    receiver
+        .wait_until(LONG, "a3 told", |s| !told_in(s, "a3").is_empty())
+        .await;
+    assert_eq!(told(&receiver, "a3")[0]["status"], "failed");
+    assert_eq!(
+        told(&receiver, "a3")[0]["reason"],
+        "the device could not do it"
+    );
+    // One that never answers: timed out after the class's 2 s.
+    disp.answer_actions(ActionBehaviour::Silent);
+    api.call(
+        "POST",
+        "/v1/actions",
+        "/v1/actions",
+        Some(&submit("a4", "show_message")),
+    )
+    .await;
+    receiver
+        .wait_until(LONG, "a4 told", |s| !told_in(s, "a4").is_empty())
+        .await;
+    assert_eq!(told(&receiver, "a4")[0]["status"], "timed_out");
+
+    // Sent, unanswered, and the daemon killed: sent again after the restart; the device has
+    // executed it already and answers again without executing it a second time.
+    api.call(
+        "POST",
+        "/v1/actions",
+        "/v1/actions",
+        Some(&submit("a5", "show_message")),
+    )
+    .await;
+    let wait = Instant::now() + LONG;
+    common::until(
+        wait,
+        || disp.actions_executed() == 5,
+        || format!("executed {}", disp.actions_executed()),
+    )
+    .await;
+    daemon.kill9();
+    disp.answer_actions(ActionBehaviour::Succeeds);
+    daemon.start();
+    receiver
+        .wait_until(LONG, "a5 told after the restart", |s| {
+            !told_in(s, "a5").is_empty()
+        })
+        .await;
+    assert_eq!(told(&receiver, "a5")[0]["status"], "succeeded");
+    assert_eq!(disp.actions_executed(), 5, "a1..a5, each once");
+
+    // Accepted while the device is offline, and the daemon killed before it could be sent:
+    // it waits on disk and runs once the device is back.
+    disp.shut_down().await.unwrap();
+    receiver
+        .wait_until(LONG, "the display offline", |s| {
+            !s.of_type("device.offline").is_empty()
+        })
+        .await;
+    let a6 = api
+        .call(
+            "POST",
+            "/v1/actions",
+            "/v1/actions",
+            Some(&submit("a6", "show_message")),
+        )
+        .await;
+    assert_eq!(a6.status, 202);
+    assert_eq!(
+        api.get("/v1/actions/{id}", "/v1/actions/a6").await.json()["status"],
+        "waiting"
+    );
+    daemon.kill9();
+    daemon.start();
+    let disp = device(broker.port, "disp-1", DeviceClass::RoomDisplay).await;
+    receiver
+        .wait_until(LONG, "a6 told", |s| !told_in(s, "a6").is_empty())
+        .await;
+    assert_eq!(told(&receiver, "a6")[0]["status"], "succeeded");
+    assert_eq!(disp.actions_executed(), 1);
+
+    // Exactly one event per action, whatever the device did.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in ["a0", "a1", "a2", "a3", "a4", "a5", "a6"] {
+        assert_eq!(
+            told(&receiver, id).len(),
+            1,
+            "{id}: {:?}",
+            told(&receiver, id)
+        );
+    }
+    receiver.seen(|s| assert_eq!(s.bad_signatures, 0));
+    assert_eq!(daemon.terminate(), Some(0));
+}
