@@ -27,6 +27,20 @@ fn told(r: &Receiver, id: &str) -> Vec<Value> {
     r.seen(|s| told_in(s, id))
 }
 
+/// `POST /v1/actions`: action `id`, `name`, for disp-1.
+async fn submit(api: &Api, id: &str, name: &str) -> common::Answer {
+    let body = json!({"id": id, "device": "disp-1", "name": name, "params": {"text": "Welcome"}});
+    api.call("POST", "/v1/actions", "/v1/actions", Some(&body))
+        .await
+}
+
+/// Wait until `id` is told; the first `device.action_completed` of it.
+async fn completion(r: &Receiver, id: &str) -> Value {
+    r.wait_until(LONG, &format!("{id} told"), |s| !told_in(s, id).is_empty())
+        .await;
+    told(r, id).remove(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_are_executed_once_and_told_once_across_kill_9() {
     let dir = tempfile::tempdir().unwrap();
@@ -52,102 +66,41 @@ action_timeout = "2s"
             !s.of_type("device.online").is_empty()
         })
         .await;
-    let submit = |id: &str, name: &str| json!({"id": id, "device": "disp-1", "name": name, "params": {"text": "Welcome"}});
-
     // Online: accepted once durable, executed, told.
-    let a1 = api
-        .call(
-            "POST",
-            "/v1/actions",
-            "/v1/actions",
-            Some(&submit("a1", "show_message")),
-        )
-        .await;
+    let a1 = submit(&api, "a1", "show_message").await;
     assert_eq!(a1.status, 202, "{}", a1.body);
-    receiver
-        .wait_until(LONG, "a1 told", |s| !told_in(s, "a1").is_empty())
-        .await;
-    assert_eq!(told(&receiver, "a1")[0]["status"], "succeeded");
-    assert_eq!(
-        told(&receiver, "a1")[0]["result"],
-        json!({"done": "show_message"})
-    );
+    let a1_done = completion(&receiver, "a1").await;
+    assert_eq!(a1_done["status"], "succeeded");
+    assert_eq!(a1_done["result"], json!({"done": "show_message"}));
     // The same id again: what became of it, nothing executed again.
-    let again = api
-        .call(
-            "POST",
-            "/v1/actions",
-            "/v1/actions",
-            Some(&submit("a1", "show_message")),
-        )
-        .await;
+    let again = submit(&api, "a1", "show_message").await;
     assert_eq!(
         (again.status, again.json()["status"].as_str()),
         (200, Some("succeeded"))
     );
     // Not an action of its class: rejected and told; 422.
-    let bad = api
-        .call(
-            "POST",
-            "/v1/actions",
-            "/v1/actions",
-            Some(&submit("a0", "reboot")),
-        )
-        .await;
+    let bad = submit(&api, "a0", "reboot").await;
     assert_eq!(bad.status, 422, "{}", bad.body);
 
     // A device that answers twice: one event. One that fails: failed, with its reason.
     disp.answer_actions(ActionBehaviour::Twice);
-    api.call(
-        "POST",
-        "/v1/actions",
-        "/v1/actions",
-        Some(&submit("a2", "show_booking")),
-    )
-    .await;
-    disp.answer_actions(ActionBehaviour::Twice);
-    receiver
-        .wait_until(LONG, "a2 told", |s| !told_in(s, "a2").is_empty())
-        .await;
+    submit(&api, "a2", "show_booking").await;
+    let a2_done = completion(&receiver, "a2").await;
+    assert_eq!(a2_done["status"], "succeeded");
     disp.answer_actions(ActionBehaviour::Fails);
-    api.call(
-        "POST",
-        "/v1/actions",
-        "/v1/actions",
-        Some(&submit("a3", "show_message")),
-    )
-    .await;
-    receiver
-        .wait_until(LONG, "a3 told", |s| !told_in(s, "a3").is_empty())
-        .await;
-    assert_eq!(told(&receiver, "a3")[0]["status"], "failed");
-    assert_eq!(
-        told(&receiver, "a3")[0]["reason"],
-        "the device could not do it"
-    );
+    submit(&api, "a3", "show_message").await;
+    let a3_done = completion(&receiver, "a3").await;
+    assert_eq!(a3_done["status"], "failed");
+    assert_eq!(a3_done["reason"], "the device could not do it");
     // One that never answers: timed out after the class's 2 s.
     disp.answer_actions(ActionBehaviour::Silent);
-    api.call(
-        "POST",
-        "/v1/actions",
-        "/v1/actions",
-        Some(&submit("a4", "show_message")),
-    )
-    .await;
-    receiver
-        .wait_until(LONG, "a4 told", |s| !told_in(s, "a4").is_empty())
-        .await;
-    assert_eq!(told(&receiver, "a4")[0]["status"], "timed_out");
+    submit(&api, "a4", "show_message").await;
+    let a4_done = completion(&receiver, "a4").await;
+    assert_eq!(a4_done["status"], "timed_out");
 
     // Sent, unanswered, and the daemon killed: sent again after the restart; the device has
     // executed it already and answers again without executing it a second time.
-    api.call(
-        "POST",
-        "/v1/actions",
-        "/v1/actions",
-        Some(&submit("a5", "show_message")),
-    )
-    .await;
+    submit(&api, "a5", "show_message").await;
     let wait = Instant::now() + LONG;
     common::until(
         wait,
@@ -158,12 +111,8 @@ action_timeout = "2s"
     daemon.kill9();
     disp.answer_actions(ActionBehaviour::Succeeds);
     daemon.start();
-    receiver
-        .wait_until(LONG, "a5 told after the restart", |s| {
-            !told_in(s, "a5").is_empty()
-        })
-        .await;
-    assert_eq!(told(&receiver, "a5")[0]["status"], "succeeded");
+    let a5_done = completion(&receiver, "a5").await;
+    assert_eq!(a5_done["status"], "succeeded");
     assert_eq!(disp.actions_executed(), 5, "a1..a5, each once");
 
     // Accepted while the device is offline, and the daemon killed before it could be sent:
@@ -174,14 +123,7 @@ action_timeout = "2s"
             !s.of_type("device.offline").is_empty()
         })
         .await;
-    let a6 = api
-        .call(
-            "POST",
-            "/v1/actions",
-            "/v1/actions",
-            Some(&submit("a6", "show_message")),
-        )
-        .await;
+    let a6 = submit(&api, "a6", "show_message").await;
     assert_eq!(a6.status, 202);
     assert_eq!(
         api.get("/v1/actions/{id}", "/v1/actions/a6").await.json()["status"],
@@ -190,10 +132,8 @@ action_timeout = "2s"
     daemon.kill9();
     daemon.start();
     let disp = device(broker.port, "disp-1", DeviceClass::RoomDisplay).await;
-    receiver
-        .wait_until(LONG, "a6 told", |s| !told_in(s, "a6").is_empty())
-        .await;
-    assert_eq!(told(&receiver, "a6")[0]["status"], "succeeded");
+    let a6_done = completion(&receiver, "a6").await;
+    assert_eq!(a6_done["status"], "succeeded");
     assert_eq!(disp.actions_executed(), 1);
 
     // Exactly one event per action, whatever the device did.

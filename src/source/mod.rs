@@ -147,17 +147,21 @@ pub fn check_device_id(id: &str) -> Result<(), DecodeError> {
     Ok(())
 }
 
-/// Decode an action result payload: `{"id", "status": "succeeded"|"failed", "reason",
-/// "result"}`.
-pub fn decode_action_result(payload: &[u8], limit: usize) -> Result<InboundBody, DecodeError> {
+/// `payload` as JSON, if it is within `limit` bytes and JSON at all.
+pub fn parse_json(payload: &[u8], limit: usize) -> Result<Value, DecodeError> {
     if payload.len() > limit {
         return Err(DecodeError::Oversize {
             size: payload.len(),
             limit,
         });
     }
-    let value = serde_json::from_slice::<Value>(payload)
-        .map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    serde_json::from_slice::<Value>(payload).map_err(|e| DecodeError::NotJson(e.to_string()))
+}
+
+/// Decode an action result payload: `{"id", "status": "succeeded"|"failed", "reason",
+/// "result"}`.
+pub fn decode_action_result(payload: &[u8], limit: usize) -> Result<InboundBody, DecodeError> {
+    let value = parse_json(payload, limit)?;
     let id = value.get("id").and_then(Value::as_str);
     let succeeded = match value.get("status").and_then(Value::as_str) {
         Some("succeeded") | Some("ok") => Some(true),
@@ -193,14 +197,7 @@ pub fn decode_fields(
     at: &str,
     flatten: bool,
 ) -> Result<Map<String, Value>, DecodeError> {
-    if payload.len() > limit {
-        return Err(DecodeError::Oversize {
-            size: payload.len(),
-            limit,
-        });
-    }
-    let value = serde_json::from_slice::<Value>(payload)
-        .map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    let value = parse_json(payload, limit)?;
     let fields = match (at, value) {
         ("", Value::Object(fields)) => fields,
         ("", _) => return Err(DecodeError::NotAnObject),

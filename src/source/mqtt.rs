@@ -328,14 +328,7 @@ impl Decoder {
 
 /// The device id at JSON pointer `pointer` in `payload` (a string, or a number as written).
 fn device_in(payload: &[u8], limit: usize, pointer: &str) -> Result<String, DecodeError> {
-    if payload.len() > limit {
-        return Err(DecodeError::Oversize {
-            size: payload.len(),
-            limit,
-        });
-    }
-    let value = serde_json::from_slice::<serde_json::Value>(payload)
-        .map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    let value = super::parse_json(payload, limit)?;
     match value.pointer(pointer) {
         Some(serde_json::Value::String(s)) => Ok(s.clone()),
         Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
