@@ -7,7 +7,7 @@
 //! steps (libfaketime), an endpoint paused through the commands (the control API) for the rest
 //! of a phase, sometimes across a `kill -9` or a power cut, and an endpoint created and deleted
 //! with its queue through them while the rest deliver; per seed, `ops` itself may be made
-//! through the API instead of the file. A reference
+//! through the API instead of the file, and readings may go through a jq mapping. A reference
 //! model applies the documented rules to what was published and, once everything has settled,
 //! checks what each receiver must know:
 //!
@@ -101,6 +101,8 @@ struct Setup {
     compress: Option<u64>,
     /// `ops` is made through the control API (`edgehook endpoints create`), not the file.
     ops_by_api: bool,
+    /// Sensors' readings go through a subscription's jq mapping (the identity).
+    mapped: bool,
     serial: PathBuf,
 }
 
@@ -895,6 +897,7 @@ async fn run(seed: u64) {
         batch: (rng.u8(..3) == 0).then(|| (rng.usize(2..=50), rng.u64(0..=200))),
         compress: (rng.u8(..3) == 0).then(|| rng.u64(64..=512)),
         ops_by_api: rng.u8(..3) == 0,
+        mapped: rng.u8(..3) == 0,
         serial: dir.path().join("ttyHARNESS"),
     };
     let spare = Receiver::start().await;
@@ -905,6 +908,12 @@ async fn run(seed: u64) {
     daemon
         .env
         .push(("EDGEHOOK_STATE_DIR".into(), state.display().to_string()));
+    if setup.mapped {
+        daemon.env.push((
+            "EDGEHOOK_MQTT__SUBSCRIPTIONS".into(),
+            r#"[{topic="sensors/{device}/reading",kind="reading",metadata_fields=["seq","ts"],jq="."},{topic="rooms/{device}/display",kind="reading",metadata_fields=["seq","ts"]},{topic="devices/{device}/status",kind="status"}]"#.into(),
+        ));
+    }
     let clock_file = dir.path().join("faketime");
     std::fs::write(&clock_file, "+0\n").unwrap();
     common::fake_clock(&mut daemon, &clock_file);
@@ -1015,6 +1024,9 @@ async fn run(seed: u64) {
     }
     if world.setup.ops_by_api {
         story.push("ops is made through the control API".into());
+    }
+    if world.setup.mapped {
+        story[0].push_str("; sensor readings through a jq mapping");
     }
     for phase in 0..phases {
         // Which receiver misbehaves how; at most one at a time, so the other must keep up.
