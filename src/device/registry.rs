@@ -342,6 +342,24 @@ impl Registry {
             return Submit::Refused(Refusal::TooMany);
         }
         let mut out = self.tick(now);
+        // Done actions are remembered until their deadlines, but at most ten times
+        // `max_actions` in all: past that the oldest done are forgotten early (a flood of
+        // rejected submissions cannot take the memory).
+        let remembered = self.limits.max_actions.saturating_mul(10).max(1);
+        while self.actions.len() >= remembered {
+            let oldest = self
+                .actions
+                .values()
+                .filter(|a| a.is_done())
+                .min_by_key(|a| a.seq)
+                .map(|a| a.id.clone());
+            let Some(id) = oldest else { break };
+            self.actions.remove(&id);
+            if let Some(at) = self.scheduled.remove(&Timer::Action(id.clone())) {
+                self.timers.remove(&(at, Timer::Action(id.clone())));
+            }
+            out.forgotten_actions.push(id);
+        }
         self.action_seq += 1;
         let mut a = action::Action {
             id: request.id,

@@ -1062,3 +1062,25 @@ fn limits_again() -> DevicesConfig {
         ..Default::default()
     }
 }
+
+/// Issue 19: done actions are remembered at most ten times `max_actions` in all; a flood of
+/// rejected submissions forgets the oldest early instead of growing without bound.
+#[test]
+fn remembered_actions_are_bounded() {
+    let limits = DevicesConfig {
+        max_actions: 3,
+        ..Default::default()
+    };
+    let mut r = Registry::new(&[], &[], [], [], 0).with_limits(limits);
+    let mut forgotten = Vec::new();
+    for i in 0..100 {
+        match r.submit(act(&format!("x{i}"), "nobody", "identify"), 1_000 + i) {
+            Submit::Rejected(a, Refusal::UnknownDevice) => forgotten.extend(a.forgotten_actions),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(r.actions.len(), 30, "ten times max_actions");
+    assert_eq!(forgotten.len(), 70);
+    assert_eq!(forgotten[0], "x0", "the oldest first");
+    assert!(r.action("x99").is_some() && r.action("x69").is_none());
+}
