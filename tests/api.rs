@@ -410,10 +410,11 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
     )
     .await;
     let waiting = publish(&mut occ, 2, 1.0).await;
+    // Every reading queued for crm before the drain begins (a drain takes nothing new).
     until(
         Instant::now() + LONG,
-        || daemon_pending(&api.port) >= 1,
-        || "an event waits for crm".into(),
+        || daemon_pending(&api.port) >= waiting.len() as u64,
+        || format!("{} events wait for crm", waiting.len()),
     )
     .await;
     let refused = api
