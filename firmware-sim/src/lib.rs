@@ -321,10 +321,7 @@ impl SimDevice {
                 .profile
                 .reading(&self.topics, self.firmware.class, id, &payload)
         {
-            self.client
-                .publish(topic, QoS::AtLeastOnce, false, body)
-                .await?;
-            self.published += 1;
+            self.publish(topic, body, false).await?;
         }
         Ok((payload, changed))
     }
@@ -332,11 +329,7 @@ impl SimDevice {
     /// Publish arbitrary bytes on this device's reading topic (for corrupt-payload tests).
     pub async fn publish_raw(&mut self, payload: Vec<u8>) -> anyhow::Result<()> {
         let topic = self.topics.reading(self.firmware.class, &self.firmware.id);
-        self.client
-            .publish(topic, QoS::AtLeastOnce, false, payload)
-            .await?;
-        self.published += 1;
-        Ok(())
+        self.publish(topic, payload, false).await
     }
 
     /// Publish a status report (QoS 1, not retained: a report only this moment's subscribers
@@ -347,11 +340,22 @@ impl SimDevice {
             .profile
             .status(&self.topics, &self.firmware.id, online);
         if let Some((topic, payload)) = status {
-            self.client
-                .publish(topic, QoS::AtLeastOnce, false, payload)
-                .await?;
-            self.published += 1;
+            self.publish(topic, payload, false).await?;
         }
+        Ok(())
+    }
+
+    /// Publish at QoS 1, counted for [`SimDevice::flushed`].
+    async fn publish(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+        retain: bool,
+    ) -> anyhow::Result<()> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, retain, payload)
+            .await?;
+        self.published += 1;
         Ok(())
     }
 
@@ -375,10 +379,7 @@ impl SimDevice {
             .profile
             .status(&self.topics, &self.firmware.id, false);
         if let Some((topic, payload)) = status {
-            self.client
-                .publish(topic, QoS::AtLeastOnce, true, payload)
-                .await?;
-            self.published += 1;
+            self.publish(topic, payload, true).await?;
         }
         self.flushed().await?;
         self.client.disconnect().await?;
