@@ -83,6 +83,9 @@ pub struct Config {
     pub endpoints: Vec<WebhookConfig>,
     pub outbox: OutboxConfig,
     pub telemetry: TelemetryConfig,
+    /// Commands from upstream (actions, bookings): the push listener and pull mode.
+    #[serde(default)]
+    pub upstream: crate::upstream::config::UpstreamConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -145,6 +148,7 @@ impl Default for Config {
                 tls_cert: None,
                 tls_key: None,
             },
+            upstream: Default::default(),
         }
     }
 }
@@ -231,6 +235,7 @@ impl Config {
         let webhook = webhook_used.then_some(&self.webhook);
         crate::deliver::config::validate(webhook, &self.endpoints)?;
         crate::outbox::config::validate(&self.outbox)?;
+        crate::upstream::config::validate(&self.upstream)?;
         let t = &self.telemetry;
         match (&t.tls_cert, &t.tls_key) {
             (Some(_), None) => {
@@ -299,6 +304,9 @@ impl Config {
         }
         if differ(&self.telemetry, &new.telemetry) {
             keys.push("telemetry");
+        }
+        if differ(&self.upstream, &new.upstream) {
+            keys.push("upstream");
         }
         keys
     }

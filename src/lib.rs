@@ -64,6 +64,7 @@ pub mod size;
 pub mod source;
 pub mod telemetry;
 pub mod tls;
+pub mod upstream;
 
 use std::sync::Arc;
 

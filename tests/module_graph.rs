@@ -26,6 +26,7 @@ const LAYERS: &[&[&str]] = &[
     &["device"],
     &["outbox"],
     &["deliver"],
+    &["upstream"],
     &["config"],
     &["crate", "telemetry", "control", "demo"],
     &["cli"],

@@ -480,7 +480,7 @@ fn check_template(w: &WebhookConfig) -> Result<(), String> {
 }
 
 /// Whether a URL's host is this machine (`localhost`, 127.0.0.0/8, ::1).
-fn is_loopback(url: &reqwest::Url) -> bool {
+pub fn is_loopback(url: &reqwest::Url) -> bool {
     url.host_str().is_some_and(|host| {
         host.eq_ignore_ascii_case("localhost")
             || host

@@ -276,6 +276,23 @@ impl Signer {
         }
     }
 
+    /// `standard-webhooks`: whether `header` (a `webhook-signature` value: space-separated
+    /// `v1,<base64>` entries) holds a signature of `id`, `timestamp` and `body` by any of this
+    /// signer's secrets. Compared in constant time; entries of other versions are ignored.
+    pub fn verify_standard(&self, id: &str, timestamp: u64, body: &[u8], header: &str) -> bool {
+        let ts = timestamp.to_string();
+        let message: [&[u8]; 5] = [id.as_bytes(), b".", ts.as_bytes(), b".", body];
+        let candidates: Vec<Vec<u8>> = header
+            .split_whitespace()
+            .filter_map(|entry| entry.strip_prefix("v1,"))
+            .filter_map(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+            .collect();
+        self.keys.iter().any(|key| {
+            let mac = key.mac(&message);
+            candidates.iter().any(|sig| constant_time_eq(&mac, sig))
+        })
+    }
+
     /// Constant-time check of a hex signature made with [`Signer::new`] (for receivers: the
     /// demo, the docs).
     pub fn verify(&self, body: &[u8], signature_hex: &str) -> bool {
@@ -287,6 +304,11 @@ impl Signer {
             Key::Sha512(m) => m.clone().chain_update(body).verify_slice(&sig).is_ok(),
         }
     }
+}
+
+/// Equal bytes, compared without an early exit.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -378,6 +400,67 @@ mod tests {
                 br#"{"test": 2432232314}"#
             )
         );
+    }
+
+    #[test]
+    fn standard_webhooks_verification_takes_the_spec_example_and_nothing_else() {
+        let spec = Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        let other = Secret::new("whsec_dGhpcyBpcyBhbm90aGVyIHNlY3JldCBrZXkh");
+        let id = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+        let body = br#"{"test": 2432232314}"#;
+        let good = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+        let rotated = Signer::with(
+            SignatureScheme::StandardWebhooks,
+            &[other.clone(), spec],
+            HmacOptions::default(),
+        )
+        .unwrap();
+        let only_other = Signer::with(
+            SignatureScheme::StandardWebhooks,
+            &[other],
+            HmacOptions::default(),
+        )
+        .unwrap();
+        // (signer, id, timestamp, body, header, verified)
+        let table: [(&Signer, &str, u64, &[u8], &str, bool); 9] = [
+            (&rotated, id, 1614265330, body, good, true),
+            (
+                &rotated,
+                id,
+                1614265330,
+                body,
+                &format!("v1,bm90IGl0 {good}"),
+                true,
+            ),
+            (
+                &rotated,
+                id,
+                1614265330,
+                body,
+                &format!("v2,{}", &good[3..]),
+                false,
+            ),
+            (&rotated, id, 1614265331, body, good, false),
+            (&rotated, "msg_other", 1614265330, body, good, false),
+            (
+                &rotated,
+                id,
+                1614265330,
+                br#"{"test": 2432232315}"#,
+                good,
+                false,
+            ),
+            (&rotated, id, 1614265330, body, "v1,!!notbase64", false),
+            (&rotated, id, 1614265330, body, "", false),
+            (&only_other, id, 1614265330, body, good, false),
+        ];
+        for (i, (signer, id, ts, body, header, verified)) in table.into_iter().enumerate() {
+            assert_eq!(
+                signer.verify_standard(id, ts, body, header),
+                verified,
+                "row {i}"
+            );
+        }
     }
 
     #[test]

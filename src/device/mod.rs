@@ -26,6 +26,7 @@
 //! `crate::clock` states the whole policy.
 
 pub mod action;
+pub mod booking;
 pub mod condition;
 pub mod config;
 pub mod group;

@@ -124,7 +124,7 @@ pub struct Snapshot {
 }
 
 /// An action asked for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ActionRequest {
     pub id: String,
     pub device: String,

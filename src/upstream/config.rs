@@ -1,0 +1,148 @@
+//! `[upstream]`: how upstream systems send commands (actions, bookings) down to this gateway.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::deliver::sign::{self, SignatureScheme};
+use crate::secret::Secret;
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Standard Webhooks secrets (`whsec_` + base64). A pushed request or a pull answer is
+    /// taken when any of them signed it (so a secret can be rotated without a gap); the first
+    /// signs this gateway's pull requests.
+    #[serde(default)]
+    pub secrets: Vec<Secret>,
+    /// How far a signed request's `webhook-timestamp` may be from this gateway's clock, either
+    /// way. Ids are remembered this long, so a request replayed within it is refused too.
+    #[serde(default = "default_tolerance", with = "humantime_serde")]
+    pub tolerance: Duration,
+    /// The push listener: upstream POSTs commands to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushConfig>,
+    /// Pull mode: this gateway long-polls upstream for commands (behind NAT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<PullConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// Where to listen: a loopback address, or any other with `tls_cert` and `tls_key`.
+    pub listen: String,
+    /// The listener's certificate chain (PEM): it serves HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullConfig {
+    /// The upstream URL this gateway POSTs its polls to (https://, or http:// to a loopback
+    /// address or with `allow_insecure_http`).
+    pub url: String,
+    /// How long upstream may hold a poll open when it has nothing (long-polling); the request
+    /// times out 10 s after it.
+    #[serde(default = "default_wait", with = "humantime_serde")]
+    pub wait: Duration,
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+}
+
+fn default_tolerance() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_wait() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl UpstreamConfig {
+    pub fn is_used(&self) -> bool {
+        self.push.is_some() || self.pull.is_some()
+    }
+
+    /// The signer and verifier of this config's secrets (checked by [`validate`]).
+    pub fn signer(&self) -> Result<sign::Signer, sign::SecretError> {
+        sign::Signer::with(
+            SignatureScheme::StandardWebhooks,
+            &self.secrets,
+            sign::HmacOptions::default(),
+        )
+    }
+}
+
+/// Checks deserialising cannot express: the offending key and what is wrong.
+pub fn validate(u: &UpstreamConfig) -> Result<(), (String, String)> {
+    let bad = |key: &str, msg: String| Err((format!("upstream.{key}"), msg));
+    if !u.is_used() {
+        return Ok(());
+    }
+    if let Err(e) = u.signer() {
+        let key = match e {
+            sign::SecretError::Missing => "secrets".to_string(),
+            sign::SecretError::NotWhsec { index } | sign::SecretError::BadLength { index, .. } => {
+                format!("secrets[{index}]")
+            }
+        };
+        return bad(
+            &key,
+            format!("{e} (commands are verified with Standard Webhooks signatures)"),
+        );
+    }
+    if u.tolerance < Duration::from_secs(1) || u.tolerance > Duration::from_secs(3600) {
+        return bad("tolerance", "must be between 1s and 1h".into());
+    }
+    if let Some(p) = &u.push {
+        match (&p.tls_cert, &p.tls_key) {
+            (Some(_), None) => return bad("push.tls_key", "must be set with tls_cert".into()),
+            (None, Some(_)) => return bad("push.tls_cert", "must be set with tls_key".into()),
+            (Some(cert), Some(key)) => {
+                if let Err(e) = crate::tls::ServerCert::load(cert, key) {
+                    return bad("push.tls_cert", format!("{e:#}"));
+                }
+            }
+            (None, None) => {}
+        }
+        match p.listen.parse::<SocketAddr>() {
+            Err(e) => {
+                return bad(
+                    "push.listen",
+                    format!("not an address like 127.0.0.1:9480 ({e})"),
+                )
+            }
+            Ok(a) if !a.ip().is_loopback() && p.tls_cert.is_none() => {
+                return bad(
+                    "push.listen",
+                    "off loopback needs TLS (set upstream.push.tls_cert and tls_key)".into(),
+                )
+            }
+            Ok(_) => {}
+        }
+    }
+    if let Some(p) = &u.pull {
+        match reqwest::Url::parse(&p.url) {
+            Err(e) => return bad("pull.url", format!("not a URL ({e})")),
+            Ok(url) if url.scheme() == "https" => {}
+            Ok(url) if url.scheme() == "http" => {
+                if !crate::deliver::config::is_loopback(&url) && !p.allow_insecure_http {
+                    return bad(
+                        "pull.url",
+                        "http:// carries commands in clear text: use https://, or set allow_insecure_http = true".into(),
+                    );
+                }
+            }
+            Ok(_) => return bad("pull.url", "must be an https:// (or http://) URL".into()),
+        }
+        if p.wait > Duration::from_secs(300) {
+            return bad("pull.wait", "must be at most 5m".into());
+        }
+    }
+    Ok(())
+}
