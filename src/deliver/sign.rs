@@ -422,7 +422,8 @@ mod tests {
         )
         .unwrap();
         // (signer, id, timestamp, body, header, verified)
-        let table: [(&Signer, &str, u64, &[u8], &str, bool); 9] = [
+        type Row<'a> = (&'a Signer, &'a str, u64, &'a [u8], &'a str, bool);
+        let table: [Row; 9] = [
             (&rotated, id, 1614265330, body, good, true),
             (
                 &rotated,

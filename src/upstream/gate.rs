@@ -171,14 +171,15 @@ mod tests {
         let sig = |id: &str, ts: u64| s.sign_standard(id, ts, body);
         let mut gate = Gate::new(signer(), 300);
         // (what, id, timestamp, signature, now, expected)
-        let rows: Vec<(
-            &str,
-            &str,
+        type Row<'a> = (
+            &'a str,
+            &'a str,
             String,
             Option<String>,
             u64,
             Result<(), Unauthorized>,
-        )> = vec![
+        );
+        let rows: Vec<Row> = vec![
             (
                 "signed now",
                 "m1",
