@@ -150,7 +150,8 @@ pub async fn run_with_reloads(
     )
     .with_limits(config.devices.clone())
     .with_groups(&config.groups, known_groups)
-    .with_actions(outbox.actions().context("reading actions")?);
+    .with_actions(outbox.actions().context("reading actions")?)
+    .with_bookings(outbox.bookings().context("reading bookings")?);
     metrics.device.set_devices(registry.len());
     let mqtt = if config.mqtt.all_subscriptions().is_empty() {
         None

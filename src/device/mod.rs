@@ -44,8 +44,8 @@ mod task;
 pub use events::samples;
 use events::*;
 pub use registry::{
-    ActionAnswer, ActionRequest, Applied, Outgoing, Refusal, Refused, Registry, Request, Rules,
-    Snapshot, Submit,
+    ActionAnswer, ActionRequest, Applied, BookRefusal, Outgoing, Refusal, Refused, Registry,
+    Request, Rules, Snapshot, Submit,
 };
 pub use task::run;
 
@@ -85,6 +85,8 @@ pub struct Commit {
     /// Actions whose state changed; actions forgotten (deleted).
     pub actions: Vec<action::Action>,
     pub forgotten_actions: Vec<String>,
+    /// Bookings kept (`Some`) or forgotten (`None`), by id.
+    pub bookings: Vec<(String, Option<booking::Booking>)>,
     /// Actions to publish once the batch is durable.
     pub outgoing: Vec<Outgoing>,
     /// The states must be durable before `ack` even when no event is queued (see

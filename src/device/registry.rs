@@ -70,9 +70,14 @@ pub struct Applied {
     pub actions: Vec<action::Action>,
     /// Actions done and past their deadlines: deleted.
     pub forgotten_actions: Vec<String>,
+    /// Bookings kept (`Some`) or forgotten (`None`), by id: persisted with the events.
+    pub bookings: Vec<(String, Option<booking::Booking>)>,
     /// Actions to publish once this is durable.
     pub outgoing: Vec<Outgoing>,
 }
+
+/// At most this many bookings are kept per workspace (more are refused, 429).
+pub const MAX_BOOKINGS_PER_WORKSPACE: usize = 64;
 
 /// Why a message was skipped by the registry (see [`DevicesConfig`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +100,20 @@ impl Refused {
 }
 
 impl Applied {
+    /// Take in what another change did (after this one's).
+    pub fn absorb(&mut self, other: Applied) {
+        self.events.extend(other.events);
+        self.devices.extend(other.devices);
+        self.workspaces.extend(other.workspaces);
+        self.groups.extend(other.groups);
+        self.sync |= other.sync;
+        self.forgotten.extend(other.forgotten);
+        self.actions.extend(other.actions);
+        self.forgotten_actions.extend(other.forgotten_actions);
+        self.outgoing.extend(other.outgoing);
+        self.bookings.extend(other.bookings);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
             && self.devices.is_empty()
@@ -103,6 +122,7 @@ impl Applied {
             && self.forgotten.is_empty()
             && self.actions.is_empty()
             && self.forgotten_actions.is_empty()
+            && self.bookings.is_empty()
     }
 }
 
@@ -192,6 +212,27 @@ pub enum Request {
         id: String,
         done: tokio::sync::oneshot::Sender<Option<Result<action::Action, &'static str>>>,
     },
+    /// Keep a booking (`booking.start`): answered once durable.
+    Book {
+        booking: booking::Booking,
+        done: tokio::sync::oneshot::Sender<Result<(), BookRefusal>>,
+    },
+    /// End a booking (`booking.end`): answered once durable.
+    Unbook {
+        booking_id: String,
+        workspace: String,
+        done: tokio::sync::oneshot::Sender<Result<(), BookRefusal>>,
+    },
+    /// The bookings kept.
+    Bookings(tokio::sync::oneshot::Sender<Vec<booking::Booking>>),
+}
+
+/// Why a booking was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BookRefusal {
+    UnknownWorkspace,
+    /// The workspace has [`MAX_BOOKINGS_PER_WORKSPACE`] already.
+    TooMany,
 }
 
 /// The answer to [`Request::Act`].
@@ -216,6 +257,8 @@ pub struct Registry {
     pub(super) actions: std::collections::BTreeMap<String, action::Action>,
     /// The `seq` of the last action accepted.
     pub(super) action_seq: u64,
+    /// Bookings from upstream not yet over, by id.
+    pub(super) bookings: std::collections::BTreeMap<String, booking::Booking>,
     /// Deadlines, earliest first. A timer may fire early (a deadline only ever moves later
     /// between firings); firing recomputes it.
     pub(super) timers: BTreeSet<(Millis, Timer)>,
@@ -258,6 +301,7 @@ impl Registry {
             groups: Vec::new(),
             actions: Default::default(),
             action_seq: 0,
+            bookings: Default::default(),
             timers: BTreeSet::new(),
             scheduled: HashMap::new(),
             started,
@@ -318,6 +362,126 @@ impl Registry {
             self.schedule(Timer::Dispatch(d), Some(started));
         }
         self
+    }
+
+    /// Take the bookings the store holds; those over are forgotten at the first tick.
+    pub fn with_bookings(mut self, known: impl IntoIterator<Item = booking::Booking>) -> Registry {
+        for b in known {
+            self.bookings.insert(b.id.clone(), b);
+        }
+        self.reschedule();
+        self
+    }
+
+    /// Keep a booking of upstream's (new, or changed: same id). None: no such workspace;
+    /// `Err`: the workspace has [`MAX_BOOKINGS_PER_WORKSPACE`] already.
+    pub fn book(&mut self, b: booking::Booking, now: Millis) -> Option<Result<Applied, ()>> {
+        let i = self
+            .workspaces
+            .iter()
+            .position(|w| w.config.id == b.workspace)?;
+        let mut out = Applied::default();
+        if self.bookings.get(&b.id) == Some(&b) {
+            return Some(Ok(out));
+        }
+        let of_workspace = self
+            .bookings
+            .values()
+            .filter(|k| k.workspace == b.workspace && k.id != b.id)
+            .count();
+        if of_workspace >= MAX_BOOKINGS_PER_WORKSPACE {
+            return Some(Err(()));
+        }
+        if let Some(old) = self.bookings.get(&b.id) {
+            if old.workspace != b.workspace {
+                // Moved to another room: the old one is re-evaluated without it.
+                let old_ws = old.workspace.clone();
+                self.bookings.remove(&b.id);
+                if let Some(j) = self.workspaces.iter().position(|w| w.config.id == old_ws) {
+                    self.evaluate_workspace(j, now, None, &mut out);
+                }
+            }
+        }
+        self.bookings.insert(b.id.clone(), b.clone());
+        out.bookings.push((b.id.clone(), Some(b.clone())));
+        out.sync = true;
+        self.evaluate_workspace(i, now, None, &mut out);
+        let params = serde_json::json!({
+            "booking_id": b.id,
+            "workspace_id": b.workspace,
+            "start": rfc3339(b.start),
+            "end": rfc3339(b.end),
+            "details": b.details,
+        });
+        let id = format!("booking:{}:{}:{}", b.id, b.start, b.end);
+        self.tell_display(i, id, "show_booking", params, b.end, now, &mut out);
+        Some(Ok(out))
+    }
+
+    /// End a booking now (`booking.end`, `booking.cancelled`). None: no such workspace; one
+    /// not known (never booked, or over) is no change.
+    pub fn unbook(&mut self, booking_id: &str, workspace: &str, now: Millis) -> Option<Applied> {
+        let i = self
+            .workspaces
+            .iter()
+            .position(|w| w.config.id == workspace)?;
+        let mut out = Applied::default();
+        if self
+            .bookings
+            .get(booking_id)
+            .is_none_or(|b| b.workspace != workspace)
+        {
+            return Some(out);
+        }
+        self.bookings.remove(booking_id);
+        out.bookings.push((booking_id.to_string(), None));
+        out.sync = true;
+        self.evaluate_workspace(i, now, None, &mut out);
+        let params = serde_json::json!({ "booking_id": booking_id, "workspace_id": workspace });
+        let id = format!("booking:{booking_id}:end");
+        let deadline = now + self.limits.action_deadline.as_millis() as Millis;
+        self.tell_display(i, id, "clear_booking", params, deadline, now, &mut out);
+        Some(out)
+    }
+
+    /// Pass a booking on to workspace `i`'s display as action `name`, when it has a display
+    /// this gateway knows whose class takes that action (otherwise nothing is sent).
+    #[allow(clippy::too_many_arguments)]
+    fn tell_display(
+        &mut self,
+        i: usize,
+        id: String,
+        name: &str,
+        params: Value,
+        deadline: Millis,
+        now: Millis,
+        out: &mut Applied,
+    ) {
+        let Some(display) = self.workspaces[i].config.display.clone() else {
+            return;
+        };
+        let takes = self
+            .devices
+            .get(&display)
+            .is_some_and(|d| self.classes[d.class].actions.iter().any(|a| a == name));
+        if !takes {
+            return;
+        }
+        let request = ActionRequest {
+            id,
+            device: display,
+            name: name.to_string(),
+            params,
+            deadline: Some(deadline.max(now + 1)),
+        };
+        if let Submit::Accepted(applied) = self.submit(request, now) {
+            out.absorb(applied);
+        }
+    }
+
+    /// The bookings kept (for the API).
+    pub fn bookings(&self) -> impl Iterator<Item = &booking::Booking> {
+        self.bookings.values()
     }
 
     /// The action `id`, if it is remembered.
@@ -847,7 +1011,7 @@ impl Registry {
             self.schedule_device(id);
         }
         for i in 0..self.workspaces.len() {
-            self.schedule_workspace(i);
+            self.schedule_workspace(i, self.started);
         }
         for i in 0..self.groups.len() {
             self.schedule_group(i);
@@ -1130,7 +1294,24 @@ impl Registry {
         cause: Option<&str>,
         out: &mut Applied,
     ) {
+        let over: Vec<String> = self
+            .bookings
+            .values()
+            .filter(|b| b.workspace == self.workspaces[i].config.id && b.is_over(now))
+            .map(|b| b.id.clone())
+            .collect();
+        for id in over {
+            self.bookings.remove(&id);
+            out.bookings.push((id, None));
+            out.sync = true;
+        }
         let ws = &self.workspaces[i];
+        let (calendar, _) = booking::booked(
+            self.bookings
+                .values()
+                .filter(|b| b.workspace == ws.config.id),
+            now,
+        );
         let votes: Vec<Vote> = ws
             .config
             .sensors
@@ -1150,7 +1331,8 @@ impl Registry {
             .filter(|d| d.state.health == Health::Online)
             .and_then(|d| d.state.latest(&ws.config.booking_field))
             .and_then(truthy)
-            .unwrap_or(false);
+            .unwrap_or(false)
+            || calendar;
         let next = workspace::evaluate(&ws.state, &votes, booked, ws.hold, now);
         let ws = &mut self.workspaces[i];
         if next != ws.state {
@@ -1168,7 +1350,7 @@ impl Registry {
             out.workspaces.push((ws.config.id.clone(), next.clone()));
             ws.state = next;
         }
-        self.schedule_workspace(i);
+        self.schedule_workspace(i, now);
     }
 
     fn schedule_device(&mut self, id: &str) {
@@ -1191,9 +1373,24 @@ impl Registry {
         self.schedule(Timer::Device(id.to_string()), at);
     }
 
-    fn schedule_workspace(&mut self, i: usize) {
+    /// Schedule workspace `i`'s next evaluation as of `now` (an older `now` only makes the
+    /// timer fire early, and firing recomputes).
+    fn schedule_workspace(&mut self, i: usize, now: Millis) {
         let ws = &self.workspaces[i];
-        let at = workspace::deadline(&ws.state, ws.hold);
+        let hold = workspace::deadline(&ws.state, ws.hold);
+        let (_, calendar) = booking::booked(
+            self.bookings
+                .values()
+                .filter(|b| b.workspace == ws.config.id),
+            now,
+        );
+        let over = self
+            .bookings
+            .values()
+            .filter(|b| b.workspace == ws.config.id && b.is_over(now))
+            .map(|b| b.end)
+            .min();
+        let at = [hold, calendar, over].into_iter().flatten().min();
         self.schedule(Timer::Workspace(i), at);
     }
 

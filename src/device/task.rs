@@ -141,6 +141,39 @@ pub async fn run(
                         (applied, Some(Ack::new(move || { let _ = done.send(Some(Ok(a))); })))
                     }
                 },
+                super::Request::Book { booking, done } => {
+                    let (id, workspace) = (booking.id.clone(), booking.workspace.clone());
+                    match registry.book(booking, clock.now()) {
+                        None => {
+                            let _ = done.send(Err(super::BookRefusal::UnknownWorkspace));
+                            continue;
+                        }
+                        Some(Err(())) => {
+                            let _ = done.send(Err(super::BookRefusal::TooMany));
+                            continue;
+                        }
+                        Some(Ok(applied)) => {
+                            tracing::info!(booking_id = %id, workspace_id = %workspace, "booking kept");
+                            (applied, Some(Ack::new(move || { let _ = done.send(Ok(())); })))
+                        }
+                    }
+                }
+                super::Request::Unbook { booking_id, workspace, done } => {
+                    match registry.unbook(&booking_id, &workspace, clock.now()) {
+                        None => {
+                            let _ = done.send(Err(super::BookRefusal::UnknownWorkspace));
+                            continue;
+                        }
+                        Some(applied) => {
+                            tracing::info!(booking_id = %booking_id, workspace_id = %workspace, "booking ended");
+                            (applied, Some(Ack::new(move || { let _ = done.send(Ok(())); })))
+                        }
+                    }
+                }
+                super::Request::Bookings(reply) => {
+                    let _ = reply.send(registry.bookings().cloned().collect());
+                    continue;
+                }
                 super::Request::Desire { device_id, value, done } => {
                     let set = value.is_some();
                     match registry.desire(&device_id, value, clock.now()) {
@@ -177,6 +210,7 @@ pub async fn run(
             forgotten: applied.forgotten,
             actions: applied.actions,
             forgotten_actions: applied.forgotten_actions,
+            bookings: applied.bookings,
             outgoing: applied.outgoing,
             sync: applied.sync,
             ack,

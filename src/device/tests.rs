@@ -1084,3 +1084,116 @@ fn remembered_actions_are_bounded() {
     assert_eq!(forgotten[0], "x0", "the oldest first");
     assert!(r.action("x99").is_some() && r.action("x69").is_none());
 }
+
+fn booking(id: &str, workspace: &str, start: Millis, end: Millis) -> booking::Booking {
+    booking::Booking {
+        id: id.into(),
+        workspace: workspace.into(),
+        start,
+        end,
+        details: json!({"title": "Standup"}),
+    }
+}
+
+#[test]
+fn upstream_bookings_book_a_room_from_start_to_end_presence_wins_and_they_survive_a_restart() {
+    let mut disp = class("disp", "disp-*");
+    disp.actions = vec!["show_booking".into(), "clear_booking".into()];
+    let classes = [class("occ", "occ-*"), disp];
+    let rooms = [
+        ws("room", &["occ-a"], Some("disp-1")),
+        ws("desk", &["occ-d"], None),
+    ];
+    let mut r = Registry::new(&classes, &rooms, [], [], 0);
+    r.apply("disp-1", &ONLINE, 500);
+    assert_eq!(
+        statuses(&r.apply("occ-a", &reading(json!({"presence": false})), 1_000)),
+        [(json!("Free"), Value::Null)]
+    );
+    r.apply("occ-d", &reading(json!({"presence": false})), 1_000);
+    assert!(r
+        .book(booking("bk", "nowhere", 10_000, 20_000), 2_000)
+        .is_none());
+    // The early notice (T-15) books nothing yet, and goes to the display as an action.
+    let a = r
+        .book(booking("bk", "room", 10_000, 20_000), 2_000)
+        .unwrap()
+        .unwrap();
+    assert!(statuses(&a).is_empty(), "not booked before start");
+    assert_eq!(a.bookings.len(), 1);
+    assert!(a.sync);
+    assert_eq!(a.outgoing.len(), 1, "shown on the display");
+    let shown: Value = serde_json::from_slice(&a.outgoing[0].payload).unwrap();
+    assert_eq!(shown["name"], "show_booking");
+    assert_eq!(shown["params"]["booking_id"], "bk");
+    assert_eq!(shown["params"]["details"]["title"], "Standup");
+    // The T-0 notice, the same booking: nothing new, not shown twice.
+    let a = r
+        .book(booking("bk", "room", 10_000, 20_000), 9_000)
+        .unwrap()
+        .unwrap();
+    assert!(a.is_empty() && a.outgoing.is_empty());
+    // A desk without a display is booked too; nothing is sent.
+    let a = r
+        .book(booking("bk-d", "desk", 5_000, 100_000), 3_000)
+        .unwrap()
+        .unwrap();
+    assert!(a.outgoing.is_empty());
+    let a = r.tick(5_000);
+    assert_eq!(statuses(&a), [(json!("Booked"), json!("Free"))]);
+    assert_eq!(r.workspace_status("desk"), Some(WorkspaceStatus::Booked));
+    assert_eq!(r.next_deadline().map(|t| t <= 10_000), Some(true));
+    let a = r.tick(10_000);
+    assert_eq!(
+        statuses(&a),
+        [(json!("Booked"), json!("Free"))],
+        "booked at start"
+    );
+    // Presence wins, and the hold ends in Booked while the booking lasts.
+    let a = r.apply("occ-a", &reading(json!({"presence": true})), 11_000);
+    assert_eq!(statuses(&a), [(json!("Occupied"), json!("Booked"))]);
+    r.apply("occ-a", &reading(json!({"presence": false})), 12_000);
+    let a = r.tick(72_000);
+    assert!(
+        statuses(&a).contains(&(json!("Free"), json!("Occupied"))),
+        "the room's booking ended at 20 s: {:?}",
+        statuses(&a)
+    );
+    assert!(
+        a.bookings.contains(&("bk".to_string(), None)),
+        "forgotten when over"
+    );
+    // A restart finds the desk's booking and keeps it until its end.
+    let kept: Vec<_> = r.bookings().cloned().collect();
+    assert_eq!(kept, vec![booking("bk-d", "desk", 5_000, 100_000)]);
+    let saved_ws: Vec<_> = rooms
+        .iter()
+        .map(|w| {
+            let state = r.workspaces.iter().find(|x| x.config.id == w.id).unwrap();
+            (w.id.clone(), state.state.clone())
+        })
+        .collect();
+    let mut r = Registry::new(&classes, &rooms, [], saved_ws, 25_000).with_bookings(kept);
+    r.apply("occ-d", &reading(json!({"presence": false})), 25_000);
+    assert_eq!(r.workspace_status("desk"), Some(WorkspaceStatus::Booked));
+    // booking.end before its end: Free at once; an unknown booking is no change.
+    let a = r.unbook("bk-d", "desk", 26_000).unwrap();
+    assert_eq!(statuses(&a), [(json!("Free"), json!("Booked"))]);
+    assert_eq!(a.bookings, vec![("bk-d".to_string(), None)]);
+    assert!(r.unbook("bk-d", "desk", 26_500).unwrap().is_empty());
+    assert!(r.unbook("bk-d", "nowhere", 26_500).is_none());
+}
+
+#[test]
+fn a_workspace_keeps_a_bounded_number_of_bookings() {
+    let mut r = Registry::new(&[], &[ws("room", &["occ-a"], None)], [], [], 0);
+    for i in 0..registry::MAX_BOOKINGS_PER_WORKSPACE {
+        let b = booking(&format!("b{i}"), "room", 10_000, 20_000);
+        assert!(r.book(b, 1_000).unwrap().is_ok());
+    }
+    let b = booking("one-more", "room", 10_000, 20_000);
+    assert!(r.book(b, 1_000).unwrap().is_err());
+    // a known one may still change
+    let b = booking("b0", "room", 10_000, 25_000);
+    assert!(r.book(b, 1_000).unwrap().is_ok());
+}

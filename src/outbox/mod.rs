@@ -452,6 +452,12 @@ impl Outbox {
             .map(|all| all.into_iter().map(|(_, a)| a).collect())
     }
 
+    /// Every persisted booking (read once at start).
+    pub fn bookings(&self) -> Result<Vec<crate::device::booking::Booking>, OutboxError> {
+        self.with(|s| load_states(&s.bookings, "booking"))
+            .map(|all| all.into_iter().map(|(_, b)| b).collect())
+    }
+
     /// Every persisted group state (read once at start).
     pub fn groups(&self) -> Result<Vec<(String, crate::device::group::GroupState)>, OutboxError> {
         self.with(|s| load_states(&s.groups, "group"))
@@ -522,6 +528,16 @@ impl Outbox {
             .collect();
         let forgotten_actions: Vec<&String> =
             batch.iter().flat_map(|c| &c.forgotten_actions).collect();
+        let bookings: Vec<(&String, Option<Vec<u8>>)> = batch
+            .iter()
+            .flat_map(|c| &c.bookings)
+            .map(|(id, b)| {
+                let bytes = b
+                    .as_ref()
+                    .map(|b| serde_json::to_vec(b).expect("a booking serialises"));
+                (id, bytes)
+            })
+            .collect();
         let written = Written {
             queued: records.len(),
             unrouted,
@@ -534,6 +550,7 @@ impl Outbox {
             && groups.is_empty()
             && actions.is_empty()
             && forgotten_actions.is_empty()
+            && bookings.is_empty()
             && !missed
         {
             return Ok(written);
@@ -564,6 +581,12 @@ impl Outbox {
         }
         for id in forgotten_actions {
             store.actions.remove(id.as_bytes())?;
+        }
+        for (id, bytes) in &bookings {
+            match bytes {
+                Some(bytes) => store.bookings.insert(id.as_bytes(), bytes.as_slice())?,
+                None => store.bookings.remove(id.as_bytes())?,
+            };
         }
         // Only a batch that is synced before its acks needs them: the acks of one that is not
         // go out at once (and an unsynced write of them would cost the disk a write a second).

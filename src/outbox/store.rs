@@ -20,6 +20,7 @@ pub(super) struct Store {
     pub(super) workspaces: sled::Tree,
     pub(super) groups: sled::Tree,
     pub(super) actions: sled::Tree,
+    pub(super) bookings: sled::Tree,
     pub(super) dead: sled::Tree,
     pub(super) meta: sled::Tree,
 }
@@ -40,6 +41,7 @@ impl Store {
             workspaces: db.open_tree("workspaces")?,
             groups: db.open_tree("groups")?,
             actions: db.open_tree("actions")?,
+            bookings: db.open_tree("bookings")?,
             dead: db.open_tree("dead")?,
             meta: db.open_tree("meta")?,
             db,

@@ -183,6 +183,7 @@ async fn batches_survive_reopen_in_order_and_removal_sticks() {
                 forgotten: Vec::new(),
                 actions: Vec::new(),
                 forgotten_actions: Vec::new(),
+                bookings: Vec::new(),
                 outgoing: Vec::new(),
                 sync: true,
                 ack: None,
