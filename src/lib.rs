@@ -260,17 +260,60 @@ pub async fn run_with_reloads(
             .listen
             .parse()
             .expect("validated by config");
+        let local = control::server::Local::new(control.clone(), listen, server_cert.is_some());
         tracker.spawn(control::server::serve(
             listen,
-            control.clone(),
+            Arc::new(local),
             server_cert.clone(),
             cancel.clone(),
         ));
     }
+    spawn_upstream(&config, &control, &tracker, &cancel)?;
     tracker.close();
     tracker.wait().await;
     outbox.flush().await.context("final outbox flush")?;
     tracing::info!(pending = outbox.len(), "edgehook stopped; outbox flushed");
+    Ok(())
+}
+
+/// The ways in for upstream's commands, as configured: the push listener and pull mode.
+fn spawn_upstream(
+    config: &Config,
+    control: &Arc<control::Control>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let upstream = &config.upstream;
+    let gate = || -> anyhow::Result<upstream::gate::Gate> {
+        Ok(upstream::gate::Gate::new(
+            upstream.signer()?,
+            upstream.tolerance.as_secs(),
+        ))
+    };
+    if let Some(push) = &upstream.push {
+        let cert = match (&push.tls_cert, &push.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::ServerCert::load(cert, key)?),
+            _ => None,
+        };
+        let listen = push.listen.parse().expect("validated by config");
+        let service = control::push::Push::new(control.clone(), gate()?);
+        tracker.spawn(control::server::serve(
+            listen,
+            Arc::new(service),
+            cert,
+            cancel.clone(),
+        ));
+    }
+    if let Some(pull) = &upstream.pull {
+        let puller = control::pull::Puller {
+            control: control.clone(),
+            config: pull.clone(),
+            gateway_id: config.gateway_id.clone(),
+            signer: upstream.signer()?,
+            gate: gate()?,
+        };
+        tracker.spawn(puller.run(cancel.clone()));
+    }
     Ok(())
 }
 

@@ -101,11 +101,11 @@ pub async fn route(
             Err(r) => *r,
         },
         ("GET" | "HEAD", ["v1", "actions", id]) => match control.action(id).await {
-            Ok(a) => ok(action_view(&a)),
+            Ok(a) => ok(super::commands::action_view(&a)),
             Err(r) => error(r.status, r.field.as_deref(), &r.message),
         },
         ("DELETE", ["v1", "actions", id]) => match control.cancel_action(id).await {
-            Ok(a) => ok(action_view(&a)),
+            Ok(a) => ok(super::commands::action_view(&a)),
             Err(r) => error(r.status, r.field.as_deref(), &r.message),
         },
         ("GET" | "HEAD", ["v1", "workspaces"]) => match workspaces(control).await {
@@ -280,7 +280,7 @@ fn parse_body(body: &Bytes) -> Result<Value, Box<Response<Body>>> {
         .map_err(|e| Box::new(error(400, None, &format!("the body is not JSON: {e}"))))
 }
 
-fn respond(status: u16, value: Value) -> Response<Body> {
+pub(super) fn respond(status: u16, value: Value) -> Response<Body> {
     let mut text = serde_json::to_vec(&value).expect("serialises");
     text.push(b'\n');
     Response::builder()
@@ -350,7 +350,7 @@ async fn one_endpoint(control: &Control, name: &str, status: u16) -> Response<Bo
     }
 }
 
-fn rfc3339(ms: u64) -> Value {
+pub(super) fn rfc3339(ms: u64) -> Value {
     if ms == 0 {
         return Value::Null;
     }
@@ -477,94 +477,18 @@ async fn workspaces(control: &Control) -> Result<Vec<Value>, String> {
         .collect())
 }
 
-/// An action as the API shows it.
-fn action_view(a: &crate::device::action::Action) -> Value {
-    use crate::device::action::ActionState;
-    let (status, sent, done, reason) = match &a.state {
-        ActionState::Waiting => ("waiting", Value::Null, Value::Null, None),
-        ActionState::Sent { at } => ("sent", rfc3339(*at), Value::Null, None),
-        ActionState::Done { status, at, reason } => {
-            (status.as_str(), Value::Null, rfc3339(*at), reason.clone())
-        }
-    };
-    json!({
-        "id": a.id,
-        "device": a.device,
-        "name": a.name,
-        "params": a.params,
-        "status": status,
-        "reason": reason,
-        "submitted": rfc3339(a.submitted),
-        "deadline": rfc3339(a.deadline),
-        "sent_at": sent,
-        "done_at": done,
-    })
-}
-
 /// `POST /v1/actions`: `{"id", "device", "name", "params", "deadline"}` (the deadline RFC 3339;
 /// by default `devices.action_deadline` from now).
 async fn submit_action(control: &Control, body: &Value) -> Response<Body> {
-    let text = |key: &str| body.get(key).and_then(Value::as_str).map(str::trim);
-    let mut fields = Vec::new();
-    for key in ["id", "device", "name"] {
-        match text(key) {
-            Some(v) if !v.is_empty() && v.len() <= 128 => fields.push(v.to_string()),
-            _ => return error(400, Some(key), "must be a string of 1 to 128 characters"),
-        }
-    }
-    let deadline = match body.get("deadline") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(t)) => match humantime::parse_rfc3339_weak(t) {
-            Ok(at) => Some(
-                at.duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
-            ),
-            Err(_) => {
-                return error(
-                    400,
-                    Some("deadline"),
-                    "must be an RFC 3339 time, e.g. 2026-12-03T18:00:00Z",
-                )
-            }
-        },
-        Some(_) => return error(400, Some("deadline"), "must be an RFC 3339 time"),
+    let Some(data) = body.as_object() else {
+        return error(400, None, "the body must be a JSON object");
     };
-    if deadline.is_some_and(|d| d <= now_ms()) {
-        return error(400, Some("deadline"), "is already past");
-    }
-    let [id, device, name]: [String; 3] = fields.try_into().expect("three fields");
-    let request = crate::device::ActionRequest {
-        id,
-        device,
-        name,
-        params: body.get("params").cloned().unwrap_or(Value::Null),
-        deadline,
-    };
-    use crate::device::{ActionAnswer, Refusal};
-    match control.act(request).await {
-        Ok(ActionAnswer::Accepted(a)) => respond(202, action_view(&a)),
-        Ok(ActionAnswer::Known(a)) => ok(action_view(&a)),
-        Ok(ActionAnswer::Rejected(a, Refusal::UnknownDevice)) => error(
-            404,
-            Some("device"),
-            &format!("no device `{}`: the action is rejected (device.action_completed)", a.device),
-        ),
-        Ok(ActionAnswer::Rejected(a, _)) => error(
-            422,
-            Some("name"),
-            &format!("the class of device `{}` does not take `{}`: the action is rejected (device.action_completed)", a.device, a.name),
-        ),
-        Ok(ActionAnswer::Refused(_)) => {
-            let mut r = error(
-                429,
-                None,
-                "too many actions not yet done (devices.max_actions, max_actions_per_device): try again later",
-            );
-            r.headers_mut()
-                .insert("retry-after", hyper::header::HeaderValue::from_static("30"));
-            r
-        }
-        Err(r) => error(r.status, r.field.as_deref(), &r.message),
+    match crate::upstream::command::action(data, now_ms()) {
+        Err(e) => error(400, Some(&e.field), &e.message),
+        Ok(request) => control
+            .take(crate::upstream::command::Command::Action(request))
+            .await
+            .into_response(),
     }
 }
 

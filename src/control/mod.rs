@@ -10,7 +10,10 @@
 
 pub mod api;
 pub mod auth;
+pub mod commands;
 pub mod endpoints;
+pub mod pull;
+pub mod push;
 pub mod server;
 
 use std::path::{Path, PathBuf};

@@ -76,10 +76,49 @@ impl Body {
     }
 }
 
-/// Serve until cancelled; HTTPS with `tls` (its certificate as last loaded), HTTP without.
-pub async fn serve(
-    listen: SocketAddr,
+/// What a listener answers: the local API ([`Local`]) or the push listener
+/// (`super::push::Push`). The bounds of this module apply to both.
+pub trait Service: Send + Sync + 'static {
+    /// What it is, for the log.
+    const WHAT: &'static str;
+    fn answer(
+        &self,
+        req: Request<hyper::body::Incoming>,
+        cancel: CancellationToken,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send;
+}
+
+/// The local listener: health, metrics, the API and the console.
+pub struct Local {
     control: Arc<Control>,
+    rules: Listener,
+}
+
+impl Local {
+    pub fn new(control: Arc<Control>, listen: SocketAddr, tls: bool) -> Local {
+        Local {
+            control,
+            rules: Listener::new(listen, tls),
+        }
+    }
+}
+
+impl Service for Local {
+    const WHAT: &'static str = "health, metrics, API (/v1) and console (/)";
+    async fn answer(
+        &self,
+        req: Request<hyper::body::Incoming>,
+        cancel: CancellationToken,
+    ) -> Response<Body> {
+        answer(req, &self.control, &self.rules, cancel).await
+    }
+}
+
+/// Serve `service` until cancelled; HTTPS with `tls` (its certificate as last loaded), HTTP
+/// without.
+pub async fn serve<S: Service>(
+    listen: SocketAddr,
+    service: Arc<S>,
     tls: Option<Arc<crate::tls::ServerCert>>,
     cancel: CancellationToken,
 ) {
@@ -87,19 +126,18 @@ pub async fn serve(
         None => None,
         Some(Ok(config)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
         Some(Err(e)) => {
-            tracing::error!(%listen, error = %e, "cannot serve TLS; the local server is off");
+            tracing::error!(%listen, error = %e, what = S::WHAT, "cannot serve TLS; the listener is off");
             return;
         }
     };
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(%listen, error = %e, "cannot listen for /healthz, /metrics and the API; continuing without them");
+            tracing::error!(%listen, error = %e, what = S::WHAT, "cannot listen; continuing without it");
             return;
         }
     };
-    tracing::info!(%listen, tls = acceptor.is_some(), "health, metrics, API (/v1) and console (/) listening");
-    let rules = Arc::new(Listener::new(listen, acceptor.is_some()));
+    tracing::info!(%listen, tls = acceptor.is_some(), "{} listening", S::WHAT);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut pause = Duration::from_millis(50);
     let mut failures = 0u64;
@@ -118,7 +156,7 @@ pub async fn serve(
                 Err(e) => {
                     failures += 1;
                     if failures == 1 || failures.is_power_of_two() {
-                        tracing::warn!(error = %e, failures, "local server cannot accept; pausing");
+                        tracing::warn!(error = %e, failures, what = S::WHAT, "cannot accept; pausing");
                     }
                     tokio::select! {
                         _ = cancel.cancelled() => return,
@@ -129,19 +167,18 @@ pub async fn serve(
                 }
             },
         };
-        let control = control.clone();
-        let rules = rules.clone();
+        let service = service.clone();
         let cancel = cancel.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let served = async {
                 match acceptor {
-                    None => connection(stream, control, rules, cancel).await,
+                    None => connection(stream, service, cancel).await,
                     Some(acceptor) => {
                         // The handshake counts against the time the headers may take.
                         match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
-                            Ok(Ok(tls)) => connection(tls, control, rules, cancel).await,
+                            Ok(Ok(tls)) => connection(tls, service, cancel).await,
                             Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                             Err(_) => tracing::debug!("TLS handshake timed out"),
                         }
@@ -154,19 +191,14 @@ pub async fn serve(
 }
 
 /// Serve HTTP/1.1 on one connection (plain or TLS) until it closes.
-async fn connection<IO>(
-    io: IO,
-    control: Arc<Control>,
-    rules: Arc<Listener>,
-    cancel: CancellationToken,
-) where
+async fn connection<IO, S: Service>(io: IO, service: Arc<S>, cancel: CancellationToken)
+where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-        let control = control.clone();
-        let rules = rules.clone();
+        let service = service.clone();
         let cancel = cancel.clone();
-        async move { Ok::<_, Infallible>(answer(req, &control, &rules, cancel).await) }
+        async move { Ok::<_, Infallible>(service.answer(req, cancel).await) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -215,22 +247,33 @@ async fn answer(
         }
         _ => {}
     }
+    let bytes = match read_body(&parts, body).await {
+        Ok(bytes) => bytes,
+        Err(refused) => return refused,
+    };
+    let query = parts.uri.query().unwrap_or("");
+    super::api::route(control, &parts.method, path, query, bytes, cancel).await
+}
+
+/// A request's body: at most [`MAX_BODY`] bytes, within [`BODY_TIMEOUT`] (413 or 408 else).
+pub async fn read_body(
+    parts: &hyper::http::request::Parts,
+    body: hyper::body::Incoming,
+) -> Result<Bytes, Response<Body>> {
     let too_big = parts
         .headers
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         .is_some_and(|n| n > MAX_BODY);
     if too_big {
-        return super::api::error(413, None, "request body over 64 KiB");
+        return Err(super::api::error(413, None, "request body over 64 KiB"));
     }
     let limited = http_body_util::Limited::new(body, MAX_BODY);
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(_)) => return super::api::error(413, None, "request body over 64 KiB"),
-        Err(_) => return super::api::error(408, None, "request body not received in time"),
-    };
-    let query = parts.uri.query().unwrap_or("");
-    super::api::route(control, &parts.method, path, query, bytes, cancel).await
+    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(_)) => Err(super::api::error(413, None, "request body over 64 KiB")),
+        Err(_) => Err(super::api::error(408, None, "request body not received in time")),
+    }
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";

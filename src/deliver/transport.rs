@@ -215,7 +215,7 @@ fn is_refusal(status: u16) -> bool {
 }
 
 /// A one-line reason without the URL's query (which could carry a token).
-fn describe_reqwest_error(e: &reqwest::Error) -> String {
+pub fn describe_reqwest_error(e: &reqwest::Error) -> String {
     let what = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {

@@ -9,6 +9,8 @@ const DISABLED: &str = "disabled";
 const PAUSED: &str = "paused";
 const LAST_SUCCESS: &str = "last_success";
 const LAST_FAILURE: &str = "last_failure";
+/// The pull protocol's cursor (`control::pull`): everything upstream sent before it is taken.
+const PULL_CURSOR: &str = "upstream.pull.cursor";
 
 /// Why and since when an endpoint is disabled (after a 410 Gone).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -50,6 +52,16 @@ impl Outbox {
     /// Disable `endpoint` (or with `None`, enable it again). Not flushed by itself.
     pub fn set_disabled(&self, endpoint: &str, why: Option<&Disabled>) -> Result<(), OutboxError> {
         self.set_meta(&meta_key(endpoint, DISABLED), why)
+    }
+
+    /// The last cursor of upstream's that every command before it was taken at.
+    pub fn pull_cursor(&self) -> Option<String> {
+        self.meta(PULL_CURSOR)
+    }
+
+    /// Keep the pull cursor (not flushed by itself).
+    pub fn set_pull_cursor(&self, cursor: &str) -> Result<(), OutboxError> {
+        self.set_meta(PULL_CURSOR, Some(&cursor))
     }
 
     /// Since when `endpoint` is paused, if it is.

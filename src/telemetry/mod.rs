@@ -28,6 +28,7 @@ pub struct Metrics {
     pub device: Arc<DeviceMetrics>,
     pub outbox: Arc<OutboxMetrics>,
     pub deliver: Arc<DeliverMetrics>,
+    pub upstream: Arc<crate::upstream::metrics::UpstreamMetrics>,
 }
 
 impl Default for Metrics {
@@ -38,6 +39,9 @@ impl Default for Metrics {
             device: Arc::new(DeviceMetrics::register(&mut registry)),
             outbox: Arc::new(OutboxMetrics::register(&mut registry)),
             deliver: Arc::new(DeliverMetrics::register(&mut registry)),
+            upstream: Arc::new(crate::upstream::metrics::UpstreamMetrics::register(
+                &mut registry,
+            )),
             registry,
         }
     }

@@ -13,4 +13,5 @@
 pub mod command;
 pub mod config;
 pub mod gate;
+pub mod metrics;
 pub mod pull;
