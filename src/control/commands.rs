@@ -45,10 +45,9 @@ impl Reply {
     pub fn into_response(self) -> hyper::Response<Body> {
         let mut response = super::api::respond(self.status, self.body);
         if let Some(secs) = self.retry_after {
-            response.headers_mut().insert(
-                "retry-after",
-                hyper::header::HeaderValue::from(secs),
-            );
+            response
+                .headers_mut()
+                .insert("retry-after", hyper::header::HeaderValue::from(secs));
         }
         response
     }

@@ -17,10 +17,10 @@ use super::commands::{Reply, RETRY_AFTER};
 use super::Control;
 use crate::deliver::sign::Signer;
 use crate::fault_log::FaultLog;
+use crate::upstream::command;
 use crate::upstream::config::PullConfig;
 use crate::upstream::gate::{Gate, Signed};
 use crate::upstream::pull::{backoff, parse_answer, Answer, Poll, Taken};
-use crate::upstream::command;
 
 /// The largest answer read.
 pub const MAX_ANSWER: usize = 1024 * 1024;
@@ -124,14 +124,17 @@ impl Puller {
         for (name, value) in self.signer.headers(&id, now, &body) {
             request = request.header(name, value);
         }
-        let mut response = request
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| format!("no answer ({})", crate::deliver::transport::describe_reqwest_error(&e)))?;
+        let mut response = request.body(body).send().await.map_err(|e| {
+            format!(
+                "no answer ({})",
+                crate::deliver::transport::describe_reqwest_error(&e)
+            )
+        })?;
         let status = response.status().as_u16();
         if status != 200 {
-            return Err(format!("upstream answered HTTP {status} (a poll wants 200)"));
+            return Err(format!(
+                "upstream answered HTTP {status} (a poll wants 200)"
+            ));
         }
         let header = |name: &str| {
             response

@@ -47,7 +47,12 @@ impl Push {
 }
 
 /// Count a gate's refusal and log it at most once a minute per reason (`log`).
-pub(super) fn refused(control: &Control, log: &Mutex<FaultLog>, via: &'static str, why: Unauthorized) {
+pub(super) fn refused(
+    control: &Control,
+    log: &Mutex<FaultLog>,
+    via: &'static str,
+    why: Unauthorized,
+) {
     control.metrics.upstream.refused(via, why);
     let admitted = log
         .lock()
@@ -74,7 +79,11 @@ impl Service for Push {
     ) -> Response<Body> {
         let (parts, body) = req.into_parts();
         if parts.uri.path() != PATH {
-            return super::api::error(404, None, "nothing here: commands are POSTed to /v1/commands");
+            return super::api::error(
+                404,
+                None,
+                "nothing here: commands are POSTed to /v1/commands",
+            );
         }
         if parts.method != hyper::Method::POST {
             let mut r = super::api::error(405, None, "commands are POSTed");
@@ -105,7 +114,9 @@ impl Service for Push {
         }
         let id = signed.id.unwrap_or_default().trim();
         let reply = match serde_json::from_slice(&bytes) {
-            Err(e) => super::commands::Reply::error(400, None, &format!("the body is not JSON: {e}")),
+            Err(e) => {
+                super::commands::Reply::error(400, None, &format!("the body is not JSON: {e}"))
+            }
             Ok(value) => match command::parse(&value, now) {
                 Err(e) => super::commands::Reply::error(400, Some(&e.field), &e.message),
                 Ok(command) => self.control.take(command).await,

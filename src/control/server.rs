@@ -272,7 +272,11 @@ pub async fn read_body(
     match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(_)) => Err(super::api::error(413, None, "request body over 64 KiB")),
-        Err(_) => Err(super::api::error(408, None, "request body not received in time")),
+        Err(_) => Err(super::api::error(
+            408,
+            None,
+            "request body not received in time",
+        )),
     }
 }
 

@@ -10,12 +10,14 @@ mod broker;
 mod daemon;
 mod devices;
 mod receiver;
+mod upstream;
 
 pub use api::*;
 pub use broker::*;
 pub use daemon::*;
 pub use devices::*;
 pub use receiver::*;
+pub use upstream::*;
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
