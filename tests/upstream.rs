@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{
     device, publish, publish_plain, push, push_signed, unix_now, Daemon, Mosquitto, Receiver,
-    UPSTREAM_SECRET,
+    Upstream, UPSTREAM_SECRET,
 };
 use firmware_sim::DeviceClass;
 use serde_json::{json, Value};
@@ -245,5 +245,125 @@ async fn commands_pushed_by_upstream_are_verified_taken_once_and_told() {
         assert_eq!(receiver.seen(|s| told_in(s, id).len()), 1, "{id}");
     }
     receiver.seen(|s| assert_eq!(s.bad_signatures, 0));
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_pulled_from_upstream_are_taken_in_order_and_the_cursor_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let upstream = Upstream::start().await;
+    let extra = format!(
+        "{ROOM}{}",
+        upstream_section(&format!(
+            "[upstream.pull]\nurl = \"{}\"\nwait = \"2s\"\n",
+            upstream.url
+        ))
+    );
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, &extra);
+    daemon.start();
+    let mut disp = device(broker.port, "disp-1", DeviceClass::RoomDisplay).await;
+    publish(&mut disp, 1, 1.0).await;
+    publish_plain(
+        broker.port,
+        "occ",
+        &[("sensors/occ-1/reading", r#"{"presence": false}"#)],
+    )
+    .await;
+    receiver
+        .wait_until(LONG, "the display online and the room free", |s| {
+            !s.of_type("device.online").is_empty() && room_statuses(s) == ["Free"]
+        })
+        .await;
+    // The first poll, signed (the upstream verifies it with its own code), has no cursor.
+    let first = upstream.wait_poll(LONG, "at all", |_| true).await;
+    assert_eq!(first["gateway_id"], "gw-test");
+    assert_eq!(first["cursor"], Value::Null);
+    assert_eq!(first["wait"], 2);
+
+    // Two commands: taken in order, reported in the next poll with the new cursor.
+    let now = unix_now();
+    upstream.queue(json!({"id": "cmd-1", "type": "device.action_requested", "data": {"id": "p1", "device": "disp-1", "name": "show_message"}}));
+    upstream.queue(json!({"id": "cmd-2", "type": "booking.start", "data": {"booking_id": "bk-1", "workspace_id": "room-1", "start": rfc3339(now - 10), "end": rfc3339(now + 3600)}}));
+    let acked = upstream
+        .wait_poll(LONG, "with cursor c-2", |p| p["cursor"] == "c-2")
+        .await;
+    assert_eq!(
+        acked["taken"],
+        json!([{"id": "cmd-1", "status": 202}, {"id": "cmd-2", "status": 202}])
+    );
+    receiver
+        .wait_until(LONG, "p1 done, the room booked, the booking shown", |s| {
+            told_in(s, "p1")
+                .first()
+                .is_some_and(|e| e["status"] == "succeeded")
+                && room_statuses(s).last().map(String::as_str) == Some("Booked")
+                && s.of_type("device.action_completed")
+                    .iter()
+                    .any(|e| e["data"]["name"] == "show_booking")
+        })
+        .await;
+
+    // An answer not signed with the gateway's secret is refused: nothing in it is taken.
+    upstream.answer_with(Some("whsec_d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldC0xMjM0NQ=="));
+    upstream.queue(json!({"id": "cmd-3", "type": "device.action_requested", "data": {"id": "p2", "device": "disp-1", "name": "show_message"}}));
+    daemon
+        .wait_metric(
+            "edgehook_upstream_refused_total{via=\"pull\",reason=\"bad_signature\"}",
+            1,
+        )
+        .await;
+    assert!(
+        daemon
+            .metric("edgehook_upstream_poll_failures_total")
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(disp.actions_executed(), 2, "p1 and show_booking only");
+    // Signed again: taken after the backoff; a malformed command is reported, not retried.
+    upstream.answer_with(None);
+    upstream.queue(json!({"id": "cmd-4", "type": "booking.start", "data": {"booking_id": "bk-2", "workspace_id": "room-1"}}));
+    let acked = upstream
+        .wait_poll(LONG, "with cursor c-4", |p| p["cursor"] == "c-4")
+        .await;
+    assert_eq!(acked["taken"][0], json!({"id": "cmd-3", "status": 202}));
+    assert_eq!(acked["taken"][1]["status"], 400);
+    assert!(acked["taken"][1]["error"].as_str().is_some());
+    receiver
+        .wait_until(LONG, "p2 done", |s| !told_in(s, "p2").is_empty())
+        .await;
+
+    // kill -9: the cursor was kept, so the next start polls from c-4 and takes nothing twice;
+    // the booking is still in force.
+    daemon.kill9();
+    let polls_before = upstream.polls().len();
+    daemon.start();
+    let after = upstream
+        .wait_poll(LONG, "after the restart", |_| {
+            upstream.polls().len() > polls_before
+        })
+        .await;
+    let restarted = &upstream.polls()[polls_before];
+    assert_eq!(restarted["cursor"], "c-4", "{after}");
+    upstream.queue(json!({"id": "cmd-5", "type": "booking.end", "data": {"booking_id": "bk-1", "workspace_id": "room-1"}}));
+    receiver
+        .wait_until(LONG, "freed by the pulled booking.end", |s| {
+            room_statuses(s).last().map(String::as_str) == Some("Free")
+        })
+        .await;
+    receiver.seen(|s| {
+        let statuses = room_statuses(s);
+        assert_eq!(
+            statuses,
+            ["Free", "Booked", "Free"],
+            "booked until booking.end"
+        );
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for id in ["p1", "p2"] {
+        assert_eq!(receiver.seen(|s| told_in(s, id).len()), 1, "{id}");
+    }
+    assert_eq!(upstream.bad_polls(), 0, "every poll signed");
     assert_eq!(daemon.terminate(), Some(0));
 }
