@@ -284,8 +284,10 @@ async fn commands_pulled_from_upstream_are_taken_in_order_and_the_cursor_survive
 
     // Two commands: taken in order, reported in the next poll with the new cursor.
     let now = unix_now();
-    upstream.queue(json!({"id": "cmd-1", "type": "device.action_requested", "data": {"id": "p1", "device": "disp-1", "name": "show_message"}}));
-    upstream.queue(json!({"id": "cmd-2", "type": "booking.start", "data": {"booking_id": "bk-1", "workspace_id": "room-1", "start": rfc3339(now - 10), "end": rfc3339(now + 3600)}}));
+    upstream.queue_all([
+        json!({"id": "cmd-1", "type": "device.action_requested", "data": {"id": "p1", "device": "disp-1", "name": "show_message"}}),
+        json!({"id": "cmd-2", "type": "booking.start", "data": {"booking_id": "bk-1", "workspace_id": "room-1", "start": rfc3339(now - 10), "end": rfc3339(now + 3600)}}),
+    ]);
     let acked = upstream
         .wait_poll(LONG, "with cursor c-2", |p| p["cursor"] == "c-2")
         .await;
@@ -307,7 +309,10 @@ async fn commands_pulled_from_upstream_are_taken_in_order_and_the_cursor_survive
 
     // An answer not signed with the gateway's secret is refused: nothing in it is taken.
     upstream.answer_with(Some("whsec_d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldC0xMjM0NQ=="));
-    upstream.queue(json!({"id": "cmd-3", "type": "device.action_requested", "data": {"id": "p2", "device": "disp-1", "name": "show_message"}}));
+    upstream.queue_all([
+        json!({"id": "cmd-3", "type": "device.action_requested", "data": {"id": "p2", "device": "disp-1", "name": "show_message"}}),
+        json!({"id": "cmd-4", "type": "booking.start", "data": {"booking_id": "bk-2", "workspace_id": "room-1"}}),
+    ]);
     daemon
         .wait_metric(
             "edgehook_upstream_refused_total{via=\"pull\",reason=\"bad_signature\"}",
@@ -321,9 +326,9 @@ async fn commands_pulled_from_upstream_are_taken_in_order_and_the_cursor_survive
             >= 1
     );
     assert_eq!(disp.actions_executed(), 2, "p1 and show_booking only");
-    // Signed again: taken after the backoff; a malformed command is reported, not retried.
+    // Signed again: taken after the backoff; a malformed command (cmd-4) is reported, not
+    // retried.
     upstream.answer_with(None);
-    upstream.queue(json!({"id": "cmd-4", "type": "booking.start", "data": {"booking_id": "bk-2", "workspace_id": "room-1"}}));
     let acked = upstream
         .wait_poll(LONG, "with cursor c-4", |p| p["cursor"] == "c-4")
         .await;

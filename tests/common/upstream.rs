@@ -95,7 +95,12 @@ impl Upstream {
 
     /// Queue a command for the gateway.
     pub fn queue(&self, command: Value) {
-        self.state.0.lock().unwrap().commands.push(command);
+        self.queue_all([command]);
+    }
+
+    /// Queue commands at once (one answer takes them all).
+    pub fn queue_all(&self, commands: impl IntoIterator<Item = Value>) {
+        self.state.0.lock().unwrap().commands.extend(commands);
         self.state.1.notify_waiters();
     }
 
