@@ -20,7 +20,8 @@ doc = {
   "description": "The gateway's own API, served by the daemon on its local listener (telemetry.listen). Reads on loopback need no token; every call that changes something needs `Authorization: Bearer <token>` (`edgehook token` prints it) and, from a browser, this server's own Origin. Off loopback the listener speaks HTTPS only (telemetry.tls_cert) and every call but the console's page needs the token. Secrets are write-only: never returned."},
  "servers": [{"url": "http://127.0.0.1:9187"}],
  "components": {
-  "securitySchemes": {"token": {"type": "http", "scheme": "bearer", "description": "The API token in the state directory (api-token)."}},
+  "securitySchemes": {"token": {"type": "http", "scheme": "bearer", "description": "The API token in the state directory (api-token)."},
+   "standardWebhooks": {"type": "apiKey", "in": "header", "name": "webhook-signature", "description": "Standard Webhooks: `webhook-id`, `webhook-timestamp` (Unix seconds) and `webhook-signature` (`v1,<base64 HMAC-SHA256 of id.timestamp.body>` under a `whsec_` secret of upstream.secrets; several, space-separated, while a secret is rotated). Refused (401) when unsigned, wrongly signed, outside upstream.tolerance of the gateway's clock, or an id already taken within it."}},
   "schemas": {
    "Error": S("object", required=["error"], properties={"error": S("string"), "field": S("string", description="The setting or parameter at fault.")}),
    "Gateway": S("object", required=["id","version","uptime_seconds","event_types","ready","mqtt","serial","outbox"], properties={
@@ -47,6 +48,23 @@ doc = {
      "params": {"type": ["string","number","boolean","object","array","null"]},
      "status": S("string", enum=["waiting","sent","succeeded","failed","timed_out","expired","rejected","cancelled"]),
      "reason": nullable("string"), "submitted": ts, "deadline": ts, "sent_at": ts, "done_at": ts}),
+   "Booking": S("object", required=["booking_id","workspace_id","start","end","details"], properties={
+     "booking_id": S("string"), "workspace_id": S("string"), "start": ts, "end": ts,
+     "details": {"description": "What else upstream said of it (a title, an organiser).", "type": ["object","null"]}}),
+   "Command": S("object", description="One command from upstream. SpaceOS's own webhook shape is taken as it is: `event` for `type`, `meeting_space_id` for `workspace_id`, `start_time`/`end_time` for `start`/`end`.", required=["data"], properties={
+     "type": S("string", enum=["device.action_requested","booking.start","booking.end","booking.cancelled"]),
+     "event": S("string", description="SpaceOS's name for `type`."),
+     "data": {"oneOf": [
+       S("object", title="device.action_requested", required=["id","device","name"], properties={"id": S("string", maxLength=128, description="The idempotency key: one execution per id, whatever is resent."), "device": S("string"), "name": S("string"), "params": {"type": ["string","number","boolean","object","array","null"]}, "deadline": S("string", format="date-time")}),
+       S("object", title="booking.start", required=["booking_id","start","end"], description="Booked from start until end (an early notice, e.g. T-15, books nothing before start). Other fields are kept as the booking's details and passed to the room's display (show_booking).", properties={"booking_id": S("string"), "workspace_id": S("string"), "meeting_space_id": S("string"), "start": S("string", format="date-time"), "end": S("string", format="date-time"), "start_time": S("string", format="date-time"), "end_time": S("string", format="date-time")}),
+       S("object", title="booking.end", required=["booking_id"], properties={"booking_id": S("string"), "workspace_id": S("string"), "meeting_space_id": S("string")})]}}),
+   "Poll": S("object", required=["gateway_id","wait","taken"], properties={
+     "gateway_id": S("string"), "cursor": S("string", description="The last cursor upstream gave; absent at first. Everything before it is taken: upstream may drop it."),
+     "wait": S("integer", description="Seconds upstream may hold the poll while it has nothing (upstream.pull.wait)."),
+     "taken": S("array", description="What became of each command of the previous answer: the status the push listener would have answered.", items=S("object", required=["id","status"], properties={"id": S("string"), "status": S("integer"), "error": S("string")}))}),
+   "PollAnswer": S("object", properties={
+     "cursor": S("string", maxLength=1024, description="Where the next poll starts; absent: where this one started. Kept by the gateway (on disk) only once every command in `commands` is taken."),
+     "commands": S("array", maxItems=256, items={"allOf": [ref("Command"), S("object", required=["id"], properties={"id": S("string", description="Upstream's id of the command, reported in the next poll's `taken`.")})]})}),
    "Workspace": S("object", required=["id","status","present","vacated_at","since","sensors","display"], properties={
      "id": S("string"), "status": S("string", enum=["Free","Occupied","Booked","Unknown"]), "present": S("boolean"), "vacated_at": ts,
      "since": dict(ts, description="When the status became what it is (null before the first, or in a store older than this field)."),
@@ -108,6 +126,7 @@ op("/v1/actions", "post", "submit action: to one device, executed at least once,
      "params": {"type": ["string","number","boolean","object","array","null"]}, "deadline": S("string", format="date-time", description="Sent by then, or expired; by default devices.action_deadline from now.")}), changes=True)
 op("/v1/actions/{id}", "get", "action: where it is", resp("The action.", ref("Action"), extra=[404, 409]), params=aid)
 op("/v1/actions/{id}", "delete", "cancel action: while it has not been sent", resp("Cancelled.", ref("Action"), extra=[401, 404, 409]), params=aid, changes=True)
+op("/v1/bookings", "get", "bookings: upstream's bookings kept (booking.start until its end or booking.end)", resp("The bookings.", S("object", required=["bookings"], properties={"bookings": S("array", items=ref("Booking"))})))
 op("/v1/workspaces", "get", "workspaces: every configured workspace and its status", resp("The workspaces.", S("object", required=["workspaces"], properties={"workspaces": S("array", items=ref("Workspace"))})))
 op("/v1/endpoints", "get", "endpoints: every endpoint, from the file and from the API", resp("The endpoints.", S("object", required=["endpoints"], properties={"endpoints": S("array", items=ref("Endpoint"))})))
 op("/v1/endpoints", "post", "create endpoint: persisted and applied at once", resp("Created.", ref("Endpoint"), "201", extra=[400, 401, 403, 409]), body=ref("EndpointSettings"), changes=True)
@@ -131,6 +150,18 @@ op("/v1/outbox/purge", "post", "purge: delete an endpoint's pending events (or d
 dparams = [{"name": "endpoint", "in": "query", "schema": S("string")}, {"name": "event", "in": "query", "schema": S("string"), "description": "An event id."}, {"name": "status", "in": "query", "schema": S("string"), "description": "ok, failed, or an HTTP status."}]
 op("/v1/deliveries", "get", "deliveries: the delivery log, latest last", resp("The attempts.", S("object", required=["deliveries"], properties={"deliveries": S("array", items=ref("Delivery"))}), extra=[400]), params=dparams + [limit])
 op("/v1/deliveries/stream", "get", "delivery stream: every attempt as it happens (server-sent events: `event: delivery`, data a Delivery; `event: lagged` when some were missed)", {"200": {"description": "An event stream.", "content": {"text/event-stream": {"schema": S("string")}}}, "400": err, "503": err}, params=dparams)
+push_responses = {**resp("Taken: an action accepted (its state), a booking kept or ended.", {"oneOf": [ref("Action"), S("object")]}, "202", extra=[400, 401, 404, 422, 429, 503]),
+                  **resp("An action whose id is known already: what became of it; nothing is done again.", ref("Action"))}
+op("/v1/commands", "post", "push command: upstream's command to this gateway (its own listener, upstream.push.listen), answered once what became of it is durable. 400 names the field; 404 an unknown device (the action is rejected and told) or workspace; 422 an action its class does not take; 429 with Retry-After when too much is pending; 401 not signed, stale or replayed. A request not taken (400, 429, 5xx) may be sent again with the same webhook-id.",
+   push_responses, body=ref("Command"))
+P["/v1/commands"]["post"]["security"] = [{"standardWebhooks": []}]
+P["/v1/commands"]["servers"] = [{"url": "https://gateway.example:9480", "description": "The push listener (upstream.push.listen): loopback, or HTTPS with upstream.push.tls_cert."}]
+doc["webhooks"] = {"pull": {"post": {
+  "summary": "pull mode: the poll this gateway POSTs to upstream.pull.url",
+  "description": "Long-polling for gateways behind NAT. The poll is signed like a pushed command (Standard Webhooks, the first of upstream.secrets). Upstream answers 200 with the commands after `cursor`, signed the same way (checked like a pushed request: tolerance, replay), holding the poll up to `wait` seconds while it has none. The gateway takes the commands in order, then keeps the answer's cursor on disk and polls again at once with it and `taken`; a command not taken for now (429) keeps the old cursor, and the same answer is asked for after 30 s (commands already taken are recognised by their ids). Any other answer (not 200, unsigned, unparseable) is retried after 1 s, doubling to a minute.",
+  "security": [{"standardWebhooks": []}],
+  "requestBody": {"required": True, "content": {"application/json": {"schema": ref("Poll")}}},
+  "responses": {"200": {"description": "Commands (maybe none), signed.", "content": {"application/json": {"schema": ref("PollAnswer")}}}}}}}
 import pathlib
 out = pathlib.Path(__file__).resolve().parent.parent / "src/control/openapi.json"
 out.write_text(json.dumps(doc, separators=(",", ":")) + "\n")

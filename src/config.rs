@@ -421,6 +421,62 @@ mod tests {
         Config::from_toml_str(text).unwrap_err().to_string()
     }
 
+    #[test]
+    fn upstream_settings_default_sensibly_and_bad_ones_are_named() {
+        const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let push = format!(
+            "{MINIMAL}\n[upstream]\nsecrets = [\"{WHSEC}\"]\n[upstream.push]\nlisten = \"127.0.0.1:9480\"\n"
+        );
+        let c = Config::from_toml_str(&push).unwrap();
+        assert_eq!(c.upstream.tolerance, Duration::from_secs(300));
+        let pull = format!(
+            "{MINIMAL}\n[upstream]\nsecrets = [\"{WHSEC}\"]\n[upstream.pull]\nurl = \"https://core.example.com/edge/poll\"\n"
+        );
+        assert_eq!(
+            Config::from_toml_str(&pull)
+                .unwrap()
+                .upstream
+                .pull
+                .unwrap()
+                .wait,
+            Duration::from_secs(30)
+        );
+        // (what is changed, the key named)
+        let rows = [
+            (push.replace(WHSEC, "s3cret"), "upstream.secrets[0]"),
+            (
+                push.replace(&format!("secrets = [\"{WHSEC}\"]"), ""),
+                "upstream.secrets",
+            ),
+            (
+                push.replace("127.0.0.1:9480", "0.0.0.0:9480"),
+                "upstream.push.listen",
+            ),
+            (
+                push.replace("127.0.0.1:9480", "gateway"),
+                "upstream.push.listen",
+            ),
+            (
+                format!("{push}tls_cert = \"/x.pem\"\n"),
+                "upstream.push.tls_key",
+            ),
+            (
+                pull.replace("https://core", "http://core"),
+                "upstream.pull.url",
+            ),
+            (format!("{pull}wait = \"10m\"\n"), "upstream.pull.wait"),
+            (
+                push.replace("[upstream.push]", "tolerance = \"2h\"\n[upstream.push]"),
+                "upstream.tolerance",
+            ),
+        ];
+        for (text, key) in rows {
+            let e = err_of(&text);
+            assert!(e.contains(key), "{key}: {e}");
+            assert!(!e.contains("s3cret\""), "{e}");
+        }
+    }
+
     /// Issue 16 #11: `ExecStartPre=check-config` puts errors in the journal, so a value that
     /// may be a secret is never printed back, whatever its type.
     #[test]

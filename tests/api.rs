@@ -19,11 +19,15 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
     let broker = Mosquitto::start(dir.path());
     let default = Receiver::start().await;
     let crm = Receiver::start().await;
+    let push_port = common::free_port();
     let mut daemon = Daemon::new(
         dir.path(),
         broker.port,
         &default.url,
-        "[[workspaces]]\nid = \"room-1\"\nsensors = [\"api-occ-1\"]\n",
+        &format!(
+            "[[workspaces]]\nid = \"room-1\"\nsensors = [\"api-occ-1\"]\n[upstream]\nsecrets = [\"{}\"]\n[upstream.push]\nlisten = \"127.0.0.1:{push_port}\"\n",
+            common::UPSTREAM_SECRET
+        ),
     );
     daemon.start();
     let mut api = Api::new(daemon.metrics_port);
@@ -558,6 +562,44 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
                 .any(|e| e["data"]["action_id"] == "act-1" && e["data"]["status"] == "rejected")
         })
         .await;
+
+    // Upstream's commands on the push listener (its own port), and the bookings kept.
+    let now = common::unix_now();
+    let at = |secs: u64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+            .to_string()
+    };
+    let booking = json!({"type": "booking.start", "data": {"booking_id": "bk-1", "workspace_id": "room-1", "title": "Review", "start": at(now + 600), "end": at(now + 4200)}});
+    let record = |answer: &common::Answer| {
+        let body: Value = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
+        api.exchanges.lock().unwrap().push(json!({
+            "method": "POST", "path": "/v1/commands", "status": answer.status, "body": body,
+        }));
+    };
+    let taken = common::push(push_port, &booking, "msg-1").await;
+    assert_eq!(taken.status, 202, "{}", taken.body);
+    record(&taken);
+    let unsigned = raw(
+        push_port,
+        "POST",
+        "/v1/commands",
+        &[],
+        Some(&booking.to_string()),
+    )
+    .await;
+    assert_eq!(unsigned.status, 401);
+    record(&unsigned);
+    let no_room =
+        json!({"type": "booking.end", "data": {"booking_id": "bk-1", "workspace_id": "room-9"}});
+    let missing = common::push(push_port, &no_room, "msg-2").await;
+    assert_eq!(missing.status, 404);
+    record(&missing);
+    let bookings = api.get("/v1/bookings", "/v1/bookings").await.json();
+    assert_eq!(bookings["bookings"][0]["booking_id"], "bk-1");
+    assert_eq!(
+        bookings["bookings"][0]["details"],
+        json!({"title": "Review"})
+    );
 
     let log = daemon.log();
     assert!(

@@ -108,6 +108,13 @@ pub async fn route(
             Ok(a) => ok(super::commands::action_view(&a)),
             Err(r) => error(r.status, r.field.as_deref(), &r.message),
         },
+        ("GET" | "HEAD", ["v1", "bookings"]) => match control.bookings().await {
+            Ok(list) => {
+                let list: Vec<Value> = list.iter().map(super::commands::booking_view).collect();
+                ok(json!({ "bookings": list }))
+            }
+            Err(r) => error(r.status, r.field.as_deref(), &r.message),
+        },
         ("GET" | "HEAD", ["v1", "workspaces"]) => match workspaces(control).await {
             Ok(list) => ok(json!({ "workspaces": list })),
             Err(e) => error(503, None, &e),
@@ -203,9 +210,10 @@ pub async fn route(
 }
 
 /// The routes, for telling a wrong method from a wrong path.
-const KNOWN: [&str; 20] = [
+const KNOWN: [&str; 21] = [
     "v1/actions",
     "v1/actions/*",
+    "v1/bookings",
     "v1/openapi.json",
     "v1/deliveries",
     "v1/deliveries/stream",

@@ -109,8 +109,14 @@ impl Control {
         }
     }
 
-    /// The bookings the running device stage keeps.
+    /// The bookings kept: the running device stage's, or a stopped daemon's store's.
     pub async fn bookings(&self) -> Result<Vec<crate::device::booking::Booking>, super::Refused> {
+        if self.device_stage.is_none() {
+            return self
+                .outbox
+                .bookings()
+                .map_err(|e| super::Refused::new_internal(e.to_string()));
+        }
         self.ask(crate::device::Request::Bookings).await
     }
 }

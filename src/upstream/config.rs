@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::deliver::sign::{self, SignatureScheme};
 use crate::secret::Secret;
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Standard Webhooks secrets (`whsec_` + base64). A pushed request or a pull answer is
@@ -53,6 +53,17 @@ pub struct PullConfig {
     pub wait: Duration,
     #[serde(default)]
     pub allow_insecure_http: bool,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            secrets: Vec::new(),
+            tolerance: default_tolerance(),
+            push: None,
+            pull: None,
+        }
+    }
 }
 
 fn default_tolerance() -> Duration {
