@@ -224,15 +224,16 @@ pub async fn run_with_reloads(
     let (commit_tx, commit_rx) = mpsc::channel(STAGE_CHANNEL);
     // Actions, once durable, from the outbox writer to the MQTT source.
     let (outgoing_tx, outgoing_rx) = mpsc::channel(STAGE_CHANNEL);
-    let outgoing_tx = match mqtt {
+    let router = source::Router::new(match mqtt {
         Some(mqtt) => {
             tracker.spawn(mqtt.run(inbound_tx.clone(), outgoing_rx, cancel.clone()));
             Some(outgoing_tx)
         }
         None => None,
-    };
+    });
     for port in &config.serial_ports {
-        let serial = source::serial::SerialSource::new(port.clone(), metrics.source.clone());
+        let serial =
+            source::serial::SerialSource::new(port.clone(), metrics.source.clone(), router.clone());
         tracker.spawn(serial.run(inbound_tx.clone(), cancel.clone()));
     }
     drop(inbound_tx); // the device stage ends when every source has
@@ -251,7 +252,7 @@ pub async fn run_with_reloads(
         commit_rx,
         config.outbox.clone(),
         metrics.outbox.clone(),
-        outgoing_tx,
+        router,
         cancel.clone(),
     ));
     if !config.telemetry.listen.is_empty() {

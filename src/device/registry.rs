@@ -624,8 +624,9 @@ impl Registry {
             "deadline": rfc3339(a.deadline),
         });
         out.outgoing.push(Outgoing {
+            device: device.to_string(),
             topic,
-            payload: payload.to_string().into_bytes(),
+            message: payload,
         });
         out.sync = true;
         out.actions.retain(|x| x.id != id);

@@ -988,7 +988,7 @@ fn actions_go_one_at_a_time_to_online_devices_and_end_once() {
     };
     assert_eq!(a.outgoing.len(), 1);
     assert_eq!(a.outgoing[0].topic, "devices/disp-1/actions");
-    let sent: Value = serde_json::from_slice(&a.outgoing[0].payload).unwrap();
+    let sent: Value = a.outgoing[0].message.clone();
     assert_eq!(
         (sent["id"].clone(), sent["name"].clone()),
         (json!("a1"), json!("show_message"))
@@ -1123,7 +1123,7 @@ fn upstream_bookings_book_a_room_from_start_to_end_presence_wins_and_they_surviv
     assert_eq!(a.bookings.len(), 1);
     assert!(a.sync);
     assert_eq!(a.outgoing.len(), 1, "shown on the display");
-    let shown: Value = serde_json::from_slice(&a.outgoing[0].payload).unwrap();
+    let shown: Value = a.outgoing[0].message.clone();
     assert_eq!(shown["name"], "show_booking");
     assert_eq!(shown["params"]["booking_id"], "bk");
     assert_eq!(shown["params"]["details"]["title"], "Standup");

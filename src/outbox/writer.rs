@@ -29,14 +29,14 @@ use crate::event::Envelope;
 ///   not stored *for that endpoint only*: counted ([`DROPPED`], `edgehook_endpoint_dropped_total`,
 ///   `outbox status`) and logged, never silently. The other endpoints get them as usual.
 ///
-/// A batch's outgoing actions go to `outgoing` (the MQTT source publishes them) after the acks:
+/// A batch's outgoing actions go to `outgoing` (the serial port or the broker) after the acks:
 /// an action is published only once its `sent` state is durable.
 pub async fn run_writer(
     outbox: Outbox,
     mut commits: mpsc::Receiver<Commit>,
     config: OutboxConfig,
     metrics: Arc<Metrics>,
-    outgoing: Option<mpsc::Sender<crate::device::Outgoing>>,
+    outgoing: crate::source::Router,
     cancel: CancellationToken,
 ) {
     let mut batch: Vec<Commit> = Vec::with_capacity(config.batch_max);
@@ -79,9 +79,9 @@ pub async fn run_writer(
                 ack.send();
             }
             for action in commit.outgoing {
-                let sent = outgoing.as_ref().map(|tx| tx.try_send(action));
-                if !matches!(sent, Some(Ok(()))) {
-                    tracing::warn!("an action could not be handed to the MQTT source (no broker configured, or its queue is full); it times out and is told so");
+                let device = action.device.clone();
+                if let Err(why) = outgoing.send(action) {
+                    tracing::warn!(device_id = %device, "an action could not be sent ({why}); it times out and is told so");
                 }
             }
         }

@@ -49,11 +49,75 @@ pub enum InboundBody {
     },
 }
 
-/// A message to a device (an action), published at QoS 1 by the MQTT source.
+/// A message to a device (an action): published at QoS 1 on `topic` by the MQTT source, or
+/// written as a command frame by the serial source of the port the device is heard on (see
+/// [`Router`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outgoing {
+    pub device: String,
     pub topic: String,
-    pub payload: Vec<u8>,
+    /// `{"id", "name", "params", "deadline"}`.
+    pub message: Value,
+}
+
+impl Outgoing {
+    /// The MQTT payload: the message as JSON.
+    pub fn payload(&self) -> Vec<u8> {
+        self.message.to_string().into_bytes()
+    }
+}
+
+/// Where a device's actions go: the serial port it was last heard on, else the broker.
+#[derive(Clone, Default)]
+pub struct Router {
+    mqtt: Option<tokio::sync::mpsc::Sender<Outgoing>>,
+    serial: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<String, tokio::sync::mpsc::Sender<Outgoing>>>,
+    >,
+}
+
+impl Router {
+    pub fn new(mqtt: Option<tokio::sync::mpsc::Sender<Outgoing>>) -> Router {
+        Router {
+            mqtt,
+            serial: Default::default(),
+        }
+    }
+
+    /// `device` is heard on the serial port that `port` writes to.
+    pub fn heard_on_serial(&self, device: &str, port: &tokio::sync::mpsc::Sender<Outgoing>) {
+        let mut serial = self.serial.lock().expect("not poisoned");
+        if !serial.get(device).is_some_and(|p| p.same_channel(port)) {
+            serial.insert(device.to_string(), port.clone());
+        }
+    }
+
+    /// `devices` are no longer reachable on the port (it closed).
+    pub fn left_serial(&self, devices: impl IntoIterator<Item = impl AsRef<str>>) {
+        let mut serial = self.serial.lock().expect("not poisoned");
+        for d in devices {
+            serial.remove(d.as_ref());
+        }
+    }
+
+    /// Hand `message` on without waiting; `Err` says why it could not be.
+    pub fn send(&self, message: Outgoing) -> Result<(), &'static str> {
+        let port = self
+            .serial
+            .lock()
+            .expect("not poisoned")
+            .get(&message.device)
+            .cloned();
+        match (port, &self.mqtt) {
+            (Some(port), _) => port
+                .try_send(message)
+                .map_err(|_| "the serial port's queue is full or the port has closed"),
+            (None, Some(mqtt)) => mqtt
+                .try_send(message)
+                .map_err(|_| "the MQTT source's queue is full"),
+            (None, None) => Err("the device is not on a serial port and no broker is configured"),
+        }
+    }
 }
 
 /// A deferred transport acknowledgement (an MQTT PUBACK).

@@ -428,7 +428,7 @@ impl MqttSource {
                 _ = cancel.cancelled() => break,
                 Some(message) = outgoing.recv() => {
                     // Queued in the client; sent (again, after a reconnect) until acknowledged.
-                    if let Err(e) = client.try_publish(message.topic, QoS::AtLeastOnce, false, message.payload) {
+                    if let Err(e) = client.try_publish(message.topic.clone(), QoS::AtLeastOnce, false, message.payload()) {
                         tracing::warn!(error = %e, "cannot queue an action for the broker; it times out and is told so");
                     }
                     continue;

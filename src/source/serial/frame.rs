@@ -22,6 +22,20 @@
 //! string; an empty value is left out; a frame may carry fewer values than its sentence names,
 //! never more. The built-in sentence `STA` reports status: `$STA,desk-12,offline*XX`.
 //!
+//! **Actions** go the other way, as command frames, and devices answer with result frames:
+//!
+//! ```text
+//! → $ACT,desk-12,a-17,identify,seconds=10*XX          text: action id, name, params
+//! ← $RES,desk-12,a-17,succeeded*XX                     (or failed,<reason>)
+//! → {"device":"desk-12","action":"identify","id":"a-17","params":{"seconds":10},"deadline":"…"}
+//! ← {"device":"desk-12","action_id":"a-17","status":"succeeded","result":{…}}
+//! ```
+//!
+//! In a text command, an object's params are `key=value` fields in key order, an array's its
+//! values, a scalar itself; `,`, `*`, `$`, `%`, `=` and control characters in a value or key are
+//! written `%XX` (hex), so a command is always one well-formed frame. A result's reason is
+//! decoded the same way.
+//!
 //! **Faults** are counted per kind and skipped, and the decoder resynchronises on the next
 //! frame: a line longer than `max_frame_bytes` is dropped up to its newline (`overlong`, counted
 //! once, however long it runs); bytes before a frame's `$` are `garbage` (the frame after them
@@ -38,6 +52,9 @@ use crate::source::{check_device_id, InboundBody};
 
 /// The built-in status sentence of the text protocol.
 pub const STATUS_SENTENCE: &str = "STA";
+/// The command sentence (gateway → device) and the result sentence (device → gateway).
+pub const ACTION_SENTENCE: &str = "ACT";
+pub const RESULT_SENTENCE: &str = "RES";
 
 /// A decoded frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -209,6 +226,34 @@ impl FrameDecoder {
             _ => return Err(FrameError::NoDeviceId(device_field.to_string())),
         };
         check_device(&device_id)?;
+        if let Some(id) = fields.get("action_id") {
+            let id = id
+                .as_str()
+                .filter(|id| !id.is_empty() && id.len() <= 128)
+                .ok_or(FrameError::Malformed(
+                    "action_id is not a string of 1 to 128 characters",
+                ))?
+                .to_string();
+            let succeeded = match fields.get("status").and_then(Value::as_str) {
+                Some("succeeded") => true,
+                Some("failed") => false,
+                _ => {
+                    return Err(FrameError::Malformed(
+                        "an action result's status is not succeeded/failed",
+                    ))
+                }
+            };
+            let body = InboundBody::ActionResult {
+                id,
+                succeeded,
+                reason: fields
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                result: fields.get("result").cloned(),
+            };
+            return Ok(Frame { device_id, body });
+        }
         let body = match (fields.len(), fields.get("status")) {
             (1, Some(Value::String(word))) => InboundBody::Status {
                 online: status_word(word)
@@ -248,7 +293,24 @@ impl FrameDecoder {
             "no device id after the sentence type",
         ))?;
         check_device(device_id)?;
-        let body = if sentence == STATUS_SENTENCE {
+        let body = if sentence == RESULT_SENTENCE {
+            let id = parts
+                .next()
+                .map(unescape)
+                .filter(|id| !id.is_empty() && id.len() <= 128)
+                .ok_or(FrameError::Malformed("a result frame has no action id"))?;
+            let succeeded = match parts.next() {
+                Some("succeeded") => true,
+                Some("failed") => false,
+                _ => return Err(FrameError::Malformed("a result is not succeeded/failed")),
+            };
+            InboundBody::ActionResult {
+                id,
+                succeeded,
+                reason: parts.next().map(unescape).filter(|r| !r.is_empty()),
+                result: None,
+            }
+        } else if sentence == STATUS_SENTENCE {
             let word = parts.next().unwrap_or_default();
             InboundBody::Status {
                 online: status_word(word)
@@ -313,6 +375,97 @@ fn text_value(v: &str) -> Value {
         "true" => Value::Bool(true),
         "false" => Value::Bool(false),
         _ => Value::String(v.to_string()),
+    }
+}
+
+/// `%XX` for the bytes that would break a text frame's fields.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || matches!(c, ',' | '*' | '$' | '%' | '=') {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The reverse of [`escape`] (a malformed `%` is left as it is).
+fn unescape(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A param value as one text field.
+fn text_field(v: &Value) -> String {
+    match v {
+        Value::String(s) => escape(s),
+        Value::Null => String::new(),
+        other => escape(&other.to_string()),
+    }
+}
+
+/// An action (`message`: `{"id", "name", "params", "deadline"}`) for `device` as one command
+/// frame in `format` (see the module docs).
+pub fn encode_action(format: &Format, device: &str, message: &Value) -> Vec<u8> {
+    let text = |key: &str| message.get(key).and_then(Value::as_str).unwrap_or_default();
+    match format {
+        Format::JsonLines { device_field } => {
+            let mut line = serde_json::json!({
+                device_field.as_str(): device,
+                "action": text("name"),
+                "id": text("id"),
+                "params": message.get("params").cloned().unwrap_or(Value::Null),
+                "deadline": text("deadline"),
+            })
+            .to_string()
+            .into_bytes();
+            line.push(b'\n');
+            line
+        }
+        Format::Text { .. } => {
+            let mut fields = vec![
+                ACTION_SENTENCE.to_string(),
+                escape(device),
+                escape(text("id")),
+                escape(text("name")),
+            ];
+            match message.get("params") {
+                Some(Value::Object(params)) => {
+                    let mut keys: Vec<&String> = params.keys().collect();
+                    keys.sort();
+                    for k in keys {
+                        fields.push(format!("{}={}", escape(k), text_field(&params[k])));
+                    }
+                }
+                Some(Value::Array(values)) => fields.extend(values.iter().map(text_field)),
+                Some(Value::Null) | None => {}
+                Some(scalar) => fields.push(text_field(scalar)),
+            }
+            encode_text(&fields.join(","))
+        }
     }
 }
 
@@ -520,6 +673,78 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(input)
             );
+        }
+    }
+
+    #[test]
+    fn actions_are_written_as_one_well_formed_frame_per_format() {
+        let message = json!({"id": "a-17", "name": "identify", "params": {"seconds": 10, "note": "a,b*c$d%e=f\n"}, "deadline": "2026-12-03T18:00:00.000Z"});
+        let text = Format::Text {
+            sentences: BTreeMap::new(),
+        };
+        // (format, params, the frame)
+        let rows: Vec<(&Format, Value, &str)> = vec![
+            (
+                &text,
+                message["params"].clone(),
+                "ACT,desk-12,a-17,identify,note=a%2Cb%2Ac%24d%25e%3Df%0A,seconds=10",
+            ),
+            (
+                &text,
+                json!([1, "x", true]),
+                "ACT,desk-12,a-17,identify,1,x,true",
+            ),
+            (&text, json!("now"), "ACT,desk-12,a-17,identify,now"),
+            (&text, Value::Null, "ACT,desk-12,a-17,identify"),
+        ];
+        for (format, params, body) in rows {
+            let mut m = message.clone();
+            m["params"] = params;
+            let frame = encode_action(format, "desk-12", &m);
+            assert_eq!(
+                String::from_utf8(frame).unwrap(),
+                String::from_utf8(encode_text(body)).unwrap()
+            );
+        }
+        let json = Format::JsonLines {
+            device_field: "dev".into(),
+        };
+        let line = encode_action(&json, "desk-12", &message);
+        assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1, "one line");
+        let back: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(
+            back,
+            json!({"dev": "desk-12", "action": "identify", "id": "a-17", "params": message["params"], "deadline": "2026-12-03T18:00:00.000Z"})
+        );
+        assert_eq!(unescape(&escape("a,b*c$d%e=f\n✓")), "a,b*c$d%e=f\n✓");
+    }
+
+    #[test]
+    fn results_come_back_as_frames_or_are_named_faults() {
+        let result = |id: &str, succeeded: bool, reason: Option<&str>, result: Option<Value>| {
+            Ok(Frame {
+                device_id: "desk-12".into(),
+                body: InboundBody::ActionResult {
+                    id: id.into(),
+                    succeeded,
+                    reason: reason.map(str::to_string),
+                    result,
+                },
+            })
+        };
+        let rows: Vec<(FrameDecoder, Vec<u8>, Result<Frame, FrameError>)> = vec![
+            (text_decoder(256), encode_text("RES,desk-12,a-17,succeeded"), result("a-17", true, None, None)),
+            (text_decoder(256), encode_text("RES,desk-12,a-17,failed,no%2C not now"), result("a-17", false, Some("no, not now"), None)),
+            (text_decoder(256), encode_text("RES,desk-12,a-17,maybe"), Err(FrameError::Malformed("a result is not succeeded/failed"))),
+            (text_decoder(256), encode_text("RES,desk-12"), Err(FrameError::Malformed("a result frame has no action id"))),
+            (json_decoder(256), b"{\"device\":\"desk-12\",\"action_id\":\"a-17\",\"status\":\"succeeded\",\"result\":{\"ok\":1}}\n".to_vec(), result("a-17", true, None, Some(json!({"ok": 1})))),
+            (json_decoder(256), b"{\"device\":\"desk-12\",\"action_id\":\"a-17\",\"status\":\"failed\",\"reason\":\"jammed\"}\n".to_vec(), result("a-17", false, Some("jammed"), None)),
+            (json_decoder(256), b"{\"device\":\"desk-12\",\"action_id\":\"a-17\",\"status\":\"online\"}\n".to_vec(), Err(FrameError::Malformed("an action result's status is not succeeded/failed"))),
+            (json_decoder(256), b"{\"device\":\"desk-12\",\"action_id\":7,\"status\":\"failed\"}\n".to_vec(), Err(FrameError::Malformed("action_id is not a string of 1 to 128 characters"))),
+        ];
+        for (mut decoder, bytes, expected) in rows {
+            let got = decode(&mut decoder, &bytes);
+            assert_eq!(got, vec![expected], "{}", String::from_utf8_lossy(&bytes));
         }
     }
 }

@@ -9,6 +9,11 @@
 //! - Faulty frames are counted per kind (`edgehook_serial_frame_errors_total`) and logged at
 //!   most once a minute per port and kind; the decoder resynchronises on the next frame.
 //!
+//! - Actions for a device heard on this port are written to it as command frames (see
+//!   [`frame`]), one at a time as the device stage sends them; its answers come back as result
+//!   frames. While the port is closed its devices are offline, so the device stage sends them
+//!   nothing; a command queued as the port closed is dropped (the action times out and is told).
+//!
 //! Serial has no acknowledgements: bytes read are handed on at once, and are durable once the
 //! outbox writer has flushed them (milliseconds later). A device on a serial line that needs
 //! delivery guarantees across a power cut of the gateway itself must resend, as the MQTT ones do.
@@ -19,7 +24,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_serial::SerialPortBuilderExt;
 use tokio_util::sync::CancellationToken;
@@ -43,7 +48,16 @@ pub struct SerialSource {
     faults: FaultLog,
     /// Devices heard on this port, which go offline when it closes.
     devices: BTreeSet<String>,
+    /// Where the device stage's actions find this port's devices.
+    router: super::Router,
+    commands_tx: mpsc::Sender<super::Outgoing>,
+    commands: mpsc::Receiver<super::Outgoing>,
 }
+
+/// Commands queued for one port.
+const COMMAND_QUEUE: usize = 64;
+/// A command frame must be written within this (a stuck line closes the port).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why reading stopped.
 enum Closed {
@@ -55,8 +69,16 @@ enum Closed {
 }
 
 impl SerialSource {
-    pub fn new(config: SerialPortConfig, metrics: Arc<Metrics>) -> SerialSource {
+    pub fn new(
+        config: SerialPortConfig,
+        metrics: Arc<Metrics>,
+        router: super::Router,
+    ) -> SerialSource {
+        let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         SerialSource {
+            router,
+            commands_tx,
+            commands,
             name: config.path.display().to_string(),
             config,
             metrics,
@@ -65,17 +87,20 @@ impl SerialSource {
         }
     }
 
-    fn decoder(&self) -> FrameDecoder {
-        let format = match self.config.framing {
+    fn format(&self) -> Format {
+        match self.config.framing {
             SerialFraming::JsonLines => Format::JsonLines {
                 device_field: self.config.device_field.clone(),
             },
             SerialFraming::Text => Format::Text {
                 sentences: self.config.sentences.clone(),
             },
-        };
+        }
+    }
+
+    fn decoder(&self) -> FrameDecoder {
         FrameDecoder::new(
-            format,
+            self.format(),
             self.config.metadata_fields.clone().into(),
             self.config.max_frame_bytes,
         )
@@ -123,6 +148,14 @@ impl SerialSource {
                         Closed::Lost(why) => {
                             tracing::warn!(port = %self.name, reason = %why, devices = self.devices.len(), "serial port lost; its devices are reported offline, reopening with backoff");
                             failing_since = Some(Instant::now());
+                            self.router.left_serial(&self.devices);
+                            let mut dropped = 0;
+                            while self.commands.try_recv().is_ok() {
+                                dropped += 1;
+                            }
+                            if dropped > 0 {
+                                tracing::warn!(port = %self.name, dropped, "actions queued for the closed port are dropped; they time out and are told so");
+                            }
                             if !self.report_offline(&out).await {
                                 break;
                             }
@@ -149,17 +182,34 @@ impl SerialSource {
 
     async fn read(
         &mut self,
-        mut stream: tokio_serial::SerialStream,
+        stream: tokio_serial::SerialStream,
         out: &mpsc::Sender<Inbound>,
         cancel: &CancellationToken,
     ) -> Closed {
         let mut decoder = self.decoder();
+        let format = self.format();
+        let (mut reader, mut writer) = tokio::io::split(stream);
         let mut buf = vec![0u8; 4096];
         let mut frames = Vec::new();
         loop {
             let n = tokio::select! {
                 _ = cancel.cancelled() => return Closed::Cancelled,
-                read = stream.read(&mut buf) => match read {
+                Some(command) = self.commands.recv() => {
+                    let bytes = frame::encode_action(&format, &command.device, &command.message);
+                    let write = async {
+                        writer.write_all(&bytes).await?;
+                        writer.flush().await
+                    };
+                    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+                        Ok(Ok(())) => {
+                            tracing::debug!(port = %self.name, device_id = %command.device, "action written");
+                            continue;
+                        }
+                        Ok(Err(e)) => return Closed::Lost(format!("writing an action: {e}")),
+                        Err(_) => return Closed::Lost("writing an action timed out".into()),
+                    }
+                }
+                read = reader.read(&mut buf) => match read {
                     Ok(0) => return Closed::Lost("end of file".into()),
                     Ok(n) => n,
                     Err(e) => return Closed::Lost(e.to_string()),
@@ -180,8 +230,12 @@ impl SerialSource {
                     }
                 };
                 self.metrics.message_received();
-                if self.devices.len() < MAX_DEVICES_PER_PORT {
+                if self.devices.len() < MAX_DEVICES_PER_PORT
+                    || self.devices.contains(&frame.device_id)
+                {
                     self.devices.insert(frame.device_id.clone());
+                    self.router
+                        .heard_on_serial(&frame.device_id, &self.commands_tx);
                 }
                 let inbound = Inbound {
                     device_id: frame.device_id,
