@@ -218,3 +218,142 @@ async fn unplug_marks_the_bus_offline_and_replug_brings_it_back() {
     assert!(log.contains("serial port lost"), "{log}");
     assert!(log.contains("serial port back"), "{log}");
 }
+
+/// Actions to devices on serial lines (issue 19): written as a checksummed `$ACT` sentence or
+/// a JSON line on the port the device is heard on, answered with result frames, told once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_go_down_the_line_a_device_is_on_and_its_result_frames_come_back() {
+    use firmware_sim::serial::{parse_command, reading_frame, result_frame};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut text = SerialLink::plug(dir.path().join("ttyTEXT")).unwrap();
+    let mut json_port = SerialLink::plug(dir.path().join("ttyJSON")).unwrap();
+    let config = ports(&text, Some(&json_port)).replace(
+        "debounce = \"300ms\"",
+        "debounce = \"0s\"\nactions = [\"identify\", \"calibrate\"]\naction_timeout = \"5s\"",
+    );
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, &config);
+    daemon.start();
+    wait_metric(&daemon, "edgehook_serial_ports_open", 2);
+    let mut api = common::Api::new(daemon.metrics_port);
+    let token = std::fs::read_to_string(dir.path().join("state/api-token")).unwrap();
+    api.token = Some(token.trim().to_string());
+    let text_commands = text.commands().unwrap();
+    let json_commands = json_port.commands().unwrap();
+    let reading = json!({"presence": true, "temperature": 21.0, "seq": 1});
+    text.send(reading_frame(SerialFraming::Text, "ser-1", &reading))
+        .await
+        .unwrap();
+    json_port
+        .send(reading_frame(SerialFraming::JsonLines, "ser-j1", &reading))
+        .await
+        .unwrap();
+    receiver
+        .wait_until(LONG, "both serial devices online", |s| {
+            s.of_type("device.online").len() == 2
+        })
+        .await;
+
+    let submit = |id: &str, device: &str, params: Value| json!({"id": id, "device": device, "name": "calibrate", "params": params});
+    let next = |rx: &std::sync::mpsc::Receiver<String>| {
+        rx.recv_timeout(LONG).expect("a command on the line")
+    };
+    let told = |s: &common::Seen, id: &str| -> Vec<Value> {
+        s.of_type("device.action_completed")
+            .into_iter()
+            .filter(|e| e["data"]["action_id"] == id)
+            .map(|e| e["data"].clone())
+            .collect()
+    };
+
+    // Text: one checksummed sentence with the params as key=value, escaped.
+    let a = api
+        .call(
+            "POST",
+            "/v1/actions",
+            "/v1/actions",
+            Some(&submit(
+                "s1",
+                "ser-1",
+                json!({"offset": -0.5, "note": "a,b"}),
+            )),
+        )
+        .await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    let line = next(&text_commands);
+    let (device, id, name, params) = parse_command(SerialFraming::Text, &line)
+        .unwrap_or_else(|| panic!("not a command: {line}"));
+    assert_eq!(
+        (device.as_str(), id.as_str(), name.as_str()),
+        ("ser-1", "s1", "calibrate")
+    );
+    assert_eq!(params, json!({"note": "a,b", "offset": "-0.5"}));
+    text.send(result_frame(
+        SerialFraming::Text,
+        "ser-1",
+        "s1",
+        false,
+        Some("sensor busy, retry"),
+    ))
+    .await
+    .unwrap();
+    // JSON lines, on the other port: the other device's action never goes down this one.
+    api.call(
+        "POST",
+        "/v1/actions",
+        "/v1/actions",
+        Some(&submit("s2", "ser-j1", json!({"offset": 1}))),
+    )
+    .await;
+    let line = next(&json_commands);
+    let (device, id, _, params) = parse_command(SerialFraming::JsonLines, &line).unwrap();
+    assert_eq!(
+        (device.as_str(), id.as_str(), params),
+        ("ser-j1", "s2", json!({"offset": 1}))
+    );
+    json_port
+        .send(result_frame(
+            SerialFraming::JsonLines,
+            "ser-j1",
+            "s2",
+            true,
+            None,
+        ))
+        .await
+        .unwrap();
+    receiver
+        .wait_until(LONG, "s1 and s2 told", |s| {
+            !told(s, "s1").is_empty() && !told(s, "s2").is_empty()
+        })
+        .await;
+    receiver.seen(|s| {
+        let s1 = &told(s, "s1")[0];
+        assert_eq!(
+            (s1["status"].as_str(), s1["reason"].as_str()),
+            (Some("failed"), Some("sensor busy, retry"))
+        );
+        let s2 = &told(s, "s2")[0];
+        assert_eq!(
+            (s2["status"].as_str(), &s2["result"]),
+            (Some("succeeded"), &json!({"done": true}))
+        );
+    });
+    assert!(
+        text_commands.try_recv().is_err() && json_commands.try_recv().is_err(),
+        "one command each, each on its own port"
+    );
+    // A second answer is not a second event; garbage on the line is not a command's answer.
+    text.send(result_frame(SerialFraming::Text, "ser-1", "s1", true, None))
+        .await
+        .unwrap();
+    text.send(text_frame("RES,ser-1,s1,perhaps")).await.unwrap();
+    wait_metric(
+        &daemon,
+        "edgehook_serial_frame_errors_total{kind=\"malformed\"}",
+        1,
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    receiver.seen(|s| assert_eq!((told(s, "s1").len(), told(s, "s2").len()), (1, 1)));
+    assert_eq!(daemon.terminate(), Some(0));
+}

@@ -8,7 +8,11 @@
 //! device side of the wire), independent of the daemon's decoder:
 //! - text: `$OCC,<id>,<presence 0|1>,<temperature>,<seq>*<XOR checksum, 2 hex>\r\n`, and
 //!   `$STA,<id>,online|offline*CS\r\n` status frames;
-//! - json_lines: `{"device":"<id>","presence":true,"temperature":21.4,"seq":7}\n`.
+//! - json_lines: `{"device":"<id>","presence":true,"temperature":21.4,"seq":7}\n`;
+//! - actions: commands read off the line ([`SerialLink::commands`], [`parse_command`]:
+//!   `$ACT,<id>,<action id>,<name>,<params>*CS` or `{"device","action","id","params"}`) and
+//!   answered with [`result_frame`] (`$RES,<id>,<action id>,succeeded|failed[,reason]*CS`, or
+//!   `{"device","action_id","status","reason","result"}`).
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -27,6 +31,8 @@ pub struct SerialLink {
     master: Option<File>,
     /// Held open so the line stays up (and raw) whether or not the daemon has it open.
     slave: Option<OwnedFd>,
+    /// Tells the command reader of the current plug to let go of the line.
+    reading: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl SerialLink {
@@ -37,6 +43,7 @@ impl SerialLink {
             pts: PathBuf::new(),
             master: None,
             slave: None,
+            reading: None,
         };
         port.replug()?;
         Ok(port)
@@ -82,8 +89,61 @@ impl SerialLink {
         .map_err(io::Error::other)?
     }
 
+    /// The lines the daemon writes to this device side (commands), as they come, until the
+    /// link is unplugged. One reader per plug.
+    pub fn commands(&mut self) -> io::Result<std::sync::mpsc::Receiver<String>> {
+        use std::io::Read;
+        use std::os::fd::AsFd;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let master = self
+            .master
+            .as_ref()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "unplugged"))?
+            .try_clone()?;
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        self.reading = Some(stop.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut master = master;
+            let mut line = Vec::new();
+            let mut buf = [0u8; 512];
+            while !stop.load(Ordering::SeqCst) {
+                let mut fds = [nix::poll::PollFd::new(
+                    master.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(50u8)) {
+                    Ok(0) => continue,
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+                let n = match master.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                for &b in &buf[..n] {
+                    if b == b'\n' {
+                        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                        line.clear();
+                        if tx.send(text).is_err() {
+                            return;
+                        }
+                    } else {
+                        line.push(b);
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
     /// Unplug: the line hangs up (the reader gets an error) and the link disappears.
     pub fn unplug(&mut self) {
+        if let Some(stop) = self.reading.take() {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            // The reader lets go of its copy of the line within a poll.
+            std::thread::sleep(Duration::from_millis(100));
+        }
         self.master = None;
         self.slave = None;
         let _ = std::fs::remove_file(&self.link);
@@ -165,6 +225,110 @@ pub fn status_frame(framing: SerialFraming, device: &str, online: bool) -> Vec<u
         SerialFraming::Text => text_frame(&format!("STA,{device},{word}")),
         SerialFraming::JsonLines => {
             format!("{{\"device\":\"{device}\",\"status\":\"{word}\"}}\n").into_bytes()
+        }
+    }
+}
+
+/// A command as a device reads it: (device, action id, name, params). Text params come as
+/// `{key: value}` for `key=value` fields, else a list of the fields. `None`: not a command, or
+/// a text frame whose checksum is wrong.
+pub fn parse_command(
+    framing: SerialFraming,
+    line: &str,
+) -> Option<(String, String, String, Value)> {
+    match framing {
+        SerialFraming::JsonLines => {
+            let v: Value = serde_json::from_str(line).ok()?;
+            Some((
+                v["device"].as_str()?.to_string(),
+                v["id"].as_str()?.to_string(),
+                v["action"].as_str()?.to_string(),
+                v["params"].clone(),
+            ))
+        }
+        SerialFraming::Text => {
+            let frame = line.strip_prefix('$')?;
+            let (body, sum) = frame.rsplit_once('*')?;
+            if u8::from_str_radix(sum.trim(), 16).ok()? != checksum(body) {
+                return None;
+            }
+            let mut fields = body.split(',').map(percent_decode);
+            if fields.next()? != "ACT" {
+                return None;
+            }
+            let (device, id, name) = (fields.next()?, fields.next()?, fields.next()?);
+            let rest: Vec<String> = body.split(',').skip(4).map(str::to_string).collect();
+            let params = if !rest.is_empty() && rest.iter().all(|f| f.contains('=')) {
+                Value::Object(
+                    rest.iter()
+                        .filter_map(|f| f.split_once('='))
+                        .map(|(k, v)| (percent_decode(k), Value::String(percent_decode(v))))
+                        .collect(),
+                )
+            } else {
+                Value::Array(
+                    rest.iter()
+                        .map(|f| Value::String(percent_decode(f)))
+                        .collect(),
+                )
+            };
+            Some((device, id, name, params))
+        }
+    }
+}
+
+/// `%XX` → the byte.
+fn percent_decode(text: &str) -> String {
+    let mut out = Vec::new();
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 3 <= b.len() {
+            if let Ok(x) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                out.push(x);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A device's answer to action `id` as one frame.
+pub fn result_frame(
+    framing: SerialFraming,
+    device: &str,
+    id: &str,
+    succeeded: bool,
+    reason: Option<&str>,
+) -> Vec<u8> {
+    let status = if succeeded { "succeeded" } else { "failed" };
+    match framing {
+        SerialFraming::Text => {
+            let reason = reason
+                .map(|r| {
+                    format!(
+                        ",{}",
+                        r.replace('%', "%25")
+                            .replace(',', "%2C")
+                            .replace('*', "%2A")
+                    )
+                })
+                .unwrap_or_default();
+            text_frame(&format!("RES,{device},{id},{status}{reason}"))
+        }
+        SerialFraming::JsonLines => {
+            let mut v = serde_json::json!({"device": device, "action_id": id, "status": status});
+            if let Some(r) = reason {
+                v["reason"] = r.into();
+            } else {
+                v["result"] = serde_json::json!({"done": true});
+            }
+            let mut line = v.to_string().into_bytes();
+            line.push(b'\n');
+            line
         }
     }
 }
