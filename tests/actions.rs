@@ -71,7 +71,7 @@ action_timeout = "2s"
     assert_eq!(a1.status, 202, "{}", a1.body);
     let a1_done = completion(&receiver, "a1").await;
     assert_eq!(a1_done["status"], "succeeded");
-    assert_eq!(a1_done["result"], json!({"done": "show_message"}));
+    assert_eq!(a1_done["result"], json!({"showing": "Welcome"}));
     // The same id again: what became of it, nothing executed again.
     let again = submit(&api, "a1", "show_message").await;
     assert_eq!(
@@ -147,5 +147,70 @@ action_timeout = "2s"
         );
     }
     receiver.seen(|s| assert_eq!(s.bad_signatures, 0));
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// firmware-sim's sensors identify, reboot and calibrate; an action for a sensor that stays
+/// offline past its deadline is `expired`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensors_identify_reboot_and_calibrate_and_an_offline_ones_action_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let class = r#"
+[[device_classes]]
+name = "sensors"
+match = ["occ-*"]
+debounce = "0s"
+actions = ["identify", "reboot", "calibrate"]
+action_timeout = "5s"
+"#;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, class);
+    daemon.start();
+    let mut api = Api::new(daemon.metrics_port);
+    let token = std::fs::read_to_string(dir.path().join("state/api-token")).unwrap();
+    api.token = Some(token.trim().to_string());
+    let mut occ = device(broker.port, "occ-1", DeviceClass::OccupancySensor).await;
+    publish(&mut occ, 1, 1.0).await;
+    let mut quiet = device(broker.port, "occ-2", DeviceClass::OccupancySensor).await;
+    publish(&mut quiet, 1, 1.0).await;
+    quiet.shut_down().await.unwrap();
+    receiver
+        .wait_until(LONG, "occ-1 online, occ-2 offline", |s| {
+            !s.of_type("device.online").is_empty() && !s.of_type("device.offline").is_empty()
+        })
+        .await;
+    let deadline =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(2))
+            .to_string();
+    for (id, device, name, params) in [
+        ("s1", "occ-1", "identify", json!({"seconds": 3})),
+        ("s2", "occ-1", "calibrate", json!({"offset": -0.5})),
+        ("s3", "occ-1", "reboot", Value::Null),
+        ("s4", "occ-2", "identify", Value::Null),
+    ] {
+        let mut body = json!({"id": id, "device": device, "name": name, "params": params});
+        if device == "occ-2" {
+            body["deadline"] = json!(deadline);
+        }
+        let r = api
+            .call("POST", "/v1/actions", "/v1/actions", Some(&body))
+            .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+    }
+    for (id, status, result) in [
+        ("s1", "succeeded", json!({"blinked_seconds": 3})),
+        ("s2", "succeeded", json!({"offset": -0.5})),
+        ("s3", "succeeded", json!({"uptime_seconds": 0})),
+        ("s4", "expired", Value::Null),
+    ] {
+        let done = completion(&receiver, id).await;
+        assert_eq!(
+            (done["status"].as_str(), &done["result"]),
+            (Some(status), &result),
+            "{id}"
+        );
+    }
+    assert_eq!(occ.actions_executed(), 3);
     assert_eq!(daemon.terminate(), Some(0));
 }

@@ -259,6 +259,7 @@ impl SimDevice {
         let behaviour = Arc::new(std::sync::Mutex::new(ActionBehaviour::default()));
         let executed = Arc::new(AtomicU64::new(0));
         let rebirth = Rebirth {
+            class: firmware.class,
             client: client.clone(),
             birth: birth.clone(),
             births: births.clone(),
@@ -407,10 +408,32 @@ impl SimDevice {
     }
 }
 
+/// What a device of `class` does for action `name`: its result, or why it failed. Displays
+/// show bookings and messages; sensors identify themselves (blink), reboot and calibrate.
+pub fn perform(class: DeviceClass, name: &Value, params: &Value) -> Result<Value, String> {
+    let name = name.as_str().unwrap_or_default();
+    match (class, name) {
+        (DeviceClass::RoomDisplay, "show_booking") => {
+            Ok(json!({"showing": params["booking_id"], "until": params["end"]}))
+        }
+        (DeviceClass::RoomDisplay, "clear_booking") => Ok(json!({"cleared": params["booking_id"]})),
+        (DeviceClass::RoomDisplay, "show_message") => Ok(json!({"showing": params["text"]})),
+        (DeviceClass::OccupancySensor, "identify") => {
+            Ok(json!({"blinked_seconds": params["seconds"].as_u64().unwrap_or(5)}))
+        }
+        (DeviceClass::OccupancySensor, "reboot") => Ok(json!({"uptime_seconds": 0})),
+        (DeviceClass::OccupancySensor, "calibrate") => {
+            Ok(json!({"offset": params["offset"].as_f64().unwrap_or(0.0)}))
+        }
+        _ => Err(format!("this device does not know `{name}`")),
+    }
+}
+
 /// What a device does on every reconnect: publish its retained `online` birth again, as real
 /// firmware does (the broker may have published its last-will meanwhile, or lost the retained
 /// birth in a restart).
 struct Rebirth {
+    class: DeviceClass,
     client: AsyncClient,
     /// The birth's topic and payload, if the profile has one.
     birth: Option<(String, Vec<u8>)>,
@@ -446,11 +469,13 @@ impl Rebirth {
             Some(answer) => answer,
             None => {
                 self.executed.fetch_add(1, Ordering::SeqCst);
-                let answer = match behaviour {
-                    ActionBehaviour::Fails => {
-                        json!({"id": id, "status": "failed", "reason": "the device could not do it"})
-                    }
-                    _ => json!({"id": id, "status": "succeeded", "result": {"done": action["name"]}}),
+                let done = match behaviour {
+                    ActionBehaviour::Fails => Err("the device could not do it".to_string()),
+                    _ => perform(self.class, &action["name"], &action["params"]),
+                };
+                let answer = match done {
+                    Ok(result) => json!({"id": id, "status": "succeeded", "result": result}),
+                    Err(reason) => json!({"id": id, "status": "failed", "reason": reason}),
                 }
                 .to_string()
                 .into_bytes();
@@ -663,6 +688,63 @@ fn tokio_stop(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn devices_do_the_actions_of_their_class() {
+        use DeviceClass::*;
+        // (class, name, params, Ok(result) or Err)
+        let rows = [
+            (
+                RoomDisplay,
+                "show_booking",
+                json!({"booking_id": "bk", "end": "t"}),
+                Ok(json!({"showing": "bk", "until": "t"})),
+            ),
+            (
+                RoomDisplay,
+                "clear_booking",
+                json!({"booking_id": "bk"}),
+                Ok(json!({"cleared": "bk"})),
+            ),
+            (
+                RoomDisplay,
+                "show_message",
+                json!({"text": "hi"}),
+                Ok(json!({"showing": "hi"})),
+            ),
+            (
+                OccupancySensor,
+                "identify",
+                json!({"seconds": 3}),
+                Ok(json!({"blinked_seconds": 3})),
+            ),
+            (
+                OccupancySensor,
+                "identify",
+                Value::Null,
+                Ok(json!({"blinked_seconds": 5})),
+            ),
+            (
+                OccupancySensor,
+                "reboot",
+                Value::Null,
+                Ok(json!({"uptime_seconds": 0})),
+            ),
+            (
+                OccupancySensor,
+                "calibrate",
+                json!({"offset": -0.5}),
+                Ok(json!({"offset": -0.5})),
+            ),
+            (OccupancySensor, "show_booking", Value::Null, Err(())),
+            (RoomDisplay, "reboot", Value::Null, Err(())),
+        ];
+        for (class, name, params, expected) in rows {
+            let got = perform(class, &json!(name), &params).map_err(|_| ());
+            assert_eq!(got, expected, "{class:?} {name}");
+        }
+    }
+
     use super::*;
 
     #[test]

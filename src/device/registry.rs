@@ -352,15 +352,6 @@ impl Registry {
             self.actions.insert(a.id.clone(), a);
         }
         self.reschedule();
-        let devices: BTreeSet<String> = self
-            .actions
-            .values()
-            .filter(|a| !a.is_done())
-            .map(|a| a.device.clone())
-            .collect();
-        for d in devices {
-            self.schedule(Timer::Dispatch(d), Some(started));
-        }
         self
     }
 
@@ -1020,6 +1011,17 @@ impl Registry {
         let ids: Vec<String> = self.actions.keys().cloned().collect();
         for id in ids {
             self.schedule_action(&id);
+        }
+        // A dispatch may have been due (after a restart): look again at every device with an
+        // action not done (one that has nothing to send sends nothing).
+        let devices: BTreeSet<String> = self
+            .actions
+            .values()
+            .filter(|a| !a.is_done())
+            .map(|a| a.device.clone())
+            .collect();
+        for d in devices {
+            self.schedule(Timer::Dispatch(d), Some(self.started));
         }
     }
 

@@ -1197,3 +1197,32 @@ fn a_workspace_keeps_a_bounded_number_of_bookings() {
     let b = booking("b0", "room", 10_000, 25_000);
     assert!(r.book(b, 1_000).unwrap().is_ok());
 }
+
+/// Found by tests/actions.rs: the daemon takes the stored actions, then the stored bookings,
+/// and taking the bookings rescheduled every timer, forgetting the dispatch of the actions
+/// that were sent but not answered before the restart: they waited for ever.
+#[test]
+fn actions_pending_at_a_restart_are_sent_whatever_is_loaded_after_them() {
+    let mut c = class("disp", "disp-*");
+    c.actions = vec!["show_message".into()];
+    let mut r = Registry::new(std::slice::from_ref(&c), &[], [], [], 0);
+    r.apply("disp-1", &ONLINE, 1_000);
+    let Submit::Accepted(a) = r.submit(act("a1", "disp-1", "show_message"), 2_000) else {
+        panic!()
+    };
+    assert_eq!(a.outgoing.len(), 1);
+    let devices = vec![("disp-1".to_string(), r.device("disp-1").unwrap().clone())];
+    let actions: Vec<action::Action> = r.actions.values().cloned().collect();
+    let mut r = Registry::new(std::slice::from_ref(&c), &[], devices, [], 3_000)
+        .with_actions(actions)
+        .with_bookings([]);
+    let a = r.tick(3_000);
+    assert_eq!(a.outgoing.len(), 1, "sent again after the restart");
+    // A clock step reschedules everything too: a dispatch still due is kept.
+    let devices = vec![("disp-1".to_string(), r.device("disp-1").unwrap().clone())];
+    let actions: Vec<action::Action> = r.actions.values().cloned().collect();
+    let mut r =
+        Registry::new(std::slice::from_ref(&c), &[], devices, [], 4_000).with_actions(actions);
+    r.shift(10_000);
+    assert_eq!(r.tick(14_000).outgoing.len(), 1, "sent after the step");
+}
