@@ -7,7 +7,9 @@
 //! steps (libfaketime), an endpoint paused through the commands (the control API) for the rest
 //! of a phase, sometimes across a `kill -9` or a power cut, and an endpoint created and deleted
 //! with its queue through them while the rest deliver; per seed, `ops` itself may be made
-//! through the API instead of the file, and readings may go through a jq mapping. A reference
+//! through the API instead of the file, and readings may go through a jq mapping; on a third
+//! of the seeds actions go to a room display throughout, through the local API or signed to
+//! the push listener (with the daemon's clock, which the clock steps move). A reference
 //! model applies the documented rules to what was published and, once everything has settled,
 //! checks what each receiver must know:
 //!
@@ -33,6 +35,9 @@
 //! - while one endpoint failed, the other got everything made meanwhile (no endpoint waits on
 //!   another); a paused endpoint got nothing while paused, across crashes, and everything
 //!   once resumed;
+//! - every action whose submission was answered 202 or 200 is told exactly once as
+//!   `device.action_completed` (`succeeded`, or `timed_out` when a fault took its answer), no
+//!   action is told twice, and the display executed no action twice;
 //! - the daemon's peak memory stayed under half of the unit's `MemoryMax`, and the outbox
 //!   within its size.
 //!
@@ -74,6 +79,12 @@ lost_after = 2.0
 deadband = { temperature = 0.5 }
 debounce = "300ms"
 
+[[device_classes]]
+name = "displays"
+match = ["disp-*"]
+actions = ["show_message"]
+action_timeout = "30s"
+
 [[workspaces]]
 id = "room-h"
 sensors = ["fast-room-a", "fast-room-b"]
@@ -103,6 +114,8 @@ struct Setup {
     ops_by_api: bool,
     /// Sensors' readings go through a subscription's jq mapping (the identity).
     mapped: bool,
+    /// Actions go to a display; through the push listener on this port, if set.
+    actions: Option<Option<u16>>,
     serial: PathBuf,
 }
 
@@ -122,8 +135,16 @@ impl Setup {
         } else {
             "backpressure"
         };
+        let upstream = match self.actions {
+            Some(Some(port)) => format!(
+                "[upstream]\nsecrets = [\"{}\"]\n[upstream.push]\nlisten = \"127.0.0.1:{port}\"\n",
+                common::UPSTREAM_SECRET
+            ),
+            _ => String::new(),
+        };
         format!(
             r#"{classes}
+{upstream}
 [outbox]
 max_size = {size}
 on_full = "{on_full}"
@@ -440,6 +461,8 @@ struct World {
     daemon: Daemon,
     clock_file: PathBuf,
     clock_offset: i64,
+    /// When the clock last stepped (libfaketime takes up to a second to see it).
+    clock_stepped: Option<Instant>,
     peak_kb: u64,
     max_outbox: u64,
     faults: Vec<Fault>,
@@ -550,6 +573,7 @@ impl World {
             }
             Fault::ClockStep { seconds } => {
                 self.clock_offset += seconds;
+                self.clock_stepped = Some(Instant::now());
                 std::fs::write(&self.clock_file, format!("{:+}\n", self.clock_offset)).unwrap();
             }
             Fault::Pause { ops, crash, cut } => {
@@ -898,6 +922,11 @@ async fn run(seed: u64) {
         compress: (rng.u8(..3) == 0).then(|| rng.u64(64..=512)),
         ops_by_api: rng.u8(..3) == 0,
         mapped: rng.u8(..3) == 0,
+        // Drawn apart, so that the seeds drawn before actions existed keep their scenarios.
+        actions: {
+            let mut arng = fastrand::Rng::with_seed(seed ^ 0xac71_0000);
+            (arng.u8(..3) == 0).then(|| arng.bool().then(common::free_port))
+        },
         serial: dir.path().join("ttyHARNESS"),
     };
     let spare = Receiver::start().await;
@@ -911,7 +940,7 @@ async fn run(seed: u64) {
     if setup.mapped {
         daemon.env.push((
             "EDGEHOOK_MQTT__SUBSCRIPTIONS".into(),
-            r#"[{topic="sensors/{device}/reading",kind="reading",metadata_fields=["seq","ts"],jq="."},{topic="rooms/{device}/display",kind="reading",metadata_fields=["seq","ts"]},{topic="devices/{device}/status",kind="status"}]"#.into(),
+            r#"[{topic="sensors/{device}/reading",kind="reading",metadata_fields=["seq","ts"],jq="."},{topic="rooms/{device}/display",kind="reading",metadata_fields=["seq","ts"]},{topic="devices/{device}/status",kind="status"},{topic="devices/{device}/actions/result",kind="action_result"}]"#.into(),
         ));
     }
     let clock_file = dir.path().join("faketime");
@@ -927,6 +956,7 @@ async fn run(seed: u64) {
         daemon,
         clock_file,
         clock_offset: 0,
+        clock_stepped: None,
         peak_kb: 0,
         max_outbox: 0,
         faults: Vec::new(),
@@ -994,9 +1024,25 @@ async fn run(seed: u64) {
         m.step(&mut rng, &mut world.serial).await;
         m.flushed().await;
     }
+    let mut actions = match world.setup.actions {
+        Some(push) => {
+            let id = format!("disp-{seed:x}");
+            Some(Actions {
+                rng: fastrand::Rng::with_seed(seed ^ 0xac71_0001),
+                push,
+                display: device(world.broker.port, &id, DeviceClass::RoomDisplay).await,
+                id,
+                acknowledged: Vec::new(),
+                submitted: 0,
+                unexpected: Vec::new(),
+            })
+        }
+        None => None,
+    };
+    let devices = models.len() + usize::from(actions.is_some());
     world
         .daemon
-        .wait_metric("edgehook_devices", models.len() as u64)
+        .wait_metric("edgehook_devices", devices as u64)
         .await;
     let phases = rng.usize(4..=7);
     let mut story = vec![format!(
@@ -1027,6 +1073,11 @@ async fn run(seed: u64) {
     }
     if world.setup.mapped {
         story[0].push_str("; sensor readings through a jq mapping");
+    }
+    match world.setup.actions {
+        Some(Some(_)) => story.push("actions pushed to the push listener".into()),
+        Some(None) => story.push("actions through the local API".into()),
+        None => {}
     }
     for phase in 0..phases {
         // Which receiver misbehaves how; at most one at a time, so the other must keep up.
@@ -1059,6 +1110,9 @@ async fn run(seed: u64) {
             let i = rng.usize(..models.len());
             if models[i].alive() {
                 models[i].step(&mut rng, &mut world.serial).await;
+            }
+            if let Some(actions) = actions.as_mut() {
+                actions.maybe_submit(&world, &state).await;
             }
             if rng.u8(..4) == 0 {
                 tokio::time::sleep(Duration::from_millis(rng.u64(1..30))).await;
@@ -1193,6 +1247,29 @@ async fn run(seed: u64) {
             fail(e, &world, &story);
         }
     }
+    if let Some(actions) = &actions {
+        let daemon = &world.daemon;
+        let check = || actions.verify(&all, daemon, allowance(daemon, "default"));
+        if let Err(e) = settle(Duration::from_secs(60), check).await {
+            fail(e, &world, &story);
+        }
+        let statuses = all.seen(|s| {
+            let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+            for e in s.of_type("device.action_completed") {
+                *by.entry(e["data"]["status"].as_str().unwrap_or("?").to_string())
+                    .or_default() += 1;
+            }
+            by
+        });
+        let line = format!(
+            "{} actions submitted, {} acknowledged, {} executed, told {statuses:?}, none twice",
+            actions.submitted,
+            actions.acknowledged.len(),
+            actions.display.actions_executed()
+        );
+        eprintln!("harness: seed {seed}: {line}");
+        story.push(line);
+    }
     let mut replayed = HashSet::new();
     if world.setup.gives_up {
         // Everything `ops` holds is delivered or given up on; the operator replays the dead
@@ -1319,6 +1396,144 @@ async fn run(seed: u64) {
     assert_eq!(world.daemon.terminate(), Some(0));
 }
 
+/// Actions to a display through the run (see the module docs).
+struct Actions {
+    rng: fastrand::Rng,
+    /// The push listener's port; none: the local API.
+    push: Option<u16>,
+    display: SimDevice,
+    id: String,
+    submitted: usize,
+    /// Ids answered 202 or 200: each must be told exactly once.
+    acknowledged: Vec<String>,
+    /// Answers no submission may get.
+    unexpected: Vec<String>,
+}
+
+impl Actions {
+    /// Now and then, submit an action to the display. A refused connection or no answer (the
+    /// daemon is down, or the disk full) is not an acknowledgement; the action may or may not
+    /// have been taken, and may be told.
+    async fn maybe_submit(&mut self, world: &World, state: &Path) {
+        if self.rng.u8(..10) != 0 {
+            return;
+        }
+        let id = format!("act-{:x}-{}", world.seed, self.submitted);
+        self.submitted += 1;
+        let data =
+            json!({"id": id, "device": self.id, "name": "show_message", "params": {"text": id}});
+        let within = Duration::from_secs(10);
+        let answer = match self.push {
+            Some(port) => {
+                let body = json!({"type": "device.action_requested", "data": data}).to_string();
+                // Signed by the daemon's clock, which the harness's clock steps move.
+                let ts = (common::unix_now() as i64 + world.clock_offset) as u64;
+                let msg = format!("msg-{id}");
+                let headers = common::push_headers(port, &body, common::UPSTREAM_SECRET, &msg, ts);
+                common::try_raw(port, "POST", "/v1/commands", &headers, Some(&body), within).await
+            }
+            None => {
+                let token = std::fs::read_to_string(state.join("api-token")).unwrap_or_default();
+                let port = world.daemon.metrics_port;
+                let headers = vec![
+                    ("Host".to_string(), format!("127.0.0.1:{port}")),
+                    (
+                        "Authorization".to_string(),
+                        format!("Bearer {}", token.trim()),
+                    ),
+                ];
+                let body = data.to_string();
+                common::try_raw(port, "POST", "/v1/actions", &headers, Some(&body), within).await
+            }
+        };
+        match answer {
+            Ok(a) if a.status == 202 || a.status == 200 => self.acknowledged.push(id),
+            // Not durable (a full disk) or stopping: not taken, said so.
+            Ok(a) if a.status == 500 || a.status == 503 => {}
+            // Signed by the clock the daemon is about to see (libfaketime caches it for a
+            // second): refused as stale, as a gateway whose clock just jumped refuses.
+            Ok(a)
+                if a.status == 401
+                    && a.body.contains("tolerance")
+                    && world
+                        .clock_stepped
+                        .is_some_and(|at| at.elapsed() < Duration::from_secs(3)) => {}
+            Ok(a) => self
+                .unexpected
+                .push(format!("{id}: {} {}", a.status, a.body)),
+            Err(_) => {}
+        }
+    }
+
+    /// `dropped`: how many events `default` counts dropped (a paused endpoint whose share is
+    /// full drops its new events, all of them, for it alone): so many may be missing.
+    fn verify(&self, all: &Receiver, daemon: &Daemon, dropped: u64) -> Result<(), String> {
+        if !self.unexpected.is_empty() {
+            return Err(format!(
+                "unexpected answers to submissions: {:?}",
+                self.unexpected
+            ));
+        }
+        // Every acknowledged action ends (the daemon says so), executed or timed out.
+        for id in &self.acknowledged {
+            let path = format!("/v1/actions/{id}");
+            let status = common::http_get(daemon.metrics_port, &path)
+                .and_then(|body| serde_json::from_str::<Value>(&body).ok())
+                .and_then(|v| v["status"].as_str().map(str::to_string));
+            match status.as_deref() {
+                Some("succeeded" | "timed_out") => {}
+                other => return Err(format!("action {id} is {other:?}")),
+            }
+        }
+        let told: Vec<(String, String)> = all.seen(|s| {
+            s.of_type("device.action_completed")
+                .into_iter()
+                .map(|e| {
+                    (
+                        e["data"]["action_id"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                        e["data"]["status"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        });
+        let mut missing = Vec::new();
+        for id in &self.acknowledged {
+            let of: Vec<&String> = told
+                .iter()
+                .filter(|(i, _)| i == id)
+                .map(|(_, s)| s)
+                .collect();
+            match of.as_slice() {
+                [] => missing.push(id),
+                [s] if *s == "succeeded" || *s == "timed_out" => {}
+                [s] => return Err(format!("action {id} told {s}")),
+                more => return Err(format!("action {id} told {} times: {more:?}", more.len())),
+            }
+        }
+        if missing.len() as u64 > dropped {
+            return Err(format!(
+                "actions acknowledged and never told: {missing:?} ({dropped} events dropped for default)"
+            ));
+        }
+        let mut ids: Vec<&String> = told.iter().map(|(i, _)| i).collect();
+        ids.sort();
+        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("action {} told twice", w[0]));
+        }
+        if self.display.actions_executed() > self.submitted as u64 {
+            return Err(format!(
+                "the display executed {} actions of {} submitted",
+                self.display.actions_executed(),
+                self.submitted
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The fixed seeds CI runs every time (each failure found becomes a named test as well).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixed_seeds() {
@@ -1332,6 +1547,8 @@ async fn fixed_seeds() {
         1614750973931571580,
         3175078298761574260,
         11374709229462667527,
+        // Actions through the local API (4 pushes them).
+        9,
     ] {
         run(seed).await;
     }

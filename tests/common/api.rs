@@ -102,10 +102,25 @@ pub async fn raw(
     headers: &[(String, String)],
     body: Option<&str>,
 ) -> Answer {
+    try_raw(port, method, path, headers, body, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// [`raw`], or why there was no answer (nothing listening, the connection broken, no answer
+/// `within`), for callers that race the daemon's crashes.
+pub async fn try_raw(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: Option<&str>,
+    within: Duration,
+) -> Result<Answer, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
-        .unwrap();
+        .map_err(|e| format!("cannot connect: {e}"))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -118,22 +133,24 @@ pub async fn raw(
     }
     req.push_str("\r\n");
     req.push_str(body.unwrap_or(""));
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
+    s.write_all(req.as_bytes())
         .await
-        .expect("an answer within 30 s")
-        .unwrap();
+        .map_err(|e| format!("cannot send: {e}"))?;
+    let mut out = Vec::new();
+    tokio::time::timeout(within, s.read_to_end(&mut out))
+        .await
+        .map_err(|_| format!("no answer within {within:?}"))?
+        .map_err(|e| format!("the answer broke off: {e}"))?;
     let text = String::from_utf8_lossy(&out).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {text}"));
-    Answer {
+        .ok_or_else(|| format!("no status line: {text}"))?;
+    Ok(Answer {
         status,
         headers: head.to_string(),
         body: body.to_string(),
-    }
+    })
 }

@@ -31,7 +31,25 @@ pub fn unix_now() -> u64 {
 /// `ts`.
 pub async fn push_signed(port: u16, command: &Value, secret: &str, id: &str, ts: u64) -> Answer {
     let body = command.to_string();
-    let headers = vec![
+    raw(
+        port,
+        "POST",
+        "/v1/commands",
+        &push_headers(port, &body, secret, id, ts),
+        Some(&body),
+    )
+    .await
+}
+
+/// The headers of a command pushed as [`push_signed`] does.
+pub fn push_headers(
+    port: u16,
+    body: &str,
+    secret: &str,
+    id: &str,
+    ts: u64,
+) -> Vec<(String, String)> {
+    vec![
         ("Host".to_string(), format!("127.0.0.1:{port}")),
         ("webhook-id".to_string(), id.to_string()),
         ("webhook-timestamp".to_string(), ts.to_string()),
@@ -39,8 +57,7 @@ pub async fn push_signed(port: u16, command: &Value, secret: &str, id: &str, ts:
             "webhook-signature".to_string(),
             sign(secret, id, ts, body.as_bytes()),
         ),
-    ];
-    raw(port, "POST", "/v1/commands", &headers, Some(&body)).await
+    ]
 }
 
 /// [`push_signed`] now, with the tests' secret.
