@@ -209,14 +209,28 @@ pub async fn run_with_reloads(
         (Some(cert), Some(key)) => Some(tls::ServerCert::load(cert, key)?),
         _ => None,
     };
+    // The push listener's, likewise.
+    let push_cert = match config
+        .upstream
+        .push
+        .as_ref()
+        .map(|p| (&p.tls_cert, &p.tls_key))
+    {
+        Some((Some(cert), Some(key))) => Some(tls::ServerCert::load(cert, key)?),
+        _ => None,
+    };
     let (rules_tx, rules_rx) = mpsc::channel(4);
     if let Some(reloads) = reloads {
+        let certs = [("local", server_cert.clone()), ("push", push_cert.clone())]
+            .into_iter()
+            .filter_map(|(what, cert)| Some((what, cert?)))
+            .collect();
         tracker.spawn(apply_reloads(
             config.clone(),
             reloads,
             rules_tx,
             control.clone(),
-            server_cert.clone(),
+            certs,
             cancel.clone(),
         ));
     }
@@ -269,7 +283,7 @@ pub async fn run_with_reloads(
             cancel.clone(),
         ));
     }
-    spawn_upstream(&config, &control, &tracker, &cancel)?;
+    spawn_upstream(&config, &control, push_cert, &tracker, &cancel)?;
     tracker.close();
     tracker.wait().await;
     outbox.flush().await.context("final outbox flush")?;
@@ -281,6 +295,7 @@ pub async fn run_with_reloads(
 fn spawn_upstream(
     config: &Config,
     control: &Arc<control::Control>,
+    cert: Option<Arc<tls::ServerCert>>,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -292,10 +307,6 @@ fn spawn_upstream(
         ))
     };
     if let Some(push) = &upstream.push {
-        let cert = match (&push.tls_cert, &push.tls_key) {
-            (Some(cert), Some(key)) => Some(tls::ServerCert::load(cert, key)?),
-            _ => None,
-        };
         let listen = push.listen.parse().expect("validated by config");
         let service = control::push::Push::new(control.clone(), gate()?);
         tracker.spawn(control::server::serve(
@@ -325,7 +336,7 @@ async fn apply_reloads(
     mut reloads: mpsc::Receiver<Config>,
     rules: mpsc::Sender<device::Rules>,
     control: Arc<control::Control>,
-    server_cert: Option<Arc<tls::ServerCert>>,
+    certs: Vec<(&'static str, Arc<tls::ServerCert>)>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -342,11 +353,11 @@ async fn apply_reloads(
             tracing::error!(error = %e, "configuration reloaded, but its endpoints are not applied (the running ones stay)");
         }
         control.reloaded(&new.device_classes, &new.workspaces);
-        if let Some(cert) = &server_cert {
+        for (listener, cert) in &certs {
             match cert.reload() {
-                Ok(()) => tracing::info!("the local listener's TLS certificate is read again"),
+                Ok(()) => tracing::info!(listener, "the listener's TLS certificate is read again"),
                 Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "the local listener's TLS certificate does not load; the one in use stays")
+                    tracing::error!(listener, error = %format!("{e:#}"), "the listener's TLS certificate does not load; the one in use stays")
                 }
             }
         }

@@ -291,3 +291,108 @@ async fn off_loopback_the_api_is_https_with_the_token_on_every_call_and_its_cert
     assert!(!daemon.log().contains(&token), "the token is never logged");
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+/// Issue 19: the push listener off loopback is HTTPS only (a plain one is refused at start,
+/// naming the key), verified commands are taken over it, and its certificate is read again on
+/// SIGHUP like the local listener's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_loopback_the_push_listener_is_https_and_its_certificate_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let port = free_port();
+    let d = dir.path().display();
+    let upstream = |tls: bool| {
+        let tls = if tls {
+            format!("tls_cert = \"{d}/server.pem\"\ntls_key = \"{d}/server.key\"\n")
+        } else {
+            String::new()
+        };
+        format!(
+            "[[workspaces]]\nid = \"room-1\"\nsensors = [\"occ-1\"]\n[upstream]\nsecrets = [\"{}\"]\n[upstream.push]\nlisten = \"0.0.0.0:{port}\"\n{tls}",
+            common::UPSTREAM_SECRET
+        )
+    };
+    let plain = Daemon::new(dir.path(), broker.port, &receiver.url, &upstream(false));
+    drop(plain);
+    let refused = Command::new(env!("CARGO_BIN_EXE_edgehook"))
+        .arg("check-config")
+        .arg(dir.path().join("edgehook.toml"))
+        .output()
+        .unwrap();
+    let refused_err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{refused_err}");
+    assert!(
+        refused_err.contains("upstream.push.listen") && refused_err.contains("needs TLS"),
+        "{refused_err}"
+    );
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, &upstream(true));
+    daemon.start();
+    let client = https(None, Some(&dir.path().join("ca.pem")));
+    let url = format!("https://127.0.0.1:{port}/v1/commands");
+    let now = common::unix_now();
+    let at = |s: u64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(s))
+            .to_string()
+    };
+    let push = |id: &'static str, booking: &'static str| {
+        let body = serde_json::json!({"type": "booking.start", "data": {"booking_id": booking, "workspace_id": "room-1", "start": at(now + 600), "end": at(now + 1200)}}).to_string();
+        let sig = common::sign(common::UPSTREAM_SECRET, id, now, body.as_bytes());
+        (body, sig)
+    };
+    let (body, sig) = push("m-1", "bk-1");
+    let r = client
+        .post(&url)
+        .header("webhook-id", "m-1")
+        .header("webhook-timestamp", now.to_string())
+        .header("webhook-signature", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let plain = common::try_raw(
+        port,
+        "POST",
+        "/v1/commands",
+        &[],
+        Some("{}"),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(plain.is_err(), "no plain HTTP: {plain:?}");
+
+    renew_cert(dir.path());
+    let renewed = dir.path().join("new.pem");
+    std::fs::copy(dir.path().join("new.key"), dir.path().join("server.key")).unwrap();
+    std::fs::copy(&renewed, dir.path().join("server.pem")).unwrap();
+    daemon.signal(1);
+    let wait = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (body, sig) = push("m-2", "bk-2");
+        let r = https(Some(&renewed), None)
+            .post(&url)
+            .header("webhook-id", "m-2")
+            .header("webhook-timestamp", now.to_string())
+            .header("webhook-signature", sig)
+            .body(body)
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status() == 202) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < wait,
+            "renewal not served: {}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        daemon.log().contains("listener=\"push\""),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
