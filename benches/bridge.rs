@@ -12,6 +12,10 @@
 //!   outbox, delivery log in turn), to show the pipeline is not slowed by them (no null bridge
 //!   row: it has no API).
 //!
+//! - "actions": the action round trip: 500 actions to 20 room displays, pushed signed to the
+//!   push listener at 50 a second; from the push to the receipt of its
+//!   `device.action_completed`, through the outbox, mosquitto, the display and back (p50/p99).
+//!
 //! Each is run twice: through edgehook, and through a *null bridge* — an MQTT subscriber inside
 //! the bench that POSTs every reading, signed, the moment it arrives: no state, no change
 //! detection, no disk, no retries. It is the practical limit of this machine, so each edgehook
@@ -409,6 +413,83 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
     }
 }
 
+/// The action round trip (see the module docs): (actions told, p50, p99, max ms), and where
+/// the time goes: p50/p99 of push → 202, 202 → event created, created → received.
+async fn actions_round_trip() -> ((usize, u64, u64, u64), [(u64, u64); 3]) {
+    const DISPLAYS: usize = 20;
+    const EACH: usize = 25;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let push = common::free_port();
+    let config = format!(
+        "[[device_classes]]\nname = \"displays\"\nmatch = [\"*\"]\ndebounce = \"0s\"\nactions = [\"show_message\"]\n[upstream]\nsecrets = [\"{}\"]\n[upstream.push]\nlisten = \"127.0.0.1:{push}\"\n",
+        common::UPSTREAM_SECRET
+    );
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, &config);
+    daemon.start();
+    let mut displays = Vec::new();
+    for i in 0..DISPLAYS {
+        let id = format!("disp-{i}");
+        displays
+            .push(common::device(broker.port, &id, firmware_sim::DeviceClass::RoomDisplay).await);
+    }
+    daemon
+        .wait_metric("edgehook_devices", DISPLAYS as u64)
+        .await;
+    let mut submitted = std::collections::HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for n in 0..DISPLAYS * EACH {
+        tick.tick().await;
+        let id = format!("act-{n}");
+        let command = serde_json::json!({"type": "device.action_requested", "data": {"id": id, "device": format!("disp-{}", n % DISPLAYS), "name": "show_message", "params": {"text": id}}});
+        let at = firmware_sim::now_ms();
+        let answer = common::push(push, &command, &format!("msg-{n}")).await;
+        assert_eq!(answer.status, 202, "{}", answer.body);
+        submitted.insert(id, (at, firmware_sim::now_ms()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let told = || receiver.seen(|s| s.of_type("device.action_completed").len());
+    while told() < submitted.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut parts: [Vec<u64>; 3] = Default::default();
+    let mut latencies: Vec<u64> = receiver.seen(|s| {
+        s.events
+            .iter()
+            .zip(&s.arrived_ms)
+            .filter(|(e, _)| e["type"] == "device.action_completed")
+            .filter_map(|(e, at)| {
+                let (sent, answered) = submitted.get(e["data"]["action_id"].as_str()?)?;
+                let created = humantime::parse_rfc3339(e["timestamp"].as_str()?).ok()?;
+                let created = created
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()?
+                    .as_millis() as u64;
+                parts[0].push(answered - sent);
+                parts[1].push(created.saturating_sub(*answered));
+                parts[2].push(at.saturating_sub(created));
+                Some(at.saturating_sub(*sent))
+            })
+            .collect()
+    });
+    latencies.sort_unstable();
+    let split = parts.map(|mut p| {
+        p.sort_unstable();
+        (percentile(&p, 0.5), percentile(&p, 0.99))
+    });
+    assert_eq!(daemon.terminate(), Some(0));
+    (
+        (
+            latencies.len(),
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            latencies.last().copied().unwrap_or(0),
+        ),
+        split,
+    )
+}
+
 /// How many group commits the daemon made and the `edgehook_outbox_commit_seconds` bucket
 /// that holds the 99th percentile.
 fn commit_p99(d: &Daemon) -> (u64, String) {
@@ -476,6 +557,10 @@ fn main() {
     ];
     // BENCH_ONLY=paced runs one scenario (and its null bridge).
     let only = std::env::var("BENCH_ONLY").ok();
+    let actions = only.as_deref().is_none_or(|o| o == "actions").then(|| {
+        settle();
+        runtime.block_on(actions_round_trip())
+    });
     let mut rows = Vec::new();
     for load in loads {
         if only.as_deref().is_some_and(|o| o != load.name) {
@@ -550,6 +635,15 @@ fn main() {
         }
     }
     println!();
+    if let Some(((n, p50, p99, max), [accept, run, deliver])) = actions {
+        println!(
+            "actions: {n} of 500 told; push -> device -> device.action_completed received p50/p99/max {p50}/{p99}/{max} ms"
+        );
+        println!(
+            "actions: push -> 202 (on disk) p50/p99 {}/{} ms, 202 -> device answered and event created {}/{} ms, created -> received {}/{} ms",
+            accept.0, accept.1, run.0, run.1, deliver.0, deliver.1
+        );
+    }
     for (edge, _) in &rows {
         if let Some((ok, failed, streamed)) = edge.api {
             println!(

@@ -212,5 +212,46 @@ action_timeout = "5s"
         );
     }
     assert_eq!(occ.actions_executed(), 3);
+
+    // The commands: submit, show; and with the daemon stopped, a clear refusal.
+    let (code, out, err) = daemon.cli(
+        &[
+            "actions",
+            "submit",
+            "occ-1",
+            "identify",
+            "--id",
+            "c1",
+            "--params",
+            r#"{"seconds": 2}"#,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("action     c1") && out.contains("identify"),
+        "{out}"
+    );
+    let done = completion(&receiver, "c1").await;
+    assert_eq!(done["result"], json!({"blinked_seconds": 2}));
+    let (code, out, err) = daemon.cli(&["actions", "show", "c1", "--json"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (shown["status"].as_str(), shown["device"].as_str()),
+        (Some("succeeded"), Some("occ-1"))
+    );
+    let (code, _, err) = daemon.cli(&["actions", "submit", "occ-1", "self_destruct"], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("does not take"), "{err}");
+    let (code, out, err) = daemon.cli(&["bookings"], &[]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "no bookings from upstream"),
+        "{err}"
+    );
     assert_eq!(daemon.terminate(), Some(0));
+    let (code, out, err) = daemon.cli(&["actions", "submit", "occ-1", "identify"], &[]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("not running"), "{err}");
 }

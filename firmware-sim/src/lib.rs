@@ -246,7 +246,11 @@ impl SimDevice {
                 true,
             ));
         }
-        let (client, eventloop) = AsyncClient::new(options, 1024);
+        let (client, mut eventloop) = AsyncClient::new(options, 1024);
+        // As firmware with small messages both ways does (no Nagle delay on its answers).
+        let mut network = eventloop.network_options();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
         let (acked_tx, acked) = tokio::sync::watch::channel(0u64);
         let births = Arc::new(AtomicU64::new(0));

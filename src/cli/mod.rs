@@ -5,6 +5,7 @@
 //! The commands that look inside the daemon are clients of its control API ([`client`]): the
 //! running daemon's, or the same routes over its store when it is stopped.
 
+pub mod actions;
 pub mod client;
 pub mod devices;
 pub mod endpoints;
@@ -62,6 +63,24 @@ pub enum Command {
         paths: Paths,
         /// Print the API's JSON.
         #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Actions on devices: submit DEVICE NAME, show ID, cancel ID (needs the running daemon).
+    Actions {
+        #[command(subcommand)]
+        command: actions::ActionsCommand,
+        #[command(flatten)]
+        paths: Paths,
+        /// Print the API's JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Upstream's bookings kept (booking.start until its end or booking.end).
+    Bookings {
+        #[command(flatten)]
+        paths: Paths,
+        /// Print the API's JSON.
+        #[arg(long)]
         json: bool,
     },
     /// The workspaces and their status (Free, Occupied, Booked, Unknown).
@@ -164,6 +183,16 @@ pub fn main() -> ExitCode {
         } => through_api(paths, |api, _| async move {
             let command = command.unwrap_or(devices::DevicesCommand::List);
             devices::run(command, &api, json).await
+        }),
+        Command::Actions {
+            command,
+            paths,
+            json,
+        } => through_api(paths, |api, _| async move {
+            actions::run(command, &api, json).await
+        }),
+        Command::Bookings { paths, json } => through_api(paths, |api, _| async move {
+            actions::bookings(&api, json).await
         }),
         Command::Workspaces { paths, json } => through_api(paths, |api, _| async move {
             devices::workspaces(&api, json).await

@@ -411,6 +411,12 @@ impl MqttSource {
         cancel: CancellationToken,
     ) {
         let (client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CHANNEL);
+        // Small packets both ways (acknowledgements, actions, their answers): without
+        // TCP_NODELAY, Nagle's algorithm holds one back until the broker's delayed ACK, about
+        // 40 ms, on every round trip.
+        let mut network = eventloop.network_options();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         let generation = Arc::new(AtomicU64::new(0));
         let redeliveries = self.redeliveries.clone();
         // The generation of the last connection that came up (failed attempts count too).
