@@ -87,6 +87,9 @@ action_timeout = "2s"
     submit(&api, "a2", "show_booking").await;
     let a2_done = completion(&receiver, "a2").await;
     assert_eq!(a2_done["status"], "succeeded");
+    daemon
+        .wait_metric("edgehook_action_answers_ignored_total{reason=\"late\"}", 1)
+        .await;
     disp.answer_actions(ActionBehaviour::Fails);
     submit(&api, "a3", "show_message").await;
     let a3_done = completion(&receiver, "a3").await;

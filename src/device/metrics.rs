@@ -3,7 +3,7 @@
 
 use crate::metrics::{preset, Counter, EncodeLabelSet, Family, Gauge, Registry};
 
-use super::Refused;
+use super::{IgnoredAnswer, Refused};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
@@ -13,6 +13,7 @@ pub struct Reason {
 pub struct DeviceMetrics {
     devices: Gauge,
     refused: Family<Reason, Counter>,
+    answers_ignored: Family<Reason, Counter>,
 }
 
 impl DeviceMetrics {
@@ -26,13 +27,28 @@ impl DeviceMetrics {
                 "device_messages_refused_total",
                 "Messages skipped for the registry's bounds: from a new device past devices.max_devices, or with fields past devices.max_fields.",
             ),
+            answers_ignored: r.counters(
+                "action_answers_ignored_total",
+                "Devices' answers to actions that made no event: late (the action was done already: a second answer, or one after its timeout) or unknown (no such action of the device's).",
+            ),
         };
         preset(&m.refused, Refused::KINDS.map(|reason| Reason { reason }));
+        preset(
+            &m.answers_ignored,
+            IgnoredAnswer::KINDS.map(|reason| Reason { reason }),
+        );
         m
     }
 
     pub fn set_devices(&self, n: usize) {
         self.devices.set(n as i64);
+    }
+
+    /// An answer to an action that made no event.
+    pub fn answer_ignored(&self, why: IgnoredAnswer) {
+        self.answers_ignored
+            .get_or_create(&Reason { reason: why.kind() })
+            .inc();
     }
 
     /// A message skipped for the registry's bounds.

@@ -44,8 +44,8 @@ mod task;
 pub use events::samples;
 use events::*;
 pub use registry::{
-    ActionAnswer, ActionRequest, Applied, BookRefusal, Outgoing, Refusal, Refused, Registry,
-    Request, Rules, Snapshot, Submit,
+    ActionAnswer, ActionRequest, Applied, BookRefusal, IgnoredAnswer, Outgoing, Refusal, Refused,
+    Registry, Request, Rules, Snapshot, Submit,
 };
 pub use task::run;
 

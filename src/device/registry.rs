@@ -64,6 +64,8 @@ pub struct Applied {
     pub sync: bool,
     /// The message was skipped as bad input, and why (the registry's bounds).
     pub refused: Option<Refused>,
+    /// A device's answer to an action was ignored, and why (no event came of it).
+    pub ignored_answer: Option<IgnoredAnswer>,
     /// Devices forgotten: their states are deleted, after the events.
     pub forgotten: Vec<String>,
     /// Actions whose state changed, to persist with the events.
@@ -74,6 +76,27 @@ pub struct Applied {
     pub bookings: Vec<(String, Option<booking::Booking>)>,
     /// Actions to publish once this is durable.
     pub outgoing: Vec<Outgoing>,
+}
+
+/// Why an answer to an action made no event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IgnoredAnswer {
+    /// The action was done already (answered before, timed out, expired): a second or late
+    /// answer.
+    Late,
+    /// No such action of this device's is remembered.
+    Unknown,
+}
+
+impl IgnoredAnswer {
+    pub const KINDS: [&'static str; 2] = ["late", "unknown"];
+
+    pub fn kind(self) -> &'static str {
+        match self {
+            IgnoredAnswer::Late => Self::KINDS[0],
+            IgnoredAnswer::Unknown => Self::KINDS[1],
+        }
+    }
 }
 
 /// At most this many bookings are kept per workspace (more are refused, 429).
@@ -639,7 +662,7 @@ impl Registry {
         let (id, succeeded, reason, result) =
             (id.as_str(), *succeeded, reason.clone(), result.clone());
         let Some(a) = self.actions.get_mut(id).filter(|a| a.device == device) else {
-            tracing::warn!(device_id = %device, action_id = %id, "an answer to an action this gateway does not know (late, or not its own); ignored");
+            out.ignored_answer = Some(IgnoredAnswer::Unknown);
             return;
         };
         match action::answered(a, succeeded, reason, result, now) {
@@ -651,9 +674,7 @@ impl Registry {
                 self.schedule_action(id);
                 self.dispatch(device, now, out);
             }
-            None => {
-                tracing::info!(device_id = %device, action_id = %id, "a second or late answer to an action already done; counted once");
-            }
+            None => out.ignored_answer = Some(IgnoredAnswer::Late),
         }
     }
 

@@ -67,6 +67,15 @@ pub async fn run(
                     } else {
                         metrics.set_devices(registry.len());
                     }
+                    if let Some(ignored) = applied.ignored_answer {
+                        metrics.answer_ignored(ignored);
+                        if let Some(suppressed) = faults.admit(ignored.kind(), &msg.device_id, std::time::Instant::now()) {
+                            match ignored {
+                                super::IgnoredAnswer::Late => tracing::info!(device_id = %msg.device_id, suppressed, "a second or late answer to an action already done: no second event (counted in edgehook_action_answers_ignored_total)"),
+                                super::IgnoredAnswer::Unknown => tracing::warn!(device_id = %msg.device_id, suppressed, "an answer to an action this gateway does not know (forgotten, or not this device's): ignored"),
+                            }
+                        }
+                    }
                     (applied, msg.ack)
                 }
                 None => break,

@@ -1044,6 +1044,13 @@ fn actions_go_one_at_a_time_to_online_devices_and_end_once() {
     assert_eq!(a.outgoing.len(), 1, "sent again after the restart");
     let a = r.apply("disp-1", &result("a5", true), 800_500);
     assert_eq!(completed(&a), [("a5".into(), "succeeded".into())]);
+    assert_eq!(a.ignored_answer, None);
+    // A second answer, and an answer to nothing this device was asked: no event, counted.
+    let a = r.apply("disp-1", &result("a5", true), 800_600);
+    assert!(completed(&a).is_empty());
+    assert_eq!(a.ignored_answer, Some(IgnoredAnswer::Late));
+    let a = r.apply("disp-1", &result("never-asked", false), 800_700);
+    assert_eq!(a.ignored_answer, Some(IgnoredAnswer::Unknown));
     // Done actions are remembered until their deadlines, then forgotten.
     assert!(r.action("a5").is_some());
     let a = r.tick(700_000 + 600_000);
