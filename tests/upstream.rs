@@ -162,6 +162,15 @@ async fn commands_pushed_by_upstream_are_verified_taken_once_and_told() {
     );
     let unknown = push(port, &action("a3", "disp-9", "show_message"), "m-4").await;
     assert_eq!(unknown.status, 404, "{}", unknown.body);
+    // The sender retries it (same webhook-id): answered again (the rejection is known), not
+    // refused as a replay.
+    let retried = push(port, &action("a3", "disp-9", "show_message"), "m-4").await;
+    assert_eq!(
+        (retried.status, retried.json()["status"].as_str()),
+        (200, Some("rejected")),
+        "{}",
+        retried.body
+    );
     let refused = push(port, &action("a4", "disp-1", "self_destruct"), "m-5").await;
     assert_eq!(refused.status, 422, "{}", refused.body);
     receiver

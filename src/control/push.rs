@@ -7,8 +7,8 @@
 //! workspace, 422 action not allowed, 429 with `Retry-After`), 400 naming the field of a
 //! malformed command, 401 for a request that is unsigned, outside the timestamp tolerance,
 //! wrongly signed or replayed (counted by reason, logged at most once a minute per reason),
-//! 503 when the replay window is full. A request not taken (400, 429, 5xx) does not use up
-//! its `webhook-id`, so the sender's retry of it is not refused as a replay.
+//! 503 when the replay window is full. Only a request answered 2xx uses up its `webhook-id`:
+//! a sender's retry of any other is answered again, not refused as a replay.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -122,7 +122,10 @@ impl Service for Push {
                 Ok(command) => self.control.take(command).await,
             },
         };
-        if !(200..300).contains(&reply.status) && (reply.status == 400 || !reply.is_final()) {
+        if !(200..300).contains(&reply.status) {
+            // Only a taken request uses up its id: a sender retries any other answer with the
+            // same webhook-id (as Standard Webhooks senders do), and gets the same answer again,
+            // not a 401.
             self.gate.lock().expect("not poisoned").release(id);
         }
         self.control.metrics.upstream.taken("push", reply.status);
