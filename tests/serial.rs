@@ -293,8 +293,7 @@ async fn actions_go_down_the_line_a_device_is_on_and_its_result_frames_come_back
         SerialFraming::Text,
         "ser-1",
         "s1",
-        false,
-        Some("sensor busy, retry"),
+        Err("sensor busy, retry"),
     ))
     .await
     .unwrap();
@@ -317,8 +316,7 @@ async fn actions_go_down_the_line_a_device_is_on_and_its_result_frames_come_back
             SerialFraming::JsonLines,
             "ser-j1",
             "s2",
-            true,
-            None,
+            Ok(&json!({"done": true})),
         ))
         .await
         .unwrap();
@@ -344,9 +342,14 @@ async fn actions_go_down_the_line_a_device_is_on_and_its_result_frames_come_back
         "one command each, each on its own port"
     );
     // A second answer is not a second event; garbage on the line is not a command's answer.
-    text.send(result_frame(SerialFraming::Text, "ser-1", "s1", true, None))
-        .await
-        .unwrap();
+    text.send(result_frame(
+        SerialFraming::Text,
+        "ser-1",
+        "s1",
+        Ok(&Value::Null),
+    ))
+    .await
+    .unwrap();
     text.send(text_frame("RES,ser-1,s1,perhaps")).await.unwrap();
     wait_metric(
         &daemon,
@@ -356,4 +359,71 @@ async fn actions_go_down_the_line_a_device_is_on_and_its_result_frames_come_back
     tokio::time::sleep(Duration::from_millis(300)).await;
     receiver.seen(|s| assert_eq!((told(s, "s1").len(), told(s, "s2").len()), (1, 1)));
     assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// firmware-sim's serial bus (what `firmware-sim serial` runs) answers the actions written to
+/// its line, as its sensors would: identify, reboot, calibrate; anything else fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_serial_bus_answers_its_sensors_actions() {
+    use firmware_sim::serial::{run_serial_bus, SerialBusConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let link = dir.path().join("ttyBUS");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let bus = tokio::spawn(run_serial_bus(
+        SerialBusConfig {
+            link: link.clone(),
+            sensors: 2,
+            prefix: "ser-bus".into(),
+            seed: 7,
+            framing: SerialFraming::Text,
+            interval: Duration::from_millis(100),
+            readings: None,
+            change_ratio: 0.3,
+            fault_ratio: 0.0,
+            unplug_every: None,
+            unplug_for: Duration::ZERO,
+        },
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    common::until(Instant::now() + LONG, || link.exists(), || "no link".into()).await;
+    let config = format!(
+        "[[device_classes]]\nname = \"serial\"\nmatch = [\"ser-*\"]\ndebounce = \"0s\"\nactions = [\"identify\", \"reboot\"]\n\n[[serial_ports]]\npath = \"{}\"\nframing = \"text\"\n",
+        link.display()
+    );
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, &config);
+    daemon.start();
+    receiver
+        .wait_until(LONG, "the bus's sensors online", |s| {
+            s.of_type("device.online").len() == 2
+        })
+        .await;
+    let mut api = common::Api::new(daemon.metrics_port);
+    let token = std::fs::read_to_string(dir.path().join("state/api-token")).unwrap();
+    api.token = Some(token.trim().to_string());
+    for (id, name) in [("b1", "identify"), ("b2", "reboot")] {
+        let body = json!({"id": id, "device": "ser-bus-2", "name": name});
+        let r = api
+            .call("POST", "/v1/actions", "/v1/actions", Some(&body))
+            .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+    }
+    receiver
+        .wait_until(LONG, "both actions told", |s| {
+            s.of_type("device.action_completed").len() == 2
+        })
+        .await;
+    receiver.seen(|s| {
+        for e in s.of_type("device.action_completed") {
+            assert_eq!(e["data"]["status"], "succeeded", "{e}");
+            assert_eq!(e["data"]["device_id"], "ser-bus-2");
+        }
+    });
+    assert_eq!(daemon.terminate(), Some(0));
+    stop_tx.send(()).unwrap();
+    let stats = bus.await.unwrap().unwrap();
+    assert_eq!(stats.actions, 2);
 }

@@ -296,15 +296,20 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A device's answer to action `id` as one frame.
+/// A device's answer to action `id` as one frame: its result, or why it failed (a text frame
+/// carries no result object).
 pub fn result_frame(
     framing: SerialFraming,
     device: &str,
     id: &str,
-    succeeded: bool,
-    reason: Option<&str>,
+    outcome: Result<&Value, &str>,
 ) -> Vec<u8> {
-    let status = if succeeded { "succeeded" } else { "failed" };
+    let status = if outcome.is_ok() {
+        "succeeded"
+    } else {
+        "failed"
+    };
+    let reason = outcome.err();
     match framing {
         SerialFraming::Text => {
             let reason = reason
@@ -321,10 +326,9 @@ pub fn result_frame(
         }
         SerialFraming::JsonLines => {
             let mut v = serde_json::json!({"device": device, "action_id": id, "status": status});
-            if let Some(r) = reason {
-                v["reason"] = r.into();
-            } else {
-                v["result"] = serde_json::json!({"done": true});
+            match outcome {
+                Ok(result) => v["result"] = result.clone(),
+                Err(r) => v["reason"] = r.into(),
             }
             let mut line = v.to_string().into_bytes();
             line.push(b'\n');
@@ -361,6 +365,8 @@ pub struct SerialStats {
     /// Frames written with a wrong checksum.
     pub corrupted: u64,
     pub unplugs: u64,
+    /// Distinct actions answered.
+    pub actions: u64,
 }
 
 /// Run a serial bus until every sensor has written its readings or `stop` resolves; sensors
@@ -385,9 +391,27 @@ pub async fn run_serial_bus(
     for s in &sensors {
         link.send(status_frame(config.framing, &s.id, true)).await?;
     }
+    // Actions the daemon writes to the line, answered between readings (each id once).
+    let mut commands = link.commands()?;
+    let mut answered = std::collections::HashSet::new();
     let mut next_unplug = config.unplug_every.map(|e| tokio::time::Instant::now() + e);
     let mut written = 0u64;
     while config.readings.is_none_or(|n| written < n) && !*stop.borrow() {
+        while let Ok(line) = commands.try_recv() {
+            let Some((device, id, name, params)) = parse_command(config.framing, &line) else {
+                continue;
+            };
+            if !sensors.iter().any(|s| s.id == device) {
+                continue;
+            }
+            if answered.insert(id.clone()) {
+                stats.actions += 1;
+            }
+            let done = crate::perform(DeviceClass::OccupancySensor, &Value::String(name), &params);
+            let outcome = done.as_ref().map_err(String::as_str);
+            let frame = result_frame(config.framing, &device, &id, outcome);
+            link.send(frame).await?;
+        }
         for fw in &mut sensors {
             let (reading, changed) = fw.next_reading(config.change_ratio, crate::now_ms());
             let mut frame = reading_frame(config.framing, &fw.id, &reading);
@@ -429,6 +453,7 @@ pub async fn run_serial_bus(
                 stats.unplugs += 1;
                 tokio::time::sleep(config.unplug_for).await;
                 link.replug()?;
+                commands = link.commands()?;
                 next_unplug = Some(tokio::time::Instant::now() + every);
                 for s in &sensors {
                     link.send(status_frame(config.framing, &s.id, true)).await?;
