@@ -56,6 +56,7 @@ fn readiness_names_what_is_wrong() {
 /// Every metric family and the label names of its series, as dashboards and alerts use them:
 /// a change here breaks someone's dashboard, so it is deliberate (and said in the README).
 const PINNED: &[(&str, &str)] = &[
+    ("edgehook_action_answers_ignored_total", "reason"),
     ("edgehook_dead_letters", ""),
     ("edgehook_dead_letters_total", "endpoint"),
     ("edgehook_decode_errors_total", "kind"),
@@ -89,6 +90,8 @@ const PINNED: &[(&str, &str)] = &[
     ("edgehook_serial_frame_errors_total", "kind"),
     ("edgehook_serial_port_closures_total", ""),
     ("edgehook_serial_ports_open", ""),
+    ("edgehook_upstream_poll_failures_total", ""),
+    ("edgehook_upstream_refused_total", "via,reason"),
 ];
 
 /// `name{labels}` → (family, label names), with a histogram's series under its family.
