@@ -1159,6 +1159,10 @@ async fn run(seed: u64) {
             let daemon = &world.daemon;
             let check = || complete(r, name, &models, allowance(daemon, name));
             if let Err(e) = settle(Duration::from_secs(30), check).await {
+                // What the outbox holds for each endpoint (pending, dropped) says whether the
+                // missing events are stuck or were never queued.
+                let outbox = common::http_get(world.daemon.metrics_port, "/v1/outbox");
+                eprintln!("harness: the outbox now: {}", outbox.unwrap_or_default());
                 panic!("seed {seed}: an endpoint waited on another's failures: {e}\n{}\n{}\nreplay: {replay}", story.join("\n"), world.daemon.log());
             }
         }
