@@ -578,6 +578,73 @@ async fn a_full_outbox_can_drop_old_readings_but_never_health_events() {
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+/// Found by the fault harness (seed 3420867613234405262): under `drop_oldest_readings`, a
+/// failing endpoint's share filled with events that policy never drops (a flood of new
+/// devices' registrations) had nothing left to drop, so the writer waited for it — and held
+/// every other endpoint (and every MQTT acknowledgement) with it. Now its new events are
+/// dropped for it alone, counted, and the healthy endpoint keeps getting everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoints_share_full_of_health_events_holds_no_other_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let default = Receiver::start().await;
+    let ops = Receiver::start().await;
+    ops.fail_with(503);
+    let config = format!(
+        "[outbox]\nmax_size = \"64KiB\"\non_full = \"drop_oldest_readings\"\n\n[[endpoints]]\nname = \"ops\"\nurl = \"{}\"\nsecret = \"{}\"\nevents = [\"device.*\"]\n[endpoints.retry]\ninitial = \"50ms\"\nmax = \"500ms\"\n",
+        ops.url,
+        common::SECRET
+    );
+    let mut daemon = Daemon::new(dir.path(), broker.port, &default.url, &config);
+    daemon.start();
+    // New devices' registrations and births: only health events for ops, past its 32 KiB.
+    // In chunks default keeps up with (its own share must not fill: it is the healthy one).
+    for chunk in 0..15 {
+        let topics: Vec<String> = (0..10)
+            .map(|i| format!("sensors/flood-{}/reading", chunk * 10 + i))
+            .collect();
+        let messages: Vec<(&str, &str)> = topics
+            .iter()
+            .map(|t| (t.as_str(), r#"{"presence":true}"#))
+            .collect();
+        common::publish_plain(broker.port, "flood", &messages).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // default gets every flood device, and what comes next.
+    common::publish_plain(
+        broker.port,
+        "late",
+        &[("sensors/late-1/reading", r#"{"presence":false}"#)],
+    )
+    .await;
+    common::until(
+        Instant::now() + LONG,
+        || default.seen(|s| s.of_type("sensor.reading.updated").len()) == 151,
+        || {
+            format!(
+                "default has {} of 151 devices' readings:\n{}",
+                default.seen(|s| s.of_type("sensor.reading.updated").len()),
+                daemon.log()
+            )
+        },
+    )
+    .await;
+    // ops's share is full of health events: its new ones are dropped for it alone, counted.
+    assert!(
+        daemon
+            .metric("edgehook_endpoint_dropped_total{endpoint=\"ops\"}")
+            .is_some_and(|n| n > 0),
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        daemon.log().contains("are DROPPED for it alone"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 /// Issue 16 #4: what `on_full = drop_oldest_readings` deletes, an endpoint never gets, so it is
 /// counted *for that endpoint*, durably: `edgehook_endpoint_dropped_total{endpoint}` and
 /// `edgehook outbox status` say so, after a restart too (not only a process-wide counter that

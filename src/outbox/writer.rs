@@ -23,7 +23,8 @@ use crate::event::Envelope;
 /// of another. When a batch does not fit in a queue's share:
 /// - a queue that drains (its endpoint is active and not disabled) applies `on_full`:
 ///   back-pressure (the batch waits, unacknowledged, until delivery frees space) or dropping
-///   that queue's readings (superseded ones first, then the oldest);
+///   that queue's readings (superseded ones first, then the oldest) — and when no reading is
+///   left to drop, refusing the batch for that queue as below, rather than waiting;
 /// - a queue that cannot drain (disabled by a 410, inactive, no longer configured) would wait
 ///   for ever and hold every other endpoint and every ack with it, so the batch's events are
 ///   not stored *for that endpoint only*: counted ([`DROPPED`], `edgehook_endpoint_dropped_total`,
@@ -110,11 +111,16 @@ fn commit_size(commit: &Commit) -> u64 {
 struct FullLog {
     /// Per queue: since when it is full, and what was dropped meanwhile.
     full: Vec<Option<(std::time::Instant, u64)>>,
+    /// Per queue: its new events are refused (a share full of events never dropped).
+    refusing: Vec<bool>,
 }
 
 impl FullLog {
     fn new() -> FullLog {
-        FullLog { full: Vec::new() }
+        FullLog {
+            full: Vec::new(),
+            refusing: Vec::new(),
+        }
     }
 }
 
@@ -169,7 +175,21 @@ async fn make_room(
             }
             if config.on_full == OnFull::DropOldestReadings {
                 match outbox.drop_oldest_readings(queue, used + needed - share) {
-                    Ok(0) => {}
+                    Ok(0) => {
+                        // Its share holds nothing this policy drops (health, workspace and
+                        // action events): waiting would hold every endpoint for this one
+                        // (found by the fault harness: a failing endpoint's share filled with
+                        // a flood of new devices' registrations stopped the others). Its new
+                        // events are dropped for it alone, counted, as for one that cannot
+                        // drain.
+                        if !log.refusing.get(i).copied().unwrap_or(false) {
+                            tracing::error!(endpoint = %name, used_bytes = used, share_bytes = share, pending = outbox.queue_len(queue), "outbox share FULL of events never dropped (no readings left to drop): endpoint `{name}`'s new events are DROPPED for it alone (counted in edgehook_endpoint_dropped_total), so that it does not hold the other endpoints back");
+                            log.refusing.resize(needs.len(), false);
+                            log.refusing[i] = true;
+                        }
+                        refused[i] = true;
+                        continue;
+                    }
                     Ok(n) => {
                         metrics.dropped(n as u64);
                         metrics.dropped_for(name, n as u64);
@@ -197,6 +217,11 @@ async fn make_room(
     for (i, &needed) in needs.iter().enumerate() {
         let queue = QueueId(i);
         let room = outbox.queue_bytes(queue) + needed <= share || outbox.queue_len(queue) == 0;
+        if room && !refused[i] {
+            if let Some(r) = log.refusing.get_mut(i) {
+                *r = false;
+            }
+        }
         if let (true, Some((since, dropped))) = (room && !refused[i], log.full[i]) {
             tracing::warn!(
                 endpoint = %queues[i].endpoint,
