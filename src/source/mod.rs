@@ -226,26 +226,36 @@ pub fn parse_json(payload: &[u8], limit: usize) -> Result<Value, DecodeError> {
 /// "result"}`.
 pub fn decode_action_result(payload: &[u8], limit: usize) -> Result<InboundBody, DecodeError> {
     let value = parse_json(payload, limit)?;
-    let id = value.get("id").and_then(Value::as_str);
-    let succeeded = match value.get("status").and_then(Value::as_str) {
-        Some("succeeded") | Some("ok") => Some(true),
-        Some("failed") | Some("error") => Some(false),
-        _ => None,
+    let fields = value.as_object().ok_or(DecodeError::BadStatus)?;
+    action_result(fields, "id").map_err(|_| DecodeError::BadStatus)
+}
+
+/// An action result from a JSON object, its action id under `id_key` (MQTT: `id`; a serial
+/// JSON line, whose `id` could be anything of the device's: `action_id`); `status` is
+/// `succeeded` (or `ok`) or `failed` (or `error`). `Err` says what is wrong.
+pub fn action_result(
+    fields: &Map<String, Value>,
+    id_key: &str,
+) -> Result<InboundBody, &'static str> {
+    let id = fields
+        .get(id_key)
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty() && id.len() <= 128)
+        .ok_or("the action id is not a string of 1 to 128 characters")?;
+    let succeeded = match fields.get("status").and_then(Value::as_str) {
+        Some("succeeded" | "ok") => true,
+        Some("failed" | "error") => false,
+        _ => return Err("an action result's status is not succeeded/failed"),
     };
-    match (id, succeeded) {
-        (Some(id), Some(succeeded)) if !id.is_empty() && id.len() <= 128 => {
-            Ok(InboundBody::ActionResult {
-                id: id.to_string(),
-                succeeded,
-                reason: value
-                    .get("reason")
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
-                result: value.get("result").cloned(),
-            })
-        }
-        _ => Err(DecodeError::BadStatus),
-    }
+    Ok(InboundBody::ActionResult {
+        id: id.to_string(),
+        succeeded,
+        reason: fields
+            .get("reason")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        result: fields.get("result").cloned(),
+    })
 }
 
 /// Decode a reading payload: a JSON object of fields.

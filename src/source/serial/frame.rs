@@ -226,32 +226,9 @@ impl FrameDecoder {
             _ => return Err(FrameError::NoDeviceId(device_field.to_string())),
         };
         check_device(&device_id)?;
-        if let Some(id) = fields.get("action_id") {
-            let id = id
-                .as_str()
-                .filter(|id| !id.is_empty() && id.len() <= 128)
-                .ok_or(FrameError::Malformed(
-                    "action_id is not a string of 1 to 128 characters",
-                ))?
-                .to_string();
-            let succeeded = match fields.get("status").and_then(Value::as_str) {
-                Some("succeeded") => true,
-                Some("failed") => false,
-                _ => {
-                    return Err(FrameError::Malformed(
-                        "an action result's status is not succeeded/failed",
-                    ))
-                }
-            };
-            let body = InboundBody::ActionResult {
-                id,
-                succeeded,
-                reason: fields
-                    .get("reason")
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
-                result: fields.get("result").cloned(),
-            };
+        if fields.contains_key("action_id") {
+            let body =
+                super::super::action_result(&fields, "action_id").map_err(FrameError::Malformed)?;
             return Ok(Frame { device_id, body });
         }
         let body = match (fields.len(), fields.get("status")) {
@@ -740,7 +717,7 @@ mod tests {
             (json_decoder(256), b"{\"device\":\"desk-12\",\"action_id\":\"a-17\",\"status\":\"succeeded\",\"result\":{\"ok\":1}}\n".to_vec(), result("a-17", true, None, Some(json!({"ok": 1})))),
             (json_decoder(256), b"{\"device\":\"desk-12\",\"action_id\":\"a-17\",\"status\":\"failed\",\"reason\":\"jammed\"}\n".to_vec(), result("a-17", false, Some("jammed"), None)),
             (json_decoder(256), b"{\"device\":\"desk-12\",\"action_id\":\"a-17\",\"status\":\"online\"}\n".to_vec(), Err(FrameError::Malformed("an action result's status is not succeeded/failed"))),
-            (json_decoder(256), b"{\"device\":\"desk-12\",\"action_id\":7,\"status\":\"failed\"}\n".to_vec(), Err(FrameError::Malformed("action_id is not a string of 1 to 128 characters"))),
+            (json_decoder(256), b"{\"device\":\"desk-12\",\"action_id\":7,\"status\":\"failed\"}\n".to_vec(), Err(FrameError::Malformed("the action id is not a string of 1 to 128 characters"))),
         ];
         for (mut decoder, bytes, expected) in rows {
             let got = decode(&mut decoder, &bytes);
