@@ -56,9 +56,7 @@ action_timeout = "2s"
 "#;
     let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, class);
     daemon.start();
-    let mut api = Api::new(daemon.metrics_port);
-    let token = std::fs::read_to_string(dir.path().join("state/api-token")).unwrap();
-    api.token = Some(token.trim().to_string());
+    let api = Api::with_token(&daemon);
     let mut disp = device(broker.port, "disp-1", DeviceClass::RoomDisplay).await;
     publish(&mut disp, 1, 1.0).await;
     receiver
@@ -170,9 +168,7 @@ action_timeout = "5s"
 "#;
     let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, class);
     daemon.start();
-    let mut api = Api::new(daemon.metrics_port);
-    let token = std::fs::read_to_string(dir.path().join("state/api-token")).unwrap();
-    api.token = Some(token.trim().to_string());
+    let api = Api::with_token(&daemon);
     let mut occ = device(broker.port, "occ-1", DeviceClass::OccupancySensor).await;
     publish(&mut occ, 1, 1.0).await;
     let mut quiet = device(broker.port, "occ-2", DeviceClass::OccupancySensor).await;

@@ -59,8 +59,7 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
         .call("POST", "/v1/endpoints", "/v1/endpoints", Some(&settings))
         .await;
     assert_eq!(refused.status, 401, "{}", refused.body);
-    let token = std::fs::read_to_string(dir.path().join("state/api-token")).unwrap();
-    api.token = Some(token.trim().to_string());
+    api.token = Some(daemon.token());
 
     // Bad input names the field; nothing is half-applied.
     let mut insecure = settings.clone();
@@ -636,8 +635,8 @@ async fn the_server_refuses_other_hosts_cross_site_changes_and_oversize_bodies()
     let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
     daemon.start();
     let port = daemon.metrics_port;
-    let token = std::fs::read_to_string(dir.path().join("state/api-token")).unwrap();
-    let token = token.trim();
+    let token = daemon.token();
+    let token = token.as_str();
     let h = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
         pairs
             .iter()

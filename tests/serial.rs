@@ -236,9 +236,7 @@ async fn actions_go_down_the_line_a_device_is_on_and_its_result_frames_come_back
     let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, &config);
     daemon.start();
     wait_metric(&daemon, "edgehook_serial_ports_open", 2);
-    let mut api = common::Api::new(daemon.metrics_port);
-    let token = std::fs::read_to_string(dir.path().join("state/api-token")).unwrap();
-    api.token = Some(token.trim().to_string());
+    let api = common::Api::with_token(&daemon);
     let text_commands = text.commands().unwrap();
     let json_commands = json_port.commands().unwrap();
     let reading = json!({"presence": true, "temperature": 21.0, "seq": 1});
@@ -401,9 +399,7 @@ async fn a_simulated_serial_bus_answers_its_sensors_actions() {
             s.of_type("device.online").len() == 2
         })
         .await;
-    let mut api = common::Api::new(daemon.metrics_port);
-    let token = std::fs::read_to_string(dir.path().join("state/api-token")).unwrap();
-    api.token = Some(token.trim().to_string());
+    let api = common::Api::with_token(&daemon);
     for (id, name) in [("b1", "identify"), ("b2", "reboot")] {
         let body = json!({"id": id, "device": "ser-bus-2", "name": name});
         let r = api

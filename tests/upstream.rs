@@ -48,6 +48,33 @@ fn rfc3339(unix_secs: u64) -> String {
         .to_string()
 }
 
+/// The daemon with [`ROOM`] and `[upstream]` with `extra`, started; the room's display
+/// online and its sensor reporting nobody there (the room told Free).
+async fn room(
+    dir: &std::path::Path,
+    broker: &Mosquitto,
+    receiver: &Receiver,
+    extra: &str,
+) -> (Daemon, firmware_sim::SimDevice) {
+    let config = format!("{ROOM}{}", upstream_section(extra));
+    let mut daemon = Daemon::new(dir, broker.port, &receiver.url, &config);
+    daemon.start();
+    let mut disp = device(broker.port, "disp-1", DeviceClass::RoomDisplay).await;
+    publish(&mut disp, 1, 1.0).await;
+    publish_plain(
+        broker.port,
+        "occ",
+        &[("sensors/occ-1/reading", r#"{"presence": false}"#)],
+    )
+    .await;
+    receiver
+        .wait_until(LONG, "the display online and the room free", |s| {
+            !s.of_type("device.online").is_empty() && room_statuses(s) == ["Free"]
+        })
+        .await;
+    (daemon, disp)
+}
+
 /// Every `device.action_completed` the receiver has seen for `id`.
 fn told_in(s: &common::Seen, id: &str) -> Vec<Value> {
     s.of_type("device.action_completed")
@@ -72,25 +99,13 @@ async fn commands_pushed_by_upstream_are_verified_taken_once_and_told() {
     let broker = Mosquitto::start(dir.path());
     let receiver = Receiver::start().await;
     let port = common::free_port();
-    let extra = format!(
-        "{ROOM}{}",
-        upstream_section(&format!("[upstream.push]\nlisten = \"127.0.0.1:{port}\"\n"))
-    );
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, &extra);
-    daemon.start();
-    let mut disp = device(broker.port, "disp-1", DeviceClass::RoomDisplay).await;
-    publish(&mut disp, 1, 1.0).await;
-    publish_plain(
-        broker.port,
-        "occ",
-        &[("sensors/occ-1/reading", r#"{"presence": false}"#)],
+    let (mut daemon, _disp) = room(
+        dir.path(),
+        &broker,
+        &receiver,
+        &format!("[upstream.push]\nlisten = \"127.0.0.1:{port}\"\n"),
     )
     .await;
-    receiver
-        .wait_until(LONG, "the display online and the room free", |s| {
-            !s.of_type("device.online").is_empty() && room_statuses(s) == ["Free"]
-        })
-        .await;
 
     // Not signed, signed wrongly, too old, or from the future: 401, and nothing is taken.
     let a1 = action("a1", "disp-1", "show_message");
@@ -263,28 +278,11 @@ async fn commands_pulled_from_upstream_are_taken_in_order_and_the_cursor_survive
     let broker = Mosquitto::start(dir.path());
     let receiver = Receiver::start().await;
     let upstream = Upstream::start().await;
-    let extra = format!(
-        "{ROOM}{}",
-        upstream_section(&format!(
-            "[upstream.pull]\nurl = \"{}\"\nwait = \"2s\"\n",
-            upstream.url
-        ))
+    let pull = format!(
+        "[upstream.pull]\nurl = \"{}\"\nwait = \"2s\"\n",
+        upstream.url
     );
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, &extra);
-    daemon.start();
-    let mut disp = device(broker.port, "disp-1", DeviceClass::RoomDisplay).await;
-    publish(&mut disp, 1, 1.0).await;
-    publish_plain(
-        broker.port,
-        "occ",
-        &[("sensors/occ-1/reading", r#"{"presence": false}"#)],
-    )
-    .await;
-    receiver
-        .wait_until(LONG, "the display online and the room free", |s| {
-            !s.of_type("device.online").is_empty() && room_statuses(s) == ["Free"]
-        })
-        .await;
+    let (mut daemon, disp) = room(dir.path(), &broker, &receiver, &pull).await;
     // The first poll, signed (the upstream verifies it with its own code), has no cursor.
     let first = upstream.wait_poll(LONG, "at all", |_| true).await;
     assert_eq!(first["gateway_id"], "gw-test");

@@ -36,6 +36,13 @@ impl Api {
         }
     }
 
+    /// The API of `daemon`, calling with its token.
+    pub fn with_token(daemon: &super::Daemon) -> Api {
+        let mut api = Api::new(daemon.metrics_port);
+        api.token = Some(daemon.token());
+        api
+    }
+
     /// `method path` with the token (if set) and a JSON `body`, recorded under the route
     /// `template` (e.g. `/v1/endpoints/{name}`).
     pub async fn call(

@@ -262,6 +262,14 @@ impl Daemon {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// The control API's token, from the state directory the daemon made it in.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("state/api-token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
