@@ -9,7 +9,6 @@
 //! `EDGEHOOK_WEBHOOK__SECRET=...` sets `webhook.secret`, `EDGEHOOK_MQTT__PORT=8883` sets
 //! `mqtt.port`.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -237,43 +236,13 @@ impl Config {
         crate::outbox::config::validate(&self.outbox)?;
         crate::upstream::config::validate(&self.upstream)?;
         let t = &self.telemetry;
-        match (&t.tls_cert, &t.tls_key) {
-            (Some(_), None) => {
-                return bad(
-                    "telemetry.tls_key",
-                    "must be set with tls_cert (the certificate's private key, PEM)".into(),
-                )
-            }
-            (None, Some(_)) => {
-                return bad(
-                    "telemetry.tls_cert",
-                    "must be set with tls_key (the certificate chain, PEM)".into(),
-                )
-            }
-            (Some(cert), Some(key)) => {
-                if let Err(e) = crate::tls::ServerCert::load(cert, key) {
-                    return bad("telemetry.tls_cert", format!("{e:#}"));
-                }
-            }
-            (None, None) => {}
-        }
-        if !t.listen.is_empty() {
-            match t.listen.parse::<SocketAddr>() {
-                Err(e) => {
-                    return bad(
-                        "telemetry.listen",
-                        format!("not an address like 127.0.0.1:9187 ({e})"),
-                    )
-                }
-                Ok(a) if !a.ip().is_loopback() && t.tls_cert.is_none() => {
-                    return bad(
-                        "telemetry.listen",
-                        "off loopback needs TLS (set telemetry.tls_cert and telemetry.tls_key); without them it must be a loopback address such as 127.0.0.1:9187".into(),
-                    )
-                }
-                Ok(_) => {}
-            }
-        }
+        crate::tls::check_listener(
+            "telemetry.",
+            (!t.listen.is_empty()).then_some(t.listen.as_str()),
+            t.tls_cert.as_deref(),
+            t.tls_key.as_deref(),
+            "127.0.0.1:9187",
+        )?;
         Ok(())
     }
 

@@ -143,6 +143,50 @@ fn certified(cert: &Path, key: &Path) -> anyhow::Result<rustls::sign::CertifiedK
 /// A client that trusts exactly the certificate in the PEM file `cert` (the first in it),
 /// whatever names it holds: for a command reaching the daemon it runs beside, configured with
 /// that file. Signatures are still checked, so only the holder of its key is trusted.
+/// Check a listener's settings (`{prefix}listen`, `{prefix}tls_cert`, `{prefix}tls_key`): the
+/// certificate and key both or neither, and loading; `listen` (unless `None`: off) an address
+/// like `example`, off loopback only with them. `Err((key, why))` names the key at fault.
+pub fn check_listener(
+    prefix: &str,
+    listen: Option<&str>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    example: &str,
+) -> Result<(), (String, String)> {
+    let bad = |k: &str, why: String| Err((format!("{prefix}{k}"), why));
+    match (cert, key) {
+        (Some(_), None) => {
+            return bad(
+                "tls_key",
+                "must be set with tls_cert (the certificate's private key, PEM)".into(),
+            )
+        }
+        (None, Some(_)) => {
+            return bad(
+                "tls_cert",
+                "must be set with tls_key (the certificate chain, PEM)".into(),
+            )
+        }
+        (Some(cert), Some(key)) => {
+            if let Err(e) = ServerCert::load(cert, key) {
+                return bad("tls_cert", format!("{e:#}"));
+            }
+        }
+        (None, None) => {}
+    }
+    let Some(listen) = listen else {
+        return Ok(());
+    };
+    match listen.parse::<std::net::SocketAddr>() {
+        Err(e) => bad("listen", format!("not an address like {example} ({e})")),
+        Ok(a) if !a.ip().is_loopback() && cert.is_none() => bad(
+            "listen",
+            format!("off loopback needs TLS (set {prefix}tls_cert and {prefix}tls_key); without them it must be a loopback address such as {example}"),
+        ),
+        Ok(_) => Ok(()),
+    }
+}
+
 pub fn pinned_client(cert: &Path) -> anyhow::Result<rustls::ClientConfig> {
     let pinned = read_certs(cert)?.remove(0);
     let verifier = Arc::new(Pinned {

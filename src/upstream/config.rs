@@ -1,6 +1,5 @@
 //! `[upstream]`: how upstream systems send commands (actions, bookings) down to this gateway.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -111,31 +110,13 @@ pub fn validate(u: &UpstreamConfig) -> Result<(), (String, String)> {
         return bad("tolerance", "must be between 1s and 1h".into());
     }
     if let Some(p) = &u.push {
-        match (&p.tls_cert, &p.tls_key) {
-            (Some(_), None) => return bad("push.tls_key", "must be set with tls_cert".into()),
-            (None, Some(_)) => return bad("push.tls_cert", "must be set with tls_key".into()),
-            (Some(cert), Some(key)) => {
-                if let Err(e) = crate::tls::ServerCert::load(cert, key) {
-                    return bad("push.tls_cert", format!("{e:#}"));
-                }
-            }
-            (None, None) => {}
-        }
-        match p.listen.parse::<SocketAddr>() {
-            Err(e) => {
-                return bad(
-                    "push.listen",
-                    format!("not an address like 127.0.0.1:9480 ({e})"),
-                )
-            }
-            Ok(a) if !a.ip().is_loopback() && p.tls_cert.is_none() => {
-                return bad(
-                    "push.listen",
-                    "off loopback needs TLS (set upstream.push.tls_cert and tls_key)".into(),
-                )
-            }
-            Ok(_) => {}
-        }
+        crate::tls::check_listener(
+            "upstream.push.",
+            Some(&p.listen),
+            p.tls_cert.as_deref(),
+            p.tls_key.as_deref(),
+            "127.0.0.1:9480",
+        )?;
     }
     if let Some(p) = &u.pull {
         match reqwest::Url::parse(&p.url) {
