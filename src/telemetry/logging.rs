@@ -4,26 +4,33 @@
 
 /// Set up the global tracing subscriber. `EDGEHOOK_LOG` (or `RUST_LOG`) selects levels.
 pub fn init_logging() {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = std::env::var("EDGEHOOK_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".into());
-    let filter = EnvFilter::try_new(format!("rumqttd=off,sled=warn,{filter}"))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // `target=level` directives and a bare default level (not EnvFilter's span and field
+    // filters, whose regular expressions the daemon would carry only for this).
+    let filter: Targets = format!("rumqttd=off,sled=warn,{filter}")
+        .parse()
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false);
+    let registry = tracing_subscriber::registry().with(filter);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         let format = tracing_subscriber::fmt::format()
             .without_time()
             .with_level(false)
             .with_ansi(false)
             .with_target(false);
-        builder.event_format(JournalPriority(format)).init();
+        registry
+            .with(layer.with_ansi(false).event_format(JournalPriority(format)))
+            .init();
     } else {
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        registry
+            .with(layer.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())))
             .init();
     }
 }
