@@ -97,8 +97,8 @@ pub struct Commit {
 
 /// How far a device's `last_seen` may run ahead of its persisted copy. Seen-times are written
 /// at most this often per device (and only for classes that watch silence), and without a sync
-/// of their own ([`Applied::sync`] false: they reach the disk with the next synced batch, or
-/// sled's own flush within a second), so that unchanged readings and heartbeats cost no disk
+/// of their own ([`Applied::sync`] false: the outbox writer holds them for the next batch, or
+/// a checkpoint of its own at most once a minute), so that unchanged readings and heartbeats cost no disk
 /// writes of their own. A restart may therefore find a `last_seen` older than the truth; that
 /// is harmless because after a restart the lost and stale deadlines are never earlier than one
 /// heartbeat (or `stale_after`) after the start ([`DeviceClass::settle`]): a device still

@@ -40,9 +40,11 @@
 //!    has its events on disk, and so has every state change that decides later events (a
 //!    value held back by `min_interval`, an offline inside its debounce, a workspace's hold),
 //!    even when it made no event or no endpoint wants its events (`Commit::sync`). A batch
-//!    that only moves devices' `last_seen` is written without a sync of its own: it reaches
-//!    the disk with the next synced batch or sled's own flush (within a second), and a restart
-//!    that finds it older is handled by the device stage (`device::SEEN_RESOLUTION`). sled recovers its log up to the first torn write and no further
+//!    that only moves devices' `last_seen` is not written at once: the writer holds those
+//!    states (the latest per device) and writes them first in the next batch, or alone, without
+//!    a sync of its own, once the oldest has waited a minute (`seen`: at most one checkpoint a
+//!    minute for devices that talk without news); a restart that finds a `last_seen` older than
+//!    the truth is handled by the device stage (`device::SEEN_RESOLUTION`). sled recovers its log up to the first torn write and no further
 //!    (a prefix, in the order of the writes), so whatever part of a batch survives a crash
 //!    holds no state without the events it came from: a state on disk always has its events on
 //!    disk (a forgotten device's removal is such a state: its `device.unregistered` precedes
@@ -74,6 +76,7 @@ mod dead;
 mod facts;
 mod format;
 pub mod metrics;
+mod seen;
 mod store;
 mod writer;
 

@@ -466,3 +466,107 @@ async fn an_endpoint_routed_while_running_gets_a_queue_that_survives_a_reopen_an
     let ob = open_when_released(dir.path(), everything);
     assert_eq!(ob.queue_len(ob.queue("crm").unwrap()), 1, "kept on disk");
 }
+
+/// The writer, with the default `[outbox]` settings, fed by the returned sender.
+fn writer(
+    ob: &Outbox,
+) -> (
+    tokio::sync::mpsc::Sender<Commit>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let config = crate::config::Config::default().outbox;
+    let metrics = Arc::new(metrics::OutboxMetrics::register(
+        &mut crate::metrics::Registry::default(),
+    ));
+    let task = tokio::spawn(run_writer(
+        ob.clone(),
+        rx,
+        config,
+        metrics,
+        crate::source::Router::new(None),
+        tokio_util::sync::CancellationToken::new(),
+    ));
+    (tx, task)
+}
+
+/// Send `commit` to the writer and wait for its ack.
+async fn committed(tx: &tokio::sync::mpsc::Sender<Commit>, mut commit: Commit) {
+    let (done, acked) = tokio::sync::oneshot::channel();
+    commit.ack = Some(crate::source::Ack::new(move || {
+        let _ = done.send(());
+    }));
+    tx.send(commit).await.unwrap();
+    acked.await.unwrap();
+}
+
+fn seen(device: &str, at: u64) -> Commit {
+    Commit {
+        devices: vec![(
+            device.into(),
+            DeviceState {
+                last_seen: at,
+                ..Default::default()
+            },
+        )],
+        ..Default::default()
+    }
+}
+
+fn seen_on_disk(ob: &Outbox) -> Vec<(String, u64)> {
+    ob.devices()
+        .unwrap()
+        .into_iter()
+        .map(|(id, s)| (id, s.last_seen))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn seen_times_alone_are_written_with_the_next_batch_or_a_minute_later_and_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+    let (tx, task) = writer(&ob);
+
+    // Heartbeats: acknowledged at once, nothing written.
+    committed(&tx, seen("a", 1)).await;
+    committed(&tx, seen("a", 2)).await;
+    assert_eq!(seen_on_disk(&ob), []);
+    tokio::time::sleep(Duration::from_secs(59)).await;
+    assert_eq!(seen_on_disk(&ob), [], "held for a minute");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(seen_on_disk(&ob), [("a".into(), 2)], "the checkpoint");
+
+    // Held states go with the next batch that is written, under its newer ones.
+    committed(&tx, seen("b", 3)).await;
+    committed(&tx, seen("a", 3)).await;
+    committed(
+        &tx,
+        Commit {
+            envelopes: vec![envelope("a")],
+            sync: true,
+            ..seen("a", 4)
+        },
+    )
+    .await;
+    assert_eq!(seen_on_disk(&ob), [("a".into(), 4), ("b".into(), 3)]);
+    assert_eq!(ob.len(), 1);
+
+    // A device forgotten is not brought back by its held seen-time.
+    committed(&tx, seen("b", 5)).await;
+    committed(
+        &tx,
+        Commit {
+            forgotten: vec!["b".into()],
+            sync: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(seen_on_disk(&ob), [("a".into(), 4)]);
+
+    // What is held at shutdown is written.
+    committed(&tx, seen("c", 6)).await;
+    drop(tx);
+    task.await.unwrap();
+    assert_eq!(seen_on_disk(&ob), [("a".into(), 4), ("c".into(), 6)]);
+}

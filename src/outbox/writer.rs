@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{OnFull, OutboxConfig};
 use super::metrics::OutboxMetrics as Metrics;
+use super::seen::Seen;
 use super::{Outbox, QueueId, Written};
 use crate::device::Commit;
 use crate::event::Envelope;
@@ -30,6 +31,9 @@ use crate::event::Envelope;
 ///   not stored *for that endpoint only*: counted ([`DROPPED`], `edgehook_endpoint_dropped_total`,
 ///   `outbox status`) and logged, never silently. The other endpoints get them as usual.
 ///
+/// A batch that only moves devices' `last_seen` is not written: its states are held and
+/// written with the next batch, or alone once a minute ([`Seen`]); its acks go at once.
+///
 /// A batch's outgoing actions go to `outgoing` (the serial port or the broker) after the acks:
 /// an action is published only once its `sent` state is durable.
 pub async fn run_writer(
@@ -42,7 +46,23 @@ pub async fn run_writer(
 ) {
     let mut batch: Vec<Commit> = Vec::with_capacity(config.batch_max);
     let mut full = FullLog::new();
-    while let Some(first) = commits.recv().await {
+    let mut seen = Seen::default();
+    loop {
+        let next = match seen.due() {
+            Some(due) => match tokio::time::timeout_at(due, commits.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    // The held seen-times' checkpoint, alone (no sync: sled's own flush
+                    // writes it within a second).
+                    seen.join(&mut batch);
+                    persist(&outbox, &batch, &[], &metrics).await;
+                    batch.clear();
+                    continue;
+                }
+            },
+            None => commits.recv().await,
+        };
+        let Some(first) = next else { break };
         // A batch stays well under a share, so that room for it can always be made.
         let max_batch_bytes = (config.max_size / outbox.queue_count().max(1) as u64 / 8).max(1);
         let mut bytes = commit_size(&first);
@@ -63,6 +83,14 @@ pub async fn run_writer(
             bytes += commit_size(&next);
             batch.push(next);
         }
+        if Seen::only_seen_times(&batch) {
+            seen.hold(&mut batch, tokio::time::Instant::now());
+            for ack in batch.drain(..).filter_map(|c| c.ack) {
+                ack.send();
+            }
+            continue;
+        }
+        seen.join(&mut batch);
         let refused = make_room(&outbox, &batch, &config, &metrics, &cancel, &mut full).await;
         let written = persist(&outbox, &batch, &refused, &metrics).await;
         metrics.unrouted(written.unrouted as u64);
@@ -90,6 +118,10 @@ pub async fn run_writer(
             outbox.notify_appended();
         }
         metrics.set_depth(outbox.len());
+    }
+    seen.join(&mut batch);
+    if !batch.is_empty() {
+        persist(&outbox, &batch, &[], &metrics).await;
     }
     if let Err(e) = outbox.flush().await {
         tracing::error!(error = %e, "final outbox flush failed");
