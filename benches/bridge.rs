@@ -12,11 +12,20 @@
 //!   outbox, delivery log in turn), to show the pipeline is not slowed by them (no null bridge
 //!   row: it has no API).
 //!
+//! - "low-rate": a building's rate: 10 sensors each changing every second, 10 events/s, for
+//!   60 s (every event its own group commit: the per-commit floor).
+//! - "idle" and "idle+heartbeats": the 200 devices connected and online, then silent, or each
+//!   sending an unchanged reading every 30 s (its class watching for silence), for 10 minutes
+//!   (`BENCH_IDLE_SECS`): the bytes the daemon wrote meanwhile, in how many of its seconds it
+//!   wrote (its checkpoints), and its resident memory. Run once: they count, they do not time.
+//!
 //! - "actions": the action round trip: 500 actions to 20 room displays, pushed signed to the
 //!   push listener at 50 a second; from the push to the receipt of its
 //!   `device.action_completed`, through the outbox, mosquitto, the display and back (p50/p99).
 //!
-//! Each is run twice: through edgehook, and through a *null bridge* — an MQTT subscriber inside
+//! Each load is run `BENCH_RUNS` times (3 by default) and the table holds the median of each
+//! figure. Each is run through edgehook, and (but for the console and low-rate loads) through
+//! a *null bridge* — an MQTT subscriber inside
 //! the bench that POSTs every reading, signed, the moment it arrives: no state, no change
 //! detection, no disk, no retries. It is the practical limit of this machine, so each edgehook
 //! row can state its ratio to it.
@@ -28,7 +37,8 @@
 //! "dev B/ev" is what reached the block device that holds the state directory in the same
 //! time (/sys/dev/block/.../stat, sectors written), per event: the whole machine's writes — the
 //! broker's, the journal's, the filesystem's own — so an upper bound for edgehook's, and on
-//! the null bridge's row the machine's writes without edgehook.
+//! the null bridge's row the machine's writes without edgehook. "W.A." is the write
+//! amplification: the daemon's `write_bytes` per byte of event delivered (its JSON body).
 //!
 //! Environment: `BENCH_ONLY=<scenario>` runs one scenario, `BENCH_CONFIG` appends TOML to the
 //! daemon's configuration, and `BENCH_DIAG=1` prints, per half-second since the start, how many
@@ -85,6 +95,13 @@ fn settle() {
     std::thread::sleep(Duration::from_secs(2));
 }
 
+/// The median of `values` (0 when there are none).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -107,6 +124,12 @@ struct Load {
     outage: Option<(Duration, Duration)>,
     /// The console's load on the control API meanwhile.
     console: bool,
+    /// Occupancy sensors and room displays.
+    devices: (usize, usize),
+    /// The share of readings that change a field.
+    change_ratio: f64,
+    /// Also run through the null bridge.
+    null: bool,
 }
 
 struct Row {
@@ -125,6 +148,8 @@ struct Row {
     commits: Option<(u64, String)>,
     /// Bytes the state directory's block device wrote meanwhile (the whole machine's).
     device_bytes: Option<u64>,
+    /// Bytes of the events delivered (their JSON bodies).
+    event_bytes: u64,
     /// With the console's load: API requests answered 200, others, and the live stream's
     /// bytes.
     api: Option<(u64, u64, u64)>,
@@ -281,16 +306,16 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
 
     let fleet = FleetConfig {
         port: broker.port,
-        sensors: SENSORS,
-        displays: DISPLAYS,
+        sensors: load.devices.0,
+        displays: load.devices.1,
         seed: 2026,
         interval: load.interval,
         readings: Some(load.each),
-        change_ratio: 0.3,
+        change_ratio: load.change_ratio,
         prefix: "bench".into(),
         ..Default::default()
     };
-    let devices = (SENSORS + DISPLAYS) as u64;
+    let devices = (load.devices.0 + load.devices.1) as u64;
     let start_ms = firmware_sim::now_ms();
     if let Some((after, length)) = load.outage {
         let r = receiver.clone();
@@ -323,6 +348,12 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
     while receiver.seen(|s| (s.events.len() as u64) < expected) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let event_bytes = receiver.seen(|s| {
+        s.events
+            .iter()
+            .map(|e| serde_json::to_vec(e).map_or(0, |b| b.len() as u64))
+            .sum()
+    });
     let (delivered, duplicates, last_ms, latencies, split) = receiver.seen(|s| {
         let readings = || {
             s.events
@@ -409,8 +440,97 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
         daemon: figures,
         commits,
         device_bytes,
+        event_bytes,
         api,
     }
+}
+
+/// An idle gateway for `length`: the 200 devices connected and online, then either silent or
+/// sending an unchanged reading every 30 s each (`heartbeats`). Returns the daemon's bytes
+/// written meanwhile, the seconds in which it wrote anything (`write_bytes` sampled every
+/// second: its checkpoints), its resident memory at the end and its peak.
+async fn idle(heartbeats: bool, length: Duration) -> Idle {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    // With heartbeats the class watches for silence (a device unheard for 90 s is lost), so
+    // every reading moves the device's `last_seen`, which must be kept.
+    let watch = if heartbeats {
+        "heartbeat = \"90s\"\n"
+    } else {
+        ""
+    };
+    let rules = format!(
+        "[[device_classes]]\nname = \"bench\"\nmatch = [\"*\"]\ndebounce = \"0s\"\n{watch}"
+    );
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, &rules);
+    daemon.start();
+    let pid = daemon.pid().unwrap();
+    let interval = if heartbeats {
+        Duration::from_secs(30)
+    } else {
+        Duration::from_secs(10 * 365 * 24 * 3600) // each device's first reading, then none
+    };
+    let fleet = FleetConfig {
+        port: broker.port,
+        sensors: SENSORS,
+        displays: DISPLAYS,
+        seed: 2026,
+        interval,
+        readings: None,
+        change_ratio: 0.0,
+        prefix: "bench".into(),
+        ..Default::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let fleet = tokio::spawn(run_fleet(fleet, async move {
+        let _ = stopped.await;
+    }));
+    // Every device registered and online (and, with heartbeats, its first reading told)
+    // before the measurement starts.
+    let devices = (SENSORS + DISPLAYS) as u64;
+    daemon.wait_metric("edgehook_devices", devices).await;
+    let mut warm = devices * 2;
+    if heartbeats {
+        warm += devices;
+        tokio::time::sleep(Duration::from_secs(35)).await;
+    }
+    while receiver.seen(|s| (s.events.len() as u64) < warm) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let written = || proc_field(pid, "io", "write_bytes:").unwrap_or(0);
+    let start = written();
+    let (mut last, mut writes) = (start, 0u64);
+    let ends = Instant::now() + length;
+    while Instant::now() < ends {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = written();
+        if now > last {
+            writes += 1;
+        }
+        last = now;
+    }
+    let result = Idle {
+        bytes: last - start,
+        writes,
+        minutes: length.as_secs_f64() / 60.0,
+        rss: proc_field(pid, "status", "VmRSS:").unwrap_or(0),
+        peak: proc_field(pid, "status", "VmHWM:").unwrap_or(0),
+    };
+    let _ = stop.send(());
+    let _ = fleet.await;
+    assert_eq!(daemon.terminate(), Some(0));
+    result
+}
+
+/// What [`idle`] measured.
+struct Idle {
+    bytes: u64,
+    writes: u64,
+    minutes: f64,
+    rss: u64,
+    peak: u64,
 }
 
 /// The action round trip (see the module docs): (actions told, p50, p99, max ms), and where
@@ -525,60 +645,84 @@ fn main() {
         .build()
         .unwrap();
     let paced = Duration::from_millis(200);
+    let fleet = (SENSORS, DISPLAYS);
+    let load = |name, each, interval, outage, console| Load {
+        name,
+        each,
+        interval,
+        outage,
+        console,
+        devices: fleet,
+        change_ratio: 0.3,
+        null: !console,
+    };
     let loads = [
+        load("burst", 100, Duration::ZERO, None, false),
+        load("paced", 150, paced, None, false),
+        load(
+            "paced-503",
+            150,
+            paced,
+            Some((Duration::from_secs(10), Duration::from_secs(5))),
+            false,
+        ),
+        load("paced+console", 150, paced, None, true),
+        // A building's rate: 10 sensors each changing once a second, 10 events/s.
         Load {
-            name: "burst",
-            each: 100,
-            interval: Duration::ZERO,
-            outage: None,
-            console: false,
-        },
-        Load {
-            name: "paced",
-            each: 150,
-            interval: paced,
-            outage: None,
-            console: false,
-        },
-        Load {
-            name: "paced-503",
-            each: 150,
-            interval: paced,
-            outage: Some((Duration::from_secs(10), Duration::from_secs(5))),
-            console: false,
-        },
-        Load {
-            name: "paced+console",
-            each: 150,
-            interval: paced,
-            outage: None,
-            console: true,
+            devices: (10, 0),
+            change_ratio: 1.0,
+            null: false,
+            ..load("low-rate", 60, Duration::from_secs(1), None, false)
         },
     ];
-    // BENCH_ONLY=paced runs one scenario (and its null bridge).
+    // BENCH_ONLY=paced runs one scenario (and its null bridge); BENCH_RUNS how many times each
+    // load is run (the table holds the median of each figure); BENCH_IDLE_SECS how long each
+    // idle scenario lasts.
     let only = std::env::var("BENCH_ONLY").ok();
-    let actions = only.as_deref().is_none_or(|o| o == "actions").then(|| {
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let idle_for = Duration::from_secs(
+        std::env::var("BENCH_IDLE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(600),
+    );
+    let actions = wanted("actions").then(|| {
         settle();
         runtime.block_on(actions_round_trip())
     });
-    let mut rows = Vec::new();
+    let mut rows: Vec<(Vec<Row>, Vec<Row>)> = Vec::new();
     for load in loads {
-        if only.as_deref().is_some_and(|o| o != load.name) {
+        if !wanted(load.name) {
             continue;
         }
-        settle();
-        let edge = runtime.block_on(scenario(Bridge::Edgehook, load));
-        if load.console {
-            rows.push((edge, None));
-            continue;
+        let (mut edge, mut null) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            settle();
+            edge.push(runtime.block_on(scenario(Bridge::Edgehook, load)));
+            if load.null {
+                settle();
+                null.push(runtime.block_on(scenario(Bridge::Null, load)));
+            }
         }
-        settle();
-        let null = runtime.block_on(scenario(Bridge::Null, load));
-        rows.push((edge, Some(null)));
+        rows.push((edge, null));
     }
+    let idles: Vec<(&str, Idle)> = [("idle", false), ("idle+heartbeats", true)]
+        .into_iter()
+        .filter(|(name, _)| wanted(name))
+        .map(|(name, heartbeats)| {
+            settle();
+            (name, runtime.block_on(idle(heartbeats, idle_for)))
+        })
+        .collect();
     println!();
+    println!("each figure the median of {runs} runs");
     println!(
-        "{:<15} {:>8} {:>8} {:>6} {:>5} {:>10} {:>9} {:>7} {:>7} {:>7} {:>9} {:>12} {:>9} {:>8}",
+        "{:<15} {:>8} {:>8} {:>6} {:>5} {:>10} {:>9} {:>7} {:>7} {:>7} {:>9} {:>12} {:>9} {:>8} {:>6}",
         "scenario",
         "expected",
         "deliverd",
@@ -592,48 +736,82 @@ fn main() {
         "peak RSS",
         "CPU s/10k ev",
         "disk B/ev",
-        "dev B/ev"
+        "dev B/ev",
+        "W.A."
     );
     for (edge, null) in &rows {
-        let both = [
-            Some((edge, null.as_ref())),
-            null.as_ref().map(|n| (n, None)),
-        ];
-        for (r, baseline) in both.into_iter().flatten() {
-            let rate = r.readings as f64 / r.seconds;
-            let ratio = baseline
-                .map(|b| format!("{:.0}%", 100.0 * rate / (b.readings as f64 / b.seconds)))
+        let both = [(edge, Some(null)), (null, None)];
+        for (runs, baseline) in both.into_iter().filter(|(r, _)| !r.is_empty()) {
+            let baseline = baseline.filter(|b| !b.is_empty());
+            let f = |pick: &dyn Fn(&Row) -> Option<f64>| median(runs.iter().filter_map(pick));
+            let rate = |r: &Row| Some(r.readings as f64 / r.seconds);
+            let vs_null = baseline
+                .map(|b| {
+                    format!(
+                        "{:.0}%",
+                        100.0 * f(&rate) / median(b.iter().filter_map(rate))
+                    )
+                })
                 .unwrap_or_else(|| "-".into());
-            let (rss, cpu, disk) = match r.daemon {
-                Some((rss, cpu, disk)) => (
-                    format!("{:.1}MB", rss as f64 / 1024.0),
-                    format!("{:.3}", cpu / r.delivered.max(1) as f64 * 10_000.0),
-                    format!("{:.0}", disk as f64 / r.delivered.max(1) as f64),
-                ),
-                None => ("-".into(), "-".into(), "-".into()),
+            let per_event = |v: u64, r: &Row| v as f64 / r.delivered.max(1) as f64;
+            let daemon = |show: &dyn Fn(f64) -> String, pick: &dyn Fn(&Row) -> Option<f64>| {
+                if runs[0].daemon.is_some() {
+                    show(f(pick))
+                } else {
+                    "-".into()
+                }
             };
+            let rss = daemon(&|v| format!("{:.1}MB", v / 1024.0), &|r| {
+                r.daemon.map(|d| d.0 as f64)
+            });
+            let cpu = daemon(&|v| format!("{v:.3}"), &|r| {
+                r.daemon.map(|d| d.1 / r.delivered.max(1) as f64 * 10_000.0)
+            });
+            let disk = daemon(&|v| format!("{v:.0}"), &|r| {
+                r.daemon.map(|d| per_event(d.2, r))
+            });
+            // Write amplification: bytes written per byte of event delivered.
+            let amplification = daemon(&|v| format!("{v:.1}"), &|r| {
+                r.daemon.map(|d| d.2 as f64 / r.event_bytes.max(1) as f64)
+            });
+            let dev = if runs.iter().any(|r| r.device_bytes.is_some()) {
+                format!("{:.0}", f(&|r| r.device_bytes.map(|b| per_event(b, r))))
+            } else {
+                "-".into()
+            };
+            let r = &runs[0];
             println!(
-                "{:<15} {:>8} {:>8} {:>6} {:>5} {:>10.0} {:>9} {:>7} {:>7} {:>7} {:>9} {:>12} {:>9} {:>8}",
+                "{:<15} {:>8} {:>8.0} {:>6.0} {:>5.0} {:>10.0} {:>9} {:>7.0} {:>7.0} {:>7.0} {:>9} {:>12} {:>9} {:>8} {:>6}",
                 r.name,
                 r.expected,
-                r.delivered,
-                r.expected.saturating_sub(r.delivered),
-                r.duplicates,
-                rate,
-                ratio,
-                percentile(&r.latencies, 0.50),
-                percentile(&r.latencies, 0.99),
-                r.latencies.last().copied().unwrap_or(0),
+                f(&|r| Some(r.delivered as f64)),
+                f(&|r| Some(r.expected.saturating_sub(r.delivered) as f64)),
+                f(&|r| Some(r.duplicates as f64)),
+                f(&rate),
+                vs_null,
+                f(&|r| Some(percentile(&r.latencies, 0.50) as f64)),
+                f(&|r| Some(percentile(&r.latencies, 0.99) as f64)),
+                f(&|r| r.latencies.last().map(|&v| v as f64)),
                 rss,
                 cpu,
                 disk,
-                r.device_bytes.map_or("-".into(), |b| format!(
-                    "{:.0}",
-                    b as f64 / r.delivered.max(1) as f64
-                ))
+                dev,
+                amplification
             );
         }
     }
+    for (name, i) in &idles {
+        println!(
+            "{name}: {} bytes written in {:.0} min, in {} of its seconds ({:.1} checkpoints a minute); RSS {:.1} MB at the end, peak {:.1} MB",
+            i.bytes,
+            i.minutes,
+            i.writes,
+            i.writes as f64 / i.minutes.max(f64::EPSILON),
+            i.rss as f64 / 1024.0,
+            i.peak as f64 / 1024.0
+        );
+    }
+    let rows: Vec<&Row> = rows.iter().flat_map(|(e, _)| e).collect();
     println!();
     if let Some(((n, p50, p99, max), [accept, run, deliver])) = actions {
         println!(
@@ -644,7 +822,7 @@ fn main() {
             accept.0, accept.1, run.0, run.1, deliver.0, deliver.1
         );
     }
-    for (edge, _) in &rows {
+    for edge in rows {
         if let Some((ok, failed, streamed)) = edge.api {
             println!(
                 "{}: {ok} API requests answered, {failed} not; the live stream carried {streamed} bytes",
