@@ -95,15 +95,18 @@ pub struct Commit {
     pub ack: Option<Ack>,
 }
 
-/// How far a device's `last_seen` may run ahead of its persisted copy. Seen-times are written
-/// at most this often per device (and only for classes that watch silence), and without a sync
-/// of their own ([`Applied::sync`] false: the outbox writer holds them for the next batch, or
-/// a checkpoint of its own at most once a minute), so that unchanged readings and heartbeats cost no disk
-/// writes of their own. A restart may therefore find a `last_seen` older than the truth; that
-/// is harmless because after a restart the lost and stale deadlines are never earlier than one
-/// heartbeat (or `stale_after`) after the start ([`DeviceClass::settle`]): a device still
-/// talking is heard again before then, and one that went silent is reported one period late at
-/// worst, never falsely.
+/// How often a device's `last_seen` is handed to the outbox. Seen-times are handed on at most
+/// this often per device (and only for classes that watch silence), without a sync of their
+/// own ([`Applied::sync`] false: the outbox writer holds them for the next batch, or a
+/// checkpoint of its own at most a minute later), so that unchanged readings and heartbeats
+/// cost no disk writes of their own; the copy on disk may be this plus that minute behind (a
+/// crash loses what the writer held). A restart may therefore find a
+/// `last_seen` older than the truth; that is harmless because after a restart the lost and
+/// stale deadlines are never earlier than one heartbeat (or `stale_after`) after the start
+/// ([`DeviceClass::settle`]): a device still talking is heard again before then, and one that
+/// went silent is reported one period late at worst, never falsely. (`forget_after` waits at
+/// least a minute after a start: a device is forgotten early only when it is silent for longer
+/// than a minute then, and `forget_after` is meant to be far longer than any device's period.)
 const SEEN_RESOLUTION: Millis = 30_000;
 
 /// What edgehook remembers of one device, persisted in the outbox's `devices` tree.
