@@ -88,10 +88,11 @@ impl Seen {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn seen(id: &str, at: u64) -> Commit {
+    /// A commit moving `id`'s `last_seen` to `at`, and nothing else.
+    pub(in crate::outbox) fn seen(id: &str, at: u64) -> Commit {
         Commit {
             devices: vec![(
                 id.into(),

@@ -500,18 +500,7 @@ async fn committed(tx: &tokio::sync::mpsc::Sender<Commit>, mut commit: Commit) {
     acked.await.unwrap();
 }
 
-fn seen(device: &str, at: u64) -> Commit {
-    Commit {
-        devices: vec![(
-            device.into(),
-            DeviceState {
-                last_seen: at,
-                ..Default::default()
-            },
-        )],
-        ..Default::default()
-    }
-}
+use super::seen::tests::seen;
 
 fn seen_on_disk(ob: &Outbox) -> Vec<(String, u64)> {
     ob.devices()
