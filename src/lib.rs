@@ -57,6 +57,7 @@ pub mod device;
 pub mod event;
 pub mod fault_log;
 pub mod jq;
+pub mod memory;
 pub mod metrics;
 pub mod outbox;
 pub mod secret;
@@ -261,6 +262,7 @@ pub async fn run_with_reloads(
         commit_tx,
         metrics.device.clone(),
     ));
+    tracker.spawn(memory::give_back(cancel.clone()));
     tracker.spawn(outbox::run_writer(
         outbox.clone(),
         commit_rx,

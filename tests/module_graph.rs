@@ -17,6 +17,7 @@ const LAYERS: &[&[&str]] = &[
         "event",
         "fault_log",
         "jq",
+        "memory",
         "metrics",
         "secret",
         "size",
