@@ -16,8 +16,8 @@
 //!   60 s (every event its own group commit: the per-commit floor).
 //! - "idle" and "idle+heartbeats": the 200 devices connected and online, then silent, or each
 //!   sending an unchanged reading every 30 s (its class watching for silence), for 10 minutes
-//!   (`BENCH_IDLE_SECS`): the bytes the daemon wrote meanwhile, in how many checkpoints (runs
-//!   of seconds in which it wrote), and its resident memory. Run once: they count, they do not time.
+//!   (`BENCH_IDLE_SECS`): the bytes the daemon wrote meanwhile, in how many of its seconds and
+//!   how many checkpoints (runs of such seconds), and its resident memory. Run once: they count, they do not time.
 //!
 //! - "actions": the action round trip: 500 actions to 20 room displays, pushed signed to the
 //!   push listener at 50 a second; from the push to the receipt of its
@@ -456,8 +456,9 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
 
 /// An idle gateway for `length`: the 200 devices connected and online, then either silent or
 /// sending an unchanged reading every 30 s each (`heartbeats`). Returns the daemon's bytes
-/// written meanwhile, its checkpoints (`write_bytes` sampled every second: runs of seconds in
-/// which it wrote), its resident memory at the end and its peak.
+/// written meanwhile, the seconds in which it wrote and its checkpoints (`write_bytes` sampled
+/// every second; a checkpoint is a run of such seconds), its resident memory at the end and
+/// its peak.
 async fn idle(heartbeats: bool, length: Duration) -> Idle {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(dir.path());
@@ -512,7 +513,7 @@ async fn idle(heartbeats: bool, length: Duration) -> Idle {
     let start = written();
     // A checkpoint: seconds in a row in which the daemon wrote (a write and its flush may
     // fall in two), after a quiet one.
-    let (mut last, mut writes, mut writing) = (start, 0u64, false);
+    let (mut last, mut writes, mut writing, mut seconds) = (start, 0u64, false, 0u64);
     let ends = Instant::now() + length;
     while Instant::now() < ends {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -521,11 +522,13 @@ async fn idle(heartbeats: bool, length: Duration) -> Idle {
             writes += 1;
         }
         writing = now > last;
+        seconds += u64::from(writing);
         last = now;
     }
     let result = Idle {
         bytes: last - start,
         writes,
+        seconds,
         minutes: length.as_secs_f64() / 60.0,
         rss: proc_field(pid, "status", "VmRSS:").unwrap_or(0),
         peak: proc_field(pid, "status", "VmHWM:").unwrap_or(0),
@@ -540,6 +543,8 @@ async fn idle(heartbeats: bool, length: Duration) -> Idle {
 struct Idle {
     bytes: u64,
     writes: u64,
+    /// Seconds in which it wrote.
+    seconds: u64,
     minutes: f64,
     rss: u64,
     peak: u64,
@@ -814,9 +819,10 @@ fn main() {
     }
     for (name, i) in &idles {
         println!(
-            "{name}: {} bytes written in {:.0} min, in {} checkpoints ({:.1} a minute); RSS {:.1} MB at the end, peak {:.1} MB",
+            "{name}: {} bytes written in {:.0} min, in {} of its seconds, {} checkpoints ({:.1} a minute); RSS {:.1} MB at the end, peak {:.1} MB",
             i.bytes,
             i.minutes,
+            i.seconds,
             i.writes,
             i.writes as f64 / i.minutes.max(f64::EPSILON),
             i.rss as f64 / 1024.0,
