@@ -6,7 +6,7 @@
 //! a restart a stale `last_seen` never reports a device lost early (see
 //! `device::SEEN_RESOLUTION`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -19,7 +19,7 @@ pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
 /// The held states, latest per device, and since when the oldest waits.
 #[derive(Default)]
 pub(super) struct Seen {
-    held: Vec<(String, DeviceState)>,
+    held: HashMap<String, DeviceState>,
     since: Option<Instant>,
 }
 
@@ -43,12 +43,8 @@ impl Seen {
     /// Take the device states of `batch` (see [`Seen::only_seen_times`]), replacing those held
     /// for the same devices.
     pub(super) fn hold(&mut self, batch: &mut [Commit], now: Instant) {
-        for (id, state) in batch.iter_mut().flat_map(|c| c.devices.drain(..)) {
-            match self.held.iter_mut().find(|(held, _)| *held == id) {
-                Some(slot) => slot.1 = state,
-                None => self.held.push((id, state)),
-            }
-        }
+        self.held
+            .extend(batch.iter_mut().flat_map(|c| c.devices.drain(..)));
         if !self.held.is_empty() {
             self.since.get_or_insert(now);
         }
