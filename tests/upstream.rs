@@ -48,6 +48,12 @@ fn rfc3339(unix_secs: u64) -> String {
         .to_string()
 }
 
+/// The room's occupancy sensor, `occ-1`, reports whether anyone is there.
+async fn presence(port: u16, present: bool) {
+    let reading = format!(r#"{{"presence": {present}}}"#);
+    publish_plain(port, "occ", &[("sensors/occ-1/reading", reading.as_str())]).await;
+}
+
 /// The daemon with [`ROOM`] and `[upstream]` with `extra`, started; the room's display
 /// online and its sensor reporting nobody there (the room told Free).
 async fn room(
@@ -61,12 +67,7 @@ async fn room(
     daemon.start();
     let mut disp = device(broker.port, "disp-1", DeviceClass::RoomDisplay).await;
     publish(&mut disp, 1, 1.0).await;
-    publish_plain(
-        broker.port,
-        "occ",
-        &[("sensors/occ-1/reading", r#"{"presence": false}"#)],
-    )
-    .await;
+    presence(broker.port, false).await;
     receiver
         .wait_until(LONG, "the display online and the room free", |s| {
             !s.of_type("device.online").is_empty() && room_statuses(s) == ["Free"]
@@ -214,18 +215,8 @@ async fn commands_pushed_by_upstream_are_verified_taken_once_and_told() {
         })
         .await;
     // Presence wins; when it ends (after the 1 s hold), the booking holds the room again.
-    publish_plain(
-        broker.port,
-        "occ",
-        &[("sensors/occ-1/reading", r#"{"presence": true}"#)],
-    )
-    .await;
-    publish_plain(
-        broker.port,
-        "occ",
-        &[("sensors/occ-1/reading", r#"{"presence": false}"#)],
-    )
-    .await;
+    presence(broker.port, true).await;
+    presence(broker.port, false).await;
     receiver
         .wait_until(LONG, "occupied, then booked again", |s| {
             room_statuses(s).ends_with(&["Occupied".into(), "Booked".into()])
