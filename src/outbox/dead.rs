@@ -17,6 +17,7 @@ impl Outbox {
         let key = seq.to_be_bytes();
         let dead_key = dead_key(seq, &self.q(queue).endpoint);
         let moved = self.with(|s| {
+            self.settle(s, queue)?;
             (&s.queues[queue.0], &s.dead)
                 .transaction(|(ev, dead)| {
                     let Some(record) = ev.remove(&key)? else {
@@ -111,10 +112,11 @@ impl Outbox {
                 }
                 return Ok(n);
             }
-            for (tree, queue) in s.queues.iter().zip(self.all_queues()) {
+            for (i, (tree, queue)) in s.queues.iter().zip(self.all_queues()).enumerate() {
                 if !chosen(&queue.endpoint) {
                     continue;
                 }
+                self.settle(s, QueueId(i))?;
                 for key in tree.iter().keys() {
                     tree.remove(key?)?;
                     n += 1;

@@ -75,9 +75,11 @@ pub mod config;
 mod dead;
 mod facts;
 mod format;
+mod hot;
 pub mod metrics;
 mod seen;
 mod store;
+mod wal;
 mod writer;
 
 pub use facts::{Disabled, Last, Paused};
@@ -90,6 +92,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use sled::IVec;
 use tokio::sync::Notify;
 
 use crate::device::{Commit, DeviceState, WorkspaceState};
@@ -211,6 +214,8 @@ pub struct Outbox {
     batches: Arc<AtomicU64>,
     /// Times the store was reopened (see [`Outbox::reopens`]).
     reopens: Arc<AtomicU64>,
+    /// Held by a sync of the log and by a checkpoint: one at a time.
+    syncing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Outbox {
@@ -263,6 +268,7 @@ impl Outbox {
             durable: Arc::new(AtomicU64::new(end)),
             batches: Arc::new(AtomicU64::new(0)),
             reopens: Arc::new(AtomicU64::new(0)),
+            syncing: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -558,38 +564,46 @@ impl Outbox {
         {
             return Ok(written);
         }
-        // Events first, then the states they came from, all in this one task (so in log
-        // order): see invariant 1 for why this order, not a transaction, keeps them together.
+        // Events first, then the states they came from, in one record of the log (see
+        // invariant 1); held in memory until the next checkpoint puts into sled what is left.
+        let mut ops = Vec::new();
+        let queue_trees: Vec<String> = store
+            .queues
+            .iter()
+            .map(|t| String::from_utf8_lossy(&t.name()).into_owned())
+            .collect();
+        let op = |tree: &str, key: &[u8], value: Option<&[u8]>| wal::Op {
+            tree: tree.to_string(),
+            key: key.to_vec(),
+            value: value.map(<[u8]>::to_vec),
+        };
         for (seq, bytes, targets) in &records {
             for &q in targets {
-                store.queues[q].insert(seq.to_be_bytes(), bytes.as_slice())?;
+                ops.push(op(&queue_trees[q], &seq.to_be_bytes(), Some(bytes)));
             }
         }
         for (states, forgotten) in &devices {
             for (id, bytes) in states {
-                store.devices.insert(id.as_bytes(), bytes.as_slice())?;
+                ops.push(op("devices", id.as_bytes(), Some(bytes)));
             }
             for id in *forgotten {
-                store.devices.remove(id.as_bytes())?;
+                ops.push(op("devices", id.as_bytes(), None));
             }
         }
         for (id, bytes) in &workspaces {
-            store.workspaces.insert(id.as_bytes(), bytes.as_slice())?;
+            ops.push(op("workspaces", id.as_bytes(), Some(bytes)));
         }
         for (id, bytes) in &groups {
-            store.groups.insert(id.as_bytes(), bytes.as_slice())?;
+            ops.push(op("groups", id.as_bytes(), Some(bytes)));
         }
         for (id, bytes) in &actions {
-            store.actions.insert(id.as_bytes(), bytes.as_slice())?;
+            ops.push(op("actions", id.as_bytes(), Some(bytes)));
         }
         for id in forgotten_actions {
-            store.actions.remove(id.as_bytes())?;
+            ops.push(op("actions", id.as_bytes(), None));
         }
         for (id, bytes) in &bookings {
-            match bytes {
-                Some(bytes) => store.bookings.insert(id.as_bytes(), bytes.as_slice())?,
-                None => store.bookings.remove(id.as_bytes())?,
-            };
+            ops.push(op("bookings", id.as_bytes(), bytes.as_deref()));
         }
         // Only a batch that is synced before its acks needs them: the acks of one that is not
         // go out at once (and an unsynced write of them would cost the disk a write a second).
@@ -601,16 +615,29 @@ impl Outbox {
             .collect();
         if synced && !fingerprints.is_empty() {
             let n = self.batches.fetch_add(1, Ordering::Relaxed) % APPLIED_BATCHES;
-            store.meta.insert(format!("{APPLIED}.{n}"), fingerprints)?;
+            ops.push(op(
+                "meta",
+                format!("{APPLIED}.{n}").as_bytes(),
+                Some(&fingerprints),
+            ));
         }
         for (queue, n) in queues.iter().zip(&written.dropped) {
             if *n > 0 {
                 let total = queue.dropped.load(Ordering::Relaxed) + n;
                 let key = meta_key(&queue.endpoint, DROPPED);
-                store
-                    .meta
-                    .insert(key, serde_json::to_vec(&total).expect("a number"))?;
+                let total = serde_json::to_vec(&total).expect("a number");
+                ops.push(op("meta", key.as_bytes(), Some(&total)));
             }
+        }
+        {
+            // A batch that is not synced is not logged: held until the checkpoint, it is lost
+            // in a crash, which it may be (its acks never waited for it).
+            let mut hot = store.hot();
+            if synced {
+                hot.wal.append(&ops);
+            }
+            let queue_of = |tree: &str| queue_trees.iter().position(|t| t == tree);
+            hot.hold(ops, queue_of, tokio::time::Instant::now());
         }
         for (_, bytes, targets) in &records {
             for &q in targets {
@@ -626,13 +653,75 @@ impl Outbox {
         Ok(written)
     }
 
-    /// Make everything written so far durable, and visible to delivery.
+    /// Make every batch written so far durable, and visible to delivery: one record of the
+    /// write-ahead log per batch, one `fdatasync` (see invariant 1).
+    pub async fn sync(&self) -> Result<(), OutboxError> {
+        let written = self.written.load(Ordering::SeqCst);
+        let _one = self.syncing.lock().await;
+        let pending = self.with(|s| {
+            let mut hot = s.hot();
+            let removed = std::mem::take(&mut hot.removed);
+            if hot.wal.is_dirty() {
+                hot.wal.append(&removed); // riding along with a batch, never a write of their own
+            } else {
+                hot.removed = removed;
+            }
+            Ok(hot.wal.take())
+        })?;
+        tokio::task::spawn_blocking(move || pending.write())
+            .await
+            .map_err(|e| io_error(std::io::Error::other(e)))?
+            .map_err(io_error)?;
+        self.durable.fetch_max(written, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether a checkpoint is due (see `hot`), and when one will be if nothing is written.
+    pub fn checkpoint_due(&self) -> (bool, Option<tokio::time::Instant>) {
+        let now = tokio::time::Instant::now();
+        self.with(|s| {
+            let hot = s.hot();
+            Ok((hot.due(now), hot.due_at()))
+        })
+        .unwrap_or((false, None))
+    }
+
+    /// A checkpoint: put into sled what was written since the last one and is still there
+    /// (records not yet delivered, the latest states), start the log's next generation, and
+    /// make sled durable (its flush, then an `fdatasync` of its files: see [`SyncFiles`]).
+    /// Everything written so far is then durable, and also whatever else was written to sled
+    /// directly (facts, dead letters, removals).
     pub async fn flush(&self) -> Result<(), OutboxError> {
         let written = self.written.load(Ordering::SeqCst);
-        // A clone of the handle for the await (a lock guard must not be held across it); only
-        // the writer task flushes, and it is also the one that reopens, so no clone outlives
-        // a flush into a reopen.
-        let (db, sync) = self.with(|s| Ok((s.db.clone(), s.sync.clone())))?;
+        // One at a time, and never during a sync of the log: a generation is only overwritten
+        // once the checkpoint of the one before it is durable.
+        let _one = self.syncing.lock().await;
+        // A clone of the handle for the await (a lock guard must not be held across it); the
+        // writer task, which reopens, never does so while a flush it started is running.
+        let (db, sync) = self.with(|s| {
+            let mut hot = s.hot();
+            for (q, records) in hot.records.iter_mut().enumerate() {
+                for (seq, value) in std::mem::take(records) {
+                    s.queues[q].insert(seq.to_be_bytes(), value)?;
+                }
+            }
+            for (tree, states) in std::mem::take(&mut hot.states) {
+                let tree = s.db.open_tree(tree)?;
+                for (key, value) in states {
+                    match value {
+                        Some(v) => tree.insert(key, v)?,
+                        None => tree.remove(key)?,
+                    };
+                }
+            }
+            let generation = hot.wal.generation();
+            s.meta
+                .insert(store::WAL_THROUGH, &generation.to_be_bytes())?;
+            hot.wal.rotate();
+            hot.bytes = 0;
+            hot.since = None;
+            Ok((s.db.clone(), s.sync.clone()))
+        })?;
         db.flush_async().await?;
         drop(db);
         tokio::task::spawn_blocking(move || sync.sync())
@@ -641,6 +730,65 @@ impl Outbox {
             .map_err(io_error)?;
         self.durable.fetch_max(written, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Put the records of `queue` held since the last checkpoint into sled (not flushed: the
+    /// log still has them), for what works on sled alone (dropping, burying, purging).
+    fn settle(&self, s: &Store, queue: QueueId) -> Result<(), OutboxError> {
+        let mut hot = s.hot();
+        let records = std::mem::take(hot.queue(queue.0));
+        for (seq, value) in records {
+            hot.bytes -= value.len() as u64;
+            s.queues[queue.0].insert(seq.to_be_bytes(), value)?;
+        }
+        Ok(())
+    }
+
+    /// Visit the records of `queue` from `from` up to (not including) `to` in order, those in
+    /// sled and those held since the last checkpoint, until `f` says stop.
+    fn scan(
+        &self,
+        s: &Store,
+        queue: QueueId,
+        from: u64,
+        to: u64,
+        mut f: impl FnMut(u64, &IVec) -> Result<bool, OutboxError>,
+    ) -> Result<(), OutboxError> {
+        if from >= to {
+            return Ok(());
+        }
+        let mut hot = s.hot();
+        let mut held = hot.queue(queue.0).range(from..to).peekable();
+        let mut cold = s.queues[queue.0]
+            .range(from.to_be_bytes()..to.to_be_bytes())
+            .peekable();
+        loop {
+            let cold_seq = match cold.peek() {
+                Some(Ok((k, _))) => Some(seq_of(k)?),
+                Some(Err(_)) => {
+                    return Err(cold.next().and_then(|r| r.err()).expect("an error").into())
+                }
+                None => None,
+            };
+            let held_seq = held.peek().map(|(k, _)| **k);
+            let (seq, value) = match (held_seq, cold_seq) {
+                (None, None) => return Ok(()),
+                (Some(h), c) if c.is_none_or(|c| h <= c) => {
+                    if c == Some(h) {
+                        cold.next(); // moved by a checkpoint while being read: once
+                    }
+                    let (k, v) = held.next().expect("peeked");
+                    (*k, v.clone())
+                }
+                _ => {
+                    let (_, v) = cold.next().expect("peeked")?;
+                    (cold_seq.expect("peeked"), v)
+                }
+            };
+            if !f(seq, &value)? {
+                return Ok(());
+            }
+        }
     }
 
     /// Up to `limit` durable records of `queue` with a sequence number above `after`, in order.
@@ -656,14 +804,15 @@ impl Outbox {
             return Ok(Vec::new());
         }
         self.with(|s| {
-            s.queues[queue.0]
-                .range(from.to_be_bytes()..durable.to_be_bytes())
-                .take(limit)
-                .map(|kv| {
-                    let (k, v) = kv?;
-                    decode(seq_of(&k)?, &v)
-                })
-                .collect()
+            let mut got = Vec::new();
+            self.scan(s, queue, from, durable, |seq, v| {
+                if got.len() >= limit {
+                    return Ok(false);
+                }
+                got.push(decode(seq, v)?);
+                Ok(true)
+            })?;
+            Ok(got)
         })
     }
 
@@ -688,23 +837,24 @@ impl Outbox {
             return Ok((Vec::new(), None));
         }
         self.with(|s| {
-            let mut got = Vec::new();
-            let range = s.queues[queue.0].range(from.to_be_bytes()..=end.to_be_bytes());
-            for (scanned, kv) in range.enumerate() {
-                let (k, v) = kv?;
-                let seq = seq_of(&k)?;
+            let (mut got, mut scanned, mut next) = (Vec::new(), 0, None);
+            self.scan(s, queue, from, end + 1, |seq, v| {
                 if scanned >= SCAN {
-                    return Ok((got, Some(seq)));
+                    next = Some(seq);
+                    return Ok(false);
                 }
-                if record_lane(&v) != Some(lane.as_bytes()) {
-                    continue;
+                scanned += 1;
+                if record_lane(v) != Some(lane.as_bytes()) {
+                    return Ok(true);
                 }
                 if got.len() >= limit {
-                    return Ok((got, Some(seq)));
+                    next = Some(seq);
+                    return Ok(false);
                 }
-                got.push(decode(seq, &v)?);
-            }
-            Ok((got, None))
+                got.push(decode(seq, v)?);
+                Ok(true)
+            })?;
+            Ok((got, next))
         })
     }
 
@@ -715,15 +865,27 @@ impl Outbox {
     pub fn was_dropped(&self, queue: QueueId, seq: u64) -> bool {
         self.dropped_any.load(Ordering::Relaxed)
             && self
-                .with(|s| Ok(!s.queues[queue.0].contains_key(seq.to_be_bytes())?))
+                .with(|s| {
+                    let held = s.hot().queue(queue.0).contains_key(&seq);
+                    Ok(!held && !s.queues[queue.0].contains_key(seq.to_be_bytes())?)
+                })
                 .unwrap_or(false)
     }
 
     /// Forget a delivered record. True if it was there.
     pub fn remove(&self, queue: QueueId, seq: u64) -> Result<bool, OutboxError> {
-        let removed = self.with(|s| Ok(s.queues[queue.0].remove(seq.to_be_bytes())?))?;
-        if let Some(record) = &removed {
-            self.forget(queue, record.len());
+        let removed = self.with(|s| {
+            let tree = &s.queues[queue.0];
+            let held = s
+                .hot()
+                .take(queue.0, &String::from_utf8_lossy(&tree.name()), seq);
+            match held {
+                Some(len) => Ok(Some(len)),
+                None => Ok(tree.remove(seq.to_be_bytes())?.map(|r| r.len())),
+            }
+        })?;
+        if let Some(len) = removed {
+            self.forget(queue, len);
         }
         Ok(removed.is_some())
     }
@@ -746,6 +908,7 @@ impl Outbox {
             .as_str()
             .as_bytes();
         self.with(|s| {
+            self.settle(s, queue)?;
             let (mut dropped, mut freed) = (0, 0u64);
             let tree = &s.queues[queue.0];
             // The readings among the oldest records: (key, size, lane), oldest first.
@@ -853,9 +1016,13 @@ impl Outbox {
 
     /// The oldest pending record of `queue`, if any.
     pub fn oldest(&self, queue: QueueId) -> Result<Option<OutboxRecord>, OutboxError> {
-        self.with(|s| match s.queues[queue.0].first()? {
-            Some((k, v)) => Ok(Some(decode(seq_of(&k)?, &v)?)),
-            None => Ok(None),
+        self.with(|s| {
+            let mut first = None;
+            self.scan(s, queue, 0, u64::MAX, |seq, v| {
+                first = Some(decode(seq, v)?);
+                Ok(false)
+            })?;
+            Ok(first)
         })
     }
 

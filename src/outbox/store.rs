@@ -6,6 +6,8 @@ use std::sync::Arc;
 use sled::transaction::TransactionError;
 
 use super::format::{endpoint_of_tree, seq_of, tree_name};
+use super::hot::Hot;
+use super::wal::{self, Wal};
 use super::OutboxError;
 use crate::atomic_file::sync_dir;
 
@@ -23,6 +25,8 @@ pub(super) struct Store {
     pub(super) bookings: sled::Tree,
     pub(super) dead: sled::Tree,
     pub(super) meta: sled::Tree,
+    /// What was written since the last checkpoint (see `hot`).
+    pub(super) hot: std::sync::Mutex<Hot>,
 }
 
 impl Store {
@@ -46,9 +50,54 @@ impl Store {
             meta: db.open_tree("meta")?,
             db,
             sync,
+            hot: std::sync::Mutex::new(Hot::new(Wal::open(dir, 1).map_err(io_error)?)),
         };
         store.check_identity(dir)?;
+        store.recover(dir)?;
         Ok(store)
+    }
+
+    /// Apply the write-ahead log's records newer than the last checkpoint, make that a
+    /// checkpoint, and start the next generation (never one the log's files already name).
+    fn recover(&self, dir: &Path) -> Result<(), OutboxError> {
+        let through = self
+            .meta
+            .get(WAL_THROUGH)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
+        let (found, highest) = wal::read(dir, through).map_err(io_error)?;
+        if let Some((last, _)) = found.last() {
+            for (_, batches) in &found {
+                for op in batches.iter().flatten() {
+                    self.apply(op)?;
+                }
+            }
+            self.meta.insert(WAL_THROUGH, &last.to_be_bytes())?;
+            self.db.flush()?;
+            self.sync.sync().map_err(io_error)?;
+            tracing::info!(
+                batches = found.iter().map(|(_, b)| b.len()).sum::<usize>(),
+                "outbox: recovered the write-ahead log's batches since the last checkpoint"
+            );
+        }
+        let next = through.max(highest) + 1;
+        self.hot().wal = Wal::open(dir, next).map_err(io_error)?;
+        Ok(())
+    }
+
+    /// Apply one logged operation to its tree.
+    pub(super) fn apply(&self, op: &wal::Op) -> Result<(), OutboxError> {
+        let tree = self.db.open_tree(&op.tree)?;
+        match &op.value {
+            Some(v) => tree.insert(op.key.as_slice(), v.as_slice())?,
+            None => tree.remove(op.key.as_slice())?,
+        };
+        Ok(())
+    }
+
+    /// What was written since the last checkpoint, locked.
+    pub(super) fn hot(&self) -> std::sync::MutexGuard<'_, Hot> {
+        self.hot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// sled recovers a damaged log by dropping what it cannot read, which can silently leave an
@@ -139,6 +188,8 @@ impl Store {
 /// The marker file beside the store naming its id (see `Store::check_identity`).
 pub(super) const IDENTITY_FILE: &str = "outbox.id";
 pub(super) const STORE_ID_KEY: &str = "store_id";
+/// `meta` key: the last generation of the write-ahead log in a durable checkpoint (u64, BE).
+pub(super) const WAL_THROUGH: &str = "wal.through";
 
 /// Write `id` to `path` durably (temporary file, fsync, rename).
 pub(super) fn write_marker(path: &Path, id: &str) -> Result<(), OutboxError> {

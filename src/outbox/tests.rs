@@ -502,18 +502,37 @@ async fn committed(tx: &tokio::sync::mpsc::Sender<Commit>, mut commit: Commit) {
 
 use super::seen::tests::seen;
 
+/// The devices' last-seen times a restart after a `kill -9` now would find: the state
+/// directory's files as they are (sled's and the log's), opened as a copy.
 fn seen_on_disk(ob: &Outbox) -> Vec<(String, u64)> {
-    ob.devices()
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&ob.dir, copy.path());
+    Outbox::open(copy.path(), 1 << 20, everything())
+        .unwrap()
+        .devices()
         .unwrap()
         .into_iter()
         .map(|(id, s)| (id, s.last_seen))
         .collect()
 }
 
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn seen_times_alone_are_written_with_the_next_batch_or_a_minute_later_and_at_shutdown() {
     let dir = tempfile::tempdir().unwrap();
-    let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+    let ob = Outbox::open(&dir.path().join("state"), 1 << 20, everything()).unwrap();
     let (tx, task) = writer(&ob);
 
     // Heartbeats: acknowledged at once, nothing written.
@@ -523,6 +542,12 @@ async fn seen_times_alone_are_written_with_the_next_batch_or_a_minute_later_and_
     tokio::time::sleep(Duration::from_secs(59)).await;
     assert_eq!(seen_on_disk(&ob), [], "held for a minute");
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The checkpoint's I/O takes real time, which the paused clock does not wait for.
+    let real = std::time::Instant::now();
+    while seen_on_disk(&ob).is_empty() && real.elapsed() < Duration::from_secs(10) {
+        tokio::task::yield_now().await;
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(seen_on_disk(&ob), [("a".into(), 2)], "the checkpoint");
 
     // Held states go with the next batch that is written, under its newer ones.

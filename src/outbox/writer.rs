@@ -1,5 +1,5 @@
 //! The writer task: commits grouped into batches, room made within each queue's share, the
-//! batch written, flushed and synced, and only then its acks sent.
+//! batch logged and synced, and only then its acks sent; a checkpoint when one is due.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -48,15 +48,23 @@ pub async fn run_writer(
     let mut full = FullLog::new();
     let mut seen = Seen::default();
     loop {
-        let next = match seen.due() {
-            Some(due) => match tokio::time::timeout_at(due, commits.recv()).await {
+        let (_, checkpoint_at) = outbox.checkpoint_due();
+        let wake = [seen.due(), checkpoint_at].into_iter().flatten().min();
+        let next = match wake {
+            Some(at) => match tokio::time::timeout_at(at, commits.recv()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    // The held seen-times' checkpoint, alone (no sync: sled's own flush
-                    // writes it within a second).
-                    seen.join(&mut batch);
-                    persist(&outbox, &batch, &[], &metrics).await;
-                    batch.clear();
+                    // The held seen-times, alone (not logged: they need no sync), and the
+                    // checkpoint that puts them in sled.
+                    if seen
+                        .due()
+                        .is_some_and(|due| due <= tokio::time::Instant::now())
+                    {
+                        seen.join(&mut batch);
+                        persist(&outbox, &batch, &[], &metrics).await;
+                        batch.clear();
+                    }
+                    checkpoint(&outbox, &metrics).await;
                     continue;
                 }
             },
@@ -118,15 +126,48 @@ pub async fn run_writer(
             outbox.notify_appended();
         }
         metrics.set_depth(outbox.len());
+        if outbox.checkpoint_due().0 {
+            checkpoint(&outbox, &metrics).await;
+        }
     }
     seen.join(&mut batch);
     if !batch.is_empty() {
         persist(&outbox, &batch, &[], &metrics).await;
     }
     if let Err(e) = outbox.flush().await {
-        tracing::error!(error = %e, "final outbox flush failed");
+        tracing::error!(error = %e, "final outbox checkpoint failed");
     }
     tracing::debug!("outbox writer drained");
+}
+
+/// A checkpoint (see `Outbox::flush`), retried until it is made: a reopen after a failure
+/// recovers the log into sled, which is one.
+async fn checkpoint(outbox: &Outbox, metrics: &Metrics) {
+    let mut delay = Duration::from_millis(100);
+    let mut failures = 0u64;
+    loop {
+        let Err(e) = outbox.flush().await else {
+            if failures > 0 {
+                outbox.writable.store(true, Ordering::Relaxed);
+            }
+            return;
+        };
+        failures += 1;
+        metrics.write_failed();
+        outbox.writable.store(false, Ordering::Relaxed);
+        if failures == 1 || failures.is_power_of_two() {
+            tracing::error!(error = %e, failures, "cannot checkpoint the outbox; retrying (nothing is lost: the log has it)");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+        match outbox.reopen() {
+            Ok(()) => {
+                outbox.writable.store(true, Ordering::Relaxed);
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "outbox not reopened yet"),
+        }
+    }
 }
 
 /// About how many bytes one event takes in one queue.
@@ -280,7 +321,7 @@ async fn persist(
         let started = std::time::Instant::now();
         let result = match outbox.write(batch, refused) {
             Ok(w) if w.queued == 0 && !batch.iter().any(|c| c.sync) => Ok(w),
-            Ok(w) => outbox.flush().await.map(|()| w),
+            Ok(w) => outbox.sync().await.map(|()| w),
             Err(e) => Err(e),
         };
         match result {

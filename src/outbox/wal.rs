@@ -1,0 +1,389 @@
+//! The write-ahead log: each synced batch as one checksummed record, so that a batch costs one
+//! `fdatasync` of one file and only its own bytes, and sled is written lazily (a checkpoint).
+//!
+//! # Format
+//! Two files, `outbox.wal.0` and `outbox.wal.1`. Generation `g` is written to file `g % 2`
+//! from offset 0, overwriting what an older generation left there (so once a file has reached
+//! its size, a sync is of data alone). A file holds records of one generation back to back;
+//! each sync's records end padded with zeros to a 4 KiB page, so the next sync starts on a
+//! page of its own and never dirties the previous one again. A record is
+//!
+//! `[magic u32 = "EHW1"][generation u64][payload length u32][crc32 of generation, length and payload u32][payload]`
+//!
+//! and its payload is the batch's operations on sled's trees, in order:
+//! `[u16 trees][per tree: u16 length, name]` then per operation
+//! `[u16 tree][u16 key length][key][u8 0 = remove | 1 = insert][u32 value length][value]`.
+//!
+//! Reading a file stops at the first record that is torn, of another generation or not a
+//! record; a record that does not start where the last one ended is looked for at the next
+//! page (the padding). A generation `g` is only overwritten after the checkpoint of `g - 1`
+//! is durable (see [`Wal::rotate`]), so every record not yet in a durable checkpoint is
+//! readable.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+const MAGIC: u32 = u32::from_be_bytes(*b"EHW1");
+const HEADER: usize = 20;
+pub(super) const PAGE: u64 = 4096;
+
+/// One operation on a sled tree: insert `value` at `key`, or remove `key` (`None`).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Op {
+    pub tree: String,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Encode one batch's operations as a record of generation `generation`, appended to `out`.
+pub(super) fn encode(generation: u64, ops: &[Op], out: &mut Vec<u8>) {
+    let mut trees: Vec<&str> = Vec::new();
+    let mut payload = Vec::new();
+    let mut body = Vec::new();
+    for op in ops {
+        let t = match trees.iter().position(|t| *t == op.tree) {
+            Some(t) => t,
+            None => {
+                trees.push(&op.tree);
+                trees.len() - 1
+            }
+        };
+        body.extend_from_slice(&(t as u16).to_be_bytes());
+        body.extend_from_slice(&(op.key.len() as u16).to_be_bytes());
+        body.extend_from_slice(&op.key);
+        match &op.value {
+            Some(v) => {
+                body.push(1);
+                body.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                body.extend_from_slice(v);
+            }
+            None => body.push(0),
+        }
+    }
+    payload.extend_from_slice(&(trees.len() as u16).to_be_bytes());
+    for t in &trees {
+        payload.extend_from_slice(&(t.len() as u16).to_be_bytes());
+        payload.extend_from_slice(t.as_bytes());
+    }
+    payload.extend_from_slice(&body);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&generation.to_be_bytes());
+    crc.update(&(payload.len() as u32).to_be_bytes());
+    crc.update(&payload);
+    out.extend_from_slice(&MAGIC.to_be_bytes());
+    out.extend_from_slice(&generation.to_be_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(&crc.finalize().to_be_bytes());
+    out.extend_from_slice(&payload);
+}
+
+/// The record at the start of `bytes`: its generation, operations and length, if it is a
+/// whole record (`None` for anything else: padding, a torn write, other data).
+fn decode(bytes: &[u8]) -> Option<(u64, Vec<Op>, usize)> {
+    let header = bytes.get(..HEADER)?;
+    let word = |at: usize| u32::from_be_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+    if word(0) != MAGIC {
+        return None;
+    }
+    let generation = u64::from_be_bytes(header[4..12].try_into().expect("8 bytes"));
+    let len = word(12) as usize;
+    let payload = bytes.get(HEADER..HEADER.checked_add(len)?)?;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&header[4..16]);
+    crc.update(payload);
+    if crc.finalize() != word(16) {
+        return None;
+    }
+    let ops = parse(payload)?;
+    Some((generation, ops, HEADER + len))
+}
+
+/// A payload's operations (`None` if it does not parse: a record written by a bug, not a tear).
+fn parse(payload: &[u8]) -> Option<Vec<Op>> {
+    let mut at = 0usize;
+    let mut take = |n: usize| {
+        let s = payload.get(at..at.checked_add(n)?)?;
+        at += n;
+        Some(s)
+    };
+    let u16_of = |s: &[u8]| u16::from_be_bytes(s.try_into().expect("2 bytes")) as usize;
+    let trees = u16_of(take(2)?);
+    let mut names = Vec::with_capacity(trees);
+    for _ in 0..trees {
+        let len = u16_of(take(2)?);
+        names.push(String::from_utf8(take(len)?.to_vec()).ok()?);
+    }
+    let mut ops = Vec::new();
+    loop {
+        let Some(t) = take(2) else { break };
+        let tree = names.get(u16_of(t))?.clone();
+        let key_len = u16_of(take(2)?);
+        let key = take(key_len)?.to_vec();
+        let value = match take(1)?[0] {
+            0 => None,
+            1 => {
+                let len = u32::from_be_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
+                Some(take(len)?.to_vec())
+            }
+            _ => return None,
+        };
+        ops.push(Op { tree, key, value });
+    }
+    Some(ops)
+}
+
+/// Every whole record at the start of `bytes` of the generation of the first: that
+/// generation and the operations of each record, in order.
+pub(super) fn records(bytes: &[u8]) -> Option<(u64, Vec<Vec<Op>>)> {
+    let mut at = 0usize;
+    let mut generation = None;
+    let mut all = Vec::new();
+    loop {
+        let found = bytes
+            .get(at..)
+            .and_then(decode)
+            .filter(|(g, _, _)| generation.is_none_or(|want| want == *g));
+        match found {
+            Some((g, ops, len)) => {
+                generation = Some(g);
+                all.push(ops);
+                at += len;
+            }
+            None if at as u64 % PAGE != 0 => at = at.next_multiple_of(PAGE as usize),
+            None => break,
+        }
+    }
+    generation.map(|g| (g, all))
+}
+
+fn path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("outbox.wal.{}", generation % 2))
+}
+
+/// What the log of `dir` holds of generations after `through`, oldest first, and the highest
+/// generation its files name (whether or not it is after `through`).
+pub(super) type Found = (Vec<(u64, Vec<Vec<Op>>)>, u64);
+
+pub(super) fn read(dir: &Path, through: u64) -> io::Result<Found> {
+    let mut found = Vec::new();
+    let mut highest = 0;
+    for file in 0..2 {
+        let bytes = match std::fs::read(path(dir, file)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if let Some((generation, ops)) = records(&bytes) {
+            highest = highest.max(generation);
+            if generation > through && generation % 2 == file {
+                found.push((generation, ops));
+            }
+        }
+    }
+    found.sort_by_key(|(g, _)| *g);
+    Ok((found, highest))
+}
+
+/// The log being written: its generation, where the next sync writes, and what waits for it.
+pub(super) struct Wal {
+    files: [std::sync::Arc<File>; 2],
+    generation: u64,
+    /// Where the next sync writes in the generation's file (a page boundary).
+    offset: u64,
+    /// Records encoded since the last sync.
+    buf: Vec<u8>,
+}
+
+/// One sync's write, taken out of the [`Wal`] so that the write and its `fdatasync` happen
+/// without holding what guards it.
+pub(super) struct Pending {
+    file: std::sync::Arc<File>,
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+impl Pending {
+    pub(super) fn write(&self) -> io::Result<()> {
+        if self.bytes.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all_at(&self.bytes, self.offset)?;
+        self.file.sync_data()
+    }
+}
+
+impl Wal {
+    /// Open the log of `dir` to write generation `generation` (everything before it is in a
+    /// durable checkpoint). Creates the files (and syncs the directory) the first time.
+    pub(super) fn open(dir: &Path, generation: u64) -> io::Result<Wal> {
+        let mut created = false;
+        let mut open = |n: u64| -> io::Result<std::sync::Arc<File>> {
+            let p = path(dir, n);
+            created |= !p.exists();
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(p)?;
+            Ok(std::sync::Arc::new(f))
+        };
+        let files = [open(0)?, open(1)?];
+        if created {
+            crate::atomic_file::sync_dir(dir)?;
+        }
+        Ok(Wal {
+            files,
+            generation,
+            offset: 0,
+            buf: Vec::new(),
+        })
+    }
+
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Bytes written to this generation's file so far (and waiting).
+    pub(super) fn len(&self) -> u64 {
+        self.offset + self.buf.len() as u64
+    }
+
+    /// Add a record of `ops` to the next sync.
+    pub(super) fn append(&mut self, ops: &[Op]) {
+        if !ops.is_empty() {
+            encode(self.generation, ops, &mut self.buf);
+        }
+    }
+
+    /// Whether a record waits for a sync.
+    pub(super) fn is_dirty(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Take what waits, padded to a page, for [`Pending::write`]; the next sync writes after it.
+    pub(super) fn take(&mut self) -> Pending {
+        let mut bytes = std::mem::take(&mut self.buf);
+        if !bytes.is_empty() {
+            bytes.resize((bytes.len() as u64).next_multiple_of(PAGE) as usize, 0);
+        }
+        let pending = Pending {
+            file: self.files[(self.generation % 2) as usize].clone(),
+            offset: self.offset,
+            bytes,
+        };
+        self.offset += pending.bytes.len() as u64;
+        pending
+    }
+
+    /// Start generation `generation + 1` in the other file. Only once the checkpoint of every
+    /// generation before the current one is durable: the new one overwrites the one before.
+    /// What waits for a sync moves to the new generation.
+    pub(super) fn rotate(&mut self) {
+        let waiting = std::mem::take(&mut self.buf);
+        self.generation += 1;
+        self.offset = 0;
+        // Re-encode what waited under the new generation (records name their generation).
+        for ops in records(&waiting).map(|(_, all)| all).unwrap_or_default() {
+            encode(self.generation, &ops, &mut self.buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(tree: &str, key: &[u8], value: Option<&[u8]>) -> Op {
+        Op {
+            tree: tree.into(),
+            key: key.to_vec(),
+            value: value.map(<[u8]>::to_vec),
+        }
+    }
+
+    fn batch(n: u8) -> Vec<Op> {
+        vec![
+            op("outbox", &[n; 8], Some(&[n; 300])),
+            op("devices", b"room-1", Some(b"{\"online\":true}")),
+            op("outbox.b", &[n; 8], None),
+        ]
+    }
+
+    #[test]
+    fn records_come_back_as_written_across_page_padding_and_stop_at_damage() {
+        // (what the file holds, the generation and batches read back)
+        let mut one = Vec::new();
+        encode(3, &batch(1), &mut one);
+        let mut padded = one.clone();
+        padded.resize(PAGE as usize, 0);
+        encode(3, &batch(2), &mut padded);
+        let mut two_gens = one.clone();
+        encode(4, &batch(2), &mut two_gens);
+        let mut torn = padded.clone();
+        torn.truncate(torn.len() - 1);
+        let mut flipped = padded.clone();
+        let last = flipped.len() - 10;
+        flipped[last] ^= 1;
+        let mut stale_after = padded.clone();
+        stale_after.resize(2 * PAGE as usize, 0);
+        encode(1, &batch(9), &mut stale_after);
+        let cases: Vec<(&str, Vec<u8>, Option<(u64, Vec<Vec<Op>>)>)> = vec![
+            ("empty", vec![], None),
+            ("zeros", vec![0; 8192], None),
+            ("one", one.clone(), Some((3, vec![batch(1)]))),
+            (
+                "padded",
+                padded.clone(),
+                Some((3, vec![batch(1), batch(2)])),
+            ),
+            (
+                "another generation after",
+                two_gens,
+                Some((3, vec![batch(1)])),
+            ),
+            ("torn tail", torn, Some((3, vec![batch(1)]))),
+            ("flipped bit", flipped, Some((3, vec![batch(1)]))),
+            (
+                "older record after padding",
+                stale_after,
+                Some((3, vec![batch(1), batch(2)])),
+            ),
+        ];
+        for (name, bytes, want) in cases {
+            assert_eq!(records(&bytes), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_generation_overwrites_the_one_two_before_and_reads_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(dir.path(), 1).unwrap();
+        wal.append(&batch(1));
+        wal.append(&batch(2));
+        wal.take().write().unwrap();
+        wal.append(&batch(3));
+        wal.take().write().unwrap();
+        assert_eq!(wal.len(), 2 * PAGE, "each sync on its own page");
+        wal.append(&batch(4));
+        wal.rotate(); // batch 4 waited: it moves to generation 2
+        wal.take().write().unwrap();
+        let read_all = |through| read(dir.path(), through).unwrap().0;
+        assert_eq!(
+            read_all(0),
+            vec![(1, vec![batch(1), batch(2), batch(3)]), (2, vec![batch(4)])]
+        );
+        assert_eq!(read_all(1), vec![(2, vec![batch(4)])]);
+        wal.rotate(); // generation 3 overwrites 1, shorter than it
+        wal.append(&batch(5));
+        wal.take().write().unwrap();
+        assert_eq!(
+            read_all(0),
+            vec![(2, vec![batch(4)]), (3, vec![batch(5)])],
+            "generation 1's second page is not read as part of 3"
+        );
+        assert_eq!(read_all(3), vec![]);
+    }
+}
