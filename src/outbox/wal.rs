@@ -116,8 +116,7 @@ fn parse(payload: &[u8]) -> Option<Vec<Op>> {
         names.push(String::from_utf8(take(len)?.to_vec()).ok()?);
     }
     let mut ops = Vec::new();
-    loop {
-        let Some(t) = take(2) else { break };
+    while let Some(t) = take(2) {
         let tree = names.get(u16_of(t))?.clone();
         let key_len = u16_of(take(2)?);
         let key = take(key_len)?.to_vec();
@@ -134,9 +133,11 @@ fn parse(payload: &[u8]) -> Option<Vec<Op>> {
     Some(ops)
 }
 
-/// Every whole record at the start of `bytes` of the generation of the first: that
-/// generation and the operations of each record, in order.
-pub(super) fn records(bytes: &[u8]) -> Option<(u64, Vec<Vec<Op>>)> {
+/// A generation and the operations of each of its records, in order.
+pub(super) type Generation = (u64, Vec<Vec<Op>>);
+
+/// Every whole record at the start of `bytes` of the generation of the first.
+pub(super) fn records(bytes: &[u8]) -> Option<Generation> {
     let mut at = 0usize;
     let mut generation = None;
     let mut all = Vec::new();
@@ -164,7 +165,7 @@ fn path(dir: &Path, generation: u64) -> PathBuf {
 
 /// What the log of `dir` holds of generations after `through`, oldest first, and the highest
 /// generation its files name (whether or not it is after `through`).
-pub(super) type Found = (Vec<(u64, Vec<Vec<Op>>)>, u64);
+pub(super) type Found = (Vec<Generation>, u64);
 
 pub(super) fn read(dir: &Path, through: u64) -> io::Result<Found> {
     let mut found = Vec::new();
@@ -330,7 +331,7 @@ mod tests {
         let mut stale_after = padded.clone();
         stale_after.resize(2 * PAGE as usize, 0);
         encode(1, &batch(9), &mut stale_after);
-        let cases: Vec<(&str, Vec<u8>, Option<(u64, Vec<Vec<Op>>)>)> = vec![
+        let cases: Vec<(&str, Vec<u8>, Option<Generation>)> = vec![
             ("empty", vec![], None),
             ("zeros", vec![0; 8192], None),
             ("one", one.clone(), Some((3, vec![batch(1)]))),
