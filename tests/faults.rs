@@ -231,11 +231,24 @@ async fn kill9_during_a_burst(
     };
     let published = publisher.await.unwrap();
     assert_eq!(published.len(), devices * each);
-    receiver
-        .wait_until(LONG, "every acknowledged change", |s| {
-            published.is_subset(&s.reading_keys())
-        })
-        .await;
+    common::until(
+        Instant::now() + LONG,
+        || receiver.seen(|s| published.is_subset(&s.reading_keys())),
+        || {
+            let missing: Vec<_> = receiver.seen(|s| {
+                let mut m: Vec<_> = published.difference(&s.reading_keys()).cloned().collect();
+                m.sort();
+                m
+            });
+            format!(
+                "{what}: {} acknowledged changes not delivered: {:?}\n{}",
+                missing.len(),
+                &missing[..missing.len().min(20)],
+                daemon.log()
+            )
+        },
+    )
+    .await;
     receiver.seen(|s| {
         assert_eq!(s.bad_signatures, 0);
         assert_eq!(

@@ -63,7 +63,7 @@ impl Outbox {
             why: "the dead letter's endpoint has no queue",
         })?;
         let (new_seq, revived) = self.with(|s| {
-            let new_seq = s.db.generate_id()?;
+            let new_seq = self.next_seq();
             let revived = (&s.queues[queue.0], &s.dead)
                 .transaction(|(ev, dead)| {
                     let Some(value) = dead.remove(key.as_slice())? else {

@@ -513,7 +513,7 @@ impl Outbox {
                 unrouted += 1;
             }
             if !targets.is_empty() {
-                records.push((store.db.generate_id()?, encode(env), targets));
+                records.push((self.next_seq(), encode(env), targets));
             }
         }
         // Per commit, in order: a device forgotten and heard from again in one batch is known.
@@ -651,6 +651,15 @@ impl Outbox {
             self.written.fetch_max(*last + 1, Ordering::SeqCst);
         }
         Ok(written)
+    }
+
+    /// The next sequence number. Counted here from one past the highest on disk at open (sled's
+    /// id generator is only crash-safe when sled is flushed, and sled is now flushed at a
+    /// checkpoint only): a number is never used twice for records on disk, and one whose
+    /// record was delivered and forgotten before a restart may be used again (nothing keeps
+    /// it).
+    fn next_seq(&self) -> u64 {
+        self.written.fetch_add(1, Ordering::SeqCst)
     }
 
     /// Make every batch written so far durable, and visible to delivery: one record of the
@@ -876,13 +885,15 @@ impl Outbox {
     pub fn remove(&self, queue: QueueId, seq: u64) -> Result<bool, OutboxError> {
         let removed = self.with(|s| {
             let tree = &s.queues[queue.0];
-            let held = s
-                .hot()
-                .take(queue.0, &String::from_utf8_lossy(&tree.name()), seq);
-            match held {
-                Some(len) => Ok(Some(len)),
-                None => Ok(tree.remove(seq.to_be_bytes())?.map(|r| r.len())),
+            let held = s.hot().take(queue.0, seq);
+            let removed = match held {
+                Some(len) => Some(len),
+                None => tree.remove(seq.to_be_bytes())?.map(|r| r.len()),
+            };
+            if removed.is_some() {
+                s.hot().removed(&String::from_utf8_lossy(&tree.name()), seq);
             }
+            Ok(removed)
         })?;
         if let Some(len) = removed {
             self.forget(queue, len);

@@ -81,7 +81,9 @@ impl Store {
             );
         }
         let next = through.max(highest) + 1;
-        self.hot().wal = Wal::open(dir, next).map_err(io_error)?;
+        let mut wal = Wal::open(dir, next).map_err(io_error)?;
+        wal.start().map_err(io_error)?;
+        self.hot().wal = wal;
         Ok(())
     }
 
