@@ -594,8 +594,8 @@ async fn seen_times_alone_are_written_with_the_next_batch_or_a_minute_later_and_
 async fn a_crash_at_any_point_keeps_every_synced_record_and_state() {
     let seed = fastrand::u64(..);
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut dir = tempfile::tempdir().unwrap();
-    let mut ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+    let mut _dir = tempfile::tempdir().unwrap();
+    let mut ob = Outbox::open(_dir.path(), 1 << 20, everything()).unwrap();
     let mut pending: Vec<String> = Vec::new();
     for step in 0..200 {
         match rng.u8(0..10) {
@@ -643,7 +643,7 @@ async fn a_crash_at_any_point_keeps_every_synced_record_and_state() {
                 );
                 // The recovered copy carries on; what came back undelivered is pending again.
                 pending = got;
-                (dir, ob) = (copy, after);
+                (_dir, ob) = (copy, after);
             }
         }
     }
