@@ -18,7 +18,7 @@ impl Outbox {
         let dead_key = dead_key(seq, &self.q(queue).endpoint);
         let moved = self.with(|s| {
             self.settle(s, queue)?;
-            (&s.queues[queue.0], &s.dead)
+            let moved = (&s.queues[queue.0], &s.dead)
                 .transaction(|(ev, dead)| {
                     let Some(record) = ev.remove(&key)? else {
                         return Ok(None);
@@ -28,10 +28,17 @@ impl Outbox {
                     value.extend_from_slice(&(info_json.len() as u32).to_be_bytes());
                     value.extend_from_slice(&info_json);
                     value.extend_from_slice(&record);
-                    dead.insert(dead_key.as_slice(), value)?;
-                    Ok::<_, ConflictableTransactionError<()>>(Some(record.len()))
+                    dead.insert(dead_key.as_slice(), value.as_slice())?;
+                    Ok::<_, ConflictableTransactionError<()>>(Some((record.len(), value)))
                 })
-                .map_err(storage_error)
+                .map_err(storage_error)?;
+            if let Some(dead) = &moved {
+                // Logged, so that recovery neither brings the record back nor loses the letter.
+                let mut hot = s.hot();
+                hot.log(&super::tree_of(&s.queues[queue.0]), &key, None);
+                hot.log("dead", &dead_key, Some(&dead.1));
+            }
+            Ok(moved.map(|(bytes, _)| bytes))
         })?;
         if let Some(bytes) = moved {
             self.forget(queue, bytes);

@@ -28,9 +28,11 @@ pub(super) struct Hot {
     /// The latest value (or removal) of each key of the other trees written since the last
     /// checkpoint, by tree name.
     pub(super) states: HashMap<String, HashMap<Vec<u8>, Option<Vec<u8>>>>,
-    /// Removals of `records` not yet in the log (written with the next sync: lost in a crash,
-    /// they are deliveries made again, never a loss).
-    pub(super) removed: Vec<Op>,
+    /// Changes made to sled directly (removals of delivered or dropped records, dead letters)
+    /// that the log's generations since the last checkpoint would undo at recovery unless
+    /// logged too: written with the next synced batch (before it if made before it). Lost in
+    /// a crash before that, they are deliveries made again, never a loss.
+    pub(super) logged: Vec<Op>,
     /// When the oldest change waiting for a checkpoint was made.
     pub(super) since: Option<Instant>,
 }
@@ -42,7 +44,7 @@ impl Hot {
             records: Vec::new(),
             bytes: 0,
             states: HashMap::new(),
-            removed: Vec::new(),
+            logged: Vec::new(),
             since: None,
         }
     }
@@ -91,14 +93,13 @@ impl Hot {
         Some(value.len())
     }
 
-    /// Log the removal of record `seq` of `tree` (delivered) with the next sync, so that a
-    /// restart does not bring it back from the log (nor from sled, whose own flush of the
-    /// removal may not have been made).
-    pub(super) fn removed(&mut self, tree: &str, seq: u64) {
-        self.removed.push(Op {
+    /// Log with the next sync that `key` of `tree` was set to `value` (or removed) directly in
+    /// sled (or, for a record held here, taken out), so that recovery does not undo it.
+    pub(super) fn log(&mut self, tree: &str, key: &[u8], value: Option<&[u8]>) {
+        self.logged.push(Op {
             tree: tree.to_string(),
-            key: seq.to_be_bytes().to_vec(),
-            value: None,
+            key: key.to_vec(),
+            value: value.map(<[u8]>::to_vec),
         });
     }
 

@@ -1,12 +1,26 @@
-//! Outbox: the durable queue between the device stage and delivery (sled).
+//! Outbox: the durable queue between the device stage and delivery: a write-ahead log of
+//! batches (`wal`), with sled as its checkpoint.
 //!
 //! # Layout
-//! One sled database in the state directory, with these trees:
+//! - `outbox.wal.0`, `outbox.wal.1`: the write-ahead log (format in `wal`). Each synced batch
+//!   is one record holding every change it makes to the trees below, in order; generation
+//!   `g` (the records since the checkpoint before it) is written to file `g % 2`.
+//! - One sled database, `outbox.sled`: the trees as of the last checkpoint, plus what is
+//!   written to sled directly (removals, dead letters, facts). `meta` key `wal.through` names
+//!   the last generation a durable checkpoint holds.
+//!
+//! What was written since the last checkpoint is also held in memory (`hot`): the records not
+//! yet delivered, and the latest value of each state. A checkpoint puts those into sled, once a
+//! minute while anything waits, or sooner when the records held pass 1 MiB or the log 4 MiB,
+//! and at shutdown. A record delivered before the checkpoint never reaches sled: with a
+//! receiver that keeps up, the disk sees each event once, in the log.
+//!
+//! sled's trees:
 //!
 //! - one *queue* per endpoint: `outbox` for the endpoint named `default` (`[webhook]`),
-//!   `outbox.<name>` for the others. Key = 8-byte big-endian sequence number (monotonic, from
-//!   sled's crash-safe id generator, so key order is creation order; one event has the same
-//!   number in every queue); value = an [`OutboxRecord`] encoded as
+//!   `outbox.<name>` for the others. Key = 8-byte big-endian sequence number (monotonic:
+//!   counted from one past the highest on disk at open; one event has the same number in
+//!   every queue); value = an [`OutboxRecord`] encoded as
 //!   `[version=1][u8 type][u16 lane len][lane][u8 id len][id][body]`. `body` is the exact envelope
 //!   bytes that are signed and sent. An event is written to the queue of each active endpoint
 //!   whose `events` patterns match it ([`Route`]), so endpoints never wait for one another; an
@@ -32,44 +46,50 @@
 //!   its share of the outbox was full ([`DROPPED`], written with the batch or the drop).
 //!
 //! # Invariants
-//! 1. A batch of commits (events and the device and workspace states they came from) is written
-//!    by the writer task alone, **events first, then the states**, then flushed: sled's flush,
-//!    then an `fdatasync` of its files (see [`SyncFiles`]; one sync per batch, not per event; a
-//!    batch gathers what arrives within `outbox.commit_delay` of its first message), and
-//!    **only then** are the batch's transport acks sent. So an acknowledged MQTT message always
-//!    has its events on disk, and so has every state change that decides later events (a
-//!    value held back by `min_interval`, an offline inside its debounce, a workspace's hold),
-//!    even when it made no event or no endpoint wants its events (`Commit::sync`). A batch
-//!    that only moves devices' `last_seen` is not written at once: the writer holds those
-//!    states (the latest per device) and writes them first in the next batch, or alone, without
-//!    a sync of its own, once the oldest has waited a minute (`seen`: at most one checkpoint a
-//!    minute for devices that talk without news); a restart that finds a `last_seen` older than
-//!    the truth is handled by the device stage (`device::SEEN_RESOLUTION`). sled recovers its log up to the first torn write and no further
-//!    (a prefix, in the order of the writes), so whatever part of a batch survives a crash
-//!    holds no state without the events it came from: a state on disk always has its events on
-//!    disk (a forgotten device's removal is such a state: its `device.unregistered` precedes
-//!    it, and a crash between the two leaves the device known, to be forgotten again). No sled transaction is needed for that, and none is used: each one costs two extra
-//!    synchronous writes of the log's last page (a roll of the buffer and a batch marker),
-//!    which nearly doubled the bytes written per event (6.8 KB against 3.5 KB in the paced
-//!    benchmark).
+//! 1. A batch of commits (events and the device and workspace states they came from) is
+//!    written by the writer task alone, as **one record of the log** (events first, then the
+//!    states), then `fdatasync`ed (one sync per batch, not per event; a batch gathers what
+//!    arrives within `outbox.commit_delay` of its first message), and **only then** are the
+//!    batch's transport acks sent. So an acknowledged MQTT message always has its events on
+//!    disk, and so has every state change that decides later events (a value held back by
+//!    `min_interval`, an offline inside its debounce, a workspace's hold), even when it made no
+//!    event or no endpoint wants its events (`Commit::sync`). A record is checksummed and
+//!    whole or not there: no state is ever on disk without the events it came from. A batch
+//!    that needs no sync (it only moves devices' `last_seen`, or changes nothing that decides
+//!    an event) is not logged: it is held in memory and reaches sled at the next checkpoint;
+//!    a crash before it loses it, which is allowed (the device stage handles a `last_seen`
+//!    older than the truth: `device::SEEN_RESOLUTION`). The writer also holds seen-times alone
+//!    for up to a minute (`seen`) so that they ride with a batch or the minute's checkpoint.
 //! 2. Delivery only sees records at or below the *durable watermark* (the highest sequence number
-//!    known flushed). An event is never sent before it is on disk: otherwise a crash could lose
+//!    known synced). An event is never sent before it is on disk: otherwise a crash could lose
 //!    the record after sending it, and the broker's redelivery would recreate the event under a
 //!    new id, a duplicate the receiver could not recognise.
-//! 3. A record is removed only after the receiver answered 2xx for it, or moved (in one
-//!    transaction) to `dead` when the configured limits say to give up. Nothing is dropped.
+//! 3. A record is removed only after the receiver answered 2xx for it, or moved to `dead` when
+//!    the configured limits say to give up. Nothing is dropped. A removal is logged with the
+//!    next synced batch (and written to sled if the record is there).
 //! 4. A write that fails (disk full, I/O error) is retried with backoff, holding the batch and its
 //!    acks: nothing is acknowledged and nothing is dropped. Upstream stages block on their bounded
 //!    channels, and the broker stops sending once its in-flight window is full (back-pressure).
+//! 5. A checkpoint writes into sled what is held, then `wal.through` = the current
+//!    generation, starts the next generation (in the other file), then flushes sled and
+//!    `fdatasync`s its files ([`SyncFiles`]). sled recovers its log up to the first torn write
+//!    (a prefix, in the order of the writes), so `wal.through` is only on disk with everything
+//!    before it. A generation's file is overwritten only by the generation after next, which
+//!    starts after this checkpoint is durable (checkpoints and syncs take turns), so every
+//!    generation after `wal.through` is still readable in its file.
 //!
 //! # After a crash
-//! Unflushed work is lost: its MQTT messages were not acknowledged and the broker redelivers
-//! them, which recreates the same events with new ids. A batch whose flush was cut short may
-//! come back in part (events without their states; never states without their events); its
-//! messages were not acknowledged either, so those events are made again from the redelivery:
-//! duplicates under new ids, rare (a crash inside one flush) and never a loss. A record whose
-//! delivery succeeded but whose removal was not yet flushed is delivered again: a duplicate
-//! with the same id, which the receiver drops by its idempotency key.
+//! At open, the log's generations after `wal.through` are applied to sled in order (inserts
+//! and removals: applying one twice changes nothing), made a checkpoint, and the next
+//! generation starts in an emptied file. Unsynced work is lost: its MQTT messages were not
+//! acknowledged and the broker redelivers them, which recreates the same events with new ids.
+//! A sync cut short may leave some of its records whole (their batch not acknowledged): they
+//! come back, and the redelivery makes their events again — duplicates under new ids, rare (a
+//! crash inside one sync) and never a loss. A record whose delivery succeeded but whose removal
+//! was not yet logged is delivered again: a duplicate with the same id, which the receiver drops
+//! by its idempotency key. Records put into sled before their checkpoint (to be dropped,
+//! buried or purged) come back from the log if the crash is before it: delivered or buried
+//! again, never lost.
 
 pub mod config;
 mod dead;
@@ -567,11 +587,7 @@ impl Outbox {
         // Events first, then the states they came from, in one record of the log (see
         // invariant 1); held in memory until the next checkpoint puts into sled what is left.
         let mut ops = Vec::new();
-        let queue_trees: Vec<String> = store
-            .queues
-            .iter()
-            .map(|t| String::from_utf8_lossy(&t.name()).into_owned())
-            .collect();
+        let queue_trees: Vec<String> = store.queues.iter().map(tree_of).collect();
         let op = |tree: &str, key: &[u8], value: Option<&[u8]>| wal::Op {
             tree: tree.to_string(),
             key: key.to_vec(),
@@ -634,7 +650,8 @@ impl Outbox {
             // in a crash, which it may be (its acks never waited for it).
             let mut hot = store.hot();
             if synced {
-                hot.wal.append(&ops);
+                let logged = std::mem::take(&mut hot.logged);
+                hot.wal.append(logged.iter().chain(&ops));
             }
             let queue_of = |tree: &str| queue_trees.iter().position(|t| t == tree);
             hot.hold(ops, queue_of, tokio::time::Instant::now());
@@ -669,11 +686,10 @@ impl Outbox {
         let _one = self.syncing.lock().await;
         let pending = self.with(|s| {
             let mut hot = s.hot();
-            let removed = std::mem::take(&mut hot.removed);
             if hot.wal.is_dirty() {
-                hot.wal.append(&removed); // riding along with a batch, never a write of their own
-            } else {
-                hot.removed = removed;
+                // Riding along with a batch, never a write of their own.
+                let logged = std::mem::take(&mut hot.logged);
+                hot.wal.append(&logged);
             }
             Ok(hot.wal.take())
         })?;
@@ -729,6 +745,9 @@ impl Outbox {
             hot.wal.rotate();
             hot.bytes = 0;
             hot.since = None;
+            // What was logged of sled's direct changes is in this checkpoint (they were made
+            // before now): logged later, it could undo a change made after it.
+            hot.logged.clear();
             Ok((s.db.clone(), s.sync.clone()))
         })?;
         db.flush_async().await?;
@@ -891,7 +910,7 @@ impl Outbox {
                 None => tree.remove(seq.to_be_bytes())?.map(|r| r.len()),
             };
             if removed.is_some() {
-                s.hot().removed(&String::from_utf8_lossy(&tree.name()), seq);
+                s.hot().log(&tree_of(tree), &seq.to_be_bytes(), None);
             }
             Ok(removed)
         })?;
@@ -946,6 +965,7 @@ impl Outbox {
                 }
                 let (k, len, _) = &readings[i];
                 if tree.remove(k)?.is_some() {
+                    s.hot().log(&tree_of(tree), k, None);
                     self.dropped_any.store(true, Ordering::Relaxed);
                     self.forget(queue, *len);
                     dropped += 1;
@@ -957,10 +977,12 @@ impl Outbox {
                 // removals (so a crash keeps both or neither).
                 let q = self.q(queue);
                 let total = q.dropped.fetch_add(dropped as u64, Ordering::Relaxed) + dropped as u64;
-                s.meta.insert(
+                let (key, total) = (
                     meta_key(&q.endpoint, DROPPED),
                     serde_json::to_vec(&total).expect("a number"),
-                )?;
+                );
+                s.meta.insert(key.as_bytes(), total.as_slice())?;
+                s.hot().log("meta", key.as_bytes(), Some(&total));
             }
             Ok(dropped)
         })
@@ -1103,6 +1125,11 @@ impl Outbox {
             q.appended.notify_one();
         }
     }
+}
+
+/// The name of a sled tree, as the log names it.
+fn tree_of(tree: &sled::Tree) -> String {
+    String::from_utf8_lossy(&tree.name()).into_owned()
 }
 
 /// A read guard, through a poisoned lock (what it guards is plain data, whole at every step).

@@ -38,7 +38,11 @@ pub(super) struct Op {
 }
 
 /// Encode one batch's operations as a record of generation `generation`, appended to `out`.
-pub(super) fn encode(generation: u64, ops: &[Op], out: &mut Vec<u8>) {
+pub(super) fn encode<'a>(
+    generation: u64,
+    ops: impl IntoIterator<Item = &'a Op>,
+    out: &mut Vec<u8>,
+) {
     let mut trees: Vec<&str> = Vec::new();
     let mut payload = Vec::new();
     let mut body = Vec::new();
@@ -262,8 +266,9 @@ impl Wal {
     }
 
     /// Add a record of `ops` to the next sync.
-    pub(super) fn append(&mut self, ops: &[Op]) {
-        if !ops.is_empty() {
+    pub(super) fn append<'a>(&mut self, ops: impl IntoIterator<Item = &'a Op>) {
+        let mut ops = ops.into_iter().peekable();
+        if ops.peek().is_some() {
             encode(self.generation, ops, &mut self.buf);
         }
     }
