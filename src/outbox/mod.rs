@@ -81,7 +81,8 @@
 //! # After a crash
 //! At open, the log's generations after `wal.through` are applied to sled in order (inserts
 //! and removals: applying one twice changes nothing), made a checkpoint, and the next
-//! generation starts in an emptied file. Unsynced work is lost: its MQTT messages were not
+//! generation starts under a number never used before (so a
+//! torn sync of the last life is never read as part of it). Unsynced work is lost: its MQTT messages were not
 //! acknowledged and the broker redelivers them, which recreates the same events with new ids.
 //! A sync cut short may leave some of its records whole (their batch not acknowledged): they
 //! come back, and the redelivery makes their events again — duplicates under new ids, rare (a

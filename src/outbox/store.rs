@@ -58,7 +58,7 @@ impl Store {
     }
 
     /// Apply the write-ahead log's records newer than the last checkpoint, make that a
-    /// checkpoint, and start the next generation (never one the log's files already name).
+    /// checkpoint, and start the next generation (never a number used before).
     fn recover(&self, dir: &Path) -> Result<(), OutboxError> {
         let through = self
             .meta
@@ -80,10 +80,12 @@ impl Store {
                 "outbox: recovered the write-ahead log's batches since the last checkpoint"
             );
         }
-        let next = through.max(highest) + 1;
-        let mut wal = Wal::open(dir, next).map_err(io_error)?;
-        wal.start().map_err(io_error)?;
-        self.hot().wal = wal;
+        // A generation is started at a checkpoint, before that checkpoint is durable: the
+        // last life may have started `through + 2` (its first sync torn, so not found), and a
+        // number used again could read that sync's stray records as its own. So the next is
+        // past both; its file holds nothing after `wal.through` (now the last found).
+        let next = (through + 3).max(highest + 1);
+        self.hot().wal = Wal::open(dir, next).map_err(io_error)?;
         Ok(())
     }
 

@@ -247,15 +247,6 @@ impl Wal {
         })
     }
 
-    /// Empty this generation's file, durably, before its first write: a write of an earlier
-    /// life cut short by a crash may have left records there that name this same generation
-    /// (the generation was never made durable, so it is used again).
-    pub(super) fn start(&mut self) -> io::Result<()> {
-        let file = &self.files[(self.generation % 2) as usize];
-        file.set_len(0)?;
-        file.sync_all()
-    }
-
     pub(super) fn generation(&self) -> u64 {
         self.generation
     }
