@@ -79,8 +79,9 @@ impl Outbox {
         self.meta(&meta_key(endpoint, which.fact()))
     }
 
-    /// Remember when `endpoint`'s last successful (or failed) attempt was. Not flushed.
+    /// Remember when `endpoint`'s last successful (or failed) attempt was: written at the next
+    /// checkpoint (a crash may forget the last minute's).
     pub fn set_last(&self, endpoint: &str, which: Last, at_ms: u64) -> Result<(), OutboxError> {
-        self.set_meta(&meta_key(endpoint, which.fact()), Some(&at_ms))
+        self.hold_meta(&meta_key(endpoint, which.fact()), &at_ms)
     }
 }

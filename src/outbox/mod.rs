@@ -42,7 +42,7 @@
 //!   under a new sequence number (same event id).
 //! - `meta`: small facts: the store's id, and per endpoint (see `format::meta_key`; typed in `facts`) whether it
 //!   is disabled (why and since when, after a 410 Gone) or paused (since when), its last success and failure
-//!   (Unix ms, written at most once a second), and how many events it will never get because
+//!   (Unix ms, at most once a second, held until the next checkpoint), and how many events it will never get because
 //!   its share of the outbox was full ([`DROPPED`], written with the batch or the drop).
 //!
 //! # Invariants
@@ -1060,10 +1060,36 @@ impl Outbox {
         })
     }
 
-    /// A small persisted fact (`meta` tree), as JSON.
+    /// A small persisted fact (`meta` tree), as JSON: as held for the next checkpoint, or
+    /// as in sled.
     fn meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
-        let bytes = self.with(|s| Ok(s.meta.get(key)?)).ok()??;
+        let bytes = self
+            .with(|s| {
+                let held = s
+                    .hot()
+                    .states
+                    .get("meta")
+                    .and_then(|m| m.get(key.as_bytes()).cloned());
+                match held {
+                    Some(value) => Ok(value.map(IVec::from)),
+                    None => Ok(s.meta.get(key)?),
+                }
+            })
+            .ok()??;
         serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Set a `meta` fact that may be lost in a crash: held in memory until the next
+    /// checkpoint (a fact that changes every second would otherwise cost sled's log a page
+    /// rewritten every second).
+    fn hold_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), OutboxError> {
+        let bytes = serde_json::to_vec(value).expect("plain data serialises");
+        self.with(|s| {
+            let mut hot = s.hot();
+            let meta = hot.states.entry("meta".to_string()).or_default();
+            meta.insert(key.as_bytes().to_vec(), Some(bytes));
+            Ok(())
+        })
     }
 
     /// Set (or with `None`, clear) a `meta` fact. Not flushed by itself.
@@ -1072,16 +1098,18 @@ impl Outbox {
         key: &str,
         value: Option<&T>,
     ) -> Result<(), OutboxError> {
-        match value {
-            Some(v) => {
-                let bytes = serde_json::to_vec(v).expect("plain data serialises");
-                self.with(|s| Ok(s.meta.insert(key, bytes)?))?;
+        let bytes = value.map(|v| serde_json::to_vec(v).expect("plain data serialises"));
+        self.with(|s| {
+            // A fact held for the checkpoint is older than this one.
+            if let Some(meta) = s.hot().states.get_mut("meta") {
+                meta.remove(key.as_bytes());
             }
-            None => {
-                self.with(|s| Ok(s.meta.remove(key)?))?;
-            }
-        }
-        Ok(())
+            match bytes {
+                Some(bytes) => s.meta.insert(key, bytes)?,
+                None => s.meta.remove(key)?,
+            };
+            Ok(())
+        })
     }
 
     /// Records waiting for delivery, in all queues.

@@ -713,3 +713,29 @@ async fn a_crash_at_any_point_keeps_every_synced_record_and_state() {
         }
     }
 }
+
+/// Found by the low-rate benchmark: every delivery's `last_success`, written to sled at most
+/// once a second, had sled's background flush rewrite its log's last page every second (a
+/// tenth of what a 10-events/s gateway wrote). It is held until the checkpoint: read back at
+/// once, written to sled only then, and there after a restart.
+#[tokio::test]
+async fn the_last_success_is_kept_until_the_checkpoint_not_written_each_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+    ob.flush().await.unwrap();
+    let sled_log = || {
+        std::fs::metadata(dir.path().join("outbox.sled/db"))
+            .unwrap()
+            .len()
+    };
+    let before = sled_log();
+    ob.set_last("default", Last::Success, 1_000).unwrap();
+    ob.set_last("default", Last::Success, 2_000).unwrap();
+    assert_eq!(ob.last("default", Last::Success), Some(2_000));
+    std::thread::sleep(Duration::from_millis(1_200)); // past sled's own flush
+    assert_eq!(sled_log(), before, "nothing written to sled");
+    ob.flush().await.unwrap();
+    drop(ob);
+    let ob = open_when_released(dir.path(), everything);
+    assert_eq!(ob.last("default", Last::Success), Some(2_000));
+}
