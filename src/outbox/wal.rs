@@ -2,9 +2,9 @@
 //! `fdatasync` of one file and only its own bytes, and sled is written lazily (a checkpoint).
 //!
 //! # Format
-//! Two files, `outbox.wal.0` and `outbox.wal.1`. Generation `g` is written to file `g % 2`
-//! from offset 0, overwriting what an older generation left there (so once a file has reached
-//! its size, a sync is of data alone). A file holds records of one generation back to back;
+//! Two files, `outbox.wal.0` and `outbox.wal.1`, written full of zeros when made (4 MiB each,
+//! the size at which a checkpoint is due). Generation `g` is written to file `g % 2` from
+//! offset 0, overwriting what an older generation left there, so a sync is of data alone. A file holds records of one generation back to back;
 //! each sync's records end padded with zeros to a 4 KiB page, so the next sync starts on a
 //! page of its own and never dirties the previous one again. A record is
 //!
@@ -219,6 +219,33 @@ impl Pending {
     }
 }
 
+/// Write zeros to `file` up to `size` (once: a file already that long is left alone), so that
+/// its syncs are of data alone: a file that grows makes every `fdatasync` also commit its new
+/// size to the filesystem's journal, which on an SD card costs more than the data. Best
+/// effort: on a disk too full for it, the file stays as it was and grows as it is written.
+fn preallocate(file: &File, size: u64) {
+    let Ok(len) = file.metadata().map(|m| m.len()) else {
+        return;
+    };
+    if len >= size {
+        return;
+    }
+    let zeros = vec![0u8; 1 << 20];
+    let filled = (|| {
+        let mut at = len;
+        while at < size {
+            let n = (size - at).min(zeros.len() as u64) as usize;
+            file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        file.sync_all()
+    })();
+    if let Err(e) = filled {
+        tracing::warn!(error = %e, "the outbox's log could not be given its room in advance; it grows as it is written");
+        let _ = file.set_len(len);
+    }
+}
+
 impl Wal {
     /// Open the log of `dir` to write generation `generation` (everything before it is in a
     /// durable checkpoint). Creates the files (and syncs the directory) the first time.
@@ -236,6 +263,9 @@ impl Wal {
             Ok(std::sync::Arc::new(f))
         };
         let files = [open(0)?, open(1)?];
+        for file in &files {
+            preallocate(file, super::hot::MAX_LOG_BYTES);
+        }
         if created {
             crate::atomic_file::sync_dir(dir)?;
         }
