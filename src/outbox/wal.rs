@@ -83,25 +83,29 @@ pub(super) fn encode<'a>(
     out.extend_from_slice(&payload);
 }
 
-/// The record at the start of `bytes`: its generation, operations and length, if it is a
-/// whole record (`None` for anything else: padding, a torn write, other data).
-fn decode(bytes: &[u8]) -> Option<(u64, Vec<Op>, usize)> {
-    let header = bytes.get(..HEADER)?;
+/// The record at `at`, read through `read_at` (`None` past the end): its generation,
+/// operations and length, if it is a whole record (`None` for anything else: padding, a torn
+/// write, other data).
+fn decode(
+    read_at: &impl Fn(u64, usize) -> Option<Vec<u8>>,
+    at: u64,
+) -> Option<(u64, Vec<Op>, u64)> {
+    let header = read_at(at, HEADER)?;
     let word = |at: usize| u32::from_be_bytes(header[at..at + 4].try_into().expect("4 bytes"));
     if word(0) != MAGIC {
         return None;
     }
     let generation = u64::from_be_bytes(header[4..12].try_into().expect("8 bytes"));
     let len = word(12) as usize;
-    let payload = bytes.get(HEADER..HEADER.checked_add(len)?)?;
+    let payload = read_at(at + HEADER as u64, len)?;
     let mut crc = crc32fast::Hasher::new();
     crc.update(&header[4..16]);
-    crc.update(payload);
+    crc.update(&payload);
     if crc.finalize() != word(16) {
         return None;
     }
-    let ops = parse(payload)?;
-    Some((generation, ops, HEADER + len))
+    let ops = parse(&payload)?;
+    Some((generation, ops, (HEADER + len) as u64))
 }
 
 /// A payload's operations (`None` if it does not parse: a record written by a bug, not a tear).
@@ -142,21 +146,27 @@ pub(super) type Generation = (u64, Vec<Vec<Op>>);
 
 /// Every whole record at the start of `bytes` of the generation of the first.
 pub(super) fn records(bytes: &[u8]) -> Option<Generation> {
-    let mut at = 0usize;
+    let read_at = |at: u64, n: usize| Some(bytes.get(at as usize..at as usize + n)?.to_vec());
+    records_at(read_at, 0)
+}
+
+/// Every whole record from the start of what `read_at` reads, of the generation of the
+/// first; only that generation if it is not after `through`. One record in memory at a time.
+fn records_at(read_at: impl Fn(u64, usize) -> Option<Vec<u8>>, through: u64) -> Option<Generation> {
+    let mut at = 0u64;
     let mut generation = None;
     let mut all = Vec::new();
     loop {
-        let found = bytes
-            .get(at..)
-            .and_then(decode)
-            .filter(|(g, _, _)| generation.is_none_or(|want| want == *g));
+        let found =
+            decode(&read_at, at).filter(|(g, _, _)| generation.is_none_or(|want| want == *g));
         match found {
+            Some((g, _, _)) if g <= through => return Some((g, Vec::new())),
             Some((g, ops, len)) => {
                 generation = Some(g);
                 all.push(ops);
                 at += len;
             }
-            None if at as u64 % PAGE != 0 => at = at.next_multiple_of(PAGE as usize),
+            None if at % PAGE != 0 => at = at.next_multiple_of(PAGE),
             None => break,
         }
     }
@@ -175,12 +185,21 @@ pub(super) fn read(dir: &Path, through: u64) -> io::Result<Found> {
     let mut found = Vec::new();
     let mut highest = 0;
     for file in 0..2 {
-        let bytes = match std::fs::read(path(dir, file)) {
-            Ok(b) => b,
+        let f = match File::open(path(dir, file)) {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        if let Some((generation, ops)) = records(&bytes) {
+        let len = f.metadata()?.len();
+        let read_at = |at: u64, n: usize| {
+            if at.checked_add(n as u64)? > len {
+                return None;
+            }
+            let mut bytes = vec![0; n];
+            f.read_exact_at(&mut bytes, at).ok()?;
+            Some(bytes)
+        };
+        if let Some((generation, ops)) = records_at(read_at, through) {
             highest = highest.max(generation);
             if generation > through && generation % 2 == file {
                 found.push((generation, ops));
