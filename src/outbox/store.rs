@@ -85,7 +85,9 @@ impl Store {
         // number used again could read that sync's stray records as its own. So the next is
         // past both; its file holds nothing after `wal.through` (now the last found).
         let next = (through + 3).max(highest + 1);
-        self.hot().wal = Wal::open(dir, next).map_err(io_error)?;
+        let wal = Wal::open(dir, next).map_err(io_error)?;
+        tracing::debug!(direct = wal.is_direct(), "outbox: write-ahead log open");
+        self.hot().wal = wal;
         Ok(())
     }
 

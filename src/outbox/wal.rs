@@ -4,9 +4,11 @@
 //! # Format
 //! Two files, `outbox.wal.0` and `outbox.wal.1`, written full of zeros when made (4 MiB each,
 //! the size at which a checkpoint is due). Generation `g` is written to file `g % 2` from
-//! offset 0, overwriting what an older generation left there, so a sync is of data alone. A file holds records of one generation back to back;
-//! each sync's records end padded with zeros to a 4 KiB page, so the next sync starts on a
-//! page of its own and never dirties the previous one again. A record is
+//! offset 0, overwriting what an older generation left there, so a sync is of data alone. A
+//! file holds records of one generation back to back. Written with direct I/O (where the
+//! filesystem allows), a sync writes whole 512-byte sectors from the one the last sync ended
+//! in (its records again, the same bytes); through the page cache, each sync's records end
+//! padded with zeros to a 4 KiB page, so the next sync starts on a page of its own. A record is
 //!
 //! `[magic u32 = "EHW1"][generation u64][payload length u32][crc32 of generation, length and payload u32][payload]`
 //!
@@ -213,17 +215,30 @@ pub(super) fn read(dir: &Path, through: u64) -> io::Result<Found> {
 /// The log being written: its generation, where the next sync writes, and what waits for it.
 pub(super) struct Wal {
     files: [std::sync::Arc<File>; 2],
+    /// Whether `files` are open for direct I/O (see [`Wal::open`]).
+    direct: bool,
     generation: u64,
-    /// Where the next sync writes in the generation's file (a page boundary).
+    /// Where this generation's records end in its file (buffered: a page boundary).
     offset: u64,
+    /// Direct I/O: the records in the sector `offset` is inside, which the next sync writes
+    /// again (the same bytes) with what follows them.
+    tail: Vec<u8>,
     /// Records encoded since the last sync.
     buf: Vec<u8>,
 }
+
+/// The unit of a direct write: what a block device writes at once.
+const SECTOR: u64 = 512;
+
+/// Set once a direct write was refused as misaligned (a device of 4 KiB sectors, a filesystem
+/// without direct I/O): every log opened after it is buffered.
+static NO_DIRECT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// One sync's write, taken out of the [`Wal`] so that the write and its `fdatasync` happen
 /// without holding what guards it.
 pub(super) struct Pending {
     file: std::sync::Arc<File>,
+    direct: bool,
     offset: u64,
     bytes: Vec<u8>,
 }
@@ -233,7 +248,22 @@ impl Pending {
         if self.bytes.is_empty() {
             return Ok(());
         }
-        self.file.write_all_at(&self.bytes, self.offset)?;
+        if self.direct {
+            // Direct I/O wants the memory aligned too.
+            let mut raw = vec![0u8; self.bytes.len() + PAGE as usize];
+            let at = raw.as_ptr().align_offset(PAGE as usize);
+            let aligned = &mut raw[at..at + self.bytes.len()];
+            aligned.copy_from_slice(&self.bytes);
+            if let Err(e) = self.file.write_all_at(aligned, self.offset) {
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    NO_DIRECT.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(error = %e, "direct writes to the outbox's log refused; writing it through the page cache from now on");
+                }
+                return Err(e);
+            }
+        } else {
+            self.file.write_all_at(&self.bytes, self.offset)?;
+        }
         self.file.sync_data()
     }
 }
@@ -280,33 +310,51 @@ fn forget_cached(file: &File) {
 impl Wal {
     /// Open the log of `dir` to write generation `generation` (everything before it is in a
     /// durable checkpoint). Creates the files (and syncs the directory) the first time.
+    ///
+    /// The files are written with direct I/O where the filesystem allows it: a sync then
+    /// writes the sectors it changes (the last partial one again, with the same bytes), where
+    /// through the page cache it writes every page it touches, 4 KiB even for one event.
     pub(super) fn open(dir: &Path, generation: u64) -> io::Result<Wal> {
+        let direct = !NO_DIRECT.load(std::sync::atomic::Ordering::Relaxed);
+        Wal::open_as(dir, generation, direct)
+    }
+
+    fn open_as(dir: &Path, generation: u64, want_direct: bool) -> io::Result<Wal> {
         let mut created = false;
-        let mut open = |n: u64| -> io::Result<std::sync::Arc<File>> {
-            let p = path(dir, n);
-            created |= !p.exists();
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(p)?;
-            Ok(std::sync::Arc::new(f))
+        let open = |n: u64, direct: bool| -> io::Result<File> {
+            let mut options = std::fs::OpenOptions::new();
+            options.read(true).write(true).create(true).truncate(false);
+            if direct {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.custom_flags(libc::O_DIRECT);
+            }
+            options.open(path(dir, n))
         };
-        let files = [open(0)?, open(1)?];
-        for file in &files {
-            preallocate(file, super::hot::MAX_LOG_BYTES);
-            forget_cached(file);
+        for n in 0..2 {
+            created |= !path(dir, n).exists();
+            let file = open(n, false)?;
+            preallocate(&file, super::hot::MAX_LOG_BYTES);
+            forget_cached(&file);
         }
         if created {
             crate::atomic_file::sync_dir(dir)?;
         }
+        let (files, direct) = match (want_direct, open(0, true), open(1, true)) {
+            (true, Ok(a), Ok(b)) => ([a, b], true),
+            _ => ([open(0, false)?, open(1, false)?], false),
+        };
         Ok(Wal {
-            files,
+            files: files.map(std::sync::Arc::new),
+            direct,
             generation,
             offset: 0,
+            tail: Vec::new(),
             buf: Vec::new(),
         })
+    }
+
+    pub(super) fn is_direct(&self) -> bool {
+        self.direct
     }
 
     pub(super) fn generation(&self) -> u64 {
@@ -331,19 +379,45 @@ impl Wal {
         !self.buf.is_empty()
     }
 
-    /// Take what waits, padded to a page, for [`Pending::write`]; the next sync writes after it.
+    /// Take what waits for [`Pending::write`]: buffered, padded to a page (so the next sync
+    /// starts on a page of its own); direct, from the start of the sector the last sync ended
+    /// in, padded to a sector (the next sync writes that sector again, with the same bytes).
     pub(super) fn take(&mut self) -> Pending {
-        let mut bytes = std::mem::take(&mut self.buf);
-        if !bytes.is_empty() {
-            bytes.resize((bytes.len() as u64).next_multiple_of(PAGE) as usize, 0);
+        let file = self.files[(self.generation % 2) as usize].clone();
+        let new = std::mem::take(&mut self.buf);
+        if new.is_empty() {
+            return Pending {
+                file,
+                direct: self.direct,
+                offset: self.offset,
+                bytes: Vec::new(),
+            };
         }
-        let pending = Pending {
-            file: self.files[(self.generation % 2) as usize].clone(),
-            offset: self.offset,
+        if !self.direct {
+            let mut bytes = new;
+            bytes.resize((bytes.len() as u64).next_multiple_of(PAGE) as usize, 0);
+            let offset = self.offset;
+            self.offset += bytes.len() as u64;
+            return Pending {
+                file,
+                direct: false,
+                offset,
+                bytes,
+            };
+        }
+        let start = self.offset - self.tail.len() as u64;
+        let mut bytes = std::mem::take(&mut self.tail);
+        bytes.extend_from_slice(&new);
+        self.offset += new.len() as u64;
+        let whole = bytes.len() / SECTOR as usize * SECTOR as usize;
+        self.tail = bytes[whole..].to_vec();
+        bytes.resize((bytes.len() as u64).next_multiple_of(SECTOR) as usize, 0);
+        Pending {
+            file,
+            direct: true,
+            offset: start,
             bytes,
-        };
-        self.offset += pending.bytes.len() as u64;
-        pending
+        }
     }
 
     /// Start generation `generation + 1` in the other file. Only once the checkpoint of every
@@ -353,6 +427,7 @@ impl Wal {
         let waiting = std::mem::take(&mut self.buf);
         self.generation += 1;
         self.offset = 0;
+        self.tail.clear();
         // Re-encode what waited under the new generation (records name their generation).
         for ops in records(&waiting).map(|(_, all)| all).unwrap_or_default() {
             encode(self.generation, &ops, &mut self.buf);
@@ -450,14 +525,23 @@ mod tests {
 
     #[test]
     fn a_generation_overwrites_the_one_two_before_and_reads_back_in_order() {
+        for direct in [true, false] {
+            generations_read_back(direct);
+        }
+    }
+
+    fn generations_read_back(direct: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path(), 1).unwrap();
+        let mut wal = Wal::open_as(dir.path(), 1, direct).unwrap();
+        eprintln!("direct I/O asked {direct}, used {}", wal.is_direct());
         wal.append(&batch(1));
         wal.append(&batch(2));
         wal.take().write().unwrap();
         wal.append(&batch(3));
         wal.take().write().unwrap();
-        assert_eq!(wal.len(), 2 * PAGE, "each sync on its own page");
+        if !wal.is_direct() {
+            assert_eq!(wal.len(), 2 * PAGE, "each sync on its own page");
+        }
         wal.append(&batch(4));
         wal.rotate(); // batch 4 waited: it moves to generation 2
         wal.take().write().unwrap();
