@@ -137,6 +137,7 @@ impl Default for Config {
             outbox: OutboxConfig {
                 batch_max: 512,
                 commit_delay: Duration::from_millis(5),
+                checkpoint_interval: Duration::from_secs(60),
                 cache_bytes: 4 * 1024 * 1024,
                 max_size: 256 * 1024 * 1024,
                 on_full: OnFull::Backpressure,

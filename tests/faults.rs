@@ -58,7 +58,10 @@ async fn a_full_disk_is_back_pressure_not_loss_and_recovers_when_space_returns()
         .expect("this test mounts a tmpfs: run it as root with CAP_SYS_ADMIN (CI does)");
     let broker = Mosquitto::start(dir.path());
     let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    // A checkpoint a second: the write-ahead log has its room taken in advance, so a full disk
+    // is met at the checkpoint, when sled must grow.
+    let outbox = "[outbox]\ncheckpoint_interval = \"1s\"\n";
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, outbox);
     daemon.rewrite_state_dir(&fs.path.join("state"), broker.port, &receiver.url);
     daemon.start();
     let mut sensor = device(broker.port, "full-occ-1", DeviceClass::OccupancySensor).await;
@@ -70,25 +73,28 @@ async fn a_full_disk_is_back_pressure_not_loss_and_recovers_when_space_returns()
         .await;
 
     let filler = fs.fill();
-    // Publish while the disk is full: the broker takes them (PUBACK to the device), edgehook
-    // cannot make them durable, so it acknowledges nothing and the broker keeps them.
-    for _ in 0..40 {
+    // The receiver is down while the disk is full: the case where space is needed. Publish
+    // while the disk is full: the broker takes them (PUBACK to the device); edgehook logs the
+    // first in the room its log has taken in advance, then cannot put what waits into sled at
+    // a checkpoint, so it acknowledges nothing more and the broker keeps the rest.
+    receiver.fail_with(503);
+    let failed = || {
+        daemon
+            .metric("edgehook_outbox_write_failures_total")
+            .is_some_and(|n| n > 0)
+    };
+    let wait = Instant::now() + LONG;
+    while want.len() < 45 || !failed() {
+        assert!(
+            Instant::now() < wait,
+            "writes never failed:\n{}",
+            daemon.log()
+        );
         let (payload, changed) = sensor.publish_next(1.0).await.unwrap();
         assert!(changed);
         want.push(payload);
     }
     sensor.flushed().await.unwrap();
-    let wait = Instant::now() + LONG;
-    common::until(
-        wait,
-        || {
-            daemon
-                .metric("edgehook_outbox_write_failures_total")
-                .is_some_and(|n| n > 0)
-        },
-        || format!("writes never failed:\n{}", daemon.log()),
-    )
-    .await;
     let health = common::http_get(daemon.metrics_port, "/healthz").unwrap();
     assert!(health.contains("outbox not writable"), "{health}");
     assert!(
@@ -98,6 +104,7 @@ async fn a_full_disk_is_back_pressure_not_loss_and_recovers_when_space_returns()
     );
 
     std::fs::remove_file(&filler).unwrap();
+    receiver.fail_with(0);
     let wait = Instant::now() + LONG;
     common::until(
         wait,
@@ -1175,12 +1182,15 @@ async fn nothing_stays_pending_after_the_outbox_is_reopened_on_a_full_disk() {
     let broker = Mosquitto::start(dir.path());
     let receiver = Receiver::start().await;
     let (card, state) = common::powercut_card(dir.path(), 3);
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    // Checkpoints often enough that one meets the full disk (the log has its room already).
+    let outbox = "[outbox]\ncheckpoint_interval = \"100ms\"\n";
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, outbox);
     daemon.rewrite_state_dir(&state, broker.port, &receiver.url);
     daemon.start();
     // A slow receiver: deliveries are in flight when the store goes away.
     receiver.delay(Duration::from_millis(50));
     let pending = "edgehook_endpoint_pending{endpoint=\"default\"}";
+    let failed = "edgehook_outbox_write_failures_total";
     let prefixes = ["full-a", "full-b", "full-c", "full-d", "full-e", "full-f"];
     for (round, prefix) in prefixes.into_iter().enumerate() {
         let (stop, running) = tokio::sync::watch::channel(false);
@@ -1194,7 +1204,16 @@ async fn nothing_stays_pending_after_the_outbox_is_reopened_on_a_full_disk() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
         card.fs.set_full(true);
-        // Nothing is published from here on: only delivery's own retries can finish the job.
+        // Publishing goes on until a checkpoint has met the full disk (the log's room is
+        // taken in advance); nothing is published from then on: only delivery's own retries
+        // can finish the job.
+        let failures = daemon.metric(failed).unwrap_or(0);
+        common::until(
+            Instant::now() + LONG,
+            || daemon.metric(failed).unwrap_or(0) > failures,
+            || format!("round {round}: writes never failed:\n{}", daemon.log()),
+        )
+        .await;
         stop.send(true).unwrap();
         let published = publisher.await.unwrap();
         tokio::time::sleep(Duration::from_millis(400)).await;

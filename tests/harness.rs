@@ -28,7 +28,8 @@
 //!   values no device published, over-long lines, frames split across writes), are held to
 //!   the same rules, except for frames written around a crash (serial lines have no
 //!   acknowledgements);
-//! - per seed, the outbox may be small with `on_full = "drop_oldest_readings"` (then an
+//! - per seed, the outbox checkpoints every 100 ms, second or minute, and may be small with
+//!   `on_full = "drop_oldest_readings"` (then an
 //!   endpoint may miss at most as many readings as it counts dropped), and `ops` may give up
 //!   (`max_attempts`, `max_age`): at the end every dead letter is replayed, the way an
 //!   operator does, and then nothing may be missing;
@@ -117,6 +118,8 @@ struct Setup {
     /// Actions go to a display; through the push listener on this port, if set.
     actions: Option<Option<u16>>,
     serial: PathBuf,
+    /// `outbox.checkpoint_interval`, milliseconds.
+    checkpoint_ms: u64,
 }
 
 impl Setup {
@@ -148,6 +151,7 @@ impl Setup {
 [outbox]
 max_size = {size}
 on_full = "{on_full}"
+checkpoint_interval = "{checkpoint}ms"
 
 [[serial_ports]]
 path = "{serial}"
@@ -159,6 +163,7 @@ reopen_max = "200ms"
 "#,
             classes = CLASSES.replace("\"400ms\"", &format!("\"{min_interval}\"")),
             size = self.max_size(),
+            checkpoint = self.checkpoint_ms,
             serial = self.serial.display()
         )
     }
@@ -928,6 +933,11 @@ async fn run(seed: u64) {
             (arng.u8(..3) == 0).then(|| arng.bool().then(common::free_port))
         },
         serial: dir.path().join("ttyHARNESS"),
+        // Drawn apart too, for the same reason.
+        checkpoint_ms: {
+            let mut crng = fastrand::Rng::with_seed(seed ^ 0xc4ec_0000);
+            [100, 1_000, 60_000][crng.usize(..3)]
+        },
     };
     let spare = Receiver::start().await;
     let serial = SerialLink::plug(&setup.serial).unwrap();
@@ -1046,9 +1056,10 @@ async fn run(seed: u64) {
         .await;
     let phases = rng.usize(4..=7);
     let mut story = vec![format!(
-        "{} devices; outbox {} bytes{}{}",
+        "{} devices; outbox {} bytes, a checkpoint every {} ms{}{}",
         models.len(),
         world.setup.max_size(),
+        world.setup.checkpoint_ms,
         if world.setup.drops {
             ", drop_oldest_readings"
         } else {

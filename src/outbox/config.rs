@@ -18,6 +18,13 @@ pub struct OutboxConfig {
     /// the bytes written per event; it adds at most this much latency. "0s" writes at once.
     #[serde(with = "humantime_serde")]
     pub commit_delay: Duration,
+    /// How often what was written since the last checkpoint (undelivered events, device
+    /// states) is put into sled, while anything waits for it (also after 1 MiB of undelivered
+    /// events or 4 MiB of the write-ahead log, and at shutdown). Longer writes less to the SD
+    /// card (an event delivered before the checkpoint never reaches sled) and makes a start
+    /// after a crash replay more of the log; a full disk is noticed at the next checkpoint.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
     /// sled page cache, bytes. Small by default: a gateway has little RAM.
     pub cache_bytes: u64,
     /// Most bytes of events held for delivery, all endpoints together (`"64MB"`, `"1GiB"` or a
@@ -63,6 +70,14 @@ pub fn validate(outbox: &OutboxConfig) -> Result<(), (String, String)> {
         return bad(
             "outbox.commit_delay",
             "must be at most 1s (it delays every acknowledgement)".into(),
+        );
+    }
+    if outbox.checkpoint_interval < Duration::from_millis(100)
+        || outbox.checkpoint_interval > Duration::from_secs(3600)
+    {
+        return bad(
+            "outbox.checkpoint_interval",
+            "must be between 100ms and 1h".into(),
         );
     }
     Ok(())

@@ -10,8 +10,6 @@ use tokio::time::Instant;
 
 use super::wal::{Op, Wal};
 
-/// A checkpoint at least this often while something waits for one.
-pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
 /// A checkpoint once the records held in memory take this many bytes (a receiver that is
 /// down: what it cannot take goes to sled rather than filling memory)...
 pub(super) const MAX_HELD_BYTES: u64 = 1 << 20;
@@ -103,16 +101,16 @@ impl Hot {
         });
     }
 
-    /// Whether a checkpoint is due at `now`.
-    pub(super) fn due(&self, now: Instant) -> bool {
+    /// Whether a checkpoint is due at `now`, one falling due `every` after the first change.
+    pub(super) fn due(&self, now: Instant, every: Duration) -> bool {
         self.bytes >= MAX_HELD_BYTES
             || self.wal.len() >= MAX_LOG_BYTES
-            || self.since.is_some_and(|t| now >= t + CHECKPOINT_EVERY)
+            || self.since.is_some_and(|t| now >= t + every)
     }
 
     /// When a checkpoint falls due if nothing more is written.
-    pub(super) fn due_at(&self) -> Option<Instant> {
-        self.since.map(|t| t + CHECKPOINT_EVERY)
+    pub(super) fn due_at(&self, every: Duration) -> Option<Instant> {
+        self.since.map(|t| t + every)
     }
 }
 
@@ -170,7 +168,7 @@ mod tests {
     }
 
     #[test]
-    fn a_checkpoint_falls_due_a_minute_after_the_first_change_or_when_too_much_is_held() {
+    fn a_checkpoint_falls_due_an_interval_after_the_first_change_or_when_too_much_is_held() {
         // (what is held, seconds since the first change, due)
         let cases: &[(&str, u64, u64, bool)] = &[
             ("nothing", 0, 3600, false),
@@ -187,7 +185,7 @@ mod tests {
             }
             hot.bytes = bytes;
             let now = t0 + Duration::from_secs(after);
-            assert_eq!(hot.due(now), want, "{name}");
+            assert_eq!(hot.due(now, Duration::from_secs(60)), want, "{name}");
         }
         let (_dir, mut hot) = hot();
         hot.wal.append(&[op(
@@ -195,6 +193,9 @@ mod tests {
             &[0; 8],
             Some(&vec![0; MAX_LOG_BYTES as usize]),
         )]);
-        assert!(hot.due(Instant::now()), "a log of 4 MiB");
+        assert!(
+            hot.due(Instant::now(), Duration::from_secs(60)),
+            "a log of 4 MiB"
+        );
     }
 }

@@ -112,6 +112,7 @@ pub use writer::run_writer;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use sled::IVec;
 use tokio::sync::Notify;
@@ -702,12 +703,13 @@ impl Outbox {
         Ok(())
     }
 
-    /// Whether a checkpoint is due (see `hot`), and when one will be if nothing is written.
-    pub fn checkpoint_due(&self) -> (bool, Option<tokio::time::Instant>) {
+    /// Whether a checkpoint is due (see `hot`; one `every` after the first change), and when
+    /// one will be if nothing is written.
+    pub fn checkpoint_due(&self, every: Duration) -> (bool, Option<tokio::time::Instant>) {
         let now = tokio::time::Instant::now();
         self.with(|s| {
             let hot = s.hot();
-            Ok((hot.due(now), hot.due_at()))
+            Ok((hot.due(now, every), hot.due_at(every)))
         })
         .unwrap_or((false, None))
     }

@@ -48,7 +48,7 @@ pub async fn run_writer(
     let mut full = FullLog::new();
     let mut seen = Seen::default();
     loop {
-        let (_, checkpoint_at) = outbox.checkpoint_due();
+        let (_, checkpoint_at) = outbox.checkpoint_due(config.checkpoint_interval);
         let wake = [seen.due(), checkpoint_at].into_iter().flatten().min();
         let next = match wake {
             Some(at) => match tokio::time::timeout_at(at, commits.recv()).await {
@@ -126,7 +126,7 @@ pub async fn run_writer(
             outbox.notify_appended();
         }
         metrics.set_depth(outbox.len());
-        if outbox.checkpoint_due().0 {
+        if outbox.checkpoint_due(config.checkpoint_interval).0 {
             checkpoint(&outbox, &metrics).await;
         }
     }
@@ -148,6 +148,7 @@ async fn checkpoint(outbox: &Outbox, metrics: &Metrics) {
     loop {
         let Err(e) = outbox.flush().await else {
             if failures > 0 {
+                tracing::info!(failures, "outbox writable again; resuming");
                 outbox.writable.store(true, Ordering::Relaxed);
             }
             return;
@@ -156,12 +157,13 @@ async fn checkpoint(outbox: &Outbox, metrics: &Metrics) {
         metrics.write_failed();
         outbox.writable.store(false, Ordering::Relaxed);
         if failures == 1 || failures.is_power_of_two() {
-            tracing::error!(error = %e, failures, "cannot checkpoint the outbox; retrying (nothing is lost: the log has it)");
+            tracing::error!(error = %e, failures, "cannot write the outbox (its checkpoint); holding new messages unacknowledged and retrying (back-pressure; nothing is lost: the log has what was acknowledged)");
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
         match outbox.reopen() {
             Ok(()) => {
+                tracing::info!(failures, "outbox writable again; resuming");
                 outbox.writable.store(true, Ordering::Relaxed);
                 return;
             }
