@@ -220,6 +220,7 @@ async fn make_room(
         log.full.resize(needs.len(), None); // endpoints created while running
     }
     let queues = outbox.all_queues();
+    let mut reopen_at = tokio::time::Instant::now();
     loop {
         let mut waiting = false;
         for (i, &needed) in needs.iter().enumerate() {
@@ -275,7 +276,20 @@ async fn make_room(
                             continue;
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot drop old readings"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot drop old readings");
+                        // sled refuses everything after an I/O error (its own flush may have
+                        // met a full disk): start again from what is on disk, once a second
+                        // at most. Found by the fault harness: the writer waited here for
+                        // ever, and delivery with it.
+                        let now = tokio::time::Instant::now();
+                        if now >= reopen_at {
+                            reopen_at = now + Duration::from_secs(1);
+                            if let Err(e) = outbox.reopen() {
+                                tracing::debug!(error = %e, "outbox not reopened yet");
+                            }
+                        }
+                    }
                 }
             }
             waiting = true;
