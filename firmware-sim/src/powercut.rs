@@ -57,7 +57,9 @@ struct State {
     nodes: HashMap<u64, Node>,
     next: u64,
     frozen: bool,
-    /// A full card: writes that would add bytes, and creates, fail with `ENOSPC`.
+    /// A full card: every write, and every create, fails with `ENOSPC` — an overwrite too, as
+    /// on a copy-on-write filesystem or a card whose controller has no spare block left (a
+    /// full ext4 still overwrites in place: the tmpfs test in `faults` covers that one).
     full: bool,
     rng: fastrand::Rng,
     /// Bytes written and synced, for the test's account.
@@ -154,7 +156,7 @@ impl PowerCut {
         self.lock().frozen = false;
     }
 
-    /// Fill the card (`true`: every write that adds bytes and every create fails with
+    /// Fill the card (`true`: every write and every create fails with
     /// `ENOSPC`) or make room again.
     pub fn set_full(&self, full: bool) {
         self.lock().full = full;
@@ -467,7 +469,7 @@ impl Filesystem for PowerCut {
         let result = self.with(|st| {
             let full = st.full;
             let node = st.node_mut(ino)?;
-            if full && offset as usize + data.len() > node.data.len() {
+            if full {
                 return Err(Errno::ENOSPC);
             }
             st.written += data.len() as u64;
