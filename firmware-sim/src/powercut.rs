@@ -468,7 +468,7 @@ impl Filesystem for PowerCut {
     ) {
         let result = self.with(|st| {
             let full = st.full;
-            let node = st.node_mut(ino)?;
+            st.node_mut(ino)?;
             if full {
                 return Err(Errno::ENOSPC);
             }
