@@ -94,11 +94,7 @@ impl Hot {
     /// Log with the next sync that `key` of `tree` was set to `value` (or removed) directly in
     /// sled (or, for a record held here, taken out), so that recovery does not undo it.
     pub(super) fn log(&mut self, tree: &str, key: &[u8], value: Option<&[u8]>) {
-        self.logged.push(Op {
-            tree: tree.to_string(),
-            key: key.to_vec(),
-            value: value.map(<[u8]>::to_vec),
-        });
+        self.logged.push(Op::new(tree, key, value));
     }
 
     /// Whether a checkpoint is due at `now`, one falling due `every` after the first change.
@@ -119,11 +115,7 @@ mod tests {
     use super::*;
 
     fn op(tree: &str, key: &[u8], value: Option<&[u8]>) -> Op {
-        Op {
-            tree: tree.into(),
-            key: key.to_vec(),
-            value: value.map(<[u8]>::to_vec),
-        }
+        Op::new(tree, key, value)
     }
 
     fn hot() -> (tempfile::TempDir, Hot) {

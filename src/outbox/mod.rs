@@ -590,11 +590,7 @@ impl Outbox {
         // invariant 1); held in memory until the next checkpoint puts into sled what is left.
         let mut ops = Vec::new();
         let queue_trees: Vec<String> = store.queues.iter().map(tree_of).collect();
-        let op = |tree: &str, key: &[u8], value: Option<&[u8]>| wal::Op {
-            tree: tree.to_string(),
-            key: key.to_vec(),
-            value: value.map(<[u8]>::to_vec),
-        };
+        let op = wal::Op::new;
         for (seq, bytes, targets) in &records {
             for &q in targets {
                 ops.push(op(&queue_trees[q], &seq.to_be_bytes(), Some(bytes)));

@@ -39,6 +39,16 @@ pub(super) struct Op {
     pub value: Option<Vec<u8>>,
 }
 
+impl Op {
+    pub(super) fn new(tree: &str, key: &[u8], value: Option<&[u8]>) -> Op {
+        Op {
+            tree: tree.to_string(),
+            key: key.to_vec(),
+            value: value.map(<[u8]>::to_vec),
+        }
+    }
+}
+
 /// Encode one batch's operations as a record of generation `generation`, appended to `out`.
 pub(super) fn encode<'a>(
     generation: u64,
@@ -440,11 +450,7 @@ mod tests {
     use super::*;
 
     fn op(tree: &str, key: &[u8], value: Option<&[u8]>) -> Op {
-        Op {
-            tree: tree.into(),
-            key: key.to_vec(),
-            value: value.map(<[u8]>::to_vec),
-        }
+        Op::new(tree, key, value)
     }
 
     fn batch(n: u8) -> Vec<Op> {
