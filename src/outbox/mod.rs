@@ -691,10 +691,7 @@ impl Outbox {
             }
             Ok(hot.wal.take())
         })?;
-        tokio::task::spawn_blocking(move || pending.write())
-            .await
-            .map_err(|e| io_error(std::io::Error::other(e)))?
-            .map_err(io_error)?;
+        blocking(move || pending.write()).await?;
         self.durable.fetch_max(written, Ordering::SeqCst);
         Ok(())
     }
@@ -724,25 +721,19 @@ impl Outbox {
         // writer task, which reopens, never does so while a flush it started is running.
         let (db, sync) = self.with(|s| {
             let mut hot = s.hot();
-            for (q, records) in hot.records.iter_mut().enumerate() {
-                for (seq, value) in std::mem::take(records) {
-                    s.queues[q].insert(seq.to_be_bytes(), value)?;
-                }
+            for q in 0..hot.records.len() {
+                settle_held(s, &mut hot, QueueId(q))?;
             }
             for (tree, states) in std::mem::take(&mut hot.states) {
                 let tree = s.db.open_tree(tree)?;
                 for (key, value) in states {
-                    match value {
-                        Some(v) => tree.insert(key, v)?,
-                        None => tree.remove(key)?,
-                    };
+                    store::set(&tree, &key, value.as_deref())?;
                 }
             }
             let generation = hot.wal.generation();
             s.meta
                 .insert(store::WAL_THROUGH, &generation.to_be_bytes())?;
             hot.wal.rotate();
-            hot.bytes = 0;
             hot.since = None;
             // What was logged of sled's direct changes is in this checkpoint (they were made
             // before now): logged later, it could undo a change made after it.
@@ -751,10 +742,7 @@ impl Outbox {
         })?;
         db.flush_async().await?;
         drop(db);
-        tokio::task::spawn_blocking(move || sync.sync())
-            .await
-            .map_err(|e| io_error(std::io::Error::other(e)))?
-            .map_err(io_error)?;
+        blocking(move || sync.sync()).await?;
         self.durable.fetch_max(written, Ordering::SeqCst);
         Ok(())
     }
@@ -762,13 +750,7 @@ impl Outbox {
     /// Put the records of `queue` held since the last checkpoint into sled (not flushed: the
     /// log still has them), for what works on sled alone (dropping, burying, purging).
     fn settle(&self, s: &Store, queue: QueueId) -> Result<(), OutboxError> {
-        let mut hot = s.hot();
-        let records = std::mem::take(hot.queue(queue.0));
-        for (seq, value) in records {
-            hot.bytes -= value.len() as u64;
-            s.queues[queue.0].insert(seq.to_be_bytes(), value)?;
-        }
-        Ok(())
+        settle_held(s, &mut s.hot(), queue)
     }
 
     /// Visit the records of `queue` from `from` up to (not including) `to` in order, those in
@@ -1102,11 +1084,7 @@ impl Outbox {
             if let Some(meta) = s.hot().states.get_mut("meta") {
                 meta.remove(key.as_bytes());
             }
-            match bytes {
-                Some(bytes) => s.meta.insert(key, bytes)?,
-                None => s.meta.remove(key)?,
-            };
-            Ok(())
+            store::set(&s.meta, key.as_bytes(), bytes.as_deref())
         })
     }
 
@@ -1152,6 +1130,25 @@ impl Outbox {
             q.appended.notify_one();
         }
     }
+}
+
+/// Move the records of `queue` held since the last checkpoint into its sled tree.
+fn settle_held(s: &Store, hot: &mut hot::Hot, queue: QueueId) -> Result<(), OutboxError> {
+    for (seq, value) in std::mem::take(hot.queue(queue.0)) {
+        hot.bytes -= value.len() as u64;
+        s.queues[queue.0].insert(seq.to_be_bytes(), value)?;
+    }
+    Ok(())
+}
+
+/// Run blocking file I/O (a write and its sync) off the async workers.
+async fn blocking(
+    io: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+) -> Result<(), OutboxError> {
+    tokio::task::spawn_blocking(io)
+        .await
+        .map_err(|e| io_error(std::io::Error::other(e)))?
+        .map_err(io_error)
 }
 
 /// The name of a sled tree, as the log names it.

@@ -93,12 +93,7 @@ impl Store {
 
     /// Apply one logged operation to its tree.
     pub(super) fn apply(&self, op: &wal::Op) -> Result<(), OutboxError> {
-        let tree = self.db.open_tree(&op.tree)?;
-        match &op.value {
-            Some(v) => tree.insert(op.key.as_slice(), v.as_slice())?,
-            None => tree.remove(op.key.as_slice())?,
-        };
-        Ok(())
+        set(&self.db.open_tree(&op.tree)?, &op.key, op.value.as_deref())
     }
 
     /// What was written since the last checkpoint, locked.
@@ -189,6 +184,15 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Set `key` of `tree` to `value`, or remove it (`None`).
+pub(super) fn set(tree: &sled::Tree, key: &[u8], value: Option<&[u8]>) -> Result<(), OutboxError> {
+    match value {
+        Some(v) => tree.insert(key, v)?,
+        None => tree.remove(key)?,
+    };
+    Ok(())
 }
 
 /// The marker file beside the store naming its id (see `Store::check_identity`).
