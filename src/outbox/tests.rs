@@ -585,6 +585,12 @@ async fn seen_times_alone_are_written_with_the_next_batch_or_a_minute_later_and_
     assert_eq!(seen_on_disk(&ob), [("a".into(), 4), ("c".into(), 6)]);
 }
 
+/// The ids of every record pending in the first queue, in order.
+fn pending_ids(ob: &Outbox) -> Vec<String> {
+    let pending = ob.pending_after(Q0, None, 10_000).unwrap();
+    pending.into_iter().map(|r| r.id).collect()
+}
+
 /// The log is the durability of a batch: whatever mix of syncs, deliveries and checkpoints
 /// came before, a crash (the files as they are, opened as a copy, which then carries on)
 /// keeps every synced record not yet delivered, and the states that came with them; and a
@@ -638,19 +644,9 @@ async fn a_crash_at_any_point_keeps_every_synced_record_and_state() {
                 }
             }
             11 => {
-                let before: Vec<String> = ob
-                    .pending_after(Q0, None, 10_000)
-                    .unwrap()
-                    .into_iter()
-                    .map(|r| r.id)
-                    .collect();
+                let before = pending_ids(&ob);
                 if ob.drop_oldest_readings(Q0, 1).unwrap() == 1 {
-                    let after: Vec<String> = ob
-                        .pending_after(Q0, None, 10_000)
-                        .unwrap()
-                        .into_iter()
-                        .map(|r| r.id)
-                        .collect();
+                    let after = pending_ids(&ob);
                     let dropped = before.into_iter().find(|id| !after.contains(id)).unwrap();
                     pending.retain(|id| *id != dropped);
                     gone_unlogged.push(dropped);
@@ -670,12 +666,7 @@ async fn a_crash_at_any_point_keeps_every_synced_record_and_state() {
                 let copy = tempfile::tempdir().unwrap();
                 copy_dir(&ob.dir, copy.path());
                 let after = Outbox::open(copy.path(), 1 << 20, everything()).unwrap();
-                let got: Vec<String> = after
-                    .pending_after(Q0, None, 10_000)
-                    .unwrap()
-                    .into_iter()
-                    .map(|r| r.id)
-                    .collect();
+                let got = pending_ids(&after);
                 // A delivery not yet logged may come back: a duplicate, never a loss.
                 let lost: Vec<_> = pending.iter().filter(|id| !got.contains(id)).collect();
                 assert!(lost.is_empty(), "seed {seed}, step {step}: lost {lost:?}");
