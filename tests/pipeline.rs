@@ -88,6 +88,77 @@ async fn every_change_is_delivered_exactly_as_sent_and_repeats_produce_nothing()
     assert!(daemon.log().contains("outbox flushed"), "{}", daemon.log());
 }
 
+/// An SD card's idle gateway: what devices coming online changed is checkpointed once, an
+/// `outbox.checkpoint_interval` later, and after that, while they stay connected and silent,
+/// the daemon writes nothing at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_gateway_checkpoints_what_changed_once_then_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(
+        dir.path(),
+        broker.port,
+        &receiver.url,
+        "[outbox]\ncheckpoint_interval = \"500ms\"\n",
+    );
+    daemon.start();
+    let pid = daemon.pid().unwrap();
+    let mut devices = Vec::new();
+    for i in 0..3 {
+        let mut d = device(
+            broker.port,
+            &format!("q-occ-{i}"),
+            DeviceClass::OccupancySensor,
+        )
+        .await;
+        publish(&mut d, 1, 1.0).await;
+        devices.push(d);
+    }
+    receiver
+        .wait_until(LONG, "each device online and its reading", |s| {
+            s.of_type("device.online").len() == 3 && s.events.len() >= 6
+        })
+        .await;
+    let checkpoints = || daemon.metric("edgehook_outbox_checkpoints_total").unwrap();
+    let written = || {
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("write_bytes: ")?.trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    // The changes (and the deliveries' last successes) checkpointed: the count stops moving.
+    let deadline = std::time::Instant::now() + LONG;
+    let mut last = checkpoints();
+    loop {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let now = checkpoints();
+        if now > 0 && now == last {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "checkpoints never stopped while nothing changed (now {now}):\n{}",
+            daemon.log()
+        );
+        last = now;
+    }
+    let (before, bytes_before) = (checkpoints(), written());
+    tokio::time::sleep(Duration::from_secs(5)).await; // ten intervals
+    assert_eq!(
+        (checkpoints(), written()),
+        (before, bytes_before),
+        "an idle gateway made checkpoints or wrote bytes:\n{}",
+        daemon.log()
+    );
+    // and a change is checkpointed again
+    publish(&mut devices[0], 1, 1.0).await;
+    daemon
+        .wait_metric("edgehook_outbox_checkpoints_total", before + 1)
+        .await;
+    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_outage_then_recovery_delivers_everything_in_order() {
     let dir = tempfile::tempdir().unwrap();

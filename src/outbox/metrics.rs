@@ -1,6 +1,6 @@
 //! What the outbox counts and holds: events stored (by type) and left unrouted, its size and
-//! fill, what it dropped (in all and per endpoint), dead letters, failed writes and how long a
-//! group commit takes. Pending events and their age are read off the store at scrape time
+//! fill, what it dropped (in all and per endpoint), dead letters, failed writes, how long a
+//! group commit takes and how many checkpoints were made. Pending events and their age are read off the store at scrape time
 //! ([`super::Outbox::observe`]).
 
 use crate::event::EventType;
@@ -29,6 +29,7 @@ pub struct OutboxMetrics {
     dead_letters: Gauge,
     write_failures: Counter,
     commit: Histogram,
+    checkpoints: Counter,
     endpoint_dropped: Family<Endpoint, Counter>,
     endpoint_pending: Family<Endpoint, Gauge>,
     oldest_pending: Family<Endpoint, FloatGauge>,
@@ -75,6 +76,10 @@ impl OutboxMetrics {
             oldest_pending: r.gauge(
                 "outbox_oldest_pending_seconds",
                 "Age of the oldest event waiting for delivery (0 when none).",
+            ),
+            checkpoints: r.counter(
+                "outbox_checkpoints_total",
+                "Checkpoints made: what the write-ahead log held and is still needed put into the store and synced (once per outbox.checkpoint_interval while anything changes, never while nothing does).",
             ),
             commit: r.histogram(
                 "outbox_commit_seconds",
@@ -152,6 +157,10 @@ impl OutboxMetrics {
     }
     pub fn write_failed(&self) {
         self.write_failures.inc();
+    }
+    /// A checkpoint was made (see `Outbox::flush`).
+    pub fn checkpointed(&self) {
+        self.checkpoints.inc();
     }
     /// One group commit (write and fsync) took `took`.
     pub fn committed(&self, took: std::time::Duration) {

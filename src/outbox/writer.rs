@@ -147,6 +147,7 @@ async fn checkpoint(outbox: &Outbox, metrics: &Metrics) {
     let mut failures = 0u64;
     loop {
         let Err(e) = outbox.flush().await else {
+            metrics.checkpointed();
             if failures > 0 {
                 tracing::info!(failures, "outbox writable again; resuming");
                 outbox.writable.store(true, Ordering::Relaxed);

@@ -80,6 +80,7 @@ const PINNED: &[(&str, &str)] = &[
     ("edgehook_mqtt_connects_total", ""),
     ("edgehook_mqtt_redeliveries_skipped_total", ""),
     ("edgehook_outbox_bytes", ""),
+    ("edgehook_outbox_checkpoints_total", ""),
     ("edgehook_outbox_commit_seconds", ""),
     ("edgehook_outbox_depth", ""),
     ("edgehook_outbox_dropped_total", ""),
