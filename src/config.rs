@@ -702,6 +702,10 @@ hold = "90s"
             "secret = \"s3cret-value\"\nallow_insecure_http = true",
         );
         assert!(Config::from_toml_str(&insecure).is_ok());
+        // Host names are ASCII: one with other letters is refused, saying how to write it.
+        let e = err_of(&with(url, "https://bücher.example/hook"));
+        assert!(e.contains("webhook.url") && e.contains("punycode"), "{e}");
+        assert!(Config::from_toml_str(&with(url, "https://xn--bcher-kva.example/hook")).is_ok());
 
         let e = err_of(&with(
             "secret = \"s3cret-value\"",

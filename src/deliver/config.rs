@@ -238,8 +238,8 @@ pub fn validate(
 /// The checks of one endpoint (`[webhook]` or `[[endpoints]]`); `key` is where it is.
 pub fn validate_endpoint(key: &str, w: &WebhookConfig) -> Result<(), (String, String)> {
     let bad = |key: &str, msg: String| Err((key.to_string(), msg));
-    match reqwest::Url::parse(&w.url) {
-        Err(e) => return bad(&format!("{key}.url"), format!("not a URL ({e})")),
+    match parse_url(&w.url) {
+        Err(e) => return bad(&format!("{key}.url"), e),
         Ok(u) if u.scheme() != "https" && u.scheme() != "http" => {
             return bad(&format!("{key}.url"), "must be https:// (or http:// to this host)".into())
         }
@@ -477,6 +477,18 @@ fn check_template(w: &WebhookConfig) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A receiver's or upstream's URL, or why it is not one. A host name is ASCII: one with other
+/// letters is written as punycode (`xn--...`), which `url` is built here to take alone (see
+/// `idna_adapter` in Cargo.toml).
+pub fn parse_url(url: &str) -> Result<reqwest::Url, String> {
+    reqwest::Url::parse(url).map_err(|e| match e {
+        url::ParseError::IdnaError => format!(
+            "not a URL ({e}): write a host name with letters outside ASCII as punycode (xn--...)"
+        ),
+        e => format!("not a URL ({e})"),
+    })
 }
 
 /// Whether a URL's host is this machine (`localhost`, 127.0.0.0/8, ::1).

@@ -119,8 +119,8 @@ pub fn validate(u: &UpstreamConfig) -> Result<(), (String, String)> {
         )?;
     }
     if let Some(p) = &u.pull {
-        match reqwest::Url::parse(&p.url) {
-            Err(e) => return bad("pull.url", format!("not a URL ({e})")),
+        match crate::deliver::config::parse_url(&p.url) {
+            Err(e) => return bad("pull.url", e),
             Ok(url) if url.scheme() == "https" => {}
             Ok(url) if url.scheme() == "http" => {
                 if !crate::deliver::config::is_loopback(&url) && !p.allow_insecure_http {
