@@ -191,18 +191,19 @@ impl Config {
                 .unwrap_or_else(|| "configuration".into())
         };
         let source_of = |key: &str| -> String {
-            match figment.find_metadata(key) {
-                Some(meta) => describe_source(meta, key),
-                None => default_source(),
-            }
+            figment
+                .find_metadata(key)
+                .and_then(|meta| describe_source(meta, key))
+                .unwrap_or_else(default_source)
         };
         let config: Config = figment.extract().map_err(|e| {
             let e = e.into_iter().next().expect("figment errors are non-empty");
             let key = key_path(&e.path);
-            let source_name = match &e.metadata {
-                Some(meta) => describe_source(meta, &key),
-                None => source_of(&key),
-            };
+            let source_name = e
+                .metadata
+                .as_ref()
+                .and_then(|meta| describe_source(meta, &key))
+                .unwrap_or_else(|| source_of(&key));
             ConfigError::Invalid {
                 source_name,
                 key: key.clone(),
@@ -323,21 +324,24 @@ fn key_path(path: &[String]) -> String {
     key
 }
 
-/// Where a value came from: the file path, the exact environment variable, or the defaults.
-fn describe_source(meta: &figment::Metadata, key: &str) -> String {
+/// Where a value came from: the file path or the exact environment variable; `None` for the
+/// defaults (the caller names the file, where such a key is set).
+fn describe_source(meta: &figment::Metadata, key: &str) -> Option<String> {
     match &meta.source {
-        Some(figment::Source::File(p)) => p.display().to_string(),
+        Some(figment::Source::File(p)) => Some(p.display().to_string()),
         _ if meta.name.contains("environment") => {
             // figment lower-cases variable names; find the one the user actually set.
             let wanted = format!("EDGEHOOK_{}", key.replace('.', "__"));
-            std::env::vars_os()
+            let set = std::env::vars_os()
                 .filter_map(|(k, _)| k.into_string().ok())
-                .find(|k| k.eq_ignore_ascii_case(&wanted))
-                .map(|k| format!("environment variable {k}"))
-                .unwrap_or_else(|| format!("environment variable {}", wanted.to_uppercase()))
+                .find(|k| k.eq_ignore_ascii_case(&wanted));
+            Some(format!(
+                "environment variable {}",
+                set.unwrap_or_else(|| wanted.to_uppercase())
+            ))
         }
-        Some(other) => format!("{} {}", meta.name, other),
-        None => meta.name.to_string(),
+        // The defaults (a key the file leaves out): the file is the place to set it.
+        _ => None,
     }
 }
 
@@ -879,6 +883,17 @@ events = ["workspace.*"]"#,
         let e = Config::load(&path).unwrap_err().to_string();
         assert!(
             e.contains("edgehook.toml") && e.contains("mqtt.port"),
+            "{e}"
+        );
+        // A key the file leaves out (its default is refused): still the file, never the code
+        // that holds the defaults.
+        let no_source = "subscriptions = [{ topic = \"sensors/{device}/reading\", kind = \"reading\" }]";
+        std::fs::write(&path, MINIMAL.replace(no_source, "")).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&path.display().to_string())
+                && e.contains("mqtt.subscriptions")
+                && !e.contains(".rs"),
             "{e}"
         );
         let e = Config::load(&dir.path().join("missing.toml"))
