@@ -887,7 +887,8 @@ events = ["workspace.*"]"#,
         );
         // A key the file leaves out (its default is refused): still the file, never the code
         // that holds the defaults.
-        let no_source = "subscriptions = [{ topic = \"sensors/{device}/reading\", kind = \"reading\" }]";
+        let no_source =
+            "subscriptions = [{ topic = \"sensors/{device}/reading\", kind = \"reading\" }]";
         std::fs::write(&path, MINIMAL.replace(no_source, "")).unwrap();
         let e = Config::load(&path).unwrap_err().to_string();
         assert!(
