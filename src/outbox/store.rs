@@ -39,7 +39,10 @@ impl Store {
         let sync = Arc::new(SyncFiles::open(&dir.join("outbox.sled"))?);
         // The delivery log lived here before it became a file (`deliver::log`).
         db.drop_tree("attempts")?;
-        let store = Store {
+        let meta = db.open_tree("meta")?;
+        check_identity(dir, &db, &meta, &sync)?;
+        let wal = recover(dir, &db, &meta, &sync)?;
+        Ok(Store {
             queues: Vec::new(),
             devices: db.open_tree("devices")?,
             workspaces: db.open_tree("workspaces")?,
@@ -47,91 +50,16 @@ impl Store {
             actions: db.open_tree("actions")?,
             bookings: db.open_tree("bookings")?,
             dead: db.open_tree("dead")?,
-            meta: db.open_tree("meta")?,
+            meta,
             db,
             sync,
-            hot: std::sync::Mutex::new(Hot::new(Wal::open(dir, 1).map_err(io_error)?)),
-        };
-        store.check_identity(dir)?;
-        store.recover(dir)?;
-        Ok(store)
-    }
-
-    /// Apply the write-ahead log's records newer than the last checkpoint, make that a
-    /// checkpoint, and start the next generation (never a number used before).
-    fn recover(&self, dir: &Path) -> Result<(), OutboxError> {
-        let through = self
-            .meta
-            .get(WAL_THROUGH)?
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0);
-        let (found, highest) = wal::read(dir, through).map_err(io_error)?;
-        if let Some((last, _)) = found.last() {
-            for (_, batches) in &found {
-                for op in batches.iter().flatten() {
-                    self.apply(op)?;
-                }
-            }
-            self.meta.insert(WAL_THROUGH, &last.to_be_bytes())?;
-            self.db.flush()?;
-            self.sync.sync().map_err(io_error)?;
-            tracing::info!(
-                batches = found.iter().map(|(_, b)| b.len()).sum::<usize>(),
-                "outbox: recovered the write-ahead log's batches since the last checkpoint"
-            );
-        }
-        // A generation is started at a checkpoint, before that checkpoint is durable: the
-        // last life may have started `through + 2` (its first sync torn, so not found), and a
-        // number used again could read that sync's stray records as its own. So the next is
-        // past both; its file holds nothing after `wal.through` (now the last found).
-        let next = (through + 3).max(highest + 1);
-        let wal = Wal::open(dir, next).map_err(io_error)?;
-        tracing::debug!(direct = wal.is_direct(), "outbox: write-ahead log open");
-        self.hot().wal = wal;
-        Ok(())
-    }
-
-    /// Apply one logged operation to its tree.
-    pub(super) fn apply(&self, op: &wal::Op) -> Result<(), OutboxError> {
-        set(&self.db.open_tree(&op.tree)?, &op.key, op.value.as_deref())
+            hot: std::sync::Mutex::new(Hot::new(wal)),
+        })
     }
 
     /// What was written since the last checkpoint, locked.
     pub(super) fn hot(&self) -> std::sync::MutexGuard<'_, Hot> {
         self.hot.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// sled recovers a damaged log by dropping what it cannot read, which can silently leave an
-    /// empty store. So each store has an id, kept both inside it (`meta`, key `store_id`) and
-    /// beside it (`outbox.id`); a store that comes back without the id its marker names has
-    /// lost its history, and is refused rather than used.
-    fn check_identity(&self, dir: &Path) -> Result<(), OutboxError> {
-        let marker = dir.join(IDENTITY_FILE);
-        let inside = self
-            .meta
-            .get(STORE_ID_KEY)?
-            .map(|v| String::from_utf8_lossy(&v).into_owned());
-        let beside = std::fs::read_to_string(&marker)
-            .ok()
-            .map(|s| s.trim().to_string());
-        match (beside, inside) {
-            (Some(beside), Some(inside)) if beside == inside => Ok(()),
-            (Some(beside), inside) => Err(OutboxError::Lost {
-                dir: dir.display().to_string(),
-                expected: beside,
-                found: inside.unwrap_or_else(|| "nothing".into()),
-            }),
-            (None, Some(inside)) => write_marker(&marker, &inside),
-            (None, None) => {
-                // The id inside must be durable before the marker that names it: a marker
-                // without it is a store that "lost its history" and is refused.
-                let id = uuid::Uuid::now_v7().to_string();
-                self.meta.insert(STORE_ID_KEY, id.as_bytes())?;
-                self.db.flush()?;
-                self.sync.sync().map_err(io_error)?;
-                write_marker(&marker, &id)
-            }
-        }
     }
 
     /// Open the queue trees of `endpoints`, in that order.
@@ -184,6 +112,80 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// sled recovers a damaged log by dropping what it cannot read, which can silently leave an
+/// empty store. So each store has an id, kept both inside it (`meta`, key `store_id`) and
+/// beside it (`outbox.id`); a store that comes back without the id its marker names has lost
+/// its history, and is refused rather than used (before its log is opened or made).
+fn check_identity(
+    dir: &Path,
+    db: &sled::Db,
+    meta: &sled::Tree,
+    sync: &SyncFiles,
+) -> Result<(), OutboxError> {
+    let marker = dir.join(IDENTITY_FILE);
+    let inside = meta
+        .get(STORE_ID_KEY)?
+        .map(|v| String::from_utf8_lossy(&v).into_owned());
+    let beside = std::fs::read_to_string(&marker)
+        .ok()
+        .map(|s| s.trim().to_string());
+    match (beside, inside) {
+        (Some(beside), Some(inside)) if beside == inside => Ok(()),
+        (Some(beside), inside) => Err(OutboxError::Lost {
+            dir: dir.display().to_string(),
+            expected: beside,
+            found: inside.unwrap_or_else(|| "nothing".into()),
+        }),
+        (None, Some(inside)) => write_marker(&marker, &inside),
+        (None, None) => {
+            // The id inside must be durable before the marker that names it: a marker
+            // without it is a store that "lost its history" and is refused.
+            let id = uuid::Uuid::now_v7().to_string();
+            meta.insert(STORE_ID_KEY, id.as_bytes())?;
+            db.flush()?;
+            sync.sync().map_err(io_error)?;
+            write_marker(&marker, &id)
+        }
+    }
+}
+
+/// Apply the write-ahead log's records newer than the last checkpoint, make that a checkpoint,
+/// and open the log at its next generation (never a number used before).
+fn recover(
+    dir: &Path,
+    db: &sled::Db,
+    meta: &sled::Tree,
+    sync: &SyncFiles,
+) -> Result<Wal, OutboxError> {
+    let through = meta
+        .get(WAL_THROUGH)?
+        .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0);
+    let (found, highest) = wal::read(dir, through).map_err(io_error)?;
+    if let Some((last, _)) = found.last() {
+        for (_, batches) in &found {
+            for op in batches.iter().flatten() {
+                set(&db.open_tree(&op.tree)?, &op.key, op.value.as_deref())?;
+            }
+        }
+        meta.insert(WAL_THROUGH, &last.to_be_bytes())?;
+        db.flush()?;
+        sync.sync().map_err(io_error)?;
+        tracing::info!(
+            batches = found.iter().map(|(_, b)| b.len()).sum::<usize>(),
+            "outbox: recovered the write-ahead log's batches since the last checkpoint"
+        );
+    }
+    // A generation is started at a checkpoint, before that checkpoint is durable: the last
+    // life may have started `through + 2` (its first sync torn, so not found), and a number
+    // used again could read that sync's stray records as its own. So the next is past both;
+    // its file holds nothing after `wal.through` (now the last found).
+    let next = (through + 3).max(highest + 1);
+    let wal = Wal::open(dir, next).map_err(io_error)?;
+    tracing::debug!(direct = wal.is_direct(), "outbox: write-ahead log open");
+    Ok(wal)
 }
 
 /// Set `key` of `tree` to `value`, or remove it (`None`).

@@ -730,3 +730,16 @@ async fn the_last_success_is_kept_until_the_checkpoint_not_written_each_second()
     let ob = open_when_released(dir.path(), everything);
     assert_eq!(ob.last("default", Last::Success), Some(2_000));
 }
+
+/// A store refused as having lost its history is left as it was found: its write-ahead log
+/// is neither read nor made (the way out is to move the directory aside, intact).
+#[test]
+fn a_store_that_lost_its_history_is_refused_before_its_log_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("outbox.id"), "0190-a-store-that-was-here\n").unwrap();
+    let err = Outbox::open(dir.path(), 1 << 20, everything()).err().unwrap();
+    assert!(err.to_string().contains("lost its history"), "{err}");
+    for name in ["outbox.wal.0", "outbox.wal.1"] {
+        assert!(!dir.path().join(name).exists(), "{name} was made");
+    }
+}
