@@ -16,8 +16,10 @@
 //!   60 s (every event its own group commit: the per-commit floor).
 //! - "idle" and "idle+heartbeats": the 200 devices connected and online, then silent, or each
 //!   sending an unchanged reading every 30 s (its class watching for silence), for 10 minutes
-//!   (`BENCH_IDLE_SECS`): the bytes the daemon wrote meanwhile, in how many of its seconds and
-//!   how many checkpoints (runs of such seconds), and its resident memory. Run once: they count, they do not time.
+//!   (`BENCH_IDLE_SECS`), from the checkpoint of what coming online changed: the bytes the
+//!   daemon wrote meanwhile, in how many of its seconds, its checkpoints
+//!   (`edgehook_outbox_checkpoints_total`), and its resident memory. Run once: they count, they
+//!   do not time.
 //!
 //! - "actions": the action round trip: 500 actions to 20 room displays, pushed signed to the
 //!   push listener at 50 a second; from the push to the receipt of its
@@ -34,10 +36,12 @@
 //! published ÷ first publish → last receipt); publish-to-receipt latency of readings delivered
 //! (p50/p99/max); the daemon's peak RSS (VmHWM), its CPU seconds per 10,000 events and the bytes
 //! it wrote to disk per event (/proc/<pid>/io write_bytes: pages dirtied, each counted whole).
-//! "dev B/ev" is what reached the block device that holds the state directory in the same
-//! time (/sys/dev/block/.../stat, sectors written), per event: the whole machine's writes — the
-//! broker's, the journal's, the filesystem's own — so an upper bound for edgehook's, and on
-//! the null bridge's row the machine's writes without edgehook. "W.A." is the write
+//! "dev B/ev" is what reached the block device that holds the state directory from the
+//! daemon's start to the end of the load (/sys/dev/block/.../stat, sectors written), per event.
+//! Run as root, the state directory is an ext4 file system of its own on a loop device (see
+//! [`Card`]), so this is the daemon's alone: its files, their metadata, ext4's journal — what
+//! an SD card would be asked to write. Otherwise it is the machine's disk, everyone's writes
+//! (an upper bound); on the null bridge's row, always the machine's. "W.A." is the write
 //! amplification: the daemon's `write_bytes` per byte of event delivered (its JSON body).
 //!
 //! Environment: `BENCH_ONLY=<scenario>` runs one scenario, `BENCH_CONFIG` appends TOML to the
@@ -87,6 +91,66 @@ fn device_bytes_written(path: &std::path::Path) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/stat")).ok()?;
     let sectors: u64 = stat.split_whitespace().nth(6)?.parse().ok()?;
     Some(sectors * 512)
+}
+
+/// The daemon's state directory on a block device of its own — an ext4 file system (as on a
+/// Pi's SD card) on a loop device, mounted where the state directory goes — so that what the
+/// block device wrote is the daemon's alone: its files, their metadata and ext4's journal.
+/// Needs root (`losetup`, `mount`); elsewhere `None`, and the state directory stays on the
+/// machine's disk, whose writes are everyone's.
+struct Card {
+    at: std::path::PathBuf,
+}
+
+impl Card {
+    fn mount(at: &std::path::Path) -> Option<Card> {
+        let run = |cmd: &str, args: &[&std::ffi::OsStr]| {
+            std::process::Command::new(cmd)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        // SAFETY: geteuid only reads this process's credentials.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        let image = at.with_extension("img");
+        std::fs::File::create(&image)
+            .ok()?
+            .set_len(256 << 20)
+            .ok()?;
+        std::fs::create_dir_all(at).ok()?;
+        // Inode tables and journal written now, not by a kernel thread during the measurement.
+        let made = run(
+            "mkfs.ext4",
+            &["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"]
+                .map(std::ffi::OsStr::new)
+                .into_iter()
+                .chain([image.as_os_str()])
+                .collect::<Vec<_>>(),
+        );
+        let mounted = made
+            && run(
+                "mount",
+                &[
+                    std::ffi::OsStr::new("-o"),
+                    "loop".as_ref(),
+                    image.as_os_str(),
+                    at.as_os_str(),
+                ],
+            );
+        mounted.then(|| Card {
+            at: at.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Card {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.at).status();
+    }
 }
 
 /// Write back what earlier scenarios left dirty (and let the machine go quiet), so that it is
@@ -279,7 +343,15 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
     let mut daemon = None;
     let mut null = None;
     let mut before = (0, 0.0, 0);
-    let device_before = device_bytes_written(dir.path());
+    let card = (bridge == Bridge::Edgehook)
+        .then(|| Card::mount(&dir.path().join("state")))
+        .flatten();
+    // The card's writes (the daemon's alone) or, without one, the machine disk's.
+    let device = card
+        .as_ref()
+        .map_or(dir.path(), |c| c.at.as_path())
+        .to_path_buf();
+    let mut device_before = device_bytes_written(&device);
     match bridge {
         Bridge::Edgehook => {
             // Offline reports go out at once: the figures measure the pipeline, not the
@@ -292,6 +364,8 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
             let mut d = Daemon::new(dir.path(), broker.port, &receiver.url, &rules);
             d.start();
             let pid = d.pid().unwrap();
+            // From here, as `write_bytes`: opening a new store is not the load's.
+            device_before = device_bytes_written(&device);
             before = (
                 pid,
                 cpu_seconds(pid),
@@ -409,7 +483,7 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
         None => None,
     };
     let commits = daemon.as_ref().map(commit_p99);
-    let device_bytes = device_bytes_written(dir.path())
+    let device_bytes = device_bytes_written(&device)
         .zip(device_before)
         .map(|(after, before)| after - before);
     let figures = daemon.as_mut().map(|d| {
@@ -455,10 +529,10 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
 }
 
 /// An idle gateway for `length`: the 200 devices connected and online, then either silent or
-/// sending an unchanged reading every 30 s each (`heartbeats`). Returns the daemon's bytes
-/// written meanwhile, the seconds in which it wrote and its checkpoints (`write_bytes` sampled
-/// every second; a checkpoint is a run of such seconds), its resident memory at the end and
-/// its peak.
+/// sending an unchanged reading every 30 s each (`heartbeats`), measured from the checkpoint
+/// of what coming online changed. Returns the daemon's bytes written meanwhile, the seconds in
+/// which it wrote (`write_bytes` sampled every second), its checkpoints (its metric), its
+/// resident memory at the end and its peak.
 async fn idle(heartbeats: bool, length: Duration) -> Idle {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(dir.path());
@@ -473,6 +547,7 @@ async fn idle(heartbeats: bool, length: Duration) -> Idle {
     let rules = format!(
         "[[device_classes]]\nname = \"bench\"\nmatch = [\"*\"]\ndebounce = \"0s\"\n{watch}"
     );
+    let card = Card::mount(&dir.path().join("state"));
     let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, &rules);
     daemon.start();
     let pid = daemon.pid().unwrap();
@@ -508,29 +583,39 @@ async fn idle(heartbeats: bool, length: Duration) -> Idle {
     while receiver.seen(|s| (s.events.len() as u64) < warm) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Then what coming online changed (the registrations, held since) is checkpointed, once,
+    // a minute later: the window starts after it (or after two minutes without one).
+    let checkpoints = || {
+        daemon
+            .metric("edgehook_outbox_checkpoints_total")
+            .unwrap_or(0)
+    };
+    let (before, wait_until) = (checkpoints(), Instant::now() + Duration::from_secs(120));
+    while checkpoints() == before && Instant::now() < wait_until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let written = || proc_field(pid, "io", "write_bytes:").unwrap_or(0);
-    let start = written();
-    // A checkpoint: seconds in a row in which the daemon wrote (a write and its flush may
-    // fall in two), after a quiet one.
-    let (mut last, mut writes, mut writing, mut seconds) = (start, 0u64, false, 0u64);
+    let device = || card.as_ref().and_then(|c| device_bytes_written(&c.at));
+    let (start, from, device_from) = (written(), checkpoints(), device());
+    let (mut last, mut seconds) = (start, 0u64);
     let ends = Instant::now() + length;
     while Instant::now() < ends {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = written();
-        if now > last && !writing {
-            writes += 1;
-        }
-        writing = now > last;
-        seconds += u64::from(writing);
+        seconds += u64::from(now > last);
         last = now;
     }
+    let writes = checkpoints() - from;
+    let device_bytes = device().zip(device_from).map(|(now, from)| now - from);
     let result = Idle {
         bytes: last - start,
+        device_bytes,
         writes,
         seconds,
         minutes: length.as_secs_f64() / 60.0,
         rss: proc_field(pid, "status", "VmRSS:").unwrap_or(0),
+        anon: proc_field(pid, "status", "RssAnon:").unwrap_or(0),
         peak: proc_field(pid, "status", "VmHWM:").unwrap_or(0),
     };
     let _ = stop.send(());
@@ -542,11 +627,15 @@ async fn idle(heartbeats: bool, length: Duration) -> Idle {
 /// What [`idle`] measured.
 struct Idle {
     bytes: u64,
+    /// What its block device wrote (with a [`Card`]).
+    device_bytes: Option<u64>,
     writes: u64,
     /// Seconds in which it wrote.
     seconds: u64,
     minutes: f64,
     rss: u64,
+    /// Of `rss`, the daemon's own memory (the rest: code and libraries, clean file pages).
+    anon: u64,
     peak: u64,
 }
 
@@ -819,13 +908,16 @@ fn main() {
     }
     for (name, i) in &idles {
         println!(
-            "{name}: {} bytes written in {:.0} min, in {} of its seconds, {} checkpoints ({:.1} a minute); RSS {:.1} MB at the end, peak {:.1} MB",
+            "{name}: {} bytes written in {:.0} min ({} by its block device), in {} of its seconds, {} checkpoints ({:.1} a minute); RSS {:.1} MB at the end ({:.1} MB anonymous), peak {:.1} MB",
             i.bytes,
             i.minutes,
+            i.device_bytes
+                .map_or("not measured".to_string(), |b| b.to_string()),
             i.seconds,
             i.writes,
             i.writes as f64 / i.minutes.max(f64::EPSILON),
             i.rss as f64 / 1024.0,
+            i.anon as f64 / 1024.0,
             i.peak as f64 / 1024.0
         );
     }
