@@ -28,6 +28,19 @@ fn the_example_config_is_valid() {
     );
 }
 
+/// A log filter that is not understood is said so, and the daemon logs at info (it used to
+/// take `degub` as a target's name and turn every other log off, silently).
+#[test]
+fn a_log_filter_not_understood_is_said_and_info_is_kept() {
+    let out = edgehook(&["check-config", EXAMPLE], &[("EDGEHOOK_LOG", "degub")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("EDGEHOOK_LOG") && err.contains("degub") && err.contains("logging at info"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_bad_key_names_the_file_and_the_key() {
     let dir = tempfile::tempdir().unwrap();
