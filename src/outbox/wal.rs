@@ -227,6 +227,8 @@ pub(super) struct Wal {
     files: [std::sync::Arc<File>; 2],
     /// Whether `files` are open for direct I/O (see [`Wal::open`]).
     direct: bool,
+    /// Direct I/O: what a write's offset and length are multiples of (see [`direct_unit`]).
+    sector: u64,
     generation: u64,
     /// Where this generation's records end in its file (buffered: a page boundary).
     offset: u64,
@@ -237,11 +239,12 @@ pub(super) struct Wal {
     buf: Vec<u8>,
 }
 
-/// The unit of a direct write: what a block device writes at once.
+/// The unit of a direct write where the kernel does not say (see [`direct_unit`]): the
+/// smallest sector a block device has.
 const SECTOR: u64 = 512;
 
-/// Set once a direct write was refused as misaligned (a device of 4 KiB sectors, a filesystem
-/// without direct I/O): every log opened after it is buffered.
+/// Set once a direct write was refused as misaligned (a kernel that does not say a device's
+/// unit, and a device of larger sectors): every log opened after it is buffered.
 static NO_DIRECT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// One sync's write, taken out of the [`Wal`] so that the write and its `fdatasync` happen
@@ -317,6 +320,38 @@ fn forget_cached(file: &File) {
     }
 }
 
+/// What a direct write to `file` must be aligned to (offset and length): what the kernel says
+/// (`statx`'s `STATX_DIOALIGN`, Linux 6.1 and later: 512 bytes on an SD card, 4 KiB on a
+/// device of 4 KiB sectors), [`SECTOR`] where it does not say, `None` where it says that
+/// direct I/O is not supported there or wants more than a page of alignment (then the log goes
+/// through the page cache).
+fn direct_unit(file: &File) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: statx writes into the zeroed struct we own; the empty path with AT_EMPTY_PATH
+    // names the open descriptor itself.
+    let (ok, st) = unsafe {
+        let mut st: libc::statx = std::mem::zeroed();
+        let ok = libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut st,
+        ) == 0;
+        (ok, st)
+    };
+    if !ok || st.stx_mask & libc::STATX_DIOALIGN == 0 {
+        return Some(SECTOR);
+    }
+    unit_of(st.stx_dio_offset_align, st.stx_dio_mem_align)
+}
+
+/// [`direct_unit`]'s rule on the kernel's answer (0: no direct I/O).
+fn unit_of(offset_align: u32, memory_align: u32) -> Option<u64> {
+    let (offset, memory) = (u64::from(offset_align), u64::from(memory_align));
+    (offset > 0 && offset <= PAGE && memory <= PAGE).then_some(offset.max(SECTOR))
+}
+
 impl Wal {
     /// Open the log of `dir` to write generation `generation` (everything before it is in a
     /// durable checkpoint). Creates the files (and syncs the directory) the first time.
@@ -349,13 +384,17 @@ impl Wal {
         if created {
             crate::atomic_file::sync_dir(dir)?;
         }
-        let (files, direct) = match (want_direct, open(0, true), open(1, true)) {
-            (true, Ok(a), Ok(b)) => ([a, b], true),
-            _ => ([open(0, false)?, open(1, false)?], false),
+        let (files, direct, sector) = match (want_direct, open(0, true), open(1, true)) {
+            (true, Ok(a), Ok(b)) => match direct_unit(&a) {
+                Some(sector) => ([a, b], true, sector),
+                None => ([open(0, false)?, open(1, false)?], false, SECTOR),
+            },
+            _ => ([open(0, false)?, open(1, false)?], false, SECTOR),
         };
         Ok(Wal {
             files: files.map(std::sync::Arc::new),
             direct,
+            sector,
             generation,
             offset: 0,
             tail: Vec::new(),
@@ -419,9 +458,10 @@ impl Wal {
         let mut bytes = std::mem::take(&mut self.tail);
         bytes.extend_from_slice(&new);
         self.offset += new.len() as u64;
-        let whole = bytes.len() / SECTOR as usize * SECTOR as usize;
+        let sector = self.sector as usize;
+        let whole = bytes.len() / sector * sector;
         self.tail = bytes[whole..].to_vec();
-        bytes.resize((bytes.len() as u64).next_multiple_of(SECTOR) as usize, 0);
+        bytes.resize(bytes.len().next_multiple_of(sector), 0);
         Pending {
             file,
             direct: true,
@@ -531,26 +571,64 @@ mod tests {
 
     #[test]
     fn a_generation_overwrites_the_one_two_before_and_reads_back_in_order() {
-        for direct in [true, false] {
-            generations_read_back(direct);
+        // direct, in 512-byte and 4 KiB sectors (a device of 4 KiB sectors), and buffered
+        for (direct, sector) in [(true, 512), (true, 4096), (false, 0)] {
+            generations_read_back(direct, sector);
         }
     }
 
-    fn generations_read_back(direct: bool) {
+    #[test]
+    fn a_direct_write_is_aligned_to_what_the_kernel_says() {
+        // (statx's offset and memory alignment) -> the unit, or None for the page cache
+        let table = [
+            ((512, 512), Some(512)),
+            ((512, 4), Some(512)),
+            ((4096, 512), Some(4096)),
+            ((4, 4), Some(512)),
+            ((0, 0), None),
+            ((8192, 512), None),
+            ((512, 8192), None),
+        ];
+        for ((offset, memory), want) in table {
+            assert_eq!(unit_of(offset, memory), want, "{offset} {memory}");
+        }
+        // and this machine's temporary directory answers one way or the other
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open_as(dir.path(), 1, true).unwrap();
+        eprintln!("direct {}, unit {}", wal.is_direct(), wal.sector);
+        assert!(!wal.is_direct() || [512, 1024, 2048, 4096].contains(&wal.sector));
+    }
+
+    fn generations_read_back(direct: bool, sector: u64) {
         let dir = tempfile::tempdir().unwrap();
         let mut wal = Wal::open_as(dir.path(), 1, direct).unwrap();
         eprintln!("direct I/O asked {direct}, used {}", wal.is_direct());
+        // (never below the device's own unit: on a device of 4 KiB sectors, 512 is refused)
+        if wal.is_direct() {
+            wal.sector = wal.sector.max(sector);
+        }
+        let sync = |wal: &mut Wal| {
+            let pending = wal.take();
+            if wal.is_direct() {
+                let (at, len, sector) = (pending.offset, pending.bytes.len() as u64, wal.sector);
+                assert!(
+                    at % sector == 0 && len % sector == 0,
+                    "{at} {len} in {sector}"
+                );
+            }
+            pending.write().unwrap();
+        };
         wal.append(&batch(1));
         wal.append(&batch(2));
-        wal.take().write().unwrap();
+        sync(&mut wal);
         wal.append(&batch(3));
-        wal.take().write().unwrap();
+        sync(&mut wal);
         if !wal.is_direct() {
             assert_eq!(wal.len(), 2 * PAGE, "each sync on its own page");
         }
         wal.append(&batch(4));
         wal.rotate(); // batch 4 waited: it moves to generation 2
-        wal.take().write().unwrap();
+        sync(&mut wal);
         let read_all = |through| read(dir.path(), through).unwrap().0;
         assert_eq!(
             read_all(0),
@@ -559,7 +637,7 @@ mod tests {
         assert_eq!(read_all(1), vec![(2, vec![batch(4)])]);
         wal.rotate(); // generation 3 overwrites 1, shorter than it
         wal.append(&batch(5));
-        wal.take().write().unwrap();
+        sync(&mut wal);
         assert_eq!(
             read_all(0),
             vec![(2, vec![batch(4)]), (3, vec![batch(5)])],
