@@ -737,7 +737,9 @@ async fn the_last_success_is_kept_until_the_checkpoint_not_written_each_second()
 fn a_store_that_lost_its_history_is_refused_before_its_log_is_opened() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("outbox.id"), "0190-a-store-that-was-here\n").unwrap();
-    let err = Outbox::open(dir.path(), 1 << 20, everything()).err().unwrap();
+    let err = Outbox::open(dir.path(), 1 << 20, everything())
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("lost its history"), "{err}");
     for name in ["outbox.wal.0", "outbox.wal.1"] {
         assert!(!dir.path().join(name).exists(), "{name} was made");
