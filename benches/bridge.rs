@@ -96,8 +96,8 @@ fn device_bytes_written(path: &std::path::Path) -> Option<u64> {
 /// The daemon's state directory on a block device of its own — an ext4 file system (as on a
 /// Pi's SD card) on a loop device, mounted where the state directory goes — so that what the
 /// block device wrote is the daemon's alone: its files, their metadata and ext4's journal.
-/// Needs root (`losetup`, `mount`); elsewhere `None`, and the state directory stays on the
-/// machine's disk, whose writes are everyone's.
+/// Needs root (`losetup`, `mount`); elsewhere, or with `BENCH_CARD=0`, `None`, and the state
+/// directory stays on the machine's disk, whose writes are everyone's.
 struct Card {
     at: std::path::PathBuf,
 }
@@ -113,23 +113,29 @@ impl Card {
                 .is_ok_and(|s| s.success())
         };
         // SAFETY: geteuid only reads this process's credentials.
-        if unsafe { libc::geteuid() } != 0 {
+        if unsafe { libc::geteuid() } != 0 || std::env::var("BENCH_CARD").is_ok_and(|v| v == "0") {
             return None;
         }
         let image = at.with_extension("img");
-        std::fs::File::create(&image)
-            .ok()?
-            .set_len(256 << 20)
-            .ok()?;
+        std::fs::File::create(&image).ok()?.set_len(1 << 30).ok()?;
         std::fs::create_dir_all(at).ok()?;
-        // Inode tables and journal written now, not by a kernel thread during the measurement.
+        // 4 KiB blocks, as on a card of gigabytes (mke2fs picks 1 KiB for a small file
+        // system); inode tables and journal written now, not by a kernel thread during the
+        // measurement.
         let made = run(
             "mkfs.ext4",
-            &["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"]
-                .map(std::ffi::OsStr::new)
-                .into_iter()
-                .chain([image.as_os_str()])
-                .collect::<Vec<_>>(),
+            &[
+                "-q",
+                "-F",
+                "-b",
+                "4096",
+                "-E",
+                "lazy_itable_init=0,lazy_journal_init=0",
+            ]
+            .map(std::ffi::OsStr::new)
+            .into_iter()
+            .chain([image.as_os_str()])
+            .collect::<Vec<_>>(),
         );
         let mounted = made
             && run(
