@@ -7,8 +7,9 @@
 //! offset 0, overwriting what an older generation left there, so a sync is of data alone. A
 //! file holds records of one generation back to back. Written with direct I/O (where the
 //! filesystem allows), a sync writes whole sectors (the device's unit: 512 bytes on an SD
-//! card) from the one the last sync ended in (its records again, the same bytes); through the page cache, each sync's records end
-//! padded with zeros to a 4 KiB page, so the next sync starts on a page of its own. A record is
+//! card) from the one the last sync ended in (its records again, the same bytes); through the
+//! page cache, each sync's records end padded with zeros to a 4 KiB page, so the next sync
+//! starts on a page of its own. A record is
 //!
 //! `[magic u32 = "EHW1"][generation u64][payload length u32][crc32 of generation, length and payload u32][payload]`
 //!

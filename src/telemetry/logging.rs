@@ -13,7 +13,10 @@ pub fn init_logging() {
     };
     let (filter, refused) = match directives(value.as_deref().unwrap_or("")) {
         Ok(filter) => (filter, None),
-        Err(why) => (Targets::new().with_default(tracing::Level::INFO), Some(why)),
+        Err(why) => (
+            directives("").unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO)),
+            Some(why),
+        ),
     };
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
