@@ -36,8 +36,9 @@
 //! published ÷ first publish → last receipt); publish-to-receipt latency of readings delivered
 //! (p50/p99/max); the daemon's peak RSS (VmHWM), its CPU seconds per 10,000 events and the bytes
 //! it wrote to disk per event (/proc/<pid>/io write_bytes: pages dirtied, each counted whole).
-//! "dev B/ev" is what reached the block device that holds the state directory from the
-//! daemon's start to the end of the load (/sys/dev/block/.../stat, sectors written), per event.
+//! "dev B/ev" is what reached the block device that holds the state directory from when the
+//! daemon runs (its store open) to the end of the load (/sys/dev/block/.../stat, sectors
+//! written), per event.
 //! Run as root, the state directory is an ext4 file system of its own on a loop device (see
 //! [`Card`]), so this is the daemon's alone: its files, their metadata, ext4's journal — what
 //! an SD card would be asked to write. Otherwise it is the machine's disk, everyone's writes
