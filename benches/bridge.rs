@@ -56,17 +56,10 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Mosquitto, Receiver};
+use common::{proc_field, Daemon, Mosquitto, Receiver};
 use firmware_sim::{run_fleet, FleetConfig};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-
-fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-}
 
 /// utime + stime, seconds (clock ticks are 100 Hz on Linux).
 fn cpu_seconds(pid: u32) -> f64 {

@@ -121,12 +121,7 @@ async fn a_quiet_gateway_checkpoints_what_changed_once_then_writes_nothing() {
         })
         .await;
     let checkpoints = || daemon.metric("edgehook_outbox_checkpoints_total").unwrap();
-    let written = || {
-        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
-        io.lines()
-            .find_map(|l| l.strip_prefix("write_bytes: ")?.trim().parse::<u64>().ok())
-            .unwrap()
-    };
+    let written = || common::proc_field(pid, "io", "write_bytes:").unwrap();
     // The changes (and the deliveries' last successes) checkpointed: the count stops moving.
     let deadline = std::time::Instant::now() + LONG;
     let mut last = checkpoints();

@@ -337,11 +337,16 @@ pub fn powercut_card(dir: &Path, seed: u64) -> (firmware_sim::powercut::Mounted,
 
 /// The peak resident set of process `pid` (VmHWM), in kB; `None` once it is gone.
 pub fn peak_rss_kb(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    proc_field(pid, "status", "VmHWM:")
+}
+
+/// The number after `key` in `/proc/<pid>/<file>` (`status`'s `VmHWM:` in kB, `io`'s
+/// `write_bytes:`).
+pub fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
 }
 
 /// Run the daemon under libfaketime, its wall clock offset by what `offset_file` says (`+1d`,
