@@ -49,6 +49,8 @@
 //! daemon's configuration, and `BENCH_DIAG=1` prints, per half-second since the start, how many
 //! readings took over 40 ms (to see whether slow readings are spread out or one stall), and the
 //! daemon's memory (`/proc/<pid>/smaps_rollup`: anonymous against file-backed) at the end of each.
+//! `BENCH_RECEIVER_DELAY_MS` makes the receiver answer each request that much later: a
+//! receiver slower than the load, so the outbox holds a backlog (its checkpoint puts it in sled).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -340,6 +342,12 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(dir.path());
     let receiver = Receiver::start().await;
+    if let Some(ms) = std::env::var("BENCH_RECEIVER_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        receiver.delay(Duration::from_millis(ms));
+    }
     let mut daemon = None;
     let mut null = None;
     let mut before = (0, 0.0, 0);
