@@ -342,10 +342,10 @@ async fn scenario(bridge: Bridge, load: Load) -> Row {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(dir.path());
     let receiver = Receiver::start().await;
-    if let Some(ms) = std::env::var("BENCH_RECEIVER_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Ok(ms) = std::env::var("BENCH_RECEIVER_DELAY_MS") {
+        let ms = ms
+            .parse()
+            .expect("BENCH_RECEIVER_DELAY_MS: a number of milliseconds");
         receiver.delay(Duration::from_millis(ms));
     }
     let mut daemon = None;
