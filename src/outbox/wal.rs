@@ -226,10 +226,9 @@ pub(super) fn read(dir: &Path, through: u64) -> io::Result<Found> {
 /// The log being written: its generation, where the next sync writes, and what waits for it.
 pub(super) struct Wal {
     files: [std::sync::Arc<File>; 2],
-    /// Whether `files` are open for direct I/O (see [`Wal::open`]).
-    direct: bool,
-    /// Direct I/O: what a write's offset and length are multiples of (see [`direct_unit`]).
-    sector: u64,
+    /// `Some` when `files` are open for direct I/O (see [`Wal::open`]): what a write's offset
+    /// and length are multiples of (see [`direct_unit`]).
+    unit: Option<u64>,
     generation: u64,
     /// Where this generation's records end in its file (buffered: a page boundary).
     offset: u64,
@@ -385,17 +384,17 @@ impl Wal {
         if created {
             crate::atomic_file::sync_dir(dir)?;
         }
-        let (files, direct, sector) = match (want_direct, open(0, true), open(1, true)) {
-            (true, Ok(a), Ok(b)) => match direct_unit(&a) {
-                Some(sector) => ([a, b], true, sector),
-                None => ([open(0, false)?, open(1, false)?], false, SECTOR),
-            },
-            _ => ([open(0, false)?, open(1, false)?], false, SECTOR),
+        let direct = match (want_direct, open(0, true), open(1, true)) {
+            (true, Ok(a), Ok(b)) => direct_unit(&a).map(|unit| ([a, b], unit)),
+            _ => None,
+        };
+        let (files, unit) = match direct {
+            Some((files, unit)) => (files, Some(unit)),
+            None => ([open(0, false)?, open(1, false)?], None),
         };
         Ok(Wal {
             files: files.map(std::sync::Arc::new),
-            direct,
-            sector,
+            unit,
             generation,
             offset: 0,
             tail: Vec::new(),
@@ -404,7 +403,7 @@ impl Wal {
     }
 
     pub(super) fn is_direct(&self) -> bool {
-        self.direct
+        self.unit.is_some()
     }
 
     pub(super) fn generation(&self) -> u64 {
@@ -438,12 +437,12 @@ impl Wal {
         if new.is_empty() {
             return Pending {
                 file,
-                direct: self.direct,
+                direct: self.is_direct(),
                 offset: self.offset,
                 bytes: Vec::new(),
             };
         }
-        if !self.direct {
+        let Some(sector) = self.unit else {
             let mut bytes = new;
             bytes.resize((bytes.len() as u64).next_multiple_of(PAGE) as usize, 0);
             let offset = self.offset;
@@ -454,12 +453,12 @@ impl Wal {
                 offset,
                 bytes,
             };
-        }
+        };
         let start = self.offset - self.tail.len() as u64;
         let mut bytes = std::mem::take(&mut self.tail);
         bytes.extend_from_slice(&new);
         self.offset += new.len() as u64;
-        let sector = self.sector as usize;
+        let sector = sector as usize;
         let whole = bytes.len() / sector * sector;
         self.tail = bytes[whole..].to_vec();
         bytes.resize(bytes.len().next_multiple_of(sector), 0);
@@ -596,8 +595,10 @@ mod tests {
         // and this machine's temporary directory answers one way or the other
         let dir = tempfile::tempdir().unwrap();
         let wal = Wal::open_as(dir.path(), 1, true).unwrap();
-        eprintln!("direct {}, unit {}", wal.is_direct(), wal.sector);
-        assert!(!wal.is_direct() || [512, 1024, 2048, 4096].contains(&wal.sector));
+        eprintln!("direct {}, unit {}", wal.is_direct(), wal.unit.unwrap_or(0));
+        assert!(wal
+            .unit
+            .is_none_or(|unit| [512, 1024, 2048, 4096].contains(&unit)));
     }
 
     fn generations_read_back(direct: bool, sector: u64) {
@@ -605,13 +606,13 @@ mod tests {
         let mut wal = Wal::open_as(dir.path(), 1, direct).unwrap();
         eprintln!("direct I/O asked {direct}, used {}", wal.is_direct());
         // (never below the device's own unit: on a device of 4 KiB sectors, 512 is refused)
-        if wal.is_direct() {
-            wal.sector = wal.sector.max(sector);
+        if let Some(unit) = &mut wal.unit {
+            *unit = (*unit).max(sector);
         }
         let sync = |wal: &mut Wal| {
             let pending = wal.take();
-            if wal.is_direct() {
-                let (at, len, sector) = (pending.offset, pending.bytes.len() as u64, wal.sector);
+            if let Some(sector) = wal.unit {
+                let (at, len) = (pending.offset, pending.bytes.len() as u64);
                 assert!(
                     at % sector == 0 && len % sector == 0,
                     "{at} {len} in {sector}"
