@@ -12,8 +12,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::deliver::config::WebhookConfig;
@@ -22,6 +20,9 @@ use crate::outbox::config::{OnFull, OutboxConfig, DEFAULT_ENDPOINT};
 use crate::secret::redact_url;
 use crate::secret::Secret;
 use crate::source::config::{MqttConfig, SerialPortConfig, TlsConfig};
+
+mod layers;
+use layers::Layers;
 
 /// Environment variables with the `EDGEHOOK_` prefix that are not configuration keys.
 const NON_CONFIG_ENV: &[&str] = &["LOG", "CONFIG", "STATE_DIR", "ENDPOINT_SECRET"];
@@ -162,58 +163,49 @@ impl Config {
                 file.display()
             )));
         }
-        Self::from_figment(
-            Figment::from(Serialized::defaults(Config::default())).merge(Toml::file(file)),
-            Some(file),
-        )
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| ConfigError::Other(format!("{}: {e}", file.display())))?;
+        Self::from_layers(&text, Some(file))
     }
 
     /// Defaults, then the TOML text given, then the environment (tests and the demo).
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-        Self::from_figment(
-            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
-            None,
-        )
+        Self::from_layers(text, None)
     }
 
-    fn from_figment(figment: Figment, file: Option<&Path>) -> Result<Config, ConfigError> {
-        let figment = figment.merge(
-            Env::prefixed("EDGEHOOK_")
-                .filter(|k| {
-                    !NON_CONFIG_ENV
-                        .iter()
-                        .any(|n| k.as_str().eq_ignore_ascii_case(n))
-                })
-                .split("__"),
-        );
-        let default_source = || {
+    fn from_layers(text: &str, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut layers = Layers::new(&Config::default()).map_err(ConfigError::Other)?;
+        let source = |file: Option<&Path>| {
             file.map(|f| f.display().to_string())
                 .unwrap_or_else(|| "configuration".into())
         };
-        let source_of = |key: &str| -> String {
-            figment
-                .find_metadata(key)
-                .and_then(|meta| describe_source(meta, key))
-                .unwrap_or_else(default_source)
-        };
-        let config: Config = figment.extract().map_err(|e| {
-            let e = e.into_iter().next().expect("figment errors are non-empty");
+        layers
+            .merge_toml(text, file)
+            .map_err(|message| ConfigError::Invalid {
+                source_name: source(file),
+                key: String::new(),
+                message,
+            })?;
+        let vars = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        layers.merge_env("EDGEHOOK_", NON_CONFIG_ENV, vars);
+        let config: Config = layers.read().map_err(|e| {
             let key = key_path(&e.path);
-            let source_name = e
-                .metadata
-                .as_ref()
-                .and_then(|meta| describe_source(meta, &key))
-                .unwrap_or_else(|| source_of(&key));
+            let message = if is_secret_key(&key) {
+                hide_value(&e.message, layers.value_at(&e.path))
+            } else {
+                e.message
+            };
             ConfigError::Invalid {
-                source_name,
-                key: key.clone(),
-                message: describe_figment_error(&e.kind, is_secret_key(&key)),
+                source_name: layers.source_of(&e.path),
+                key,
+                message,
             }
         })?;
         config
             .validate()
             .map_err(|(key, message)| ConfigError::Invalid {
-                source_name: source_of(&key),
+                source_name: layers.source_of(&key_segments(&key)),
                 key,
                 message,
             })?;
@@ -324,25 +316,12 @@ fn key_path(path: &[String]) -> String {
     key
 }
 
-/// Where a value came from: the file path or the exact environment variable; `None` for the
-/// defaults (the caller names the file, where such a key is set).
-fn describe_source(meta: &figment::Metadata, key: &str) -> Option<String> {
-    match &meta.source {
-        Some(figment::Source::File(p)) => Some(p.display().to_string()),
-        _ if meta.name.contains("environment") => {
-            // figment lower-cases variable names; find the one the user actually set.
-            let wanted = format!("EDGEHOOK_{}", key.replace('.', "__"));
-            let set = std::env::vars_os()
-                .filter_map(|(k, _)| k.into_string().ok())
-                .find(|k| k.eq_ignore_ascii_case(&wanted));
-            Some(format!(
-                "environment variable {}",
-                set.unwrap_or_else(|| wanted.to_uppercase())
-            ))
-        }
-        // The defaults (a key the file leaves out): the file is the place to set it.
-        _ => None,
-    }
+/// `workspaces[0].hold` as path segments: `workspaces`, `0`, `hold`.
+fn key_segments(key: &str) -> Vec<String> {
+    key.split(['.', '['])
+        .map(|s| s.trim_end_matches(']').to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// Whether the value at `key` is (or is inside) a secret: a `secret`, an entry of `secrets`,
@@ -357,24 +336,25 @@ fn is_secret_key(key: &str) -> bool {
     })
 }
 
-/// figment's own message, except that for secret keys the offending value is never echoed.
-fn describe_figment_error(kind: &figment::error::Kind, secret: bool) -> String {
-    use figment::error::Kind;
-    match kind {
-        Kind::InvalidType(actual, expected) if secret => {
-            let what = match actual {
-                figment::error::Actual::Str(_) => "a string".to_string(),
-                figment::error::Actual::Signed(_) | figment::error::Actual::Unsigned(_) => {
-                    "an integer".to_string()
-                }
-                figment::error::Actual::Float(_) => "a float".to_string(),
-                figment::error::Actual::Bool(_) => "a boolean".to_string(),
-                other => other.to_string(),
-            };
-            format!("invalid type: found {what}, expected {expected}")
+/// serde's message about a secret key's value, without the value (serde quotes what it found):
+/// what kind of value it is and what was expected.
+fn hide_value(message: &str, value: Option<&toml::Value>) -> String {
+    let found = match value {
+        Some(toml::Value::String(_)) => "a string",
+        Some(toml::Value::Integer(_)) => "an integer",
+        Some(toml::Value::Float(_)) => "a float",
+        Some(toml::Value::Boolean(_)) => "a boolean",
+        Some(toml::Value::Datetime(_)) => "a date",
+        Some(toml::Value::Array(_)) => "a list",
+        Some(toml::Value::Table(_)) => "a table",
+        None => "a value",
+    };
+    match message.rsplit_once(", expected ") {
+        Some((_, expected)) if message.starts_with("invalid type") => {
+            format!("invalid type: found {found}, expected {expected}")
         }
-        Kind::InvalidValue(_, expected) if secret => format!("invalid value, expected {expected}"),
-        other => other.to_string(),
+        Some((_, expected)) => format!("invalid value ({found}, not shown), expected {expected}"),
+        None => format!("invalid value ({found}, not shown: the key holds a secret)"),
     }
 }
 
