@@ -171,13 +171,65 @@ fn insert(tree: &mut Table, path: &[String], value: Value) {
     table.insert(last.clone(), value);
 }
 
-/// An environment variable's value: the TOML value it spells, or else the text itself.
+/// An environment variable's value: the TOML value it spells; else a list `[a, b]` or a table
+/// `{k = v}` whose items are read the same way, so that words need no quotes
+/// (`[zigbee2mqtt, tasmota]`); else the text itself.
 fn env_value(raw: &str) -> Value {
-    match format!("v = {raw}").parse::<Table>() {
+    let text = raw.trim();
+    match format!("v = {text}").parse::<Table>() {
         // One key only: a value with a line break in it cannot add keys of its own.
-        Ok(mut t) if t.len() == 1 => t.remove("v").unwrap_or_else(|| Value::String(raw.into())),
-        _ => Value::String(raw.into()),
+        Ok(mut t) if t.len() == 1 => {
+            if let Some(v) = t.remove("v") {
+                return v;
+            }
+        }
+        _ => {}
     }
+    let inner = |open: char, close: char| {
+        text.strip_prefix(open)
+            .and_then(|t| t.strip_suffix(close))
+            .map(|t| items(t).filter(|item| !item.trim().is_empty()))
+    };
+    if let Some(list) = inner('[', ']') {
+        return Value::Array(list.map(|item| env_value(item.trim())).collect());
+    }
+    if let Some(entries) = inner('{', '}') {
+        let table: Option<Table> = entries
+            .map(|entry| {
+                let (key, value) = entry.split_once('=')?;
+                let key = key.trim().trim_matches('"');
+                Some((key.to_string(), env_value(value.trim())))
+            })
+            .collect();
+        if let Some(table) = table {
+            return Value::Table(table);
+        }
+    }
+    Value::String(raw.into())
+}
+
+/// `text` split at its commas that are outside brackets, braces and quotes.
+fn items(text: &str) -> impl Iterator<Item = &str> {
+    let mut depth = 0i32;
+    let mut quote = None;
+    let mut start = 0;
+    let mut cuts = Vec::new();
+    for (i, c) in text.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '[' | '{') => depth += 1,
+            (None, ']' | '}') => depth -= 1,
+            (None, ',') if depth == 0 => {
+                cuts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    cuts.push(&text[start..]);
+    cuts.into_iter()
 }
 
 #[cfg(test)]
@@ -201,6 +253,17 @@ mod tests {
             ("ftp://nope", Value::String("ftp://nope".into())),
             ("", Value::String("".into())),
             ("1\nother = 2", Value::String("1\nother = 2".into())),
+            ("[zigbee2mqtt, tasmota]", Value::Array(vec![Value::String("zigbee2mqtt".into()), Value::String("tasmota".into())])),
+            ("[1, two, [x, \"y, z\"]]", Value::Array(vec![
+                Value::Integer(1),
+                Value::String("two".into()),
+                Value::Array(vec![Value::String("x".into()), Value::String("y, z".into())]),
+            ])),
+            ("{topic = a/b, kind = reading}", Value::Table(
+                [("topic".to_string(), Value::String("a/b".into())), ("kind".to_string(), Value::String("reading".into()))].into_iter().collect(),
+            )),
+            ("{no equals}", Value::String("{no equals}".into())),
+            ("[a, b", Value::String("[a, b".into())),
         ];
         for (raw, want) in table {
             assert_eq!(&env_value(raw), want, "{raw:?}");
