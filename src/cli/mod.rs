@@ -123,6 +123,7 @@ pub struct Paths {
 
 /// Parse arguments and run; the binary's `main` is only this.
 pub fn main() -> ExitCode {
+    crate::memory::tune_allocator();
     let cli = Cli::parse();
     crate::telemetry::init_logging();
     match cli.command {
