@@ -1,5 +1,5 @@
-//! Memory given back: glibc's malloc keeps what the daemon freed in its arenas (one per worker
-//! thread), so after a burst the resident size stays at the burst's peak for good. Once a
+//! Memory given back: glibc's malloc keeps what the daemon freed in its arena (by default one
+//! per thread), so after a burst the resident size stays at the burst's peak for good. Once a
 //! minute, while the daemon runs, `malloc_trim` returns the free pages of every arena to the
 //! system (a few milliseconds for a heap of a few MB). Elsewhere than glibc this does nothing.
 //!
@@ -21,8 +21,9 @@ const MMAP_THRESHOLD: i32 = 128 * 1024;
 ///   sled's 512 KiB write buffers come and go, every later buffer of that size comes from the
 ///   heap, where it fragments and stays.
 ///
-/// Bench, burst with a slow receiver (`BENCH_RECEIVER_DELAY_MS=20`): peak RSS 27 MB with
-/// glibc's defaults, 20 MB with these; CPU per event no higher.
+/// Bench, burst with a slow receiver (`BENCH_RECEIVER_DELAY_MS=20`), two runs each: peak RSS
+/// 25.6 and 27.0 MB with glibc's defaults, 20.7 and 21.1 MB with these; CPU per event no higher
+/// (README: The allocator).
 pub fn tune_allocator() {
     let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
     let (arena, mmap) = ours(

@@ -52,8 +52,7 @@ impl Layers {
     }
 
     /// The variables `prefix`KEY (prefix in any case; KEY's levels joined by `__`) over what
-    /// is there, except those whose KEY is in `skip`. A value that is a TOML value (a number,
-    /// `true`, `[...]`, `{...}`, `"..."`) is that value; anything else is a string.
+    /// is there, except those whose KEY is in `skip`. Values are read by [`env_value`].
     pub(super) fn merge_env(
         &mut self,
         prefix: &str,
