@@ -15,8 +15,15 @@ pub(super) struct Layers {
     tree: Table,
     /// The file the TOML came from, if it came from one.
     file: Option<PathBuf>,
-    /// Keys the environment set (lower-case path segments) and the variable that set each.
-    env: Vec<(Vec<String>, String)>,
+    /// What the environment set: the key (lower-case path segments), the variable and its text.
+    env: Vec<EnvSet>,
+}
+
+/// A key the environment set.
+struct EnvSet {
+    path: Vec<String>,
+    name: String,
+    raw: String,
 }
 
 /// Why the merged tree is not a configuration: the key (path segments; empty for none) and
@@ -79,14 +86,39 @@ impl Layers {
                 continue;
             }
             insert(&mut self.tree, &path, env_value(&raw));
-            self.env.retain(|(p, _)| !p.starts_with(&path));
-            self.env.push((path, name));
+            self.env.retain(|set| !set.path.starts_with(&path));
+            self.env.push(EnvSet { path, name, raw });
         }
     }
 
-    /// The configuration the merged tree describes.
+    /// The configuration the merged tree describes. A variable's text that reads as a number or
+    /// a boolean where the key wants text is that text (`EDGEHOOK_MQTT__PASSWORD=123456`).
     pub(super) fn read<T: DeserializeOwned>(&self) -> Result<T, ReadError> {
-        serde_path_to_error::deserialize(Value::Table(self.tree.clone())).map_err(|e| {
+        let mut tree = self.tree.clone();
+        let mut tries = self.env.len();
+        loop {
+            let e = match Self::read_tree(&tree) {
+                Ok(config) => return Ok(config),
+                Err(e) => e,
+            };
+            let lower: Vec<String> = e.path.iter().map(|s| s.to_ascii_lowercase()).collect();
+            let set = self.env.iter().find(|set| set.path == lower);
+            match set {
+                Some(set)
+                    if tries > 0
+                        && e.message.starts_with("invalid type")
+                        && !matches!(value_in(&tree, &set.path), Some(Value::String(_))) =>
+                {
+                    insert(&mut tree, &set.path, Value::String(set.raw.clone()));
+                    tries -= 1;
+                }
+                _ => return Err(e),
+            }
+        }
+    }
+
+    fn read_tree<T: DeserializeOwned>(tree: &Table) -> Result<T, ReadError> {
+        serde_path_to_error::deserialize(Value::Table(tree.clone())).map_err(|e| {
             let mut path: Vec<String> = e
                 .path()
                 .iter()
@@ -113,13 +145,7 @@ impl Layers {
 
     /// The value at `path` in the merged tree, if there is one.
     pub(super) fn value_at(&self, path: &[String]) -> Option<&Value> {
-        let (first, rest) = path.split_first()?;
-        rest.iter()
-            .try_fold(self.tree.get(first)?, |value, segment| match value {
-                Value::Table(t) => t.get(segment),
-                Value::Array(a) => a.get(segment.parse::<usize>().ok()?),
-                _ => None,
-            })
+        value_in(&self.tree, path)
     }
 
     /// Where the value at `path` came from: the environment variable that set it or a table
@@ -127,14 +153,25 @@ impl Layers {
     /// "configuration" (TOML given as text).
     pub(super) fn source_of(&self, path: &[String]) -> String {
         let lower: Vec<String> = path.iter().map(|s| s.to_ascii_lowercase()).collect();
-        if let Some((_, name)) = self.env.iter().find(|(p, _)| lower.starts_with(p)) {
-            return format!("environment variable {name}");
+        if let Some(set) = self.env.iter().find(|set| lower.starts_with(&set.path)) {
+            return format!("environment variable {}", set.name);
         }
         match &self.file {
             Some(file) => file.display().to_string(),
             None => "configuration".into(),
         }
     }
+}
+
+/// The value at `path` in `tree`, if there is one.
+fn value_in<'t>(tree: &'t Table, path: &[String]) -> Option<&'t Value> {
+    let (first, rest) = path.split_first()?;
+    rest.iter()
+        .try_fold(tree.get(first)?, |value, segment| match value {
+            Value::Table(t) => t.get(segment),
+            Value::Array(a) => a.get(segment.parse::<usize>().ok()?),
+            _ => None,
+        })
 }
 
 /// `over` into `base`: tables key by key, anything else replaced.
@@ -311,6 +348,58 @@ mod tests {
             Some(&Value::Integer(3))
         );
         assert_eq!(l.value_at(&strings(&["t", "x", "y"])), None);
+    }
+
+    /// A numeric password or id given in the environment was refused: "invalid type: integer
+    /// `123456`, expected a string".
+    #[test]
+    fn a_number_in_the_environment_is_text_where_the_key_wants_text() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Mqtt {
+            port: u16,
+            password: String,
+        }
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Conf {
+            id: String,
+            mqtt: Mqtt,
+        }
+        let env = |vars: &[(&str, &str)]| {
+            let mut l = Layers::new(&Table::new()).unwrap();
+            l.merge_toml("id = \"gw\"\n[mqtt]\nport = 1883\npassword = \"p\"\n", None)
+                .unwrap();
+            let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+            l.merge_env("EDGEHOOK_", &[], vars);
+            l.read::<Conf>()
+        };
+        let c = env(&[
+            ("EDGEHOOK_ID", "1234"),
+            ("EDGEHOOK_MQTT__PASSWORD", "007"),
+            ("EDGEHOOK_MQTT__PORT", "1884"),
+        ])
+        .unwrap_or_else(|e| panic!("{}: {}", e.path.join("."), e.message));
+        assert_eq!(
+            c,
+            Conf {
+                id: "1234".into(),
+                mqtt: Mqtt {
+                    port: 1884,
+                    password: "007".into()
+                }
+            }
+        );
+        let c =
+            env(&[("EDGEHOOK_MQTT__PASSWORD", "true")]).unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(c.mqtt.password, "true");
+        // A number is still refused where the key wants one and the text is not one.
+        let e = env(&[("EDGEHOOK_MQTT__PORT", "high")]).unwrap_err();
+        assert_eq!(e.path, ["mqtt", "port"]);
+        assert!(e.message.contains("\"high\""), "{}", e.message);
+        // A type error from the file is the file's, as it was.
+        let mut l = Layers::new(&Table::new()).unwrap();
+        l.merge_toml("id = 5\n[mqtt]\nport = 1\npassword = \"p\"\n", None)
+            .unwrap();
+        assert!(l.read::<Conf>().is_err());
     }
 
     #[test]
