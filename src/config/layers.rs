@@ -47,6 +47,7 @@ impl Layers {
     /// TOML text over what is there; `file` is where it came from. A syntax error is the
     /// parser's message, with the line and column.
     pub(super) fn merge_toml(&mut self, text: &str, file: Option<&Path>) -> Result<(), String> {
+        self.file = file.map(Path::to_path_buf);
         let table: Table = text.parse().map_err(|e: toml::de::Error| {
             e.to_string()
                 .trim_start_matches("TOML parse error ")
@@ -54,7 +55,6 @@ impl Layers {
                 .to_string()
         })?;
         merge(&mut self.tree, table);
-        self.file = file.map(Path::to_path_buf);
         Ok(())
     }
 
@@ -95,7 +95,7 @@ impl Layers {
     /// a boolean where the key wants text is that text (`EDGEHOOK_MQTT__PASSWORD=123456`).
     pub(super) fn read<T: DeserializeOwned>(&self) -> Result<T, ReadError> {
         let mut tree = self.tree.clone();
-        let mut tries = self.env.len();
+        // Each pass turns one variable's value into its text, or ends: it terminates.
         loop {
             let e = match Self::read_tree(&tree) {
                 Ok(config) => return Ok(config),
@@ -105,12 +105,10 @@ impl Layers {
             let set = self.env.iter().find(|set| set.path == lower);
             match set {
                 Some(set)
-                    if tries > 0
-                        && e.message.starts_with("invalid type")
+                    if e.message.starts_with("invalid type")
                         && !matches!(value_in(&tree, &set.path), Some(Value::String(_))) =>
                 {
                     insert(&mut tree, &set.path, Value::String(set.raw.clone()));
-                    tries -= 1;
                 }
                 _ => return Err(e),
             }

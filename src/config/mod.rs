@@ -175,14 +175,10 @@ impl Config {
 
     fn from_layers(text: &str, file: Option<&Path>) -> Result<Config, ConfigError> {
         let mut layers = Layers::new(&Config::default()).map_err(ConfigError::Other)?;
-        let source = |file: Option<&Path>| {
-            file.map(|f| f.display().to_string())
-                .unwrap_or_else(|| "configuration".into())
-        };
         layers
             .merge_toml(text, file)
             .map_err(|message| ConfigError::Invalid {
-                source_name: source(file),
+                source_name: layers.source_of(&[]),
                 key: String::new(),
                 message,
             })?;
