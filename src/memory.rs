@@ -9,9 +9,6 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-/// Allocations from this size up get pages of their own, returned when freed.
-const MMAP_THRESHOLD: i32 = 128 * 1024;
-
 /// Set glibc's malloc for a small daemon; call before any thread starts. A setting the operator
 /// made (`GLIBC_TUNABLES=glibc.malloc.*`, `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`) is left
 /// as it is.
@@ -49,6 +46,8 @@ fn ours(tunables: &str, arena_env: bool, mmap_env: bool) -> (bool, bool) {
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn set(arena: bool, mmap: bool) {
+    /// Allocations from this size up get pages of their own, returned when freed.
+    const MMAP_THRESHOLD: i32 = 128 * 1024;
     // SAFETY: mallopt only changes glibc's own allocator parameters; it takes no pointer.
     unsafe {
         if arena {
@@ -61,9 +60,7 @@ fn set(arena: bool, mmap: bool) {
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn set(_arena: bool, _mmap: bool) {
-    let _ = MMAP_THRESHOLD;
-}
+fn set(_arena: bool, _mmap: bool) {}
 
 /// How often freed memory is given back.
 const EVERY: Duration = Duration::from_secs(60);
