@@ -1566,6 +1566,8 @@ async fn fixed_seeds() {
         9,
         // A failing endpoint's share full of health events held the other endpoint.
         3420867613234405262,
+        // A paused endpoint's full share refused a workspace's last status, not its readings.
+        4664192911268364359,
     ] {
         run(seed).await;
     }

@@ -474,8 +474,18 @@ fn writer(
     tokio::sync::mpsc::Sender<Commit>,
     tokio::task::JoinHandle<()>,
 ) {
+    writer_with(ob, crate::config::Config::default().outbox)
+}
+
+/// The writer with `config`, fed by the returned sender.
+fn writer_with(
+    ob: &Outbox,
+    config: config::OutboxConfig,
+) -> (
+    tokio::sync::mpsc::Sender<Commit>,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let config = crate::config::Config::default().outbox;
     let metrics = Arc::new(metrics::OutboxMetrics::register(
         &mut crate::metrics::Registry::default(),
     ));
@@ -498,6 +508,52 @@ async fn committed(tx: &tokio::sync::mpsc::Sender<Commit>, mut commit: Commit) {
     }));
     tx.send(commit).await.unwrap();
     acked.await.unwrap();
+}
+
+/// Found by the randomized fault harness (seed 4664192911268364359): with `on_full =
+/// drop_oldest_readings`, an endpoint paused by an operator whose share filled with readings
+/// refused a workspace's last status for good (counted as dropped), while the readings that
+/// policy drops stayed. A queue that cannot drain gives up its readings first, too.
+#[tokio::test]
+async fn a_paused_endpoints_full_share_drops_its_readings_before_its_other_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+    ob.set_draining(Q0, false); // paused: nothing leaves the queue
+    let mut config = crate::config::Config::default().outbox;
+    config.on_full = config::OnFull::DropOldestReadings;
+    // Room for four readings (as the writer reckons an event's size).
+    config.max_size = 4 * writer::size_of(&reading("r0"));
+    let (tx, task) = writer_with(&ob, config);
+    for d in ["r0", "r1", "r2", "r3"] {
+        committed(
+            &tx,
+            Commit {
+                envelopes: vec![reading(d)],
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+    assert_eq!(ob.queue_len(Q0), 4, "the share is full of readings");
+    let status = envelope("room-a");
+    committed(
+        &tx,
+        Commit {
+            envelopes: vec![status.clone()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let ids: Vec<String> = ob
+        .pending_after(Q0, None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert!(ids.contains(&status.id), "the status was stored: {ids:?}");
+    assert_eq!(ob.dropped_for(Q0), 1, "one reading made room for it");
+    drop(tx);
+    task.await.unwrap();
 }
 
 use super::seen::tests::seen;

@@ -26,10 +26,12 @@ use crate::event::Envelope;
 ///   back-pressure (the batch waits, unacknowledged, until delivery frees space) or dropping
 ///   that queue's readings (superseded ones first, then the oldest) — and when no reading is
 ///   left to drop, refusing the batch for that queue as below, rather than waiting;
-/// - a queue that cannot drain (disabled by a 410, inactive, no longer configured) would wait
-///   for ever and hold every other endpoint and every ack with it, so the batch's events are
-///   not stored *for that endpoint only*: counted ([`DROPPED`], `edgehook_endpoint_dropped_total`,
-///   `outbox status`) and logged, never silently. The other endpoints get them as usual.
+/// - a queue that cannot drain (paused, disabled by a 410, inactive, no longer configured)
+///   would wait for ever and hold every other endpoint and every ack with it: with
+///   `drop_oldest_readings` its readings are dropped to make room as above, and when that is
+///   not enough (or with back-pressure) the batch's events are not stored *for that endpoint
+///   only*: counted ([`DROPPED`], `edgehook_endpoint_dropped_total`, `outbox status`) and
+///   logged, never silently. The other endpoints get them as usual.
 ///
 /// A batch that only moves devices' `last_seen` is not written: its states are held and
 /// written with the next batch, or alone once a minute ([`Seen`]); its acks go at once.
@@ -243,14 +245,17 @@ async fn make_room(
                     };
                     tracing::error!(endpoint = %name, used_bytes = used, share_bytes = share, pending = outbox.queue_len(queue), "outbox FULL for endpoint `{name}`: {policy}");
                 } else {
-                    tracing::error!(endpoint = %name, used_bytes = used, share_bytes = share, pending = outbox.queue_len(queue), "outbox share FULL: endpoint `{name}` cannot drain (disabled, inactive or removed), so its new events are DROPPED for it alone (counted in edgehook_endpoint_dropped_total and `edgehook outbox status`); other endpoints still get them. Re-enable or purge it to stop this");
+                    let first = match config.on_full {
+                        OnFull::Backpressure => "",
+                        OnFull::DropOldestReadings => "its sensor readings are dropped to make room (superseded ones first, on_full = drop_oldest_readings), then ",
+                    };
+                    tracing::error!(endpoint = %name, used_bytes = used, share_bytes = share, pending = outbox.queue_len(queue), "outbox share FULL: endpoint `{name}` cannot drain (paused, disabled, inactive or removed), so {first}its new events are DROPPED for it alone (counted in edgehook_endpoint_dropped_total and `edgehook outbox status`); other endpoints still get them. Resume, re-enable or purge it to stop this");
                 }
             }
-            if !draining {
-                refused[i] = true;
-                continue;
-            }
             if config.on_full == OnFull::DropOldestReadings {
+                // A queue that cannot drain gives up its readings too, before its other events
+                // (found by the fault harness: a paused endpoint's full share refused a
+                // workspace's last status while it held readings that policy drops).
                 match outbox.drop_oldest_readings(queue, used + needed - share) {
                     Ok(0) => {
                         // Its share holds nothing this policy drops (health, workspace and
@@ -259,7 +264,7 @@ async fn make_room(
                         // a flood of new devices' registrations stopped the others). Its new
                         // events are dropped for it alone, counted, as for one that cannot
                         // drain.
-                        if !log.refusing.get(i).copied().unwrap_or(false) {
+                        if draining && !log.refusing.get(i).copied().unwrap_or(false) {
                             tracing::error!(endpoint = %name, used_bytes = used, share_bytes = share, pending = outbox.queue_len(queue), "outbox share FULL of events never dropped (no readings left to drop): endpoint `{name}`'s new events are DROPPED for it alone (counted in edgehook_endpoint_dropped_total), so that it does not hold the other endpoints back");
                             log.refusing.resize(needs.len(), false);
                             log.refusing[i] = true;
@@ -274,6 +279,7 @@ async fn make_room(
                             *dropped += n as u64;
                         }
                         if outbox.queue_bytes(queue) + needed <= share {
+                            refused[i] = false;
                             continue;
                         }
                     }
@@ -292,6 +298,10 @@ async fn make_room(
                         }
                     }
                 }
+            }
+            if !draining {
+                refused[i] = true;
+                continue;
             }
             waiting = true;
         }
