@@ -177,7 +177,7 @@ struct Queue {
     /// Bytes of the records held (what this queue's share of `outbox.max_size` limits).
     bytes: AtomicU64,
     /// Whether delivery is taking records out of this queue: false while the endpoint is
-    /// disabled (410), inactive or no longer configured. A queue that cannot drain never
+    /// paused, disabled (410), inactive or no longer configured. A queue that cannot drain never
     /// holds the others back when its share is full (see [`run_writer`]).
     draining: AtomicBool,
     /// Events this queue will never get because its share was full, ever (persisted as [`DROPPED`]).
