@@ -121,22 +121,19 @@ impl Store {
 /// links into the binary: a fifth of the daemon's size on a Raspberry Pi.
 fn highest_seq(tree: &sled::Tree) -> Result<Option<u64>, OutboxError> {
     let first_from = |s: u64| tree.range(s.to_be_bytes()..).next().transpose();
-    if first_from(0)?.is_none() {
+    let Some((mut key, _)) = first_from(0)? else {
         return Ok(None);
-    }
+    };
+    // `key` is the first key at or after `lo`; none is at or after `hi + 1`.
     let (mut lo, mut hi) = (0u64, u64::MAX);
     while lo < hi {
         let mid = lo + (hi - lo).div_ceil(2);
-        if first_from(mid)?.is_some() {
-            lo = mid;
-        } else {
-            hi = mid - 1;
+        match first_from(mid)? {
+            Some((found, _)) => (lo, key) = (mid, found),
+            None => hi = mid - 1,
         }
     }
-    match first_from(lo)? {
-        Some((key, _)) => seq_of(&key[..8.min(key.len())]).map(Some),
-        None => Ok(None),
-    }
+    seq_of(&key[..8.min(key.len())]).map(Some)
 }
 
 /// sled recovers a damaged log by dropping what it cannot read, which can silently leave an
