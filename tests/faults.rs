@@ -1242,6 +1242,97 @@ async fn nothing_stays_pending_after_the_outbox_is_reopened_on_a_full_disk() {
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+/// Found by the randomized fault harness (seed 2116547421131359390): the disk filled while only
+/// delivery wrote to the store — removing what it had delivered; no device published, so the
+/// writer had nothing to write. sled's own periodic flush met the full disk, and after an I/O
+/// error sled refuses every later write; the store was reopened only by the writer, on its own
+/// errors, so it never was. Every removal failed, delivery read its queue again from the start
+/// and sent the head of each device's lane again, as fast as the receiver answered, for good:
+/// nothing behind a head was ever delivered. Now a storage error met anywhere has the writer
+/// check the store (a checkpoint) and reopen it, and delivery waits for that (or a second)
+/// before it reads again: every event arrives, with a bounded number of duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_broken_under_delivery_alone_is_reopened_and_every_event_still_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let (card, state) = common::powercut_card(dir.path(), 5);
+    // Checkpoints often: the backlog is in sled, not only in the log, when delivery removes it.
+    let outbox = "[outbox]\ncheckpoint_interval = \"100ms\"\n";
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, outbox);
+    daemon.rewrite_state_dir(&state, broker.port, &receiver.url);
+    daemon.start();
+    // The receiver refuses while a backlog of many readings per device builds up.
+    receiver.fail_with(503);
+    let (_stop, running) = tokio::sync::watch::channel(false);
+    let published = common::publishers(
+        broker.port,
+        "alone",
+        4,
+        Some(30),
+        Duration::from_millis(2),
+        running,
+    )
+    .await
+    .unwrap();
+    // The last checkpoint (due 100 ms after the last write) is made.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // From here on nothing is published: the only writes are delivery's removals.
+    eprintln!(
+        "DBG checkpoints {:?} pending {:?}",
+        daemon.metric("edgehook_outbox_checkpoints_total"),
+        daemon.metric("edgehook_endpoint_pending{endpoint=\"default\"}")
+    );
+    card.fs.set_full(true);
+    // Every device's readings go and are removed (sled holds the removals until its own flush,
+    // once a second, meets the full disk), except one device's, refused until that happened.
+    receiver.fail_device(Some("alone-0"));
+    receiver.fail_with(0);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    receiver.fail_device(None);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    card.fs.set_full(false);
+    common::until(
+        Instant::now() + LONG,
+        || receiver.seen(|s| published.is_subset(&s.reading_keys())),
+        || {
+            let missing = receiver.seen(|s| published.difference(&s.reading_keys()).count());
+            format!(
+                "{missing} of {} readings never delivered:\n{}",
+                published.len(),
+                daemon.log()
+            )
+        },
+    )
+    .await;
+    let pending = "edgehook_endpoint_pending{endpoint=\"default\"}";
+    common::until(
+        Instant::now() + Duration::from_secs(20),
+        || daemon.metric(pending) == Some(0),
+        || {
+            format!(
+                "{:?} events stay pending:\n{}",
+                daemon.metric(pending),
+                daemon.log()
+            )
+        },
+    )
+    .await;
+    // Duplicates are allowed, a flood of them is not: each event went a few times at most.
+    let (duplicates, events) = receiver.seen(|s| (s.duplicates, s.events.len() as u64));
+    assert!(
+        duplicates <= 4 * events,
+        "{duplicates} duplicates of {events} events: delivery re-sent in a loop:\n{}",
+        daemon.log()
+    );
+    assert!(
+        daemon.log().contains("No space left on device"),
+        "the full disk was met (else this test proves nothing):\n{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log());
+}
+
 /// Issue 16 #9: the power is cut right after a fresh store wrote its marker (`outbox.id`): the
 /// id inside the store must already be durable too, or the next start refuses the store as
 /// one that "lost its history" — a gateway that never starts again after a power cut in its

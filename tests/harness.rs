@@ -1568,6 +1568,8 @@ async fn fixed_seeds() {
         3420867613234405262,
         // A paused endpoint's full share refused a workspace's last status, not its readings.
         4664192911268364359,
+        // The disk filled while only delivery wrote: the store was never reopened.
+        2116547421131359390,
     ] {
         run(seed).await;
     }

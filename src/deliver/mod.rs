@@ -110,8 +110,11 @@ pub struct Dispatcher {
     /// The outbox's reopen count when the queue was last read from the start, and whether a
     /// removal or burial failed since: either way what is held may no longer match the disk,
     /// so once nothing is in flight the queue is read again from the start ([`Self::rescan`]).
+    /// After a failure, not before the store is reopened or `out_of_step` (a second later):
+    /// the store refuses everything until the writer reopens it, and reading again at once
+    /// sent the same records again as fast as the receiver answered (fault harness).
     reopens_seen: u64,
-    out_of_step: bool,
+    out_of_step: Option<tokio::time::Instant>,
 }
 
 /// Whether the dispatcher goes on after one [`Dispatcher::step`].
@@ -174,7 +177,7 @@ impl Dispatcher {
             lanes: Lanes::new(limits),
             limits,
             reopens_seen,
-            out_of_step: false,
+            out_of_step: None,
             backoff: DelayQueue::new(),
             in_flight: JoinSet::new(),
             in_flight_lanes: HashMap::new(),
@@ -229,10 +232,24 @@ impl Dispatcher {
             self.write_log();
             return step;
         }
-        if self.out_of_step || self.outbox.reopens() != self.reopens_seen {
+        let reopened = self.outbox.reopens() != self.reopens_seen;
+        if self.out_of_step.is_some() || reopened {
             // Start nothing new until what is in flight is done, then read afresh.
             if !self.in_flight.is_empty() {
                 return self.finish_one(cancel).await;
+            }
+            if let Some(at) = self
+                .out_of_step
+                .filter(|at| !reopened && *at > tokio::time::Instant::now())
+            {
+                // A removal failed: wait for the reopen (which wakes `appended`) or a second.
+                let outbox = self.outbox.clone();
+                tokio::select! {
+                    _ = cancel.cancelled() => return Step::Cancelled,
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = outbox.appended(self.queue) => {}
+                }
+                return Step::Continue;
             }
             self.rescan();
         }
@@ -278,6 +295,13 @@ impl Dispatcher {
         }
     }
 
+    /// A removal or burial failed: read the queue again from the start once the store is
+    /// reopened, or a second from now (see `out_of_step`).
+    fn out_of_step_now(&mut self) {
+        self.out_of_step
+            .get_or_insert_with(|| tokio::time::Instant::now() + READ_RETRY);
+    }
+
     /// Forget what is held and read the queue again from the start (after the store was
     /// reopened, or a removal failed): every record on disk is sent, none skipped. Backoffs
     /// start afresh; a record delivered but not removed is sent again (a duplicate, never a
@@ -286,7 +310,7 @@ impl Dispatcher {
         let reopens = self.outbox.reopens();
         tracing::info!(endpoint = %self.name, reopened = reopens != self.reopens_seen, "reading the endpoint's queue again from the start (the outbox was reopened or a removal failed)");
         self.reopens_seen = reopens;
-        self.out_of_step = false;
+        self.out_of_step = None;
         self.lanes = Lanes::new(self.limits);
         self.backoff = DelayQueue::new();
         self.solo.clear();
@@ -549,7 +573,7 @@ impl Dispatcher {
         if let Err(e) = self.outbox.remove(self.queue, head.seq) {
             // Not removing means a duplicate later, never a loss; it is read again.
             tracing::warn!(error = %e, event_id = %head.id, "delivered event not removed from outbox; it may be sent again");
-            self.out_of_step = true;
+            self.out_of_step_now();
         }
         let latency = crate::event::created_at(&head.id)
             .and_then(|t| SystemTime::now().duration_since(t).ok())
@@ -573,7 +597,7 @@ impl Dispatcher {
         self.metrics.filtered();
         if let Err(e) = self.outbox.remove(self.queue, head.seq) {
             tracing::warn!(error = %e, event_id = %head.id, "skipped event not removed from outbox; it is looked at again");
-            self.out_of_step = true;
+            self.out_of_step_now();
         }
     }
 
@@ -646,7 +670,7 @@ impl Dispatcher {
             Err(e) => {
                 // Not buried: it stays pending, is read again and retried.
                 tracing::error!(endpoint = %self.name, error = %e, event_id = %record.id, "cannot move an event to the dead letters; it stays in the outbox");
-                self.out_of_step = true;
+                self.out_of_step_now();
             }
         }
     }

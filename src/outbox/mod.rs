@@ -209,7 +209,10 @@ impl Drop for Outage {
 /// again, under new sequence numbers, and its messages acknowledged only after that; any part
 /// of it sled had already written is recovered like a batch cut short by a crash). While
 /// the store cannot be reopened (the disk is still full), operations fail with
-/// [`OutboxError::Unavailable`] and are retried by their callers.
+/// [`OutboxError::Unavailable`] and are retried by their callers. The error may first be met
+/// by someone else — sled's own periodic flush of delivery's removals, with no device
+/// publishing — so any operation that fails on storage wakes the writer to check the store
+/// and reopen it ([`Outbox::storage_failed`]); only the writer reopens.
 #[derive(Clone)]
 pub struct Outbox {
     store: Arc<RwLock<Option<Store>>>,
@@ -236,6 +239,10 @@ pub struct Outbox {
     batches: Arc<AtomicU64>,
     /// Times the store was reopened (see [`Outbox::reopens`]).
     reopens: Arc<AtomicU64>,
+    /// An operation failed on storage since the last reopen; wakes the writer (see
+    /// [`Outbox::storage_failed`]).
+    failed: Arc<AtomicBool>,
+    failed_wake: Arc<Notify>,
     /// Held by a sync of the log and by a checkpoint: one at a time.
     syncing: Arc<tokio::sync::Mutex<()>>,
 }
@@ -290,6 +297,8 @@ impl Outbox {
             durable: Arc::new(AtomicU64::new(end)),
             batches: Arc::new(AtomicU64::new(0)),
             reopens: Arc::new(AtomicU64::new(0)),
+            failed: Arc::new(AtomicBool::new(false)),
+            failed_wake: Arc::new(Notify::new()),
             syncing: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
@@ -395,13 +404,41 @@ impl Outbox {
         read(&self.routes).clone()
     }
 
-    /// Run `f` on the open store.
+    /// Run `f` on the open store. A storage error (sled refuses everything after one) wakes
+    /// the writer to reopen the store, whoever met it.
     fn with<T>(&self, f: impl FnOnce(&Store) -> Result<T, OutboxError>) -> Result<T, OutboxError> {
         let guard = self.store.read().unwrap_or_else(|e| e.into_inner());
-        match guard.as_ref() {
+        let result = match guard.as_ref() {
             Some(store) => f(store),
             None => Err(OutboxError::Unavailable),
+        };
+        if let Err(OutboxError::Storage(e)) = &result {
+            if !matches!(
+                e,
+                sled::Error::CollectionNotFound(_) | sled::Error::Unsupported(_)
+            ) && !self.failed.swap(true, Ordering::SeqCst)
+            {
+                self.failed_wake.notify_one();
+            }
         }
+        result
+    }
+
+    /// Resolves once an operation has failed on storage since the last reopen (at once if one
+    /// has): the writer then checks the store with a checkpoint, which reopens it if it is
+    /// broken. Found by the fault harness: the disk filled while only delivery wrote (removals,
+    /// put on disk by sled's own periodic flush), every removal and read then failed, and the
+    /// writer — which had nothing to write — never reopened the store.
+    pub(crate) async fn storage_failed(&self) {
+        let wake = self.failed_wake.notified();
+        if !self.failed.load(Ordering::SeqCst) {
+            wake.await;
+        }
+    }
+
+    /// Whether an operation failed on storage since the last reopen or the last call.
+    pub(crate) fn take_failed(&self) -> bool {
+        self.failed.swap(false, Ordering::SeqCst)
     }
 
     /// Drop the store and recover it from disk (after an I/O error; see the type's docs).
@@ -424,6 +461,7 @@ impl Outbox {
         self.written
             .store(self.durable.load(Ordering::SeqCst), Ordering::SeqCst);
         *guard = Some(store);
+        self.failed.store(false, Ordering::SeqCst);
         self.reopens.fetch_add(1, Ordering::SeqCst);
         drop(guard);
         self.notify_appended(); // delivery reads its queues again (see `reopens`)

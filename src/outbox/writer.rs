@@ -52,25 +52,35 @@ pub async fn run_writer(
     loop {
         let (_, checkpoint_at) = outbox.checkpoint_due(config.checkpoint_interval);
         let wake = [seen.due(), checkpoint_at].into_iter().flatten().min();
-        let next = match wake {
-            Some(at) => match tokio::time::timeout_at(at, commits.recv()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    // The held seen-times, alone (not logged: they need no sync), and the
-                    // checkpoint that puts them in sled.
-                    if seen
-                        .due()
-                        .is_some_and(|due| due <= tokio::time::Instant::now())
-                    {
-                        seen.join(&mut batch);
-                        persist(&outbox, &batch, &[], &metrics).await;
-                        batch.clear();
-                    }
-                    checkpoint(&outbox, &metrics).await;
-                    continue;
+        let timer = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let next = tokio::select! {
+            next = commits.recv() => next,
+            () = timer => {
+                // The held seen-times, alone (not logged: they need no sync), and the
+                // checkpoint that puts them in sled.
+                if seen
+                    .due()
+                    .is_some_and(|due| due <= tokio::time::Instant::now())
+                {
+                    seen.join(&mut batch);
+                    persist(&outbox, &batch, &[], &metrics).await;
+                    batch.clear();
                 }
-            },
-            None => commits.recv().await,
+                checkpoint(&outbox, &metrics).await;
+                continue;
+            }
+            () = outbox.storage_failed() => {
+                if outbox.take_failed() {
+                    tracing::warn!("the outbox failed outside the writer (a removal or a read back); checking it with a checkpoint and reopening it if it is broken");
+                    checkpoint(&outbox, &metrics).await;
+                }
+                continue;
+            }
         };
         let Some(first) = next else { break };
         // A batch stays well under a share, so that room for it can always be made.

@@ -12,6 +12,8 @@ pub struct Daemon {
     starts: u32,
     /// Extra environment for the daemon process.
     pub env: Vec<(String, String)>,
+    /// The configuration text [`Daemon::new`] added (kept by [`Daemon::rewrite_state_dir`]).
+    extra: String,
 }
 
 /// A config for the test: fast retries, the default demo topics.
@@ -92,7 +94,9 @@ impl Daemon {
             &dir.join("state"),
             extra,
         );
-        Self::with_config(dir, metrics_port, &text)
+        let mut daemon = Self::with_config(dir, metrics_port, &text);
+        daemon.extra = extra.to_string();
+        daemon
     }
 
     /// A daemon whose `[webhook]` section (with its subtables) is `webhook`.
@@ -113,6 +117,7 @@ impl Daemon {
             child: None,
             starts: 0,
             env: Vec::new(),
+            extra: String::new(),
         }
     }
 
@@ -145,7 +150,11 @@ impl Daemon {
         let child = daemon_command()
             .args(["run", "--config"])
             .arg(&self.config)
-            .env("EDGEHOOK_LOG", "info")
+            // `TEST_EDGEHOOK_LOG` (say `info,edgehook::outbox=debug`) to look closer at a failure.
+            .env(
+                "EDGEHOOK_LOG",
+                std::env::var("TEST_EDGEHOOK_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
@@ -244,13 +253,17 @@ impl Daemon {
         std::fs::write(&self.config, text).unwrap();
     }
 
-    /// Put the state (the outbox) somewhere else, e.g. on a small filesystem.
+    /// Put the state (the outbox) somewhere else, e.g. on a small filesystem; the rest of the
+    /// configuration as [`Daemon::new`] made it.
     pub fn rewrite_state_dir(&mut self, state: &Path, broker_port: u16, receiver_url: &str) {
-        std::fs::write(
-            &self.config,
-            config_text(broker_port, receiver_url, self.metrics_port, state, ""),
-        )
-        .unwrap();
+        let text = config_text(
+            broker_port,
+            receiver_url,
+            self.metrics_port,
+            state,
+            &self.extra,
+        );
+        std::fs::write(&self.config, text).unwrap();
     }
 
     /// Send a signal (e.g. 1 = SIGHUP) to the running daemon.
