@@ -813,10 +813,21 @@ fn verify(
             .map(|f| (presence_of(f).unwrap_or(false), tenths_of(f)));
         let replays = got.iter().any(|(id, _)| replayed.contains(id));
         let exact = !m.held && m.resent_up_to.is_empty() && !replays;
-        let ok = match (last, m.reported, m.published.last()) {
-            (Some(l), Some(want), _) if exact => l == want,
-            (Some((p, t)), _, Some(&(_, lp, lt))) => p == lp && (t - lt).abs() < 5,
-            (None, None, None) => true,
+        // The device's last readings, back to the first one not written around a crash: a
+        // serial line has no acknowledgements, so the frames after it may rightly be lost
+        // and the device end at any of them (found by seed 10633411858054888667: a held
+        // serial device's last two frames went 3 and 44 ms before a `kill -9`).
+        let mut finals = Vec::new();
+        for &(seq, p, t) in m.published.iter().rev() {
+            finals.push((p, t));
+            if !m.maybe_lost.contains(&seq) {
+                break;
+            }
+        }
+        let ok = match (last, m.reported) {
+            (Some(l), Some(want)) if exact => l == want,
+            (Some((p, t)), _) => finals.iter().any(|&(lp, lt)| p == lp && (t - lt).abs() < 5),
+            (None, None) => m.published.is_empty(),
             _ => false,
         };
         // With readings dropped for this endpoint (a full share, `drop_oldest_readings`), the
@@ -1570,6 +1581,9 @@ async fn fixed_seeds() {
         4664192911268364359,
         // The disk filled while only delivery wrote: the store was never reopened.
         2116547421131359390,
+        // A held serial device's last frames, written just before a `kill -9`, rightly lost:
+        // the model demanded them at the end (a fault of the harness, not of edgehook).
+        10633411858054888667,
     ] {
         run(seed).await;
     }
