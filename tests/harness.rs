@@ -1250,6 +1250,8 @@ async fn run(seed: u64) {
         let broker_log =
             std::fs::read_to_string(dir.path().join("mosquitto.log")).unwrap_or_default();
         eprintln!("mosquitto's log:\n{broker_log}");
+        let outbox = common::http_get(world.daemon.metrics_port, "/v1/outbox");
+        eprintln!("harness: the outbox now: {}", outbox.unwrap_or_default());
         panic!(
             "seed {seed}: {e}\n{}\n{}\nreplay: {replay}",
             story.join("\n"),
@@ -1584,6 +1586,8 @@ async fn fixed_seeds() {
         // A held serial device's last frames, written just before a `kill -9`, rightly lost:
         // the model demanded them at the end (a fault of the harness, not of edgehook).
         10633411858054888667,
+        // A healthy endpoint's momentarily full share refused a device's last offline.
+        15383730284450656241,
     ] {
         run(seed).await;
     }
