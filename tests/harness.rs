@@ -788,7 +788,14 @@ fn verify(
             .collect();
         let resent = |x: u64, y: u64| m.resent_up_to.iter().any(|&r| x <= r && r - y < 200);
         if seqs.windows(2).any(|w| w[0] >= w[1] && !resent(w[0], w[1])) {
-            return Err(format!("{name}: {} delivered out of order: {seqs:?}", m.id));
+            return Err(format!(
+                "{name}: {} delivered out of order: {seqs:?} DBG {:?} {:?}",
+                m.id,
+                got.iter()
+                    .map(|(id, f)| (seq_of(f), id.clone()))
+                    .collect::<Vec<_>>(),
+                m.resent_up_to
+            ));
         }
         for (_, fields) in &got {
             let seq = seq_of(fields);

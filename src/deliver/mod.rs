@@ -115,7 +115,16 @@ pub struct Dispatcher {
     /// sent the same records again as fast as the receiver answered (fault harness).
     reopens_seen: u64,
     out_of_step: Option<tokio::time::Instant>,
+    /// Per lane, the highest sequence number delivered (or skipped) since start. What a lane
+    /// meets at or behind it when it reads again — a delivered record whose removal was lost,
+    /// a reading dropped to make room that a reopen or restart of the store brought back — is
+    /// removed, never sent: a lane sends in outbox order, so nothing behind it is still owed.
+    passed: HashMap<String, u64>,
 }
+
+/// Lanes [`Dispatcher::passed`] remembers at most (then it starts afresh: the guard it keeps
+/// only matters after a reopen).
+const PASSED_MAX: usize = 65_536;
 
 /// Whether the dispatcher goes on after one [`Dispatcher::step`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +187,7 @@ impl Dispatcher {
             limits,
             reopens_seen,
             out_of_step: None,
+            passed: HashMap::new(),
             backoff: DelayQueue::new(),
             in_flight: JoinSet::new(),
             in_flight_lanes: HashMap::new(),
@@ -295,6 +305,18 @@ impl Dispatcher {
         }
     }
 
+    /// Lane `name` is past record `seq` (see `passed`).
+    fn pass(&mut self, name: &str, seq: u64) {
+        if let Some(at) = self.passed.get_mut(name) {
+            *at = (*at).max(seq);
+            return;
+        }
+        if self.passed.len() >= PASSED_MAX {
+            self.passed.clear();
+        }
+        self.passed.insert(name.to_string(), seq);
+    }
+
     /// A removal or burial failed: read the queue again from the start once the store is
     /// reopened, or a second from now (see `out_of_step`).
     fn out_of_step_now(&mut self) {
@@ -374,7 +396,14 @@ impl Dispatcher {
     ) -> Result<Vec<OutboxRecord>, crate::outbox::OutboxError> {
         let mut keep = Vec::with_capacity(records.len());
         for record in records {
-            if self.endpoint.wants(&record.kind) {
+            if self
+                .passed
+                .get(&record.lane)
+                .is_some_and(|&seq| record.seq <= seq)
+            {
+                tracing::debug!(lane = %record.lane, event_id = %record.id, "a record behind what its lane delivered (its removal lost, or a dropped reading brought back): removed, not sent");
+                self.outbox.remove(self.queue, record.seq)?;
+            } else if self.endpoint.wants(&record.kind) {
                 keep.push(record);
             } else {
                 self.metrics.filtered();
@@ -569,6 +598,7 @@ impl Dispatcher {
     /// `head` was delivered: free its lane and remove it.
     fn delivered(&mut self, name: &str, head: &OutboxRecord) {
         self.lanes.done(name);
+        self.pass(name, head.seq);
         self.solo.remove(&head.seq);
         if let Err(e) = self.outbox.remove(self.queue, head.seq) {
             // Not removing means a duplicate later, never a loss; it is read again.
@@ -593,6 +623,7 @@ impl Dispatcher {
     /// queue, counted as filtered.
     fn skipped(&mut self, name: &str, head: &OutboxRecord) {
         self.lanes.done(name);
+        self.pass(name, head.seq);
         self.solo.remove(&head.seq);
         self.metrics.filtered();
         if let Err(e) = self.outbox.remove(self.queue, head.seq) {

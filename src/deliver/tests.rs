@@ -463,3 +463,43 @@ async fn a_batch_waits_its_linger_unless_it_is_full() {
         tokio::time::resume(); // the next rig pauses it again
     }
 }
+
+#[tokio::test]
+async fn a_dropped_reading_the_store_brings_back_is_never_sent_after_a_newer_one() {
+    // Found by the fault harness (seed 3343455984250628370): a reading dropped to make room
+    // (a newer one of its device superseded it) came back when the store was reopened after a
+    // full disk — its removal was not yet durable, the write-ahead log still had it — and was
+    // delivered after the newer reading its lane had already delivered: out of order, and
+    // stale. A lane never sends a record behind one it has delivered; such a record (that,
+    // or a delivered one whose removal was lost) is removed instead.
+    let (mut rig, sent) = rig("", &[("d", 3)], |_| Outcome::Delivered { status: 200 }).await;
+    let queue = rig.dispatcher.queue;
+    let records = rig.outbox.pending_after(queue, None, 10).unwrap();
+    let second = records[1].seq;
+    let stored = rig
+        .outbox
+        .stored(queue, second)
+        .expect("in sled after the flush");
+    // Room for two: the superseded two go, the newest stays.
+    let two = 2 * stored.len() as u64;
+    assert_eq!(rig.outbox.drop_oldest_readings(queue, two).unwrap(), 2);
+    assert!(
+        rig.step_until(Duration::from_secs(5), |r| r.outbox.queue_len(queue) == 0)
+            .await
+    );
+    assert_eq!(rig.transport.sent_on("device:d"), vec![sent[2].id.clone()]);
+    // The reopen brings the dropped second reading back.
+    rig.outbox.put_back(queue, second, stored);
+    rig.outbox.reopen().unwrap();
+    assert_eq!(rig.outbox.queue_len(queue), 1);
+    assert!(
+        rig.step_until(Duration::from_secs(5), |r| r.outbox.queue_len(queue) == 0)
+            .await,
+        "the record brought back is removed"
+    );
+    assert_eq!(
+        rig.transport.sent_on("device:d"),
+        vec![sent[2].id.clone()],
+        "nothing sent behind the newer reading"
+    );
+}

@@ -480,6 +480,21 @@ impl Outbox {
         }
     }
 
+    /// Tests only: record `seq` of `queue` as stored (sled's copy), to be put back later.
+    #[cfg(test)]
+    pub(crate) fn stored(&self, queue: QueueId, seq: u64) -> Option<IVec> {
+        self.with(|s| Ok(s.queues[queue.0].get(seq.to_be_bytes())?))
+            .unwrap()
+    }
+
+    /// Tests only: put `value` back as record `seq` of `queue`, as a recovery does with a
+    /// removal that was not yet durable (the write-ahead log still has the record).
+    #[cfg(test)]
+    pub(crate) fn put_back(&self, queue: QueueId, seq: u64, value: IVec) {
+        self.with(|s| Ok(s.queues[queue.0].insert(seq.to_be_bytes(), value)?))
+            .unwrap();
+    }
+
     /// How many times the store was reopened. What a reader saw before a reopen may differ from
     /// what is on disk after it (removals that were lost with the broken instance, records its
     /// recovery brought back), so a reader that has moved through a queue reads it again from
