@@ -788,14 +788,7 @@ fn verify(
             .collect();
         let resent = |x: u64, y: u64| m.resent_up_to.iter().any(|&r| x <= r && r - y < 200);
         if seqs.windows(2).any(|w| w[0] >= w[1] && !resent(w[0], w[1])) {
-            return Err(format!(
-                "{name}: {} delivered out of order: {seqs:?} DBG {:?} {:?}",
-                m.id,
-                got.iter()
-                    .map(|(id, f)| (seq_of(f), id.clone()))
-                    .collect::<Vec<_>>(),
-                m.resent_up_to
-            ));
+            return Err(format!("{name}: {} delivered out of order: {seqs:?}", m.id));
         }
         for (_, fields) in &got {
             let seq = seq_of(fields);
@@ -1595,6 +1588,8 @@ async fn fixed_seeds() {
         10633411858054888667,
         // A healthy endpoint's momentarily full share refused a device's last offline.
         15383730284450656241,
+        // A dropped reading a reopen brought back went after the newer one.
+        3343455984250628370,
     ] {
         run(seed).await;
     }
