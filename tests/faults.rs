@@ -1334,11 +1334,6 @@ async fn a_store_broken_under_delivery_alone_is_reopened_and_every_event_still_g
     // The last checkpoint (due 100 ms after the last write) is made.
     tokio::time::sleep(Duration::from_millis(500)).await;
     // From here on nothing is published: the only writes are delivery's removals.
-    eprintln!(
-        "DBG checkpoints {:?} pending {:?}",
-        daemon.metric("edgehook_outbox_checkpoints_total"),
-        daemon.metric("edgehook_endpoint_pending{endpoint=\"default\"}")
-    );
     card.fs.set_full(true);
     // Every device's readings go and are removed (sled holds the removals until its own flush,
     // once a second, meets the full disk), except one device's, refused until that happened.
