@@ -30,7 +30,9 @@
 //!   acknowledgements);
 //! - per seed, the outbox checkpoints every 100 ms, second or minute, and may be small with
 //!   `on_full = "drop_oldest_readings"` (then an
-//!   endpoint may miss at most as many readings as it counts dropped), and `ops` may give up
+//!   endpoint may miss at most as many readings as it counts dropped, and once the daemon says
+//!   it refused an endpoint's new events — its share full of events that policy never drops —
+//!   that endpoint's health news and final workspace state are not checked), and `ops` may give up
 //!   (`max_attempts`, `max_age`): at the end every dead letter is replayed, the way an
 //!   operator does, and then nothing may be missing;
 //! - while one endpoint failed, the other got everything made meanwhile (no endpoint waits on
@@ -770,6 +772,7 @@ fn verify(
     name: &str,
     models: &[Model],
     allowance: u64,
+    refused: bool,
     replayed: &HashSet<String>,
 ) -> Result<(), String> {
     complete(r, name, models, allowance)?;
@@ -842,6 +845,11 @@ fn verify(
                 m.published.last()
             ));
         }
+        if refused {
+            // New events were refused for this endpoint (a share full of events never dropped,
+            // see `refused`): any health news may be missing, as the rules say.
+            continue;
+        }
         let health = health_of(r, &m.id);
         let kinds: Vec<&str> = health.iter().map(|(_, t)| t.as_str()).collect();
         if !kinds.contains(&"device.online") {
@@ -884,6 +892,17 @@ fn verify(
         }
     }
     Ok(())
+}
+
+/// Whether the daemon refused new events for `endpoint` (its share full of events that
+/// `drop_oldest_readings` never drops, or of a queue that cannot drain): the rules then let it
+/// miss any event, health and workspace news included, counted and logged — so its final
+/// health and workspace states are not checked (found by seed 9071275921783145960: a
+/// workspace's last status refused by an endpoint whose share was still full).
+fn refused(daemon: &Daemon, endpoint: &str) -> bool {
+    let log = daemon.log();
+    log.contains(&format!("endpoint `{endpoint}`'s new events are DROPPED"))
+        || log.contains(&format!("endpoint `{endpoint}` cannot drain"))
 }
 
 /// What `endpoint` may be missing: readings counted dropped for it (a full share under
@@ -1268,6 +1287,7 @@ async fn run(seed: u64) {
                 "default",
                 &models,
                 allowance(daemon, "default"),
+                refused(daemon, "default"),
                 &none,
             )
         };
@@ -1343,7 +1363,17 @@ async fn run(seed: u64) {
     }
     {
         let daemon = &world.daemon;
-        let check = || verify(&ops, "ops", &models, allowance(daemon, "ops"), &replayed);
+        let check = || {
+            let refused = refused(daemon, "ops");
+            verify(
+                &ops,
+                "ops",
+                &models,
+                allowance(daemon, "ops"),
+                refused,
+                &replayed,
+            )
+        };
         if let Err(e) = settle(Duration::from_secs(60), check).await {
             fail(e, &world, &story);
         }
@@ -1353,7 +1383,12 @@ async fn run(seed: u64) {
         .iter()
         .any(|m| m.reported.is_some_and(|(p, _)| p));
     let want = if occupied { "Occupied" } else { "Free" };
+    // Not when the daemon refused new events for default: its last ones may be among them.
+    let checked = !refused(&world.daemon, "default");
     let status = settle(Duration::from_secs(30), || {
+        if !checked {
+            return Ok(());
+        }
         let last = all.seen(|s| {
             s.of_type("workspace.status.updated")
                 .last()
@@ -1376,6 +1411,9 @@ async fn run(seed: u64) {
         .filter(|m| m.reported.is_some_and(|(p, _)| p))
         .count();
     let group = settle(Duration::from_secs(30), || {
+        if !checked {
+            return Ok(());
+        }
         let last = all.seen(|s| {
             s.of_type("sensor.group.reading.updated")
                 .last()
@@ -1590,6 +1628,8 @@ async fn fixed_seeds() {
         15383730284450656241,
         // A dropped reading a reopen brought back went after the newer one.
         3343455984250628370,
+        // Refused events (documented) the model still demanded: a workspace's last status.
+        9071275921783145960,
     ] {
         run(seed).await;
     }
