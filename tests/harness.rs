@@ -1624,7 +1624,7 @@ async fn fixed_seeds() {
         // A held serial device's last frames, written just before a `kill -9`, rightly lost:
         // the model demanded them at the end (a fault of the harness, not of edgehook).
         10633411858054888667,
-        // A healthy endpoint's momentarily full share refused a device's last offline.
+        // Refused events (documented) the model still demanded: a device's last offline.
         15383730284450656241,
         // A dropped reading a reopen brought back went after the newer one.
         3343455984250628370,

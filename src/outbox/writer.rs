@@ -25,8 +25,7 @@ use crate::event::Envelope;
 /// - a queue that drains (its endpoint is active and not disabled) applies `on_full`:
 ///   back-pressure (the batch waits, unacknowledged, until delivery frees space) or dropping
 ///   that queue's readings (superseded ones first, then the oldest) — and when no reading is
-///   left to drop, waiting up to [`STALL_GRACE`] for the queue to free room (an endpoint
-///   that is delivering does), then refusing the batch for that queue as below;
+///   left to drop, refusing the batch for that queue as below, rather than waiting;
 /// - a queue that cannot drain (paused, disabled by a 410, inactive, no longer configured)
 ///   would wait for ever and hold every other endpoint and every ack with it: with
 ///   `drop_oldest_readings` its readings are dropped to make room as above, and when that is
@@ -186,11 +185,6 @@ async fn checkpoint(outbox: &Outbox, metrics: &Metrics) {
     }
 }
 
-/// How long a batch waits for a queue whose share is full of events `drop_oldest_readings` never
-/// drops before its events are refused for that queue rather than waited for (see
-/// [`make_room`]): the longest one endpoint may hold the others, once per time it fills.
-const STALL_GRACE: Duration = Duration::from_secs(1);
-
 /// About how many bytes one event takes in one queue.
 pub(super) fn size_of(env: &Envelope) -> u64 {
     (env.body.len() + env.lane.len() + env.id.len() + 32) as u64
@@ -240,8 +234,6 @@ async fn make_room(
     }
     let queues = outbox.all_queues();
     let mut reopen_at = tokio::time::Instant::now();
-    // Per queue full of events never dropped: since when this batch waits for it.
-    let mut stalled: Vec<Option<tokio::time::Instant>> = vec![None; needs.len()];
     loop {
         let mut waiting = false;
         for (i, &needed) in needs.iter().enumerate() {
@@ -277,22 +269,13 @@ async fn make_room(
                 match outbox.drop_oldest_readings(queue, used + needed - share) {
                     Ok(0) => {
                         // Its share holds nothing this policy drops (health, workspace and
-                        // action events). An endpoint that is delivering frees room within
-                        // moments: wait for it, up to `STALL_GRACE` (back-pressure; found by
-                        // the fault harness: a healthy endpoint's momentarily full share
-                        // refused a device's last offline). Waiting longer would hold every
-                        // endpoint for this one (found by the fault harness: a failing
-                        // endpoint's share filled with a flood of new devices' registrations
-                        // stopped the others): its new events are then dropped for it alone,
-                        // counted, as for one that cannot drain, at once until it has room.
-                        let refusing = log.refusing.get(i).copied().unwrap_or(false);
-                        if draining && !refusing {
-                            let now = tokio::time::Instant::now();
-                            if now < *stalled[i].get_or_insert(now) + STALL_GRACE {
-                                waiting = true;
-                                continue;
-                            }
-                            tracing::error!(endpoint = %name, used_bytes = used, share_bytes = share, pending = outbox.queue_len(queue), "outbox share FULL of events never dropped (no readings left to drop) and no room made within {}: endpoint `{name}`'s new events are DROPPED for it alone (counted in edgehook_endpoint_dropped_total), so that it does not hold the other endpoints back", humantime::format_duration(STALL_GRACE));
+                        // action events): waiting would hold every endpoint for this one
+                        // (found by the fault harness: a failing endpoint's share filled with
+                        // a flood of new devices' registrations stopped the others). Its new
+                        // events are dropped for it alone, counted, as for one that cannot
+                        // drain.
+                        if draining && !log.refusing.get(i).copied().unwrap_or(false) {
+                            tracing::error!(endpoint = %name, used_bytes = used, share_bytes = share, pending = outbox.queue_len(queue), "outbox share FULL of events never dropped (no readings left to drop): endpoint `{name}`'s new events are DROPPED for it alone (counted in edgehook_endpoint_dropped_total), so that it does not hold the other endpoints back");
                             log.refusing.resize(needs.len(), false);
                             log.refusing[i] = true;
                         }
@@ -344,9 +327,7 @@ async fn make_room(
     for (i, &needed) in needs.iter().enumerate() {
         let queue = QueueId(i);
         let room = outbox.queue_bytes(queue) + needed <= share || outbox.queue_len(queue) == 0;
-        // Refusing ends when events for the queue fit again (not when a batch that has none
-        // for it passes: that would grant it another wait each time).
-        if room && !refused[i] && needed > 0 {
+        if room && !refused[i] {
             if let Some(r) = log.refusing.get_mut(i) {
                 *r = false;
             }
