@@ -389,7 +389,8 @@ impl Dispatcher {
     }
 
     /// `records` without those queued before the endpoint's `events` changed, which it no
-    /// longer wants: those are removed from its queue.
+    /// longer wants, and those at or behind what their lane has delivered (see `passed`):
+    /// both are removed from its queue.
     fn wanted(
         &self,
         records: Vec<OutboxRecord>,
