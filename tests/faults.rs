@@ -1167,6 +1167,58 @@ async fn power_cuts_at_random_moments_under_load_lose_no_acknowledged_change() {
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+/// A broker, a receiver and a daemon delivering to it whose state directory is on the power-cut
+/// card (`seed`), checkpointing every 100 ms.
+async fn on_card_checkpointing_often(
+    dir: &std::path::Path,
+    seed: u64,
+) -> (Mosquitto, Receiver, firmware_sim::powercut::Mounted, Daemon) {
+    let broker = Mosquitto::start(dir);
+    let receiver = Receiver::start().await;
+    let (card, state) = common::powercut_card(dir, seed);
+    let outbox = "[outbox]\ncheckpoint_interval = \"100ms\"\n";
+    let mut daemon = Daemon::new(dir, broker.port, &receiver.url, outbox);
+    daemon.rewrite_state_dir(&state, broker.port, &receiver.url);
+    daemon.start();
+    (broker, receiver, card, daemon)
+}
+
+/// Wait until `receiver` has every reading in `published` and the daemon holds nothing pending
+/// for it; `what` names the moment in a failure.
+async fn all_delivered_none_pending(
+    daemon: &Daemon,
+    receiver: &Receiver,
+    published: &std::collections::BTreeSet<(String, u64)>,
+    what: &str,
+) {
+    common::until(
+        Instant::now() + LONG,
+        || receiver.seen(|s| published.is_subset(&s.reading_keys())),
+        || {
+            let missing = receiver.seen(|s| published.difference(&s.reading_keys()).count());
+            format!(
+                "{what}: {missing} of {} readings never delivered:\n{}",
+                published.len(),
+                daemon.log()
+            )
+        },
+    )
+    .await;
+    let pending = "edgehook_endpoint_pending{endpoint=\"default\"}";
+    common::until(
+        Instant::now() + Duration::from_secs(20),
+        || daemon.metric(pending) == Some(0),
+        || {
+            format!(
+                "{what}: {:?} events stay pending after everything was delivered:\n{}",
+                daemon.metric(pending),
+                daemon.log()
+            )
+        },
+    )
+    .await;
+}
+
 /// Found by the randomized fault harness, twice: the disk fills while events are being
 /// delivered and the outbox is reopened from disk. First, records delivery had already passed
 /// (delivered, their removal lost with the broken instance; or written again by the recovery)
@@ -1179,17 +1231,10 @@ async fn power_cuts_at_random_moments_under_load_lose_no_acknowledged_change() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_stays_pending_after_the_outbox_is_reopened_on_a_full_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let (card, state) = common::powercut_card(dir.path(), 3);
     // Checkpoints often, so that they meet the full disk too.
-    let outbox = "[outbox]\ncheckpoint_interval = \"100ms\"\n";
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, outbox);
-    daemon.rewrite_state_dir(&state, broker.port, &receiver.url);
-    daemon.start();
+    let (broker, receiver, card, mut daemon) = on_card_checkpointing_often(dir.path(), 3).await;
     // A slow receiver: deliveries are in flight when the store goes away.
     receiver.delay(Duration::from_millis(50));
-    let pending = "edgehook_endpoint_pending{endpoint=\"default\"}";
     let prefixes = ["full-a", "full-b", "full-c", "full-d", "full-e", "full-f"];
     for (round, prefix) in prefixes.into_iter().enumerate() {
         let (stop, running) = tokio::sync::watch::channel(false);
@@ -1208,31 +1253,7 @@ async fn nothing_stays_pending_after_the_outbox_is_reopened_on_a_full_disk() {
         let published = publisher.await.unwrap();
         tokio::time::sleep(Duration::from_millis(400)).await;
         card.fs.set_full(false);
-        common::until(
-            Instant::now() + LONG,
-            || receiver.seen(|s| published.is_subset(&s.reading_keys())),
-            || {
-                let missing = receiver.seen(|s| published.difference(&s.reading_keys()).count());
-                format!(
-                    "round {round}: {missing} changes never delivered:\n{}",
-                    daemon.log()
-                )
-            },
-        )
-        .await;
-        let wait = Instant::now() + Duration::from_secs(20);
-        common::until(
-            wait,
-            || daemon.metric(pending) == Some(0),
-            || {
-                format!(
-                    "round {round}: {:?} events stay pending after everything was delivered:\n{}",
-                    daemon.metric(pending),
-                    daemon.log()
-                )
-            },
-        )
-        .await;
+        all_delivered_none_pending(&daemon, &receiver, &published, &format!("round {round}")).await;
     }
     assert!(
         daemon.log().contains("outbox writable again"),
@@ -1254,14 +1275,8 @@ async fn nothing_stays_pending_after_the_outbox_is_reopened_on_a_full_disk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_broken_under_delivery_alone_is_reopened_and_every_event_still_goes() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let (card, state) = common::powercut_card(dir.path(), 5);
     // Checkpoints often: the backlog is in sled, not only in the log, when delivery removes it.
-    let outbox = "[outbox]\ncheckpoint_interval = \"100ms\"\n";
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, outbox);
-    daemon.rewrite_state_dir(&state, broker.port, &receiver.url);
-    daemon.start();
+    let (broker, receiver, card, mut daemon) = on_card_checkpointing_often(dir.path(), 5).await;
     // The receiver refuses while a backlog of many readings per device builds up.
     receiver.fail_with(503);
     let (_stop, running) = tokio::sync::watch::channel(false);
@@ -1287,32 +1302,7 @@ async fn a_store_broken_under_delivery_alone_is_reopened_and_every_event_still_g
     receiver.fail_device(None);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     card.fs.set_full(false);
-    common::until(
-        Instant::now() + LONG,
-        || receiver.seen(|s| published.is_subset(&s.reading_keys())),
-        || {
-            let missing = receiver.seen(|s| published.difference(&s.reading_keys()).count());
-            format!(
-                "{missing} of {} readings never delivered:\n{}",
-                published.len(),
-                daemon.log()
-            )
-        },
-    )
-    .await;
-    let pending = "edgehook_endpoint_pending{endpoint=\"default\"}";
-    common::until(
-        Instant::now() + Duration::from_secs(20),
-        || daemon.metric(pending) == Some(0),
-        || {
-            format!(
-                "{:?} events stay pending:\n{}",
-                daemon.metric(pending),
-                daemon.log()
-            )
-        },
-    )
-    .await;
+    all_delivered_none_pending(&daemon, &receiver, &published, "after the full disk").await;
     // Duplicates are allowed, a flood of them is not: each event went a few times at most.
     let (duplicates, events) = receiver.seen(|s| (s.duplicates, s.events.len() as u64));
     assert!(
