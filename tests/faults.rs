@@ -1318,6 +1318,42 @@ async fn a_store_broken_under_delivery_alone_is_reopened_and_every_event_still_g
     assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log());
 }
 
+/// Found by the fault harness (seed 6967197422479035482): the disk filled and freed while only
+/// delivery wrote, and every removal was made before sled's own flush met the full disk — so no
+/// operation failed afterwards and nothing woke the writer. sled stayed broken until shutdown,
+/// whose final checkpoint failed: exit 1 (nothing lost: the log had everything). The final
+/// checkpoint now reopens the store and tries again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_broken_while_nobody_writes_is_reopened_at_shutdown_which_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, receiver, card, mut daemon) = on_card_checkpointing_often(dir.path(), 7).await;
+    receiver.fail_with(503);
+    let (_stop, running) = tokio::sync::watch::channel(false);
+    let published = common::publishers(
+        broker.port,
+        "idle",
+        4,
+        Some(20),
+        Duration::from_millis(2),
+        running,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    card.fs.set_full(true);
+    // Everything goes and is removed at once; sled's flush of the removals then fails.
+    receiver.fail_with(0);
+    all_delivered_none_pending(&daemon, &receiver, &published, "full disk").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    card.fs.set_full(false);
+    assert!(
+        daemon.log().contains("No space left on device"),
+        "the full disk was met (else this test proves nothing):\n{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log());
+}
+
 /// Issue 16 #9: the power is cut right after a fresh store wrote its marker (`outbox.id`): the
 /// id inside the store must already be durable too, or the next start refuses the store as
 /// one that "lost its history" — a gateway that never starts again after a power cut in its

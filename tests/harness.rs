@@ -1639,6 +1639,8 @@ async fn fixed_seeds() {
         9071275921783145960,
         // A replayed dead letter (old news, rightly last) taken for the device's last word.
         14769932744879682093,
+        // A store broken with nobody writing made shutdown's last checkpoint fail (exit 1).
+        6967197422479035482,
     ] {
         run(seed).await;
     }
