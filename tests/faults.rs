@@ -1183,6 +1183,43 @@ async fn on_card_checkpointing_often(
     (broker, receiver, card, daemon)
 }
 
+/// While `receiver` refuses, `each` readings from each of four devices `<prefix>-<i>`, put into
+/// sled by a checkpoint (due 100 ms after the last write); then the disk is full. Returns what
+/// the broker acknowledged.
+async fn backlog_in_sled_then_full_disk(
+    broker: &Mosquitto,
+    receiver: &Receiver,
+    card: &firmware_sim::powercut::Mounted,
+    prefix: &'static str,
+    each: usize,
+) -> std::collections::BTreeSet<(String, u64)> {
+    receiver.fail_with(503);
+    let (_stop, running) = tokio::sync::watch::channel(false);
+    let published = common::publishers(
+        broker.port,
+        prefix,
+        4,
+        Some(each),
+        Duration::from_millis(2),
+        running,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    card.fs.set_full(true);
+    published
+}
+
+/// The daemon met the full disk (else the test proves nothing), and stops with exit code 0.
+fn met_the_full_disk_and_exits_cleanly(daemon: &mut Daemon) {
+    assert!(
+        daemon.log().contains("No space left on device"),
+        "the full disk was met (else this test proves nothing):\n{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log());
+}
+
 /// Wait until `receiver` has every reading in `published` and the daemon holds nothing pending
 /// for it; `what` names the moment in a failure.
 async fn all_delivered_none_pending(
@@ -1277,23 +1314,8 @@ async fn a_store_broken_under_delivery_alone_is_reopened_and_every_event_still_g
     let dir = tempfile::tempdir().unwrap();
     // Checkpoints often: the backlog is in sled, not only in the log, when delivery removes it.
     let (broker, receiver, card, mut daemon) = on_card_checkpointing_often(dir.path(), 5).await;
-    // The receiver refuses while a backlog of many readings per device builds up.
-    receiver.fail_with(503);
-    let (_stop, running) = tokio::sync::watch::channel(false);
-    let published = common::publishers(
-        broker.port,
-        "alone",
-        4,
-        Some(30),
-        Duration::from_millis(2),
-        running,
-    )
-    .await
-    .unwrap();
-    // The last checkpoint (due 100 ms after the last write) is made.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     // From here on nothing is published: the only writes are delivery's removals.
-    card.fs.set_full(true);
+    let published = backlog_in_sled_then_full_disk(&broker, &receiver, &card, "alone", 30).await;
     // Every device's readings go and are removed (sled holds the removals until its own flush,
     // once a second, meets the full disk), except one device's, refused until that happened.
     receiver.fail_device(Some("alone-0"));
@@ -1310,12 +1332,7 @@ async fn a_store_broken_under_delivery_alone_is_reopened_and_every_event_still_g
         "{duplicates} duplicates of {events} events: delivery re-sent in a loop:\n{}",
         daemon.log()
     );
-    assert!(
-        daemon.log().contains("No space left on device"),
-        "the full disk was met (else this test proves nothing):\n{}",
-        daemon.log()
-    );
-    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log());
+    met_the_full_disk_and_exits_cleanly(&mut daemon);
 }
 
 /// Found by the fault harness (seed 6967197422479035482): the disk filled and freed while only
@@ -1327,31 +1344,13 @@ async fn a_store_broken_under_delivery_alone_is_reopened_and_every_event_still_g
 async fn a_store_broken_while_nobody_writes_is_reopened_at_shutdown_which_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let (broker, receiver, card, mut daemon) = on_card_checkpointing_often(dir.path(), 7).await;
-    receiver.fail_with(503);
-    let (_stop, running) = tokio::sync::watch::channel(false);
-    let published = common::publishers(
-        broker.port,
-        "idle",
-        4,
-        Some(20),
-        Duration::from_millis(2),
-        running,
-    )
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    card.fs.set_full(true);
+    let published = backlog_in_sled_then_full_disk(&broker, &receiver, &card, "idle", 20).await;
     // Everything goes and is removed at once; sled's flush of the removals then fails.
     receiver.fail_with(0);
     all_delivered_none_pending(&daemon, &receiver, &published, "full disk").await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     card.fs.set_full(false);
-    assert!(
-        daemon.log().contains("No space left on device"),
-        "the full disk was met (else this test proves nothing):\n{}",
-        daemon.log()
-    );
-    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log());
+    met_the_full_disk_and_exits_cleanly(&mut daemon);
 }
 
 /// Issue 16 #9: the power is cut right after a fresh store wrote its marker (`outbox.id`): the
