@@ -1689,7 +1689,13 @@ async fn fixed_seeds() {
 #[test]
 fn the_model_replays_the_deadband_over_every_story_of_lost_frames() {
     let f = false;
-    let cases: [(&[(u64, bool, i64)], &[u64], &[u64], &[(bool, i64)]); 5] = [
+    type Case<'a> = (
+        &'a [(u64, bool, i64)],
+        &'a [u64],
+        &'a [u64],
+        &'a [(bool, i64)],
+    );
+    let cases: [Case; 5] = [
         // Nothing lost: one story (1 reported, 2 inside its deadband, 3 a change).
         (
             &[(1, f, 200), (2, f, 202), (3, f, 206)],
