@@ -7,6 +7,7 @@
 //! shared [`backoff`]. Adding one (say, Modbus RTU on a serial port) is a module here, its
 //! section in [`config`], and one `tracker.spawn(source.run(..))` line in `crate::run`.
 
+mod acks;
 pub mod backoff;
 pub mod config;
 pub mod metrics;

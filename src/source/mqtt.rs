@@ -24,10 +24,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter, Transport};
+use rumqttc::{
+    AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeFilter, Transport,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::acks::{AckQueue, Fed};
 use super::backoff::Backoff;
 use super::config::{MqttConfig, PayloadKind};
 use super::metrics::SourceMetrics as Metrics;
@@ -42,8 +45,8 @@ use crate::fault_log::FaultLog;
 /// `mqtt.max_packet_bytes` that the broker keeps redelivering (see [`MqttSource::run`]).
 const SKIP_CEILING: usize = 16 * 1024 * 1024;
 
-/// Capacity of rumqttc's request channel. Acks go through it without waiting, so it must hold
-/// more than the broker's in-flight window (at most 65535 by the protocol, typically 20–1000).
+/// Capacity of rumqttc's request channel: acknowledgements (at most `acks::IN_CHANNEL` at a
+/// time), actions and subscriptions. It grows only as it fills.
 const REQUEST_CHANNEL: usize = 16 * 1024;
 
 /// One segment of a topic pattern.
@@ -419,6 +422,9 @@ impl MqttSource {
         eventloop.set_network_options(network);
         let generation = Arc::new(AtomicU64::new(0));
         let redeliveries = self.redeliveries.clone();
+        let acks = Arc::new(AckQueue::default());
+        let mut fed = Fed::default();
+        let try_ack = |qos, pkid| try_ack(&client, qos, pkid);
         // The generation of the last connection that came up (failed attempts count too).
         let mut previous_connection = 0;
         let filters: Vec<SubscribeFilter> = self
@@ -430,8 +436,10 @@ impl MqttSource {
         let mut backoff = Backoff::new(self.reconnect_min, self.reconnect_max);
         let mut failures = 0u32;
         loop {
+            acks.feed(generation.load(Ordering::SeqCst), &mut fed, try_ack);
             let event = tokio::select! {
                 _ = cancel.cancelled() => break,
+                _ = acks.added() => continue,
                 Some(message) = outgoing.recv() => {
                     // Queued in the client; sent (again, after a reconnect) until acknowledged.
                     if let Err(e) = client.try_publish(message.topic.clone(), QoS::AtLeastOnce, false, message.payload()) {
@@ -471,7 +479,7 @@ impl MqttSource {
                         {
                             self.metrics.mqtt_redelivery_recognised();
                             if ack_now {
-                                send_ack(&client, publish.qos, publish.pkid);
+                                acks.push(now, publish.qos, publish.pkid);
                             }
                             continue;
                         }
@@ -482,7 +490,7 @@ impl MqttSource {
                             .mqtt_options
                             .set_max_packet_size(self.max_packet, 64 * 1024);
                     }
-                    let ack = make_ack(&client, &generation, &redeliveries, fingerprint, &publish);
+                    let ack = make_ack(&acks, &generation, &redeliveries, fingerprint, &publish);
                     if let Some(inbound) = self.decode(&publish, ack) {
                         tokio::select! {
                             _ = cancel.cancelled() => break,
@@ -490,8 +498,10 @@ impl MqttSource {
                         }
                     }
                 }
+                Ok(Event::Outgoing(Outgoing::PubAck(_) | Outgoing::PubRec(_))) => fed.sent(),
                 Ok(_) => {}
                 Err(e) => {
+                    fed.dropped();
                     // Acks of messages from the lost connection must not go out on the next
                     // one: the broker redelivers those, and by then their packet ids may name
                     // other messages (rumqttc drops only the acks queued before the error).
@@ -527,6 +537,23 @@ impl MqttSource {
                 }
             }
         }
+        // What is durable is acknowledged before leaving (the broker would redeliver it), for
+        // at most a second.
+        let now = generation.load(Ordering::SeqCst);
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                acks.feed(now, &mut fed, try_ack);
+                if acks.is_empty() && fed.is_empty() {
+                    break;
+                }
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::PubAck(_) | Outgoing::PubRec(_))) => fed.sent(),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        })
+        .await;
         self.metrics.set_mqtt_connected(false);
         // A clean DISCONNECT; unacknowledged messages stay with the broker for next time.
         if client.try_disconnect().is_ok() {
@@ -582,21 +609,19 @@ fn oversize(e: &rumqttc::ConnectionError) -> Option<usize> {
     }
 }
 
-/// Queue the PUBACK of packet `pkid`.
-fn send_ack(client: &AsyncClient, qos: QoS, pkid: u16) {
+/// Put the PUBACK of packet `pkid` in rumqttc's request channel; false when it is full.
+fn try_ack(client: &AsyncClient, qos: QoS, pkid: u16) -> bool {
     // The ack needs only the packet id and QoS; no payload is kept for it.
     let mut stub = Publish::new("", qos, Vec::new());
     stub.pkid = pkid;
-    if let Err(e) = client.try_ack(&stub) {
-        tracing::debug!(error = %e, "could not queue PUBACK; the broker will redeliver");
-    }
+    client.try_ack(&stub).is_ok()
 }
 
 /// The deferred PUBACK for `publish` (none for QoS 0), fired once what it changed is durable.
 /// On the connection it came on, it acknowledges the message itself; if that connection is
 /// gone, it acknowledges the copies the broker redelivered since (see `source::redelivery`).
 fn make_ack(
-    client: &AsyncClient,
+    acks: &Arc<AckQueue>,
     generation: &Arc<AtomicU64>,
     redeliveries: &Arc<Redeliveries>,
     fingerprint: u64,
@@ -605,7 +630,7 @@ fn make_ack(
     if publish.qos == QoS::AtMostOnce {
         return None;
     }
-    let client = client.clone();
+    let acks = acks.clone();
     let generation = generation.clone();
     let redeliveries = redeliveries.clone();
     let received_on = generation.load(Ordering::SeqCst);
@@ -614,10 +639,10 @@ fn make_ack(
         let now = generation.load(Ordering::SeqCst);
         let (own, copies) = redeliveries.durable(fingerprint, received_on, now);
         if own {
-            send_ack(&client, qos, pkid);
+            acks.push(now, qos, pkid);
         }
         for copy in copies {
-            send_ack(&client, qos, copy);
+            acks.push(now, qos, copy);
         }
     }))
 }
