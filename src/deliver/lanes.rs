@@ -35,6 +35,9 @@ pub struct Limits {
     pub per_lane: usize,
 }
 
+/// Free records' worth the window waits for before the loader reads on (see [`Lanes::room`]).
+pub const LOW_WATER: usize = 16;
+
 /// What [`Lanes::offer`] did with a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
@@ -118,12 +121,27 @@ impl Lanes {
             || (self.held < self.limits.window && self.held_bytes < self.limits.window_bytes)
     }
 
-    /// Records the window has room for, by count (bytes are checked per record).
+    /// Records the window has room for: by count, and by bytes at the size of the records it
+    /// holds. While records are held, 0 until an eighth of the window (at most
+    /// [`LOW_WATER`] records) is free: the loader then reads a chunk at a time, not a record
+    /// per delivery — a read past the cursor decodes up to a chunk, and what finds no room is
+    /// read again later, so a window bound by bytes used to decode dozens of records for
+    /// every one it took.
     pub fn room(&self) -> usize {
-        if self.has_room() {
-            self.limits.window - self.held
-        } else {
+        if self.held == 0 {
+            return self.limits.window;
+        }
+        if !self.has_room() {
+            return 0;
+        }
+        let size = self.held_bytes.div_ceil(self.held).max(1);
+        let by_bytes = (self.limits.window_bytes - self.held_bytes) / size;
+        let room = (self.limits.window - self.held).min(by_bytes);
+        let capacity = self.limits.window.min(self.limits.window_bytes / size);
+        if room < (capacity / 8).clamp(1, LOW_WATER) {
             0
+        } else {
+            room
         }
     }
 
@@ -511,6 +529,46 @@ mod tests {
             "30 bytes held, 25 allowed"
         );
         assert_eq!(lanes.held(), (3, 30));
+    }
+
+    /// The room the loader reads for, as a table: (window, window_bytes, records held of
+    /// 100 bytes) -> room. By bytes at the size of the records held; nothing until an eighth
+    /// of the window (at most 16 records) is free.
+    #[test]
+    fn room_is_counted_in_records_of_the_size_held_and_waits_for_a_chunk() {
+        let cases = [
+            ((4096, 1 << 20, 0), 4096),
+            // By bytes: 1 MiB of 100-byte records is 10,485; 4,096 by count.
+            ((4096, 1 << 20, 1), 4095),
+            // 256 KiB: 2,621 records' worth; 2,000 held leave 621.
+            ((4096, 256 << 10, 2000), 621),
+            // 2,610 held leave 11, under 16: wait.
+            ((4096, 256 << 10, 2610), 0),
+            ((4096, 256 << 10, 2605), 16),
+            // A small window: an eighth of it, at least one record.
+            ((16, 1 << 20, 14), 2),
+            ((16, 1 << 20, 15), 0),
+            ((4, 1 << 20, 3), 1),
+            // Bytes full: nothing.
+            ((4096, 1000, 10), 0),
+        ];
+        for ((window, window_bytes, held), want) in cases {
+            let mut lanes = Lanes::new(Limits {
+                window,
+                window_bytes,
+                per_lane: 4096,
+            });
+            for seq in 0..held {
+                let mut r = rec(seq as u64, &format!("l{seq}"));
+                r.body = vec![0; 100];
+                assert_eq!(lanes.offer(r), Offer::Held);
+            }
+            assert_eq!(
+                lanes.room(),
+                want,
+                "window {window}, {window_bytes} bytes, {held} held"
+            );
+        }
     }
 
     /// Found by the randomized fault harness: a read-back that failed (a full disk, the store

@@ -373,6 +373,9 @@ impl Dispatcher {
             // In small reads: most of a backlog of one busy device is left on disk, and a
             // large read would bring it all into memory at once on its way past.
             let want = self.lanes.room().min(budget).min(READ_CHUNK);
+            if want == 0 {
+                break; // a chunk's room is made as deliveries finish
+            }
             let records = self
                 .outbox
                 .pending_after(self.queue, self.lanes.cursor(), want)?;
