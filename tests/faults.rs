@@ -785,7 +785,7 @@ async fn wait_received(daemon: &Daemon, n: u64) {
 /// 60 KiB wait for a receiver that is down; after a restart delivery loads them and keeps
 /// retrying. With a window of 4,096 events it held all 36 MB of them in memory (and a larger
 /// backlog was an OOM kill under `MemoryMax=96M` at every start); now it holds at most
-/// `window_bytes` (1 MiB) and one event, and the daemon's peak stays well under `MemoryMax`.
+/// `window_bytes` (256 KiB) and one event, and the daemon's peak stays well under `MemoryMax`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_of_large_readings_is_delivered_within_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
@@ -827,7 +827,7 @@ async fn a_backlog_of_large_readings_is_delivered_within_bounded_memory() {
         "delivery loads and retries meanwhile"
     );
     assert!(
-        most <= (1 << 20) + 62 * 1024,
+        most <= (256 << 10) + 62 * 1024,
         "{most} bytes held: more than window_bytes and one event"
     );
     let peak_kb = common::peak_rss_kb(daemon.pid().unwrap()).expect("VmHWM in /proc/<pid>/status");

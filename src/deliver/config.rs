@@ -135,7 +135,7 @@ impl Default for WebhookConfig {
             timeout: Duration::from_secs(30),
             max_concurrency: 16,
             window: 4096,
-            window_bytes: 1 << 20,
+            window_bytes: 256 << 10,
             retry: RetryConfig::default(),
         }
     }
