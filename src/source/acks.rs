@@ -66,6 +66,11 @@ impl Fed {
     pub(super) fn is_empty(&self) -> bool {
         self.in_channel == 0
     }
+
+    /// The channel takes more acknowledgements now.
+    pub(super) fn has_room(&self) -> bool {
+        self.in_channel < IN_CHANNEL
+    }
 }
 
 impl AckQueue {
@@ -97,7 +102,7 @@ impl AckQueue {
     ) -> usize {
         let mut waiting = self.lock();
         let mut n = 0;
-        while fed.in_channel < IN_CHANNEL {
+        while fed.has_room() {
             let Some(ack) = waiting.pop_front() else {
                 break;
             };

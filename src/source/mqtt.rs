@@ -439,7 +439,7 @@ impl MqttSource {
             acks.feed(generation.load(Ordering::SeqCst), &mut fed, try_ack);
             let event = tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = acks.added() => continue,
+                _ = acks.added(), if fed.has_room() => continue,
                 Some(message) = outgoing.recv() => {
                     // Queued in the client; sent (again, after a reconnect) until acknowledged.
                     if let Err(e) = client.try_publish(message.topic.clone(), QoS::AtLeastOnce, false, message.payload()) {
@@ -538,9 +538,13 @@ impl MqttSource {
             }
         }
         // What is durable is acknowledged before leaving (the broker would redeliver it), for
-        // at most a second.
+        // at most a second, if connected.
         let now = generation.load(Ordering::SeqCst);
+        let connected = self.metrics.mqtt_connected();
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            if !connected {
+                return;
+            }
             loop {
                 acks.feed(now, &mut fed, try_ack);
                 if acks.is_empty() && fed.is_empty() {
