@@ -498,7 +498,13 @@ impl World {
             .collect();
         env.push(("EDGEHOOK_ENDPOINT_SECRET", common::SECRET));
         let (code, out, err) = self.daemon.cli(args, &env);
-        assert_eq!(code, 0, "seed {}: edgehook {args:?}: {out}{err}", self.seed);
+        assert_eq!(
+            code,
+            0,
+            "seed {}: edgehook {args:?}: {out}{err}\n{}",
+            self.seed,
+            self.daemon.log()
+        );
         out
     }
 
