@@ -252,9 +252,6 @@ struct Model {
     presence: bool,
     /// Temperature in tenths of a degree (moves are always even, never exactly the deadband).
     tenths: i64,
-    /// What upstream knows: the last reported (presence, tenths), if edgehook saw every
-    /// reading (see `deadband` for a serial device that lost frames around a crash).
-    reported: Option<(bool, i64)>,
     /// Every published (seq, presence, tenths), in order.
     published: Vec<(u64, bool, i64)>,
     /// Where what edgehook saw may differ from what the device published: the seq published
@@ -283,7 +280,6 @@ impl Model {
             seq: 0,
             presence: rng.bool(),
             tenths: 200 + 2 * rng.i64(-10..10),
-            reported: None,
             published: Vec::new(),
             resent_up_to: Vec::new(),
             maybe_lost: HashSet::new(),
@@ -307,13 +303,6 @@ impl Model {
             _ => {}
         }
         self.seq += 1;
-        let changed = match self.reported {
-            None => true,
-            Some((p, t)) => p != self.presence || (t - self.tenths).abs() >= 5,
-        };
-        if changed {
-            self.reported = Some((self.presence, self.tenths));
-        }
         self.published.push((self.seq, self.presence, self.tenths));
         let payload = json!({
             "presence": self.presence,
@@ -745,6 +734,12 @@ impl Model {
         deadband(&self.published, &self.maybe_lost).0
     }
 
+    /// What upstream may end knowing of the device: its last report in each story of lost
+    /// frames (one, for a device whose readings all reached edgehook; none before any).
+    fn ends(&self) -> Vec<(bool, i64)> {
+        deadband(&self.published, &self.maybe_lost).1
+    }
+
     /// Whether the must-report `seq` may rightly be missing: just after a broker restart (the
     /// device resent what the broker had not acknowledged, edgehook applied those again: older
     /// values), `seq` repeats values edgehook saw last, so it was no change to edgehook.
@@ -865,12 +860,11 @@ fn verify(
                 break;
             }
         }
-        let ends = deadband(&m.published, &m.maybe_lost).1;
-        let ok = match (last, m.reported) {
-            (Some(l), Some(_)) if exact => ends.contains(&l),
-            (Some((p, t)), _) => finals.iter().any(|&(lp, lt)| p == lp && (t - lt).abs() < 5),
-            (None, None) => m.published.is_empty(),
-            _ => false,
+        let ends = m.ends();
+        let ok = match last {
+            Some(l) if exact => ends.contains(&l),
+            Some((p, t)) => finals.iter().any(|&(lp, lt)| p == lp && (t - lt).abs() < 5),
+            None => m.published.is_empty(),
         };
         // With readings dropped for this endpoint (a full share, `drop_oldest_readings`), the
         // device's last report may be among them: the endpoint then ends at an earlier one
@@ -880,7 +874,7 @@ fn verify(
             return Err(format!(
                 "{name}: {} ends at {last:?}; the model's last report {:?}, last reading {:?}",
                 m.id,
-                m.reported,
+                ends,
                 m.published.last()
             ));
         }
@@ -1429,7 +1423,7 @@ async fn run(seed: u64) {
     // The workspace ends as its sensors' last reports say (hold 0 s: Free at once).
     let occupied = models[n - 2..]
         .iter()
-        .any(|m| m.reported.is_some_and(|(p, _)| p));
+        .any(|m| m.ends().iter().any(|&(p, _)| p));
     let want = if occupied { "Occupied" } else { "Free" };
     // Not when the daemon refused new events for default: its last ones may be among them.
     let checked = !refused(&world.daemon, "default");
@@ -1456,7 +1450,7 @@ async fn run(seed: u64) {
     // The room's sensors as a group end as their last reports say, too.
     let present = models[n - 2..]
         .iter()
-        .filter(|m| m.reported.is_some_and(|(p, _)| p))
+        .filter(|m| m.ends().iter().any(|&(p, _)| p))
         .count();
     let group = settle(Duration::from_secs(30), || {
         if !checked {
