@@ -539,25 +539,25 @@ impl MqttSource {
         }
         // What is durable is acknowledged before leaving (the broker would redeliver it), for
         // at most a second, if connected.
-        let now = generation.load(Ordering::SeqCst);
-        let connected = self.metrics.mqtt_connected();
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            if !connected {
-                return;
-            }
-            loop {
-                acks.feed(now, &mut fed, try_ack);
-                if acks.is_empty() && fed.is_empty() {
-                    break;
+        if self.metrics.mqtt_connected() {
+            let now = generation.load(Ordering::SeqCst);
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                loop {
+                    acks.feed(now, &mut fed, try_ack);
+                    if acks.is_empty() && fed.is_empty() {
+                        break;
+                    }
+                    match eventloop.poll().await {
+                        Ok(Event::Outgoing(Outgoing::PubAck(_) | Outgoing::PubRec(_))) => {
+                            fed.sent()
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
                 }
-                match eventloop.poll().await {
-                    Ok(Event::Outgoing(Outgoing::PubAck(_) | Outgoing::PubRec(_))) => fed.sent(),
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-        })
-        .await;
+            })
+            .await;
+        }
         self.metrics.set_mqtt_connected(false);
         // A clean DISCONNECT; unacknowledged messages stay with the broker for next time.
         if client.try_disconnect().is_ok() {
