@@ -1387,3 +1387,71 @@ async fn a_power_cut_right_after_a_fresh_store_is_made_leaves_one_that_starts() 
         })
         .await;
 }
+
+/// Found by the randomized fault harness (seed 4568558730993717793): an operator created an
+/// endpoint a moment after a full disk was freed, while the outbox was still closed, waiting
+/// for the writer's next attempt to reopen it (its retries back off to 5 s apart); the API
+/// refused at once ("not applied: the outbox is being reopened after a storage error"). An
+/// operator at 2 a.m. would rather it waited: a change now waits (a bounded while) for the
+/// reopen and is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_created_while_the_outbox_is_being_reopened_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, receiver, card, mut daemon) = on_card_checkpointing_often(dir.path(), 11).await;
+    let crm = Receiver::start().await;
+    card.fs.set_full(true);
+    let (_stop, running) = tokio::sync::watch::channel(false);
+    let mut published = common::publishers(
+        broker.port,
+        "reopen",
+        2,
+        Some(5),
+        Duration::from_millis(5),
+        running,
+    )
+    .await
+    .unwrap();
+    // The writer failed four times: its store is closed and its next reopen is 800 ms away.
+    common::until(
+        Instant::now() + LONG,
+        || daemon.log().contains("failures=4"),
+        || format!("the writer never met the full disk:\n{}", daemon.log()),
+    )
+    .await;
+    card.fs.set_full(false);
+    let secret = [("EDGEHOOK_ENDPOINT_SECRET", common::SECRET)];
+    let (code, out, err) = daemon.cli(
+        &[
+            "endpoints",
+            "create",
+            "crm",
+            "--url",
+            &crm.url,
+            "--events",
+            "sensor.*",
+        ],
+        &secret,
+    );
+    assert_eq!(code, 0, "{out}{err}\n{}", daemon.log());
+    assert!(out.contains("endpoint crm created (applied now)"), "{out}");
+    // Nothing acknowledged was lost, and the new endpoint takes what comes next.
+    all_delivered_none_pending(&daemon, &receiver, &published, "after the reopen").await;
+    let (_stop, running) = tokio::sync::watch::channel(false);
+    let after = common::publishers(
+        broker.port,
+        "after",
+        1,
+        Some(3),
+        Duration::from_millis(5),
+        running,
+    )
+    .await
+    .unwrap();
+    crm.wait_until(LONG, "the new endpoint's readings", |s| {
+        after.is_subset(&s.reading_keys())
+    })
+    .await;
+    published.extend(after);
+    all_delivered_none_pending(&daemon, &receiver, &published, "at the end").await;
+    met_the_full_disk_and_exits_cleanly(&mut daemon);
+}

@@ -733,6 +733,9 @@ async fn replay(control: &Control, body: &Value) -> Response<Body> {
     if id.is_none() && !all {
         return error(400, Some("event_id"), "give event_id, or all_dead: true");
     }
+    if let Err(r) = control.outbox_open().await {
+        return error(r.status, None, &r.message);
+    }
     let outbox = &control.outbox;
     let dead = match outbox.dead_letters(usize::MAX) {
         Ok(d) => d,
@@ -777,6 +780,9 @@ async fn purge(control: &Control, body: &Value) -> Response<Body> {
             Some("endpoint"),
             &format!("no endpoint `{endpoint}` in the outbox"),
         );
+    }
+    if let Err(r) = control.outbox_open().await {
+        return error(r.status, None, &r.message);
     }
     match control.outbox.purge(dead, Some(endpoint)).await {
         Ok(n) => {

@@ -31,6 +31,10 @@ use crate::secret::Secret;
 use crate::telemetry::Metrics;
 use endpoints::{Change, Endpoints, Pending, Refused};
 
+/// How long an operator's change waits while the outbox is being reopened after a storage
+/// error before it is refused: the writer tries to reopen at most 5 s apart.
+const OUTBOX_WAIT: Duration = Duration::from_secs(10);
+
 /// What the gateway says of itself.
 #[derive(Debug, Clone)]
 pub struct Gateway {
@@ -344,6 +348,7 @@ impl Control {
     /// name.
     pub async fn change(&self, change: Change) -> Result<String, Refused> {
         let mut guard = self.endpoints.lock().await;
+        self.outbox_open().await?;
         let (endpoints, fleet) = &mut *guard;
         let pending = |name: &str| {
             self.outbox
@@ -405,6 +410,7 @@ impl Control {
         if endpoints.get(name).is_none() {
             return Err(Refused::not_found(name));
         }
+        self.outbox_open().await?;
         let fact = Paused {
             since: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         };
@@ -431,9 +437,28 @@ impl Control {
         if self.outbox.disabled(name).is_none() {
             return Ok(false);
         }
+        self.outbox_open().await?;
         persist_and_restart(&self.outbox, fleet, name, |o| o.set_disabled(name, None)).await?;
         tracing::info!(endpoint = %name, "control API: endpoint enabled again");
         Ok(true)
+    }
+
+    /// The outbox open, after waiting for it (at most [`OUTBOX_WAIT`]) if it is being reopened
+    /// after a storage error (found by the fault harness: an endpoint created a moment after a
+    /// full disk was freed was refused at once); else a refusal that says so (503).
+    pub(crate) async fn outbox_open(&self) -> Result<(), Refused> {
+        if self.outbox.open_within(OUTBOX_WAIT).await {
+            Ok(())
+        } else {
+            Err(Refused {
+                status: 503,
+                field: None,
+                message: format!(
+                    "{} (is the disk full?); nothing was changed: try again",
+                    crate::outbox::OutboxError::Unavailable
+                ),
+            })
+        }
     }
 
     /// The file's endpoints anew (SIGHUP): applied, or refused with why (the running ones stay).

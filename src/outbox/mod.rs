@@ -243,6 +243,8 @@ pub struct Outbox {
     /// [`Outbox::storage_failed`]).
     failed: Arc<AtomicBool>,
     failed_wake: Arc<Notify>,
+    /// Woken by each reopen that succeeds (see [`Outbox::open_within`]).
+    reopened: Arc<Notify>,
     /// Held by a sync of the log and by a checkpoint: one at a time.
     syncing: Arc<tokio::sync::Mutex<()>>,
 }
@@ -299,6 +301,7 @@ impl Outbox {
             reopens: Arc::new(AtomicU64::new(0)),
             failed: Arc::new(AtomicBool::new(false)),
             failed_wake: Arc::new(Notify::new()),
+            reopened: Arc::new(Notify::new()),
             syncing: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
@@ -465,7 +468,35 @@ impl Outbox {
         self.reopens.fetch_add(1, Ordering::SeqCst);
         drop(guard);
         self.notify_appended(); // delivery reads its queues again (see `reopens`)
+        self.reopened.notify_waiters();
         Ok(())
+    }
+
+    /// Whether the store is open: false while it is being reopened after a storage error
+    /// (every operation then fails with [`OutboxError::Unavailable`]).
+    pub fn is_open(&self) -> bool {
+        self.store
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// Wait while the store is being reopened, at most `limit`; whether it is open. For who
+    /// would rather wait a moment than fail: an operator's change right after a full disk was
+    /// freed, while the writer's next attempt to reopen is still up to 5 s away.
+    pub async fn open_within(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let reopened = self.reopened.notified();
+            tokio::pin!(reopened);
+            reopened.as_mut().enable();
+            if self.is_open() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, reopened).await.is_err() {
+                return self.is_open();
+            }
+        }
     }
 
     /// Tests only: the store taken away, as a reopen that failed leaves it (every operation

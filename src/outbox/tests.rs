@@ -801,3 +801,39 @@ fn a_store_that_lost_its_history_is_refused_before_its_log_is_opened() {
         assert!(!dir.path().join(name).exists(), "{name} was made");
     }
 }
+
+/// An operator's change waits while the store is being reopened: `open_within` says false
+/// when the store stays closed past its limit, and is woken by the reopen (not by its limit)
+/// when one comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_within_waits_for_a_reopen_and_says_when_none_came() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+    assert!(ob.open_within(Duration::ZERO).await, "open: at once");
+    let outage = ob.outage();
+    assert!(!ob.is_open());
+    assert!(!ob.open_within(Duration::from_millis(200)).await);
+    let waiting = tokio::spawn({
+        let ob = ob.clone();
+        async move {
+            let start = std::time::Instant::now();
+            (
+                ob.open_within(Duration::from_secs(60)).await,
+                start.elapsed(),
+            )
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(outage); // the store is back, but only a reopen wakes who waits
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while let Err(e) = ob.reopen() {
+        assert!(std::time::Instant::now() < deadline, "{e}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (open, waited) = waiting.await.unwrap();
+    assert!(open);
+    assert!(
+        waited < Duration::from_secs(30),
+        "woken by its limit: {waited:?}"
+    );
+}
