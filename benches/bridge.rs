@@ -948,8 +948,10 @@ fn main() {
             );
         }
         if let Some((count, p99)) = &edge.commits {
+            // Each run's peak beside it: the table's median hides how far runs are apart.
+            let peak = edge.daemon.map_or(0.0, |d| d.0 as f64 / 1024.0);
             println!(
-                "{}: {count} outbox group commits (write + fsync), p99 {p99}",
+                "{}: {count} outbox group commits (write + fsync), p99 {p99}; peak RSS {peak:.1} MB",
                 edge.name
             );
         }
