@@ -1126,6 +1126,22 @@ async fn run(seed: u64) {
         .daemon
         .wait_metric("edgehook_devices", devices as u64)
         .await;
+    // ...and known on disk: a serial device's frames have no acknowledgement, so a crash
+    // before its first batch is written leaves it unknown, and refused for good once the junk
+    // ids fill the registry (seed 2262397651144431988: both serial devices registered 90 ms
+    // before a `kill -9`). An event of each received upstream says its batch is durable
+    // (delivery sees only synced batches, and they are synced in order).
+    let heard = || {
+        models
+            .iter()
+            .find(|m| reports(&all, &m.id).is_empty() && health_of(&all, &m.id).is_empty())
+            .map_or(Ok(()), |m| {
+                Err(format!("nothing of {} received upstream", m.id))
+            })
+    };
+    if let Err(e) = settle(Duration::from_secs(30), heard).await {
+        panic!("seed {seed}: {e}\n{}", world.daemon.log());
+    }
     let phases = rng.usize(4..=7);
     let mut story = vec![format!(
         "{} devices; outbox {} bytes, a checkpoint every {} ms{}{}",
