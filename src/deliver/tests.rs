@@ -481,7 +481,7 @@ async fn a_dropped_reading_the_store_brings_back_is_never_sent_after_a_newer_one
         .stored(queue, second)
         .expect("in sled after the flush");
     // Room for two: the superseded two go, the newest stays.
-    let two = 2 * stored.len() as u64;
+    let two = 2 * rig.outbox.stored_size(queue, second).unwrap();
     assert_eq!(rig.outbox.drop_oldest_readings(queue, two).unwrap(), 2);
     assert!(
         rig.step_until(Duration::from_secs(5), |r| r.outbox.queue_len(queue) == 0)

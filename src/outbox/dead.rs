@@ -18,11 +18,16 @@ impl Outbox {
         let dead_key = dead_key(seq, &self.q(queue).endpoint);
         let moved = self.with(|s| {
             self.settle(s, queue)?;
+            // A dead letter holds its record whole: a body in a segment is read back first.
+            let Some(record) = s.queues[queue.0].get(key)? else {
+                return Ok(None);
+            };
+            let record = s.whole(record)?;
             let moved = (&s.queues[queue.0], &s.dead)
                 .transaction(|(ev, dead)| {
-                    let Some(record) = ev.remove(&key)? else {
+                    if ev.remove(&key)?.is_none() {
                         return Ok(None);
-                    };
+                    }
                     let mut value = Vec::with_capacity(5 + info_json.len() + record.len());
                     value.push(RECORD_VERSION);
                     value.extend_from_slice(&(info_json.len() as u32).to_be_bytes());

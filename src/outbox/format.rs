@@ -179,7 +179,65 @@ pub(super) fn encode(env: &Envelope) -> Vec<u8> {
     out
 }
 
-/// The event type of an encoded record, without decoding the rest.
+/// A queue value whose body is in a segment file (`bodies`): `[version=2]`, the record's
+/// header as in version 1 (type, lane, id), then where the body is: segment (u64), offset
+/// (u32), length (u32), big-endian.
+pub(super) const POINTER_VERSION: u8 = 2;
+const POINTER_TAIL: usize = 16;
+
+/// The length of a version-1 record's header (version byte included): where its body starts.
+pub(super) fn header_len(record: &[u8]) -> Option<usize> {
+    let kind = 2 + *record.get(1)? as usize;
+    let lane = kind + 2 + u16::from_be_bytes(record.get(kind..kind + 2)?.try_into().ok()?) as usize;
+    let id = lane + 1 + *record.get(lane)? as usize;
+    (id <= record.len()).then_some(id)
+}
+
+/// `record` (version 1) as a pointer to its body at `at`; None if it is not a whole record.
+pub(super) fn pointer(record: &[u8], at: super::bodies::BodyAt) -> Option<Vec<u8>> {
+    let header = header_len(record)?;
+    let mut out = Vec::with_capacity(header + POINTER_TAIL);
+    out.push(POINTER_VERSION);
+    out.extend_from_slice(&record[1..header]);
+    out.extend_from_slice(&at.segment.to_be_bytes());
+    out.extend_from_slice(&at.offset.to_be_bytes());
+    out.extend_from_slice(&at.len.to_be_bytes());
+    Some(out)
+}
+
+/// Where the body of a pointer value is; None for a record with its body inline.
+pub(super) fn pointed(value: &[u8]) -> Option<super::bodies::BodyAt> {
+    if value.first() != Some(&POINTER_VERSION) {
+        return None;
+    }
+    let tail = value.get(value.len().checked_sub(POINTER_TAIL)?..)?;
+    Some(super::bodies::BodyAt {
+        segment: u64::from_be_bytes(tail[..8].try_into().ok()?),
+        offset: u32::from_be_bytes(tail[8..12].try_into().ok()?),
+        len: u32::from_be_bytes(tail[12..].try_into().ok()?),
+    })
+}
+
+/// The record (version 1) a pointer value stands for, given its body.
+pub(super) fn resolved(value: &[u8], body: &[u8]) -> Vec<u8> {
+    let header = &value[1..value.len() - POINTER_TAIL];
+    let mut out = Vec::with_capacity(1 + header.len() + body.len());
+    out.push(RECORD_VERSION);
+    out.extend_from_slice(header);
+    out.extend_from_slice(body);
+    out
+}
+
+/// The bytes of the record a queue value holds or points to (what the queues' byte counts
+/// and shares count).
+pub(super) fn record_size(value: &[u8]) -> usize {
+    match pointed(value) {
+        Some(at) => value.len() - POINTER_TAIL + at.len as usize,
+        None => value.len(),
+    }
+}
+
+/// The event type of an encoded record (or pointer), without decoding the rest.
 pub(super) fn record_kind(bytes: &[u8]) -> Option<&[u8]> {
     let len = *bytes.get(1)? as usize;
     bytes.get(2..2 + len)
@@ -225,4 +283,38 @@ pub(super) fn decode(seq: u64, bytes: &[u8]) -> Result<OutboxRecord, OutboxError
         lane,
         body: rest.to_vec(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, EventType};
+
+    /// A record and its pointer: the same type, lane and size; the record back from the
+    /// pointer and its body, whatever the lane's and id's lengths.
+    #[test]
+    fn a_pointer_keeps_the_records_header_and_gives_it_back_whole() {
+        for device in ["d", "a-much-longer-device-name-of-a-room-display", ""] {
+            let mut fields = serde_json::Map::new();
+            fields.insert("t".into(), 21.into());
+            let event = Event::device(EventType::SensorReadingUpdated, device, fields);
+            let record = encode(&Envelope::seal(&event, "gw", std::time::SystemTime::now()));
+            let header = header_len(&record).unwrap();
+            let body = &record[header..];
+            let at = super::super::bodies::BodyAt {
+                segment: 7,
+                offset: 123_456,
+                len: body.len() as u32,
+            };
+            let p = pointer(&record, at).unwrap();
+            assert_eq!(pointed(&p), Some(at), "{device:?}");
+            assert_eq!(pointed(&record), None);
+            assert_eq!(record_kind(&p), record_kind(&record));
+            assert_eq!(record_lane(&p), record_lane(&record));
+            assert_eq!(record_size(&p), record.len());
+            assert_eq!(record_size(&record), record.len());
+            assert_eq!(resolved(&p, body), record);
+        }
+        assert_eq!(header_len(&[1, 3, b'a']), None, "truncated");
+    }
 }

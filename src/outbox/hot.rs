@@ -84,6 +84,15 @@ impl Hot {
         self.since.get_or_insert(now);
     }
 
+    /// Every record held: (queue, sequence number, record), by queue, in order.
+    pub(super) fn held(&self) -> Vec<(usize, u64, IVec)> {
+        self.records
+            .iter()
+            .enumerate()
+            .flat_map(|(q, records)| records.iter().map(move |(seq, r)| (q, *seq, r.clone())))
+            .collect()
+    }
+
     /// Take record `seq` out of queue `q` if it is held here: its size.
     pub(super) fn take(&mut self, q: usize, seq: u64) -> Option<usize> {
         let value = self.records.get_mut(q)?.remove(&seq)?;

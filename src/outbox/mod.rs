@@ -92,6 +92,7 @@
 //! buried or purged) come back from the log if the crash is before it: delivered or buried
 //! again, never lost.
 
+mod bodies;
 pub mod config;
 mod dead;
 mod facts;
@@ -518,6 +519,12 @@ impl Outbox {
             .unwrap()
     }
 
+    /// Tests only: the bytes record `seq` of `queue` counts for (its body in a segment or not).
+    #[cfg(test)]
+    pub(crate) fn stored_size(&self, queue: QueueId, seq: u64) -> Option<u64> {
+        self.stored(queue, seq).map(|v| record_size(&v) as u64)
+    }
+
     /// Tests only: put `value` back as record `seq` of `queue`, as a recovery does with a
     /// removal that was not yet durable (the write-ahead log still has the record).
     #[cfg(test)]
@@ -801,10 +808,42 @@ impl Outbox {
         // One at a time, and never during a sync of the log: a generation is only overwritten
         // once the checkpoint of the one before it is durable.
         let _one = self.syncing.lock().await;
+        // The bodies of the records held go to a segment first, synced (rule 1 of `bodies`),
+        // off the async workers and without taking the records out of `hot`: they stay
+        // readable, and removable by delivery, meanwhile.
+        let (held, bodies) = self.with(|s| Ok((s.hot().held(), s.bodies.clone())))?;
+        let spilled = if held.is_empty() {
+            Vec::new()
+        } else {
+            let held = held.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut bodies = bodies.lock().unwrap_or_else(|e| e.into_inner());
+                bodies.append(
+                    held.iter()
+                        .filter_map(|(_, seq, r)| header_len(r).map(|h| (*seq, &r[h..]))),
+                )
+            })
+            .await
+            .map_err(|e| io_error(std::io::Error::other(e)))?
+            .map_err(io_error)?
+        };
         // A clone of the handle for the await (a lock guard must not be held across it); the
         // writer task, which reopens, never does so while a flush it started is running.
-        let (db, sync) = self.with(|s| {
+        let (db, sync, unreferenced, bodies) = self.with(|s| {
             let mut hot = s.hot();
+            // Each record still held (not delivered meanwhile) goes to sled as a pointer to
+            // its body; those written since, with their bodies.
+            let mut at = spilled.iter();
+            for (q, seq, record) in &held {
+                if header_len(record).is_none() {
+                    continue; // not spilled: settled whole below
+                }
+                let at = *at.next().expect("one place per spilled body");
+                if hot.take(*q, *seq).is_some() {
+                    let value = pointer(record, at).expect("a whole record");
+                    s.queues[*q].insert(seq.to_be_bytes(), value)?;
+                }
+            }
             for q in 0..hot.records.len() {
                 settle_held(s, &mut hot, QueueId(q))?;
             }
@@ -822,12 +861,33 @@ impl Outbox {
             // What was logged of sled's direct changes is in this checkpoint (they were made
             // before now): logged later, it could undo a change made after it.
             hot.logged.clear();
-            Ok((s.db.clone(), s.sync.clone()))
+            // The segments no queue can point into once this checkpoint is durable (rule 2 of
+            // `bodies`): a key of their range anywhere keeps them.
+            let unreferenced = s.bodies().unreferenced(|lo, hi| {
+                s.queues.iter().any(|t| {
+                    t.range(lo.to_be_bytes()..=hi.to_be_bytes())
+                        .next()
+                        .is_some()
+                })
+            });
+            Ok((s.db.clone(), s.sync.clone(), unreferenced, s.bodies.clone()))
         })?;
         db.flush_async().await?;
         drop(db);
         blocking(move || sync.sync()).await?;
         self.durable.fetch_max(written, Ordering::SeqCst);
+        if !unreferenced.is_empty() {
+            let deleted = blocking(move || {
+                bodies
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .delete(&unreferenced)
+            })
+            .await;
+            if let Err(e) = deleted {
+                tracing::warn!(error = %e, "cannot delete a segment of event bodies nothing points to (tried again at the next checkpoint)");
+            }
+        }
         Ok(())
     }
 
@@ -902,7 +962,7 @@ impl Outbox {
                 if got.len() >= limit {
                     return Ok(false);
                 }
-                got.push(decode(seq, v)?);
+                got.push(s.load(seq, v)?);
                 Ok(true)
             })?;
             Ok(got)
@@ -944,7 +1004,7 @@ impl Outbox {
                     next = Some(seq);
                     return Ok(false);
                 }
-                got.push(decode(seq, v)?);
+                got.push(s.load(seq, v)?);
                 Ok(true)
             })?;
             Ok((got, next))
@@ -972,7 +1032,7 @@ impl Outbox {
             let held = s.hot().take(queue.0, seq);
             let removed = match held {
                 Some(len) => Some(len),
-                None => tree.remove(seq.to_be_bytes())?.map(|r| r.len()),
+                None => tree.remove(seq.to_be_bytes())?.map(|r| record_size(&r)),
             };
             if removed.is_some() {
                 s.hot().log(&tree_of(tree), &seq.to_be_bytes(), None);
@@ -1011,7 +1071,11 @@ impl Outbox {
             for kv in tree.iter().take(SCAN) {
                 let (k, v) = kv?;
                 if record_kind(&v) == Some(reading) {
-                    readings.push((k, v.len(), record_lane(&v).unwrap_or_default().to_vec()));
+                    readings.push((
+                        k,
+                        record_size(&v),
+                        record_lane(&v).unwrap_or_default().to_vec(),
+                    ));
                 }
             }
             // A reading a newer one of the same device supersedes goes first, so upstream
@@ -1117,7 +1181,7 @@ impl Outbox {
         self.with(|s| {
             let mut first = None;
             self.scan(s, queue, 0, u64::MAX, |seq, v| {
-                first = Some(decode(seq, v)?);
+                first = Some(s.load(seq, v)?);
                 Ok(false)
             })?;
             Ok(first)

@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use sled::transaction::TransactionError;
 
-use super::format::{endpoint_of_tree, seq_of, tree_name};
+use super::bodies::Bodies;
+use super::format::{
+    decode, endpoint_of_tree, pointed, record_size, resolved, seq_of, tree_name, OutboxRecord,
+};
 use super::hot::Hot;
 use super::wal::{self, Wal};
 use super::OutboxError;
@@ -27,6 +30,10 @@ pub(super) struct Store {
     pub(super) meta: sled::Tree,
     /// What was written since the last checkpoint (see `hot`).
     pub(super) hot: std::sync::Mutex<Hot>,
+    /// The segments holding the bodies of records sled points to (see `bodies`), and their
+    /// directory (read without the lock).
+    pub(super) bodies: Arc<std::sync::Mutex<Bodies>>,
+    pub(super) bodies_dir: PathBuf,
 }
 
 impl Store {
@@ -42,7 +49,11 @@ impl Store {
         let meta = db.open_tree("meta")?;
         check_identity(dir, &db, &meta, &sync)?;
         let wal = recover(dir, &db, &meta, &sync)?;
+        let bodies_dir = dir.join("outbox.bodies");
+        let bodies = Bodies::open(&bodies_dir).map_err(io_error)?;
         Ok(Store {
+            bodies: Arc::new(std::sync::Mutex::new(bodies)),
+            bodies_dir,
             queues: Vec::new(),
             devices: db.open_tree("devices")?,
             workspaces: db.open_tree("workspaces")?,
@@ -60,6 +71,33 @@ impl Store {
     /// What was written since the last checkpoint, locked.
     pub(super) fn hot(&self) -> std::sync::MutexGuard<'_, Hot> {
         self.hot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The segments' appender, locked.
+    pub(super) fn bodies(&self) -> std::sync::MutexGuard<'_, Bodies> {
+        self.bodies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The record a queue value holds, or points to (its body read from its segment).
+    pub(super) fn load(&self, seq: u64, value: &[u8]) -> Result<OutboxRecord, OutboxError> {
+        match pointed(value) {
+            None => decode(seq, value),
+            Some(at) => {
+                let body = super::bodies::read(&self.bodies_dir, at).map_err(io_error)?;
+                decode(seq, &resolved(value, &body))
+            }
+        }
+    }
+
+    /// A queue value as a whole record: a pointer's body read back and put in.
+    pub(super) fn whole(&self, value: sled::IVec) -> Result<sled::IVec, OutboxError> {
+        match pointed(&value) {
+            None => Ok(value),
+            Some(at) => {
+                let body = super::bodies::read(&self.bodies_dir, at).map_err(io_error)?;
+                Ok(resolved(&value, &body).into())
+            }
+        }
     }
 
     /// Open the queue trees of `endpoints`, in that order.
@@ -97,16 +135,21 @@ impl Store {
         Ok(end)
     }
 
-    /// Records and their bytes in each queue (a full scan: at open only).
+    /// Records and their bytes in each queue (a full scan: at open only); tells the segments
+    /// which of their bodies are pointed to.
     pub(super) fn count(&self) -> Result<Vec<(u64, u64)>, OutboxError> {
+        let mut bodies = self.bodies();
         self.queues
             .iter()
             .map(|tree| {
                 let (mut n, mut bytes) = (0u64, 0u64);
                 for kv in tree.iter() {
-                    let (_, v) = kv?;
+                    let (k, v) = kv?;
                     n += 1;
-                    bytes += v.len() as u64;
+                    bytes += record_size(&v) as u64;
+                    if let Some(at) = pointed(&v) {
+                        bodies.saw(at.segment, seq_of(&k)?);
+                    }
                 }
                 Ok((n, bytes))
             })

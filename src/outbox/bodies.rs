@@ -1,0 +1,272 @@
+//! Event bodies out of sled. At a checkpoint, the records still held in memory (written since
+//! the last one and not yet delivered) go into sled as *pointers*: the record's header (type,
+//! lane, id) inline, its body appended to a segment file here (see `format::pointer`). Putting
+//! a backlog through sled's tree costs memory (its nodes copied at each split, its cache, its
+//! write buffers) and writes (its pages written again); a segment is written once, in order,
+//! and deleted whole.
+//!
+//! # Layout
+//! `outbox.bodies/<n>`: segment `n` (decimal), the bodies one after another, nothing else.
+//! Segment numbers only grow. A new segment is started when the current one passes
+//! [`SEGMENT_BYTES`] and at every open (a segment torn by a crash is never appended to).
+//!
+//! # Rules
+//! 1. A body is synced (`fdatasync`, and the directory for a new segment) before sled holds a
+//!    pointer to it: the caller inserts the pointers only after [`Bodies::append`] returned.
+//! 2. A segment is deleted only when no queue can point into it any more, as of a checkpoint
+//!    that is durable: [`Bodies::unreferenced`] is asked inside the checkpoint (the state it
+//!    makes durable), and [`Bodies::delete`] runs after that checkpoint's sync. No pointer is
+//!    ever made into a segment other than the current one, so one unreferenced stays so.
+//! 3. After a crash the log's generations are applied to sled with the records inline, so a
+//!    segment written by a checkpoint that did not become durable is simply not referenced.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::atomic_file::sync_dir;
+
+/// A segment is closed once it holds this many bytes.
+pub(super) const SEGMENT_BYTES: u64 = 4 << 20;
+
+/// Where a body is: segment, offset in it, length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct BodyAt {
+    pub(super) segment: u64,
+    pub(super) offset: u32,
+    pub(super) len: u32,
+}
+
+/// The body at `at` in the segments of `dir` (read without the appender's lock: a segment is
+/// only appended to, and deleted once nothing points into it).
+pub(super) fn read(dir: &Path, at: BodyAt) -> io::Result<Vec<u8>> {
+    let mut body = vec![0; at.len as usize];
+    File::open(dir.join(at.segment.to_string()))?.read_exact_at(&mut body, u64::from(at.offset))?;
+    Ok(body)
+}
+
+/// The segments: the one appended to, and what each holds (by sequence number).
+pub(super) struct Bodies {
+    dir: PathBuf,
+    current: Option<(u64, File, u64)>,
+    /// Per segment, the lowest and highest sequence number of the bodies it holds, and its
+    /// bytes. Known for the segments written since open and those [`Bodies::saw`] reported.
+    held: BTreeMap<u64, Held>,
+    /// The next segment's number.
+    next: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    lo: u64,
+    hi: u64,
+    bytes: u64,
+}
+
+impl Bodies {
+    /// The segments in `dir` (made if missing). Nothing is appended to them: the next
+    /// [`Bodies::append`] starts a new segment.
+    pub(super) fn open(dir: &Path) -> io::Result<Bodies> {
+        std::fs::create_dir_all(dir)?;
+        let mut next = 0;
+        let mut held = BTreeMap::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let Some(n) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            next = next.max(n + 1);
+            // Its sequence numbers are learnt from the pointers (`saw`); until then it
+            // holds nothing anyone is known to need.
+            held.insert(
+                n,
+                Held {
+                    lo: u64::MAX,
+                    hi: 0,
+                    bytes: entry.metadata()?.len(),
+                },
+            );
+        }
+        Ok(Bodies {
+            dir: dir.to_path_buf(),
+            current: None,
+            held,
+            next,
+        })
+    }
+
+    /// A pointer of `seq` into `segment` exists (learnt at open, from the queues).
+    pub(super) fn saw(&mut self, segment: u64, seq: u64) {
+        let h = self.held.entry(segment).or_insert(Held {
+            lo: u64::MAX,
+            hi: 0,
+            bytes: 0,
+        });
+        h.lo = h.lo.min(seq);
+        h.hi = h.hi.max(seq);
+    }
+
+    /// Append `bodies` (sequence number, body) to the current segment, synced; where each is.
+    pub(super) fn append<'a>(
+        &mut self,
+        bodies: impl IntoIterator<Item = (u64, &'a [u8])>,
+    ) -> io::Result<Vec<BodyAt>> {
+        let full = self
+            .current
+            .as_ref()
+            .is_some_and(|(_, _, len)| *len >= SEGMENT_BYTES);
+        if full {
+            self.current = None;
+        }
+        if self.current.is_none() {
+            let n = self.next;
+            let file = OpenOptions::new()
+                .create_new(true)
+                .read(true)
+                .append(true)
+                .open(self.dir.join(n.to_string()))?;
+            sync_dir(&self.dir)?;
+            self.next = n + 1;
+            self.current = Some((n, file, 0));
+        }
+        let (segment, file, len) = self.current.as_mut().expect("made above");
+        let mut at = Vec::new();
+        let mut out = std::io::BufWriter::with_capacity(64 << 10, &*file);
+        let mut end = *len;
+        let held = self.held.entry(*segment).or_insert(Held {
+            lo: u64::MAX,
+            hi: 0,
+            bytes: 0,
+        });
+        for (seq, body) in bodies {
+            out.write_all(body)?;
+            at.push(BodyAt {
+                segment: *segment,
+                offset: u32::try_from(end).map_err(io::Error::other)?,
+                len: u32::try_from(body.len()).map_err(io::Error::other)?,
+            });
+            end += body.len() as u64;
+            held.lo = held.lo.min(seq);
+            held.hi = held.hi.max(seq);
+        }
+        out.flush()?;
+        drop(out);
+        if end > *len {
+            file.sync_data()?;
+        }
+        held.bytes = end;
+        *len = end;
+        Ok(at)
+    }
+
+    /// The segments, other than the current one, whose sequence numbers no queue holds any
+    /// more: `holds(lo, hi)` says whether some queue has a key in `lo..=hi`.
+    pub(super) fn unreferenced(&self, mut holds: impl FnMut(u64, u64) -> bool) -> Vec<u64> {
+        let current = self.current.as_ref().map(|(n, _, _)| *n);
+        self.held
+            .iter()
+            .filter(|(n, _)| Some(**n) != current)
+            .filter(|(_, h)| h.lo > h.hi || !holds(h.lo, h.hi))
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    /// Delete `segments` (see the module's rule 2 for when).
+    pub(super) fn delete(&mut self, segments: &[u64]) -> io::Result<()> {
+        for n in segments {
+            match std::fs::remove_file(self.dir.join(n.to_string())) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            self.held.remove(n);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_read_back_where_append_put_them_across_segments_and_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.bodies");
+        let mut b = Bodies::open(&path).unwrap();
+        let at = b.append([(1, &b"one"[..]), (2, &b"second"[..])]).unwrap();
+        assert_eq!(
+            at,
+            vec![
+                BodyAt {
+                    segment: 0,
+                    offset: 0,
+                    len: 3
+                },
+                BodyAt {
+                    segment: 0,
+                    offset: 3,
+                    len: 6
+                },
+            ]
+        );
+        assert_eq!(read(&path, at[1]).unwrap(), b"second");
+        drop(b);
+        // A new life appends to a new segment; the old one is still read.
+        let mut b = Bodies::open(&path).unwrap();
+        let later = b.append([(3, &b"third"[..])]).unwrap();
+        assert_eq!(later[0].segment, 1);
+        assert_eq!(read(&path, at[0]).unwrap(), b"one");
+        assert_eq!(read(&path, later[0]).unwrap(), b"third");
+    }
+
+    /// Which segments may go: (what each holds, the keys left in the queues) → deleted.
+    #[test]
+    fn a_segment_goes_once_no_queue_holds_a_key_of_its_range_and_never_the_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Bodies::open(dir.path()).unwrap();
+        b.append([(10, &b"a"[..]), (12, &b"b"[..])]).unwrap();
+        b.current = None; // close segment 0
+        b.append([(20, &b"c"[..])]).unwrap();
+        b.current = None; // close segment 1
+        b.append([(30, &b"d"[..])]).unwrap(); // segment 2, current
+        let keys = |left: &'static [u64]| {
+            move |lo: u64, hi: u64| left.iter().any(|k| (lo..=hi).contains(k))
+        };
+        for (left, gone) in [
+            (&[10u64, 12, 20, 30][..], vec![]),
+            (&[12, 30][..], vec![1]),
+            (&[11][..], vec![1]), // a key in the range, even not a pointer, keeps it
+            (&[][..], vec![0, 1]), // never the current one (2)
+        ] {
+            assert_eq!(b.unreferenced(keys(left)), gone, "keys left {left:?}");
+        }
+        b.delete(&[0]).unwrap();
+        assert!(!dir.path().join("0").exists());
+        assert_eq!(b.unreferenced(keys(&[])), vec![1]);
+    }
+
+    /// A segment found at open that no pointer names (its checkpoint never became durable)
+    /// holds nothing anyone needs.
+    #[test]
+    fn a_segment_no_pointer_names_is_unreferenced_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Bodies::open(dir.path()).unwrap();
+        b.append([(5, &b"x"[..])]).unwrap();
+        b.append([(6, &b"y"[..])]).unwrap();
+        drop(b);
+        let mut b = Bodies::open(dir.path()).unwrap();
+        assert_eq!(b.unreferenced(|_, _| true), vec![0]);
+        b.saw(0, 6);
+        assert_eq!(
+            b.unreferenced(|lo, hi| (lo..=hi).contains(&6)),
+            Vec::<u64>::new()
+        );
+    }
+}
