@@ -13,14 +13,16 @@
 //! # Rules
 //! 1. A body is synced (`fdatasync`, and the directory for a new segment) before sled holds a
 //!    pointer to it: the caller inserts the pointers only after [`Bodies::append`] returned.
-//! 2. A segment is deleted only when no queue can point into it any more, as of a checkpoint
-//!    that is durable: [`Bodies::unreferenced`] is asked inside the checkpoint (the state it
-//!    makes durable), and [`Bodies::delete`] runs after that checkpoint's sync. No pointer is
-//!    ever made into a segment other than the current one, so one unreferenced stays so.
+//! 2. A segment is deleted only when no queue points into it any more, as of a checkpoint
+//!    that is durable: the pointers are counted inside the checkpoint (the state it makes
+//!    durable; [`Bodies::collect`]), and [`Bodies::delete`] runs after that checkpoint's sync.
+//!    No pointer is ever made into a segment other than the current one, so one unreferenced
+//!    stays so. A segment mostly garbage has its survivors put back into sled whole in that
+//!    checkpoint first, so the closed segments never hold more than twice what is live.
 //! 3. After a crash the log's generations are applied to sled with the records inline, so a
 //!    segment written by a checkpoint that did not become durable is simply not referenced.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -165,16 +167,33 @@ impl Bodies {
         Ok(at)
     }
 
-    /// The segments, other than the current one, whose sequence numbers no queue holds any
-    /// more: `holds(lo, hi)` says whether some queue has a key in `lo..=hi`.
-    pub(super) fn unreferenced(&self, mut holds: impl FnMut(u64, u64) -> bool) -> Vec<u64> {
+    /// The lowest and highest sequence number the closed segments hold: where a pointer into
+    /// one of them can be. None when there is no closed segment with a body anyone saw.
+    pub(super) fn closed_span(&self) -> Option<(u64, u64)> {
         let current = self.current.as_ref().map(|(n, _, _)| *n);
         self.held
             .iter()
-            .filter(|(n, _)| Some(**n) != current)
-            .filter(|(_, h)| h.lo > h.hi || !holds(h.lo, h.hi))
-            .map(|(n, _)| *n)
-            .collect()
+            .filter(|(n, h)| Some(**n) != current && h.lo <= h.hi)
+            .map(|(_, h)| (h.lo, h.hi))
+            .reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)))
+    }
+
+    /// Given the bytes of the bodies each segment still has pointers to (`live`): the closed
+    /// segments nothing points into (to delete), and those mostly garbage — less than half of
+    /// their bytes live — whose survivors go back into sled whole first (then they are
+    /// deleted too). So the closed segments hold at most twice what is live in them, whatever
+    /// a paused endpoint keeps (its surviving health events are scattered across segments).
+    pub(super) fn collect(&self, live: &HashMap<u64, u64>) -> (Vec<u64>, Vec<u64>) {
+        let current = self.current.as_ref().map(|(n, _, _)| *n);
+        let (mut gone, mut emptied) = (Vec::new(), Vec::new());
+        for (n, h) in self.held.iter().filter(|(n, _)| Some(**n) != current) {
+            match live.get(n).copied().unwrap_or(0) {
+                0 => gone.push(*n),
+                bytes if bytes * 2 < h.bytes => emptied.push(*n),
+                _ => {}
+            }
+        }
+        (gone, emptied)
     }
 
     /// Delete `segments` (see the module's rule 2 for when).
@@ -226,30 +245,31 @@ mod tests {
         assert_eq!(read(&path, later[0]).unwrap(), b"third");
     }
 
-    /// Which segments may go: (what each holds, the keys left in the queues) → deleted.
+    /// Which segments go, and which are emptied first: (live bytes per segment) → (gone,
+    /// emptied). Never the current one.
     #[test]
-    fn a_segment_goes_once_no_queue_holds_a_key_of_its_range_and_never_the_current() {
+    fn a_segment_goes_when_nothing_points_into_it_and_is_emptied_when_mostly_garbage() {
         let dir = tempfile::tempdir().unwrap();
         let mut b = Bodies::open(dir.path()).unwrap();
-        b.append([(10, &b"a"[..]), (12, &b"b"[..])]).unwrap();
-        b.current = None; // close segment 0
-        b.append([(20, &b"c"[..])]).unwrap();
-        b.current = None; // close segment 1
-        b.append([(30, &b"d"[..])]).unwrap(); // segment 2, current
-        let keys = |left: &'static [u64]| {
-            move |lo: u64, hi: u64| left.iter().any(|k| (lo..=hi).contains(k))
-        };
-        for (left, gone) in [
-            (&[10u64, 12, 20, 30][..], vec![]),
-            (&[12, 30][..], vec![1]),
-            (&[11][..], vec![1]), // a key in the range, even not a pointer, keeps it
-            (&[][..], vec![0, 1]), // never the current one (2)
+        b.append([(10, &b"aaaa"[..]), (12, &b"bbbb"[..])]).unwrap(); // segment 0: 8 bytes
+        b.current = None;
+        b.append([(20, &b"cccccccc"[..])]).unwrap(); // segment 1: 8 bytes
+        b.current = None;
+        b.append([(30, &b"d"[..])]).unwrap(); // segment 2, the current one
+        assert_eq!(b.closed_span(), Some((10, 20)));
+        for (live, gone, emptied) in [
+            (vec![(0, 8), (1, 8), (2, 1)], vec![], vec![]),
+            (vec![(0, 4), (1, 8)], vec![], vec![]), // half live: kept as it is
+            (vec![(0, 3), (1, 8)], vec![], vec![0]), // less than half: emptied
+            (vec![(1, 8)], vec![0], vec![]),
+            (vec![], vec![0, 1], vec![]), // never the current one (2)
         ] {
-            assert_eq!(b.unreferenced(keys(left)), gone, "keys left {left:?}");
+            let live: HashMap<u64, u64> = live.into_iter().collect();
+            assert_eq!(b.collect(&live), (gone, emptied), "live {live:?}");
         }
         b.delete(&[0]).unwrap();
         assert!(!dir.path().join("0").exists());
-        assert_eq!(b.unreferenced(keys(&[])), vec![1]);
+        assert_eq!(b.closed_span(), Some((20, 20)));
     }
 
     /// A segment found at open that no pointer names (its checkpoint never became durable)
@@ -262,11 +282,10 @@ mod tests {
         b.append([(6, &b"y"[..])]).unwrap();
         drop(b);
         let mut b = Bodies::open(dir.path()).unwrap();
-        assert_eq!(b.unreferenced(|_, _| true), vec![0]);
+        assert_eq!(b.closed_span(), None);
+        assert_eq!(b.collect(&HashMap::new()), (vec![0], vec![]));
         b.saw(0, 6);
-        assert_eq!(
-            b.unreferenced(|lo, hi| (lo..=hi).contains(&6)),
-            Vec::<u64>::new()
-        );
+        assert_eq!(b.closed_span(), Some((6, 6)));
+        assert_eq!(b.collect(&HashMap::from([(0, 2)])), (vec![], vec![]));
     }
 }

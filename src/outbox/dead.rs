@@ -18,11 +18,15 @@ impl Outbox {
         let dead_key = dead_key(seq, &self.q(queue).endpoint);
         let moved = self.with(|s| {
             self.settle(s, queue)?;
-            // A dead letter holds its record whole: a body in a segment is read back first.
-            let Some(record) = s.queues[queue.0].get(key)? else {
-                return Ok(None);
+            // A dead letter holds its record whole: a body in a segment is read back first,
+            // under the checkpoints' lock (one may empty the segment and delete it).
+            let record = {
+                let _checkpoint = s.hot();
+                match s.queues[queue.0].get(key)? {
+                    Some(record) => s.whole(record)?,
+                    None => return Ok(None),
+                }
             };
-            let record = s.whole(record)?;
             let moved = (&s.queues[queue.0], &s.dead)
                 .transaction(|(ev, dead)| {
                     if ev.remove(&key)?.is_none() {

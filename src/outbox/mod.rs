@@ -861,15 +861,9 @@ impl Outbox {
             // What was logged of sled's direct changes is in this checkpoint (they were made
             // before now): logged later, it could undo a change made after it.
             hot.logged.clear();
-            // The segments no queue can point into once this checkpoint is durable (rule 2 of
-            // `bodies`): a key of their range anywhere keeps them.
-            let unreferenced = s.bodies().unreferenced(|lo, hi| {
-                s.queues.iter().any(|t| {
-                    t.range(lo.to_be_bytes()..=hi.to_be_bytes())
-                        .next()
-                        .is_some()
-                })
-            });
+            // The segments no queue points into once this checkpoint is durable (rule 2 of
+            // `bodies`), and those mostly garbage, whose survivors go back into sled whole now.
+            let unreferenced = collect_segments(s)?;
             Ok((s.db.clone(), s.sync.clone(), unreferenced, s.bodies.clone()))
         })?;
         db.flush_async().await?;
@@ -1287,6 +1281,39 @@ fn settle_held(s: &Store, hot: &mut hot::Hot, queue: QueueId) -> Result<(), Outb
         s.queues[queue.0].insert(seq.to_be_bytes(), value)?;
     }
     Ok(())
+}
+
+/// Inside a checkpoint: count the pointers into the closed segments, put the survivors of
+/// those mostly garbage back into sled whole, and return the segments nothing points into
+/// any more (to delete once the checkpoint is durable).
+fn collect_segments(s: &Store) -> Result<Vec<u64>, OutboxError> {
+    let span = s.bodies().closed_span();
+    let Some((lo, hi)) = span else {
+        return Ok(s.bodies().collect(&Default::default()).0);
+    };
+    let range = lo.to_be_bytes()..=hi.to_be_bytes();
+    let mut live = std::collections::HashMap::<u64, u64>::new();
+    for tree in &s.queues {
+        for kv in tree.range(range.clone()) {
+            let (_, v) = kv?;
+            if let Some(at) = pointed(&v) {
+                *live.entry(at.segment).or_default() += u64::from(at.len);
+            }
+        }
+    }
+    let (mut gone, emptied) = s.bodies().collect(&live);
+    if !emptied.is_empty() {
+        for tree in &s.queues {
+            for kv in tree.range(range.clone()) {
+                let (k, v) = kv?;
+                if pointed(&v).is_some_and(|at| emptied.contains(&at.segment)) {
+                    tree.insert(k, s.whole(v)?)?;
+                }
+            }
+        }
+        gone.extend(emptied);
+    }
+    Ok(gone)
 }
 
 /// Run blocking file I/O (a write and its sync) off the async workers.

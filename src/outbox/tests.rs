@@ -895,3 +895,40 @@ async fn open_within_waits_for_a_reopen_and_says_when_none_came() {
         "woken by its limit: {waited:?}"
     );
 }
+
+/// A segment mostly garbage — what an endpoint still holds, scattered (a paused one's health
+/// events) — does not keep its bytes: at a checkpoint its survivors go back into sled whole
+/// and it goes, so the segments hold at most twice what is live in them.
+#[tokio::test]
+async fn a_segment_mostly_garbage_gives_its_survivors_back_to_sled_and_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let survivor;
+    {
+        let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+        let envelopes: Vec<Envelope> = (0..10).map(|i| reading(&format!("d{i}"))).collect();
+        survivor = envelopes[3].body.clone();
+        let commit = Commit {
+            envelopes,
+            ..Default::default()
+        };
+        ob.write(&[commit], &[]).unwrap();
+        ob.flush().await.unwrap(); // ten pointers into segment 0
+        for seq in (0..10).filter(|s| *s != 3) {
+            assert!(ob.remove(Q0, seq).unwrap());
+        }
+        ob.flush().await.unwrap(); // the removals durable; segment 0 is still the current one
+        assert!(dir.path().join("outbox.bodies/0").exists());
+    }
+    // A new life: segment 0 is closed, one body in ten still pointed to.
+    let ob = open_when_released(dir.path(), everything);
+    ob.flush().await.unwrap();
+    assert!(
+        !dir.path().join("outbox.bodies/0").exists(),
+        "the segment mostly garbage went"
+    );
+    let stored = ob.stored(Q0, 3).unwrap();
+    assert_eq!(pointed(&stored), None, "its survivor is whole in sled");
+    let pending = ob.pending_after(Q0, None, 10).unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].body, survivor);
+}
