@@ -8,6 +8,8 @@
 //! - One sled database, `outbox.sled`: the trees as of the last checkpoint, plus what is
 //!   written to sled directly (removals, dead letters, facts). `meta` key `wal.through` names
 //!   the last generation a durable checkpoint holds.
+//! - `outbox.bodies/<n>`: the bodies of the records a checkpoint put into sled as pointers
+//!   (format and rules in `bodies`): written once, in order, deleted a segment at a time.
 //!
 //! What was written since the last checkpoint is also held in memory (`hot`): the records not
 //! yet delivered, and the latest value of each state. A checkpoint puts those into sled, once a
@@ -22,7 +24,10 @@
 //!   counted from one past the highest on disk at open; one event has the same number in
 //!   every queue); value = an [`OutboxRecord`] encoded as
 //!   `[version=1][u8 type][u16 lane len][lane][u8 id len][id][body]`. `body` is the exact envelope
-//!   bytes that are signed and sent. An event is written to the queue of each active endpoint
+//!   bytes that are signed and sent. A record a checkpoint put into sled is a *pointer*
+//!   instead: `[version=2]`, the same header, then where its body is in `outbox.bodies`
+//!   (segment u64, offset u32, length u32); read back whole (`Store::load`). Dead letters and
+//!   the records the log puts back after a crash are always whole. An event is written to the queue of each active endpoint
 //!   whose `events` patterns match it ([`Route`]), so endpoints never wait for one another; an
 //!   event no endpoint wants is not stored. A queue whose endpoint left the configuration is
 //!   kept (and reported) until it is purged.
@@ -70,13 +75,17 @@
 //! 4. A write that fails (disk full, I/O error) is retried with backoff, holding the batch and its
 //!    acks: nothing is acknowledged and nothing is dropped. Upstream stages block on their bounded
 //!    channels, and the broker stops sending once its in-flight window is full (back-pressure).
-//! 5. A checkpoint writes into sled what is held, then `wal.through` = the current
+//! 5. A checkpoint first appends the bodies of the records held to a segment and syncs it
+//!    (a pointer is never in sled before its body is on disk), then writes into sled what is
+//!    held (those records as pointers), then `wal.through` = the current
 //!    generation, starts the next generation (in the other file), then flushes sled and
 //!    `fdatasync`s its files ([`SyncFiles`]). sled recovers its log up to the first torn write
 //!    (a prefix, in the order of the writes), so `wal.through` is only on disk with everything
 //!    before it. A generation's file is overwritten only by the generation after next, which
 //!    starts after this checkpoint is durable (checkpoints and syncs take turns), so every
-//!    generation after `wal.through` is still readable in its file.
+//!    generation after `wal.through` is still readable in its file. A segment of bodies is
+//!    deleted only after a durable checkpoint in which nothing points into it (one mostly
+//!    garbage has its survivors put back into sled whole in that checkpoint first).
 //!
 //! # After a crash
 //! At open, the log's generations after `wal.through` are applied to sled in order (inserts
