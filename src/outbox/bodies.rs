@@ -42,7 +42,8 @@ pub(super) struct BodyAt {
 }
 
 /// The body at `at` in the segments of `dir` (read without the appender's lock: a segment is
-/// only appended to, and deleted once nothing points into it).
+/// only appended to, and deleted once nothing points into it). `NotFound` or `UnexpectedEof`:
+/// the segment is missing or shorter than the pointer says (damaged, or removed by hand).
 pub(super) fn read(dir: &Path, at: BodyAt) -> io::Result<Vec<u8>> {
     let mut body = vec![0; at.len as usize];
     File::open(dir.join(at.segment.to_string()))?.read_exact_at(&mut body, u64::from(at.offset))?;
@@ -115,7 +116,20 @@ impl Bodies {
     }
 
     /// Append `bodies` (sequence number, body) to the current segment, synced; where each is.
+    /// After a failure the segment is closed: what was written of it is garbage, and the next
+    /// append, in a new segment, cannot count offsets from a length the file no longer has.
     pub(super) fn append<'a>(
+        &mut self,
+        bodies: impl IntoIterator<Item = (u64, &'a [u8])>,
+    ) -> io::Result<Vec<BodyAt>> {
+        let appended = self.try_append(bodies);
+        if appended.is_err() {
+            self.current = None;
+        }
+        appended
+    }
+
+    fn try_append<'a>(
         &mut self,
         bodies: impl IntoIterator<Item = (u64, &'a [u8])>,
     ) -> io::Result<Vec<BodyAt>> {
@@ -243,6 +257,30 @@ mod tests {
         assert_eq!(later[0].segment, 1);
         assert_eq!(read(&path, at[0]).unwrap(), b"one");
         assert_eq!(read(&path, later[0]).unwrap(), b"third");
+    }
+
+    /// A failed append closes its segment: the next one starts a new segment, whose offsets
+    /// are right whatever the failed one left in its file.
+    #[test]
+    fn an_append_that_fails_closes_its_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Bodies::open(dir.path()).unwrap();
+        b.append([(1, &b"one"[..])]).unwrap();
+        // The segment's file taken away under it: the append fails (its sync or write).
+        let (_, file, _) = b.current.as_mut().unwrap();
+        *file = File::open(dir.path().join("0")).unwrap(); // read-only: writes fail
+        assert!(b.append([(2, &b"two"[..])]).is_err());
+        assert!(b.current.is_none());
+        let at = b.append([(3, &b"three"[..])]).unwrap();
+        assert_eq!(
+            at,
+            vec![BodyAt {
+                segment: 1,
+                offset: 0,
+                len: 5
+            }]
+        );
+        assert_eq!(read(dir.path(), at[0]).unwrap(), b"three");
     }
 
     /// Which segments go, and which are emptied first: (live bytes per segment) → (gone,

@@ -23,7 +23,7 @@ impl Outbox {
             let record = {
                 let _checkpoint = s.hot();
                 match s.queues[queue.0].get(key)? {
-                    Some(record) => s.whole(record)?,
+                    Some(record) => s.whole(seq, record)?,
                     None => return Ok(None),
                 }
             };

@@ -847,10 +847,11 @@ impl Outbox {
                 if header_len(record).is_none() {
                     continue; // not spilled: settled whole below
                 }
-                let at = *at.next().expect("one place per spilled body");
-                if hot.take(*q, *seq).is_some() {
-                    let value = pointer(record, at).expect("a whole record");
-                    s.queues[*q].insert(seq.to_be_bytes(), value)?;
+                let Some(at) = at.next() else { break };
+                if let Some(value) = pointer(record, *at) {
+                    if hot.take(*q, *seq).is_some() {
+                        s.queues[*q].insert(seq.to_be_bytes(), value)?;
+                    }
                 }
             }
             for q in 0..hot.records.len() {
@@ -1316,7 +1317,8 @@ fn collect_segments(s: &Store) -> Result<Vec<u64>, OutboxError> {
             for kv in tree.range(range.clone()) {
                 let (k, v) = kv?;
                 if pointed(&v).is_some_and(|at| emptied.contains(&at.segment)) {
-                    tree.insert(k, s.whole(v)?)?;
+                    let whole = s.whole(seq_of(&k)?, v)?;
+                    tree.insert(k, whole)?;
                 }
             }
         }

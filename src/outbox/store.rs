@@ -82,22 +82,30 @@ impl Store {
     pub(super) fn load(&self, seq: u64, value: &[u8]) -> Result<OutboxRecord, OutboxError> {
         match pointed(value) {
             None => decode(seq, value),
-            Some(at) => {
-                let body = super::bodies::read(&self.bodies_dir, at).map_err(io_error)?;
-                decode(seq, &resolved(value, &body))
-            }
+            Some(at) => decode(seq, &resolved(value, &self.body(seq, at)?)),
         }
     }
 
-    /// A queue value as a whole record: a pointer's body read back and put in.
-    pub(super) fn whole(&self, value: sled::IVec) -> Result<sled::IVec, OutboxError> {
+    /// Queue value `seq` as a whole record: a pointer's body read back and put in.
+    pub(super) fn whole(&self, seq: u64, value: sled::IVec) -> Result<sled::IVec, OutboxError> {
         match pointed(&value) {
             None => Ok(value),
-            Some(at) => {
-                let body = super::bodies::read(&self.bodies_dir, at).map_err(io_error)?;
-                Ok(resolved(&value, &body).into())
-            }
+            Some(at) => Ok(resolved(&value, &self.body(seq, at)?).into()),
         }
+    }
+
+    /// The body of record `seq` at `at`. A segment missing or too short is that record's
+    /// damage (reported as corrupt, as a damaged record is), not the store's.
+    fn body(&self, seq: u64, at: super::bodies::BodyAt) -> Result<Vec<u8>, OutboxError> {
+        super::bodies::read(&self.bodies_dir, at).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof => {
+                OutboxError::Corrupt {
+                    seq,
+                    why: "its body's segment is missing or short",
+                }
+            }
+            _ => io_error(e),
+        })
     }
 
     /// Open the queue trees of `endpoints`, in that order.
