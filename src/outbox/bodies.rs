@@ -141,14 +141,26 @@ impl Bodies {
             self.current = None;
         }
         if self.current.is_none() {
-            let n = self.next;
-            let file = OpenOptions::new()
-                .create_new(true)
-                .read(true)
-                .append(true)
-                .open(self.dir.join(n.to_string()))?;
+            // A number taken since open (a checkpoint of the instance before a reopen, still
+            // appending when this one listed the directory) is skipped, never appended to.
+            let (n, file) = loop {
+                let n = self.next;
+                self.next = n + 1;
+                match OpenOptions::new()
+                    .create_new(true)
+                    .read(true)
+                    .append(true)
+                    .open(self.dir.join(n.to_string()))
+                {
+                    Ok(file) => break (n, file),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => {
+                        self.next = n;
+                        return Err(e);
+                    }
+                }
+            };
             sync_dir(&self.dir)?;
-            self.next = n + 1;
             self.current = Some((n, file, 0));
         }
         let (segment, file, len) = self.current.as_mut().expect("made above");

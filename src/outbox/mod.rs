@@ -820,11 +820,12 @@ impl Outbox {
         // The bodies of the records held go to a segment first, synced (rule 1 of `bodies`),
         // off the async workers and without taking the records out of `hot`: they stay
         // readable, and removable by delivery, meanwhile.
-        let (held, bodies) = self.with(|s| Ok((s.hot().held(), s.bodies.clone())))?;
+        let (held, appender) = self.with(|s| Ok((s.hot().held(), s.bodies.clone())))?;
         let spilled = if held.is_empty() {
             Vec::new()
         } else {
             let held = held.clone();
+            let bodies = appender.clone();
             tokio::task::spawn_blocking(move || {
                 let mut bodies = bodies.lock().unwrap_or_else(|e| e.into_inner());
                 bodies.append(
@@ -841,8 +842,11 @@ impl Outbox {
         let (db, sync, unreferenced, bodies) = self.with(|s| {
             let mut hot = s.hot();
             // Each record still held (not delivered meanwhile) goes to sled as a pointer to
-            // its body; those written since, with their bodies.
-            let mut at = spilled.iter();
+            // its body; those written since, with their bodies. Not if the store was reopened
+            // meanwhile (a replay's checkpoint while the writer reopens): the records taken
+            // above were the old store's, and the new one may number others the same.
+            let same_store = Arc::ptr_eq(&s.bodies, &appender);
+            let mut at = spilled.iter().filter(|_| same_store);
             for (q, seq, record) in &held {
                 if header_len(record).is_none() {
                     continue; // not spilled: settled whole below

@@ -932,3 +932,74 @@ async fn a_segment_mostly_garbage_gives_its_survivors_back_to_sled_and_goes() {
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].body, survivor);
 }
+
+/// A checkpoint that spans a reopen (an operator's replay flushing while the writer reopens
+/// the store after a storage error) must not put the bodies it appended for the old store's
+/// records into the new store: a record not yet synced is gone with the old store, and the
+/// new store may number another record the same. Nor may the segment the old store made
+/// after the new one looked keep the new one from starting its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // held on purpose: the checkpoint's append waits for it
+async fn a_checkpoint_across_a_reopen_never_points_a_new_record_at_an_old_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+    let old = envelope("gone-with-the-old-store");
+    ob.write(
+        &[Commit {
+            envelopes: vec![old],
+            ..Default::default()
+        }],
+        &[],
+    )
+    .unwrap(); // held, not synced: not durable, never acknowledged
+    let bodies = ob.with(|s| Ok(s.bodies.clone())).unwrap();
+    let appender = bodies.lock().unwrap(); // the checkpoint's append waits for this
+    let flushing = tokio::spawn({
+        let ob = ob.clone();
+        async move { ob.flush().await }
+    });
+    // The checkpoint has taken what is held and is about to append it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(&bodies) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flush never started"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    ob.reopen().unwrap();
+    let new = envelope("new-after-the-reopen");
+    let new_id = new.id.clone();
+    ob.write(
+        &[Commit {
+            envelopes: vec![new],
+            ..Default::default()
+        }],
+        &[],
+    )
+    .unwrap(); // held by the new store (its number may be the old record's)
+    drop(appender);
+    flushing.await.unwrap().unwrap(); // the checkpoint makes it durable
+    let pending = ob.pending_after(Q0, None, 10).unwrap();
+    let ids: Vec<&str> = pending.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, [new_id.as_str()]);
+    // The new store's own checkpoint starts a segment of its own (the old store took the
+    // number the new one had listed as next).
+    let later = envelope("later");
+    let later_id = later.id.clone();
+    ob.write(
+        &[Commit {
+            envelopes: vec![later],
+            ..Default::default()
+        }],
+        &[],
+    )
+    .unwrap();
+    ob.flush().await.unwrap();
+    assert!(pointed(&ob.stored(Q0, 1).unwrap()).is_some());
+    drop(ob);
+    let ob = open_when_released(dir.path(), everything);
+    let pending = ob.pending_after(Q0, None, 10).unwrap();
+    let ids: Vec<&str> = pending.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, [new_id.as_str(), later_id.as_str()], "after a restart");
+}
