@@ -1321,8 +1321,10 @@ fn collect_segments(s: &Store) -> Result<Vec<u64>, OutboxError> {
             for kv in tree.range(range.clone()) {
                 let (k, v) = kv?;
                 if pointed(&v).is_some_and(|at| emptied.contains(&at.segment)) {
-                    let whole = s.whole(seq_of(&k)?, v)?;
-                    tree.insert(k, whole)?;
+                    let whole = s.whole(seq_of(&k)?, v.clone())?;
+                    // Only if it is still there: a removal that read `hot` before this
+                    // checkpoint took it may be removing it from sled now (not resurrected).
+                    let _ = tree.compare_and_swap(k, Some(v), Some(whole))?;
                 }
             }
         }
