@@ -61,6 +61,8 @@ struct State {
     /// on a copy-on-write filesystem or a card whose controller has no spare block left (a
     /// full ext4 still overwrites in place: the tmpfs test in `faults` covers that one).
     full: bool,
+    /// Cut the power right after the next unlink (see [`PowerCut::cut_at_next_unlink`]).
+    cut_at_unlink: bool,
     rng: fastrand::Rng,
     /// Bytes written and synced, for the test's account.
     written: u64,
@@ -97,6 +99,7 @@ impl PowerCut {
                 next: INodeNo::ROOT.0 + 1,
                 frozen: false,
                 full: false,
+                cut_at_unlink: false,
                 rng: fastrand::Rng::with_seed(seed),
                 written: 0,
                 syncs: 0,
@@ -118,37 +121,14 @@ impl PowerCut {
     /// Lose power now: freeze, and keep only what was durable (with `tear`, also a random
     /// prefix of each file's later writes).
     pub fn cut(&self, tear: bool) {
-        let mut st = self.lock();
-        st.frozen = true;
-        let State { nodes, rng, .. } = &mut *st;
-        for node in nodes.values_mut() {
-            node.entries = node.durable_entries.clone();
-            let mut data = std::mem::take(&mut node.durable);
-            if tear && !node.pending.is_empty() {
-                let keep = rng.usize(..=node.pending.len());
-                for (i, p) in node.pending.iter().enumerate().take(keep + 1) {
-                    let torn = i == keep;
-                    match p {
-                        Pending::Truncate(len) if !torn => data.resize(*len, 0),
-                        Pending::Write {
-                            offset,
-                            data: bytes,
-                        } => {
-                            let n = if torn {
-                                (rng.usize(..=bytes.len() / SECTOR) * SECTOR).min(bytes.len())
-                            } else {
-                                bytes.len()
-                            };
-                            write_at(&mut data, *offset, &bytes[..n]);
-                        }
-                        Pending::Truncate(_) => {}
-                    }
-                }
-            }
-            node.pending.clear();
-            node.durable = data.clone();
-            node.data = data;
-        }
+        self.lock().cut(tear);
+    }
+
+    /// Lose power at the next unlink, right after it (and with it made durable: a card may
+    /// well have it, its directory's journal written on its own). For a test that a file is
+    /// only deleted once nothing durable needs it.
+    pub fn cut_at_next_unlink(&self) {
+        self.lock().cut_at_unlink = true;
     }
 
     /// Power back on: serve again, from what the cut left.
@@ -190,6 +170,41 @@ fn write_at(data: &mut Vec<u8>, offset: usize, bytes: &[u8]) {
 }
 
 impl State {
+    /// See [`PowerCut::cut`].
+    fn cut(&mut self, tear: bool) {
+        self.frozen = true;
+        self.cut_at_unlink = false;
+        let State { nodes, rng, .. } = self;
+        for node in nodes.values_mut() {
+            node.entries = node.durable_entries.clone();
+            let mut data = std::mem::take(&mut node.durable);
+            if tear && !node.pending.is_empty() {
+                let keep = rng.usize(..=node.pending.len());
+                for (i, p) in node.pending.iter().enumerate().take(keep + 1) {
+                    let torn = i == keep;
+                    match p {
+                        Pending::Truncate(len) if !torn => data.resize(*len, 0),
+                        Pending::Write {
+                            offset,
+                            data: bytes,
+                        } => {
+                            let n = if torn {
+                                (rng.usize(..=bytes.len() / SECTOR) * SECTOR).min(bytes.len())
+                            } else {
+                                bytes.len()
+                            };
+                            write_at(&mut data, *offset, &bytes[..n]);
+                        }
+                        Pending::Truncate(_) => {}
+                    }
+                }
+            }
+            node.pending.clear();
+            node.durable = data.clone();
+            node.data = data;
+        }
+    }
+
     fn node(&self, ino: INodeNo) -> Result<&Node, Errno> {
         self.nodes.get(&ino.0).ok_or(Errno::ENOENT)
     }
@@ -348,11 +363,13 @@ impl Filesystem for PowerCut {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         reply_empty(
             self.with(|st| {
-                st.node_mut(parent)?
-                    .entries
-                    .remove(name)
-                    .map(|_| ())
-                    .ok_or(Errno::ENOENT)
+                let dir = st.node_mut(parent)?;
+                dir.entries.remove(name).ok_or(Errno::ENOENT)?;
+                if st.cut_at_unlink {
+                    st.node_mut(parent)?.durable_entries.remove(name);
+                    st.cut(false);
+                }
+                Ok(())
             }),
             reply,
         );

@@ -1003,3 +1003,63 @@ async fn a_checkpoint_across_a_reopen_never_points_a_new_record_at_an_old_body()
     let ids: Vec<&str> = pending.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, [new_id.as_str(), later_id.as_str()], "after a restart");
 }
+
+/// Rule 2 of `bodies`: a segment is deleted only once nothing durable points into it. The
+/// power is cut at the very unlink that deletes a segment mostly garbage (and the unlink kept,
+/// as a card may keep it): its survivor, put back into sled whole by that checkpoint, is read
+/// back after the cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_is_deleted_only_after_the_checkpoint_that_no_longer_needs_it_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mountpoint = dir.path().join("card");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let card = firmware_sim::powercut::PowerCut::new(1)
+        .mount(&mountpoint)
+        .expect("mounting the power-cut filesystem (needs /dev/fuse and fuse3's fusermount3)");
+    let store = mountpoint.join("state");
+    std::fs::create_dir(&store).unwrap();
+    std::fs::File::open(&mountpoint)
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    let survivor;
+    {
+        let ob = Outbox::open(&store, 1 << 20, everything()).unwrap();
+        let envelopes: Vec<Envelope> = (0..10).map(|i| reading(&format!("d{i}"))).collect();
+        survivor = envelopes[3].body.clone();
+        ob.write(
+            &[Commit {
+                envelopes,
+                ..Default::default()
+            }],
+            &[],
+        )
+        .unwrap();
+        ob.flush().await.unwrap(); // ten pointers into segment 0
+        for seq in (0..10).filter(|s| *s != 3) {
+            assert!(ob.remove(Q0, seq).unwrap());
+        }
+        ob.flush().await.unwrap();
+    }
+    let ob = open_when_released(&store, everything); // segment 0 is closed now
+    assert!(store.join("outbox.bodies/0").exists());
+    card.fs.cut_at_next_unlink();
+    // Its survivor whole into sled, then the segment goes (and the power with it; what the
+    // checkpoint says is checked after the data).
+    let flushed = ob.flush().await;
+    // What the cut left, copied at once (this instance has nothing left to write: sled's own
+    // flusher would only write what the checkpoint did not make durable), and opened.
+    card.fs.power_on();
+    let after = dir.path().join("after-the-cut");
+    copy_dir(&store, &after);
+    drop(ob);
+    assert!(
+        !after.join("outbox.bodies/0").exists(),
+        "the power went at the segment's deletion"
+    );
+    let ob = open_when_released(&after, everything);
+    let pending = ob.pending_after(Q0, None, 10).unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].body, survivor);
+    flushed.expect("the checkpoint was durable before the segment went");
+}
