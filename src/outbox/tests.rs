@@ -1063,3 +1063,41 @@ async fn a_segment_is_deleted_only_after_the_checkpoint_that_no_longer_needs_it_
     assert_eq!(pending[0].body, survivor);
     flushed.expect("the checkpoint was durable before the segment went");
 }
+
+/// sled's segment size: 256 KiB for a store this version creates, recorded beside it first;
+/// sled's default for a store an earlier version made (sled refuses any other size for it);
+/// a record that is not a size is an error naming the file.
+#[tokio::test]
+async fn a_new_store_gets_the_smaller_segments_and_an_older_one_keeps_its_own() {
+    let conf = |dir: &Path| std::fs::read(dir.join("outbox.sled/conf")).unwrap();
+    let says = |bytes: Vec<u8>, size: usize| {
+        String::from_utf8_lossy(&bytes).contains(&format!("segment_size: {size}\n"))
+    };
+    // New.
+    let new = tempfile::tempdir().unwrap();
+    drop(Outbox::open(new.path(), 1 << 20, everything()).unwrap());
+    assert_eq!(
+        std::fs::read_to_string(new.path().join(store::SEGMENT_FILE)).unwrap(),
+        "262144\n"
+    );
+    assert!(says(conf(new.path()), store::NEW_SEGMENT));
+    let ob = open_when_released(new.path(), everything);
+    drop(ob);
+    // Made by an earlier version: sled's defaults, nothing beside it.
+    let old = tempfile::tempdir().unwrap();
+    drop(sled::open(old.path().join("outbox.sled")).unwrap());
+    assert!(says(conf(old.path()), store::OLD_SEGMENT));
+    let ob = open_when_released(old.path(), everything);
+    drop(ob);
+    assert!(!old.path().join(store::SEGMENT_FILE).exists());
+    // A record that is not a size.
+    std::fs::write(new.path().join(store::SEGMENT_FILE), "lots\n").unwrap();
+    let Err(e) = Outbox::open(new.path(), 1 << 20, everything()) else {
+        panic!("opened with a segment size nobody knows");
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains("outbox.sled.segment") && e.contains("lots"),
+        "{e}"
+    );
+}
