@@ -8,6 +8,9 @@
 //! - One sled database, `outbox.sled`: the trees as of the last checkpoint, plus what is
 //!   written to sled directly (removals, dead letters, facts). `meta` key `wal.through` names
 //!   the last generation a durable checkpoint holds.
+//! - `outbox.sled.segment`: the segment size sled was told when this version created the
+//!   store (256 KiB; absent: an earlier version's, 512 KiB), written and synced first
+//!   (`store::segment_size`).
 //! - `outbox.bodies/<n>`: the bodies of the records a checkpoint put into sled as pointers
 //!   (format and rules in `bodies`): written once, in order, deleted a segment at a time.
 //!
