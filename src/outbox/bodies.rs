@@ -68,6 +68,15 @@ struct Held {
     bytes: u64,
 }
 
+impl Held {
+    /// A segment no body of which anyone is known to need yet (`lo > hi`).
+    const NONE: Held = Held {
+        lo: u64::MAX,
+        hi: 0,
+        bytes: 0,
+    };
+}
+
 impl Bodies {
     /// The segments in `dir` (made if missing). Nothing is appended to them: the next
     /// [`Bodies::append`] starts a new segment.
@@ -90,9 +99,8 @@ impl Bodies {
             held.insert(
                 n,
                 Held {
-                    lo: u64::MAX,
-                    hi: 0,
                     bytes: entry.metadata()?.len(),
+                    ..Held::NONE
                 },
             );
         }
@@ -106,11 +114,7 @@ impl Bodies {
 
     /// A pointer of `seq` into `segment` exists (learnt at open, from the queues).
     pub(super) fn saw(&mut self, segment: u64, seq: u64) {
-        let h = self.held.entry(segment).or_insert(Held {
-            lo: u64::MAX,
-            hi: 0,
-            bytes: 0,
-        });
+        let h = self.held.entry(segment).or_insert(Held::NONE);
         h.lo = h.lo.min(seq);
         h.hi = h.hi.max(seq);
     }
@@ -167,11 +171,7 @@ impl Bodies {
         let mut at = Vec::new();
         let mut out = std::io::BufWriter::with_capacity(64 << 10, &*file);
         let mut end = *len;
-        let held = self.held.entry(*segment).or_insert(Held {
-            lo: u64::MAX,
-            hi: 0,
-            bytes: 0,
-        });
+        let held = self.held.entry(*segment).or_insert(Held::NONE);
         for (seq, body) in bodies {
             out.write_all(body)?;
             at.push(BodyAt {

@@ -824,21 +824,21 @@ impl Outbox {
         // off the async workers and without taking the records out of `hot`: they stay
         // readable, and removable by delivery, meanwhile.
         let (held, appender) = self.with(|s| Ok((s.hot().held(), s.bodies.clone())))?;
-        let spilled = if held.is_empty() {
-            Vec::new()
+        let (held, spilled) = if held.is_empty() {
+            (held, Vec::new())
         } else {
-            let held = held.clone();
             let bodies = appender.clone();
-            tokio::task::spawn_blocking(move || {
+            let (held, appended) = tokio::task::spawn_blocking(move || {
                 let mut bodies = bodies.lock().unwrap_or_else(|e| e.into_inner());
-                bodies.append(
+                let appended = bodies.append(
                     held.iter()
                         .filter_map(|(_, seq, r)| header_len(r).map(|h| (*seq, &r[h..]))),
-                )
+                );
+                (held, appended)
             })
             .await
-            .map_err(|e| io_error(std::io::Error::other(e)))?
-            .map_err(io_error)?
+            .map_err(|e| io_error(std::io::Error::other(e)))?;
+            (held, appended.map_err(io_error)?)
         };
         // A clone of the handle for the await (a lock guard must not be held across it); the
         // writer task, which reopens, never does so while a flush it started is running.
