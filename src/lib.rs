@@ -42,8 +42,9 @@
 //! # Shutdown
 //! One [`CancellationToken`]. The source stops reading and drops its sender; the device stage
 //! and the outbox writer drain what is already in their channels, the writer flushes, and delivery
-//! lets in-flight requests finish. Anything not yet acknowledged to the broker is redelivered on
-//! the next start.
+//! lets in-flight requests finish. The MQTT source keeps its connection until the writer is done
+//! and acknowledges what it made durable (for at most 10 s); anything not acknowledged to the
+//! broker is redelivered on the next start.
 
 pub mod atomic_file;
 pub mod cli;

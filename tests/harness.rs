@@ -823,8 +823,23 @@ fn verify(
             .map(|(_, f)| seq_of(f))
             .collect();
         let resent = |x: u64, y: u64| m.resent_up_to.iter().any(|&r| x <= r && r - y < 200);
-        if seqs.windows(2).any(|w| w[0] >= w[1] && !resent(w[0], w[1])) {
-            return Err(format!("{name}: {} delivered out of order: {seqs:?}", m.id));
+        if let Some(at) = seqs
+            .windows(2)
+            .position(|w| w[0] >= w[1] && !resent(w[0], w[1]))
+        {
+            // The events around it, by id: a second event for one reading, or a resend?
+            let kept: Vec<&(String, Value)> = got
+                .iter()
+                .filter(|(id, _)| !replayed.contains(id))
+                .collect();
+            let around: Vec<String> = kept[at.saturating_sub(2)..(at + 2).min(kept.len())]
+                .iter()
+                .map(|(id, f)| format!("{} {id}", seq_of(f)))
+                .collect();
+            return Err(format!(
+                "{name}: {} delivered out of order: {seqs:?} (around it: {around:?})",
+                m.id
+            ));
         }
         for (_, fields) in &got {
             let seq = seq_of(fields);

@@ -45,6 +45,9 @@ use crate::fault_log::FaultLog;
 /// `mqtt.max_packet_bytes` that the broker keeps redelivering (see [`MqttSource::run`]).
 const SKIP_CEILING: usize = 16 * 1024 * 1024;
 
+/// How long a stop waits for the writer's last commit and the acknowledgements of what it
+/// made durable (within systemd's `TimeoutStopSec`, 30 s in the unit).
+const DRAIN: Duration = Duration::from_secs(10);
 /// Capacity of rumqttc's request channel: acknowledgements (at most `acks::IN_CHANNEL` at a
 /// time), actions and subscriptions. It grows only as it fills.
 const REQUEST_CHANNEL: usize = 16 * 1024;
@@ -441,10 +444,7 @@ impl MqttSource {
                 _ = cancel.cancelled() => break,
                 _ = acks.added(), if fed.has_room() => continue,
                 Some(message) = outgoing.recv() => {
-                    // Queued in the client; sent (again, after a reconnect) until acknowledged.
-                    if let Err(e) = client.try_publish(message.topic.clone(), QoS::AtLeastOnce, false, message.payload()) {
-                        tracing::warn!(error = %e, "cannot queue an action for the broker; it times out and is told so");
-                    }
+                    publish_action(&client, &message);
                     continue;
                 }
                 event = eventloop.poll() => event,
@@ -474,9 +474,10 @@ impl MqttSource {
                     let fingerprint = Redeliveries::fingerprint(&publish.topic, &publish.payload);
                     if publish.qos != QoS::AtMostOnce {
                         let now = generation.load(Ordering::SeqCst);
-                        if let Arrival::Redelivered { ack_now } =
-                            redeliveries.arrived(fingerprint, publish.pkid, now, publish.dup)
-                        {
+                        let arrival =
+                            redeliveries.arrived(fingerprint, publish.pkid, now, publish.dup);
+                        tracing::trace!(topic = %publish.topic, pkid = publish.pkid, dup = publish.dup, connection = now, ?arrival, "message arrived");
+                        if let Arrival::Redelivered { ack_now } = arrival {
                             self.metrics.mqtt_redelivery_recognised();
                             if ack_now {
                                 acks.push(now, publish.qos, publish.pkid);
@@ -537,22 +538,35 @@ impl MqttSource {
                 }
             }
         }
-        // What is durable is acknowledged before leaving (the broker would redeliver it), for
-        // at most a second, if connected.
+        // Nothing more goes to the device stage: it ends when every source has, and the writer
+        // then commits what it was given. Everything it makes durable is acknowledged before
+        // leaving — the broker would redeliver it, and a redelivery of a message applied
+        // before the last batches is applied again (`source::redelivery`) — so the connection
+        // stays until the writer is done (it holds the last sender of `outgoing`), then until
+        // the acknowledgements are out; at most `DRAIN` in all, and only while connected.
+        drop(out);
         if self.metrics.mqtt_connected() {
             let now = generation.load(Ordering::SeqCst);
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let mut writer_done = false;
+            let _ = tokio::time::timeout(DRAIN, async {
                 loop {
                     acks.feed(now, &mut fed, try_ack);
-                    if acks.is_empty() && fed.is_empty() {
+                    if writer_done && acks.is_empty() && fed.is_empty() {
                         break;
                     }
-                    match eventloop.poll().await {
-                        Ok(Event::Outgoing(Outgoing::PubAck(_) | Outgoing::PubRec(_))) => {
-                            fed.sent()
-                        }
-                        Ok(_) => {}
-                        Err(_) => break,
+                    tokio::select! {
+                        message = outgoing.recv(), if !writer_done => match message {
+                            Some(message) => publish_action(&client, &message),
+                            None => writer_done = true,
+                        },
+                        _ = acks.added(), if fed.has_room() => {}
+                        event = eventloop.poll() => match event {
+                            Ok(Event::Outgoing(Outgoing::PubAck(_) | Outgoing::PubRec(_))) => {
+                                fed.sent()
+                            }
+                            Ok(_) => {} // a message arriving now is redelivered next time
+                            Err(_) => break,
+                        },
                     }
                 }
             })
@@ -624,6 +638,18 @@ fn try_ack(client: &AsyncClient, qos: QoS, pkid: u16) -> bool {
 /// The deferred PUBACK for `publish` (none for QoS 0), fired once what it changed is durable.
 /// On the connection it came on, it acknowledges the message itself; if that connection is
 /// gone, it acknowledges the copies the broker redelivered since (see `source::redelivery`).
+/// Queue an action for the broker: sent (again, after a reconnect) until acknowledged.
+fn publish_action(client: &AsyncClient, message: &super::Outgoing) {
+    if let Err(e) = client.try_publish(
+        message.topic.clone(),
+        QoS::AtLeastOnce,
+        false,
+        message.payload(),
+    ) {
+        tracing::warn!(error = %e, "cannot queue an action for the broker; it times out and is told so");
+    }
+}
+
 fn make_ack(
     acks: &Arc<AckQueue>,
     generation: &Arc<AtomicU64>,

@@ -21,7 +21,8 @@
 //!
 //! A crash (`kill -9`, a power cut) between a batch's sync and its acknowledgements reaching
 //! the broker leaves the same situation across a restart, so the outbox keeps the fingerprints
-//! of the messages of its last few batches with the batches themselves (durable together). After
+//! of the messages of its last batches (at least the last thousand messages, far more than a
+//! broker's in-flight window) with the batches themselves (durable together). After
 //! a start, the broker's redeliveries come first: those that match are acknowledged without
 //! being applied (only copies with DUP: a retained birth without it may come among them).
 
@@ -174,9 +175,20 @@ impl Redeliveries {
         (false, copies)
     }
 
-    /// A new connection is up, and the one before it was `previous`: what came before that
-    /// can be redelivered no more (the broker redelivers on the next connection only).
+    /// A new connection is up, and the one before it was `previous` (0: this is the first):
+    /// what came before that can be redelivered no more (the broker redelivers on the next
+    /// connection only). Nor can what was applied before this start, once the first
+    /// connection has ended: on a connection, only the broker's redeliveries at its start
+    /// carry DUP, so a copy with DUP later names a message this run received and may not have
+    /// applied (kept, the set could take such a copy of an `online` for one applied before the
+    /// restart, and skip it).
     pub fn forget_before(&self, previous: u64) {
+        if previous != 0 {
+            *self
+                .before_restart
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = None;
+        }
         self.lock().retain(|_, e| e.received_on >= previous);
         self.acked
             .lock()
@@ -253,6 +265,11 @@ mod tests {
             r.arrived(7, 5, 1, true),
             Arrival::Redelivered { ack_now: true }
         );
+        // the first connection's redeliveries are the only ones it can recognise
+        r.applied_before_restart(vec![6]);
+        r.forget_before(0); // connection 1 is up: the first
+        r.forget_before(1); // 1 lost, 2 is up
+        assert_eq!(r.arrived(6, 6, 2, true), Arrival::New);
     }
 
     /// Found by the randomized fault harness: a device announcing itself `online` again after
