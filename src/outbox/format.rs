@@ -62,12 +62,6 @@ pub fn meta_key(endpoint: &str, fact: &str) -> String {
     }
 }
 
-/// `meta` keys `applied.0` … `applied.3`: the fingerprints (8 bytes each) of the transport
-/// messages applied in each of the last batches, written with the batch, so that a restart
-/// recognises their redeliveries (`source::redelivery`).
-pub(super) const APPLIED: &str = "applied";
-pub(super) const APPLIED_BATCHES: u64 = 4;
-
 /// The `meta` fact counting the events an endpoint will never get because its share of the
 /// outbox was full: new events while it could not drain, or its oldest readings deleted by
 /// `on_full = drop_oldest_readings` (see [`run_writer`]).

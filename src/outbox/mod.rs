@@ -104,6 +104,7 @@
 //! buried or purged) come back from the log if the crash is before it: delivered or buried
 //! again, never lost.
 
+mod applied;
 mod bodies;
 pub mod config;
 mod dead;
@@ -248,8 +249,8 @@ pub struct Outbox {
     written: Arc<AtomicU64>,
     /// Every sequence number below this is known to be flushed (see invariant 2).
     durable: Arc<AtomicU64>,
-    /// Batches written that carried message fingerprints (see [`APPLIED`]).
-    batches: Arc<AtomicU64>,
+    /// The batches whose message fingerprints are kept (see `applied`).
+    applied: Arc<std::sync::Mutex<applied::Applied>>,
     /// Times the store was reopened (see [`Outbox::reopens`]).
     reopens: Arc<AtomicU64>,
     /// An operation failed on storage since the last reopen; wakes the writer (see
@@ -299,6 +300,13 @@ impl Outbox {
         let dead_depth = Arc::new(AtomicU64::new(store.dead.len() as u64));
         // Whatever sled recovered at open is on disk.
         let end = store.end()?;
+        let mut found = Vec::new();
+        for entry in store.meta.scan_prefix(applied::prefix()) {
+            let (key, value) = entry?;
+            if let Some(n) = applied::number(&key) {
+                found.push((n, value.len() / 8));
+            }
+        }
         Ok(Outbox {
             dropped_any: Arc::new(AtomicBool::new(false)),
             store: Arc::new(RwLock::new(Some(store))),
@@ -310,7 +318,7 @@ impl Outbox {
             routes: Arc::new(RwLock::new(Arc::new(routes))),
             written: Arc::new(AtomicU64::new(end)),
             durable: Arc::new(AtomicU64::new(end)),
-            batches: Arc::new(AtomicU64::new(0)),
+            applied: Arc::new(std::sync::Mutex::new(applied::Applied::new(found))),
             reopens: Arc::new(AtomicU64::new(0)),
             failed: Arc::new(AtomicBool::new(false)),
             failed_wake: Arc::new(Notify::new()),
@@ -553,14 +561,17 @@ impl Outbox {
         self.reopens.load(Ordering::SeqCst)
     }
 
-    /// The fingerprints of the messages applied in the last batches before this start.
+    /// The fingerprints of the messages applied in the last batches before this start (at
+    /// least the last `applied::KEPT` messages).
     pub fn applied_before(&self) -> Vec<u64> {
         let read = |s: &Store| {
             let mut all = Vec::new();
-            for n in 0..APPLIED_BATCHES {
-                if let Some(v) = s.meta.get(format!("{APPLIED}.{n}"))? {
+            for entry in s.meta.scan_prefix(applied::prefix()) {
+                let (key, value) = entry?;
+                if applied::number(&key).is_some() {
                     all.extend(
-                        v.chunks_exact(8)
+                        value
+                            .chunks_exact(8)
                             .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes"))),
                     );
                 }
@@ -731,12 +742,15 @@ impl Outbox {
             .flat_map(u64::to_be_bytes)
             .collect();
         if synced && !fingerprints.is_empty() {
-            let n = self.batches.fetch_add(1, Ordering::Relaxed) % APPLIED_BATCHES;
-            ops.push(op(
-                "meta",
-                format!("{APPLIED}.{n}").as_bytes(),
-                Some(&fingerprints),
-            ));
+            let (n, gone) = self
+                .applied
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add(fingerprints.len() / 8);
+            ops.push(op("meta", applied::key(n).as_bytes(), Some(&fingerprints)));
+            for old in gone {
+                ops.push(op("meta", applied::key(old).as_bytes(), None));
+            }
         }
         for (queue, n) in queues.iter().zip(&written.dropped) {
             if *n > 0 {
