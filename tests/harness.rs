@@ -1710,6 +1710,9 @@ async fn fixed_seeds() {
         // A serial frame lost in a power cut moved edgehook's deadband reference: the model
         // demanded a reading that was no change from the report edgehook held.
         125716985809567577,
+        // A clean stop left its last commits unacknowledged; more than the last batches'
+        // fingerprints were redelivered, and an old reading was applied again (1 run in 3).
+        10612106884582423171,
     ] {
         run(seed).await;
     }
