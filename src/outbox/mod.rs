@@ -102,7 +102,10 @@
 //! was not yet logged is delivered again: a duplicate with the same id, which the receiver drops
 //! by its idempotency key. Records put into sled before their checkpoint (to be dropped,
 //! buried or purged) come back from the log if the crash is before it: delivered or buried
-//! again, never lost.
+//! again, never lost. Messages whose batch was synced but whose acknowledgements had not
+//! reached the broker are redelivered too: the fingerprints of at least the last 1,024
+//! messages applied, written with their batches (`applied`), let the first connection after
+//! the start recognise them and not apply them twice (`source::redelivery`).
 
 mod applied;
 mod bodies;
