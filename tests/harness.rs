@@ -266,6 +266,10 @@ struct Model {
     written: Vec<(u64, Instant)>,
     /// Silences past its heartbeat the harness made, each checked to be reported lost.
     silences: usize,
+    /// Whether it published since the last silence counted: a silence of a device already
+    /// reported lost and not heard since is no news (seed 3969032782932316030: a quiet device
+    /// not among a phase's readings, two silences in a row, one report of loss).
+    heard: bool,
     /// Bytes of an unchanging field in each MQTT reading (larger events fill a small outbox).
     padding: usize,
 }
@@ -285,6 +289,7 @@ impl Model {
             maybe_lost: HashSet::new(),
             written: Vec::new(),
             silences: 0,
+            heard: true, // the setup waits for an event of each device
             padding: 0,
         }
     }
@@ -303,6 +308,7 @@ impl Model {
             _ => {}
         }
         self.seq += 1;
+        self.heard = true;
         self.published.push((self.seq, self.presence, self.tenths));
         let payload = json!({
             "presence": self.presence,
@@ -1317,7 +1323,9 @@ async fn run(seed: u64) {
                         world.daemon.log()
                     );
                 }
-                models[i].silences += 1;
+                if std::mem::replace(&mut models[i].heard, false) {
+                    models[i].silences += 1;
+                }
             }
         }
         world.sample();
@@ -1713,6 +1721,9 @@ async fn fixed_seeds() {
         // A clean stop left its last commits unacknowledged; more than the last batches'
         // fingerprints were redelivered, and an old reading was applied again (1 run in 3).
         10612106884582423171,
+        // A quiet device unheard between two silences: the model demanded two reports of loss
+        // (a fault of the harness, not of edgehook).
+        3969032782932316030,
     ] {
         run(seed).await;
     }
