@@ -867,6 +867,7 @@ impl Outbox {
             // above were the old store's, and the new one may number others the same.
             let same_store = Arc::ptr_eq(&s.bodies, &appender);
             let mut at = spilled.iter().filter(|_| same_store);
+            let mut reclaim = store::Reclaim::default();
             for (q, seq, record) in &held {
                 if header_len(record).is_none() {
                     continue; // not spilled: settled whole below
@@ -875,6 +876,7 @@ impl Outbox {
                 if let Some(value) = pointer(record, *at) {
                     if hot.take(*q, *seq).is_some() {
                         s.queues[*q].insert(seq.to_be_bytes(), value)?;
+                        reclaim.tick();
                     }
                 }
             }
@@ -1310,9 +1312,11 @@ impl Outbox {
 
 /// Move the records of `queue` held since the last checkpoint into its sled tree.
 fn settle_held(s: &Store, hot: &mut hot::Hot, queue: QueueId) -> Result<(), OutboxError> {
+    let mut reclaim = store::Reclaim::default();
     for (seq, value) in std::mem::take(hot.queue(queue.0)) {
         hot.bytes -= value.len() as u64;
         s.queues[queue.0].insert(seq.to_be_bytes(), value)?;
+        reclaim.tick();
     }
     Ok(())
 }

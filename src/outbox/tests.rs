@@ -1119,3 +1119,22 @@ async fn a_new_store_gets_the_smaller_segments_and_an_older_one_keeps_its_own() 
         "{e}"
     );
 }
+
+/// `store::Reclaim` hands a checkpoint's garbage to the collector sled frees it through only if
+/// both link the same crossbeam-epoch (its global collector is per copy of the crate): one
+/// version in the lock file, and sled's.
+#[test]
+fn the_checkpoints_reclaim_and_sled_share_one_epoch_collector() {
+    let lock = include_str!("../../Cargo.lock");
+    let packages: Vec<&str> = lock.split("[[package]]").collect();
+    let epochs = packages
+        .iter()
+        .filter(|p| p.contains("name = \"crossbeam-epoch\""))
+        .count();
+    assert_eq!(epochs, 1, "one crossbeam-epoch in Cargo.lock");
+    let sled = packages
+        .iter()
+        .find(|p| p.contains("name = \"sled\""))
+        .expect("sled in Cargo.lock");
+    assert!(sled.contains("\"crossbeam-epoch\""), "sled uses it");
+}
