@@ -540,8 +540,8 @@ impl MqttSource {
         }
         // Nothing more goes to the device stage: it ends when every source has, and the writer
         // then commits what it was given. Everything it makes durable is acknowledged before
-        // leaving — the broker would redeliver it, and a redelivery of a message applied
-        // before the last batches is applied again (`source::redelivery`) — so the connection
+        // leaving — the broker would redeliver it, and the next start must then recognise the
+        // copy to not apply it twice (`source::redelivery`) — so the connection
         // stays until the writer is done (it holds the last sender of `outgoing`), then until
         // the acknowledgements are out; at most `DRAIN` in all, and only while connected.
         drop(out);
@@ -635,9 +635,6 @@ fn try_ack(client: &AsyncClient, qos: QoS, pkid: u16) -> bool {
     client.try_ack(&stub).is_ok()
 }
 
-/// The deferred PUBACK for `publish` (none for QoS 0), fired once what it changed is durable.
-/// On the connection it came on, it acknowledges the message itself; if that connection is
-/// gone, it acknowledges the copies the broker redelivered since (see `source::redelivery`).
 /// Queue an action for the broker: sent (again, after a reconnect) until acknowledged.
 fn publish_action(client: &AsyncClient, message: &super::Outgoing) {
     if let Err(e) = client.try_publish(
@@ -650,6 +647,9 @@ fn publish_action(client: &AsyncClient, message: &super::Outgoing) {
     }
 }
 
+/// The deferred PUBACK for `publish` (none for QoS 0), fired once what it changed is durable.
+/// On the connection it came on, it acknowledges the message itself; if that connection is
+/// gone, it acknowledges the copies the broker redelivered since (see `source::redelivery`).
 fn make_ack(
     acks: &Arc<AckQueue>,
     generation: &Arc<AtomicU64>,
