@@ -262,7 +262,6 @@ fn recover(
     Ok(wal)
 }
 
-/// Set `key` of `tree` to `value`, or remove it (`None`).
 /// sled frees the node versions an insert replaces through crossbeam's epoch-based
 /// reclamation, which keeps them in the inserting thread's bag until that fills and a later
 /// pin collects. A checkpoint that puts a backlog of thousands of records into sled at once
@@ -286,6 +285,7 @@ impl Reclaim {
     }
 }
 
+/// Set `key` of `tree` to `value`, or remove it (`None`).
 pub(super) fn set(tree: &sled::Tree, key: &[u8], value: Option<&[u8]>) -> Result<(), OutboxError> {
     match value {
         Some(v) => tree.insert(key, v)?,
