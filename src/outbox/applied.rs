@@ -64,13 +64,20 @@ pub(super) fn key(n: u64) -> String {
     format!("{PREFIX}{n}")
 }
 
-/// The prefix of every such key.
-pub(super) fn prefix() -> &'static [u8] {
-    PREFIX.as_bytes()
+/// Every batch's key in `meta`: its number and its fingerprints (8 bytes each), in order.
+pub(super) fn stored(meta: &sled::Tree) -> sled::Result<Vec<(u64, sled::IVec)>> {
+    let mut found = Vec::new();
+    for entry in meta.scan_prefix(PREFIX.as_bytes()) {
+        let (key, value) = entry?;
+        if let Some(n) = number(&key) {
+            found.push((n, value));
+        }
+    }
+    Ok(found)
 }
 
 /// The number of a key made by [`key`].
-pub(super) fn number(key: &[u8]) -> Option<u64> {
+fn number(key: &[u8]) -> Option<u64> {
     std::str::from_utf8(key.strip_prefix(PREFIX.as_bytes())?)
         .ok()?
         .parse()

@@ -303,13 +303,9 @@ impl Outbox {
         let dead_depth = Arc::new(AtomicU64::new(store.dead.len() as u64));
         // Whatever sled recovered at open is on disk.
         let end = store.end()?;
-        let mut found = Vec::new();
-        for entry in store.meta.scan_prefix(applied::prefix()) {
-            let (key, value) = entry?;
-            if let Some(n) = applied::number(&key) {
-                found.push((n, value.len() / 8));
-            }
-        }
+        let found = applied::stored(&store.meta)?
+            .into_iter()
+            .map(|(n, fingerprints)| (n, fingerprints.len() / 8));
         Ok(Outbox {
             dropped_any: Arc::new(AtomicBool::new(false)),
             store: Arc::new(RwLock::new(Some(store))),
@@ -569,15 +565,12 @@ impl Outbox {
     pub fn applied_before(&self) -> Vec<u64> {
         let read = |s: &Store| {
             let mut all = Vec::new();
-            for entry in s.meta.scan_prefix(applied::prefix()) {
-                let (key, value) = entry?;
-                if applied::number(&key).is_some() {
-                    all.extend(
-                        value
-                            .chunks_exact(8)
-                            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes"))),
-                    );
-                }
+            for (_, fingerprints) in applied::stored(&s.meta)? {
+                all.extend(
+                    fingerprints
+                        .chunks_exact(8)
+                        .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes"))),
+                );
             }
             Ok(all)
         };
