@@ -356,6 +356,29 @@ async fn an_oversized_message_is_counted_and_skipped_while_the_rest_flows() {
     assert!(receiver.seen(|s| s.readings_of("big-occ-1").is_empty()));
 }
 
+/// Publish readings 1 to 4 of `device`, each a change (presence flips).
+async fn publish_four_changes(port: u16, client: &str, device: &str) {
+    let topic = format!("sensors/{device}/reading");
+    let readings: Vec<String> = (1..=4)
+        .map(|seq| format!(r#"{{"presence":{},"seq":{seq}}}"#, seq % 2 == 1))
+        .collect();
+    let messages: Vec<(&str, &str)> = readings
+        .iter()
+        .map(|r| (topic.as_str(), r.as_str()))
+        .collect();
+    common::publish_plain(port, client, &messages).await;
+}
+
+/// The `seq` of each reading of `device` the receiver got, in arrival order.
+fn seqs_of(receiver: &Receiver, device: &str) -> Vec<u64> {
+    receiver.seen(|s| {
+        s.readings_of(device)
+            .iter()
+            .map(|f| f["seq"].as_u64().unwrap())
+            .collect()
+    })
+}
+
 /// Found by the randomized fault harness: the broker restarts while edgehook holds messages it
 /// has applied but not yet acknowledged (here: a 1 s group commit). Their acknowledgements die
 /// with the connection and the broker redelivers them; applied again on top of the newer state,
@@ -369,12 +392,7 @@ async fn messages_the_broker_redelivers_after_a_restart_are_not_applied_twice() 
     let slow_commit = "[outbox]\ncommit_delay = \"1s\"\n";
     let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, slow_commit);
     daemon.start();
-    let topic = "sensors/redo-occ-1/reading";
-    let readings: Vec<String> = (1..=4)
-        .map(|seq| format!(r#"{{"presence":{},"seq":{seq}}}"#, seq % 2 == 1))
-        .collect();
-    let messages: Vec<(&str, &str)> = readings.iter().map(|r| (topic, r.as_str())).collect();
-    common::publish_plain(broker.port, "redo-publisher", &messages).await;
+    publish_four_changes(broker.port, "redo-publisher", "redo-occ-1").await;
     // edgehook has them, applied, waiting out the group commit: restart the broker now.
     daemon
         .wait_metric("edgehook_messages_received_total", 4)
@@ -385,13 +403,11 @@ async fn messages_the_broker_redelivers_after_a_restart_are_not_applied_twice() 
     daemon.wait_metric("edgehook_mqtt_connected", 1).await;
     // The redeliveries arrive at once; give anything applied again a group commit to show.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let seqs: Vec<u64> = receiver.seen(|s| {
-        s.readings_of("redo-occ-1")
-            .iter()
-            .map(|f| f["seq"].as_u64().unwrap())
-            .collect()
-    });
-    assert_eq!(seqs, [1, 2, 3, 4], "each reading reported once, in order");
+    assert_eq!(
+        seqs_of(&receiver, "redo-occ-1"),
+        [1, 2, 3, 4],
+        "each reading reported once, in order"
+    );
     assert_eq!(
         daemon.metric("edgehook_mqtt_redeliveries_skipped_total"),
         Some(4),
@@ -421,12 +437,7 @@ async fn a_clean_stop_acknowledges_every_message_it_applied() {
     let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, slow_commit);
     daemon.start();
     daemon.wait_metric("edgehook_mqtt_connected", 1).await;
-    let topic = "sensors/stop-occ-1/reading";
-    let readings: Vec<String> = (1..=4)
-        .map(|seq| format!(r#"{{"presence":{},"seq":{seq}}}"#, seq % 2 == 1))
-        .collect();
-    let messages: Vec<(&str, &str)> = readings.iter().map(|r| (topic, r.as_str())).collect();
-    common::publish_plain(broker.port, "stop-publisher", &messages).await;
+    publish_four_changes(broker.port, "stop-publisher", "stop-occ-1").await;
     daemon
         .wait_metric("edgehook_messages_received_total", 4)
         .await;
@@ -446,13 +457,11 @@ async fn a_clean_stop_acknowledges_every_message_it_applied() {
         "nothing applied before the stop comes again\n{}",
         daemon.log()
     );
-    let seqs: Vec<u64> = receiver.seen(|s| {
-        s.readings_of("stop-occ-1")
-            .iter()
-            .map(|f| f["seq"].as_u64().unwrap())
-            .collect()
-    });
-    assert_eq!(seqs, [1, 2, 3, 4], "each reading reported once, in order");
+    assert_eq!(
+        seqs_of(&receiver, "stop-occ-1"),
+        [1, 2, 3, 4],
+        "each reading reported once, in order"
+    );
 }
 
 /// Issue 20: the ecosystems' presets through mosquitto. Every message of
