@@ -1077,3 +1077,63 @@ max = "200ms"
     receiver.seen(|s| assert_eq!(s.duplicates, 0, "a split never resends what was accepted"));
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+/// A body damaged on the card (a bit rotted in a segment of `outbox.bodies`) is never sent and
+/// holds up nothing: at the next start the event is kept as a dead letter with why (reason
+/// `damaged`), every other event is delivered, and a replay of every dead letter passes over
+/// it. Before: the altered body was signed and sent as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_damaged_on_the_card_is_kept_as_a_dead_letter_and_the_rest_are_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    receiver.fail_device(Some("rot-occ"));
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+    let readings = changes(broker.port, "rot-occ", 3).await;
+    // Refused (its lane waits behind its first event), each reading stays in the outbox.
+    daemon
+        .wait_metric("edgehook_outbox_depth", readings.len() as u64 + 1)
+        .await;
+    // Stopped, the daemon's checkpoint puts the undelivered bodies in a segment.
+    assert_eq!(daemon.terminate(), Some(0));
+    let segments: Vec<_> = std::fs::read_dir(dir.path().join("state/outbox.bodies"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let (path, mut bytes, at) = segments
+        .iter()
+        .find_map(|p| {
+            let bytes = std::fs::read(p).unwrap();
+            let at = bytes.windows(7).rposition(|w| w == b"rot-occ")?;
+            Some((p, bytes, at))
+        })
+        .expect("the device's bodies in a segment");
+    bytes[at] = b'R'; // the last reading now names another device
+    std::fs::write(path, bytes).unwrap();
+
+    receiver.fail_device(None);
+    daemon.start();
+    receiver
+        .wait_until(LONG, "the two readings whose bodies are whole", |s| {
+            s.readings_of("rot-occ") == readings[..2]
+        })
+        .await;
+    daemon.wait_metric("edgehook_dead_letters", 1).await;
+    assert!(daemon.log().contains("damaged on disk"), "{}", daemon.log());
+    assert_eq!(daemon.terminate(), Some(0));
+    receiver.seen(|s| {
+        assert_eq!(s.readings_of("Rot-occ"), Vec::<Value>::new(), "never sent");
+        assert_eq!(s.bad_signatures, 0);
+    });
+    let (code, out, err) = daemon.outbox_cli(&["list", "--dead"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("damaged") && out.contains("checksum"), "{out}");
+    let (code, out, err) = daemon.outbox_cli(&["replay", "--all-dead"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("0 dead letter(s) queued again") && out.contains("1 left"),
+        "{out}"
+    );
+}

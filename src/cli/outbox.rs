@@ -304,8 +304,13 @@ pub async fn run(
                 .await
             {
                 Ok(answer) => {
-                    println!("{} dead letter(s) queued again", count(&answer["replayed"]))
+                    println!("{} dead letter(s) queued again", count(&answer["replayed"]));
+                    let damaged = count(&answer["damaged_skipped"]);
+                    if damaged > 0 {
+                        println!("{damaged} left: set aside as damaged on disk, they cannot be sent (edgehook outbox purge --dead --yes deletes them)");
+                    }
                 }
+                Err(e) if e.status == 409 => return Err(e.to_string()),
                 Err(e) if e.status == 404 => {
                     return Err(match id {
                         Some(id) => format!(

@@ -749,6 +749,17 @@ async fn replay(control: &Control, body: &Value) -> Response<Body> {
     if chosen.is_empty() {
         return error(404, Some("event_id"), "no such dead letter");
     }
+    // A letter set aside as damaged cannot be sent: all_dead passes over it.
+    let (damaged, chosen): (Vec<_>, Vec<_>) = chosen
+        .into_iter()
+        .partition(|d| d.info.reason == crate::outbox::DAMAGED);
+    if chosen.is_empty() && !all {
+        return error(
+            409,
+            Some("event_id"),
+            "this dead letter was set aside as damaged on disk (its body cannot be read back): it cannot be sent again",
+        );
+    }
     for d in &chosen {
         if let Err(e) = outbox.revive(&d.endpoint, d.record.seq).await {
             return error(503, None, &e.to_string());
@@ -759,7 +770,7 @@ async fn replay(control: &Control, body: &Value) -> Response<Body> {
         endpoint = endpoint.unwrap_or("*"),
         "control API: dead letters queued again"
     );
-    ok(json!({ "replayed": chosen.len() }))
+    ok(json!({ "replayed": chosen.len(), "damaged_skipped": damaged.len() }))
 }
 
 async fn purge(control: &Control, body: &Value) -> Response<Body> {

@@ -1,9 +1,9 @@
 //! Event bodies out of sled. At a checkpoint, the records still held in memory (written since
 //! the last one and not yet delivered) go into sled as *pointers*: the record's header (type,
-//! lane, id) inline, its body appended to a segment file here (see `format::pointer`). Putting
-//! a backlog through sled's tree costs memory (its nodes copied at each split, its cache, its
-//! write buffers) and writes (its pages written again); a segment is written once, in order,
-//! and deleted whole.
+//! lane, id) inline, its body appended to a segment file here (see `format::pointer`), with
+//! the body's CRC-32 in the pointer, checked at every read. Putting a backlog through sled's
+//! tree costs memory (its nodes copied at each split, its cache, its write buffers) and
+//! writes (its pages written again); a segment is written once, in order, and deleted whole.
 //!
 //! # Layout
 //! `outbox.bodies/<n>`: segment `n` (decimal), the bodies one after another, nothing else.
@@ -21,6 +21,10 @@
 //!    checkpoint first, so the closed segments never hold more than twice what is live.
 //! 3. After a crash the log's generations are applied to sled with the records inline, so a
 //!    segment written by a checkpoint that did not become durable is simply not referenced.
+//! 4. A body that cannot be read back as it was written (its segment missing or short, its
+//!    checksum different) is that record's damage alone: the read sets the record aside as a
+//!    dead letter (`format::DAMAGED`) and goes on, and a checkpoint leaves its pointer as it
+//!    is. It is never sent, and never holds up the records after it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -33,20 +37,29 @@ use crate::atomic_file::sync_dir;
 /// A segment is closed once it holds this many bytes.
 pub(super) const SEGMENT_BYTES: u64 = 4 << 20;
 
-/// Where a body is: segment, offset in it, length.
+/// Where a body is: segment, offset in it, length, and its CRC-32 (`None` in a pointer an
+/// earlier version made, which had none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct BodyAt {
     pub(super) segment: u64,
     pub(super) offset: u32,
     pub(super) len: u32,
+    pub(super) crc: Option<u32>,
 }
 
 /// The body at `at` in the segments of `dir` (read without the appender's lock: a segment is
 /// only appended to, and deleted once nothing points into it). `NotFound` or `UnexpectedEof`:
-/// the segment is missing or shorter than the pointer says (damaged, or removed by hand).
+/// the segment is missing or shorter than the pointer says (damaged, or removed by hand);
+/// `InvalidData`: the bytes there are not the body's (its checksum differs: a card's bit rot).
 pub(super) fn read(dir: &Path, at: BodyAt) -> io::Result<Vec<u8>> {
     let mut body = vec![0; at.len as usize];
     File::open(dir.join(at.segment.to_string()))?.read_exact_at(&mut body, u64::from(at.offset))?;
+    if at.crc.is_some_and(|crc| crc != crc32fast::hash(&body)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a body does not match its checksum",
+        ));
+    }
     Ok(body)
 }
 
@@ -178,6 +191,7 @@ impl Bodies {
                 segment: *segment,
                 offset: u32::try_from(end).map_err(io::Error::other)?,
                 len: u32::try_from(body.len()).map_err(io::Error::other)?,
+                crc: Some(crc32fast::hash(body)),
             });
             end += body.len() as u64;
             held.lo = held.lo.min(seq);
@@ -240,35 +254,48 @@ impl Bodies {
 mod tests {
     use super::*;
 
+    fn at(segment: u64, offset: u32, body: &[u8]) -> BodyAt {
+        BodyAt {
+            segment,
+            offset,
+            len: body.len() as u32,
+            crc: Some(crc32fast::hash(body)),
+        }
+    }
+
     #[test]
     fn bodies_are_read_back_where_append_put_them_across_segments_and_opens() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("outbox.bodies");
         let mut b = Bodies::open(&path).unwrap();
-        let at = b.append([(1, &b"one"[..]), (2, &b"second"[..])]).unwrap();
-        assert_eq!(
-            at,
-            vec![
-                BodyAt {
-                    segment: 0,
-                    offset: 0,
-                    len: 3
-                },
-                BodyAt {
-                    segment: 0,
-                    offset: 3,
-                    len: 6
-                },
-            ]
-        );
-        assert_eq!(read(&path, at[1]).unwrap(), b"second");
+        let put = b.append([(1, &b"one"[..]), (2, &b"second"[..])]).unwrap();
+        assert_eq!(put, vec![at(0, 0, b"one"), at(0, 3, b"second")]);
+        assert_eq!(read(&path, put[1]).unwrap(), b"second");
         drop(b);
         // A new life appends to a new segment; the old one is still read.
         let mut b = Bodies::open(&path).unwrap();
         let later = b.append([(3, &b"third"[..])]).unwrap();
         assert_eq!(later[0].segment, 1);
-        assert_eq!(read(&path, at[0]).unwrap(), b"one");
+        assert_eq!(read(&path, put[0]).unwrap(), b"one");
         assert_eq!(read(&path, later[0]).unwrap(), b"third");
+    }
+
+    /// A body whose bytes changed on disk fails its checksum; one an earlier version pointed
+    /// to (no checksum) is read as it is; a segment cut short is `UnexpectedEof`.
+    #[test]
+    fn a_body_is_read_back_only_as_it_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Bodies::open(dir.path()).unwrap();
+        let put = b.append([(1, &b"one"[..]), (2, &b"two"[..])]).unwrap();
+        std::fs::write(dir.path().join("0"), b"onxtw").unwrap();
+        let err = |at| read(dir.path(), at).unwrap_err().kind();
+        assert_eq!(err(put[0]), io::ErrorKind::InvalidData);
+        let old = BodyAt {
+            crc: None,
+            ..put[0]
+        };
+        assert_eq!(read(dir.path(), old).unwrap(), b"onx");
+        assert_eq!(err(put[1]), io::ErrorKind::UnexpectedEof);
     }
 
     /// A failed append closes its segment: the next one starts a new segment, whose offsets
@@ -283,16 +310,9 @@ mod tests {
         *file = File::open(dir.path().join("0")).unwrap(); // read-only: writes fail
         assert!(b.append([(2, &b"two"[..])]).is_err());
         assert!(b.current.is_none());
-        let at = b.append([(3, &b"three"[..])]).unwrap();
-        assert_eq!(
-            at,
-            vec![BodyAt {
-                segment: 1,
-                offset: 0,
-                len: 5
-            }]
-        );
-        assert_eq!(read(dir.path(), at[0]).unwrap(), b"three");
+        let put = b.append([(3, &b"three"[..])]).unwrap();
+        assert_eq!(put, vec![at(1, 0, b"three")]);
+        assert_eq!(read(dir.path(), put[0]).unwrap(), b"three");
     }
 
     /// Which segments go, and which are emptied first: (live bytes per segment) → (gone,

@@ -19,11 +19,15 @@ impl Outbox {
         let moved = self.with(|s| {
             self.settle(s, queue)?;
             // A dead letter holds its record whole: a body in a segment is read back first,
-            // under the checkpoints' lock (one may empty the segment and delete it).
+            // under the checkpoints' lock (one may empty the segment and delete it). A body
+            // that cannot be read back (damaged) leaves the pointer, header and all.
             let record = {
                 let _checkpoint = s.hot();
                 match s.queues[queue.0].get(key)? {
-                    Some(record) => s.whole(seq, record)?,
+                    Some(record) => match s.whole(seq, record.clone()) {
+                        Err(OutboxError::Corrupt { .. }) => record,
+                        whole => whole?,
+                    },
                     None => return Ok(None),
                 }
             };
@@ -38,7 +42,7 @@ impl Outbox {
                     value.extend_from_slice(&info_json);
                     value.extend_from_slice(&record);
                     dead.insert(dead_key.as_slice(), value.as_slice())?;
-                    Ok::<_, ConflictableTransactionError<()>>(Some((record.len(), value)))
+                    Ok::<_, ConflictableTransactionError<()>>(Some((record_size(&record), value)))
                 })
                 .map_err(storage_error)?;
             if let Some(dead) = &moved {
@@ -71,13 +75,22 @@ impl Outbox {
     }
 
     /// Move the dead letter `seq` of `endpoint` back to its queue, behind everything pending,
-    /// keeping its event id. False if there is no such dead letter. Flushes.
+    /// keeping its event id. False if there is no such dead letter. Flushes. A letter set
+    /// aside as damaged is refused: its record cannot be read back, and would be set aside
+    /// again.
     pub async fn revive(&self, endpoint: &str, seq: u64) -> Result<bool, OutboxError> {
         let key = dead_key(seq, endpoint);
         let queue = self.queue(endpoint).ok_or(OutboxError::Corrupt {
             seq,
             why: "the dead letter's endpoint has no queue",
         })?;
+        let letter = self.with(|s| Ok(s.dead.get(key.as_slice())?))?;
+        if letter.is_some_and(|v| dead_record_bytes(&v).is_none_or(is_damaged)) {
+            return Err(OutboxError::Corrupt {
+                seq,
+                why: "the dead letter was set aside as damaged: it cannot be sent again",
+            });
+        }
         let (new_seq, revived) = self.with(|s| {
             let new_seq = self.next_seq();
             let revived = (&s.queues[queue.0], &s.dead)

@@ -77,8 +77,19 @@ pub struct DeadInfo {
     pub last_error: String,
     /// When it was given up on, Unix milliseconds.
     pub dead_at: u64,
-    /// Which limit: `max_attempts` or `max_age`.
+    /// Which limit: `max_attempts` or `max_age`; or [`DAMAGED`].
     pub reason: String,
+}
+
+/// The `reason` of a dead letter set aside because its record could not be read back whole
+/// (its body's segment missing, short, or not matching its checksum): never sent, never
+/// queued again.
+pub const DAMAGED: &str = "damaged";
+
+/// Whether a dead letter's record bytes are a damaged record set aside ([`DAMAGED`]): a
+/// pointer (a whole record is put in a letter otherwise) or no record at all.
+pub(super) fn is_damaged(record: &[u8]) -> bool {
+    pointed(record).is_some() || decode(0, record).is_err()
 }
 
 /// The record bytes inside a dead-letter value.
@@ -107,7 +118,20 @@ pub(super) fn decode_dead(key: &[u8], value: &[u8]) -> Result<DeadLetter, Outbox
     let info = value.get(5..5 + len).ok_or(corrupt("truncated"))?;
     let info: DeadInfo =
         serde_json::from_slice(info).map_err(|_| corrupt("dead-letter info is not JSON"))?;
-    let record = decode(seq, dead_record_bytes(value).ok_or(corrupt("truncated"))?)?;
+    let bytes = dead_record_bytes(value).ok_or(corrupt("truncated"))?;
+    // Set aside as damaged, a letter holds a pointer (its header whole, its body not readable)
+    // or bytes that are no record: listed with what can be read of them.
+    let record = match pointed(bytes) {
+        Some(_) => decode(seq, &resolved(bytes, &[])),
+        None => decode(seq, bytes),
+    }
+    .unwrap_or_else(|_| OutboxRecord {
+        seq,
+        id: String::new(),
+        kind: String::new(),
+        lane: String::new(),
+        body: Vec::new(),
+    });
     Ok(DeadLetter {
         endpoint,
         record,
@@ -173,11 +197,22 @@ pub(super) fn encode(env: &Envelope) -> Vec<u8> {
     out
 }
 
-/// A queue value whose body is in a segment file (`bodies`): `[version=2]`, the record's
+/// A queue value whose body is in a segment file (`bodies`): `[version=3]`, the record's
 /// header as in version 1 (type, lane, id), then where the body is: segment (u64), offset
-/// (u32), length (u32), big-endian.
-pub(super) const POINTER_VERSION: u8 = 2;
-const POINTER_TAIL: usize = 16;
+/// (u32), length (u32), then the body's CRC-32 (u32), big-endian. Version 2, which earlier
+/// versions wrote, is the same without the CRC, and is still read.
+pub(super) const POINTER_VERSION: u8 = 3;
+const POINTER_V2: u8 = 2;
+
+/// The bytes after a pointer's header: 20 for version 3, 16 for version 2; None for a record
+/// with its body inline.
+fn pointer_tail(value: &[u8]) -> Option<usize> {
+    match *value.first()? {
+        POINTER_VERSION => Some(20),
+        POINTER_V2 => Some(16),
+        _ => None,
+    }
+}
 
 /// The length of a version-1 record's header (version byte included): where its body starts.
 pub(super) fn header_len(record: &[u8]) -> Option<usize> {
@@ -190,31 +225,43 @@ pub(super) fn header_len(record: &[u8]) -> Option<usize> {
 /// `record` (version 1) as a pointer to its body at `at`; None if it is not a whole record.
 pub(super) fn pointer(record: &[u8], at: super::bodies::BodyAt) -> Option<Vec<u8>> {
     let header = header_len(record)?;
-    let mut out = Vec::with_capacity(header + POINTER_TAIL);
-    out.push(POINTER_VERSION);
+    let mut out = Vec::with_capacity(header + 20);
+    out.push(if at.crc.is_some() {
+        POINTER_VERSION
+    } else {
+        POINTER_V2
+    });
     out.extend_from_slice(&record[1..header]);
     out.extend_from_slice(&at.segment.to_be_bytes());
     out.extend_from_slice(&at.offset.to_be_bytes());
     out.extend_from_slice(&at.len.to_be_bytes());
+    if let Some(crc) = at.crc {
+        out.extend_from_slice(&crc.to_be_bytes());
+    }
     Some(out)
 }
 
 /// Where the body of a pointer value is; None for a record with its body inline.
 pub(super) fn pointed(value: &[u8]) -> Option<super::bodies::BodyAt> {
-    if value.first() != Some(&POINTER_VERSION) {
-        return None;
-    }
-    let tail = value.get(value.len().checked_sub(POINTER_TAIL)?..)?;
+    let tail = value.get(value.len().checked_sub(pointer_tail(value)?)?..)?;
     Some(super::bodies::BodyAt {
         segment: u64::from_be_bytes(tail[..8].try_into().ok()?),
         offset: u32::from_be_bytes(tail[8..12].try_into().ok()?),
-        len: u32::from_be_bytes(tail[12..].try_into().ok()?),
+        len: u32::from_be_bytes(tail[12..16].try_into().ok()?),
+        crc: match tail.get(16..20) {
+            Some(crc) => Some(u32::from_be_bytes(crc.try_into().ok()?)),
+            None => None,
+        },
     })
 }
 
-/// The record (version 1) a pointer value stands for, given its body.
+/// The record (version 1) a pointer value stands for, given its body (empty: its header
+/// alone). `value` must be a pointer ([`pointed`]).
 pub(super) fn resolved(value: &[u8], body: &[u8]) -> Vec<u8> {
-    let header = &value[1..value.len() - POINTER_TAIL];
+    let tail = pointer_tail(value).unwrap_or(0);
+    let header = value
+        .get(1..value.len().saturating_sub(tail))
+        .unwrap_or(&[]);
     let mut out = Vec::with_capacity(1 + header.len() + body.len());
     out.push(RECORD_VERSION);
     out.extend_from_slice(header);
@@ -225,9 +272,9 @@ pub(super) fn resolved(value: &[u8], body: &[u8]) -> Vec<u8> {
 /// The bytes of the record a queue value holds or points to (what the queues' byte counts
 /// and shares count).
 pub(super) fn record_size(value: &[u8]) -> usize {
-    match pointed(value) {
-        Some(at) => value.len() - POINTER_TAIL + at.len as usize,
-        None => value.len(),
+    match (pointed(value), pointer_tail(value)) {
+        (Some(at), Some(tail)) => value.len() - tail + at.len as usize,
+        _ => value.len(),
     }
 }
 
@@ -299,9 +346,17 @@ mod tests {
                 segment: 7,
                 offset: 123_456,
                 len: body.len() as u32,
+                crc: Some(crc32fast::hash(body)),
             };
             let p = pointer(&record, at).unwrap();
             assert_eq!(pointed(&p), Some(at), "{device:?}");
+            // An earlier version's pointer, without the CRC, is read the same.
+            let old = super::super::bodies::BodyAt { crc: None, ..at };
+            let p2 = pointer(&record, old).unwrap();
+            assert_eq!((p2[0], p2.len() + 4), (2, p.len()));
+            assert_eq!(pointed(&p2), Some(old));
+            assert_eq!(resolved(&p2, body), record);
+            assert_eq!(record_size(&p2), record.len());
             assert_eq!(pointed(&record), None);
             assert_eq!(record_kind(&p), record_kind(&record));
             assert_eq!(record_lane(&p), record_lane(&record));

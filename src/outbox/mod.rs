@@ -28,9 +28,11 @@
 //!   every queue); value = an [`OutboxRecord`] encoded as
 //!   `[version=1][u8 type][u16 lane len][lane][u8 id len][id][body]`. `body` is the exact envelope
 //!   bytes that are signed and sent. A record a checkpoint put into sled is a *pointer*
-//!   instead: `[version=2]`, the same header, then where its body is in `outbox.bodies`
-//!   (segment u64, offset u32, length u32); read back whole (`Store::load`). Dead letters and
-//!   the records the log puts back after a crash are always whole. An event is written to the queue of each active endpoint
+//!   instead: `[version=3]`, the same header, then where its body is in `outbox.bodies`
+//!   (segment u64, offset u32, length u32) and the body's CRC-32 (u32); read back whole and
+//!   checked (`Store::load`; an earlier version's `[version=2]` pointer has no CRC). Dead
+//!   letters (but those set aside as damaged) and the records the log puts back after a crash
+//!   are always whole. An event is written to the queue of each active endpoint
 //!   whose `events` patterns match it ([`Route`]), so endpoints never wait for one another; an
 //!   event no endpoint wants is not stored. A queue whose endpoint left the configuration is
 //!   kept (and reported) until it is purged.
@@ -43,11 +45,12 @@
 //!   with the batch that changed it (after its events); deleted once done and past its
 //!   deadline. An action is marked `sent` in a batch before it is published (after that batch
 //!   is synced), so after a crash it is sent again, never lost.
-//! - `dead`: dead letters — events delivery gave up on (`max_attempts` / `max_age`), kept with
-//!   why. Key = the event's sequence number followed by the endpoint name (nothing for
-//!   `default`); value = `[version=1][u32 info len][DeadInfo JSON]` followed by the record
-//!   exactly as it was in its queue. `edgehook outbox replay` moves one back into its queue
-//!   under a new sequence number (same event id).
+//! - `dead`: dead letters — events delivery gave up on (`max_attempts` / `max_age`), and those
+//!   a read found damaged (`DAMAGED`: rule 4 of `bodies`), kept with why. Key = the event's
+//!   sequence number followed by the endpoint name (nothing for `default`); value =
+//!   `[version=1][u32 info len][DeadInfo JSON]` followed by the record, whole (a damaged one
+//!   exactly as it was in its queue). `edgehook outbox replay` moves one back into its queue
+//!   under a new sequence number (same event id); never a damaged one.
 //! - `meta`: small facts: the store's id, and per endpoint (see `format::meta_key`; typed in `facts`) whether it
 //!   is disabled (why and since when, after a 410 Gone) or paused (since when), its last success and failure
 //!   (Unix ms, at most once a second, held until the next checkpoint), and how many events it will never get because
@@ -122,7 +125,7 @@ mod writer;
 
 pub use facts::{Disabled, Last, Paused};
 use format::*;
-pub use format::{DeadInfo, DeadLetter, OutboxRecord, DROPPED};
+pub use format::{DeadInfo, DeadLetter, OutboxRecord, DAMAGED, DROPPED};
 use store::{io_error, Store};
 pub use writer::run_writer;
 
@@ -979,17 +982,20 @@ impl Outbox {
         if from >= durable {
             return Ok(Vec::new());
         }
-        self.with(|s| {
+        let mut damaged = Vec::new();
+        let got = self.with(|s| {
             let mut got = Vec::new();
             self.scan(s, queue, from, durable, |seq, v| {
                 if got.len() >= limit {
                     return Ok(false);
                 }
-                got.push(s.load(seq, v)?);
+                got.extend(load_or_note(s, seq, v, &mut damaged)?);
                 Ok(true)
             })?;
             Ok(got)
-        })
+        })?;
+        self.set_aside(queue, damaged)?;
+        Ok(got)
     }
 
     /// Up to `limit` durable records of `queue` on `lane`, in order, from `from` through
@@ -1012,7 +1018,8 @@ impl Outbox {
         if from > end {
             return Ok((Vec::new(), None));
         }
-        self.with(|s| {
+        let mut damaged = Vec::new();
+        let read = self.with(|s| {
             let (mut got, mut scanned, mut next) = (Vec::new(), 0, None);
             self.scan(s, queue, from, end + 1, |seq, v| {
                 if scanned >= SCAN {
@@ -1027,11 +1034,35 @@ impl Outbox {
                     next = Some(seq);
                     return Ok(false);
                 }
-                got.push(s.load(seq, v)?);
+                got.extend(load_or_note(s, seq, v, &mut damaged)?);
                 Ok(true)
             })?;
             Ok((got, next))
-        })
+        })?;
+        self.set_aside(queue, damaged)?;
+        Ok(read)
+    }
+
+    /// Move the records a read found damaged to the dead letters, as [`DAMAGED`] with why,
+    /// so that they are never sent and the reads after them go on (rule 4 of `bodies`).
+    fn set_aside(
+        &self,
+        queue: QueueId,
+        damaged: Vec<(u64, &'static str)>,
+    ) -> Result<(), OutboxError> {
+        for (seq, why) in damaged {
+            let info = DeadInfo {
+                attempts: 0,
+                last_status: None,
+                last_error: format!("damaged on disk: {why}"),
+                dead_at: crate::clock::system_now(),
+                reason: DAMAGED.into(),
+            };
+            if self.bury(queue, seq, &info)? {
+                tracing::error!(endpoint = %self.q(queue).endpoint, seq, why, "an event in the outbox is damaged on disk: kept as a dead letter, not sent (edgehook outbox list --dead)");
+            }
+        }
+        Ok(())
     }
 
     /// Whether `seq`, loaded for delivery, was dropped from `queue` to make room since. Only
@@ -1204,8 +1235,8 @@ impl Outbox {
         self.with(|s| {
             let mut first = None;
             self.scan(s, queue, 0, u64::MAX, |seq, v| {
-                first = Some(s.load(seq, v)?);
-                Ok(false)
+                first = load_or_note(s, seq, v, &mut Vec::new())?;
+                Ok(first.is_none()) // a damaged one is passed over (set aside when read)
             })?;
             Ok(first)
         })
@@ -1314,6 +1345,24 @@ fn settle_held(s: &Store, hot: &mut hot::Hot, queue: QueueId) -> Result<(), Outb
     Ok(())
 }
 
+/// Record `seq` as `Store::load` reads it; a damaged one (`Corrupt`) noted in `damaged`, to
+/// be set aside once the read is done, instead of failing the read.
+fn load_or_note(
+    s: &Store,
+    seq: u64,
+    value: &IVec,
+    damaged: &mut Vec<(u64, &'static str)>,
+) -> Result<Option<OutboxRecord>, OutboxError> {
+    match s.load(seq, value) {
+        Ok(record) => Ok(Some(record)),
+        Err(OutboxError::Corrupt { seq, why }) => {
+            damaged.push((seq, why));
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Inside a checkpoint: count the pointers into the closed segments, put the survivors of
 /// those mostly garbage back into sled whole, and return the segments nothing points into
 /// any more (to delete once the checkpoint is durable).
@@ -1338,7 +1387,12 @@ fn collect_segments(s: &Store) -> Result<Vec<u64>, OutboxError> {
             for kv in tree.range(range.clone()) {
                 let (k, v) = kv?;
                 if pointed(&v).is_some_and(|at| emptied.contains(&at.segment)) {
-                    let whole = s.whole(seq_of(&k)?, v.clone())?;
+                    let whole = match s.whole(seq_of(&k)?, v.clone()) {
+                        Ok(whole) => whole,
+                        // Damaged: left a pointer, set aside when delivery reads it.
+                        Err(OutboxError::Corrupt { .. }) => continue,
+                        Err(e) => return Err(e),
+                    };
                     // Only if it is still there: a removal that read `hot` before this
                     // checkpoint took it may be removing it from sled now (not resurrected).
                     let _ = tree.compare_and_swap(k, Some(v), Some(whole))?;

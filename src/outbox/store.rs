@@ -95,8 +95,9 @@ impl Store {
         }
     }
 
-    /// The body of record `seq` at `at`. A segment missing or too short is that record's
-    /// damage (reported as corrupt, as a damaged record is), not the store's.
+    /// The body of record `seq` at `at`. A segment missing or too short, or a body not
+    /// matching its checksum, is that record's damage (reported as corrupt, as a damaged
+    /// record is), not the store's.
     fn body(&self, seq: u64, at: super::bodies::BodyAt) -> Result<Vec<u8>, OutboxError> {
         super::bodies::read(&self.bodies_dir, at).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof => {
@@ -105,6 +106,10 @@ impl Store {
                     why: "its body's segment is missing or short",
                 }
             }
+            std::io::ErrorKind::InvalidData => OutboxError::Corrupt {
+                seq,
+                why: "its body does not match its checksum",
+            },
             _ => io_error(e),
         })
     }
