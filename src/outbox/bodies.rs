@@ -134,14 +134,20 @@ impl Bodies {
 
     /// Append `bodies` (sequence number, body) to the current segment, synced; where each is.
     /// After a failure the segment is closed: what was written of it is garbage, and the next
-    /// append, in a new segment, cannot count offsets from a length the file no longer has.
+    /// append, in a new segment, cannot count offsets from a length the file no longer has. A
+    /// segment closed with nothing good in it is deleted at once: on a full disk every
+    /// checkpoint tried (about one a second) would otherwise leave a file behind.
     pub(super) fn append<'a>(
         &mut self,
         bodies: impl IntoIterator<Item = (u64, &'a [u8])>,
     ) -> io::Result<Vec<BodyAt>> {
         let appended = self.try_append(bodies);
         if appended.is_err() {
-            self.current = None;
+            if let Some((n, _, 0)) = self.current.take() {
+                self.held.remove(&n);
+                // Left behind (it cannot be removed either), it goes at a later checkpoint.
+                let _ = std::fs::remove_file(self.dir.join(n.to_string()));
+            }
         }
         appended
     }
@@ -310,9 +316,24 @@ mod tests {
         *file = File::open(dir.path().join("0")).unwrap(); // read-only: writes fail
         assert!(b.append([(2, &b"two"[..])]).is_err());
         assert!(b.current.is_none());
+        assert!(dir.path().join("0").exists(), "it holds a good body");
         let put = b.append([(3, &b"three"[..])]).unwrap();
         assert_eq!(put, vec![at(1, 0, b"three")]);
         assert_eq!(read(dir.path(), put[0]).unwrap(), b"three");
+        // A new segment whose first append fails holds nothing: it is not left behind.
+        b.current = None;
+        b.append([]).unwrap(); // segment 2 made, empty
+        let (_, file, _) = b.current.as_mut().unwrap();
+        *file = File::open(dir.path().join("2")).unwrap();
+        assert!(b.append([(4, &b"four"[..])]).is_err());
+        assert!(
+            !dir.path().join("2").exists(),
+            "an empty failed segment is deleted"
+        );
+        assert_eq!(
+            b.append([(5, &b"five"[..])]).unwrap(),
+            vec![at(3, 0, b"five")]
+        );
     }
 
     /// Which segments go, and which are emptied first: (live bytes per segment) → (gone,
