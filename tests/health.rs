@@ -235,3 +235,68 @@ async fn a_restart_does_not_reannounce_healthy_devices_and_reports_the_silent_on
         assert_eq!(lost, ["h-occ-silent"]);
     });
 }
+
+/// A device that went silent (still connected: no last-will) and was reported lost is not
+/// brought back online by its retained birth, which the broker delivers again at every
+/// (re)subscribe: that `online` is old news, from before the silence. Before: each restart of
+/// the daemon (and each reconnect to the broker) told upstream `device.online` and then, a
+/// heartbeat later, `device.lost_communication` again, for a device that never spoke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_device_is_not_brought_back_online_by_its_retained_birth() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, RULES);
+    daemon.start();
+    let mut silent = device(broker.port, "h-occ-quiet", DeviceClass::OccupancySensor).await;
+    publish(&mut silent, 1, 1.0).await;
+    receiver
+        .wait_until(LONG, "the silent device reported lost", |s| {
+            !s.of_type("device.lost_communication").is_empty()
+        })
+        .await;
+
+    for restart in 0..2 {
+        daemon.terminate();
+        daemon.start();
+        // The retained birth (the broker's copy) arrives with the subscription; then a new
+        // device's birth and reading, the proof that what came before was handled.
+        let mut later = device(
+            broker.port,
+            &format!("h-occ-later-{restart}"),
+            DeviceClass::OccupancySensor,
+        )
+        .await;
+        publish(&mut later, 1, 1.0).await;
+        receiver
+            .wait_until(LONG, "the new device's reading", |s| {
+                s.readings_of(&format!("h-occ-later-{restart}")).len() == 1
+            })
+            .await;
+        common::until(
+            std::time::Instant::now() + LONG,
+            || daemon.metric("edgehook_outbox_depth") == Some(0),
+            || daemon.log(),
+        )
+        .await;
+    }
+    receiver.seen(|s| {
+        let health: Vec<String> = s
+            .events
+            .iter()
+            .filter(|e| e["data"]["device_id"] == "h-occ-quiet")
+            .map(|e| e["type"].as_str().unwrap().to_string())
+            .filter(|t| t != "sensor.reading.updated")
+            .collect();
+        assert_eq!(
+            health,
+            [
+                "device.registered",
+                "device.online",
+                "device.lost_communication"
+            ],
+            "no online for the retained birth after a restart"
+        );
+    });
+    let _keep = silent; // connected all along, just silent
+}

@@ -2,7 +2,9 @@
 //! [`DeviceState`], driven by messages and by the clock.
 //!
 //! - Any message from a device (a reading, a birth, an `online` status) makes it online; if it
-//!   was not online, that is `device.online`.
+//!   was not online, that is `device.online`. A retained message (the broker's copy, at every
+//!   subscribe) counts only when that is news ([`retained_is_news`]): never for a device lost
+//!   or online.
 //! - An offline report (last-will, `offline` status, serial link closed) starts the *debounce*
 //!   window. If the device is heard from again within it, nothing is sent: a bounce is not news.
 //!   If the window ends with the device still away, that is `device.offline`.
@@ -75,6 +77,22 @@ pub fn heard(state: &mut DeviceState, now: Millis, dirty: &mut bool) -> Option<T
     state.health = Health::Online;
     *dirty = true;
     Some(Transition::Online)
+}
+
+/// Whether a retained message (the broker's copy of what the device said some time ago,
+/// delivered at every subscribe: after a restart, after a reconnect) is heard from the device.
+/// For one online, or lost, it is not: online, it was counted when it was new (and must not
+/// put off the silence that makes the device lost); lost, it is older than that silence (a
+/// device that went quiet without a last-will leaves its `online` birth retained), and the
+/// device's next real message brings it back. For one never heard from, or offline, or inside
+/// an offline's debounce, it is the broker's word on the device now (a retained `online`
+/// replaced the retained last-will only if the device came back), and it is heard.
+pub fn retained_is_news(state: &DeviceState) -> bool {
+    match state.health {
+        Health::Unknown | Health::Offline => true,
+        Health::Online => state.offline_since.is_some(),
+        Health::Lost => false,
+    }
 }
 
 /// An offline report arrived: start the debounce window, or, without one, go offline now.
@@ -171,6 +189,25 @@ mod tests {
     }
 
     const ON: Transition = Transition::Online;
+
+    /// (health, inside an offline's debounce) → whether a retained message is heard.
+    #[test]
+    fn a_retained_message_is_news_for_a_device_unknown_or_offline_only() {
+        for (health, debouncing, news) in [
+            (Health::Unknown, false, true),
+            (Health::Offline, false, true),
+            (Health::Online, false, false),
+            (Health::Online, true, true),
+            (Health::Lost, false, false),
+        ] {
+            let state = DeviceState {
+                health,
+                offline_since: debouncing.then_some(5),
+                ..Default::default()
+            };
+            assert_eq!(retained_is_news(&state), news, "{health:?} {debouncing}");
+        }
+    }
 
     #[test]
     fn online_offline_with_and_without_debounce() {

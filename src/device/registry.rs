@@ -1103,6 +1103,23 @@ impl Registry {
 
     /// Apply one message from `device_id` received at `now` (after anything already due).
     pub fn apply(&mut self, device_id: &str, body: &InboundBody, now: Millis) -> Applied {
+        self.receive(device_id, body, false, now)
+    }
+
+    /// Apply a retained message (the broker's copy, delivered at a subscribe): as
+    /// [`Registry::apply`], but it is heard from the device only when that is news
+    /// ([`health::retained_is_news`]).
+    pub fn apply_retained(&mut self, device_id: &str, body: &InboundBody, now: Millis) -> Applied {
+        self.receive(device_id, body, true, now)
+    }
+
+    fn receive(
+        &mut self,
+        device_id: &str,
+        body: &InboundBody,
+        retained: bool,
+        now: Millis,
+    ) -> Applied {
         let mut out = self.tick(now);
         if let Some(refused) = self.refuses(device_id, body) {
             out.refused = Some(refused);
@@ -1140,13 +1157,13 @@ impl Registry {
             dirty = true;
         }
         let transition = match body {
-            InboundBody::Status { online: true } => health::heard(&mut dev.state, now, &mut dirty),
             InboundBody::Status { online: false } => {
                 health::offline_reported(&mut dev.state, &class.health, now, &mut dirty)
             }
-            InboundBody::Reading { .. } | InboundBody::ActionResult { .. } => {
-                health::heard(&mut dev.state, now, &mut dirty)
-            }
+            _ if retained && !health::retained_is_news(&dev.state) => None,
+            InboundBody::Status { online: true }
+            | InboundBody::Reading { .. }
+            | InboundBody::ActionResult { .. } => health::heard(&mut dev.state, now, &mut dirty),
         };
         let came_online = transition == Some(Transition::Online);
         if let Some(t) = transition {

@@ -54,7 +54,11 @@ pub async fn run(
         let (applied, ack) = tokio::select! {
             msg = inbound.recv() => match msg {
                 Some(msg) => {
-                    let applied = registry.apply(&msg.device_id, &msg.body, clock.now());
+                    let applied = if msg.retained {
+                        registry.apply_retained(&msg.device_id, &msg.body, clock.now())
+                    } else {
+                        registry.apply(&msg.device_id, &msg.body, clock.now())
+                    };
                     if let Some(refused) = applied.refused {
                         metrics.refused(refused);
                         if let Some(suppressed) = faults.admit(refused.kind(), "registry", std::time::Instant::now()) {

@@ -121,6 +121,35 @@ fn lost_communication_and_recovery_with_messages_in_between() {
     assert_eq!(kinds(&r.apply("occ-1", &ONLINE, 70_000)), ["device.online"]);
 }
 
+/// A retained message (the broker's copy, at every subscribe) is heard from the device only
+/// when that is news: it brings a device never heard from, or offline, online; it neither
+/// brings a lost device back nor puts off an online one's silence. Its reading is still taken.
+#[test]
+fn a_retained_message_is_heard_only_when_it_is_news() {
+    let mut r = Registry::new(&[class("occ", "occ-*")], &[], [], [], 0);
+    // Never heard from: the broker's word is how it is first known.
+    let a = r.apply_retained("occ-1", &ONLINE, 0);
+    assert_eq!(kinds(&a), ["device.registered", "device.online"]);
+    // Online: the copy again (a reconnect) does not count as hearing from it.
+    assert!(r.apply_retained("occ-1", &ONLINE, 20_000).events.is_empty());
+    assert_eq!(r.device("occ-1").unwrap().last_seen, 0);
+    assert_eq!(kinds(&r.tick(30_000)), ["device.lost_communication"]);
+    // Lost: the old birth does not bring it back; a retained reading is still a reading.
+    assert!(r.apply_retained("occ-1", &ONLINE, 40_000).events.is_empty());
+    let a = r.apply_retained("occ-1", &reading(json!({"presence": true})), 41_000);
+    assert_eq!(kinds(&a), ["sensor.reading.updated"]);
+    assert_eq!(r.device("occ-1").unwrap().health, Health::Lost);
+    // Its next real message does.
+    assert_eq!(kinds(&r.apply("occ-1", &ONLINE, 50_000)), ["device.online"]);
+    // Offline (its will): a retained online replaced the will, so it came back.
+    assert_eq!(
+        kinds(&r.apply("occ-1", &OFFLINE, 60_000)),
+        ["device.offline"]
+    );
+    let a = r.apply_retained("occ-1", &ONLINE, 70_000);
+    assert_eq!(kinds(&a), ["device.online"]);
+}
+
 #[test]
 fn seen_times_are_persisted_coarsely_for_watched_classes() {
     let mut r = Registry::new(&[class("occ", "occ-*")], &[], [], [], 0);

@@ -28,6 +28,9 @@ pub struct Inbound {
     pub body: InboundBody,
     /// Acknowledges the transport message; run only after the outbox has flushed.
     pub ack: Option<Ack>,
+    /// A retained MQTT message, which the broker kept and delivers at every (re)subscribe:
+    /// what the device said some time ago, not now (see `device::health::retained_is_news`).
+    pub retained: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

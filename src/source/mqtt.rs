@@ -595,6 +595,7 @@ impl MqttSource {
                 device_id,
                 body,
                 ack,
+                retained: publish.retain,
             }),
             Ok(None) => {
                 tracing::debug!(%topic, "message on a topic no subscription matches; skipped");

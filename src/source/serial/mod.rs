@@ -241,6 +241,7 @@ impl SerialSource {
                     device_id: frame.device_id,
                     body: frame.body,
                     ack: None,
+                    retained: false,
                 };
                 tokio::select! {
                     _ = cancel.cancelled() => return Closed::Cancelled,
@@ -257,6 +258,7 @@ impl SerialSource {
                 device_id: device.clone(),
                 body: InboundBody::Status { online: false },
                 ack: None,
+                retained: false,
             };
             if out.send(report).await.is_err() {
                 return false;
