@@ -47,6 +47,7 @@
 //! broker is redelivered on the next start.
 
 pub mod atomic_file;
+pub mod c_math;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -13,6 +13,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &[
         "atomic_file",
+        "c_math",
         "clock",
         "event",
         "fault_log",
