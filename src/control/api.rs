@@ -749,10 +749,8 @@ async fn replay(control: &Control, body: &Value) -> Response<Body> {
     if chosen.is_empty() {
         return error(404, Some("event_id"), "no such dead letter");
     }
-    // A letter set aside as damaged cannot be sent: all_dead passes over it.
-    let (damaged, chosen): (Vec<_>, Vec<_>) = chosen
-        .into_iter()
-        .partition(|d| d.info.reason == crate::outbox::DAMAGED);
+    // A letter whose record is damaged cannot be sent: all_dead passes over it.
+    let (damaged, chosen): (Vec<_>, Vec<_>) = chosen.into_iter().partition(|d| d.damaged);
     if chosen.is_empty() && !all {
         return error(
             409,

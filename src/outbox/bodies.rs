@@ -145,7 +145,8 @@ impl Bodies {
         if appended.is_err() {
             if let Some((n, _, 0)) = self.current.take() {
                 self.held.remove(&n);
-                // Left behind (it cannot be removed either), it goes at a later checkpoint.
+                // Left behind (it cannot be removed either), it is found at the next open
+                // with nothing pointing into it, and goes at the checkpoint after.
                 let _ = std::fs::remove_file(self.dir.join(n.to_string()));
             }
         }

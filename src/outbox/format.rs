@@ -40,6 +40,8 @@ pub struct DeadLetter {
     pub endpoint: String,
     pub record: OutboxRecord,
     pub info: DeadInfo,
+    /// Its record is damaged ([`is_damaged`]): it cannot be sent, nor queued again.
+    pub damaged: bool,
 }
 
 /// One stored event awaiting delivery.
@@ -136,6 +138,7 @@ pub(super) fn decode_dead(key: &[u8], value: &[u8]) -> Result<DeadLetter, Outbox
         endpoint,
         record,
         info,
+        damaged: is_damaged(bytes),
     })
 }
 

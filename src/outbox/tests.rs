@@ -1182,6 +1182,7 @@ async fn a_body_damaged_on_disk_is_set_aside_as_a_dead_letter_and_the_queue_goes
         let dead = ob.dead_letters(10).unwrap();
         assert_eq!(dead.len(), 1, "cut {cut}");
         assert_eq!(dead[0].info.reason, DAMAGED);
+        assert!(dead[0].damaged);
         assert!(
             dead[0].info.last_error.contains("body"),
             "{:?}",
@@ -1265,6 +1266,29 @@ async fn a_value_that_is_no_record_is_set_aside_and_the_letters_still_list() {
             dead[0].info.reason.as_str()
         ),
         (0, "", DAMAGED)
+    );
+    assert!(ob.revive(DEFAULT_ENDPOINT, 0).await.is_err());
+}
+
+/// A record given up on (`max_attempts`) whose body was damaged meanwhile is kept as it is,
+/// and its letter says it is damaged whatever its reason: a replay passes over it (the API
+/// partitions on `damaged`, the same test `revive` refuses by).
+#[tokio::test]
+async fn a_letter_given_up_on_with_a_damaged_body_is_marked_damaged() {
+    let (dir, ob) = holding(vec![reading("a")]).await;
+    damage_body(dir.path(), &ob, 0, true);
+    let info = DeadInfo {
+        attempts: 3,
+        last_status: Some(500),
+        last_error: "HTTP 500".into(),
+        dead_at: 0,
+        reason: "max_attempts".into(),
+    };
+    assert!(ob.bury(Q0, 0, &info).unwrap());
+    let dead = ob.dead_letters(10).unwrap();
+    assert_eq!(
+        (dead[0].info.reason.as_str(), dead[0].damaged),
+        ("max_attempts", true)
     );
     assert!(ob.revive(DEFAULT_ENDPOINT, 0).await.is_err());
 }
