@@ -58,6 +58,7 @@ pub mod demo;
 pub mod device;
 pub mod event;
 pub mod fault_log;
+pub mod heap_budget;
 pub mod jq;
 pub mod memory;
 pub mod metrics;
@@ -79,6 +80,10 @@ use tokio_util::task::TaskTracker;
 use config::Config;
 use outbox::Outbox;
 use telemetry::Metrics;
+
+/// The system allocator, counted against a budget only in a jq worker ([`heap_budget`]).
+#[global_allocator]
+static HEAP: heap_budget::Budgeted = heap_budget::Budgeted;
 
 /// Capacity of each channel between stages.
 const STAGE_CHANNEL: usize = 1024;

@@ -17,6 +17,7 @@ const LAYERS: &[&[&str]] = &[
         "clock",
         "event",
         "fault_log",
+        "heap_budget",
         "jq",
         "memory",
         "metrics",

@@ -123,6 +123,11 @@ pub struct Paths {
 
 /// Parse arguments and run; the binary's `main` is only this.
 pub fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("jq-worker") {
+        // Not a command for people: the daemon's jq worker (crate::jq).
+        return crate::jq::worker::main(&args[2..]);
+    }
     crate::memory::tune_allocator();
     let cli = Cli::parse();
     crate::telemetry::init_logging();
@@ -287,8 +292,7 @@ fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitC
         Err(code) => return code,
     };
     let result = runtime.block_on(fut);
-    // Every task has drained and the outbox is flushed by now: a template abandoned on a
-    // blocking thread (deliver::transport) must not hold the exit.
+    // Every task has drained and the outbox is flushed by now.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -24,7 +24,7 @@ pub struct Template {
 impl Template {
     /// Compile `code`; the error says what is wrong (a parse error, an undefined filter).
     pub fn compile(code: &str) -> Result<Template, String> {
-        Filter::compile(code)
+        Filter::compile(code, crate::jq::Budget::TEMPLATE)
             .map(|filter| Template { filter })
             .map_err(|e| format!("the template {e}"))
     }
@@ -35,6 +35,7 @@ impl Template {
             crate::jq::RunError::Input(e) => format!("stored event is not JSON: {e}"),
             crate::jq::RunError::Failed(e) => format!("template: {e}"),
             crate::jq::RunError::Many => "template: it gives more than one value for this event (a body is one value; wrap them in [...])".into(),
+            crate::jq::RunError::Budget(e) => format!("template: {e}"),
         })
     }
 }
@@ -63,6 +64,7 @@ mod tests {
             (r#"{id, kind: (.type | split(".") | .[0])}"#,
                 Ok(Some(r#"{"id":"019ab1c2-7d3e-7f41-9a0b-6c2d5e8f1a23","kind":"sensor"}"#))),
             (r#"select(.type == "device.online")"#, Ok(None)),
+            (".data.fields | tojson | fromjson | .presence", Ok(Some("true"))),
             (r#".data.fields | tojson"#, Ok(Some(r#""{\"presence\":true,\"temperature\":21.5}""#))),
             (".data.fields[]", Err("more than one value")),
             (".data.device_id | .x", Err("template:")),

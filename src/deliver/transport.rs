@@ -41,11 +41,6 @@ pub struct Http {
     endpoint: Arc<Endpoint>,
 }
 
-/// How long a template may take on one event. It runs on a blocking thread: one that does not
-/// finish (a loop on the event's data) makes that event a dead letter instead of holding
-/// delivery; its thread is abandoned.
-const TEMPLATE_BUDGET: Duration = Duration::from_secs(5);
-
 impl Http {
     pub fn new(config: &WebhookConfig) -> anyhow::Result<Http> {
         let client = reqwest::Client::builder()
@@ -71,22 +66,17 @@ fn unix_now() -> u64 {
 }
 
 impl Http {
-    /// `make(endpoint)` for an endpoint with a template: on a blocking thread, given up after
-    /// [`TEMPLATE_BUDGET`] (`Err` with why). Without a template, requests are made at once
+    /// `make(endpoint)` for an endpoint with a template: on a blocking thread, since it waits
+    /// for the template's worker, which answers within its budget (`crate::jq::Budget::TEMPLATE`)
+    /// or is stopped: no thread is left behind. Without a template, requests are made at once
     /// where the attempt starts (a pure function, quick, with no copy of the record).
     async fn templated<T: Send + 'static>(
         endpoint: Arc<Endpoint>,
         make: impl FnOnce(&Endpoint) -> T + Send + 'static,
     ) -> Result<T, String> {
-        let run = tokio::task::spawn_blocking(move || make(&endpoint));
-        match tokio::time::timeout(TEMPLATE_BUDGET, run).await {
-            Ok(Ok(made)) => Ok(made),
-            Ok(Err(e)) => Err(format!("the template failed: {e}")),
-            Err(_) => Err(format!(
-                "the template did not finish within {} s",
-                TEMPLATE_BUDGET.as_secs()
-            )),
-        }
+        tokio::task::spawn_blocking(move || make(&endpoint))
+            .await
+            .map_err(|e| format!("the template failed: {e}"))
     }
 
     /// One event's attempt, from its request (`None`: nothing to send for it).

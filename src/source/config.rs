@@ -349,7 +349,7 @@ pub fn validate(
                     "an `online` subscription reads no payload".into(),
                 );
             }
-            if let Err(e) = crate::jq::Filter::compile(&sub.jq) {
+            if let Err(e) = crate::jq::Filter::compile(&sub.jq, crate::jq::Budget::MAPPING) {
                 return bad(&key("jq"), format!("the filter {e}"));
             }
         }

@@ -245,7 +245,7 @@ impl Decoder {
                     jq: match s.jq.as_str() {
                         "" => None,
                         code => Some(
-                            crate::jq::Filter::compile(code)
+                            crate::jq::Filter::compile(code, crate::jq::Budget::MAPPING)
                                 .map_err(|e| format!("the jq filter {e}"))?,
                         ),
                     },

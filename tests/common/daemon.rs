@@ -106,7 +106,8 @@ impl Daemon {
         Self::with_config(dir, metrics_port, &text)
     }
 
-    fn with_config(dir: &Path, metrics_port: u16, text: &str) -> Daemon {
+    /// A daemon with the whole configuration `text` (its `telemetry.listen` on `metrics_port`).
+    pub fn with_config(dir: &Path, metrics_port: u16, text: &str) -> Daemon {
         let config = dir.join("edgehook.toml");
         std::fs::write(&config, text).unwrap();
         Daemon {

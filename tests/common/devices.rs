@@ -84,7 +84,8 @@ pub async fn publish_plain(port: u16, client_id: &str, messages: &[(&str, &str)]
     let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
     options
         .set_keep_alive(Duration::from_secs(5))
-        .set_inflight(100);
+        .set_inflight(100)
+        .set_max_packet_size(1024 * 1024, 1024 * 1024);
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     let (acked_tx, mut acked) = tokio::sync::watch::channel(0usize);
     let poller = tokio::spawn(async move {

@@ -1,4 +1,6 @@
-//! jq filters, run by jaq: what an endpoint's template and a subscription's mapping share.
+//! A filter compiled and run by jaq in this process: what the worker ([`super::worker`]) runs,
+//! and how the daemon checks a filter's code when the configuration loads. Never given input
+//! from outside in the daemon itself: jaq bounds neither time, memory nor recursion.
 //!
 //! A filter is a function of its input alone, so that the same input always gives the same
 //! output (a retried webhook sends the same bytes; a redelivered message maps the same way):
@@ -12,6 +14,8 @@ use jaq_core::load::{Arena, File, Loader};
 use jaq_core::native::Fun;
 use jaq_core::{data, unwrap_valr, Compiler, Ctx, Cv, Error, Exn, ValXs, Vars};
 use jaq_json::Val;
+
+use super::RunError;
 
 type Data = data::JustLut<Val>;
 
@@ -33,6 +37,29 @@ fn silent(_: Cv<'_, Data>) -> ValXs<'_, Val> {
     Box::new(core::iter::empty())
 }
 
+/// `fromjson` with the daemon's nesting bound ([`super::depth`]): jaq's reader recurses once
+/// per level, so a device's string of 20,000 `[` would overflow the worker's stack.
+fn fromjson(cv: Cv<'_, Data>) -> ValXs<'_, Val> {
+    let fail =
+        |e: String| -> ValXs<'_, Val> { Box::new(core::iter::once(Err(Exn::from(Error::str(e))))) };
+    let bytes = match cv.1.try_as_utf8_bytes_owned() {
+        Ok(bytes) => bytes,
+        Err(e) => return Box::new(core::iter::once(Err(Exn::from(e)))),
+    };
+    if super::depth::deeper_than(&bytes, super::depth::MAX_DEPTH) {
+        return fail(format!(
+            "cannot parse a string as JSON: it nests deeper than {} arrays and objects",
+            super::depth::MAX_DEPTH
+        ));
+    }
+    let values: Vec<_> = jaq_json::read::parse_many(&bytes)
+        .map(|r| {
+            r.map_err(|e| Exn::from(Error::str(format!("cannot parse a string as JSON: {e}"))))
+        })
+        .collect();
+    Box::new(values.into_iter())
+}
+
 /// The natives a filter has.
 fn natives() -> impl Iterator<Item = Fun<Data>> {
     jaq_core::funs()
@@ -40,7 +67,9 @@ fn natives() -> impl Iterator<Item = Fun<Data>> {
         .chain(jaq_json::funs())
         .filter(|(name, _, _)| !LEFT_OUT.contains(name))
         .map(|(name, binds, native)| {
-            if FAILS.contains(&name) {
+            if name == "fromjson" {
+                jaq_core::native::run::<Data>((name, binds, fromjson))
+            } else if FAILS.contains(&name) {
                 jaq_core::native::run::<Data>((name, binds, fails))
             } else if SILENT.contains(&name) {
                 jaq_core::native::run::<Data>((name, binds, silent))
@@ -51,41 +80,20 @@ fn natives() -> impl Iterator<Item = Fun<Data>> {
 }
 
 /// A compiled filter.
-pub struct Filter {
+pub struct Program {
     filter: jaq_core::Filter<Data>,
 }
 
-impl std::fmt::Debug for Filter {
+impl std::fmt::Debug for Program {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("jq::Filter")
+        f.write_str("jq::Program")
     }
 }
 
-/// Why a filter gave no value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RunError {
-    /// The input is not JSON.
-    Input(String),
-    /// The filter failed (an error, `halt`).
-    Failed(String),
-    /// It gave more than one value.
-    Many,
-}
-
-impl std::fmt::Display for RunError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RunError::Input(e) => write!(f, "the input is not JSON: {e}"),
-            RunError::Failed(e) => f.write_str(e),
-            RunError::Many => f.write_str("it gives more than one value"),
-        }
-    }
-}
-
-impl Filter {
+impl Program {
     /// Compile `code`; the error says what is wrong (it `does not parse: ...`, it `uses what
     /// is not defined here: ...`).
-    pub fn compile(code: &str) -> Result<Filter, String> {
+    pub fn compile(code: &str) -> Result<Program, String> {
         let defs = jaq_core::defs()
             .chain(jaq_std::defs())
             .chain(jaq_json::defs());
@@ -110,7 +118,7 @@ impl Filter {
                     names.join(", ")
                 )
             })?;
-        Ok(Filter { filter })
+        Ok(Program { filter })
     }
 
     /// The filter's value for the JSON text `input`, as JSON text; `None` when it gives

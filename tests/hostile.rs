@@ -1,0 +1,167 @@
+//! Input nobody vetted, at the door: what a device publishes, what a receiver or client sends.
+//! Each test is one of issue #43's findings, reproduced end to end (a real broker, receiver
+//! and daemon): the daemon neither crashes, freezes nor grows, every other device is still
+//! delivered, and nothing acknowledged is lost.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// The test configuration with one more subscription, `mapped/{device}`, through `jq`.
+fn with_mapping(dir: &std::path::Path, broker: u16, receiver: &str, jq: &str) -> Daemon {
+    let metrics_port = free_port();
+    let text = config_text(broker, receiver, metrics_port, &dir.join("state"), "").replacen(
+        "subscriptions = [",
+        &format!("subscriptions = [\n  {{ topic = \"mapped/{{device}}\", kind = \"reading\", jq = '''{jq}''' }},"),
+        1,
+    );
+    Daemon::with_config(dir, metrics_port, &text)
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn proc_cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+fn alive(daemon: &Daemon) -> bool {
+    daemon
+        .pid()
+        .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+        && http_get(daemon.metrics_port, "/healthz").is_some()
+}
+
+/// #43.1, .3, .4: a payload of 8,000 `[` (jaq's reader recursed until the stack overflowed:
+/// SIGABRT, again at every start as the broker redelivered it), `{"n": 1e12}` into
+/// `range(0; .n)` (the whole daemon froze) and a level of 10⁹ into `"#" * .level` (1.9 GB)
+/// are each one counted decode error; the devices around them are delivered, and a restart
+/// meets nothing left to crash on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_payload_cannot_crash_freeze_or_bloat_the_daemon_through_a_jq_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let jq = r##"{v: .v, last: (if .n then last(range(0; .n)) else 0 end), bar: ("#" * (.level // 1) | length)}"##;
+    let mut daemon = with_mapping(dir.path(), broker.port, &receiver.url, jq);
+    daemon.start();
+    let deep = "[".repeat(8000);
+    let started = Instant::now();
+    publish_plain(
+        broker.port,
+        "hostile-1",
+        &[
+            ("mapped/hostile-deep", deep.as_str()),
+            ("mapped/hostile-loop", r#"{"n":1e12}"#),
+            ("mapped/hostile-heap", r#"{"level":1000000000}"#),
+            ("mapped/good-1", r#"{"v":1}"#),
+            ("sensors/plain-1/reading", r#"{"presence":true,"seq":1}"#),
+        ],
+    )
+    .await;
+    receiver
+        .wait_until(LONG, "both good devices' readings", |s| {
+            s.readings_of("good-1").len() == 1 && s.readings_of("plain-1").len() == 1
+        })
+        .await;
+    assert!(alive(&daemon), "the daemon died:\n{}", daemon.log());
+    daemon
+        .wait_metric("edgehook_decode_errors_total{kind=\"mapping\"}", 2)
+        .await;
+    daemon
+        .wait_metric("edgehook_decode_errors_total{kind=\"not_json\"}", 1)
+        .await;
+    // The loop was stopped at its budget, not run to its end.
+    assert!(started.elapsed() < LONG, "{:?}", started.elapsed());
+    let log = daemon.log();
+    assert!(log.contains("time budget"), "{log}");
+    assert!(log.contains("memory budget"), "{log}");
+    receiver.seen(|s| {
+        assert_eq!(s.bad_signatures, 0);
+        assert_eq!(
+            s.readings_of("good-1")[0],
+            serde_json::json!({"v": 1, "last": 0, "bar": 1})
+        );
+        for hostile in ["hostile-deep", "hostile-loop", "hostile-heap"] {
+            assert!(s.readings_of(hostile).is_empty(), "{hostile}");
+        }
+    });
+    // They were acknowledged: a restart is not met by them again.
+    assert_eq!(daemon.terminate(), Some(0));
+    daemon.start();
+    publish_plain(broker.port, "hostile-2", &[("mapped/good-1", r#"{"v":2}"#)]).await;
+    receiver
+        .wait_until(LONG, "the good device's second reading", |s| {
+            s.readings_of("good-1").len() == 2
+        })
+        .await;
+    assert!(alive(&daemon), "{}", daemon.log());
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// #43.2, .11: a template's `fromjson` on a device's string of 20,000 `[` crashed the daemon,
+/// and since the event was durable, every start after; a template that loops left its thread
+/// spinning for good. Now each such event is a dead letter saying why, the next events are
+/// delivered, and a restart is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_that_breaks_its_budget_on_an_event_makes_it_a_dead_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let webhook = webhook_section(
+        &receiver.url,
+        r#"events = ["sensor.*"]
+template = '''
+{device: .data.device_id, seq: .data.fields.seq,
+ parsed: (if .data.fields.s then (.data.fields.s | fromjson) else null end),
+ spin: (if .data.fields.n then last(range(0; .data.fields.n)) else 0 end)}'''"#,
+    );
+    let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &webhook);
+    daemon.start();
+    let deep = serde_json::json!({"s": "[".repeat(20_000), "seq": 2}).to_string();
+    let topic = "sensors/tpl-1/reading";
+    publish_plain(
+        broker.port,
+        "tpl",
+        &[
+            (topic, r#"{"seq":1,"v":1}"#),
+            (topic, deep.as_str()),
+            (topic, r#"{"seq":3,"n":1e12}"#),
+            (topic, r#"{"seq":4,"v":4}"#),
+        ],
+    )
+    .await;
+    receiver
+        .wait_until(LONG, "readings 1 and 4", |s| s.events.len() == 2)
+        .await;
+    daemon
+        .wait_metric("edgehook_dead_letters_total{endpoint=\"default\"}", 2)
+        .await;
+    assert!(alive(&daemon), "{}", daemon.log());
+    // Nothing left spinning: before, each stopped template kept a thread at ~0.8 core.
+    let pid = daemon.pid().unwrap();
+    let cpu = || proc_cpu_ticks(pid);
+    let before = cpu();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spent = cpu() - before;
+    assert!(spent < 50, "{spent} ticks of CPU in 2 s while idle");
+    receiver.seen(|s| {
+        let seqs: Vec<_> = s.events.iter().map(|e| e["seq"].clone()).collect();
+        assert_eq!(seqs, [serde_json::json!(1), serde_json::json!(4)]);
+    });
+    assert_eq!(daemon.terminate(), Some(0));
+    let (code, out, err) = daemon.outbox_cli(&["list", "--dead"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.contains("deeper than 128"), "{out}");
+    assert!(out.contains("time budget"), "{out}");
+    // No thread or process of the daemon's is left spinning after the stop.
+    daemon.start();
+    assert!(alive(&daemon), "{}", daemon.log());
+    assert_eq!(daemon.terminate(), Some(0));
+}
