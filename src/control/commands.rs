@@ -109,12 +109,14 @@ impl Control {
         }
     }
 
-    /// The bookings kept: the running device stage's, or a stopped daemon's store's.
+    /// The bookings kept (not those ended, whose ids are only remembered): the running
+    /// device stage's, or a stopped daemon's store's.
     pub async fn bookings(&self) -> Result<Vec<crate::device::booking::Booking>, super::Refused> {
         if self.device_stage.is_none() {
             return self
                 .outbox
                 .bookings()
+                .map(|all| all.into_iter().filter(|b| b.ended.is_none()).collect())
                 .map_err(|e| super::Refused::new_internal(e.to_string()));
         }
         self.ask(crate::device::Request::Bookings).await

@@ -21,7 +21,18 @@ pub struct Booking {
     /// What else upstream said of it (a title, an organiser), passed on to the display.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub details: Value,
+    /// When it ended (its `booking.end`, or its end passed). An ended booking books nothing
+    /// and is kept, without its details, for [`REMEMBER_ENDED`], so that the same
+    /// `booking.start` (resent, replayed within the signature tolerance, pulled again by a
+    /// cursor that went back) does not book the room again: a booking id is taken once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<Millis>,
 }
+
+/// How long an ended booking's id is remembered.
+pub const REMEMBER_ENDED: Millis = 7 * 24 * 3600 * 1000;
+/// At most this many ended bookings are remembered (the oldest go first).
+pub const MAX_ENDED: usize = 4096;
 
 impl Booking {
     /// In force at `now`.
@@ -32,6 +43,15 @@ impl Booking {
     /// Over at `now` (then it is forgotten).
     pub fn is_over(&self, now: Millis) -> bool {
         self.end <= now
+    }
+
+    /// This booking as remembered once it ended at `at`.
+    pub fn ended_at(&self, at: Millis) -> Booking {
+        Booking {
+            details: Value::Null,
+            ended: Some(at),
+            ..self.clone()
+        }
     }
 
     /// The next moment after `now` at which [`Booking::books`] changes, if any.
@@ -67,6 +87,7 @@ mod tests {
             start,
             end,
             details: Value::Null,
+            ended: None,
         }
     }
 

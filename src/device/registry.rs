@@ -282,6 +282,9 @@ pub struct Registry {
     pub(super) action_seq: u64,
     /// Bookings from upstream not yet over, by id.
     pub(super) bookings: std::collections::BTreeMap<String, booking::Booking>,
+    /// Bookings ended (by `booking.end` or their end), by id: their ids are not taken again
+    /// (see [`booking::REMEMBER_ENDED`]).
+    pub(super) ended: std::collections::BTreeMap<String, booking::Booking>,
     /// Deadlines, earliest first. A timer may fire early (a deadline only ever moves later
     /// between firings); firing recomputes it.
     pub(super) timers: BTreeSet<(Millis, Timer)>,
@@ -325,6 +328,7 @@ impl Registry {
             actions: Default::default(),
             action_seq: 0,
             bookings: Default::default(),
+            ended: Default::default(),
             timers: BTreeSet::new(),
             scheduled: HashMap::new(),
             started,
@@ -378,13 +382,46 @@ impl Registry {
         self
     }
 
-    /// Take the bookings the store holds; those over are forgotten at the first tick.
+    /// Take the bookings the store holds (those in force or to come, and those ended whose ids
+    /// are remembered); those over are ended at the first tick.
     pub fn with_bookings(mut self, known: impl IntoIterator<Item = booking::Booking>) -> Registry {
         for b in known {
-            self.bookings.insert(b.id.clone(), b);
+            if b.ended.is_some() {
+                self.ended.insert(b.id.clone(), b);
+            } else {
+                self.bookings.insert(b.id.clone(), b);
+            }
         }
         self.reschedule();
         self
+    }
+
+    /// End booking `id` at `now` (it is in `bookings`): its id is remembered, and the ids
+    /// remembered past [`booking::REMEMBER_ENDED`] or beyond [`booking::MAX_ENDED`] are
+    /// forgotten, oldest first.
+    fn end_booking(&mut self, id: &str, now: Millis, out: &mut Applied) {
+        let Some(b) = self.bookings.remove(id) else {
+            return;
+        };
+        let ended = b.ended_at(now);
+        self.ended.insert(ended.id.clone(), ended.clone());
+        out.bookings.push((ended.id.clone(), Some(ended)));
+        out.sync = true;
+        let mut by_age: Vec<(Millis, String)> = self
+            .ended
+            .values()
+            .map(|b| (b.ended.unwrap_or(0), b.id.clone()))
+            .collect();
+        by_age.sort();
+        let excess = by_age.len().saturating_sub(booking::MAX_ENDED);
+        for (i, (at, id)) in by_age.into_iter().enumerate() {
+            if i < excess || at.saturating_add(booking::REMEMBER_ENDED) <= now {
+                self.ended.remove(&id);
+                out.bookings.push((id, None));
+            } else {
+                break;
+            }
+        }
     }
 
     /// Keep a booking of upstream's (new, or changed: same id). None: no such workspace;
@@ -395,7 +432,8 @@ impl Registry {
             .iter()
             .position(|w| w.config.id == b.workspace)?;
         let mut out = Applied::default();
-        if self.bookings.get(&b.id) == Some(&b) {
+        if self.bookings.get(&b.id) == Some(&b) || self.ended.contains_key(&b.id) {
+            // The same booking again, or one that already ended: no change.
             return Some(Ok(out));
         }
         let of_workspace = self
@@ -447,9 +485,7 @@ impl Registry {
         {
             return Some(out);
         }
-        self.bookings.remove(booking_id);
-        out.bookings.push((booking_id.to_string(), None));
-        out.sync = true;
+        self.end_booking(booking_id, now, &mut out);
         self.evaluate_workspace(i, now, None, &mut out);
         let params = serde_json::json!({ "booking_id": booking_id, "workspace_id": workspace });
         let id = format!("booking:{booking_id}:end");
@@ -1342,9 +1378,7 @@ impl Registry {
             .map(|b| b.id.clone())
             .collect();
         for id in over {
-            self.bookings.remove(&id);
-            out.bookings.push((id, None));
-            out.sync = true;
+            self.end_booking(&id, now, out);
         }
         let ws = &self.workspaces[i];
         let (calendar, _) = booking::booked(

@@ -1128,6 +1128,7 @@ fn booking(id: &str, workspace: &str, start: Millis, end: Millis) -> booking::Bo
         start,
         end,
         details: json!({"title": "Standup"}),
+        ended: None,
     }
 }
 
@@ -1196,12 +1197,16 @@ fn upstream_bookings_book_a_room_from_start_to_end_presence_wins_and_they_surviv
         statuses(&a)
     );
     assert!(
-        a.bookings.contains(&("bk".to_string(), None)),
-        "forgotten when over"
+        a.bookings
+            .iter()
+            .any(|(id, b)| id == "bk" && b.as_ref().is_some_and(|b| b.ended == Some(72_000))),
+        "ended when over: {:?}",
+        a.bookings
     );
     // A restart finds the desk's booking and keeps it until its end.
     let kept: Vec<_> = r.bookings().cloned().collect();
     assert_eq!(kept, vec![booking("bk-d", "desk", 5_000, 100_000)]);
+    let kept: Vec<_> = kept.into_iter().chain(r.ended.values().cloned()).collect();
     let saved_ws: Vec<_> = rooms
         .iter()
         .map(|w| {
@@ -1215,9 +1220,79 @@ fn upstream_bookings_book_a_room_from_start_to_end_presence_wins_and_they_surviv
     // booking.end before its end: Free at once; an unknown booking is no change.
     let a = r.unbook("bk-d", "desk", 26_000).unwrap();
     assert_eq!(statuses(&a), [(json!("Free"), json!("Booked"))]);
-    assert_eq!(a.bookings, vec![("bk-d".to_string(), None)]);
+    let ended = booking::Booking {
+        details: Value::Null,
+        ended: Some(26_000),
+        ..booking("bk-d", "desk", 5_000, 100_000)
+    };
+    assert_eq!(a.bookings, vec![("bk-d".to_string(), Some(ended))]);
     assert!(r.unbook("bk-d", "desk", 26_500).unwrap().is_empty());
     assert!(r.unbook("bk-d", "nowhere", 26_500).is_none());
+}
+
+/// #43.10: `booking.end` forgot the id, so the same `booking.start` (resent, replayed within
+/// the signature tolerance after a restart, pulled again by a cursor that went back) booked
+/// the freed room again. An ended booking's id is remembered, across a restart, for
+/// `REMEMBER_ENDED`, and at most `MAX_ENDED` of them.
+#[test]
+fn a_booking_ended_is_not_booked_again_by_a_replay() {
+    let rooms = [ws("room", &["occ-a"], None)];
+    let mut r = Registry::new(&[], &rooms, [], [], 0);
+    r.apply("occ-a", &reading(json!({"presence": false})), 100);
+    let start = booking("bk", "room", 1_000, 60_000);
+    r.book(start.clone(), 500).unwrap().unwrap();
+    r.tick(1_000);
+    assert_eq!(r.workspace_status("room"), Some(WorkspaceStatus::Booked));
+    let a = r.unbook("bk", "room", 2_000).unwrap();
+    assert_eq!(statuses(&a), [(json!("Free"), json!("Booked"))]);
+    // The same start again: no change, nothing to write.
+    let a = r.book(start.clone(), 3_000).unwrap().unwrap();
+    assert!(a.is_empty() && a.outgoing.is_empty(), "{a:?}");
+    r.tick(3_000);
+    assert_eq!(r.workspace_status("room"), Some(WorkspaceStatus::Free));
+    // After a restart, from what was written.
+    let stored: Vec<_> = r.ended.values().cloned().collect();
+    assert_eq!(stored.len(), 1);
+    let mut r = Registry::new(&[], &rooms, [], [], 4_000).with_bookings(stored.clone());
+    r.apply("occ-a", &reading(json!({"presence": false})), 4_000);
+    assert!(
+        r.bookings().next().is_none(),
+        "an ended booking is not listed"
+    );
+    assert!(r.book(start.clone(), 4_000).unwrap().unwrap().is_empty());
+    r.tick(4_000);
+    assert_eq!(r.workspace_status("room"), Some(WorkspaceStatus::Free));
+    // One ended by its end is remembered too.
+    let short = booking("bk-short", "room", 5_000, 6_000);
+    r.book(short.clone(), 5_000).unwrap().unwrap();
+    r.tick(6_000);
+    assert!(r.book(short, 6_500).unwrap().unwrap().is_empty());
+    // Past the window the id is forgotten (at the next end), and may be booked again.
+    let later = booking::REMEMBER_ENDED + 10_000;
+    r.book(booking("bk-2", "room", later, later + 1), later - 1)
+        .unwrap()
+        .unwrap();
+    let a = r.tick(later + 1);
+    assert!(
+        a.bookings.contains(&("bk".to_string(), None)),
+        "{:?}",
+        a.bookings
+    );
+    assert!(!r.ended.contains_key("bk"));
+    let again = booking("bk", "room", later + 100, later + 200);
+    assert!(!r.book(again, later + 2).unwrap().unwrap().is_empty());
+}
+
+#[test]
+fn ended_bookings_remembered_are_bounded() {
+    let mut r = Registry::new(&[], &[ws("room", &["occ-a"], None)], [], [], 0);
+    for i in 0..booking::MAX_ENDED + 10 {
+        let b = booking(&format!("b{i}"), "room", 100_000, 200_000);
+        r.book(b, i as Millis).unwrap().unwrap();
+        r.unbook(&format!("b{i}"), "room", i as Millis).unwrap();
+    }
+    assert_eq!(r.ended.len(), booking::MAX_ENDED);
+    assert!(!r.ended.contains_key("b0") && r.ended.contains_key("b10"));
 }
 
 #[test]

@@ -160,6 +160,7 @@ fn booking(data: &Map<String, Value>, now: Millis) -> Result<Booking, FieldError
         } else {
             Value::Object(details)
         },
+        ended: None,
     })
 }
 
@@ -290,6 +291,7 @@ mod tests {
                 start: NOW + 15 * 60_000,
                 end: NOW + 60 * 60_000,
                 details: json!({"organization_id": "org-123", "title": "Standup"}),
+                ended: None,
             }
         );
     }
