@@ -370,3 +370,53 @@ async fn commands_pulled_from_upstream_are_taken_in_order_and_the_cursor_survive
     assert_eq!(upstream.bad_polls(), 0, "every poll signed");
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+/// #43.16: one malformed pulled command (a numeric or missing `id`) blocked the whole answer:
+/// the cursor never moved, the valid command beside it was never taken and upstream was never
+/// told. And an upstream that answers at once with nothing was polled ~40 times a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_pulled_command_is_refused_alone_and_polls_are_paced() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let upstream = Upstream::start().await;
+    // `wait = "0s"`: this upstream answers every poll at once.
+    let pull = format!(
+        "[upstream.pull]\nurl = \"{}\"\nwait = \"0s\"\n",
+        upstream.url
+    );
+    let (mut daemon, _disp) = room(dir.path(), &broker, &receiver, &pull).await;
+    upstream.queue_all([
+        json!({"id": 42, "type": "device.action_requested", "data": {"id": "bad", "device": "disp-1", "name": "show_message"}}),
+        json!({"type": "device.action_requested", "data": {"id": "bad-2", "device": "disp-1", "name": "show_message"}}),
+        json!({"id": "cmd-ok", "type": "device.action_requested", "data": {"id": "p9", "device": "disp-1", "name": "show_message"}}),
+    ]);
+    let acked = upstream
+        .wait_poll(LONG, "with cursor c-3", |p| p["cursor"] == "c-3")
+        .await;
+    let taken: Vec<(Value, Value)> = acked["taken"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].clone(), t["status"].clone()))
+        .collect();
+    assert_eq!(
+        taken,
+        [
+            (json!("42"), json!(400)),
+            (json!("#2"), json!(400)),
+            (json!("cmd-ok"), json!(202))
+        ]
+    );
+    receiver
+        .wait_until(LONG, "p9 done", |s| !told_in(s, "p9").is_empty())
+        .await;
+    assert!(receiver.seen(|s| told_in(s, "bad").is_empty()));
+    // Paced: about one poll a second while upstream has nothing (before: dozens).
+    let before = upstream.polls().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let polls = upstream.polls().len() - before;
+    assert!(polls <= 6, "{polls} polls in 3 s");
+    assert!(polls >= 1, "still polling");
+    assert_eq!(daemon.terminate(), Some(0));
+}

@@ -20,7 +20,7 @@ use crate::fault_log::FaultLog;
 use crate::upstream::command;
 use crate::upstream::config::PullConfig;
 use crate::upstream::gate::{Gate, Signed};
-use crate::upstream::pull::{backoff, parse_answer, Answer, Poll, Taken};
+use crate::upstream::pull::{backoff, pace, parse_answer, Answer, Poll, Taken};
 
 /// The largest answer read.
 pub const MAX_ANSWER: usize = 1024 * 1024;
@@ -63,6 +63,7 @@ impl Puller {
                 wait: self.config.wait.as_secs(),
                 taken: taken.clone(),
             };
+            let asked = tokio::time::Instant::now();
             let polled = tokio::select! {
                 _ = cancel.cancelled() => return,
                 polled = self.poll(&client, &poll, &log) => polled,
@@ -85,6 +86,7 @@ impl Puller {
                     continue;
                 }
             };
+            let pause = pace(asked.elapsed(), answer.commands.len());
             let (results, all_taken) = self.take_all(answer.commands).await;
             taken = results;
             if !all_taken {
@@ -104,6 +106,9 @@ impl Puller {
                         }
                     }
                 }
+            }
+            if !pause.is_zero() && sleep(pause, &cancel).await {
+                return;
             }
         }
     }
@@ -178,9 +183,12 @@ impl Puller {
         let mut results = Vec::with_capacity(commands.len());
         for pulled in commands {
             let now = crate::clock::system_now();
-            let reply = match command::parse(&Value::Object(pulled.command), now) {
-                Err(e) => Reply::error(400, Some(&e.field), &e.message),
-                Ok(c) => self.control.take(c).await,
+            let reply = match pulled.command {
+                Err(why) => Reply::error(400, Some("id"), &why),
+                Ok(command) => match command::parse(&Value::Object(command), now) {
+                    Err(e) => Reply::error(400, Some(&e.field), &e.message),
+                    Ok(c) => self.control.take(c).await,
+                },
             };
             self.control.metrics.upstream.taken("pull", reply.status);
             if !reply.is_final() {

@@ -22,7 +22,11 @@
 //! with it. A command refused for now (429: too many actions pending) keeps the old cursor:
 //! the same answer comes again after a pause, and the commands already taken are recognised
 //! by their own ids. A failed poll (no answer, not 200, not signed, not parseable) is retried
-//! after [`backoff`].
+//! after [`backoff`]. A command that is not one (not an object, no string `id`) is refused
+//! alone: reported in `taken` with 400 (under its `id` as written, or `#N`, its place in the
+//! answer), while the commands beside it are taken and the cursor moves on. Polls are paced
+//! ([`pace`]): an upstream that answers at once with nothing is polled once a second, not in
+//! a loop.
 
 use std::time::Duration;
 
@@ -49,21 +53,69 @@ pub struct Poll {
 }
 
 /// Upstream's answer to a poll.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
     /// Where the next poll starts; absent: where this one started.
-    #[serde(default)]
     pub cursor: Option<String>,
-    #[serde(default)]
     pub commands: Vec<Pulled>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// The answer as written, before each command is looked at on its own.
+#[derive(Deserialize)]
+struct Written {
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    commands: Vec<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct Pulled {
+    /// Its `id`, or for one without a string id what stands in for it in `taken`.
     pub id: String,
-    /// The command itself (`type`/`event` and `data`, as pushed).
-    #[serde(flatten)]
-    pub command: serde_json::Map<String, Value>,
+    /// The command itself (`type`/`event` and `data`, as pushed), or why it is none.
+    pub command: Result<serde_json::Map<String, Value>, String>,
+}
+
+/// The longest command id taken.
+pub const MAX_ID: usize = 256;
+
+impl Pulled {
+    /// Command `index` (from 1) of an answer, as written.
+    fn read(index: usize, value: Value) -> Pulled {
+        let Value::Object(map) = value else {
+            return Pulled {
+                id: format!("#{index}"),
+                command: Err(format!("command #{index} is not a JSON object")),
+            };
+        };
+        let (id, problem) = match map.get("id") {
+            Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_ID => (id.clone(), None),
+            Some(Value::String(id)) if id.is_empty() => {
+                (format!("#{index}"), Some("`id` is empty".to_string()))
+            }
+            Some(Value::String(id)) => (
+                id.chars().take(64).collect(),
+                Some(format!("`id` is over {MAX_ID} bytes")),
+            ),
+            Some(other) => {
+                let written: String = other.to_string().chars().take(64).collect();
+                (written, Some("`id` must be a string".to_string()))
+            }
+            None => (format!("#{index}"), Some("it has no `id`".to_string())),
+        };
+        Pulled {
+            id,
+            command: match problem {
+                None => {
+                    let mut map = map;
+                    map.remove("id");
+                    Ok(map)
+                }
+                Some(p) => Err(p),
+            },
+        }
+    }
 }
 
 /// At most this many commands are taken from one answer (the rest come in the next).
@@ -75,8 +127,17 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
     if !value.is_object() {
         return Err("not a pull answer (a JSON object {\"cursor\", \"commands\"})".into());
     }
-    let answer: Answer =
+    let written: Written =
         serde_json::from_value(value).map_err(|e| format!("not a pull answer ({e})"))?;
+    let answer = Answer {
+        cursor: written.cursor,
+        commands: written
+            .commands
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| Pulled::read(i + 1, c))
+            .collect(),
+    };
     if answer.commands.len() > MAX_COMMANDS {
         return Err(format!(
             "{} commands in one answer; at most {MAX_COMMANDS} are taken",
@@ -89,6 +150,19 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
         }
     }
     Ok(answer)
+}
+
+/// How long to wait before the next poll, after one answered in `answered_in` with `commands`
+/// commands: none, when it brought some (a backlog is drained at once) or when upstream held
+/// it for a second or more (a long poll); otherwise the rest of a second, so that an upstream
+/// answering at once with nothing is polled once a second, not in a loop.
+pub fn pace(answered_in: Duration, commands: usize) -> Duration {
+    const MIN_GAP: Duration = Duration::from_secs(1);
+    if commands > 0 {
+        Duration::ZERO
+    } else {
+        MIN_GAP.saturating_sub(answered_in)
+    }
 }
 
 /// The pause before the next poll after `failures` failed ones in a row: 1 s, doubling, at
@@ -109,6 +183,64 @@ mod tests {
         }
     }
 
+    /// #43.16: one malformed command (a numeric or missing `id`) made the whole answer fail
+    /// to parse: the cursor never moved, the valid command beside it was never taken, and
+    /// upstream was never told.
+    #[test]
+    fn a_malformed_command_is_refused_alone() {
+        let answer = parse_answer(
+            br#"{"cursor": "c-5", "commands": [
+                {"id": 42, "type": "booking.end", "data": {}},
+                {"type": "booking.end"},
+                "booking.end",
+                {"id": "", "type": "x"},
+                {"id": "cmd-ok", "type": "booking.end", "data": {"booking_id": "b", "workspace_id": "w"}}
+            ]}"#,
+        )
+        .unwrap();
+        assert_eq!(answer.cursor.as_deref(), Some("c-5"));
+        let rows: Vec<(&str, Result<(), &str>)> = answer
+            .commands
+            .iter()
+            .map(|c| {
+                (
+                    c.id.as_str(),
+                    c.command.as_ref().map(|_| ()).map_err(String::as_str),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("42", Err("`id` must be a string")),
+                ("#2", Err("it has no `id`")),
+                ("#3", Err("command #3 is not a JSON object")),
+                ("#4", Err("`id` is empty")),
+                ("cmd-ok", Ok(())),
+            ]
+        );
+    }
+
+    #[test]
+    fn polls_are_paced_when_upstream_answers_at_once_with_nothing() {
+        let ms = Duration::from_millis;
+        // (answered in, commands, pause before the next poll)
+        let rows = [
+            (ms(0), 0, ms(1000)),
+            (ms(30), 0, ms(970)),
+            (ms(1000), 0, ms(0)),
+            (ms(30_000), 0, ms(0)),
+            (ms(0), 3, ms(0)),
+        ];
+        for (answered_in, commands, want) in rows {
+            assert_eq!(
+                pace(answered_in, commands),
+                want,
+                "{answered_in:?} {commands}"
+            );
+        }
+    }
+
     #[test]
     fn answers_parse_or_say_why() {
         let ok = parse_answer(
@@ -117,11 +249,14 @@ mod tests {
         .unwrap();
         assert_eq!(ok.cursor.as_deref(), Some("c-2"));
         assert_eq!(ok.commands[0].id, "cmd-1");
-        assert_eq!(ok.commands[0].command["type"], "booking.end");
+        assert_eq!(
+            ok.commands[0].command.as_ref().unwrap()["type"],
+            "booking.end"
+        );
         assert_eq!(parse_answer(b"{}").unwrap().commands, vec![]);
         for bad in [
             &b"[]"[..],
-            br#"{"commands": [{"type": "booking.end"}]}"#,
+            br#"{"commands": {"id": "x"}}"#,
             br#"{"cursor": ""}"#,
             b"not json",
         ] {
