@@ -34,6 +34,22 @@ impl fmt::Display for Secret {
     }
 }
 
+/// serde's message for a value of the wrong type or shape, without the value: `invalid type:
+/// string "whsec_...", expected a sequence` becomes `invalid type: expected a sequence`. A
+/// value given where a secret (or header) belongs may be that secret, so no error that
+/// reaches a log, an API answer or a command's output repeats what was given.
+pub fn without_value(message: &str) -> String {
+    for kind in ["invalid type: ", "invalid value: ", "invalid length "] {
+        if let Some(rest) = message.strip_prefix(kind) {
+            return match rest.rfind(", expected ") {
+                Some(at) => format!("{}{}", kind, &rest[at + 2..]),
+                None => format!("{}(value not shown)", kind),
+            };
+        }
+    }
+    message.to_string()
+}
+
 /// `scheme://host:port/path`, dropping user info and the query; unparseable URLs are hidden.
 pub fn redact_url(url: &str) -> String {
     match reqwest::Url::parse(url) {
@@ -69,5 +85,27 @@ mod tests {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s} {s:?}"), "*** Secret(***)");
         assert_eq!(s.expose(), "hunter2");
+    }
+}
+
+#[cfg(test)]
+mod value_tests {
+    use super::without_value;
+
+    #[test]
+    fn serde_messages_lose_the_value_given() {
+        #[rustfmt::skip]
+        let rows = [
+            (r#"invalid type: string "whsec_c2VjcmV0", expected a sequence"#, "invalid type: expected a sequence"),
+            ("invalid type: integer `12345678`, expected a string", "invalid type: expected a string"),
+            (r#"invalid value: string "a, expected b", expected one of `x`, `y`"#, "invalid value: expected one of `x`, `y`"),
+            ("invalid length 3, expected 2 elements", "invalid length expected 2 elements"),
+            ("unknown field `secrett`, expected one of `url`, `secret`", "unknown field `secrett`, expected one of `url`, `secret`"),
+            ("missing field `url`", "missing field `url`"),
+        ];
+        for (given, want) in rows {
+            assert_eq!(without_value(given), want);
+            assert!(!without_value(given).contains("whsec"));
+        }
     }
 }

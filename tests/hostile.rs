@@ -165,3 +165,55 @@ template = '''
     assert!(alive(&daemon), "{}", daemon.log());
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+/// #43.15: a secret given with the wrong type (`"secrets": "whsec_…"` for a list, a number for
+/// the secret, a header value that is a number) came back verbatim in the 400 answer and in
+/// `endpoints create`'s output. Now the answer names the field and what it expects, never the
+/// value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_given_with_the_wrong_type_is_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+    let api = Api::with_token(&daemon);
+    let whsec = "whsec_c2VjcmV0LXRoYXQtbXVzdC1uZXZlci1iZS1lY2hvZWQ=";
+    #[rustfmt::skip]
+    let bodies = [
+        (serde_json::json!({"name": "a", "url": receiver.url, "secrets": whsec}), "secrets", whsec.to_string()),
+        (serde_json::json!({"name": "b", "url": receiver.url, "secret": 987654321987u64}), "secret", "987654321987".to_string()),
+        (serde_json::json!({"name": "c", "url": receiver.url, "secret": "s-1", "headers": {"X-Api-Key": 424242424242u64}}), "headers", "424242424242".to_string()),
+    ];
+    for (body, field, value) in &bodies {
+        let answer = api
+            .call("POST", "/v1/endpoints", "/v1/endpoints", Some(body))
+            .await;
+        assert_eq!(answer.status, 400, "{}", answer.body);
+        assert!(!answer.body.contains(value.as_str()), "{}", answer.body);
+        assert!(
+            answer.body.contains(field),
+            "names the field: {}",
+            answer.body
+        );
+    }
+    // The command line says what the API said, and no more.
+    let settings = dir.path().join("settings.json");
+    std::fs::write(&settings, serde_json::json!({"secrets": whsec}).to_string()).unwrap();
+    let (code, out, err) = daemon.cli(
+        &[
+            "endpoints",
+            "create",
+            "a",
+            "--url",
+            &receiver.url,
+            "--settings",
+            settings.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(!out.contains(whsec) && !err.contains(whsec), "{out}{err}");
+    assert!(!daemon.log().contains(whsec));
+    assert_eq!(daemon.terminate(), Some(0));
+}

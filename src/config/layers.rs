@@ -127,7 +127,8 @@ impl Layers {
                     serde_path_to_error::Segment::Unknown => None,
                 })
                 .collect();
-            let message = e.into_inner().message().to_string();
+            // Never the value given: where a secret belongs, it may be one.
+            let message = crate::secret::without_value(e.into_inner().message());
             // serde stops at the table that has the unknown key: name the key itself.
             if let Some(field) = message
                 .strip_prefix("unknown field `")

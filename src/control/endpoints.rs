@@ -267,13 +267,16 @@ impl Endpoints {
 
 /// An endpoint's settings from a request body, checked as the configuration checks them.
 fn parse(body: Value) -> Result<WebhookConfig, Refused> {
-    let config: WebhookConfig = serde_json::from_value(body).map_err(|e| {
-        let text = e.to_string();
+    let config: WebhookConfig = serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        // Never the value given: where a secret belongs, it may be one (#43.15).
+        let text = crate::secret::without_value(&e.into_inner().to_string());
         let field = text
             .split('`')
             .nth(1)
             .filter(|_| text.starts_with("unknown field") || text.starts_with("missing field"))
-            .map(str::to_string);
+            .map(str::to_string)
+            .or_else(|| (path != ".").then_some(path));
         Refused {
             status: 400,
             field,
