@@ -106,8 +106,13 @@ pub async fn run_with_reloads(
     // The file's endpoints and those made through the control API (kept in the state
     // directory), one source of truth per name.
     let file_endpoints = config.all_endpoints().into_iter().cloned().collect();
-    let endpoints = control::endpoints::Endpoints::load(&config.state_dir, file_endpoints)
-        .map_err(anyhow::Error::msg)?;
+    let (endpoints, conflict) =
+        control::endpoints::Endpoints::load(&config.state_dir, file_endpoints)
+            .map_err(anyhow::Error::msg)?;
+    if let Some(conflict) = conflict {
+        // Not a reason to stop every device and endpoint: the API's endpoint runs.
+        tracing::error!("{conflict}; the API's endpoint runs, the file's is set aside");
+    }
     let routes = endpoints
         .wanted()
         .iter()
@@ -358,9 +363,13 @@ async fn apply_reloads(
         };
         let restart = running.needs_restart(&new);
         let file_endpoints = new.all_endpoints().into_iter().cloned().collect();
-        if let Err(e) = control.reload(file_endpoints).await {
-            tracing::error!(error = %e, "configuration reloaded, but its endpoints are not applied (the running ones stay)");
-        }
+        let endpoints_applied = match control.reload(file_endpoints).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reloaded, but its endpoints are not applied (the running ones stay)");
+                false
+            }
+        };
         control.reloaded(&new.device_classes, &new.workspaces);
         for (listener, cert) in &certs {
             match cert.reload() {
@@ -378,14 +387,19 @@ async fn apply_reloads(
         if rules.send(update).await.is_err() {
             return;
         }
-        if restart.is_empty() {
-            tracing::info!(
-                "configuration reloaded: device classes, workspaces and endpoints applied"
-            );
+        let applied = if endpoints_applied {
+            "device classes, workspaces and endpoints applied"
+        } else {
+            "device classes and workspaces applied, endpoints NOT applied (see the error above)"
+        };
+        if restart.is_empty() && endpoints_applied {
+            tracing::info!("configuration reloaded: {applied}");
+        } else if restart.is_empty() {
+            tracing::warn!("configuration reloaded: {applied}");
         } else {
             tracing::warn!(
                 needs_restart = %restart.join(", "),
-                "configuration reloaded: device classes, workspaces and endpoints applied; other changes take effect after a restart"
+                "configuration reloaded: {applied}; other changes take effect after a restart"
             );
         }
         running.device_classes = new.device_classes;

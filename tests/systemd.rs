@@ -219,3 +219,90 @@ async fn ready_after_a_restart_with_an_endpoint_disabled_by_410() {
         "{told:?}"
     );
 }
+
+/// #43.13: an endpoint named in the file as one made through the API: SIGHUP logged an error
+/// and then "endpoints applied", `check-config` said ok, and the next start exited 1 — every
+/// device and endpoint stopped for one name. Now `check-config` refuses it (a warning only as
+/// the unit's `--at-start`), the reload says the endpoints are not applied, and a start runs
+/// the API's endpoint with the file's set aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_in_both_the_file_and_the_api_is_refused_but_never_stops_a_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let crm = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+    let api = common::Api::with_token(&daemon);
+    let made = api
+        .call(
+            "POST",
+            "/v1/endpoints",
+            "/v1/endpoints",
+            Some(&serde_json::json!({"name": "crm", "url": crm.url, "secret": common::SECRET, "retry": {"initial": "50ms", "max": "500ms"}})),
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    // The file gets an endpoint of the same name.
+    let webhook = format!(
+        "{}\n[[endpoints]]\nname = \"crm\"\nurl = \"{}\"\nsecret = \"other\"\n",
+        common::webhook_section(&receiver.url, ""),
+        receiver.url
+    );
+    daemon.rewrite_webhook(broker.port, &webhook);
+    let config = dir.path().join("edgehook.toml");
+    let state = dir.path().join("state");
+    let check = |extra: &[&str]| {
+        let out = common::daemon_command()
+            .arg("check-config")
+            .args(extra)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check(&[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("`crm`") && err.contains("endpoints.json"),
+        "{err}"
+    );
+    let (code, err) = check(&["--at-start"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("warning"), "{err}");
+    // SIGHUP: refused, and said so to the end.
+    daemon.signal(1);
+    let wait = Instant::now() + Duration::from_secs(10);
+    while !daemon.log().contains("configuration reloaded:") {
+        assert!(Instant::now() < wait, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = daemon.log();
+    assert!(log.contains("endpoints NOT applied"), "{log}");
+    assert!(!log.contains("workspaces and endpoints applied"), "{log}");
+    // A start goes on, with the API's endpoint.
+    assert_eq!(daemon.terminate(), Some(0));
+    daemon.start();
+    let mut sensor = common::device(
+        broker.port,
+        "both-occ-1",
+        firmware_sim::DeviceClass::OccupancySensor,
+    )
+    .await;
+    common::publish(&mut sensor, 1, 1.0).await;
+    crm.wait_until(Duration::from_secs(20), "a reading at the API's crm", |s| {
+        !s.of_type("sensor.reading.updated").is_empty()
+    })
+    .await;
+    assert!(
+        daemon.log().contains("the API's endpoint runs"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}

@@ -98,6 +98,14 @@ pub enum Command {
     CheckConfig {
         /// TOML configuration file.
         file: PathBuf,
+        /// The state directory, whose endpoints made through the API are checked against the
+        /// file's (default: the file's `state_dir`).
+        #[arg(long, env = "EDGEHOOK_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// As the unit's `ExecStartPre=`: a file endpoint named as an API one is a warning, not
+        /// an error (the daemon starts, running the API's endpoint).
+        #[arg(long)]
+        at_start: bool,
     },
     /// Everything in one process, no setup: an embedded MQTT broker, simulated devices, the
     /// bridge and a local receiver that verifies signatures and prints events. Ctrl-C stops it.
@@ -132,8 +140,27 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::telemetry::init_logging();
     match cli.command {
-        Command::CheckConfig { file } => match Config::load(&file) {
+        Command::CheckConfig {
+            file,
+            state_dir,
+            at_start,
+        } => match Config::load(&file) {
             Ok(c) => {
+                let state = state_dir.unwrap_or_else(|| c.state_dir.clone());
+                let file_endpoints = c.all_endpoints().into_iter().cloned().collect();
+                match crate::control::endpoints::Endpoints::load(&state, file_endpoints) {
+                    Ok((_, None)) => {}
+                    Ok((_, Some(conflict))) if at_start => {
+                        eprintln!("warning: {conflict}; the daemon runs the API's endpoint");
+                    }
+                    Ok((_, Some(conflict))) => {
+                        eprintln!("error: {}: {conflict}", file.display());
+                        return ExitCode::from(2);
+                    }
+                    Err(e) => {
+                        eprintln!("note: the endpoints made through the API are not checked ({e})")
+                    }
+                }
                 println!(
                     "{}: ok (gateway {}, {} subscription(s), {} serial port(s), {} workspace(s), endpoint(s) {})",
                     file.display(),

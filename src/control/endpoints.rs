@@ -1,7 +1,9 @@
 //! The endpoints and where each comes from: the configuration file, or the control API
 //! (persisted in the state directory as `endpoints.json`, mode 0600: it holds their secrets).
-//! One source of truth per endpoint: a name in both is refused (409 from the API; at start
-//! and on SIGHUP, an error naming the file's endpoint and the API's). The rules for a change
+//! One source of truth per endpoint: a name in both is refused — 409 from the API; on SIGHUP
+//! and by `check-config`, an error naming the file's endpoint and the API's. A start is never
+//! refused for it (that would stop every device and endpoint for one name): the API's endpoint
+//! runs, the file's of the same name is set aside, and the error is logged. The rules for a change
 //! ([`Endpoints::plan`]) are pure: they give the new store, or why not, before anything is
 //! written or applied.
 
@@ -86,19 +88,36 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    /// The API's endpoints in `state_dir` beside the file's `file`. Fails (saying which) when
-    /// a name is in both, or the API's file is unreadable.
-    pub fn load(state_dir: &Path, file: Vec<WebhookConfig>) -> Result<Endpoints, String> {
+    /// The API's endpoints in `state_dir` beside the file's `file`. Fails when the API's file
+    /// is unreadable. A file endpoint named as an API one is set aside (not run): the second
+    /// value says which, as [`Endpoints::set_file`] would refuse it.
+    pub fn load(
+        state_dir: &Path,
+        file: Vec<WebhookConfig>,
+    ) -> Result<(Endpoints, Option<String>), String> {
         let path = state_dir.join(FILE);
         let api = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{}: not an endpoints file ({e})", path.display()))?,
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                format!(
+                    "{}: not an endpoints file ({})",
+                    path.display(),
+                    crate::secret::without_value(&e.to_string())
+                )
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stored::default(),
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
-        let endpoints = Endpoints { file, api, path };
-        endpoints.check_file(&endpoints.file)?;
-        Ok(endpoints)
+        let mut endpoints = Endpoints {
+            file: Vec::new(),
+            api,
+            path,
+        };
+        let conflict = endpoints.check_file(&file).err();
+        endpoints.file = file
+            .into_iter()
+            .filter(|f| !endpoints.api.endpoints.iter().any(|a| a.name == f.name))
+            .collect();
+        Ok((endpoints, conflict))
     }
 
     /// Take the file's endpoints anew (SIGHUP). Refused, changing nothing, when one has the
@@ -353,7 +372,7 @@ mod tests {
     #[allow(clippy::type_complexity)]
     fn each_change_gives_the_new_store_or_names_what_is_wrong() {
         let dir = tempfile::tempdir().unwrap();
-        let mut eps = Endpoints::load(dir.path(), vec![file_endpoint("default")]).unwrap();
+        let (mut eps, _) = Endpoints::load(dir.path(), vec![file_endpoint("default")]).unwrap();
         let none = |_: &str| 0;
         let next = eps.plan(&Change::Create(body("crm")), none).unwrap();
         eps.commit(next).unwrap();
@@ -367,7 +386,7 @@ mod tests {
             ("no secret", Change::Create(json!({"name": "x", "url": "https://a.example/"})), 0, 400, Some("secret"), "must be set"),
             ("no events", Change::Create(json!({"name": "x", "url": "https://a.example/", "secret": "s", "events": []})), 0, 400, Some("events"), "must list"),
             ("a bad name", Change::Create(json!({"name": "a b", "url": "https://a.example/", "secret": "s"})), 0, 400, Some("name"), "letters"),
-            ("a duration that is not one", Change::Create(json!({"name": "x", "url": "https://a.example/", "secret": "s", "timeout": "soon"})), 0, 400, None, "not an endpoint"),
+            ("a duration that is not one", Change::Create(json!({"name": "x", "url": "https://a.example/", "secret": "s", "timeout": "soon"})), 0, 400, Some("timeout"), "not an endpoint"),
             ("editing the file's endpoint", Change::Patch("default".into(), json!({"active": false})), 0, 409, None, "configuration file"),
             ("editing no endpoint", Change::Patch("nope".into(), json!({})), 0, 404, None, "no endpoint"),
             ("renaming by a patch", Change::Patch("crm".into(), json!({"name": "crm2"})), 0, 400, Some("name"), "cannot change"),
@@ -436,7 +455,7 @@ mod tests {
     fn the_store_survives_a_restart_and_a_name_in_both_places_is_refused() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let mut eps = Endpoints::load(dir.path(), vec![file_endpoint("default")]).unwrap();
+        let (mut eps, _) = Endpoints::load(dir.path(), vec![file_endpoint("default")]).unwrap();
         let next = eps.plan(&Change::Create(body("crm")), |_| 0).unwrap();
         eps.commit(next.clone()).unwrap();
         let mode = std::fs::metadata(dir.path().join(FILE))
@@ -444,7 +463,9 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600, "it holds secrets");
-        let again = Endpoints::load(dir.path(), vec![file_endpoint("default")]).unwrap();
+        let (again, conflict) =
+            Endpoints::load(dir.path(), vec![file_endpoint("default")]).unwrap();
+        assert_eq!(conflict, None);
         let json = |s: &Stored| serde_json::to_value(s).unwrap();
         assert_eq!(json(again.stored()), json(&next));
         let names: Vec<(&str, Source)> = again
@@ -453,8 +474,21 @@ mod tests {
             .map(|(e, s, _)| (e.name.as_str(), *s))
             .collect();
         assert_eq!(names, [("default", Source::File), ("crm", Source::Api)]);
-        let err = Endpoints::load(dir.path(), vec![file_endpoint("crm")]).unwrap_err();
+        // #43.13: a start is not refused for a name in both: the API's runs, the file's is
+        // set aside, and why is said.
+        let (both, conflict) = Endpoints::load(
+            dir.path(),
+            vec![file_endpoint("crm"), file_endpoint("default")],
+        )
+        .unwrap();
+        let err = conflict.unwrap();
         assert!(err.contains("`crm`") && err.contains(FILE), "{err}");
+        let names: Vec<(&str, Source)> = both
+            .list()
+            .iter()
+            .map(|(e, s, _)| (e.name.as_str(), *s))
+            .collect();
+        assert_eq!(names, [("default", Source::File), ("crm", Source::Api)]);
         let mut eps = again;
         assert!(eps.set_file(vec![file_endpoint("crm")]).is_err());
         assert_eq!(eps.list().len(), 2, "a refused reload changes nothing");

@@ -278,7 +278,10 @@ impl Control {
     ) -> Result<Control, OfflineError> {
         let failed = |e: &dyn std::fmt::Display| OfflineError::Failed(e.to_string());
         let file = config.all_endpoints().into_iter().cloned().collect();
-        let endpoints = Endpoints::load(state_dir, file).map_err(|e| failed(&e))?;
+        let (endpoints, conflict) = Endpoints::load(state_dir, file).map_err(|e| failed(&e))?;
+        if let Some(conflict) = conflict {
+            eprintln!("warning: {conflict}");
+        }
         // Queues in the order the daemon makes them; nothing is written, so they want nothing.
         let routes = endpoints
             .wanted()
