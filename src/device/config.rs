@@ -228,6 +228,10 @@ pub struct DevicesConfig {
     /// Field names one device's readings may use at most; a reading that would take a device
     /// past it is skipped.
     pub max_fields: usize,
+    /// The values kept for one device, in bytes of JSON (names and values, the latest of each
+    /// field): a reading that would take a device past it is skipped. With `max_devices`, it
+    /// bounds the registry's memory and its state on disk whatever devices send.
+    pub max_state_bytes: usize,
     /// Actions not yet done, per device and in all: past them a new one is refused (429).
     pub max_actions_per_device: usize,
     pub max_actions: usize,
@@ -241,6 +245,7 @@ impl Default for DevicesConfig {
         DevicesConfig {
             max_devices: 5_000,
             max_fields: 64,
+            max_state_bytes: 4096,
             max_actions_per_device: 16,
             max_actions: 1_000,
             action_deadline: Duration::from_secs(24 * 3600),
@@ -316,6 +321,9 @@ pub fn validate(
     }
     if devices.max_fields == 0 {
         return bad("devices.max_fields", "must be at least 1".into());
+    }
+    if devices.max_state_bytes < 256 {
+        return bad("devices.max_state_bytes", "must be at least 256".into());
     }
     for (i, class) in classes.iter().enumerate() {
         let key = |k: &str| format!("device_classes[{i}].{k}");

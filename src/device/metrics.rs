@@ -25,7 +25,7 @@ impl DeviceMetrics {
             ),
             refused: r.counters(
                 "device_messages_refused_total",
-                "Messages skipped for the registry's bounds: from a new device past devices.max_devices, or with fields past devices.max_fields.",
+                "Messages skipped for the registry's bounds: from a new device past devices.max_devices, with fields past devices.max_fields, or values past devices.max_state_bytes.",
             ),
             answers_ignored: r.counters(
                 "action_answers_ignored_total",

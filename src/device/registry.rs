@@ -109,17 +109,37 @@ pub enum Refused {
     MaxDevices,
     /// Its fields would take the device past `max_fields` field names.
     MaxFields,
+    /// Its values would take what is kept of the device past `max_state_bytes`.
+    MaxStateBytes,
 }
 
 impl Refused {
-    pub const KINDS: [&'static str; 2] = ["max_devices", "max_fields"];
+    pub const KINDS: [&'static str; 3] = ["max_devices", "max_fields", "max_state_bytes"];
 
     pub fn kind(self) -> &'static str {
         match self {
             Refused::MaxDevices => Self::KINDS[0],
             Refused::MaxFields => Self::KINDS[1],
+            Refused::MaxStateBytes => Self::KINDS[2],
         }
     }
+}
+
+/// The size of `value` as JSON text, counted without writing it.
+fn json_bytes(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 impl Applied {
@@ -1280,7 +1300,27 @@ impl Registry {
         });
         let before = state.map_or(0, |s| s.values.len()) + held;
         let new = fields.keys().filter(|k| !has(k)).count();
-        (before + new > self.limits.max_fields).then_some(Refused::MaxFields)
+        if before + new > self.limits.max_fields {
+            return Some(Refused::MaxFields);
+        }
+        // What would be kept: each field's latest value, this reading's where it has one.
+        let entry = |k: &String, v: &Value| k.len() + json_bytes(v) + 4;
+        let mut bytes: usize = fields.iter().map(|(k, v)| entry(k, v)).sum();
+        if let Some(s) = state {
+            let kept = s
+                .values
+                .keys()
+                .chain(s.held.iter().flat_map(|h| h.fields.keys()));
+            let mut seen = std::collections::HashSet::new();
+            for k in kept {
+                if !fields.contains_key(k) && seen.insert(k) {
+                    if let Some(v) = s.latest(k) {
+                        bytes += entry(k, v);
+                    }
+                }
+            }
+        }
+        (bytes > self.limits.max_state_bytes).then_some(Refused::MaxStateBytes)
     }
 
     /// Everything the clock has made due by `now`: debounced offlines, lost communication,

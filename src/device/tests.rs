@@ -235,6 +235,38 @@ fn what_must_be_on_disk_before_the_ack() {
     }
 }
 
+/// #43.5: 1,500 made-up ids each sending one 60 KB reading (under `max_devices` and
+/// `max_payload_bytes`) left 186 MB resident and took 183 MB to start again. What is kept of a
+/// device is bounded in bytes: a reading whose values would take it past `max_state_bytes`
+/// is skipped, and the device keeps what it had.
+#[test]
+fn what_is_kept_of_a_device_is_bounded_in_bytes() {
+    let limits = DevicesConfig {
+        max_state_bytes: 256,
+        ..Default::default()
+    };
+    let mut r = Registry::new(&[], &[], [], [], 0).with_limits(limits);
+    let big = "x".repeat(300);
+    let half = "y".repeat(150);
+    let cases: &[(&str, Value, Option<Refused>)] = &[
+        ("b1", json!({"t": 21.5}), None),
+        ("b1", json!({"blob": big}), Some(Refused::MaxStateBytes)),
+        ("b1", json!({"a": half}), None),
+        // With `a` kept, another 150 bytes is past 256.
+        ("b1", json!({"b": half}), Some(Refused::MaxStateBytes)),
+        // Replacing `a` with a value as large is not growth.
+        ("b1", json!({"a": "z".repeat(150)}), None),
+        ("new-1", json!({"blob": big}), Some(Refused::MaxStateBytes)),
+    ];
+    for (i, (device, fields, refused)) in cases.iter().enumerate() {
+        let a = r.apply(device, &reading(fields.clone()), 1_000 + i as Millis);
+        assert_eq!(a.refused, *refused, "case {i}");
+    }
+    let kept = &r.device("b1").unwrap().values;
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(r.device("new-1").is_none_or(|d| d.values.is_empty()));
+}
+
 /// Issue 16 #6: the registry's bounds, as a table of messages and what each does.
 #[test]
 fn the_registry_is_bounded_in_devices_and_field_names() {
