@@ -121,6 +121,8 @@ template = '''
  parsed: (if .data.fields.s then (.data.fields.s | fromjson) else null end),
  spin: (if .data.fields.n then last(range(0; .data.fields.n)) else 0 end)}'''"#,
     );
+    // Room in a device's kept values for the 20,000-character string.
+    let webhook = format!("{webhook}\n[devices]\nmax_state_bytes = 65536\n");
     let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &webhook);
     daemon.start();
     let deep = serde_json::json!({"s": "[".repeat(20_000), "seq": 2}).to_string();
@@ -215,5 +217,125 @@ async fn a_secret_given_with_the_wrong_type_is_never_echoed() {
     assert_ne!(code, 0);
     assert!(!out.contains(whsec) && !err.contains(whsec), "{out}{err}");
     assert!(!daemon.log().contains(whsec));
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// #43.8: 32 idle keep-alive connections, each sending one request every 3 s, locked
+/// everyone out of the listener: `/healthz` and the API went unanswered. Now a new
+/// connection closes an idle one (the unproven first), so health checks and the token
+/// holder always get in, and the flood costs the daemon no more than its 32 slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_cannot_lock_out_health_checks_or_the_api() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+    let port = daemon.metrics_port;
+    let request = format!("GET /x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    // 40 connections, each answered once and then kept alive with a request every 2 s.
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut hostile = Vec::new();
+    for _ in 0..40 {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (request, closed) = (request.clone(), closed.clone());
+        hostile.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            for _ in 0..8 {
+                if conn.write_all(request.as_bytes()).await.is_err()
+                    || !matches!(
+                        tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await,
+                        Ok(Ok(n)) if n > 0
+                    )
+                {
+                    closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Health checks and the API, each on a new connection, answered at once.
+    let api = Api::with_token(&daemon);
+    for _ in 0..5 {
+        let started = Instant::now();
+        let health = tokio::time::timeout(
+            Duration::from_secs(3),
+            raw(
+                port,
+                "GET",
+                "/healthz",
+                &[("Host".into(), format!("127.0.0.1:{port}"))],
+                None,
+            ),
+        )
+        .await
+        .expect("/healthz answered while the flood holds its connections");
+        assert_eq!(health.status, 200);
+        let endpoints = tokio::time::timeout(
+            Duration::from_secs(3),
+            api.get("/v1/endpoints", "/v1/endpoints"),
+        )
+        .await
+        .expect("the API answered while the flood holds its connections");
+        assert_eq!(endpoints.status, 200);
+        assert!(started.elapsed() < Duration::from_secs(3));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        closed.load(std::sync::atomic::Ordering::Relaxed) >= 8,
+        "idle flood connections were closed to make room"
+    );
+    for h in hostile {
+        h.abort();
+    }
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// #43.5: readings of 60 KB from made-up ids (under `max_devices` and `max_payload_bytes`)
+/// were all kept: 186 MB resident, 183 MB to start again, an 86 MiB `GET /v1/devices`. Past
+/// `devices.max_state_bytes` a reading is skipped, counted and logged; other devices flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_readings_from_made_up_devices_are_skipped_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+    let big = serde_json::json!({"blob": "x".repeat(60_000), "seq": 1}).to_string();
+    let topics: Vec<String> = (0..20)
+        .map(|i| format!("sensors/made-up-{i}/reading"))
+        .collect();
+    let mut messages: Vec<(&str, &str)> =
+        topics.iter().map(|t| (t.as_str(), big.as_str())).collect();
+    messages.push(("sensors/real-1/reading", r#"{"presence":true,"seq":1}"#));
+    publish_plain(broker.port, "flood", &messages).await;
+    receiver
+        .wait_until(LONG, "the real device's reading", |s| {
+            s.readings_of("real-1").len() == 1
+        })
+        .await;
+    daemon
+        .wait_metric(
+            "edgehook_device_messages_refused_total{reason=\"max_state_bytes\"}",
+            20,
+        )
+        .await;
+    let devices = Api::with_token(&daemon)
+        .get("/v1/devices", "/v1/devices")
+        .await;
+    assert_eq!(devices.status, 200);
+    assert!(
+        devices.body.len() < 16 * 1024,
+        "{} bytes",
+        devices.body.len()
+    );
+    assert!(receiver.seen(|s| s.readings_of("made-up-0").is_empty()));
+    assert!(daemon.log().contains("devices.max_state_bytes"));
     assert_eq!(daemon.terminate(), Some(0));
 }

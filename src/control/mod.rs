@@ -15,6 +15,7 @@ pub mod endpoints;
 pub mod pull;
 pub mod push;
 pub mod server;
+pub mod slots;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,10 +1,12 @@
 //! The local server: `/healthz`, `/metrics`, the API under `/v1` and the console at `/`.
-//! Loopback, or anywhere with TLS (checked by config; see [`super::auth`] for who may call). Bounded so that no local client can starve the daemon:
-//! at most [`MAX_CONNECTIONS`] at once, each closed if its headers take longer than
-//! [`HEADER_TIMEOUT`] or it lives past [`CONNECTION_LIFETIME`] (a live event stream ends
-//! there too, and the console reconnects), request bodies of at most [`MAX_BODY`] read within
-//! [`BODY_TIMEOUT`]; an accept that fails (out of file descriptors) is retried after a growing
-//! pause, not in a spin.
+//! Loopback, or anywhere with TLS (checked by config; see [`super::auth`] for who may call).
+//! Bounded so that no client can starve the daemon or lock the others out: at most
+//! [`MAX_CONNECTIONS`] at once and [`MAX_PER_PEER`] of one address, a new connection making
+//! room by closing an idle one ([`super::slots`]: the peer's own first, unproven before those
+//! that showed the token); each closed if its headers take longer than [`HEADER_TIMEOUT`] or
+//! it lives past [`CONNECTION_LIFETIME`] (a live event stream ends there too, and the console
+//! reconnects), request bodies of at most [`MAX_BODY`] read within [`BODY_TIMEOUT`]; an accept
+//! that fails (out of file descriptors) is retried after a growing pause, not in a spin.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,12 +22,16 @@ use hyper::{Request, Response, StatusCode};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, Listener};
+use super::slots::{self, Admit, Slot};
 use super::Control;
 use crate::metrics::Format;
 
-/// Connections served at once; more wait in the kernel's backlog, using no file descriptor of
-/// the daemon's.
+/// Connections served at once. A new one past it closes an idle one; when all are busy it
+/// waits (at most [`HEADER_TIMEOUT`]), and past as many waiting, more wait in the kernel's
+/// backlog, using no file descriptor of the daemon's.
 const MAX_CONNECTIONS: usize = 32;
+/// Connections of one peer address at once.
+const MAX_PER_PEER: usize = 16;
 /// A connection must send its request headers this soon (and, kept alive, its next ones).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// No connection lives longer than this.
@@ -138,20 +144,23 @@ pub async fn serve<S: Service>(
         }
     };
     tracing::info!(%listen, tls = acceptor.is_some(), "{} listening", S::WHAT);
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let table = Arc::new(Table::default());
     let mut pause = Duration::from_millis(50);
     let mut failures = 0u64;
     loop {
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => return,
-            permit = permits.clone().acquire_owned() => permit.expect("never closed"),
-        };
-        let stream = tokio::select! {
+        // Past as many waiting as served, accept nothing until a slot frees.
+        while table.waiting() >= MAX_CONNECTIONS {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+        let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     pause = Duration::from_millis(50);
-                    stream
+                    (stream, peer)
                 }
                 Err(e) => {
                     failures += 1;
@@ -170,35 +179,167 @@ pub async fn serve<S: Service>(
         let service = service.clone();
         let cancel = cancel.clone();
         let acceptor = acceptor.clone();
+        let table = table.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let Some(tracker) = table.admit(peer.ip()).await else {
+                return; // no slot freed in time: closed
+            };
+            let evicted = tracker.evicted.clone();
             let served = async {
                 match acceptor {
-                    None => connection(stream, service, cancel).await,
+                    None => connection(stream, service, cancel, &tracker).await,
                     Some(acceptor) => {
                         // The handshake counts against the time the headers may take.
                         match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
-                            Ok(Ok(tls)) => connection(tls, service, cancel).await,
+                            Ok(Ok(tls)) => connection(tls, service, cancel, &tracker).await,
                             Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                             Err(_) => tracing::debug!("TLS handshake timed out"),
                         }
                     }
                 }
             };
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, served).await;
+            tokio::select! {
+                _ = evicted.notified() => {}
+                _ = tokio::time::timeout(CONNECTION_LIFETIME, served) => {}
+            }
         });
     }
 }
 
+/// A listener's connections now, for [`slots::admit`].
+#[derive(Default)]
+struct Table {
+    inner: std::sync::Mutex<TableInner>,
+    /// Told when a slot frees.
+    freed: tokio::sync::Notify,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+#[derive(Default)]
+struct TableInner {
+    next: u64,
+    slots: std::collections::HashMap<u64, (Slot, Arc<tokio::sync::Notify>)>,
+}
+
+impl Table {
+    fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TableInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot for a connection from `peer`, closing an idle one if that is the rule's answer;
+    /// `None` if none frees within [`HEADER_TIMEOUT`].
+    async fn admit(self: &Arc<Self>, peer: std::net::IpAddr) -> Option<Tracker> {
+        let limits = slots::Limits {
+            total: MAX_CONNECTIONS,
+            per_peer: MAX_PER_PEER,
+        };
+        let deadline = tokio::time::Instant::now() + HEADER_TIMEOUT;
+        let mut counted = false;
+        let got = loop {
+            {
+                let mut inner = self.lock();
+                let now: Vec<Slot> = inner.slots.values().map(|(s, _)| *s).collect();
+                let room = match slots::admit(&now, peer, limits) {
+                    Admit::Yes => true,
+                    Admit::Evict(id) => {
+                        if let Some((_, evict)) = inner.slots.remove(&id) {
+                            evict.notify_one();
+                        }
+                        true
+                    }
+                    Admit::Wait => false,
+                };
+                if room {
+                    inner.next += 1;
+                    let id = inner.next;
+                    let evicted = Arc::new(tokio::sync::Notify::new());
+                    let slot = Slot {
+                        id,
+                        peer,
+                        busy: false,
+                        proven: false,
+                        since: std::time::Instant::now(),
+                    };
+                    inner.slots.insert(id, (slot, evicted.clone()));
+                    break Some(Tracker {
+                        table: self.clone(),
+                        id,
+                        evicted,
+                    });
+                }
+            }
+            if !counted {
+                counted = true;
+                self.waiting
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let freed = self.freed.notified();
+            let wake = (tokio::time::Instant::now() + Duration::from_millis(100)).min(deadline);
+            if tokio::time::timeout_at(wake, freed).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
+                break None;
+            }
+        };
+        if counted {
+            self.waiting
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        got
+    }
+}
+
+/// One connection's slot: marks it busy while a request is answered, proven once credentials
+/// were accepted, and frees it when dropped.
+struct Tracker {
+    table: Arc<Table>,
+    id: u64,
+    evicted: Arc<tokio::sync::Notify>,
+}
+
+impl Tracker {
+    fn set(&self, busy: bool, proven: bool) {
+        if let Some((slot, _)) = self.table.lock().slots.get_mut(&self.id) {
+            slot.busy = busy;
+            slot.proven |= proven;
+            slot.since = std::time::Instant::now();
+        }
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.table.lock().slots.remove(&self.id);
+        self.table.freed.notify_waiters();
+    }
+}
+
 /// Serve HTTP/1.1 on one connection (plain or TLS) until it closes.
-async fn connection<IO, S: Service>(io: IO, service: Arc<S>, cancel: CancellationToken)
-where
+async fn connection<IO, S: Service>(
+    io: IO,
+    service: Arc<S>,
+    cancel: CancellationToken,
+    tracker: &Tracker,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let service = service.clone();
         let cancel = cancel.clone();
-        async move { Ok::<_, Infallible>(service.answer(req, cancel).await) }
+        tracker.set(true, false);
+        // Credentials shown (the API's token, an upstream signature) and not refused.
+        let credentials = req.headers().contains_key(hyper::header::AUTHORIZATION)
+            || req.headers().contains_key("webhook-signature");
+        async move {
+            let response = service.answer(req, cancel).await;
+            let refused = matches!(response.status().as_u16(), 401 | 403);
+            tracker.set(false, credentials && !refused);
+            Ok::<_, Infallible>(response)
+        }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
