@@ -95,9 +95,12 @@ impl Store {
         }
     }
 
-    /// The body of record `seq` at `at`. A segment missing or too short, or a body not
-    /// matching its checksum, is that record's damage (reported as corrupt, as a damaged
-    /// record is), not the store's.
+    /// The body of record `seq` at `at`. A segment missing or too short, a body not matching
+    /// its checksum, or a segment that cannot be read (EIO from a bad sector, how SD cards
+    /// fail; a directory in its place) is that record's damage (reported as corrupt, as a
+    /// damaged record is), not the store's: it is set aside and delivery goes on (#43.6).
+    /// Only a shortage of the process's resources (descriptors, memory) is the store's error,
+    /// retried. A card failing as a whole fails its writes too, which stop the writer.
     fn body(&self, seq: u64, at: super::bodies::BodyAt) -> Result<Vec<u8>, OutboxError> {
         super::bodies::read(&self.bodies_dir, at).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof => {
@@ -110,7 +113,11 @@ impl Store {
                 seq,
                 why: "its body does not match its checksum",
             },
-            _ => io_error(e),
+            _ if is_shortage(&e) => io_error(e),
+            _ => OutboxError::Corrupt {
+                seq,
+                why: "its body's segment cannot be read (an I/O error)",
+            },
         })
     }
 
@@ -476,4 +483,20 @@ mod tests {
             assert_eq!(highest_seq(&tree_with(&keys)).unwrap(), want, "{seqs:?}");
         }
     }
+}
+
+/// Whether `e` says the process is short of something (descriptors, memory) or was
+/// interrupted: no fault of what was read, so it is tried again.
+fn is_shortage(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN | libc::EINTR | libc::ENOBUFS
+        )
+    ) || matches!(
+        e.kind(),
+        std::io::ErrorKind::Interrupted
+            | std::io::ErrorKind::WouldBlock
+            | std::io::ErrorKind::OutOfMemory
+    )
 }

@@ -1199,6 +1199,32 @@ async fn a_body_damaged_on_disk_is_set_aside_as_a_dead_letter_and_the_queue_goes
     }
 }
 
+/// #43.6: a body that cannot be read at all (EIO from a bad sector; here its segment replaced
+/// by a directory, EISDIR) was a storage error retried every second: its endpoint got nothing
+/// more, for ever. It is that record's damage: set aside, and the queue goes on.
+#[tokio::test]
+async fn a_body_that_cannot_be_read_is_set_aside_and_the_queue_goes_on() {
+    let envelopes: Vec<Envelope> = (0..3).map(|i| reading(&format!("d{i}"))).collect();
+    let (dir, ob) = holding(envelopes).await;
+    let at = pointed(&ob.stored(Q0, 1).unwrap()).expect("a pointer");
+    let segment = dir.path().join(format!("outbox.bodies/{}", at.segment));
+    std::fs::remove_file(&segment).unwrap();
+    std::fs::create_dir(&segment).unwrap();
+    let pending = ob
+        .pending_after(Q0, None, 10)
+        .expect("the queue is still read");
+    assert!(pending.is_empty(), "all three bodies were in that segment");
+    let dead = ob.dead_letters(10).unwrap();
+    assert_eq!(dead.len(), 3);
+    assert!(dead.iter().all(|d| d.damaged && d.info.reason == DAMAGED));
+    assert!(
+        dead[0].info.last_error.contains("cannot be read"),
+        "{:?}",
+        dead[0].info
+    );
+    assert_eq!(ob.queue_len(Q0), 0);
+}
+
 /// A lane's read-back sets a damaged body aside the same way.
 #[tokio::test]
 async fn a_lane_read_back_sets_a_damaged_body_aside() {
