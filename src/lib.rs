@@ -88,6 +88,27 @@ static HEAP: heap_budget::Budgeted = heap_budget::Budgeted;
 /// Capacity of each channel between stages.
 const STAGE_CHANNEL: usize = 1024;
 
+/// Make the state directory (if it is not there) readable by the daemon's user alone: it holds
+/// every event's data, the API's token and endpoints' secrets. Files the daemon makes are
+/// 0600 and directories 0700 whatever umask it was started with (the unit sets `UMask=0077`
+/// too); a directory an earlier version made is closed to others at the start.
+fn private_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: umask only sets the process's file-mode mask; it takes no pointer.
+    unsafe {
+        libc::umask(0o077);
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating state directory {}", dir.display()))?;
+    let mode = std::fs::metadata(dir).map(|m| m.permissions().mode() & 0o777);
+    if mode.is_ok_and(|m| m & 0o077 != 0) {
+        if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+            tracing::warn!(state_dir = %dir.display(), error = %e, "cannot make the state directory private (mode 0700): other users may read its events");
+        }
+    }
+    Ok(())
+}
+
 /// Run the daemon until `cancel` fires, then drain and flush.
 pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()> {
     run_with_reloads(config, cancel, None).await
@@ -101,8 +122,7 @@ pub async fn run_with_reloads(
     reloads: Option<mpsc::Receiver<Config>>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
+    private_state_dir(&config.state_dir)?;
     // The file's endpoints and those made through the control API (kept in the state
     // directory), one source of truth per name.
     let file_endpoints = config.all_endpoints().into_iter().cloned().collect();

@@ -339,3 +339,46 @@ async fn large_readings_from_made_up_devices_are_skipped_not_kept() {
     assert!(daemon.log().contains("devices.max_state_bytes"));
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+/// #43 (also): the state directory, the write-ahead log and the delivery log were
+/// world-readable (0755/0644) though they hold every event's data. Now the directory is 0700
+/// and what the daemon writes 0600, whatever umask it was started with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_directory_is_readable_by_the_daemon_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+    publish_plain(
+        broker.port,
+        "p",
+        &[("sensors/perm-1/reading", r#"{"presence":true}"#)],
+    )
+    .await;
+    receiver
+        .wait_until(LONG, "the reading", |s| s.readings_of("perm-1").len() == 1)
+        .await;
+    assert_eq!(daemon.terminate(), Some(0));
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&state).unwrap() {
+        let path = entry.unwrap().path();
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(
+            mode(&path) & 0o077,
+            0,
+            "{} is {:o}",
+            path.display(),
+            mode(&path)
+        );
+        assert_eq!(mode(&path) & want, want, "{}", path.display());
+        seen += 1;
+    }
+    assert!(seen >= 3, "the store, the log, the token");
+}
