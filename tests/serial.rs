@@ -356,6 +356,33 @@ async fn actions_go_down_the_line_a_device_is_on_and_its_result_frames_come_back
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     receiver.seen(|s| assert_eq!((told(s, "s1").len(), told(s, "s2").len()), (1, 1)));
+    // #43 (also): an action whose frame is longer than max_frame_bytes is not written (the
+    // device reads lines no longer than that); it times out and is told so, and the next
+    // action goes down the line.
+    let a = api
+        .call(
+            "POST",
+            "/v1/actions",
+            "/v1/actions",
+            Some(&submit("s3", "ser-1", json!({"note": "n".repeat(20_000)}))),
+        )
+        .await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    api.call(
+        "POST",
+        "/v1/actions",
+        "/v1/actions",
+        Some(&submit("s4", "ser-1", json!({"offset": 2}))),
+    )
+    .await;
+    let line = next(&text_commands);
+    let (_, id, _, _) = parse_command(SerialFraming::Text, &line).unwrap();
+    assert_eq!(id, "s4", "the overlong s3 was not written");
+    receiver
+        .wait_until(LONG, "s3 told timed out", |s| !told(s, "s3").is_empty())
+        .await;
+    receiver.seen(|s| assert_eq!(told(s, "s3")[0]["status"], "timed_out"));
+    assert!(daemon.log().contains("longer than max_frame_bytes"));
     assert_eq!(daemon.terminate(), Some(0));
 }
 

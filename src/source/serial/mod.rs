@@ -196,6 +196,12 @@ impl SerialSource {
                 _ = cancel.cancelled() => return Closed::Cancelled,
                 Some(command) = self.commands.recv() => {
                     let bytes = frame::encode_action(&format, &command.device, &command.message);
+                    if bytes.len() > self.config.max_frame_bytes {
+                        // The device reads lines of at most that many bytes, as edgehook does:
+                        // the action is not written, and times out (told so upstream).
+                        tracing::warn!(port = %self.name, device_id = %command.device, bytes = bytes.len(), max_frame_bytes = self.config.max_frame_bytes, "an action's frame is longer than max_frame_bytes; not written (it times out)");
+                        continue;
+                    }
                     let write = async {
                         writer.write_all(&bytes).await?;
                         writer.flush().await
