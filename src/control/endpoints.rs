@@ -192,6 +192,14 @@ impl Endpoints {
                         format!("an endpoint named `{}` exists {place}", config.name),
                     ));
                 }
+                let max = crate::deliver::config::MAX_ENDPOINTS;
+                if self.list().len() >= max {
+                    return Err(Refused::new(
+                        409,
+                        None,
+                        format!("this gateway runs {max} endpoints already, its most (delete one first)"),
+                    ));
+                }
                 next.endpoints.push(config);
             }
             Change::Replace(name, body) => {
@@ -449,6 +457,37 @@ mod tests {
             .plan(&Change::Delete("crm".into(), Pending::Purge), |_| 5)
             .unwrap();
         assert!(purged.endpoints.is_empty());
+    }
+
+    /// #43.14: endpoints made through the API had no cap (400 took the daemon past 100 MB).
+    #[test]
+    fn the_endpoints_a_gateway_runs_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let max = crate::deliver::config::MAX_ENDPOINTS;
+        let (mut eps, _) = Endpoints::load(dir.path(), vec![file_endpoint("default")]).unwrap();
+        for i in 1..max {
+            let next = eps
+                .plan(&Change::Create(body(&format!("e{i}"))), |_| 0)
+                .unwrap();
+            eps.commit(next).unwrap();
+        }
+        assert_eq!(eps.list().len(), max);
+        let refused = eps
+            .plan(&Change::Create(body("one-more")), |_| 0)
+            .unwrap_err();
+        assert_eq!(refused.status, 409);
+        assert!(refused.message.contains("delete one first"), "{refused:?}");
+        // One deleted makes room.
+        let next = eps
+            .plan(&Change::Delete("e1".into(), Pending::Refuse), |_| 0)
+            .unwrap();
+        eps.commit(next).unwrap();
+        assert!(eps.plan(&Change::Create(body("one-more")), |_| 0).is_ok());
+        // The file is held to the same cap.
+        let many: Vec<WebhookConfig> = (0..=max).map(|i| file_endpoint(&format!("f{i}"))).collect();
+        let (key, why) = crate::deliver::config::validate(None, &many).unwrap_err();
+        assert_eq!(key, "endpoints");
+        assert!(why.contains("at most"), "{why}");
     }
 
     #[test]

@@ -194,11 +194,23 @@ pub struct RetryConfig {
 
 /// The endpoints' checks: `webhook` (when used) and every `[[endpoints]]` entry, their names
 /// unique. Returns the key that is wrong and why.
+/// Endpoints a gateway runs at most, from the file and the API together: each has its
+/// dispatcher, HTTP client, queue and share of the outbox (400 took the daemon past 100 MB).
+pub const MAX_ENDPOINTS: usize = 32;
+
 pub fn validate(
     webhook: Option<&WebhookConfig>,
     endpoints: &[WebhookConfig],
 ) -> Result<(), (String, String)> {
     let bad = |key: &str, msg: String| Err((key.to_string(), msg));
+    if endpoints.len() + usize::from(webhook.is_some()) > MAX_ENDPOINTS {
+        return bad(
+            "endpoints",
+            format!(
+                "at most {MAX_ENDPOINTS} endpoints (each has its dispatcher, client and queue)"
+            ),
+        );
+    }
     let mut names = Vec::new();
     let mut all: Vec<(String, &WebhookConfig)> = Vec::new();
     if let Some(webhook) = webhook {
