@@ -145,6 +145,7 @@ pub async fn run_with_reloads(
             config.state_dir.display()
         )
     })?;
+    outbox.set_dead_budget(config.outbox.dead_budget());
     for (queue, endpoint, routed) in outbox.queues() {
         let endpoint = endpoint.as_str();
         // What the endpoint will never get counts from the store's start, as `outbox status`.

@@ -142,6 +142,7 @@ impl Default for Config {
                 cache_bytes: 4 * 1024 * 1024,
                 max_size: 256 * 1024 * 1024,
                 on_full: OnFull::Backpressure,
+                max_dead_size: 16 * 1024 * 1024,
                 delivery_log: 10_000,
             },
             telemetry: TelemetryConfig {

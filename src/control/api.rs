@@ -560,13 +560,9 @@ fn endpoint_view(
 /// Dead letters per endpoint.
 type DeadCounts = std::collections::HashMap<String, usize>;
 
-/// Every endpoint's dead letters, counted in one read of the dead letters (none if it fails).
+/// Every endpoint's dead letters, counted from their keys (none if the read fails).
 fn dead_counts(outbox: &crate::outbox::Outbox) -> DeadCounts {
-    let mut counts = DeadCounts::new();
-    for d in outbox.dead_letters(usize::MAX).unwrap_or_default() {
-        *counts.entry(d.endpoint).or_default() += 1;
-    }
-    counts
+    outbox.dead_counts().unwrap_or_default()
 }
 
 /// What an endpoint is doing, as the API names it.
@@ -675,14 +671,13 @@ fn outbox_events(control: &Control, q: &Query) -> Response<Body> {
     // Matching events before `offset` are skipped.
     let mut skip = offset;
     if dead {
-        match outbox.dead_letters(usize::MAX) {
-            Ok(all) => {
-                for d in all
-                    .iter()
-                    .filter(|d| chosen(&d.endpoint) && wanted(&d.record.kind))
-                    .skip(offset)
-                    .take(limit)
-                {
+        match outbox.dead_letters_where(
+            |d| chosen(&d.endpoint) && wanted(&d.record.kind),
+            offset,
+            limit,
+        ) {
+            Ok(page) => {
+                for d in &page {
                     let mut v = record_view(&d.endpoint, &d.record);
                     v["dead"] = json!({
                         "reason": d.info.reason,
@@ -737,38 +732,50 @@ async fn replay(control: &Control, body: &Value) -> Response<Body> {
         return error(r.status, None, &r.message);
     }
     let outbox = &control.outbox;
-    let dead = match outbox.dead_letters(usize::MAX) {
-        Ok(d) => d,
+    let chosen = |d: &crate::outbox::DeadLetter| {
+        endpoint.is_none_or(|e| e == d.endpoint) && (all || id == Some(d.record.id.as_str()))
+    };
+    // A letter whose record is damaged cannot be sent: all_dead passes over it. Counted, and
+    // the others revived, a page at a time: no answer holds every letter.
+    let damaged = match outbox.dead_letters_where(|d| chosen(d) && d.damaged, 0, usize::MAX) {
+        Ok(d) => d.len(),
         Err(e) => return error(503, None, &e.to_string()),
     };
-    let chosen: Vec<_> = dead
-        .iter()
-        .filter(|d| endpoint.is_none_or(|e| e == d.endpoint))
-        .filter(|d| all || id == Some(d.record.id.as_str()))
-        .collect();
-    if chosen.is_empty() {
+    let mut replayed = 0;
+    loop {
+        let page = match outbox.dead_letters_where(|d| chosen(d) && !d.damaged, 0, 64) {
+            Ok(page) => page,
+            Err(e) => return error(503, None, &e.to_string()),
+        };
+        let mut revived = 0;
+        for d in &page {
+            match outbox.revive(&d.endpoint, d.record.seq).await {
+                Ok(true) => revived += 1,
+                Ok(false) => {}
+                Err(e) => return error(503, None, &e.to_string()),
+            }
+        }
+        replayed += revived;
+        if revived == 0 || !all {
+            break;
+        }
+    }
+    if replayed == 0 && damaged == 0 {
         return error(404, Some("event_id"), "no such dead letter");
     }
-    // A letter whose record is damaged cannot be sent: all_dead passes over it.
-    let (damaged, chosen): (Vec<_>, Vec<_>) = chosen.into_iter().partition(|d| d.damaged);
-    if chosen.is_empty() && !all {
+    if replayed == 0 && !all {
         return error(
             409,
             Some("event_id"),
             "this dead letter was set aside as damaged on disk (its body cannot be read back): it cannot be sent again",
         );
     }
-    for d in &chosen {
-        if let Err(e) = outbox.revive(&d.endpoint, d.record.seq).await {
-            return error(503, None, &e.to_string());
-        }
-    }
     tracing::info!(
-        replayed = chosen.len(),
+        replayed,
         endpoint = endpoint.unwrap_or("*"),
         "control API: dead letters queued again"
     );
-    ok(json!({ "replayed": chosen.len(), "damaged_skipped": damaged.len() }))
+    ok(json!({ "replayed": replayed, "damaged_skipped": damaged }))
 }
 
 async fn purge(control: &Control, body: &Value) -> Response<Body> {

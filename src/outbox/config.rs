@@ -39,11 +39,23 @@ pub struct OutboxConfig {
     /// oldest — never health or workspace events (those still wait); counted per endpoint
     /// (`edgehook_endpoint_dropped_total`, `outbox status`) and in `edgehook_outbox_dropped_total`.
     pub on_full: OnFull,
+    /// Most bytes of dead letters kept (events given up on), on top of `max_size` and at most
+    /// a quarter of it ([`OutboxConfig::dead_budget`]): past it the oldest letters are deleted,
+    /// counted (`edgehook_dead_letters_let_go_total`) and logged.
+    #[serde(with = "crate::size")]
+    pub max_dead_size: u64,
     /// Delivery attempts kept in the delivery log (`edgehook outbox log`, the file
     /// `delivery.log` in `state_dir`): at least this many and at most twice as many; 0 keeps
     /// none. Appended in chunks (64 attempts or a second), so a crash can lose the last second
     /// of the log, never events.
     pub delivery_log: usize,
+}
+
+impl OutboxConfig {
+    /// The dead letters' budget in bytes: `max_dead_size`, at most a quarter of `max_size`.
+    pub fn dead_budget(&self) -> u64 {
+        self.max_dead_size.min(self.max_size / 4)
+    }
 }
 
 /// What the outbox does when `outbox.max_size` is reached.

@@ -1,4 +1,9 @@
 //! Dead letters: events delivery gave up on, kept with why, listed, revived and purged.
+//!
+//! Bounded: the letters take at most `outbox.max_dead_size` bytes ([`Outbox::set_dead_budget`]);
+//! burying past it lets the oldest letters go (counted, logged by the caller), so a template
+//! failing on every event, or a receiver refusing everything with `max_attempts` set, cannot
+//! fill the card. Counting and listing read them one at a time: no answer holds them all.
 
 use std::sync::atomic::Ordering;
 
@@ -51,13 +56,110 @@ impl Outbox {
                 hot.log(&super::tree_of(&s.queues[queue.0]), &key, None);
                 hot.log("dead", &dead_key, Some(&dead.1));
             }
-            Ok(moved.map(|(bytes, _)| bytes))
+            Ok(moved.map(|(bytes, value)| (bytes, value.len())))
         })?;
-        if let Some(bytes) = moved {
+        if let Some((bytes, letter)) = moved {
             self.forget(queue, bytes);
             self.dead_depth.fetch_add(1, Ordering::Relaxed);
+            self.dead_bytes
+                .fetch_add((dead_key.len() + letter) as u64, Ordering::Relaxed);
+            self.trim_dead(&dead_key)?;
         }
         Ok(moved.is_some())
+    }
+
+    /// At most `bytes` of dead letters are kept from now on (the oldest go past it).
+    pub fn set_dead_budget(&self, bytes: u64) {
+        self.dead_budget.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Dead letters let go to keep within the budget, since the outbox opened.
+    pub fn dead_trimmed(&self) -> u64 {
+        self.dead_trimmed.load(Ordering::Relaxed)
+    }
+
+    /// Let the oldest letters go (never `keep`, the one just buried) until the letters are
+    /// within the budget. How many went.
+    fn trim_dead(&self, keep: &[u8]) -> Result<u64, OutboxError> {
+        let budget = self.dead_budget.load(Ordering::Relaxed);
+        if self.dead_bytes.load(Ordering::Relaxed) <= budget {
+            return Ok(0);
+        }
+        let trimmed = self.with(|s| {
+            let mut n = 0;
+            for kv in s.dead.iter() {
+                if self.dead_bytes.load(Ordering::Relaxed) <= budget {
+                    break;
+                }
+                let (k, v) = kv?;
+                if k.as_ref() == keep {
+                    continue;
+                }
+                if s.dead.remove(&k)?.is_some() {
+                    s.hot().log("dead", &k, None);
+                    self.dead_depth.fetch_sub(1, Ordering::Relaxed);
+                    self.dead_bytes
+                        .fetch_sub((k.len() + v.len()) as u64, Ordering::Relaxed);
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })?;
+        self.dead_trimmed.fetch_add(trimmed, Ordering::Relaxed);
+        if trimmed > 0 {
+            tracing::warn!(
+                let_go = trimmed,
+                max_dead_size = budget,
+                "dead letters past outbox.max_dead_size: the oldest were deleted"
+            );
+        }
+        Ok(trimmed)
+    }
+
+    /// Each endpoint's dead letters, counted from their keys (no letter is decoded).
+    pub fn dead_counts(&self) -> Result<std::collections::HashMap<String, usize>, OutboxError> {
+        self.with(|s| {
+            let mut counts = std::collections::HashMap::new();
+            for k in s.dead.iter().keys() {
+                let k = k?;
+                let endpoint = match k.get(8..) {
+                    None | Some([]) => super::config::DEFAULT_ENDPOINT.to_string(),
+                    Some(name) => String::from_utf8_lossy(name).into_owned(),
+                };
+                *counts.entry(endpoint).or_insert(0) += 1;
+            }
+            Ok(counts)
+        })
+    }
+
+    /// The dead letters `wanted` takes, oldest first, past the first `skip` of them, at most
+    /// `limit`: decoded one at a time, so the answer is all that is held.
+    pub fn dead_letters_where(
+        &self,
+        wanted: impl Fn(&DeadLetter) -> bool,
+        skip: usize,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, OutboxError> {
+        self.with(|s| {
+            let mut out = Vec::new();
+            let mut skipped = 0;
+            for kv in s.dead.iter() {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, v) = kv?;
+                let letter = decode_dead(&k, &v)?;
+                if !wanted(&letter) {
+                    continue;
+                }
+                if skipped < skip {
+                    skipped += 1;
+                    continue;
+                }
+                out.push(letter);
+            }
+            Ok(out)
+        })
     }
 
     /// Up to `limit` dead letters, oldest first.
@@ -101,7 +203,7 @@ impl Outbox {
                     let record =
                         dead_record_bytes(&value).ok_or(ConflictableTransactionError::Abort(()))?;
                     ev.insert(&new_seq.to_be_bytes(), record)?;
-                    Ok(Some(record.len()))
+                    Ok(Some((record.len(), value.len())))
                 })
                 .map_err(|e| match e {
                     TransactionError::Storage(e) => OutboxError::Storage(e),
@@ -112,11 +214,13 @@ impl Outbox {
                 })?;
             Ok((new_seq, revived))
         })?;
-        if let Some(bytes) = revived {
+        if let Some((bytes, letter)) = revived {
             let q = self.q(queue);
             q.depth.fetch_add(1, Ordering::Relaxed);
             q.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
             self.dead_depth.fetch_sub(1, Ordering::Relaxed);
+            self.dead_bytes
+                .fetch_sub((key.len() + letter) as u64, Ordering::Relaxed);
             self.written.fetch_max(new_seq + 1, Ordering::SeqCst);
             self.flush().await?;
             q.appended.notify_one();
@@ -134,8 +238,10 @@ impl Outbox {
                 for kv in s.dead.iter() {
                     let (k, v) = kv?;
                     if chosen(&decode_dead(&k, &v)?.endpoint) {
-                        s.dead.remove(k)?;
+                        s.dead.remove(&k)?;
                         self.dead_depth.fetch_sub(1, Ordering::Relaxed);
+                        self.dead_bytes
+                            .fetch_sub((k.len() + v.len()) as u64, Ordering::Relaxed);
                         n += 1;
                     }
                 }
@@ -158,4 +264,14 @@ impl Outbox {
         self.flush().await?;
         Ok(n)
     }
+}
+
+/// Bytes of the letters in `dead` (keys and values), at open.
+pub(super) fn bytes_of(dead: &sled::Tree) -> Result<u64, OutboxError> {
+    let mut bytes = 0u64;
+    for kv in dead.iter() {
+        let (k, v) = kv?;
+        bytes += (k.len() + v.len()) as u64;
+    }
+    Ok(bytes)
 }

@@ -27,6 +27,10 @@ pub struct OutboxMetrics {
     full: Gauge,
     dropped: Counter,
     dead_letters: Gauge,
+    dead_bytes: Gauge,
+    dead_let_go: Counter,
+    /// The outbox's own count of letters let go when last read (the counter follows it).
+    dead_let_go_seen: std::sync::atomic::AtomicU64,
     write_failures: Counter,
     commit: Histogram,
     checkpoints: Counter,
@@ -69,6 +73,15 @@ impl OutboxMetrics {
                 "dead_letters",
                 "Dead letters kept in the outbox (edgehook outbox list --dead).",
             ),
+            dead_bytes: r.gauge(
+                "dead_letters_bytes",
+                "Bytes of dead letters kept (limited by outbox.max_dead_size).",
+            ),
+            dead_let_go: r.counter(
+                "dead_letters_let_go_total",
+                "The oldest dead letters deleted to keep within outbox.max_dead_size.",
+            ),
+            dead_let_go_seen: std::sync::atomic::AtomicU64::new(0),
             write_failures: r.counter(
                 "outbox_write_failures_total",
                 "Failed outbox writes (each retried).",
@@ -143,6 +156,13 @@ impl OutboxMetrics {
     pub fn set_held(&self, bytes: u64, dead_letters: usize) {
         self.bytes.set(bytes as i64);
         self.dead_letters.set(dead_letters as i64);
+    }
+    /// The dead letters' bytes, and how many were let go since the outbox opened.
+    pub fn set_dead(&self, bytes: u64, let_go: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.dead_bytes.set(bytes as i64);
+        let before = self.dead_let_go_seen.swap(let_go, Relaxed);
+        self.dead_let_go.inc_by(let_go.saturating_sub(before));
     }
     /// Events waiting for endpoint `name`, and the age of the oldest.
     pub fn set_pending(&self, name: &str, depth: usize, oldest: std::time::Duration) {

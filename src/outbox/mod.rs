@@ -240,6 +240,11 @@ pub struct Outbox {
     cache_bytes: u64,
     /// Records in `dead` (counted at open, then kept).
     dead_depth: Arc<AtomicU64>,
+    /// Bytes of the records in `dead` (counted at open, then kept), and at most how many
+    /// ([`Outbox::set_dead_budget`]; the oldest go past it), and how many were let go.
+    dead_bytes: Arc<AtomicU64>,
+    dead_budget: Arc<AtomicU64>,
+    dead_trimmed: Arc<AtomicU64>,
     /// False while writes are failing; `/healthz` reports it.
     writable: Arc<AtomicBool>,
     /// The queues: those routed at open (in configuration order), the others found on disk,
@@ -304,6 +309,7 @@ impl Outbox {
             .collect();
         let routes: Vec<Option<Route>> = routes.into_iter().map(Some).collect();
         let dead_depth = Arc::new(AtomicU64::new(store.dead.len() as u64));
+        let dead_bytes = Arc::new(AtomicU64::new(dead::bytes_of(&store.dead)?));
         // Whatever sled recovered at open is on disk.
         let end = store.end()?;
         let found = applied::stored(&store.meta)?
@@ -315,6 +321,9 @@ impl Outbox {
             dir: dir.to_path_buf(),
             cache_bytes,
             dead_depth,
+            dead_bytes,
+            dead_budget: Arc::new(AtomicU64::new(u64::MAX)),
+            dead_trimmed: Arc::new(AtomicU64::new(0)),
             writable: Arc::new(AtomicBool::new(true)),
             queues: Arc::new(RwLock::new(queues)),
             routes: Arc::new(RwLock::new(Arc::new(routes))),
@@ -482,6 +491,8 @@ impl Outbox {
         }
         self.dead_depth
             .store(store.dead.len() as u64, Ordering::Relaxed);
+        self.dead_bytes
+            .store(dead::bytes_of(&store.dead)?, Ordering::Relaxed);
         // Everything on disk now is durable; what was only in memory is gone.
         self.durable.fetch_max(end, Ordering::SeqCst);
         self.written
@@ -1210,6 +1221,7 @@ impl Outbox {
     pub fn observe(&self, metrics: &OutboxMetrics) {
         metrics.set_depth(self.len());
         metrics.set_held(self.bytes(), self.dead_len());
+        metrics.set_dead(self.dead_bytes.load(Ordering::Relaxed), self.dead_trimmed());
         for (queue, endpoint, _) in self.queues() {
             let endpoint = endpoint.as_str();
             let age = self

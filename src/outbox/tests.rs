@@ -1225,6 +1225,54 @@ async fn a_body_that_cannot_be_read_is_set_aside_and_the_queue_goes_on() {
     assert_eq!(ob.queue_len(Q0), 0);
 }
 
+/// #43.9: dead letters escaped every bound (93 MiB on disk with `max_size = 4 MiB`), and every
+/// endpoint listing loaded them all, bodies and all. They are kept within their budget, the
+/// oldest let go, counted from their keys and listed a page at a time.
+#[tokio::test]
+async fn dead_letters_are_kept_within_their_budget_oldest_let_go() {
+    let envelopes: Vec<Envelope> = (0..20).map(|i| reading(&format!("d{i}"))).collect();
+    let ids: Vec<String> = envelopes.iter().map(|e| e.id.clone()).collect();
+    let (dir, ob) = holding(envelopes).await;
+    let info = DeadInfo {
+        attempts: 3,
+        last_status: Some(500),
+        last_error: "HTTP 500".into(),
+        dead_at: 0,
+        reason: "max_attempts".into(),
+    };
+    assert!(ob.bury(Q0, 0, &info).unwrap());
+    let one = ob.dead_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(one > 0);
+    // Room for about five letters.
+    ob.set_dead_budget(one * 5 + one / 2);
+    for seq in 1..20 {
+        assert!(ob.bury(Q0, seq, &info).unwrap());
+    }
+    assert_eq!(ob.dead_len(), 5);
+    assert_eq!(ob.dead_trimmed(), 15);
+    assert!(ob.dead_bytes.load(std::sync::atomic::Ordering::Relaxed) <= one * 5 + one / 2);
+    let kept: Vec<String> = ob
+        .dead_letters(100)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.record.id)
+        .collect();
+    assert_eq!(kept, ids[15..], "the newest are kept");
+    assert_eq!(ob.dead_counts().unwrap()[DEFAULT_ENDPOINT], 5);
+    let page = ob.dead_letters_where(|_| true, 2, 2).unwrap();
+    let page: Vec<&str> = page.iter().map(|d| d.record.id.as_str()).collect();
+    assert_eq!(page, [ids[17].as_str(), ids[18].as_str()]);
+    // The bytes are counted again at the next open, as they were kept.
+    let bytes = ob.dead_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    drop(ob);
+    let ob = open_when_released(dir.path(), everything);
+    assert_eq!(
+        ob.dead_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        bytes
+    );
+    assert_eq!(ob.dead_len(), 5);
+}
+
 /// A lane's read-back sets a damaged body aside the same way.
 #[tokio::test]
 async fn a_lane_read_back_sets_a_damaged_body_aside() {
