@@ -561,7 +561,20 @@ fn writer_with(
     tokio::sync::mpsc::Sender<Commit>,
     tokio::task::JoinHandle<()>,
 ) {
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    writer_fed(ob, config, 8)
+}
+
+/// The writer with `config`, fed through a channel of `capacity` commits (the daemon's holds
+/// 1,024).
+fn writer_fed(
+    ob: &Outbox,
+    config: config::OutboxConfig,
+    capacity: usize,
+) -> (
+    tokio::sync::mpsc::Sender<Commit>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
     let metrics = Arc::new(metrics::OutboxMetrics::register(
         &mut crate::metrics::Registry::default(),
     ));
@@ -584,6 +597,54 @@ async fn committed(tx: &tokio::sync::mpsc::Sender<Commit>, mut commit: Commit) {
     }));
     tx.send(commit).await.unwrap();
     acked.await.unwrap();
+}
+
+/// #43.7: a burst of large readings grew the write-ahead log to 44-65 MiB against its stated
+/// size (a checkpoint is due at 4 MiB): one group commit could take an eighth of `max_size`,
+/// 32 MiB by default. A batch is now at most `writer::MAX_BATCH_BYTES` (plus one commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_large_events_keeps_the_log_at_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+    let (tx, task) = writer_fed(&ob, crate::config::Config::default().outbox, 1024);
+    let big: serde_json::Map<String, serde_json::Value> =
+        [("blob".to_string(), "x".repeat(60_000).into())]
+            .into_iter()
+            .collect();
+    let sender = tokio::spawn(async move {
+        let mut acks = Vec::new();
+        for i in 0..300 {
+            let event = Event::device(
+                EventType::SensorReadingUpdated,
+                &format!("big-{i}"),
+                big.clone(),
+            );
+            let (done, acked) = tokio::sync::oneshot::channel();
+            let commit = Commit {
+                envelopes: vec![Envelope::seal(&event, "gw", SystemTime::now())],
+                ack: Some(crate::source::Ack::new(move || {
+                    let _ = done.send(());
+                })),
+                ..Default::default()
+            };
+            tx.send(commit).await.unwrap();
+            acks.push(acked);
+        }
+        for a in acks {
+            a.await.unwrap();
+        }
+    });
+    sender.await.unwrap();
+    let largest = ["outbox.wal.0", "outbox.wal.1"]
+        .iter()
+        .map(|f| std::fs::metadata(dir.path().join(f)).map_or(0, |m| m.len()))
+        .max()
+        .unwrap();
+    assert!(
+        largest <= 4 * 1024 * 1024 + 2 * writer::MAX_BATCH_BYTES,
+        "a log file of {largest} bytes"
+    );
+    drop(task);
 }
 
 /// Found by the randomized fault harness (seed 4664192911268364359): with `on_full =

@@ -83,8 +83,12 @@ pub async fn run_writer(
             }
         };
         let Some(first) = next else { break };
-        // A batch stays well under a share, so that room for it can always be made.
-        let max_batch_bytes = (config.max_size / outbox.queue_count().max(1) as u64 / 8).max(1);
+        // A batch stays well under a share, so that room for it can always be made, and
+        // under MAX_BATCH_BYTES in all (an event is written once per queue).
+        let queues = outbox.queue_count().max(1) as u64;
+        let max_batch_bytes = (config.max_size / queues / 8)
+            .min(MAX_BATCH_BYTES / queues)
+            .max(1);
         let mut bytes = commit_size(&first);
         batch.push(first);
         // Group commit: gather what arrives within `commit_delay` of the first, up to the caps.
@@ -198,6 +202,12 @@ async fn checkpoint(outbox: &Outbox, metrics: &Metrics) {
         }
     }
 }
+
+/// The most bytes of events one group commit gathers (all queues together) before it is
+/// written, beyond its first commit: a quarter of a write-ahead log file, so that the log keeps
+/// its size (a checkpoint is due at 4 MiB) and a burst of large readings holds at most this
+/// much in memory at once.
+pub(super) const MAX_BATCH_BYTES: u64 = 1024 * 1024;
 
 /// About how many bytes one event takes in one queue.
 pub(super) fn size_of(env: &Envelope) -> u64 {
