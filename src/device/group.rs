@@ -59,6 +59,217 @@ pub struct Member<'a> {
     pub condition: &'a Map<String, Value>,
 }
 
+/// A group's aggregates kept up to date member by member, so that one member's reading costs
+/// the group O(fields × log members), not a pass over every member (#43.12: a group of
+/// 10,000 cost 1.4-3.4 ms of CPU per reading). [`Tally::measure`] gives what [`measure`] gives
+/// over the same members (the tests hold them to it).
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    /// Each member's last contribution.
+    members: std::collections::HashMap<String, Contribution>,
+    usable: usize,
+    present: usize,
+    /// Per field of `aggregates`, over the usable members.
+    fields: BTreeMap<String, FieldTally>,
+    /// Per field of `state_aggregates`, over every member.
+    conditions: BTreeMap<String, FieldTally>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Contribution {
+    usable: bool,
+    present: bool,
+    fields: Vec<(String, f64)>,
+    conditions: Vec<(String, f64)>,
+}
+
+/// The finite values of one field, as a multiset (for min and max) and a fixed-point sum (for
+/// the mean: adding and taking away the same values leaves no rounding behind).
+#[derive(Debug, Clone, Default)]
+struct FieldTally {
+    values: BTreeMap<Ordered, usize>,
+    count: usize,
+    nonzero: usize,
+    /// The sum in millionths.
+    sum: i128,
+}
+
+/// An f64 ordered as a number (finite values only).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Ordered(f64);
+impl Eq for Ordered {}
+impl PartialOrd for Ordered {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Ordered {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// A value in millionths, clamped far beyond any sensor's range.
+fn fixed(v: f64) -> i128 {
+    (v.clamp(-1e24, 1e24) * 1e6).round() as i128
+}
+
+impl FieldTally {
+    fn add(&mut self, v: f64) {
+        *self.values.entry(Ordered(v)).or_insert(0) += 1;
+        self.count += 1;
+        self.nonzero += usize::from(v != 0.0);
+        self.sum += fixed(v);
+    }
+
+    fn take(&mut self, v: f64) {
+        if let Some(n) = self.values.get_mut(&Ordered(v)) {
+            *n -= 1;
+            if *n == 0 {
+                self.values.remove(&Ordered(v));
+            }
+            self.count -= 1;
+            self.nonzero -= usize::from(v != 0.0);
+            self.sum -= fixed(v);
+        }
+    }
+
+    fn value(&self, how: Aggregate) -> Value {
+        if self.count == 0 {
+            return Value::Null;
+        }
+        let x = match how {
+            Aggregate::Mean => self.sum as f64 / 1e6 / self.count as f64,
+            Aggregate::Min => self.values.keys().next().map_or(0.0, |v| v.0),
+            Aggregate::Max => self.values.keys().next_back().map_or(0.0, |v| v.0),
+            Aggregate::Count => self.nonzero as f64,
+        };
+        serde_json::Number::from_f64((x * 100.0).round() / 100.0).map_or(Value::Null, Value::Number)
+    }
+}
+
+impl Tally {
+    /// Member `id` is now `member` (`None`: no longer a member, or no longer known).
+    pub fn set(&mut self, policy: &GroupPolicy, id: &str, member: Option<&Member>) {
+        let new = member.map(|m| Contribution {
+            usable: m.usable,
+            present: m
+                .values
+                .get(&policy.presence_field)
+                .and_then(super::registry::truthy)
+                == Some(true),
+            fields: policy
+                .aggregates
+                .keys()
+                .filter_map(|f| Some((f.clone(), finite(m.values.get(f)?)?)))
+                .collect(),
+            conditions: policy
+                .state_aggregates
+                .keys()
+                .filter_map(|f| Some((f.clone(), finite(m.condition.get(f)?)?)))
+                .collect(),
+        });
+        if self.members.get(id) == new.as_ref() {
+            return;
+        }
+        if let Some(old) = self.members.remove(id) {
+            self.count(&old, false);
+        }
+        if let Some(new) = new {
+            self.count(&new, true);
+            self.members.insert(id.to_string(), new);
+        }
+    }
+
+    /// Add (`true`) or take away a member's contribution.
+    fn count(&mut self, c: &Contribution, add: bool) {
+        let step = |n: &mut usize, on: bool| {
+            if on {
+                if add {
+                    *n += 1
+                } else {
+                    *n -= 1
+                }
+            }
+        };
+        step(&mut self.usable, c.usable);
+        step(&mut self.present, c.usable && c.present);
+        if c.usable {
+            for (f, v) in &c.fields {
+                let t = self.fields.entry(f.clone()).or_default();
+                if add {
+                    t.add(*v)
+                } else {
+                    t.take(*v)
+                }
+            }
+        }
+        for (f, v) in &c.conditions {
+            let t = self.conditions.entry(f.clone()).or_default();
+            if add {
+                t.add(*v)
+            } else {
+                t.take(*v)
+            }
+        }
+    }
+
+    /// The group's reading and state, as [`measure`] gives them.
+    pub fn measure(&self, policy: &GroupPolicy) -> (Map<String, Value>, Map<String, Value>) {
+        let mut reading = Map::new();
+        reading.insert("members".into(), self.members.len().into());
+        reading.insert("usable".into(), self.usable.into());
+        reading.insert("present".into(), self.present.into());
+        reading.insert(
+            "occupancy".into(),
+            if self.usable == 0 {
+                Value::Null
+            } else {
+                aggregate(
+                    Aggregate::Mean,
+                    [self.present as f64 / self.usable as f64].into_iter(),
+                )
+            },
+        );
+        let empty = FieldTally::default();
+        for (field, how) in &policy.aggregates {
+            let t = self.fields.get(field).unwrap_or(&empty);
+            reading.insert(field.clone(), t.value(*how));
+        }
+        let mut state = Map::new();
+        state.insert("members".into(), self.members.len().into());
+        state.insert("usable".into(), self.usable.into());
+        for (field, how) in &policy.state_aggregates {
+            let t = self.conditions.get(field).unwrap_or(&empty);
+            state.insert(field.clone(), t.value(*how));
+        }
+        (reading, state)
+    }
+}
+
+/// The tally's measure and the full pass's agree: the same keys, the same counts, numbers
+/// within a rounding step (the tally's mean is summed exactly, the pass's in floating point).
+#[cfg(test)]
+pub fn assert_close(
+    tally: &(Map<String, Value>, Map<String, Value>),
+    full: &(Map<String, Value>, Map<String, Value>),
+) {
+    for (t, f) in [(&tally.0, &full.0), (&tally.1, &full.1)] {
+        assert_eq!(t.keys().collect::<Vec<_>>(), f.keys().collect::<Vec<_>>());
+        for (k, tv) in t {
+            let fv = &f[k];
+            match (tv.as_f64(), fv.as_f64()) {
+                (Some(a), Some(b)) => assert!((a - b).abs() <= 0.011, "{k}: tally {a}, pass {b}"),
+                _ => assert_eq!(tv, fv, "{k}"),
+            }
+        }
+    }
+}
+
+fn finite(v: &Value) -> Option<f64> {
+    number(v).filter(|v| v.is_finite())
+}
+
 /// What is kept of a group, persisted.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -319,6 +530,58 @@ mod tests {
 
     fn map(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    /// The tally, member by member, measures what a pass over every member measures, through
+    /// a long seeded story of members coming, changing, going unusable and leaving.
+    #[test]
+    fn a_tally_kept_member_by_member_measures_what_a_full_pass_does() {
+        let policy = policy();
+        let mut rng = fastrand::Rng::with_seed(43);
+        let mut tally = Tally::default();
+        let mut members: BTreeMap<String, (bool, Map<String, Value>, Map<String, Value>)> =
+            BTreeMap::new();
+        for step in 0..3_000 {
+            let id = format!("m{}", rng.usize(0..40));
+            if rng.u8(0..10) == 0 {
+                members.remove(&id);
+                tally.set(&policy, &id, None);
+            } else {
+                let (t, co2, battery) =
+                    (15.0 + rng.f64() * 10.0, rng.u32(300..2000), rng.u8(0..100));
+                let (has_t, has_co2, has_battery) = (rng.bool(), rng.bool(), rng.bool());
+                let or_null = |on: bool, v: Value| if on { v } else { Value::Null };
+                let values = map(json!({
+                    "presence": rng.bool(),
+                    "temperature": or_null(has_t, json!(t)),
+                    "co2": or_null(has_co2, json!(co2)),
+                }));
+                let condition = map(json!({
+                    "battery": or_null(has_battery, json!(battery)),
+                    "tamper": rng.bool(),
+                }));
+                let usable = rng.u8(0..4) != 0;
+                let member = Member {
+                    usable,
+                    values: &values,
+                    condition: &condition,
+                };
+                tally.set(&policy, &id, Some(&member));
+                members.insert(id, (usable, values, condition));
+            }
+            let all: Vec<Member> = members
+                .values()
+                .map(|(usable, values, condition)| Member {
+                    usable: *usable,
+                    values,
+                    condition,
+                })
+                .collect();
+            let full = measure(&policy, &all);
+            let kept = tally.measure(&policy);
+            assert_eq!(kept.0["members"], full.0["members"], "step {step}");
+            assert_close(&kept, &full);
+        }
     }
 
     fn policy() -> GroupPolicy {
