@@ -80,6 +80,15 @@ pub fn reading_key(event: &Value) -> (String, u64) {
 /// Publish each `(topic, payload)` at QoS 1, not retained, from a plain client with no birth,
 /// last-will or retained message of its own; returns once the broker acknowledged them all.
 pub async fn publish_plain(port: u16, client_id: &str, messages: &[(&str, &str)]) {
+    let messages: Vec<(String, Vec<u8>)> = messages
+        .iter()
+        .map(|(t, p)| (t.to_string(), p.as_bytes().to_vec()))
+        .collect();
+    publish_bytes(port, client_id, &messages).await;
+}
+
+/// [`publish_plain`] with payloads of any bytes (not UTF-8, not JSON).
+pub async fn publish_bytes(port: u16, client_id: &str, messages: &[(String, Vec<u8>)]) {
     use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
     let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
     options
@@ -101,7 +110,7 @@ pub async fn publish_plain(port: u16, client_id: &str, messages: &[(&str, &str)]
     let run = async {
         for (topic, payload) in messages {
             client
-                .publish(*topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
+                .publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone())
                 .await
                 .unwrap();
         }
