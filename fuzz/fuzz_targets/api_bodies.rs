@@ -1,0 +1,43 @@
+//! Request bodies from API clients and upstream, on arbitrary bytes: an endpoint's settings
+//! (`POST /v1/endpoints`, as the API plans the change), a pushed or pulled command, and a pull
+//! answer. Errors, never panics; an error never repeats a secret given in the body.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use edgehook::control::endpoints::{Change, Endpoints};
+use libfuzzer_sys::fuzz_target;
+
+static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+
+fuzz_target!(|data: &[u8]| {
+    let dir = DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("edgehook-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    });
+    let _ = edgehook::upstream::pull::parse_answer(data);
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    let _ = edgehook::upstream::command::parse(&value, 1_800_000_000_000);
+    let Ok((endpoints, _)) = Endpoints::load(dir, Vec::new()) else {
+        return;
+    };
+    if let Err(refused) = endpoints.plan(&Change::Create(value.clone()), |_| 0) {
+        // A secret given with any shape is never repeated.
+        for key in ["secret", "secrets"] {
+            if let Some(secret) = value.get(key) {
+                let text = match secret {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                // (Only where the body says it once: a key or another value may repeat it.)
+                let once = String::from_utf8_lossy(data).matches(text.as_str()).count() == 1;
+                if text.len() >= 8 && once {
+                    assert!(!refused.message.contains(&text), "{key} echoed: {}", refused.message);
+                }
+            }
+        }
+    }
+});
