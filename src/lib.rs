@@ -46,6 +46,7 @@
 //! and acknowledges what it made durable (for at most 10 s); anything not acknowledged to the
 //! broker is redelivered on the next start.
 
+pub mod address;
 pub mod atomic_file;
 pub mod c_math;
 pub mod cli;

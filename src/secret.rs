@@ -52,7 +52,7 @@ pub fn without_value(message: &str) -> String {
 
 /// `scheme://host:port/path`, dropping user info and the query; unparseable URLs are hidden.
 pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
+    match crate::address::parse(url) {
         Ok(u) => {
             let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
             let query = if u.query().is_some() { "?…" } else { "" };

@@ -382,3 +382,25 @@ async fn the_state_directory_is_readable_by_the_daemon_alone() {
     }
     assert!(seen >= 3, "the store, the log, the token");
 }
+
+/// Found by the `api_bodies` fuzz target: an endpoint URL whose host mixes upper-case ASCII
+/// with letters outside it (`https://mS0γ/`) panicked inside the URL parser's host-name stub —
+/// an abort of the daemon from one API request. Now refused with 400, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_url_with_a_non_ascii_host_is_refused_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+    let api = Api::with_token(&daemon);
+    let body =
+        serde_json::json!({"name": "crm", "url": "https://mS0c2V\u{3b3}jcmV/c/", "secret": SECRET});
+    let answer = api
+        .call("POST", "/v1/endpoints", "/v1/endpoints", Some(&body))
+        .await;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(answer.body.contains("punycode"), "{}", answer.body);
+    assert!(alive(&daemon), "{}", daemon.log());
+    assert_eq!(daemon.terminate(), Some(0));
+}

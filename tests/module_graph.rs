@@ -12,6 +12,7 @@ use std::path::Path;
 /// The layers, lowest first; a module may use its own layer's and lower ones.
 const LAYERS: &[&[&str]] = &[
     &[
+        "address",
         "atomic_file",
         "c_math",
         "clock",

@@ -495,12 +495,7 @@ fn check_template(w: &WebhookConfig) -> Result<(), String> {
 /// letters is written as punycode (`xn--...`), which `url` is built here to take alone (see
 /// `idna_adapter` in Cargo.toml).
 pub fn parse_url(url: &str) -> Result<reqwest::Url, String> {
-    reqwest::Url::parse(url).map_err(|e| match e {
-        url::ParseError::IdnaError => format!(
-            "not a URL ({e}): write a host name with letters outside ASCII as punycode (xn--...)"
-        ),
-        e => format!("not a URL ({e})"),
-    })
+    crate::address::parse(url)
 }
 
 /// Whether a URL's host is this machine (`localhost`, 127.0.0.0/8, ::1).

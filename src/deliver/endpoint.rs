@@ -58,7 +58,7 @@ impl Endpoint {
             fixed.insert(HeaderName::from_bytes(name.as_bytes())?, value);
         }
         Ok(Endpoint {
-            url: reqwest::Url::parse(&config.url)?,
+            url: crate::address::parse(&config.url).map_err(anyhow::Error::msg)?,
             url_for_logs: crate::secret::redact_url(&config.url),
             events: config.events.iter().map(|e| WildMatch::new(e)).collect(),
             format: config.format,
