@@ -5,14 +5,15 @@
 //! and that stub asserts that the host it is given has no upper-case ASCII letters: a host
 //! mixing them with non-ASCII ones (`https://mS0γ/`, found by the `api_bodies` fuzz target)
 //! panicked inside `Url::parse` — an abort of the daemon from one API request or one line of
-//! configuration. A host with letters outside ASCII is refused before the URL is parsed
-//! (write it as punycode, `xn--...`, as before).
+//! configuration; so did one percent-encoding such letters (`https:/0g.x%CC`). A host with
+//! letters outside ASCII or a `%` is refused before the URL is parsed (write it as punycode,
+//! `xn--...`, as before).
 
 /// `url` parsed, or why not.
 pub fn parse(url: &str) -> Result<reqwest::Url, String> {
-    if !host_is_ascii(url) {
+    if !host_is_plain(url) {
         return Err(
-            "not a URL (a host name with letters outside ASCII): write it as punycode (xn--...)"
+            "not a URL (a host name with letters outside ASCII, or percent-encoded): write it as punycode (xn--...)"
                 .into(),
         );
     }
@@ -24,12 +25,25 @@ pub fn parse(url: &str) -> Result<reqwest::Url, String> {
     })
 }
 
-/// Whether the authority of `url` (between `//` and the first `/`, `?`, `#` or `\`; the whole
-/// text when it has none) is ASCII.
-fn host_is_ascii(url: &str) -> bool {
-    let rest = url.split_once("//").map_or(url, |(_, rest)| rest);
+/// Whether the host of `url` is plain ASCII without percent-encoding, read as the URL parser
+/// reads it: tabs and newlines removed, leading and trailing spaces and controls trimmed;
+/// the authority follows the scheme's `:` and any number of `/` or `\\` (a special scheme's
+/// URL takes its host after one slash, or none: `https:/host`, found by the fuzz target
+/// too) up to the first `/`, `?`, `#` or `\\`; the host is what follows its last `@`.
+fn host_is_plain(url: &str) -> bool {
+    let url: String = url
+        .trim_matches(|c: char| c <= ' ')
+        .chars()
+        .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
+        .collect();
+    let after_scheme = url.split_once(':').map_or(url.as_str(), |(_, rest)| rest);
+    let rest = after_scheme.trim_start_matches(['/', '\\']);
     let end = rest.find(['/', '?', '#', '\\']).unwrap_or(rest.len());
-    rest[..end].is_ascii()
+    let authority = &rest[..end];
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    host.is_ascii() && !host.contains('%')
 }
 
 #[cfg(test)]
@@ -46,8 +60,14 @@ mod tests {
             ("https://xn--bcher-kva.example/", Ok("xn--bcher-kva.example")),
             // The fuzz target's find: upper-case ASCII beside non-ASCII in the host.
             ("https://mS0c2V\u{3b3}jcmV/c/", Err("punycode")),
+            ("https:/Vjcm\u{3b3}jcmV/c/", Err("punycode")),
+            ("https:Vjcm\u{3b3}jcmV/c/", Err("punycode")),
+            ("https:\\\\Vjcm\u{3b3}jcmV/c/", Err("punycode")),
+            ("https:/0\ng.sec_c0c1whsCCCCCC%CCCCCCCCCCCec_c", Err("punycode")),
+            ("https://ho\tst.Ex%41mple/", Err("punycode")),
+            ("https://us%C3%A9r:p\u{e4}ss@host.example/", Ok("host.example")),
             ("https://bücher.example/", Err("punycode")),
-            ("https://user:pässword@host.example/", Err("punycode")),
+            ("https://user:pässword@host.example/", Ok("host.example")),
             ("not a url", Err("not a URL")),
             ("", Err("not a URL")),
         ];
