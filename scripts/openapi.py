@@ -114,7 +114,8 @@ def op(path, method, summary, responses, params=None, body=None, changes=False, 
     P.setdefault(path, {})[method] = o
 op("/v1/openapi.json", "get", "openapi: this document", {"200": {"description": "The OpenAPI document.", "content": {"application/json": {"schema": S("object")}}}})
 op("/v1/gateway", "get", "gateway: id, version, uptime, broker and serial ports, outbox", resp("The gateway.", ref("Gateway")))
-op("/v1/devices", "get", "devices: every device edgehook knows", resp("The devices.", S("object", required=["devices"], properties={"devices": S("array", items=ref("Device"))})))
+op("/v1/devices", "get", "devices: the devices edgehook knows, by id, a page at a time", resp("The devices.", S("object", required=["devices", "next"], properties={"devices": S("array", items=ref("Device")), "next": S(["string", "null"], description="When the page is full: the last id, to give as `after` for the next page; null on the last page.")}), extra=[400]),
+   params=[limit, {"name": "after", "in": "query", "schema": S("string"), "description": "Only devices whose id sorts after this one (the previous page's `next`)."}])
 op("/v1/devices/{id}", "get", "device: one device", resp("The device.", ref("Device"), extra=[404]), params=[{"name": "id", "in": "path", "required": True, "schema": S("string")}])
 op("/v1/devices/{id}", "delete", "forget device: device.unregistered, its state deleted (registered anew if heard from again); answered once durable", {"204": {"description": "Forgotten."}, "401": err, "404": err, "409": err}, params=[{"name": "id", "in": "path", "required": True, "schema": S("string")}], changes=True)
 op("/v1/devices/{id}/desired", "put", "set desired: the sync value desired for this device alone (null clears it); compared at once", resp("The device.", ref("Device"), extra=[400, 401, 404, 409]), params=[{"name": "id", "in": "path", "required": True, "schema": S("string")}],

@@ -404,3 +404,68 @@ async fn an_endpoint_url_with_a_non_ascii_host_is_refused_not_a_crash() {
     assert!(alive(&daemon), "{}", daemon.log());
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+/// #43.5: one `GET /v1/devices` answered every device (86 MiB, a 451 MB peak) and the console
+/// polled it every 2 s; the device stage copied its whole registry for each. Devices are
+/// answered a page at a time (`limit`, at most 1,000; `after` the previous page's `next`), and
+/// the stage copies only the page; the command line follows the pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_list_is_answered_a_page_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+    let topics: Vec<String> = (0..5)
+        .map(|i| format!("sensors/page-{i}/reading"))
+        .collect();
+    let messages: Vec<(&str, &str)> = topics
+        .iter()
+        .map(|t| (t.as_str(), r#"{"presence":true}"#))
+        .collect();
+    publish_plain(broker.port, "pages", &messages).await;
+    receiver
+        .wait_until(LONG, "five devices", |s| {
+            s.of_type("sensor.reading.updated").len() == 5
+        })
+        .await;
+    let api = Api::new(daemon.metrics_port);
+    let mut seen = Vec::new();
+    let mut path = "/v1/devices?limit=2".to_string();
+    let mut pages = 0;
+    loop {
+        let page = api.get("/v1/devices", &path).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let page = page.json();
+        let ids: Vec<String> = page["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_string())
+            .collect();
+        assert!(ids.len() <= 2);
+        seen.extend(ids);
+        pages += 1;
+        match page["next"].as_str() {
+            Some(next) => path = format!("/v1/devices?limit=2&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        (0..5).map(|i| format!("page-{i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(pages, 3);
+    let too_many = api.get("/v1/devices", "/v1/devices?limit=100000").await;
+    assert_eq!(too_many.status, 400);
+    let one = api.get("/v1/devices/{id}", "/v1/devices/page-3").await;
+    assert_eq!(one.json()["id"], "page-3");
+    let (code, out, err) = daemon.cli(&["devices"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("page-")).count(),
+        5,
+        "{out}"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}

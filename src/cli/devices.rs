@@ -33,12 +33,21 @@ pub async fn run(command: DevicesCommand, api: &Api, json: bool) -> Result<(), S
     let err = |e: super::client::Refused| e.to_string();
     match command {
         DevicesCommand::List => {
-            let answer = api.get("/v1/devices").await.map_err(err)?;
+            // Every page (the API answers at most 1,000 devices a call).
+            let mut all: Vec<serde_json::Value> = Vec::new();
+            let mut path = "/v1/devices?limit=1000".to_string();
+            loop {
+                let answer = api.get(&path).await.map_err(err)?;
+                all.extend(answer["devices"].as_array().cloned().unwrap_or_default());
+                match answer["next"].as_str() {
+                    Some(next) => path = format!("/v1/devices?limit=1000&after={}", segment(next)),
+                    None => break,
+                }
+            }
             if json {
-                super::print::json(&answer);
+                super::print::json(&serde_json::json!({ "devices": all }));
                 return Ok(());
             }
-            let all = answer["devices"].as_array().cloned().unwrap_or_default();
             if all.is_empty() {
                 println!("no devices heard from yet");
                 return Ok(());

@@ -2,6 +2,7 @@
 //! in the OpenAPI document, `openapi.json`, served at `/v1/openapi.json`). Errors are
 //! `{"error": why, "field": the setting at fault}` with a 4xx that says what kind.
 
+use crate::device::Selection;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::body::Bytes;
@@ -55,17 +56,34 @@ pub async fn route(
         (_, [""]) | (_, []) if get => page(),
         ("GET" | "HEAD", ["v1"] | ["v1", "openapi.json"]) => raw(200, "application/json", OPENAPI),
         ("GET" | "HEAD", ["v1", "gateway"]) => ok(gateway(control).await),
-        ("GET" | "HEAD", ["v1", "devices"]) => match devices(control).await {
-            Ok(list) => ok(json!({ "devices": list })),
-            Err(e) => error(503, None, &e),
-        },
-        ("GET" | "HEAD", ["v1", "devices", id]) => match devices(control).await {
-            Ok(list) => match list.into_iter().find(|d| d["id"] == *id) {
-                Some(d) => ok(d),
-                None => error(404, None, &format!("no device `{id}`")),
-            },
-            Err(e) => error(503, None, &e),
-        },
+        ("GET" | "HEAD", ["v1", "devices"]) => {
+            let q = Query::parse(query);
+            let limit = match q.limit() {
+                Ok(limit) => limit,
+                Err(refused) => return *refused,
+            };
+            let after = q.get("after").map(str::to_string);
+            let selection = Selection::Page { after, limit };
+            match devices(control, selection).await {
+                // A full page says where the next starts.
+                Ok(list) => {
+                    let next = (list.len() == limit)
+                        .then(|| list.last().map(|d| d["id"].clone()))
+                        .flatten();
+                    ok(json!({ "devices": list, "next": next }))
+                }
+                Err(e) => error(503, None, &e),
+            }
+        }
+        ("GET" | "HEAD", ["v1", "devices", id]) => {
+            match devices(control, Selection::One(id.to_string())).await {
+                Ok(list) => match list.into_iter().next() {
+                    Some(d) => ok(d),
+                    None => error(404, None, &format!("no device `{id}`")),
+                },
+                Err(e) => error(503, None, &e),
+            }
+        }
         ("DELETE", ["v1", "devices", id]) => match control.forget_device(id).await {
             Ok(()) => Response::builder()
                 .status(204)
@@ -83,8 +101,8 @@ pub async fn route(
                 Some(value) => {
                     let value = Some(value.clone()).filter(|v| !v.is_null());
                     match control.desire(id, value).await {
-                        Ok(()) => match devices(control).await {
-                            Ok(list) => match list.into_iter().find(|d| d["id"] == *id) {
+                        Ok(()) => match devices(control, Selection::One(id.to_string())).await {
+                            Ok(list) => match list.into_iter().next() {
                                 Some(d) => ok(d),
                                 None => error(404, None, &format!("no device `{id}`")),
                             },
@@ -405,18 +423,26 @@ async fn gateway(control: &Control) -> Value {
     })
 }
 
-/// Every device: as the running device stage knows it now, else as the store has it (its
-/// `last_seen` as coarse as `device::SEEN_RESOLUTION`), with the class whose `match` fits.
-async fn devices(control: &Control) -> Result<Vec<Value>, String> {
+/// The selected devices: as the running device stage knows them now, else as the store has
+/// them (`last_seen` as coarse as `device::SEEN_RESOLUTION`), with the class whose `match`
+/// fits; ordered by id.
+async fn devices(control: &Control, selection: Selection) -> Result<Vec<Value>, String> {
     let known: Vec<(String, Option<String>, crate::device::DeviceState)> =
-        match control.live_devices().await {
+        match control.live_devices(selection.clone()).await {
             Some(snapshot) => snapshot
                 .devices
                 .into_iter()
                 .map(|(id, class, state)| (id, Some(class), state))
                 .collect(),
             None => {
-                let states = control.outbox.devices().map_err(|e| e.to_string())?;
+                let mut states = control.outbox.devices().map_err(|e| e.to_string())?;
+                let keep: std::collections::HashSet<String> = selection
+                    .pick(states.iter().map(|(id, _)| id))
+                    .into_iter()
+                    .cloned()
+                    .collect();
+                states.retain(|(id, _)| keep.contains(id));
+                states.sort_by(|a, b| a.0.cmp(&b.0));
                 let classes = control.classes.lock().unwrap_or_else(|e| e.into_inner());
                 states
                     .into_iter()
@@ -459,7 +485,7 @@ async fn devices(control: &Control) -> Result<Vec<Value>, String> {
 }
 
 async fn workspaces(control: &Control) -> Result<Vec<Value>, String> {
-    let states = match control.live_devices().await {
+    let states = match control.live_devices(Selection::One(String::new())).await {
         Some(snapshot) => snapshot.workspaces,
         None => control.outbox.workspaces().map_err(|e| e.to_string())?,
     };

@@ -131,11 +131,14 @@ impl Control {
 
     /// What the device stage knows now, or, when it cannot say within a second (stopped, or
     /// busy behind a slow disk), none: then the store answers.
-    pub async fn live_devices(&self) -> Option<crate::device::Snapshot> {
+    pub async fn live_devices(
+        &self,
+        selection: crate::device::Selection,
+    ) -> Option<crate::device::Snapshot> {
         let stage = self.device_stage.as_ref()?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         stage
-            .try_send(crate::device::Request::Snapshot(reply))
+            .try_send(crate::device::Request::Snapshot(selection, reply))
             .ok()?;
         tokio::time::timeout(Duration::from_secs(1), answer)
             .await

@@ -188,6 +188,33 @@ pub struct Rules {
     pub groups: Vec<GroupConfig>,
 }
 
+/// Which devices a snapshot holds: one page, by id, so that what the API answers and what the
+/// device stage copies for it stay bounded whatever the number of devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// Those whose id sorts after `after` (all when `None`), at most `limit`.
+    Page { after: Option<String>, limit: usize },
+    /// This one alone.
+    One(String),
+}
+
+impl Selection {
+    /// The ids of `ids` this selection takes, in order.
+    pub fn pick<'a>(&self, ids: impl Iterator<Item = &'a String>) -> Vec<&'a String> {
+        match self {
+            Selection::One(id) => ids.filter(|i| *i == id).take(1).collect(),
+            Selection::Page { after, limit } => {
+                let mut ids: Vec<&String> = ids
+                    .filter(|i| after.as_ref().is_none_or(|a| *i > a))
+                    .collect();
+                ids.sort();
+                ids.truncate(*limit);
+                ids
+            }
+        }
+    }
+}
+
 /// What the device stage knows now (see [`Registry::snapshot`]).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -237,8 +264,8 @@ pub use crate::source::Outgoing;
 /// What the control API asks of the device stage, answered between two messages.
 #[derive(Debug)]
 pub enum Request {
-    /// What it knows now.
-    Snapshot(tokio::sync::oneshot::Sender<Snapshot>),
+    /// What it knows now, of the selected devices.
+    Snapshot(Selection, tokio::sync::oneshot::Sender<Snapshot>),
     /// Forget a device (`device.unregistered`, its state deleted); answered once that is
     /// durable: true, or false at once for a device it does not know.
     Forget {
@@ -1139,15 +1166,17 @@ impl Registry {
             .expect("the default class matches everything")
     }
 
-    /// Every device (with its class) and workspace as they are in memory now: exact, where
-    /// the store's `last_seen` is as coarse as [`super::SEEN_RESOLUTION`].
-    pub fn snapshot(&self) -> Snapshot {
-        let mut devices: Vec<(String, String, DeviceState)> = self
-            .devices
-            .iter()
-            .map(|(id, d)| (id.clone(), self.class_name(id).to_string(), d.state.clone()))
+    /// The selected devices (with their class) and every workspace as they are in memory now:
+    /// exact, where the store's `last_seen` is as coarse as [`super::SEEN_RESOLUTION`].
+    pub fn snapshot(&self, selection: &Selection) -> Snapshot {
+        let devices: Vec<(String, String, DeviceState)> = selection
+            .pick(self.devices.keys())
+            .into_iter()
+            .map(|id| {
+                let state = self.devices[id].state.clone();
+                (id.clone(), self.class_name(id).to_string(), state)
+            })
             .collect();
-        devices.sort_by(|a, b| a.0.cmp(&b.0));
         Snapshot {
             devices,
             workspaces: self

@@ -96,8 +96,8 @@ pub async fn run(
                 (registry.tick(clock.now()), None)
             }
             Some(request) = requests.recv() => match request {
-                super::Request::Snapshot(reply) => {
-                    let _ = reply.send(registry.snapshot());
+                super::Request::Snapshot(selection, reply) => {
+                    let _ = reply.send(registry.snapshot(&selection));
                     continue;
                 }
                 super::Request::Forget { device_id, done } => {
