@@ -78,6 +78,7 @@ mod tests {
         let at = |s: u64| t0 + Duration::from_secs(s);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let c: IpAddr = "10.0.0.3".parse().unwrap();
         let slot = |id, peer, busy, proven, since| Slot {
             id,
             peer,
@@ -95,7 +96,7 @@ mod tests {
             ("full: the idle unproven one longest idle goes",
                 vec![slot(1, a, false, true, 0), slot(2, b, false, false, 5), slot(3, b, false, false, 9)], b, Admit::Evict(2)),
             ("full: unproven before proven, however long idle",
-                vec![slot(1, a, false, true, 0), slot(2, b, false, false, 9), slot(3, a, true, false, 1)], a, Admit::Evict(2)),
+                vec![slot(1, a, false, true, 0), slot(2, b, false, false, 9), slot(3, a, true, false, 1)], c, Admit::Evict(2)),
             ("full of busy ones: wait",
                 vec![slot(1, a, true, false, 0), slot(2, b, true, false, 0), slot(3, b, true, true, 0)], b, Admit::Wait),
             ("a peer past its share makes room from its own",

@@ -58,6 +58,8 @@ fn readiness_names_what_is_wrong() {
 const PINNED: &[(&str, &str)] = &[
     ("edgehook_action_answers_ignored_total", "reason"),
     ("edgehook_dead_letters", ""),
+    ("edgehook_dead_letters_bytes", ""),
+    ("edgehook_dead_letters_let_go_total", ""),
     ("edgehook_dead_letters_total", "endpoint"),
     ("edgehook_decode_errors_total", "kind"),
     ("edgehook_delivery_attempts_total", "endpoint,result"),
