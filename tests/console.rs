@@ -67,6 +67,28 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
     let sent = publish(&mut occ, 1, 1.0).await;
     writeln!(to_browser, "go").unwrap();
     expect_step(&mut steps, "delivered", &mut browser, &daemon).await;
+    let api = common::Api::with_token(&daemon);
+    writeln!(to_browser, "go").unwrap();
+    expect_step(&mut steps, "paused", &mut browser, &daemon).await;
+    assert_eq!(endpoint_state(&api).await, "paused");
+    writeln!(to_browser, "go").unwrap();
+    expect_step(&mut steps, "resumed", &mut browser, &daemon).await;
+    assert_eq!(endpoint_state(&api).await, "active");
+    writeln!(to_browser, "go").unwrap();
+    expect_step(&mut steps, "tested", &mut browser, &daemon).await;
+    // The test event reaches the endpoint's receiver.
+    crm.wait_until(LONG, "the console's test event", |s| {
+        s.events
+            .iter()
+            .any(|e| e["data"]["device_id"] == "sample-device")
+    })
+    .await;
+    writeln!(to_browser, "go").unwrap();
+    expect_step(&mut steps, "deleted", &mut browser, &daemon).await;
+    let gone = api
+        .get("/v1/endpoints/{name}", "/v1/endpoints/console-crm")
+        .await;
+    assert_eq!(gone.status, 404, "{}", gone.body);
     writeln!(to_browser, "go").unwrap();
     let status = browser.wait().unwrap();
     assert!(
@@ -79,12 +101,29 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
     })
     .await;
     assert_eq!(crm.seen(|s| s.bad_signatures), 0);
-    for step in ["loaded", "device", "created", "delivered"] {
+    for step in [
+        "loaded",
+        "device",
+        "created",
+        "delivered",
+        "paused",
+        "resumed",
+        "tested",
+        "deleted",
+    ] {
         assert!(
             shots.join(format!("{step}.png")).exists(),
             "no screenshot of {step}"
         );
     }
+}
+
+/// The console-made endpoint's state, as the API says.
+async fn endpoint_state(api: &common::Api) -> serde_json::Value {
+    api.get("/v1/endpoints/{name}", "/v1/endpoints/console-crm")
+        .await
+        .json()["state"]
+        .clone()
 }
 
 /// Wait for the browser to report step `want`; otherwise fail with what it said.

@@ -30,6 +30,7 @@ with sync_playwright() as p:
     page.on("dialog", lambda d: d.accept(token) if d.type == "prompt" else d.accept())
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.goto(url)
     expect(page.locator("#gw")).to_contain_text("gw-test", timeout=20000)
     expect(page.locator("#live")).to_contain_text("live", timeout=20000)
@@ -56,6 +57,20 @@ with sync_playwright() as p:
     expect(page.locator("#deliveries")).to_contain_text("console-crm", timeout=30000)
     expect(page.locator("#deliveries tr", has_text="console-crm").first).to_contain_text("delivered 200")
     step("delivered", page)
+    # Each row button does what it says (before, a button without a type was a submit button
+    # the click handler passed over: zero requests). The test checks the API after each.
+    row = page.locator('#endpoints tr[data-endpoint="console-crm"]')
+    row.locator('button[data-act="pause"]').click()
+    expect(row).to_contain_text("paused", timeout=20000)
+    step("paused", page)
+    row.locator('button[data-act="resume"]').click()
+    expect(row).to_contain_text("active", timeout=20000)
+    step("resumed", page)
+    row.locator('button[data-act="test"]').click()
+    step("tested", page)
+    row.locator('button[data-act="delete"]').click()
+    expect(page.locator('#endpoints tr[data-endpoint="console-crm"]')).to_have_count(0, timeout=20000)
+    step("deleted", page)
     if errors:
         sys.exit("errors on the page: " + "; ".join(errors))
     browser.close()
