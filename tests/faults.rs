@@ -792,7 +792,9 @@ async fn a_backlog_of_large_readings_is_delivered_within_bounded_memory() {
     let broker = Mosquitto::start(dir.path());
     let receiver = Receiver::start().await;
     receiver.fail_with(503);
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    // A camera's readings are large: what is kept of one device is raised to fit them.
+    let extra = "[devices]\nmax_state_bytes = 131072\n";
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, extra);
     daemon.start();
     let mut sensor = device(broker.port, "big-cam-1", DeviceClass::OccupancySensor).await;
     let n = 600;
