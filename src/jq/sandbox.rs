@@ -69,7 +69,7 @@ impl Worker {
         match worker.heard.recv_timeout(START) {
             Ok(Heard::Ready) => Ok(worker),
             Ok(_) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                Err(cannot(&worker.death_reason(Budget::MAPPING)))
+                Err(cannot(&worker.death_reason(budget)))
             }
             Err(mpsc::RecvTimeoutError::Timeout) => Err(cannot(&format!(
                 "it did not start within {} s",
