@@ -162,3 +162,31 @@ fn outbox_commands_on_a_missing_store_say_so_and_create_nothing() {
     );
     assert!(!state.exists());
 }
+
+/// #45: `edgehook outbox list --dead | head -1` panicked on the closed pipe (exit 134 in the
+/// release build). A command whose reader goes away ends quietly, killed by SIGPIPE as any
+/// Unix tool is.
+#[test]
+fn a_command_whose_reader_goes_away_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgehook"))
+        .args(["check-config", EXAMPLE])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the command writes its line.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+    assert_eq!(
+        out.status.signal(),
+        Some(13),
+        "killed by SIGPIPE: {:?}",
+        out.status
+    );
+}

@@ -138,6 +138,15 @@ pub fn main() -> ExitCode {
     }
     crate::memory::tune_allocator();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) && !is_demo(&cli.command) {
+        // A command whose reader goes away (`edgehook outbox list --dead | head -1`) ends
+        // quietly, as any Unix tool does, instead of panicking on the closed pipe. The daemon
+        // keeps Rust's default (SIGPIPE ignored: a socket's peer going away is an error).
+        // SAFETY: signal() with SIG_DFL takes no pointer; set before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     crate::telemetry::init_logging();
     match cli.command {
         Command::CheckConfig {
@@ -260,6 +269,16 @@ pub fn main() -> ExitCode {
         #[cfg(feature = "demo")]
         Command::Demo(args) => block_on(crate::demo::run(args)),
     }
+}
+
+/// Whether `command` is `edgehook demo` (a daemon too).
+fn is_demo(command: &Command) -> bool {
+    #[cfg(feature = "demo")]
+    if matches!(command, Command::Demo(_)) {
+        return true;
+    }
+    let _ = command;
+    false
 }
 
 /// Run `command` with the daemon's API (see [`client`]) and the state directory. Exit 2, with
