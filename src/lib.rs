@@ -29,7 +29,10 @@
 //! - [`metrics`] (the registry and its exposition, by `prometheus-client`; it knows no stage:
 //!   each stage's `metrics` module registers and updates its own series), [`fault_log`],
 //!   [`atomic_file`]
-//!   (rate-limited fault logs), [`secret`], [`size`], [`tls`]: primitives.
+//!   (rate-limited fault logs), [`secret`], [`size`], [`tls`], [`address`] (URLs taken without
+//!   reaching the host-name code that panics), [`jq`] (filters, each run in a worker process
+//!   held to a budget) and [`heap_budget`] (the allocator that holds a worker to its heap):
+//!   primitives. Every bound on input is listed in `docs/bounds.md`.
 //! - [`config`] loads the file and environment and aggregates each stage's own section
 //!   (`source::config`, `device::config`, `outbox::config`, `deliver::config`, each with its
 //!   checks); [`telemetry`] (logs, systemd, readiness over the stages' metrics, the scrape);
