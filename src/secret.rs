@@ -35,9 +35,10 @@ impl fmt::Display for Secret {
 }
 
 /// serde's message for a value of the wrong type or shape, without the value: `invalid type:
-/// string "whsec_...", expected a sequence` becomes `invalid type: expected a sequence`. A
-/// value given where a secret (or header) belongs may be that secret, so no error that
-/// reaches a log, an API answer or a command's output repeats what was given.
+/// string "whsec_...", expected a sequence` becomes `invalid type: expected a sequence`. For a
+/// value given where a secret (or header) belongs, which may be that secret: an API answer or
+/// a command's output never repeats it (the configuration file's errors have their own,
+/// `config::hide_value`, over TOML values).
 pub fn without_value(message: &str) -> String {
     for kind in ["invalid type: ", "invalid value: ", "invalid length "] {
         if let Some(rest) = message.strip_prefix(kind) {

@@ -323,7 +323,7 @@ fn key_segments(key: &str) -> Vec<String> {
 
 /// Whether the value at `key` is (or is inside) a secret: a `secret`, an entry of `secrets`,
 /// a `password`, or a header value (API keys live there). Its value is never echoed.
-fn is_secret_key(key: &str) -> bool {
+pub(crate) fn is_secret_key(key: &str) -> bool {
     key.split('.').any(|part| {
         // `secrets[0]`: the list's name
         let part = part.split('[').next().unwrap_or(part).to_ascii_lowercase();

@@ -296,8 +296,14 @@ impl Endpoints {
 fn parse(body: Value) -> Result<WebhookConfig, Refused> {
     let config: WebhookConfig = serde_path_to_error::deserialize(body).map_err(|e| {
         let path = e.path().to_string();
-        // Never the value given: where a secret belongs, it may be one (#43.15).
-        let text = crate::secret::without_value(&e.into_inner().to_string());
+        // Never the value given where a secret belongs (#43.15), as the configuration's
+        // errors do (`config::is_secret_key`).
+        let text = e.into_inner().to_string();
+        let text = if crate::config::is_secret_key(&path) {
+            crate::secret::without_value(&text)
+        } else {
+            text
+        };
         let field = text
             .split('`')
             .nth(1)
