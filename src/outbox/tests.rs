@@ -36,6 +36,17 @@ fn open_when_released(dir: &Path, routes: fn() -> Vec<Route>) -> Outbox {
     }
 }
 
+/// Why a letter is given up on in these tests: three attempts, the last a 500.
+fn given_up() -> DeadInfo {
+    DeadInfo {
+        attempts: 3,
+        last_status: Some(500),
+        last_error: "HTTP 500".into(),
+        dead_at: 0,
+        reason: "max_attempts".into(),
+    }
+}
+
 fn reading(device: &str) -> Envelope {
     let mut fields = serde_json::Map::new();
     fields.insert("t".into(), 21.into());
@@ -290,13 +301,7 @@ async fn each_endpoint_has_its_own_queue_dead_letters_and_purge() {
         crm_records[0].seq
     );
     // A dead letter belongs to its endpoint and is replayed into that queue only.
-    let info = DeadInfo {
-        attempts: 3,
-        last_status: Some(500),
-        last_error: "HTTP 500".into(),
-        dead_at: 0,
-        reason: "max_attempts".into(),
-    };
+    let info = given_up();
     assert!(ob.bury(crm, crm_records[1].seq, &info).unwrap());
     assert!(ob.bury(all, crm_records[1].seq, &info).unwrap());
     let dead = ob.dead_letters(10).unwrap();
@@ -1294,13 +1299,7 @@ async fn dead_letters_are_kept_within_their_budget_oldest_let_go() {
     let envelopes: Vec<Envelope> = (0..20).map(|i| reading(&format!("d{i}"))).collect();
     let ids: Vec<String> = envelopes.iter().map(|e| e.id.clone()).collect();
     let (dir, ob) = holding(envelopes).await;
-    let info = DeadInfo {
-        attempts: 3,
-        last_status: Some(500),
-        last_error: "HTTP 500".into(),
-        dead_at: 0,
-        reason: "max_attempts".into(),
-    };
+    let info = given_up();
     assert!(ob.bury(Q0, 0, &info).unwrap());
     let one = ob.dead_bytes.load(std::sync::atomic::Ordering::Relaxed);
     assert!(one > 0);
@@ -1412,13 +1411,7 @@ async fn a_value_that_is_no_record_is_set_aside_and_the_letters_still_list() {
 async fn a_letter_given_up_on_with_a_damaged_body_is_marked_damaged() {
     let (dir, ob) = holding(vec![reading("a")]).await;
     damage_body(dir.path(), &ob, 0, true);
-    let info = DeadInfo {
-        attempts: 3,
-        last_status: Some(500),
-        last_error: "HTTP 500".into(),
-        dead_at: 0,
-        reason: "max_attempts".into(),
-    };
+    let info = given_up();
     assert!(ob.bury(Q0, 0, &info).unwrap());
     let dead = ob.dead_letters(10).unwrap();
     assert_eq!(
