@@ -21,6 +21,12 @@
 //!   (`edgehook_outbox_checkpoints_total`), and its resident memory. Run once: they count, they
 //!   do not time.
 //!
+//! - "limits": memory at the default device limits, the worst case devices can make: 5,000
+//!   devices (`devices.max_devices`) each keeping 3.7 KB (just under `max_state_bytes`),
+//!   published at once at QoS 0 (no backpressure) with the receiver down; then eight
+//!   concurrent `GET /v1/devices?limit=1000`; then a restart over that store. Peak RSS after
+//!   each, against the unit's `MemoryMax`. Run once.
+//!
 //! - "actions": the action round trip: 500 actions to 20 room displays, pushed signed to the
 //!   push listener at 50 a second; from the push to the receipt of its
 //!   `device.action_completed`, through the outbox, mosquitto, the display and back (p50/p99).
@@ -58,7 +64,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{proc_field, Daemon, Mosquitto, Receiver};
+use common::{peak_rss_kb, proc_field, Api, Daemon, Mosquitto, Receiver};
 use firmware_sim::{run_fleet, FleetConfig};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -632,6 +638,96 @@ async fn idle(heartbeats: bool, length: Duration) -> Idle {
     result
 }
 
+/// The "limits" scenario (see the module docs): peak RSS in kB once every device is in, after
+/// eight concurrent pages, and after a restart (with one page read).
+async fn limits() -> (u64, u64, u64) {
+    const DEVICES: usize = 5_000;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    // The receiver is down: nothing listens there.
+    let down = format!("http://127.0.0.1:{}/down", common::free_port());
+    let mut daemon = Daemon::new(dir.path(), broker.port, &down, "");
+    daemon.start();
+    let filler = "x".repeat(3_700);
+    let messages: Vec<(String, Vec<u8>)> = (0..DEVICES)
+        .map(|i| {
+            let body = serde_json::json!({ "presence": i % 2 == 0, "blob": filler });
+            (
+                format!("sensors/w-{i:05}/reading"),
+                body.to_string().into_bytes(),
+            )
+        })
+        .collect();
+    publish_qos0(broker.port, &messages);
+    daemon.wait_metric("edgehook_devices", DEVICES as u64).await;
+    let pid = daemon.pid().unwrap();
+    let arrived = peak_rss_kb(pid).unwrap_or(0);
+    let pages: Vec<_> = (0..8)
+        .map(|_| {
+            let api = Api::new(daemon.metrics_port);
+            tokio::spawn(async move { api.get("/v1/devices", "/v1/devices?limit=1000").await })
+        })
+        .collect();
+    for page in pages {
+        assert_eq!(page.await.unwrap().status, 200);
+    }
+    let paged = peak_rss_kb(pid).unwrap_or(0);
+    assert_eq!(daemon.terminate(), Some(0));
+    daemon.start();
+    let api = Api::new(daemon.metrics_port);
+    assert_eq!(
+        api.get("/v1/devices", "/v1/devices?limit=1000")
+            .await
+            .status,
+        200
+    );
+    let restarted = peak_rss_kb(daemon.pid().unwrap()).unwrap_or(0);
+    assert_eq!(daemon.terminate(), Some(0));
+    (arrived, paged, restarted)
+}
+
+/// Publish every `(topic, payload)` at QoS 0 over one plain MQTT 3.1.1 connection, as fast
+/// as the socket takes them: no acknowledgement, no backpressure.
+fn publish_qos0(port: u16, messages: &[(String, Vec<u8>)]) {
+    use std::io::{Read, Write};
+    fn length(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let digit = (n % 128) as u8;
+            n /= 128;
+            out.push(if n > 0 { digit | 0x80 } else { digit });
+            if n == 0 {
+                return;
+            }
+        }
+    }
+    fn text(s: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s);
+    }
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut rest = Vec::new();
+    text(b"MQTT", &mut rest);
+    rest.extend_from_slice(&[4, 2, 0, 60]); // 3.1.1, clean session, keep-alive 60 s
+    text(b"bench-limits", &mut rest);
+    let mut connect = vec![0x10];
+    length(rest.len(), &mut connect);
+    connect.extend_from_slice(&rest);
+    socket.write_all(&connect).unwrap();
+    let mut connack = [0u8; 4];
+    socket.read_exact(&mut connack).unwrap();
+    assert_eq!(connack[3], 0, "the broker refused the connection");
+    for (topic, payload) in messages {
+        let mut rest = Vec::new();
+        text(topic.as_bytes(), &mut rest);
+        rest.extend_from_slice(payload);
+        let mut packet = vec![0x30];
+        length(rest.len(), &mut packet);
+        packet.extend_from_slice(&rest);
+        socket.write_all(&packet).unwrap();
+    }
+    socket.write_all(&[0xe0, 0]).unwrap(); // DISCONNECT
+}
+
 /// What [`idle`] measured.
 struct Idle {
     bytes: u64,
@@ -805,6 +901,10 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(600),
     );
+    let limits = wanted("limits").then(|| {
+        settle();
+        runtime.block_on(limits())
+    });
     let actions = wanted("actions").then(|| {
         settle();
         runtime.block_on(actions_round_trip())
@@ -927,6 +1027,15 @@ fn main() {
             i.rss as f64 / 1024.0,
             i.anon as f64 / 1024.0,
             i.peak as f64 / 1024.0
+        );
+    }
+    if let Some((arrived, paged, restarted)) = limits {
+        let mb = |kb: u64| kb as f64 / 1024.0;
+        println!(
+            "limits: 5,000 devices of 3.7 KB: peak RSS {:.1} MB once in, {:.1} MB after eight concurrent pages of 1,000, {:.1} MB restarted (the unit's MemoryMax: 96 MB)",
+            mb(arrived),
+            mb(paged),
+            mb(restarted)
         );
     }
     let rows: Vec<&Row> = rows.iter().flat_map(|(e, _)| e).collect();

@@ -469,3 +469,71 @@ async fn the_device_list_is_answered_a_page_at_a_time() {
     );
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+/// #43 (memory at the limits): a page of 1,000 devices that each keep close to
+/// `devices.max_state_bytes` was about 4 MB of JSON, built whole for every reader (eight at
+/// once took the daemon past its `MemoryMax`). A page stops at 1 MiB, says where the next
+/// starts, and the pages together hold every device: from the running daemon and from the
+/// store of a stopped one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_large_devices_stays_within_a_mebibyte() {
+    const DEVICES: usize = 320;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon.start();
+    let topics: Vec<String> = (0..DEVICES)
+        .map(|i| format!("sensors/large-{i:03}/reading"))
+        .collect();
+    let body = format!(r#"{{"presence":true,"note":"{}"}}"#, "n".repeat(3_700));
+    let messages: Vec<(&str, &str)> = topics.iter().map(|t| (t.as_str(), body.as_str())).collect();
+    publish_plain(broker.port, "large", &messages).await;
+    receiver
+        .wait_until(LONG, "every device's reading", |s| {
+            s.of_type("sensor.reading.updated").len() == DEVICES
+        })
+        .await;
+    let api = Api::new(daemon.metrics_port);
+    let mut seen = Vec::new();
+    let mut path = "/v1/devices?limit=1000".to_string();
+    loop {
+        let page = api.get("/v1/devices", &path).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(
+            page.body.len() <= 1 << 20,
+            "a page of {} bytes",
+            page.body.len()
+        );
+        let page = page.json();
+        let ids = page["devices"].as_array().unwrap();
+        assert!(!ids.is_empty());
+        seen.extend(ids.iter().map(|d| d["id"].as_str().unwrap().to_string()));
+        match page["next"].as_str() {
+            Some(next) => path = format!("/v1/devices?limit=1000&after={next}"),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..DEVICES).map(|i| format!("large-{i:03}")).collect();
+    assert_eq!(
+        seen, expected,
+        "the pages, in order, hold every device once"
+    );
+    assert!(seen.len() > 1, "more than one page");
+    let (code, out, err) = daemon.cli(&["devices", "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed["devices"].as_array().unwrap().len(), DEVICES);
+    assert_eq!(daemon.terminate(), Some(0));
+    // Stopped: the store answers, a page at a time as well.
+    let (code, out, err) = daemon.cli(&["devices", "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<&str> = listed["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, expected.iter().map(String::as_str).collect::<Vec<_>>());
+}

@@ -65,11 +65,9 @@ pub async fn route(
             let after = q.get("after").map(str::to_string);
             let selection = Selection::Page { after, limit };
             match devices(control, selection).await {
-                // A full page says where the next starts.
-                Ok(list) => {
-                    let next = (list.len() == limit)
-                        .then(|| list.last().map(|d| d["id"].clone()))
-                        .flatten();
+                // A page cut short (by `limit` or its size) says where the next starts.
+                Ok((list, more)) => {
+                    let next = more.then(|| list.last().map(|d| d["id"].clone())).flatten();
                     ok(json!({ "devices": list, "next": next }))
                 }
                 Err(e) => error(503, None, &e),
@@ -77,7 +75,7 @@ pub async fn route(
         }
         ("GET" | "HEAD", ["v1", "devices", id]) => {
             match devices(control, Selection::One(id.to_string())).await {
-                Ok(list) => match list.into_iter().next() {
+                Ok((list, _)) => match list.into_iter().next() {
                     Some(d) => ok(d),
                     None => error(404, None, &format!("no device `{id}`")),
                 },
@@ -102,7 +100,7 @@ pub async fn route(
                     let value = Some(value.clone()).filter(|v| !v.is_null());
                     match control.desire(id, value).await {
                         Ok(()) => match devices(control, Selection::One(id.to_string())).await {
-                            Ok(list) => match list.into_iter().next() {
+                            Ok((list, _)) => match list.into_iter().next() {
                                 Some(d) => ok(d),
                                 None => error(404, None, &format!("no device `{id}`")),
                             },
@@ -425,39 +423,47 @@ async fn gateway(control: &Control) -> Value {
 
 /// The selected devices: as the running device stage knows them now, else as the store has
 /// them (`last_seen` as coarse as `device::SEEN_RESOLUTION`), with the class whose `match`
-/// fits; ordered by id.
-async fn devices(control: &Control, selection: Selection) -> Result<Vec<Value>, String> {
-    let known: Vec<(String, Option<String>, crate::device::DeviceState)> =
-        match control.live_devices(selection.clone()).await {
-            Some(snapshot) => snapshot
+/// fits; ordered by id; a page within `device::PAGE_BYTES`, and whether more follow. At most
+/// [`super::LARGE_READS`] are built at once: the others wait their turn.
+async fn devices(control: &Control, selection: Selection) -> Result<(Vec<Value>, bool), String> {
+    let _turn = control
+        .large_reads
+        .acquire()
+        .await
+        .map_err(|e| e.to_string())?;
+    let (known, more): (
+        Vec<(String, Option<String>, crate::device::DeviceState)>,
+        bool,
+    ) = match control.live_devices(selection.clone()).await {
+        Some(snapshot) => (
+            snapshot
                 .devices
                 .into_iter()
                 .map(|(id, class, state)| (id, Some(class), state))
                 .collect(),
-            None => {
-                let mut states = control.outbox.devices().map_err(|e| e.to_string())?;
-                let keep: std::collections::HashSet<String> = selection
-                    .pick(states.iter().map(|(id, _)| id))
-                    .into_iter()
-                    .cloned()
-                    .collect();
-                states.retain(|(id, _)| keep.contains(id));
-                states.sort_by(|a, b| a.0.cmp(&b.0));
-                let classes = control.classes.lock().unwrap_or_else(|e| e.into_inner());
-                states
-                    .into_iter()
-                    .map(|(id, s)| {
-                        // The first class whose `match` fits, as the device stage picks it.
-                        let class = classes
-                            .iter()
-                            .find(|c| c.matches(&id))
-                            .map(|c| c.name.clone());
-                        (id, class, s)
-                    })
-                    .collect()
-            }
-        };
-    Ok(known
+            snapshot.more,
+        ),
+        None => {
+            let (states, more) = control
+                .outbox
+                .devices_page(&selection)
+                .map_err(|e| e.to_string())?;
+            let classes = control.classes.lock().unwrap_or_else(|e| e.into_inner());
+            let known = states
+                .into_iter()
+                .map(|(id, s)| {
+                    // The first class whose `match` fits, as the device stage picks it.
+                    let class = classes
+                        .iter()
+                        .find(|c| c.matches(&id))
+                        .map(|c| c.name.clone());
+                    (id, class, s)
+                })
+                .collect();
+            (known, more)
+        }
+    };
+    let list = known
         .into_iter()
         .map(|(id, class, s)| {
             json!({
@@ -481,7 +487,8 @@ async fn devices(control: &Control, selection: Selection) -> Result<Vec<Value>, 
                 "desired": s.desired,
             })
         })
-        .collect())
+        .collect();
+    Ok((list, more))
 }
 
 async fn workspaces(control: &Control) -> Result<Vec<Value>, String> {

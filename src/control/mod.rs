@@ -90,7 +90,14 @@ pub struct Control {
     /// The running device stage, asked for what it knows now; none for a stopped daemon
     /// (then the store answers).
     device_stage: Option<tokio::sync::mpsc::Sender<crate::device::Request>>,
+    /// Turns for building a large answer (a page of devices): see [`LARGE_READS`].
+    pub large_reads: tokio::sync::Semaphore,
 }
+
+/// How many large answers (pages of devices, up to `device::PAGE_BYTES` each) are built at
+/// once; the other requests wait their turn, so that many clients reading at once cost what
+/// two do.
+pub const LARGE_READS: usize = 2;
 
 impl Control {
     #[allow(clippy::too_many_arguments)]
@@ -113,6 +120,7 @@ impl Control {
             state_dir,
             token,
             workspaces: std::sync::Mutex::new(workspaces),
+            large_reads: tokio::sync::Semaphore::new(LARGE_READS),
             endpoints: Mutex::new((endpoints, fleet)),
             log,
             classes: std::sync::Mutex::new(compile(&classes)),

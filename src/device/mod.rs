@@ -45,7 +45,7 @@ pub use events::samples;
 use events::*;
 pub use registry::{
     ActionAnswer, ActionRequest, Applied, BookRefusal, IgnoredAnswer, Outgoing, Refusal, Refused,
-    Registry, Request, Rules, Selection, Snapshot, Submit,
+    Registry, Request, Rules, Selection, Snapshot, Submit, PAGE_BYTES, VIEW_BYTES,
 };
 pub use task::run;
 

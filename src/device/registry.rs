@@ -137,7 +137,7 @@ impl Refused {
 }
 
 /// The size of `value` as JSON text, counted without writing it.
-fn json_bytes(value: &Value) -> usize {
+pub fn json_bytes(value: &impl serde::Serialize) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -198,21 +198,52 @@ pub enum Selection {
     One(String),
 }
 
+/// The most a page of devices holds, as JSON: a page stops before the device that would take
+/// it past this (it always holds one), so that a page of devices that each keep
+/// `devices.max_state_bytes` costs what a page of small ones does.
+pub const PAGE_BYTES: usize = 1 << 20;
+
 impl Selection {
-    /// The ids of `ids` this selection takes, in order.
-    pub fn pick<'a>(&self, ids: impl Iterator<Item = &'a String>) -> Vec<&'a String> {
+    /// The ids of `ids` this selection takes, in order, within [`PAGE_BYTES`] as `size`
+    /// measures each; and whether more follow the last one taken.
+    pub fn pick<'a>(
+        &self,
+        ids: impl Iterator<Item = &'a String>,
+        size: impl Fn(&String) -> usize,
+    ) -> (Vec<&'a String>, bool) {
         match self {
-            Selection::One(id) => ids.filter(|i| *i == id).take(1).collect(),
+            Selection::One(id) => (ids.filter(|i| *i == id).take(1).collect(), false),
             Selection::Page { after, limit } => {
                 let mut ids: Vec<&String> = ids
                     .filter(|i| after.as_ref().is_none_or(|a| *i > a))
                     .collect();
                 ids.sort();
-                ids.truncate(*limit);
-                ids
+                let fit = fitting(ids.iter().take(*limit).map(|id| size(id)));
+                let more = ids.len() > fit;
+                ids.truncate(fit);
+                (ids, more)
             }
         }
     }
+}
+
+/// What a device's view in a page adds to its stored state (its id, class, times as text,
+/// the JSON around them), counted with each.
+pub const VIEW_BYTES: usize = 512;
+
+/// How many of a page's items, of these sizes (stored), fit in [`PAGE_BYTES`] as views: at
+/// least one.
+pub fn fitting(sizes: impl Iterator<Item = usize>) -> usize {
+    let mut total = 0usize;
+    let mut n = 0;
+    for size in sizes {
+        total = total.saturating_add(size + VIEW_BYTES);
+        if n > 0 && total > PAGE_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n
 }
 
 /// What the device stage knows now (see [`Registry::snapshot`]).
@@ -222,6 +253,8 @@ pub struct Snapshot {
     pub devices: Vec<(String, String, DeviceState)>,
     /// The configured workspaces' states.
     pub workspaces: Vec<(String, WorkspaceState)>,
+    /// More devices follow the last one of a page (cut by its `limit` or [`PAGE_BYTES`]).
+    pub more: bool,
 }
 
 /// An action asked for.
@@ -1169,8 +1202,10 @@ impl Registry {
     /// The selected devices (with their class) and every workspace as they are in memory now:
     /// exact, where the store's `last_seen` is as coarse as [`super::SEEN_RESOLUTION`].
     pub fn snapshot(&self, selection: &Selection) -> Snapshot {
-        let devices: Vec<(String, String, DeviceState)> = selection
-            .pick(self.devices.keys())
+        let (ids, more) = selection.pick(self.devices.keys(), |id| {
+            json_bytes(&self.devices[id].state)
+        });
+        let devices: Vec<(String, String, DeviceState)> = ids
             .into_iter()
             .map(|id| {
                 let state = self.devices[id].state.clone();
@@ -1179,6 +1214,7 @@ impl Registry {
             .collect();
         Snapshot {
             devices,
+            more,
             workspaces: self
                 .workspaces
                 .iter()

@@ -1369,3 +1369,41 @@ fn actions_pending_at_a_restart_are_sent_whatever_is_loaded_after_them() {
     r.shift(10_000);
     assert_eq!(r.tick(14_000).outgoing.len(), 1, "sent after the step");
 }
+
+/// A page of the registry's devices stops at its limit or before the device that would take
+/// it past `PAGE_BYTES` (always one), and says whether more follow.
+#[test]
+fn a_page_stops_at_its_limit_or_its_size() {
+    let ids: Vec<String> = (0..5).map(|i| format!("d{i}")).collect();
+    let third = PAGE_BYTES / 3 - VIEW_BYTES;
+    let size = |id: &String| match id.as_str() {
+        "d3" => PAGE_BYTES * 2,
+        "d4" => 10,
+        _ => third,
+    };
+    let cases: [(Option<&str>, usize, &str, bool); 7] = [
+        (None, 1000, "d0,d1,d2", true),
+        (None, 2, "d0,d1", true),
+        (Some("d1"), 1000, "d2", true),
+        (Some("d2"), 1000, "d3", true),
+        (Some("d3"), 1000, "d4", false),
+        (Some("d4"), 1000, "", false),
+        (None, 5, "d0,d1,d2", true),
+    ];
+    for (after, limit, want, more) in cases {
+        let selection = Selection::Page {
+            after: after.map(str::to_string),
+            limit,
+        };
+        // The registry's ids come in no order.
+        let (picked, more_found) = selection.pick(ids.iter().rev(), size);
+        let picked: Vec<&str> = picked.into_iter().map(String::as_str).collect();
+        assert_eq!(
+            (picked.join(","), more_found),
+            (want.to_string(), more),
+            "after {after:?}, limit {limit}"
+        );
+    }
+    let (one, more) = Selection::One("d2".into()).pick(ids.iter(), size);
+    assert_eq!((one, more), (vec![&ids[2]], false));
+}

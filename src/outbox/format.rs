@@ -163,15 +163,24 @@ pub(super) fn load_states<T: serde::de::DeserializeOwned>(
     tree.iter()
         .map(|kv| {
             let (k, v) = kv?;
-            let key = String::from_utf8_lossy(&k).into_owned();
-            let state = serde_json::from_slice(&v).map_err(|e| OutboxError::CorruptState {
-                tree: what,
-                key: key.clone(),
-                why: e.to_string(),
-            })?;
-            Ok((key, state))
+            load_state(&k, &v, what)
         })
         .collect()
+}
+
+/// One persisted state, its key as text.
+pub(super) fn load_state<T: serde::de::DeserializeOwned>(
+    key: &[u8],
+    value: &[u8],
+    what: &'static str,
+) -> Result<(String, T), OutboxError> {
+    let key = String::from_utf8_lossy(key).into_owned();
+    let state = serde_json::from_slice(value).map_err(|e| OutboxError::CorruptState {
+        tree: what,
+        key: key.clone(),
+        why: e.to_string(),
+    })?;
+    Ok((key, state))
 }
 
 pub(super) fn seq_of(key: &[u8]) -> Result<u64, OutboxError> {

@@ -596,6 +596,45 @@ impl Outbox {
         self.with(|s| load_states(&s.devices, "device"))
     }
 
+    /// The persisted devices `selection` takes, by id, a page within
+    /// [`crate::device::PAGE_BYTES`] of stored state; and whether more follow. Reads only the
+    /// page, however many devices there are.
+    #[allow(clippy::type_complexity)]
+    pub fn devices_page(
+        &self,
+        selection: &crate::device::Selection,
+    ) -> Result<(Vec<(String, DeviceState)>, bool), OutboxError> {
+        use std::ops::Bound;
+        self.with(|s| match selection {
+            crate::device::Selection::One(id) => Ok((
+                match s.devices.get(id.as_bytes())? {
+                    Some(v) => vec![format::load_state(id.as_bytes(), &v, "device")?],
+                    None => Vec::new(),
+                },
+                false,
+            )),
+            crate::device::Selection::Page { after, limit } => {
+                let from = match after {
+                    Some(a) => Bound::Excluded(a.as_bytes()),
+                    None => Bound::Unbounded,
+                };
+                let mut page = Vec::new();
+                let mut bytes = 0usize;
+                for kv in s.devices.range::<&[u8], _>((from, Bound::Unbounded)) {
+                    let (k, v) = kv?;
+                    bytes += k.len() + v.len() + crate::device::VIEW_BYTES;
+                    if page.len() == *limit
+                        || (!page.is_empty() && bytes > crate::device::PAGE_BYTES)
+                    {
+                        return Ok((page, true));
+                    }
+                    page.push(format::load_state(&k, &v, "device")?);
+                }
+                Ok((page, false))
+            }
+        })
+    }
+
     /// Every persisted workspace state (read once at start).
     pub fn workspaces(&self) -> Result<Vec<(String, WorkspaceState)>, OutboxError> {
         self.with(|s| load_states(&s.workspaces, "workspace"))

@@ -1420,3 +1420,69 @@ async fn a_letter_given_up_on_with_a_damaged_body_is_marked_damaged() {
     );
     assert!(ob.revive(DEFAULT_ENDPOINT, 0).await.is_err());
 }
+
+/// A page of stored devices reads only its devices, in id order after `after`, and stops at
+/// its limit or before the device that would take it past `device::PAGE_BYTES` (always one).
+#[tokio::test]
+async fn a_page_of_stored_devices_stops_at_its_limit_or_its_size() {
+    use crate::device::{Selection, PAGE_BYTES};
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+    // Each keeps about a third of a page; d3 alone more than a page.
+    let state = |bytes: usize| DeviceState {
+        values: [(
+            "note".to_string(),
+            serde_json::Value::String("n".repeat(bytes)),
+        )]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    };
+    let third = PAGE_BYTES / 3 - 400 - crate::device::VIEW_BYTES;
+    let commit = Commit {
+        devices: vec![
+            ("d0".into(), state(third)),
+            ("d1".into(), state(third)),
+            ("d2".into(), state(third)),
+            ("d3".into(), state(PAGE_BYTES + 1)),
+            ("d4".into(), state(10)),
+        ],
+        sync: true,
+        ..Default::default()
+    };
+    ob.write(&[commit], &[]).unwrap();
+    ob.flush().await.unwrap();
+    let page = |after: Option<&str>, limit: usize| {
+        let (devices, more) = ob
+            .devices_page(&Selection::Page {
+                after: after.map(str::to_string),
+                limit,
+            })
+            .unwrap();
+        let ids: Vec<String> = devices.into_iter().map(|(id, _)| id).collect();
+        (ids.join(","), more)
+    };
+    let cases: [(Option<&str>, usize, &str, bool); 7] = [
+        (None, 1000, "d0,d1,d2", true),
+        (None, 2, "d0,d1", true),
+        (Some("d1"), 1000, "d2", true),
+        (Some("d2"), 1000, "d3", true),
+        (Some("d3"), 1000, "d4", false),
+        (Some("d4"), 1000, "", false),
+        (Some("a"), 1, "d0", true),
+    ];
+    for (after, limit, ids, more) in cases {
+        assert_eq!(
+            page(after, limit),
+            (ids.to_string(), more),
+            "after {after:?}, limit {limit}"
+        );
+    }
+    let (one, more) = ob.devices_page(&Selection::One("d4".into())).unwrap();
+    assert_eq!((one.len(), more), (1, false));
+    assert!(ob
+        .devices_page(&Selection::One("nope".into()))
+        .unwrap()
+        .0
+        .is_empty());
+}
