@@ -39,13 +39,15 @@ pub mod workspace;
 
 mod events;
 mod registry;
+mod requests;
 mod task;
 
 pub use events::samples;
 use events::*;
-pub use registry::{
-    ActionAnswer, ActionRequest, Applied, BookRefusal, IgnoredAnswer, Outgoing, Refusal, Refused,
-    Registry, Request, Rules, Selection, Snapshot, Submit, PAGE_BYTES, VIEW_BYTES,
+pub use registry::{Applied, IgnoredAnswer, Outgoing, Refused, Registry, Rules};
+pub use requests::{
+    ActionAnswer, ActionRequest, BookRefusal, Refusal, Request, Selection, Snapshot, Submit,
+    PAGE_BYTES, VIEW_BYTES,
 };
 pub use task::run;
 
