@@ -806,3 +806,115 @@ async fn firmware_sim_publishes_as_each_ecosystem_and_its_preset_takes_it() {
     );
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+/// #46.2 and #46.3, driven with the ecosystems' own messages through mosquitto:
+/// - a ChirpStack uplink without `object` (no codec) and a TTN uplink without
+///   `decoded_payload` made no event at all: they register a device and bring it online;
+/// - with `heartbeat = "1s"`, `lost_after = 2`, one uplink with `object` and then twelve
+///   without, every 0.5 s, made the device `device.lost_communication` while it was talking:
+///   every message counts as life, as the example configuration says;
+/// - Zigbee2MQTT's retained `{"state":"offline"}` for a device never heard before made
+///   `device.registered` and no `device.offline`, while the API showed it offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_of_a_device_is_a_sign_of_life_and_its_health_is_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    // Retained before the daemon subscribes, as at every start.
+    common::publish_retained(
+        broker.port,
+        "z2m",
+        &[(
+            "zigbee2mqtt/hall sensor/availability",
+            r#"{"state":"offline"}"#,
+        )],
+    )
+    .await;
+    let receiver = Receiver::start().await;
+    let class = "[[device_classes]]\nname = \"lora\"\nmatch = [\"*\"]\nheartbeat = \"1s\"\nlost_after = 2\ndebounce = \"0s\"\n";
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, class);
+    daemon.env.push((
+        "EDGEHOOK_MQTT__PRESETS".into(),
+        "[zigbee2mqtt, chirpstack, the_things_stack]".into(),
+    ));
+    daemon
+        .env
+        .push(("EDGEHOOK_MQTT__SUBSCRIPTIONS".into(), "[]".into()));
+    daemon.start();
+    daemon.wait_metric("edgehook_mqtt_connected", 1).await;
+    let fixtures: Value = serde_json::from_str(include_str!("fixtures/ecosystems.json")).unwrap();
+    let find = |eco: &str, device: &str, with_fields: bool| -> (String, String) {
+        let m = fixtures[eco]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| {
+                m["device"] == device
+                    && m["fields"].is_object() == with_fields
+                    && m["topic"].as_str().unwrap().ends_with("/up")
+            })
+            .unwrap();
+        (
+            m["topic"].as_str().unwrap().into(),
+            m["payload"].to_string(),
+        )
+    };
+    // TTN without decoded_payload, from a device never heard before.
+    let (topic, payload) = find("the_things_stack", "dev2", false);
+    common::publish_plain(broker.port, "ttn", &[(&topic, &payload)]).await;
+    // ChirpStack: one uplink with `object`, then twelve without, every 0.5 s.
+    let (with, with_payload) = find("chirpstack", "0101010101010101", true);
+    let (without, without_payload) = find("chirpstack", "0101010101010101", false);
+    common::publish_plain(broker.port, "cs", &[(&with, &with_payload)]).await;
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        common::publish_plain(broker.port, "cs", &[(&without, &without_payload)]).await;
+    }
+    receiver
+        .wait_until(
+            LONG,
+            "dev2 registered and online; the hall sensor offline",
+            |s| {
+                let types = |d: &str| -> Vec<String> {
+                    s.events
+                        .iter()
+                        .filter(|e| e["data"]["device_id"] == d)
+                        .map(|e| e["type"].as_str().unwrap().to_string())
+                        .collect()
+                };
+                types("dev2").contains(&"device.online".to_string())
+                    && types("hall sensor").contains(&"device.offline".to_string())
+            },
+        )
+        .await;
+    receiver.seen(|s| {
+        let of = |d: &str, t: &str| {
+            s.events
+                .iter()
+                .filter(|e| e["data"]["device_id"] == d && e["type"] == t)
+                .count()
+        };
+        assert_eq!(of("dev2", "device.registered"), 1);
+        assert_eq!(of("hall sensor", "device.registered"), 1);
+        assert_eq!(of("hall sensor", "device.offline"), 1, "told once");
+        assert_eq!(of("0101010101010101", "device.online"), 1);
+        assert_eq!(
+            of("0101010101010101", "device.lost_communication"),
+            0,
+            "it was talking all along"
+        );
+    });
+    // Silence now: lost after two heartbeats, as the rules say.
+    receiver
+        .wait_until(LONG, "the LoRaWAN device lost once silent", |s| {
+            s.events.iter().any(|e| {
+                e["data"]["device_id"] == "0101010101010101"
+                    && e["type"] == "device.lost_communication"
+            })
+        })
+        .await;
+    assert_eq!(
+        daemon.metric("edgehook_decode_errors_total{kind=\"no_fields\"}"),
+        Some(0)
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}

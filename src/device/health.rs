@@ -116,10 +116,12 @@ pub fn offline_reported(
             None
         }
         Health::Unknown => {
-            // e.g. a retained last-will of a device we never saw: remember, announce nothing.
+            // First heard through an offline report (a retained availability or last-will
+            // at start): no flap to wait out, the broker's word on it now. Told once, so that
+            // every receiver's view is the gateway's.
             state.health = Health::Offline;
             *dirty = true;
-            None
+            Some(Transition::Offline { since: now })
         }
         Health::Offline => None,
     }
@@ -219,7 +221,8 @@ mod tests {
             &no_debounce,
             0,
             &[
-                (10, OfflineReport, &[]), // retained will of an unknown device: nothing
+                // The retained will of a device never heard from: offline, told at once.
+                (10, OfflineReport, &[Transition::Offline { since: 10 }]),
                 (20, Heard, &[ON]),
                 (30, Heard, &[]),
                 (40, OfflineReport, &[Transition::Offline { since: 40 }]),

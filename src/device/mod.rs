@@ -144,6 +144,10 @@ pub struct DeviceState {
     /// The value of the sync field desired for this device alone (set through the API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired: Option<Value>,
+    /// Back from offline or lost, and no presence reading since: the presence it reported
+    /// before is no evidence about the room now, so it does not vote on its workspaces.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaiting_presence: bool,
 }
 
 impl DeviceState {

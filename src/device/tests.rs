@@ -1407,3 +1407,90 @@ fn a_page_stops_at_its_limit_or_its_size() {
     let (one, more) = Selection::One("d2".into()).pick(ids.iter(), size);
     assert_eq!((one, more), (vec![&ids[2]], false));
 }
+
+/// How a bound sensor votes: (health, awaiting a presence reading since its return, its last
+/// presence) → its vote. Back from offline or lost, the presence it reported before the outage
+/// does not count until a new one comes.
+#[test]
+fn a_sensor_votes_only_what_is_current() {
+    use super::workspace::Vote::*;
+    let cases = [
+        (Health::Online, false, Some(true), Present),
+        (Health::Online, false, Some(false), Absent),
+        (Health::Online, false, None, Silent),
+        (Health::Unknown, false, Some(true), Present),
+        (Health::Online, true, Some(true), Unavailable),
+        (Health::Online, true, Some(false), Unavailable),
+        (Health::Online, true, None, Unavailable),
+        (Health::Offline, false, Some(true), Unavailable),
+        (Health::Lost, false, Some(false), Unavailable),
+    ];
+    for (health, awaiting, presence, want) in cases {
+        let mut state = DeviceState {
+            health,
+            awaiting_presence: awaiting,
+            ..Default::default()
+        };
+        if let Some(p) = presence {
+            state.values.insert("presence".into(), json!(p));
+        }
+        assert_eq!(
+            registry::vote(Some(&state), "presence"),
+            want,
+            "{health:?}, awaiting {awaiting}, presence {presence:?}"
+        );
+    }
+    assert_eq!(registry::vote(None, "presence"), Silent);
+}
+
+/// #46.4: a workspace went Unknown (its sensor offline); the sensor's birth made it Free at
+/// once from the `presence=false` it reported before the outage. It stays Unknown until the
+/// sensor reports presence again; a birth that carries presence counts at once.
+#[test]
+fn a_sensor_back_from_an_outage_votes_only_after_a_new_presence_reading() {
+    let mut r = Registry::new(
+        &[class("occ", "occ-*")],
+        &[ws("room", &["occ-a"], None)],
+        [],
+        [],
+        0,
+    );
+    let a = r.apply("occ-a", &reading(json!({"presence": false})), 1_000);
+    assert_eq!(statuses(&a), [(json!("Free"), Value::Null)]);
+    let a = r.apply("occ-a", &OFFLINE, 2_000);
+    assert_eq!(kinds(&a), ["device.offline", "workspace.status.updated"]);
+    assert_eq!(r.workspace_status("room"), Some(WorkspaceStatus::Unknown));
+    // Its birth: online, but the room's status waits for a presence reading.
+    let a = r.apply("occ-a", &ONLINE, 3_000);
+    assert_eq!(kinds(&a), ["device.online"]);
+    assert_eq!(r.workspace_status("room"), Some(WorkspaceStatus::Unknown));
+    // A reading without presence is no evidence either.
+    let a = r.apply("occ-a", &reading(json!({"temperature": 21})), 3_500);
+    assert!(statuses(&a).is_empty());
+    // Presence again: it votes.
+    let a = r.apply("occ-a", &reading(json!({"presence": false})), 4_000);
+    assert_eq!(statuses(&a), [(json!("Free"), json!("Unknown"))]);
+    // Offline again; back with a reading that carries presence: counted at once.
+    r.apply("occ-a", &OFFLINE, 5_000);
+    assert_eq!(r.workspace_status("room"), Some(WorkspaceStatus::Unknown));
+    let a = r.apply("occ-a", &reading(json!({"presence": true})), 6_000);
+    assert_eq!(kinds(&a)[0], "device.online");
+    assert_eq!(r.workspace_status("room"), Some(WorkspaceStatus::Occupied));
+}
+
+/// #46.3: Zigbee2MQTT publishes availability retained, so every start meets
+/// `{"state":"offline"}` for devices never heard before: `device.registered` came without
+/// `device.offline` while the API showed the device offline. It is told once.
+#[test]
+fn a_device_first_heard_offline_is_reported_offline_once() {
+    let mut r = Registry::new(&[class("occ", "occ-*")], &[], [], [], 0);
+    let a = r.apply_retained("occ-1", &OFFLINE, 1_000);
+    assert_eq!(kinds(&a), ["device.registered", "device.offline"]);
+    assert_eq!(r.device("occ-1").unwrap().health, Health::Offline);
+    assert!(r.apply_retained("occ-1", &OFFLINE, 2_000).events.is_empty());
+    assert!(r.tick(100_000).events.is_empty());
+    assert_eq!(
+        kinds(&r.apply("occ-1", &ONLINE, 200_000)),
+        ["device.online"]
+    );
+}

@@ -318,10 +318,18 @@ impl Decoder {
             }
         };
         let body = match route.kind {
-            PayloadKind::Reading => InboundBody::Reading {
-                fields: decode_fields(payload, self.max_payload, &route.fields, route.flatten)?,
-                metadata: route.metadata.clone(),
-            },
+            PayloadKind::Reading => {
+                match decode_fields(payload, self.max_payload, &route.fields, route.flatten) {
+                    Ok(fields) if !fields.is_empty() => InboundBody::Reading {
+                        fields,
+                        metadata: route.metadata.clone(),
+                    },
+                    // The device's message without fields (a LoRaWAN uplink without a decoded
+                    // payload, a notification with nothing to read): still a sign of life.
+                    Ok(_) | Err(DecodeError::NoFields(_)) => InboundBody::Status { online: true },
+                    Err(e) => return Err(e),
+                }
+            }
             PayloadKind::Status => InboundBody::Status {
                 online: decode_status(payload, self.max_payload)?,
             },

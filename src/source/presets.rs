@@ -9,7 +9,10 @@
 //! | `chirpstack` | `application/<id>/device/<devEUI>/event/up` (ChirpStack v4; the device from `deviceInfo.devEui`); `.../event/status` | the decoded `object`; from a status event `battery`, `external_power`, `margin` (a jq mapping) | `.../event/join`: online |
 //! | `the_things_stack` | `v3/<app>[@<tenant>]/devices/<id>/up` | `uplink_message.decoded_payload` | - |
 //! | `tasmota` | `tele/<topic>/SENSOR` | nested sensor objects, flattened (`AM2301.Temperature`; `Time` carried) | `tele/<topic>/LWT`: `Online` / `Offline` |
-//! | `shelly` | `<id>/status/<component>` (Gen2+) | the component's status, flattened | `<id>/online`: `true` / `false` |
+//! | `shelly` | `<id>/events/rpc` (Gen2+, on by default: `NotifyStatus`, `NotifyFullStatus`, `NotifyEvent`); `<id>/status/<component>` (with "generic status update over MQTT" on) | each component's status (`switch:0`, `temperature:0`, ...), flattened as `status/` gives it (`tC`, `temperature.tC`); `sys`, `wifi`, `cloud`, `mqtt` left out; an event is a sign of life | `<id>/online`: `true` / `false` |
+//!
+//! Any message of a device's that carries no fields (a LoRaWAN uplink without a decoded
+//! payload, a Shelly event) is still a sign of life: registration, online, heartbeat.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +31,12 @@ pub enum Preset {
 /// ChirpStack's device-status event as fields: `battery` (percent; left out when the device
 /// cannot tell), `external_power`, `margin` (dB). List `battery` in the class's `state_fields`
 /// to have it reported as `sensor.state.updated`.
+/// Shelly Gen2+ notifications on `<id>/events/rpc` (JSON-RPC frames): the components'
+/// statuses of a `NotifyStatus` / `NotifyFullStatus` merged into one object (flattened
+/// afterwards, as `<id>/status/<component>` is), the device services (`sys`, `wifi`, `cloud`,
+/// `mqtt`, `ble`: no `:` in their names) left out; anything else (`NotifyEvent`) no fields.
+const SHELLY_RPC: &str = r#"if (.method == "NotifyStatus" or .method == "NotifyFullStatus") then ((.params // {}) | with_entries(select((.key | contains(":")) and (.value | type) == "object")) | [.[]] | add // {}) else {} end"#;
+
 const CHIRPSTACK_STATUS: &str = r#"{battery: (if .batteryLevelUnavailable then null else .batteryLevel end), external_power: .externalPowerSource, margin: .margin} | with_entries(select(.value != null))"#;
 
 fn sub(topic: &str, kind: PayloadKind) -> Subscription {
@@ -104,6 +113,11 @@ impl Preset {
                 sub("{device}/online", PayloadKind::Status),
                 Subscription {
                     flatten: true,
+                    jq: SHELLY_RPC.into(),
+                    ..sub("{device}/events/rpc", PayloadKind::Reading)
+                },
+                Subscription {
+                    flatten: true,
                     ..sub("{device}/status/+", PayloadKind::Reading)
                 },
             ],
@@ -161,7 +175,7 @@ mod tests {
             // What the broker is asked for covers every message of the preset.
             assert!(!decoder.filters().is_empty());
         }
-        assert_eq!(checked, 18);
+        assert_eq!(checked, 25);
     }
 
     #[test]

@@ -89,6 +89,19 @@ pub async fn publish_plain(port: u16, client_id: &str, messages: &[(&str, &str)]
 
 /// [`publish_plain`] with payloads of any bytes (not UTF-8, not JSON).
 pub async fn publish_bytes(port: u16, client_id: &str, messages: &[(String, Vec<u8>)]) {
+    publish_with(port, client_id, messages, false).await
+}
+
+/// [`publish_plain`], each message retained by the broker (as Zigbee2MQTT's availability).
+pub async fn publish_retained(port: u16, client_id: &str, messages: &[(&str, &str)]) {
+    let messages: Vec<(String, Vec<u8>)> = messages
+        .iter()
+        .map(|(t, p)| (t.to_string(), p.as_bytes().to_vec()))
+        .collect();
+    publish_with(port, client_id, &messages, true).await
+}
+
+async fn publish_with(port: u16, client_id: &str, messages: &[(String, Vec<u8>)], retain: bool) {
     use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
     let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
     options
@@ -110,7 +123,7 @@ pub async fn publish_bytes(port: u16, client_id: &str, messages: &[(String, Vec<
     let run = async {
         for (topic, payload) in messages {
             client
-                .publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone())
+                .publish(topic.as_str(), QoS::AtLeastOnce, retain, payload.clone())
                 .await
                 .unwrap();
         }

@@ -14,6 +14,8 @@ mod workspaces;
 
 pub use reconfigure::Rules;
 pub(super) use workspaces::truthy;
+#[cfg(test)]
+pub(super) use workspaces::vote;
 
 use super::*;
 
@@ -375,9 +377,20 @@ impl Registry {
                 },
             );
         }
+        // The presence fields of its workspaces (a sensor bound to some).
+        let presence_fields: Vec<String> = self
+            .workspaces_of
+            .get(device_id)
+            .map(|ws| {
+                ws.iter()
+                    .map(|&i| self.workspaces[i].config.presence_field.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
         let dev = self.devices.get_mut(device_id).expect("inserted above");
         let class = &self.classes[dev.class];
         let mut dirty = false;
+        let was = dev.state.health;
         if new {
             let identity = match body {
                 InboundBody::Reading { fields, .. } => class
@@ -403,6 +416,17 @@ impl Registry {
         let came_online = transition == Some(Transition::Online);
         if let Some(t) = transition {
             out.events.push(health_event(device_id, t));
+        }
+        if came_online && matches!(was, Health::Offline | Health::Lost) {
+            dev.state.awaiting_presence = true;
+            dirty = true;
+        }
+        if let InboundBody::Reading { fields, .. } = body {
+            if dev.state.awaiting_presence && presence_fields.iter().any(|f| fields.contains_key(f))
+            {
+                dev.state.awaiting_presence = false;
+                dirty = true;
+            }
         }
         if let (InboundBody::Reading { fields, .. }, Some(field)) = (body, &class.version_field) {
             if let Some(event) = version::seen(&mut dev.state, device_id, field, fields, &mut dirty)

@@ -110,6 +110,8 @@ pub(in crate::device) fn vote(device: Option<&DeviceState>, presence_field: &str
     };
     match d.health {
         Health::Lost | Health::Offline => Vote::Unavailable,
+        // Back from an outage: what it said before is not evidence about the room now.
+        Health::Online | Health::Unknown if d.awaiting_presence => Vote::Unavailable,
         Health::Online | Health::Unknown => match d.latest(presence_field).and_then(truthy) {
             Some(true) => Vote::Present,
             Some(false) => Vote::Absent,
