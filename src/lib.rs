@@ -215,7 +215,8 @@ pub async fn run_with_reloads(
         metrics.deliver.clone(),
         cancel.clone(),
         tracker.clone(),
-    );
+    )
+    .stopping_within(config.stop_timeout);
     // The control API asks the device stage for what it knows now.
     let (requests_tx, requests_rx) = mpsc::channel(4);
     let token = control::auth::load_or_create_token(&config.state_dir)

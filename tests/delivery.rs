@@ -1137,3 +1137,64 @@ async fn a_body_damaged_on_the_card_is_kept_as_a_dead_letter_and_the_rest_are_de
         "{out}"
     );
 }
+
+/// #45.4: stopping while a receiver hangs took as long as the webhook timeout (31 s with 30 s),
+/// logging nothing after "waiting for in-flight deliveries", while the unit gives a stop 30 s:
+/// systemd would kill it. A stop waits at most `stop_timeout` for deliveries in flight, says
+/// what it lets go, exits cleanly, and the event is delivered after the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_with_a_hanging_receiver_ends_within_stop_timeout_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let receiver = Receiver::start().await;
+    receiver.delay(Duration::from_secs(300)); // it reads the request and never answers
+    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    daemon
+        .env
+        .push(("EDGEHOOK_WEBHOOK__TIMEOUT".into(), "60s".into()));
+    daemon
+        .env
+        .push(("EDGEHOOK_STOP_TIMEOUT".into(), "2s".into()));
+    daemon.start();
+    common::publish_plain(
+        broker.port,
+        "hang",
+        &[("sensors/hang-1/reading", r#"{"presence":true}"#)],
+    )
+    .await;
+    common::until(
+        Instant::now() + Duration::from_secs(30),
+        || receiver.served() > 0,
+        || "the receiver never got the request".to_string(),
+    )
+    .await;
+    daemon.signal(15);
+    // Well inside the webhook timeout (60 s) and the unit's TimeoutStopSec (30 s).
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    assert!(log.contains("stop_timeout reached"), "{log}");
+    assert!(
+        log.contains("waiting for the deliveries in flight"),
+        "{log}"
+    );
+    // The receiver answers again: everything is delivered after the next start.
+    receiver.delay(Duration::ZERO);
+    daemon.start();
+    receiver
+        .wait_until(
+            Duration::from_secs(30),
+            "hang-1's events after the restart",
+            |s| {
+                s.events.iter().any(|e| {
+                    e["data"]["device_id"] == "hang-1" && e["type"] == "sensor.reading.updated"
+                })
+            },
+        )
+        .await;
+    assert_eq!(daemon.terminate(), Some(0));
+}

@@ -58,6 +58,11 @@ pub struct Config {
     pub gateway_id: String,
     /// Where the sled store lives. `--state-dir` on the command line wins over this.
     pub state_dir: PathBuf,
+    /// How long a stop (SIGTERM) waits for deliveries in flight before it lets them go (their
+    /// events stay in the outbox and are sent after the next start). Keep it below the unit's
+    /// `TimeoutStopSec` (30 s), which leaves room for the final flush.
+    #[serde(with = "humantime_serde")]
+    pub stop_timeout: Duration,
     pub mqtt: MqttConfig,
     /// Serial ports with sensors or displays on them (USB-serial adapters, the UART).
     #[serde(default)]
@@ -104,11 +109,15 @@ pub struct TelemetryConfig {
     pub tls_key: Option<PathBuf>,
 }
 
+/// `stop_timeout` by default: 10 s less than the unit's `TimeoutStopSec`.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
 impl Default for Config {
     fn default() -> Self {
         Config {
             gateway_id: String::new(),
             state_dir: PathBuf::from("/var/lib/edgehook"),
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
             mqtt: MqttConfig {
                 host: "127.0.0.1".into(),
                 port: 1883,
@@ -218,6 +227,14 @@ impl Config {
                 "must be set (this gateway's id in every event)".into(),
             );
         }
+        if self.stop_timeout < Duration::from_secs(1)
+            || self.stop_timeout > Duration::from_secs(600)
+        {
+            return bad(
+                "stop_timeout",
+                "must be from 1s to 10m (and below the unit's TimeoutStopSec)".into(),
+            );
+        }
         crate::source::config::validate(&self.mqtt, &self.serial_ports)?;
         crate::device::config::validate(&self.devices, &self.device_classes, &self.workspaces)?;
         crate::device::config::validate_groups(&self.groups, &self.workspaces)?;
@@ -249,6 +266,9 @@ impl Config {
         }
         if self.state_dir != new.state_dir {
             keys.push("state_dir");
+        }
+        if self.stop_timeout != new.stop_timeout {
+            keys.push("stop_timeout");
         }
         if differ(&self.mqtt, &new.mqtt) {
             keys.push("mqtt");
@@ -358,6 +378,31 @@ fn hide_value(message: &str, value: Option<&toml::Value>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stop waits `stop_timeout` for deliveries in flight, then flushes: the unit's
+    /// `TimeoutStopSec` leaves it room (else systemd kills the daemon mid-flush).
+    #[test]
+    fn the_unit_gives_a_stop_more_time_than_stop_timeout() {
+        let unit = include_str!("../../systemd/edgehook.service");
+        let stop = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+            .expect("the unit sets TimeoutStopSec");
+        let stop = humantime::parse_duration(stop.trim()).unwrap();
+        assert!(
+            DEFAULT_STOP_TIMEOUT + Duration::from_secs(5) <= stop,
+            "stop_timeout {DEFAULT_STOP_TIMEOUT:?} against TimeoutStopSec {stop:?}"
+        );
+        // The example configuration shows the default.
+        let shown = format!(
+            "# stop_timeout = \"{}\"",
+            humantime::format_duration(DEFAULT_STOP_TIMEOUT)
+        );
+        assert!(
+            include_str!("../../edgehook.example.toml").contains(&shown),
+            "{shown}"
+        );
+    }
 
     const MINIMAL: &str = r#"
         gateway_id = "gw-1"

@@ -44,6 +44,8 @@ pub struct Fleet {
     /// Dispatchers are started. False for a command working on a stopped daemon's store
     /// ([`Fleet::offline`]): what would run is recorded, nothing is sent.
     live: bool,
+    /// How long a stopping dispatcher waits for its deliveries in flight (`stop_timeout`).
+    stop_within: std::time::Duration,
 }
 
 struct Running {
@@ -93,7 +95,14 @@ impl Fleet {
             transport,
             running: BTreeMap::new(),
             live: true,
+            stop_within: crate::config::DEFAULT_STOP_TIMEOUT,
         }
+    }
+
+    /// Dispatchers stopping wait at most `within` for their deliveries in flight.
+    pub fn stopping_within(mut self, within: std::time::Duration) -> Fleet {
+        self.stop_within = within;
+        self
     }
 
     /// A fleet that starts no dispatcher: for `edgehook` commands that change the endpoints
@@ -207,7 +216,8 @@ impl Fleet {
             self.log.clone(),
             self.metrics.endpoint(&name),
             transport,
-        )?;
+        )?
+        .stopping_within(self.stop_within);
         let stop = self.cancel.child_token();
         let done = Some(self.tracker.spawn(dispatcher.run(stop.clone())));
         self.running.insert(name, Running { wanted, stop, done });

@@ -106,6 +106,8 @@ pub struct Dispatcher {
     load_again: bool,
     /// Consecutive failed attempts across all lanes, for one loud log line per outage.
     failing_since: Option<Instant>,
+    /// How long a stop waits for the deliveries in flight (`stop_timeout`).
+    stop_within: Duration,
     limits: Limits,
     /// The outbox's reopen count when the queue was last read from the start, and whether a
     /// removal or burial failed since: either way what is held may no longer match the disk,
@@ -204,7 +206,14 @@ impl Dispatcher {
             more_on_disk: true,
             load_again: false,
             failing_since: None,
+            stop_within: crate::config::DEFAULT_STOP_TIMEOUT,
         })
+    }
+
+    /// When stopping, wait at most `within` for the deliveries in flight (`stop_timeout`).
+    pub fn stopping_within(mut self, within: Duration) -> Dispatcher {
+        self.stop_within = within;
+        self
     }
 
     /// Run until cancelled; then let in-flight attempts finish (each is bounded by the request
@@ -223,10 +232,21 @@ impl Dispatcher {
         while self.step(&cancel).await == Step::Continue {}
         let pending = self.in_flight.len();
         if pending > 0 {
-            tracing::info!(endpoint = %self.name, pending, "shutting down: waiting for in-flight deliveries");
+            tracing::info!(endpoint = %self.name, url = %self.endpoint.url_for_logs, pending, stop_timeout = ?self.stop_within, "stopping: waiting for the deliveries in flight to be answered");
         }
-        while let Some(done) = self.in_flight.join_next_with_id().await {
-            self.finish(done);
+        let deadline = tokio::time::Instant::now() + self.stop_within;
+        loop {
+            tokio::select! {
+                done = self.in_flight.join_next_with_id() => match done {
+                    Some(done) => self.finish(done),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(endpoint = %self.name, url = %self.endpoint.url_for_logs, unanswered = self.in_flight.len(), stop_timeout = ?self.stop_within, "stop_timeout reached: deliveries still unanswered are let go; their events stay in the outbox and are sent after the next start");
+                    self.in_flight.abort_all();
+                    break;
+                }
+            }
         }
         self.write_log();
     }

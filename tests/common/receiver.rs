@@ -277,6 +277,11 @@ impl Receiver {
         self.inner.resets.load(Ordering::SeqCst)
     }
 
+    /// Requests read whole so far (answered or still held by [`Receiver::delay`]).
+    pub fn served(&self) -> u64 {
+        self.inner.served.load(Ordering::Relaxed)
+    }
+
     /// Hold each answer this long before sending it.
     pub fn delay(&self, d: Duration) {
         self.inner
