@@ -28,6 +28,39 @@ fn the_example_config_is_valid() {
     );
 }
 
+/// #45.3: the shipped configuration passed `check-config` with `secret = "change-me"`,
+/// `events.example.com` and an FTDI serial path. It still passes (an installer checks the
+/// syntax first), saying what will run and warning on each placeholder by key; `--strict` (for
+/// an `ExecStartPre=` that must not start a gateway half set up) fails on them.
+#[test]
+fn the_shipped_placeholders_are_warned_and_fail_strict() {
+    let out = edgehook(&["check-config", EXAMPLE], &[]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    for said in ["webhook.secret", "webhook.url", "serial_ports[0].path"] {
+        assert!(
+            stderr.contains(&format!("warning: {EXAMPLE}: {said}")),
+            "{said}: {stderr}"
+        );
+    }
+    for planned in [
+        "gateway gw-lobby-1",
+        "endpoint default: https://events.example.com",
+        "listener: 127.0.0.1:9187",
+    ] {
+        assert!(stdout.contains(planned), "{planned}: {stdout}");
+    }
+    let out = edgehook(&["check-config", "--strict", EXAMPLE], &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: ") && stderr.contains("webhook.secret"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(--strict)"), "{stderr}");
+    assert!(!stderr.contains("change-me") && !text(&out.stdout).contains("change-me"));
+}
+
 /// A log filter that is not understood is said so, and the daemon logs at info (it used to
 /// take `degub` as a target's name and turn every other log off, silently).
 #[test]

@@ -74,6 +74,10 @@ impl Api {
                     "the outbox in {} is in use by a running edgehook, but its API does not answer at {listen} (telemetry.listen)",
                     state_dir.display()
                 ),
+                None if config.is_none() => format!(
+                    "the outbox in {} is in use by a running edgehook, and without its configuration (--config) its API's address is unknown",
+                    state_dir.display()
+                ),
                 None => format!(
                     "the outbox in {} is in use by a running edgehook, and its API is off (telemetry.listen is empty): stop it first (systemctl stop edgehook)",
                     state_dir.display()

@@ -6,6 +6,7 @@
 //! running daemon's, or the same routes over its store when it is stopped.
 
 pub mod actions;
+pub mod check;
 pub mod client;
 pub mod devices;
 pub mod endpoints;
@@ -106,6 +107,17 @@ pub enum Command {
         /// an error (the daemon starts, running the API's endpoint).
         #[arg(long)]
         at_start: bool,
+        /// The unit's `EnvironmentFile=` (where the secrets are), read under the environment
+        /// as systemd gives it to the daemon. Default: `edgehook.env` beside FILE, if there.
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+        /// Fail (exit 1) on the shipped example's placeholders left in the file (a `change-me`
+        /// secret, `example.com` hosts, a serial adapter that is not there), not only warn.
+        #[arg(long)]
+        strict: bool,
+        /// Print only errors and warnings, not what will run.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Everything in one process, no setup: an embedded MQTT broker, simulated devices, the
     /// bridge and a local receiver that verifies signatures and prints events. Ctrl-C stops it.
@@ -121,11 +133,12 @@ pub struct Paths {
         short,
         long,
         env = "EDGEHOOK_CONFIG",
-        default_value = "/etc/edgehook/edgehook.toml"
+        default_value = "/etc/edgehook/edgehook.toml",
+        global = true
     )]
     config: PathBuf,
     /// Where the sled outbox lives (overrides `state_dir` in the file).
-    #[arg(long, env = "EDGEHOOK_STATE_DIR")]
+    #[arg(long, env = "EDGEHOOK_STATE_DIR", global = true)]
     state_dir: Option<PathBuf>,
 }
 
@@ -153,7 +166,10 @@ pub fn main() -> ExitCode {
             file,
             state_dir,
             at_start,
-        } => match Config::load(&file) {
+            env_file,
+            strict,
+            quiet,
+        } => match load_as_the_unit(&file, env_file) {
             Ok(c) => {
                 let state = state_dir.unwrap_or_else(|| c.state_dir.clone());
                 let file_endpoints = c.all_endpoints().into_iter().cloned().collect();
@@ -170,15 +186,28 @@ pub fn main() -> ExitCode {
                         eprintln!("note: the endpoints made through the API are not checked ({e})")
                     }
                 }
-                println!(
-                    "{}: ok (gateway {}, {} subscription(s), {} serial port(s), {} workspace(s), endpoint(s) {})",
-                    file.display(),
-                    c.gateway_id,
-                    c.mqtt.all_subscriptions().len(),
-                    c.serial_ports.len(),
-                    c.workspaces.len(),
-                    c.endpoints_for_logs()
-                );
+                if !quiet {
+                    for line in check::plan(&c) {
+                        println!("  {line}");
+                    }
+                }
+                let placeholders = check::placeholders(&c, |p| p.exists());
+                for p in &placeholders {
+                    eprintln!(
+                        "{}: {}: {p}",
+                        if strict { "error" } else { "warning" },
+                        file.display()
+                    );
+                }
+                if strict && !placeholders.is_empty() {
+                    eprintln!(
+                        "{}: {} placeholder(s) of the example left (--strict)",
+                        file.display(),
+                        placeholders.len()
+                    );
+                    return ExitCode::from(1);
+                }
+                println!("{}: ok", file.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -240,7 +269,7 @@ pub fn main() -> ExitCode {
             devices::workspaces(&api, json).await
         }),
         Command::Token(Paths { config, state_dir }) => {
-            let dir = match (state_dir, Config::load(&config)) {
+            let dir = match (state_dir, Config::load_for_commands(&config)) {
                 (Some(dir), _) => dir,
                 (None, Ok(c)) => c.state_dir,
                 (None, Err(e)) => {
@@ -271,6 +300,19 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `file` as the daemon will read it under its unit: with the variables of `env_file`, or of
+/// `edgehook.env` beside `file` when there is one (the unit's `EnvironmentFile=`).
+fn load_as_the_unit(
+    file: &std::path::Path,
+    env_file: Option<PathBuf>,
+) -> Result<Config, crate::config::ConfigError> {
+    let beside = file.with_file_name("edgehook.env");
+    match env_file.or_else(|| beside.exists().then_some(beside)) {
+        Some(env) => Config::load_with_env_file(file, &env),
+        None => Config::load(file),
+    }
+}
+
 /// Whether `command` is `edgehook demo` (a daemon too).
 fn is_demo(command: &Command) -> bool {
     #[cfg(feature = "demo")]
@@ -288,7 +330,7 @@ where
     F: FnOnce(client::Api, PathBuf) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
-    let loaded = Config::load(&config);
+    let loaded = Config::load_for_commands(&config);
     let dir = match (&state_dir, &loaded) {
         (Some(dir), Ok(_)) => dir.clone(),
         (Some(dir), Err(e)) => {

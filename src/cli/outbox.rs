@@ -32,9 +32,12 @@ pub enum OutboxCommand {
         /// Only events of this type or pattern (`sensor.*`).
         #[arg(long = "type")]
         kind: Option<String>,
-        /// At most this many.
+        /// At most this many (said when more follow).
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Every one, however many.
+        #[arg(long, conflicts_with = "limit")]
+        all: bool,
     },
     /// The delivery log: the latest attempts, with status, duration and error.
     Log {
@@ -179,11 +182,14 @@ pub async fn run(
             endpoint,
             kind,
             limit,
+            all,
         } => {
             known(&endpoint)?;
+            // One more than asked for, to tell whether more follow.
+            let want = if all { usize::MAX } else { limit + 1 };
             let mut events = Vec::new();
-            while events.len() < limit {
-                let page = (limit - events.len()).min(PAGE);
+            while events.len() < want {
+                let page = (want - events.len()).min(PAGE);
                 let path = format!(
                     "/v1/outbox/events{}",
                     query(&[
@@ -201,6 +207,15 @@ pub async fn run(
                 if last_page {
                     break;
                 }
+            }
+            let cut = !all && events.len() > limit;
+            if !all {
+                events.truncate(limit);
+            }
+            if cut {
+                eprintln!(
+                    "the first {limit} shown; more follow (--limit N, or --all for every one)"
+                );
             }
             if json {
                 super::print::json(&json!({ "events": events }));

@@ -12,15 +12,20 @@ pub fn when(at: &Value) -> String {
     };
     match humantime::parse_rfc3339_weak(text) {
         Ok(t) => {
-            let ago = SystemTime::now()
-                .duration_since(t)
-                .map(|d| Duration::from_secs(d.as_secs()))
-                .unwrap_or_default();
-            format!(
-                "{} ({} ago)",
-                humantime::format_rfc3339_seconds(t),
-                humantime::format_duration(ago)
-            )
+            let whole = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs()));
+            match SystemTime::now().duration_since(t) {
+                Ok(ago) => format!(
+                    "{} ({} ago)",
+                    humantime::format_rfc3339_seconds(t),
+                    whole(ago)
+                ),
+                // A time still to come (a deadline): said as such.
+                Err(ahead) => format!(
+                    "{} (in {})",
+                    humantime::format_rfc3339_seconds(t),
+                    whole(ahead.duration())
+                ),
+            }
         }
         Err(_) => text.to_string(),
     }
@@ -62,4 +67,27 @@ pub fn json(v: &Value) {
         "{}",
         serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A time to come reads "in ...", a past one "... ago" (a deadline 24 h ahead read "0s ago").
+    #[test]
+    fn times_to_come_and_past_read_as_such() {
+        let at = |offset: i64| {
+            let t = if offset >= 0 {
+                SystemTime::now() + Duration::from_secs(offset as u64)
+            } else {
+                SystemTime::now() - Duration::from_secs((-offset) as u64)
+            };
+            Value::String(humantime::format_rfc3339_seconds(t).to_string())
+        };
+        let ahead = when(&at(86_400 + 30));
+        assert!(ahead.contains("(in 1day "), "{ahead}");
+        let past = when(&at(-125));
+        assert!(past.contains("(2m ") && past.ends_with(" ago)"), "{past}");
+        assert_eq!(when(&Value::Null), "never");
+    }
 }

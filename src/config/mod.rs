@@ -109,8 +109,29 @@ pub struct TelemetryConfig {
     pub tls_key: Option<PathBuf>,
 }
 
-/// `stop_timeout` by default: 10 s less than the unit's `TimeoutStopSec`.
-pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// The variables of a systemd `EnvironmentFile=`: `KEY=VALUE` lines, blank lines and `#` or
+/// `;` comments skipped, a leading `export ` and quotes around the value taken off.
+pub fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
+        .filter_map(|l| {
+            let l = l.strip_prefix("export ").unwrap_or(l);
+            let (k, v) = l.split_once('=')?;
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                .unwrap_or(v);
+            Some((k.trim().to_string(), v.to_string()))
+        })
+        .collect())
+}
+
+pub use crate::deliver::config::DEFAULT_STOP_TIMEOUT;
 
 impl Default for Config {
     fn default() -> Self {
@@ -167,15 +188,37 @@ impl Default for Config {
 impl Config {
     /// Load defaults, then `file`, then the process environment.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = Self::read_file(file)?;
+        Self::from_layers(&text, Some(file))
+    }
+
+    /// The configuration as the commands (`edgehook outbox`, `endpoints`, `devices`, `token`,
+    /// ...) need it: checked as [`Config::load`] checks it, but for the signing secrets, which
+    /// they never use. On a gateway the secrets are given to the daemon alone (the unit's
+    /// `EnvironmentFile=/etc/edgehook/edgehook.env`), not to whoever runs a command.
+    pub fn load_for_commands(file: &Path) -> Result<Config, ConfigError> {
+        let text = Self::read_file(file)?;
+        Self::from_layers_checked(&text, Some(file), false, &[])
+    }
+
+    /// As [`Config::load`], with the variables of a systemd `EnvironmentFile=` (`env_file`)
+    /// under the process environment: what the daemon will run with under its unit, secrets
+    /// included (`check-config`).
+    pub fn load_with_env_file(file: &Path, env_file: &Path) -> Result<Config, ConfigError> {
+        let text = Self::read_file(file)?;
+        let vars = read_env_file(env_file).map_err(ConfigError::Other)?;
+        Self::from_layers_checked(&text, Some(file), true, &vars)
+    }
+
+    fn read_file(file: &Path) -> Result<String, ConfigError> {
         if !file.exists() {
             return Err(ConfigError::Other(format!(
                 "{}: no such file",
                 file.display()
             )));
         }
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| ConfigError::Other(format!("{}: {e}", file.display())))?;
-        Self::from_layers(&text, Some(file))
+        std::fs::read_to_string(file)
+            .map_err(|e| ConfigError::Other(format!("{}: {e}", file.display())))
     }
 
     /// Defaults, then the TOML text given, then the environment (tests and the demo).
@@ -184,6 +227,15 @@ impl Config {
     }
 
     fn from_layers(text: &str, file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::from_layers_checked(text, file, true, &[])
+    }
+
+    fn from_layers_checked(
+        text: &str,
+        file: Option<&Path>,
+        secrets_needed: bool,
+        env_file: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
         let mut layers = Layers::new(&Config::default()).map_err(ConfigError::Other)?;
         layers
             .merge_toml(text, file)
@@ -194,7 +246,11 @@ impl Config {
             })?;
         let vars = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-        layers.merge_env("EDGEHOOK_", NON_CONFIG_ENV, vars);
+        layers.merge_env(
+            "EDGEHOOK_",
+            NON_CONFIG_ENV,
+            env_file.iter().cloned().chain(vars),
+        );
         let config: Config = layers.read().map_err(|e| {
             let key = key_path(&e.path);
             let message = if is_secret_key(&key) {
@@ -208,14 +264,34 @@ impl Config {
                 message,
             }
         })?;
-        config
-            .validate()
-            .map_err(|(key, message)| ConfigError::Invalid {
-                source_name: layers.source_of(&key_segments(&key)),
-                key,
-                message,
-            })?;
+        let checked = if secrets_needed {
+            config.validate()
+        } else {
+            config.with_placeholder_secrets().validate()
+        };
+        checked.map_err(|(key, message)| ConfigError::Invalid {
+            source_name: layers.source_of(&key_segments(&key)),
+            key,
+            message,
+        })?;
         Ok(config)
+    }
+
+    /// A copy whose missing signing secrets are a placeholder valid for every scheme, to check
+    /// the rest of a configuration given without its secrets. Only ever validated, never used.
+    fn with_placeholder_secrets(&self) -> Config {
+        const PLACEHOLDER: &str = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        let mut probe = self.clone();
+        for w in std::iter::once(&mut probe.webhook).chain(probe.endpoints.iter_mut()) {
+            if w.signing_secrets().iter().all(|s| s.is_empty()) {
+                w.secret = Secret::new(PLACEHOLDER);
+                w.secrets.clear();
+            }
+        }
+        if probe.upstream.secrets.iter().all(|s| s.is_empty()) {
+            probe.upstream.secrets = vec![Secret::new(PLACEHOLDER)];
+        }
+        probe
     }
 
     /// Checks that deserialising cannot express. Returns the offending key and what is wrong.

@@ -241,7 +241,7 @@ impl Endpoints {
                         return Err(Refused::new(
                             409,
                             None,
-                            format!("{waiting} event(s) are pending for `{name}`: delete with pending=drain to deliver them first, or pending=purge to delete them"),
+                            format!("{waiting} event(s) are pending for `{name}`: delete with pending=drain to deliver them first, or pending=purge to delete them (edgehook endpoints delete {name} --pending drain|purge)"),
                         ))
                     }
                     Pending::Drain if waiting > 0 => {

@@ -198,11 +198,21 @@ pub struct RetryConfig {
 /// dispatcher, HTTP client, queue and share of the outbox (400 took the daemon past 100 MB).
 pub const MAX_ENDPOINTS: usize = 32;
 
+/// `stop_timeout` by default (how long a stop waits for deliveries in flight): 10 s less than
+/// the unit's `TimeoutStopSec`.
+pub const DEFAULT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 pub fn validate(
     webhook: Option<&WebhookConfig>,
     endpoints: &[WebhookConfig],
 ) -> Result<(), (String, String)> {
     let bad = |key: &str, msg: String| Err((key.to_string(), msg));
+    if endpoints.is_empty() && webhook.is_some_and(|w| w.url.trim().is_empty()) {
+        return bad(
+            "webhook.url",
+            "no endpoint configured: set the receiver's URL here (or list [[endpoints]])".into(),
+        );
+    }
     if endpoints.len() + usize::from(webhook.is_some()) > MAX_ENDPOINTS {
         return bad(
             "endpoints",

@@ -95,7 +95,7 @@ impl Fleet {
             transport,
             running: BTreeMap::new(),
             live: true,
-            stop_within: crate::config::DEFAULT_STOP_TIMEOUT,
+            stop_within: super::config::DEFAULT_STOP_TIMEOUT,
         }
     }
 

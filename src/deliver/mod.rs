@@ -206,7 +206,7 @@ impl Dispatcher {
             more_on_disk: true,
             load_again: false,
             failing_since: None,
-            stop_within: crate::config::DEFAULT_STOP_TIMEOUT,
+            stop_within: config::DEFAULT_STOP_TIMEOUT,
         })
     }
 

@@ -77,6 +77,27 @@ pub struct Answer<'a> {
     pub retry_after: Option<&'a str>,
     /// The `Location` header (of a redirect).
     pub location: Option<&'a str>,
+    /// The start of what it said (its body, made one line of text): kept in the reason.
+    pub said: &'a str,
+}
+
+/// The most of a receiver's answer a failure's reason keeps.
+pub const SAID_BYTES: usize = 200;
+
+/// The start of a receiver's answer as one line of plain text: control characters as spaces,
+/// at most [`SAID_BYTES`] bytes (cut at a character), `…` when cut.
+pub fn said(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut out = String::new();
+    for c in text.chars() {
+        if out.len() + c.len_utf8() > SAID_BYTES {
+            out.push('…');
+            break;
+        }
+        out.push(if c.is_control() { ' ' } else { c });
+    }
+    let words: Vec<&str> = out.split_whitespace().collect();
+    words.join(" ")
 }
 
 /// 2xx is delivered; every other answer is retried (the receiver may be mid-deploy, or
@@ -94,7 +115,8 @@ pub fn classify(answer: Answer, now: SystemTime) -> Outcome {
             let location = location.split(['?', '#']).next().unwrap_or_default();
             format!("HTTP {status} redirect to {location} (not followed: set the endpoint's url to the receiver itself)")
         }
-        _ => format!("HTTP {status}"),
+        _ if answer.said.is_empty() => format!("HTTP {status}"),
+        _ => format!("HTTP {status}: {}", answer.said),
     };
     Outcome::Retry {
         status: Some(status),
@@ -170,7 +192,7 @@ mod tests {
             let answer = Answer {
                 status: *status,
                 retry_after: *ra,
-                location: None,
+                ..Default::default()
             };
             match classify(answer, now) {
                 Outcome::Delivered { .. } => assert!(delivered, "{status}"),
@@ -198,6 +220,7 @@ mod tests {
             status: 302,
             retry_after: None,
             location: Some("https://sso.example.com/login?token=secret#x"),
+            ..Default::default()
         };
         let Outcome::Retry { status, reason, .. } = classify(answer, SystemTime::now()) else {
             panic!("a redirect is not a delivery");
@@ -205,5 +228,33 @@ mod tests {
         assert_eq!(status, Some(302));
         assert!(reason.contains("https://sso.example.com/login"), "{reason}");
         assert!(!reason.contains("secret"), "{reason}");
+    }
+
+    /// A failure's reason carries the start of what the receiver said ("HTTP 422" alone left
+    /// the operator guessing), as one line of text, cut at SAID_BYTES.
+    #[test]
+    fn a_failure_keeps_the_start_of_what_the_receiver_said() {
+        let answer = |said| Answer {
+            status: 422,
+            said,
+            ..Default::default()
+        };
+        let reason = |a| match classify(a, SystemTime::now()) {
+            Outcome::Retry { reason, .. } => reason,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(reason(answer("")), "HTTP 422");
+        let told = said(b"{\"error\": \"missing field\n `workspace_id`\"}\r\n");
+        assert_eq!(told, "{\"error\": \"missing field `workspace_id`\"}");
+        assert_eq!(
+            reason(answer(&told)),
+            "HTTP 422: {\"error\": \"missing field `workspace_id`\"}"
+        );
+        let long = said("é".repeat(400).as_bytes());
+        assert!(
+            long.len() <= SAID_BYTES + '…'.len_utf8() && long.ends_with('…'),
+            "{long}"
+        );
+        assert_eq!(said(&[0xff, b'o', b'k']), "\u{fffd}ok");
     }
 }

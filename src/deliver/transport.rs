@@ -106,12 +106,32 @@ impl Http {
             .headers(headers)
             .body(body);
         match request.send().await {
-            Ok(resp) => {
-                let header = |name| resp.headers().get(name).and_then(|v| v.to_str().ok());
+            Ok(mut resp) => {
+                let header = |resp: &reqwest::Response, name| {
+                    resp.headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                let retry_after = header(&resp, reqwest::header::RETRY_AFTER);
+                let location = header(&resp, reqwest::header::LOCATION);
+                let status = resp.status().as_u16();
+                // A failure keeps the start of what the receiver said (read no further).
+                let mut body = Vec::new();
+                if !resp.status().is_success() {
+                    while body.len() < super::retry::SAID_BYTES + 4 {
+                        match resp.chunk().await {
+                            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                            _ => break,
+                        }
+                    }
+                }
+                let said = super::retry::said(&body);
                 let answer = Answer {
-                    status: resp.status().as_u16(),
-                    retry_after: header(reqwest::header::RETRY_AFTER),
-                    location: header(reqwest::header::LOCATION),
+                    status,
+                    retry_after: retry_after.as_deref(),
+                    location: location.as_deref(),
+                    said: &said,
                 };
                 classify(answer, SystemTime::now())
             }
