@@ -1501,7 +1501,10 @@ async fn run(seed: u64) {
     {
         let daemon = &world.daemon;
         let check = || {
-            let refused = refused(daemon, "ops");
+            // Dead letters let go (`outbox.max_dead_size`) may be any of `ops`'s news, health
+            // included, as refused events may (found by seed 14769932744879682093 with a
+            // 1 KiB budget: an online let go between two losts).
+            let refused = refused(daemon, "ops") || let_go(daemon) > 0;
             verify(
                 &ops,
                 "ops",
