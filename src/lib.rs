@@ -145,7 +145,7 @@ pub async fn run_with_reloads(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let outbox = Outbox::open(&config.state_dir, config.outbox.cache_bytes, routes).with_context(|| {
         format!(
-            "opening the outbox in {} (if it is corrupt, see README: Recovering the state directory)",
+            "opening the outbox in {} (if it is corrupt, see docs/operating.md: Recovering the state directory)",
             config.state_dir.display()
         )
     })?;
