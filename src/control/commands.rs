@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use super::api::rfc3339;
+use super::http::rfc3339;
 use super::server::Body;
 use super::Control;
 use crate::device::{ActionAnswer, BookRefusal, Refusal};
@@ -43,7 +43,7 @@ impl Reply {
     }
 
     pub fn into_response(self) -> hyper::Response<Body> {
-        let mut response = super::api::respond(self.status, self.body);
+        let mut response = super::http::respond(self.status, self.body);
         if let Some(secs) = self.retry_after {
             response
                 .headers_mut()

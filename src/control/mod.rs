@@ -8,12 +8,13 @@
 //! applied to the outbox's routes and the dispatchers, logged with what changed (never a
 //! secret). A change that cannot be applied is undone on disk, so a restart finds what runs.
 
-pub mod api;
 pub mod auth;
 pub mod commands;
 pub mod endpoints;
+pub mod http;
 pub mod pull;
 pub mod push;
+pub mod routes;
 pub mod server;
 pub mod slots;
 

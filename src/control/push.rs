@@ -79,14 +79,14 @@ impl Service for Push {
     ) -> Response<Body> {
         let (parts, body) = req.into_parts();
         if parts.uri.path() != PATH {
-            return super::api::error(
+            return super::http::error(
                 404,
                 None,
                 "nothing here: commands are POSTed to /v1/commands",
             );
         }
         if parts.method != hyper::Method::POST {
-            let mut r = super::api::error(405, None, "commands are POSTed");
+            let mut r = super::http::error(405, None, "commands are POSTed");
             r.headers_mut()
                 .insert("allow", hyper::header::HeaderValue::from_static("POST"));
             return r;
@@ -110,7 +110,7 @@ impl Service for Push {
         if let Err(why) = checked {
             self.refused("push", why);
             let status = if why == Unauthorized::Busy { 503 } else { 401 };
-            return super::api::error(status, None, why.why());
+            return super::http::error(status, None, why.why());
         }
         let id = signed.id.unwrap_or_default().trim();
         let reply = match serde_json::from_slice(&bytes) {

@@ -372,7 +372,7 @@ async fn answer(
         open: path == "/",
     };
     if let Err(refusal) = auth::check(&request, rules, &control.token) {
-        return super::api::error(refusal.status, None, refusal.why);
+        return super::http::error(refusal.status, None, refusal.why);
     }
     match path {
         "/metrics" => {
@@ -393,7 +393,7 @@ async fn answer(
         Err(refused) => return refused,
     };
     let query = parts.uri.query().unwrap_or("");
-    super::api::route(control, &parts.method, path, query, bytes, cancel).await
+    super::routes::route(control, &parts.method, path, query, bytes, cancel).await
 }
 
 /// A request's body: at most [`MAX_BODY`] bytes, within [`BODY_TIMEOUT`] (413 or 408 else).
@@ -407,13 +407,13 @@ pub async fn read_body(
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         .is_some_and(|n| n > MAX_BODY);
     if too_big {
-        return Err(super::api::error(413, None, "request body over 64 KiB"));
+        return Err(super::http::error(413, None, "request body over 64 KiB"));
     }
     let limited = http_body_util::Limited::new(body, MAX_BODY);
     match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(_)) => Err(super::api::error(413, None, "request body over 64 KiB")),
-        Err(_) => Err(super::api::error(
+        Ok(Err(_)) => Err(super::http::error(413, None, "request body over 64 KiB")),
+        Err(_) => Err(super::http::error(
             408,
             None,
             "request body not received in time",
