@@ -475,14 +475,7 @@ async fn every_ecosystems_messages_arrive_as_their_presets_take_them() {
     let broker = Mosquitto::start(dir.path());
     let receiver = Receiver::start().await;
     let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
-    daemon.env.push((
-        "EDGEHOOK_MQTT__PRESETS".into(),
-        "[zigbee2mqtt, chirpstack, the_things_stack, tasmota, shelly]".into(),
-    ));
-    // The presets alone: no subscription of the user's own.
-    daemon
-        .env
-        .push(("EDGEHOOK_MQTT__SUBSCRIPTIONS".into(), "[]".into()));
+    daemon.presets_only("[zigbee2mqtt, chirpstack, the_things_stack, tasmota, shelly]");
     daemon.start();
     daemon.wait_metric("edgehook_mqtt_connected", 1).await;
     let fixtures: Value = serde_json::from_str(include_str!("fixtures/ecosystems.json")).unwrap();
@@ -728,13 +721,7 @@ async fn firmware_sim_publishes_as_each_ecosystem_and_its_preset_takes_it() {
     let receiver = Receiver::start().await;
     let class = "[[device_classes]]\nname = \"sims\"\nmatch = [\"*-occ-*\"]\ndebounce = \"0s\"\n";
     let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, class);
-    daemon.env.push((
-        "EDGEHOOK_MQTT__PRESETS".into(),
-        "[zigbee2mqtt, chirpstack, the_things_stack, tasmota, shelly]".into(),
-    ));
-    daemon
-        .env
-        .push(("EDGEHOOK_MQTT__SUBSCRIPTIONS".into(), "[]".into()));
+    daemon.presets_only("[zigbee2mqtt, chirpstack, the_things_stack, tasmota, shelly]");
     daemon.start();
     let profiles = [
         (Profile::Zigbee2mqtt, vec!["occupancy", "temperature"], true),
@@ -832,13 +819,7 @@ async fn every_message_of_a_device_is_a_sign_of_life_and_its_health_is_told() {
     let receiver = Receiver::start().await;
     let class = "[[device_classes]]\nname = \"lora\"\nmatch = [\"*\"]\nheartbeat = \"1s\"\nlost_after = 2\ndebounce = \"0s\"\n";
     let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, class);
-    daemon.env.push((
-        "EDGEHOOK_MQTT__PRESETS".into(),
-        "[zigbee2mqtt, chirpstack, the_things_stack]".into(),
-    ));
-    daemon
-        .env
-        .push(("EDGEHOOK_MQTT__SUBSCRIPTIONS".into(), "[]".into()));
+    daemon.presets_only("[zigbee2mqtt, chirpstack, the_things_stack]");
     daemon.start();
     daemon.wait_metric("edgehook_mqtt_connected", 1).await;
     let fixtures: Value = serde_json::from_str(include_str!("fixtures/ecosystems.json")).unwrap();

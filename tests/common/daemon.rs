@@ -122,6 +122,15 @@ impl Daemon {
         }
     }
 
+    /// Read devices through these presets alone (`"[zigbee2mqtt, shelly]"`), no subscription
+    /// of the test's own.
+    pub fn presets_only(&mut self, presets: &str) {
+        self.env
+            .push(("EDGEHOOK_MQTT__PRESETS".into(), presets.into()));
+        self.env
+            .push(("EDGEHOOK_MQTT__SUBSCRIPTIONS".into(), "[]".into()));
+    }
+
     /// Start the daemon and wait until it is connected to the broker.
     pub fn start(&mut self) {
         self.spawn();
