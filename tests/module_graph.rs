@@ -32,7 +32,7 @@ const LAYERS: &[&[&str]] = &[
     &["deliver"],
     &["upstream"],
     &["config"],
-    &["crate", "telemetry", "control", "demo"],
+    &["crate", "daemon", "telemetry", "control", "demo"],
     &["cli"],
 ];
 
