@@ -48,7 +48,7 @@
 //! device → outbox → deliver → config → [`daemon`] (the wiring), telemetry, control, demo → cli.
 //!
 //! # Shutdown
-//! One [`CancellationToken`]. The source stops reading and drops its sender; the device stage
+//! One `CancellationToken`. The source stops reading and drops its sender; the device stage
 //! and the outbox writer drain what is already in their channels, the writer flushes, and delivery
 //! lets in-flight requests finish. The MQTT source keeps its connection until the writer is done
 //! and acknowledges what it made durable (for at most 10 s); anything not acknowledged to the

@@ -208,7 +208,7 @@ impl Api {
             Api::Stopped(control) => {
                 let (path, query) = path.split_once('?').unwrap_or((path, ""));
                 let body = body.map(|b| b.to_string()).unwrap_or_default();
-                let response = crate::control::api::route(
+                let response = crate::control::routes::route(
                     control,
                     &method,
                     path,

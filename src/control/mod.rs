@@ -1,5 +1,5 @@
 //! The control plane: the local server ([`server`]: `/healthz`, `/metrics`, the versioned
-//! JSON API under `/v1` ([`api`]), its OpenAPI document, and the web console), who may call it
+//! JSON API under `/v1` ([`routes`], [`http`]), its OpenAPI document, and the web console), who may call it
 //! ([`auth`]), and the endpoints managed while the daemon runs ([`endpoints`], applied to the
 //! running dispatchers by `deliver::fleet`).
 //!
