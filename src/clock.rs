@@ -43,6 +43,11 @@ pub fn system_now() -> Millis {
         .unwrap_or(0)
 }
 
+/// A time in [`Millis`] as RFC 3339 text, to the millisecond (`2026-12-07T10:15:02.481Z`).
+pub fn rfc3339(at: Millis) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(at)).to_string()
+}
+
 pub fn millis(d: Duration) -> Millis {
     d.as_millis().min(u64::MAX as u128) as Millis
 }

@@ -31,7 +31,7 @@ pub enum ActionsCommand {
 }
 
 pub async fn run(command: ActionsCommand, api: &Api, json_out: bool) -> Result<(), String> {
-    let err = |e: super::client::Refused| e.to_string();
+    let err = |e: super::client::CallFailed| e.to_string();
     let action = match command {
         ActionsCommand::Submit {
             device,

@@ -31,12 +31,12 @@ pub enum Api {
 
 /// An answer the API refused: its status, the field at fault and why.
 #[derive(Debug)]
-pub struct Refused {
+pub struct CallFailed {
     pub status: u16,
     pub message: String,
 }
 
-impl std::fmt::Display for Refused {
+impl std::fmt::Display for CallFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
     }
@@ -155,7 +155,7 @@ impl Api {
     }
 
     /// `GET path` (with its query).
-    pub async fn get(&self, path: &str) -> Result<Value, Refused> {
+    pub async fn get(&self, path: &str) -> Result<Value, CallFailed> {
         self.call(Method::GET, path, None).await
     }
 
@@ -166,7 +166,7 @@ impl Api {
         method: Method,
         path: &str,
         body: Option<Value>,
-    ) -> Result<Value, Refused> {
+    ) -> Result<Value, CallFailed> {
         let (status, bytes) = match self {
             Api::Live {
                 base,
@@ -184,7 +184,7 @@ impl Api {
                 match token {
                     Some(t) => request = request.bearer_auth(t.expose()),
                     None if changes => {
-                        return Err(Refused {
+                        return Err(CallFailed {
                             status: 401,
                             message: format!(
                                 "this changes something and needs the API token, which cannot be read from {} (run as root or as the daemon's user)",
@@ -194,12 +194,12 @@ impl Api {
                     }
                     None => {}
                 }
-                let answer = request.send().await.map_err(|e| Refused {
+                let answer = request.send().await.map_err(|e| CallFailed {
                     status: 0,
                     message: format!("the daemon's API at {base} failed: {e}"),
                 })?;
                 let status = answer.status().as_u16();
-                let bytes = answer.bytes().await.map_err(|e| Refused {
+                let bytes = answer.bytes().await.map_err(|e| CallFailed {
                     status: 0,
                     message: format!("the daemon's API at {base} failed: {e}"),
                 })?;
@@ -238,7 +238,7 @@ impl Api {
                 Some(field) => format!("{field}: {why}"),
                 None => why.to_string(),
             };
-            Err(Refused { status, message })
+            Err(CallFailed { status, message })
         }
     }
 }

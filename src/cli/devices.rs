@@ -30,7 +30,7 @@ pub enum DevicesCommand {
 
 /// Run one devices command through `api`.
 pub async fn run(command: DevicesCommand, api: &Api, json: bool) -> Result<(), String> {
-    let err = |e: super::client::Refused| e.to_string();
+    let err = |e: super::client::CallFailed| e.to_string();
     match command {
         DevicesCommand::List => {
             // Every page (the API answers at most 1,000 devices a call).

@@ -128,7 +128,7 @@ impl Settings {
 
 /// Run one endpoints command through `api`; `json` prints the API's answers as they are.
 pub async fn run(command: EndpointsCommand, api: &Api, json: bool) -> Result<(), String> {
-    let err = |e: super::client::Refused| e.to_string();
+    let err = |e: super::client::CallFailed| e.to_string();
     let one = |name: &str| format!("/v1/endpoints/{}", segment(name));
     let (answer, said) = match command {
         EndpointsCommand::List => {

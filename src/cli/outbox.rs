@@ -93,7 +93,7 @@ pub async fn run(
     state_dir: &Path,
     json: bool,
 ) -> Result<(), String> {
-    let err = |e: super::client::Refused| e.to_string();
+    let err = |e: super::client::CallFailed| e.to_string();
     let status = api.get("/v1/outbox").await.map_err(err)?;
     let queues = status["queues"].as_array().cloned().unwrap_or_default();
     let known = |endpoint: &Option<String>| -> Result<(), String> {

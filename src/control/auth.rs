@@ -90,24 +90,24 @@ impl Listener {
 
 /// Why a request is refused: the HTTP status and what to tell the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
+pub struct ActionRefusal {
     pub status: u16,
     pub why: &'static str,
 }
 
-const BAD_HOST: Refusal = Refusal {
+const BAD_HOST: ActionRefusal = ActionRefusal {
     status: 421,
     why: "the Host header does not name this server (use the address it listens on)",
 };
-const NO_TOKEN: Refusal = Refusal {
+const NO_TOKEN: ActionRefusal = ActionRefusal {
     status: 401,
     why: "this call needs the API token: Authorization: Bearer <token> (edgehook token prints it)",
 };
-const BAD_TOKEN: Refusal = Refusal {
+const BAD_TOKEN: ActionRefusal = ActionRefusal {
     status: 401,
     why: "wrong API token (edgehook token prints the right one)",
 };
-const CROSS_SITE: Refusal = Refusal {
+const CROSS_SITE: ActionRefusal = ActionRefusal {
     status: 403,
     why: "cross-site request refused: the Origin is not this server",
 };
@@ -117,7 +117,7 @@ const CROSS_SITE: Refusal = Refusal {
 /// Off loopback the `Host` is not checked (every call but the console's page needs the token,
 /// which a rebound name cannot give a page), and a browser's change must come from the origin
 /// the request names.
-pub fn check(request: &Request, listener: &Listener, token: &Secret) -> Result<(), Refusal> {
+pub fn check(request: &Request, listener: &Listener, token: &Secret) -> Result<(), ActionRefusal> {
     let host = request.host.map(str::to_ascii_lowercase);
     let known = |h: &str| {
         listener.hosts.iter().any(|known| {
@@ -187,7 +187,7 @@ mod tests {
         };
         let ok = Ok(());
         #[rustfmt::skip]
-        let table: Vec<(&str, Request, &Listener, Result<(), Refusal>)> = vec![
+        let table: Vec<(&str, Request, &Listener, Result<(), ActionRefusal>)> = vec![
             ("a loopback read needs no token", req(false, Some("127.0.0.1:9187"), None, None, false), &local, ok.clone()),
             ("localhost names this host", req(false, Some("localhost:9187"), None, None, false), &local, ok.clone()),
             ("the port may be left out", req(false, Some("localhost"), None, None, false), &local, ok.clone()),

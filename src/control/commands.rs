@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use super::http::rfc3339;
 use super::server::Body;
 use super::Control;
-use crate::device::{ActionAnswer, BookRefusal, Refusal};
+use crate::device::{ActionAnswer, ActionRefusal, BookRefusal};
 use crate::upstream::command::Command;
 
 /// A command's answer.
@@ -63,7 +63,7 @@ impl Control {
             Command::Action(request) => match self.act(request).await {
                 Ok(ActionAnswer::Accepted(a)) => Reply::new(202, action_view(&a)),
                 Ok(ActionAnswer::Known(a)) => Reply::new(200, action_view(&a)),
-                Ok(ActionAnswer::Rejected(a, Refusal::UnknownDevice)) => Reply::error(
+                Ok(ActionAnswer::Rejected(a, ActionRefusal::UnknownDevice)) => Reply::error(
                     404,
                     Some("device"),
                     &format!("no device `{}`: the action is rejected (device.action_completed)", a.device),
@@ -111,20 +111,20 @@ impl Control {
 
     /// The bookings kept (not those ended, whose ids are only remembered): the running
     /// device stage's, or a stopped daemon's store's.
-    pub async fn bookings(&self) -> Result<Vec<crate::device::booking::Booking>, super::Refused> {
+    pub async fn bookings(&self) -> Result<Vec<crate::device::booking::Booking>, super::ApiError> {
         if self.device_stage.is_none() {
             return self
                 .outbox
                 .bookings()
                 .map(|all| all.into_iter().filter(|b| b.ended.is_none()).collect())
-                .map_err(|e| super::Refused::new_internal(e.to_string()));
+                .map_err(|e| super::ApiError::new_internal(e.to_string()));
         }
         self.ask(crate::device::Request::Bookings).await
     }
 }
 
 fn booking_reply(
-    answer: Result<Result<(), BookRefusal>, super::Refused>,
+    answer: Result<Result<(), BookRefusal>, super::ApiError>,
     workspace: &str,
     view: Value,
 ) -> Reply {

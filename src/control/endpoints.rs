@@ -63,15 +63,15 @@ pub enum Change {
 
 /// Why a change is refused: the HTTP status, the field at fault (if one is), and why.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Refused {
+pub struct ApiError {
     pub status: u16,
     pub field: Option<String>,
     pub message: String,
 }
 
-impl Refused {
-    fn new(status: u16, field: Option<&str>, message: impl Into<String>) -> Refused {
-        Refused {
+impl ApiError {
+    fn new(status: u16, field: Option<&str>, message: impl Into<String>) -> ApiError {
+        ApiError {
             status,
             field: field.map(str::to_string),
             message: message.into(),
@@ -120,7 +120,7 @@ impl Endpoints {
         Ok((endpoints, conflict))
     }
 
-    /// Take the file's endpoints anew (SIGHUP). Refused, changing nothing, when one has the
+    /// Take the file's endpoints anew (SIGHUP). ApiError, changing nothing, when one has the
     /// name of an API endpoint.
     pub fn set_file(&mut self, file: Vec<WebhookConfig>) -> Result<(), String> {
         self.check_file(&file)?;
@@ -176,7 +176,7 @@ impl Endpoints {
         &self,
         change: &Change,
         pending: impl Fn(&str) -> usize,
-    ) -> Result<Stored, Refused> {
+    ) -> Result<Stored, ApiError> {
         let mut next = self.api.clone();
         match change {
             Change::Create(body) => {
@@ -186,7 +186,7 @@ impl Endpoints {
                         Source::File => "in the configuration file",
                         Source::Api => "already",
                     };
-                    return Err(Refused::new(
+                    return Err(ApiError::new(
                         409,
                         Some("name"),
                         format!("an endpoint named `{}` exists {place}", config.name),
@@ -194,7 +194,7 @@ impl Endpoints {
                 }
                 let max = crate::deliver::config::MAX_ENDPOINTS;
                 if self.list().len() >= max {
-                    return Err(Refused::new(
+                    return Err(ApiError::new(
                         409,
                         None,
                         format!("this gateway runs {max} endpoints already, its most (delete one first)"),
@@ -206,7 +206,7 @@ impl Endpoints {
                 let i = self.api_index(name)?;
                 let config = parse(body.clone())?;
                 if &config.name != name {
-                    return Err(Refused::new(
+                    return Err(ApiError::new(
                         400,
                         Some("name"),
                         format!(
@@ -219,13 +219,13 @@ impl Endpoints {
             Change::Patch(name, patch) => {
                 let i = self.api_index(name)?;
                 if !patch.is_object() {
-                    return Err(Refused::new(400, None, "a patch is a JSON object"));
+                    return Err(ApiError::new(400, None, "a patch is a JSON object"));
                 }
                 let mut merged = serde_json::to_value(&next.endpoints[i]).expect("serialises");
                 merge(&mut merged, patch);
                 let config = parse(merged)?;
                 if &config.name != name {
-                    return Err(Refused::new(
+                    return Err(ApiError::new(
                         400,
                         Some("name"),
                         "an endpoint's name cannot change; create a new one",
@@ -238,7 +238,7 @@ impl Endpoints {
                 let waiting = pending(name);
                 match how {
                     Pending::Refuse if waiting > 0 => {
-                        return Err(Refused::new(
+                        return Err(ApiError::new(
                             409,
                             None,
                             format!("{waiting} event(s) are pending for `{name}`: delete with pending=drain to deliver them first, or pending=purge to delete them (edgehook endpoints delete {name} --pending drain|purge)"),
@@ -260,10 +260,10 @@ impl Endpoints {
     }
 
     /// An API endpoint's place, or why the change cannot be made to `name`.
-    fn api_index(&self, name: &str) -> Result<usize, Refused> {
+    fn api_index(&self, name: &str) -> Result<usize, ApiError> {
         match self.get(name) {
-            None => Err(Refused::new(404, None, format!("no endpoint `{name}`"))),
-            Some((_, Source::File, _)) => Err(Refused::new(
+            None => Err(ApiError::new(404, None, format!("no endpoint `{name}`"))),
+            Some((_, Source::File, _)) => Err(ApiError::new(
                 409,
                 None,
                 format!("`{name}` is defined in the configuration file: edit it there and reload (systemctl reload edgehook)"),
@@ -293,7 +293,7 @@ impl Endpoints {
 }
 
 /// An endpoint's settings from a request body, checked as the configuration checks them.
-fn parse(body: Value) -> Result<WebhookConfig, Refused> {
+fn parse(body: Value) -> Result<WebhookConfig, ApiError> {
     let config: WebhookConfig = serde_path_to_error::deserialize(body).map_err(|e| {
         let path = e.path().to_string();
         // Never the value given where a secret belongs (#43.15), as the configuration's
@@ -310,19 +310,19 @@ fn parse(body: Value) -> Result<WebhookConfig, Refused> {
             .filter(|_| text.starts_with("unknown field") || text.starts_with("missing field"))
             .map(str::to_string)
             .or_else(|| (path != ".").then_some(path));
-        Refused {
+        ApiError {
             status: 400,
             field,
             message: format!("not an endpoint: {text}"),
         }
     })?;
     if config.name.is_empty() {
-        return Err(Refused::new(400, Some("name"), "must be set"));
+        return Err(ApiError::new(400, Some("name"), "must be set"));
     }
     crate::deliver::config::validate(None, std::slice::from_ref(&config)).map_err(
         |(key, why)| {
             let field = key.strip_prefix("endpoints[0].").unwrap_or(&key);
-            Refused::new(400, Some(field), why)
+            ApiError::new(400, Some(field), why)
         },
     )?;
     Ok(config)

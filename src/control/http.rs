@@ -1,7 +1,7 @@
 //! HTTP for the control API's routes: the query string, the body, and the answers (JSON,
 //! errors as `{"error", "field"}`, the console's page), and times as the API writes them.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use hyper::body::Bytes;
 use hyper::Response;
@@ -119,8 +119,7 @@ pub fn rfc3339(ms: u64) -> Value {
     if ms == 0 {
         return Value::Null;
     }
-    let t = UNIX_EPOCH + Duration::from_millis(ms);
-    json!(humantime::format_rfc3339_millis(t).to_string())
+    json!(crate::clock::rfc3339(ms))
 }
 
 /// When the event `id` was made (from its UUIDv7), RFC 3339; null if it does not say.
@@ -130,6 +129,4 @@ pub(super) fn created(id: &str) -> Value {
         .map_or(Value::Null, |d| rfc3339(d.as_millis() as u64))
 }
 
-pub(super) fn now_ms() -> u64 {
-    crate::clock::system_now()
-}
+pub(super) use crate::clock::system_now as now_ms;

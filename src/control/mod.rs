@@ -31,7 +31,7 @@ use crate::device::config::WorkspaceConfig;
 use crate::outbox::{Outbox, Paused};
 use crate::secret::Secret;
 use crate::telemetry::Metrics;
-use endpoints::{Change, Endpoints, Pending, Refused};
+use endpoints::{ApiError, Change, Endpoints, Pending};
 
 /// How long an operator's change waits while the outbox is being reopened after a storage
 /// error before it is refused: the writer tries to reopen at most 5 s apart.
@@ -162,9 +162,9 @@ impl Control {
         &self,
         device_id: &str,
         make: impl FnOnce(tokio::sync::oneshot::Sender<bool>) -> crate::device::Request,
-    ) -> Result<(), Refused> {
+    ) -> Result<(), ApiError> {
         let Some(stage) = self.device_stage.as_ref() else {
-            return Err(Refused {
+            return Err(ApiError {
                 status: 409,
                 field: None,
                 message: "the daemon is not running: devices are changed by the running daemon (start it first)".into(),
@@ -174,23 +174,23 @@ impl Control {
         stage
             .send(make(done))
             .await
-            .map_err(|_| Refused::new_internal("the device stage has stopped".into()))?;
+            .map_err(|_| ApiError::new_internal("the device stage has stopped".into()))?;
         match answer.await {
             Ok(true) => Ok(()),
-            Ok(false) => Err(Refused {
+            Ok(false) => Err(ApiError {
                 status: 404,
                 field: None,
                 message: format!("no device `{device_id}`"),
             }),
-            Err(_) => Err(Refused::new_internal(
+            Err(_) => Err(ApiError::new_internal(
                 "the change was not made durable (the daemon is stopping, or the disk refuses writes)".into(),
             )),
         }
     }
 
     /// The running device stage, or 409 for a stopped daemon.
-    fn stage(&self) -> Result<&tokio::sync::mpsc::Sender<crate::device::Request>, Refused> {
-        self.device_stage.as_ref().ok_or_else(|| Refused {
+    fn stage(&self) -> Result<&tokio::sync::mpsc::Sender<crate::device::Request>, ApiError> {
+        self.device_stage.as_ref().ok_or_else(|| ApiError {
             status: 409,
             field: None,
             message: "the daemon is not running: actions are taken by the running daemon (start it first)".into(),
@@ -201,14 +201,14 @@ impl Control {
     async fn ask<T>(
         &self,
         make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> crate::device::Request,
-    ) -> Result<T, Refused> {
+    ) -> Result<T, ApiError> {
         let (done, answer) = tokio::sync::oneshot::channel();
         self.stage()?
             .send(make(done))
             .await
-            .map_err(|_| Refused::new_internal("the device stage has stopped".into()))?;
+            .map_err(|_| ApiError::new_internal("the device stage has stopped".into()))?;
         answer.await.map_err(|_| {
-            Refused::new_internal(
+            ApiError::new_internal(
                 "not made durable (the daemon is stopping, or the disk refuses writes)".into(),
             )
         })
@@ -218,17 +218,17 @@ impl Control {
     pub async fn act(
         &self,
         request: crate::device::ActionRequest,
-    ) -> Result<crate::device::ActionAnswer, Refused> {
+    ) -> Result<crate::device::ActionAnswer, ApiError> {
         self.ask(|done| crate::device::Request::Act { request, done })
             .await
     }
 
     /// The action `id` as it is now.
-    pub async fn action(&self, id: &str) -> Result<crate::device::action::Action, Refused> {
+    pub async fn action(&self, id: &str) -> Result<crate::device::action::Action, ApiError> {
         let id_owned = id.to_string();
         self.ask(|done| crate::device::Request::Action { id: id_owned, done })
             .await?
-            .ok_or_else(|| Refused {
+            .ok_or_else(|| ApiError {
                 status: 404,
                 field: None,
                 message: format!("no action `{id}` (unknown, or done and past its deadline)"),
@@ -236,18 +236,18 @@ impl Control {
     }
 
     /// Cancel action `id` while it has not been sent.
-    pub async fn cancel_action(&self, id: &str) -> Result<crate::device::action::Action, Refused> {
+    pub async fn cancel_action(&self, id: &str) -> Result<crate::device::action::Action, ApiError> {
         let id_owned = id.to_string();
         match self
             .ask(|done| crate::device::Request::Cancel { id: id_owned, done })
             .await?
         {
-            None => Err(Refused {
+            None => Err(ApiError {
                 status: 404,
                 field: None,
                 message: format!("no action `{id}`"),
             }),
-            Some(Err(why)) => Err(Refused {
+            Some(Err(why)) => Err(ApiError {
                 status: 409,
                 field: None,
                 message: format!("action `{id}` cannot be cancelled: {why}"),
@@ -258,7 +258,7 @@ impl Control {
 
     /// Forget a device: `device.unregistered`, its state deleted (it is registered anew if it
     /// is heard from again).
-    pub async fn forget_device(&self, device_id: &str) -> Result<(), Refused> {
+    pub async fn forget_device(&self, device_id: &str) -> Result<(), ApiError> {
         self.device_change(device_id, |done| crate::device::Request::Forget {
             device_id: device_id.to_string(),
             done,
@@ -271,7 +271,7 @@ impl Control {
         &self,
         device_id: &str,
         value: Option<serde_json::Value>,
-    ) -> Result<(), Refused> {
+    ) -> Result<(), ApiError> {
         self.device_change(device_id, |done| crate::device::Request::Desire {
             device_id: device_id.to_string(),
             value,
@@ -300,7 +300,7 @@ impl Control {
             .wanted()
             .iter()
             .filter(|w| w.config.active && w.queue_new)
-            .map(|w| crate::outbox::Route {
+            .map(|w| crate::outbox::QueueFilter {
                 endpoint: w.config.name.clone(),
                 wants: Arc::new(|_: &str| false),
             })
@@ -362,7 +362,7 @@ impl Control {
 
     /// Apply `change` to the API's endpoints (see the module docs). Returns the endpoint's
     /// name.
-    pub async fn change(&self, change: Change) -> Result<String, Refused> {
+    pub async fn change(&self, change: Change) -> Result<String, ApiError> {
         let mut guard = self.endpoints.lock().await;
         self.outbox_open().await?;
         let (endpoints, fleet) = &mut *guard;
@@ -381,14 +381,14 @@ impl Control {
                 .unwrap_or_default(),
             Change::Replace(n, _) | Change::Patch(n, _) | Change::Delete(n, _) => n.clone(),
         };
-        endpoints
-            .commit(next)
-            .map_err(|e| Refused::new_internal(format!("cannot write {}: {e}", endpoints::FILE)))?;
+        endpoints.commit(next).map_err(|e| {
+            ApiError::new_internal(format!("cannot write {}: {e}", endpoints::FILE))
+        })?;
         if let Err(e) = fleet.apply(&endpoints.wanted()).await {
             tracing::error!(endpoint = %name, error = %e, "control API: change not applied; undone");
             let _ = endpoints.commit(before);
             let _ = fleet.apply(&endpoints.wanted()).await;
-            return Err(Refused::new_internal(format!("not applied: {e:#}")));
+            return Err(ApiError::new_internal(format!("not applied: {e:#}")));
         }
         match &change {
             Change::Create(_) => {
@@ -420,11 +420,11 @@ impl Control {
     }
 
     /// Pause (`true`) or resume `name`: persisted, then its dispatcher restarted to read it.
-    pub async fn pause(&self, name: &str, pause: bool) -> Result<(), Refused> {
+    pub async fn pause(&self, name: &str, pause: bool) -> Result<(), ApiError> {
         let mut guard = self.endpoints.lock().await;
         let (endpoints, fleet) = &mut *guard;
         if endpoints.get(name).is_none() {
-            return Err(Refused::not_found(name));
+            return Err(ApiError::not_found(name));
         }
         self.outbox_open().await?;
         let fact = Paused {
@@ -443,12 +443,12 @@ impl Control {
     }
 
     /// Send again to `name` after a 410 Gone disabled it. False if it was not disabled.
-    pub async fn enable(&self, name: &str) -> Result<bool, Refused> {
+    pub async fn enable(&self, name: &str) -> Result<bool, ApiError> {
         let mut guard = self.endpoints.lock().await;
         let (endpoints, fleet) = &mut *guard;
         // A queue whose endpoint is no longer configured sends nothing either way.
         if endpoints.get(name).is_none() {
-            return Err(Refused::not_found(name));
+            return Err(ApiError::not_found(name));
         }
         if self.outbox.disabled(name).is_none() {
             return Ok(false);
@@ -462,11 +462,11 @@ impl Control {
     /// The outbox open, after waiting for it (at most [`OUTBOX_WAIT`]) if it is being reopened
     /// after a storage error (found by the fault harness: an endpoint created a moment after a
     /// full disk was freed was refused at once); else a refusal that says so (503).
-    pub(crate) async fn outbox_open(&self) -> Result<(), Refused> {
+    pub(crate) async fn outbox_open(&self) -> Result<(), ApiError> {
         if self.outbox.open_within(OUTBOX_WAIT).await {
             Ok(())
         } else {
-            Err(Refused {
+            Err(ApiError {
                 status: 503,
                 field: None,
                 message: format!(
@@ -556,25 +556,25 @@ async fn persist_and_restart(
     fleet: &mut Fleet,
     name: &str,
     set: impl FnOnce(&Outbox) -> Result<(), crate::outbox::OutboxError>,
-) -> Result<(), Refused> {
-    let internal = |e: &dyn std::fmt::Display| Refused::new_internal(e.to_string());
+) -> Result<(), ApiError> {
+    let internal = |e: &dyn std::fmt::Display| ApiError::new_internal(e.to_string());
     set(outbox).map_err(|e| internal(&e))?;
     outbox.flush().await.map_err(|e| internal(&e))?;
     fleet.restart(name).await.map_err(|e| internal(&e))?;
     Ok(())
 }
 
-impl Refused {
-    fn new_internal(message: String) -> Refused {
-        Refused {
+impl ApiError {
+    fn new_internal(message: String) -> ApiError {
+        ApiError {
             status: 500,
             field: None,
             message,
         }
     }
 
-    fn not_found(name: &str) -> Refused {
-        Refused {
+    fn not_found(name: &str) -> ApiError {
+        ApiError {
             status: 404,
             field: None,
             message: format!("no endpoint `{name}`"),

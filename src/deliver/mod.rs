@@ -50,9 +50,9 @@ pub use sign::Signer;
 pub use transport::Transport;
 
 /// The outbox route of endpoint `config`: which events are queued for it.
-pub fn route(config: &WebhookConfig) -> anyhow::Result<crate::outbox::Route> {
+pub fn route(config: &WebhookConfig) -> anyhow::Result<crate::outbox::QueueFilter> {
     let endpoint = Endpoint::new(config)?;
-    Ok(crate::outbox::Route {
+    Ok(crate::outbox::QueueFilter {
         endpoint: config.name.clone(),
         wants: Arc::new(move |kind: &str| endpoint.wants(kind)),
     })
@@ -692,11 +692,7 @@ const READ_RETRY: Duration = Duration::from_secs(1);
 pub use crate::outbox::Disabled;
 use crate::outbox::Last;
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::clock::system_now as now_ms;
 
 impl Dispatcher {
     /// Move a given-up record to the dead letters, with why.

@@ -6,9 +6,7 @@ pub(super) fn rfc3339(at: Millis) -> Value {
     Value::String(rfc3339_text(at))
 }
 
-pub(super) fn rfc3339_text(at: Millis) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(at)).to_string()
-}
+pub(super) use crate::clock::rfc3339 as rfc3339_text;
 
 pub(super) fn one_field(key: &str, value: Value) -> Map<String, Value> {
     let mut m = Map::new();

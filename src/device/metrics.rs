@@ -1,9 +1,9 @@
 //! What the device stage counts: the devices it knows, and the messages its bounds refused, by
-//! reason (every [`Refused`] kind exposed from the start, at 0).
+//! reason (every [`OverLimit`] kind exposed from the start, at 0).
 
 use crate::metrics::{preset, Counter, EncodeLabelSet, Family, Gauge, Registry};
 
-use super::{IgnoredAnswer, Refused};
+use super::{IgnoredAnswer, OverLimit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
@@ -32,7 +32,7 @@ impl DeviceMetrics {
                 "Devices' answers to actions that made no event: late (the action was done already: a second answer, or one after its timeout) or unknown (no such action of the device's).",
             ),
         };
-        preset(&m.refused, Refused::KINDS.map(|reason| Reason { reason }));
+        preset(&m.refused, OverLimit::KINDS.map(|reason| Reason { reason }));
         preset(
             &m.answers_ignored,
             IgnoredAnswer::KINDS.map(|reason| Reason { reason }),
@@ -52,7 +52,7 @@ impl DeviceMetrics {
     }
 
     /// A message skipped for the registry's bounds.
-    pub fn refused(&self, why: Refused) {
+    pub fn refused(&self, why: OverLimit) {
         self.refused
             .get_or_create(&Reason { reason: why.kind() })
             .inc();

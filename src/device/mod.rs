@@ -44,9 +44,9 @@ mod task;
 
 pub use events::samples;
 use events::*;
-pub use registry::{Applied, IgnoredAnswer, Outgoing, Refused, Registry, Rules};
+pub use registry::{Applied, IgnoredAnswer, Outgoing, OverLimit, Registry, Rules};
 pub use requests::{
-    ActionAnswer, ActionRequest, BookRefusal, Refusal, Request, Selection, Snapshot, Submit,
+    ActionAnswer, ActionRefusal, ActionRequest, BookRefusal, Request, Selection, Snapshot, Submit,
     PAGE_BYTES, VIEW_BYTES,
 };
 pub use task::run;

@@ -85,7 +85,7 @@ pub struct ActionRequest {
 
 /// Why an action was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum ActionRefusal {
     /// No such device is known (`rejected`, told).
     UnknownDevice,
     /// Its class does not allow the action (`rejected`, told).
@@ -102,9 +102,9 @@ pub enum Submit {
     /// Accepted: persist and send what this says.
     Accepted(Applied),
     /// Rejected and told (`device.action_completed`, `rejected`): persist this too.
-    Rejected(Applied, Refusal),
+    Rejected(Applied, ActionRefusal),
     /// Not taken (bounds): nothing to persist.
-    Refused(Refusal),
+    Refused(ActionRefusal),
 }
 
 /// What the control API asks of the device stage, answered between two messages.
@@ -167,6 +167,6 @@ pub enum BookRefusal {
 pub enum ActionAnswer {
     Accepted(action::Action),
     Known(action::Action),
-    Rejected(action::Action, Refusal),
-    Refused(Refusal),
+    Rejected(action::Action, ActionRefusal),
+    Refused(ActionRefusal),
 }

@@ -64,9 +64,9 @@ pub async fn run(
                         if let Some(suppressed) = faults.admit(refused.kind(), "registry", std::time::Instant::now()) {
                             let limits = &registry.limits;
                             match refused {
-                                Refused::MaxDevices => tracing::warn!(device_id = %msg.device_id, max_devices = limits.max_devices, suppressed, "device limit reached: messages from new devices are skipped (known devices keep flowing); raise devices.max_devices if these are real devices"),
-                                Refused::MaxFields => tracing::warn!(device_id = %msg.device_id, max_fields = limits.max_fields, suppressed, "reading skipped: it would give the device more than devices.max_fields field names"),
-                                Refused::MaxStateBytes => tracing::warn!(device_id = %msg.device_id, max_state_bytes = limits.max_state_bytes, suppressed, "reading skipped: its values would take what is kept of the device past devices.max_state_bytes"),
+                                OverLimit::MaxDevices => tracing::warn!(device_id = %msg.device_id, max_devices = limits.max_devices, suppressed, "device limit reached: messages from new devices are skipped (known devices keep flowing); raise devices.max_devices if these are real devices"),
+                                OverLimit::MaxFields => tracing::warn!(device_id = %msg.device_id, max_fields = limits.max_fields, suppressed, "reading skipped: it would give the device more than devices.max_fields field names"),
+                                OverLimit::MaxStateBytes => tracing::warn!(device_id = %msg.device_id, max_state_bytes = limits.max_state_bytes, suppressed, "reading skipped: its values would take what is kept of the device past devices.max_state_bytes"),
                             }
                         }
                     } else {

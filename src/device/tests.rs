@@ -248,15 +248,19 @@ fn what_is_kept_of_a_device_is_bounded_in_bytes() {
     let mut r = Registry::new(&[], &[], [], [], 0).with_limits(limits);
     let big = "x".repeat(300);
     let half = "y".repeat(150);
-    let cases: &[(&str, Value, Option<Refused>)] = &[
+    let cases: &[(&str, Value, Option<OverLimit>)] = &[
         ("b1", json!({"t": 21.5}), None),
-        ("b1", json!({"blob": big}), Some(Refused::MaxStateBytes)),
+        ("b1", json!({"blob": big}), Some(OverLimit::MaxStateBytes)),
         ("b1", json!({"a": half}), None),
         // With `a` kept, another 150 bytes is past 256.
-        ("b1", json!({"b": half}), Some(Refused::MaxStateBytes)),
+        ("b1", json!({"b": half}), Some(OverLimit::MaxStateBytes)),
         // Replacing `a` with a value as large is not growth.
         ("b1", json!({"a": "z".repeat(150)}), None),
-        ("new-1", json!({"blob": big}), Some(Refused::MaxStateBytes)),
+        (
+            "new-1",
+            json!({"blob": big}),
+            Some(OverLimit::MaxStateBytes),
+        ),
     ];
     for (i, (device, fields, refused)) in cases.iter().enumerate() {
         let a = r.apply(device, &reading(fields.clone()), 1_000 + i as Millis);
@@ -276,17 +280,17 @@ fn the_registry_is_bounded_in_devices_and_field_names() {
         ..Default::default()
     };
     let mut r = Registry::new(&[], &[], [], [], 0).with_limits(limits);
-    let cases: &[(&str, Value, Option<Refused>)] = &[
+    let cases: &[(&str, Value, Option<OverLimit>)] = &[
         ("a1", json!({"x": 1}), None),
         ("a2", json!({"x": 1}), None),
-        ("a3", json!({"x": 1}), Some(Refused::MaxDevices)),
+        ("a3", json!({"x": 1}), Some(OverLimit::MaxDevices)),
         ("a1", json!({"x": 2, "y": 1, "z": 1}), None),
-        ("a1", json!({"w": 1}), Some(Refused::MaxFields)),
+        ("a1", json!({"w": 1}), Some(OverLimit::MaxFields)),
         ("a1", json!({"x": 3}), None),
         (
             "a2",
             json!({"p": 1, "q": 1, "r": 1}),
-            Some(Refused::MaxFields),
+            Some(OverLimit::MaxFields),
         ),
     ];
     for (i, (device, fields, refused)) in cases.iter().enumerate() {
@@ -307,7 +311,7 @@ fn the_registry_is_bounded_in_devices_and_field_names() {
     assert_eq!(r.apply("a2", &OFFLINE, 2_000).refused, None);
     assert_eq!(
         r.apply("a9", &ONLINE, 2_000).refused,
-        Some(Refused::MaxDevices)
+        Some(OverLimit::MaxDevices)
     );
 }
 
@@ -1033,7 +1037,7 @@ fn actions_go_one_at_a_time_to_online_devices_and_end_once() {
     };
     // Unknown device and an action its class does not allow: rejected and told.
     match r.submit(act("a0", "disp-9", "show_message"), 1_000) {
-        Submit::Rejected(a, Refusal::UnknownDevice) => {
+        Submit::Rejected(a, ActionRefusal::UnknownDevice) => {
             assert_eq!(completed(&a), [("a0".into(), "rejected".into())])
         }
         other => panic!("{other:?}"),
@@ -1041,7 +1045,7 @@ fn actions_go_one_at_a_time_to_online_devices_and_end_once() {
     r.apply("disp-1", &ONLINE, 1_000);
     assert!(matches!(
         r.submit(act("a00", "disp-1", "reboot"), 1_000),
-        Submit::Rejected(_, Refusal::NotAllowed)
+        Submit::Rejected(_, ActionRefusal::NotAllowed)
     ));
     // Online: the first goes out at once, the second waits behind it; a third is too many.
     let Submit::Accepted(a) = r.submit(act("a1", "disp-1", "show_message"), 2_000) else {
@@ -1064,7 +1068,7 @@ fn actions_go_one_at_a_time_to_online_devices_and_end_once() {
     assert!(a.outgoing.is_empty(), "one at a time");
     assert!(matches!(
         r.submit(act("a3", "disp-1", "show_message"), 2_200),
-        Submit::Refused(Refusal::TooMany)
+        Submit::Refused(ActionRefusal::TooMany)
     ));
     // The same id again: known, nothing done again.
     assert!(matches!(
@@ -1143,7 +1147,9 @@ fn remembered_actions_are_bounded() {
     let mut forgotten = Vec::new();
     for i in 0..100 {
         match r.submit(act(&format!("x{i}"), "nobody", "identify"), 1_000 + i) {
-            Submit::Rejected(a, Refusal::UnknownDevice) => forgotten.extend(a.forgotten_actions),
+            Submit::Rejected(a, ActionRefusal::UnknownDevice) => {
+                forgotten.extend(a.forgotten_actions)
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -196,7 +196,7 @@ pub struct Written {
 
 /// Which events one endpoint's queue takes.
 #[derive(Clone)]
-pub struct Route {
+pub struct QueueFilter {
     pub endpoint: String,
     pub wants: Arc<dyn Fn(&str) -> bool + Send + Sync>,
 }
@@ -269,7 +269,7 @@ pub struct Outbox {
     queues: Arc<RwLock<Vec<Arc<Queue>>>>,
     /// Which events each queue takes, by the queue's place (`None`: none; missing at the end:
     /// none). Replaced whole when an endpoint is routed or unrouted.
-    routes: Arc<RwLock<Arc<Vec<Option<Route>>>>>,
+    routes: Arc<RwLock<Arc<Vec<Option<QueueFilter>>>>>,
     /// Whether old readings were ever dropped to make room (see [`Outbox::was_dropped`]).
     dropped_any: Arc<AtomicBool>,
     /// One past the highest sequence number written (flushed or not).
@@ -293,7 +293,11 @@ pub struct Outbox {
 impl Outbox {
     /// Open the store in `dir`, with a queue for each route (events are written to the queues
     /// whose route wants them) and one for every other queue already on disk.
-    pub fn open(dir: &Path, cache_bytes: u64, routes: Vec<Route>) -> Result<Outbox, OutboxError> {
+    pub fn open(
+        dir: &Path,
+        cache_bytes: u64,
+        routes: Vec<QueueFilter>,
+    ) -> Result<Outbox, OutboxError> {
         let mut store = Store::open(dir, cache_bytes)?;
         let mut endpoints: Vec<String> = routes.iter().map(|r| r.endpoint.clone()).collect();
         let mut others = store.queues_on_disk();
@@ -323,7 +327,7 @@ impl Outbox {
                 })
             })
             .collect();
-        let routes: Vec<Option<Route>> = routes.into_iter().map(Some).collect();
+        let routes: Vec<Option<QueueFilter>> = routes.into_iter().map(Some).collect();
         let dead_depth = Arc::new(AtomicU64::new(store.dead.len() as u64));
         let dead_bytes = Arc::new(AtomicU64::new(dead::bytes_of(&store.dead)?));
         // Whatever sled recovered at open is on disk.

@@ -28,7 +28,7 @@ impl Outbox {
     /// Queue the events `route` wants for its endpoint from the next batch on, making the
     /// endpoint a queue if it has none (an endpoint created while running). Its queue is
     /// marked draining: the caller starts its delivery.
-    pub fn route(&self, route: Route) -> Result<QueueId, OutboxError> {
+    pub fn route(&self, route: QueueFilter) -> Result<QueueId, OutboxError> {
         let queue = self.queue_or_add(&route.endpoint)?;
         self.set_route(queue, Some(route));
         Ok(queue)
@@ -46,7 +46,7 @@ impl Outbox {
         }
     }
 
-    pub(super) fn set_route(&self, queue: QueueId, route: Option<Route>) {
+    pub(super) fn set_route(&self, queue: QueueId, route: Option<QueueFilter>) {
         let mut routes = write(&self.routes);
         let mut new = Vec::clone(&routes);
         if new.len() <= queue.0 {
@@ -101,7 +101,7 @@ impl Outbox {
     }
 
     /// The routes, as they are now.
-    pub(super) fn routes_now(&self) -> Arc<Vec<Option<Route>>> {
+    pub(super) fn routes_now(&self) -> Arc<Vec<Option<QueueFilter>>> {
         read(&self.routes).clone()
     }
 

@@ -9,21 +9,21 @@ use std::time::SystemTime;
 
 const Q0: QueueId = QueueId(0);
 
-fn route(endpoint: &str, prefix: &'static str) -> Route {
-    Route {
+fn route(endpoint: &str, prefix: &'static str) -> QueueFilter {
+    QueueFilter {
         endpoint: endpoint.into(),
         wants: Arc::new(move |kind: &str| kind.starts_with(prefix)),
     }
 }
 
 /// One endpoint, `default`, taking every event.
-fn everything() -> Vec<Route> {
+fn everything() -> Vec<QueueFilter> {
     vec![route(DEFAULT_ENDPOINT, "")]
 }
 
 /// Open the store again once the dropped handle's last flush has let go of sled's file
 /// lock (its flush thread may hold the store a moment after the handle is gone).
-fn open_when_released(dir: &Path, routes: fn() -> Vec<Route>) -> Outbox {
+fn open_when_released(dir: &Path, routes: fn() -> Vec<QueueFilter>) -> Outbox {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         match Outbox::open(dir, 1 << 20, routes()) {

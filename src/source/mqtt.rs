@@ -200,7 +200,7 @@ impl Segment {
 }
 
 /// A subscription, compiled.
-struct Route {
+struct Compiled {
     pattern: TopicPattern,
     exclude: Vec<TopicPattern>,
     kind: PayloadKind,
@@ -216,7 +216,7 @@ struct Route {
 
 /// Topic patterns and payload rules: turns (topic, payload) into a device message.
 pub struct Decoder {
-    routes: Vec<Route>,
+    routes: Vec<Compiled>,
     max_payload: usize,
 }
 
@@ -226,7 +226,7 @@ impl Decoder {
             .all_subscriptions()
             .into_iter()
             .map(|s| {
-                Ok(Route {
+                Ok(Compiled {
                     pattern: if s.device.is_empty() {
                         TopicPattern::parse(&s.topic)?
                     } else {

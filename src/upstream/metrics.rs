@@ -12,14 +12,14 @@ pub struct Taken {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Refused {
+pub struct RefusalLabels {
     pub via: &'static str,
     pub reason: &'static str,
 }
 
 pub struct UpstreamMetrics {
     commands: Family<Taken, Counter>,
-    refused: Family<Refused, Counter>,
+    refused: Family<RefusalLabels, Counter>,
     poll_failures: Counter,
 }
 
@@ -42,7 +42,7 @@ impl UpstreamMetrics {
         for via in ["push", "pull"] {
             preset(
                 &m.refused,
-                Unauthorized::ALL.map(|u| Refused {
+                Unauthorized::ALL.map(|u| RefusalLabels {
                     via,
                     reason: u.as_str(),
                 }),
@@ -57,7 +57,7 @@ impl UpstreamMetrics {
 
     pub fn refused(&self, via: &'static str, why: Unauthorized) {
         self.refused
-            .get_or_create(&Refused {
+            .get_or_create(&RefusalLabels {
                 via,
                 reason: why.as_str(),
             })

@@ -43,7 +43,7 @@ impl Registry {
             .filter(|a| a.device == request.device)
             .count();
         if pending >= self.limits.max_actions || of_device >= self.limits.max_actions_per_device {
-            return Submit::Refused(Refusal::TooMany);
+            return Submit::Refused(ActionRefusal::TooMany);
         }
         let mut out = self.tick(now);
         // Done actions are remembered until their deadlines, but at most ten times
@@ -78,9 +78,9 @@ impl Registry {
             state: action::ActionState::Waiting,
         };
         let refusal = match self.devices.get(&a.device) {
-            None => Some((Refusal::UnknownDevice, "no such device is known")),
+            None => Some((ActionRefusal::UnknownDevice, "no such device is known")),
             Some(d) if !self.classes[d.class].actions.contains(&a.name) => Some((
-                Refusal::NotAllowed,
+                ActionRefusal::NotAllowed,
                 "the device's class does not allow this action",
             )),
             Some(_) => None,

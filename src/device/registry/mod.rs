@@ -74,7 +74,7 @@ pub struct Applied {
     /// [`SEEN_RESOLUTION`] for why a stale `last_seen` after a restart reports nothing wrong.
     pub sync: bool,
     /// The message was skipped as bad input, and why (the registry's bounds).
-    pub refused: Option<Refused>,
+    pub refused: Option<OverLimit>,
     /// A device's answer to an action was ignored, and why (no event came of it).
     pub ignored_answer: Option<IgnoredAnswer>,
     /// Devices forgotten: their states are deleted, after the events.
@@ -115,7 +115,7 @@ pub const MAX_BOOKINGS_PER_WORKSPACE: usize = 64;
 
 /// Why a message was skipped by the registry (see [`DevicesConfig`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub enum OverLimit {
     /// From a new device, with `max_devices` already known.
     MaxDevices,
     /// Its fields would take the device past `max_fields` field names.
@@ -124,14 +124,14 @@ pub enum Refused {
     MaxStateBytes,
 }
 
-impl Refused {
+impl OverLimit {
     pub const KINDS: [&'static str; 3] = ["max_devices", "max_fields", "max_state_bytes"];
 
     pub fn kind(self) -> &'static str {
         match self {
-            Refused::MaxDevices => Self::KINDS[0],
-            Refused::MaxFields => Self::KINDS[1],
-            Refused::MaxStateBytes => Self::KINDS[2],
+            OverLimit::MaxDevices => Self::KINDS[0],
+            OverLimit::MaxFields => Self::KINDS[1],
+            OverLimit::MaxStateBytes => Self::KINDS[2],
         }
     }
 }
@@ -485,10 +485,10 @@ impl Registry {
     }
 
     /// Whether a message from `device_id` is beyond the registry's bounds.
-    fn refuses(&self, device_id: &str, body: &InboundBody) -> Option<Refused> {
+    fn refuses(&self, device_id: &str, body: &InboundBody) -> Option<OverLimit> {
         let known = self.devices.get(device_id);
         if known.is_none() && self.devices.len() >= self.limits.max_devices {
-            return Some(Refused::MaxDevices);
+            return Some(OverLimit::MaxDevices);
         }
         let InboundBody::Reading { fields, .. } = body else {
             return None;
@@ -504,7 +504,7 @@ impl Registry {
         let before = state.map_or(0, |s| s.values.len()) + held;
         let new = fields.keys().filter(|k| !has(k)).count();
         if before + new > self.limits.max_fields {
-            return Some(Refused::MaxFields);
+            return Some(OverLimit::MaxFields);
         }
         // What would be kept: each field's latest value, this reading's where it has one.
         let entry = |k: &String, v: &Value| k.len() + json_bytes(v) + 4;
@@ -523,7 +523,7 @@ impl Registry {
                 }
             }
         }
-        (bytes > self.limits.max_state_bytes).then_some(Refused::MaxStateBytes)
+        (bytes > self.limits.max_state_bytes).then_some(OverLimit::MaxStateBytes)
     }
 
     /// Everything the clock has made due by `now`: debounced offlines, lost communication,
