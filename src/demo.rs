@@ -66,6 +66,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .map(|s| format!("\"{s}\""))
         .collect::<Vec<_>>()
         .join(", ");
+    // The console and API on a free loopback port.
+    let console_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let config = Config::from_toml_str(&format!(
         r#"
 gateway_id = "demo-gateway"
@@ -103,7 +107,7 @@ hold = "10s"
 url = "{receiver_url}"
 secret = "{DEMO_SECRET}"
 [telemetry]
-listen = ""
+listen = "127.0.0.1:{console_port}"
 "#,
         state = state_dir.display(),
         serial = serial_link.display(),
@@ -148,6 +152,18 @@ listen = ""
 
     let daemon_cancel = CancellationToken::new();
     let daemon = tokio::spawn(crate::run(config, daemon_cancel.clone()));
+
+    // The console's URL, once the daemon has made its token (at its start).
+    for _ in 0..50 {
+        if let Ok(Some(token)) = crate::control::auth::read_token(&state_dir) {
+            println!(
+                "  console   http://127.0.0.1:{console_port}/#token={} (the API under /v1)\n",
+                token.expose()
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let stop_fleet = stop.clone();
     let fleet = firmware_sim::FleetConfig {

@@ -177,6 +177,13 @@ fn the_demo_runs_and_every_webhook_verifies() {
     let lines = stdout.lines().filter(|l| l.starts_with('✓')).count() as u64;
     assert_eq!(verified, lines);
     assert!(verified >= 8, "{stdout}");
+    // It serves the console and says where, logged in by the URL's fragment.
+    assert!(
+        text(&out.stdout).contains("console   http://127.0.0.1:")
+            && text(&out.stdout).contains("/#token="),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]

@@ -1,8 +1,12 @@
 //! The web console in a real browser: headless Chromium (Debian's package), driven by
-//! Playwright from `tests/python/console_check.py`, against the real daemon with mosquitto and
-//! verifying receivers. It loads the page, sees a device appear when firmware-sim publishes,
-//! creates an endpoint with the form, and sees its delivery in the live log. A screenshot of
-//! each step is kept in `target/console-screenshots/`.
+//! Playwright from `tests/python/console_check.py`, against the real daemon with mosquitto,
+//! firmware-sim's devices and verifying receivers, at 1366x768 and at phone width. It logs in
+//! with the URL `edgehook console` prints, sees the devices appear and opens one, sends an
+//! action to a display and watches it succeed, creates an endpoint with the form and sees its
+//! delivery in the live log, pauses, resumes, tests and deletes it, and logs out; after each
+//! step this test checks the API and the receivers, not only the page. Any dialog, page or
+//! console error, or sideways scrolling fails it. A screenshot of each step is kept in
+//! `target/console-screenshots/`.
 
 mod common;
 
@@ -25,18 +29,21 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
         dir.path(),
         broker.port,
         &default.url,
-        "[[workspaces]]\nid = \"room-1\"\nsensors = [\"console-occ-1\"]\n",
+        "[[workspaces]]\nid = \"room-1\"\nsensors = [\"console-occ-1\"]\n[[device_classes]]\nname = \"displays\"\nmatch = [\"disp-*\"]\nactions = [\"show_message\"]\n",
     );
     daemon.start();
-    let token = std::fs::read_to_string(dir.path().join("state/api-token")).unwrap();
+    // The URL an operator opens: `edgehook console` prints it, the token in its fragment.
+    let (code, login_url, err) = daemon.cli(&["console"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let login_url = login_url.trim().to_string();
+    assert!(login_url.contains("/#token="), "{login_url}");
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/console_check.py");
     let mut browser = Command::new("python3")
         .arg(script)
-        .arg(format!("http://127.0.0.1:{}/", daemon.metrics_port))
-        .arg(token.trim())
+        .arg(&login_url)
         .arg(&shots)
         .arg(&crm.url)
         .arg(common::SECRET)
@@ -57,11 +64,24 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
         }
     });
     let mut occ = device(broker.port, "console-occ-1", DeviceClass::OccupancySensor).await;
+    let mut disp = device(broker.port, "disp-1", DeviceClass::RoomDisplay).await;
 
     expect_step(&mut steps, "loaded", &mut browser, &daemon).await;
     publish(&mut occ, 2, 1.0).await;
+    publish(&mut disp, 1, 1.0).await;
     writeln!(to_browser, "go").unwrap();
     expect_step(&mut steps, "device", &mut browser, &daemon).await;
+    writeln!(to_browser, "go").unwrap();
+    expect_step(&mut steps, "action", &mut browser, &daemon).await;
+    // The display executed it, once, and the receiver was told it succeeded.
+    assert_eq!(disp.actions_executed(), 1);
+    default
+        .wait_until(LONG, "the console's action told", |s| {
+            s.of_type("device.action_completed")
+                .iter()
+                .any(|e| e["data"]["status"] == "succeeded" && e["data"]["device_id"] == "disp-1")
+        })
+        .await;
     writeln!(to_browser, "go").unwrap();
     expect_step(&mut steps, "created", &mut browser, &daemon).await;
     let sent = publish(&mut occ, 1, 1.0).await;
@@ -90,6 +110,12 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
         .await;
     assert_eq!(gone.status, 404, "{}", gone.body);
     writeln!(to_browser, "go").unwrap();
+    expect_step(&mut steps, "logged-out", &mut browser, &daemon).await;
+    // Logged out, the action it tried was refused: nothing more was executed.
+    assert_eq!(disp.actions_executed(), 1);
+    writeln!(to_browser, "go").unwrap();
+    expect_step(&mut steps, "phone", &mut browser, &daemon).await;
+    writeln!(to_browser, "go").unwrap();
     let status = browser.wait().unwrap();
     assert!(
         status.success(),
@@ -104,12 +130,15 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
     for step in [
         "loaded",
         "device",
+        "action",
         "created",
         "delivered",
         "paused",
         "resumed",
         "tested",
         "deleted",
+        "logged-out",
+        "phone",
     ] {
         assert!(
             shots.join(format!("{step}.png")).exists(),

@@ -95,6 +95,9 @@ pub enum Command {
     /// Print the control API's token (made at the daemon's first start in the state
     /// directory): `curl -H "Authorization: Bearer $(edgehook token)" ...`.
     Token(Paths),
+    /// Print the console's URL, with the API token in its fragment: opened, it logs the
+    /// browser in (through `ssh -L 9187:127.0.0.1:9187 gateway` from another machine).
+    Console(Paths),
     /// Validate a configuration file and exit (0 = valid). For `ExecStartPre=`.
     CheckConfig {
         /// TOML configuration file.
@@ -268,6 +271,47 @@ pub fn main() -> ExitCode {
         Command::Workspaces { paths, json } => through_api(paths, |api, _| async move {
             devices::workspaces(&api, json).await
         }),
+        Command::Console(Paths { config, state_dir }) => {
+            let loaded = match Config::load_for_commands(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let dir = state_dir.unwrap_or_else(|| loaded.state_dir.clone());
+            let listen = &loaded.telemetry.listen;
+            if listen.is_empty() {
+                eprintln!(
+                    "error: the console is off: telemetry.listen is empty in {}",
+                    config.display()
+                );
+                return ExitCode::from(2);
+            }
+            match crate::control::auth::read_token(&dir) {
+                Ok(Some(token)) => {
+                    let scheme = if loaded.telemetry.tls_cert.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    };
+                    println!("{scheme}://{listen}/#token={}", token.expose());
+                    eprintln!("(from another machine: ssh -L {port}:{listen} <this gateway>, then open the URL there with 127.0.0.1:{port})", port = listen.rsplit(':').next().unwrap_or("9187"));
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => {
+                    eprintln!(
+                        "error: no API token in {} yet: the daemon makes it at its first start",
+                        dir.display()
+                    );
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("error: cannot read the API token in {}: {e}", dir.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Token(Paths { config, state_dir }) => {
             let dir = match (state_dir, Config::load_for_commands(&config)) {
                 (Some(dir), _) => dir,

@@ -12,8 +12,10 @@ use super::server::Body;
 /// The OpenAPI document of these routes.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-/// The console: one page, its script and style inline.
-pub const CONSOLE: &str = include_str!("console.html");
+/// The console: one page, its script and its style (no inline script: see [`page`]).
+pub const CONSOLE: &str = include_str!("console/index.html");
+pub const CONSOLE_JS: &str = include_str!("console/console.js");
+pub const CONSOLE_CSS: &str = include_str!("console/console.css");
 
 /// The most items a list answers with.
 pub(super) const MAX_LIMIT: usize = 1000;
@@ -90,19 +92,30 @@ pub(super) fn raw(status: u16, content_type: &str, text: &'static str) -> Respon
         .expect("valid")
 }
 
-/// The console page, with the headers that keep it from being framed or loading anything
-/// from elsewhere.
+/// The console page, with the headers that keep it from being framed or running anything
+/// but its own script: no inline script or style, nothing from elsewhere.
 pub(super) fn page() -> Response<Body> {
     Response::builder()
         .status(200)
         .header("content-type", "text/html; charset=utf-8")
         .header(
             "content-security-policy",
-            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'; form-action 'none'",
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
         )
         .header("x-frame-options", "DENY")
         .header("referrer-policy", "no-referrer")
+        .header("cache-control", "no-store")
         .body(Body::text(CONSOLE))
+        .expect("valid")
+}
+
+/// The console's script or style sheet.
+pub(super) fn asset(content_type: &str, text: &'static str) -> Response<Body> {
+    Response::builder()
+        .status(200)
+        .header("content-type", content_type)
+        .header("cache-control", "no-store")
+        .body(Body::text(text))
         .expect("valid")
 }
 

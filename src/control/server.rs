@@ -335,7 +335,13 @@ async fn connection<IO, S: Service>(
         let credentials = req.headers().contains_key(hyper::header::AUTHORIZATION)
             || req.headers().contains_key("webhook-signature");
         async move {
-            let response = service.answer(req, cancel).await;
+            let mut response = service.answer(req, cancel).await;
+            // Every answer, of either listener: never sniffed into another type (a device's id
+            // or a receiver's words in JSON are never run as a page or a script).
+            response.headers_mut().insert(
+                hyper::header::X_CONTENT_TYPE_OPTIONS,
+                hyper::header::HeaderValue::from_static("nosniff"),
+            );
             let refused = matches!(response.status().as_u16(), 401 | 403);
             tracker.set(false, credentials && !refused);
             Ok::<_, Infallible>(response)
@@ -369,7 +375,8 @@ async fn answer(
         host: header(hyper::header::HOST),
         origin: header(hyper::header::ORIGIN),
         authorization: header(hyper::header::AUTHORIZATION),
-        open: path == "/",
+        // The console's page and its script and style: static, nothing secret in them.
+        open: matches!(path, "/" | "/console.js" | "/console.css"),
     };
     if let Err(refusal) = auth::check(&request, rules, &control.token) {
         return super::http::error(refusal.status, None, refusal.why);

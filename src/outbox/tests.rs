@@ -1486,3 +1486,65 @@ async fn a_page_of_stored_devices_stops_at_its_limit_or_its_size() {
         .0
         .is_empty());
 }
+
+/// A page of devices read from the store while the daemon runs counts what was written since
+/// the last checkpoint (held in memory): the console showed a busy gateway's devices with the
+/// values of their last checkpoint, `{}` for new ones.
+#[tokio::test]
+async fn a_page_of_stored_devices_counts_what_the_log_holds_since_the_checkpoint() {
+    use crate::device::Selection;
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path(), 1 << 20, everything()).unwrap();
+    let state = |v: i64| DeviceState {
+        values: [("t".to_string(), serde_json::Value::from(v))]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    };
+    let commit = |devices: Vec<(&str, i64)>, forgotten: Vec<&str>| Commit {
+        devices: devices
+            .into_iter()
+            .map(|(id, v)| (id.to_string(), state(v)))
+            .collect(),
+        forgotten: forgotten.into_iter().map(str::to_string).collect(),
+        sync: true,
+        ..Default::default()
+    };
+    ob.write(&[commit(vec![("a", 1), ("b", 1), ("c", 1)], vec![])], &[])
+        .unwrap();
+    ob.flush().await.unwrap();
+    // Since the checkpoint: b changed, c forgotten, d new.
+    ob.write(&[commit(vec![("b", 2), ("d", 2)], vec!["c"])], &[])
+        .unwrap();
+    let sled_only: Vec<(String, i64)> = ob
+        .devices()
+        .unwrap()
+        .into_iter()
+        .map(|(id, s)| (id, s.values["t"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(
+        sled_only.len(),
+        3,
+        "the checkpoint has not run: {sled_only:?}"
+    );
+    let page = |after: Option<&str>, limit: usize| {
+        let (devices, more) = ob
+            .devices_page(&Selection::Page {
+                after: after.map(str::to_string),
+                limit,
+            })
+            .unwrap();
+        let seen: Vec<String> = devices
+            .into_iter()
+            .map(|(id, s)| format!("{id}={}", s.values["t"]))
+            .collect();
+        (seen.join(","), more)
+    };
+    assert_eq!(page(None, 100), ("a=1,b=2,d=2".to_string(), false));
+    assert_eq!(page(None, 2), ("a=1,b=2".to_string(), true));
+    assert_eq!(page(Some("b"), 100), ("d=2".to_string(), false));
+    let one = |id: &str| ob.devices_page(&Selection::One(id.into())).unwrap().0;
+    assert_eq!(one("b")[0].1.values["t"], 2);
+    assert!(one("c").is_empty(), "forgotten since the checkpoint");
+    assert_eq!(one("d").len(), 1);
+}

@@ -1,23 +1,38 @@
 #!/usr/bin/env python3
 """Drives the console in headless Chromium (Debian's /usr/bin/chromium) with Playwright, step
 by step with the Rust test (tests/console.rs) that runs the daemon: it prints a line when each
-step is done and waits for the test's "go" on stdin before the next. A screenshot of each step
-goes to SCREENSHOTS.
+step is done and waits for the test's "go" on stdin before the next; the test checks the API
+and the receivers after each. A screenshot of each step goes to SCREENSHOTS. Any dialog
+(alert, confirm, prompt), page error or console error fails the run, and so does a page wider
+than its window (sideways scrolling) at 1366x768 or at phone width (390x844).
 
-Usage: console_check.py URL TOKEN SCREENSHOTS RECEIVER_URL SECRET
+Usage: console_check.py LOGIN_URL SCREENSHOTS RECEIVER_URL SECRET
+(LOGIN_URL: the console's URL with #token=..., as `edgehook console` prints it)
 """
 import sys
 
 from playwright.sync_api import sync_playwright, expect
 
-url, token, shots, receiver, secret = sys.argv[1:6]
+login_url, shots, receiver, secret = sys.argv[1:5]
+errors = []
 
 
 def step(name, page):
     page.screenshot(path=f"{shots}/{name}.png", full_page=True)
+    fits = page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    if not fits:
+        errors.append(f"{name}: the page is wider than the window (sideways scrolling)")
+    if errors:
+        sys.exit("; ".join(errors))
     print(name, flush=True)
     if sys.stdin.readline().strip() != "go":
         sys.exit("the test stopped")
+
+
+def watch(page):
+    page.on("dialog", lambda d: (errors.append(f"a dialog: {d.type} {d.message}"), d.dismiss()))
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    page.on("console", lambda m: errors.append(f"console error: {m.text}") if m.type == "error" else None)
 
 
 with sync_playwright() as p:
@@ -26,21 +41,46 @@ with sync_playwright() as p:
         args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
               "--disable-background-networking", "--disable-component-update", "--disable-sync"],
     )
-    page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    page.on("dialog", lambda d: d.accept(token) if d.type == "prompt" else d.accept())
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.goto(url)
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    watch(page)
+    # Logging in: the URL's fragment carries the token, and leaves the address bar at once.
+    page.goto(login_url)
     expect(page.locator("#gw")).to_contain_text("gw-test", timeout=20000)
     expect(page.locator("#live")).to_contain_text("live", timeout=20000)
+    if "#token" in page.url:
+        errors.append("the token stayed in the address bar")
+    expect(page.locator("#logout")).to_be_visible()
+    expect(page.locator("#login")).to_be_hidden()
     step("loaded", page)
-    # The test publishes a reading: the device appears.
+
+    # The test publishes a reading and brings a display online: both appear; the detail of a
+    # device shows its values in full (as text: a value with markup is shown, not run).
     row = page.locator('#devices tr[data-device="console-occ-1"]')
     expect(row).to_be_visible(timeout=30000)
     expect(row).to_contain_text("online")
+    expect(page.locator('#devices tr[data-device="disp-1"]')).to_be_visible(timeout=30000)
     expect(page.locator("#workspaces .ws")).to_contain_text("room-1", timeout=30000)
+    page.locator("#device-filter").fill("disp")
+    expect(row).to_have_count(0)
+    page.locator("#device-filter").fill("")
+    row.click()
+    expect(page.locator("#detail")).to_be_visible()
+    expect(page.locator("#detail-id")).to_have_text("console-occ-1")
+    expect(page.locator("#detail-values")).to_contain_text('"presence"', timeout=20000)
     step("device", page)
+
+    # An action to the display, watched to its end.
+    page.locator('#devices tr[data-device="disp-1"]').click()
+    expect(page.locator("#detail-id")).to_have_text("disp-1")
+    form = page.locator("#act")
+    form.locator('input[name="name"]').fill("show_message")
+    form.locator('textarea[name="params"]').fill('{"text": "<b>Welcome</b>"}')
+    form.locator('button[type="submit"]').click()
+    expect(page.locator("#act-msg")).to_have_attribute("data-status", "succeeded", timeout=30000)
+    step("action", page)
+
+    # A webhook made with the form.
+    page.locator("#detail-close").click()
     form = page.locator("#create")
     form.locator('input[name="name"]').fill("console-crm")
     form.locator('input[name="description"]').fill("made in the console")
@@ -53,24 +93,46 @@ with sync_playwright() as p:
     expect(page.locator("#msg")).to_contain_text("created console-crm", timeout=20000)
     expect(page.locator('#endpoints tr[data-endpoint="console-crm"]')).to_contain_text("active", timeout=20000)
     step("created", page)
-    # The test publishes again: the new endpoint's delivery shows in the live log.
+
+    # The test publishes again: the new endpoint's delivery shows in the live log, and the
+    # log's filter keeps only it.
     expect(page.locator("#deliveries")).to_contain_text("console-crm", timeout=30000)
     expect(page.locator("#deliveries tr", has_text="console-crm").first).to_contain_text("delivered 200")
+    page.locator("#delivery-filter").fill("console-crm")
+    expect(page.locator("#deliveries tr").first).to_contain_text("console-crm")
+    page.locator("#delivery-filter").fill("")
     step("delivered", page)
-    # Each row button does what it says (before, a button without a type was a submit button
-    # the click handler passed over: zero requests). The test checks the API after each.
+
+    # Each row button does what it says; the answer is shown in the row, never in a dialog.
     row = page.locator('#endpoints tr[data-endpoint="console-crm"]')
     row.locator('button[data-act="pause"]').click()
     expect(row).to_contain_text("paused", timeout=20000)
     step("paused", page)
     row.locator('button[data-act="resume"]').click()
-    expect(row).to_contain_text("active", timeout=20000)
+    expect(row.locator("td").nth(1)).to_have_text("active", timeout=20000)
     step("resumed", page)
     row.locator('button[data-act="test"]').click()
+    expect(row.locator("[data-msg]")).to_contain_text("test delivered: HTTP 200", timeout=20000)
     step("tested", page)
     row.locator('button[data-act="delete"]').click()
+    row.locator('button[data-act="delete-drain"]').click()
     expect(page.locator('#endpoints tr[data-endpoint="console-crm"]')).to_have_count(0, timeout=20000)
+    expect(page.locator("#notice")).to_contain_text("console-crm deleted")
     step("deleted", page)
-    if errors:
-        sys.exit("errors on the page: " + "; ".join(errors))
+
+    # Logging out: the token is forgotten; a change asks for it inline.
+    page.locator("#logout").click()
+    expect(page.locator("#login")).to_be_visible()
+    page.locator('#devices tr[data-device="disp-1"]').click()
+    page.locator("#act").locator('button[type="submit"]').click()
+    expect(page.locator("#act-msg")).to_contain_text("log in", timeout=20000)
+    step("logged-out", page)
+
+    # At phone width: everything fits, the devices are there.
+    phone = browser.new_page(viewport={"width": 390, "height": 844})
+    watch(phone)
+    phone.goto(login_url)
+    expect(phone.locator('#devices tr[data-device="console-occ-1"]')).to_be_visible(timeout=30000)
+    expect(phone.locator("#endpoints tr").first).to_be_visible()
+    step("phone", phone)
     browser.close()

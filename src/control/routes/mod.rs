@@ -15,7 +15,7 @@ use hyper::{Method, Response};
 use tokio_util::sync::CancellationToken;
 
 use super::endpoints::Change;
-use super::http::{error, ok, page, raw, Query, OPENAPI};
+use super::http::{asset, error, ok, page, raw, Query, CONSOLE_CSS, CONSOLE_JS, OPENAPI};
 use super::server::Body;
 use super::Control;
 
@@ -23,6 +23,8 @@ use super::Control;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     Console,
+    ConsoleJs,
+    ConsoleCss,
     OpenApi,
     Gateway,
     Devices,
@@ -69,6 +71,8 @@ const fn r(methods: &'static [&'static str], path: &'static str, op: Op) -> Rout
 /// Every route of the local listener.
 const ROUTES: &[Route] = &[
     r(READ, "", Op::Console),
+    r(READ, "console.js", Op::ConsoleJs),
+    r(READ, "console.css", Op::ConsoleCss),
     r(READ, "v1", Op::OpenApi),
     r(READ, "v1/openapi.json", Op::OpenApi),
     r(READ, "v1/gateway", Op::Gateway),
@@ -159,6 +163,8 @@ pub async fn route(
     let arg = args.first().copied().unwrap_or_default();
     match route.op {
         Op::Console => page(),
+        Op::ConsoleJs => asset("text/javascript; charset=utf-8", CONSOLE_JS),
+        Op::ConsoleCss => asset("text/css; charset=utf-8", CONSOLE_CSS),
         Op::OpenApi => raw(200, "application/json", OPENAPI),
         Op::Gateway => ok(devices::gateway(control).await),
         Op::Devices => devices::list(control, &q).await,
@@ -226,7 +232,7 @@ mod tests {
         }
         let routed: std::collections::BTreeSet<(String, String)> = ROUTES
             .iter()
-            .filter(|r| !r.path.is_empty() && r.path != "v1")
+            .filter(|r| !r.path.is_empty() && r.path != "v1" && !r.path.starts_with("console."))
             .flat_map(|r| {
                 r.methods
                     .iter()
