@@ -154,6 +154,7 @@ impl Default for Config {
                 tls: TlsConfig::default(),
                 subscriptions: Vec::new(),
                 presets: Vec::new(),
+                radio_metadata: false,
             },
             serial_ports: Vec::new(),
             device_classes: Vec::new(),

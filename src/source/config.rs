@@ -42,6 +42,12 @@ pub struct MqttConfig {
     /// (see [`super::presets`]).
     #[serde(default)]
     pub presets: Vec<super::presets::Preset>,
+    /// The LoRaWAN presets (`chirpstack`, `the_things_stack`) carry each uplink's radio
+    /// metadata as fields: `rssi` and `snr` (the best gateway's) and `f_cnt` (the frame
+    /// counter) — carried in readings, not compared (an uplink that changes only them reports
+    /// nothing). Off by default.
+    #[serde(default)]
+    pub radio_metadata: bool,
 }
 
 impl MqttConfig {
@@ -49,7 +55,7 @@ impl MqttConfig {
     pub fn all_subscriptions(&self) -> Vec<Subscription> {
         let mut all = self.subscriptions.clone();
         for preset in &self.presets {
-            all.extend(preset.subscriptions());
+            all.extend(preset.subscriptions_with(self.radio_metadata));
         }
         all
     }

@@ -11,6 +11,9 @@
 //! | `tasmota` | `tele/<topic>/SENSOR` | nested sensor objects, flattened (`AM2301.Temperature`; `Time` carried) | `tele/<topic>/LWT`: `Online` / `Offline` |
 //! | `shelly` | `<id>/events/rpc` (Gen2+, on by default: `NotifyStatus`, `NotifyFullStatus`, `NotifyEvent`); `<id>/status/<component>` (with "generic status update over MQTT" on) | each component's status (`switch:0`, `temperature:0`, ...), flattened as `status/` gives it (`tC`, `temperature.tC`); `sys`, `wifi`, `cloud`, `mqtt` left out; an event is a sign of life | `<id>/online`: `true` / `false` |
 //!
+//! With `mqtt.radio_metadata = true` the LoRaWAN presets also carry each uplink's `rssi`,
+//! `snr` (the best gateway's) and `f_cnt` as fields, not compared.
+//!
 //! Any message of a device's that carries no fields (a LoRaWAN uplink without a decoded
 //! payload, a Shelly event) is still a sign of life: registration, online, heartbeat.
 
@@ -37,6 +40,17 @@ pub enum Preset {
 /// `mqtt`, `ble`: no `:` in their names) left out; anything else (`NotifyEvent`) no fields.
 const SHELLY_RPC: &str = r#"if (.method == "NotifyStatus" or .method == "NotifyFullStatus") then ((.params // {}) | with_entries(select((.key | contains(":")) and (.value | type) == "object")) | [.[]] | add // {}) else {} end"#;
 
+/// A ChirpStack v4 uplink with its radio metadata (`mqtt.radio_metadata`): the decoded
+/// `object` (if any), and the best gateway's `rssi` and `snr`, and `fCnt` as `f_cnt`.
+const CHIRPSTACK_UP_RADIO: &str = r#"(.object // {}) + {rssi: ([.rxInfo[]?.rssi] | max), snr: ([.rxInfo[]?.snr] | max), f_cnt: .fCnt} | with_entries(select(.value != null))"#;
+
+/// A The Things Stack uplink with its radio metadata: `decoded_payload` (if any), the best
+/// gateway's `rssi` and `snr`, and `f_cnt`.
+const TTN_UP_RADIO: &str = r#"(.uplink_message.decoded_payload // {}) + {rssi: ([.uplink_message.rx_metadata[]?.rssi] | max), snr: ([.uplink_message.rx_metadata[]?.snr] | max), f_cnt: .uplink_message.f_cnt} | with_entries(select(.value != null))"#;
+
+/// The radio metadata fields: carried, not compared.
+const RADIO_FIELDS: [&str; 3] = ["rssi", "snr", "f_cnt"];
+
 const CHIRPSTACK_STATUS: &str = r#"{battery: (if .batteryLevelUnavailable then null else .batteryLevel end), external_power: .externalPowerSource, margin: .margin} | with_entries(select(.value != null))"#;
 
 fn sub(topic: &str, kind: PayloadKind) -> Subscription {
@@ -56,6 +70,34 @@ impl Preset {
     /// The subscriptions this preset stands for, most specific first (the first that matches
     /// a topic takes it).
     pub fn subscriptions(self) -> Vec<Subscription> {
+        self.subscriptions_with(false)
+    }
+
+    /// [`Preset::subscriptions`], the LoRaWAN ones with each uplink's radio metadata as
+    /// fields when `radio` (`mqtt.radio_metadata`).
+    pub fn subscriptions_with(self, radio: bool) -> Vec<Subscription> {
+        let mut subscriptions = self.plain();
+        if radio {
+            let mapping = match self {
+                Preset::Chirpstack => Some(("/event/up", CHIRPSTACK_UP_RADIO)),
+                Preset::TheThingsStack => Some(("/up", TTN_UP_RADIO)),
+                _ => None,
+            };
+            if let Some((ending, jq)) = mapping {
+                for s in subscriptions
+                    .iter_mut()
+                    .filter(|s| s.topic.ends_with(ending))
+                {
+                    s.jq = jq.into();
+                    s.fields = String::new();
+                    s.metadata_fields = RADIO_FIELDS.map(String::from).to_vec();
+                }
+            }
+        }
+        subscriptions
+    }
+
+    fn plain(self) -> Vec<Subscription> {
         match self {
             Preset::Zigbee2mqtt => {
                 let skip = vec![
@@ -178,6 +220,93 @@ mod tests {
         assert_eq!(checked, 25);
     }
 
+    /// With `mqtt.radio_metadata`, a LoRaWAN uplink's radio metadata are fields (carried, not
+    /// compared), with or without a decoded payload; without it, only the payload.
+    #[test]
+    fn radio_metadata_ride_with_lorawan_uplinks_when_asked() {
+        let fixtures: Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/ecosystems.json")).unwrap();
+        let uplink = |eco: &str, device: &str, decoded: bool| -> (String, Vec<u8>) {
+            let m = fixtures[eco]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| {
+                    m["device"] == device
+                        && m["topic"].as_str().unwrap().ends_with("/up")
+                        && m["fields"].is_object() == decoded
+                })
+                .unwrap();
+            (
+                m["topic"].as_str().unwrap().into(),
+                serde_json::to_vec(&m["payload"]).unwrap(),
+            )
+        };
+        let decode = |preset: Preset, radio: bool, (topic, payload): (String, Vec<u8>)| {
+            let mut config = crate::config::Config::default().mqtt;
+            config.presets = vec![preset];
+            config.radio_metadata = radio;
+            Decoder::new(&config)
+                .unwrap()
+                .decode(&topic, &payload)
+                .unwrap()
+                .unwrap()
+                .1
+        };
+        let cases = [
+            (
+                Preset::Chirpstack,
+                "0101010101010101",
+                true,
+                true,
+                serde_json::json!({"occupancy": 1, "temperature": 21.5, "rssi": -60, "snr": 10.5, "f_cnt": 10}),
+            ),
+            (
+                Preset::Chirpstack,
+                "0101010101010101",
+                false,
+                true,
+                serde_json::json!({"rssi": -36, "snr": 10.5}),
+            ),
+            (
+                Preset::TheThingsStack,
+                "eui-0004a30b001c0530",
+                true,
+                true,
+                serde_json::json!({"occupancy": true, "temperature": 21.5, "rssi": -49, "snr": 10, "f_cnt": 4}),
+            ),
+            (
+                Preset::TheThingsStack,
+                "dev2",
+                false,
+                true,
+                serde_json::json!({"rssi": -42, "snr": 9.5, "f_cnt": 43}),
+            ),
+            (
+                Preset::Chirpstack,
+                "0101010101010101",
+                true,
+                false,
+                serde_json::json!({"occupancy": 1, "temperature": 21.5}),
+            ),
+        ];
+        for (preset, device, decoded, radio, want) in cases {
+            let eco = if preset == Preset::Chirpstack {
+                "chirpstack"
+            } else {
+                "the_things_stack"
+            };
+            match decode(preset, radio, uplink(eco, device, decoded)) {
+                InboundBody::Reading { fields, metadata } => {
+                    assert_eq!(Value::Object(fields), want, "{eco} {device} radio {radio}");
+                    let carried: Vec<&str> = metadata.iter().map(String::as_str).collect();
+                    assert_eq!(carried, if radio { RADIO_FIELDS.to_vec() } else { vec![] });
+                }
+                other => panic!("{eco} {device}: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn every_preset_passes_the_checks_a_subscription_gets() {
         for preset in [
@@ -187,13 +316,15 @@ mod tests {
             Preset::Tasmota,
             Preset::Shelly,
         ] {
-            let mut config = crate::config::Config::default().mqtt;
-            config.subscriptions = preset.subscriptions();
-            assert_eq!(
-                super::super::config::validate(&config, &[]),
-                Ok(()),
-                "{preset:?}"
-            );
+            for radio in [false, true] {
+                let mut config = crate::config::Config::default().mqtt;
+                config.subscriptions = preset.subscriptions_with(radio);
+                assert_eq!(
+                    super::super::config::validate(&config, &[]),
+                    Ok(()),
+                    "{preset:?}, radio metadata {radio}"
+                );
+            }
         }
     }
 }
