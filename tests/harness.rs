@@ -1035,6 +1035,22 @@ async fn run(seed: u64) {
     let all = Receiver::start().await;
     let ops = Receiver::start().await;
     let (card, state) = common::powercut_card(dir.path(), seed);
+    // Devices known only by a retained offline status at the daemon's first start (as
+    // Zigbee2MQTT leaves its availability, or a broker a last-will): each must be registered
+    // and told offline, once (drawn apart, so that earlier seeds keep their scenarios).
+    let ghosts: Vec<String> = {
+        let mut grng = fastrand::Rng::with_seed(seed ^ 0x6405_0000);
+        (0..grng.usize(..3)).map(|i| format!("ghost-{i}")).collect()
+    };
+    let retained: Vec<(String, String)> = ghosts
+        .iter()
+        .map(|g| (format!("devices/{g}/status"), "offline".to_string()))
+        .collect();
+    let retained: Vec<(&str, &str)> = retained
+        .iter()
+        .map(|(t, p)| (t.as_str(), p.as_str()))
+        .collect();
+    common::publish_retained(broker.port, "ghosts", &retained).await;
     let setup = Setup {
         drops: rng.u8(..3) == 0,
         gives_up: rng.u8(..3) == 0,
@@ -1250,6 +1266,9 @@ async fn run(seed: u64) {
     if let Some(t) = stop_timeout {
         story.push(format!("a stop waits {t} for deliveries in flight"));
     }
+    if !ghosts.is_empty() {
+        story.push(format!("retained offline at start: {}", ghosts.join(", ")));
+    }
     match world.setup.actions {
         Some(Some(_)) => story.push("actions pushed to the push listener".into()),
         Some(None) => story.push("actions through the local API".into()),
@@ -1431,6 +1450,27 @@ async fn run(seed: u64) {
         if let Err(e) = settle(Duration::from_secs(60), check).await {
             fail(e, &world, &story);
         }
+        // The retained offline states met at the first start: told as the API shows them.
+        if !refused(daemon, "default") {
+            let told = |ghost: &str, kind: &str| {
+                all.seen(|s| {
+                    s.of_type(kind)
+                        .iter()
+                        .filter(|e| e["data"]["device_id"] == ghost)
+                        .count()
+                })
+            };
+            for g in &ghosts {
+                let got = (told(g, "device.registered"), told(g, "device.offline"));
+                if got != (1, 1) {
+                    fail(
+                        format!("{g}, retained offline at start: registered and offline told {got:?} times, not once each"),
+                        &world,
+                        &story,
+                    );
+                }
+            }
+        }
     }
     if let Some(actions) = &actions {
         let daemon = &world.daemon;
@@ -1585,7 +1625,7 @@ async fn run(seed: u64) {
     let checked: usize = models.iter().map(|m| m.must().len()).sum();
     let (dups_all, dups_ops) = (all.seen(|s| s.duplicates), ops.seen(|s| s.duplicates));
     eprintln!(
-        "harness: seed {}: {}; {} readings, {} phases, faults {:?}; {} must-reports checked at 2 endpoints, 0 lost; dropped {} + {}, dead letters replayed {}, let go {}; duplicates {} + {}; peak RSS {} kB",
+        "harness: seed {}: {}; {} readings, {} phases, faults {:?}; {} must-reports checked at 2 endpoints, 0 lost; dropped {} + {}, dead letters replayed {}, let go {}; {} retained offline at start; duplicates {} + {}; peak RSS {} kB",
         world.seed,
         story[0],
         models.iter().map(|m| m.published.len()).sum::<usize>(),
@@ -1596,6 +1636,7 @@ async fn run(seed: u64) {
         world.daemon.metric("edgehook_endpoint_dropped_total{endpoint=\"ops\"}").unwrap_or(0),
         replayed.len(),
         let_go(&world.daemon),
+        ghosts.len(),
         dups_all,
         dups_ops,
         world.peak_kb
