@@ -170,3 +170,166 @@ pub enum ActionAnswer {
     Rejected(action::Action, ActionRefusal),
     Refused(ActionRefusal),
 }
+
+/// What the device stage does with `request`, between two messages: what it changed, with the
+/// acknowledgement that answers the request once that is durable; or none, answered at once
+/// (nothing to write).
+pub(super) fn handle(
+    request: Request,
+    registry: &mut Registry,
+    now: Millis,
+    metrics: &super::metrics::DeviceMetrics,
+) -> Option<(Applied, Option<Ack>)> {
+    match request {
+        Request::Snapshot(selection, reply) => {
+            let _ = reply.send(registry.snapshot(&selection));
+            return None;
+        }
+        Request::Forget { device_id, done } => match registry.forget(&device_id, now) {
+            Some(applied) => {
+                metrics.set_devices(registry.len());
+                tracing::info!(device_id = %device_id, "device forgotten by an operator");
+                Some((
+                    applied,
+                    Some(Ack::new(move || {
+                        let _ = done.send(true);
+                    })),
+                ))
+            }
+            None => {
+                let _ = done.send(false);
+                return None;
+            }
+        },
+        Request::Act { request, done } => {
+            let id = request.id.clone();
+            match registry.submit(request, now) {
+                Submit::Known(a) => {
+                    let _ = done.send(ActionAnswer::Known(a));
+                    return None;
+                }
+                Submit::Refused(r) => {
+                    let _ = done.send(ActionAnswer::Refused(r));
+                    return None;
+                }
+                Submit::Accepted(applied) => {
+                    let a = registry.action(&id).cloned().expect("accepted");
+                    tracing::info!(action_id = %id, device_id = %a.device, name = %a.name, "action accepted");
+                    Some((
+                        applied,
+                        Some(Ack::new(move || {
+                            let _ = done.send(ActionAnswer::Accepted(a));
+                        })),
+                    ))
+                }
+                Submit::Rejected(applied, r) => {
+                    let a = registry
+                        .action(&id)
+                        .cloned()
+                        .expect("rejected and remembered");
+                    tracing::info!(action_id = %id, device_id = %a.device, name = %a.name, refusal = ?r, "action rejected");
+                    Some((
+                        applied,
+                        Some(Ack::new(move || {
+                            let _ = done.send(ActionAnswer::Rejected(a, r));
+                        })),
+                    ))
+                }
+            }
+        }
+        Request::Action { id, done } => {
+            let _ = done.send(registry.action(&id).cloned());
+            return None;
+        }
+        Request::Cancel { id, done } => match registry.cancel(&id, now) {
+            None => {
+                let _ = done.send(None);
+                return None;
+            }
+            Some(Err(why)) => {
+                let _ = done.send(Some(Err(why)));
+                return None;
+            }
+            Some(Ok(applied)) => {
+                let a = registry
+                    .action(&id)
+                    .cloned()
+                    .expect("cancelled and remembered");
+                tracing::info!(action_id = %id, "action cancelled before it was sent");
+                Some((
+                    applied,
+                    Some(Ack::new(move || {
+                        let _ = done.send(Some(Ok(a)));
+                    })),
+                ))
+            }
+        },
+        Request::Book { booking, done } => {
+            let (id, workspace) = (booking.id.clone(), booking.workspace.clone());
+            match registry.book(booking, now) {
+                None => {
+                    let _ = done.send(Err(BookRefusal::UnknownWorkspace));
+                    return None;
+                }
+                Some(Err(())) => {
+                    let _ = done.send(Err(BookRefusal::TooMany));
+                    return None;
+                }
+                Some(Ok(applied)) => {
+                    tracing::info!(booking_id = %id, workspace_id = %workspace, "booking kept");
+                    Some((
+                        applied,
+                        Some(Ack::new(move || {
+                            let _ = done.send(Ok(()));
+                        })),
+                    ))
+                }
+            }
+        }
+        Request::Unbook {
+            booking_id,
+            workspace,
+            done,
+        } => match registry.unbook(&booking_id, &workspace, now) {
+            None => {
+                let _ = done.send(Err(BookRefusal::UnknownWorkspace));
+                return None;
+            }
+            Some(applied) => {
+                tracing::info!(booking_id = %booking_id, workspace_id = %workspace, "booking ended");
+                Some((
+                    applied,
+                    Some(Ack::new(move || {
+                        let _ = done.send(Ok(()));
+                    })),
+                ))
+            }
+        },
+        Request::Bookings(reply) => {
+            let _ = reply.send(registry.bookings().cloned().collect());
+            return None;
+        }
+        Request::Desire {
+            device_id,
+            value,
+            done,
+        } => {
+            let set = value.is_some();
+            match registry.desire(&device_id, value, now) {
+                Some(applied) => {
+                    tracing::info!(device_id = %device_id, set, "desired sync value for one device changed by an operator");
+                    Some((
+                        applied,
+                        Some(Ack::new(move || {
+                            let _ = done.send(true);
+                        })),
+                    ))
+                }
+                None => {
+                    let _ = done.send(false);
+                    return None;
+                }
+            }
+        }
+    }
+}

@@ -95,113 +95,12 @@ pub async fn run(
             _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
                 (registry.tick(clock.now()), None)
             }
-            Some(request) = requests.recv() => match request {
-                super::Request::Snapshot(selection, reply) => {
-                    let _ = reply.send(registry.snapshot(&selection));
-                    continue;
+            Some(request) = requests.recv() => {
+                match super::requests::handle(request, &mut registry, clock.now(), &metrics) {
+                    Some(change) => change,
+                    None => continue, // answered at once: nothing to write
                 }
-                super::Request::Forget { device_id, done } => {
-                    match registry.forget(&device_id, clock.now()) {
-                        Some(applied) => {
-                            metrics.set_devices(registry.len());
-                            tracing::info!(device_id = %device_id, "device forgotten by an operator");
-                            (applied, Some(Ack::new(move || { let _ = done.send(true); })))
-                        }
-                        None => {
-                            let _ = done.send(false);
-                            continue;
-                        }
-                    }
-                }
-                super::Request::Act { request, done } => {
-                    let id = request.id.clone();
-                    match registry.submit(request, clock.now()) {
-                        super::Submit::Known(a) => {
-                            let _ = done.send(super::ActionAnswer::Known(a));
-                            continue;
-                        }
-                        super::Submit::Refused(r) => {
-                            let _ = done.send(super::ActionAnswer::Refused(r));
-                            continue;
-                        }
-                        super::Submit::Accepted(applied) => {
-                            let a = registry.action(&id).cloned().expect("accepted");
-                            tracing::info!(action_id = %id, device_id = %a.device, name = %a.name, "action accepted");
-                            (applied, Some(Ack::new(move || { let _ = done.send(super::ActionAnswer::Accepted(a)); })))
-                        }
-                        super::Submit::Rejected(applied, r) => {
-                            let a = registry.action(&id).cloned().expect("rejected and remembered");
-                            tracing::info!(action_id = %id, device_id = %a.device, name = %a.name, refusal = ?r, "action rejected");
-                            (applied, Some(Ack::new(move || { let _ = done.send(super::ActionAnswer::Rejected(a, r)); })))
-                        }
-                    }
-                }
-                super::Request::Action { id, done } => {
-                    let _ = done.send(registry.action(&id).cloned());
-                    continue;
-                }
-                super::Request::Cancel { id, done } => match registry.cancel(&id, clock.now()) {
-                    None => {
-                        let _ = done.send(None);
-                        continue;
-                    }
-                    Some(Err(why)) => {
-                        let _ = done.send(Some(Err(why)));
-                        continue;
-                    }
-                    Some(Ok(applied)) => {
-                        let a = registry.action(&id).cloned().expect("cancelled and remembered");
-                        tracing::info!(action_id = %id, "action cancelled before it was sent");
-                        (applied, Some(Ack::new(move || { let _ = done.send(Some(Ok(a))); })))
-                    }
-                },
-                super::Request::Book { booking, done } => {
-                    let (id, workspace) = (booking.id.clone(), booking.workspace.clone());
-                    match registry.book(booking, clock.now()) {
-                        None => {
-                            let _ = done.send(Err(super::BookRefusal::UnknownWorkspace));
-                            continue;
-                        }
-                        Some(Err(())) => {
-                            let _ = done.send(Err(super::BookRefusal::TooMany));
-                            continue;
-                        }
-                        Some(Ok(applied)) => {
-                            tracing::info!(booking_id = %id, workspace_id = %workspace, "booking kept");
-                            (applied, Some(Ack::new(move || { let _ = done.send(Ok(())); })))
-                        }
-                    }
-                }
-                super::Request::Unbook { booking_id, workspace, done } => {
-                    match registry.unbook(&booking_id, &workspace, clock.now()) {
-                        None => {
-                            let _ = done.send(Err(super::BookRefusal::UnknownWorkspace));
-                            continue;
-                        }
-                        Some(applied) => {
-                            tracing::info!(booking_id = %booking_id, workspace_id = %workspace, "booking ended");
-                            (applied, Some(Ack::new(move || { let _ = done.send(Ok(())); })))
-                        }
-                    }
-                }
-                super::Request::Bookings(reply) => {
-                    let _ = reply.send(registry.bookings().cloned().collect());
-                    continue;
-                }
-                super::Request::Desire { device_id, value, done } => {
-                    let set = value.is_some();
-                    match registry.desire(&device_id, value, clock.now()) {
-                        Some(applied) => {
-                            tracing::info!(device_id = %device_id, set, "desired sync value for one device changed by an operator");
-                            (applied, Some(Ack::new(move || { let _ = done.send(true); })))
-                        }
-                        None => {
-                            let _ = done.send(false);
-                            continue;
-                        }
-                    }
-                }
-            },
+            }
             _ = watch.tick() => continue,
         };
         if applied.is_empty() && ack.is_none() {
@@ -211,24 +110,11 @@ pub async fn run(
             metrics.set_devices(registry.len());
         }
         // The device stage's time, so that `timestamp` agrees with the times in `data`.
-        let now = UNIX_EPOCH + Duration::from_millis(clock.now());
-        let commit = Commit {
-            envelopes: applied
-                .events
-                .iter()
-                .map(|e| Envelope::seal(e, &gateway_id, now))
-                .collect(),
-            devices: applied.devices,
-            workspaces: applied.workspaces,
-            groups: applied.groups,
-            forgotten: applied.forgotten,
-            actions: applied.actions,
-            forgotten_actions: applied.forgotten_actions,
-            bookings: applied.bookings,
-            outgoing: applied.outgoing,
-            sync: applied.sync,
+        let commit = applied.seal(
+            &gateway_id,
+            UNIX_EPOCH + Duration::from_millis(clock.now()),
             ack,
-        };
+        );
         if commits.send(commit).await.is_err() {
             tracing::error!("outbox writer has stopped; device stage stopping");
             return;

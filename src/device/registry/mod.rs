@@ -154,6 +154,29 @@ pub fn json_bytes(value: &impl serde::Serialize) -> usize {
 }
 
 impl Applied {
+    /// The commit for the outbox: the events sealed as `gateway_id`'s at `at` (the stage's
+    /// time, so that `timestamp` agrees with the times in `data`), every state that changed,
+    /// and the acknowledgement to send once it is durable.
+    pub fn seal(self, gateway_id: &str, at: std::time::SystemTime, ack: Option<Ack>) -> Commit {
+        Commit {
+            envelopes: self
+                .events
+                .iter()
+                .map(|e| Envelope::seal(e, gateway_id, at))
+                .collect(),
+            devices: self.devices,
+            workspaces: self.workspaces,
+            groups: self.groups,
+            forgotten: self.forgotten,
+            actions: self.actions,
+            forgotten_actions: self.forgotten_actions,
+            bookings: self.bookings,
+            outgoing: self.outgoing,
+            sync: self.sync,
+            ack,
+        }
+    }
+
     /// Take in what another change did (after this one's).
     pub fn absorb(&mut self, other: Applied) {
         self.events.extend(other.events);
