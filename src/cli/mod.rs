@@ -288,29 +288,18 @@ pub fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
-            match crate::control::auth::read_token(&dir) {
-                Ok(Some(token)) => {
-                    let scheme = if loaded.telemetry.tls_cert.is_some() {
-                        "https"
-                    } else {
-                        "http"
-                    };
-                    println!("{scheme}://{listen}/#token={}", token.expose());
-                    eprintln!("(from another machine: ssh -L {port}:{listen} <this gateway>, then open the URL there with 127.0.0.1:{port})", port = listen.rsplit(':').next().unwrap_or("9187"));
-                    ExitCode::SUCCESS
-                }
-                Ok(None) => {
-                    eprintln!(
-                        "error: no API token in {} yet: the daemon makes it at its first start",
-                        dir.display()
-                    );
-                    ExitCode::from(2)
-                }
-                Err(e) => {
-                    eprintln!("error: cannot read the API token in {}: {e}", dir.display());
-                    ExitCode::from(2)
-                }
-            }
+            let token = match api_token(&dir) {
+                Ok(token) => token,
+                Err(code) => return code,
+            };
+            let scheme = if loaded.telemetry.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            println!("{scheme}://{listen}/#token={}", token.expose());
+            eprintln!("(from another machine: ssh -L {port}:{listen} <this gateway>, then open the URL there with 127.0.0.1:{port})", port = listen.rsplit(':').next().unwrap_or("9187"));
+            ExitCode::SUCCESS
         }
         Command::Token(Paths { config, state_dir }) => {
             let dir = match (state_dir, Config::load_for_commands(&config)) {
@@ -321,26 +310,34 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match crate::control::auth::read_token(&dir) {
-                Ok(Some(token)) => {
+            match api_token(&dir) {
+                Ok(token) => {
                     println!("{}", token.expose());
                     ExitCode::SUCCESS
                 }
-                Ok(None) => {
-                    eprintln!(
-                        "error: no API token in {} yet: the daemon makes it at its first start",
-                        dir.display()
-                    );
-                    ExitCode::from(2)
-                }
-                Err(e) => {
-                    eprintln!("error: cannot read the API token in {}: {e}", dir.display());
-                    ExitCode::from(2)
-                }
+                Err(code) => code,
             }
         }
         #[cfg(feature = "demo")]
         Command::Demo(args) => block_on(crate::demo::run(args)),
+    }
+}
+
+/// The API token in `dir`, or exit 2 having said why not.
+fn api_token(dir: &std::path::Path) -> Result<crate::secret::Secret, ExitCode> {
+    match crate::control::auth::read_token(dir) {
+        Ok(Some(token)) => Ok(token),
+        Ok(None) => {
+            eprintln!(
+                "error: no API token in {} yet: the daemon makes it at its first start",
+                dir.display()
+            );
+            Err(ExitCode::from(2))
+        }
+        Err(e) => {
+            eprintln!("error: cannot read the API token in {}: {e}", dir.display());
+            Err(ExitCode::from(2))
+        }
     }
 }
 

@@ -171,6 +171,20 @@ pub enum ActionAnswer {
     Refused(ActionRefusal),
 }
 
+/// `applied`, to be answered with `answer` through `done` once it is durable.
+fn once_durable<T: Send + Sync + 'static>(
+    applied: Applied,
+    done: tokio::sync::oneshot::Sender<T>,
+    answer: T,
+) -> Option<(Applied, Option<Ack>)> {
+    Some((
+        applied,
+        Some(Ack::new(move || {
+            let _ = done.send(answer);
+        })),
+    ))
+}
+
 /// What the device stage does with `request`, between two messages: what it changed, with the
 /// acknowledgement that answers the request once that is durable; or none, answered at once
 /// (nothing to write).
@@ -183,22 +197,17 @@ pub(super) fn handle(
     match request {
         Request::Snapshot(selection, reply) => {
             let _ = reply.send(registry.snapshot(&selection));
-            return None;
+            None
         }
         Request::Forget { device_id, done } => match registry.forget(&device_id, now) {
             Some(applied) => {
                 metrics.set_devices(registry.len());
                 tracing::info!(device_id = %device_id, "device forgotten by an operator");
-                Some((
-                    applied,
-                    Some(Ack::new(move || {
-                        let _ = done.send(true);
-                    })),
-                ))
+                once_durable(applied, done, true)
             }
             None => {
                 let _ = done.send(false);
-                return None;
+                None
             }
         },
         Request::Act { request, done } => {
@@ -206,21 +215,16 @@ pub(super) fn handle(
             match registry.submit(request, now) {
                 Submit::Known(a) => {
                     let _ = done.send(ActionAnswer::Known(a));
-                    return None;
+                    None
                 }
                 Submit::Refused(r) => {
                     let _ = done.send(ActionAnswer::Refused(r));
-                    return None;
+                    None
                 }
                 Submit::Accepted(applied) => {
                     let a = registry.action(&id).cloned().expect("accepted");
                     tracing::info!(action_id = %id, device_id = %a.device, name = %a.name, "action accepted");
-                    Some((
-                        applied,
-                        Some(Ack::new(move || {
-                            let _ = done.send(ActionAnswer::Accepted(a));
-                        })),
-                    ))
+                    once_durable(applied, done, ActionAnswer::Accepted(a))
                 }
                 Submit::Rejected(applied, r) => {
                     let a = registry
@@ -228,27 +232,22 @@ pub(super) fn handle(
                         .cloned()
                         .expect("rejected and remembered");
                     tracing::info!(action_id = %id, device_id = %a.device, name = %a.name, refusal = ?r, "action rejected");
-                    Some((
-                        applied,
-                        Some(Ack::new(move || {
-                            let _ = done.send(ActionAnswer::Rejected(a, r));
-                        })),
-                    ))
+                    once_durable(applied, done, ActionAnswer::Rejected(a, r))
                 }
             }
         }
         Request::Action { id, done } => {
             let _ = done.send(registry.action(&id).cloned());
-            return None;
+            None
         }
         Request::Cancel { id, done } => match registry.cancel(&id, now) {
             None => {
                 let _ = done.send(None);
-                return None;
+                None
             }
             Some(Err(why)) => {
                 let _ = done.send(Some(Err(why)));
-                return None;
+                None
             }
             Some(Ok(applied)) => {
                 let a = registry
@@ -256,12 +255,7 @@ pub(super) fn handle(
                     .cloned()
                     .expect("cancelled and remembered");
                 tracing::info!(action_id = %id, "action cancelled before it was sent");
-                Some((
-                    applied,
-                    Some(Ack::new(move || {
-                        let _ = done.send(Some(Ok(a)));
-                    })),
-                ))
+                once_durable(applied, done, Some(Ok(a)))
             }
         },
         Request::Book { booking, done } => {
@@ -269,20 +263,15 @@ pub(super) fn handle(
             match registry.book(booking, now) {
                 None => {
                     let _ = done.send(Err(BookRefusal::UnknownWorkspace));
-                    return None;
+                    None
                 }
                 Some(Err(())) => {
                     let _ = done.send(Err(BookRefusal::TooMany));
-                    return None;
+                    None
                 }
                 Some(Ok(applied)) => {
                     tracing::info!(booking_id = %id, workspace_id = %workspace, "booking kept");
-                    Some((
-                        applied,
-                        Some(Ack::new(move || {
-                            let _ = done.send(Ok(()));
-                        })),
-                    ))
+                    once_durable(applied, done, Ok(()))
                 }
             }
         }
@@ -293,21 +282,16 @@ pub(super) fn handle(
         } => match registry.unbook(&booking_id, &workspace, now) {
             None => {
                 let _ = done.send(Err(BookRefusal::UnknownWorkspace));
-                return None;
+                None
             }
             Some(applied) => {
                 tracing::info!(booking_id = %booking_id, workspace_id = %workspace, "booking ended");
-                Some((
-                    applied,
-                    Some(Ack::new(move || {
-                        let _ = done.send(Ok(()));
-                    })),
-                ))
+                once_durable(applied, done, Ok(()))
             }
         },
         Request::Bookings(reply) => {
             let _ = reply.send(registry.bookings().cloned().collect());
-            return None;
+            None
         }
         Request::Desire {
             device_id,
@@ -318,16 +302,11 @@ pub(super) fn handle(
             match registry.desire(&device_id, value, now) {
                 Some(applied) => {
                     tracing::info!(device_id = %device_id, set, "desired sync value for one device changed by an operator");
-                    Some((
-                        applied,
-                        Some(Ack::new(move || {
-                            let _ = done.send(true);
-                        })),
-                    ))
+                    once_durable(applied, done, true)
                 }
                 None => {
                     let _ = done.send(false);
-                    return None;
+                    None
                 }
             }
         }
