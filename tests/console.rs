@@ -91,6 +91,38 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
     writeln!(to_browser, "go").unwrap();
     expect_step(&mut steps, "paused", &mut browser, &daemon).await;
     assert_eq!(endpoint_state(&api).await, "paused");
+    // A reading while it is paused: it waits in the endpoint's queue.
+    publish(&mut occ, 1, 1.0).await;
+    common::until(
+        std::time::Instant::now() + LONG,
+        || {
+            common::http_get(daemon.metrics_port, "/v1/endpoints/console-crm")
+                .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["pending"].as_u64())
+                .is_some_and(|n| n > 0)
+        },
+        || "no event pending for the paused endpoint".to_string(),
+    )
+    .await;
+    writeln!(to_browser, "go").unwrap();
+    expect_step(&mut steps, "purged", &mut browser, &daemon).await;
+    let endpoint = api
+        .get("/v1/endpoints/{name}", "/v1/endpoints/console-crm")
+        .await
+        .json();
+    assert_eq!(endpoint["pending"], 0, "purged: {endpoint}");
+    writeln!(to_browser, "go").unwrap();
+    expect_step(&mut steps, "edited", &mut browser, &daemon).await;
+    let endpoint = api
+        .get("/v1/endpoints/{name}", "/v1/endpoints/console-crm")
+        .await
+        .json();
+    assert_eq!(endpoint["description"], "edited in the console");
+    assert_eq!(endpoint["state"], "paused", "an edit keeps the pause");
+    assert_eq!(
+        endpoint["secrets_set"], 1,
+        "the secret unchanged: {endpoint}"
+    );
     writeln!(to_browser, "go").unwrap();
     expect_step(&mut steps, "resumed", &mut browser, &daemon).await;
     assert_eq!(endpoint_state(&api).await, "active");
@@ -134,6 +166,8 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
         "created",
         "delivered",
         "paused",
+        "purged",
+        "edited",
         "resumed",
         "tested",
         "deleted",

@@ -124,7 +124,7 @@ function endpointButtons(x) {
   }
   const out = [x.state === "paused" ? b("resume", "Resume") : b("pause", "Pause"), " ", b("test", "Test")];
   if (x.state === "disabled") out.push(" ", b("enable", "Enable"));
-  if (x.source === "api") out.push(" ", b("delete", "Delete", "danger"));
+  if (x.source === "api") out.push(" ", b("edit", "Edit"), " ", b("delete", "Delete", "danger"));
   return out;
 }
 
@@ -139,8 +139,44 @@ function renderEndpoints(list) {
   }));
 }
 
+let endpointsNow = [];
+let editing = null;
+
+/** The create form, filled with endpoint `x`'s settings, to save as an edit (a JSON merge patch). */
+function startEdit(x) {
+  const f = $("create"), st = x.settings || {};
+  editing = x.name;
+  $("create-title").textContent = "Edit webhook " + x.name;
+  $("edit-cancel").hidden = false;
+  f.elements["name"].value = x.name;
+  f.elements["name"].readOnly = true;
+  f.elements["description"].value = x.description || "";
+  f.elements["url"].value = st.url || x.url;
+  f.elements["format"].value = st.format || "edgehook";
+  f.elements["active"].checked = x.active;
+  const events = st.events || ["*"];
+  for (const i of f.querySelectorAll("input[name=events]")) i.checked = events.includes("*") || events.includes(i.value);
+  f.elements["secret"].required = false;
+  f.elements["secret"].placeholder = "unchanged when left empty";
+  f.querySelector("button[type=submit]").textContent = "Save changes";
+  $("msg").textContent = "";
+  f.scrollIntoView({ block: "nearest" });
+}
+function stopEdit() {
+  const f = $("create");
+  editing = null;
+  f.reset();
+  f.elements["name"].readOnly = false;
+  f.elements["secret"].required = true;
+  f.elements["secret"].placeholder = "";
+  f.querySelector("button[type=submit]").textContent = "Create webhook";
+  $("create-title").textContent = "Create webhook";
+  $("edit-cancel").hidden = true;
+}
+
 async function endpointAction(name, act) {
   const path = "/v1/endpoints/" + seg(name);
+  if (act === "edit") { startEdit(endpointsNow.find((x) => x.name === name)); return; }
   if (act === "delete") { deleting[name] = true; return; }
   if (act === "delete-cancel") { delete deleting[name]; return; }
   if (act === "delete-drain" || act === "delete-purge") {
@@ -153,6 +189,39 @@ async function endpointAction(name, act) {
   rowMsg[name] = act === "test"
     ? { ok: r.delivered, text: r.delivered ? "test delivered: HTTP " + r.status + " in " + r.ms + " ms" : "test not delivered: " + (r.error || "HTTP " + r.status) }
     : { ok: true, text: act === "pause" ? "paused" : act === "resume" ? "resumed" : "enabled" };
+}
+
+// ---- the outbox: each queue, its pending list, purge ----
+let pendingOf = null;
+const purging = {};
+
+function renderQueues(queues) {
+  $("queues").replaceChildren(...queues.map((q) => {
+    const b = (act, label, cls) => el("button", { type: "button", "data-qact": act, class: cls || "" }, label);
+    const acts = purging[q.endpoint]
+      ? [el("span", { class: "msg" }, "Delete for good?"), b("purge-yes", "Purge " + q.pending + " pending", "danger"), " ", b("purge-no", "Cancel")]
+      : [b("list", "Pending list"), ...(q.pending ? [" ", b("purge", "Purge…", "danger")] : [])];
+    return el("tr", { "data-queue": q.endpoint },
+      el("td", {}, q.endpoint, " ", el("span", { class: "mute" }, q.state)), el("td", {}, q.pending),
+      el("td", { class: "wide" }, when(q.oldest_pending)), el("td", {}, q.dead_letters), el("td", {}, ...acts));
+  }));
+}
+
+async function renderPending() {
+  const r = await call("GET", "/v1/outbox/events?endpoint=" + seg(pendingOf) + "&limit=50");
+  $("pending-box").hidden = false;
+  $("pending-name").textContent = pendingOf;
+  $("pending").replaceChildren(...(r.events.length ? r.events.map((e) => el("tr", { title: e.event_id, "data-event": e.event_id },
+    el("td", {}, e.type), el("td", {}, e.lane), el("td", {}, when(e.created)))) : [el("tr", {}, el("td", { class: "mute", colSpan: 3 }, "nothing pending"))]));
+}
+
+async function queueAction(name, act) {
+  if (act === "list") { pendingOf = name; await renderPending(); return; }
+  if (act === "purge") { purging[name] = true; return; }
+  if (act === "purge-no") { delete purging[name]; return; }
+  delete purging[name];
+  const r = await call("POST", "/v1/outbox/purge", { endpoint: name });
+  notice("purged " + r.purged + " pending event(s) of " + name + " for good", true);
 }
 
 // ---- the live delivery log ----
@@ -222,7 +291,10 @@ async function refresh() {
     $("workspaces").replaceChildren(...(w.workspaces.length ? w.workspaces.map((x) => el("div", { class: "ws " + x.status, "data-workspace": x.id },
       el("b", {}, x.id), x.status, x.since ? el("span", { class: "mute" }, " " + when(x.since)) : null,
       el("div", { class: "mute" }, x.sensors.length + " sensor(s)" + (x.display ? ", display " + x.display : "")))) : [el("span", { class: "mute" }, "no workspace configured")]));
-    renderEndpoints((await call("GET", "/v1/endpoints")).endpoints);
+    endpointsNow = (await call("GET", "/v1/endpoints")).endpoints;
+    renderEndpoints(endpointsNow);
+    renderQueues((await call("GET", "/v1/outbox")).queues);
+    if (pendingOf) await renderPending();
     const dl = await call("GET", "/v1/outbox/events?dead=true&limit=50");
     $("replay-all").hidden = !dl.events.length;
     $("dead").replaceChildren(...(dl.events.length ? dl.events.map((x) => el("tr", { "data-event": x.event_id },
@@ -313,6 +385,14 @@ function wire() {
     } catch (err) { notice(err.message, false); }
     refresh();
   });
+  $("queues").addEventListener("click", async (ev) => {
+    const b = ev.target.closest("button[data-qact]");
+    if (!b) return;
+    try { await queueAction(b.closest("tr").dataset.queue, b.dataset.qact); } catch (err) { notice(err.message, false); }
+    refresh();
+  });
+  $("pending-close").addEventListener("click", () => { pendingOf = null; $("pending-box").hidden = true; });
+  $("edit-cancel").addEventListener("click", stopEdit);
   $("replay-all").addEventListener("click", async () => {
     try {
       const r = await call("POST", "/v1/outbox/replay", { all_dead: true });
@@ -330,10 +410,20 @@ function wire() {
     if (f.elements["description"].value.trim()) body.description = f.elements["description"].value.trim();
     if (f.elements["key_header"].value.trim()) body.headers = { [f.elements["key_header"].value.trim()]: f.elements["key_value"].value };
     try {
-      await call("POST", "/v1/endpoints", body);
-      m.className = "ok";
-      m.textContent = "created " + name;
-      f.reset();
+      if (editing) {
+        if (!body.secret) delete body.secret;
+        if (!body.description) body.description = "";
+        delete body.name;
+        await call("PATCH", "/v1/endpoints/" + seg(editing), body);
+        m.className = "ok";
+        m.textContent = "saved " + name;
+        stopEdit();
+      } else {
+        await call("POST", "/v1/endpoints", body);
+        m.className = "ok";
+        m.textContent = "created " + name;
+        f.reset();
+      }
       refresh();
     } catch (err) { m.className = "bad"; m.textContent = err.message; }
   });
