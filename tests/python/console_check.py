@@ -4,13 +4,15 @@ by step with the Rust test (tests/console.rs) that runs the daemon: it prints a 
 step is done and waits for the test's "go" on stdin before the next; the test checks the API
 and the receivers after each. A screenshot of each step goes to SCREENSHOTS. Any dialog
 (alert, confirm, prompt), page error or console error fails the run, and so does a page wider
-than its window (sideways scrolling) at 1366x768 or at phone width (390x844).
+than its window (sideways scrolling) at 1366x768 or at phone width (390x844), or a serious or
+critical accessibility violation axe-core finds (loaded, a device open, at phone width).
 
 Usage: console_check.py LOGIN_URL SCREENSHOTS RECEIVER_URL SECRET
 (LOGIN_URL: the console's URL with #token=..., as `edgehook console` prints it)
 """
 import sys
 
+from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import sync_playwright, expect
 
 login_url, shots, receiver, secret = sys.argv[1:5]
@@ -27,6 +29,15 @@ def step(name, page):
     print(name, flush=True)
     if sys.stdin.readline().strip() != "go":
         sys.exit("the test stopped")
+
+
+def accessible(name, page):
+    """axe-core's check of the page as it is now: no serious or critical violation."""
+    found = Axe().run(page).response["violations"]
+    bad = [f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
+           for v in found if v["impact"] in ("serious", "critical")]
+    if bad:
+        errors.append(f"{name}: accessibility: " + "; ".join(bad))
 
 
 def watch(page):
@@ -51,6 +62,7 @@ with sync_playwright() as p:
         errors.append("the token stayed in the address bar")
     expect(page.locator("#logout")).to_be_visible()
     expect(page.locator("#login")).to_be_hidden()
+    accessible("loaded", page)
     step("loaded", page)
 
     # The test publishes a reading and brings a display online: both appear; the detail of a
@@ -67,6 +79,7 @@ with sync_playwright() as p:
     expect(page.locator("#detail")).to_be_visible()
     expect(page.locator("#detail-id")).to_have_text("console-occ-1")
     expect(page.locator("#detail-values")).to_contain_text('"presence"', timeout=20000)
+    accessible("device", page)
     step("device", page)
 
     # An action to the display, watched to its end.
@@ -151,5 +164,6 @@ with sync_playwright() as p:
     phone.goto(login_url)
     expect(phone.locator('#devices tr[data-device="console-occ-1"]')).to_be_visible(timeout=30000)
     expect(phone.locator("#endpoints tr").first).to_be_visible()
+    accessible("phone", phone)
     step("phone", phone)
     browser.close()
