@@ -73,8 +73,14 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
     expect_step(&mut steps, "device", &mut browser, &daemon).await;
     writeln!(to_browser, "go").unwrap();
     expect_step(&mut steps, "action", &mut browser, &daemon).await;
-    // The display executed it, once, and the receiver was told it succeeded.
+    // The display executed it, once, and the receiver was told it succeeded; its desired
+    // value is the one set in the console.
     assert_eq!(disp.actions_executed(), 1);
+    let desired = common::Api::with_token(&daemon)
+        .get("/v1/devices/{id}", "/v1/devices/disp-1")
+        .await
+        .json();
+    assert_eq!(desired["desired"], "v2.1", "{desired}");
     default
         .wait_until(LONG, "the console's action told", |s| {
             s.of_type("device.action_completed")

@@ -90,6 +90,11 @@ with sync_playwright() as p:
     form.locator('textarea[name="params"]').fill('{"text": "<b>Welcome</b>"}')
     form.locator('button[type="submit"]').click()
     expect(page.locator("#act-msg")).to_have_attribute("data-status", "succeeded", timeout=30000)
+    # Its own desired value (a plain word is a string).
+    page.locator("#desire").locator('input[name="value"]').fill("v2.1")
+    page.locator("#desire").locator('button[type="submit"]').click()
+    expect(page.locator("#desire-msg")).to_contain_text('desired "v2.1"', timeout=20000)
+    expect(page.locator("#detail-facts")).to_contain_text('"v2.1"', timeout=20000)
     step("action", page)
 
     # A webhook made with the form.

@@ -336,6 +336,7 @@ function wire() {
     $("forget").textContent = "Forget this device";
     $("forget-msg").textContent = "";
     $("act-msg").textContent = "";
+    $("desire-msg").textContent = "";
     renderDetail();
   });
   $("devices").addEventListener("keydown", (ev) => { if (ev.key === "Enter") ev.target.click(); });
@@ -351,6 +352,24 @@ function wire() {
     } catch (err) { $("forget-msg").textContent = err.message; $("forget-msg").className = "bad"; }
     $("forget").textContent = "Forget this device";
   });
+  const desire = async (value) => {
+    const m = $("desire-msg");
+    try {
+      const d = await call("PUT", "/v1/devices/" + seg(selected) + "/desired", { value });
+      m.className = "ok";
+      m.textContent = value === null ? "back to the class's value" : "desired " + JSON.stringify(d.desired);
+      renderDetail();
+    } catch (err) { m.className = "bad"; m.textContent = err.message; }
+  };
+  $("desire").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const text = ev.target.elements["value"].value.trim();
+    if (!text) return;
+    let value;
+    try { value = JSON.parse(text); } catch (e) { value = text; } // a plain word is a string
+    desire(value);
+  });
+  $("desire-clear").addEventListener("click", () => desire(null));
   $("act").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const f = ev.target, m = $("act-msg");
