@@ -73,6 +73,8 @@ pub mod jq;
 pub mod memory;
 pub mod metrics;
 pub mod outbox;
+#[cfg(test)]
+pub mod schema;
 pub mod secret;
 pub mod size;
 pub mod source;

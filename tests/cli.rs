@@ -230,3 +230,61 @@ fn a_command_whose_reader_goes_away_ends_quietly() {
         out.status
     );
 }
+
+/// #45.6: a configuration reference that cannot drift. `edgehook.schema.json` is made from the
+/// code (a unit test holds it to it); here a validator as a TOML editor uses one (Python's
+/// jsonschema, Draft 2020-12) takes the example configuration and real variations, and refuses
+/// an unknown key, a wrong type, a duration or an enum value the daemon would refuse.
+#[test]
+fn the_configuration_schema_takes_what_the_daemon_takes_and_refuses_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let good = [
+        write(
+            "sizes.toml",
+            "gateway_id = \"gw\"\n[outbox]\nmax_size = \"64MiB\"\nmax_dead_size = 1048576\ncheckpoint_interval = \"1m\"\n[mqtt]\npresets = [\"shelly\"]\nradio_metadata = true\n",
+        ),
+        write(
+            "endpoints.toml",
+            "gateway_id = \"gw\"\nstop_timeout = \"15s\"\n[[endpoints]]\nname = \"ops\"\nurl = \"https://ops.acme.io/h\"\nevents = [\"device.*\"]\nformat = \"cloudevents\"\nretry = { initial = \"1s\", max = \"5m\" }\n",
+        ),
+    ];
+    let bad = [
+        write("unknown-key.toml", "[mqtt]\nhots = \"broker\"\n"),
+        write("wrong-type.toml", "[mqtt]\nport = \"eighteen\"\n"),
+        write("bad-duration.toml", "stop_timeout = \"20 parsecs\"\n"),
+        write("bad-enum.toml", "[outbox]\non_full = \"explode\"\n"),
+    ];
+    // The daemon refuses each of the bad ones too: the schema says no more than it does.
+    for path in &bad {
+        let out = edgehook(&["check-config", path], &[]);
+        assert_eq!(out.status.code(), Some(2), "{path}: {}", text(&out.stdout));
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/schema_check.py");
+    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/edgehook.schema.json");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(schema)
+        .arg(EXAMPLE)
+        .args(&good)
+        .arg("--bad")
+        .args(&bad)
+        .output()
+        .expect("python3 (scripts/test installs its tools)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let said = text(&out.stdout);
+    assert!(said.contains("unknown-key.toml: refused at mqtt"), "{said}");
+    assert!(
+        said.contains("wrong-type.toml: refused at mqtt.port"),
+        "{said}"
+    );
+}

@@ -52,6 +52,7 @@ fn key_label(key: &str) -> String {
 
 /// The whole daemon configuration.
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// This gateway's id, carried in every event envelope as `gateway`.
@@ -62,6 +63,7 @@ pub struct Config {
     /// events stay in the outbox and are sent after the next start). Keep it below the unit's
     /// `TimeoutStopSec` (30 s), which leaves room for the final flush.
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub stop_timeout: Duration,
     pub mqtt: MqttConfig,
     /// Serial ports with sensors or displays on them (USB-serial adapters, the UART).
@@ -94,6 +96,7 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// `GET /healthz`, `GET /metrics`, the control API (`/v1`) and the console (`/`). A
@@ -107,6 +110,35 @@ pub struct TelemetryConfig {
     /// The private key of `tls_cert` (PEM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+}
+
+/// The JSON Schema of the configuration file (shipped as `edgehook.schema.json`, for TOML
+/// editors such as Taplo / Even Better TOML). Made from the code by the tests (schemars is
+/// theirs alone: nothing of it is in the daemon), so it cannot drift: a test holds the shipped
+/// file to it. The file is read over the defaults (and the environment over the file), so no
+/// key is required in it.
+#[cfg(test)]
+pub fn schema() -> serde_json::Value {
+    let mut schema = serde_json::to_value(schemars::schema_for!(Config)).expect("a schema is JSON");
+    fn optional(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                map.remove("required");
+                map.values_mut().for_each(optional);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(optional),
+            _ => {}
+        }
+    }
+    optional(&mut schema);
+    if let Some(map) = schema.as_object_mut() {
+        map.insert("title".into(), "edgehook configuration".into());
+        map.insert(
+            "description".into(),
+            "edgehook's configuration file (TOML), read over the built-in defaults; each key may also be given as EDGEHOOK_<KEY> (levels joined by __). See edgehook.example.toml.".into(),
+        );
+    }
+    schema
 }
 
 /// The variables of a systemd `EnvironmentFile=`: `KEY=VALUE` lines, blank lines and `#` or
@@ -455,6 +487,22 @@ fn hide_value(message: &str, value: Option<&toml::Value>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shipped schema (edgehook.schema.json) is the code's. When the configuration
+    /// changes, `EDGEHOOK_WRITE_SCHEMA=1 cargo test --lib the_shipped_schema` writes it anew.
+    #[test]
+    fn the_shipped_schema_is_the_codes() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/edgehook.schema.json");
+        let made = serde_json::to_string_pretty(&schema()).unwrap() + "\n";
+        if std::env::var_os("EDGEHOOK_WRITE_SCHEMA").is_some() {
+            std::fs::write(path, &made).unwrap();
+        }
+        let shipped = std::fs::read_to_string(path).unwrap();
+        assert!(
+            shipped == made,
+            "edgehook.schema.json is stale: EDGEHOOK_WRITE_SCHEMA=1 cargo test --lib the_shipped_schema"
+        );
+    }
 
     /// A stop waits `stop_timeout` for deliveries in flight, then flushes: the unit's
     /// `TimeoutStopSec` leaves it room (else systemd kills the daemon mid-flush).

@@ -13,6 +13,7 @@ use super::sign::{Algorithm, Encoding, HmacOptions};
 use crate::secret::Secret;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookConfig {
     /// The endpoint's name, in metrics, logs, `edgehook outbox` and the outbox's queue names
@@ -60,6 +61,7 @@ pub struct WebhookConfig {
         skip_serializing_if = "Option::is_none",
         default
     )]
+    #[cfg_attr(test, schemars(with = "crate::schema::OptionalSize"))]
     pub compress_above: Option<u64>,
     /// A jq filter over the stored envelope that makes the body instead of `format` (which
     /// still gives the Content-Type and the signature defaults). Empty: none. See
@@ -71,10 +73,12 @@ pub struct WebhookConfig {
     pub batch_max_events: Option<usize>,
     /// At most this many bytes of events in one batch (at least one event always goes).
     #[serde(with = "crate::size")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Size"))]
     pub batch_max_bytes: u64,
     /// How long a batch may wait for more events before it goes (`"0s"`: it takes what is
     /// ready and goes at once).
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub batch_linger: Duration,
     /// Event types this endpoint receives (`*` and `?` patterns, e.g. `device.*`). Events of
     /// other types are not queued for it.
@@ -89,9 +93,11 @@ pub struct WebhookConfig {
     pub max_attempts: Option<u32>,
     /// Give up on an event this long after it was created, likewise. Unset: never.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, schemars(with = "crate::schema::OptionalDuration"))]
     pub max_age: Option<Duration>,
     pub idempotency_header: String,
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub timeout: Duration,
     /// Requests in flight at once (each device's events still go one at a time, in order).
     pub max_concurrency: usize,
@@ -100,6 +106,7 @@ pub struct WebhookConfig {
     /// Bytes of events held in memory for delivery, likewise (`"1MiB"` or a number of bytes; at
     /// least one event is always held, however large).
     #[serde(with = "crate::size")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Size"))]
     pub window_bytes: u64,
     pub retry: RetryConfig,
 }
@@ -180,11 +187,14 @@ impl WebhookConfig {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub initial: Duration,
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub max: Duration,
     pub multiplier: f64,
     /// Fraction of each delay that is randomised (0.0 – 1.0), so that many gateways do not

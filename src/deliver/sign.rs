@@ -28,6 +28,7 @@ pub const STANDARD_HEADERS: [&str; 3] = ["webhook-id", "webhook-timestamp", "web
 
 /// Which scheme an endpoint signs with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub enum SignatureScheme {
     #[default]
     #[serde(rename = "hmac", alias = "hmac-sha256-hex")]
@@ -38,6 +39,7 @@ pub enum SignatureScheme {
 
 /// The hash of an `hmac` signature.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Algorithm {
     #[default]
@@ -47,6 +49,7 @@ pub enum Algorithm {
 
 /// How an `hmac` signature's bytes are written in its header.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
     #[default]

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 /// How one kind of device is watched and reported: health (heartbeat, lost communication,
 /// debounce) and readings (deadband, coalescing, re-reporting, staleness).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DeviceClassConfig {
     pub name: String,
@@ -22,12 +23,14 @@ pub struct DeviceClassConfig {
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(test, schemars(with = "crate::schema::OptionalDuration"))]
     pub heartbeat: Option<Duration>,
     /// Silence of `lost_after` heartbeats makes the device `device.lost_communication`.
     #[serde(default = "default_lost_after")]
     pub lost_after: f64,
     /// An offline report is held this long; if the device is back within it, nothing is sent.
     #[serde(default = "default_debounce", with = "humantime_serde")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub debounce: Duration,
     /// Readings stopping this long makes `sensor.reading.stale`. Unset: never stale.
     #[serde(
@@ -35,10 +38,12 @@ pub struct DeviceClassConfig {
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(test, schemars(with = "crate::schema::OptionalDuration"))]
     pub stale_after: Option<Duration>,
     /// At most one `sensor.reading.updated` per device per interval; changes in between are
     /// coalesced and sent, with the latest values, when it has passed.
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub min_interval: Duration,
     /// A reading this long after the last report is sent even if nothing changed (a heartbeat
     /// upstream). Unset: only changes are sent.
@@ -47,6 +52,7 @@ pub struct DeviceClassConfig {
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(test, schemars(with = "crate::schema::OptionalDuration"))]
     pub max_interval: Option<Duration>,
     /// Per numeric field, the smallest move (absolute) that counts as a change.
     #[serde(default)]
@@ -66,6 +72,7 @@ pub struct DeviceClassConfig {
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(test, schemars(with = "crate::schema::OptionalDuration"))]
     pub forget_after: Option<Duration>,
     /// Fields that tell the device's condition rather than what it senses (battery level,
     /// low-battery flag, tamper, error code): kept apart from readings and reported as
@@ -86,6 +93,7 @@ pub struct DeviceClassConfig {
     /// How long `sync_field` may differ from the desired value before `device.out_of_sync`
     /// (an update in progress is not news).
     #[serde(default = "default_sync_grace", with = "humantime_serde")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub sync_grace: Duration,
     /// The actions devices of this class take (`show_message`, `identify`); none: no action
     /// is sent to them (a submitted one is `rejected`).
@@ -97,6 +105,7 @@ pub struct DeviceClassConfig {
     pub action_topic: String,
     /// No answer this long after an action was sent makes it `timed_out`.
     #[serde(default = "default_action_timeout", with = "humantime_serde")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub action_timeout: Duration,
 }
 
@@ -149,6 +158,7 @@ impl Default for DeviceClassConfig {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceConfig {
     pub id: String,
@@ -165,6 +175,7 @@ pub struct WorkspaceConfig {
     pub booking_field: String,
     /// Occupied becomes Free (or Booked) only after every sensor has reported absence this long.
     #[serde(default = "default_hold", with = "humantime_serde")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub hold: Duration,
 }
 
@@ -180,6 +191,7 @@ fn default_booking_field() -> String {
 /// as `sensor.group.reading.updated`, `.stale` and `sensor.group.state.updated` (see
 /// `device::group` for the rules).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GroupConfig {
     pub id: String,
@@ -206,6 +218,7 @@ pub struct GroupConfig {
     /// At most one `sensor.group.reading.updated` per interval (changes in between are sent
     /// with the latest values when it ends).
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub min_interval: Duration,
     /// No member reading for this long makes `sensor.group.reading.stale`. Unset: never.
     #[serde(
@@ -213,6 +226,7 @@ pub struct GroupConfig {
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(test, schemars(with = "crate::schema::OptionalDuration"))]
     pub stale_after: Option<Duration>,
 }
 
@@ -220,6 +234,7 @@ pub struct GroupConfig {
 /// (a misconfigured publisher, a hostile one on an open broker) is bad input: counted, logged
 /// once a minute, acknowledged, and no event; the devices already known keep flowing.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct DevicesConfig {
     /// Devices remembered at most (each costs about 2 KB of memory and its state on disk);
@@ -237,6 +252,7 @@ pub struct DevicesConfig {
     pub max_actions: usize,
     /// The deadline of an action submitted without one.
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub action_deadline: Duration,
 }
 

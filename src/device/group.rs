@@ -28,6 +28,7 @@ use super::Millis;
 
 /// How a numeric field of the members makes the group's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Aggregate {
     Mean,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_ENDPOINT: &str = "default";
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OutboxConfig {
     /// Most inbound messages committed in one durable write (one fsync).
@@ -17,6 +18,7 @@ pub struct OutboxConfig {
     /// fsync rewrites at least a block, so on an SD card a few milliseconds here save most of
     /// the bytes written per event; it adds at most this much latency. "0s" writes at once.
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub commit_delay: Duration,
     /// How often what was written since the last checkpoint (undelivered events, device
     /// states) is put into sled, while anything waits for it (also after 1 MiB of undelivered
@@ -24,6 +26,7 @@ pub struct OutboxConfig {
     /// card (an event delivered before the checkpoint never reaches sled) and makes a start
     /// after a crash replay more of the log; a full disk is noticed at the next checkpoint.
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub checkpoint_interval: Duration,
     /// sled page cache, bytes. Small by default: a gateway has little RAM.
     pub cache_bytes: u64,
@@ -32,6 +35,7 @@ pub struct OutboxConfig {
     /// reached is `on_full`'s choice; either way it is logged, `/healthz` says so, and
     /// `edgehook_outbox_full` is 1.
     #[serde(with = "crate::size")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Size"))]
     pub max_size: u64,
     /// `backpressure` (default): hold new messages unacknowledged until delivery frees space, so
     /// the broker keeps them. `drop_oldest_readings`: delete `sensor.reading.updated` events
@@ -43,6 +47,7 @@ pub struct OutboxConfig {
     /// a quarter of it ([`OutboxConfig::dead_budget`]): past it the oldest letters are deleted,
     /// counted (`edgehook_dead_letters_let_go_total`) and logged.
     #[serde(with = "crate::size")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Size"))]
     pub max_dead_size: u64,
     /// Delivery attempts kept in the delivery log (`edgehook outbox log`, the file
     /// `delivery.log` in `state_dir`): at least this many and at most twice as many; 0 keeps
@@ -60,6 +65,7 @@ impl OutboxConfig {
 
 /// What the outbox does when `outbox.max_size` is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OnFull {
     Backpressure,

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::secret::Secret;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     pub host: String,
@@ -20,6 +21,7 @@ pub struct MqttConfig {
     pub username: String,
     pub password: Secret,
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub keep_alive: Duration,
     /// Keep the broker-side session across reconnects and restarts so that nothing published
     /// while edgehook was away is lost. Only turn off for brokers that cannot persist sessions.
@@ -32,8 +34,10 @@ pub struct MqttConfig {
     /// `max_packet_size` to at most this so that it refuses such messages from the start.
     pub max_packet_bytes: usize,
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub reconnect_min: Duration,
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub reconnect_max: Duration,
     pub tls: TlsConfig,
     pub subscriptions: Vec<Subscription>,
@@ -62,6 +66,7 @@ impl MqttConfig {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub enabled: bool,
@@ -75,6 +80,7 @@ pub struct TlsConfig {
 
 /// What the payloads on a subscription mean.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PayloadKind {
     /// A JSON object of fields: one reading of the device.
@@ -90,6 +96,7 @@ pub enum PayloadKind {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Subscription {
     /// Topic pattern with exactly one `{device}` segment capturing the device id, e.g.
@@ -128,6 +135,7 @@ pub struct Subscription {
 /// One serial port and how its bytes become device messages. Frames are lines; see
 /// [`crate::source::serial::frame`] for the exact formats.
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SerialPortConfig {
     /// The device node, ideally a stable name: `/dev/serial/by-id/usb-FTDI_...`.
@@ -157,12 +165,15 @@ pub struct SerialPortConfig {
     /// Reopen backoff after the port fails or disappears (USB unplugged): doubles from
     /// `reopen_min` to `reopen_max`.
     #[serde(default = "default_reopen_min", with = "humantime_serde")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub reopen_min: Duration,
     #[serde(default = "default_reopen_max", with = "humantime_serde")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub reopen_max: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Parity {
     #[default]
@@ -172,6 +183,7 @@ pub enum Parity {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SerialFraming {
     /// One JSON object per line, with the device id in `device_field`.

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::config::{PayloadKind, Subscription};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Preset {
     Zigbee2mqtt,

@@ -9,6 +9,7 @@ use crate::deliver::sign::{self, SignatureScheme};
 use crate::secret::Secret;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Standard Webhooks secrets (`whsec_` + base64). A pushed request or a pull answer is
@@ -19,6 +20,7 @@ pub struct UpstreamConfig {
     /// How far a signed request's `webhook-timestamp` may be from this gateway's clock, either
     /// way. Ids are remembered this long, so a request replayed within it is refused too.
     #[serde(default = "default_tolerance", with = "humantime_serde")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub tolerance: Duration,
     /// The push listener: upstream POSTs commands to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -29,6 +31,7 @@ pub struct UpstreamConfig {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PushConfig {
     /// Where to listen: a loopback address, or any other with `tls_cert` and `tls_key`.
@@ -41,6 +44,7 @@ pub struct PushConfig {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PullConfig {
     /// The upstream URL this gateway POSTs its polls to (https://, or http:// to a loopback
@@ -49,6 +53,7 @@ pub struct PullConfig {
     /// How long upstream may hold a poll open when it has nothing (long-polling); the request
     /// times out 10 s after it.
     #[serde(default = "default_wait", with = "humantime_serde")]
+    #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub wait: Duration,
     #[serde(default)]
     pub allow_insecure_http: bool,
