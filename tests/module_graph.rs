@@ -22,6 +22,7 @@ const LAYERS: &[&[&str]] = &[
         "jq",
         "memory",
         "metrics",
+        "schema",
         "secret",
         "size",
         "tls",
