@@ -51,70 +51,9 @@ pub async fn run_with_reloads(
     reloads: Option<mpsc::Receiver<Config>>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    private_state_dir(&config.state_dir)?;
-    // The file's endpoints and those made through the control API (kept in the state
-    // directory), one source of truth per name.
-    let file_endpoints = config.all_endpoints().into_iter().cloned().collect();
-    let (endpoints, conflict) =
-        control::endpoints::Endpoints::load(&config.state_dir, file_endpoints)
-            .map_err(anyhow::Error::msg)?;
-    if let Some(conflict) = conflict {
-        // Not a reason to stop every device and endpoint: the API's endpoint runs.
-        tracing::error!("{conflict}; the API's endpoint runs, the file's is set aside");
-    }
-    let routes = endpoints
-        .wanted()
-        .iter()
-        .filter(|w| w.config.active && w.queue_new)
-        .map(|w| deliver::route(&w.config))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let outbox = Outbox::open(&config.state_dir, config.outbox.cache_bytes, routes).with_context(|| {
-        format!(
-            "opening the outbox in {} (if it is corrupt, see docs/operating.md: Recovering the state directory)",
-            config.state_dir.display()
-        )
-    })?;
-    outbox.set_dead_budget(config.outbox.dead_budget());
-    for (queue, endpoint, routed) in outbox.queues() {
-        let endpoint = endpoint.as_str();
-        // What the endpoint will never get counts from the store's start, as `outbox status`.
-        metrics
-            .outbox
-            .dropped_for(endpoint, outbox.dropped_for(queue));
-        if !routed {
-            tracing::warn!(
-                endpoint,
-                pending = outbox.queue_len(queue),
-                "endpoint is inactive or no longer configured: nothing is queued for it or sent to it; its queue is kept (edgehook outbox purge --endpoint {endpoint} --yes deletes it)"
-            );
-        }
-    }
-    metrics.outbox.set_max_bytes(config.outbox.max_size);
-    let known = outbox.devices().context("reading device state")?;
-    let known_workspaces = outbox.workspaces().context("reading workspace state")?;
-    let known_groups = outbox.groups().context("reading group state")?;
-    let pending = outbox.len();
-    metrics.outbox.set_depth(pending);
-    tracing::info!(
-        gateway = %config.gateway_id,
-        state_dir = %config.state_dir.display(),
-        devices = known.len(),
-        pending,
-        endpoints = %config.endpoints_for_logs(),
-        "edgehook starting"
-    );
+    let (outbox, endpoints) = open_store(&config, &metrics)?;
     let clock = device::Clock::start();
-    let registry = device::Registry::new(
-        &config.device_classes,
-        &config.workspaces,
-        known,
-        known_workspaces,
-        clock.now(),
-    )
-    .with_limits(config.devices.clone())
-    .with_groups(&config.groups, known_groups)
-    .with_actions(outbox.actions().context("reading actions")?)
-    .with_bookings(outbox.bookings().context("reading bookings")?);
+    let registry = start_registry(&config, &outbox, &clock)?;
     metrics.device.set_devices(registry.len());
     let mqtt = if config.mqtt.all_subscriptions().is_empty() {
         None
@@ -405,4 +344,85 @@ pub fn shutdown_on_signals() -> CancellationToken {
         token.cancel();
     });
     cancel
+}
+
+/// The state directory made private, the endpoints (the file's and the API's) and the outbox
+/// opened with a queue for each; the outbox's metrics set from what it holds.
+fn open_store(
+    config: &Config,
+    metrics: &Metrics,
+) -> anyhow::Result<(Outbox, control::endpoints::Endpoints)> {
+    private_state_dir(&config.state_dir)?;
+    // The file's endpoints and those made through the control API (kept in the state
+    // directory), one source of truth per name.
+    let file_endpoints = config.all_endpoints().into_iter().cloned().collect();
+    let (endpoints, conflict) =
+        control::endpoints::Endpoints::load(&config.state_dir, file_endpoints)
+            .map_err(anyhow::Error::msg)?;
+    if let Some(conflict) = conflict {
+        // Not a reason to stop every device and endpoint: the API's endpoint runs.
+        tracing::error!("{conflict}; the API's endpoint runs, the file's is set aside");
+    }
+    let routes = endpoints
+        .wanted()
+        .iter()
+        .filter(|w| w.config.active && w.queue_new)
+        .map(|w| deliver::route(&w.config))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let outbox = Outbox::open(&config.state_dir, config.outbox.cache_bytes, routes).with_context(|| {
+        format!(
+            "opening the outbox in {} (if it is corrupt, see docs/operating.md: Recovering the state directory)",
+            config.state_dir.display()
+        )
+    })?;
+    outbox.set_dead_budget(config.outbox.dead_budget());
+    for (queue, endpoint, routed) in outbox.queues() {
+        let endpoint = endpoint.as_str();
+        // What the endpoint will never get counts from the store's start, as `outbox status`.
+        metrics
+            .outbox
+            .dropped_for(endpoint, outbox.dropped_for(queue));
+        if !routed {
+            tracing::warn!(
+                endpoint,
+                pending = outbox.queue_len(queue),
+                "endpoint is inactive or no longer configured: nothing is queued for it or sent to it; its queue is kept (edgehook outbox purge --endpoint {endpoint} --yes deletes it)"
+            );
+        }
+    }
+    metrics.outbox.set_max_bytes(config.outbox.max_size);
+    metrics.outbox.set_depth(outbox.len());
+    Ok((outbox, endpoints))
+}
+
+/// The device stage's registry as the store left it: devices, workspaces, groups, actions and
+/// bookings, under the configuration's rules and limits (the start logged with what it found).
+fn start_registry(
+    config: &Config,
+    outbox: &Outbox,
+    clock: &device::Clock,
+) -> anyhow::Result<device::Registry> {
+    let known = outbox.devices().context("reading device state")?;
+    let known_workspaces = outbox.workspaces().context("reading workspace state")?;
+    let known_groups = outbox.groups().context("reading group state")?;
+    let pending = outbox.len();
+    tracing::info!(
+        gateway = %config.gateway_id,
+        state_dir = %config.state_dir.display(),
+        devices = known.len(),
+        pending,
+        endpoints = %config.endpoints_for_logs(),
+        "edgehook starting"
+    );
+    Ok(device::Registry::new(
+        &config.device_classes,
+        &config.workspaces,
+        known,
+        known_workspaces,
+        clock.now(),
+    )
+    .with_limits(config.devices.clone())
+    .with_groups(&config.groups, known_groups)
+    .with_actions(outbox.actions().context("reading actions")?)
+    .with_bookings(outbox.bookings().context("reading bookings")?))
 }
