@@ -123,6 +123,21 @@ fn fit<'a>(pattern: &str, segs: &[&'a str]) -> Option<Vec<&'a str>> {
     Some(args)
 }
 
+/// The route `method` takes at `segs`, with the segments its `*`s stand for; else 405 (the
+/// path is known, not the method) or 404.
+fn find<'a>(method: &str, segs: &[&'a str]) -> Result<(&'static Route, Vec<&'a str>), u16> {
+    let fits: Vec<(&Route, Vec<&str>)> = ROUTES
+        .iter()
+        .filter_map(|r| Some((r, fit(r.path, segs)?)))
+        .collect();
+    if fits.is_empty() {
+        return Err(404);
+    }
+    fits.into_iter()
+        .find(|(r, _)| r.methods.contains(&method))
+        .ok_or(405)
+}
+
 /// Answer `method path?query` with `body`.
 pub async fn route(
     control: &Control,
@@ -144,21 +159,13 @@ pub async fn route(
         })
         .collect();
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let fits: Vec<(&Route, Vec<&str>)> = ROUTES
-        .iter()
-        .filter_map(|r| Some((r, fit(r.path, &segs)?)))
-        .collect();
-    let Some((route, args)) = fits
-        .iter()
-        .find(|(r, _)| r.methods.contains(&method.as_str()))
-    else {
-        return if !fits.is_empty() {
-            error(405, None, "method not allowed here (see /v1/openapi.json)")
-        } else if segs.first() == Some(&"v1") {
-            error(404, None, "no such route (see /v1/openapi.json)")
-        } else {
-            error(404, None, "try /, /v1/openapi.json, /healthz or /metrics")
-        };
+    let (route, args) = match find(method.as_str(), &segs) {
+        Ok(found) => found,
+        Err(405) => return error(405, None, "method not allowed here (see /v1/openapi.json)"),
+        Err(_) if segs.first() == Some(&"v1") => {
+            return error(404, None, "no such route (see /v1/openapi.json)")
+        }
+        Err(_) => return error(404, None, "try /, /v1/openapi.json, /healthz or /metrics"),
     };
     let arg = args.first().copied().unwrap_or_default();
     match route.op {
@@ -248,15 +255,7 @@ mod tests {
     fn a_path_and_method_find_their_route_or_say_why_not() {
         let find = |method: &str, path: &str| -> Result<Op, u16> {
             let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-            let fits: Vec<&Route> = ROUTES
-                .iter()
-                .filter(|r| fit(r.path, &segs).is_some())
-                .collect();
-            match fits.iter().find(|r| r.methods.contains(&method)) {
-                Some(r) => Ok(r.op),
-                None if fits.is_empty() => Err(404),
-                None => Err(405),
-            }
+            find(method, &segs).map(|(r, _)| r.op)
         };
         let cases = [
             ("GET", "/", Ok(Op::Console)),
