@@ -400,16 +400,6 @@ impl Registry {
                 },
             );
         }
-        // The presence fields of its workspaces (a sensor bound to some).
-        let presence_fields: Vec<String> = self
-            .workspaces_of
-            .get(device_id)
-            .map(|ws| {
-                ws.iter()
-                    .map(|&i| self.workspaces[i].config.presence_field.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
         let dev = self.devices.get_mut(device_id).expect("inserted above");
         let class = &self.classes[dev.class];
         let mut dirty = false;
@@ -445,8 +435,14 @@ impl Registry {
             dirty = true;
         }
         if let InboundBody::Reading { fields, .. } = body {
-            if dev.state.awaiting_presence && presence_fields.iter().any(|f| fields.contains_key(f))
-            {
+            // A presence field of one of its workspaces (a sensor bound to some).
+            let presence = || {
+                self.workspaces_of.get(device_id).is_some_and(|ws| {
+                    ws.iter()
+                        .any(|&i| fields.contains_key(&self.workspaces[i].config.presence_field))
+                })
+            };
+            if dev.state.awaiting_presence && presence() {
                 dev.state.awaiting_presence = false;
                 dirty = true;
             }
