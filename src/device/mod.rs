@@ -46,8 +46,8 @@ pub use events::samples;
 use events::*;
 pub use registry::{Applied, IgnoredAnswer, Outgoing, OverLimit, Registry, Rules};
 pub use requests::{
-    ActionAnswer, ActionRefusal, ActionRequest, BookRefusal, Request, Selection, Snapshot, Submit,
-    PAGE_BYTES, VIEW_BYTES,
+    ActionAnswer, ActionRefusal, ActionRequest, BookRefusal, PageFill, Request, Selection,
+    Snapshot, Submit, PAGE_BYTES, VIEW_BYTES,
 };
 pub use task::run;
 

@@ -46,19 +46,32 @@ impl Selection {
 /// the JSON around them), counted with each.
 pub const VIEW_BYTES: usize = 512;
 
+/// A page being filled, item by item: within [`PAGE_BYTES`] as views, and never empty.
+#[derive(Debug, Default)]
+pub struct PageFill {
+    items: usize,
+    bytes: usize,
+}
+
+impl PageFill {
+    /// Whether an item of `size` stored bytes still goes on the page (the first always does);
+    /// if so, it is counted.
+    pub fn admits(&mut self, size: usize) -> bool {
+        let total = self.bytes.saturating_add(size + VIEW_BYTES);
+        if self.items > 0 && total > PAGE_BYTES {
+            return false;
+        }
+        self.items += 1;
+        self.bytes = total;
+        true
+    }
+}
+
 /// How many of a page's items, of these sizes (stored), fit in [`PAGE_BYTES`] as views: at
 /// least one.
 pub fn fitting(sizes: impl Iterator<Item = usize>) -> usize {
-    let mut total = 0usize;
-    let mut n = 0;
-    for size in sizes {
-        total = total.saturating_add(size + VIEW_BYTES);
-        if n > 0 && total > PAGE_BYTES {
-            break;
-        }
-        n += 1;
-    }
-    n
+    let mut fill = PageFill::default();
+    sizes.take_while(|size| fill.admits(*size)).count()
 }
 
 /// What the device stage knows now (see [`Registry::snapshot`]).

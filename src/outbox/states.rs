@@ -35,58 +35,43 @@ impl Outbox {
         &self,
         selection: &crate::device::Selection,
     ) -> Result<(Vec<(String, DeviceState)>, bool), OutboxError> {
+        use crate::device::Selection;
         use std::ops::Bound;
         self.with(|s| {
-            let after: &[u8] = match selection {
-                crate::device::Selection::One(_) => &[],
-                crate::device::Selection::Page { after, .. } => {
-                    after.as_deref().unwrap_or_default().as_bytes()
-                }
+            // The devices changed since the checkpoint: a new state, or gone.
+            let held = |keep: &dyn Fn(&[u8]) -> bool| -> std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+                s.hot()
+                    .states
+                    .get("devices")
+                    .map(|held| {
+                        held.iter()
+                            .filter(|(k, _)| keep(k))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default()
             };
-            // The devices changed since the checkpoint, after `after`: a new state, or gone.
-            let newer: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = s
-                .hot()
-                .states
-                .get("devices")
-                .map(|held| {
-                    held.iter()
-                        .filter(|(k, _)| match selection {
-                            crate::device::Selection::One(id) => k.as_slice() == id.as_bytes(),
-                            crate::device::Selection::Page { after: None, .. } => true,
-                            crate::device::Selection::Page { .. } => k.as_slice() > after,
-                        })
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if let crate::device::Selection::One(id) = selection {
-                let value = match newer.get(id.as_bytes()) {
-                    Some(held) => held.clone(),
-                    None => s.devices.get(id.as_bytes())?.map(|v| v.to_vec()),
-                };
-                return Ok((
-                    match value {
+            let (after, limit) = match selection {
+                Selection::One(id) => {
+                    let value = match held(&|k| k == id.as_bytes()).remove(id.as_bytes()) {
+                        Some(newer) => newer,
+                        None => s.devices.get(id.as_bytes())?.map(|v| v.to_vec()),
+                    };
+                    let one = match value {
                         Some(v) => vec![format::load_state(id.as_bytes(), &v, "device")?],
                         None => Vec::new(),
-                    },
-                    false,
-                ));
-            }
-            let crate::device::Selection::Page { after, limit } = selection else {
-                unreachable!("One answered above")
+                    };
+                    return Ok((one, false));
+                }
+                Selection::Page { after, limit } => (after.as_deref().map(str::as_bytes), *limit),
             };
-            let from = match after {
-                Some(a) => Bound::Excluded(a.as_bytes()),
-                None => Bound::Unbounded,
-            };
+            let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+            let newer = held(&|k| after.is_none_or(|a| k > a));
             // sled's and the newer ones merged in key order, the newer winning.
-            let mut stored = s
-                .devices
-                .range::<&[u8], _>((from, Bound::Unbounded))
-                .peekable();
-            let mut held = newer.into_iter().peekable();
+            let mut stored = s.devices.range::<&[u8], _>((from, Bound::Unbounded)).peekable();
+            let mut newer = newer.into_iter().peekable();
             let mut page = Vec::new();
-            let mut bytes = 0usize;
+            let mut fill = crate::device::PageFill::default();
             loop {
                 let next_stored = match stored.peek() {
                     Some(Ok((k, _))) => Some(k.to_vec()),
@@ -96,24 +81,22 @@ impl Outbox {
                     }
                     None => None,
                 };
-                let (key, value) = match (next_stored, held.peek()) {
+                let (key, value) = match (next_stored, newer.peek()) {
                     (None, None) => break,
                     (Some(k), Some((h, _))) if h <= &k => {
                         if *h == k {
                             stored.next();
                         }
-                        let (h, v) = held.next().expect("peeked");
-                        (h, v)
+                        newer.next().expect("peeked")
                     }
                     (Some(_), _) => {
                         let (k, v) = stored.next().expect("peeked")?;
                         (k.to_vec(), Some(v.to_vec()))
                     }
-                    (None, Some(_)) => held.next().expect("peeked"),
+                    (None, Some(_)) => newer.next().expect("peeked"),
                 };
                 let Some(value) = value else { continue }; // forgotten since the checkpoint
-                bytes += key.len() + value.len() + crate::device::VIEW_BYTES;
-                if page.len() == *limit || (!page.is_empty() && bytes > crate::device::PAGE_BYTES) {
+                if page.len() == limit || !fill.admits(key.len() + value.len()) {
                     return Ok((page, true));
                 }
                 page.push(format::load_state(&key, &value, "device")?);
