@@ -89,6 +89,26 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
         })
         .await;
     writeln!(to_browser, "go").unwrap();
+    expect_step(&mut steps, "desire-cleared", &mut browser, &daemon).await;
+    let desired = common::Api::with_token(&daemon)
+        .get("/v1/devices/{id}", "/v1/devices/disp-1")
+        .await
+        .json();
+    assert_eq!(desired["desired"], serde_json::Value::Null, "{desired}");
+    writeln!(to_browser, "go").unwrap();
+    expect_step(&mut steps, "forgotten", &mut browser, &daemon).await;
+    let gone = common::Api::with_token(&daemon)
+        .get("/v1/devices/{id}", "/v1/devices/disp-1")
+        .await;
+    assert_eq!(gone.status, 404, "{}", gone.body);
+    default
+        .wait_until(LONG, "disp-1 unregistered", |s| {
+            s.of_type("device.unregistered")
+                .iter()
+                .any(|e| e["data"]["device_id"] == "disp-1")
+        })
+        .await;
+    writeln!(to_browser, "go").unwrap();
     expect_step(&mut steps, "created", &mut browser, &daemon).await;
     let sent = publish(&mut occ, 1, 1.0).await;
     writeln!(to_browser, "go").unwrap();
@@ -152,7 +172,22 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
     // Logged out, the action it tried was refused: nothing more was executed.
     assert_eq!(disp.actions_executed(), 1);
     writeln!(to_browser, "go").unwrap();
+    // Logged in again by the pasted token, a change went through.
+    expect_step(&mut steps, "logged-in", &mut browser, &daemon).await;
+    let state = api
+        .get("/v1/endpoints/{name}", "/v1/endpoints/default")
+        .await
+        .json()["state"]
+        .clone();
+    assert_eq!(state, "paused");
+    writeln!(to_browser, "go").unwrap();
     expect_step(&mut steps, "phone", &mut browser, &daemon).await;
+    let state = api
+        .get("/v1/endpoints/{name}", "/v1/endpoints/default")
+        .await
+        .json()["state"]
+        .clone();
+    assert_eq!(state, "active", "resumed in the console");
     writeln!(to_browser, "go").unwrap();
     let status = browser.wait().unwrap();
     assert!(
@@ -169,6 +204,8 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
         "loaded",
         "device",
         "action",
+        "desire-cleared",
+        "forgotten",
         "created",
         "delivered",
         "paused",
@@ -178,6 +215,7 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
         "tested",
         "deleted",
         "logged-out",
+        "logged-in",
         "phone",
     ] {
         assert!(

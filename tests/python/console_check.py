@@ -81,6 +81,8 @@ with sync_playwright() as p:
     expect(page.locator("#detail-values")).to_contain_text('"presence"', timeout=20000)
     accessible("device", page)
     step("device", page)
+    page.locator("#detail-close").click()
+    expect(page.locator("#detail")).to_be_hidden()
 
     # An action to the display, watched to its end.
     page.locator('#devices tr[data-device="disp-1"]').click()
@@ -96,9 +98,20 @@ with sync_playwright() as p:
     expect(page.locator("#desire-msg")).to_contain_text('desired "v2.1"', timeout=20000)
     expect(page.locator("#detail-facts")).to_contain_text('"v2.1"', timeout=20000)
     step("action", page)
+    # Back to the class's value.
+    page.locator("#desire-clear").click()
+    expect(page.locator("#desire-msg")).to_contain_text("back to the class's value", timeout=20000)
+    step("desire-cleared", page)
+    # Forgotten: the first click asks, the second forgets.
+    page.locator("#forget").click()
+    expect(page.locator("#forget")).to_contain_text("Click again to forget disp-1")
+    page.locator("#forget").click()
+    expect(page.locator("#notice")).to_contain_text("forgot disp-1", timeout=20000)
+    expect(page.locator('#devices tr[data-device="disp-1"]')).to_have_count(0, timeout=20000)
+    expect(page.locator("#detail")).to_be_hidden()
+    step("forgotten", page)
 
     # A webhook made with the form.
-    page.locator("#detail-close").click()
     form = page.locator("#create")
     form.locator('input[name="name"]').fill("console-crm")
     form.locator('input[name="description"]').fill("made in the console")
@@ -158,10 +171,22 @@ with sync_playwright() as p:
     # Logging out: the token is forgotten; a change asks for it inline.
     page.locator("#logout").click()
     expect(page.locator("#login")).to_be_visible()
-    page.locator('#devices tr[data-device="disp-1"]').click()
+    page.locator('#devices tr[data-device="console-occ-1"]').click()
+    page.locator("#act").locator('input[name="name"]').fill("show_message")
     page.locator("#act").locator('button[type="submit"]').click()
     expect(page.locator("#act-msg")).to_contain_text("log in", timeout=20000)
     step("logged-out", page)
+
+    # Logging in by pasting the token: changes work again.
+    page.locator("#token-input").fill(login_url.split("#token=", 1)[1])
+    page.locator("#login").locator('button[type="submit"]').click()
+    expect(page.locator("#logout")).to_be_visible()
+    default = page.locator('#endpoints tr[data-endpoint="default"]')
+    default.locator('button[data-act="pause"]').click()
+    expect(default.locator("td").nth(1)).to_have_text("paused", timeout=20000)
+    step("logged-in", page)
+    default.locator('button[data-act="resume"]').click()
+    expect(default.locator("td").nth(1)).to_have_text("active", timeout=20000)
 
     # At phone width: everything fits, the devices are there.
     phone = browser.new_page(viewport={"width": 390, "height": 844})
