@@ -122,16 +122,8 @@ pub fn placeholders(c: &Config, exists: impl Fn(&std::path::Path) -> bool) -> Ve
                     .any(|d| h == *d || h.ends_with(&format!(".{d}")))
             })
     };
-    let keys = std::iter::once(("webhook".to_string(), &c.webhook)).chain(
-        c.endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (format!("endpoints[{i}]"), e)),
-    );
-    for (key, e) in keys {
-        if e.url.is_empty() {
-            continue;
-        }
+    let webhook = (!c.webhook.url.is_empty()).then_some(&c.webhook);
+    for (key, e) in crate::deliver::config::keyed(webhook, &c.endpoints) {
         if e.signing_secrets().iter().any(|s| {
             let s = s.expose().trim();
             s.eq_ignore_ascii_case("change-me") || s.eq_ignore_ascii_case("changeme")

@@ -212,6 +212,23 @@ pub const MAX_ENDPOINTS: usize = 32;
 /// the unit's `TimeoutStopSec`.
 pub const DEFAULT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// Each endpoint with the key that names it in the file: `webhook`, then `endpoints[i]`.
+pub fn keyed<'a>(
+    webhook: Option<&'a WebhookConfig>,
+    endpoints: &'a [WebhookConfig],
+) -> Vec<(String, &'a WebhookConfig)> {
+    webhook
+        .map(|w| ("webhook".to_string(), w))
+        .into_iter()
+        .chain(
+            endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (format!("endpoints[{i}]"), e)),
+        )
+        .collect()
+}
+
 pub fn validate(
     webhook: Option<&WebhookConfig>,
     endpoints: &[WebhookConfig],
@@ -232,17 +249,7 @@ pub fn validate(
         );
     }
     let mut names = Vec::new();
-    let mut all: Vec<(String, &WebhookConfig)> = Vec::new();
-    if let Some(webhook) = webhook {
-        all.push(("webhook".into(), webhook));
-    }
-    all.extend(
-        endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (format!("endpoints[{i}]"), e)),
-    );
-    for (key, w) in &all {
+    for (key, w) in &keyed(webhook, endpoints) {
         let valid_name = !w.name.is_empty()
             && w.name.len() <= 64
             && w.name
