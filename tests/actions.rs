@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{device, publish, Api, Daemon, Mosquitto, Receiver};
+use common::{device, publish, Api, Receiver, Rig};
 use firmware_sim::{ActionBehaviour, DeviceClass};
 use serde_json::{json, Value};
 
@@ -43,9 +43,6 @@ async fn completion(r: &Receiver, id: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_are_executed_once_and_told_once_across_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
     let class = r#"
 [[device_classes]]
 name = "displays"
@@ -54,8 +51,7 @@ debounce = "0s"
 actions = ["show_message", "show_booking"]
 action_timeout = "2s"
 "#;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, class);
-    daemon.start();
+    let (_dir, broker, receiver, mut daemon) = Rig::start(class).await.parts();
     let api = Api::with_token(&daemon);
     let mut disp = device(broker.port, "disp-1", DeviceClass::RoomDisplay).await;
     publish(&mut disp, 1, 1.0).await;
@@ -155,9 +151,6 @@ action_timeout = "2s"
 /// offline past its deadline is `expired`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sensors_identify_reboot_and_calibrate_and_an_offline_ones_action_expires() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
     let class = r#"
 [[device_classes]]
 name = "sensors"
@@ -166,8 +159,7 @@ debounce = "0s"
 actions = ["identify", "reboot", "calibrate"]
 action_timeout = "5s"
 "#;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, class);
-    daemon.start();
+    let (_dir, broker, receiver, mut daemon) = Rig::start(class).await.parts();
     let api = Api::with_token(&daemon);
     let mut occ = device(broker.port, "occ-1", DeviceClass::OccupancySensor).await;
     publish(&mut occ, 1, 1.0).await;

@@ -14,24 +14,17 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{device, publish, Daemon, Mosquitto, Receiver};
+use common::{device, publish, Daemon, Receiver, Rig};
 use firmware_sim::DeviceClass;
 
 const LONG: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let default = Receiver::start().await;
-    let crm = Receiver::start().await;
-    let mut daemon = Daemon::new(
-        dir.path(),
-        broker.port,
-        &default.url,
+    let (_dir, broker, default, daemon) = Rig::start(
         "[[workspaces]]\nid = \"room-1\"\nsensors = [\"console-occ-1\"]\n[[device_classes]]\nname = \"displays\"\nmatch = [\"disp-*\"]\nactions = [\"show_message\"]\n",
-    );
-    daemon.start();
+    ).await.parts();
+    let crm = Receiver::start().await;
     // The URL an operator opens: `edgehook console` prints it, the token in its fragment.
     let (code, login_url, err) = daemon.cli(&["console"], &[]);
     assert_eq!(code, 0, "{err}");

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{device, publish, Daemon, Mosquitto, Receiver};
+use common::{device, publish, Daemon, Mosquitto, Receiver, Rig};
 use firmware_sim::DeviceClass;
 use serde_json::Value;
 
@@ -23,11 +23,8 @@ async fn changes(port: u16, id: &str, n: usize) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_failing_device_does_not_hold_up_the_others() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
+    let (_dir, broker, receiver, mut daemon) = Rig::new("").await.parts();
     receiver.fail_device(Some("t6-bad"));
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
     daemon.start();
 
     let bad = changes(broker.port, "t6-bad", 5).await;
@@ -52,13 +49,10 @@ async fn one_failing_device_does_not_hold_up_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
+    // The test config retries after 50 ms – 500 ms on its own; only Retry-After explains 2 s.
+    let (_dir, broker, receiver, mut daemon) = Rig::new("").await.parts();
     receiver.fail_with(429);
     receiver.retry_after(Some("2"));
-    // The test config retries after 50 ms – 500 ms on its own; only Retry-After explains 2 s.
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
     daemon.start();
 
     let sent = changes(broker.port, "t7-occ", 1).await;
@@ -87,11 +81,8 @@ async fn retry_after_is_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_hangs_is_timed_out_and_retried() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
+    let (_dir, broker, receiver, mut daemon) = Rig::new("").await.parts();
     receiver.delay(Duration::from_secs(5)); // the test config's request timeout is 2 s
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
     daemon.start();
 
     let sent = changes(broker.port, "t8-occ", 1).await;
@@ -106,7 +97,7 @@ async fn a_receiver_that_hangs_is_timed_out_and_retried() {
         || format!("no timeout recorded:\n{}", daemon.log()),
     )
     .await;
-    assert!(daemon.log().contains("timed out"), "{}", daemon.log());
+    daemon.assert_logged("timed out");
 
     receiver.delay(Duration::ZERO);
     receiver
@@ -189,11 +180,8 @@ max = "500ms"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gone_disables_the_endpoint_until_outbox_enable_and_nothing_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
+    let (_dir, broker, receiver, mut daemon) = Rig::new("").await.parts();
     receiver.fail_with(410);
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
     daemon.start();
     let mut sensor = device(broker.port, "gone-occ-1", DeviceClass::OccupancySensor).await;
     let changes = publish(&mut sensor, 3, 1.0).await;
@@ -209,11 +197,7 @@ async fn gone_disables_the_endpoint_until_outbox_enable_and_nothing_is_lost() {
     assert_eq!(receiver.seen(|s| s.requests), tried, "nothing more is sent");
     let health = common::http_get(daemon.metrics_port, "/healthz").unwrap();
     assert!(health.contains("disabled"), "{health}");
-    assert!(
-        daemon.log().contains("endpoint DISABLED"),
-        "{}",
-        daemon.log()
-    );
+    daemon.assert_logged("endpoint DISABLED");
     // While it runs, the outbox commands answer from it.
     let (code, out, err) = daemon.outbox_cli(&["status"]);
     assert_eq!(code, 0, "{err}");
@@ -246,16 +230,11 @@ async fn gone_disables_the_endpoint_until_outbox_enable_and_nothing_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_attempts_keeps_dead_letters_that_replay_delivers() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    receiver.fail_device(Some("dl-occ-bad"));
-    let webhook = format!(
-        "[webhook]\nurl = \"{}\"\nsecret = \"{}\"\ntimeout = \"2s\"\nmax_attempts = 3\n[webhook.retry]\ninitial = \"20ms\"\nmax = \"100ms\"\n",
-        receiver.url,
+    let (_dir, broker, receiver, mut daemon) = Rig::with_webhook(|url| format!(
+        "[webhook]\nurl = \"{url}\"\nsecret = \"{}\"\ntimeout = \"2s\"\nmax_attempts = 3\n[webhook.retry]\ninitial = \"20ms\"\nmax = \"100ms\"\n",
         common::SECRET
-    );
-    let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &webhook);
+    )).await.parts();
+    receiver.fail_device(Some("dl-occ-bad"));
     daemon.start();
     let mut bad = device(broker.port, "dl-occ-bad", DeviceClass::OccupancySensor).await;
     let mut good = device(broker.port, "dl-occ-good", DeviceClass::OccupancySensor).await;
@@ -361,13 +340,11 @@ max = "500ms"
 
 /// A running daemon with [`two_endpoints`], the `ops` receiver answering 503.
 async fn two_endpoints_ops_failing() -> (tempfile::TempDir, Mosquitto, Receiver, Receiver, Daemon) {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let all = Receiver::start().await;
     let ops = Receiver::start().await;
     ops.fail_with(503);
-    let mut daemon =
-        Daemon::new_with_webhook(dir.path(), broker.port, &two_endpoints(&all.url, &ops.url));
+    let (dir, broker, all, mut daemon) = Rig::with_webhook(|all| two_endpoints(all, &ops.url))
+        .await
+        .parts();
     daemon.start();
     (dir, broker, all, ops, daemon)
 }
@@ -509,11 +486,8 @@ async fn a_removed_endpoints_queue_is_kept_until_purged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_resets_the_connection_is_retried() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
+    let (_dir, broker, receiver, mut daemon) = Rig::new("").await.parts();
     receiver.reset_connections(true);
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
     daemon.start();
 
     let sent = changes(broker.port, "rst-occ-1", 3).await;
@@ -561,13 +535,12 @@ async fn a_receiver_that_resets_the_connection_is_retried() {
 /// its `Location`, and the events are delivered once the receiver answers 2xx.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redirect_is_a_failed_attempt_and_is_never_followed() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
+    let (dir, broker, receiver, mut daemon) = Rig::with_webhook(|url| {
+        common::webhook_section(url, "headers = { \"X-Api-Key\" = \"key-123\" }")
+    })
+    .await
+    .parts();
     receiver.redirect(Some("/login"));
-    let webhook =
-        common::webhook_section(&receiver.url, "headers = { \"X-Api-Key\" = \"key-123\" }");
-    let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &webhook);
     daemon.start();
     let changes = changes(broker.port, "redir-occ-1", 2).await;
     receiver
@@ -613,12 +586,11 @@ async fn a_redirect_is_a_failed_attempt_and_is_never_followed() {
 /// `occ-good`'s events behind them never left the outbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_rejected_device_never_stalls_the_others_even_past_the_window() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
+    let (_dir, broker, receiver, mut daemon) =
+        Rig::with_webhook(|url| common::webhook_section(url, "window = 16"))
+            .await
+            .parts();
     receiver.fail_device_with(Some("occ-bad"), 422);
-    let webhook = common::webhook_section(&receiver.url, "window = 16");
-    let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &webhook);
     daemon.start();
     let bad = changes(broker.port, "occ-bad", 20).await;
     // Every bad event is in the outbox before the good device says anything.
@@ -656,13 +628,11 @@ async fn one_rejected_device_never_stalls_the_others_even_past_the_window() {
 /// 3,020 events delivered, then "outbox full" for ever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disabled_endpoint_that_fills_its_share_never_stalls_the_others() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let all = Receiver::start().await;
     let ops = Receiver::start().await;
     ops.fail_with(410);
-    let config = format!(
-        r#"
+    let config = |all: &str| {
+        format!(
+            r#"
 [webhook]
 url = "{all}"
 secret = "{secret}"
@@ -680,11 +650,11 @@ timeout = "2s"
 [outbox]
 max_size = "256KiB"
 "#,
-        all = all.url,
-        ops = ops.url,
-        secret = common::SECRET
-    );
-    let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &config);
+            ops = ops.url,
+            secret = common::SECRET
+        )
+    };
+    let (_dir, broker, all, mut daemon) = Rig::with_webhook(config).await.parts();
     daemon.start();
     let (_running, never) = tokio::sync::watch::channel(false);
     let published = common::publishers(broker.port, "share", 4, Some(750), Duration::ZERO, never)
@@ -728,11 +698,7 @@ max_size = "256KiB"
     );
     let health = common::http_get(daemon.metrics_port, "/healthz").unwrap();
     assert!(!health.contains("outbox full"), "{health}");
-    assert!(
-        daemon.log().contains("endpoint `ops` cannot drain"),
-        "{}",
-        daemon.log()
-    );
+    daemon.assert_logged("endpoint `ops` cannot drain");
     assert_eq!(daemon.terminate(), Some(0));
     let (code, out, err) = daemon.outbox_cli(&["status"]);
     assert_eq!(code, 0, "{err}");
@@ -1084,11 +1050,8 @@ max = "200ms"
 /// it. Before: the altered body was signed and sent as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_damaged_on_the_card_is_kept_as_a_dead_letter_and_the_rest_are_delivered() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
+    let (dir, broker, receiver, mut daemon) = Rig::new("").await.parts();
     receiver.fail_device(Some("rot-occ"));
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
     daemon.start();
     let readings = changes(broker.port, "rot-occ", 3).await;
     // Refused (its lane waits behind its first event), each reading stays in the outbox.
@@ -1120,7 +1083,7 @@ async fn a_body_damaged_on_the_card_is_kept_as_a_dead_letter_and_the_rest_are_de
         })
         .await;
     daemon.wait_metric("edgehook_dead_letters", 1).await;
-    assert!(daemon.log().contains("damaged on disk"), "{}", daemon.log());
+    daemon.assert_logged("damaged on disk");
     assert_eq!(daemon.terminate(), Some(0));
     receiver.seen(|s| {
         assert_eq!(s.readings_of("Rot-occ"), Vec::<Value>::new(), "never sent");
@@ -1144,11 +1107,8 @@ async fn a_body_damaged_on_the_card_is_kept_as_a_dead_letter_and_the_rest_are_de
 /// what it lets go, exits cleanly, and the event is delivered after the next start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_with_a_hanging_receiver_ends_within_stop_timeout_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
+    let (_dir, broker, receiver, mut daemon) = Rig::new("").await.parts();
     receiver.delay(Duration::from_secs(300)); // it reads the request and never answers
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
     daemon
         .env
         .push(("EDGEHOOK_WEBHOOK__TIMEOUT".into(), "60s".into()));

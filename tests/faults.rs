@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{device, publish, Daemon, Mosquitto, Receiver};
+use common::{device, publish, Daemon, Mosquitto, Receiver, Rig};
 use firmware_sim::DeviceClass;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -97,11 +97,7 @@ async fn a_full_disk_is_back_pressure_not_loss_and_recovers_when_space_returns()
     sensor.flushed().await.unwrap();
     let health = common::http_get(daemon.metrics_port, "/healthz").unwrap();
     assert!(health.contains("outbox not writable"), "{health}");
-    assert!(
-        daemon.log().contains("cannot write the outbox"),
-        "{}",
-        daemon.log()
-    );
+    daemon.assert_logged("cannot write the outbox");
 
     std::fs::remove_file(&filler).unwrap();
     receiver.fail_with(0);
@@ -131,21 +127,14 @@ async fn a_full_disk_is_back_pressure_not_loss_and_recovers_when_space_returns()
     );
     let health = common::http_get(daemon.metrics_port, "/healthz").unwrap();
     assert!(health.contains("ok"), "{health}");
-    assert!(
-        daemon.log().contains("outbox writable again"),
-        "{}",
-        daemon.log()
-    );
+    daemon.assert_logged("outbox writable again");
     assert_eq!(daemon.terminate(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_store_is_refused_with_the_way_out_not_used_empty() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
+    let (dir, broker, receiver, mut daemon) = Rig::new("").await.parts();
     receiver.fail_with(503); // events stay in the outbox
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
     daemon.start();
     let mut sensor = device(broker.port, "dmg-occ-1", DeviceClass::OccupancySensor).await;
     publish(&mut sensor, 5, 1.0).await;
@@ -205,11 +194,7 @@ async fn kill9_during_a_burst(
     pause: Duration,
     kills: Kills,
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
-    daemon.start();
+    let (_dir, broker, receiver, mut daemon) = Rig::start("").await.parts();
     let (_running, never) = tokio::sync::watch::channel(false);
     let publisher = common::publishers(broker.port, prefix, devices, Some(each), pause, never);
 
@@ -289,11 +274,7 @@ async fn twenty_kill9_at_random_moments_lose_no_acknowledged_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_down_for_a_minute_under_load_loses_nothing_and_latency_recovers() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
-    daemon.start();
+    let (_dir, broker, receiver, daemon) = Rig::start("").await.parts();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let load = common::publishers(
         broker.port,
@@ -360,11 +341,7 @@ async fn receiver_down_for_a_minute_under_load_loses_nothing_and_latency_recover
 /// unacknowledged publishes are sent again on their resumed sessions. Every change is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restarted_twice_under_load_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
-    daemon.start();
+    let (_dir, mut broker, receiver, daemon) = Rig::start("").await.parts();
     let (_running, never) = tokio::sync::watch::channel(false);
     let pause = Duration::from_millis(10);
     let publisher = common::publishers(broker.port, "brk-occ", 8, Some(300), pause, never);
@@ -434,12 +411,8 @@ async fn broker_restarted_twice_under_load_loses_nothing() {
 /// for the broker's redelivery and skipped it, so the device stayed offline upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_birth_again_after_a_broker_restart_is_news_not_a_redelivery() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
     let classes = "[[device_classes]]\nname = \"quick\"\nmatch = [\"*\"]\ndebounce = \"200ms\"\n";
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, classes);
-    daemon.start();
+    let (_dir, mut broker, receiver, mut daemon) = Rig::start(classes).await.parts();
     let mut sensor = device(broker.port, "occ-reborn", DeviceClass::OccupancySensor).await;
     sensor.flushed().await.unwrap();
     receiver
@@ -475,12 +448,9 @@ async fn overfill(
     Daemon,
     std::collections::BTreeSet<(String, u64)>,
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    receiver.fail_with(503);
     let config = format!("[outbox]\nmax_size = \"64KiB\"\n{extra}");
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, &config);
+    let (dir, broker, receiver, mut daemon) = Rig::new(&config).await.parts();
+    receiver.fail_with(503);
     daemon.start();
     let (_running, never) = tokio::sync::watch::channel(false);
     let load = common::publishers(broker.port, prefix, 4, Some(150), Duration::ZERO, never);
@@ -505,7 +475,7 @@ async fn a_full_outbox_pushes_back_to_the_broker_and_loses_nothing() {
     .await;
     let health = common::http_get(daemon.metrics_port, "/healthz").unwrap();
     assert!(health.contains("outbox full"), "{health}");
-    assert!(daemon.log().contains("outbox FULL"), "{}", daemon.log());
+    daemon.assert_logged("outbox FULL");
     let bytes = daemon.metric("edgehook_outbox_bytes").unwrap();
     assert!(bytes <= 64 * 1024, "held within the limit: {bytes} bytes");
     let held = daemon.metric("edgehook_outbox_depth").unwrap();
@@ -539,11 +509,7 @@ async fn a_full_outbox_pushes_back_to_the_broker_and_loses_nothing() {
         || format!("still full:\n{}", daemon.log()),
     )
     .await;
-    assert!(
-        daemon.log().contains("outbox has room again"),
-        "{}",
-        daemon.log()
-    );
+    daemon.assert_logged("outbox has room again");
     assert_eq!(daemon.metric("edgehook_outbox_dropped_total"), Some(0));
     assert_eq!(daemon.terminate(), Some(0));
 }
@@ -605,9 +571,6 @@ async fn a_full_outbox_can_drop_old_readings_but_never_health_events() {
 /// dropped for it alone, counted, and the healthy endpoint keeps getting everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_endpoints_share_full_of_health_events_holds_no_other_endpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let default = Receiver::start().await;
     let ops = Receiver::start().await;
     ops.fail_with(503);
     let config = format!(
@@ -615,8 +578,7 @@ async fn a_failing_endpoints_share_full_of_health_events_holds_no_other_endpoint
         ops.url,
         common::SECRET
     );
-    let mut daemon = Daemon::new(dir.path(), broker.port, &default.url, &config);
-    daemon.start();
+    let (_dir, broker, default, mut daemon) = Rig::start(&config).await.parts();
     // New devices' registrations and births: only health events for ops, past its 32 KiB.
     // In chunks default keeps up with (its own share must not fill: it is the healthy one).
     for chunk in 0..15 {
@@ -657,11 +619,7 @@ async fn a_failing_endpoints_share_full_of_health_events_holds_no_other_endpoint
         "{}",
         daemon.log()
     );
-    assert!(
-        daemon.log().contains("are DROPPED for it alone"),
-        "{}",
-        daemon.log()
-    );
+    daemon.assert_logged("are DROPPED for it alone");
     assert_eq!(daemon.terminate(), Some(0));
 }
 
@@ -705,17 +663,13 @@ async fn readings_dropped_to_make_room_are_counted_for_their_endpoint_across_a_r
 /// then B 0.3 s later (held), `kill -9` 30 ms after B's PUBACK, start again: B is reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_change_survives_kill9_right_after_its_ack() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
     let classes = r#"
 [[device_classes]]
 name = "held"
 match = ["held-*"]
 min_interval = "5s"
 "#;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, classes);
-    daemon.start();
+    let (_dir, broker, receiver, mut daemon) = Rig::start(classes).await.parts();
     let mut sensor = device(broker.port, "held-occ-1", DeviceClass::OccupancySensor).await;
     for (presence, seq) in [(true, 1), (false, 2)] {
         let payload = serde_json::json!({"presence": presence, "seq": seq});
@@ -750,11 +704,7 @@ min_interval = "5s"
 /// reported offline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_inside_its_debounce_survives_kill9_right_after_its_ack() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
-    daemon.start();
+    let (_dir, broker, receiver, mut daemon) = Rig::start("").await.parts();
     // A device with no retained messages: nothing brings the report back after the restart
     // but the outbox (a retained status would be redelivered when edgehook resubscribes).
     let topic = "devices/deb-occ-1/status";
@@ -788,13 +738,10 @@ async fn wait_received(daemon: &Daemon, n: u64) {
 /// `window_bytes` (256 KiB) and one event, and the daemon's peak stays well under `MemoryMax`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_of_large_readings_is_delivered_within_bounded_memory() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    receiver.fail_with(503);
     // A camera's readings are large: what is kept of one device is raised to fit them.
     let extra = "[devices]\nmax_state_bytes = 131072\n";
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, extra);
+    let (_dir, broker, receiver, mut daemon) = Rig::new(extra).await.parts();
+    receiver.fail_with(503);
     daemon.start();
     let mut sensor = device(broker.port, "big-cam-1", DeviceClass::OccupancySensor).await;
     let n = 600;
@@ -852,11 +799,7 @@ async fn a_backlog_of_large_readings_is_delivered_within_bounded_memory() {
 /// ones after the header timeout, and delivers and answers `/healthz` meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_silent_local_connections_starves_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
-    daemon.start();
+    let (_dir, broker, receiver, mut daemon) = Rig::start("").await.parts();
     let pid = daemon.pid().unwrap();
     let limited = Command::new("prlimit")
         .args(["--pid", &pid.to_string(), "--nofile=128:128"])
@@ -923,12 +866,8 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// flowing, and memory stays under half of `MemoryMax`, also after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_unknown_device_ids_is_refused_past_the_bound_and_known_devices_flow() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
     let bounds = "[devices]\nmax_devices = 500\n";
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, bounds);
-    daemon.start();
+    let (_dir, broker, receiver, mut daemon) = Rig::start(bounds).await.parts();
     let mut known = device(broker.port, "known-occ-1", DeviceClass::OccupancySensor).await;
     let before = publish(&mut known, 2, 1.0).await;
     let topics: Vec<String> = (0..5_000)
@@ -994,10 +933,7 @@ fn stamped_ms(event: &serde_json::Value) -> u64 {
 /// were never reported, even with `min_interval = 0`: every remembered time was in the future.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_written_a_day_ahead_does_not_freeze_reporting_under_the_right_clock() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    let (dir, broker, receiver, mut daemon) = Rig::new("").await.parts();
     let offset = dir.path().join("faketime");
     std::fs::write(&offset, "+1d\n").unwrap();
     common::fake_clock(&mut daemon, &offset);
@@ -1031,12 +967,11 @@ async fn state_written_a_day_ahead_does_not_freeze_reporting_under_the_right_clo
 /// the step is logged; events made after it carry the new time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forward_clock_step_while_running_dead_letters_nothing_early() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
+    let (dir, broker, receiver, mut daemon) =
+        Rig::with_webhook(|url| common::webhook_section(url, "max_age = \"1h\""))
+            .await
+            .parts();
     receiver.fail_with(503);
-    let webhook = common::webhook_section(&receiver.url, "max_age = \"1h\"");
-    let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &webhook);
     let offset = dir.path().join("faketime");
     std::fs::write(&offset, "+0\n").unwrap();
     common::fake_clock(&mut daemon, &offset);

@@ -6,7 +6,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{device, publish, Daemon, Mosquitto, Receiver};
+use common::{device, publish, Rig};
 use firmware_sim::{DeviceClass, SimDevice};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -83,11 +83,7 @@ async fn watch(port: u16, topic: &str) -> Arc<Mutex<Vec<String>>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_bouncing_and_dead_devices_produce_exactly_the_right_webhooks() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, RULES);
-    daemon.start();
+    let (_dir, broker, receiver, _daemon) = Rig::start(RULES).await.parts();
     let b_status = watch(broker.port, "devices/h-occ-b/status").await;
 
     let mut devices = Vec::new();
@@ -193,11 +189,7 @@ async fn silent_bouncing_and_dead_devices_produce_exactly_the_right_webhooks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_does_not_reannounce_healthy_devices_and_reports_the_silent_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, RULES);
-    daemon.start();
+    let (_dir, broker, receiver, mut daemon) = Rig::start(RULES).await.parts();
 
     let mut healthy = device(broker.port, "h-occ-healthy", DeviceClass::OccupancySensor).await;
     let mut silent = device(broker.port, "h-occ-silent", DeviceClass::OccupancySensor).await;
@@ -243,11 +235,7 @@ async fn a_restart_does_not_reannounce_healthy_devices_and_reports_the_silent_on
 /// heartbeat later, `device.lost_communication` again, for a device that never spoke.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_device_is_not_brought_back_online_by_its_retained_birth() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, RULES);
-    daemon.start();
+    let (_dir, broker, receiver, mut daemon) = Rig::start(RULES).await.parts();
     let mut silent = device(broker.port, "h-occ-quiet", DeviceClass::OccupancySensor).await;
     publish(&mut silent, 1, 1.0).await;
     receiver

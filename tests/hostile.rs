@@ -110,20 +110,20 @@ async fn a_device_payload_cannot_crash_freeze_or_bloat_the_daemon_through_a_jq_m
 /// delivered, and a restart is clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_that_breaks_its_budget_on_an_event_makes_it_a_dead_letter() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let webhook = webhook_section(
-        &receiver.url,
-        r#"events = ["sensor.*"]
+    let (_dir, broker, receiver, mut daemon) = Rig::with_webhook(|url| {
+        let webhook = webhook_section(
+            url,
+            r#"events = ["sensor.*"]
 template = '''
 {device: .data.device_id, seq: .data.fields.seq,
  parsed: (if .data.fields.s then (.data.fields.s | fromjson) else null end),
  spin: (if .data.fields.n then last(range(0; .data.fields.n)) else 0 end)}'''"#,
-    );
-    // Room in a device's kept values for the 20,000-character string.
-    let webhook = format!("{webhook}\n[devices]\nmax_state_bytes = 65536\n");
-    let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &webhook);
+        );
+        // Room in a device's kept values for the 20,000-character string.
+        format!("{webhook}\n[devices]\nmax_state_bytes = 65536\n")
+    })
+    .await
+    .parts();
     daemon.start();
     let deep = serde_json::json!({"s": "[".repeat(20_000), "seq": 2}).to_string();
     let topic = "sensors/tpl-1/reading";
@@ -174,11 +174,7 @@ template = '''
 /// value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_given_with_the_wrong_type_is_never_echoed() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
-    daemon.start();
+    let (dir, _broker, receiver, mut daemon) = Rig::start("").await.parts();
     let api = Api::with_token(&daemon);
     let whsec = "whsec_c2VjcmV0LXRoYXQtbXVzdC1uZXZlci1iZS1lY2hvZWQ=";
     #[rustfmt::skip]
@@ -227,11 +223,7 @@ async fn a_secret_given_with_the_wrong_type_is_never_echoed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_cannot_lock_out_health_checks_or_the_api() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
-    daemon.start();
+    let (_dir, _broker, _receiver, mut daemon) = Rig::start("").await.parts();
     let port = daemon.metrics_port;
     let request = format!("GET /x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
     // 40 connections, each answered once and then kept alive with a request every 2 s.
@@ -302,11 +294,7 @@ async fn idle_keep_alive_connections_cannot_lock_out_health_checks_or_the_api() 
 /// `devices.max_state_bytes` a reading is skipped, counted and logged; other devices flow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_readings_from_made_up_devices_are_skipped_not_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
-    daemon.start();
+    let (_dir, broker, receiver, mut daemon) = Rig::start("").await.parts();
     let big = serde_json::json!({"blob": "x".repeat(60_000), "seq": 1}).to_string();
     let topics: Vec<String> = (0..20)
         .map(|i| format!("sensors/made-up-{i}/reading"))
@@ -346,13 +334,10 @@ async fn large_readings_from_made_up_devices_are_skipped_not_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_state_directory_is_readable_by_the_daemon_alone() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
+    let (dir, broker, receiver, mut daemon) = Rig::new("").await.parts();
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
     daemon.start();
     publish_plain(
         broker.port,
@@ -388,11 +373,7 @@ async fn the_state_directory_is_readable_by_the_daemon_alone() {
 /// an abort of the daemon from one API request. Now refused with 400, naming the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_url_with_a_non_ascii_host_is_refused_not_a_crash() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
-    daemon.start();
+    let (_dir, _broker, _receiver, mut daemon) = Rig::start("").await.parts();
     let api = Api::with_token(&daemon);
     let body =
         serde_json::json!({"name": "crm", "url": "https://mS0c2V\u{3b3}jcmV/c/", "secret": SECRET});
@@ -411,11 +392,7 @@ async fn an_endpoint_url_with_a_non_ascii_host_is_refused_not_a_crash() {
 /// the stage copies only the page; the command line follows the pages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_device_list_is_answered_a_page_at_a_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
-    daemon.start();
+    let (_dir, broker, receiver, mut daemon) = Rig::start("").await.parts();
     let topics: Vec<String> = (0..5)
         .map(|i| format!("sensors/page-{i}/reading"))
         .collect();
@@ -478,11 +455,7 @@ async fn the_device_list_is_answered_a_page_at_a_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_of_large_devices_stays_within_a_mebibyte() {
     const DEVICES: usize = 320;
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
-    daemon.start();
+    let (_dir, broker, receiver, mut daemon) = Rig::start("").await.parts();
     let topics: Vec<String> = (0..DEVICES)
         .map(|i| format!("sensors/large-{i:03}/reading"))
         .collect();

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Daemon, Mosquitto, Receiver, SECRET};
+use common::{Rig, SECRET};
 
 /// The configuration file as the README's quick start leaves it: no secret in it.
 fn without_secret(receiver_url: &str) -> String {
@@ -17,11 +17,7 @@ fn without_secret(receiver_url: &str) -> String {
 /// store, and `check-config` reads the unit's environment file beside the configuration.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_work_with_the_secret_where_the_readme_puts_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon =
-        Daemon::new_with_webhook(dir.path(), broker.port, &without_secret(&receiver.url));
+    let (dir, _broker, _receiver, mut daemon) = Rig::with_webhook(without_secret).await.parts();
     // The unit gives the daemon the environment file; nobody else has it.
     daemon
         .env

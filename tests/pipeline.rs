@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{device, publish, Daemon, Mosquitto, Receiver};
+use common::{device, publish, Daemon, Mosquitto, Receiver, Rig};
 use firmware_sim::DeviceClass;
 use serde_json::{json, Value};
 
@@ -14,11 +14,7 @@ const LONG: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_is_delivered_exactly_as_sent_and_repeats_produce_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
-    daemon.start();
+    let (_dir, broker, receiver, mut daemon) = Rig::start("").await.parts();
 
     let mut sensor = device(broker.port, "t1-occ-1", DeviceClass::OccupancySensor).await;
     let mut display = device(broker.port, "t1-disp-1", DeviceClass::RoomDisplay).await;
@@ -85,7 +81,7 @@ async fn every_change_is_delivered_exactly_as_sent_and_repeats_produce_nothing()
         "SIGTERM exits cleanly:\n{}",
         daemon.log()
     );
-    assert!(daemon.log().contains("outbox flushed"), "{}", daemon.log());
+    daemon.assert_logged("outbox flushed");
 }
 
 /// An SD card's idle gateway: what devices coming online changed is checkpointed once, an
@@ -93,16 +89,10 @@ async fn every_change_is_delivered_exactly_as_sent_and_repeats_produce_nothing()
 /// the daemon writes nothing at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_gateway_checkpoints_what_changed_once_then_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(
-        dir.path(),
-        broker.port,
-        &receiver.url,
-        "[outbox]\ncheckpoint_interval = \"500ms\"\n",
-    );
-    daemon.start();
+    let (_dir, broker, receiver, mut daemon) =
+        Rig::start("[outbox]\ncheckpoint_interval = \"500ms\"\n")
+            .await
+            .parts();
     let pid = daemon.pid().unwrap();
     let mut devices = Vec::new();
     for i in 0..3 {
@@ -156,11 +146,8 @@ async fn a_quiet_gateway_checkpoints_what_changed_once_then_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_outage_then_recovery_delivers_everything_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
+    let (_dir, broker, receiver, mut daemon) = Rig::new("").await.parts();
     receiver.fail_with(503);
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
     daemon.start();
 
     let mut want: HashMap<String, Vec<Value>> = HashMap::new();
@@ -210,11 +197,7 @@ async fn receiver_outage_then_recovery_delivers_everything_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_resumes_subscriptions() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
-    daemon.start();
+    let (_dir, mut broker, receiver, daemon) = Rig::start("").await.parts();
 
     let mut before = device(broker.port, "t4-occ-a", DeviceClass::OccupancySensor).await;
     let want = publish(&mut before, 5, 1.0).await;
@@ -257,11 +240,7 @@ async fn broker_restart_resumes_subscriptions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_payloads_are_counted_logged_once_and_skipped() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
-    daemon.start();
+    let (_dir, broker, receiver, daemon) = Rig::start("").await.parts();
 
     let mut dev = device(broker.port, "t5-occ-1", DeviceClass::OccupancySensor).await;
     for _ in 0..2 {
@@ -310,10 +289,7 @@ async fn malformed_payloads_are_counted_logged_once_and_skipped() {
 /// acknowledged, and the other devices' readings flow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_message_is_counted_and_skipped_while_the_rest_flows() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    let (_dir, broker, receiver, mut daemon) = Rig::new("").await.parts();
     daemon
         .env
         .push(("EDGEHOOK_MQTT__MAX_PACKET_BYTES".into(), "2048".into()));
@@ -344,7 +320,7 @@ async fn an_oversized_message_is_counted_and_skipped_while_the_rest_flows() {
     );
     let connects = daemon.metric("edgehook_mqtt_connects_total").unwrap();
     assert!(connects <= 3, "{connects} connections: {}", daemon.log());
-    assert!(daemon.log().contains("max_packet_size"), "{}", daemon.log());
+    daemon.assert_logged("max_packet_size");
     // Acknowledged: a restart does not see it again.
     daemon.kill9();
     daemon.start();
@@ -386,12 +362,8 @@ fn seqs_of(receiver: &Receiver, device: &str) -> Vec<u64> {
 /// Recognised, they are acknowledged and not applied twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_the_broker_redelivers_after_a_restart_are_not_applied_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
     let slow_commit = "[outbox]\ncommit_delay = \"1s\"\n";
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, slow_commit);
-    daemon.start();
+    let (_dir, mut broker, receiver, mut daemon) = Rig::start(slow_commit).await.parts();
     publish_four_changes(broker.port, "redo-publisher", "redo-occ-1").await;
     // edgehook has them, applied, waiting out the group commit: restart the broker now.
     daemon
@@ -429,13 +401,9 @@ async fn messages_the_broker_redelivers_after_a_restart_are_not_applied_twice() 
 /// acknowledges everything it applied: the next start gets nothing redelivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_stop_acknowledges_every_message_it_applied() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
     // The writer holds what it is given for a second: the stop comes while it does.
     let slow_commit = "[outbox]\ncommit_delay = \"1s\"\n";
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, slow_commit);
-    daemon.start();
+    let (_dir, broker, receiver, mut daemon) = Rig::start(slow_commit).await.parts();
     daemon.wait_metric("edgehook_mqtt_connected", 1).await;
     publish_four_changes(broker.port, "stop-publisher", "stop-occ-1").await;
     daemon
@@ -471,10 +439,7 @@ async fn a_clean_stop_acknowledges_every_message_it_applied() {
 /// no event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_ecosystems_messages_arrive_as_their_presets_take_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
+    let (_dir, broker, receiver, mut daemon) = Rig::new("").await.parts();
     daemon.presets_only("[zigbee2mqtt, chirpstack, the_things_stack, tasmota, shelly]");
     daemon.start();
     daemon.wait_metric("edgehook_mqtt_connected", 1).await;
@@ -532,13 +497,9 @@ async fn every_ecosystems_messages_arrive_as_their_presets_take_them() {
 /// `device.app_updated`, once, also after a `kill -9`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_firmware_update_is_told_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
     let class =
         "[[device_classes]]\nname = \"panels\"\nmatch = [\"fw-*\"]\nversion_field = \"firmware\"\n";
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, class);
-    daemon.start();
+    let (_dir, broker, receiver, mut daemon) = Rig::start(class).await.parts();
     let topic = "sensors/fw-1/reading";
     common::publish_plain(
         broker.port,
@@ -582,9 +543,6 @@ async fn a_firmware_update_is_told_once() {
 /// and back in sync, a floor group's occupancy as one, and a silent device forgotten.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_device_vocabulary_arrives_once_each_across_a_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
     let rules = r#"
 [[device_classes]]
 name = "occupancy"
@@ -603,8 +561,7 @@ id = "floor-v"
 members = ["voc-*"]
 aggregates = { temperature = "mean" }
 "#;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, rules);
-    daemon.start();
+    let (_dir, broker, receiver, mut daemon) = Rig::start(rules).await.parts();
     let (a, b) = ("sensors/voc-a/reading", "sensors/voc-b/reading");
     common::publish_plain(
         broker.port,
@@ -716,11 +673,8 @@ aggregates = { temperature = "mean" }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firmware_sim_publishes_as_each_ecosystem_and_its_preset_takes_it() {
     use firmware_sim::{run_fleet, FleetConfig, Profile, Topics};
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
     let class = "[[device_classes]]\nname = \"sims\"\nmatch = [\"*-occ-*\"]\ndebounce = \"0s\"\n";
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, class);
+    let (_dir, broker, receiver, mut daemon) = Rig::new(class).await.parts();
     daemon.presets_only("[zigbee2mqtt, chirpstack, the_things_stack, tasmota, shelly]");
     daemon.start();
     let profiles = [

@@ -6,7 +6,7 @@ mod common;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Mosquitto, Receiver};
+use common::{Daemon, Mosquitto, Receiver, Rig};
 
 fn messages_until(sock: &UnixDatagram, within: Duration, want: &str) -> Vec<String> {
     let deadline = Instant::now() + within;
@@ -107,11 +107,7 @@ async fn ready_at_once_with_the_broker_down_status_follows_health_then_watchdog_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_device_rules_and_endpoints_live_and_names_what_needs_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
-    daemon.start();
+    let (dir, broker, receiver, mut daemon) = Rig::start("").await.parts();
     let mut sensor = common::device(
         broker.port,
         "hup-occ-1",
@@ -174,11 +170,8 @@ async fn sighup_applies_device_rules_and_endpoints_live_and_names_what_needs_a_r
 /// saying in STATUS which degraded state it is in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_after_a_restart_with_an_endpoint_disabled_by_410() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
+    let (dir, broker, receiver, mut daemon) = Rig::new("").await.parts();
     receiver.fail_with(410);
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
     daemon.start();
     let mut sensor = common::device(
         broker.port,
@@ -227,12 +220,8 @@ async fn ready_after_a_restart_with_an_endpoint_disabled_by_410() {
 /// the API's endpoint with the file's set aside.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_in_both_the_file_and_the_api_is_refused_but_never_stops_a_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
     let crm = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
-    daemon.start();
+    let (dir, broker, receiver, mut daemon) = Rig::start("").await.parts();
     let api = common::Api::with_token(&daemon);
     let made = api
         .call(
@@ -299,10 +288,6 @@ async fn a_name_in_both_the_file_and_the_api_is_refused_but_never_stops_a_start(
         !s.of_type("sensor.reading.updated").is_empty()
     })
     .await;
-    assert!(
-        daemon.log().contains("the API's endpoint runs"),
-        "{}",
-        daemon.log()
-    );
+    daemon.assert_logged("the API's endpoint runs");
     assert_eq!(daemon.terminate(), Some(0));
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, Daemon, Mosquitto, Receiver};
+use common::{free_port, Daemon, Mosquitto, Receiver, Rig};
 use firmware_sim::{DeviceClass, Firmware, SimDevice, Topics};
 
 /// Run `script` with bash in `dir`; it must succeed.
@@ -150,11 +150,8 @@ fn https(pem: Option<&Path>, ca: Option<&Path>) -> reqwest::Client {
 /// restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn off_loopback_the_api_is_https_with_the_token_on_every_call_and_its_certificate_reloads() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _broker, _receiver, mut daemon) = Rig::new("").await.parts();
     make_certs(dir.path());
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
     let port = free_port();
     let d = dir.path().display().to_string();
     let env = [
@@ -283,11 +280,7 @@ async fn off_loopback_the_api_is_https_with_the_token_on_every_call_and_its_cert
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(daemon.pid(), Some(pid), "no restart");
-    assert!(
-        daemon.log().contains("TLS certificate is read again"),
-        "{}",
-        daemon.log()
-    );
+    daemon.assert_logged("TLS certificate is read again");
     assert!(!daemon.log().contains(&token), "the token is never logged");
     assert_eq!(daemon.terminate(), Some(0));
 }
@@ -389,10 +382,6 @@ async fn off_loopback_the_push_listener_is_https_and_its_certificate_reloads() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(
-        daemon.log().contains("listener=\"push\""),
-        "{}",
-        daemon.log()
-    );
+    daemon.assert_logged("listener=\"push\"");
     assert_eq!(daemon.terminate(), Some(0));
 }

@@ -293,6 +293,13 @@ impl Daemon {
             .to_string()
     }
 
+    /// Fails the test, with the whole log, unless the log holds `text`.
+    #[track_caller]
+    pub fn assert_logged(&self, text: &str) {
+        let log = self.log();
+        assert!(log.contains(text), "{text:?} is not in the log:\n{log}");
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }

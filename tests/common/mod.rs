@@ -10,6 +10,7 @@ mod broker;
 mod daemon;
 mod devices;
 mod receiver;
+mod rig;
 mod upstream;
 
 pub use api::*;
@@ -17,6 +18,7 @@ pub use broker::*;
 pub use daemon::*;
 pub use devices::*;
 pub use receiver::*;
+pub use rig::*;
 pub use upstream::*;
 
 use std::collections::{HashMap, HashSet};
