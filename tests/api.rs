@@ -7,36 +7,111 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{device, publish, raw, until, Api, Daemon, Mosquitto, Receiver, SECRET};
+use common::{device, publish, raw, until, Api, Daemon, Mosquitto, Receiver, Rig, SECRET};
 use firmware_sim::DeviceClass;
 use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(60);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_9_losing_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let default = Receiver::start().await;
-    let crm = Receiver::start().await;
-    let push_port = common::free_port();
-    let mut daemon = Daemon::new(
-        dir.path(),
-        broker.port,
-        &default.url,
-        &format!(
+/// What the endpoint tests share: a daemon with a workspace and upstream's push listener, the
+/// file's receiver (`default`), a second receiver (`crm`) for endpoints made through the API,
+/// an occupancy sensor, and the API with the daemon's token.
+struct Story {
+    daemon: Daemon,
+    api: Api,
+    occ: firmware_sim::SimDevice,
+    push_port: u16,
+    crm: Receiver,
+    default: Receiver,
+    _broker: Mosquitto,
+    dir: tempfile::TempDir,
+}
+
+/// The endpoint the tests make: `crm`, with a secret and a header never to be shown.
+fn crm_settings(url: &str) -> Value {
+    json!({
+        "name": "crm",
+        "description": "the CRM's webhook",
+        "url": url,
+        "secret": SECRET,
+        "events": ["sensor.*", "device.online"],
+        "headers": {"X-Api-Key": "k-123"},
+        "retry": {"initial": "50ms", "max": "500ms"},
+    })
+}
+
+impl Story {
+    async fn begin() -> Story {
+        let push_port = common::free_port();
+        let extra = format!(
             "[[workspaces]]\nid = \"room-1\"\nsensors = [\"api-occ-1\"]\n[upstream]\nsecrets = [\"{}\"]\n[upstream.push]\nlisten = \"127.0.0.1:{push_port}\"\n",
             common::UPSTREAM_SECRET
-        ),
-    );
-    daemon.start();
-    let mut api = Api::new(daemon.metrics_port);
-    let mut occ = device(broker.port, "api-occ-1", DeviceClass::OccupancySensor).await;
+        );
+        let (dir, broker, default, daemon) = Rig::start(&extra).await.parts();
+        let crm = Receiver::start().await;
+        let api = Api::with_token(&daemon);
+        let occ = device(broker.port, "api-occ-1", DeviceClass::OccupancySensor).await;
+        Story {
+            dir,
+            _broker: broker,
+            default,
+            crm,
+            daemon,
+            api,
+            occ,
+            push_port,
+        }
+    }
 
-    // Reads need no token on loopback.
-    let doc = api.get("/v1/openapi.json", "/v1/openapi.json").await;
+    fn settings(&self) -> Value {
+        crm_settings(&self.crm.url)
+    }
+
+    /// `crm` made through the API, and its first readings delivered.
+    async fn with_crm() -> (Story, Vec<Value>) {
+        let mut story = Self::begin().await;
+        let settings = story.settings();
+        let created = story
+            .api
+            .call("POST", "/v1/endpoints", "/v1/endpoints", Some(&settings))
+            .await;
+        assert_eq!(created.status, 201, "{}", created.body);
+        let first = publish(&mut story.occ, 3, 1.0).await;
+        story
+            .crm
+            .wait_until(LONG, "the new endpoint's first readings", |s| {
+                s.readings_of("api-occ-1") == first
+            })
+            .await;
+        (story, first)
+    }
+
+    async fn endpoint_post(&self, name: &str, what: &str) -> common::Answer {
+        let path = format!("/v1/endpoints/{name}/{what}");
+        let template = format!("/v1/endpoints/{{name}}/{what}");
+        self.api.call("POST", &template, &path, None).await
+    }
+
+    /// Every answer as the OpenAPI document says, no secret in the log, and the daemon stops
+    /// cleanly.
+    async fn end(mut self) {
+        self.api.check_answers(self.dir.path()).await;
+        let log = self.daemon.log();
+        assert!(
+            !log.contains(SECRET) && !log.contains("k-123"),
+            "a secret in the log"
+        );
+        assert_eq!(self.daemon.terminate(), Some(0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_need_no_token_on_loopback_and_a_change_needs_the_daemons_token() {
+    let story = Story::begin().await;
+    let anonymous = Api::new(story.api.port);
+    let doc = anonymous.get("/v1/openapi.json", "/v1/openapi.json").await;
     assert_eq!(doc.status, 200);
-    let gateway = api.get("/v1/gateway", "/v1/gateway").await.json();
+    let gateway = anonymous.get("/v1/gateway", "/v1/gateway").await.json();
     assert_eq!(
         (
             gateway["id"].as_str(),
@@ -44,25 +119,35 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
         ),
         (Some("gw-test"), Some(true))
     );
-
-    // A change needs the token, which the daemon made in its state directory.
-    let settings = json!({
-        "name": "crm",
-        "description": "the CRM's webhook",
-        "url": crm.url,
-        "secret": SECRET,
-        "events": ["sensor.*", "device.online"],
-        "headers": {"X-Api-Key": "k-123"},
-        "retry": {"initial": "50ms", "max": "500ms"},
-    });
-    let refused = api
-        .call("POST", "/v1/endpoints", "/v1/endpoints", Some(&settings))
+    let refused = anonymous
+        .call(
+            "POST",
+            "/v1/endpoints",
+            "/v1/endpoints",
+            Some(&story.settings()),
+        )
         .await;
     assert_eq!(refused.status, 401, "{}", refused.body);
-    api.token = Some(daemon.token());
+    anonymous.check_answers(story.dir.path()).await;
+    // The token the daemon made in its state directory (`story.api` calls with it) is taken.
+    let created = story
+        .api
+        .call(
+            "POST",
+            "/v1/endpoints",
+            "/v1/endpoints",
+            Some(&story.settings()),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    story.end().await;
+}
 
-    // Bad input names the field; nothing is half-applied.
-    let mut insecure = settings.clone();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_endpoint_settings_name_the_field_and_change_nothing() {
+    let story = Story::begin().await;
+    let api = &story.api;
+    let mut insecure = story.settings();
     insecure["url"] = json!("http://crm.example.com/hooks");
     let bad = api
         .call("POST", "/v1/endpoints", "/v1/endpoints", Some(&insecure))
@@ -73,7 +158,7 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
         "{}",
         bad.body
     );
-    let mut unknown = settings.clone();
+    let mut unknown = story.settings();
     unknown["events"] = json!(["devise.*"]);
     let bad = api
         .call("POST", "/v1/endpoints", "/v1/endpoints", Some(&unknown))
@@ -85,16 +170,28 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
         bad.body
     );
     assert!(bad.body.contains("devise.*"), "{}", bad.body);
-    let mut taken = settings.clone();
+    let mut taken = story.settings();
     taken["name"] = json!("default");
     let clash = api
         .call("POST", "/v1/endpoints", "/v1/endpoints", Some(&taken))
         .await;
     assert_eq!(clash.status, 409, "{}", clash.body);
+    let list = api.get("/v1/endpoints", "/v1/endpoints").await.json();
+    assert_eq!(list["endpoints"].as_array().unwrap().len(), 1, "{list}");
+    story.end().await;
+}
 
-    // Created: applied at once, secrets never shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_made_through_the_api_delivers_at_once_and_never_shows_its_secrets() {
+    let mut story = Story::begin().await;
+    let api = &story.api;
     let created = api
-        .call("POST", "/v1/endpoints", "/v1/endpoints", Some(&settings))
+        .call(
+            "POST",
+            "/v1/endpoints",
+            "/v1/endpoints",
+            Some(&story.settings()),
+        )
         .await;
     assert_eq!(created.status, 201, "{}", created.body);
     let view = created.json();
@@ -109,19 +206,29 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
     );
     assert_eq!(view["headers"], json!(["X-Api-Key"]));
 
-    let first = publish(&mut occ, 3, 1.0).await;
-    crm.wait_until(LONG, "the new endpoint's first readings", |s| {
-        s.readings_of("api-occ-1") == first
-    })
-    .await;
-    assert_eq!(crm.seen(|s| s.bad_signatures), 0);
+    let first = publish(&mut story.occ, 3, 1.0).await;
+    story
+        .crm
+        .wait_until(LONG, "the new endpoint's first readings", |s| {
+            s.readings_of("api-occ-1") == first
+        })
+        .await;
+    assert_eq!(story.crm.seen(|s| s.bad_signatures), 0);
     // The file's endpoint goes on as before.
-    default
+    story
+        .default
         .wait_until(LONG, "the file endpoint's readings", |s| {
             s.readings_of("api-occ-1") == first
         })
         .await;
+    story.daemon.assert_logged("control API: endpoint created");
+    story.end().await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_and_workspaces_are_read_one_or_all() {
+    let (story, _) = Story::with_crm().await;
+    let api = &story.api;
     let devices = api.get("/v1/devices", "/v1/devices").await.json();
     assert!(
         devices["devices"]
@@ -146,8 +253,13 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
     );
     let board = api.get("/v1/workspaces", "/v1/workspaces").await.json();
     assert_eq!(board["workspaces"][0]["sensors"], json!(["api-occ-1"]));
+    story.end().await;
+}
 
-    // Edited (a merge patch, then a whole replacement): the queue is kept, the secret too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_endpoint_keeps_its_queue_and_its_secret() {
+    let (mut story, first) = Story::with_crm().await;
+    let api = &story.api;
     let patched = api
         .call(
             "PATCH",
@@ -167,7 +279,7 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
             "PUT",
             "/v1/endpoints/{name}",
             "/v1/endpoints/crm",
-            Some(&settings),
+            Some(&story.settings()),
         )
         .await;
     assert_eq!(replaced.status, 200, "{}", replaced.body);
@@ -192,42 +304,48 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
         file_one.status, 409,
         "the file's endpoint is edited in the file"
     );
-    let second = publish(&mut occ, 2, 1.0).await;
-    let mut sent: Vec<Value> = first.iter().chain(&second).cloned().collect();
-    crm.wait_until(LONG, "readings after the edits", |s| {
-        s.readings_of("api-occ-1") == sent
-    })
-    .await;
-
-    // Paused: nothing is sent, events are still queued, and both survive a kill -9.
-    let paused = api
-        .call(
-            "POST",
-            "/v1/endpoints/{name}/pause",
-            "/v1/endpoints/crm/pause",
-            None,
-        )
-        .await;
-    assert_eq!(paused.json()["state"], "paused", "{}", paused.body);
-    let held = publish(&mut occ, 3, 1.0).await;
-    default
-        .wait_until(LONG, "the file endpoint gets what crm holds", |s| {
-            s.readings_of("api-occ-1").len() == sent.len() + held.len()
+    let second = publish(&mut story.occ, 2, 1.0).await;
+    let sent: Vec<Value> = first.iter().chain(&second).cloned().collect();
+    story
+        .crm
+        .wait_until(LONG, "readings after the edits", |s| {
+            s.readings_of("api-occ-1") == sent
         })
         .await;
-    let pending = api
+    assert_eq!(story.crm.seen(|s| s.bad_signatures), 0);
+    story.daemon.assert_logged("changed=description");
+    story.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_endpoint_holds_its_events_through_a_kill_9_and_delivers_them_in_order_when_resumed(
+) {
+    let (mut story, mut sent) = Story::with_crm().await;
+    let paused = story.endpoint_post("crm", "pause").await;
+    assert_eq!(paused.json()["state"], "paused", "{}", paused.body);
+    let held = publish(&mut story.occ, 3, 1.0).await;
+    let expected = sent.len() + held.len();
+    story
+        .default
+        .wait_until(LONG, "the file endpoint gets what crm holds", |s| {
+            s.readings_of("api-occ-1").len() == expected
+        })
+        .await;
+    let pending = story
+        .api
         .get("/v1/endpoints/{name}", "/v1/endpoints/crm")
         .await
         .json();
     assert_eq!(pending["pending"], held.len(), "{pending}");
     assert_eq!(
-        crm.seen(|s| s.readings_of("api-occ-1")),
+        story.crm.seen(|s| s.readings_of("api-occ-1")),
         sent,
         "nothing sent while paused"
     );
-    daemon.kill9();
-    daemon.start();
-    let after = api
+    story.daemon.kill9();
+    story.daemon.start();
+    let after = story
+        .api
         .get("/v1/endpoints/{name}", "/v1/endpoints/crm")
         .await
         .json();
@@ -236,7 +354,8 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
         (Some("paused"), Some(held.len() as u64)),
         "{after}"
     );
-    let queued = api
+    let queued = story
+        .api
         .get(
             "/v1/outbox/events",
             "/v1/outbox/events?endpoint=crm&type=sensor.*",
@@ -249,37 +368,32 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
         "{queued}"
     );
 
-    // Resumed: everything held arrives, in order.
-    let resumed = api
-        .call(
-            "POST",
-            "/v1/endpoints/{name}/resume",
-            "/v1/endpoints/crm/resume",
-            None,
-        )
-        .await;
+    let resumed = story.endpoint_post("crm", "resume").await;
     assert_eq!(resumed.json()["state"], "active", "{}", resumed.body);
     sent.extend(held);
-    crm.wait_until(LONG, "what was held while paused", |s| {
-        s.readings_of("api-occ-1") == sent
-    })
-    .await;
+    story
+        .crm
+        .wait_until(LONG, "what was held while paused", |s| {
+            s.readings_of("api-occ-1") == sent
+        })
+        .await;
+    story.end().await;
+}
 
-    // A live stream of deliveries sees the next one.
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", api.port))
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_stream_of_deliveries_shows_the_next_one() {
+    let (mut story, mut sent) = Story::with_crm().await;
+    let port = story.api.port;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
     {
         use tokio::io::AsyncWriteExt;
         let req = format!(
-            "GET /v1/deliveries/stream?endpoint=crm HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
-            api.port
+            "GET /v1/deliveries/stream?endpoint=crm HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
         );
         stream.write_all(req.as_bytes()).await.unwrap();
     }
-    api.exchanges.lock().unwrap().push(
-        json!({"method": "GET", "path": "/v1/deliveries/stream", "status": 200, "body": null}),
-    );
     let streamed = tokio::spawn(async move {
         use tokio::io::AsyncReadExt;
         let mut text = String::new();
@@ -292,7 +406,7 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
         text
     });
     tokio::time::sleep(Duration::from_millis(200)).await; // the stream is subscribed
-    let last = publish(&mut occ, 1, 1.0).await;
+    let last = publish(&mut story.occ, 1, 1.0).await;
     sent.extend(last);
     let text = tokio::time::timeout(LONG, streamed)
         .await
@@ -302,38 +416,34 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
         text.contains("text/event-stream") && text.contains("\"endpoint\":\"crm\""),
         "{text}"
     );
-    crm.wait_until(LONG, "the streamed reading", |s| {
-        s.readings_of("api-occ-1") == sent
-    })
-    .await;
+    story
+        .crm
+        .wait_until(LONG, "the streamed reading", |s| {
+            s.readings_of("api-occ-1") == sent
+        })
+        .await;
+    story.end().await;
+}
 
-    // A test event, answered with the receiver's status and timing.
-    let test = api
-        .call(
-            "POST",
-            "/v1/endpoints/{name}/test",
-            "/v1/endpoints/crm/test",
-            None,
-        )
-        .await
-        .json();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_event_is_answered_with_the_receivers_status_and_an_endpoint_is_enabled() {
+    let (story, _) = Story::with_crm().await;
+    let test = story.endpoint_post("crm", "test").await.json();
     assert_eq!(
         (test["delivered"].as_bool(), test["status"].as_u64()),
         (Some(true), Some(200)),
         "{test}"
     );
-    assert_eq!(crm.seen(|s| s.bad_signatures), 0);
-    let enabled = api
-        .call(
-            "POST",
-            "/v1/endpoints/{name}/enable",
-            "/v1/endpoints/crm/enable",
-            None,
-        )
-        .await;
+    assert_eq!(story.crm.seen(|s| s.bad_signatures), 0);
+    let enabled = story.endpoint_post("crm", "enable").await;
     assert_eq!(enabled.status, 200);
+    story.end().await;
+}
 
-    // The outbox and the delivery log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_and_the_delivery_log_answer_and_refuse_what_they_cannot_do() {
+    let (story, sent) = Story::with_crm().await;
+    let api = &story.api;
     let outbox = api.get("/v1/outbox", "/v1/outbox").await.json();
     assert!(
         outbox["queues"]
@@ -352,6 +462,12 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
         (bad_limit.status, bad_limit.json()["field"].as_str()),
         (400, Some("limit"))
     );
+    // The log is written just after the receiver answers.
+    let logged = || {
+        common::http_get(api.port, "/v1/deliveries?endpoint=crm&status=ok&limit=500")
+            .is_some_and(|b| b.matches("\"ok\":true").count() >= sent.len())
+    };
+    until(Instant::now() + LONG, logged, || "the deliveries logged".into()).await;
     let log = api
         .get(
             "/v1/deliveries",
@@ -403,23 +519,23 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
         )
         .await;
     assert_eq!(purged.status, 200);
+    story.end().await;
+}
 
-    // Deleted: refused while events wait, unless told to drain (then gone once delivered).
-    api.call(
-        "POST",
-        "/v1/endpoints/{name}/pause",
-        "/v1/endpoints/crm/pause",
-        None,
-    )
-    .await;
-    let waiting = publish(&mut occ, 2, 1.0).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_with_events_waiting_is_deleted_only_by_draining_or_purging_them() {
+    let (mut story, mut sent) = Story::with_crm().await;
+    story.endpoint_post("crm", "pause").await;
+    let waiting = publish(&mut story.occ, 2, 1.0).await;
     // Every reading queued for crm before the drain begins (a drain takes nothing new).
+    let port = story.api.port;
     until(
         Instant::now() + LONG,
-        || daemon_pending(&api.port) >= waiting.len() as u64,
+        || daemon_pending(&port) >= waiting.len() as u64,
         || format!("{} events wait for crm", waiting.len()),
     )
     .await;
+    let api = &story.api;
     let refused = api
         .call("DELETE", "/v1/endpoints/{name}", "/v1/endpoints/crm", None)
         .await;
@@ -439,31 +555,32 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
         "{}",
         draining.body
     );
-    api.call(
-        "POST",
-        "/v1/endpoints/{name}/resume",
-        "/v1/endpoints/crm/resume",
-        None,
-    )
-    .await;
+    story.endpoint_post("crm", "resume").await;
     sent.extend(waiting);
-    crm.wait_until(LONG, "what waited, delivered before the delete", |s| {
-        s.readings_of("api-occ-1") == sent
-    })
-    .await;
-    let port = api.port;
+    story
+        .crm
+        .wait_until(LONG, "what waited, delivered before the delete", |s| {
+            s.readings_of("api-occ-1") == sent
+        })
+        .await;
     until(
         Instant::now() + LONG,
         || common::http_get(port, "/v1/endpoints/crm").is_some_and(|b| b.contains("no endpoint")),
         || "the drained endpoint goes".into(),
     )
     .await;
+    let api = &story.api;
     api.get("/v1/endpoints/{name}", "/v1/endpoints/crm").await;
-    assert_eq!(crm.seen(|s| s.duplicates), 0);
+    assert_eq!(story.crm.seen(|s| s.duplicates), 0);
 
-    // The same from scratch with a purge; then the lists as they are.
+    // The same from scratch with a purge; then the list as it is.
     let again = api
-        .call("POST", "/v1/endpoints", "/v1/endpoints", Some(&settings))
+        .call(
+            "POST",
+            "/v1/endpoints",
+            "/v1/endpoints",
+            Some(&story.settings()),
+        )
         .await;
     assert_eq!(again.status, 201);
     let gone = api
@@ -483,9 +600,23 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
         .filter_map(|e| e["name"].as_str())
         .collect();
     assert_eq!(names, ["default"]);
+    story.end().await;
+}
 
-    // A device's desired sync value, and a device forgotten (its event reaches the default
-    // endpoint; an unknown one is a 404).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_devices_desired_value_is_set_and_a_device_is_forgotten_with_its_event_told() {
+    let mut story = Story::begin().await;
+    publish(&mut story.occ, 1, 1.0).await;
+    let api = &story.api;
+    until(
+        Instant::now() + LONG,
+        || {
+            common::http_get(api.port, "/v1/devices/api-occ-1")
+                .is_some_and(|b| b.contains("online"))
+        },
+        || "the device is known".into(),
+    )
+    .await;
     let desired = api
         .call(
             "PUT",
@@ -504,7 +635,8 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
         .call("DELETE", "/v1/devices/{id}", "/v1/devices/api-occ-1", None)
         .await;
     assert_eq!(forgotten.status, 204, "{}", forgotten.body);
-    default
+    story
+        .default
         .wait_until(LONG, "device.unregistered", |s| {
             s.of_type("device.unregistered")
                 .iter()
@@ -513,8 +645,13 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
         .await;
     let gone = api.get("/v1/devices/{id}", "/v1/devices/api-occ-1").await;
     assert_eq!(gone.status, 404);
+    story.end().await;
+}
 
-    // An action for a device nobody knows: rejected, told, and its id remembered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_for_a_device_nobody_knows_is_rejected_told_and_remembered() {
+    let story = Story::begin().await;
+    let api = &story.api;
     let action = json!({"id": "act-1", "device": "nobody", "name": "identify"});
     let rejected = api
         .call("POST", "/v1/actions", "/v1/actions", Some(&action))
@@ -554,30 +691,29 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
         (bad.status, bad.json()["field"].as_str()),
         (400, Some("id"))
     );
-    default
+    story
+        .default
         .wait_until(LONG, "the rejection told", |s| {
             s.of_type("device.action_completed")
                 .iter()
                 .any(|e| e["data"]["action_id"] == "act-1" && e["data"]["status"] == "rejected")
         })
         .await;
+    story.end().await;
+}
 
-    // Upstream's commands on the push listener (its own port), and the bookings kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_commands_on_the_push_listener_are_verified_and_bookings_kept() {
+    let story = Story::begin().await;
+    let (api, push_port) = (&story.api, story.push_port);
     let now = common::unix_now();
     let at = |secs: u64| {
         humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs))
             .to_string()
     };
     let booking = json!({"type": "booking.start", "data": {"booking_id": "bk-1", "workspace_id": "room-1", "title": "Review", "start": at(now + 600), "end": at(now + 4200)}});
-    let record = |answer: &common::Answer| {
-        let body: Value = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
-        api.exchanges.lock().unwrap().push(json!({
-            "method": "POST", "path": "/v1/commands", "status": answer.status, "body": body,
-        }));
-    };
     let taken = common::push(push_port, &booking, "msg-1").await;
     assert_eq!(taken.status, 202, "{}", taken.body);
-    record(&taken);
     let unsigned = raw(
         push_port,
         "POST",
@@ -587,30 +723,56 @@ async fn an_endpoint_made_through_the_api_lives_through_every_change_and_a_kill_
     )
     .await;
     assert_eq!(unsigned.status, 401);
-    record(&unsigned);
     let no_room =
         json!({"type": "booking.end", "data": {"booking_id": "bk-1", "workspace_id": "room-9"}});
     let missing = common::push(push_port, &no_room, "msg-2").await;
     assert_eq!(missing.status, 404);
-    record(&missing);
     let bookings = api.get("/v1/bookings", "/v1/bookings").await.json();
     assert_eq!(bookings["bookings"][0]["booking_id"], "bk-1");
     assert_eq!(
         bookings["bookings"][0]["details"],
         json!({"title": "Review"})
     );
+    for answer in [&taken, &unsigned, &missing] {
+        let body: Value = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
+        api.exchanges.lock().unwrap().push(json!({
+            "method": "POST", "path": "/v1/commands", "status": answer.status, "body": body,
+        }));
+    }
+    story.end().await;
+}
 
-    let log = daemon.log();
-    assert!(
-        log.contains("control API: endpoint created") && log.contains("changed=description"),
-        "{log}"
-    );
-    assert!(
-        !log.contains(SECRET) && !log.contains("k-123"),
-        "a secret in the log"
-    );
-
-    api.check_openapi(dir.path(), &doc.body);
+/// The tests above each check their answers against the OpenAPI document; together they call
+/// every operation it documents (each call written out, as `"METHOD", "/template"`, a raw
+/// request line, `get("/template"`, or `endpoint_post(name, "action")`).
+#[test]
+fn every_documented_operation_is_called_by_a_test_here() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("src/control/openapi.json")).unwrap(),
+    )
+    .unwrap();
+    let source: String = std::fs::read_to_string(root.join("tests/api.rs"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let mut never = Vec::new();
+    let methods = ["get", "put", "post", "delete", "patch"];
+    for (template, operations) in doc["paths"].as_object().unwrap() {
+        let operations = operations.as_object().unwrap().keys();
+        for method in operations.filter(|m| methods.contains(&m.as_str())) {
+            let method = method.to_uppercase();
+            let action = template.strip_prefix("/v1/endpoints/{name}/");
+            let called = source.contains(&format!("\"{method}\",\"{template}\""))
+                || source.contains(&format!("\"{method}{template}"))
+                || (method == "GET" && source.contains(&format!("get(\"{template}\"")))
+                || action.is_some_and(|a| source.contains(&format!(",\"{a}\")")));
+            if !called {
+                never.push(format!("{method} {template}"));
+            }
+        }
+    }
+    assert!(never.is_empty(), "documented, never called: {never:?}");
 }
 
 /// Events pending in the outbox, as `/v1/outbox` says.
@@ -629,11 +791,7 @@ fn daemon_pending(port: &u16) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_refuses_other_hosts_cross_site_changes_and_oversize_bodies() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
-    daemon.start();
+    let (dir, _broker, _receiver, daemon) = Rig::start("").await.parts();
     let port = daemon.metrics_port;
     let token = daemon.token();
     let token = token.as_str();
@@ -793,17 +951,11 @@ fn without_times(text: &str) -> String {
 /// resumed) acts on the running daemon at once, or is found by it at its next start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_commands_say_the_same_from_the_running_daemon_and_from_its_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let default = Receiver::start().await;
+    let (_dir, broker, default, mut daemon) =
+        Rig::start("[[workspaces]]\nid = \"room-1\"\nsensors = [\"cli-occ-1\"]\n")
+            .await
+            .parts();
     let crm = Receiver::start().await;
-    let mut daemon = Daemon::new(
-        dir.path(),
-        broker.port,
-        &default.url,
-        "[[workspaces]]\nid = \"room-1\"\nsensors = [\"cli-occ-1\"]\n",
-    );
-    daemon.start();
     let mut occ = device(broker.port, "cli-occ-1", DeviceClass::OccupancySensor).await;
     publish(&mut occ, 1, 1.0).await;
     default
@@ -966,11 +1118,7 @@ async fn the_commands_say_the_same_from_the_running_daemon_and_from_its_store() 
 /// `last_seen` lazily on disk).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_heard_a_moment_ago_is_shown_as_heard_a_moment_ago() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, "");
-    daemon.start();
+    let (_dir, broker, receiver, mut daemon) = Rig::start("").await.parts();
     let api = Api::new(daemon.metrics_port);
     let mut occ = device(broker.port, "seen-occ-1", DeviceClass::OccupancySensor).await;
     publish(&mut occ, 1, 1.0).await;
@@ -1013,12 +1161,9 @@ async fn a_device_heard_a_moment_ago_is_shown_as_heard_a_moment_ago() {
 /// with its queue while it runs; a device's desired value set and the device forgotten.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_and_devices_are_managed_with_the_commands() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let default = Receiver::start().await;
-    let crm = Receiver::start().await;
     let class = "[[device_classes]]\nname = \"disp\"\nmatch = [\"cmd-*\"]\nsync_field = \"config\"\ndesired = \"v2\"\nsync_grace = \"0s\"\n";
-    let mut daemon = Daemon::new(dir.path(), broker.port, &default.url, class);
+    let (_dir, broker, default, mut daemon) = Rig::new(class).await.parts();
+    let crm = Receiver::start().await;
     // A first start makes the store; then stopped, an endpoint is made with the commands.
     daemon.start();
     assert_eq!(daemon.terminate(), Some(0));

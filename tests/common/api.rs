@@ -75,11 +75,15 @@ impl Api {
 
     /// Check the recorded exchanges against the OpenAPI document the daemon serves, with
     /// Python's openapi-spec-validator and openapi-schema-validator (scripts/test installs
-    /// them); the test fails if they are missing.
-    pub fn check_openapi(&self, dir: &Path, document: &str) {
+    /// them): each answer as documented. The test fails if they are missing.
+    pub async fn check_answers(&self, dir: &Path) {
+        let host = vec![("Host".to_string(), format!("127.0.0.1:{}", self.port))];
+        let doc = raw(self.port, "GET", "/v1/openapi.json", &host, None).await;
+        assert_eq!(doc.status, 200);
+        let document = doc.body;
         let doc = dir.join("openapi.json");
         let exchanges = dir.join("exchanges.json");
-        std::fs::write(&doc, document).unwrap();
+        std::fs::write(&doc, &document).unwrap();
         std::fs::write(
             &exchanges,
             serde_json::to_vec_pretty(&*self.exchanges.lock().unwrap()).unwrap(),
