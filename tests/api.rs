@@ -467,7 +467,10 @@ async fn the_outbox_and_the_delivery_log_answer_and_refuse_what_they_cannot_do()
         common::http_get(api.port, "/v1/deliveries?endpoint=crm&status=ok&limit=500")
             .is_some_and(|b| b.matches("\"ok\":true").count() >= sent.len())
     };
-    until(Instant::now() + LONG, logged, || "the deliveries logged".into()).await;
+    until(Instant::now() + LONG, logged, || {
+        "the deliveries logged".into()
+    })
+    .await;
     let log = api
         .get(
             "/v1/deliveries",
@@ -1033,34 +1036,7 @@ async fn the_commands_say_the_same_from_the_running_daemon_and_from_its_store() 
     let live = look(&daemon);
     let (_, _, err) = daemon.cli(&["outbox", "status"], &[]);
     assert!(err.contains("from the running daemon"), "{err}");
-    assert!(
-        live[0].contains("endpoint crm: PAUSED since"),
-        "{}",
-        live[0]
-    );
-    assert!(
-        live[0].contains(&format!("pending       {}", changes.len())),
-        "{}",
-        live[0]
-    );
-    assert_eq!(live[2].lines().count(), changes.len(), "{}", live[2]);
-    assert!(
-        live[3].contains("crm") && live[3].contains("paused"),
-        "{}",
-        live[3]
-    );
-    assert!(live[4].contains("X-Api-Key (values hidden)"), "{}", live[4]);
-    assert!(!live.concat().contains("k-1") && !live.concat().contains(SECRET));
-    assert!(
-        live[5].contains("cli-occ-1") && live[5].contains("online"),
-        "{}",
-        live[5]
-    );
-    assert!(
-        live[7].contains("room-1") && live[7].contains("cli-occ-1"),
-        "{}",
-        live[7]
-    );
+    what_the_running_daemon_says(&live, changes.len());
 
     assert_eq!(daemon.terminate(), Some(0));
     let stopped = look(&daemon);
@@ -1111,6 +1087,39 @@ async fn the_commands_say_the_same_from_the_running_daemon_and_from_its_store() 
     assert_eq!(code, 2);
     assert!(err.starts_with("error: url:"), "{err}");
     assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// The views of `the_commands_say_the_same_…` as the running daemon tells them: crm paused
+/// with `pending` readings, its header's value and its secret hidden, the device and workspace.
+fn what_the_running_daemon_says(live: &[String], pending: usize) {
+    assert!(
+        live[0].contains("endpoint crm: PAUSED since"),
+        "{}",
+        live[0]
+    );
+    assert!(
+        live[0].contains(&format!("pending       {}", pending)),
+        "{}",
+        live[0]
+    );
+    assert_eq!(live[2].lines().count(), pending, "{}", live[2]);
+    assert!(
+        live[3].contains("crm") && live[3].contains("paused"),
+        "{}",
+        live[3]
+    );
+    assert!(live[4].contains("X-Api-Key (values hidden)"), "{}", live[4]);
+    assert!(!live.concat().contains("k-1") && !live.concat().contains(SECRET));
+    assert!(
+        live[5].contains("cli-occ-1") && live[5].contains("online"),
+        "{}",
+        live[5]
+    );
+    assert!(
+        live[7].contains("room-1") && live[7].contains("cli-occ-1"),
+        "{}",
+        live[7]
+    );
 }
 
 /// Issue 18: `/v1/devices` tells when a device was last heard from as the running daemon

@@ -30,42 +30,15 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
     assert_eq!(code, 0, "{err}");
     let login_url = login_url.trim().to_string();
     assert!(login_url.contains("/#token="), "{login_url}");
-    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/console_check.py");
-    let mut browser = Command::new("python3")
-        .arg(script)
-        .arg(&login_url)
-        .arg(&shots)
-        .arg(&crm.url)
-        .arg(common::SECRET)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut to_browser = browser.stdin.take().unwrap();
-    let (steps_tx, mut steps) = tokio::sync::mpsc::unbounded_channel();
-    let stdout = browser.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if steps_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut browser = Browser::open(&login_url, &crm.url);
     let mut occ = device(broker.port, "console-occ-1", DeviceClass::OccupancySensor).await;
     let mut disp = device(broker.port, "disp-1", DeviceClass::RoomDisplay).await;
 
-    expect_step(&mut steps, "loaded", &mut browser, &daemon).await;
+    browser.expect("loaded", &daemon).await;
     publish(&mut occ, 2, 1.0).await;
     publish(&mut disp, 1, 1.0).await;
-    writeln!(to_browser, "go").unwrap();
-    expect_step(&mut steps, "device", &mut browser, &daemon).await;
-    writeln!(to_browser, "go").unwrap();
-    expect_step(&mut steps, "action", &mut browser, &daemon).await;
+    browser.next("device", &daemon).await;
+    browser.next("action", &daemon).await;
     // The display executed it, once, and the receiver was told it succeeded; its desired
     // value is the one set in the console.
     assert_eq!(disp.actions_executed(), 1);
@@ -81,15 +54,13 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
                 .any(|e| e["data"]["status"] == "succeeded" && e["data"]["device_id"] == "disp-1")
         })
         .await;
-    writeln!(to_browser, "go").unwrap();
-    expect_step(&mut steps, "desire-cleared", &mut browser, &daemon).await;
+    browser.next("desire-cleared", &daemon).await;
     let desired = common::Api::with_token(&daemon)
         .get("/v1/devices/{id}", "/v1/devices/disp-1")
         .await
         .json();
     assert_eq!(desired["desired"], serde_json::Value::Null, "{desired}");
-    writeln!(to_browser, "go").unwrap();
-    expect_step(&mut steps, "forgotten", &mut browser, &daemon).await;
+    browser.next("forgotten", &daemon).await;
     let gone = common::Api::with_token(&daemon)
         .get("/v1/devices/{id}", "/v1/devices/disp-1")
         .await;
@@ -101,14 +72,11 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
                 .any(|e| e["data"]["device_id"] == "disp-1")
         })
         .await;
-    writeln!(to_browser, "go").unwrap();
-    expect_step(&mut steps, "created", &mut browser, &daemon).await;
+    browser.next("created", &daemon).await;
     let sent = publish(&mut occ, 1, 1.0).await;
-    writeln!(to_browser, "go").unwrap();
-    expect_step(&mut steps, "delivered", &mut browser, &daemon).await;
+    browser.next("delivered", &daemon).await;
     let api = common::Api::with_token(&daemon);
-    writeln!(to_browser, "go").unwrap();
-    expect_step(&mut steps, "paused", &mut browser, &daemon).await;
+    browser.next("paused", &daemon).await;
     assert_eq!(endpoint_state(&api).await, "paused");
     // A reading while it is paused: it waits in the endpoint's queue.
     publish(&mut occ, 1, 1.0).await;
@@ -123,15 +91,13 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
         || "no event pending for the paused endpoint".to_string(),
     )
     .await;
-    writeln!(to_browser, "go").unwrap();
-    expect_step(&mut steps, "purged", &mut browser, &daemon).await;
+    browser.next("purged", &daemon).await;
     let endpoint = api
         .get("/v1/endpoints/{name}", "/v1/endpoints/console-crm")
         .await
         .json();
     assert_eq!(endpoint["pending"], 0, "purged: {endpoint}");
-    writeln!(to_browser, "go").unwrap();
-    expect_step(&mut steps, "edited", &mut browser, &daemon).await;
+    browser.next("edited", &daemon).await;
     let endpoint = api
         .get("/v1/endpoints/{name}", "/v1/endpoints/console-crm")
         .await
@@ -142,11 +108,9 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
         endpoint["secrets_set"], 1,
         "the secret unchanged: {endpoint}"
     );
-    writeln!(to_browser, "go").unwrap();
-    expect_step(&mut steps, "resumed", &mut browser, &daemon).await;
+    browser.next("resumed", &daemon).await;
     assert_eq!(endpoint_state(&api).await, "active");
-    writeln!(to_browser, "go").unwrap();
-    expect_step(&mut steps, "tested", &mut browser, &daemon).await;
+    browser.next("tested", &daemon).await;
     // The test event reaches the endpoint's receiver.
     crm.wait_until(LONG, "the console's test event", |s| {
         s.events
@@ -154,68 +118,35 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
             .any(|e| e["data"]["device_id"] == "sample-device")
     })
     .await;
-    writeln!(to_browser, "go").unwrap();
-    expect_step(&mut steps, "deleted", &mut browser, &daemon).await;
+    browser.next("deleted", &daemon).await;
     let gone = api
         .get("/v1/endpoints/{name}", "/v1/endpoints/console-crm")
         .await;
     assert_eq!(gone.status, 404, "{}", gone.body);
-    writeln!(to_browser, "go").unwrap();
-    expect_step(&mut steps, "logged-out", &mut browser, &daemon).await;
+    browser.next("logged-out", &daemon).await;
     // Logged out, the action it tried was refused: nothing more was executed.
     assert_eq!(disp.actions_executed(), 1);
-    writeln!(to_browser, "go").unwrap();
     // Logged in again by the pasted token, a change went through.
-    expect_step(&mut steps, "logged-in", &mut browser, &daemon).await;
+    browser.next("logged-in", &daemon).await;
     let state = api
         .get("/v1/endpoints/{name}", "/v1/endpoints/default")
         .await
         .json()["state"]
         .clone();
     assert_eq!(state, "paused");
-    writeln!(to_browser, "go").unwrap();
-    expect_step(&mut steps, "phone", &mut browser, &daemon).await;
+    browser.next("phone", &daemon).await;
     let state = api
         .get("/v1/endpoints/{name}", "/v1/endpoints/default")
         .await
         .json()["state"]
         .clone();
     assert_eq!(state, "active", "resumed in the console");
-    writeln!(to_browser, "go").unwrap();
-    let status = browser.wait().unwrap();
-    assert!(
-        status.success(),
-        "the browser check failed: {}",
-        read_stderr(&mut browser)
-    );
+    browser.finish();
     crm.wait_until(LONG, "the console's endpoint's delivery", |s| {
         s.readings_of("console-occ-1").ends_with(&sent)
     })
     .await;
     assert_eq!(crm.seen(|s| s.bad_signatures), 0);
-    for step in [
-        "loaded",
-        "device",
-        "action",
-        "desire-cleared",
-        "forgotten",
-        "created",
-        "delivered",
-        "paused",
-        "purged",
-        "edited",
-        "resumed",
-        "tested",
-        "deleted",
-        "logged-out",
-        "logged-in",
-        "phone",
-    ] {
-        assert!(
-            shots.join(format!("{step}.png")).exists(),
-            "no screenshot of {step}"
-        );
-    }
 }
 
 /// The console-made endpoint's state, as the API says.
@@ -226,32 +157,97 @@ async fn endpoint_state(api: &common::Api) -> serde_json::Value {
         .clone()
 }
 
-/// Wait for the browser to report step `want`; otherwise fail with what it said.
-async fn expect_step(
-    steps: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
-    want: &str,
-    browser: &mut std::process::Child,
-    daemon: &Daemon,
-) {
-    match tokio::time::timeout(LONG, steps.recv()).await {
-        Ok(Some(step)) if step == want => {}
-        got => {
-            let _ = browser.kill();
-            let _ = browser.wait();
-            panic!(
-                "the browser did not report `{want}` (got {got:?}):\n{}\n{}",
-                read_stderr(browser),
-                daemon.log()
-            );
-        }
-    }
+/// The browser check (tests/python/console_check.py): Chromium driven by Playwright through
+/// the console, one step each time it is told to go on, reporting each step done and keeping
+/// a screenshot of it.
+struct Browser {
+    child: std::process::Child,
+    to: std::process::ChildStdin,
+    steps: tokio::sync::mpsc::UnboundedReceiver<String>,
+    shots: std::path::PathBuf,
+    done: Vec<String>,
 }
 
-fn read_stderr(child: &mut std::process::Child) -> String {
-    use std::io::Read;
-    let mut text = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut text);
+impl Browser {
+    /// The console opened at the login URL; `crm_url`: where the endpoint it makes delivers.
+    fn open(login_url: &str, crm_url: &str) -> Browser {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let shots = root.join("target/console-screenshots");
+        std::fs::create_dir_all(&shots).unwrap();
+        let mut child = Command::new("python3")
+            .arg(root.join("tests/python/console_check.py"))
+            .arg(login_url)
+            .arg(&shots)
+            .arg(crm_url)
+            .arg(common::SECRET)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let to = child.stdin.take().unwrap();
+        let (steps_tx, steps) = tokio::sync::mpsc::unbounded_channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if steps_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Browser {
+            child,
+            to,
+            steps,
+            shots,
+            done: Vec::new(),
+        }
     }
-    text
+
+    /// On to the next step, which must be `want`.
+    async fn next(&mut self, want: &str, daemon: &Daemon) {
+        writeln!(self.to, "go").unwrap();
+        self.expect(want, daemon).await;
+    }
+
+    /// Wait for the browser to report step `want`; otherwise fail with what it said.
+    async fn expect(&mut self, want: &str, daemon: &Daemon) {
+        match tokio::time::timeout(LONG, self.steps.recv()).await {
+            Ok(Some(step)) if step == want => self.done.push(step),
+            got => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "the browser did not report `{want}` (got {got:?}):\n{}\n{}",
+                    self.stderr(),
+                    daemon.log()
+                );
+            }
+        }
+    }
+
+    /// The last go: the check ends cleanly, with a screenshot of every step.
+    fn finish(mut self) {
+        writeln!(self.to, "go").unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "the browser check failed: {}",
+            self.stderr()
+        );
+        for step in &self.done {
+            let shot = self.shots.join(format!("{step}.png"));
+            assert!(shot.exists(), "no screenshot of {step}");
+        }
+    }
+
+    fn stderr(&mut self) -> String {
+        use std::io::Read;
+        let mut text = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut text);
+        }
+        text
+    }
 }

@@ -705,6 +705,113 @@ max_size = "256KiB"
     assert!(out.contains(&format!("dropped       {dropped}")), "{out}");
 }
 
+/// A receiver for each wire format, each verifying its platform's own signature, and the
+/// `[webhook]` and `[[endpoints]]` sections that send to them.
+struct Formats {
+    generic: Receiver,
+    roomz: Receiver,
+    gospace: Receiver,
+    spaceos: Receiver,
+    roomz_v1: Receiver,
+}
+
+impl Formats {
+    async fn start() -> (Formats, String) {
+        let (generic, roomz, gospace) = (
+            Receiver::start().await,
+            Receiver::start().await,
+            Receiver::start().await,
+        );
+        // SpaceOS's document: `createHmac('sha256', secret).update(rawBody).digest('hex')` equal
+        // to `x-webhook-signature`; ROOMZ's first shape, signed the same way here.
+        let (spaceos, roomz_v1) = (Receiver::start().await, Receiver::start().await);
+        generic.expect_hmac(common::HmacCheck {
+            header: "x-webhook-signature",
+            sha512: false,
+            base64: false,
+            prefix: "sha256=",
+            secret: common::SECRET.into(),
+            content_type: "application/json",
+            required_header: Some(("x-api-key", "key-9")),
+        });
+        roomz.expect_hmac(common::HmacCheck {
+            header: "roomz-signature",
+            sha512: true,
+            base64: true,
+            prefix: "",
+            secret: "roomz-secret".into(),
+            content_type: "application/json",
+            required_header: None,
+        });
+        gospace.expect_hmac(common::HmacCheck {
+            header: "x-gospace-signature",
+            sha512: false,
+            base64: false,
+            prefix: "",
+            secret: "gospace-key".into(),
+            content_type: "application/json",
+            required_header: None,
+        });
+        let config = format!(
+            r#"
+    [webhook]
+    url = "{generic}"
+    secret = "{secret}"
+    format = "generic"
+    signature_prefix = "sha256="
+    compress_above = 64
+    headers = {{ "X-Api-Key" = "key-9" }}
+
+    [[endpoints]]
+    name = "roomz"
+    url = "{roomz}"
+    secret = "roomz-secret"
+    format = "roomz-presence"
+    events = ["workspace.*"]
+
+    [[endpoints]]
+    name = "gospace"
+    url = "{gospace}"
+    secret = "gospace-key"
+    format = "gospace"
+    events = ["workspace.status.updated"]
+
+    [[endpoints]]
+    name = "spaceos"
+    url = "{spaceos}"
+    secret = "{secret}"
+    format = "spaceos"
+
+    [[endpoints]]
+    name = "roomz-v1"
+    url = "{roomz_v1}"
+    secret = "{secret}"
+    format = "roomz"
+    events = ["workspace.*"]
+
+    [[workspaces]]
+    id = "room-1"
+    sensors = ["fmt-occ-1"]
+    hold = "100ms"
+    "#,
+            generic = generic.url,
+            roomz = roomz.url,
+            gospace = gospace.url,
+            spaceos = spaceos.url,
+            roomz_v1 = roomz_v1.url,
+            secret = common::SECRET,
+        );
+        let formats = Formats {
+            generic,
+            roomz,
+            gospace,
+            spaceos,
+            roomz_v1,
+        };
+        (formats, config)
+    }
+}
+
 /// Issue 21: every receiver's wire format through the real pipeline, each verified by a test
 /// receiver written from that platform's public text (`common::HmacCheck`): ROOMZ's current
 /// API (base64 HMAC-SHA512 in `Roomz-Signature`, `workspace.presence.changed`, Unknown not
@@ -714,93 +821,15 @@ max_size = "256KiB"
 /// `{event, timestamp, data}` and ROOMZ's first shape as their documents give them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_wire_format_is_verified_by_its_receivers_own_rules() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let (generic, roomz, gospace) = (
-        Receiver::start().await,
-        Receiver::start().await,
-        Receiver::start().await,
-    );
-    // SpaceOS's document: `createHmac('sha256', secret).update(rawBody).digest('hex')` equal
-    // to `x-webhook-signature`; ROOMZ's first shape, signed the same way here.
-    let (spaceos, roomz_v1) = (Receiver::start().await, Receiver::start().await);
-    generic.expect_hmac(common::HmacCheck {
-        header: "x-webhook-signature",
-        sha512: false,
-        base64: false,
-        prefix: "sha256=",
-        secret: common::SECRET.into(),
-        content_type: "application/json",
-        required_header: Some(("x-api-key", "key-9")),
-    });
-    roomz.expect_hmac(common::HmacCheck {
-        header: "roomz-signature",
-        sha512: true,
-        base64: true,
-        prefix: "",
-        secret: "roomz-secret".into(),
-        content_type: "application/json",
-        required_header: None,
-    });
-    gospace.expect_hmac(common::HmacCheck {
-        header: "x-gospace-signature",
-        sha512: false,
-        base64: false,
-        prefix: "",
-        secret: "gospace-key".into(),
-        content_type: "application/json",
-        required_header: None,
-    });
-    let config = format!(
-        r#"
-[webhook]
-url = "{generic}"
-secret = "{secret}"
-format = "generic"
-signature_prefix = "sha256="
-compress_above = 64
-headers = {{ "X-Api-Key" = "key-9" }}
-
-[[endpoints]]
-name = "roomz"
-url = "{roomz}"
-secret = "roomz-secret"
-format = "roomz-presence"
-events = ["workspace.*"]
-
-[[endpoints]]
-name = "gospace"
-url = "{gospace}"
-secret = "gospace-key"
-format = "gospace"
-events = ["workspace.status.updated"]
-
-[[endpoints]]
-name = "spaceos"
-url = "{spaceos}"
-secret = "{secret}"
-format = "spaceos"
-
-[[endpoints]]
-name = "roomz-v1"
-url = "{roomz_v1}"
-secret = "{secret}"
-format = "roomz"
-events = ["workspace.*"]
-
-[[workspaces]]
-id = "room-1"
-sensors = ["fmt-occ-1"]
-hold = "100ms"
-"#,
-        generic = generic.url,
-        roomz = roomz.url,
-        gospace = gospace.url,
-        spaceos = spaceos.url,
-        roomz_v1 = roomz_v1.url,
-        secret = common::SECRET,
-    );
-    let mut daemon = Daemon::new_with_webhook(dir.path(), broker.port, &config);
+    let (formats, config) = Formats::start().await;
+    let Formats {
+        generic,
+        roomz,
+        gospace,
+        spaceos,
+        roomz_v1,
+    } = &formats;
+    let (_dir, broker, _, mut daemon) = Rig::with_webhook(|_| config).await.parts();
     daemon.start();
     let topic = "sensors/fmt-occ-1/reading";
     common::publish_plain(

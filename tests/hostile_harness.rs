@@ -154,49 +154,12 @@ async fn run(seed: u64) {
     let good = Receiver::start().await;
     let rough = Receiver::start().await;
     let upstream = Upstream::start().await;
-    let webhook = format!(
-        r#"{}
-[[endpoints]]
-name = "rough"
-url = "{}"
-secret = "{SECRET}"
-timeout = "1s"
-[endpoints.retry]
-initial = "50ms"
-max = "300ms"
-
-[upstream]
-secrets = ["{UPSTREAM_SECRET}"]
-tolerance = "5m"
-[upstream.pull]
-url = "{}"
-wait = "1s"
-"#,
-        webhook_section(&good.url, ""),
-        rough.url,
-        upstream.url
-    );
-    let metrics_port = free_port();
-    let text = config_with_webhook(broker.port, &webhook, metrics_port, &dir.path().join("state"), "")
-        .replacen(
-            "subscriptions = [",
-            r##"subscriptions = [
-  { topic = "mapped/{device}", kind = "reading", jq = '{v: .v, spin: (if (.n | type) == "number" then last(range(0; .n)) else 0 end), bar: ("#" * ((.level // 1) | if type == "number" then . else 1 end) | length)}' },
-  { topic = "lora/+/up", kind = "reading", device = "/dev/eui", fields = "/object" },"##,
-            1,
-        );
-    let mut daemon = Daemon::with_config(dir.path(), metrics_port, &text);
     // The ecosystems' presets too, LoRaWAN's radio metadata on or off (drawn apart, so that
     // earlier seeds keep their scenarios): their uplinks go through jq mappings.
     let mut prng = fastrand::Rng::with_seed(seed ^ 0x7ad1_0000);
-    daemon.env.push((
-        "EDGEHOOK_MQTT__PRESETS".into(),
-        "[chirpstack, the_things_stack, shelly]".into(),
-    ));
     let radio = prng.bool();
-    daemon
-        .env
-        .push(("EDGEHOOK_MQTT__RADIO_METADATA".into(), radio.to_string()));
+    let (mut daemon, metrics_port) =
+        hostile_daemon(dir.path(), broker.port, [&good, &rough], &upstream, radio);
     // One worker at most per jq filter: the `mapped/` subscription's, ChirpStack's status and
     // Shelly's notifications, and with radio metadata both LoRaWAN uplinks'.
     let filters = 3 + if radio { 2 } else { 0 };
@@ -212,28 +175,8 @@ wait = "1s"
     let pid = daemon.pid().unwrap();
     let token = daemon.token();
 
-    // systemd's side: the pings, and the longest gap between two.
     let stop = Arc::new(AtomicBool::new(false));
-    let watchdog = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            let mut last = Instant::now();
-            let mut longest = Duration::ZERO;
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok(n) = sock.recv(&mut buf) {
-                    if String::from_utf8_lossy(&buf[..n])
-                        .lines()
-                        .any(|l| l == "WATCHDOG=1")
-                    {
-                        longest = longest.max(last.elapsed());
-                        last = Instant::now();
-                    }
-                }
-            }
-            longest.max(last.elapsed())
-        })
-    };
+    let watchdog = watch_pings(sock, stop.clone());
 
     // The rough receiver misbehaves in turn; the good one never does.
     let misbehave = {
@@ -273,36 +216,7 @@ wait = "1s"
         })
     };
 
-    // Hostile publishers and the good devices, interleaved, in a few rounds.
-    for round in 0..GOOD_READINGS {
-        let mut messages: Vec<(String, Vec<u8>)> = (0..rng.usize(5..25))
-            .map(|_| (topic(&mut rng), payload(&mut rng)))
-            .collect();
-        for d in 0..GOOD_DEVICES {
-            let reading = json!({"presence": round % 2 == 0, "seq": round + 1});
-            let at = rng.usize(..=messages.len());
-            messages.insert(
-                at,
-                (
-                    format!("sensors/good-{d}/reading"),
-                    reading.to_string().into_bytes(),
-                ),
-            );
-        }
-        // Hostile payloads at the presets' topics, from their own generator.
-        for _ in 0..prng.usize(1..4) {
-            let id = device_id(&mut prng);
-            let at = match prng.u8(..3) {
-                0 => format!("application/app/device/{id}/event/up"),
-                1 => format!("v3/app/devices/{id}/up"),
-                _ => format!("{id}/events/rpc"),
-            };
-            let payload = payload(&mut prng);
-            let place = prng.usize(..=messages.len());
-            messages.insert(place, (at, payload));
-        }
-        publish_bytes(broker.port, &format!("hostile-{round}"), &messages).await;
-    }
+    publish_rounds(broker.port, &mut rng, &mut prng).await;
     http.await.unwrap();
 
     // Every good reading reaches the good receiver.
@@ -310,21 +224,7 @@ wait = "1s"
         (0..GOOD_DEVICES).all(|d| s.readings_of(&format!("good-{d}")).len() as u64 == GOOD_READINGS)
     })
     .await;
-    good.seen(|s| {
-        assert_eq!(s.bad_signatures, 0);
-        for d in 0..GOOD_DEVICES {
-            let seqs: Vec<u64> = s
-                .readings_of(&format!("good-{d}"))
-                .iter()
-                .map(|f| f["seq"].as_u64().unwrap())
-                .collect();
-            assert_eq!(
-                seqs,
-                (1..=GOOD_READINGS).collect::<Vec<_>>(),
-                "good-{d}, seed {seed}"
-            );
-        }
-    });
+    every_good_reading_in_order(&good, seed);
     // The pulled answer was taken: the cursor moved past the hostile commands.
     upstream
         .wait_poll(LONG, "past the hostile commands", |p| {
@@ -361,6 +261,132 @@ wait = "1s"
     eprintln!(
         "hostile harness: seed {seed} ok (peak RSS {peak} kB, longest watchdog gap {longest:?})"
     );
+}
+
+/// The daemon under attack: a good endpoint and a rough one, upstream's pull, a jq mapping
+/// for hostile readings, a LoRaWAN subscription and the ecosystems' presets (`radio`: with
+/// LoRaWAN's radio metadata). Its control API's port with it.
+fn hostile_daemon(
+    dir: &std::path::Path,
+    broker_port: u16,
+    [good, rough]: [&Receiver; 2],
+    upstream: &Upstream,
+    radio: bool,
+) -> (Daemon, u16) {
+    let webhook = format!(
+        r#"{}
+[[endpoints]]
+name = "rough"
+url = "{}"
+secret = "{SECRET}"
+timeout = "1s"
+[endpoints.retry]
+initial = "50ms"
+max = "300ms"
+
+[upstream]
+secrets = ["{UPSTREAM_SECRET}"]
+tolerance = "5m"
+[upstream.pull]
+url = "{}"
+wait = "1s"
+"#,
+        webhook_section(&good.url, ""),
+        rough.url,
+        upstream.url
+    );
+    let metrics_port = free_port();
+    let text = config_with_webhook(broker_port, &webhook, metrics_port, &dir.join("state"), "")
+        .replacen(
+            "subscriptions = [",
+            r##"subscriptions = [
+  { topic = "mapped/{device}", kind = "reading", jq = '{v: .v, spin: (if (.n | type) == "number" then last(range(0; .n)) else 0 end), bar: ("#" * ((.level // 1) | if type == "number" then . else 1 end) | length)}' },
+  { topic = "lora/+/up", kind = "reading", device = "/dev/eui", fields = "/object" },"##,
+            1,
+        );
+    let mut daemon = Daemon::with_config(dir, metrics_port, &text);
+    daemon.env.push((
+        "EDGEHOOK_MQTT__PRESETS".into(),
+        "[chirpstack, the_things_stack, shelly]".into(),
+    ));
+    daemon
+        .env
+        .push(("EDGEHOOK_MQTT__RADIO_METADATA".into(), radio.to_string()));
+    (daemon, metrics_port)
+}
+
+/// systemd's side: the watchdog pings on `sock`, and the longest gap between two, once `stop`.
+fn watch_pings(sock: UnixDatagram, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Duration> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut last = Instant::now();
+        let mut longest = Duration::ZERO;
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(n) = sock.recv(&mut buf) {
+                if String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "WATCHDOG=1")
+                {
+                    longest = longest.max(last.elapsed());
+                    last = Instant::now();
+                }
+            }
+        }
+        longest.max(last.elapsed())
+    })
+}
+
+/// Hostile publishers and the good devices, interleaved, in a few rounds; hostile payloads at
+/// the presets' topics from their own generator `prng`.
+async fn publish_rounds(port: u16, rng: &mut fastrand::Rng, prng: &mut fastrand::Rng) {
+    for round in 0..GOOD_READINGS {
+        let mut messages: Vec<(String, Vec<u8>)> = (0..rng.usize(5..25))
+            .map(|_| (topic(rng), payload(rng)))
+            .collect();
+        for d in 0..GOOD_DEVICES {
+            let reading = json!({"presence": round % 2 == 0, "seq": round + 1});
+            let at = rng.usize(..=messages.len());
+            messages.insert(
+                at,
+                (
+                    format!("sensors/good-{d}/reading"),
+                    reading.to_string().into_bytes(),
+                ),
+            );
+        }
+        // Hostile payloads at the presets' topics, from their own generator.
+        for _ in 0..prng.usize(1..4) {
+            let id = device_id(prng);
+            let at = match prng.u8(..3) {
+                0 => format!("application/app/device/{id}/event/up"),
+                1 => format!("v3/app/devices/{id}/up"),
+                _ => format!("{id}/events/rpc"),
+            };
+            let payload = payload(prng);
+            let place = prng.usize(..=messages.len());
+            messages.insert(place, (at, payload));
+        }
+        publish_bytes(port, &format!("hostile-{round}"), &messages).await;
+    }
+}
+
+/// The good receiver has every good device's readings, in order, all signed right.
+fn every_good_reading_in_order(good: &Receiver, seed: u64) {
+    good.seen(|s| {
+        assert_eq!(s.bad_signatures, 0);
+        for d in 0..GOOD_DEVICES {
+            let seqs: Vec<u64> = s
+                .readings_of(&format!("good-{d}"))
+                .iter()
+                .map(|f| f["seq"].as_u64().unwrap())
+                .collect();
+            assert_eq!(
+                seqs,
+                (1..=GOOD_READINGS).collect::<Vec<_>>(),
+                "good-{d}, seed {seed}"
+            );
+        }
+    });
 }
 
 /// The seeds CI runs.

@@ -219,40 +219,81 @@ async fn unplug_marks_the_bus_offline_and_replug_brings_it_back() {
     assert!(log.contains("serial port back"), "{log}");
 }
 
+/// Two serial ports, one of text frames and one of JSON lines, each with a device on it that
+/// has been heard, and a daemon whose class takes `identify` and `calibrate` actions.
+struct LineRig {
+    daemon: Daemon,
+    api: common::Api,
+    receiver: Receiver,
+    text: SerialLink,
+    json_port: SerialLink,
+    text_commands: std::sync::mpsc::Receiver<String>,
+    json_commands: std::sync::mpsc::Receiver<String>,
+    _broker: Mosquitto,
+    _dir: tempfile::TempDir,
+}
+
+impl LineRig {
+    async fn start() -> LineRig {
+        use firmware_sim::serial::reading_frame;
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Mosquitto::start(dir.path());
+        let receiver = Receiver::start().await;
+        let mut text = SerialLink::plug(dir.path().join("ttyTEXT")).unwrap();
+        let mut json_port = SerialLink::plug(dir.path().join("ttyJSON")).unwrap();
+        let config = ports(&text, Some(&json_port)).replace(
+            "debounce = \"300ms\"",
+            "debounce = \"0s\"\nactions = [\"identify\", \"calibrate\"]\naction_timeout = \"5s\"",
+        );
+        let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, &config);
+        daemon.start();
+        wait_metric(&daemon, "edgehook_serial_ports_open", 2);
+        let api = common::Api::with_token(&daemon);
+        let text_commands = text.commands().unwrap();
+        let json_commands = json_port.commands().unwrap();
+        let reading = json!({"presence": true, "temperature": 21.0, "seq": 1});
+        text.send(reading_frame(SerialFraming::Text, "ser-1", &reading))
+            .await
+            .unwrap();
+        json_port
+            .send(reading_frame(SerialFraming::JsonLines, "ser-j1", &reading))
+            .await
+            .unwrap();
+        receiver
+            .wait_until(LONG, "both serial devices online", |s| {
+                s.of_type("device.online").len() == 2
+            })
+            .await;
+        LineRig {
+            daemon,
+            api,
+            receiver,
+            text,
+            json_port,
+            text_commands,
+            json_commands,
+            _broker: broker,
+            _dir: dir,
+        }
+    }
+}
+
 /// Actions to devices on serial lines (issue 19): written as a checksummed `$ACT` sentence or
 /// a JSON line on the port the device is heard on, answered with result frames, told once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_go_down_the_line_a_device_is_on_and_its_result_frames_come_back() {
-    use firmware_sim::serial::{parse_command, reading_frame, result_frame};
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let receiver = Receiver::start().await;
-    let mut text = SerialLink::plug(dir.path().join("ttyTEXT")).unwrap();
-    let mut json_port = SerialLink::plug(dir.path().join("ttyJSON")).unwrap();
-    let config = ports(&text, Some(&json_port)).replace(
-        "debounce = \"300ms\"",
-        "debounce = \"0s\"\nactions = [\"identify\", \"calibrate\"]\naction_timeout = \"5s\"",
-    );
-    let mut daemon = Daemon::new(dir.path(), broker.port, &receiver.url, &config);
-    daemon.start();
-    wait_metric(&daemon, "edgehook_serial_ports_open", 2);
-    let api = common::Api::with_token(&daemon);
-    let text_commands = text.commands().unwrap();
-    let json_commands = json_port.commands().unwrap();
-    let reading = json!({"presence": true, "temperature": 21.0, "seq": 1});
-    text.send(reading_frame(SerialFraming::Text, "ser-1", &reading))
-        .await
-        .unwrap();
-    json_port
-        .send(reading_frame(SerialFraming::JsonLines, "ser-j1", &reading))
-        .await
-        .unwrap();
-    receiver
-        .wait_until(LONG, "both serial devices online", |s| {
-            s.of_type("device.online").len() == 2
-        })
-        .await;
-
+    use firmware_sim::serial::{parse_command, result_frame};
+    let mut rig = LineRig::start().await;
+    let LineRig {
+        receiver,
+        daemon,
+        api,
+        text,
+        json_port,
+        text_commands,
+        json_commands,
+        ..
+    } = &mut rig;
     let submit = |id: &str, device: &str, params: Value| json!({"id": id, "device": device, "name": "calibrate", "params": params});
     let next = |rx: &std::sync::mpsc::Receiver<String>| {
         rx.recv_timeout(LONG).expect("a command on the line")
@@ -356,9 +397,31 @@ async fn actions_go_down_the_line_a_device_is_on_and_its_result_frames_come_back
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     receiver.seen(|s| assert_eq!((told(s, "s1").len(), told(s, "s2").len()), (1, 1)));
-    // #43 (also): an action whose frame is longer than max_frame_bytes is not written (the
-    // device reads lines no longer than that); it times out and is told so, and the next
-    // action goes down the line.
+    assert_eq!(rig.daemon.terminate(), Some(0));
+}
+
+/// #43 (also): an action whose frame is longer than max_frame_bytes is not written (the
+/// device reads lines no longer than that); it times out and is told so, and the next action
+/// goes down the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_too_long_for_the_line_is_not_written_and_told_timed_out() {
+    use firmware_sim::serial::parse_command;
+    let mut rig = LineRig::start().await;
+    let LineRig {
+        receiver,
+        daemon,
+        api,
+        text_commands,
+        ..
+    } = &mut rig;
+    let submit = |id: &str, device: &str, params: Value| json!({"id": id, "device": device, "name": "calibrate", "params": params});
+    let told = |s: &common::Seen, id: &str| -> Vec<Value> {
+        s.of_type("device.action_completed")
+            .into_iter()
+            .filter(|e| e["data"]["action_id"] == id)
+            .map(|e| e["data"].clone())
+            .collect()
+    };
     let a = api
         .call(
             "POST",
@@ -375,7 +438,9 @@ async fn actions_go_down_the_line_a_device_is_on_and_its_result_frames_come_back
         Some(&submit("s4", "ser-1", json!({"offset": 2}))),
     )
     .await;
-    let line = next(&text_commands);
+    let line = text_commands
+        .recv_timeout(LONG)
+        .expect("a command on the line");
     let (_, id, _, _) = parse_command(SerialFraming::Text, &line).unwrap();
     assert_eq!(id, "s4", "the overlong s3 was not written");
     receiver
