@@ -2,6 +2,7 @@
 //! SIGHUP, and the stop on SIGTERM/SIGINT (see the crate's docs for the pipeline and its
 //! shutdown).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -55,105 +56,34 @@ pub async fn run_with_reloads(
     let clock = device::Clock::start();
     let registry = start_registry(&config, &outbox, &clock)?;
     metrics.device.set_devices(registry.len());
-    let mqtt = if config.mqtt.all_subscriptions().is_empty() {
-        None
-    } else {
-        Some(
-            source::mqtt::MqttSource::new(
-                &config.mqtt,
-                config.mqtt_client_id(),
-                metrics.source.clone(),
-            )?
-            .after_restart(outbox.applied_before()),
-        )
-    };
-    metrics.source.set_mqtt_enabled(mqtt.is_some());
-    let log = Arc::new(deliver::log::DeliveryLog::new(
-        &config.state_dir,
-        config.outbox.delivery_log,
-    ));
+    let mqtt = mqtt_source(&config, &metrics, &outbox)?;
     let tracker = TaskTracker::new();
-    let fleet = deliver::fleet::Fleet::new(
-        outbox.clone(),
-        log.clone(),
-        metrics.deliver.clone(),
-        cancel.clone(),
-        tracker.clone(),
-    )
-    .stopping_within(config.stop_timeout);
     // The control API asks the device stage for what it knows now.
     let (requests_tx, requests_rx) = mpsc::channel(4);
-    let token = control::auth::load_or_create_token(&config.state_dir)
-        .with_context(|| format!("making the API token in {}", config.state_dir.display()))?;
-    let control = Arc::new(
-        control::Control::new(
-            control::Gateway::of(&config),
-            outbox.clone(),
-            metrics.clone(),
-            config.state_dir.clone(),
-            token,
-            config.workspaces.clone(),
-            config.device_classes.clone(),
-            endpoints,
-            fleet,
-            log.clone(),
-        )
-        .with_device_stage(requests_tx),
-    );
-    control.start().await?;
+    let stage = (&tracker, &cancel, requests_tx);
+    let control = Arc::new(start_control(&config, &outbox, &metrics, endpoints, stage).await?);
     tracker.spawn(control.clone().finish_drains(cancel.clone()));
     tracker.spawn(telemetry::notify_systemd(
         metrics.clone(),
         outbox.clone(),
         cancel.clone(),
     ));
-    // The local listener's certificate, when it serves HTTPS (read again on SIGHUP).
-    let server_cert = match (&config.telemetry.tls_cert, &config.telemetry.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::ServerCert::load(cert, key)?),
-        _ => None,
-    };
-    // The push listener's, likewise.
-    let push_cert = match config
-        .upstream
-        .push
-        .as_ref()
-        .map(|p| (&p.tls_cert, &p.tls_key))
-    {
-        Some((Some(cert), Some(key))) => Some(tls::ServerCert::load(cert, key)?),
-        _ => None,
-    };
+    let certs = Certs::load(&config)?;
     let (rules_tx, rules_rx) = mpsc::channel(4);
     if let Some(reloads) = reloads {
-        let certs = [("local", server_cert.clone()), ("push", push_cert.clone())]
-            .into_iter()
-            .filter_map(|(what, cert)| Some((what, cert?)))
-            .collect();
         tracker.spawn(apply_reloads(
             config.clone(),
             reloads,
             rules_tx,
             control.clone(),
-            certs,
+            certs.reloadable(),
             cancel.clone(),
         ));
     }
+    // The pipeline: sources → device stage → outbox writer (→ delivery, in the fleet).
     let (inbound_tx, inbound_rx) = mpsc::channel(STAGE_CHANNEL);
     let (commit_tx, commit_rx) = mpsc::channel(STAGE_CHANNEL);
-    // Actions, once durable, from the outbox writer to the MQTT source.
-    let (outgoing_tx, outgoing_rx) = mpsc::channel(STAGE_CHANNEL);
-    let router = source::Router::new(match mqtt {
-        Some(mqtt) => {
-            tracker.spawn(mqtt.run(inbound_tx.clone(), outgoing_rx, cancel.clone()));
-            Some(outgoing_tx)
-        }
-        None => None,
-    });
-    for port in &config.serial_ports {
-        let serial =
-            source::serial::SerialSource::new(port.clone(), metrics.source.clone(), router.clone());
-        tracker.spawn(serial.run(inbound_tx.clone(), cancel.clone()));
-    }
-    drop(inbound_tx); // the device stage ends when every source has
+    let router = spawn_sources(&config, &metrics, mqtt, inbound_tx, &tracker, &cancel);
     tracker.spawn(device::run(
         registry,
         clock,
@@ -179,20 +109,138 @@ pub async fn run_with_reloads(
             .listen
             .parse()
             .expect("validated by config");
-        let local = control::server::Local::new(control.clone(), listen, server_cert.is_some());
+        let local = control::server::Local::new(control.clone(), listen, certs.local.is_some());
         tracker.spawn(control::server::serve(
             listen,
             Arc::new(local),
-            server_cert.clone(),
+            certs.local,
             cancel.clone(),
         ));
     }
-    spawn_upstream(&config, &control, push_cert, &tracker, &cancel)?;
+    spawn_upstream(&config, &control, certs.push, &tracker, &cancel)?;
     tracker.close();
     tracker.wait().await;
     outbox.flush().await.context("final outbox flush")?;
     tracing::info!(pending = outbox.len(), "edgehook stopped; outbox flushed");
     Ok(())
+}
+
+/// The control stage: the gateway's view, the delivery fleet (delivery runs in it, on the
+/// tracker and token of `stage`) and the delivery log, with the API's token (made in the state
+/// directory at the first start), asking the device stage through `stage`'s sender.
+async fn start_control(
+    config: &Config,
+    outbox: &Outbox,
+    metrics: &Arc<Metrics>,
+    endpoints: control::endpoints::Endpoints,
+    (tracker, cancel, requests): (
+        &TaskTracker,
+        &CancellationToken,
+        mpsc::Sender<device::Request>,
+    ),
+) -> anyhow::Result<control::Control> {
+    let log = Arc::new(deliver::log::DeliveryLog::new(
+        &config.state_dir,
+        config.outbox.delivery_log,
+    ));
+    let fleet = deliver::fleet::Fleet::new(
+        outbox.clone(),
+        log.clone(),
+        metrics.deliver.clone(),
+        cancel.clone(),
+        tracker.clone(),
+    )
+    .stopping_within(config.stop_timeout);
+    let token = control::auth::load_or_create_token(&config.state_dir)
+        .with_context(|| format!("making the API token in {}", config.state_dir.display()))?;
+    let control = control::Control::new(
+        control::Gateway::of(config),
+        outbox.clone(),
+        metrics.clone(),
+        config.state_dir.clone(),
+        token,
+        config.workspaces.clone(),
+        config.device_classes.clone(),
+        endpoints,
+        fleet,
+        log,
+    )
+    .with_device_stage(requests);
+    control.start().await?;
+    Ok(control)
+}
+
+/// The listeners' certificates, when they serve HTTPS (read again on SIGHUP).
+struct Certs {
+    local: Option<Arc<tls::ServerCert>>,
+    push: Option<Arc<tls::ServerCert>>,
+}
+
+impl Certs {
+    fn load(config: &Config) -> anyhow::Result<Certs> {
+        let load = |cert: &Option<PathBuf>, key: &Option<PathBuf>| match (cert, key) {
+            (Some(cert), Some(key)) => tls::ServerCert::load(cert, key).map(Some),
+            _ => Ok(None),
+        };
+        let telemetry = &config.telemetry;
+        let push = match &config.upstream.push {
+            Some(p) => load(&p.tls_cert, &p.tls_key)?,
+            None => None,
+        };
+        Ok(Certs {
+            local: load(&telemetry.tls_cert, &telemetry.tls_key)?,
+            push,
+        })
+    }
+
+    /// Each certificate in use, named as a reload logs it.
+    fn reloadable(&self) -> Vec<(&'static str, Arc<tls::ServerCert>)> {
+        [("local", &self.local), ("push", &self.push)]
+            .into_iter()
+            .filter_map(|(what, cert)| Some((what, cert.clone()?)))
+            .collect()
+    }
+}
+
+/// The MQTT source, when anything is subscribed, told what the outbox had applied before
+/// this start.
+fn mqtt_source(
+    config: &Config,
+    metrics: &Metrics,
+    outbox: &Outbox,
+) -> anyhow::Result<Option<source::mqtt::MqttSource>> {
+    let enabled = !config.mqtt.all_subscriptions().is_empty();
+    metrics.source.set_mqtt_enabled(enabled);
+    if !enabled {
+        return Ok(None);
+    }
+    let client_id = config.mqtt_client_id();
+    let mqtt = source::mqtt::MqttSource::new(&config.mqtt, client_id, metrics.source.clone())?;
+    Ok(Some(mqtt.after_restart(outbox.applied_before())))
+}
+
+/// The sources, each sending what it reads to `inbound` (the device stage ends when every
+/// source has): MQTT and each serial port. The router they share takes actions, once durable,
+/// from the outbox writer down to each device's source.
+fn spawn_sources(
+    config: &Config,
+    metrics: &Metrics,
+    mqtt: Option<source::mqtt::MqttSource>,
+    inbound: mpsc::Sender<source::Inbound>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> source::Router {
+    let router = source::Router::new(mqtt.map(|mqtt| {
+        let (outgoing_tx, outgoing_rx) = mpsc::channel(STAGE_CHANNEL);
+        tracker.spawn(mqtt.run(inbound.clone(), outgoing_rx, cancel.clone()));
+        outgoing_tx
+    }));
+    for port in &config.serial_ports {
+        let serial =
+            source::serial::SerialSource::new(port.clone(), metrics.source.clone(), router.clone());
+        tracker.spawn(serial.run(inbound.clone(), cancel.clone()));
+    }
+    router
 }
 
 /// The ways in for upstream's commands, as configured: the push listener and pull mode.
