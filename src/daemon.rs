@@ -220,7 +220,7 @@ fn mqtt_source(
 }
 
 /// The sources, each sending what it reads to `inbound` (the device stage ends when every
-/// source has): MQTT and each serial port. The router they share takes actions, once durable,
+/// source has): MQTT, each serial port and each Modbus bus. The router they share takes actions, once durable,
 /// from the outbox writer down to each device's source.
 fn spawn_sources(
     config: &Config,
@@ -239,6 +239,10 @@ fn spawn_sources(
         let serial =
             source::serial::SerialSource::new(port.clone(), metrics.source.clone(), router.clone());
         tracker.spawn(serial.run(inbound.clone(), cancel.clone()));
+    }
+    for bus in 0..config.modbus.buses.len() {
+        let modbus = source::modbus::ModbusSource::new(&config.modbus, bus, metrics.source.clone());
+        tracker.spawn(modbus.run(inbound.clone(), cancel.clone()));
     }
     router
 }

@@ -9,13 +9,16 @@
 //!  source::mqtt ───┐                                                   ┌▶ deliver ──HTTPS──▶ receiver
 //!  (QoS 1, PUBACK  ├─Inbound─▶ device ──────Commit──▶ outbox ═══sled═══╡  (one per endpoint:
 //!   deferred)      │          (registry, health,      (batch, 1 write,  │   lanes per device,
-//!  source::serial ─┘           change detection,       a queue per      └▶  sign, retry,
-//!  (frames, port               workspaces, timers;     endpoint, fsync,     remove on 2xx)
-//!   reopen)                    event::Envelope)        then acks)
+//!  source::serial ─┤           change detection,       a queue per      └▶  sign, retry,
+//!  (frames, port   │           workspaces, timers;     endpoint, fsync,     remove on 2xx)
+//!   reopen)        │           event::Envelope)        then acks)
+//!  source::modbus ─┘
+//!  (polled registers)
 //! ```
 //!
 //! - [`source`]: transports. [`source::mqtt`] subscribes at QoS 1 with manual acks;
-//!   [`source::serial`] reads framed lines from serial ports and reopens them when they vanish.
+//!   [`source::serial`] reads framed lines from serial ports and reopens them when they vanish;
+//!   [`source::modbus`] polls devices' registers over Modbus RTU or TCP.
 //! - [`device`]: what each device last said, its health and its workspaces; decides which
 //!   messages (and which silences, on its own clock) are events.
 //! - [`event`]: the event types and the JSON envelope (`id`, `type`, `timestamp`, `gateway`, `data`).
@@ -46,6 +49,18 @@
 //!
 //! Layers, lowest first, with no import cycles (`tests/module_graph.rs`): primitives → source →
 //! device → outbox → deliver → config → [`daemon`] (the wiring), telemetry, control, demo → cli.
+//!
+//! # Where a change goes
+//! - A new input source: a module under [`source`] whose task sends [`source::Inbound`], its
+//!   configuration section checked in its own `validate`, and one spawn in
+//!   `daemon::spawn_sources` (as [`source::modbus`]).
+//! - A new wire format for receivers: [`deliver::format`] (the body) and [`deliver::sign`]
+//!   (its signature), named in `deliver::config`.
+//! - A new event type: [`event`] (its name and envelope), made by a rule in [`device`]
+//!   (`device::events` builds each one), listed in `docs/events.md`.
+//! - A new piece of persisted state: a field of `device::registry::Applied` (what a message
+//!   changed), carried by [`device::Commit`] (`Applied::seal`), written by the outbox in
+//!   `outbox::write` and read back in `outbox::states`.
 //!
 //! # Shutdown
 //! One `CancellationToken`. The source stops reading and drops its sender; the device stage

@@ -74,6 +74,35 @@ fn a_log_filter_not_understood_is_said_and_info_is_kept() {
     );
 }
 
+/// #46.5: a Modbus register map's mistake is named down to the register entry.
+#[test]
+fn a_bad_modbus_register_is_named_down_to_its_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("modbus.toml");
+    let example = std::fs::read_to_string(EXAMPLE).unwrap();
+    let modbus = firmware_sim::modbus::PEOPLE_COUNTER_MAP
+        .replace("address = 4 }", "address = 4, type = \"u64\" }")
+        + "[[modbus.buses]]\naddress = \"127.0.0.1:502\"\ndevices = [{ id = \"c-1\", unit = 1, map = \"people-counter\" }]\n";
+    std::fs::write(&file, format!("{example}\n{modbus}")).unwrap();
+    let out = edgehook(&["check-config", file.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("modbus.toml") && err.contains("modbus.maps[0].registers[2]"),
+        "{err}"
+    );
+    // A type the map allows, on a bit, is named by its key.
+    let bit = modbus
+        .replace("address = 4, type = \"u64\" }", "address = 4 }")
+        .replace("address = 0 },\n]", "address = 0, type = \"u16\" },\n]");
+    std::fs::write(&file, format!("{example}\n{bit}")).unwrap();
+    let out = edgehook(&["check-config", file.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("modbus.maps[0].registers[4].type"), "{err}");
+    assert!(err.contains("bool"), "{err}");
+}
+
 #[test]
 fn a_bad_key_names_the_file_and_the_key() {
     let dir = tempfile::tempdir().unwrap();

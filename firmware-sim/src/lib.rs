@@ -22,8 +22,10 @@
 //! Things Stack, Tasmota, Shelly), on its topics and in its shapes.
 //!
 //! Serial devices ([`serial`]) write the same readings as framed lines on a real pseudo-terminal.
+//! Modbus units ([`modbus`]) answer register reads over RTU on such a terminal, or over TCP.
 //! With the `powercut` feature, [`powercut`] simulates the gateway's SD card losing power.
 
+pub mod modbus;
 #[cfg(feature = "powercut")]
 pub mod powercut;
 pub mod profile;

@@ -137,6 +137,15 @@ impl SerialLink {
         Ok(rx)
     }
 
+    /// The device side of the line, to read and write raw bytes (a Modbus unit's), until the
+    /// link is unplugged.
+    pub fn line(&self) -> io::Result<File> {
+        self.master
+            .as_ref()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "unplugged"))?
+            .try_clone()
+    }
+
     /// Unplug: the line hangs up (the reader gets an error) and the link disappears.
     pub fn unplug(&mut self) {
         if let Some(stop) = self.reading.take() {

@@ -50,6 +50,22 @@ pub fn plan(c: &Config) -> Vec<String> {
             port.baud_rate
         ));
     }
+    for bus in &c.modbus.buses {
+        let devices: Vec<String> = bus
+            .devices
+            .iter()
+            .map(|d| format!("{} (unit {}, {})", d.id, d.unit, d.map))
+            .collect();
+        let line = match &bus.path {
+            Some(path) => format!(
+                "modbus: RTU on {} at {} baud",
+                path.display(),
+                bus.baud_rate
+            ),
+            None => format!("modbus: TCP to {}", bus.address.as_deref().unwrap_or("?")),
+        };
+        lines.push(format!("{line}: {}", devices.join(", ")));
+    }
     let classes: Vec<&str> = c.device_classes.iter().map(|d| d.name.as_str()).collect();
     lines.push(format!(
         "device classes: {}",
@@ -150,6 +166,14 @@ pub fn placeholders(c: &Config, exists: impl Fn(&std::path::Path) -> bool) -> Ve
             found.push(format!(
                 "serial_ports[{i}].path: {} does not exist (is the adapter plugged in? `ls /dev/serial/by-id/`)",
                 port.path.display()
+            ));
+        }
+    }
+    for (i, bus) in c.modbus.buses.iter().enumerate() {
+        if let Some(path) = bus.path.as_ref().filter(|p| !exists(p)) {
+            found.push(format!(
+                "modbus.buses[{i}].path: {} does not exist (is the RS-485 adapter plugged in? `ls /dev/serial/by-id/`)",
+                path.display()
             ));
         }
     }

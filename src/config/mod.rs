@@ -69,6 +69,10 @@ pub struct Config {
     /// Serial ports with sensors or displays on them (USB-serial adapters, the UART).
     #[serde(default)]
     pub serial_ports: Vec<SerialPortConfig>,
+    /// Modbus devices: register maps and the buses (RTU lines, TCP gateways) they are polled
+    /// on.
+    #[serde(default, skip_serializing_if = "crate::config::is_default")]
+    pub modbus: crate::source::modbus::config::ModbusConfig,
     /// Health and reporting rules per kind of device; the first class whose `match` fits a
     /// device id applies. Devices no class matches get [`DeviceClassConfig::default`].
     #[serde(default)]
@@ -189,6 +193,7 @@ impl Default for Config {
                 radio_metadata: false,
             },
             serial_ports: Vec::new(),
+            modbus: Default::default(),
             device_classes: Vec::new(),
             workspaces: Vec::new(),
             groups: Vec::new(),
@@ -344,7 +349,7 @@ impl Config {
                 "must be from 1s to 10m (and below the unit's TimeoutStopSec)".into(),
             );
         }
-        crate::source::config::validate(&self.mqtt, &self.serial_ports)?;
+        crate::source::config::validate(&self.mqtt, &self.serial_ports, &self.modbus)?;
         crate::device::config::validate(&self.devices, &self.device_classes, &self.workspaces)?;
         crate::device::config::validate_groups(&self.groups, &self.workspaces)?;
         let webhook_used = !self.webhook.url.is_empty() || self.endpoints.is_empty();
@@ -384,6 +389,9 @@ impl Config {
         }
         if differ(&self.serial_ports, &new.serial_ports) {
             keys.push("serial_ports");
+        }
+        if self.modbus != new.modbus {
+            keys.push("modbus");
         }
         if differ(&self.outbox, &new.outbox) {
             keys.push("outbox");
@@ -1049,4 +1057,9 @@ events = ["workspace.*"]"#,
             .to_string();
         assert!(e.contains("missing.toml"), "{e}");
     }
+}
+
+/// Whether `value` is its type's default (a section left out is not written back).
+pub fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }

@@ -225,6 +225,7 @@ fn default_reopen_max() -> Duration {
 pub fn validate(
     mqtt: &MqttConfig,
     serial_ports: &[SerialPortConfig],
+    modbus: &super::modbus::config::ModbusConfig,
 ) -> Result<(), (String, String)> {
     let bad = |key: &str, msg: String| Err((key.to_string(), msg));
     if mqtt.host.trim().is_empty() {
@@ -257,12 +258,18 @@ pub fn validate(
             "client_cert and client_key must be given together".into(),
         );
     }
-    if mqtt.subscriptions.is_empty() && mqtt.presets.is_empty() && serial_ports.is_empty() {
+    let no_source = mqtt.subscriptions.is_empty()
+        && mqtt.presets.is_empty()
+        && serial_ports.is_empty()
+        && modbus.buses.is_empty();
+    if no_source {
         return bad(
                 "mqtt.subscriptions",
-                "no device source: add a subscription, e.g. topic = \"sensors/{device}/reading\", kind = \"reading\", a preset (mqtt.presets = [\"zigbee2mqtt\"]), or a [[serial_ports]] entry".into(),
+                "no device source: add a subscription, e.g. topic = \"sensors/{device}/reading\", kind = \"reading\", a preset (mqtt.presets = [\"zigbee2mqtt\"]), a [[serial_ports]] entry or a [[modbus.buses]] entry".into(),
             );
     }
+    let paths: Vec<&std::path::Path> = serial_ports.iter().map(|p| p.path.as_path()).collect();
+    super::modbus::config::validate(modbus, &paths)?;
     for (i, port) in serial_ports.iter().enumerate() {
         let key = |k: &str| format!("serial_ports[{i}].{k}");
         if port.path.as_os_str().is_empty() {

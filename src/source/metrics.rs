@@ -23,6 +23,9 @@ pub struct SourceMetrics {
     serial_ports_open: Gauge,
     serial_port_closures: Counter,
     serial_frame_errors: Family<Kind, Counter>,
+    modbus_buses_open: Gauge,
+    modbus_bus_closures: Counter,
+    modbus_requests: Family<Kind, Counter>,
 }
 
 impl SourceMetrics {
@@ -53,6 +56,15 @@ impl SourceMetrics {
                 "serial_port_closures_total",
                 "Serial ports that closed (unplugged, failed) and were reopened or are being retried.",
             ),
+            modbus_buses_open: r.gauge("modbus_buses_open", "Modbus buses (RTU lines, TCP connections) open now."),
+            modbus_bus_closures: r.counter(
+                "modbus_bus_closures_total",
+                "Modbus buses that closed (unplugged, connection lost) and were reopened or are being retried.",
+            ),
+            modbus_requests: r.counters(
+                "modbus_requests_total",
+                "Modbus requests, by outcome: ok, timeout, crc, exception, mismatch (an answer for another unit, function or length), io.",
+            ),
             mqtt_redeliveries: r.counter(
                 "mqtt_redeliveries_skipped_total",
                 "Messages the broker redelivered after a lost connection that edgehook had already applied: acknowledged, not applied again.",
@@ -62,6 +74,10 @@ impl SourceMetrics {
         preset(
             &m.serial_frame_errors,
             kinds(&super::serial::frame::FrameError::KINDS),
+        );
+        preset(
+            &m.modbus_requests,
+            kinds(&["ok", "timeout", "crc", "exception", "mismatch", "io"]),
         );
         m
     }
@@ -104,5 +120,15 @@ impl SourceMetrics {
     }
     pub fn serial_frame_error(&self, kind: &'static str) {
         self.serial_frame_errors.get_or_create(&Kind { kind }).inc();
+    }
+    pub fn modbus_bus_opened(&self) {
+        self.modbus_buses_open.inc();
+    }
+    pub fn modbus_bus_closed(&self) {
+        self.modbus_buses_open.dec();
+        self.modbus_bus_closures.inc();
+    }
+    pub fn modbus_request(&self, kind: &'static str) {
+        self.modbus_requests.get_or_create(&Kind { kind }).inc();
     }
 }

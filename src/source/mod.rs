@@ -1,16 +1,17 @@
-//! Sources: where device messages come from — [`mqtt`] and [`serial`]. Each source decodes its
+//! Sources: where device messages come from — [`mqtt`], [`serial`] and [`modbus`]. Each source decodes its
 //! transport into [`Inbound`] messages for the device stage, and hands along an [`Ack`] (where
 //! the transport has one) that the outbox runs once everything the message produced is durable.
 //!
 //! A source is a value with `run(self, out: mpsc::Sender<Inbound>, cancel)`, which reads its
 //! transport until cancelled (or until the device stage is gone) and reconnects with the
-//! shared [`backoff`]. Adding one (say, Modbus RTU on a serial port) is a module here, its
-//! section in [`config`], and one `tracker.spawn(source.run(..))` line in `crate::run`.
+//! shared [`backoff`]. Adding one is a module here, its section in [`config`] (or its own, as
+//! `modbus::config`), and one `tracker.spawn(source.run(..))` line in `crate::daemon`.
 
 mod acks;
 pub mod backoff;
 pub mod config;
 pub mod metrics;
+pub mod modbus;
 pub mod mqtt;
 pub mod presets;
 pub mod redelivery;

@@ -321,7 +321,7 @@ mod tests {
                 let mut config = crate::config::Config::default().mqtt;
                 config.subscriptions = preset.subscriptions_with(radio);
                 assert_eq!(
-                    super::super::config::validate(&config, &[]),
+                    super::super::config::validate(&config, &[], &Default::default()),
                     Ok(()),
                     "{preset:?}, radio metadata {radio}"
                 );

@@ -108,23 +108,7 @@ impl SerialSource {
 
     fn open(&self) -> tokio_serial::Result<tokio_serial::SerialStream> {
         let c = &self.config;
-        tokio_serial::new(c.path.to_string_lossy(), c.baud_rate)
-            .data_bits(match c.data_bits {
-                5 => tokio_serial::DataBits::Five,
-                6 => tokio_serial::DataBits::Six,
-                7 => tokio_serial::DataBits::Seven,
-                _ => tokio_serial::DataBits::Eight,
-            })
-            .parity(match c.parity {
-                Parity::None => tokio_serial::Parity::None,
-                Parity::Odd => tokio_serial::Parity::Odd,
-                Parity::Even => tokio_serial::Parity::Even,
-            })
-            .stop_bits(match c.stop_bits {
-                2 => tokio_serial::StopBits::Two,
-                _ => tokio_serial::StopBits::One,
-            })
-            .open_native_async()
+        open_port(&c.path, c.baud_rate, c.data_bits, c.parity, c.stop_bits)
     }
 
     /// Run until cancelled: open, read, and reopen with backoff whenever the port goes away.
@@ -272,4 +256,31 @@ impl SerialSource {
         }
         true
     }
+}
+
+/// Open the serial port at `path` with these line settings (also the Modbus RTU source's).
+pub fn open_port(
+    path: &std::path::Path,
+    baud_rate: u32,
+    data_bits: u8,
+    parity: Parity,
+    stop_bits: u8,
+) -> tokio_serial::Result<tokio_serial::SerialStream> {
+    tokio_serial::new(path.to_string_lossy(), baud_rate)
+        .data_bits(match data_bits {
+            5 => tokio_serial::DataBits::Five,
+            6 => tokio_serial::DataBits::Six,
+            7 => tokio_serial::DataBits::Seven,
+            _ => tokio_serial::DataBits::Eight,
+        })
+        .parity(match parity {
+            Parity::None => tokio_serial::Parity::None,
+            Parity::Odd => tokio_serial::Parity::Odd,
+            Parity::Even => tokio_serial::Parity::Even,
+        })
+        .stop_bits(match stop_bits {
+            2 => tokio_serial::StopBits::Two,
+            _ => tokio_serial::StopBits::One,
+        })
+        .open_native_async()
 }
