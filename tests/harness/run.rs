@@ -37,7 +37,78 @@ impl Draws {
     }
 }
 
+/// The people counters on the Modbus line, and every count each was set to, in order.
+struct Counters {
+    units: firmware_sim::modbus::Units,
+    history: Vec<Vec<u32>>,
+    rng: fastrand::Rng,
+    _serving: firmware_sim::modbus::Serving,
+    _line: SerialLink,
+}
+
+impl Counters {
+    fn start(seed: u64, path: &Path, n: u8) -> Counters {
+        use firmware_sim::modbus::{people_counter, serve_rtu, Units};
+        let line = SerialLink::plug(path).unwrap();
+        let units = Units::default();
+        for u in 1..=n {
+            units.add(u, people_counter(0, 0, 200));
+        }
+        Counters {
+            _serving: serve_rtu(&line, units.clone()).unwrap(),
+            units,
+            history: vec![vec![0]; usize::from(n)],
+            rng: fastrand::Rng::with_seed(seed ^ 0x30db_0001),
+            _line: line,
+        }
+    }
+
+    fn ids(&self) -> impl Iterator<Item = (usize, String)> + '_ {
+        (0..self.history.len()).map(|i| (i, format!("counter-{}", i + 1)))
+    }
+
+    /// Sometimes someone walks in: a counter's count goes up.
+    fn maybe_count(&mut self) {
+        if self.rng.u8(..6) != 0 {
+            return;
+        }
+        let i = self.rng.usize(..self.history.len());
+        let count = self.history[i].last().unwrap() + self.rng.u32(1..5);
+        self.history[i].push(count);
+        let unit = i as u8 + 1;
+        self.units.with(unit, |u| {
+            firmware_sim::modbus::Unit::set_u32(&mut u.input, 0, count)
+        });
+    }
+
+    /// What `r` got of each counter: only counts it was set to, and its last count unless
+    /// `allowance` (readings the endpoint may miss).
+    fn told(&self, r: &Receiver, name: &str, allowance: u64) -> Result<(), String> {
+        for (i, id) in self.ids() {
+            let counts: Vec<u64> = reports(r, &id)
+                .iter()
+                .filter_map(|(_, f)| f["people_in"].as_u64())
+                .collect();
+            let set = &self.history[i];
+            if let Some(c) = counts.iter().find(|c| !set.contains(&(**c as u32))) {
+                return Err(format!(
+                    "{name}: {id} reported {c}, never counted ({set:?})"
+                ));
+            }
+            let last = u64::from(*set.last().unwrap());
+            if allowance == 0 && counts.iter().max() != Some(&last) {
+                return Err(format!(
+                    "{name}: {id} ends at {:?}, its count is {last}",
+                    counts.iter().max()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 pub struct Run {
+    counters: Option<Counters>,
     seed: u64,
     replay: String,
     rng: fastrand::Rng,
@@ -80,6 +151,10 @@ impl Run {
             .collect();
         common::publish_retained(broker.port, "ghosts", &retained).await;
         let setup = Setup::draw(seed, &mut rng, dir.path().join("ttyHARNESS"));
+        let counters = setup
+            .modbus
+            .as_ref()
+            .map(|(path, n)| Counters::start(seed, path, *n));
         let spare = Receiver::start().await;
         let serial = SerialLink::plug(&setup.serial).unwrap();
         let endpoints = endpoints(&all.url, &ops.url, &setup);
@@ -127,6 +202,7 @@ impl Run {
             ]);
         }
         let mut run = Run {
+            counters,
             seed,
             replay,
             rng,
@@ -197,7 +273,8 @@ impl Run {
                 unexpected: Vec::new(),
             });
         }
-        let devices = self.models.len() + usize::from(self.actions.is_some());
+        let counters = self.counters.as_ref().map_or(0, |c| c.history.len());
+        let devices = self.models.len() + usize::from(self.actions.is_some()) + counters;
         self.world
             .daemon
             .wait_metric("edgehook_devices", devices as u64)
@@ -208,12 +285,18 @@ impl Run {
         // 90 ms before a `kill -9`). An event of each received upstream says its batch is
         // durable (delivery sees only synced batches, and they are synced in order).
         let (all, models) = (&self.all, &self.models);
+        let counter_ids: Vec<String> = self
+            .counters
+            .iter()
+            .flat_map(|c| c.ids())
+            .map(|(_, id)| id)
+            .collect();
         let heard = || {
-            models
-                .iter()
-                .find(|m| reports(all, &m.id).is_empty() && health_of(all, &m.id).is_empty())
-                .map_or(Ok(()), |m| {
-                    Err(format!("nothing of {} received upstream", m.id))
+            let ids = models.iter().map(|m| &m.id).chain(&counter_ids);
+            ids.clone()
+                .find(|id| reports(all, id).is_empty() && health_of(all, id).is_empty())
+                .map_or(Ok(()), |id| {
+                    Err(format!("nothing of {id} received upstream"))
                 })
         };
         if let Err(e) = settle(Duration::from_secs(30), heard).await {
@@ -261,6 +344,9 @@ impl Run {
         }
         if let Some(t) = self.draws.stop_timeout {
             story.push(format!("a stop waits {t} for deliveries in flight"));
+        }
+        if let Some((_, n)) = &setup.modbus {
+            story.push(format!("{n} people counter(s) on a Modbus RTU line"));
         }
         if !self.draws.ghosts.is_empty() {
             let ghosts = self.draws.ghosts.join(", ");
@@ -361,6 +447,9 @@ impl Run {
         }
         if let Some(actions) = self.actions.as_mut() {
             actions.maybe_submit(&self.world, &self.state).await;
+        }
+        if let Some(counters) = self.counters.as_mut() {
+            counters.maybe_count();
         }
         if rng.u8(..4) == 0 {
             tokio::time::sleep(Duration::from_millis(rng.u64(1..30))).await;
@@ -589,6 +678,25 @@ impl Run {
         }
     }
 
+    /// Each endpoint ends knowing each people counter's last count, and was told no count it
+    /// never had.
+    pub async fn verify_counters(&self) {
+        let Some(counters) = &self.counters else {
+            return;
+        };
+        let daemon = &self.world.daemon;
+        for (name, r) in [("default", &self.all), ("ops", &self.ops)] {
+            let check = || {
+                let refused = refused(daemon, name) || (name == "ops" && let_go(daemon) > 0);
+                let allowance = allowance(daemon, name) + u64::from(refused);
+                counters.told(r, name, allowance)
+            };
+            if let Err(e) = settle(Duration::from_secs(60), check).await {
+                self.fail(e);
+            }
+        }
+    }
+
     /// The workspace, and the group of its sensors, end as their last reports say (hold 0 s:
     /// Free at once). Not when the daemon refused new events for default: its last ones may
     /// be among them.
@@ -661,7 +769,7 @@ impl Run {
         let (all, ops) = (&self.all, &self.ops);
         let dups = (all.seen(|s| s.duplicates), ops.seen(|s| s.duplicates));
         eprintln!(
-            "harness: seed {seed}: {}; {} readings, {} phases, faults {:?}; {checked} must-reports checked at 2 endpoints, 0 lost; dropped {} + {}, dead letters replayed {}, let go {}; {} retained offline at start; duplicates {} + {}; peak RSS {} kB",
+            "harness: seed {seed}: {}; {} readings, {} phases, faults {:?}; {checked} must-reports checked at 2 endpoints, 0 lost; dropped {} + {}, dead letters replayed {}, let go {}; {} retained offline at start; {} Modbus people counter(s); duplicates {} + {}; peak RSS {} kB",
             self.story[0],
             models.iter().map(|m| m.published.len()).sum::<usize>(),
             self.phases,
@@ -671,6 +779,7 @@ impl Run {
             self.replayed.len(),
             let_go(&world.daemon),
             self.draws.ghosts.len(),
+            self.counters.as_ref().map_or(0, |c| c.history.len()),
             dups.0,
             dups.1,
             world.peak_kb

@@ -65,12 +65,15 @@ pub struct Setup {
     pub serial: PathBuf,
     /// `outbox.checkpoint_interval`, milliseconds.
     pub checkpoint_ms: u64,
+    /// People counters on a Modbus RTU line at this path, units 1 to the count.
+    pub modbus: Option<(PathBuf, u8)>,
 }
 
 impl Setup {
     /// The seed's setup, drawn from `rng` (some parts apart, so that the seeds drawn before
     /// they existed keep their scenarios), with the serial port at `serial`.
     pub fn draw(seed: u64, rng: &mut fastrand::Rng, serial: PathBuf) -> Setup {
+        let modbus_line = serial.with_file_name("ttyMODBUS");
         Setup {
             drops: rng.u8(..3) == 0,
             gives_up: rng.u8(..3) == 0,
@@ -87,7 +90,27 @@ impl Setup {
                 let mut crng = fastrand::Rng::with_seed(seed ^ 0xc4ec_0000);
                 [100, 1_000, 60_000][crng.usize(..3)]
             },
+            modbus: {
+                let mut mrng = fastrand::Rng::with_seed(seed ^ 0x30db_0000);
+                (mrng.u8(..3) == 0).then(|| (modbus_line, mrng.u8(1..=2)))
+            },
         }
+    }
+
+    /// The `[modbus]` section: the people counters' map and their line, read every 200 ms.
+    fn modbus_section(&self) -> String {
+        let Some((path, units)) = &self.modbus else {
+            return String::new();
+        };
+        let devices: Vec<String> = (1..=*units)
+            .map(|u| format!("{{ id = \"counter-{u}\", unit = {u}, map = \"people-counter\" }}"))
+            .collect();
+        format!(
+            "{}\n[[modbus.buses]]\npath = \"{}\"\nparity = \"none\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\noffline_after = 3\nreopen_min = \"50ms\"\nreopen_max = \"200ms\"\ndevices = [{}]\n",
+            firmware_sim::modbus::PEOPLE_COUNTER_MAP,
+            path.display(),
+            devices.join(", ")
+        )
     }
 
     pub fn max_size(&self) -> u64 {
@@ -127,7 +150,8 @@ metadata_fields = ["seq"]
 max_frame_bytes = 256
 reopen_min = "50ms"
 reopen_max = "200ms"
-"#,
+{modbus}"#,
+            modbus = self.modbus_section(),
             classes = CLASSES.replace("\"400ms\"", &format!("\"{min_interval}\"")),
             size = self.max_size(),
             checkpoint = self.checkpoint_ms,
