@@ -13,18 +13,9 @@ use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// Every `device.action_completed` the receiver has seen for `id`.
-fn told_in(s: &common::Seen, id: &str) -> Vec<Value> {
-    s.of_type("device.action_completed")
-        .into_iter()
-        .filter(|e| e["data"]["action_id"] == id)
-        .map(|e| e["data"].clone())
-        .collect()
-}
-
-/// The same, from the receiver.
+/// Every `device.action_completed` the receiver was told of action `id`.
 fn told(r: &Receiver, id: &str) -> Vec<Value> {
-    r.seen(|s| told_in(s, id))
+    r.seen(|s| s.told_of_action(id))
 }
 
 /// `POST /v1/actions`: action `id`, `name`, for disp-1.
@@ -36,8 +27,10 @@ async fn submit(api: &Api, id: &str, name: &str) -> common::Answer {
 
 /// Wait until `id` is told; the first `device.action_completed` of it.
 async fn completion(r: &Receiver, id: &str) -> Value {
-    r.wait_until(LONG, &format!("{id} told"), |s| !told_in(s, id).is_empty())
-        .await;
+    r.wait_until(LONG, &format!("{id} told"), |s| {
+        !s.told_of_action(id).is_empty()
+    })
+    .await;
     told(r, id).remove(0)
 }
 

@@ -219,6 +219,11 @@ async fn unplug_marks_the_bus_offline_and_replug_brings_it_back() {
     assert!(log.contains("serial port back"), "{log}");
 }
 
+/// A `calibrate` action for `device`.
+fn submit(id: &str, device: &str, params: Value) -> Value {
+    json!({"id": id, "device": device, "name": "calibrate", "params": params})
+}
+
 /// Two serial ports, one of text frames and one of JSON lines, each with a device on it that
 /// has been heard, and a daemon whose class takes `identify` and `calibrate` actions.
 struct LineRig {
@@ -294,16 +299,8 @@ async fn actions_go_down_the_line_a_device_is_on_and_its_result_frames_come_back
         json_commands,
         ..
     } = &mut rig;
-    let submit = |id: &str, device: &str, params: Value| json!({"id": id, "device": device, "name": "calibrate", "params": params});
     let next = |rx: &std::sync::mpsc::Receiver<String>| {
         rx.recv_timeout(LONG).expect("a command on the line")
-    };
-    let told = |s: &common::Seen, id: &str| -> Vec<Value> {
-        s.of_type("device.action_completed")
-            .into_iter()
-            .filter(|e| e["data"]["action_id"] == id)
-            .map(|e| e["data"].clone())
-            .collect()
     };
 
     // Text: one checksummed sentence with the params as key=value, escaped.
@@ -361,16 +358,16 @@ async fn actions_go_down_the_line_a_device_is_on_and_its_result_frames_come_back
         .unwrap();
     receiver
         .wait_until(LONG, "s1 and s2 told", |s| {
-            !told(s, "s1").is_empty() && !told(s, "s2").is_empty()
+            !s.told_of_action("s1").is_empty() && !s.told_of_action("s2").is_empty()
         })
         .await;
     receiver.seen(|s| {
-        let s1 = &told(s, "s1")[0];
+        let s1 = &s.told_of_action("s1")[0];
         assert_eq!(
             (s1["status"].as_str(), s1["reason"].as_str()),
             (Some("failed"), Some("sensor busy, retry"))
         );
-        let s2 = &told(s, "s2")[0];
+        let s2 = &s.told_of_action("s2")[0];
         assert_eq!(
             (s2["status"].as_str(), &s2["result"]),
             (Some("succeeded"), &json!({"done": true}))
@@ -396,7 +393,12 @@ async fn actions_go_down_the_line_a_device_is_on_and_its_result_frames_come_back
         1,
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    receiver.seen(|s| assert_eq!((told(s, "s1").len(), told(s, "s2").len()), (1, 1)));
+    receiver.seen(|s| {
+        assert_eq!(
+            (s.told_of_action("s1").len(), s.told_of_action("s2").len()),
+            (1, 1)
+        )
+    });
     assert_eq!(rig.daemon.terminate(), Some(0));
 }
 
@@ -414,14 +416,6 @@ async fn an_action_too_long_for_the_line_is_not_written_and_told_timed_out() {
         text_commands,
         ..
     } = &mut rig;
-    let submit = |id: &str, device: &str, params: Value| json!({"id": id, "device": device, "name": "calibrate", "params": params});
-    let told = |s: &common::Seen, id: &str| -> Vec<Value> {
-        s.of_type("device.action_completed")
-            .into_iter()
-            .filter(|e| e["data"]["action_id"] == id)
-            .map(|e| e["data"].clone())
-            .collect()
-    };
     let a = api
         .call(
             "POST",
@@ -444,9 +438,11 @@ async fn an_action_too_long_for_the_line_is_not_written_and_told_timed_out() {
     let (_, id, _, _) = parse_command(SerialFraming::Text, &line).unwrap();
     assert_eq!(id, "s4", "the overlong s3 was not written");
     receiver
-        .wait_until(LONG, "s3 told timed out", |s| !told(s, "s3").is_empty())
+        .wait_until(LONG, "s3 told timed out", |s| {
+            !s.told_of_action("s3").is_empty()
+        })
         .await;
-    receiver.seen(|s| assert_eq!(told(s, "s3")[0]["status"], "timed_out"));
+    receiver.seen(|s| assert_eq!(s.told_of_action("s3")[0]["status"], "timed_out"));
     assert!(daemon.log().contains("longer than max_frame_bytes"));
     assert_eq!(daemon.terminate(), Some(0));
 }

@@ -95,15 +95,6 @@ async fn pushed_room() -> (
     (dir, broker, receiver, daemon, port, disp)
 }
 
-/// Every `device.action_completed` the receiver has seen for `id`.
-fn told_in(s: &common::Seen, id: &str) -> Vec<Value> {
-    s.of_type("device.action_completed")
-        .into_iter()
-        .filter(|e| e["data"]["action_id"] == id)
-        .map(|e| e["data"].clone())
-        .collect()
-}
-
 /// The workspace statuses told for room-1, in order.
 fn room_statuses(s: &common::Seen) -> Vec<String> {
     s.of_type("workspace.status.updated")
@@ -156,7 +147,7 @@ async fn commands_pushed_by_upstream_are_verified_taken_once_and_told() {
         taken.body
     );
     receiver
-        .wait_until(LONG, "a1 told", |s| !told_in(s, "a1").is_empty())
+        .wait_until(LONG, "a1 told", |s| !s.told_of_action("a1").is_empty())
         .await;
     // The same request replayed: 401. The same action in a new request: known (200), and
     // the device does not execute it again.
@@ -200,11 +191,11 @@ async fn commands_pushed_by_upstream_are_verified_taken_once_and_told() {
     assert_eq!(refused.status, 422, "{}", refused.body);
     receiver
         .wait_until(LONG, "a2 done, a3 and a4 rejected", |s| {
-            !told_in(s, "a2").is_empty()
-                && told_in(s, "a3")
+            !s.told_of_action("a2").is_empty()
+                && s.told_of_action("a3")
                     .first()
                     .is_some_and(|e| e["status"] == "rejected")
-                && told_in(s, "a4")
+                && s.told_of_action("a4")
                     .first()
                     .is_some_and(|e| e["status"] == "rejected")
         })
@@ -213,7 +204,7 @@ async fn commands_pushed_by_upstream_are_verified_taken_once_and_told() {
     // Each action told once.
     tokio::time::sleep(Duration::from_millis(300)).await;
     for id in ["a1", "a2", "a3", "a4"] {
-        assert_eq!(receiver.seen(|s| told_in(s, id).len()), 1, "{id}");
+        assert_eq!(receiver.seen(|s| s.told_of_action(id).len()), 1, "{id}");
     }
     receiver.seen(|s| assert_eq!(s.bad_signatures, 0));
     assert_eq!(daemon.terminate(), Some(0));
@@ -314,7 +305,7 @@ async fn commands_pulled_from_upstream_are_taken_in_order_and_the_cursor_survive
     );
     receiver
         .wait_until(LONG, "p1 done, the room booked, the booking shown", |s| {
-            told_in(s, "p1")
+            s.told_of_action("p1")
                 .first()
                 .is_some_and(|e| e["status"] == "succeeded")
                 && room_statuses(s).last().map(String::as_str) == Some("Booked")
@@ -353,7 +344,7 @@ async fn commands_pulled_from_upstream_are_taken_in_order_and_the_cursor_survive
     assert_eq!(acked["taken"][1]["status"], 400);
     assert!(acked["taken"][1]["error"].as_str().is_some());
     receiver
-        .wait_until(LONG, "p2 done", |s| !told_in(s, "p2").is_empty())
+        .wait_until(LONG, "p2 done", |s| !s.told_of_action("p2").is_empty())
         .await;
 
     // kill -9: the cursor was kept, so the next start polls from c-4 and takes nothing twice;
@@ -384,7 +375,7 @@ async fn commands_pulled_from_upstream_are_taken_in_order_and_the_cursor_survive
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     for id in ["p1", "p2"] {
-        assert_eq!(receiver.seen(|s| told_in(s, id).len()), 1, "{id}");
+        assert_eq!(receiver.seen(|s| s.told_of_action(id).len()), 1, "{id}");
     }
     assert_eq!(upstream.bad_polls(), 0, "every poll signed");
     assert_eq!(daemon.terminate(), Some(0));
@@ -428,9 +419,9 @@ async fn a_malformed_pulled_command_is_refused_alone_and_polls_are_paced() {
         ]
     );
     receiver
-        .wait_until(LONG, "p9 done", |s| !told_in(s, "p9").is_empty())
+        .wait_until(LONG, "p9 done", |s| !s.told_of_action("p9").is_empty())
         .await;
-    assert!(receiver.seen(|s| told_in(s, "bad").is_empty()));
+    assert!(receiver.seen(|s| s.told_of_action("bad").is_empty()));
     // Paced: about one poll a second while upstream has nothing (before: dozens).
     let before = upstream.polls().len();
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -32,6 +32,15 @@ impl Seen {
         self.events.iter().filter(|e| e["type"] == kind).collect()
     }
 
+    /// The `data` of every `device.action_completed` told of action `id`.
+    pub fn told_of_action(&self, id: &str) -> Vec<Value> {
+        self.of_type("device.action_completed")
+            .into_iter()
+            .filter(|e| e["data"]["action_id"] == id)
+            .map(|e| e["data"].clone())
+            .collect()
+    }
+
     /// (device, seq) of every reading delivered.
     pub fn reading_keys(&self) -> std::collections::BTreeSet<(String, u64)> {
         self.of_type("sensor.reading.updated")
