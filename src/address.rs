@@ -80,3 +80,15 @@ mod tests {
         }
     }
 }
+
+/// Whether a URL's host is this machine (`localhost`, 127.0.0.0/8, ::1).
+pub fn is_loopback(url: &reqwest::Url) -> bool {
+    url.host_str().is_some_and(|host| {
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
+}

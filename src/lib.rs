@@ -32,8 +32,9 @@
 //! - [`metrics`] (the registry and its exposition, by `prometheus-client`; it knows no stage:
 //!   each stage's `metrics` module registers and updates its own series), [`fault_log`],
 //!   [`atomic_file`]
-//!   (rate-limited fault logs), [`secret`], [`size`], [`tls`], [`address`] (URLs taken without
-//!   reaching the host-name code that panics), [`jq`] (filters, each run in a worker process
+//!   (rate-limited fault logs), [`secret`], [`sign`] (the signature schemes, for webhooks and
+//!   for upstream's commands), [`size`], [`tls`], [`address`] (URLs taken without reaching
+//!   the host-name code that panics), [`jq`] (filters, each run in a worker process
 //!   held to a budget), [`heap_budget`] (the allocator that holds a worker to its heap),
 //!   [`memory`] (glibc's malloc set at start, freed memory given back) and [`c_math`] (`pow`,
 //!   so that libm is not mapped): primitives. Every bound on input is listed in
@@ -48,14 +49,14 @@
 //!   signals); [`cli`].
 //!
 //! Layers, lowest first, with no import cycles (`tests/module_graph.rs`): primitives → source →
-//! device → outbox → deliver → config → [`daemon`] (the wiring), telemetry, control, demo → cli.
+//! device → upstream → outbox → deliver → config → [`daemon`] (the wiring), telemetry, control, demo → cli.
 //!
 //! # Where a change goes
 //! - A new input source: a module under [`source`] whose task sends [`source::Inbound`], its
 //!   configuration section checked in its own `validate`, and one spawn in
 //!   `daemon::spawn_sources` (as [`source::modbus`]).
-//! - A new wire format for receivers: [`deliver::format`] (the body) and [`deliver::sign`]
-//!   (its signature), named in `deliver::config`.
+//! - A new wire format for receivers: [`deliver::format`] (the body) and [`sign`] (its
+//!   signature), named in `deliver::config`.
 //! - A new event type: [`event`] (its name and envelope), made by a rule in [`device`]
 //!   (`device::events` builds each one), listed in `docs/events.md`.
 //! - A new piece of persisted state: a field of `device::registry::Applied` (what a message
@@ -91,6 +92,7 @@ pub mod outbox;
 #[cfg(test)]
 pub mod schema;
 pub mod secret;
+pub mod sign;
 pub mod size;
 pub mod source;
 pub mod telemetry;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::commands::{Reply, RETRY_AFTER};
 use super::Control;
-use crate::deliver::sign::Signer;
+use crate::sign::Signer;
 use crate::fault_log::FaultLog;
 use crate::upstream::command;
 use crate::upstream::config::PullConfig;

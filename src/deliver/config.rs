@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use super::format::PayloadFormat;
-pub use super::sign::SignatureScheme;
-use super::sign::{Algorithm, Encoding, HmacOptions};
+pub use crate::sign::SignatureScheme;
+use crate::sign::{Algorithm, Encoding, HmacOptions};
 use crate::secret::Secret;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -31,7 +31,7 @@ pub struct WebhookConfig {
     /// The signing key. Required unless `secrets` is given.
     pub secret: Secret,
     /// Several signing keys, newest first, for rotation: every request carries a signature
-    /// per key (see `deliver::sign`). Replaces `secret` when given.
+    /// per key (see `crate::sign`). Replaces `secret` when given.
     pub secrets: Vec<Secret>,
     /// `hmac` (in `signature_header`; `hmac-sha256-hex` is its old name) or
     /// `standard-webhooks`.
@@ -299,7 +299,7 @@ pub fn validate_endpoint(key: &str, w: &WebhookConfig) -> Result<(), (String, St
         return bad(&format!("{key}.secret"), format!("must be set{hint}"));
     }
     for (i, secret) in secrets.iter().enumerate() {
-        if let Err(e) = crate::deliver::sign::key_bytes(w.signature, secret, i) {
+        if let Err(e) = crate::sign::key_bytes(w.signature, secret, i) {
             let key = if w.secrets.is_empty() {
                 format!("{key}.secret")
             } else {
@@ -525,14 +525,4 @@ pub fn parse_url(url: &str) -> Result<reqwest::Url, String> {
     crate::address::parse(url)
 }
 
-/// Whether a URL's host is this machine (`localhost`, 127.0.0.0/8, ::1).
-pub fn is_loopback(url: &reqwest::Url) -> bool {
-    url.host_str().is_some_and(|host| {
-        host.eq_ignore_ascii_case("localhost")
-            || host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    })
-}
+pub use crate::address::is_loopback;

@@ -9,7 +9,7 @@ use wildmatch::WildMatch;
 
 use super::config::WebhookConfig;
 use super::format::{render, PayloadFormat};
-use super::sign::{SignatureScheme, Signer};
+use crate::sign::{SignatureScheme, Signer};
 use crate::event::EventType;
 use crate::outbox::OutboxRecord;
 
@@ -263,7 +263,7 @@ mod tests {
         assert_eq!(headers["webhook-timestamp"], "1700000000");
         assert_eq!(headers["idempotency-key"], record().id.as_str());
         let signer = Signer::with(
-            crate::deliver::sign::SignatureScheme::StandardWebhooks,
+            crate::sign::SignatureScheme::StandardWebhooks,
             &[crate::secret::Secret::new(
                 "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
             )],

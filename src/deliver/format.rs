@@ -18,7 +18,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::sign::{Algorithm, Encoding};
+use crate::sign::{Algorithm, Encoding};
 use crate::event::EventType;
 
 /// How an endpoint wants its events.

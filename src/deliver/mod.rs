@@ -32,7 +32,6 @@ pub mod retry;
 pub mod schedule;
 mod send;
 mod settle;
-pub mod sign;
 pub mod template;
 pub mod transport;
 
@@ -55,7 +54,7 @@ use log::{Attempt, DeliveryLog};
 use metrics::EndpointMetrics;
 pub use retry::{classify, Outcome, RetryPolicy};
 use schedule::{Decision, Facts, GiveUp};
-pub use sign::Signer;
+pub use crate::sign::Signer;
 pub use transport::Transport;
 
 /// Most records one lane holds in memory (a quarter of the window when that is smaller); the

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::deliver::sign::{self, SignatureScheme};
+use crate::sign::{self, SignatureScheme};
 use crate::secret::Secret;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -124,11 +124,11 @@ pub fn validate(u: &UpstreamConfig) -> Result<(), (String, String)> {
         )?;
     }
     if let Some(p) = &u.pull {
-        match crate::deliver::config::parse_url(&p.url) {
+        match crate::address::parse(&p.url) {
             Err(e) => return bad("pull.url", e),
             Ok(url) if url.scheme() == "https" => {}
             Ok(url) if url.scheme() == "http" => {
-                if !crate::deliver::config::is_loopback(&url) && !p.allow_insecure_http {
+                if !crate::address::is_loopback(&url) && !p.allow_insecure_http {
                     return bad(
                         "pull.url",
                         "http:// carries commands in clear text: use https://, or set allow_insecure_http = true".into(),

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use crate::deliver::sign::Signer;
+use crate::sign::Signer;
 
 /// At most this many ids are remembered (a full window refuses with [`Unauthorized::Busy`]).
 pub const MAX_REMEMBERED: usize = 10_000;
@@ -150,7 +150,7 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deliver::sign::{HmacOptions, SignatureScheme};
+    use crate::sign::{HmacOptions, SignatureScheme};
     use crate::secret::Secret;
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
