@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::commands::{Reply, RETRY_AFTER};
 use super::Control;
-use crate::sign::Signer;
 use crate::fault_log::FaultLog;
+use crate::sign::Signer;
 use crate::upstream::command;
 use crate::upstream::config::PullConfig;
 use crate::upstream::gate::{Gate, Signed};

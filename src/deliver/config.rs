@@ -8,9 +8,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use super::format::PayloadFormat;
+use crate::secret::Secret;
 pub use crate::sign::SignatureScheme;
 use crate::sign::{Algorithm, Encoding, HmacOptions};
-use crate::secret::Secret;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]

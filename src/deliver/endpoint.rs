@@ -9,9 +9,9 @@ use wildmatch::WildMatch;
 
 use super::config::WebhookConfig;
 use super::format::{render, PayloadFormat};
-use crate::sign::{SignatureScheme, Signer};
 use crate::event::EventType;
 use crate::outbox::OutboxRecord;
+use crate::sign::{SignatureScheme, Signer};
 
 pub struct Endpoint {
     pub url: reqwest::Url,

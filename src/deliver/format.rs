@@ -18,8 +18,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::sign::{Algorithm, Encoding};
 use crate::event::EventType;
+use crate::sign::{Algorithm, Encoding};
 
 /// How an endpoint wants its events.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

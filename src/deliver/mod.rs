@@ -47,6 +47,7 @@ use crate::clock::system_now as now_ms;
 pub use crate::outbox::Disabled;
 use crate::outbox::Last;
 use crate::outbox::{DeadInfo, Outbox, OutboxRecord, QueueId};
+pub use crate::sign::Signer;
 use config::WebhookConfig;
 use endpoint::Endpoint;
 use lanes::{Lanes, Limits, Offer};
@@ -54,7 +55,6 @@ use log::{Attempt, DeliveryLog};
 use metrics::EndpointMetrics;
 pub use retry::{classify, Outcome, RetryPolicy};
 use schedule::{Decision, Facts, GiveUp};
-pub use crate::sign::Signer;
 pub use transport::Transport;
 
 /// Most records one lane holds in memory (a quarter of the window when that is smaller); the

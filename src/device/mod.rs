@@ -72,10 +72,12 @@ pub use workspace::{WorkspaceState, WorkspaceStatus};
 use crate::clock::{millis, shifted};
 pub use crate::clock::{Clock, Millis};
 
-/// What the device stage hands the outbox for one inbound message (or one tick of its clock).
-#[derive(Debug, Default)]
-pub struct Commit {
-    pub envelopes: Vec<Envelope>,
+/// The state one message (or one tick) changed, persisted with its events: one value from
+/// the registry ([`registry::Applied`]) through the device stage ([`Commit`]) to the outbox
+/// writer (`outbox::write`), so a new piece of persisted state is a field here, its arm in the
+/// writer and its reader in `outbox::states`.
+#[derive(Debug, Default, PartialEq)]
+pub struct Changes {
     /// Device states that changed.
     pub devices: Vec<(String, DeviceState)>,
     /// Workspace states that changed.
@@ -84,11 +86,37 @@ pub struct Commit {
     pub groups: Vec<(String, group::GroupState)>,
     /// Devices forgotten: their states are deleted (after the events).
     pub forgotten: Vec<String>,
-    /// Actions whose state changed; actions forgotten (deleted).
+    /// Actions whose state changed.
     pub actions: Vec<action::Action>,
+    /// Actions done and past their deadlines: deleted.
     pub forgotten_actions: Vec<String>,
     /// Bookings kept (`Some`) or forgotten (`None`), by id.
     pub bookings: Vec<(String, Option<booking::Booking>)>,
+}
+
+impl Changes {
+    /// Take in what a later change did.
+    pub fn absorb(&mut self, other: Changes) {
+        self.devices.extend(other.devices);
+        self.workspaces.extend(other.workspaces);
+        self.groups.extend(other.groups);
+        self.forgotten.extend(other.forgotten);
+        self.actions.extend(other.actions);
+        self.forgotten_actions.extend(other.forgotten_actions);
+        self.bookings.extend(other.bookings);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Changes::default()
+    }
+}
+
+/// What the device stage hands the outbox for one inbound message (or one tick of its clock).
+#[derive(Debug, Default)]
+pub struct Commit {
+    pub envelopes: Vec<Envelope>,
+    /// The states that changed, written with the events.
+    pub changes: Changes,
     /// Actions to publish once the batch is durable.
     pub outgoing: Vec<Outgoing>,
     /// The states must be durable before `ack` even when no event is queued (see

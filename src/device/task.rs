@@ -34,9 +34,12 @@ pub async fn run(
             );
             let shifted = registry.shift(step);
             let commit = Commit {
-                devices: shifted.devices,
-                workspaces: shifted.workspaces,
-                groups: shifted.groups,
+                changes: Changes {
+                    devices: shifted.changes.devices,
+                    workspaces: shifted.changes.workspaces,
+                    groups: shifted.changes.groups,
+                    ..Default::default()
+                },
                 ..Default::default()
             };
             if commits.send(commit).await.is_err() {
@@ -106,7 +109,7 @@ pub async fn run(
         if applied.is_empty() && ack.is_none() {
             continue;
         }
-        if !applied.forgotten.is_empty() {
+        if !applied.changes.forgotten.is_empty() {
             metrics.set_devices(registry.len());
         }
         // The device stage's time, so that `timestamp` agrees with the times in `data`.

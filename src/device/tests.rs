@@ -60,7 +60,7 @@ fn first_reading_is_a_change_and_brings_the_device_online() {
     );
     assert_eq!(a.events[2].data["changed"], json!(["temp"]));
     assert_eq!(a.events[2].data["fields"], json!({"temp": 21.5, "seq": 1}));
-    assert_eq!(a.devices[0].1.health, Health::Online);
+    assert_eq!(a.changes.devices[0].1.health, Health::Online);
     // unchanged, in a class that does not watch silence: nothing to write at all
     assert!(r
         .apply("t1", &reading(json!({"temp": 21.5, "seq": 2})), 100_000)
@@ -155,21 +155,24 @@ fn seen_times_are_persisted_coarsely_for_watched_classes() {
     let mut r = Registry::new(&[class("occ", "occ-*")], &[], [], [], 0);
     assert_eq!(
         r.apply("occ-1", &reading(json!({"t": 1})), 1_000)
+            .changes
             .devices
             .len(),
         1
     );
     assert!(r
         .apply("occ-1", &reading(json!({"t": 1})), 2_000)
+        .changes
         .devices
         .is_empty());
     assert!(r
         .apply("occ-1", &reading(json!({"t": 1})), 30_999)
+        .changes
         .devices
         .is_empty());
     let a = r.apply("occ-1", &reading(json!({"t": 1})), 31_000);
     assert!(a.events.is_empty());
-    assert_eq!(a.devices[0].1.last_seen, 31_000);
+    assert_eq!(a.changes.devices[0].1.last_seen, 31_000);
 }
 
 /// Issue 16 #1: what an acknowledgement must wait for. Anything that changes what will be
@@ -230,7 +233,7 @@ fn what_must_be_on_disk_before_the_ack() {
         };
         let case = format!("case {i}: {device} at {at}: {a:?}");
         assert_eq!(a.events.len(), *events, "{case}");
-        assert_eq!(!a.devices.is_empty(), *states, "{case}");
+        assert_eq!(!a.changes.devices.is_empty(), *states, "{case}");
         assert_eq!(a.sync, *sync, "{case}");
     }
 }
@@ -298,7 +301,7 @@ fn the_registry_is_bounded_in_devices_and_field_names() {
         assert_eq!(a.refused, *refused, "case {i}");
         if refused.is_some() {
             assert!(
-                a.events.is_empty() && a.devices.is_empty(),
+                a.events.is_empty() && a.changes.devices.is_empty(),
                 "case {i}: {a:?}"
             );
         } else {
@@ -325,6 +328,7 @@ fn times_remembered_from_the_future_are_taken_as_now() {
     let mut ahead = Registry::new(std::slice::from_ref(&c), &[], [], [], day);
     let saved = ahead
         .apply("occ-1", &reading(json!({"presence": true})), day + 1_000)
+        .changes
         .devices;
     let mut r = Registry::new(std::slice::from_ref(&c), &[], saved, [], 5_000);
     let a = r.apply("occ-1", &reading(json!({"presence": false})), 6_000);
@@ -361,7 +365,7 @@ fn a_clock_step_keeps_every_duration_and_moves_every_time() {
             3_000,
         );
         let shifted = r2.shift(step);
-        assert_eq!(shifted.devices.len(), 3);
+        assert_eq!(shifted.changes.devices.len(), 3);
         assert!(!shifted.sync, "moved times are written lazily");
         let at = |t: i64| (t + step) as Millis;
         assert_eq!(r2.device("occ-1").unwrap().last_report, at(1_000));
@@ -390,6 +394,7 @@ fn restart_neither_reannounces_nor_forgets_silence() {
     for id in ["occ-1", "occ-2"] {
         for (k, s) in before
             .apply(id, &reading(json!({"presence": true})), 1_000)
+            .changes
             .devices
         {
             saved.insert(k, s);
@@ -434,7 +439,7 @@ fn a_new_firmware_version_is_told_once_across_restarts() {
             "sensor.reading.updated"
         ]
     );
-    let saved = a.devices;
+    let saved = a.changes.devices;
     // restarted; meanwhile the device was updated
     let mut r = Registry::new(std::slice::from_ref(&c), &[], saved, [], 5_000);
     let a = r.apply(
@@ -452,7 +457,7 @@ fn a_new_firmware_version_is_told_once_across_restarts() {
         updates[0].data,
         json!({"device_id": "occ-1", "field": "firmware", "previous": "1.0", "version": "1.1"})
     );
-    let saved = a.devices;
+    let saved = a.changes.devices;
     let mut r = Registry::new(std::slice::from_ref(&c), &[], saved, [], 7_000);
     let a = r.apply(
         "occ-1",
@@ -470,7 +475,7 @@ fn held_reports_survive_a_restart() {
     r.apply("occ-1", &reading(json!({"t": 1})), 1_000);
     let a = r.apply("occ-1", &reading(json!({"t": 2})), 2_000);
     assert!(a.events.is_empty());
-    let saved = a.devices; // persisted with the message's ack
+    let saved = a.changes.devices; // persisted with the message's ack
     let mut r = Registry::new(std::slice::from_ref(&c), &[], saved, [], 5_000);
     let a = r.tick(11_000);
     assert_eq!(kinds(&a), ["sensor.reading.updated"]);
@@ -545,7 +550,7 @@ fn workspace_follows_sensors_display_hold_and_health() {
     // a sensor comes back absent: Free (the display is lost, so no booking)
     let a = r.apply("occ-a", &reading(json!({"presence": false})), 95_000);
     assert_eq!(statuses(&a), [(json!("Free"), json!("Unknown"))]);
-    assert_eq!(a.workspaces.last().unwrap().0, "room");
+    assert_eq!(a.changes.workspaces.last().unwrap().0, "room");
 }
 
 #[test]
@@ -579,7 +584,7 @@ fn workspace_state_survives_a_restart_mid_hold() {
     let mut r = Registry::new(&[], &w, [], [], 0);
     r.apply("occ-a", &reading(json!({"presence": true})), 1_000);
     let a = r.apply("occ-a", &reading(json!({"presence": false})), 2_000);
-    let (devices, workspaces) = (a.devices, a.workspaces);
+    let (devices, workspaces) = (a.changes.devices, a.changes.workspaces);
     assert_eq!(workspaces[0].1.vacated_at, Some(2_000));
     let mut r = Registry::new(&[], &w, devices, workspaces, 10_000);
     assert!(r
@@ -653,7 +658,7 @@ fn devices_are_registered_once_and_forgotten_after_silence_or_by_an_operator() {
         a.events[0].data,
         json!({"device_id": "occ-2", "class": "occ", "last_seen": "1970-01-01T00:00:01.500Z", "reason": "forget_after"})
     );
-    assert_eq!(a.forgotten, ["occ-2"]);
+    assert_eq!(a.changes.forgotten, ["occ-2"]);
     assert!(r.device("occ-2").is_none());
     // Heard from again: registered anew.
     let a = r.apply("occ-2", &reading(json!({"presence": false})), 3_605_000);
@@ -663,7 +668,7 @@ fn devices_are_registered_once_and_forgotten_after_silence_or_by_an_operator() {
     let a = r.forget("occ-1", 3_606_000).unwrap();
     assert_eq!(kinds(&a), ["device.unregistered"]);
     assert_eq!(a.events[0].data["reason"], "operator");
-    assert_eq!(a.forgotten, ["occ-1"]);
+    assert_eq!(a.changes.forgotten, ["occ-1"]);
     assert_eq!(r.len(), 1);
 }
 
@@ -771,7 +776,7 @@ fn sync_is_told_after_its_grace_and_survives_a_restart() {
     // The operator wants v11 for this one: in sync at once.
     let a = r.desire("disp-1", Some(json!("v11")), 70_000).unwrap();
     assert_eq!(kinds(&a), ["device.in_sync"]);
-    assert_eq!(a.devices[0].1.desired, Some(json!("v11")));
+    assert_eq!(a.changes.devices[0].1.desired, Some(json!("v11")));
     // Cleared: the class's v12 again, differing; told after the grace.
     let a = r.desire("disp-1", None, 80_000).unwrap();
     assert!(a.events.is_empty());
@@ -842,7 +847,10 @@ fn a_group_reports_its_usable_members_as_one_across_restarts() {
         group_events(&a, "sensor.group.state.updated")[0]["battery"],
         json!(90.0)
     );
-    assert!(a.groups.len() == 1 && a.sync, "persisted with the events");
+    assert!(
+        a.changes.groups.len() == 1 && a.sync,
+        "persisted with the events"
+    );
     // A second member, absent: half the floor is occupied.
     let a = r.apply(
         "occ-2b",
@@ -1059,7 +1067,7 @@ fn actions_go_one_at_a_time_to_online_devices_and_end_once() {
         (json!("a1"), json!("show_message"))
     );
     assert!(
-        a.sync && a.actions.iter().any(|x| x.id == "a1"),
+        a.sync && a.changes.actions.iter().any(|x| x.id == "a1"),
         "sent is durable before it goes"
     );
     let Submit::Accepted(a) = r.submit(act("a2", "disp-1", "show_message"), 2_100) else {
@@ -1120,9 +1128,9 @@ fn actions_go_one_at_a_time_to_online_devices_and_end_once() {
     assert!(r.action("a5").is_some());
     let a = r.tick(700_000 + 600_000);
     assert!(
-        a.forgotten_actions.contains(&"a5".to_string()),
+        a.changes.forgotten_actions.contains(&"a5".to_string()),
         "{:?}",
-        a.forgotten_actions
+        a.changes.forgotten_actions
     );
     assert!(r.action("a5").is_none());
 }
@@ -1148,7 +1156,7 @@ fn remembered_actions_are_bounded() {
     for i in 0..100 {
         match r.submit(act(&format!("x{i}"), "nobody", "identify"), 1_000 + i) {
             Submit::Rejected(a, ActionRefusal::UnknownDevice) => {
-                forgotten.extend(a.forgotten_actions)
+                forgotten.extend(a.changes.forgotten_actions)
             }
             other => panic!("{other:?}"),
         }
@@ -1195,7 +1203,7 @@ fn upstream_bookings_book_a_room_from_start_to_end_presence_wins_and_they_surviv
         .unwrap()
         .unwrap();
     assert!(statuses(&a).is_empty(), "not booked before start");
-    assert_eq!(a.bookings.len(), 1);
+    assert_eq!(a.changes.bookings.len(), 1);
     assert!(a.sync);
     assert_eq!(a.outgoing.len(), 1, "shown on the display");
     let shown: Value = a.outgoing[0].message.clone();
@@ -1235,11 +1243,12 @@ fn upstream_bookings_book_a_room_from_start_to_end_presence_wins_and_they_surviv
         statuses(&a)
     );
     assert!(
-        a.bookings
+        a.changes
+            .bookings
             .iter()
             .any(|(id, b)| id == "bk" && b.as_ref().is_some_and(|b| b.ended == Some(72_000))),
         "ended when over: {:?}",
-        a.bookings
+        a.changes.bookings
     );
     // A restart finds the desk's booking and keeps it until its end.
     let kept: Vec<_> = r.bookings().cloned().collect();
@@ -1263,7 +1272,7 @@ fn upstream_bookings_book_a_room_from_start_to_end_presence_wins_and_they_surviv
         ended: Some(26_000),
         ..booking("bk-d", "desk", 5_000, 100_000)
     };
-    assert_eq!(a.bookings, vec![("bk-d".to_string(), Some(ended))]);
+    assert_eq!(a.changes.bookings, vec![("bk-d".to_string(), Some(ended))]);
     assert!(r.unbook("bk-d", "desk", 26_500).unwrap().is_empty());
     assert!(r.unbook("bk-d", "nowhere", 26_500).is_none());
 }
@@ -1312,9 +1321,9 @@ fn a_booking_ended_is_not_booked_again_by_a_replay() {
         .unwrap();
     let a = r.tick(later + 1);
     assert!(
-        a.bookings.contains(&("bk".to_string(), None)),
+        a.changes.bookings.contains(&("bk".to_string(), None)),
         "{:?}",
-        a.bookings
+        a.changes.bookings
     );
     assert!(!r.ended.contains_key("bk"));
     let again = booking("bk", "room", later + 100, later + 200);

@@ -30,12 +30,12 @@ impl Seen {
         batch.iter().all(|c| {
             !c.sync
                 && c.envelopes.is_empty()
-                && c.workspaces.is_empty()
-                && c.groups.is_empty()
-                && c.forgotten.is_empty()
-                && c.actions.is_empty()
-                && c.forgotten_actions.is_empty()
-                && c.bookings.is_empty()
+                && c.changes.workspaces.is_empty()
+                && c.changes.groups.is_empty()
+                && c.changes.forgotten.is_empty()
+                && c.changes.actions.is_empty()
+                && c.changes.forgotten_actions.is_empty()
+                && c.changes.bookings.is_empty()
                 && c.outgoing.is_empty()
         })
     }
@@ -44,7 +44,7 @@ impl Seen {
     /// for the same devices.
     pub(super) fn hold(&mut self, batch: &mut [Commit], now: Instant) {
         self.held
-            .extend(batch.iter_mut().flat_map(|c| c.devices.drain(..)));
+            .extend(batch.iter_mut().flat_map(|c| c.changes.devices.drain(..)));
         if !self.held.is_empty() {
             self.since.get_or_insert(now);
         }
@@ -64,7 +64,13 @@ impl Seen {
         }
         let newer: HashSet<&str> = batch
             .iter()
-            .flat_map(|c| c.devices.iter().map(|(id, _)| id).chain(&c.forgotten))
+            .flat_map(|c| {
+                c.changes
+                    .devices
+                    .iter()
+                    .map(|(id, _)| id)
+                    .chain(&c.changes.forgotten)
+            })
             .map(String::as_str)
             .collect();
         let devices: Vec<_> = std::mem::take(&mut self.held)
@@ -75,7 +81,10 @@ impl Seen {
             batch.insert(
                 0,
                 Commit {
-                    devices,
+                    changes: crate::device::Changes {
+                        devices,
+                        ..Default::default()
+                    },
                     ..Default::default()
                 },
             );
@@ -90,13 +99,16 @@ pub(super) mod tests {
     /// A commit moving `id`'s `last_seen` to `at`, and nothing else.
     pub(in crate::outbox) fn seen(id: &str, at: u64) -> Commit {
         Commit {
-            devices: vec![(
-                id.into(),
-                DeviceState {
-                    last_seen: at,
-                    ..Default::default()
-                },
-            )],
+            changes: crate::device::Changes {
+                devices: vec![(
+                    id.into(),
+                    DeviceState {
+                        last_seen: at,
+                        ..Default::default()
+                    },
+                )],
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -104,7 +116,7 @@ pub(super) mod tests {
     fn held(batch: &[Commit]) -> Vec<(String, u64)> {
         batch
             .iter()
-            .flat_map(|c| &c.devices)
+            .flat_map(|c| &c.changes.devices)
             .map(|(id, s)| (id.clone(), s.last_seen))
             .collect()
     }
@@ -116,7 +128,10 @@ pub(super) mod tests {
             ..seen("a", 1)
         };
         let forgets = Commit {
-            forgotten: vec!["b".into()],
+            changes: crate::device::Changes {
+                forgotten: vec!["b".into()],
+                ..Default::default()
+            },
             ..Default::default()
         };
         let table: [(Vec<Commit>, bool); 5] = [
@@ -126,7 +141,10 @@ pub(super) mod tests {
             (vec![forgets], false),
             (
                 vec![Commit {
-                    workspaces: vec![("w".into(), Default::default())],
+                    changes: crate::device::Changes {
+                        workspaces: vec![("w".into(), Default::default())],
+                        ..Default::default()
+                    },
                     ..Default::default()
                 }],
                 false,
@@ -152,7 +170,10 @@ pub(super) mod tests {
         let mut batch = vec![
             seen("c", 3),
             Commit {
-                forgotten: vec!["b".into()],
+                changes: crate::device::Changes {
+                    forgotten: vec!["b".into()],
+                    ..Default::default()
+                },
                 ..Default::default()
             },
         ];

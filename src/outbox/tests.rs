@@ -240,19 +240,23 @@ async fn batches_survive_reopen_in_order_and_removal_sticks() {
         let commits: Vec<Commit> = (0..5)
             .map(|i| Commit {
                 envelopes: vec![envelope(&format!("d{i}"))],
-                devices: vec![(
-                    format!("d{i}"),
-                    DeviceState {
-                        health: crate::device::Health::Online,
-                        ..Default::default()
-                    },
-                )],
-                workspaces: vec![(format!("w{}", i % 2), WorkspaceState::default())],
-                groups: Vec::new(),
-                forgotten: Vec::new(),
-                actions: Vec::new(),
-                forgotten_actions: Vec::new(),
-                bookings: Vec::new(),
+                changes: crate::device::Changes {
+                    devices: vec![(
+                        format!("d{i}"),
+                        DeviceState {
+                            health: crate::device::Health::Online,
+                            ..Default::default()
+                        },
+                    )],
+                    workspaces: vec![(format!("w{}", i % 2), WorkspaceState::default())],
+                    groups: Vec::new(),
+                    forgotten: Vec::new(),
+                    actions: Vec::new(),
+                    forgotten_actions: Vec::new(),
+                    bookings: Vec::new(),
+                    ..Default::default()
+                },
+
                 outgoing: Vec::new(),
                 sync: true,
                 ack: None,
@@ -768,7 +772,10 @@ async fn seen_times_alone_are_written_with_the_next_batch_or_a_minute_later_and_
     committed(
         &tx,
         Commit {
-            forgotten: vec!["b".into()],
+            changes: crate::device::Changes {
+                forgotten: vec!["b".into()],
+                ..Default::default()
+            },
             sync: true,
             ..Default::default()
         },
@@ -813,13 +820,16 @@ async fn a_crash_at_any_point_keeps_every_synced_record_and_state() {
                 pending.extend(envelopes.iter().map(|e| e.id.clone()));
                 let commit = Commit {
                     envelopes,
-                    devices: vec![(
-                        "d".into(),
-                        DeviceState {
-                            last_seen: step,
-                            ..Default::default()
-                        },
-                    )],
+                    changes: crate::device::Changes {
+                        devices: vec![(
+                            "d".into(),
+                            DeviceState {
+                                last_seen: step,
+                                ..Default::default()
+                            },
+                        )],
+                        ..Default::default()
+                    },
                     ..Default::default()
                 };
                 ob.write(&[commit], &[]).unwrap();
@@ -1440,13 +1450,16 @@ async fn a_page_of_stored_devices_stops_at_its_limit_or_its_size() {
     };
     let third = PAGE_BYTES / 3 - 400 - crate::device::VIEW_BYTES;
     let commit = Commit {
-        devices: vec![
-            ("d0".into(), state(third)),
-            ("d1".into(), state(third)),
-            ("d2".into(), state(third)),
-            ("d3".into(), state(PAGE_BYTES + 1)),
-            ("d4".into(), state(10)),
-        ],
+        changes: crate::device::Changes {
+            devices: vec![
+                ("d0".into(), state(third)),
+                ("d1".into(), state(third)),
+                ("d2".into(), state(third)),
+                ("d3".into(), state(PAGE_BYTES + 1)),
+                ("d4".into(), state(10)),
+            ],
+            ..Default::default()
+        },
         sync: true,
         ..Default::default()
     };
@@ -1502,11 +1515,15 @@ async fn a_page_of_stored_devices_counts_what_the_log_holds_since_the_checkpoint
         ..Default::default()
     };
     let commit = |devices: Vec<(&str, i64)>, forgotten: Vec<&str>| Commit {
-        devices: devices
-            .into_iter()
-            .map(|(id, v)| (id.to_string(), state(v)))
-            .collect(),
-        forgotten: forgotten.into_iter().map(str::to_string).collect(),
+        changes: crate::device::Changes {
+            devices: devices
+                .into_iter()
+                .map(|(id, v)| (id.to_string(), state(v)))
+                .collect(),
+            forgotten: forgotten.into_iter().map(str::to_string).collect(),
+            ..Default::default()
+        },
+
         sync: true,
         ..Default::default()
     };

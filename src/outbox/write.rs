@@ -52,14 +52,19 @@ impl Outbox {
         type Encoded<'a> = (Vec<(&'a str, Vec<u8>)>, &'a [String]);
         let devices: Vec<Encoded> = batch
             .iter()
-            .map(|c| (encode_states(c.devices.iter()), c.forgotten.as_slice()))
+            .map(|c| {
+                (
+                    encode_states(c.changes.devices.iter()),
+                    c.changes.forgotten.as_slice(),
+                )
+            })
             .filter(|(d, f)| !d.is_empty() || !f.is_empty())
             .collect();
-        let workspaces = encode_states(batch.iter().flat_map(|c| &c.workspaces));
-        let groups = encode_states(batch.iter().flat_map(|c| &c.groups));
+        let workspaces = encode_states(batch.iter().flat_map(|c| &c.changes.workspaces));
+        let groups = encode_states(batch.iter().flat_map(|c| &c.changes.groups));
         let actions: Vec<(String, Vec<u8>)> = batch
             .iter()
-            .flat_map(|c| &c.actions)
+            .flat_map(|c| &c.changes.actions)
             .map(|a| {
                 (
                     a.id.clone(),
@@ -67,11 +72,13 @@ impl Outbox {
                 )
             })
             .collect();
-        let forgotten_actions: Vec<&String> =
-            batch.iter().flat_map(|c| &c.forgotten_actions).collect();
+        let forgotten_actions: Vec<&String> = batch
+            .iter()
+            .flat_map(|c| &c.changes.forgotten_actions)
+            .collect();
         let bookings: Vec<(&String, Option<Vec<u8>>)> = batch
             .iter()
-            .flat_map(|c| &c.bookings)
+            .flat_map(|c| &c.changes.bookings)
             .map(|(id, b)| {
                 let bytes = b
                     .as_ref()

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sign::{self, SignatureScheme};
 use crate::secret::Secret;
+use crate::sign::{self, SignatureScheme};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]

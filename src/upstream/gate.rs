@@ -150,8 +150,8 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sign::{HmacOptions, SignatureScheme};
     use crate::secret::Secret;
+    use crate::sign::{HmacOptions, SignatureScheme};
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 

@@ -62,7 +62,7 @@ impl Registry {
             if let Some(at) = self.scheduled.remove(&Timer::Action(id.clone())) {
                 self.timers.remove(&(at, Timer::Action(id.clone())));
             }
-            out.forgotten_actions.push(id);
+            out.changes.forgotten_actions.push(id);
         }
         self.action_seq += 1;
         let mut a = action::Action {
@@ -96,7 +96,7 @@ impl Registry {
                 },
             ));
             out.sync = true;
-            out.actions.push(a.clone());
+            out.changes.actions.push(a.clone());
             let id = a.id.clone();
             self.actions.insert(id.clone(), a);
             self.schedule_action(&id);
@@ -104,7 +104,7 @@ impl Registry {
         }
         let (id, device) = (a.id.clone(), a.device.clone());
         out.sync = true;
-        out.actions.push(a.clone());
+        out.changes.actions.push(a.clone());
         self.actions.insert(id.clone(), a);
         self.schedule_action(&id);
         self.dispatch(&device, now, &mut out);
@@ -126,7 +126,10 @@ impl Registry {
         a.finish(action::ActionStatus::Cancelled, None, now);
         let mut out = Applied {
             sync: true,
-            actions: vec![a.clone()],
+            changes: Changes {
+                actions: vec![a.clone()],
+                ..Default::default()
+            },
             ..Applied::default()
         };
         let device = a.device.clone();
@@ -169,8 +172,8 @@ impl Registry {
             message: payload,
         });
         out.sync = true;
-        out.actions.retain(|x| x.id != id);
-        out.actions.push(a.clone());
+        out.changes.actions.retain(|x| x.id != id);
+        out.changes.actions.push(a.clone());
         self.schedule_action(&id);
     }
 
@@ -201,8 +204,8 @@ impl Registry {
             Some(completion) => {
                 out.events.push(action_completed_event(a, completion));
                 out.sync = true;
-                out.actions.retain(|x| x.id != id);
-                out.actions.push(a.clone());
+                out.changes.actions.retain(|x| x.id != id);
+                out.changes.actions.push(a.clone());
                 self.schedule_action(id);
                 self.dispatch(device, now, out);
             }
@@ -221,16 +224,16 @@ impl Registry {
             action::Due::Completed(completion) => {
                 out.events.push(action_completed_event(a, completion));
                 out.sync = true;
-                out.actions.retain(|x| x.id != id);
-                out.actions.push(a.clone());
+                out.changes.actions.retain(|x| x.id != id);
+                out.changes.actions.push(a.clone());
                 let device = a.device.clone();
                 self.schedule_action(id);
                 self.dispatch(&device, now, out);
             }
             action::Due::Forget => {
                 self.actions.remove(id);
-                out.actions.retain(|x| x.id != id);
-                out.forgotten_actions.push(id.to_string());
+                out.changes.actions.retain(|x| x.id != id);
+                out.changes.forgotten_actions.push(id.to_string());
             }
         }
     }

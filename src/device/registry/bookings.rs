@@ -27,7 +27,7 @@ impl Registry {
         };
         let ended = b.ended_at(now);
         self.ended.insert(ended.id.clone(), ended.clone());
-        out.bookings.push((ended.id.clone(), Some(ended)));
+        out.changes.bookings.push((ended.id.clone(), Some(ended)));
         out.sync = true;
         let mut by_age: Vec<(Millis, String)> = self
             .ended
@@ -39,7 +39,7 @@ impl Registry {
         for (i, (at, id)) in by_age.into_iter().enumerate() {
             if i < excess || at.saturating_add(booking::REMEMBER_ENDED) <= now {
                 self.ended.remove(&id);
-                out.bookings.push((id, None));
+                out.changes.bookings.push((id, None));
             } else {
                 break;
             }
@@ -77,7 +77,7 @@ impl Registry {
             }
         }
         self.bookings.insert(b.id.clone(), b.clone());
-        out.bookings.push((b.id.clone(), Some(b.clone())));
+        out.changes.bookings.push((b.id.clone(), Some(b.clone())));
         out.sync = true;
         self.evaluate_workspace(i, now, None, &mut out);
         let params = serde_json::json!({

@@ -146,8 +146,10 @@ impl Registry {
         }
         if dirty {
             out.sync = true;
-            out.groups.retain(|(id, _)| id != &g.config.id);
-            out.groups.push((g.config.id.clone(), g.state.clone()));
+            out.changes.groups.retain(|(id, _)| id != &g.config.id);
+            out.changes
+                .groups
+                .push((g.config.id.clone(), g.state.clone()));
         }
         self.schedule_group(i);
     }
@@ -180,8 +182,10 @@ impl Registry {
         }
         if dirty {
             out.sync = true;
-            out.groups.retain(|(id, _)| id != &g.config.id);
-            out.groups.push((g.config.id.clone(), g.state.clone()));
+            out.changes.groups.retain(|(id, _)| id != &g.config.id);
+            out.changes
+                .groups
+                .push((g.config.id.clone(), g.state.clone()));
         }
         self.schedule_group(i);
     }

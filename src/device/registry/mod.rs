@@ -61,12 +61,8 @@ pub(super) enum Timer {
 #[derive(Debug, Default, PartialEq)]
 pub struct Applied {
     pub events: Vec<Event>,
-    /// Device states that changed and must be persisted with the events.
-    pub devices: Vec<(String, DeviceState)>,
-    /// Workspace states likewise.
-    pub workspaces: Vec<(String, WorkspaceState)>,
-    /// Group states likewise.
-    pub groups: Vec<(String, group::GroupState)>,
+    /// The states that changed, persisted with the events.
+    pub changes: Changes,
     /// Whether these states decide what is reported later (held values, a pending offline,
     /// the values upstream knows, health, a workspace's status or hold): then they must be on
     /// disk before the message is acknowledged, even when no event came of it. False when the
@@ -77,14 +73,6 @@ pub struct Applied {
     pub refused: Option<OverLimit>,
     /// A device's answer to an action was ignored, and why (no event came of it).
     pub ignored_answer: Option<IgnoredAnswer>,
-    /// Devices forgotten: their states are deleted, after the events.
-    pub forgotten: Vec<String>,
-    /// Actions whose state changed, to persist with the events.
-    pub actions: Vec<action::Action>,
-    /// Actions done and past their deadlines: deleted.
-    pub forgotten_actions: Vec<String>,
-    /// Bookings kept (`Some`) or forgotten (`None`), by id: persisted with the events.
-    pub bookings: Vec<(String, Option<booking::Booking>)>,
     /// Actions to publish once this is durable.
     pub outgoing: Vec<Outgoing>,
 }
@@ -164,13 +152,7 @@ impl Applied {
                 .iter()
                 .map(|e| Envelope::seal(e, gateway_id, at))
                 .collect(),
-            devices: self.devices,
-            workspaces: self.workspaces,
-            groups: self.groups,
-            forgotten: self.forgotten,
-            actions: self.actions,
-            forgotten_actions: self.forgotten_actions,
-            bookings: self.bookings,
+            changes: self.changes,
             outgoing: self.outgoing,
             sync: self.sync,
             ack,
@@ -180,26 +162,13 @@ impl Applied {
     /// Take in what another change did (after this one's).
     pub fn absorb(&mut self, other: Applied) {
         self.events.extend(other.events);
-        self.devices.extend(other.devices);
-        self.workspaces.extend(other.workspaces);
-        self.groups.extend(other.groups);
+        self.changes.absorb(other.changes);
         self.sync |= other.sync;
-        self.forgotten.extend(other.forgotten);
-        self.actions.extend(other.actions);
-        self.forgotten_actions.extend(other.forgotten_actions);
         self.outgoing.extend(other.outgoing);
-        self.bookings.extend(other.bookings);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
-            && self.devices.is_empty()
-            && self.workspaces.is_empty()
-            && self.groups.is_empty()
-            && self.forgotten.is_empty()
-            && self.actions.is_empty()
-            && self.forgotten_actions.is_empty()
-            && self.bookings.is_empty()
+        self.events.is_empty() && self.changes.is_empty()
     }
 }
 
@@ -286,16 +255,19 @@ impl Registry {
         for (id, dev) in self.devices.iter_mut() {
             dev.state.map_times(|t| shifted(t, step));
             dev.saved_at = shifted(dev.saved_at, step);
-            out.devices.push((id.clone(), dev.state.clone()));
+            out.changes.devices.push((id.clone(), dev.state.clone()));
         }
         for ws in self.workspaces.iter_mut() {
             ws.state.map_times(|t| shifted(t, step));
-            out.workspaces
+            out.changes
+                .workspaces
                 .push((ws.config.id.clone(), ws.state.clone()));
         }
         for g in self.groups.iter_mut() {
             g.state.map_times(|t| shifted(t, step));
-            out.groups.push((g.config.id.clone(), g.state.clone()));
+            out.changes
+                .groups
+                .push((g.config.id.clone(), g.state.clone()));
         }
         self.reschedule();
         out
@@ -489,7 +461,9 @@ impl Registry {
         out.sync |= dirty;
         if dirty || (class.watches_silence() && now >= dev.saved_at + SEEN_RESOLUTION) {
             dev.saved_at = now;
-            out.devices.push((device_id.to_string(), dev.state.clone()));
+            out.changes
+                .devices
+                .push((device_id.to_string(), dev.state.clone()));
         }
         self.schedule_device(device_id);
         self.evaluate_workspaces_of(device_id, now, &mut out);
@@ -606,7 +580,9 @@ impl Registry {
         if dirty {
             dev.saved_at = now;
             out.sync = true;
-            out.devices.push((id.to_string(), dev.state.clone()));
+            out.changes
+                .devices
+                .push((id.to_string(), dev.state.clone()));
         }
         self.schedule_device(id);
         if transition.is_some() {

@@ -63,7 +63,9 @@ impl Registry {
         if dirty {
             dev.saved_at = now;
             out.sync = true;
-            out.devices.push((id.to_string(), dev.state.clone()));
+            out.changes
+                .devices
+                .push((id.to_string(), dev.state.clone()));
         }
         self.schedule_device(id);
     }
@@ -96,8 +98,10 @@ impl Registry {
             let dev = self.devices.get_mut(id)?;
             dev.saved_at = now;
             out.sync = true;
-            out.devices.retain(|(d, _)| d != id);
-            out.devices.push((id.to_string(), dev.state.clone()));
+            out.changes.devices.retain(|(d, _)| d != id);
+            out.changes
+                .devices
+                .push((id.to_string(), dev.state.clone()));
         }
         Some(out)
     }
@@ -113,8 +117,8 @@ impl Registry {
         let class = &self.classes[dev.class].name;
         out.events
             .push(unregistered_event(id, class, dev.state.last_seen, why));
-        out.devices.retain(|(d, _)| d != id);
-        out.forgotten.push(id.to_string());
+        out.changes.devices.retain(|(d, _)| d != id);
+        out.changes.forgotten.push(id.to_string());
         out.sync = true;
         self.evaluate_workspaces_of(id, now, out);
         let groups: Vec<usize> = self.groups_of(id);

@@ -75,7 +75,9 @@ impl Registry {
                 }
             }
             out.sync = true;
-            out.workspaces.push((ws.config.id.clone(), next.clone()));
+            out.changes
+                .workspaces
+                .push((ws.config.id.clone(), next.clone()));
             ws.state = next;
         }
         self.schedule_workspace(i, now);
