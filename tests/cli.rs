@@ -238,14 +238,17 @@ fn outbox_commands_on_a_missing_store_say_so_and_create_nothing() {
 #[test]
 fn a_command_whose_reader_goes_away_ends_quietly() {
     use std::os::unix::process::ExitStatusExt;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edgehook"))
+    // The reader is gone before the command starts: its first write meets a closed pipe
+    // (dropping the read end after the spawn raced the command's writes, which a pipe's
+    // buffer takes while its reader is still there).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let child = Command::new(env!("CARGO_BIN_EXE_edgehook"))
         .args(["check-config", EXAMPLE])
-        .stdout(std::process::Stdio::piped())
+        .stdout(writer)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // The reader goes away before the command writes its line.
-    drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
     let err = text(&out.stderr);
     assert!(
