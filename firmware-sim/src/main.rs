@@ -14,6 +14,7 @@ use firmware_sim::{run_fleet, FleetConfig, Topics};
 ///   firmware-sim --broker 127.0.0.1:1883 --sensors 150 --displays 50 --readings 100 --interval 0s
 ///
 /// Serial devices on a pseudo-terminal instead: firmware-sim serial --help
+/// Modbus people counters (RTU on a pseudo-terminal, or TCP): firmware-sim modbus --help
 #[derive(Debug, Parser)]
 #[command(
     name = "firmware-sim",
@@ -73,6 +74,104 @@ enum Command {
     ///   firmware-sim serial --link /tmp/ttySIM0 --sensors 2 --fault-ratio 0.05 --unplug-every 30s
     #[command(verbatim_doc_comment)]
     Serial(SerialArgs),
+    /// People counters answering Modbus reads: units 1..=N on an RTU line (a real
+    /// pseudo-terminal at --link), or behind a Modbus TCP server (--tcp), people walking in and
+    /// out at random. It prints the [modbus] configuration that reads them.
+    ///
+    /// Example: three counters, the second silent, the third answering with bad CRCs:
+    ///   firmware-sim modbus --link /tmp/ttyMB0 --counters 3 --silent 2 --bad-crc 3
+    #[command(verbatim_doc_comment)]
+    Modbus(ModbusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ModbusArgs {
+    /// RTU: the path of the link to create, pointing at the pty's device node.
+    #[arg(long, required_unless_present = "tcp")]
+    link: Option<std::path::PathBuf>,
+    /// TCP: the address to listen on, e.g. 127.0.0.1:1502.
+    #[arg(long, conflicts_with = "link")]
+    tcp: Option<String>,
+    /// People counters: units 1 to this.
+    #[arg(long, default_value_t = 1)]
+    counters: u8,
+    /// A unit that never answers (powered off, a broken wire); may be repeated.
+    #[arg(long)]
+    silent: Vec<u8>,
+    /// A unit that answers with a bad CRC; may be repeated.
+    #[arg(long)]
+    bad_crc: Vec<u8>,
+    /// How often someone walks through (in or out of a counter's door).
+    #[arg(long, default_value = "2s", value_parser = humantime_duration)]
+    interval: Duration,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+async fn modbus(args: ModbusArgs) -> anyhow::Result<()> {
+    use firmware_sim::modbus::{people_counter, walk, Behaviour, Units, PEOPLE_COUNTER_MAP};
+    anyhow::ensure!(
+        (1..=247).contains(&args.counters),
+        "--counters must be 1-247"
+    );
+    let units = Units::default();
+    let addresses: Vec<u8> = (1..=args.counters).collect();
+    for &u in &addresses {
+        units.add(u, people_counter(0, 0, 215));
+    }
+    for (list, behaviour) in [
+        (&args.silent, Behaviour::Silent),
+        (&args.bad_crc, Behaviour::BadCrc),
+    ] {
+        for &u in list {
+            anyhow::ensure!(
+                addresses.contains(&u),
+                "unit {u} is not among 1-{}",
+                args.counters
+            );
+            units.with(u, |unit| unit.behaviour = behaviour);
+        }
+    }
+    let (_link, _serving, at) = match (&args.link, &args.tcp) {
+        (Some(path), _) => {
+            let link = firmware_sim::serial::SerialLink::plug(path)?;
+            let serving = firmware_sim::modbus::serve_rtu(&link, units.clone())?;
+            (
+                Some(link),
+                serving,
+                format!("path = \"{}\"\nparity = \"none\"", path.display()),
+            )
+        }
+        (None, Some(address)) => {
+            let listener = std::net::TcpListener::bind(address)?;
+            let serving = firmware_sim::modbus::serve_tcp(listener, units.clone())?;
+            (None, serving, format!("address = \"{address}\""))
+        }
+        (None, None) => anyhow::bail!("give --link (RTU) or --tcp (Modbus TCP)"),
+    };
+    let devices: Vec<String> = addresses
+        .iter()
+        .map(|u| format!("{{ id = \"counter-{u}\", unit = {u}, map = \"people-counter\" }}"))
+        .collect();
+    println!(
+        "firmware-sim: {} people counter(s) answering Modbus reads; edgehook reads them with:\n\n{PEOPLE_COUNTER_MAP}\n[[modbus.buses]]\n{at}\ndevices = [{}]\n",
+        args.counters,
+        devices.join(", ")
+    );
+    let mut rng = fastrand::Rng::with_seed(args.seed);
+    let mut walked = 0u64;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::time::sleep(args.interval) => {
+                walk(&units, &addresses, &mut rng);
+                walked += 1;
+            }
+        }
+    }
+    let requests: u64 = addresses.iter().map(|&u| units.requests(u)).sum();
+    println!("{walked} walked through; {requests} read request(s) answered or ignored");
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -176,8 +275,10 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Command::Serial(serial_args)) = args.serial {
-        return serial(serial_args).await;
+    match args.serial {
+        Some(Command::Serial(serial_args)) => return serial(serial_args).await,
+        Some(Command::Modbus(modbus_args)) => return modbus(modbus_args).await,
+        None => {}
     }
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.change_ratio),

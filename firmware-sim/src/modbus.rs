@@ -86,6 +86,26 @@ registers = [
 ]
 "#;
 
+/// People walking through: each of `units` (people counters, see [`people_counter`]) counts
+/// someone in or out, at random from `rng`, the occupancy and presence following. Returns the
+/// unit that counted.
+pub fn walk(units: &Units, addresses: &[u8], rng: &mut fastrand::Rng) -> Option<u8> {
+    let &address = addresses.get(rng.usize(..addresses.len().max(1)))?;
+    units.with(address, |u| {
+        let count = |t: &[u16], at: usize| (u32::from(t[at]) << 16) | u32::from(t[at + 1]);
+        let (mut people_in, mut people_out) = (count(&u.input, 0), count(&u.input, 2));
+        if people_in > people_out && rng.bool() {
+            people_out += 1;
+        } else {
+            people_in += 1;
+        }
+        let fresh = people_counter(people_in, people_out, u.holding[10] as i16);
+        u.input[..5].copy_from_slice(&fresh.input[..5]);
+        u.discrete_inputs[0] = fresh.discrete_inputs[0];
+    });
+    Some(address)
+}
+
 /// The units of a bus, shared between the thread that serves them and the test.
 #[derive(Clone, Default)]
 pub struct Units(Arc<Mutex<BTreeMap<u8, Unit>>>);
@@ -346,6 +366,25 @@ mod tests {
             crc(&[0x11, 0x03, 0x00, 0x6B, 0x00, 0x03]).to_le_bytes(),
             [0x76, 0x87]
         );
+    }
+
+    #[test]
+    fn people_walking_through_keep_a_counters_registers_consistent() {
+        let units = Units::default();
+        units.add(1, people_counter(0, 0, 215));
+        let mut rng = fastrand::Rng::with_seed(3);
+        for _ in 0..200 {
+            assert_eq!(walk(&units, &[1], &mut rng), Some(1));
+        }
+        units.with(1, |u| {
+            let people_in = (u32::from(u.input[0]) << 16) | u32::from(u.input[1]);
+            let people_out = (u32::from(u.input[2]) << 16) | u32::from(u.input[3]);
+            assert_eq!(people_in + people_out, 200);
+            assert!(people_in >= people_out);
+            assert_eq!(u32::from(u.input[4]), people_in - people_out);
+            assert_eq!(u.discrete_inputs[0], people_in > people_out);
+            assert_eq!(u.holding[10], 215);
+        });
     }
 
     #[test]
