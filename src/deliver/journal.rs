@@ -5,14 +5,14 @@ use super::*;
 impl Dispatcher {
     /// Append the buffered attempts to the delivery log with one write.
     pub(super) fn write_log(&mut self) {
-        self.log_since = None;
-        if self.unlogged.is_empty() {
+        self.journal.log_since = None;
+        if self.journal.unlogged.is_empty() {
             return;
         }
-        if let Err(e) = self.log.append(&self.unlogged) {
+        if let Err(e) = self.journal.log.append(&self.journal.unlogged) {
             tracing::debug!(error = %e, "delivery log not written");
         }
-        self.unlogged.clear();
+        self.journal.unlogged.clear();
     }
 
     /// Add one attempt to the delivery log (`edgehook outbox log`): buffered, and appended once
@@ -37,9 +37,11 @@ impl Dispatcher {
             ms: took.as_millis() as u64,
             error,
         };
-        self.unlogged.push(attempt);
-        self.log_since.get_or_insert_with(tokio::time::Instant::now);
-        if self.unlogged.len() >= LOG_CHUNK {
+        self.journal.unlogged.push(attempt);
+        self.journal
+            .log_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        if self.journal.unlogged.len() >= LOG_CHUNK {
             self.write_log();
         }
     }

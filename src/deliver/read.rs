@@ -21,6 +21,7 @@ impl Dispatcher {
         let mut keep = Vec::with_capacity(records.len());
         for record in records {
             if self
+                .reading
                 .passed
                 .get(&record.lane)
                 .is_some_and(|&seq| record.seq <= seq)
@@ -41,7 +42,7 @@ impl Dispatcher {
     /// are older), then new records past the cursor. Each call reads a bounded amount; when it
     /// stops with more to do, `load_again` says so.
     pub(super) fn load(&mut self) -> Result<(), crate::outbox::OutboxError> {
-        self.load_again = false;
+        self.reading.load_again = false;
         for _ in 0..REFILLS_PER_LOAD {
             let Some((lane, from, through, limit)) = self.lanes.needs_refill() else {
                 break;
@@ -58,12 +59,12 @@ impl Dispatcher {
                     return Err(e);
                 }
             }
-            self.load_again = true;
+            self.reading.load_again = true;
         }
         let mut budget = SCAN_PER_LOAD;
-        while self.more_on_disk && self.lanes.has_room() {
+        while self.reading.more_on_disk && self.lanes.has_room() {
             if budget == 0 {
-                self.load_again = true;
+                self.reading.load_again = true;
                 break;
             }
             // In small reads: most of a backlog of one busy device is left on disk, and a
@@ -76,10 +77,10 @@ impl Dispatcher {
                 .outbox
                 .pending_after(self.queue, self.lanes.cursor(), want)?;
             budget -= records.len().min(budget);
-            self.more_on_disk = records.len() == want;
+            self.reading.more_on_disk = records.len() == want;
             for record in self.wanted(records)? {
                 if self.lanes.offer(record) == Offer::NoRoom {
-                    self.more_on_disk = true;
+                    self.reading.more_on_disk = true;
                     return Ok(());
                 }
             }
@@ -93,21 +94,22 @@ impl Dispatcher {
     /// loss).
     pub(super) fn rescan(&mut self) {
         let reopens = self.outbox.reopens();
-        tracing::info!(endpoint = %self.name, reopened = reopens != self.reopens_seen, "reading the endpoint's queue again from the start (the outbox was reopened or a removal failed)");
-        self.reopens_seen = reopens;
-        self.out_of_step = None;
+        tracing::info!(endpoint = %self.name, reopened = reopens != self.reading.reopens_seen, "reading the endpoint's queue again from the start (the outbox was reopened or a removal failed)");
+        self.reading.reopens_seen = reopens;
+        self.reading.out_of_step = None;
         self.lanes = Lanes::new(self.limits);
-        self.backoff = DelayQueue::new();
-        self.solo.clear();
-        self.gathering.clear();
-        self.gathering_since = None;
-        self.more_on_disk = true;
+        self.flight.backoff = DelayQueue::new();
+        self.batching.solo.clear();
+        self.batching.gathering.clear();
+        self.batching.gathering_since = None;
+        self.reading.more_on_disk = true;
     }
 
     /// A removal or burial failed: read the queue again from the start once the store is
     /// reopened, or a second from now (see `out_of_step`).
     pub(super) fn out_of_step_now(&mut self) {
-        self.out_of_step
+        self.reading
+            .out_of_step
             .get_or_insert_with(|| tokio::time::Instant::now() + READ_RETRY);
     }
 }

@@ -16,7 +16,7 @@ impl Dispatcher {
                 (e.id(), None, Duration::ZERO)
             }
         };
-        let Some(members) = self.in_flight_lanes.remove(&task) else {
+        let Some(members) = self.flight.in_flight_lanes.remove(&task) else {
             return;
         };
         let n = members.len();
@@ -46,7 +46,7 @@ impl Dispatcher {
 
     /// One attempt for `members`: a request of its own (no batching), or a batch.
     pub(super) fn spawn(&mut self, members: Vec<(String, OutboxRecord)>) {
-        let attempt: transport::BatchAttempt = match (&self.batch, &members[..]) {
+        let attempt: transport::BatchAttempt = match (&self.batching.batch, &members[..]) {
             (None, [(_, record)]) => {
                 let one = self.transport.send(record);
                 Box::pin(async move { vec![one.await] })
@@ -55,23 +55,23 @@ impl Dispatcher {
                 .transport
                 .send_batch(members.iter().map(|(_, r)| r.clone()).collect()),
         };
-        let task = self.in_flight.spawn(async move {
+        let task = self.flight.in_flight.spawn(async move {
             let started = Instant::now();
             (attempt.await, started.elapsed())
         });
-        self.in_flight_lanes.insert(task.id(), members);
+        self.flight.in_flight_lanes.insert(task.id(), members);
     }
 
     /// When the batch being gathered must go, if one is.
     pub(super) fn gathering_due(&self) -> Option<tokio::time::Instant> {
-        let (_, _, linger) = self.batch?;
-        Some(self.gathering_since? + linger)
+        let (_, _, linger) = self.batching.batch?;
+        Some(self.batching.gathering_since? + linger)
     }
 
     /// The batch gathered so far goes.
     pub(super) fn send_gathered(&mut self) {
-        self.gathering_since = None;
-        let members = std::mem::take(&mut self.gathering);
+        self.batching.gathering_since = None;
+        let members = std::mem::take(&mut self.batching.gathering);
         if !members.is_empty() {
             self.spawn(members);
         }
@@ -83,8 +83,8 @@ impl Dispatcher {
     /// `batch_linger` for more (at once with the default `"0s"`: under light load a batch
     /// holds one event, under load it fills).
     pub(super) fn start_ready(&mut self) {
-        let Some((max_events, max_bytes, linger)) = self.batch else {
-            while self.in_flight.len() < self.max_concurrency {
+        let Some((max_events, max_bytes, linger)) = self.batching.batch else {
+            while self.flight.in_flight.len() < self.max_concurrency {
                 let Some(next) = self.next_ready() else {
                     return;
                 };
@@ -93,32 +93,40 @@ impl Dispatcher {
             return;
         };
         loop {
-            if self.gathering.is_empty() && self.in_flight.len() >= self.max_concurrency {
+            if self.batching.gathering.is_empty()
+                && self.flight.in_flight.len() >= self.max_concurrency
+            {
                 return;
             }
             let Some(next) = self.next_ready() else {
                 break;
             };
-            if self.solo.remove(&next.1.seq) {
+            if self.batching.solo.remove(&next.1.seq) {
                 self.spawn(vec![next]);
                 continue;
             }
-            let bytes: usize = self.gathering.iter().map(|(_, r)| r.body.len()).sum();
-            if !self.gathering.is_empty() && bytes + next.1.body.len() > max_bytes {
+            let bytes: usize = self
+                .batching
+                .gathering
+                .iter()
+                .map(|(_, r)| r.body.len())
+                .sum();
+            if !self.batching.gathering.is_empty() && bytes + next.1.body.len() > max_bytes {
                 self.send_gathered();
             }
-            if self.gathering.is_empty() {
-                self.gathering_since = Some(tokio::time::Instant::now());
+            if self.batching.gathering.is_empty() {
+                self.batching.gathering_since = Some(tokio::time::Instant::now());
             }
-            self.gathering.push(next);
-            if self.gathering.len() >= max_events {
+            self.batching.gathering.push(next);
+            if self.batching.gathering.len() >= max_events {
                 self.send_gathered();
             }
         }
         let waited = self
+            .batching
             .gathering_since
             .is_some_and(|since| since.elapsed() >= linger);
-        if !self.gathering.is_empty() && (linger.is_zero() || waited) {
+        if !self.batching.gathering.is_empty() && (linger.is_zero() || waited) {
             self.send_gathered();
         }
     }
@@ -127,7 +135,7 @@ impl Dispatcher {
     pub(super) async fn finish_one(&mut self, cancel: &CancellationToken) -> Step {
         tokio::select! {
             _ = cancel.cancelled() => Step::Cancelled,
-            Some(done) = self.in_flight.join_next_with_id() => {
+            Some(done) = self.flight.in_flight.join_next_with_id() => {
                 self.finish(done);
                 Step::Continue
             }

@@ -24,7 +24,7 @@ impl Dispatcher {
     pub(super) fn skipped(&mut self, name: &str, head: &OutboxRecord) {
         self.lanes.done(name);
         self.pass(name, head.seq);
-        self.solo.remove(&head.seq);
+        self.batching.solo.remove(&head.seq);
         self.metrics.filtered();
         if let Err(e) = self.outbox.remove(self.queue, head.seq) {
             tracing::warn!(error = %e, event_id = %head.id, "skipped event not removed from outbox; it is looked at again");
@@ -36,7 +36,7 @@ impl Dispatcher {
     pub(super) fn delivered(&mut self, name: &str, head: &OutboxRecord) {
         self.lanes.done(name);
         self.pass(name, head.seq);
-        self.solo.remove(&head.seq);
+        self.batching.solo.remove(&head.seq);
         if let Err(e) = self.outbox.remove(self.queue, head.seq) {
             // Not removing means a duplicate later, never a loss; it is read again.
             tracing::warn!(error = %e, event_id = %head.id, "delivered event not removed from outbox; it may be sent again");
@@ -46,7 +46,7 @@ impl Dispatcher {
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .unwrap_or_default();
         self.metrics.delivered(&head.kind, latency);
-        if let Some(since) = self.failing_since.take() {
+        if let Some(since) = self.status.failing_since.take() {
             tracing::info!(
                 endpoint = %self.name,
                 outage = %humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
@@ -91,17 +91,17 @@ impl Dispatcher {
             Decision::Disable => self.disable(&reason),
             Decision::RetrySolo => {
                 tracing::debug!(lane = %name, event_id = %head.id, "batch refused; sending its events on their own");
-                self.solo.insert(head.seq);
-                self.backoff.insert(name, Duration::ZERO);
+                self.batching.solo.insert(head.seq);
+                self.flight.backoff.insert(name, Duration::ZERO);
             }
             Decision::Bury(limit) => {
-                self.solo.remove(&head.seq);
+                self.batching.solo.remove(&head.seq);
                 self.bury(&head, failures, status, reason, limit);
                 self.lanes.given_up(&name);
             }
             Decision::RetryAfter(delay) => {
-                if self.failing_since.is_none() {
-                    self.failing_since = Some(Instant::now());
+                if self.status.failing_since.is_none() {
+                    self.status.failing_since = Some(Instant::now());
                     tracing::warn!(
                         endpoint = %self.name,
                         url = %self.endpoint.url_for_logs,
@@ -112,32 +112,33 @@ impl Dispatcher {
                 } else {
                     tracing::debug!(lane = %name, reason = %reason, failures, retry_in = ?delay, "delivery attempt failed");
                 }
-                self.backoff.insert(name, delay);
+                self.flight.backoff.insert(name, delay);
             }
         }
     }
 
     /// Lane `name` is past record `seq` (see `passed`).
     pub(super) fn pass(&mut self, name: &str, seq: u64) {
-        if let Some(at) = self.passed.get_mut(name) {
+        if let Some(at) = self.reading.passed.get_mut(name) {
             *at = (*at).max(seq);
             return;
         }
-        if self.passed.len() >= PASSED_MAX {
-            self.passed.clear();
+        if self.reading.passed.len() >= PASSED_MAX {
+            self.reading.passed.clear();
         }
-        self.passed.insert(name.to_string(), seq);
+        self.reading.passed.insert(name.to_string(), seq);
     }
 
     /// Remember the last success or failure time, at most once a second.
     pub(super) fn note_outcome(&mut self, success: bool) {
         if self
+            .status
             .meta_written
             .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
         {
             return;
         }
-        self.meta_written = Some(Instant::now());
+        self.status.meta_written = Some(Instant::now());
         let which = if success {
             Last::Success
         } else {
@@ -159,7 +160,7 @@ impl Dispatcher {
         tracing::error!(endpoint = %self.name, url = %self.endpoint.url_for_logs, reason = %disabled.reason, pending = self.outbox.queue_len(self.queue), "endpoint DISABLED after 410 Gone: nothing more is sent to it; its events stay in the outbox. Re-enable with `edgehook outbox enable --endpoint {}` once the receiver is fixed", self.name);
         self.metrics.set_disabled(true);
         self.outbox.set_draining(self.queue, false);
-        self.disabled = Some(disabled);
+        self.status.disabled = Some(disabled);
     }
 
     /// Move a given-up record to the dead letters, with why.

@@ -254,7 +254,9 @@ async fn an_event_given_up_on_becomes_a_dead_letter_and_its_lane_goes_on() {
 async fn a_410_disables_the_endpoint_durably_and_keeps_every_event() {
     let (mut rig, _) = rig("", &[("a", 2), ("b", 2)], |_| failed(410)).await;
     let disabled = rig
-        .step_until(Duration::from_secs(1), |r| r.dispatcher.disabled.is_some())
+        .step_until(Duration::from_secs(1), |r| {
+            r.dispatcher.status.disabled.is_some()
+        })
         .await;
     assert!(disabled);
     rig.step_for(Duration::from_secs(3600)).await;
