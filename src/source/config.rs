@@ -214,10 +214,10 @@ fn default_sentences() -> BTreeMap<String, Vec<String>> {
 fn default_max_frame_bytes() -> usize {
     1024
 }
-fn default_reopen_min() -> Duration {
+pub(crate) fn default_reopen_min() -> Duration {
     Duration::from_millis(500)
 }
-fn default_reopen_max() -> Duration {
+pub(crate) fn default_reopen_max() -> Duration {
     Duration::from_secs(30)
 }
 

@@ -159,10 +159,16 @@ pub struct BusConfig {
     pub offline_after: u32,
     /// Reopen backoff after the port or connection fails: doubles from `reopen_min` to
     /// `reopen_max`.
-    #[serde(default = "default_reopen_min", with = "humantime_serde")]
+    #[serde(
+        default = "crate::source::config::default_reopen_min",
+        with = "humantime_serde"
+    )]
     #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub reopen_min: Duration,
-    #[serde(default = "default_reopen_max", with = "humantime_serde")]
+    #[serde(
+        default = "crate::source::config::default_reopen_max",
+        with = "humantime_serde"
+    )]
     #[cfg_attr(test, schemars(with = "crate::schema::Duration"))]
     pub reopen_max: Duration,
     pub devices: Vec<ModbusDevice>,
@@ -224,12 +230,6 @@ fn default_interval() -> Duration {
 }
 fn default_offline_after() -> u32 {
     3
-}
-fn default_reopen_min() -> Duration {
-    Duration::from_millis(500)
-}
-fn default_reopen_max() -> Duration {
-    Duration::from_secs(30)
 }
 
 /// The checks: the key that is wrong and why (`serial_paths`: the `[[serial_ports]]`, which
