@@ -74,6 +74,44 @@ fn a_log_filter_not_understood_is_said_and_info_is_kept() {
     );
 }
 
+/// The shipped configuration's Modbus example, uncommented as an installer would, is a
+/// configuration check-config plans (so the example cannot drift from the code).
+#[test]
+fn the_shipped_modbus_example_uncommented_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("modbus.toml");
+    let example = std::fs::read_to_string(EXAMPLE).unwrap();
+    let mut inside = false;
+    let mut uncommented = 0;
+    let lines: Vec<String> = example
+        .lines()
+        .map(|line| {
+            inside |= line == "# [[modbus.maps]]";
+            if !inside {
+                return line.to_string();
+            }
+            if line.starts_with("# devices = ") {
+                inside = false;
+            }
+            uncommented += 1;
+            line.trim_start_matches("# ").to_string()
+        })
+        .collect();
+    assert!(
+        uncommented >= 10,
+        "the example's Modbus block was not found"
+    );
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = edgehook(&["check-config", file.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("modbus: RTU on /dev/serial/by-id/")
+            && text(&out.stdout).contains("entrance-counter (unit 1, people-counter)"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
 /// #46.5: a Modbus register map's mistake is named down to the register entry.
 #[test]
 fn a_bad_modbus_register_is_named_down_to_its_entry() {
