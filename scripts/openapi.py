@@ -24,12 +24,13 @@ doc = {
    "standardWebhooks": {"type": "apiKey", "in": "header", "name": "webhook-signature", "description": "Standard Webhooks: `webhook-id`, `webhook-timestamp` (Unix seconds) and `webhook-signature` (`v1,<base64 HMAC-SHA256 of id.timestamp.body>` under a `whsec_` secret of upstream.secrets; several, space-separated, while a secret is rotated). Refused (401) when unsigned, wrongly signed, outside upstream.tolerance of the gateway's clock, or an id already taken within it."}},
   "schemas": {
    "Error": S("object", required=["error"], properties={"error": S("string"), "field": S("string", description="The setting or parameter at fault.")}),
-   "Gateway": S("object", required=["id","version","uptime_seconds","event_types","ready","mqtt","serial","outbox"], properties={
+   "Gateway": S("object", required=["id","version","uptime_seconds","event_types","ready","mqtt","serial","modbus","outbox"], properties={
      "id": S("string"), "version": S("string"), "uptime_seconds": S("integer", minimum=0),
      "event_types": S("array", items=S("string"), description="Every event type this gateway makes (what an endpoint's events may name)."),
      "ready": S("boolean"), "not_ready": nullable("string", description="Why /healthz fails, when it does."),
      "mqtt": S("object", required=["enabled","connected","broker"], properties={"enabled": S("boolean"), "connected": S("boolean"), "broker": nullable("string")}),
      "serial": S("object", required=["ports","open"], properties={"ports": S("array", items=S("string")), "open": S("integer")}),
+     "modbus": S("object", required=["buses","open"], properties={"buses": S("array", items=S("string"), description="Each bus's serial path, or tcp://host:port."), "open": S("integer")}),
      "outbox": S("object", required=["pending","bytes","dead_letters","writable"], properties={"pending": S("integer"), "bytes": S("integer"), "dead_letters": S("integer"), "writable": S("boolean")})}),
    "Health": S("string", enum=["unknown","online","offline","lost"]),
    "Device": S("object", required=["id","class","health","last_seen","last_reading","last_report","values","report_pending","stale","version","state","sync","desired"], properties={
@@ -113,7 +114,7 @@ def op(path, method, summary, responses, params=None, body=None, changes=False, 
     if changes: o["security"] = [{"token": []}]
     P.setdefault(path, {})[method] = o
 op("/v1/openapi.json", "get", "openapi: this document", {"200": {"description": "The OpenAPI document.", "content": {"application/json": {"schema": S("object")}}}})
-op("/v1/gateway", "get", "gateway: id, version, uptime, broker and serial ports, outbox", resp("The gateway.", ref("Gateway")))
+op("/v1/gateway", "get", "gateway: id, version, uptime, broker, serial ports and Modbus buses, outbox", resp("The gateway.", ref("Gateway")))
 op("/v1/devices", "get", "devices: the devices edgehook knows, by id, a page at a time", resp("The devices.", S("object", required=["devices", "next"], properties={"devices": S("array", items=ref("Device")), "next": S(["string", "null"], description="When more devices follow (the page is cut at `limit` or at 1 MiB of JSON): the last id, to give as `after` for the next page; null on the last page.")}), extra=[400]),
    params=[limit, {"name": "after", "in": "query", "schema": S("string"), "description": "Only devices whose id sorts after this one (the previous page's `next`)."}])
 op("/v1/devices/{id}", "get", "device: one device", resp("The device.", ref("Device"), extra=[404]), params=[{"name": "id", "in": "path", "required": True, "schema": S("string")}])

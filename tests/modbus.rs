@@ -103,6 +103,14 @@ async fn registers_become_readings_with_their_types_word_order_and_scale() {
             .unwrap()
             >= 4
     );
+    // The gateway says which buses it reads, and that this one is open.
+    let gateway: Value =
+        serde_json::from_str(&common::http_get(daemon.metrics_port, "/v1/gateway").unwrap())
+            .unwrap();
+    assert_eq!(
+        gateway["modbus"],
+        json!({"buses": [link.path().display().to_string()], "open": 1})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

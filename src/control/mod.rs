@@ -45,6 +45,8 @@ pub struct Gateway {
     /// `host:port` of the broker, if MQTT is used.
     pub broker: Option<String>,
     pub serial_ports: Vec<String>,
+    /// The Modbus buses (their paths, or `tcp://host:port`).
+    pub modbus_buses: Vec<String>,
 }
 
 impl Gateway {
@@ -60,6 +62,7 @@ impl Gateway {
                 .iter()
                 .map(|p| p.path.display().to_string())
                 .collect(),
+            modbus_buses: config.modbus.buses.iter().map(|b| b.name()).collect(),
         }
     }
 }

@@ -124,6 +124,10 @@ impl SourceMetrics {
     pub fn modbus_bus_opened(&self) {
         self.modbus_buses_open.inc();
     }
+    /// Modbus buses open now.
+    pub fn modbus_buses_open(&self) -> i64 {
+        self.modbus_buses_open.get()
+    }
     pub fn modbus_bus_closed(&self) {
         self.modbus_buses_open.dec();
         self.modbus_bus_closures.inc();

@@ -98,6 +98,10 @@ pub(super) async fn gateway(control: &Control) -> Value {
             "ports": control.gateway.serial_ports,
             "open": m.source.serial_ports_open(),
         },
+        "modbus": {
+            "buses": control.gateway.modbus_buses,
+            "open": m.source.modbus_buses_open(),
+        },
         "outbox": {
             "pending": control.outbox.len(),
             "bytes": control.outbox.bytes(),
