@@ -73,6 +73,36 @@ enum Failure {
     Io(String),
 }
 
+impl Failure {
+    /// Its label in `edgehook_modbus_requests_total{kind}`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::Frame(e) => e.kind(),
+            Failure::Io(_) => "io",
+        }
+    }
+
+    /// Whether sending the request again may help: not after an exception (the device
+    /// answered, and said no) nor after the line failed.
+    fn retryable(&self) -> bool {
+        matches!(
+            self,
+            Failure::Timeout | Failure::Frame(FrameError::Crc | FrameError::Mismatch(_))
+        )
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Timeout => f.write_str("no answer"),
+            Failure::Frame(e) => e.fmt(f),
+            Failure::Io(e) => f.write_str(e),
+        }
+    }
+}
+
 /// A bus's connection: the serial line, or the TCP stream.
 trait Line: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Line for T {}
@@ -245,13 +275,11 @@ impl ModbusSource {
 
     fn log_failure(&mut self, i: usize, failure: &Failure) {
         let device = &self.devices[i];
-        let (kind, what) = match failure {
-            Failure::Timeout => ("timeout", "no answer".to_string()),
-            Failure::Frame(e) => (e.kind(), e.to_string()),
-            Failure::Io(e) => ("io", e.clone()),
-        };
-        if let Some(suppressed) = self.faults.admit(kind, &device.id, Instant::now()) {
-            tracing::warn!(bus = %self.name, device_id = %device.id, unit = device.unit, error = %what, suppressed, "Modbus poll failed");
+        if let Some(suppressed) = self
+            .faults
+            .admit(failure.kind(), &device.id, Instant::now())
+        {
+            tracing::warn!(bus = %self.name, device_id = %device.id, unit = device.unit, error = %failure, suppressed, "Modbus poll failed");
         }
     }
 
@@ -276,20 +304,13 @@ impl ModbusSource {
             let mut tries = 0;
             let answer = loop {
                 let outcome = self.exchange(line, &request).await;
-                let kind = match &outcome {
-                    Ok(_) => "ok",
-                    Err(Failure::Timeout) => "timeout",
-                    Err(Failure::Frame(e)) => e.kind(),
-                    Err(Failure::Io(_)) => "io",
-                };
+                let kind = outcome.as_ref().map_or_else(Failure::kind, |_| "ok");
                 self.metrics.modbus_request(kind);
                 match outcome {
                     Ok(answer) => break answer,
-                    Err(Failure::Io(e)) => return Err(Failure::Io(e)),
-                    Err(Failure::Frame(FrameError::Exception(code))) => {
-                        return Err(Failure::Frame(FrameError::Exception(code)))
+                    Err(failure) if !failure.retryable() || tries >= self.config.retries => {
+                        return Err(failure)
                     }
-                    Err(failure) if tries >= self.config.retries => return Err(failure),
                     Err(_) => {
                         tries += 1;
                         self.settle(line).await?;
