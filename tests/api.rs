@@ -63,6 +63,13 @@ impl Story {
         }
     }
 
+    /// Wait until `crm` has had exactly `readings` of the sensor, in order.
+    async fn crm_got(&self, what: &str, readings: &[Value]) {
+        self.crm
+            .wait_until(LONG, what, |s| s.readings_of("api-occ-1") == readings)
+            .await;
+    }
+
     fn settings(&self) -> Value {
         crm_settings(&self.crm.url)
     }
@@ -78,10 +85,7 @@ impl Story {
         assert_eq!(created.status, 201, "{}", created.body);
         let first = publish(&mut story.occ, 3, 1.0).await;
         story
-            .crm
-            .wait_until(LONG, "the new endpoint's first readings", |s| {
-                s.readings_of("api-occ-1") == first
-            })
+            .crm_got("the new endpoint's first readings", &first)
             .await;
         (story, first)
     }
@@ -208,10 +212,7 @@ async fn an_endpoint_made_through_the_api_delivers_at_once_and_never_shows_its_s
 
     let first = publish(&mut story.occ, 3, 1.0).await;
     story
-        .crm
-        .wait_until(LONG, "the new endpoint's first readings", |s| {
-            s.readings_of("api-occ-1") == first
-        })
+        .crm_got("the new endpoint's first readings", &first)
         .await;
     assert_eq!(story.crm.seen(|s| s.bad_signatures), 0);
     // The file's endpoint goes on as before.
@@ -306,12 +307,7 @@ async fn an_edited_endpoint_keeps_its_queue_and_its_secret() {
     );
     let second = publish(&mut story.occ, 2, 1.0).await;
     let sent: Vec<Value> = first.iter().chain(&second).cloned().collect();
-    story
-        .crm
-        .wait_until(LONG, "readings after the edits", |s| {
-            s.readings_of("api-occ-1") == sent
-        })
-        .await;
+    story.crm_got("readings after the edits", &sent).await;
     assert_eq!(story.crm.seen(|s| s.bad_signatures), 0);
     story.daemon.assert_logged("changed=description");
     story.end().await;
@@ -371,12 +367,7 @@ async fn a_paused_endpoint_holds_its_events_through_a_kill_9_and_delivers_them_i
     let resumed = story.endpoint_post("crm", "resume").await;
     assert_eq!(resumed.json()["state"], "active", "{}", resumed.body);
     sent.extend(held);
-    story
-        .crm
-        .wait_until(LONG, "what was held while paused", |s| {
-            s.readings_of("api-occ-1") == sent
-        })
-        .await;
+    story.crm_got("what was held while paused", &sent).await;
     story.end().await;
 }
 
@@ -416,12 +407,7 @@ async fn the_live_stream_of_deliveries_shows_the_next_one() {
         text.contains("text/event-stream") && text.contains("\"endpoint\":\"crm\""),
         "{text}"
     );
-    story
-        .crm
-        .wait_until(LONG, "the streamed reading", |s| {
-            s.readings_of("api-occ-1") == sent
-        })
-        .await;
+    story.crm_got("the streamed reading", &sent).await;
     story.end().await;
 }
 
@@ -561,10 +547,7 @@ async fn an_endpoint_with_events_waiting_is_deleted_only_by_draining_or_purging_
     story.endpoint_post("crm", "resume").await;
     sent.extend(waiting);
     story
-        .crm
-        .wait_until(LONG, "what waited, delivered before the delete", |s| {
-            s.readings_of("api-occ-1") == sent
-        })
+        .crm_got("what waited, delivered before the delete", &sent)
         .await;
     until(
         Instant::now() + LONG,
