@@ -100,7 +100,15 @@ doc = {
      "endpoint": S("string"), "event_id": S("string"), "type": S("string"), "lane": S("string"), "created": ts, "bytes": S("integer"),
      "dead": S("object", required=["reason","attempts","last_status","last_error","at"], properties={"reason": S("string"), "attempts": S("integer"), "last_status": nullable("integer"), "last_error": S("string"), "at": ts})}),
    "Delivery": S("object", required=["at","endpoint","event_id","ok","status","ms","error"], properties={
-     "at": ts, "endpoint": S("string"), "event_id": S("string"), "ok": S("boolean"), "status": nullable("integer"), "ms": S("integer"), "error": nullable("string")}),
+     "at": ts, "endpoint": S("string"), "event_id": S("string"), "type": nullable("string", description="The event's type (null on attempts logged before types were)."), "lane": nullable("string", description="device:<id>, workspace:<id> or group:<id>."), "ok": S("boolean"), "status": nullable("integer"), "ms": S("integer"), "error": nullable("string")}),
+   "Body": S("object", required=["body","bytes","truncated"], properties={"body": S("string", description="Its start as text (bytes that are not UTF-8 as U+FFFD)."), "bytes": S("integer", description="The whole size (of an answer: as far as it was read)."), "truncated": S("boolean")}),
+   "DeliveryDetail": S("object", required=["event_id","attempts","exchange"], properties={
+     "event_id": S("string"), "attempts": S("array", items=ref("Delivery"), description="Its attempts in the delivery log, oldest first."),
+     "exchange": {"description": "The latest request that carried it and the answer, kept in memory for the latest 64 requests (16 KiB of a body, 4 KiB of an answer; request headers are not kept): null when no longer kept, or after a restart.",
+       "oneOf": [{"type": "null"}, S("object", required=["at","endpoint","events","request","response"], properties={
+         "at": ts, "endpoint": S("string"), "events": S("integer", description="Events in the request (more than 1: a batch)."),
+         "request": {"allOf": [ref("Body"), S("object", properties={"content_type": nullable("string")})]},
+         "response": {"description": "null when the receiver never answered (the attempt's error says why).", "oneOf": [{"type": "null"}, {"allOf": [ref("Body"), S("object", required=["status"], properties={"status": S("integer")})]}]}})]}}),
    "TestResult": S("object", required=["event_id","type","delivered","status","ms","error","at"], properties={
      "event_id": S("string"), "type": S("string"), "delivered": S("boolean"), "status": nullable("integer"), "ms": S("integer"), "error": nullable("string"), "at": ts}),
   }},
@@ -149,8 +157,10 @@ op("/v1/outbox/replay", "post", "replay: queue dead letters again (same event id
    body=S("object", properties={"event_id": S("string"), "all_dead": S("boolean"), "endpoint": S("string")}), changes=True)
 op("/v1/outbox/purge", "post", "purge: delete an endpoint's pending events (or dead letters) for good", resp("How many.", S("object", required=["purged"], properties={"purged": S("integer")}), extra=[400, 401, 404]),
    body=S("object", required=["endpoint"], properties={"endpoint": S("string"), "dead": S("boolean")}), changes=True)
-dparams = [{"name": "endpoint", "in": "query", "schema": S("string")}, {"name": "event", "in": "query", "schema": S("string"), "description": "An event id."}, {"name": "status", "in": "query", "schema": S("string"), "description": "ok, failed, or an HTTP status."}]
+dparams = [{"name": "endpoint", "in": "query", "schema": S("string")}, {"name": "event", "in": "query", "schema": S("string"), "description": "An event id."}, {"name": "status", "in": "query", "schema": S("string"), "description": "ok, failed, or an HTTP status."}, {"name": "device", "in": "query", "schema": S("string"), "description": "Only this device's events."}, {"name": "workspace", "in": "query", "schema": S("string"), "description": "Only this workspace's events."}]
 op("/v1/deliveries", "get", "deliveries: the delivery log, latest last", resp("The attempts.", S("object", required=["deliveries"], properties={"deliveries": S("array", items=ref("Delivery"))}), extra=[400]), params=dparams + [limit])
+op("/v1/deliveries/{event_id}", "get", "delivery: one event's attempts, and the request sent and the answer while they are kept", resp("The event's deliveries.", ref("DeliveryDetail"), extra=[404]),
+   params=[{"name": "event_id", "in": "path", "required": True, "schema": S("string")}, {"name": "endpoint", "in": "query", "schema": S("string"), "description": "Only its deliveries to this endpoint."}])
 op("/v1/deliveries/stream", "get", "delivery stream: every attempt as it happens (server-sent events: `event: delivery`, data a Delivery; `event: lagged` when some were missed)", {"200": {"description": "An event stream.", "content": {"text/event-stream": {"schema": S("string")}}}, "400": err, "503": err}, params=dparams)
 push_responses = {**resp("Taken: an action accepted (its state), a booking kept or ended.", {"oneOf": [ref("Action"), S("object")]}, "202", extra=[400, 401, 404, 422, 429, 503]),
                   **resp("An action whose id is known already: what became of it; nothing is done again.", ref("Action"))}

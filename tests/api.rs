@@ -511,6 +511,128 @@ async fn the_outbox_and_the_delivery_log_answer_and_refuse_what_they_cannot_do()
     story.end().await;
 }
 
+/// Opened, a delivery shows its event's type and device, the body exactly as the receiver got
+/// it and what the receiver answered, accepted or refused; the log is filtered by device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opened_delivery_shows_the_body_sent_and_the_receivers_answer() {
+    let mut story = Story::begin().await;
+    story.crm.say("{\"accepted\":true}");
+    let settings = story.settings();
+    let created = story
+        .api
+        .call("POST", "/v1/endpoints", "/v1/endpoints", Some(&settings))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let sent = publish(&mut story.occ, 1, 1.0).await;
+    story.crm_got("the reading", &sent).await;
+    let got = story.crm.seen(|s| {
+        s.events
+            .iter()
+            .find(|e| e["type"] == "sensor.reading.updated")
+            .cloned()
+            .unwrap()
+    });
+    let id = got["id"].as_str().unwrap().to_string();
+    let detail = |id: String| {
+        let api = &story.api;
+        async move {
+            let path = format!("/v1/deliveries/{id}?endpoint=crm");
+            api.get("/v1/deliveries/{event_id}", &path).await
+        }
+    };
+    let opened = detail(id.clone()).await.json();
+    let x = &opened["exchange"];
+    let body: Value = serde_json::from_str(x["request"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body, got, "the body as the receiver got it: {opened}");
+    assert_eq!(x["request"]["truncated"], false);
+    assert_eq!(x["request"]["content_type"], "application/json");
+    assert_eq!(
+        (
+            x["response"]["status"].as_u64(),
+            x["response"]["body"].as_str()
+        ),
+        (Some(200), Some("{\"accepted\":true}")),
+        "{opened}"
+    );
+    // Its attempt, once logged, names its type and device.
+    let logged = || {
+        common::http_get(story.api.port, &format!("/v1/deliveries?event={id}"))
+            .is_some_and(|b| b.contains("\"ok\":true"))
+    };
+    until(Instant::now() + LONG, logged, || {
+        "the attempt logged".into()
+    })
+    .await;
+    let opened = detail(id.clone()).await.json();
+    let attempt = &opened["attempts"][0];
+    assert_eq!(
+        (attempt["type"].as_str(), attempt["lane"].as_str()),
+        (Some("sensor.reading.updated"), Some("device:api-occ-1")),
+        "{opened}"
+    );
+    let by_device = story
+        .api
+        .get(
+            "/v1/deliveries",
+            "/v1/deliveries?device=api-occ-1&endpoint=crm",
+        )
+        .await
+        .json();
+    let by_device = by_device["deliveries"].as_array().unwrap();
+    assert!(
+        !by_device.is_empty() && by_device.iter().all(|d| d["lane"] == "device:api-occ-1"),
+        "{by_device:?}"
+    );
+    let other = story
+        .api
+        .get("/v1/deliveries", "/v1/deliveries?device=nobody")
+        .await
+        .json();
+    assert_eq!(other["deliveries"], json!([]));
+
+    // Refused: the receiver's answer is there, whole, as it said it.
+    story
+        .crm
+        .say("{\"error\":\"room <b>unknown</b>\",\"code\":\"E42\"}");
+    story.crm.fail_with(422);
+    publish(&mut story.occ, 1, 1.0).await;
+    let mut refused = None;
+    until(
+        Instant::now() + LONG,
+        || {
+            let Some(log) =
+                common::http_get(story.api.port, "/v1/deliveries?endpoint=crm&status=422")
+            else {
+                return false;
+            };
+            let log: Value = serde_json::from_str(&log).unwrap();
+            refused = log["deliveries"][0]["event_id"]
+                .as_str()
+                .map(str::to_string);
+            refused.is_some()
+        },
+        || "a refused attempt logged".into(),
+    )
+    .await;
+    let opened = detail(refused.unwrap()).await.json();
+    assert_eq!(
+        (
+            opened["exchange"]["response"]["status"].as_u64(),
+            opened["exchange"]["response"]["body"].as_str()
+        ),
+        (
+            Some(422),
+            Some("{\"error\":\"room <b>unknown</b>\",\"code\":\"E42\"}")
+        ),
+        "{opened}"
+    );
+    assert_eq!(opened["attempts"][0]["ok"], false);
+    let unknown = detail("no-such-event".into()).await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    story.crm.fail_with(0);
+    story.end().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_with_events_waiting_is_deleted_only_by_draining_or_purging_them() {
     let (mut story, mut sent) = Story::with_crm().await;

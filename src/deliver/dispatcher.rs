@@ -121,7 +121,7 @@ impl Dispatcher {
         log: Arc<DeliveryLog>,
         metrics: Arc<EndpointMetrics>,
     ) -> anyhow::Result<Dispatcher> {
-        let http = Arc::new(transport::Http::new(config)?);
+        let http = Arc::new(transport::Http::new(config)?.keeping(log.exchanges().clone()));
         Dispatcher::with_transport(config, outbox, log, metrics, http)
     }
 

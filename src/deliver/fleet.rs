@@ -65,14 +65,16 @@ impl Fleet {
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) -> Fleet {
+        let exchanges = log.exchanges().clone();
         Fleet::with_transport(
             outbox,
             log,
             metrics,
             cancel,
             tracker,
-            Arc::new(|c: &WebhookConfig| {
-                Ok(Arc::new(super::transport::Http::new(c)?) as Arc<dyn Transport>)
+            Arc::new(move |c: &WebhookConfig| {
+                let http = super::transport::Http::new(c)?.keeping(exchanges.clone());
+                Ok(Arc::new(http) as Arc<dyn Transport>)
             }),
         )
     }

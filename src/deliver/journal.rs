@@ -17,7 +17,7 @@ impl Dispatcher {
 
     /// Add one attempt to the delivery log (`edgehook outbox log`): buffered, and appended once
     /// [`LOG_CHUNK`] attempts wait.
-    pub(super) fn log_attempt(&mut self, event_id: String, outcome: &Outcome, took: Duration) {
+    pub(super) fn log_attempt(&mut self, record: &OutboxRecord, outcome: &Outcome, took: Duration) {
         let (status, error) = match outcome {
             Outcome::Delivered { status } => (Some(*status), None),
             Outcome::Retry { status, reason, .. } => (*status, Some(reason.clone())),
@@ -31,7 +31,9 @@ impl Dispatcher {
         let attempt = Attempt {
             at: now_ms(),
             endpoint: self.name.clone(),
-            event_id,
+            event_id: record.id.clone(),
+            kind: record.kind.clone(),
+            lane: record.lane.clone(),
             ok: error.is_none(),
             status,
             ms: took.as_millis() as u64,

@@ -27,6 +27,12 @@ pub struct Attempt {
     pub at: u64,
     pub endpoint: String,
     pub event_id: String,
+    /// The event's type (absent from lines written before it was kept).
+    #[serde(rename = "type", default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// Its lane: `device:<id>`, `workspace:<id>` or `group:<id>`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub lane: String,
     /// Whether the receiver accepted it (2xx).
     pub ok: bool,
     /// The HTTP status, if the receiver answered.
@@ -47,6 +53,8 @@ pub struct DeliveryLog {
     /// Every attempt appended, for those following live (the control API's event stream); a
     /// follower that falls behind misses attempts, and is told so, rather than holding anyone.
     live: tokio::sync::broadcast::Sender<Attempt>,
+    /// The latest requests and answers, whole to a bound, in memory (not in the file).
+    exchanges: std::sync::Arc<super::exchanges::Exchanges>,
 }
 
 /// Attempts a live follower may fall behind by.
@@ -67,12 +75,18 @@ impl DeliveryLog {
             keep,
             current: Mutex::new(Current::default()),
             live: tokio::sync::broadcast::channel(LIVE).0,
+            exchanges: Default::default(),
         }
     }
 
     /// Follow the attempts as they are appended.
     pub fn follow(&self) -> tokio::sync::broadcast::Receiver<Attempt> {
         self.live.subscribe()
+    }
+
+    /// The latest requests and their answers, as sent and received.
+    pub fn exchanges(&self) -> &std::sync::Arc<super::exchanges::Exchanges> {
+        &self.exchanges
     }
 
     /// The state directory the log is in.
@@ -181,6 +195,8 @@ mod tests {
             at: i,
             endpoint: if i % 2 == 0 { "a" } else { "b" }.into(),
             event_id: format!("e{i}"),
+            kind: "sensor.reading.updated".into(),
+            lane: format!("device:d{i}"),
             ok: i % 3 != 0,
             status: Some(200),
             ms: 1,
@@ -232,6 +248,23 @@ mod tests {
         let log = DeliveryLog::new(dir.path(), 100);
         log.append(&[attempt(4)]).unwrap();
         assert_eq!(ats(read(dir.path(), None, 100).unwrap()), [1, 2, 4]);
+    }
+
+    /// Lines written before attempts kept their event's type and lane read as before.
+    #[test]
+    fn a_line_without_type_or_lane_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(FILE),
+            "{\"at\":1,\"endpoint\":\"a\",\"event_id\":\"e1\",\"ok\":true,\"status\":200,\"ms\":3}\n",
+        )
+        .unwrap();
+        let log = DeliveryLog::new(dir.path(), 100);
+        log.append(&[attempt(2)]).unwrap();
+        let read = read(dir.path(), None, 10).unwrap();
+        assert_eq!((read[0].kind.as_str(), read[0].lane.as_str()), ("", ""));
+        assert_eq!(read[1].kind, "sensor.reading.updated");
+        assert_eq!(read[1].lane, "device:d2");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! - [`lanes`]: which records are held in memory, per lane, and which lane sends next.
 //! - [`schedule`]: what becomes of a record after an attempt (remove, retry after, bury,
 //!   disable), a pure function tested as a table.
-//! - [`transport`]: how a record reaches the receiver (HTTPS; the tests bring their own).
+//! - [`transport`]: how a record reaches the receiver (HTTPS; the tests bring their own);
+//!   [`exchanges`]: the latest requests and answers, kept in memory for the operator.
 //! - [`Dispatcher`]: one task per endpoint (its state and loop in `dispatcher`; what it reads in `read`, the
 //!   attempts it starts in `send`, what an outcome does in `settle`, the delivery log in
 //!   `journal`), reading that endpoint's own queue in the outbox (so
@@ -22,6 +23,7 @@
 pub mod config;
 mod dispatcher;
 pub mod endpoint;
+pub mod exchanges;
 pub mod fleet;
 pub mod format;
 mod journal;

@@ -64,7 +64,7 @@ impl Dispatcher {
         outcome: Outcome,
         took: Duration,
     ) {
-        self.log_attempt(head.id.clone(), &outcome, took);
+        self.log_attempt(&head, &outcome, took);
         let (status, reason) = match &outcome {
             Outcome::Delivered { status } => (Some(*status), String::new()),
             Outcome::Retry { status, reason, .. } => (*status, reason.clone()),

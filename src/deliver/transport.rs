@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use super::config::WebhookConfig;
 use super::endpoint::Endpoint;
+use super::exchanges::{Exchange, Exchanges, Text, ANSWER_BYTES, BODY_BYTES};
 use super::retry::{classify, Answer, Outcome};
 use crate::outbox::OutboxRecord;
 
@@ -39,6 +40,47 @@ pub trait Transport: Send + Sync {
 pub struct Http {
     client: reqwest::Client,
     endpoint: Arc<Endpoint>,
+    name: String,
+    /// Where each request and its answer are kept for the operator, if anywhere.
+    exchanges: Option<Arc<Exchanges>>,
+}
+
+/// What one request keeps for the operator: where, and the events it carried.
+struct Keep {
+    exchanges: Arc<Exchanges>,
+    endpoint: String,
+    event_ids: Vec<String>,
+}
+
+impl Keep {
+    /// `body` as sent (undone first if it was gzipped), and `answer`: kept.
+    fn keep(self, headers: &reqwest::header::HeaderMap, body: &[u8], answer: Option<(u16, &[u8])>) {
+        let header = |name| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let request = if header(reqwest::header::CONTENT_ENCODING).as_deref() == Some("gzip") {
+            use std::io::Read;
+            let mut plain = Vec::new();
+            let mut unzip = flate2::read::GzDecoder::new(body).take(BODY_BYTES as u64 + 1);
+            match unzip.read_to_end(&mut plain) {
+                Ok(_) => Text::cut(&plain, BODY_BYTES),
+                Err(_) => Text::cut(b"(gzipped; could not be undone)", BODY_BYTES),
+            }
+        } else {
+            Text::cut(body, BODY_BYTES)
+        };
+        self.exchanges.keep(Exchange {
+            at: crate::clock::system_now(),
+            endpoint: self.endpoint,
+            event_ids: self.event_ids,
+            content_type: header(reqwest::header::CONTENT_TYPE),
+            request,
+            response: answer.map(|(status, body)| (status, Text::cut(body, ANSWER_BYTES))),
+        });
+    }
 }
 
 impl Http {
@@ -55,6 +97,22 @@ impl Http {
         Ok(Http {
             client,
             endpoint: Arc::new(Endpoint::new(config)?),
+            name: config.name.clone(),
+            exchanges: None,
+        })
+    }
+
+    /// Keep each request and its answer in `exchanges` (the operator's view of deliveries).
+    pub fn keeping(mut self, exchanges: Arc<Exchanges>) -> Http {
+        self.exchanges = Some(exchanges);
+        self
+    }
+
+    fn keep(&self, event_ids: Vec<String>) -> Option<Keep> {
+        Some(Keep {
+            exchanges: self.exchanges.clone()?,
+            endpoint: self.name.clone(),
+            event_ids,
         })
     }
 }
@@ -84,9 +142,10 @@ impl Http {
         client: reqwest::Client,
         endpoint: &Endpoint,
         parts: Result<Option<(reqwest::header::HeaderMap, Vec<u8>)>, String>,
+        keep: Option<Keep>,
     ) -> Outcome {
         match parts {
-            Ok(Some((headers, body))) => Self::post(client, endpoint, headers, body).await,
+            Ok(Some((headers, body))) => Self::post(client, endpoint, headers, body, keep).await,
             Ok(None) => Outcome::NotSent,
             Err(why) => Outcome::Unsendable {
                 reason: format!("cannot make the request: {why}"),
@@ -94,18 +153,36 @@ impl Http {
         }
     }
 
-    /// POST `body` with `headers`: what the receiver's answer means.
+    /// POST `body` with `headers`: what the receiver's answer means. With `keep`, the request
+    /// and the start of the answer are kept for the operator.
     async fn post(
         client: reqwest::Client,
         endpoint: &Endpoint,
         headers: reqwest::header::HeaderMap,
         body: Vec<u8>,
+        keep: Option<Keep>,
     ) -> Outcome {
+        let kept = keep.map(|k| (k, headers.clone(), body.clone()));
         let request = client
             .post(endpoint.url.clone())
             .headers(headers)
             .body(body);
-        match request.send().await {
+        let response = request.send().await;
+        let Some((keep, headers, body)) = kept else {
+            return Self::answer(response, None).await.0;
+        };
+        let (outcome, answer) = Self::answer(response, Some(ANSWER_BYTES)).await;
+        keep.keep(&headers, &body, answer.as_ref().map(|(s, b)| (*s, &b[..])));
+        outcome
+    }
+
+    /// What a response means, and (reading up to `read` bytes of a 2xx's body too) its status
+    /// and the start of its body.
+    async fn answer(
+        response: reqwest::Result<reqwest::Response>,
+        read: Option<usize>,
+    ) -> (Outcome, Option<(u16, Vec<u8>)>) {
+        match response {
             Ok(mut resp) => {
                 let header = |resp: &reqwest::Response, name| {
                     resp.headers()
@@ -116,16 +193,27 @@ impl Http {
                 let retry_after = header(&resp, reqwest::header::RETRY_AFTER);
                 let location = header(&resp, reqwest::header::LOCATION);
                 let status = resp.status().as_u16();
-                // A failure keeps the start of what the receiver said (read no further).
+                // A failure keeps the start of what the receiver said (read no further); a
+                // success is read only to be kept, and for a moment at most.
+                let most = read.unwrap_or(0).max(super::retry::SAID_BYTES + 4);
+                let success = resp.status().is_success();
                 let mut body = Vec::new();
-                if !resp.status().is_success() {
-                    while body.len() < super::retry::SAID_BYTES + 4 {
+                let reading = async {
+                    while body.len() < most {
                         match resp.chunk().await {
                             Ok(Some(chunk)) => body.extend_from_slice(&chunk),
                             _ => break,
                         }
                     }
+                };
+                match (success, read) {
+                    (false, _) => reading.await,
+                    (true, Some(_)) => {
+                        let _ = tokio::time::timeout(SUCCESS_READ, reading).await;
+                    }
+                    (true, None) => drop(reading),
                 }
+                body.truncate(most);
                 let said = super::retry::said(&body);
                 let answer = Answer {
                     status,
@@ -133,30 +221,37 @@ impl Http {
                     location: location.as_deref(),
                     said: &said,
                 };
-                classify(answer, SystemTime::now())
+                (classify(answer, SystemTime::now()), Some((status, body)))
             }
-            Err(e) => Outcome::Retry {
-                status: None,
-                retry_after: None,
-                reason: describe_reqwest_error(&e),
-            },
+            Err(e) => {
+                let outcome = Outcome::Retry {
+                    status: None,
+                    retry_after: None,
+                    reason: describe_reqwest_error(&e),
+                };
+                (outcome, None)
+            }
         }
     }
 }
 
+/// How long the body of a 2xx is read for, to be kept: the event is delivered whatever it says.
+const SUCCESS_READ: Duration = Duration::from_secs(1);
+
 impl Transport for Http {
     fn send(&self, record: &OutboxRecord) -> Attempt {
         let (endpoint, client, now) = (self.endpoint.clone(), self.client.clone(), unix_now());
+        let keep = self.keep(vec![record.id.clone()]);
         if !endpoint.has_template() {
             let parts = endpoint.request_parts(record, now);
-            return Box::pin(async move { Self::attempt(client, &endpoint, parts).await });
+            return Box::pin(async move { Self::attempt(client, &endpoint, parts, keep).await });
         }
         let record = record.clone();
         Box::pin(async move {
             let parts = Self::templated(endpoint.clone(), move |e| e.request_parts(&record, now))
                 .await
                 .and_then(|parts| parts);
-            Self::attempt(client, &endpoint, parts).await
+            Self::attempt(client, &endpoint, parts, keep).await
         })
     }
 
@@ -168,6 +263,8 @@ impl Transport for Http {
     fn send_batch(&self, records: Vec<OutboxRecord>) -> BatchAttempt {
         let (endpoint, client) = (self.endpoint.clone(), self.client.clone());
         let (n, now) = (records.len(), unix_now());
+        let mut keep = self.keep(Vec::new());
+        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
         let ready = (!endpoint.has_template()).then(|| endpoint.batch_parts(&records, now));
         Box::pin(async move {
             let made = match ready {
@@ -180,9 +277,16 @@ impl Transport for Http {
                 Ok(made) => made,
                 Err(why) => (vec![Err(why); n], None),
             };
+            // The events that went in the request.
+            if let Some(keep) = &mut keep {
+                keep.event_ids = (members.iter().zip(ids))
+                    .filter(|(m, _)| matches!(m, Ok(true)))
+                    .map(|(_, id)| id)
+                    .collect();
+            }
             let outcome = match request {
                 Some((_, headers, body)) => {
-                    Some(Self::post(client, &endpoint, headers, body).await)
+                    Some(Self::post(client, &endpoint, headers, body, keep).await)
                 }
                 None => None,
             };

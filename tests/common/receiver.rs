@@ -70,6 +70,8 @@ struct Inner {
     redirect: Mutex<Option<String>>,
     /// `Retry-After` value to send with refusals.
     retry_after: Mutex<Option<String>>,
+    /// The body of every answer to a verified request, accepted or refused (empty by default).
+    says: Mutex<String>,
     /// Hold every answer this long (to trigger client timeouts).
     delay_ms: AtomicU64,
     /// Verify another scheme's signatures instead of the default hex HMAC.
@@ -201,6 +203,7 @@ impl Receiver {
             fail_device_status: AtomicU16::new(503),
             redirect: Mutex::new(None),
             retry_after: Mutex::new(None),
+            says: Mutex::new(String::new()),
             delay_ms: AtomicU64::new(0),
             check: Mutex::new(None),
             reset: AtomicBool::new(false),
@@ -269,6 +272,11 @@ impl Receiver {
     /// a receiver does), and any other method with 200; `None` serves normally again.
     pub fn redirect(&self, location: Option<&str>) {
         *self.inner.redirect.lock().unwrap() = location.map(str::to_owned);
+    }
+
+    /// Say `text` in the body of every answer to a verified request, accepted or refused.
+    pub fn say(&self, text: &str) {
+        *self.inner.says.lock().unwrap() = text.to_string();
     }
 
     /// Send this `Retry-After` with every refusal.
@@ -447,7 +455,8 @@ async fn handle(
         if let Some(ra) = state.retry_after.lock().unwrap().as_deref() {
             resp = resp.header("retry-after", ra);
         }
-        return Ok(resp.body(Full::new(Bytes::new())).unwrap());
+        let says = state.says.lock().unwrap().clone();
+        return Ok(resp.body(Full::new(Bytes::from(says))).unwrap());
     }
     for event in events {
         if seen.ids.insert(id_of(&event)) {
@@ -457,5 +466,6 @@ async fn handle(
             seen.duplicates += 1;
         }
     }
-    reply(StatusCode::OK)
+    let says = state.says.lock().unwrap().clone();
+    Ok(Response::new(Full::new(Bytes::from(says))))
 }

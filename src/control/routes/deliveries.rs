@@ -25,6 +25,8 @@ pub(super) fn attempt_view(a: &crate::deliver::log::Attempt) -> Value {
         "at": rfc3339(a.at),
         "endpoint": a.endpoint,
         "event_id": a.event_id,
+        "type": (!a.kind.is_empty()).then_some(&a.kind),
+        "lane": (!a.lane.is_empty()).then_some(&a.lane),
         "ok": a.ok,
         "status": a.status,
         "ms": a.ms,
@@ -32,12 +34,18 @@ pub(super) fn attempt_view(a: &crate::deliver::log::Attempt) -> Value {
     })
 }
 
-/// A delivery filter from the query: endpoint, event id, status (`ok`, `failed` or a code).
+/// A delivery filter from the query: endpoint, event id, device or workspace, status (`ok`,
+/// `failed` or a code).
 pub(super) fn attempt_filter(
     q: &Query,
 ) -> Result<impl Fn(&crate::deliver::log::Attempt) -> bool, Box<Response<Body>>> {
     let endpoint = q.get("endpoint").map(str::to_string);
     let event = q.get("event").map(str::to_string);
+    let lane = match (q.get("device"), q.get("workspace")) {
+        (Some(d), _) => Some(format!("device:{d}")),
+        (None, Some(w)) => Some(format!("workspace:{w}")),
+        (None, None) => None,
+    };
     let status = match q.get("status") {
         None => None,
         Some("ok") => Some((Some(true), None)),
@@ -56,6 +64,7 @@ pub(super) fn attempt_filter(
     Ok(move |a: &crate::deliver::log::Attempt| {
         endpoint.as_deref().is_none_or(|e| e == a.endpoint)
             && event.as_deref().is_none_or(|e| e == a.event_id)
+            && lane.as_deref().is_none_or(|l| l == a.lane)
             && status.is_none_or(|(ok, code)| {
                 ok.is_none_or(|ok| ok == a.ok) && code.is_none_or(|c| a.status == Some(c))
             })
@@ -78,6 +87,50 @@ pub(super) fn deliveries(control: &Control, q: &Query) -> Response<Body> {
         }
         Err(e) => error(503, None, &e.to_string()),
     }
+}
+
+/// One event's deliveries (to `endpoint`, if the query names one): its attempts in the log,
+/// and the latest request and answer whole while they are kept (in memory: the latest
+/// [`KEEP`](crate::deliver::exchanges::KEEP) requests).
+pub(super) fn one(control: &Control, event_id: &str, q: &Query) -> Response<Body> {
+    let endpoint = q.get("endpoint");
+    let wanted = |a: &crate::deliver::log::Attempt| {
+        a.event_id == event_id && endpoint.is_none_or(|e| e == a.endpoint)
+    };
+    let attempts = match crate::deliver::log::read_matching(control.log.dir(), wanted, 100) {
+        Ok(attempts) => attempts,
+        Err(e) => return error(503, None, &e.to_string()),
+    };
+    let exchange = control.log.exchanges().find(event_id, endpoint);
+    if attempts.is_empty() && exchange.is_none() {
+        return error(
+            404,
+            None,
+            "no attempt to deliver this event is in the delivery log (it keeps the latest outbox.delivery_log attempts)",
+        );
+    }
+    let text = |t: &crate::deliver::exchanges::Text| json!({ "body": t.text, "bytes": t.bytes, "truncated": t.truncated });
+    let exchange = exchange.map(|x| {
+        let mut request = text(&x.request);
+        request["content_type"] = json!(x.content_type);
+        let response = x.response.as_ref().map(|(status, body)| {
+            let mut response = text(body);
+            response["status"] = json!(status);
+            response
+        });
+        json!({
+            "at": rfc3339(x.at),
+            "endpoint": x.endpoint,
+            "events": x.event_ids.len(),
+            "request": request,
+            "response": response,
+        })
+    });
+    ok(json!({
+        "event_id": event_id,
+        "attempts": attempts.iter().map(attempt_view).collect::<Vec<_>>(),
+        "exchange": exchange,
+    }))
 }
 
 /// Server-sent events: each delivery attempt as it is logged (`event: delivery`), filtered as

@@ -52,6 +52,7 @@ enum Op {
     Purge,
     Deliveries,
     Stream,
+    Delivery,
 }
 
 /// A route: the methods it takes, its path (segments after the first `/`; `*` is one segment,
@@ -101,6 +102,7 @@ const ROUTES: &[Route] = &[
     r(&["POST"], "v1/outbox/purge", Op::Purge),
     r(READ, "v1/deliveries", Op::Deliveries),
     r(&["GET"], "v1/deliveries/stream", Op::Stream),
+    r(&["GET"], "v1/deliveries/*", Op::Delivery),
 ];
 
 /// The segments `segs` gives the `*`s of `pattern`, if it fits.
@@ -211,6 +213,7 @@ pub async fn route(
         },
         Op::Deliveries => deliveries::deliveries(control, &q),
         Op::Stream => deliveries::stream(control, &q, cancel),
+        Op::Delivery => deliveries::one(control, arg, &q),
     }
 }
 
@@ -268,6 +271,7 @@ mod tests {
             ("POST", "/v1/endpoints/crm/pause", Ok(Op::Pause)),
             ("GET", "/v1/endpoints/crm/pause", Err(405)),
             ("GET", "/v1/deliveries/stream", Ok(Op::Stream)),
+            ("GET", "/v1/deliveries/0192-e1", Ok(Op::Delivery)),
             ("HEAD", "/v1/deliveries/stream", Err(405)),
             ("GET", "/v1/nothing", Err(404)),
             ("GET", "/v1/devices/a/b/c", Err(404)),
