@@ -34,6 +34,7 @@ doc = {
      "outbox": S("object", required=["pending","bytes","dead_letters","writable"], properties={"pending": S("integer"), "bytes": S("integer"), "dead_letters": S("integer"), "writable": S("boolean")})}),
    "Health": S("string", enum=["unknown","online","offline","lost"]),
    "Device": S("object", required=["id","class","health","last_seen","last_reading","last_report","values","report_pending","stale","version","state","sync","desired"], properties={
+     "health_history": S("array", description="Its latest changes of health (up to 8), oldest first: in the one device's view only.", items=S("object", required=["at","health"], properties={"at": ts, "health": ref("Health")})),
      "id": S("string"), "class": nullable("string", description="The device class whose `match` fits, if any."),
      "health": ref("Health"), "last_seen": ts, "last_reading": ts, "last_report": ts,
      "values": S("object", description="The last reported value of every field."),

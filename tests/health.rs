@@ -83,7 +83,7 @@ async fn watch(port: u16, topic: &str) -> Arc<Mutex<Vec<String>>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_bouncing_and_dead_devices_produce_exactly_the_right_webhooks() {
-    let (_dir, broker, receiver, _daemon) = Rig::start(RULES).await.parts();
+    let (dir, broker, receiver, daemon) = Rig::start(RULES).await.parts();
     let b_status = watch(broker.port, "devices/h-occ-b/status").await;
 
     let mut devices = Vec::new();
@@ -185,6 +185,31 @@ async fn silent_bouncing_and_dead_devices_produce_exactly_the_right_webhooks() {
         assert_eq!(desk[1], "Unknown", "its only sensor is offline");
         assert_eq!(s.bad_signatures, 0);
     });
+    // Each device's detail keeps the changes it was told, in order, with their times; the
+    // bounce told nothing and kept nothing.
+    let api = common::Api::with_token(&daemon);
+    for (id, want) in [
+        ("h-occ-a", &["online", "lost", "online"][..]),
+        ("h-occ-b", &["online"][..]),
+        ("h-occ-c", &["online", "offline"][..]),
+    ] {
+        let d = api
+            .get("/v1/devices/{id}", &format!("/v1/devices/{id}"))
+            .await
+            .json();
+        let history = d["health_history"].as_array().unwrap();
+        let healths: Vec<&str> = history
+            .iter()
+            .map(|c| c["health"].as_str().unwrap())
+            .collect();
+        assert_eq!(healths, want, "{id}: {d}");
+        let times: Vec<&str> = history.iter().map(|c| c["at"].as_str().unwrap()).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{id}: {times:?}");
+    }
+    let (code, out, err) = daemon.cli(&["devices", "show", "h-occ-a"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("health history"), "{out}");
+    api.check_answers(dir.path()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -111,6 +111,12 @@ pub async fn run(command: DevicesCommand, api: &Api, json: bool) -> Result<(), S
                     ),
                 );
             }
+            if let Some(changes) = d["health_history"].as_array().filter(|h| !h.is_empty()) {
+                println!("health history");
+                for c in changes {
+                    println!("  {:<22} {}", text(&c["health"]), when(&c["at"]));
+                }
+            }
             if let Some(state) = d["state"].as_object().filter(|s| !s.is_empty()) {
                 println!("state");
                 for (k, v) in state {

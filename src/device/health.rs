@@ -33,6 +33,27 @@ pub enum Health {
     Lost,
 }
 
+/// A change of health, kept with the device (its latest [`HISTORY`]) for the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// When it changed (an offline after its debounce: when it was reported).
+    pub at: Millis,
+    pub health: Health,
+}
+
+/// Changes of health a device keeps: a flapping device costs no more than this.
+pub const HISTORY: usize = 8;
+
+/// `state` is now `health`, since `at`: remembered in its history.
+fn become_(state: &mut DeviceState, health: Health, at: Millis) {
+    state.health = health;
+    let history = &mut state.health_history;
+    if history.len() >= HISTORY {
+        history.drain(..=history.len() - HISTORY);
+    }
+    history.push(Change { at, health });
+}
+
 /// The health rules of one device class.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HealthPolicy {
@@ -74,7 +95,7 @@ pub fn heard(state: &mut DeviceState, now: Millis, dirty: &mut bool) -> Option<T
     if state.health == Health::Online {
         return None;
     }
-    state.health = Health::Online;
+    become_(state, Health::Online, now);
     *dirty = true;
     Some(Transition::Online)
 }
@@ -104,7 +125,7 @@ pub fn offline_reported(
 ) -> Option<Transition> {
     match state.health {
         Health::Online | Health::Lost if policy.debounce == 0 => {
-            state.health = Health::Offline;
+            become_(state, Health::Offline, now);
             *dirty = true;
             Some(Transition::Offline { since: now })
         }
@@ -119,7 +140,7 @@ pub fn offline_reported(
             // First heard through an offline report (a retained availability or last-will
             // at start): no flap to wait out, the broker's word on it now. Told once, so that
             // every receiver's view is the gateway's.
-            state.health = Health::Offline;
+            become_(state, Health::Offline, now);
             *dirty = true;
             Some(Transition::Offline { since: now })
         }
@@ -152,10 +173,10 @@ pub fn due(
         return None;
     }
     if let Some(since) = state.offline_since.take() {
-        state.health = Health::Offline;
+        become_(state, Health::Offline, since);
         return Some(Transition::Offline { since });
     }
-    state.health = Health::Lost;
+    become_(state, Health::Lost, now);
     Some(Transition::Lost {
         last_seen: state.last_seen,
     })
@@ -175,7 +196,11 @@ mod tests {
     }
     use Step::*;
 
-    fn run(policy: &HealthPolicy, started: Millis, steps: &[(Millis, Step, &[Transition])]) {
+    fn run(
+        policy: &HealthPolicy,
+        started: Millis,
+        steps: &[(Millis, Step, &[Transition])],
+    ) -> DeviceState {
         let mut state = DeviceState::default();
         for (i, (t, step, want)) in steps.iter().enumerate() {
             let mut dirty = false;
@@ -188,6 +213,68 @@ mod tests {
             }
             assert_eq!(&got, want, "step {i} at t={t} ({step:?}); state {state:?}");
         }
+        state
+    }
+
+    fn history(state: &DeviceState) -> Vec<(Millis, Health)> {
+        state
+            .health_history
+            .iter()
+            .map(|c| (c.at, c.health))
+            .collect()
+    }
+
+    /// Each change told is kept with its time (an offline after its debounce, from when it was
+    /// reported; a bounce inside it, not at all), the latest HISTORY of them.
+    #[test]
+    fn the_latest_changes_of_health_are_kept_with_their_times() {
+        let p = HealthPolicy {
+            debounce: 1_000,
+            heartbeat: Some(10_000),
+            lost_after: 3.0,
+        };
+        let state = run(
+            &p,
+            0,
+            &[
+                (10, Heard, &[ON]),
+                (100, OfflineReport, &[]),
+                (500, Heard, &[]),
+                (600, OfflineReport, &[]),
+                (1_700, Tick, &[Transition::Offline { since: 600 }]),
+                (2_000, Heard, &[ON]),
+            ],
+        );
+        use Health::*;
+        assert_eq!(
+            history(&state),
+            [(10, Online), (600, Offline), (2_000, Online)]
+        );
+        let silence = p.lost_silence().unwrap();
+        let lost = run(
+            &p,
+            0,
+            &[
+                (10, Heard, &[ON]),
+                (10 + silence, Tick, &[Transition::Lost { last_seen: 10 }]),
+            ],
+        );
+        assert_eq!(history(&lost), [(10, Online), (10 + silence, Lost)]);
+        // A flapping device keeps only the latest.
+        let mut state = DeviceState::default();
+        let mut dirty = false;
+        let no_debounce = HealthPolicy::default();
+        for t in 1..=20 {
+            if t % 2 == 1 {
+                heard(&mut state, t, &mut dirty);
+            } else {
+                offline_reported(&mut state, &no_debounce, t, &mut dirty);
+            }
+        }
+        let kept = history(&state);
+        assert_eq!(kept.len(), HISTORY);
+        assert_eq!(kept.first(), Some(&(13, Online)));
+        assert_eq!(kept.last(), Some(&(20, Offline)));
     }
 
     const ON: Transition = Transition::Online;

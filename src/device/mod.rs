@@ -144,6 +144,9 @@ const SEEN_RESOLUTION: Millis = 30_000;
 #[serde(default)]
 pub struct DeviceState {
     pub health: Health,
+    /// Its latest changes of health, oldest first (absent in stores written before it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_history: Vec<health::Change>,
     /// Last reported value of every field (metadata included): what upstream knows.
     pub values: Map<String, Value>,
     /// A due report waiting out `min_interval`.
@@ -192,6 +195,9 @@ impl DeviceState {
         }
         if let Some(t) = &mut self.offline_since {
             *t = f(*t);
+        }
+        for change in &mut self.health_history {
+            change.at = f(change.at);
         }
         if let Some(t) = self.sync.as_mut().and_then(|s| s.differs_since.as_mut()) {
             *t = f(*t);

@@ -124,6 +124,8 @@ pub(super) async fn devices(
         .acquire()
         .await
         .map_err(|e| e.to_string())?;
+    // One device's view carries its history of health too.
+    let one = matches!(selection, Selection::One(_));
     let (known, more): (
         Vec<(String, Option<String>, crate::device::DeviceState)>,
         bool,
@@ -159,7 +161,7 @@ pub(super) async fn devices(
     let list = known
         .into_iter()
         .map(|(id, class, s)| {
-            json!({
+            let mut view = json!({
                 "id": id,
                 "class": class,
                 "health": s.health,
@@ -178,7 +180,15 @@ pub(super) async fn devices(
                     "told": y.told,
                 })),
                 "desired": s.desired,
-            })
+            });
+            if one {
+                view["health_history"] = s
+                    .health_history
+                    .iter()
+                    .map(|c| json!({"at": rfc3339(c.at), "health": c.health}))
+                    .collect();
+            }
+            view
         })
         .collect();
     Ok((list, more))
