@@ -815,10 +815,7 @@ async fn upstreams_commands_on_the_push_listener_are_verified_and_bookings_kept(
     let story = Story::begin().await;
     let (api, push_port) = (&story.api, story.push_port);
     let now = common::unix_now();
-    let at = |secs: u64| {
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs))
-            .to_string()
-    };
+    let at = common::rfc3339_at;
     let booking = json!({"type": "booking.start", "data": {"booking_id": "bk-1", "workspace_id": "room-1", "title": "Review", "start": at(now + 600), "end": at(now + 4200)}});
     let taken = common::push(push_port, &booking, "msg-1").await;
     assert_eq!(taken.status, 202, "{}", taken.body);

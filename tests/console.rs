@@ -30,7 +30,7 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
     assert_eq!(code, 0, "{err}");
     let login_url = login_url.trim().to_string();
     assert!(login_url.contains("/#token="), "{login_url}");
-    let mut browser = Browser::open(&login_url, &crm.url);
+    let mut browser = Browser::open("console_check.py", &[&login_url, &crm.url, common::SECRET]);
     let mut occ = device(broker.port, "console-occ-1", DeviceClass::OccupancySensor).await;
     let mut disp = device(broker.port, "disp-1", DeviceClass::RoomDisplay).await;
 
@@ -149,6 +149,116 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
     assert_eq!(crm.seen(|s| s.bad_signatures), 0);
 }
 
+/// The recovery work in the console (tests/python/console_recover.py): upstream's booking shown
+/// on its workspace; a dead letter replayed; its delivery opened, the body shown exactly as the
+/// receiver got it; every dead letter replayed at once; an endpoint a 410 disabled enabled
+/// again. Before each step the receiver refuses, before each click it accepts, and after each
+/// this test checks the API and the receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_replays_dead_letters_opens_a_delivery_and_enables_a_gone_endpoint() {
+    let push_port = common::free_port();
+    let extra = format!(
+        "[[workspaces]]\nid = \"room-1\"\nsensors = [\"rec-occ-1\"]\n[upstream]\nsecrets = [\"{}\"]\n[upstream.push]\nlisten = \"127.0.0.1:{push_port}\"\n",
+        common::UPSTREAM_SECRET
+    );
+    let (_dir, broker, _default, daemon) = Rig::start(&extra).await.parts();
+    let api = common::Api::with_token(&daemon);
+    let flaky = Receiver::start().await;
+    flaky.say("{\"note\":\"<b>room</b> unknown\"}");
+    flaky.fail_with(422);
+    let settings = serde_json::json!({
+        "name": "flaky", "url": flaky.url, "secret": common::SECRET, "events": ["sensor.*"],
+        "max_attempts": 1, "retry": {"initial": "50ms", "max": "200ms"},
+    });
+    let created = api
+        .call("POST", "/v1/endpoints", "/v1/endpoints", Some(&settings))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let (code, login_url, err) = daemon.cli(&["console"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let mut browser = Browser::open("console_recover.py", &[login_url.trim()]);
+    browser.expect("loaded", &daemon).await;
+
+    let now = common::unix_now();
+    let at = common::rfc3339_at;
+    let booking = serde_json::json!({"type": "booking.start", "data": {"booking_id": "bk-console",
+        "workspace_id": "room-1", "title": "Review", "start": at(now + 600), "end": at(now + 4200)}});
+    let taken = common::push(push_port, &booking, "console-bk-1").await;
+    assert!(taken.status < 300, "{}", taken.body);
+    browser.next("booked", &daemon).await;
+
+    let mut occ = device(broker.port, "rec-occ-1", DeviceClass::OccupancySensor).await;
+    let first = publish(&mut occ, 1, 1.0).await;
+    browser.next("dead", &daemon).await;
+    assert_eq!(dead_letters(&api).await, 1);
+    flaky.fail_with(0);
+    browser.next("replayed", &daemon).await;
+    flaky
+        .wait_until(LONG, "the replayed reading", |s| {
+            s.readings_of("rec-occ-1") == first
+        })
+        .await;
+    assert_eq!(dead_letters(&api).await, 0);
+
+    browser.next("opened", &daemon).await;
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+    let event = std::fs::read_to_string(shots.join("delivery-event.txt")).unwrap();
+    let shown: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(shots.join("delivery-request.txt")).unwrap())
+            .unwrap();
+    let got = flaky.seen(|s| s.events.iter().find(|e| e["id"] == event.as_str()).cloned());
+    assert_eq!(
+        Some(shown),
+        got,
+        "the body shown is the body the receiver got"
+    );
+
+    flaky.fail_with(422);
+    let more = publish(&mut occ, 2, 1.0).await;
+    browser.next("dead-two", &daemon).await;
+    assert_eq!(dead_letters(&api).await, 2);
+    flaky.fail_with(0);
+    browser.next("replayed-all", &daemon).await;
+    flaky
+        .wait_until(LONG, "both replayed readings", |s| {
+            s.readings_of("rec-occ-1").ends_with(&more)
+        })
+        .await;
+
+    flaky.fail_with(410);
+    let last = publish(&mut occ, 1, 1.0).await;
+    browser.next("disabled", &daemon).await;
+    assert_eq!(flaky_state(&api).await, "disabled");
+    flaky.fail_with(0);
+    browser.next("enabled", &daemon).await;
+    assert_eq!(flaky_state(&api).await, "active");
+    flaky
+        .wait_until(LONG, "the reading held while it was disabled", |s| {
+            s.readings_of("rec-occ-1").ends_with(&last)
+        })
+        .await;
+    browser.finish();
+    assert_eq!(flaky.seen(|s| s.bad_signatures), 0);
+    api.check_answers(_dir.path()).await;
+}
+
+/// `flaky`'s dead letters, as the API says.
+async fn dead_letters(api: &common::Api) -> u64 {
+    api.get("/v1/endpoints/{name}", "/v1/endpoints/flaky")
+        .await
+        .json()["dead_letters"]
+        .as_u64()
+        .unwrap()
+}
+
+/// `flaky`'s state, as the API says.
+async fn flaky_state(api: &common::Api) -> serde_json::Value {
+    api.get("/v1/endpoints/{name}", "/v1/endpoints/flaky")
+        .await
+        .json()["state"]
+        .clone()
+}
+
 /// The console-made endpoint's state, as the API says.
 async fn endpoint_state(api: &common::Api) -> serde_json::Value {
     api.get("/v1/endpoints/{name}", "/v1/endpoints/console-crm")
@@ -169,17 +279,17 @@ struct Browser {
 }
 
 impl Browser {
-    /// The console opened at the login URL; `crm_url`: where the endpoint it makes delivers.
-    fn open(login_url: &str, crm_url: &str) -> Browser {
+    /// The console opened by `script` (in tests/python) with its arguments: the login URL,
+    /// then the screenshots' directory, then the rest of `args`.
+    fn open(script: &str, args: &[&str]) -> Browser {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let shots = root.join("target/console-screenshots");
         std::fs::create_dir_all(&shots).unwrap();
         let mut child = Command::new("python3")
-            .arg(root.join("tests/python/console_check.py"))
-            .arg(login_url)
+            .arg(root.join("tests/python").join(script))
+            .arg(args[0])
             .arg(&shots)
-            .arg(crm_url)
-            .arg(common::SECRET)
+            .args(&args[1..])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -23,6 +23,12 @@ pub fn sign(secret: &str, id: &str, ts: u64, body: &[u8]) -> String {
     )
 }
 
+/// Unix seconds `secs` as RFC 3339 (a booking's start and end).
+pub fn rfc3339_at(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
+}
+
 pub fn unix_now() -> u64 {
     firmware_sim::now_ms() / 1000
 }

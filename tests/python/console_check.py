@@ -12,46 +12,20 @@ Usage: console_check.py LOGIN_URL SCREENSHOTS RECEIVER_URL SECRET
 """
 import sys
 
-from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import sync_playwright, expect
 
+from console_common import accessible, launch, watch
+import console_common
+
 login_url, shots, receiver, secret = sys.argv[1:5]
-errors = []
 
 
 def step(name, page):
-    page.screenshot(path=f"{shots}/{name}.png", full_page=True)
-    fits = page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-    if not fits:
-        errors.append(f"{name}: the page is wider than the window (sideways scrolling)")
-    if errors:
-        sys.exit("; ".join(errors))
-    print(name, flush=True)
-    if sys.stdin.readline().strip() != "go":
-        sys.exit("the test stopped")
-
-
-def accessible(name, page):
-    """axe-core's check of the page as it is now: no serious or critical violation."""
-    found = Axe().run(page).response["violations"]
-    bad = [f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
-           for v in found if v["impact"] in ("serious", "critical")]
-    if bad:
-        errors.append(f"{name}: accessibility: " + "; ".join(bad))
-
-
-def watch(page):
-    page.on("dialog", lambda d: (errors.append(f"a dialog: {d.type} {d.message}"), d.dismiss()))
-    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-    page.on("console", lambda m: errors.append(f"console error: {m.text}") if m.type == "error" else None)
+    console_common.step(shots, name, page)
 
 
 with sync_playwright() as p:
-    browser = p.chromium.launch(
-        executable_path="/usr/bin/chromium",
-        args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    )
+    browser = launch(p)
     page = browser.new_page(viewport={"width": 1366, "height": 768})
     watch(page)
     # Logging in: the URL's fragment carries the token, and leaves the address bar at once.
@@ -79,6 +53,8 @@ with sync_playwright() as p:
     expect(page.locator("#detail")).to_be_visible()
     expect(page.locator("#detail-id")).to_have_text("console-occ-1")
     expect(page.locator("#detail-values")).to_contain_text('"presence"', timeout=20000)
+    # Its health history: online since it was first heard.
+    expect(page.locator("#detail-history li").first).to_contain_text("online")
     accessible("device", page)
     step("device", page)
     page.locator("#detail-close").click()

@@ -108,6 +108,10 @@ async function renderDetail() {
     ["sync", d.sync ? (d.sync.in_sync ? "in sync" : "differs since " + when(d.sync.differs_since)) + " (reported " + JSON.stringify(d.sync.reported) + ")" : "-"],
     ["desired", d.desired === null ? "-" : JSON.stringify(d.desired)]];
   $("detail-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+  const changes = (d.health_history || []).slice().reverse();
+  $("detail-history").replaceChildren(...(changes.length ? changes.map((c) => el("li", {},
+    el("span", { class: c.health }, c.health), " " + when(c.at) + " (" + (c.at || "").replace("T", " ").slice(0, 19) + ")")) :
+    [el("li", { class: "mute" }, "no change of health told yet")]));
   $("detail-values").textContent = JSON.stringify(d.values, null, 2);
 }
 
@@ -224,14 +228,44 @@ async function queueAction(name, act) {
   notice("purged " + r.purged + " pending event(s) of " + name + " for good", true);
 }
 
-// ---- the live delivery log ----
+// ---- the live delivery log, and one delivery opened ----
 let attempts = [];
+let opened = null;
+/** An attempt's lane said for a person: the device or workspace it is about. */
+const subject = (lane) => (lane || "").replace(/^(device|workspace|group):/, "");
+const result = (a) => a.ok ? "delivered " + a.status : "failed: " + (a.error || a.status);
 function renderDeliveries() {
   const f = $("delivery-filter").value.trim().toLowerCase();
-  const shown = attempts.filter((a) => !f || [a.endpoint, a.event_id, a.ok ? "ok delivered " + a.status : "failed " + (a.error || a.status)].some((s) => String(s).toLowerCase().includes(f)));
-  $("deliveries").replaceChildren(...shown.map((a) => el("tr", { title: "event " + a.event_id },
-    el("td", {}, (a.at || "").slice(11, 19)), el("td", {}, a.endpoint),
-    el("td", { class: a.ok ? "ok" : "bad" }, a.ok ? "delivered " + a.status : "failed: " + (a.error || a.status)), el("td", {}, a.ms))));
+  const shown = attempts.filter((a) => !f || [a.endpoint, a.event_id, a.type || "", a.lane || "", a.ok ? "ok delivered " + a.status : "failed " + (a.error || a.status)].some((s) => String(s).toLowerCase().includes(f)));
+  $("deliveries").replaceChildren(...shown.map((a) => el("tr", { "data-attempt": a.event_id, "data-endpoint": a.endpoint, tabIndex: 0, title: "open event " + a.event_id },
+    el("td", {}, (a.at || "").slice(11, 19)),
+    el("td", { class: "brk" }, a.type || a.event_id, a.lane ? el("span", { class: "mute msg" }, subject(a.lane)) : null),
+    el("td", {}, a.endpoint), el("td", { class: a.ok ? "ok" : "bad" }, result(a)), el("td", { class: "wide" }, a.ms))));
+}
+/** What was sent and what came back, as text: `part` is a request or an answer, or null. */
+function showBody(id, part, missing) {
+  const note = $(id + "-note");
+  if (!part) { $(id).textContent = ""; note.textContent = missing; return; }
+  let text = part.body;
+  try { if (text) text = JSON.stringify(JSON.parse(text), null, 2); } catch (e) { /* shown as it came */ }
+  $(id).textContent = text || "(empty)";
+  note.textContent = (part.status ? "HTTP " + part.status + ", " : "") + part.bytes + " bytes" + (part.truncated ? ", only the start kept" : "");
+}
+async function renderDelivery() {
+  if (!opened) { $("delivery").hidden = true; return; }
+  let d;
+  try { d = await call("GET", "/v1/deliveries/" + seg(opened.id) + "?endpoint=" + seg(opened.endpoint)); } catch (err) { notice(err.message, false); return; }
+  $("delivery").hidden = false;
+  $("delivery-id").textContent = d.event_id;
+  const last = d.attempts[d.attempts.length - 1] || {};
+  $("delivery-facts").replaceChildren(...[["type", last.type || "-"], ["about", last.lane || "-"], ["endpoint", opened.endpoint],
+    ["attempts", String(d.attempts.length)]].flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+  $("delivery-attempts").replaceChildren(...d.attempts.slice().reverse().map((a) => el("tr", {},
+    el("td", {}, (a.at || "").replace("T", " ").slice(0, 19)), el("td", {}, a.endpoint), el("td", { class: a.ok ? "ok" : "bad" }, result(a)), el("td", {}, a.ms))));
+  const x = d.exchange;
+  const gone = "not kept any more (the bodies of the latest 64 requests are kept, until a restart)";
+  showBody("delivery-request", x && x.request, gone);
+  showBody("delivery-response", x && x.response, x ? "no answer: " + (last.error || "the receiver never answered") : gone);
 }
 function addDelivery(a) {
   attempts.unshift(a);
@@ -288,13 +322,21 @@ async function refresh() {
     renderDevices();
     await renderDetail();
     const w = await call("GET", "/v1/workspaces");
-    $("workspaces").replaceChildren(...(w.workspaces.length ? w.workspaces.map((x) => el("div", { class: "ws " + x.status, "data-workspace": x.id },
-      el("b", {}, x.id), x.status, x.since ? el("span", { class: "mute" }, " " + when(x.since)) : null,
-      el("div", { class: "mute" }, x.sensors.length + " sensor(s)" + (x.display ? ", display " + x.display : "")))) : [el("span", { class: "mute" }, "no workspace configured")]));
+    const bookings = (await call("GET", "/v1/bookings")).bookings;
+    const span = (b) => (b.start || "").replace("T", " ").slice(0, 16) + " – " + (b.end || "").slice(11, 16);
+    $("workspaces").replaceChildren(...(w.workspaces.length ? w.workspaces.map((x) => {
+      const own = bookings.filter((b) => b.workspace_id === x.id);
+      return el("div", { class: "ws " + x.status, "data-workspace": x.id },
+        el("b", {}, x.id), x.status, x.since ? el("span", { class: "mute" }, " " + when(x.since)) : null,
+        el("div", { class: "mute" }, x.sensors.length + " sensor(s)" + (x.display ? ", display " + x.display : "")),
+        own.length ? el("ul", { "aria-label": "bookings of " + x.id }, ...own.map((b) => el("li", { "data-booking": b.booking_id, title: b.booking_id },
+          span(b), b.details && b.details.title ? " " + b.details.title : "", " (" + b.booking_id + ")"))) : null);
+    }) : [el("span", { class: "mute" }, "no workspace configured")]));
     endpointsNow = (await call("GET", "/v1/endpoints")).endpoints;
     renderEndpoints(endpointsNow);
     renderQueues((await call("GET", "/v1/outbox")).queues);
     if (pendingOf) await renderPending();
+    if (opened) await renderDelivery();
     const dl = await call("GET", "/v1/outbox/events?dead=true&limit=50");
     $("replay-all").hidden = !dl.events.length;
     $("dead").replaceChildren(...(dl.events.length ? dl.events.map((x) => el("tr", { "data-event": x.event_id },
@@ -340,6 +382,14 @@ function wire() {
     renderDetail();
   });
   $("devices").addEventListener("keydown", (ev) => { if (ev.key === "Enter") ev.target.click(); });
+  $("deliveries").addEventListener("click", (ev) => {
+    const tr = ev.target.closest("tr[data-attempt]");
+    if (!tr) return;
+    opened = { id: tr.dataset.attempt, endpoint: tr.dataset.endpoint };
+    renderDelivery().then(() => $("delivery").scrollIntoView({ block: "nearest" }));
+  });
+  $("deliveries").addEventListener("keydown", (ev) => { if (ev.key === "Enter") ev.target.click(); });
+  $("delivery-close").addEventListener("click", () => { opened = null; renderDelivery(); });
   $("detail-close").addEventListener("click", () => { selected = null; renderDetail(); });
   $("forget").addEventListener("click", async () => {
     if (!forgetArmed) { forgetArmed = true; $("forget").textContent = "Click again to forget " + selected; return; }
