@@ -34,6 +34,7 @@ doc = {
      "outbox": S("object", required=["pending","bytes","dead_letters","writable"], properties={"pending": S("integer"), "bytes": S("integer"), "dead_letters": S("integer"), "writable": S("boolean")})}),
    "Health": S("string", enum=["unknown","online","offline","lost"]),
    "Device": S("object", required=["id","class","health","last_seen","last_reading","last_report","values","report_pending","stale","version","state","sync","desired"], properties={
+     "actions": S("array", items=S("string"), description="The actions its class takes (device_classes.actions): in the one device's view only."),
      "health_history": S("array", description="Its latest changes of health (up to 8), oldest first: in the one device's view only.", items=S("object", required=["at","health"], properties={"at": ts, "health": ref("Health")})),
      "id": S("string"), "class": nullable("string", description="The device class whose `match` fits, if any."),
      "health": ref("Health"), "last_seen": ts, "last_reading": ts, "last_report": ts,
@@ -102,7 +103,7 @@ doc = {
      "dead": S("object", required=["reason","attempts","last_status","last_error","at"], properties={"reason": S("string"), "attempts": S("integer"), "last_status": nullable("integer"), "last_error": S("string"), "at": ts})}),
    "Delivery": S("object", required=["at","endpoint","event_id","ok","status","ms","error"], properties={
      "at": ts, "endpoint": S("string"), "event_id": S("string"), "type": nullable("string", description="The event's type (null on attempts logged before types were)."), "lane": nullable("string", description="device:<id>, workspace:<id> or group:<id>."), "ok": S("boolean"), "status": nullable("integer"), "ms": S("integer"), "error": nullable("string")}),
-   "Body": S("object", required=["body","bytes","truncated"], properties={"body": S("string", description="Its start as text (bytes that are not UTF-8 as U+FFFD)."), "bytes": S("integer", description="The whole size (of an answer: as far as it was read)."), "truncated": S("boolean")}),
+   "Body": S("object", required=["body","bytes","truncated"], properties={"body": S("string", description="Its start as text (bytes that are not UTF-8 as U+FFFD)."), "bytes": S("integer", description="The whole size (of an answer, or of a gzipped request past the cut: as far as it was read)."), "truncated": S("boolean")}),
    "DeliveryDetail": S("object", required=["event_id","attempts","exchange"], properties={
      "event_id": S("string"), "attempts": S("array", items=ref("Delivery"), description="Its attempts in the delivery log, oldest first."),
      "exchange": {"description": "The latest request that carried it and the answer, kept in memory for the latest 64 requests (16 KiB of a body, 4 KiB of an answer; request headers are not kept): null when no longer kept, or after a restart.",

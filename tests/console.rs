@@ -124,7 +124,12 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
         .await;
     assert_eq!(gone.status, 404, "{}", gone.body);
     browser.next("logged-out", &daemon).await;
-    // Logged out, the action it tried was refused: nothing more was executed.
+    // Logged out, the change it tried was refused: nothing changed.
+    let occ_now = common::Api::with_token(&daemon)
+        .get("/v1/devices/{id}", "/v1/devices/console-occ-1")
+        .await
+        .json();
+    assert_eq!(occ_now["desired"], serde_json::Value::Null, "{occ_now}");
     assert_eq!(disp.actions_executed(), 1);
     // Logged in again by the pasted token, a change went through.
     browser.next("logged-in", &daemon).await;

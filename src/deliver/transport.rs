@@ -353,3 +353,62 @@ pub fn describe_reqwest_error(e: &reqwest::Error) -> String {
         format!("{what}: {detail}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(
+        headers: &[(&'static str, &str)],
+        body: &[u8],
+        answer: Option<(u16, &[u8])>,
+    ) -> Exchange {
+        let exchanges = Arc::new(Exchanges::default());
+        let keep = Keep {
+            exchanges: exchanges.clone(),
+            endpoint: "crm".into(),
+            event_ids: vec!["e1".into()],
+        };
+        let mut map = reqwest::header::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, value.parse().unwrap());
+        }
+        keep.keep(&map, body, answer);
+        (*exchanges.find("e1", Some("crm")).unwrap()).clone()
+    }
+
+    /// What is kept is what the receiver reads: a gzipped body undone, the content type, the
+    /// answer's status and start; no header but the content type (an API key stays out).
+    #[test]
+    fn a_request_is_kept_as_the_receiver_reads_it() {
+        use std::io::Write;
+        let body = br#"{"id":"e1","type":"sensor.reading.updated"}"#;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(body).unwrap();
+        let zipped = gz.finish().unwrap();
+        let x = kept(
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+                ("x-api-key", "k-123"),
+            ],
+            &zipped,
+            Some((422, b"no such room")),
+        );
+        assert_eq!(x.request.text.as_bytes(), body);
+        assert_eq!(x.content_type.as_deref(), Some("application/json"));
+        assert_eq!(
+            x.response,
+            Some((422, Text::cut(b"no such room", ANSWER_BYTES)))
+        );
+        assert!(!format!("{x:?}").contains("k-123"));
+        // Plain, and never answered.
+        let x = kept(&[], body, None);
+        assert_eq!((x.request.text.as_bytes(), x.response), (&body[..], None));
+        // A gzip bomb is undone only as far as is kept.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&vec![b'a'; 10 << 20]).unwrap();
+        let x = kept(&[("content-encoding", "gzip")], &gz.finish().unwrap(), None);
+        assert!(x.request.truncated && x.request.text.len() == BODY_BYTES);
+    }
+}

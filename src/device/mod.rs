@@ -268,6 +268,11 @@ impl DeviceClass {
         }
     }
 
+    /// The actions devices of this class take.
+    pub fn actions(&self) -> &[String] {
+        &self.actions
+    }
+
     /// Whether one of the class's `match` patterns fits `device_id`.
     pub fn matches(&self, device_id: &str) -> bool {
         self.patterns.iter().any(|p| p.matches(device_id))

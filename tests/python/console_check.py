@@ -64,7 +64,9 @@ with sync_playwright() as p:
     page.locator('#devices tr[data-device="disp-1"]').click()
     expect(page.locator("#detail-id")).to_have_text("disp-1")
     form = page.locator("#act")
-    form.locator('input[name="name"]').fill("show_message")
+    # The form offers the actions its class takes.
+    expect(form.locator('select[name="name"] option')).to_have_text(["show_message"])
+    form.locator('select[name="name"]').select_option("show_message")
     form.locator('textarea[name="params"]').fill('{"text": "<b>Welcome</b>"}')
     form.locator('button[type="submit"]').click()
     expect(page.locator("#act-msg")).to_have_attribute("data-status", "succeeded", timeout=30000)
@@ -148,9 +150,12 @@ with sync_playwright() as p:
     page.locator("#logout").click()
     expect(page.locator("#login")).to_be_visible()
     page.locator('#devices tr[data-device="console-occ-1"]').click()
-    page.locator("#act").locator('input[name="name"]').fill("show_message")
-    page.locator("#act").locator('button[type="submit"]').click()
-    expect(page.locator("#act-msg")).to_contain_text("log in", timeout=20000)
+    # (console-occ-1's class takes no actions: its form says so and sends nothing.)
+    expect(page.locator("#act-none")).to_contain_text("takes no actions")
+    expect(page.locator("#act").locator('button[type="submit"]')).to_be_disabled()
+    page.locator("#desire").locator('input[name="value"]').fill("v3")
+    page.locator("#desire").locator('button[type="submit"]').click()
+    expect(page.locator("#desire-msg")).to_contain_text("log in", timeout=20000)
     step("logged-out", page)
 
     # Logging in by pasting the token: changes work again.

@@ -113,6 +113,14 @@ async function renderDetail() {
     el("span", { class: c.health }, c.health), " " + when(c.at) + " (" + (c.at || "").replace("T", " ").slice(0, 19) + ")")) :
     [el("li", { class: "mute" }, "no change of health told yet")]));
   $("detail-values").textContent = JSON.stringify(d.values, null, 2);
+  // The actions its class takes: the form offers those alone (kept as chosen while it refreshes).
+  const pick = $("act").elements["name"], actions = d.actions || [];
+  if ([...pick.options].map((o) => o.value).join() !== actions.join()) {
+    pick.replaceChildren(...actions.map((a) => el("option", { value: a }, a)));
+  }
+  $("act").querySelector("button[type=submit]").disabled = !actions.length;
+  $("act-none").hidden = !!actions.length;
+  $("act-none").textContent = "Its class (" + (d.class || "none") + ") takes no actions: device_classes.actions in the configuration.";
 }
 
 // ---- endpoints: their buttons, a message per row, deletes confirmed inline ----
@@ -310,7 +318,10 @@ async function refresh() {
   try {
     const g = await call("GET", "/v1/gateway");
     $("gw").textContent = g.id + " · v" + g.version + " · up " + Math.round(g.uptime_seconds / 60) + " min · broker " +
-      (g.mqtt.enabled ? (g.mqtt.connected ? "connected" : "DISCONNECTED") : "not used") + " · " + g.outbox.pending + " pending";
+      (g.mqtt.enabled ? (g.mqtt.connected ? "connected" : "DISCONNECTED") : "not used") +
+      (g.serial.ports.length ? " · serial " + g.serial.open + "/" + g.serial.ports.length + " open" : "") +
+      (g.modbus.buses.length ? " · Modbus " + g.modbus.open + "/" + g.modbus.buses.length + " open" : "") +
+      " · " + g.outbox.pending + " pending";
     $("ready").textContent = g.ready ? "ready" : "NOT READY: " + g.not_ready;
     $("ready").className = g.ready ? "ok" : "bad";
     if (!$("types").childElementCount) {
@@ -427,7 +438,7 @@ function wire() {
     try { params = f.elements["params"].value.trim() ? JSON.parse(f.elements["params"].value) : null; } catch (e) { m.className = "bad"; m.textContent = "parameters: not JSON (" + e.message + ")"; return; }
     const id = "console-" + Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 8);
     try {
-      let a = await call("POST", "/v1/actions", { id, device: selected, name: f.elements["name"].value.trim(), params });
+      let a = await call("POST", "/v1/actions", { id, device: selected, name: f.elements["name"].value, params });
       for (;;) {
         m.className = a.status === "succeeded" ? "ok" : FINAL.includes(a.status) ? "bad" : "";
         m.dataset.status = a.status;

@@ -187,6 +187,11 @@ pub(super) async fn devices(
                     .iter()
                     .map(|c| json!({"at": rfc3339(c.at), "health": c.health}))
                     .collect();
+                let classes = control.classes.lock().unwrap_or_else(|e| e.into_inner());
+                view["actions"] = json!(classes
+                    .iter()
+                    .find(|c| Some(&c.name) == class.as_ref())
+                    .map_or(&[][..], |c| c.actions()));
             }
             view
         })
