@@ -52,9 +52,17 @@ struct Keep {
     event_ids: Vec<String>,
 }
 
+/// A request under way, as it is kept: its content type and its body as the receiver reads it.
+struct Sent {
+    keep: Keep,
+    content_type: Option<String>,
+    request: Text,
+}
+
 impl Keep {
-    /// `body` as sent (undone first if it was gzipped), and `answer`: kept.
-    fn keep(self, headers: &reqwest::header::HeaderMap, body: &[u8], answer: Option<(u16, &[u8])>) {
+    /// What is kept of the request about to go with `headers` and `body`: its body's start (a
+    /// gzipped one undone, as far as is kept) and its content type. Nothing else is copied.
+    fn sent(self, headers: &reqwest::header::HeaderMap, body: &[u8]) -> Sent {
         let header = |name| {
             headers
                 .get(name)
@@ -66,18 +74,31 @@ impl Keep {
             let mut plain = Vec::new();
             let mut unzip = flate2::read::GzDecoder::new(body).take(BODY_BYTES as u64 + 1);
             match unzip.read_to_end(&mut plain) {
-                Ok(_) => Text::cut(&plain, BODY_BYTES),
-                Err(_) => Text::cut(b"(gzipped; could not be undone)", BODY_BYTES),
+                Err(_) if plain.is_empty() => {
+                    Text::cut(b"(gzipped; could not be undone)", BODY_BYTES)
+                }
+                _ => Text::cut(&plain, BODY_BYTES),
             }
         } else {
             Text::cut(body, BODY_BYTES)
         };
-        self.exchanges.keep(Exchange {
-            at: crate::clock::system_now(),
-            endpoint: self.endpoint,
-            event_ids: self.event_ids,
+        Sent {
+            keep: self,
             content_type: header(reqwest::header::CONTENT_TYPE),
             request,
+        }
+    }
+}
+
+impl Sent {
+    /// The receiver's status and the start of its answer (`None`: it never answered): kept.
+    fn answered(self, answer: Option<(u16, &[u8])>) {
+        self.keep.exchanges.keep(Exchange {
+            at: crate::clock::system_now(),
+            endpoint: self.keep.endpoint,
+            event_ids: self.keep.event_ids,
+            content_type: self.content_type,
+            request: self.request,
             response: answer.map(|(status, body)| (status, Text::cut(body, ANSWER_BYTES))),
         });
     }
@@ -162,17 +183,17 @@ impl Http {
         body: Vec<u8>,
         keep: Option<Keep>,
     ) -> Outcome {
-        let kept = keep.map(|k| (k, headers.clone(), body.clone()));
+        let sent = keep.map(|k| k.sent(&headers, &body));
         let request = client
             .post(endpoint.url.clone())
             .headers(headers)
             .body(body);
         let response = request.send().await;
-        let Some((keep, headers, body)) = kept else {
+        let Some(sent) = sent else {
             return Self::answer(response, None).await.0;
         };
         let (outcome, answer) = Self::answer(response, Some(ANSWER_BYTES)).await;
-        keep.keep(&headers, &body, answer.as_ref().map(|(s, b)| (*s, &b[..])));
+        sent.answered(answer.as_ref().map(|(s, b)| (*s, &b[..])));
         outcome
     }
 
@@ -373,7 +394,7 @@ mod tests {
         for (name, value) in headers {
             map.insert(*name, value.parse().unwrap());
         }
-        keep.keep(&map, body, answer);
+        keep.sent(&map, body).answered(answer);
         (*exchanges.find("e1", Some("crm")).unwrap()).clone()
     }
 
