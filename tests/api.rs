@@ -74,15 +74,20 @@ impl Story {
         crm_settings(&self.crm.url)
     }
 
-    /// `crm` made through the API, and its first readings delivered.
-    async fn with_crm() -> (Story, Vec<Value>) {
-        let mut story = Self::begin().await;
-        let settings = story.settings();
-        let created = story
+    /// `crm` made through the API.
+    async fn create_crm(&self) {
+        let settings = self.settings();
+        let created = self
             .api
             .call("POST", "/v1/endpoints", "/v1/endpoints", Some(&settings))
             .await;
         assert_eq!(created.status, 201, "{}", created.body);
+    }
+
+    /// `crm` made through the API, and its first readings delivered.
+    async fn with_crm() -> (Story, Vec<Value>) {
+        let mut story = Self::begin().await;
+        story.create_crm().await;
         let first = publish(&mut story.occ, 3, 1.0).await;
         story
             .crm_got("the new endpoint's first readings", &first)
@@ -517,12 +522,7 @@ async fn the_outbox_and_the_delivery_log_answer_and_refuse_what_they_cannot_do()
 async fn an_opened_delivery_shows_the_body_sent_and_the_receivers_answer() {
     let mut story = Story::begin().await;
     story.crm.say("{\"accepted\":true}");
-    let settings = story.settings();
-    let created = story
-        .api
-        .call("POST", "/v1/endpoints", "/v1/endpoints", Some(&settings))
-        .await;
-    assert_eq!(created.status, 201, "{}", created.body);
+    story.create_crm().await;
     let sent = publish(&mut story.occ, 1, 1.0).await;
     story.crm_got("the reading", &sent).await;
     let got = story.crm.seen(|s| {

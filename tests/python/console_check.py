@@ -14,23 +14,15 @@ import sys
 
 from playwright.sync_api import sync_playwright, expect
 
-from console_common import accessible, launch, watch
-import console_common
+from console_common import accessible, errors, open_console, stepper, watch
 
 login_url, shots, receiver, secret = sys.argv[1:5]
-
-
-def step(name, page):
-    console_common.step(shots, name, page)
+step = stepper(shots)
 
 
 with sync_playwright() as p:
-    browser = launch(p)
-    page = browser.new_page(viewport={"width": 1366, "height": 768})
-    watch(page)
     # Logging in: the URL's fragment carries the token, and leaves the address bar at once.
-    page.goto(login_url)
-    expect(page.locator("#gw")).to_contain_text("gw-test", timeout=20000)
+    browser, page = open_console(p, login_url)
     expect(page.locator("#live")).to_contain_text("live", timeout=20000)
     if "#token" in page.url:
         errors.append("the token stayed in the address bar")

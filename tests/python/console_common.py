@@ -18,6 +18,22 @@ def launch(p):
     )
 
 
+def open_console(p, login_url):
+    """Chromium at 1366x768, watched, logged in by `login_url`, the gateway shown."""
+    from playwright.sync_api import expect
+    browser = launch(p)
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    watch(page)
+    page.goto(login_url)
+    expect(page.locator("#gw")).to_contain_text("gw-test", timeout=20000)
+    return browser, page
+
+
+def stepper(shots):
+    """`step(name, page)` for a run whose screenshots go to `shots`."""
+    return lambda name, page: step(shots, name, page)
+
+
 def step(shots, name, page):
     """Step `name` is done: its screenshot, no sideways scrolling, then wait for the test."""
     page.screenshot(path=f"{shots}/{name}.png", full_page=True)

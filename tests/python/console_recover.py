@@ -13,23 +13,15 @@ import sys
 
 from playwright.sync_api import sync_playwright, expect
 
-from console_common import accessible, launch, watch
-import console_common
+from console_common import accessible, open_console, stepper
 
 login_url, shots = sys.argv[1:3]
 LONG = 30000
-
-
-def step(name, page):
-    console_common.step(shots, name, page)
+step = stepper(shots)
 
 
 with sync_playwright() as p:
-    browser = launch(p)
-    page = browser.new_page(viewport={"width": 1366, "height": 768})
-    watch(page)
-    page.goto(login_url)
-    expect(page.locator("#gw")).to_contain_text("gw-test", timeout=LONG)
+    browser, page = open_console(p, login_url)
     step("loaded", page)
 
     # Upstream booked the room: the booking shows on its workspace.
