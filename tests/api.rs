@@ -516,6 +516,53 @@ async fn the_outbox_and_the_delivery_log_answer_and_refuse_what_they_cannot_do()
     story.end().await;
 }
 
+/// A deleted endpoint leaves nothing behind: its empty queue is no longer listed, and one made
+/// again with its name starts as new (not paused as the deleted one was).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_endpoint_leaves_nothing_behind_for_one_made_again_with_its_name() {
+    let (story, _) = Story::with_crm().await;
+    let paused = story.endpoint_post("crm", "pause").await;
+    assert_eq!(paused.json()["state"], "paused");
+    let deleted = story
+        .api
+        .call(
+            "DELETE",
+            "/v1/endpoints/{name}",
+            "/v1/endpoints/crm?pending=purge",
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    let queues = |outbox: Value| -> Vec<Value> {
+        outbox["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|q| q["endpoint"] == "crm")
+            .cloned()
+            .collect()
+    };
+    let outbox = story.api.get("/v1/outbox", "/v1/outbox").await.json();
+    assert_eq!(
+        queues(outbox),
+        Vec::<Value>::new(),
+        "its empty queue is not listed"
+    );
+    story.create_crm().await;
+    let again = story
+        .api
+        .get("/v1/endpoints/{name}", "/v1/endpoints/crm")
+        .await
+        .json();
+    assert_eq!(again["state"], "active", "{again}");
+    assert_eq!(again["paused_since"], Value::Null, "{again}");
+    let outbox = story.api.get("/v1/outbox", "/v1/outbox").await.json();
+    let listed = queues(outbox);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["state"], "active", "{listed:?}");
+    story.end().await;
+}
+
 /// Opened, a delivery shows its event's type and device, the body exactly as the receiver got
 /// it and what the receiver answered, accepted or refused; the log is filtered by device.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

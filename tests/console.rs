@@ -157,7 +157,7 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
 /// The recovery work in the console (tests/python/console_recover.py): upstream's booking shown
 /// on its workspace; a dead letter replayed; its delivery opened, the body shown exactly as the
 /// receiver got it; every dead letter replayed at once; an endpoint a 410 disabled enabled
-/// again. Before each step the receiver refuses, before each click it accepts, and after each
+/// again; a paused endpoint deleted with its pending reading purged. Before each step the receiver refuses, before each click it accepts, and after each
 /// this test checks the API and the receiver.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_replays_dead_letters_opens_a_delivery_and_enables_a_gone_endpoint() {
@@ -242,6 +242,43 @@ async fn the_console_replays_dead_letters_opens_a_delivery_and_enables_a_gone_en
             s.readings_of("rec-occ-1").ends_with(&last)
         })
         .await;
+
+    let paused = api
+        .call(
+            "POST",
+            "/v1/endpoints/{name}/pause",
+            "/v1/endpoints/flaky/pause",
+            None,
+        )
+        .await;
+    assert_eq!(paused.status, 200, "{}", paused.body);
+    publish(&mut occ, 1, 1.0).await;
+    common::until(
+        std::time::Instant::now() + LONG,
+        || {
+            common::http_get(daemon.metrics_port, "/v1/endpoints/flaky")
+                .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+                .is_some_and(|v| v["pending"] == 1)
+        },
+        || "no reading pending for the paused endpoint".to_string(),
+    )
+    .await;
+    browser.next("deleted-purged", &daemon).await;
+    let gone = api.get("/v1/endpoints/{name}", "/v1/endpoints/flaky").await;
+    assert_eq!(gone.status, 404, "{}", gone.body);
+    let outbox = api.get("/v1/outbox", "/v1/outbox").await.json();
+    assert!(
+        !outbox["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|q| q["endpoint"] == "flaky"),
+        "its queue went with it: {outbox}"
+    );
+    assert!(
+        flaky.seen(|s| s.readings_of("rec-occ-1").ends_with(&last)),
+        "the purged reading was never sent"
+    );
     browser.finish();
     assert_eq!(flaky.seen(|s| s.bad_signatures), 0);
     api.check_answers(_dir.path()).await;

@@ -417,6 +417,17 @@ impl Control {
                 } else {
                     tracing::info!(endpoint = %name, "control API: endpoint deleted");
                 }
+                if !draining {
+                    // Gone: what the outbox remembered of it goes too, so that an endpoint made
+                    // again with its name starts as new (not paused as this one was).
+                    let forgot = match self.outbox.forget_facts(&name) {
+                        Ok(()) => self.outbox.flush().await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = forgot {
+                        tracing::warn!(endpoint = %name, error = %e, "a deleted endpoint's pause, disabling and last attempts are still remembered");
+                    }
+                }
             }
         }
         Ok(name)

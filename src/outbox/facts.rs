@@ -74,6 +74,16 @@ impl Outbox {
         self.set_meta(&meta_key(endpoint, PAUSED), paused)
     }
 
+    /// Forget what is remembered of `endpoint` (disabled, paused, its last success and
+    /// failure): it was deleted, and one made again with its name starts as new. Its count of
+    /// dropped events stays (it is a record of loss, not a setting). Not flushed by itself.
+    pub fn forget_facts(&self, endpoint: &str) -> Result<(), OutboxError> {
+        for fact in [DISABLED, PAUSED, LAST_SUCCESS, LAST_FAILURE] {
+            self.set_meta::<()>(&meta_key(endpoint, fact), None)?;
+        }
+        Ok(())
+    }
+
     /// When `endpoint`'s last successful (or failed) attempt was, Unix ms.
     pub fn last(&self, endpoint: &str, which: Last) -> Option<u64> {
         self.meta(&meta_key(endpoint, which.fact()))

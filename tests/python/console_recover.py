@@ -2,7 +2,8 @@
 """The console's recovery work in headless Chromium, step by step with the Rust test
 (tests/console.rs) as console_check.py is: a booking shown on its workspace, a dead letter
 replayed, a delivery opened (the body sent and the receiver's answer, shown as text), every
-dead letter replayed at once, and an endpoint a 410 disabled enabled again. The test makes
+dead letter replayed at once, an endpoint a 410 disabled enabled again, and deleted with
+the reading it holds purged. The test makes
 the receiver refuse before each step and accept before each click, and checks the API and the
 receiver after it. It writes the opened delivery's event id and request body to SCREENSHOTS
 (delivery-event.txt, delivery-request.txt) for the test to compare with what the receiver got.
@@ -82,4 +83,13 @@ with sync_playwright() as p:
     expect(endpoint.locator("td").nth(1)).to_have_text("active", timeout=LONG)
     expect(endpoint.locator("[data-msg]")).to_contain_text("enabled")
     step("enabled", page)
+
+    # Paused by the test with a reading pending: deleted with what is pending (purged).
+    expect(endpoint.locator("td").nth(2)).to_have_text("1", timeout=LONG)
+    endpoint.locator('button[data-act="delete"]').click()
+    expect(endpoint).to_contain_text("1 event(s) pending")
+    endpoint.locator('button[data-act="delete-purge"]').click()
+    expect(page.locator('#endpoints tr[data-endpoint="flaky"]')).to_have_count(0, timeout=LONG)
+    expect(page.locator("#notice")).to_contain_text("flaky deleted")
+    step("deleted-purged", page)
     browser.close()

@@ -18,6 +18,12 @@ pub(super) async fn outbox_status(control: &Control) -> Value {
     let queues: Vec<Value> = outbox
         .queues()
         .into_iter()
+        // A deleted endpoint's queue is listed while it holds something to deliver or purge.
+        .filter(|(q, name, _)| {
+            configured.iter().any(|(c, _, _)| c.name == *name)
+                || outbox.queue_len(*q) > 0
+                || dead.get(name).is_some_and(|&n| n > 0)
+        })
         .map(|(q, name, routed)| {
             let config = configured.iter().find(|(c, _, _)| c.name == name);
             let state = match config {
