@@ -81,6 +81,7 @@ subscriptions = [
   {{ topic = "sensors/{{device}}/reading", kind = "reading", metadata_fields = ["seq", "ts"] }},
   {{ topic = "rooms/{{device}}/display", kind = "reading", metadata_fields = ["seq", "ts"] }},
   {{ topic = "devices/{{device}}/status", kind = "status" }},
+  {{ topic = "devices/{{device}}/actions/result", kind = "action_result" }},
 ]
 [[serial_ports]]
 path = "{serial}"
@@ -98,6 +99,7 @@ name = "display"
 match = ["demo-disp-*"]
 heartbeat = "{interval}"
 debounce = "{DEMO_DEBOUNCE_MS}ms"
+actions = ["show_message"]
 [[workspaces]]
 id = "meeting-room-1"
 sensors = [{workspace_sensors}]

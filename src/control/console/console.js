@@ -119,6 +119,7 @@ async function renderDetail() {
     pick.replaceChildren(...actions.map((a) => el("option", { value: a }, a)));
   }
   $("act").querySelector("button[type=submit]").disabled = !actions.length;
+  $("act").hidden = !actions.length;
   $("act-none").hidden = !!actions.length;
   $("act-none").textContent = "Its class (" + (d.class || "none") + ") takes no actions: device_classes.actions in the configuration.";
 }
