@@ -42,23 +42,39 @@ struct Counters {
     units: firmware_sim::modbus::Units,
     history: Vec<Vec<u32>>,
     rng: fastrand::Rng,
+    /// The faulty unit's behaviour, if there is one.
+    faulty: Option<firmware_sim::modbus::Behaviour>,
     _serving: firmware_sim::modbus::Serving,
-    _line: SerialLink,
+    _line: Option<SerialLink>,
 }
 
 impl Counters {
-    fn start(seed: u64, path: &Path, n: u8) -> Counters {
-        use firmware_sim::modbus::{people_counter, serve_rtu, Units};
-        let line = SerialLink::plug(path).unwrap();
+    fn start(seed: u64, setup: &Modbus) -> Counters {
+        use firmware_sim::modbus::{people_counter, serve_rtu, serve_tcp, Units};
         let units = Units::default();
-        for u in 1..=n {
+        for u in 1..=setup.units {
             units.add(u, people_counter(0, 0, 200));
         }
+        if let Some(behaviour) = setup.faulty {
+            units.add(FAULTY_UNIT, people_counter(77, 0, 200));
+            units.with(FAULTY_UNIT, |u| u.behaviour = behaviour);
+        }
+        let (serving, line) = match &setup.line {
+            ModbusLine::Rtu(path) => {
+                let line = SerialLink::plug(path).unwrap();
+                (serve_rtu(&line, units.clone()).unwrap(), Some(line))
+            }
+            ModbusLine::Tcp(port) => {
+                let listener = std::net::TcpListener::bind(("127.0.0.1", *port)).unwrap();
+                (serve_tcp(listener, units.clone()).unwrap(), None)
+            }
+        };
         Counters {
-            _serving: serve_rtu(&line, units.clone()).unwrap(),
+            _serving: serving,
             units,
-            history: vec![vec![0]; usize::from(n)],
+            history: vec![vec![0]; usize::from(setup.units)],
             rng: fastrand::Rng::with_seed(seed ^ 0x30db_0001),
+            faulty: setup.faulty,
             _line: line,
         }
     }
@@ -82,8 +98,15 @@ impl Counters {
     }
 
     /// What `r` got of each counter: only counts it was set to, and its last count unless
-    /// `allowance` (readings the endpoint may miss).
+    /// `allowance` (readings the endpoint may miss); of the faulty unit, no reading at all.
     fn told(&self, r: &Receiver, name: &str, allowance: u64) -> Result<(), String> {
+        let faulty = format!("counter-{FAULTY_UNIT}");
+        if self.faulty.is_some() && !reports(r, &faulty).is_empty() {
+            return Err(format!(
+                "{name}: {faulty} never answers well, yet it reported {:?}",
+                reports(r, &faulty)
+            ));
+        }
         for (i, id) in self.ids() {
             let counts: Vec<u64> = reports(r, &id)
                 .iter()
@@ -151,10 +174,7 @@ impl Run {
             .collect();
         common::publish_retained(broker.port, "ghosts", &retained).await;
         let setup = Setup::draw(seed, &mut rng, dir.path().join("ttyHARNESS"));
-        let counters = setup
-            .modbus
-            .as_ref()
-            .map(|(path, n)| Counters::start(seed, path, *n));
+        let counters = setup.modbus.as_ref().map(|m| Counters::start(seed, m));
         let spare = Receiver::start().await;
         let serial = SerialLink::plug(&setup.serial).unwrap();
         let endpoints = endpoints(&all.url, &ops.url, &setup);
@@ -345,8 +365,8 @@ impl Run {
         if let Some(t) = self.draws.stop_timeout {
             story.push(format!("a stop waits {t} for deliveries in flight"));
         }
-        if let Some((_, n)) = &setup.modbus {
-            story.push(format!("{n} people counter(s) on a Modbus RTU line"));
+        if let Some(m) = &setup.modbus {
+            story.push(m.story());
         }
         if !self.draws.ghosts.is_empty() {
             let ghosts = self.draws.ghosts.join(", ");
@@ -685,6 +705,19 @@ impl Run {
             return;
         };
         let daemon = &self.world.daemon;
+        // The faulty unit's path was walked: its failed polls are counted.
+        if let Some(behaviour) = counters.faulty {
+            let kind = match behaviour {
+                firmware_sim::modbus::Behaviour::BadCrc => "crc",
+                _ => "timeout",
+            };
+            daemon
+                .wait_metric(
+                    &format!("edgehook_modbus_requests_total{{kind=\"{kind}\"}}"),
+                    1,
+                )
+                .await;
+        }
         for (name, r) in [("default", &self.all), ("ops", &self.ops)] {
             let check = || {
                 let refused = refused(daemon, name) || (name == "ops" && let_go(daemon) > 0);
@@ -769,7 +802,7 @@ impl Run {
         let (all, ops) = (&self.all, &self.ops);
         let dups = (all.seen(|s| s.duplicates), ops.seen(|s| s.duplicates));
         eprintln!(
-            "harness: seed {seed}: {}; {} readings, {} phases, faults {:?}; {checked} must-reports checked at 2 endpoints, 0 lost; dropped {} + {}, dead letters replayed {}, let go {}; {} retained offline at start; {} Modbus people counter(s); duplicates {} + {}; peak RSS {} kB",
+            "harness: seed {seed}: {}; {} readings, {} phases, faults {:?}; {checked} must-reports checked at 2 endpoints, 0 lost; dropped {} + {}, dead letters replayed {}, let go {}; {} retained offline at start; {}; duplicates {} + {}; peak RSS {} kB",
             self.story[0],
             models.iter().map(|m| m.published.len()).sum::<usize>(),
             self.phases,
@@ -779,7 +812,11 @@ impl Run {
             self.replayed.len(),
             let_go(&world.daemon),
             self.draws.ghosts.len(),
-            self.counters.as_ref().map_or(0, |c| c.history.len()),
+            world
+                .setup
+                .modbus
+                .as_ref()
+                .map_or("no Modbus".to_string(), |m| m.story()),
             dups.0,
             dups.1,
             world.peak_kb

@@ -65,8 +65,81 @@ pub struct Setup {
     pub serial: PathBuf,
     /// `outbox.checkpoint_interval`, milliseconds.
     pub checkpoint_ms: u64,
-    /// People counters on a Modbus RTU line at this path, units 1 to the count.
-    pub modbus: Option<(PathBuf, u8)>,
+    /// People counters on a Modbus line.
+    pub modbus: Option<Modbus>,
+}
+
+/// People counters (units 1 to `units`) on a Modbus line, and how the daemon reads them.
+#[derive(Debug)]
+pub struct Modbus {
+    pub line: ModbusLine,
+    pub units: u8,
+    /// A unit beside them (9, `counter-9`) that never answers well: silent, or with bad CRCs.
+    /// It must never become a reading, nor hold the others up.
+    pub faulty: Option<firmware_sim::modbus::Behaviour>,
+    pub timeout_ms: u64,
+    pub retries: u8,
+    pub offline_after: u8,
+    /// Each counter's own `interval` (milliseconds), or the bus's 200 ms.
+    pub intervals: Vec<Option<u64>>,
+}
+
+/// Where the daemon reaches the counters.
+#[derive(Debug)]
+pub enum ModbusLine {
+    /// RTU on a pseudo-terminal at this path.
+    Rtu(PathBuf),
+    /// A Modbus TCP gateway listening on this loopback port.
+    Tcp(u16),
+}
+
+/// The faulty unit's address.
+pub const FAULTY_UNIT: u8 = 9;
+
+impl Modbus {
+    /// The counters' setup: `units` of them (drawn before the rest existed), the rest from
+    /// `rng`.
+    fn draw(rng: &mut fastrand::Rng, path: PathBuf, units: u8) -> Modbus {
+        use firmware_sim::modbus::Behaviour;
+        let line = if rng.u8(..3) == 0 {
+            ModbusLine::Tcp(common::free_port())
+        } else {
+            ModbusLine::Rtu(path)
+        };
+        // TCP has no CRC: a gateway's unit fails by keeping silent.
+        let rtu = matches!(line, ModbusLine::Rtu(_));
+        Modbus {
+            line,
+            units,
+            faulty: match rng.u8(..4) {
+                0 => Some(Behaviour::Silent),
+                1 if rtu => Some(Behaviour::BadCrc),
+                1 => Some(Behaviour::Silent),
+                _ => None,
+            },
+            timeout_ms: [50, 100, 200][rng.usize(..3)],
+            retries: rng.u8(0..=2),
+            offline_after: rng.u8(1..=4),
+            intervals: (0..units)
+                .map(|_| rng.bool().then(|| [100, 300, 500][rng.usize(..3)]))
+                .collect(),
+        }
+    }
+
+    /// What the story says of it.
+    pub fn story(&self) -> String {
+        let line = match self.line {
+            ModbusLine::Rtu(_) => "an RTU line",
+            ModbusLine::Tcp(_) => "a TCP gateway",
+        };
+        let faulty = self
+            .faulty
+            .map_or(String::new(), |b| format!(", and a unit {b:?}"));
+        format!(
+            "{} people counter(s) on Modbus over {line} (timeout {} ms, {} retries, offline after {}, own intervals {:?}){faulty}",
+            self.units, self.timeout_ms, self.retries, self.offline_after, self.intervals
+        )
+    }
 }
 
 impl Setup {
@@ -92,23 +165,40 @@ impl Setup {
             },
             modbus: {
                 let mut mrng = fastrand::Rng::with_seed(seed ^ 0x30db_0000);
-                (mrng.u8(..3) == 0).then(|| (modbus_line, mrng.u8(1..=2)))
+                let mut xrng = fastrand::Rng::with_seed(seed ^ 0x30db_0002);
+                (mrng.u8(..3) == 0).then(|| Modbus::draw(&mut xrng, modbus_line, mrng.u8(1..=2)))
             },
         }
     }
 
-    /// The `[modbus]` section: the people counters' map and their line, read every 200 ms.
+    /// The `[modbus]` section: the people counters' map and their line, read every 200 ms
+    /// unless a counter has its own interval.
     fn modbus_section(&self) -> String {
-        let Some((path, units)) = &self.modbus else {
+        let Some(m) = &self.modbus else {
             return String::new();
         };
-        let devices: Vec<String> = (1..=*units)
-            .map(|u| format!("{{ id = \"counter-{u}\", unit = {u}, map = \"people-counter\" }}"))
+        let mut devices: Vec<String> = (1..=m.units)
+            .zip(&m.intervals)
+            .map(|(u, interval)| {
+                let own = interval.map_or(String::new(), |ms| format!(", interval = \"{ms}ms\""));
+                format!("{{ id = \"counter-{u}\", unit = {u}, map = \"people-counter\"{own} }}")
+            })
             .collect();
+        if m.faulty.is_some() {
+            devices.push(format!(
+                "{{ id = \"counter-{FAULTY_UNIT}\", unit = {FAULTY_UNIT}, map = \"people-counter\" }}"
+            ));
+        }
+        let line = match &m.line {
+            ModbusLine::Rtu(path) => format!("path = \"{}\"\nparity = \"none\"", path.display()),
+            ModbusLine::Tcp(port) => format!("address = \"127.0.0.1:{port}\""),
+        };
         format!(
-            "{}\n[[modbus.buses]]\npath = \"{}\"\nparity = \"none\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\noffline_after = 3\nreopen_min = \"50ms\"\nreopen_max = \"200ms\"\ndevices = [{}]\n",
+            "{}\n[[modbus.buses]]\n{line}\ninterval = \"200ms\"\ntimeout = \"{}ms\"\nretries = {}\noffline_after = {}\nreopen_min = \"50ms\"\nreopen_max = \"200ms\"\ndevices = [{}]\n",
             firmware_sim::modbus::PEOPLE_COUNTER_MAP,
-            path.display(),
+            m.timeout_ms,
+            m.retries,
+            m.offline_after,
             devices.join(", ")
         )
     }
