@@ -77,7 +77,7 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
     browser.next("delivered", &daemon).await;
     let api = common::Api::with_token(&daemon);
     browser.next("paused", &daemon).await;
-    assert_eq!(endpoint_state(&api).await, "paused");
+    assert_eq!(endpoint_state(&api, "console-crm").await, "paused");
     // A reading while it is paused: it waits in the endpoint's queue.
     publish(&mut occ, 1, 1.0).await;
     common::until(
@@ -109,7 +109,7 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
         "the secret unchanged: {endpoint}"
     );
     browser.next("resumed", &daemon).await;
-    assert_eq!(endpoint_state(&api).await, "active");
+    assert_eq!(endpoint_state(&api, "console-crm").await, "active");
     browser.next("tested", &daemon).await;
     // The test event reaches the endpoint's receiver.
     crm.wait_until(LONG, "the console's test event", |s| {
@@ -133,19 +133,19 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
     assert_eq!(disp.actions_executed(), 1);
     // Logged in again by the pasted token, a change went through.
     browser.next("logged-in", &daemon).await;
-    let state = api
-        .get("/v1/endpoints/{name}", "/v1/endpoints/default")
-        .await
-        .json()["state"]
-        .clone();
-    assert_eq!(state, "paused");
+    assert_eq!(endpoint_state(&api, "default").await, "paused");
     browser.next("phone", &daemon).await;
-    let state = api
-        .get("/v1/endpoints/{name}", "/v1/endpoints/default")
-        .await
-        .json()["state"]
-        .clone();
-    assert_eq!(state, "active", "resumed in the console");
+    assert_eq!(
+        endpoint_state(&api, "default").await,
+        "paused",
+        "paused at phone width"
+    );
+    browser.next("phone-resumed", &daemon).await;
+    assert_eq!(
+        endpoint_state(&api, "default").await,
+        "active",
+        "resumed at phone width"
+    );
     browser.finish();
     crm.wait_until(LONG, "the console's endpoint's delivery", |s| {
         s.readings_of("console-occ-1").ends_with(&sent)
@@ -233,10 +233,10 @@ async fn the_console_replays_dead_letters_opens_a_delivery_and_enables_a_gone_en
     flaky.fail_with(410);
     let last = publish(&mut occ, 1, 1.0).await;
     browser.next("disabled", &daemon).await;
-    assert_eq!(flaky_state(&api).await, "disabled");
+    assert_eq!(endpoint_state(&api, "flaky").await, "disabled");
     flaky.fail_with(0);
     browser.next("enabled", &daemon).await;
-    assert_eq!(flaky_state(&api).await, "active");
+    assert_eq!(endpoint_state(&api, "flaky").await, "active");
     flaky
         .wait_until(LONG, "the reading held while it was disabled", |s| {
             s.readings_of("rec-occ-1").ends_with(&last)
@@ -293,17 +293,9 @@ async fn dead_letters(api: &common::Api) -> u64 {
         .unwrap()
 }
 
-/// `flaky`'s state, as the API says.
-async fn flaky_state(api: &common::Api) -> serde_json::Value {
-    api.get("/v1/endpoints/{name}", "/v1/endpoints/flaky")
-        .await
-        .json()["state"]
-        .clone()
-}
-
-/// The console-made endpoint's state, as the API says.
-async fn endpoint_state(api: &common::Api) -> serde_json::Value {
-    api.get("/v1/endpoints/{name}", "/v1/endpoints/console-crm")
+/// An endpoint's state, as the API says.
+async fn endpoint_state(api: &common::Api, name: &str) -> serde_json::Value {
+    api.get("/v1/endpoints/{name}", &format!("/v1/endpoints/{name}"))
         .await
         .json()["state"]
         .clone()

@@ -161,12 +161,23 @@ with sync_playwright() as p:
     default.locator('button[data-act="resume"]').click()
     expect(default.locator("td").nth(1)).to_have_text("active", timeout=20000)
 
-    # At phone width: everything fits, the devices are there.
+    # At phone width: everything fits and works: a device opened, a delivery opened, an
+    # endpoint paused (the test checks the API) and resumed.
     phone = browser.new_page(viewport={"width": 390, "height": 844})
     watch(phone)
     phone.goto(login_url)
-    expect(phone.locator('#devices tr[data-device="console-occ-1"]')).to_be_visible(timeout=30000)
-    expect(phone.locator("#endpoints tr").first).to_be_visible()
+    occ = phone.locator('#devices tr[data-device="console-occ-1"]')
+    expect(occ).to_be_visible(timeout=30000)
+    occ.click()
+    expect(phone.locator("#detail-history li").first).to_contain_text("online", timeout=20000)
+    phone.locator("#deliveries tr").first.click()
+    expect(phone.locator("#delivery-request")).to_contain_text('"id"', timeout=20000)
     accessible("phone", phone)
+    default = phone.locator('#endpoints tr[data-endpoint="default"]')
+    default.locator('button[data-act="pause"]').click()
+    expect(default.locator("td").nth(1)).to_have_text("paused", timeout=20000)
     step("phone", phone)
+    default.locator('button[data-act="resume"]').click()
+    expect(default.locator("td").nth(1)).to_have_text("active", timeout=20000)
+    step("phone-resumed", phone)
     browser.close()
