@@ -230,11 +230,13 @@ fn spawn_sources(
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> source::Router {
+    let modbus_devices = config.modbus.buses.iter().flat_map(|b| &b.devices);
     let router = source::Router::new(mqtt.map(|mqtt| {
         let (outgoing_tx, outgoing_rx) = mpsc::channel(STAGE_CHANNEL);
         tracker.spawn(mqtt.run(inbound.clone(), outgoing_rx, cancel.clone()));
         outgoing_tx
-    }));
+    }))
+    .with_modbus(modbus_devices.map(|d| d.id.clone()));
     for port in &config.serial_ports {
         let serial =
             source::serial::SerialSource::new(port.clone(), metrics.source.clone(), router.clone());

@@ -57,34 +57,10 @@ impl Alive {
     }
 }
 
-/// Every payload published on `topic`, as seen by an independent MQTT client.
-async fn watch(port: u16, topic: &str) -> Arc<Mutex<Vec<String>>> {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let mut options = rumqttc::MqttOptions::new("health-watcher", "127.0.0.1", port);
-    options.set_keep_alive(Duration::from_secs(5));
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
-    client
-        .subscribe(topic, rumqttc::QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    let out = seen.clone();
-    tokio::spawn(async move {
-        let _client = client; // keep the connection open
-        while let Ok(ev) = eventloop.poll().await {
-            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
-                out.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&p.payload).into_owned());
-            }
-        }
-    });
-    seen
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_bouncing_and_dead_devices_produce_exactly_the_right_webhooks() {
     let (dir, broker, receiver, daemon) = Rig::start(RULES).await.parts();
-    let b_status = watch(broker.port, "devices/h-occ-b/status").await;
+    let b_status = common::watch(broker.port, "devices/h-occ-b/status").await;
 
     let mut devices = Vec::new();
     for id in ["h-occ-a", "h-occ-b", "h-occ-c"] {

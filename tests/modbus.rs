@@ -244,3 +244,39 @@ async fn units_behind_a_modbus_tcp_gateway_are_read_over_tcp() {
         assert_eq!(s.readings_of("counter-9")[0]["presence"], false);
     });
 }
+
+/// An action to a Modbus device is sent nowhere — not to the broker in its stead, where nobody
+/// would answer — and the log says why; it ends timed out, and upstream is told so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_to_a_modbus_device_is_sent_nowhere_and_the_log_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = SerialLink::plug(dir.path().join("ttyRS485")).unwrap();
+    let units = Units::default();
+    units.add(1, people_counter(4, 0, 200));
+    let _serving = serve_rtu(&link, units.clone()).unwrap();
+    let class = "[[device_classes]]\nname = \"counters\"\nmatch = [\"counter-*\"]\nactions = [\"reset\"]\naction_timeout = \"1s\"\n";
+    let (_dir, broker, receiver, daemon) = Rig::start(&format!("{}{class}", rtu(&link, &[1])))
+        .await
+        .parts();
+    receiver
+        .wait_until(LONG, "counter-1's reading", |s| {
+            !s.readings_of("counter-1").is_empty()
+        })
+        .await;
+    let published = common::watch(broker.port, "devices/+/actions").await;
+    let api = common::Api::with_token(&daemon);
+    let action = json!({"id": "mb-1", "device": "counter-1", "name": "reset"});
+    let submitted = api
+        .call("POST", "/v1/actions", "/v1/actions", Some(&action))
+        .await;
+    assert_eq!(submitted.status, 202, "{}", submitted.body);
+    receiver
+        .wait_until(LONG, "the action told timed out", |s| {
+            s.told_of_action("mb-1")
+                .iter()
+                .any(|a| a["status"] == "timed_out")
+        })
+        .await;
+    daemon.assert_logged("it takes no actions");
+    assert_eq!(*published.lock().unwrap(), Vec::<String>::new());
+}

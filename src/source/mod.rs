@@ -72,21 +72,34 @@ impl Outgoing {
     }
 }
 
-/// Where a device's actions go: the serial port it was last heard on, else the broker.
+/// Where a device's actions go: the serial port it was last heard on, else the broker; none
+/// to a device on a Modbus bus (edgehook reads its registers and writes none).
 #[derive(Clone, Default)]
 pub struct Router {
     mqtt: Option<tokio::sync::mpsc::Sender<Outgoing>>,
     serial: std::sync::Arc<
         std::sync::Mutex<std::collections::HashMap<String, tokio::sync::mpsc::Sender<Outgoing>>>,
     >,
+    modbus: std::sync::Arc<std::collections::HashSet<String>>,
 }
+
+/// Why an action to a Modbus device is not sent.
+pub const MODBUS_TAKES_NO_ACTIONS: &str =
+    "the device is on a Modbus bus, which edgehook reads and never writes: it takes no actions";
 
 impl Router {
     pub fn new(mqtt: Option<tokio::sync::mpsc::Sender<Outgoing>>) -> Router {
         Router {
             mqtt,
             serial: Default::default(),
+            modbus: Default::default(),
         }
+    }
+
+    /// The devices on Modbus buses: an action to one of them is not sent anywhere.
+    pub fn with_modbus(mut self, devices: impl IntoIterator<Item = String>) -> Router {
+        self.modbus = std::sync::Arc::new(devices.into_iter().collect());
+        self
     }
 
     /// `device` is heard on the serial port that `port` writes to.
@@ -107,6 +120,9 @@ impl Router {
 
     /// Hand `message` on without waiting; `Err` says why it could not be.
     pub fn send(&self, message: Outgoing) -> Result<(), &'static str> {
+        if self.modbus.contains(&message.device) {
+            return Err(MODBUS_TAKES_NO_ACTIONS);
+        }
         let port = self
             .serial
             .lock()
@@ -380,6 +396,33 @@ mod tests {
             decode_status(&[0xc3, 0x28], 64),
             Err(DecodeError::BadStatus)
         );
+    }
+
+    /// Where each device's action goes: its serial port, else the broker; never to a Modbus
+    /// device (nor to the broker in its stead, where nobody would answer).
+    #[test]
+    fn actions_go_to_the_serial_port_else_the_broker_never_to_a_modbus_device() {
+        let (mqtt, mut broker) = tokio::sync::mpsc::channel(4);
+        let (port, mut line) = tokio::sync::mpsc::channel(4);
+        let router = Router::new(Some(mqtt)).with_modbus(["counter-1".to_string()]);
+        router.heard_on_serial("panel-1", &port);
+        let action = |device: &str| Outgoing {
+            device: device.into(),
+            topic: format!("devices/{device}/actions"),
+            message: serde_json::json!({"id": "a1"}),
+        };
+        assert_eq!(router.send(action("panel-1")), Ok(()));
+        assert_eq!(router.send(action("occ-1")), Ok(()));
+        assert_eq!(
+            router.send(action("counter-1")),
+            Err(MODBUS_TAKES_NO_ACTIONS)
+        );
+        assert_eq!(line.try_recv().unwrap().device, "panel-1");
+        assert_eq!(broker.try_recv().unwrap().device, "occ-1");
+        assert!(broker.try_recv().is_err() && line.try_recv().is_err());
+        // Without a broker, a device on no serial port has nowhere to go.
+        let alone = Router::new(None);
+        assert!(alone.send(action("occ-1")).is_err());
     }
 
     #[test]

@@ -103,3 +103,28 @@ impl Drop for Mosquitto {
         self.kill();
     }
 }
+
+/// Every payload published on `topic` (a filter) from now on, as an independent MQTT client
+/// sees them, in order.
+pub async fn watch(port: u16, topic: &str) -> Arc<Mutex<Vec<String>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut options = rumqttc::MqttOptions::new("test-watcher", "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
+    client
+        .subscribe(topic, rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let out = seen.clone();
+    tokio::spawn(async move {
+        let _client = client; // keep the connection open
+        while let Ok(ev) = eventloop.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
+                out.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&p.payload).into_owned());
+            }
+        }
+    });
+    seen
+}
