@@ -6,7 +6,8 @@
 //!
 //! A request's body is cut at [`BODY_BYTES`] and an answer at [`ANSWER_BYTES`] (each says
 //! its whole size and whether it was cut), so a receiver that answers with megabytes, or a
-//! batch of a thousand events, costs no more than that. Request headers are not kept: an
+//! batch of a thousand events, costs no more than that (a batch's event ids count towards
+//! [`BYTES`] too). Request headers are not kept: an
 //! endpoint's own headers may carry its API key.
 
 use std::collections::VecDeque;
@@ -66,8 +67,15 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// What it holds, bytes: its texts, and the ids of a batch's events (with their strings'
+    /// own size), so that batches of many events count for what they keep.
     fn size(&self) -> usize {
-        self.request.text.len() + self.response.as_ref().map_or(0, |(_, t)| t.text.len())
+        let ids: usize = self
+            .event_ids
+            .iter()
+            .map(|i| i.len() + std::mem::size_of::<String>())
+            .sum();
+        self.request.text.len() + self.response.as_ref().map_or(0, |(_, t)| t.text.len()) + ids
     }
 }
 
@@ -173,6 +181,14 @@ mod tests {
             ring.find("big39", Some("other")).is_none(),
             "another endpoint's"
         );
+        // Batches of many events: their ids count too.
+        for i in 0..KEEP {
+            let mut batch = exchange(&format!("b{i}"), "crm", 10);
+            batch.event_ids = (0..1_000).map(|n| format!("{i}-{n:036}")).collect();
+            ring.keep(batch);
+        }
+        let (n, bytes) = ring.held();
+        assert!(bytes <= BYTES && n < KEEP, "{n} exchanges, {bytes} bytes");
     }
 
     #[test]

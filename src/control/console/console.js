@@ -280,6 +280,9 @@ function addDelivery(a) {
   attempts.unshift(a);
   if (attempts.length > 100) attempts.length = 100;
   renderDeliveries();
+  // The delivery opened is read again when it has a new attempt (not on every refresh: that
+  // reads the delivery log).
+  if (opened && a.event_id === opened.id) renderDelivery();
 }
 async function follow() {
   try { attempts = (await call("GET", "/v1/deliveries?limit=30")).deliveries.reverse(); renderDeliveries(); } catch (e) { /* shown by refresh */ }
@@ -348,7 +351,6 @@ async function refresh() {
     renderEndpoints(endpointsNow);
     renderQueues((await call("GET", "/v1/outbox")).queues);
     if (pendingOf) await renderPending();
-    if (opened) await renderDelivery();
     const dl = await call("GET", "/v1/outbox/events?dead=true&limit=50");
     $("replay-all").hidden = !dl.events.length;
     $("dead").replaceChildren(...(dl.events.length ? dl.events.map((x) => el("tr", { "data-event": x.event_id },
