@@ -74,14 +74,25 @@ impl Story {
         crm_settings(&self.crm.url)
     }
 
-    /// `crm` made through the API.
-    async fn create_crm(&self) {
+    /// `crm` made through the API (with the daemon's token): its answer.
+    async fn create_crm(&self) -> common::Answer {
         let settings = self.settings();
         let created = self
             .api
             .call("POST", "/v1/endpoints", "/v1/endpoints", Some(&settings))
             .await;
         assert_eq!(created.status, 201, "{}", created.body);
+        created
+    }
+
+    /// `crm` deleted through the API, its pending events and dead letters with it.
+    async fn purge_crm(&self) {
+        let path = "/v1/endpoints/crm?pending=purge";
+        let gone = self
+            .api
+            .call("DELETE", "/v1/endpoints/{name}", path, None)
+            .await;
+        assert_eq!(gone.status, 204, "{}", gone.body);
     }
 
     /// `crm` made through the API, and its first readings delivered.
@@ -139,16 +150,7 @@ async fn reads_need_no_token_on_loopback_and_a_change_needs_the_daemons_token() 
     assert_eq!(refused.status, 401, "{}", refused.body);
     anonymous.check_answers(story.dir.path()).await;
     // The token the daemon made in its state directory (`story.api` calls with it) is taken.
-    let created = story
-        .api
-        .call(
-            "POST",
-            "/v1/endpoints",
-            "/v1/endpoints",
-            Some(&story.settings()),
-        )
-        .await;
-    assert_eq!(created.status, 201, "{}", created.body);
+    story.create_crm().await;
     story.end().await;
 }
 
@@ -193,16 +195,7 @@ async fn bad_endpoint_settings_name_the_field_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_made_through_the_api_delivers_at_once_and_never_shows_its_secrets() {
     let mut story = Story::begin().await;
-    let api = &story.api;
-    let created = api
-        .call(
-            "POST",
-            "/v1/endpoints",
-            "/v1/endpoints",
-            Some(&story.settings()),
-        )
-        .await;
-    assert_eq!(created.status, 201, "{}", created.body);
+    let created = story.create_crm().await;
     let view = created.json();
     assert_eq!(
         (view["source"].as_str(), view["state"].as_str()),
@@ -523,16 +516,7 @@ async fn a_deleted_endpoint_leaves_nothing_behind_for_one_made_again_with_its_na
     let (story, _) = Story::with_crm().await;
     let paused = story.endpoint_post("crm", "pause").await;
     assert_eq!(paused.json()["state"], "paused");
-    let deleted = story
-        .api
-        .call(
-            "DELETE",
-            "/v1/endpoints/{name}",
-            "/v1/endpoints/crm?pending=purge",
-            None,
-        )
-        .await;
-    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    story.purge_crm().await;
     let queues = |outbox: Value| -> Vec<Value> {
         outbox["queues"]
             .as_array()
@@ -729,24 +713,8 @@ async fn an_endpoint_with_events_waiting_is_deleted_only_by_draining_or_purging_
     assert_eq!(story.crm.seen(|s| s.duplicates), 0);
 
     // The same from scratch with a purge; then the list as it is.
-    let again = api
-        .call(
-            "POST",
-            "/v1/endpoints",
-            "/v1/endpoints",
-            Some(&story.settings()),
-        )
-        .await;
-    assert_eq!(again.status, 201);
-    let gone = api
-        .call(
-            "DELETE",
-            "/v1/endpoints/{name}",
-            "/v1/endpoints/crm?pending=purge",
-            None,
-        )
-        .await;
-    assert_eq!(gone.status, 204);
+    story.create_crm().await;
+    story.purge_crm().await;
     let list = api.get("/v1/endpoints", "/v1/endpoints").await.json();
     let names: Vec<&str> = list["endpoints"]
         .as_array()

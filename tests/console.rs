@@ -30,6 +30,7 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
     assert_eq!(code, 0, "{err}");
     let login_url = login_url.trim().to_string();
     assert!(login_url.contains("/#token="), "{login_url}");
+    let api = common::Api::with_token(&daemon);
     let mut browser = Browser::open("console_check.py", &[&login_url, &crm.url, common::SECRET]);
     let mut occ = device(broker.port, "console-occ-1", DeviceClass::OccupancySensor).await;
     let mut disp = device(broker.port, "disp-1", DeviceClass::RoomDisplay).await;
@@ -42,7 +43,7 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
     // The display executed it, once, and the receiver was told it succeeded; its desired
     // value is the one set in the console.
     assert_eq!(disp.actions_executed(), 1);
-    let desired = common::Api::with_token(&daemon)
+    let desired = api
         .get("/v1/devices/{id}", "/v1/devices/disp-1")
         .await
         .json();
@@ -55,15 +56,13 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
         })
         .await;
     browser.next("desire-cleared", &daemon).await;
-    let desired = common::Api::with_token(&daemon)
+    let desired = api
         .get("/v1/devices/{id}", "/v1/devices/disp-1")
         .await
         .json();
     assert_eq!(desired["desired"], serde_json::Value::Null, "{desired}");
     browser.next("forgotten", &daemon).await;
-    let gone = common::Api::with_token(&daemon)
-        .get("/v1/devices/{id}", "/v1/devices/disp-1")
-        .await;
+    let gone = api.get("/v1/devices/{id}", "/v1/devices/disp-1").await;
     assert_eq!(gone.status, 404, "{}", gone.body);
     default
         .wait_until(LONG, "disp-1 unregistered", |s| {
@@ -75,7 +74,6 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
     browser.next("created", &daemon).await;
     let sent = publish(&mut occ, 1, 1.0).await;
     browser.next("delivered", &daemon).await;
-    let api = common::Api::with_token(&daemon);
     browser.next("paused", &daemon).await;
     assert_eq!(endpoint_state(&api, "console-crm").await, "paused");
     // A reading while it is paused: it waits in the endpoint's queue.
@@ -125,7 +123,7 @@ async fn the_console_shows_a_device_creates_a_webhook_and_sees_its_delivery() {
     assert_eq!(gone.status, 404, "{}", gone.body);
     browser.next("logged-out", &daemon).await;
     // Logged out, the change it tried was refused: nothing changed.
-    let occ_now = common::Api::with_token(&daemon)
+    let occ_now = api
         .get("/v1/devices/{id}", "/v1/devices/console-occ-1")
         .await
         .json();
