@@ -154,13 +154,11 @@ async fn start_control(
     let token = control::auth::load_or_create_token(&config.state_dir)
         .with_context(|| format!("making the API token in {}", config.state_dir.display()))?;
     let control = control::Control::new(
-        control::Gateway::of(config),
+        config,
         outbox.clone(),
         metrics.clone(),
         config.state_dir.clone(),
         token,
-        config.workspaces.clone(),
-        config.device_classes.clone(),
         endpoints,
         fleet,
         log,

@@ -105,29 +105,29 @@ pub const LARGE_READS: usize = 2;
 
 impl Control {
     #[allow(clippy::too_many_arguments)]
+    /// The API of the gateway `config` describes (its identity, workspaces and device
+    /// classes), its store in `state_dir`.
     pub fn new(
-        gateway: Gateway,
+        config: &crate::config::Config,
         outbox: Outbox,
         metrics: Arc<Metrics>,
         state_dir: PathBuf,
         token: Secret,
-        workspaces: Vec<WorkspaceConfig>,
-        classes: Vec<crate::device::config::DeviceClassConfig>,
         endpoints: Endpoints,
         fleet: Fleet,
         log: Arc<crate::deliver::log::DeliveryLog>,
     ) -> Control {
         Control {
-            gateway,
+            gateway: Gateway::of(config),
             outbox,
             metrics,
             state_dir,
             token,
-            workspaces: std::sync::Mutex::new(workspaces),
+            workspaces: std::sync::Mutex::new(config.workspaces.clone()),
             large_reads: tokio::sync::Semaphore::new(LARGE_READS),
             endpoints: Mutex::new((endpoints, fleet)),
             log,
-            classes: std::sync::Mutex::new(compile(&classes)),
+            classes: std::sync::Mutex::new(compile(&config.device_classes)),
             device_stage: None,
         }
     }
@@ -331,13 +331,11 @@ impl Control {
             .flatten()
             .unwrap_or_default();
         Ok(Control::new(
-            Gateway::of(config),
+            config,
             outbox,
             metrics,
             state_dir.to_path_buf(),
             token,
-            config.workspaces.clone(),
-            config.device_classes.clone(),
             endpoints,
             fleet,
             log,
