@@ -118,7 +118,6 @@ async function renderDetail() {
   if ([...pick.options].map((o) => o.value).join() !== actions.join()) {
     pick.replaceChildren(...actions.map((a) => el("option", { value: a }, a)));
   }
-  $("act").querySelector("button[type=submit]").disabled = !actions.length;
   $("act").hidden = !actions.length;
   $("act-none").hidden = !!actions.length;
   $("act-none").textContent = "Its class (" + (d.class || "none") + ") takes no actions: device_classes.actions in the configuration.";
