@@ -300,6 +300,17 @@ impl Daemon {
         assert!(log.contains(text), "{text:?} is not in the log:\n{log}");
     }
 
+    /// Wait (at most a minute) until `text` is in the log: for a line written just after the
+    /// sample or event the test saw first. Panics with the log otherwise.
+    pub async fn wait_logged(&self, text: &str) {
+        super::until(
+            Instant::now() + Duration::from_secs(60),
+            || self.log().contains(text),
+            || format!("{text:?} is not in the log:\n{}", self.log()),
+        )
+        .await;
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
